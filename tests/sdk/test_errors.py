@@ -8,11 +8,11 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc import code_pb2
+
+from tests.sdk.drivers import ScriptedDriver
 from vmsnap_sdk import VM, DriverClient, Server, TakeRequest, Volume, start_driver_server
 from vmsnap_sdk import errors as e
 from vmsnap_sdk._errors import CODE_NUMBERS, INTERNAL_MESSAGE
-
-from tests.sdk.drivers import ScriptedDriver
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from vmsnap_sdk import VM, Capability, DriverClient, Operation, Priority, TakeRequest, Volume
 
 from tests.support.procs import ROOT, Proc, python_proc, wait_serving
+from vmsnap_sdk import VM, Capability, DriverClient, Operation, Priority, TakeRequest, Volume
 
 
 @pytest.fixture

@@ -55,10 +55,9 @@ __version__ = "0.1.0"
 CONTRACT_VERSIONS = ("v1",)
 
 __all__ = [
-    "CONTRACT_VERSIONS",
-    "VM",
     "AgentClient",
     "AgentInfo",
+    "CONTRACT_VERSIONS",
     "CallContext",
     "Capability",
     "ClientTLS",
@@ -83,6 +82,7 @@ __all__ = [
     "StorageDriver",
     "TakeRequest",
     "UnquiesceResult",
+    "VM",
     "VMPage",
     "VMState",
     "Volume",

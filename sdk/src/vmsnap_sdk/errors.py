@@ -19,10 +19,10 @@ from vmsnap_sdk._errors import (
 )
 
 __all__ = [
-    "DOMAIN",
     "Aborted",
     "AlreadyExists",
     "Cancelled",
+    "DOMAIN",
     "DeadlineExceeded",
     "FailedPrecondition",
     "Internal",
