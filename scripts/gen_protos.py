@@ -99,14 +99,18 @@ def _differences(a: Path, b: Path) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the checked-in code is stale")
+    parser.add_argument(
+        "--out", type=Path, default=OUT, help="generated package (default: the SDK's)"
+    )
     args = parser.parse_args()
+    out: Path = args.out
     if not args.check:
-        generate(OUT)
+        generate(out)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / "_proto"
         generate(fresh)
-        stale = _differences(fresh, OUT) if OUT.exists() else [str(OUT)]
+        stale = _differences(fresh, out) if out.exists() else [str(out)]
     if stale:
         print("generated code is stale; run: python scripts/gen_protos.py", file=sys.stderr)
         for name in stale:
