@@ -1,0 +1,65 @@
+"""Element emulator restarts: state, bytes and the TLS certificate survive."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from vmsnap_emulators.pytest_fixtures import element_client
+from vmsnap_emulators.testing import EmulatorError, EmulatorProcess, start_emulator
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["sigterm", "sigkill"])
+def test_state_and_bytes_survive_restart(
+    fresh_element_emulator: EmulatorProcess, crash: bool
+) -> None:
+    emu = fresh_element_emulator
+    sdk = element_client(emu)
+    acc = sdk.add_account("tenant").account_id
+    vid = sdk.create_volume("disk-1", acc, 2 * MiB, attributes={"vm": "a"}).volume_id
+    emu.write_volume(vid, 4096, b"before" * 1000)
+    sid = sdk.create_snapshot(vid, name="s1", attributes={"vmsnap": "1"}).snapshot_id
+    gid = sdk.create_group_snapshot([vid], name="g1").group_snapshot_id
+    emu.write_volume(vid, 4096, b"after!" * 1000)
+    cert_before = Path(emu.cert).read_bytes()
+
+    assert emu.restart(crash=crash).running
+    sdk = element_client(emu)
+    vol = sdk.list_volumes(volume_ids=[vid]).volumes[0]
+    assert (vol.name, vol.attributes) == ("disk-1", {"vm": "a"})
+    snaps = sdk.list_snapshots(volume_id=vid).snapshots
+    assert (snaps[0].snapshot_id, snaps[0].name) == (sid, "s1")
+    assert sdk.list_group_snapshots(group_snapshot_id=gid).group_snapshots[0].name == "g1"
+    assert emu.read_volume(vid, 4096, 6000) == b"after!" * 1000
+    assert emu.read_snapshot(sid, 4096, 6000) == b"before" * 1000
+    assert Path(emu.cert).read_bytes() == cert_before
+    listen = json.loads((emu.data_dir / "listen.json").read_text())
+    assert listen["port"] == emu.port and listen["pid"] == emu.pid
+    # IDs keep counting after a restart instead of being reused.
+    assert sdk.create_volume("disk-2", acc, MiB).volume_id == vid + 1
+
+
+def test_second_process_on_same_data_dir_is_refused(
+    fresh_element_emulator: EmulatorProcess,
+) -> None:
+    with pytest.raises(EmulatorError, match="another emulator"):
+        start_emulator("element", fresh_element_emulator.data_dir)
+
+
+def test_sigterm_is_graceful(tmp_path: Path) -> None:
+    emu = start_emulator("element", tmp_path / "data")
+    assert emu.stop() == 0
+
+
+def test_password_never_logged(fresh_element_emulator: EmulatorProcess) -> None:
+    emu = fresh_element_emulator
+    emu.request("POST", "/json-rpc/12.3", b"{}", password="wrong-secret")
+    element_client(emu).add_account("x", initiator_secret="chapsecret12")
+    emu.stop()
+    log = emu.stderr_tail(1 << 20)
+    assert "POST /json-rpc/12.3" in log
+    for secret in (emu.password, "wrong-secret", "chapsecret12"):
+        assert secret not in log
