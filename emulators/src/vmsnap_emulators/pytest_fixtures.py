@@ -8,7 +8,8 @@ Import them into a ``conftest.py`` (``from vmsnap_emulators.pytest_fixtures impo
   empty data dir, for tests that restart, crash or count.
 * ``element_sdk`` (function scope): a ``solidfire.Element`` connected to ``element_emulator``.
 * ``ontap_connection`` (function scope): a ``netapp_ontap.HostConnection`` to
-  ``ontap_emulator`` (``verify=False``, short job polling interval).
+  ``ontap_emulator`` (``verify=False``, short job polling interval), also set as the SDK's
+  global ``netapp_ontap.config.CONNECTION`` while the test runs.
 
 Each emulator fixture yields a :class:`~vmsnap_emulators.testing.EmulatorProcess`: ``url``,
 ``host``, ``port``, ``user``, ``password``, ``cert``, ``data_dir``, ``info`` plus helpers
@@ -96,5 +97,14 @@ def element_sdk(element_emulator: EmulatorProcess) -> Any:
 
 
 @pytest.fixture
-def ontap_connection(ontap_emulator: EmulatorProcess) -> Any:
-    return ontap_client(ontap_emulator)
+def ontap_connection(ontap_emulator: EmulatorProcess) -> Iterator[Any]:
+    """Also installed as ``netapp_ontap.config.CONNECTION`` for the test's duration."""
+    from netapp_ontap import config
+
+    conn = ontap_client(ontap_emulator)
+    previous = config.CONNECTION
+    config.CONNECTION = conn
+    try:
+        yield conn
+    finally:
+        config.CONNECTION = previous

@@ -1,0 +1,7 @@
+"""NetApp ONTAP REST emulator (``/api/...``).
+
+Modules: :mod:`.errors` (error body and codes), :mod:`.query` (``fields=``, filters,
+``max_records`` paging), :mod:`.fsops` (cheap file copies: reflink, sparse copy), :mod:`.state`
+(volumes as real directories of an NFS-style export, snapshots, file clones),
+:mod:`.jobs` (the asynchronous job model), :mod:`.app` (HTTP routes).
+"""
