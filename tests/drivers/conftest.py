@@ -82,3 +82,12 @@ def solidfire_driver(element_emulator: EmulatorProcess) -> Iterator[DriverProces
     """The SolidFire driver (with the fixture service) on the shared Element emulator."""
     with run_driver("solidfire", element_emulator, "--conformance-fixture") as driver:
         yield driver
+
+
+@pytest.fixture(scope="module")
+def netapp_driver(ontap_emulator: EmulatorProcess) -> Iterator[DriverProcess]:  # noqa: F811
+    """The NetApp driver (with the fixture service) on the shared ONTAP emulator."""
+    with run_driver(
+        "netapp", ontap_emulator, "--conformance-fixture", "--job-poll-interval", "0.05"
+    ) as driver:
+        yield driver

@@ -1,0 +1,248 @@
+"""The NetApp driver through its RPCs: driver and ONTAP emulator as real processes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.drivers.conftest import DriverProcess, run_driver
+from vmsnap_emulators.testing import EmulatorProcess, start_emulator
+from vmsnap_sdk import (
+    VM,
+    Capability,
+    Consistency,
+    DriverClient,
+    Operation,
+    Page,
+    Priority,
+    RevertRequest,
+    TakeRequest,
+    VMState,
+    Volume,
+)
+from vmsnap_sdk.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    Unavailable,
+    VMSnapError,
+)
+
+MIB = 1 << 20
+FAST = ("--conformance-fixture", "--job-poll-interval", "0.05")
+
+
+def _id(prefix: str = "snap") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def client(netapp_driver: DriverProcess) -> AsyncIterator[DriverClient]:
+    c = DriverClient.connect(netapp_driver.address, timeout=30)
+    yield c
+    await c.close()
+
+
+async def _volumes(client: DriverClient, count: int) -> list[Volume]:
+    made = []
+    for i in range(count):
+        v = await client.create_test_volume(_id(f"t{i}"), MIB)
+        made.append(Volume(f"vd{chr(ord('a') + i)}", v.locator, v.size_bytes))
+    return made
+
+
+async def test_identity_capabilities_and_probe(client: DriverClient) -> None:
+    info = await client.get_info()
+    assert info.name == "com.netapp.ontap"
+    assert info.capabilities == {
+        Capability.REVERT,
+        Capability.REVERT_UNDO,
+        Capability.LIST,
+        Capability.CONFORMANCE_FIXTURE,
+    }
+    assert Capability.CONSISTENT_GROUP not in info.capabilities
+    probe = await client.probe()
+    assert probe.ready, probe.message
+    assert "svm0" in probe.message
+
+
+async def test_can_handle_claims_files_of_its_svms_only(client: DriverClient) -> None:
+    vm = VM(
+        id="vm-ch",
+        volumes=(
+            Volume("vda", "ontap://svm0/vol1/images/root.img"),
+            Volume("vdb", "ontap://svm9/vol1/root.img"),
+            Volume("vdc", "element://vmsnap-element/7"),
+        ),
+    )
+    decisions = await client.can_handle(vm, vm.volumes, Operation.TAKE, {})
+    assert [d.priority for d in decisions] == [
+        Priority.PLUGIN,
+        Priority.CANT_HANDLE,
+        Priority.CANT_HANDLE,
+    ]
+    assert "svm9" in decisions[1].reason
+
+
+async def test_write_take_write_revert_reads_the_first_bytes_back(client: DriverClient) -> None:
+    vols = await _volumes(client, 2)
+    vm = VM(id=_id("vm"), state=VMState.STOPPED, volumes=tuple(vols))
+    pattern_a = [bytes([0xA0 + i]) * 8192 for i in range(2)]
+    pattern_b = [bytes([0xB0 + i]) * 8192 for i in range(2)]
+    for v, data in zip(vols, pattern_a, strict=True):
+        await client.write_volume(v.locator, 4096, data)
+
+    take = TakeRequest(_id(), vm, tuple(vols), quiesced=True, consistency=Consistency.FILESYSTEM)
+    result = await client.take_snapshot(take)
+    assert [s.disk for s in result.volume_snapshots] == ["vda", "vdb"]
+    assert all(s.handle.startswith(".vmsnap/") for s in result.volume_snapshots)
+    assert result.needs_unquiesce
+    assert result.consistency is Consistency.CRASH
+    assert result.vm_id == vm.id
+
+    again = await client.take_snapshot(take)
+    assert again.volume_snapshots == result.volume_snapshots
+    assert (await client.get_snapshot(take.vm_snapshot_id)).volume_snapshots == (
+        result.volume_snapshots
+    )
+
+    for v, data in zip(vols, pattern_b, strict=True):
+        await client.write_volume(v.locator, 4096, data)
+
+    undo_id = _id("undo")
+    reverted = await client.revert_snapshot(
+        RevertRequest(take.vm_snapshot_id, result, vm, True, undo_id)
+    )
+    for v, data in zip(vols, pattern_a, strict=True):
+        assert await client.read_volume(v.locator, 4096, len(data)) == data
+    assert reverted.undo is not None
+    assert reverted.undo.vm_snapshot_id == undo_id
+    retried = await client.revert_snapshot(
+        RevertRequest(take.vm_snapshot_id, result, vm, True, undo_id)
+    )
+    assert retried.undo is not None
+    assert retried.undo.volume_snapshots == reverted.undo.volume_snapshots
+
+    await client.revert_snapshot(RevertRequest(undo_id, reverted.undo, vm))
+    for v, data in zip(vols, pattern_b, strict=True):
+        assert await client.read_volume(v.locator, 4096, len(data)) == data
+
+    for snapshot_id in (take.vm_snapshot_id, undo_id):
+        await client.delete_snapshot(snapshot_id, None)
+        await client.delete_snapshot(snapshot_id, None)
+    with pytest.raises(NotFound):
+        await client.get_snapshot(take.vm_snapshot_id)
+    for v in vols:
+        await client.delete_test_volume(v.locator)
+        await client.delete_test_volume(v.locator)
+
+
+async def test_unquiesced_disks_are_not_claimed_consistent(client: DriverClient) -> None:
+    vols = await _volumes(client, 2)
+    vm = VM(id=_id("vm"), volumes=tuple(vols))
+    both = await client.take_snapshot(TakeRequest(_id(), vm, tuple(vols)))
+    assert both.consistency is Consistency.UNSPECIFIED
+    assert both.needs_unquiesce
+    one = await client.take_snapshot(TakeRequest(_id(), vm, (vols[0],)))
+    assert one.consistency is Consistency.CRASH
+    for s in (both, one):
+        await client.delete_snapshot(s.vm_snapshot_id, s)
+
+
+async def test_errors_come_back_with_the_documented_codes(client: DriverClient) -> None:
+    vols = await _volumes(client, 2)
+    vm = VM(id=_id("vm"), state=VMState.STOPPED, volumes=tuple(vols))
+    missing_file = Volume("vdz", vols[0].locator.rsplit("/", 1)[0] + "/no-such-disk.img")
+    with pytest.raises(NotFound):
+        await client.take_snapshot(TakeRequest(_id(), vm, (missing_file,)))
+    with pytest.raises(NotFound):
+        await client.take_snapshot(
+            TakeRequest(_id(), vm, (Volume("vdy", "ontap://svm0/no_such_volume/x.img"),))
+        )
+    with pytest.raises(NotFound):
+        await client.take_snapshot(TakeRequest(_id(), vm, (Volume("vdx", "ontap://svm7/v/x"),)))
+
+    taken = TakeRequest(_id(), vm, (vols[0],))
+    await client.take_snapshot(taken)
+    with pytest.raises(AlreadyExists):
+        await client.take_snapshot(TakeRequest(taken.vm_snapshot_id, vm, tuple(vols)))
+
+    running = VM(id=vm.id, state=VMState.RUNNING, volumes=vm.volumes)
+    snapshot = await client.get_snapshot(taken.vm_snapshot_id)
+    with pytest.raises(FailedPrecondition):
+        await client.revert_snapshot(RevertRequest(taken.vm_snapshot_id, snapshot, running))
+    with pytest.raises(NotFound):
+        await client.revert_snapshot(RevertRequest(_id(), snapshot, vm))
+    await client.delete_snapshot(taken.vm_snapshot_id, snapshot)
+
+
+async def test_list_pages_in_a_stable_order_and_filters_by_vm(client: DriverClient) -> None:
+    vols = await _volumes(client, 1)
+    vm_a = VM(id=_id("vma"), volumes=tuple(vols))
+    vm_b = VM(id=_id("vmb"), volumes=tuple(vols))
+    ids_a = sorted(_id("la") for _ in range(3))
+    for sid in ids_a:
+        await client.take_snapshot(TakeRequest(sid, vm_a, tuple(vols)))
+    id_b = _id("lb")
+    await client.take_snapshot(TakeRequest(id_b, vm_b, tuple(vols)))
+
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await client.list_snapshots(Page(size=2, token=token), vm_id=vm_a.id)
+        assert len(page.snapshots) <= 2
+        seen += [s.vm_snapshot_id for s in page.snapshots]
+        token = page.next_token
+        if not token:
+            break
+    assert seen == ids_a
+    everything = await client.list_snapshots(Page(size=1000))
+    assert {id_b, *ids_a} <= {s.vm_snapshot_id for s in everything.snapshots}
+    for sid in [*ids_a, id_b]:
+        await client.delete_snapshot(sid, None)
+
+
+async def test_stopped_array_is_unavailable_and_bad_credentials_say_so(tmp_path: Path) -> None:
+    """Also: the password appears in no error message and no line of the driver's log."""
+    errors: list[VMSnapError] = []
+    with start_emulator("ontap", tmp_path / "on") as emu:
+        wrong = EmulatorProcess(
+            "ontap", emu.data_dir, user=emu.user, password="Wr0ng-" + emu.password
+        )
+        wrong.info = emu.info
+        with run_driver("netapp", wrong, "--svm", "svm0") as driver:
+            client = DriverClient.connect(driver.address, timeout=30)
+            vm = VM(id="vm-creds", volumes=(Volume("vda", "ontap://svm0/v/disk.img"),))
+            with pytest.raises(FailedPrecondition) as caught:
+                await client.take_snapshot(TakeRequest(_id(), vm, vm.volumes))
+            assert "credentials" in caught.value.message
+            errors.append(caught.value)
+            probe = await client.probe()
+            assert not probe.ready and "credentials" in probe.message
+            await client.close()
+            assert wrong.password not in driver.log()
+
+        with run_driver("netapp", emu, *FAST) as driver:
+            client = DriverClient.connect(driver.address, timeout=30)
+            vols = await _volumes(client, 1)
+            vm = VM(id="vm-down", volumes=tuple(vols))
+            emu.stop()
+            with pytest.raises(Unavailable) as down:
+                await client.take_snapshot(TakeRequest(_id(), vm, tuple(vols)))
+            errors.append(down.value)
+            with pytest.raises(Unavailable) as down_delete:
+                await client.delete_snapshot(_id(), None)
+            errors.append(down_delete.value)
+            probe = await client.probe()
+            assert not probe.ready
+            assert "cannot reach" in probe.message
+            await client.close()
+            log = driver.log()
+            assert log, "the driver logged nothing"
+            assert emu.password not in log
+    for error in errors:
+        assert emu.password not in error.message
+        assert emu.password not in str(error.metadata)
