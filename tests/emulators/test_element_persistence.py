@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from vmsnap_emulators.datadir import DataDirBusyError
+from vmsnap_emulators.element.offline import open_element_data
 from vmsnap_emulators.pytest_fixtures import element_client
 from vmsnap_emulators.testing import EmulatorError, EmulatorProcess, start_emulator
 
@@ -63,3 +65,23 @@ def test_password_never_logged(fresh_element_emulator: EmulatorProcess) -> None:
     assert "POST /json-rpc/12.3" in log
     for secret in (emu.password, "wrong-secret", "chapsecret12"):
         assert secret not in log
+
+
+def test_offline_access_when_the_emulator_is_stopped(
+    fresh_element_emulator: EmulatorProcess,
+) -> None:
+    emu = fresh_element_emulator
+    sdk = element_client(emu)
+    acc = sdk.add_account("offline").account_id
+    vid = sdk.create_volume("disk", acc, MiB).volume_id
+    emu.write_volume(vid, 0, b"online")
+    with pytest.raises(DataDirBusyError):
+        with open_element_data(emu.data_dir):
+            pass
+    emu.stop()
+    with open_element_data(emu.data_dir) as state:
+        dev = state.device(vid)
+        assert dev.read(0, 6) == b"online"
+        dev.write(0, b"offline")
+    emu.start()
+    assert emu.read_volume(vid, 0, 7) == b"offline"
