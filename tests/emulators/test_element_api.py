@@ -13,6 +13,9 @@ from solidfire.factory import ElementFactory
 from vmsnap_emulators.pytest_fixtures import element_client
 from vmsnap_emulators.testing import EmulatorProcess, start_emulator
 
+# verify=False, as drivers do against arrays with self-signed certificates.
+pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+
 MiB = 1 << 20
 
 

@@ -11,6 +11,9 @@ from vmsnap_emulators.element.offline import open_element_data
 from vmsnap_emulators.pytest_fixtures import element_client
 from vmsnap_emulators.testing import EmulatorError, EmulatorProcess, start_emulator
 
+# verify=False, as drivers do against arrays with self-signed certificates.
+pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+
 MiB = 1 << 20
 
 

@@ -14,6 +14,9 @@ from netapp_ontap.host_connection import HostConnection
 from netapp_ontap.resources import Cluster, FileClone, FileInfo, Snapshot, Svm, Volume
 from vmsnap_emulators.testing import EmulatorProcess
 
+# verify=False, as drivers do against arrays with self-signed certificates.
+pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+
 MiB = 1 << 20
 
 
@@ -260,6 +263,13 @@ def test_file_clone_restore_and_files(
     with pytest.raises(NetAppRestError) as err:
         FileClone(
             volume={"uuid": volume.uuid}, source_path="../../etc/passwd", destination_path="x"
+        ).post()
+    assert _error(err.value)[0] == 400
+
+    os.symlink("/etc", _path(ontap_emulator, volume, "escape"))
+    with pytest.raises(NetAppRestError) as err:
+        FileClone(
+            volume={"uuid": volume.uuid}, source_path="escape/hostname", destination_path="stolen"
         ).post()
     assert _error(err.value)[0] == 400
 

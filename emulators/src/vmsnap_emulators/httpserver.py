@@ -13,6 +13,7 @@ import binascii
 import hmac
 import json
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -270,7 +271,7 @@ def serve(
         "cert": str(cert),
         "data_dir": str(data_dir),
         "user": credentials.user,
-        "pid": _pid(),
+        "pid": os.getpid(),
     }
     info.update(app.listen_info())
     atomic_write_json(data_dir / LISTEN_FILE, info)
@@ -290,9 +291,3 @@ def serve(
         server.server_close()
         app.close()
         LOG.info("stopped")
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
