@@ -354,3 +354,21 @@ def test_reads_are_bounded(
     status, body = element_emulator.request("GET", f"/emulator/volumes/{vid}/data")
     assert status == 400 and b"limited" in body
     assert element_emulator.read_volume(vid, 99 * MiB, MiB) == bytes(MiB)
+
+
+def test_modify_volume_and_account_views(
+    element_emulator: EmulatorProcess, element_sdk: Any, account_id: int
+) -> None:
+    vid = element_sdk.create_volume(_name("vol"), account_id, 2 * MiB).volume_id
+    element_emulator.write_volume(vid, 0, b"keep")
+    out = element_sdk.modify_volume(vid, attributes={"vm": "b"}, total_size=8 * MiB).volume
+    assert (out.attributes, out.total_size) == ({"vm": "b"}, 8 * MiB)
+    assert element_emulator.read_volume(vid, 0, 4) == b"keep"
+    assert element_emulator.read_volume(vid, 7 * MiB, 4) == bytes(4)
+    with pytest.raises(ApiServerError) as err:
+        element_sdk.modify_volume(vid, total_size=MiB)
+    assert _error(err) == "xInvalidParameter"
+    mine = element_sdk.list_volumes_for_account(account_id).volumes
+    assert vid in [v.volume_id for v in mine]
+    name = element_sdk.get_account_by_id(account_id).account.username
+    assert vid in element_sdk.get_account_by_name(name).account.volumes

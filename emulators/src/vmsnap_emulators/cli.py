@@ -18,7 +18,10 @@ from .tlscert import ensure_certificate
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vmsnap-emulator", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="vmsnap-emulator",
+        description="Run an emulator of a storage vendor's management API (HTTPS, Basic auth).",
+    )
     sub = p.add_subparsers(dest="kind", required=True)
     for kind in ("element", "ontap"):
         s = sub.add_parser(kind, help=f"run the {kind} emulator")
