@@ -54,9 +54,11 @@ def test_second_process_on_same_data_dir_is_refused(
         start_emulator("element", fresh_element_emulator.data_dir)
 
 
-def test_sigterm_is_graceful(tmp_path: Path) -> None:
-    emu = start_emulator("element", tmp_path / "data")
+@pytest.mark.parametrize("kind", ["element", "ontap"])
+def test_sigterm_is_graceful(tmp_path: Path, kind: str) -> None:
+    emu = start_emulator(kind, tmp_path / "data")
     assert emu.stop() == 0
+    assert "stopped" in emu.stderr_tail()
 
 
 def test_password_never_logged(fresh_element_emulator: EmulatorProcess) -> None:

@@ -304,3 +304,17 @@ def test_sparse_images_stay_cheap(
         f.seek(100 * MiB)
         assert f.read(4096) == b"x" * 4096
     assert os.stat(clone).st_blocks * 512 < 16 * MiB
+
+
+def test_empty_collections_accept_fields_and_filters(
+    fresh_ontap_emulator: EmulatorProcess,
+) -> None:
+    emu = fresh_ontap_emulator
+    for path in (
+        "/api/storage/volumes?fields=space.used,svm.name&name=x*",
+        "/api/cluster/jobs?fields=state,message&state=failure",
+        "/api/storage/volumes?return_records=false",
+    ):
+        status, body = emu.request("GET", path)
+        assert status == 200, body
+        assert json.loads(body)["num_records"] == 0
