@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from solidfire.common import ApiConnectionError, ApiServerError
 from solidfire.factory import ElementFactory
+
 from vmsnap_emulators.pytest_fixtures import element_client
 from vmsnap_emulators.testing import EmulatorProcess, start_emulator
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from vmsnap_emulators.pytest_fixtures import element_client
 from vmsnap_emulators.testing import EmulatorProcess
 

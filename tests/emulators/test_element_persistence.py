@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from vmsnap_emulators.datadir import DataDirBusyError
 from vmsnap_emulators.element.offline import open_element_data
 from vmsnap_emulators.pytest_fixtures import element_client

@@ -12,6 +12,7 @@ import pytest
 from netapp_ontap.error import NetAppRestError
 from netapp_ontap.host_connection import HostConnection
 from netapp_ontap.resources import Cluster, FileClone, FileInfo, Snapshot, Svm, Volume
+
 from vmsnap_emulators.testing import EmulatorProcess
 
 # verify=False, as drivers do against arrays with self-signed certificates.

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from netapp_ontap.error import NetAppRestError
 from netapp_ontap.resources import Job, Snapshot, Volume
+
 from vmsnap_emulators.pytest_fixtures import ontap_client
 from vmsnap_emulators.testing import EmulatorProcess, start_emulator
 
