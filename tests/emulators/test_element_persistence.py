@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import ssl
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,18 @@ def test_offline_access_when_the_emulator_is_stopped(
         dev.write(0, b"offline")
     emu.start()
     assert emu.read_volume(vid, 0, 7) == b"offline"
+
+
+def test_tls_certificate_verifies_and_bad_handshakes_are_quiet(
+    fresh_element_emulator: EmulatorProcess,
+) -> None:
+    emu = fresh_element_emulator
+    status, _ = emu.request("GET", "/emulator/info")  # verifies against emu.cert
+    assert status == 200
+    with pytest.raises(urllib.error.URLError):  # default CAs do not trust it
+        urllib.request.urlopen(
+            emu.url + "/emulator/info", timeout=10, context=ssl.create_default_context()
+        )
+    assert emu.request("GET", "/emulator/info")[0] == 200
+    emu.stop()
+    assert "Traceback" not in emu.stderr_tail(1 << 20)

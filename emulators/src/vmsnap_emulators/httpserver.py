@@ -121,6 +121,15 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         self.credentials = credentials
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up or fail the TLS handshake (for example one that verifies the
+        # self-signed certificate and rejects it) are routine: no traceback for them.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | ssl.SSLError | TimeoutError):
+            LOG.debug("connection from %s ended: %s", client_address, exc)
+            return
+        LOG.exception("error serving %s", client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: EmulatorHTTPServer
