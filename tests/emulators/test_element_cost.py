@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from vmsnap_emulators.pytest_fixtures import element_client
 from vmsnap_emulators.testing import EmulatorProcess
+
+# verify=False, as drivers do against arrays with self-signed certificates.
+pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
 MiB = 1 << 20
 

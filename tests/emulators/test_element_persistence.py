@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import ssl
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+
+from vmsnap_emulators.datadir import DataDirBusyError
+from vmsnap_emulators.element.offline import open_element_data
 from vmsnap_emulators.pytest_fixtures import element_client
 from vmsnap_emulators.testing import EmulatorError, EmulatorProcess, start_emulator
+
+# verify=False, as drivers do against arrays with self-signed certificates.
+pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
 MiB = 1 << 20
 
@@ -49,9 +58,11 @@ def test_second_process_on_same_data_dir_is_refused(
         start_emulator("element", fresh_element_emulator.data_dir)
 
 
-def test_sigterm_is_graceful(tmp_path: Path) -> None:
-    emu = start_emulator("element", tmp_path / "data")
+@pytest.mark.parametrize("kind", ["element", "ontap"])
+def test_sigterm_is_graceful(tmp_path: Path, kind: str) -> None:
+    emu = start_emulator(kind, tmp_path / "data")
     assert emu.stop() == 0
+    assert "stopped" in emu.stderr_tail()
 
 
 def test_password_never_logged(fresh_element_emulator: EmulatorProcess) -> None:
@@ -63,3 +74,38 @@ def test_password_never_logged(fresh_element_emulator: EmulatorProcess) -> None:
     assert "POST /json-rpc/12.3" in log
     for secret in (emu.password, "wrong-secret", "chapsecret12"):
         assert secret not in log
+
+
+def test_offline_access_when_the_emulator_is_stopped(
+    fresh_element_emulator: EmulatorProcess,
+) -> None:
+    emu = fresh_element_emulator
+    sdk = element_client(emu)
+    acc = sdk.add_account("offline").account_id
+    vid = sdk.create_volume("disk", acc, MiB).volume_id
+    emu.write_volume(vid, 0, b"online")
+    with pytest.raises(DataDirBusyError):
+        with open_element_data(emu.data_dir):
+            pass
+    emu.stop()
+    with open_element_data(emu.data_dir) as state:
+        dev = state.device(vid)
+        assert dev.read(0, 6) == b"online"
+        dev.write(0, b"offline")
+    emu.start()
+    assert emu.read_volume(vid, 0, 7) == b"offline"
+
+
+def test_tls_certificate_verifies_and_bad_handshakes_are_quiet(
+    fresh_element_emulator: EmulatorProcess,
+) -> None:
+    emu = fresh_element_emulator
+    status, _ = emu.request("GET", "/emulator/info")  # verifies against emu.cert
+    assert status == 200
+    with pytest.raises(urllib.error.URLError):  # default CAs do not trust it
+        urllib.request.urlopen(
+            emu.url + "/emulator/info", timeout=10, context=ssl.create_default_context()
+        )
+    assert emu.request("GET", "/emulator/info")[0] == 200
+    emu.stop()
+    assert "Traceback" not in emu.stderr_tail(1 << 20)

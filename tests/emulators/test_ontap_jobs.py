@@ -9,8 +9,12 @@ from typing import Any
 import pytest
 from netapp_ontap.error import NetAppRestError
 from netapp_ontap.resources import Job, Snapshot, Volume
+
 from vmsnap_emulators.pytest_fixtures import ontap_client
 from vmsnap_emulators.testing import EmulatorProcess, start_emulator
+
+# verify=False, as drivers do against arrays with self-signed certificates.
+pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
 MiB = 1 << 20
 

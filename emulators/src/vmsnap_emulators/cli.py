@@ -8,18 +8,20 @@ process can use port 0 and read the real port. SIGTERM stops it gracefully.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import sys
 from pathlib import Path
-from typing import IO
 
+from .datadir import DataDirBusyError, lock_data_dir
 from .httpserver import App, Credentials, parse_listen, serve
 from .tlscert import ensure_certificate
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vmsnap-emulator", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="vmsnap-emulator",
+        description="Run an emulator of a storage vendor's management API (HTTPS, Basic auth).",
+    )
     sub = p.add_subparsers(dest="kind", required=True)
     for kind in ("element", "ontap"):
         s = sub.add_parser(kind, help=f"run the {kind} emulator")
@@ -52,16 +54,6 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds each job stays queued/running before it executes",
     )
     return p
-
-
-def _lock_data_dir(data: Path) -> IO[bytes]:
-    """One emulator per data dir: a second process would corrupt the state."""
-    f = (data / ".lock").open("wb")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise SystemExit(f"another emulator is using {data}") from None
-    return f
 
 
 def _build_app(args: argparse.Namespace, data: Path) -> App:
@@ -100,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     data: Path = args.data.resolve()
     (data / args.kind).mkdir(parents=True, exist_ok=True)
-    lock = _lock_data_dir(data)
+    try:
+        # One emulator per data dir: a second process would corrupt the state.
+        lock = lock_data_dir(data)
+    except DataDirBusyError as exc:
+        print(f"vmsnap-emulator: {exc}", file=sys.stderr)
+        return 3
     cert, key = ensure_certificate(data, f"vmsnap-{args.kind}-emulator")
     app = _build_app(args, data)
     try:

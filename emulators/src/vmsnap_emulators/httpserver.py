@@ -13,6 +13,7 @@ import binascii
 import hmac
 import json
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -119,6 +120,15 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         self.app = app
         self.credentials = credentials
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up or fail the TLS handshake (for example one that verifies the
+        # self-signed certificate and rejects it) are routine: no traceback for them.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | ssl.SSLError | TimeoutError):
+            LOG.debug("connection from %s ended: %s", client_address, exc)
+            return
+        LOG.exception("error serving %s", client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -270,7 +280,7 @@ def serve(
         "cert": str(cert),
         "data_dir": str(data_dir),
         "user": credentials.user,
-        "pid": _pid(),
+        "pid": os.getpid(),
     }
     info.update(app.listen_info())
     atomic_write_json(data_dir / LISTEN_FILE, info)
@@ -290,9 +300,3 @@ def serve(
         server.server_close()
         app.close()
         LOG.info("stopped")
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()

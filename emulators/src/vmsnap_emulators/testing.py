@@ -63,8 +63,9 @@ class EmulatorProcess:
     def start(self, port: int = 0) -> EmulatorProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         pw_file = self.data_dir.parent / f".{self.data_dir.name}.password"
-        pw_file.write_text(self.password, encoding="utf-8")
-        os.chmod(pw_file, 0o600)
+        fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(self.password)
         self._stderr = (self.data_dir.parent / f"{self.data_dir.name}.stderr.log").open("ab")
         cmd = [
             sys.executable,

@@ -129,6 +129,8 @@ class ElementApp:
                         else self.state.snapshot_device(object_id)
                     )
                     length = int(length_q) if length_q is not None else dev.size - offset
+                    if length > MAX_DATA_BODY:
+                        raise ValueError(f"length is limited to {MAX_DATA_BODY} bytes per read")
                     data = dev.read(offset, length)
                 return Response(200, data, "application/octet-stream")
             if request.method == "PUT" and kind == "volumes":

@@ -26,7 +26,15 @@ def resolve_inside(root: Path, rel: str) -> Path:
     parts = PurePosixPath(rel.lstrip("/")).parts
     if any(p in ("..",) for p in parts) or "\0" in rel:
         raise errors.invalid("path", f'Invalid path "{rel}".')
-    return root.joinpath(*[p for p in parts if p not in ("", ".")])
+    path = root.joinpath(*[p for p in parts if p not in ("", ".")])
+    # The export is writable by hypervisors: a symlink must not lead the API outside it.
+    if path != root:
+        real_root = root.resolve()
+        if not path.parent.resolve().is_relative_to(real_root) or (
+            path.is_symlink() and not path.resolve().is_relative_to(real_root)
+        ):
+            raise errors.invalid("path", f'Path "{rel}" leaves the volume.')
+    return path
 
 
 def _reflink(src_fd: int, dst_fd: int) -> bool:
