@@ -102,6 +102,7 @@ class EmulatorProcess:
             chunk = os.read(self._proc.stdout.fileno(), 4096)
             if not chunk:
                 self._proc.wait()
+                self._cleanup()
                 raise EmulatorError(
                     f"{self.kind} emulator exited with {self._proc.returncode}: "
                     f"{self.stderr_tail()}"
