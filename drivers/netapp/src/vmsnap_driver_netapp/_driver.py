@@ -242,8 +242,10 @@ class NetAppDriver(StorageDriver):
         for i, v in enumerate(volumes):
             disk = parse_locator(v.locator)
             if disk is None:
-                raise InvalidArgument.for_field(
-                    f"volumes[{i}].locator", "must be ontap://<svm>/<volume>/<path>"
+                # Not an ONTAP file: unknown to this driver (sent to the wrong driver).
+                raise NotFound(
+                    f"volume {v.locator} is not an ontap://<svm>/<volume>/<path> file",
+                    reason="VOLUME_NOT_HERE",
                 )
             if len(disk.path.encode()) > MAX_PATH_BYTES:
                 raise InvalidArgument.for_field(

@@ -214,8 +214,11 @@ class SolidFireDriver(StorageDriver):
         for i, v in enumerate(volumes):
             parsed = parse_locator(v.locator)
             if parsed is None:
-                raise InvalidArgument.for_field(
-                    f"volumes[{i}].locator", "must be element://<cluster>/<volumeID>"
+                # Not an Element volume: unknown to this driver, like a volume of
+                # another cluster (the host sent it to the wrong driver).
+                raise NotFound(
+                    f"volume {v.locator} is not an element://<cluster>/<volumeID> volume",
+                    reason="VOLUME_NOT_HERE",
                 )
             if parsed.cluster != cluster:
                 raise NotFound(
