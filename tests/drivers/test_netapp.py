@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -246,3 +247,15 @@ async def test_stopped_array_is_unavailable_and_bad_credentials_say_so(tmp_path:
     for error in errors:
         assert emu.password not in error.message
         assert emu.password not in str(error.metadata)
+
+
+async def test_concurrent_retries_of_one_take_make_one_snapshot(client: DriverClient) -> None:
+    vols = await _volumes(client, 2)
+    vm = VM(id=_id("vm"), volumes=tuple(vols))
+    take = TakeRequest(_id(), vm, tuple(vols), quiesced=True)
+    results = await asyncio.gather(*(client.take_snapshot(take) for _ in range(3)))
+    assert len({r.volume_snapshots for r in results}) == 1
+    listed = await client.list_snapshots(Page(size=1000), vm_id=vm.id)
+    assert [s.vm_snapshot_id for s in listed.snapshots] == [take.vm_snapshot_id]
+    await client.delete_snapshot(take.vm_snapshot_id, None)
+    assert (await client.list_snapshots(Page(size=1000), vm_id=vm.id)).snapshots == ()

@@ -18,6 +18,7 @@ whose ``repr`` and ``str`` hide it, so that logging a config object cannot leak 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass
@@ -121,6 +122,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fixture-account", help="account owning the fixture's test volumes")
 
 
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _truthy(value: object) -> bool:
     if isinstance(value, bool):
         return value
@@ -181,6 +190,13 @@ def from_arguments(args: argparse.Namespace, environ: dict[str, str] | None = No
         if not Path(ca_file).is_file():
             raise ConfigError(f"CA file {ca_file} does not exist")
         verify = str(ca_file)
+
+    if verify is not False and _is_ip_address(parts.hostname):
+        # ElementFactory refuses to verify TLS for an IP address: say so at start.
+        raise ConfigError(
+            f"the Element SDK verifies TLS for host names only: give the cluster's MVIP by "
+            f"name in the URL, not {parts.hostname} (or --insecure-skip-tls-verify on a test array)"
+        )
 
     fixture = pick("conformance_fixture")
     defaults = Config(host="", port=0, user="", password=Secret(""))
