@@ -240,6 +240,8 @@ async def test_stopped_array_is_unavailable_and_bad_credentials_say_so(tmp_path:
             probe = await client.probe()
             assert not probe.ready
             assert "cannot reach" in probe.message
+            info = await client.get_info()
+            assert emu.password not in repr(info), "credentials must never reach the host"
             await client.close()
             log = driver.log()
             assert log, "the driver logged nothing"
