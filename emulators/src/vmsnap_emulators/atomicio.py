@@ -49,6 +49,12 @@ def atomic_write_json(path: Path, obj: Any, *, mode: int = 0o644) -> None:
     atomic_write_bytes(path, data, mode=mode)
 
 
+def remove_stale_temps(path: Path) -> None:
+    """Delete temp files that an interrupted :func:`atomic_write_bytes` left next to ``path``."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def read_json(path: Path) -> Any:
     """Read a JSON file written by :func:`atomic_write_json`."""
     with path.open("rb") as f:
