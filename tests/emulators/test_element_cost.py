@@ -31,10 +31,10 @@ def test_snapshot_copies_nothing_whatever_the_volume_size(
     emu = fresh_element_emulator
     sdk = element_client(emu)
     acc = sdk.add_account("bench").account_id
-    small = sdk.create_volume("small", acc, 4 * MiB).volume_id
-    big = sdk.create_volume("big", acc, 32 * MiB).volume_id
-    _fill(emu, small, 4 * MiB)
-    _fill(emu, big, 32 * MiB)
+    small = sdk.create_volume("small", acc, 2 * MiB).volume_id
+    big = sdk.create_volume("big", acc, 16 * MiB).volume_id
+    _fill(emu, small, 2 * MiB)
+    _fill(emu, big, 16 * MiB)
 
     costs = {}
     for vid in (small, big):

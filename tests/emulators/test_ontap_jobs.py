@@ -120,3 +120,22 @@ def test_state_and_files_survive_restart(
     Volume(uuid=vol.uuid).patch(connection=conn, **{"restore_to.snapshot.name": "s1"})
     assert disk.read_bytes() == b"v1" * 1000
     assert {j.state for j in Job.get_collection(fields="state", connection=conn)} == {"success"}
+
+
+def test_crash_leftovers_are_removed_at_start(fresh_ontap_emulator: EmulatorProcess) -> None:
+    emu = fresh_ontap_emulator
+    vol = Volume(name="left", svm={"name": "svm0"}, size=64 * MiB)
+    vol.post(connection=ontap_client(emu))
+    emu.kill()
+    meta = emu.data_dir / "ontap"
+    junk = [
+        meta / "snapshots" / vol.uuid / "half-copied-snapshot",
+        emu.export_dir() / f".restore-{vol.uuid}",
+        meta / ".state.json.abc123.tmp",
+    ]
+    for path in junk[:2]:
+        path.mkdir(parents=True)
+    junk[2].write_text("{")
+    emu.start()
+    assert [p for p in junk if p.exists()] == []
+    assert Volume.find(name="left", connection=ontap_client(emu)) is not None

@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomicio import atomic_write_bytes, fsync_dir
+from .atomicio import atomic_write_bytes, fsync, fsync_dir
 
 DEFAULT_BLOCK_SIZE = 64 * 1024
 ZERO = bytes(32)
@@ -87,7 +87,7 @@ class BlockStore:
         with tmp.open("wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            fsync(f.fileno())
         os.replace(tmp, path)
         # Directory fsyncs are batched per write request (see sync()).
         self._dirty_dirs.add(path.parent)
@@ -226,7 +226,7 @@ class LayerStore:
         with path.open("ab") as f:
             f.write(payload)
             f.flush()
-            os.fsync(f.fileno())
+            fsync(f.fileno())
         if created:
             fsync_dir(self._logs)
         self._layers[head].entries.update(records)

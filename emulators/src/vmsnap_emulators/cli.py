@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .atomicio import set_durable
 from .datadir import DataDirBusyError, lock_data_dir
 from .httpserver import App, Credentials, parse_listen, serve
 from .tlscert import ensure_certificate
@@ -35,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
             help="file holding the password (trailing newline ignored)",
         )
         s.add_argument("--log-level", default="WARNING")
+        s.add_argument(
+            "--no-fsync",
+            action="store_true",
+            help="skip fsync: state stays atomic and survives a killed process, not a power "
+            "loss (tests and benchmarks on busy machines)",
+        )
     el = sub.choices["element"]
     el.add_argument("--cluster", default="vmsnap-element", help="cluster name")
     el.add_argument("--max-snapshots-per-volume", type=int, default=32)
@@ -90,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if not password:
         print("vmsnap-emulator: the password file is empty", file=sys.stderr)
         return 2
+    set_durable(not args.no_fsync)
     data: Path = args.data.resolve()
     (data / args.kind).mkdir(parents=True, exist_ok=True)
     try:

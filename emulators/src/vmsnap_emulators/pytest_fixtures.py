@@ -2,10 +2,11 @@
 
 Import them into a ``conftest.py`` (``from vmsnap_emulators.pytest_fixtures import *``):
 
-* ``element_emulator`` / ``ontap_emulator`` (session scope): one shared process each. Tests
-  must create their own objects and not assume an empty array.
+* ``element_emulator`` / ``ontap_emulator`` (session scope): one shared process each, run
+  with ``--no-fsync`` for speed. Tests must create their own objects and not assume an
+  empty array.
 * ``fresh_element_emulator`` / ``fresh_ontap_emulator`` (function scope): a new process on an
-  empty data dir, for tests that restart, crash or count.
+  empty data dir, fully durable, for tests that restart, crash or count.
 * ``element_sdk`` (function scope): a ``solidfire.Element`` connected to ``element_emulator``.
 * ``ontap_connection`` (function scope): a ``netapp_ontap.HostConnection`` to
   ``ontap_emulator`` (``verify=False``, short job polling interval), also set as the SDK's
@@ -38,7 +39,8 @@ __all__ = [
 
 @pytest.fixture(scope="session")
 def element_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
-    with start_emulator("element", tmp_path_factory.mktemp("element") / "data") as emu:
+    data = tmp_path_factory.mktemp("element") / "data"
+    with start_emulator("element", data, durable=False) as emu:
         yield emu
 
 
@@ -50,7 +52,8 @@ def fresh_element_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture(scope="session")
 def ontap_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
-    with start_emulator("ontap", tmp_path_factory.mktemp("ontap") / "data") as emu:
+    data = tmp_path_factory.mktemp("ontap") / "data"
+    with start_emulator("ontap", data, durable=False) as emu:
         yield emu
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..atomicio import atomic_write_json, read_json
+from ..atomicio import atomic_write_json, read_json, remove_stale_temps
 from ..blockstore import DEFAULT_BLOCK_SIZE, LayerStore, VolumeDevice
 from . import errors
 from .errors import ElementError
@@ -59,6 +59,7 @@ class ElementState:
         self.max_snapshots = max_snapshots_per_volume
         self.async_delay = async_delay
         path = root / STATE_FILE
+        remove_stale_temps(path)
         raw: dict[str, Any] = read_json(path) if path.exists() else {}
         self.cluster: dict[str, str] = raw.get("cluster") or {
             "name": cluster_name,

@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path, PurePosixPath
 
+from ..atomicio import fsync
 from . import errors
 from .errors import OntapError
 
@@ -96,7 +97,7 @@ def clone_file(src: Path, dst: Path) -> int:
             os.ftruncate(d.fileno(), st.st_size)
             copied = _copy_extents(s.fileno(), d.fileno(), st.st_size)
         d.flush()
-        os.fsync(d.fileno())
+        fsync(d.fileno())
     os.chmod(tmp, st.st_mode & 0o7777)
     os.replace(tmp, dst)
     return copied

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomicio import atomic_write_json, read_json
+from ..atomicio import atomic_write_json, read_json, remove_stale_temps
 from . import errors, fsops
 from .errors import OntapError
 
@@ -109,6 +109,7 @@ class OntapState:
             d.mkdir(parents=True, exist_ok=True)
         self.stats = Stats()
         path = self.meta_dir / "state.json"
+        remove_stale_temps(path)
         raw: dict[str, Any] = read_json(path) if path.exists() else {}
         self.ids = _Ids(**raw["ids"]) if "ids" in raw else _Ids()
         self.volumes = {k: Volume(**v) for k, v in raw.get("volumes", {}).items()}
@@ -119,6 +120,19 @@ class OntapState:
                 # Its effect was never committed (effect and job state commit together).
                 self.finish_job(job, "failure", "Job interrupted by an emulator restart.", 1)
         self.commit()
+        self._remove_orphans()
+
+    def _remove_orphans(self) -> None:
+        """Drop what a crash mid-job left behind: partial copies, unreferenced snapshots."""
+        for staging in self.export_dir.glob(".restore-*"):
+            shutil.rmtree(staging, ignore_errors=True)
+        known = {(s.volume_uuid, s.uuid) for s in self.snapshots.values()}
+        for vol_dir in self.snap_dir.iterdir():
+            for snap_dir in vol_dir.iterdir():
+                if (vol_dir.name, snap_dir.name) not in known:
+                    shutil.rmtree(snap_dir, ignore_errors=True)
+            if vol_dir.name not in self.volumes:
+                shutil.rmtree(vol_dir, ignore_errors=True)
 
     # -- persistence -------------------------------------------------------------------
     def commit(self) -> None:
