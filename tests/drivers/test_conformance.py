@@ -29,7 +29,7 @@ def _failures(report: Report) -> dict[str, str]:
 @pytest.mark.parametrize("vendor", ["solidfire", "netapp"])
 async def test_driver_passes_the_conformance_suite(vendor: str, tmp_path: Path) -> None:
     with (
-        start_emulator(EMULATOR[vendor], tmp_path / "array") as emu,
+        start_emulator(EMULATOR[vendor], tmp_path / "array", durable=False) as emu,
         run_driver(vendor, emu, *ARGS[vendor]) as driver,
     ):
         report = await run_suite(driver.address)

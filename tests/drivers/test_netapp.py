@@ -209,7 +209,7 @@ async def test_list_pages_in_a_stable_order_and_filters_by_vm(client: DriverClie
 async def test_stopped_array_is_unavailable_and_bad_credentials_say_so(tmp_path: Path) -> None:
     """Also: the password appears in no error message and no line of the driver's log."""
     errors: list[VMSnapError] = []
-    with start_emulator("ontap", tmp_path / "on") as emu:
+    with start_emulator("ontap", tmp_path / "on", durable=False) as emu:
         wrong = EmulatorProcess(
             "ontap", emu.data_dir, user=emu.user, password="Wr0ng-" + emu.password
         )

@@ -205,7 +205,10 @@ async def test_list_pages_in_a_stable_order_and_filters_by_vm(client: DriverClie
 async def test_snapshot_limit_is_resource_exhausted(tmp_path: Path) -> None:
     with (
         start_emulator(
-            "element", tmp_path / "el", extra_args=["--max-snapshots-per-volume", "2"]
+            "element",
+            tmp_path / "el",
+            extra_args=["--max-snapshots-per-volume", "2"],
+            durable=False,
         ) as emu,
         run_driver("solidfire", emu, "--conformance-fixture") as driver,
     ):
@@ -225,7 +228,7 @@ async def test_snapshot_limit_is_resource_exhausted(tmp_path: Path) -> None:
 async def test_stopped_array_is_unavailable_and_bad_credentials_say_so(tmp_path: Path) -> None:
     """Also: the password appears in no error message and no line of the driver's log."""
     errors: list[VMSnapError] = []
-    with start_emulator("element", tmp_path / "el") as emu:
+    with start_emulator("element", tmp_path / "el", durable=False) as emu:
         wrong = EmulatorProcess(
             "element", emu.data_dir, user=emu.user, password="Wr0ng-" + emu.password
         )
