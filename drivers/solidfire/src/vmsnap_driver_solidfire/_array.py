@@ -60,7 +60,6 @@ class ElementArray:
                     print_ascii_art=False,
                     timeout=int(cfg.call_timeout),
                 )
-                client.connect_timeout(int(cfg.connect_timeout))
                 self._client = client
             return self._client
 

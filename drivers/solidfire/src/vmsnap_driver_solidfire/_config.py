@@ -65,10 +65,8 @@ class Config:
     #: The cluster name locators use; learnt from GetClusterInfo when empty.
     cluster: str = ""
     api_version: str = DEFAULT_API_VERSION
-    #: Read timeout of one Element call, seconds.
+    #: Timeout of one Element call, seconds (the SDK uses it to connect and to read).
     call_timeout: float = 60.0
-    #: Connect timeout, seconds: short, so that a dead array answers UNAVAILABLE fast.
-    connect_timeout: float = 5.0
     #: Element calls in flight at once (the vendor client is synchronous: one thread each).
     max_array_calls: int = 4
     #: Serve the ConformanceFixture service (test arrays and the emulator only).
