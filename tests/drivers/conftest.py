@@ -40,34 +40,50 @@ class DriverProcess:
 
 
 @contextmanager
-def run_driver(vendor: str, emu: EmulatorProcess, *extra: str) -> Iterator[DriverProcess]:
-    """Start ``vmsnap-driver-<vendor>`` against ``emu`` and wait until it serves."""
+def run_driver(
+    vendor: str, emu: EmulatorProcess, *extra: str, configured_by: str = "flags"
+) -> Iterator[DriverProcess]:
+    """Start ``vmsnap-driver-<vendor>`` against ``emu`` and wait until it serves.
+
+    ``configured_by`` says where the array settings come from: ``flags``,
+    ``environment`` (``VMSNAP_<VENDOR>_*``) or ``file`` (a TOML file, ``--config``).
+    """
     workdir = Path(tempfile.mkdtemp(prefix="vsd-", dir="/tmp"))
     try:
         password_file = workdir / "password"
         password_file.write_text(emu.password + "\n", encoding="utf-8")
         password_file.chmod(0o600)
         address = f"unix://{workdir}/driver.sock"
+        settings = {
+            # A host name, not 127.0.0.1: the Element SDK verifies TLS for names only.
+            "url": f"https://localhost:{emu.port}",
+            "user": emu.user,
+            "password_file": str(password_file),
+            "ca_file": emu.cert,
+        }
+        env: dict[str, str] = {}
+        array_args: list[str] = []
+        if configured_by == "flags":
+            for key, value in settings.items():
+                array_args += ["--" + key.replace("_", "-"), value]
+        elif configured_by == "environment":
+            env = {f"VMSNAP_{vendor.upper()}_{key.upper()}": v for key, v in settings.items()}
+        else:
+            config = workdir / "driver.toml"
+            config.write_text("".join(f'{k} = "{v}"\n' for k, v in settings.items()))
+            array_args = ["--config", str(config)]
         args = [
             sys.executable,
             "-m",
             f"vmsnap_driver_{vendor}",
             "--listen",
             address,
-            # A host name, not 127.0.0.1: the Element SDK verifies TLS for names only.
-            "--url",
-            f"https://localhost:{emu.port}",
-            "--user",
-            emu.user,
-            "--password-file",
-            str(password_file),
-            "--ca-file",
-            emu.cert,
+            *array_args,
             "--log-level",
             "debug",
             *extra,
         ]
-        proc = Proc(args, workdir / "driver.log")
+        proc = Proc(args, workdir / "driver.log", env=env)
         try:
             wait_serving(address, timeout=30)
             yield DriverProcess(proc, address, emu.password)

@@ -242,6 +242,12 @@ async def test_stopped_array_is_unavailable_and_bad_credentials_say_so(tmp_path:
             assert "cannot reach" in probe.message
             info = await client.get_info()
             assert emu.password not in repr(info), "credentials must never reach the host"
+
+            # The array comes back (same address): the driver works again by itself.
+            emu.start(port=emu.port)
+            assert (await client.probe()).ready
+            again = await client.take_snapshot(TakeRequest(_id(), vm, tuple(vols)))
+            await client.delete_snapshot(again.vm_snapshot_id, again)
             await client.close()
             log = driver.log()
             assert log, "the driver logged nothing"
