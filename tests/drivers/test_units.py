@@ -199,3 +199,25 @@ def _ontap_error(status: int, message: str = "m", code: str = "1") -> NetAppRest
 def test_ontap_errors_map_to_the_documented_codes(exc: Exception, expected: type) -> None:
     error = na_errors.translate(exc, url="https://c1:443", action="take", secret=SECRET)
     assert type(error) is expected, error
+
+
+async def test_key_locks_serialise_one_key_and_forget_it_after() -> None:
+    import asyncio
+
+    from vmsnap_driver_netapp._keylocks import KeyLocks
+
+    locks = KeyLocks()
+    inside: list[str] = []
+    peak = 0
+
+    async def hold(key: str) -> None:
+        nonlocal peak
+        async with locks(key):
+            inside.append(key)
+            peak = max(peak, inside.count("a"))
+            await asyncio.sleep(0)
+            inside.remove(key)
+
+    await asyncio.gather(*(hold(k) for k in ["a", "a", "a", "b"]))
+    assert peak == 1
+    assert len(locks) == 0

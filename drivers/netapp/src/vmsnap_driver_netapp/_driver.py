@@ -28,6 +28,7 @@ from vmsnap_driver_netapp._array import OntapArray
 from vmsnap_driver_netapp._catalog import FlexVol, Found
 from vmsnap_driver_netapp._config import Config
 from vmsnap_driver_netapp._fixture import EmulatorFiles
+from vmsnap_driver_netapp._keylocks import KeyLocks
 from vmsnap_driver_netapp._layout import (
     DONE_MARKER,
     MAX_PATH_BYTES,
@@ -78,7 +79,7 @@ class NetAppDriver(StorageDriver):
         self.array = array or OntapArray(config)
         self._svms: tuple[str, ...] = config.svms
         self._volumes: dict[tuple[str, str], FlexVol] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._lock = KeyLocks()
         self._fixture = EmulatorFiles(config) if config.conformance_fixture else None
 
     # --- identity and health -------------------------------------------------------
@@ -385,12 +386,6 @@ class NetAppDriver(StorageDriver):
         return disk
 
     # --- helpers -------------------------------------------------------------------
-
-    def _lock(self, key: str) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
 
     async def _volume(self, disk: DiskFile) -> FlexVol:
         key = (disk.svm, disk.volume)

@@ -12,7 +12,6 @@ a new group snapshot: the undo the host asks for.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 from vmsnap_driver_solidfire._array import ElementArray
 from vmsnap_driver_solidfire._config import Config
 from vmsnap_driver_solidfire._fixture import EmulatorData
+from vmsnap_driver_solidfire._keylocks import KeyLocks
 from vmsnap_driver_solidfire._tags import Tag, locator, parse_locator
 from vmsnap_sdk import (
     VM,
@@ -72,7 +72,7 @@ class SolidFireDriver(StorageDriver):
         self._cluster = config.cluster
         # One take/revert/delete per vm_snapshot_id at a time in this process, so
         # that two concurrent retries cannot both create a group snapshot.
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._lock = KeyLocks()
         self._fixture = EmulatorData(config) if config.conformance_fixture else None
 
     # --- identity and health -------------------------------------------------------
@@ -361,12 +361,6 @@ class SolidFireDriver(StorageDriver):
         return parsed.volume_id
 
     # --- helpers -------------------------------------------------------------------
-
-    def _lock(self, key: str) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
 
     async def _tagged(self, action: str) -> list[tuple[Any, Tag]]:
         """Every group snapshot on the cluster that carries a vmsnap tag."""
