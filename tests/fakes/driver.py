@@ -129,7 +129,9 @@ class FakeDriver(StorageDriver):
 
     async def take_snapshot(self, request: TakeRequest) -> SnapshotResult:
         self._record("take", request.vm_snapshot_id)
-        volumes = [[v.disk, v.locator, f"{request.vm_snapshot_id}@{v.disk}"] for v in request.volumes]
+        volumes = [
+            [v.disk, v.locator, f"{request.vm_snapshot_id}@{v.disk}"] for v in request.volumes
+        ]
         existing = self.snapshots.get(request.vm_snapshot_id)
         if existing is not None and existing["volumes"] != volumes:
             raise AlreadyExists(f"{request.vm_snapshot_id} was taken with other volumes")
@@ -146,7 +148,9 @@ class FakeDriver(StorageDriver):
         self.snapshots[request.vm_snapshot_id] = {
             "volumes": volumes,
             "vm_id": request.vm.id,
-            "consistency": (level if level is not Consistency.UNSPECIFIED else Consistency.CRASH).name,
+            "consistency": (
+                level if level is not Consistency.UNSPECIFIED else Consistency.CRASH
+            ).name,
         }
         self._save()
         if self.o.behaviour == "hang":

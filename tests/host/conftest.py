@@ -48,14 +48,22 @@ class Rig:
     def __post_init__(self) -> None:
         self.recovery = Recovery(self.manager)
 
-    async def define(self, vm_id: str = "vm1", volumes: tuple[Volume, ...] = THREE_DISKS, running: bool = True) -> VM:
+    async def define(
+        self, vm_id: str = "vm1", volumes: tuple[Volume, ...] = THREE_DISKS, running: bool = True
+    ) -> VM:
         await self.agent.define_vm(VM(id=vm_id, name=vm_id, volumes=volumes, memory_mib=64))
         if running:
             return await self.agent.start_vm(vm_id)
         return await self.agent.describe_vm(vm_id)
 
     async def create(
-        self, name: str = "s1", vm_id: str = "vm1", *, memory: bool = False, quiesce: QuiescePolicy = QuiescePolicy.BEST_EFFORT, request_id: str = ""
+        self,
+        name: str = "s1",
+        vm_id: str = "vm1",
+        *,
+        memory: bool = False,
+        quiesce: QuiescePolicy = QuiescePolicy.BEST_EFFORT,
+        request_id: str = "",
     ) -> OperationRecord:
         return await self.manager.create_snapshot(
             request_id or f"req-{vm_id}-{name}",
@@ -76,9 +84,7 @@ class Rig:
         return self.agent._vms[vm_id].freeze is not None
 
 
-async def make_rig(
-    tmp_path: Path, *driver_options: Options, settings: Settings = FAST
-) -> Rig:
+async def make_rig(tmp_path: Path, *driver_options: Options, settings: Settings = FAST) -> Rig:
     store = Store.open_sqlite(tmp_path / "host.db")
     registry = Registry(call_timeout=settings.call_timeout_seconds)
     drivers = {}
@@ -89,13 +95,17 @@ async def make_rig(
     agent = SimAgent(tmp_path / "agent", name="sim-1")
     await agent.start()
     await registry.add_agent("local:sim-1", agent=agent)
-    return Rig(store, registry, Manager(store, registry, settings, "test"), agent, drivers, tmp_path)
+    return Rig(
+        store, registry, Manager(store, registry, settings, "test"), agent, drivers, tmp_path
+    )
 
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     r = await make_rig(
-        tmp_path, Options(name="io.vmsnap.test.a", scheme="a"), Options(name="io.vmsnap.test.b", scheme="b")
+        tmp_path,
+        Options(name="io.vmsnap.test.a", scheme="a"),
+        Options(name="io.vmsnap.test.b", scheme="b"),
     )
     yield r
     await r.manager.close()

@@ -12,7 +12,13 @@ from tests.fakes.driver import Options
 from tests.host.conftest import Rig, make_rig
 from vmsnap_host.model import GroupKind, QuiescePolicy, SnapshotState
 from vmsnap_sdk import Consistency, Volume
-from vmsnap_sdk.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
+from vmsnap_sdk.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+)
 
 
 async def test_two_drivers_and_an_unclaimed_disk_make_one_ready_snapshot(rig: Rig) -> None:
@@ -62,7 +68,11 @@ async def test_a_failing_driver_rolls_back_every_group(tmp_path: Path, behaviour
         snap = rig.store.get_snapshot(op.vm_snapshot_id)
         assert snap is not None and snap.state is SnapshotState.ERROR
         assert op.error is not None and snap.error is not None
-        expected = grpc.StatusCode.RESOURCE_EXHAUSTED if behaviour == "fail-final" else grpc.StatusCode.UNAVAILABLE
+        expected = (
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+            if behaviour == "fail-final"
+            else grpc.StatusCode.UNAVAILABLE
+        )
         assert op.error.code == expected.value[0]
         assert "io.vmsnap.test.b" in snap.error.message
         assert not rig.frozen()
@@ -117,7 +127,11 @@ async def test_best_effort_records_the_fallback_and_required_fails(rig: Rig) -> 
     from vmsnap_agent.sim import NO_GUEST_AGENT
 
     await rig.agent.define_vm(
-        __import__("vmsnap_sdk").VM(id="vm2", name=f"x {NO_GUEST_AGENT}", volumes=(Volume("vda", "a://p/9"), Volume("vdb", "b://p/9")))
+        __import__("vmsnap_sdk").VM(
+            id="vm2",
+            name=f"x {NO_GUEST_AGENT}",
+            volumes=(Volume("vda", "a://p/9"), Volume("vdb", "b://p/9")),
+        )
     )
     await rig.agent.start_vm("vm2")
     op = await rig.wait(await rig.create("s", "vm2"))
