@@ -192,3 +192,37 @@ def test_host_killed_mid_take_agent_thaws_and_restart_resolves(hanging_a: Cluste
     assert c.agent_state()["snapshots"].get("vm1", {}) == {}
     running = c.host.ListOperations(pb.ListOperationsRequest(only_running=True), timeout=5)
     assert list(running.operations) == []
+
+
+def test_registration_and_vm_passthrough(plain: Cluster) -> None:
+    c = plain
+    c.define_vm("vm1", start=False)
+    assert c.host.GetVM(pb.GetVMRequest(vm_id="vm1"), timeout=5).vm.state == 1  # STOPPED
+    assert [v.id for v in c.host.ListVMs(pb.ListVMsRequest(), timeout=5).vms] == ["vm1"]
+    agents = c.host.ListAgents(pb.ListAgentsRequest(), timeout=5).agents
+    assert [(a.name, a.hypervisor, a.health) for a in agents] == [
+        ("sim-1", "sim", pb.HEALTH_SERVING)
+    ]
+    c.host.RemoveDriver(pb.RemoveDriverRequest(name="io.vmsnap.test.b"), timeout=5)
+    c.host.RemoveDriver(pb.RemoveDriverRequest(name="io.vmsnap.test.b"), timeout=5)  # idempotent
+    names = [d.name for d in c.host.ListDrivers(pb.ListDriversRequest(), timeout=5).drivers]
+    assert names == ["io.vmsnap.test.a"]
+    got, message = _code(
+        lambda: c.host.RegisterDriver(
+            pb.RegisterDriverRequest(address=f"unix://{c.sock}/missing.sock"), timeout=10
+        )
+    )
+    assert got == grpc.StatusCode.UNAVAILABLE and "register again" in message
+    registered = c.host.RegisterDriver(
+        pb.RegisterDriverRequest(address=f"unix://{c.sock}/b.sock", order=5), timeout=10
+    ).driver
+    assert (registered.name, registered.health, registered.order) == (
+        "io.vmsnap.test.b",
+        pb.HEALTH_SERVING,
+        5,
+    )
+    assert "CONSISTENT_GROUP" in registered.capabilities
+    c.host.StopVM(pb.StopVMRequest(vm_id="vm1"), timeout=5)
+    op = c.wait(c.create("vm1", "stopped"))
+    assert op.vm_snapshot.state == pb.VM_SNAPSHOT_STATE_READY
+    assert not op.vm_snapshot.HasField("freeze_start_time")  # a stopped VM needs no freeze
