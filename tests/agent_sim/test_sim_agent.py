@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.procs import Proc, wait_serving
 from vmsnap_agent.sim import NO_FREEZE_HOOK, NO_GUEST_AGENT, freeze_of, frozen
 from vmsnap_sdk import VM, AgentClient, Consistency, Page, QuiesceMethod, VMState, Volume
 from vmsnap_sdk.errors import (
@@ -19,8 +21,6 @@ from vmsnap_sdk.errors import (
     InvalidArgument,
     NotFound,
 )
-
-from tests.support.procs import Proc, wait_serving
 
 
 class SimProc:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.fakes.driver import FakeDriver, Options
 from vmsnap_agent.sim import SimAgent
 from vmsnap_host.config import Settings
 from vmsnap_host.manager import Manager
@@ -16,8 +18,6 @@ from vmsnap_host.recovery import Recovery
 from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
 from vmsnap_sdk import VM, Volume
-
-from tests.fakes.driver import FakeDriver, Options
 
 FAST = Settings(
     quiesce_lease_seconds=5.0,

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
+from tests.support.procs import Proc, wait_serving
 from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
-
-from tests.support.procs import Proc, wait_serving
 
 CONFIG = """
 [host]

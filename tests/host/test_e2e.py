@@ -8,10 +8,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from vmsnap_sdk._errors import from_rpc_error
-from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 
 from tests.host.e2e import Cluster, cluster, eventually
+from vmsnap_sdk._errors import from_rpc_error
+from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from vmsnap_host.model import OperationRecord, OperationType, SnapshotState
-from vmsnap_sdk import Capability, VMState
-from vmsnap_sdk.errors import FailedPrecondition, NotFound
 
 from tests.fakes.driver import Options
 from tests.host.conftest import Rig, make_rig
+from vmsnap_host.model import OperationRecord, OperationType, SnapshotState
+from vmsnap_sdk import Capability, VMState
+from vmsnap_sdk.errors import FailedPrecondition, NotFound
 
 
 async def _ready(rig: Rig, name: str = "s1") -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import inspect, select, text
+
 from vmsnap_host.model import OperationRecord, OperationType, Snapshot, SnapshotState
 from vmsnap_host.store import Store
 from vmsnap_host.store.schema import vm_snapshots

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+
+from tests.fakes.driver import Options
+from tests.host.conftest import Rig, make_rig
 from vmsnap_host.model import GroupKind, QuiescePolicy, SnapshotState
 from vmsnap_sdk import Consistency, Volume
 from vmsnap_sdk.errors import (
@@ -16,9 +19,6 @@ from vmsnap_sdk.errors import (
     NotFound,
     ResourceExhausted,
 )
-
-from tests.fakes.driver import Options
-from tests.host.conftest import Rig, make_rig
 
 
 async def test_two_drivers_and_an_unclaimed_disk_make_one_ready_snapshot(rig: Rig) -> None:

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from tests.fakes.driver import FakeDriver, Options
+from tests.host.conftest import Rig
 from vmsnap_host.config import ConfigError, parse
 from vmsnap_host.model import GroupKind, QuiescePolicy
 from vmsnap_host.planner import Candidate, needs_freeze, plan_take
 from vmsnap_host.registry import Health, Registry
 from vmsnap_sdk import VM, Capability, Priority, VMState, Volume
 from vmsnap_sdk.errors import FailedPrecondition, Unavailable
-
-from tests.fakes.driver import FakeDriver, Options
-from tests.host.conftest import Rig
 
 VM1 = VM(
     id="vm1",

@@ -7,15 +7,14 @@ import contextlib
 import logging
 from pathlib import Path
 
-from vmsnap_sdk import ClientTLS, Server, ServerTLS
-from vmsnap_sdk._proto.host.v1 import host_pb2, host_pb2_grpc
-
 from vmsnap_host.api.servicer import HostServicer
 from vmsnap_host.config import Config
 from vmsnap_host.manager import Manager
 from vmsnap_host.recovery import Recovery
 from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
+from vmsnap_sdk import ClientTLS, Server, ServerTLS
+from vmsnap_sdk._proto.host.v1 import host_pb2, host_pb2_grpc
 
 log = logging.getLogger("vmsnap.host")
 

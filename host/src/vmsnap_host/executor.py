@@ -20,6 +20,19 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from vmsnap_host.config import Settings
+from vmsnap_host.model import (
+    ErrorInfo,
+    Group,
+    GroupKind,
+    OperationRecord,
+    QuiescePolicy,
+    Snapshot,
+    SnapshotState,
+)
+from vmsnap_host.planner import needs_freeze
+from vmsnap_host.registry import Registry
+from vmsnap_host.store import Store
 from vmsnap_sdk import (
     VM,
     Capability,
@@ -42,20 +55,6 @@ from vmsnap_sdk.errors import (
     TransientError,
     VMSnapError,
 )
-
-from vmsnap_host.config import Settings
-from vmsnap_host.model import (
-    ErrorInfo,
-    Group,
-    GroupKind,
-    OperationRecord,
-    QuiescePolicy,
-    Snapshot,
-    SnapshotState,
-)
-from vmsnap_host.planner import needs_freeze
-from vmsnap_host.registry import Registry
-from vmsnap_host.store import Store
 
 log = logging.getLogger("vmsnap.host.executor")
 

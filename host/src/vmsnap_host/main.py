@@ -17,11 +17,10 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from vmsnap_sdk import configure_logging
-from vmsnap_sdk.serve import add_server_arguments, server_tls_from_args
-
 from vmsnap_host.app import HostApp
 from vmsnap_host.config import Config, ConfigError, load
+from vmsnap_sdk import configure_logging
+from vmsnap_sdk.serve import add_server_arguments, server_tls_from_args
 
 
 def _loopback_or_unix(address: str) -> bool:

@@ -16,17 +16,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
-from vmsnap_sdk import Capability, VMState
-from vmsnap_sdk.errors import (
-    Aborted,
-    AlreadyExists,
-    FailedPrecondition,
-    Internal,
-    NotFound,
-    ResourceExhausted,
-    VMSnapError,
-)
-
 from vmsnap_host.config import Settings
 from vmsnap_host.executor import Executor, TakeFailed, error_info
 from vmsnap_host.model import (
@@ -41,6 +30,16 @@ from vmsnap_host.model import (
 from vmsnap_host.planner import Candidate, plan_take
 from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
+from vmsnap_sdk import Capability, VMState
+from vmsnap_sdk.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    NotFound,
+    ResourceExhausted,
+    VMSnapError,
+)
 
 log = logging.getLogger("vmsnap.host.manager")
 

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from vmsnap_host.model import Claim, Group, GroupKind, QuiescePolicy
 from vmsnap_sdk import (
     VM,
     Capability,
@@ -24,8 +25,6 @@ from vmsnap_sdk import (
     VolumeDecision,
 )
 from vmsnap_sdk.errors import FailedPrecondition, VMSnapError
-
-from vmsnap_host.model import Claim, Group, GroupKind, QuiescePolicy
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,10 @@ import logging
 import time
 from dataclasses import replace
 
-from vmsnap_sdk.errors import Aborted, VMSnapError
-
 from vmsnap_host.executor import error_info
 from vmsnap_host.manager import Manager
 from vmsnap_host.model import OperationRecord, OperationType, SnapshotState
+from vmsnap_sdk.errors import Aborted, VMSnapError
 
 log = logging.getLogger("vmsnap.host.recovery")
 

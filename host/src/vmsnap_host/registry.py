@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from vmsnap_sdk import (
     VM,
     AgentClient,

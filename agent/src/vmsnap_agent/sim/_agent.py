@@ -20,6 +20,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from vmsnap_agent import __version__
+from vmsnap_agent.sim._store import (
+    FreezeRecord,
+    SnapshotRecord,
+    Store,
+    VMRecord,
+    VolumeRecord,
+)
 from vmsnap_sdk import (
     VM,
     AgentInfo,
@@ -40,15 +48,6 @@ from vmsnap_sdk.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-)
-
-from vmsnap_agent import __version__
-from vmsnap_agent.sim._store import (
-    FreezeRecord,
-    SnapshotRecord,
-    Store,
-    VMRecord,
-    VolumeRecord,
 )
 
 log = logging.getLogger("vmsnap_agent.sim")

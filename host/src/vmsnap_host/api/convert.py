@@ -7,12 +7,12 @@ from datetime import datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import status_pb2
-from vmsnap_sdk import Capability
-from vmsnap_sdk._proto.common.v1 import common_pb2
-from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 
 from vmsnap_host.model import ErrorInfo, Group, GroupKind, OperationRecord, Snapshot
 from vmsnap_host.registry import AgentEntry, DriverEntry
+from vmsnap_sdk import Capability
+from vmsnap_sdk._proto.common.v1 import common_pb2
+from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 
 
 def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:

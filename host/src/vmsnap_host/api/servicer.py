@@ -10,13 +10,6 @@ from __future__ import annotations
 from typing import Any, TypeAlias
 
 import grpc
-from vmsnap_sdk import VM, ClientTLS, Page, current_call
-from vmsnap_sdk import _convert as cv
-from vmsnap_sdk import _validate as val
-from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
-from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
-from vmsnap_sdk._server import invoke
-from vmsnap_sdk.errors import InvalidArgument, NotFound, Unavailable, VMSnapError
 
 from vmsnap_host.api import convert
 from vmsnap_host.config import ConfigError, check_address, tls_from_mapping
@@ -24,6 +17,13 @@ from vmsnap_host.manager import Manager
 from vmsnap_host.model import OperationRecord, QuiescePolicy
 from vmsnap_host.registry import Health, Registry
 from vmsnap_host.store import Store
+from vmsnap_sdk import VM, ClientTLS, Page, current_call
+from vmsnap_sdk import _convert as cv
+from vmsnap_sdk import _validate as val
+from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
+from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
+from vmsnap_sdk._server import invoke
+from vmsnap_sdk.errors import InvalidArgument, NotFound, Unavailable, VMSnapError
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 

@@ -21,7 +21,6 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, and_, create_engine, event, func, select, update
 from sqlalchemy.engine import Row
-from vmsnap_sdk import Consistency
 
 from vmsnap_host.model import (
     ErrorInfo,
@@ -33,6 +32,7 @@ from vmsnap_host.model import (
     SnapshotState,
 )
 from vmsnap_host.store.schema import operations, registrations, vm_leases, vm_snapshots
+from vmsnap_sdk import Consistency
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
