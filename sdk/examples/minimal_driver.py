@@ -24,7 +24,7 @@ from vmsnap_sdk import (
     VolumeSnapshot,
     run_driver,
 )
-from vmsnap_sdk.errors import AlreadyExists, NotFound
+from vmsnap_sdk.errors import AlreadyExists, InvalidArgument, NotFound
 
 
 class MemoryDriver(StorageDriver):
@@ -56,21 +56,20 @@ class MemoryDriver(StorageDriver):
             VolumeSnapshot(v.disk, v.locator, f"{request.vm_snapshot_id}/{v.disk}")
             for v in request.volumes
         )
-        existing = self.snapshots.get(request.vm_snapshot_id)
-        if existing is not None:
-            if existing.volume_snapshots != wanted:
-                raise AlreadyExists(f"{request.vm_snapshot_id} was taken with other volumes")
-            return existing
         result = SnapshotResult(request.vm_snapshot_id, wanted, vm_id=request.vm.id)
-        self.snapshots[request.vm_snapshot_id] = result
-        return result
+        existing = self.snapshots.setdefault(request.vm_snapshot_id, result)
+        if existing.volume_snapshots != wanted:
+            raise AlreadyExists(f"{request.vm_snapshot_id} was taken with other volumes")
+        return existing
 
     async def delete_snapshot(self, vm_snapshot_id: str, snapshot: SnapshotResult | None) -> None:
         self.snapshots.pop(vm_snapshot_id, None)
 
     async def list_snapshots(self, page: Page, vm_id: str = "") -> SnapshotPage:
         ids = sorted(k for k, s in self.snapshots.items() if not vm_id or s.vm_id == vm_id)
-        start = ids.index(page.token) if page.token in ids else 0
+        if page.token and page.token not in ids:  # a token this driver never issued
+            raise InvalidArgument.for_field("page_token", "is not a token of this driver")
+        start = ids.index(page.token) if page.token else 0
         chunk = ids[start : start + page.size]
         following = ids[start + page.size] if start + page.size < len(ids) else ""
         return SnapshotPage(tuple(self.snapshots[i] for i in chunk), following)
