@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmsnap_sdk.conformance import all_checks, run_suite
 
 from tests.conformance.broken import VARIANTS
 from tests.support.procs import ROOT, Proc, python_proc, wait_serving
+from vmsnap_sdk.conformance import all_checks, run_suite
 
 BAD_INPUT = {
     "can_handle.duplicate_disk_invalid",

@@ -8,10 +8,9 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from vmsnap_sdk.conformance import Params, Report, all_checks, run_suite
-
 from tests.conformance.conftest import EXAMPLE_PARAMS
 from tests.support.procs import ROOT
+from vmsnap_sdk.conformance import Params, Report, all_checks, run_suite
 
 
 def assert_all_passed(report: Report) -> None:

@@ -7,6 +7,10 @@ import sys
 from pathlib import Path
 
 import grpc
+
+from tests.conformance.reference_driver import ReferenceDriver
+from tests.support.certs import CA
+from tests.support.procs import ROOT
 from vmsnap_sdk import ServerTLS, conformance, start_driver_server
 from vmsnap_sdk.conformance import (
     Check,
@@ -17,10 +21,6 @@ from vmsnap_sdk.conformance import (
     run_suite,
 )
 from vmsnap_sdk.conformance._rpc import RpcFailure
-
-from tests.conformance.reference_driver import ReferenceDriver
-from tests.support.certs import CA
-from tests.support.procs import ROOT
 
 
 def test_public_names_are_sorted() -> None:

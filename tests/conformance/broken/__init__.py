@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from vmsnap_sdk import StorageDriver, start_driver_server
-
 from tests.conformance.broken import domain, wire
 from tests.conformance.reference_driver import ReferenceDriver
+from vmsnap_sdk import StorageDriver, start_driver_server
 
 Starter = Callable[[str], Awaitable[Any]]
 

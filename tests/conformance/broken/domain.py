@@ -11,6 +11,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from tests.conformance.reference_driver import ReferenceDriver, Snap
 from vmsnap_sdk import (
     VM,
     Capability,
@@ -32,8 +33,6 @@ from vmsnap_sdk import (
     current_call,
 )
 from vmsnap_sdk.errors import FailedPrecondition, Internal, NotFound, Unimplemented
-
-from tests.conformance.reference_driver import ReferenceDriver, Snap
 
 ALL_CAPABILITIES = frozenset(Capability) - {Capability.UNSPECIFIED}
 

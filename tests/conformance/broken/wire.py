@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+
 from vmsnap_sdk import Server, StorageDriver
 from vmsnap_sdk._driver_service import DriverServicer, FixtureServicer
 from vmsnap_sdk._proto.driver.v1 import driver_pb2, driver_pb2_grpc
