@@ -129,7 +129,9 @@ async def test_the_callers_deadline_is_visible_to_the_driver(sockdir: Path) -> N
         await client.close()
         await server.stop(0)
     with_deadline, without = driver.seen_remaining
-    assert with_deadline is not None and 5.0 < with_deadline <= 7.0
+    # gRPC rounds the deadline it sends to the wire (and the two ends read their
+    # clocks at different moments), so allow a few milliseconds over the 7 s asked.
+    assert with_deadline is not None and 5.0 < with_deadline <= 7.05
     assert without is None
 
 

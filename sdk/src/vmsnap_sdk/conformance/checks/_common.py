@@ -6,6 +6,7 @@ import grpc
 
 from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.driver.v1 import driver_pb2
+from vmsnap_sdk._types import Capability
 from vmsnap_sdk.conformance._expect import CheckSkipped
 from vmsnap_sdk.conformance._session import Session
 
@@ -56,3 +57,17 @@ async def own_or_foreign(s: Session) -> list[common_pb2.Volume]:
     NOT_FOUND for the wrong reason.
     """
     return (await own_or_none(s)) or [foreign_volume("vda")]
+
+
+async def missing_volume(s: Session) -> tuple[common_pb2.Volume, tuple[grpc.StatusCode, ...], str]:
+    """A volume the driver does not have, the codes a take of it may end with, and a label.
+
+    With the fixture: a test volume created and deleted again, which is
+    NOT_FOUND and nothing else. Without: a volume of a scheme no driver owns,
+    which a driver may also reject as malformed (INVALID_ARGUMENT).
+    """
+    if s.has(Capability.CONFORMANCE_FIXTURE):
+        volume = await s.create_volume(0)
+        await s.delete_volume(volume.locator)
+        return volume, (NOT_FOUND,), "take of a deleted test volume"
+    return foreign_volume("vda"), (NOT_FOUND, INVALID), "take of another storage's volume"

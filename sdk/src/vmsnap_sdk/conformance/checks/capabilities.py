@@ -13,7 +13,7 @@ from vmsnap_sdk.conformance._expect import expect, expect_code, expect_ok
 from vmsnap_sdk.conformance._registry import check
 from vmsnap_sdk.conformance._rpc import call
 from vmsnap_sdk.conformance._session import Session, handles
-from vmsnap_sdk.conformance.checks._common import NOT_FOUND, UNIMPLEMENTED, foreign_volume
+from vmsnap_sdk.conformance.checks._common import INVALID, NOT_FOUND, UNIMPLEMENTED, foreign_volume
 
 
 def _unknown_snapshot(s: Session) -> driver_pb2.VMSnapshotResult:
@@ -34,7 +34,9 @@ def _unknown_snapshot(s: Session) -> driver_pb2.VMSnapshotResult:
 async def revert(s: Session) -> None:
     call_ = s.revert(_unknown_snapshot(s))
     if s.has(Capability.REVERT):
-        await expect_code(call_, NOT_FOUND, what="advertised revert of an unknown snapshot")
+        await expect_code(
+            call_, NOT_FOUND, INVALID, what="advertised revert of an unknown snapshot"
+        )
     else:
         await expect_code(call_, UNIMPLEMENTED, what="revert without CAPABILITY_REVERT")
 

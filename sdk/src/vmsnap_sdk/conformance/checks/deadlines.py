@@ -7,8 +7,6 @@ same id; the retry must find the same snapshot, never make a second one.
 
 from __future__ import annotations
 
-import grpc
-
 from vmsnap_sdk._types import Capability
 from vmsnap_sdk.conformance._expect import expect, expect_code
 from vmsnap_sdk.conformance._registry import check
@@ -17,7 +15,8 @@ from vmsnap_sdk.conformance.checks._common import ABORTED, DEADLINE, OK, describ
 from vmsnap_sdk.conformance.checks.concurrency import retry_aborted
 
 DEADLINES = (0.001, 0.01, 0.05, 0.2)
-ALLOWED = (OK, DEADLINE, ABORTED, grpc.StatusCode.CANCELLED)
+#: ABORTED too: an earlier attempt may still hold the volume (the host retries it).
+ALLOWED = (OK, DEADLINE, ABORTED)
 
 
 @check(

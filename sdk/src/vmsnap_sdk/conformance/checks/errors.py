@@ -15,8 +15,7 @@ from vmsnap_sdk.conformance._session import Session
 from vmsnap_sdk.conformance.checks._common import (
     ALREADY_EXISTS,
     INVALID,
-    NOT_FOUND,
-    foreign_volume,
+    missing_volume,
     own_or_foreign,
 )
 
@@ -32,9 +31,8 @@ async def invalid_failure(s: Session) -> RpcFailure:
 
 
 async def not_found_failure(s: Session) -> RpcFailure:
-    failure = await expect_code(
-        s.take(s.new_id(), [foreign_volume("vda")]), NOT_FOUND, what="take of a foreign volume"
-    )
+    volume, codes, what = await missing_volume(s)
+    failure = await expect_code(s.take(s.new_id(), [volume]), *codes, what=what)
     assert failure is not None
     return failure
 
