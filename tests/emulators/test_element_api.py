@@ -49,6 +49,28 @@ def test_factory_connects_and_reports_cluster(element_sdk: Any) -> None:
     assert 12.3 in element_sdk.get_api().supported_versions
 
 
+def test_factory_without_version_uses_the_current_one(element_emulator: EmulatorProcess) -> None:
+    sdk = ElementFactory.create(
+        element_emulator.host,
+        element_emulator.user,
+        element_emulator.password,
+        verify_ssl=False,
+        port=element_emulator.port,
+        print_ascii_art=False,
+    )
+    assert sdk.api_version == 12.3
+    old = ElementFactory.create(
+        element_emulator.host,
+        element_emulator.user,
+        element_emulator.password,
+        version="10.0",
+        verify_ssl=False,
+        port=element_emulator.port,
+        print_ascii_art=False,
+    )
+    assert old.api_version == 10.0 and old.get_cluster_info().cluster_info.name
+
+
 def test_bad_credentials_are_rejected(element_emulator: EmulatorProcess) -> None:
     with pytest.raises(ApiConnectionError, match="Bad Credentials"):
         ElementFactory.create(

@@ -319,3 +319,35 @@ def test_empty_collections_accept_fields_and_filters(
         status, body = emu.request("GET", path)
         assert status == 200, body
         assert json.loads(body)["num_records"] == 0
+
+
+def test_file_contents_over_rest(ontap_emulator: EmulatorProcess, volume: Volume) -> None:
+    conn = HostConnection(
+        ontap_emulator.host,
+        port=ontap_emulator.port,
+        username=ontap_emulator.user,
+        password=ontap_emulator.password,
+        verify=False,
+        headers={"Accept": "multipart/form-data"},
+    )
+    with conn:
+        FileInfo(volume.uuid, "note.txt").post(data="hello world")
+        FileInfo(volume.uuid, "note.txt").patch(data="HELLO", byte_offset=0)
+        FileInfo(volume.uuid, "note.txt").patch(data="!", byte_offset=-1)
+        reader = FileInfo(volume.uuid, "note.txt")
+        reader.get(byte_offset=6, length=100)
+    parts = {p["name"]: p["content"] for p in reader.response_parts}
+    assert parts == {"bytes_read": b"6", "data": b"world!"}
+    assert _path(ontap_emulator, volume, "note.txt").read_bytes() == b"HELLO world!"
+    with conn, pytest.raises(NetAppRestError) as err:
+        FileInfo(volume.uuid, "note.txt").post(data="again")
+    assert _error(err.value)[0] == 409
+    with conn:
+        FileInfo(volume.uuid, "note.txt").post(data="again", overwrite=True)
+    assert _path(ontap_emulator, volume, "note.txt").read_bytes() == b"again"
+    status, body = ontap_emulator.request(
+        "GET",
+        f"/api/storage/volumes/{volume.uuid}/files/note.txt?length={2 << 20}",
+        headers={"Accept": "multipart/form-data"},
+    )
+    assert status == 400 and b"At most" in body  # 1 MiB per call, as on ONTAP

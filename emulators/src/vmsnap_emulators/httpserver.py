@@ -295,7 +295,7 @@ def serve(
     sys.stdout.write(json.dumps(info) + "\n")
     sys.stdout.flush()
     try:
-        server.serve_forever(poll_interval=0.2)
+        server.serve_forever(poll_interval=0.05)  # also bounds how long SIGTERM waits
     finally:
         server.server_close()
         app.close()

@@ -204,6 +204,7 @@ class EmulatorProcess:
         body: bytes | None = None,
         *,
         password: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
         """Authenticated HTTPS request to the emulator: (status, body); no raise on 4xx."""
         token = base64.b64encode(f"{self.user}:{password or self.password}".encode()).decode()
@@ -211,6 +212,8 @@ class EmulatorProcess:
         req.add_header("Authorization", f"Basic {token}")
         if body is not None:
             req.add_header("Content-Type", "application/octet-stream")
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
         ctx = ssl.create_default_context(cafile=self.cert)
         try:
             with urllib.request.urlopen(req, context=ctx, timeout=60) as resp:

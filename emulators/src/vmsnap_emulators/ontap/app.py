@@ -8,8 +8,9 @@
 * ``POST /api/storage/file/clone`` (``volume``, ``source_path``, ``destination_path``,
   ``overwrite_destination``, ``is_backup``...)
 * ``/api/storage/volumes/{uuid}/files/{path}``: GET (a file's record, or a directory's
-  entries; ``return_metadata=true`` for the directory itself), POST (``type``: directory or
-  file), DELETE (``recurse=true`` for directories)
+  entries; ``return_metadata=true`` for the directory itself; with ``Accept:
+  multipart/form-data``, the file's bytes), POST (``type``: directory or file; or multipart
+  contents), PATCH (multipart contents at ``byte_offset``), DELETE (``recurse=true``)
 * Emulator-only: ``GET /emulator/info`` (export dir, copy counters) and
   ``GET /emulator/volumes/{uuid}`` (the volume's directory on this host).
 
@@ -63,7 +64,8 @@ class OntapApp:
 
     # -- App protocol ------------------------------------------------------------------
     def max_body(self, method: str, path: str) -> int:
-        return MAX_BODY
+        # File contents travel as multipart (≤ 1 MiB of data plus the form's framing).
+        return 2 * MAX_BODY if "/files/" in path else MAX_BODY
 
     def unauthorized(self) -> Response:
         return Response.json(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..httpserver import Request, Response
-from . import errors, fsops
+from . import errors, filedata, fsops
 from .errors import OntapError
 from .responder import (
     MUTATION_QUERY,
@@ -52,6 +52,7 @@ class FileRoutes:
             ("GET", "api/storage/volumes/*/files/**", self.get_files),
             ("POST", "api/storage/volumes/*/files", self.create_file),  # path in the body
             ("POST", "api/storage/volumes/*/files/**", self.create_file),
+            ("PATCH", "api/storage/volumes/*/files/**", self.patch_file),
             ("DELETE", "api/storage/volumes/*/files/**", self.delete_file),
         ]
 
@@ -122,6 +123,8 @@ class FileRoutes:
         }
 
     def get_files(self, request: Request, args: list[str]) -> Response:
+        if filedata.is_multipart(request.headers.get("accept")):
+            return self._read_file(request, args)
         with self.state.lock:
             vol, path, rel = self._file_path(args)
             if not path.exists() and not path.is_symlink():
@@ -144,6 +147,8 @@ class FileRoutes:
         )
 
     def create_file(self, request: Request, args: list[str]) -> Response:
+        if filedata.is_multipart(request.headers.get("content-type")):
+            return self._write_file(request, args, create=True)
         only_query(request, MUTATION_QUERY)
         body = json_body(request)
         only(body, {"type", "unix_permissions", "path"})
@@ -197,3 +202,60 @@ class FileRoutes:
             else:
                 path.unlink()
         return Response.json(200, {})
+
+    # -- file contents (multipart/form-data) -------------------------------------------
+    def _int_query(self, request: Request, name: str, default: int | None) -> int:
+        raw = request.query_one(name)
+        if raw is None:
+            if default is None:
+                raise errors.missing(name)
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise errors.invalid(name, f'Invalid value for "{name}".') from None
+
+    def _read_file(self, request: Request, args: list[str]) -> Response:
+        only_query(request, {"byte_offset", "length"})
+        offset = self._int_query(request, "byte_offset", 0)
+        length = self._int_query(request, "length", None)
+        if offset < 0 or length < 0:
+            raise errors.invalid("byte_offset", "byte_offset and length must not be negative.")
+        with self.state.lock:
+            _, path, rel = self._file_path(args)
+            if not path.is_file():
+                raise OntapError(404, errors.FILE_NOT_FOUND, f'"{rel}" is not a file.', "path")
+            data = filedata.read_range(path, offset, length)
+        body, content_type = filedata.encode_form(
+            [("bytes_read", str(len(data)).encode()), ("data", data)]
+        )
+        return Response(200, body, content_type)
+
+    def _write_file(self, request: Request, args: list[str], *, create: bool) -> Response:
+        allowed = {"byte_offset", "overwrite"} if create else {"byte_offset"}
+        only_query(request, allowed | MUTATION_QUERY)
+        content_type = request.headers.get("content-type", "")
+        data = filedata.data_field(filedata.parse_form(content_type, request.body))
+        offset = self._int_query(request, "byte_offset", 0 if create else None)
+        overwrite = (request.query_one("overwrite") or "").lower() == "true"
+        with self.state.lock:
+            _, path, rel = self._file_path(args)
+            if create:
+                if path.exists() and not overwrite:
+                    raise OntapError(409, errors.FILE_EXISTS, f'"{rel}" already exists.', "path")
+                if not path.parent.is_dir():
+                    raise OntapError(
+                        404, errors.FILE_NOT_FOUND, f'Directory of "{rel}" does not exist.', "path"
+                    )
+            elif not path.is_file():
+                raise OntapError(404, errors.FILE_NOT_FOUND, f'"{rel}" is not a file.', "path")
+            written = filedata.write_at(path, offset, data, truncate=create)
+        records = [{"path": rel, "bytes_written": written}]
+        return Response.json(201 if create else 200, {"num_records": 1, "records": records})
+
+    def patch_file(self, request: Request, args: list[str]) -> Response:
+        if not filedata.is_multipart(request.headers.get("content-type")):
+            raise errors.invalid(
+                "data", "Only file contents (multipart/form-data) can be patched here."
+            )
+        return self._write_file(request, args, create=False)
