@@ -106,6 +106,10 @@ async def test_write_take_write_revert_reads_the_first_bytes_back(client: Driver
 
     again = await client.take_snapshot(take)
     assert again.volume_snapshots == result.volume_snapshots
+    reordered = await client.take_snapshot(
+        TakeRequest(take.vm_snapshot_id, vm, tuple(reversed(vols)), quiesced=True)
+    )
+    assert reordered.volume_snapshots == tuple(reversed(result.volume_snapshots))
     assert (await client.get_snapshot(take.vm_snapshot_id)).volume_snapshots == (
         result.volume_snapshots
     )

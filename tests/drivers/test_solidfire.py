@@ -113,6 +113,10 @@ async def test_write_take_write_revert_reads_the_first_bytes_back(client: Driver
     # The idempotent retry returns the same handles; Get returns the same result.
     again = await client.take_snapshot(take)
     assert again.volume_snapshots == result.volume_snapshots
+    reordered = await client.take_snapshot(
+        TakeRequest(take.vm_snapshot_id, vm, tuple(reversed(vols)))
+    )
+    assert reordered.volume_snapshots == tuple(reversed(result.volume_snapshots))
     assert again.group_handle == result.group_handle
     assert (await client.get_snapshot(take.vm_snapshot_id)).group_handle == result.group_handle
 

@@ -186,7 +186,7 @@ class SolidFireDriver(StorageDriver):
                         f"for VM {found.vm_id} with volumes {sorted(found.disks)}, "
                         f"not for VM {request.vm.id} with {sorted(disks)}"
                     )
-                return self._result(group, found, cluster)
+                return self._result(group, found, cluster, request.volumes)
             volume_ids = list(disks)
             result = await self.array.call(
                 action,
@@ -206,7 +206,7 @@ class SolidFireDriver(StorageDriver):
                     }
                 },
             )
-            return self._result(result.group_snapshot, tag, cluster)
+            return self._result(result.group_snapshot, tag, cluster, request.volumes)
 
     def _volume_ids(self, volumes: Sequence[Volume], cluster: str) -> dict[int, str]:
         """volume id → disk, in request order; every volume must be on this cluster."""
@@ -376,10 +376,16 @@ class SolidFireDriver(StorageDriver):
         """The group snapshot(s) tagged with the id: normally none or one."""
         return [(g, t) for g, t in await self._tagged(action) if t.vm_snapshot_id == vm_snapshot_id]
 
-    def _result(self, group: Any, tag: Tag, cluster: str) -> SnapshotResult:
+    def _result(
+        self, group: Any, tag: Tag, cluster: str, order: Sequence[Volume] = ()
+    ) -> SnapshotResult:
+        """The result of a group snapshot: volumes in ``order`` (a take's request
+        order, so that a retry answers exactly the same), else by disk name."""
         members = {int(m.volume_id): m for m in group.members}
+        rank = {v.disk: i for i, v in enumerate(order)}
+        entries = sorted(tag.disks.items(), key=lambda kv: (rank.get(kv[1], len(rank)), kv[1]))
         volume_snapshots = []
-        for volume_id, disk in tag.disks.items():
+        for volume_id, disk in entries:
             member = members.get(volume_id)
             volume_snapshots.append(
                 VolumeSnapshot(
