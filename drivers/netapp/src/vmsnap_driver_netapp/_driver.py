@@ -187,6 +187,8 @@ class NetAppDriver(StorageDriver):
                     )
                 if found.complete:
                     return self._result(found, request.volumes)
+            cloned = {c.disk for c in found.clones} if found is not None else set()
+            await self._check_files({d: f for d, f in disks.items() if d not in cloned})
             await self._clone_all(
                 request.vm_snapshot_id, request.vm.id, disks, found, request.quiesced
             )
@@ -237,7 +239,7 @@ class NetAppDriver(StorageDriver):
                 )
 
     async def _disk_files(self, volumes: Sequence[Volume]) -> dict[str, DiskFile]:
-        """disk → file; every file must exist in a volume of an SVM this driver serves."""
+        """disk → file, each in a volume of an SVM this driver serves (no file I/O)."""
         svms = await self.svms()
         disks: dict[str, DiskFile] = {}
         for i, v in enumerate(volumes):
@@ -257,8 +259,11 @@ class NetAppDriver(StorageDriver):
             if disk in disks.values():
                 raise InvalidArgument.for_field(f"volumes[{i}].locator", "is given twice")
             disks[v.disk] = disk
-        # Check every file before cloning any: an unknown disk fails the take
-        # cleanly, leaving nothing behind on the array.
+        return disks
+
+    async def _check_files(self, disks: Mapping[str, DiskFile]) -> None:
+        """Every file exists: checked before cloning any, so that an unknown disk
+        fails the take cleanly, leaving nothing behind on the array."""
         for disk in disks.values():
             vol = await self._volume(disk)
             size = await self.array.call(
@@ -267,7 +272,6 @@ class NetAppDriver(StorageDriver):
             )
             if size is None:
                 raise NotFound(f"no file {disk.path} in volume {disk.volume} of SVM {disk.svm}")
-        return disks
 
     # --- get, revert, delete, list -------------------------------------------------
 
