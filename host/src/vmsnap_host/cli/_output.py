@@ -24,6 +24,9 @@ from vmsnap_sdk import VM
 
 console = Console()
 errors = Console(stderr=True)
+if not console.is_terminal and console.width < 120:
+    # Piped or captured (CI logs, `make demo | tee`): wide enough for the tables.
+    console = Console(width=120)
 
 
 def jsonable(value: Any) -> Any:
