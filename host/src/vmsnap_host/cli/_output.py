@@ -12,6 +12,8 @@ from typing import Any
 import grpc
 from rich.console import Console
 from rich.table import Table
+from vmsnap_sdk import VM
+
 from vmsnap_host.client import (
     AgentStatus,
     DriverStatus,
@@ -20,7 +22,6 @@ from vmsnap_host.client import (
     SnapshotGroup,
     VMSnapshot,
 )
-from vmsnap_sdk import VM
 
 console = Console()
 errors = Console(stderr=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
 from vmsnap_host.cli import _output as out
 from vmsnap_host.client import HostClient, Operation
 

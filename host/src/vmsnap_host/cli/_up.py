@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from rich.table import Table
+
 from vmsnap_host.cli import _output as out
 from vmsnap_host.cli.stack import Layout, Stack, StackError
 from vmsnap_host.client import vmsnap_home

@@ -12,6 +12,8 @@ local stack: ``$VMSNAP_HOST``, else ``unix://$VMSNAP_HOME/run/host.sock``
 (``VMSNAP_HOME`` defaults to ``~/.vmsnap``).
 """
 
+from vmsnap_sdk import VM, ClientTLS, Consistency, VMState, Volume
+
 from vmsnap_host.client._address import default_address, host_socket, vmsnap_home
 from vmsnap_host.client._client import HostClient
 from vmsnap_host.client._types import (
@@ -29,10 +31,8 @@ from vmsnap_host.client._types import (
     VMSnapshot,
     VMSnapshotState,
 )
-from vmsnap_sdk import VM, ClientTLS, Consistency, VMState, Volume
 
 __all__ = [
-    "VM",
     "AgentStatus",
     "ClientTLS",
     "Consistency",
@@ -47,6 +47,7 @@ __all__ = [
     "Page",
     "QuiescePolicy",
     "SnapshotGroup",
+    "VM",
     "VMSnapshot",
     "VMSnapshotState",
     "VMState",

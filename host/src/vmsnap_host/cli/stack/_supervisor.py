@@ -25,6 +25,7 @@ from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from vmsnap_host.cli.stack._table import Component, Layout, build, host_config
 
 Events = Callable[[str], None]
