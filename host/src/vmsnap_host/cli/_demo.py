@@ -279,7 +279,12 @@ class Story:
 
 def run_demo(address: str | None, hypervisor: str) -> int:
     """The exit code of ``vmsnap demo``."""
-    return asyncio.run(_demo(address, hypervisor))
+    try:
+        return asyncio.run(_demo(address, hypervisor))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # Interrupted: the stack the demo started was stopped on the way out.
+        out.errors.print("demo interrupted")
+        return 130
 
 
 async def _demo(address: str | None, hypervisor: str) -> int:

@@ -21,6 +21,7 @@ from vmsnap_host.client import (
     Operation,
     SnapshotGroup,
     VMSnapshot,
+    VMSnapshotState,
 )
 
 console = Console()
@@ -104,6 +105,8 @@ def group_table(groups: Sequence[SnapshotGroup]) -> Table:
 
 def freeze_text(s: VMSnapshot) -> str:
     if s.freeze_start_time is None:
+        if s.state is VMSnapshotState.ERROR:
+            return "the VM was not frozen"
         return "no freeze was needed"
     seconds = s.freeze_seconds or 0.0
     return f"frozen at {_when(s.freeze_start_time)} for {seconds * 1000:.0f} ms"
@@ -128,6 +131,9 @@ def show_snapshot(s: VMSnapshot) -> None:
 
 def operation_table(operations: Sequence[Operation]) -> Table:
     table = Table("id", "type", "vm", "snapshot", "done", "progress", "step", "error", "created")
+    table.columns[7].max_width = 48
+    table.columns[7].overflow = "ellipsis"
+    table.columns[7].no_wrap = True
     for op in operations:
         table.add_row(
             op.id,
