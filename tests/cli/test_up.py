@@ -32,11 +32,13 @@ def alive(pid: int) -> bool:
 def read_stack(home: Path, timeout: float = 60.0) -> dict[str, Any]:
     path = home / "run" / "stack.json"
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, "vmsnap up did not write run/stack.json"
-        time.sleep(0.1)
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+    while True:
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+            return data
+        except (OSError, ValueError):
+            assert time.monotonic() < deadline, "vmsnap up did not write run/stack.json"
+            time.sleep(0.1)
 
 
 def vmsnap(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -62,7 +64,12 @@ class Up:
             [sys.executable, "-m", "vmsnap_host.cli", "up", "--home", str(home)],
             log,
         )
-        self.stack = read_stack(home)
+        deadline = time.monotonic() + 60
+        # A stack file left by a killed stack names another pid: wait for ours.
+        while (stack := read_stack(home)).get("pid") != self.proc.pid:
+            assert time.monotonic() < deadline, self.proc.output()
+            time.sleep(0.1)
+        self.stack = stack
         wait_serving(self.stack["host"])
 
     def pids(self) -> dict[str, int]:
@@ -175,3 +182,24 @@ def test_host_flag_overrides(sockdir: Path) -> None:
     )
     assert result.returncode == 1
     assert f"unix://{sockdir}/elsewhere.sock" in result.stderr
+
+
+def test_children_of_a_killed_up_are_stopped_by_the_next(sockdir: Path, tmp_path: Path) -> None:
+    first = Up(sockdir, tmp_path / "first.log")
+    orphans = first.pids()
+    first.proc.signal(signal.SIGKILL)  # no chance to stop its children
+    first.proc.stop()
+    assert all(alive(pid) for pid in orphans.values())
+
+    try:
+        second = Up(sockdir, tmp_path / "second.log")
+        try:
+            for name, pid in orphans.items():
+                assert not alive(pid), f"{name} (pid {pid}) of the killed stack still runs"
+            assert set(second.pids().values()).isdisjoint(orphans.values())
+        finally:
+            second.proc.stop(timeout=30)
+    finally:
+        for pid in orphans.values():  # whatever happened, the test leaves none behind
+            if alive(pid):
+                os.killpg(pid, signal.SIGKILL)

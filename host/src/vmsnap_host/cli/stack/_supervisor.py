@@ -117,12 +117,42 @@ class Stack:
                 f"a vmsnap stack already runs in {self.layout.home} "
                 f"(see {self.layout.stack_file}); stop it first or use another --home"
             ) from None
+        self._stop_orphans()
         # Sockets left by a stack that was killed would make the binds fail.
         for component in self.components:
             Path(component.address.removeprefix("unix://")).unlink(missing_ok=True)
         drivers = [c for c in self.components if c.role == "storage driver"]
         agents = [c for c in self.components if c.role == "hypervisor agent"]
         self.layout.config.write_text(host_config(drivers, agents))
+
+    def _stop_orphans(self) -> None:
+        """Stop the children of a previous ``vmsnap up`` of this home that was killed.
+
+        Holding the lock proves that stack is gone; a pid from its stack file is
+        only signalled when its command line still names this home's run
+        directory, so a recycled pid is never touched.
+        """
+        try:
+            previous = json.loads(self.layout.stack_file.read_text())
+        except (OSError, ValueError):
+            return
+        orphans = [
+            pid
+            for pid in (c.get("pid") for c in previous.get("components", []))
+            if isinstance(pid, int) and str(self.layout.run) in _cmdline(pid)
+        ]
+        for pid in orphans:
+            self._emit(f"stopping pid {pid}, left running by a stack that was killed")
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_seconds
+        while any(_cmdline(pid) for pid in orphans) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in orphans:
+            if _cmdline(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+        self.layout.stack_file.unlink(missing_ok=True)
 
     async def start(self, timeout: float = 60.0) -> None:
         """Start every component in order and wait until each serves; on failure stop all."""
@@ -259,3 +289,14 @@ def _signal_group(child: _Child, sig: int) -> None:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.process.pid, sig)
+
+
+def _cmdline(pid: int) -> str:
+    """The command line of a live process ("" when gone or a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+            return ""
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (OSError, IndexError):
+        return ""
