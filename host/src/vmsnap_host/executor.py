@@ -570,8 +570,26 @@ class Executor:
             if failed:
                 group, exc = failed[0]
                 self._journal(op, "rolling back the revert", 70)
-                await self._roll_back(snap, vm, safety_id, kept)
+                # Groups that reverted, and those whose outcome is unknown (a
+                # non-final error: the revert may have happened), go back.
+                touched = {
+                    g.owner
+                    for g, o in zip(snap.groups, outcomes, strict=True)
+                    if not isinstance(o, BaseException)
+                    or not (isinstance(o, VMSnapError) and o.final)
+                }
                 cause = _as_error(exc, _label(group))
+                try:
+                    await self._roll_back(
+                        snap, vm, safety_id, {k: v for k, v in kept.items() if k in touched}
+                    )
+                except VMSnapError as undo_exc:
+                    raise type(cause)(
+                        f"revert failed on {_label(group)}: {cause.message}; putting the VM back "
+                        f"failed too ({undo_exc}): its disks may be partly reverted, revert "
+                        "again to a snapshot",
+                        reason="REVERT_PARTIAL",
+                    ) from undo_exc
                 raise type(cause)(
                     f"revert failed on {_label(group)}: {cause.message}; the VM was put back as "
                     "it was before the revert",

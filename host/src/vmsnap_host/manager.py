@@ -21,6 +21,7 @@ from vmsnap_sdk.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
+    Internal,
     NotFound,
     ResourceExhausted,
     VMSnapError,
@@ -365,6 +366,19 @@ class Manager:
                     replace(snap, state=SnapshotState.ERROR, error=error_info(exc))
                 )
             self.store.finish_operation(op.id, error_info(exc), "failed")
+            return
+        except Exception as exc:  # a bug must not leave the operation open
+            log.exception("operation failed unexpectedly", extra={"fields": {"operation": op.id}})
+            error = Internal(f"unexpected {type(exc).__name__} in the host; see its log")
+            if op.type is OperationType.CREATE:
+                snap = self._snapshot(op.vm_snapshot_id)
+                # Whatever was called is owed a delete; the reconciler retries it.
+                self.store.set_cleanup(snap.id, snap.groups)
+                await self.executor.cleanup(snap.id, snap.vm_id, snap.agent)
+                self.store.save_snapshot(
+                    replace(snap, state=SnapshotState.ERROR, error=error_info(error), current=False)
+                )
+            self.store.finish_operation(op.id, error_info(error), "failed")
             return
         if outcome is False:
             return  # waiting for drivers: the reconciler finishes it

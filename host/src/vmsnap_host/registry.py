@@ -26,7 +26,6 @@ from vmsnap_sdk import (
     VM,
     AgentClient,
     AgentInfo,
-    CallContext,
     ClientTLS,
     DriverClient,
     DriverInfo,
@@ -62,7 +61,6 @@ CONTRACT_VERSION = "v1"
 _CHECK_TIMEOUT = 5.0
 
 _T = TypeVar("_T")
-_ = CallContext  # re-exported type used by fakes; keeps the import list honest
 
 
 class Health(enum.Enum):
