@@ -22,7 +22,7 @@ async def follow(
         TimeElapsedColumn(),
         console=out.errors,
         transient=True,
-        disable=quiet,
+        disable=quiet or not out.errors.is_terminal,
     ) as progress:
         task = progress.add_task(started.step or started.type.name.lower(), total=100)
 
