@@ -120,7 +120,9 @@ class Stack:
         self._stop_orphans()
         # Sockets left by a stack that was killed would make the binds fail.
         for component in self.components:
-            Path(component.address.removeprefix("unix://")).unlink(missing_ok=True)
+            if component.address.startswith("unix://"):
+                Path(component.address.removeprefix("unix://")).unlink(missing_ok=True)
+        # Only gRPC components are sockets the host reaches; emulators are the drivers' business.
         drivers = [c for c in self.components if c.role == "storage driver"]
         agents = [c for c in self.components if c.role == "hypervisor agent"]
         self.layout.config.write_text(host_config(drivers, agents))
@@ -194,7 +196,9 @@ class Stack:
                     f"last lines of {self.layout.logs / (name + '.log')}:\n"
                     f"{_tail(self.layout.logs / (name + '.log'))}"
                 )
-            if await health_serving(child.component.address, timeout=1.0):
+            check = child.component.ready
+            serving = await check() if check else await health_serving(child.component.address)
+            if serving:
                 self._emit(f"{name} serving on {child.component.address}")
                 return
             if time.monotonic() > deadline:

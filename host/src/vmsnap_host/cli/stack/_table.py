@@ -3,14 +3,19 @@
 Every component listens on a unix socket under ``$VMSNAP_HOME/run/`` and logs
 to ``$VMSNAP_HOME/logs/<name>.log``. Drivers and the agent start first; the host
 starts last with a generated configuration that lists them.
+
+To swap a stand-in for a reference driver, change its :data:`DRIVERS` entry;
+a driver that needs an array emulator next to it adds that emulator as one
+more :class:`Component` in :func:`build` (role "array emulator", with its own
+``ready`` check), listed before the driver.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 #: Longest unix socket path the kernel accepts (sun_path is 108 bytes with the NUL).
@@ -19,13 +24,19 @@ MAX_SOCKET_PATH = 107
 
 @dataclass(frozen=True)
 class Component:
-    """One supervised child process."""
+    """One supervised child process.
+
+    ``ready`` tells whether it serves; None means the grpc.health.v1 check on
+    ``address`` (a process that is no gRPC server, such as an array emulator
+    speaking HTTP, brings its own check).
+    """
 
     name: str
     role: str
     description: str
     command: tuple[str, ...]
     address: str
+    ready: Callable[[], Awaitable[bool]] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
