@@ -138,10 +138,12 @@ def test_commands_against_the_stack(up: Up) -> None:
         "vdb=file:///var/lib/vm-cli.qcow2,format=qcow2,size=4096",
         "--json",
     )
-    assert json.loads(defined.stdout)[0]["state"] == "STOPPED"
+    assert json.loads(defined.stdout)["state"] == "STOPPED"
     vmsnap(home, "vm", "start", "vm-cli")
     vms = json.loads(vmsnap(home, "vm", "list", "--json").stdout)
     assert [(v["id"], v["state"]) for v in vms] == [("vm-cli", "RUNNING")]
+    shown_vm = json.loads(vmsnap(home, "vm", "show", "vm-cli", "--json").stdout)
+    assert [d["disk"] for d in shown_vm["volumes"]] == ["vda", "vdb"]
 
     created = json.loads(vmsnap(home, "snapshot", "create", "vm-cli", "first", "--json").stdout)
     assert created["done"] and created["error"] is None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from vmsnap_sdk import VM, Volume
+from vmsnap_sdk import VM, ClientTLS, Volume
 from vmsnap_sdk.errors import Unavailable, VMSnapError
 
 from vmsnap_host.cli import _output as out
@@ -40,7 +40,13 @@ app.add_typer(operations_app, name="operations")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
-_state: dict[str, str | None] = {"host": None}
+_state: dict[str, str | None] = {
+    "host": None,
+    "tls_ca": None,
+    "tls_cert": None,
+    "tls_key": None,
+    "tls_server_name": None,
+}
 
 
 @app.callback()
@@ -53,8 +59,39 @@ def _root(
             help="Host address (default: $VMSNAP_HOST, else the stack in $VMSNAP_HOME).",
         ),
     ] = None,
+    tls_ca: Annotated[
+        str | None, typer.Option(metavar="FILE", help="PEM CA of a host that serves TLS.")
+    ] = None,
+    tls_cert: Annotated[
+        str | None, typer.Option(metavar="FILE", help="PEM client certificate (mutual TLS).")
+    ] = None,
+    tls_key: Annotated[
+        str | None, typer.Option(metavar="FILE", help="PEM client key (mutual TLS).")
+    ] = None,
+    tls_server_name: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Expected name in the host's certificate.")
+    ] = None,
 ) -> None:
-    _state["host"] = host
+    _state.update(
+        host=host,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_server_name=tls_server_name,
+    )
+
+
+def _tls() -> ClientTLS | None:
+    if not (_state["tls_ca"] or _state["tls_cert"] or _state["tls_key"]):
+        return None
+    if bool(_state["tls_cert"]) != bool(_state["tls_key"]):
+        fail("--tls-cert and --tls-key go together")
+    return ClientTLS(
+        ca_file=_state["tls_ca"],
+        cert_file=_state["tls_cert"],
+        key_file=_state["tls_key"],
+        server_name=_state["tls_server_name"],
+    )
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -66,9 +103,10 @@ def fail(message: str, code: int = 1) -> NoReturn:
 def run(work: Callable[[HostClient], Awaitable[_T]]) -> _T:
     """Connect to the host, run ``work``, turn any failure into one line and exit 1."""
     address = _state["host"] or default_address()
+    tls = _tls()
 
     async def main() -> _T:
-        async with HostClient.connect(address) as host:
+        async with HostClient.connect(address, tls) as host:
             return await work(host)
 
     try:
@@ -148,7 +186,7 @@ def vm_define(
         volumes=tuple(_parse_disk(d) for d in disk),
     )
     defined = run(lambda host: host.define_vm(vm, agent=agent))
-    _show_vms([defined], json_)
+    _show_vm(defined, json_)
 
 
 def _show_vms(vms: list[VM], json_: bool) -> None:
@@ -156,6 +194,13 @@ def _show_vms(vms: list[VM], json_: bool) -> None:
         out.print_json(vms)
     else:
         out.console.print(out.vm_table(vms))
+
+
+def _show_vm(vm: VM, json_: bool) -> None:
+    if json_:
+        out.print_json(vm)
+    else:
+        out.console.print(out.vm_table([vm]))
 
 
 @vm_app.command("list")
@@ -167,17 +212,13 @@ def vm_list(json_: JsonOption = False) -> None:
 @vm_app.command("show")
 def vm_show(vm_id: str, json_: JsonOption = False) -> None:
     """One VM with its state and disks."""
-    vm = run(lambda host: host.get_vm(vm_id))
-    if json_:
-        out.print_json(vm)
-    else:
-        _show_vms([vm], False)
+    _show_vm(run(lambda host: host.get_vm(vm_id)), json_)
 
 
 @vm_app.command("start")
 def vm_start(vm_id: str, json_: JsonOption = False) -> None:
     """Start a VM."""
-    _show_vms([run(lambda host: host.start_vm(vm_id))], json_)
+    _show_vm(run(lambda host: host.start_vm(vm_id)), json_)
 
 
 @vm_app.command("stop")
@@ -187,7 +228,7 @@ def vm_stop(
     json_: JsonOption = False,
 ) -> None:
     """Stop a VM."""
-    _show_vms([run(lambda host: host.stop_vm(vm_id, force=force))], json_)
+    _show_vm(run(lambda host: host.stop_vm(vm_id, force=force)), json_)
 
 
 # --- snapshots ------------------------------------------------------------------------------
