@@ -302,13 +302,18 @@ async def _demo(address: str | None, hypervisor: str) -> int:
             return 1
         home = Path(tempfile.mkdtemp(prefix="vmsnap-demo-", dir="/tmp"))
         out.console.print(f"No vmsnap stack answers at {target}: starting one in {home} …")
-        stack = Stack(
-            Layout(home), hypervisor, on_event=lambda m: out.console.print(f"[dim]{m}[/]")
-        )
         try:
+            stack = Stack(
+                Layout(home), hypervisor, on_event=lambda m: out.console.print(f"[dim]{m}[/]")
+            )
             await stack.start()
+        except ValueError as exc:
+            shutil.rmtree(home, ignore_errors=True)
+            out.errors.print(f"[red]error:[/] {exc}", highlight=False)
+            return 2
         except StackError as exc:
             out.errors.print(f"[red]error:[/] {exc}", highlight=False)
+            out.console.print(f"the demo stack's logs are kept in {home / 'logs'}")
             return 1
         target = stack.host_address
     else:
