@@ -158,6 +158,12 @@ def test_commands_against_the_stack(up: Up) -> None:
     human = vmsnap(home, "snapshot", "show", snapshot["id"]).stdout
     assert "plan" in human and "first" in human
 
+    reverted = json.loads(
+        vmsnap(home, "snapshot", "revert", snapshot["id"], "--stop-vm", "--json").stdout
+    )
+    assert reverted["done"] and reverted["error"] is None
+    assert json.loads(vmsnap(home, "vm", "show", "vm-cli", "--json").stdout)["state"] == "STOPPED"
+
     op_id = vmsnap(home, "snapshot", "delete", snapshot["id"], "--no-wait").stdout.strip()
     assert op_id
     operations = json.loads(vmsnap(home, "operations", "list", "--json").stdout)
@@ -205,3 +211,10 @@ def test_children_of_a_killed_up_are_stopped_by_the_next(sockdir: Path, tmp_path
         for pid in orphans.values():  # whatever happened, the test leaves none behind
             if alive(pid):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def test_ctrl_c_stops_up_cleanly(up: Up) -> None:
+    pids = up.pids()
+    up.proc.signal(signal.SIGINT)
+    assert up.proc.popen.wait(60) == 0, up.proc.output()
+    assert not any(alive(pid) for pid in pids.values())
