@@ -171,6 +171,15 @@ def test_commands_against_the_stack(up: Up) -> None:
     op = json.loads(vmsnap(home, "operations", "show", op_id, "--json").stdout)
     assert op["type"] == "DELETE"
 
+    element = next(d for d in drivers if d["name"] == "io.vmsnap.standin.element")
+    vmsnap(home, "drivers", "remove", element["name"])
+    remaining = json.loads(vmsnap(home, "drivers", "list", "--json").stdout)
+    assert [d["name"] for d in remaining] == ["io.vmsnap.standin.ontap"]
+    again = json.loads(
+        vmsnap(home, "drivers", "register", element["address"], "--order", "5", "--json").stdout
+    )
+    assert (again["name"], again["order"]) == (element["name"], 5)
+
     missing = vmsnap(home, "snapshot", "show", "no-such-snapshot", check=False)
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines() == [missing.stderr.strip()]

@@ -394,6 +394,45 @@ def drivers_list(json_: JsonOption = False) -> None:
         out.console.print(out.driver_table(drivers))
 
 
+@drivers_app.command("register")
+def drivers_register(
+    address: Annotated[str, typer.Argument(help="unix:///path.sock or 127.0.0.1:PORT")],
+    order: Annotated[int, typer.Option(help="Tie-break order (lower wins ties).")] = 0,
+    json_: JsonOption = False,
+) -> None:
+    """Register (or update) a storage driver by address."""
+    driver = run(lambda host: host.register_driver(address, order=order))
+    if json_:
+        out.print_json(driver)
+    else:
+        out.console.print(out.driver_table([driver]))
+
+
+@drivers_app.command("remove")
+def drivers_remove(name: str) -> None:
+    """Forget a driver (idempotent)."""
+    run(lambda host: host.remove_driver(name))
+
+
+@agents_app.command("register")
+def agents_register(
+    address: Annotated[str, typer.Argument(help="unix:///path.sock or 127.0.0.1:PORT")],
+    json_: JsonOption = False,
+) -> None:
+    """Register (or update) a hypervisor agent by address."""
+    agent = run(lambda host: host.register_agent(address))
+    if json_:
+        out.print_json(agent)
+    else:
+        out.console.print(out.agent_table([agent]))
+
+
+@agents_app.command("remove")
+def agents_remove(name: str) -> None:
+    """Forget an agent (idempotent)."""
+    run(lambda host: host.remove_agent(name))
+
+
 @agents_app.command("list")
 def agents_list(json_: JsonOption = False) -> None:
     """Registered hypervisor agents with health and versions."""
