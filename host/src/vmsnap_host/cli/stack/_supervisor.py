@@ -1,7 +1,10 @@
 """Run the stack's processes: start in order, wait for health, restart crashes, stop cleanly.
 
 Each child runs in its own process group (so a signal reaches whatever it
-spawns) with its output in ``logs/<name>.log``. A child that exits while the
+spawns) with its output in ``logs/<name>.log``, and gets SIGTERM from the
+kernel if the supervising process dies without stopping it (Linux
+``PR_SET_PDEATHSIG``); children a killed stack left anyway are stopped by the
+next start in the same home. A child that exits while the
 stack runs is restarted after a backoff (0.5 s doubling to 30 s, reset once it
 has run for a minute). Stopping sends SIGTERM to every group (the host first,
 so that it stops calling the others), waits for a grace period, then SIGKILLs
@@ -17,6 +20,7 @@ import fcntl
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -177,7 +181,7 @@ class Stack:
         if child.log is None:
             child.log = (self.layout.logs / f"{child.component.name}.log").open("ab")
         child.process = await asyncio.create_subprocess_exec(
-            *child.component.command,
+            *_bound_to_us(child.component.command),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=child.log,
             stderr=asyncio.subprocess.STDOUT,
@@ -286,6 +290,25 @@ class Stack:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+# Runs in the child before the real command: ask the kernel for SIGTERM when the
+# stack's process dies (even by SIGKILL), so that no child outlives it; exit if
+# it already died before the request was made. execvp keeps the pid and the
+# request. Inline code, so that nothing heavy is imported before the exec.
+_LAUNCH = (
+    "import ctypes,os,signal,sys;"
+    "ctypes.CDLL(None).prctl(1,signal.SIGTERM);"
+    "os.getppid()==int(sys.argv[1]) or sys.exit(1);"
+    "os.execvp(sys.argv[2],sys.argv[2:])"
+)
+
+
+def _bound_to_us(command: tuple[str, ...]) -> list[str]:
+    """The command, wrapped so that it gets SIGTERM if this process dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return list(command)
+    return [sys.executable, "-c", _LAUNCH, str(os.getpid()), *command]
 
 
 def _signal_group(child: _Child, sig: int) -> None:
