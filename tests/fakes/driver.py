@@ -168,10 +168,21 @@ class FakeDriver(StorageDriver):
         self._record("revert", request.vm_snapshot_id)
         if request.vm_snapshot_id not in self.snapshots:
             raise NotFound(f"{request.vm_snapshot_id} unknown")
+        undo = None
+        if request.save_current_state and Capability.REVERT_UNDO in self.o.capabilities:
+            # The array keeps the state it is about to overwrite (Element's saveCurrentState).
+            kept = self.snapshots[request.vm_snapshot_id]
+            self.snapshots[request.undo_vm_snapshot_id] = {
+                **kept,
+                "volumes": [
+                    [d, loc, f"{request.undo_vm_snapshot_id}@{d}"] for d, loc, _ in kept["volumes"]
+                ],
+            }
+            undo = self._result(request.undo_vm_snapshot_id)
         self._fail("revert")
         self.reverted.append(request.vm_snapshot_id)
         self._save()
-        return RevertResult()
+        return RevertResult(undo=undo)
 
     async def delete_snapshot(self, vm_snapshot_id: str, snapshot: SnapshotResult | None) -> None:
         self._record("delete", vm_snapshot_id)

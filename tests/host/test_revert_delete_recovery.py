@@ -186,3 +186,26 @@ async def test_revert_refused_for_a_driver_without_revert(tmp_path: Path) -> Non
         await rig.manager.close()
         await rig.agent.close()
         rig.store.close()
+
+
+async def test_revert_undo_is_used_where_the_array_offers_it(tmp_path: Path) -> None:
+    undo = frozenset({Capability.CONSISTENT_GROUP, Capability.REVERT, Capability.REVERT_UNDO})
+    rig = await make_rig(
+        tmp_path,
+        Options(name="io.vmsnap.test.a", scheme="a", capabilities=undo),
+        Options(name="io.vmsnap.test.b", scheme="b", behaviour="fail-final", fail_on="revert"),
+    )
+    try:
+        await rig.define()
+        sid = await _ready(rig)
+        op = await rig.wait(await rig.manager.revert_snapshot("rv", sid, stop_vm=True))
+        assert op.error is not None and "put back" in op.error.message
+        a = rig.drivers["io.vmsnap.test.a"]
+        # no safety snapshot on a: its own undo was kept, used to go back, then dropped
+        assert not [c for c in a.calls if c[0] == "take" and "-keep-" in c[1]]
+        assert a.reverted[0] == sid and "-keep-" in a.reverted[-1]
+        assert set(a.snapshots) == {sid}
+    finally:
+        await rig.manager.close()
+        await rig.agent.close()
+        rig.store.close()
