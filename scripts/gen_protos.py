@@ -34,7 +34,7 @@ _PYI_NAME = re.compile(r"\bvmsnap\.(common|driver|hypervisor|host)\.")
 
 
 def _protoc(out: Path) -> None:
-    import grpc_tools  # noqa: PLC0415 - only needed here
+    import grpc_tools
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     bindir = Path(sys.executable).parent

@@ -10,6 +10,7 @@ power loss. Meant for tests and benchmarks on busy shared machines.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -54,10 +55,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         os.replace(tmp, path)
     except BaseException:
         # Never leave temp files behind on failure (disk full, interrupted, ...).
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     fsync_dir(path.parent)
 

@@ -157,7 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._dispatch()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         # Request line and status only: headers (and so credentials) are never logged.
         LOG.info("%s %s", self.address_string(), format % args)
 

@@ -100,15 +100,18 @@ class EmulatorProcess:
         while b"\n" not in buf:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not sel.select(remaining):
+                tail = self.stderr_tail()
                 self.kill()
-                raise EmulatorError(f"{self.kind} emulator did not start: {self.stderr_tail()}")
+                sel.close()
+                raise EmulatorError(f"{self.kind} emulator did not start: {tail}")
             chunk = os.read(self._proc.stdout.fileno(), 4096)
             if not chunk:
                 self._proc.wait()
-                self._cleanup()
+                tail = self.stderr_tail()
+                self._cleanup()  # the pipe and the log file, or they leak on this path
+                sel.close()
                 raise EmulatorError(
-                    f"{self.kind} emulator exited with {self._proc.returncode}: "
-                    f"{self.stderr_tail()}"
+                    f"{self.kind} emulator exited with {self._proc.returncode}: {tail}"
                 )
             buf += chunk
         sel.close()

@@ -1,0 +1,345 @@
+"""``vmsnap demo``: one VM snapshot across two vendors and a local disk, told step by step.
+
+Uses the running stack when one answers, else starts one in a temporary home
+and stops it at the end. Every step checks that it did what it should; the
+exit code is 0 only when all did. The data checks go through the drivers'
+ConformanceFixture service (test arrays only): bytes written before the
+snapshot must be back after the revert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmsnap_sdk import VM, DriverClient, Page, VMState, Volume
+from vmsnap_sdk.errors import NotFound, VMSnapError
+
+from vmsnap_host.cli import _output as out
+from vmsnap_host.cli._progress import follow
+from vmsnap_host.cli.stack import Layout, Stack, StackError
+from vmsnap_host.client import (
+    Consistency,
+    DriverStatus,
+    GroupKind,
+    Health,
+    HostClient,
+    Operation,
+    QuiescePolicy,
+    VMSnapshot,
+    VMSnapshotState,
+    default_address,
+)
+
+FIXTURE = "CONFORMANCE_FIXTURE"
+OPERATION_TIMEOUT = 120.0
+READY_TIMEOUT = 60.0
+
+
+class StepFailed(Exception):
+    """A step did not do what it should; the message says what happened instead."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise StepFailed(message)
+
+
+@dataclass
+class Disk:
+    """A disk of the demo VM and, for array volumes, the driver that holds it."""
+
+    volume: Volume
+    driver: DriverStatus | None = None
+    client: DriverClient | None = None
+
+
+@dataclass
+class Story:
+    host: HostClient
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    disks: list[Disk] = field(default_factory=list)
+    snapshot: VMSnapshot | None = None
+    steps_done: int = 0
+
+    @property
+    def vm_id(self) -> str:
+        return f"demo-{self.tag}"
+
+    def pattern(self, disk: Disk, what: str) -> bytes:
+        return f"{what} data of {disk.volume.disk} ({self.vm_id})\n".encode().ljust(64, b".")
+
+    async def step(self, number: int, title: str, action: Callable[[], Awaitable[str]]) -> None:
+        out.console.print(f"\n[bold cyan]{number}. {title}[/]")
+        try:
+            detail = await action()
+        except StepFailed as exc:
+            out.console.print(f"   [red]✗ {exc}[/]", highlight=False)
+            raise
+        except VMSnapError as exc:
+            out.console.print(f"   [red]✗ {exc.code.name}: {exc.message}[/]", highlight=False)
+            raise StepFailed(str(exc)) from exc
+        self.steps_done += 1
+        out.console.print(f"   [green]✓[/] {detail}", highlight=False)
+
+    async def run(self) -> None:
+        await self.step(1, "The stack: drivers and agent, as the host sees them", self.look)
+        await self.step(2, "Define a VM with disks on two vendors and a local disk", self.define)
+        await self.step(3, "Start it and write data onto its array disks", self.start)
+        await self.step(4, "Take a VM snapshot", self.take)
+        await self.step(5, "Change the data", self.change)
+        await self.step(6, "Stop the VM (a disk-only revert needs it stopped)", self.stop)
+        await self.step(7, "Revert the VM to the snapshot", self.revert)
+        await self.step(8, "Delete the snapshot", self.delete)
+
+    # --- the steps ---------------------------------------------------------------
+
+    async def look(self) -> str:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            drivers = await self.host.list_drivers()
+            agents = await self.host.list_agents()
+            serving = [
+                d for d in drivers if d.health is Health.SERVING and FIXTURE in d.capabilities
+            ]
+            agent_up = any(a.health is Health.SERVING for a in agents)
+            if (len(serving) >= 2 and agent_up) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        out.console.print(out.driver_table(drivers))
+        out.console.print(out.agent_table(agents))
+        check(agent_up, "no hypervisor agent is SERVING")
+        check(
+            len(serving) >= 2,
+            f"the demo needs two SERVING drivers with the {FIXTURE} service; found {len(serving)}",
+        )
+        for driver in sorted(serving, key=lambda d: (d.order, d.name))[:2]:
+            client = DriverClient.connect(driver.address, timeout=30)
+            volume = await client.create_test_volume(f"demo-{self.tag}-{len(self.disks)}", 1 << 20)
+            disk = f"vd{'ab'[len(self.disks)]}"
+            self.disks.append(Disk(Volume(disk, volume.locator, volume.size_bytes), driver, client))
+        local = f"file:///var/lib/vmsnap/{self.vm_id}/root.qcow2"
+        self.disks.append(Disk(Volume("vdc", local, 1 << 20, "qcow2")))
+        return f"{len(serving)} drivers and {len(agents)} agent(s) serving"
+
+    async def define(self) -> str:
+        vm = VM(
+            id=self.vm_id,
+            name="demo web server",
+            memory_mib=512,
+            volumes=tuple(d.volume for d in self.disks),
+        )
+        defined = await self.host.define_vm(vm)
+        out.console.print(out.vm_table([defined]))
+        check(
+            defined.state is VMState.STOPPED,
+            f"a new VM should be STOPPED, not {defined.state.name}",
+        )
+        check(len(defined.volumes) == 3, f"expected 3 disks, the agent kept {len(defined.volumes)}")
+        return f"VM {defined.id} defined on agent {defined.agent or '?'}"
+
+    async def start(self) -> str:
+        vm = await self.host.start_vm(self.vm_id)
+        check(vm.state is VMState.RUNNING, f"the VM is {vm.state.name} after start")
+        for disk in self.array_disks:
+            assert disk.client is not None
+            data = self.pattern(disk, "original")
+            await disk.client.write_volume(disk.volume.locator, 0, data)
+            check(
+                await disk.client.read_volume(disk.volume.locator, 0, len(data)) == data,
+                f"{disk.volume.disk}: the bytes written do not read back",
+            )
+        return "RUNNING; wrote the 'original' pattern on " + ", ".join(
+            d.volume.disk for d in self.array_disks
+        )
+
+    @property
+    def array_disks(self) -> list[Disk]:
+        return [d for d in self.disks if d.client is not None]
+
+    async def _operation(self, started: Operation, what: str) -> Operation:
+        op = await follow(self.host, started, OPERATION_TIMEOUT)
+        check(op.done, f"{what} still running after {OPERATION_TIMEOUT:.0f} s ({op.step})")
+        check(op.error is None, f"{what} failed: {op.error}")
+        return op
+
+    async def take(self) -> str:
+        started = await self.host.create_vm_snapshot(
+            self.vm_id,
+            "before-upgrade",
+            description="vmsnap demo",
+            quiesce=QuiescePolicy.BEST_EFFORT,
+        )
+        op = await self._operation(started, "the take")
+        snapshot = op.vm_snapshot or await self.host.get_vm_snapshot(op.vm_snapshot_id)
+        self.snapshot = snapshot
+        out.show_snapshot(snapshot)
+        check(snapshot.state is VMSnapshotState.READY, f"the snapshot is {snapshot.state.name}")
+        covered = sorted(disk for g in snapshot.groups for disk in g.disks)
+        check(
+            covered == sorted(d.volume.disk for d in self.disks),
+            f"the plan should cover each disk once; it covers {covered}",
+        )
+        for disk in self.disks:
+            group = next(g for g in snapshot.groups if disk.volume.disk in g.disks)
+            if disk.driver is not None:
+                check(
+                    group.kind is GroupKind.DRIVER and group.owner == disk.driver.name,
+                    f"{disk.volume.disk} should go to {disk.driver.name}, went to {group.owner}",
+                )
+            else:
+                check(
+                    group.kind is GroupKind.HYPERVISOR,
+                    f"the local disk {disk.volume.disk} should go to the hypervisor, "
+                    f"went to {group.owner}",
+                )
+        check(
+            snapshot.freeze_start_time is not None,
+            "a plan over several drivers needs a freeze, yet none was recorded",
+        )
+        check(
+            snapshot.consistency is not Consistency.UNSPECIFIED,
+            "the consistency achieved was not recorded",
+        )
+        return (
+            f"READY in {len(snapshot.groups)} groups, {out.freeze_text(snapshot)}, "
+            f"{snapshot.consistency.name} consistent"
+        )
+
+    async def change(self) -> str:
+        for disk in self.array_disks:
+            assert disk.client is not None
+            data = self.pattern(disk, "changed")
+            await disk.client.write_volume(disk.volume.locator, 0, data)
+            check(
+                await disk.client.read_volume(disk.volume.locator, 0, len(data)) == data,
+                f"{disk.volume.disk}: the new bytes do not read back",
+            )
+        return "wrote the 'changed' pattern over the original one"
+
+    async def stop(self) -> str:
+        vm = await self.host.stop_vm(self.vm_id)
+        check(vm.state is VMState.STOPPED, f"the VM is {vm.state.name} after stop")
+        return "STOPPED"
+
+    async def revert(self) -> str:
+        assert self.snapshot is not None
+        started = await self.host.revert_vm_snapshot(self.snapshot.id)
+        await self._operation(started, "the revert")
+        snapshot = await self.host.get_vm_snapshot(self.snapshot.id)
+        check(snapshot.state is VMSnapshotState.READY, f"the snapshot is {snapshot.state.name}")
+        check(snapshot.current, "the reverted-to snapshot should be the VM's current one")
+        restored = []
+        for disk in self.array_disks:
+            assert disk.client is not None
+            data = self.pattern(disk, "original")
+            got = await disk.client.read_volume(disk.volume.locator, 0, len(data))
+            check(got == data, f"{disk.volume.disk} holds {got[:40]!r}…, not the original data")
+            restored.append(disk.volume.disk)
+        vm = await self.host.get_vm(self.vm_id)
+        check(
+            vm.state is VMState.STOPPED,
+            f"a disk-only revert leaves the VM STOPPED, not {vm.state.name}",
+        )
+        return f"original data back on {', '.join(restored)}; vdc reverted by the hypervisor"
+
+    async def delete(self) -> str:
+        assert self.snapshot is not None
+        started = await self.host.delete_vm_snapshot(self.snapshot.id)
+        await self._operation(started, "the delete")
+        try:
+            state = (await self.host.get_vm_snapshot(self.snapshot.id)).state
+        except NotFound:
+            state = VMSnapshotState.REMOVED
+        check(state is VMSnapshotState.REMOVED, f"the snapshot is {state.name} after delete")
+        for disk in self.array_disks:
+            assert disk.client is not None and disk.driver is not None
+            left = (await disk.client.list_snapshots(Page(size=1000))).snapshots
+            check(
+                all(s.vm_snapshot_id != self.snapshot.id for s in left),
+                f"{disk.driver.name} still holds a snapshot of {self.snapshot.id}",
+            )
+        return "REMOVED; no driver holds any of it"
+
+    async def close(self) -> None:
+        for disk in self.array_disks:
+            assert disk.client is not None
+            with contextlib.suppress(VMSnapError):
+                await disk.client.delete_test_volume(disk.volume.locator)
+            await disk.client.close()
+
+
+def run_demo(address: str | None, hypervisor: str) -> int:
+    """The exit code of ``vmsnap demo``."""
+    try:
+        return asyncio.run(_demo(address, hypervisor))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # Interrupted: the stack the demo started was stopped on the way out.
+        out.errors.print("demo interrupted")
+        return 130
+
+
+async def _demo(address: str | None, hypervisor: str) -> int:
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    target = address or default_address()
+    async with HostClient.connect(target) as probe:
+        running = await probe.serving(timeout=2.0)
+    stack: Stack | None = None
+    home: Path | None = None
+    if not running:
+        if address:
+            out.errors.print(f"[red]error:[/] UNAVAILABLE: no vmsnap host answers at {address}")
+            return 1
+        home = Path(tempfile.mkdtemp(prefix="vmsnap-demo-", dir="/tmp"))
+        out.console.print(f"No vmsnap stack answers at {target}: starting one in {home} …")
+        try:
+            stack = Stack(
+                Layout(home), hypervisor, on_event=lambda m: out.console.print(f"[dim]{m}[/]")
+            )
+            await stack.start()
+        except ValueError as exc:
+            shutil.rmtree(home, ignore_errors=True)
+            out.errors.print(f"[red]error:[/] {exc}", highlight=False)
+            return 2
+        except StackError as exc:
+            out.errors.print(f"[red]error:[/] {exc}", highlight=False)
+            out.console.print(f"the demo stack's logs are kept in {home / 'logs'}")
+            return 1
+        target = stack.host_address
+    else:
+        out.console.print(f"Using the vmsnap stack at {target}")
+    ok = False
+    try:
+        async with HostClient.connect(target) as host:
+            story = Story(host)
+            try:
+                await story.run()
+                ok = True
+            except StepFailed:
+                pass
+            finally:
+                await story.close()
+    finally:
+        if stack is not None:
+            await stack.stop()
+            if ok and home is not None:
+                shutil.rmtree(home, ignore_errors=True)
+            elif home is not None:
+                out.console.print(f"the demo stack's logs are kept in {home / 'logs'}")
+    if ok:
+        out.console.print(
+            f"\n[bold green]demo passed:[/] all {story.steps_done} steps did what they should"
+        )
+        return 0
+    out.console.print(f"\n[bold red]demo failed[/] after {story.steps_done} good steps")
+    return 1

@@ -1,0 +1,181 @@
+"""How the CLI shows things: Rich tables for people, ``--json`` for programs."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import grpc
+from rich.console import Console
+from rich.table import Table
+from vmsnap_sdk import VM
+
+from vmsnap_host.client import (
+    AgentStatus,
+    DriverStatus,
+    Health,
+    Operation,
+    SnapshotGroup,
+    VMSnapshot,
+    VMSnapshotState,
+)
+
+console = Console()
+errors = Console(stderr=True)
+if not console.is_terminal and console.width < 120:
+    # Piped or captured (CI logs, `make demo | tee`): wide enough for the tables.
+    console = Console(width=120)
+
+
+def jsonable(value: Any) -> Any:
+    """Dataclasses, enums and datetimes as plain JSON values (enums by name)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: jsonable(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not isinstance(getattr(value, f.name), bytes)
+        }
+    if isinstance(value, enum.Enum | grpc.StatusCode):
+        return value.name
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def print_json(value: Any) -> None:
+    # Plain print: Rich would wrap long lines and break the JSON.
+    print(json.dumps(jsonable(value), indent=2, sort_keys=True))
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _health(value: Health) -> str:
+    return {"SERVING": "[green]serving[/]", "NOT_SERVING": "[red]not serving[/]"}.get(
+        value.name, "unknown"
+    )
+
+
+def vm_table(vms: Sequence[VM]) -> Table:
+    table = Table("id", "name", "state", "agent", "memory", "disks", title="VMs")
+    for vm in vms:
+        disks = "\n".join(f"{v.disk} → {v.locator}" for v in vm.volumes)
+        table.add_row(vm.id, vm.name, vm.state.name, vm.agent, f"{vm.memory_mib} MiB", disks)
+    return table
+
+
+def snapshot_table(snapshots: Sequence[VMSnapshot]) -> Table:
+    table = Table("id", "vm", "name", "state", "consistency", "memory", "current", "created")
+    for s in snapshots:
+        table.add_row(
+            s.id,
+            s.vm_id,
+            s.name,
+            s.state.name,
+            s.consistency.name,
+            "yes" if s.include_memory else "",
+            "*" if s.current else "",
+            _when(s.create_time),
+        )
+    return table
+
+
+def group_table(groups: Sequence[SnapshotGroup]) -> Table:
+    table = Table("taken by", "kind", "disks", "why", "consistency", "ready", title="plan")
+    for g in groups:
+        table.add_row(
+            g.owner,
+            g.kind.name.lower(),
+            ", ".join(g.disks),
+            "\n".join(g.reasons),
+            g.consistency.name,
+            "yes" if g.ready else "no",
+        )
+    return table
+
+
+def freeze_text(s: VMSnapshot) -> str:
+    if s.freeze_start_time is None:
+        if s.state is VMSnapshotState.ERROR:
+            return "the VM was not frozen"
+        return "no freeze was needed"
+    seconds = s.freeze_seconds or 0.0
+    return f"frozen at {_when(s.freeze_start_time)} for {seconds * 1000:.0f} ms"
+
+
+def show_snapshot(s: VMSnapshot) -> None:
+    console.print(f"[bold]{s.name}[/] ({s.id}) of VM {s.vm_id}: [bold]{s.state.name}[/]")
+    console.print(
+        f"  consistency {s.consistency.name}, quiesce policy {s.quiesce.name}, "
+        f"memory {'included' if s.include_memory else 'not included'}"
+    )
+    console.print(f"  {freeze_text(s)}")
+    if s.parent_id:
+        console.print(f"  parent {s.parent_id}{', current' if s.current else ''}")
+    for warning in s.warnings:
+        console.print(f"  [yellow]warning:[/] {warning}")
+    if s.error is not None:
+        console.print(f"  [red]error:[/] {s.error}")
+    if s.groups:
+        console.print(group_table(s.groups))
+
+
+def operation_table(operations: Sequence[Operation]) -> Table:
+    table = Table("id", "type", "vm", "snapshot", "done", "progress", "step", "error", "created")
+    table.columns[7].max_width = 48
+    table.columns[7].overflow = "ellipsis"
+    table.columns[7].no_wrap = True
+    for op in operations:
+        table.add_row(
+            op.id,
+            op.type.name,
+            op.vm_id,
+            op.vm_snapshot_id,
+            "yes" if op.done else "no",
+            f"{op.progress_percent}%",
+            op.step,
+            str(op.error) if op.error else "",
+            _when(op.create_time),
+        )
+    return table
+
+
+def driver_table(drivers: Sequence[DriverStatus]) -> Table:
+    table = Table("name", "address", "version", "contract", "health", "capabilities", "order")
+    for d in drivers:
+        health = _health(d.health) + (f"\n{d.health_message}" if d.health_message else "")
+        table.add_row(
+            d.name,
+            d.address,
+            d.vendor_version,
+            d.contract_version,
+            health,
+            ", ".join(d.capabilities),
+            str(d.order),
+        )
+    return table
+
+
+def agent_table(agents: Sequence[AgentStatus]) -> Table:
+    table = Table("name", "address", "hypervisor", "version", "health", "quiesce", "memory")
+    for a in agents:
+        health = _health(a.health) + (f"\n{a.health_message}" if a.health_message else "")
+        table.add_row(
+            a.name,
+            a.address,
+            a.hypervisor,
+            a.version,
+            health,
+            ", ".join(a.quiesce_methods),
+            "yes" if a.memory_snapshots else "no",
+        )
+    return table

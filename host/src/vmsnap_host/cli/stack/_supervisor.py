@@ -1,0 +1,329 @@
+"""Run the stack's processes: start in order, wait for health, restart crashes, stop cleanly.
+
+Each child runs in its own process group (so a signal reaches whatever it
+spawns) with its output in ``logs/<name>.log``, and gets SIGTERM from the
+kernel if the supervising process dies without stopping it (Linux
+``PR_SET_PDEATHSIG``); children a killed stack left anyway are stopped by the
+next start in the same home. A child that exits while the
+stack runs is restarted after a backoff (0.5 s doubling to 30 s, reset once it
+has run for a minute). Stopping sends SIGTERM to every group (the host first,
+so that it stops calling the others), waits for a grace period, then SIGKILLs
+what is left. ``run/stack.json`` lists the pids for operators and tests, and a
+lock on ``run/stack.lock`` keeps two stacks from sharing one home.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from vmsnap_host.cli.stack._table import Component, Layout, build, host_config
+
+Events = Callable[[str], None]
+
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 60.0
+
+
+class StackError(RuntimeError):
+    """The stack could not start; the message says which component and why."""
+
+
+@dataclass
+class _Child:
+    component: Component
+    process: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    failures: int = 0
+    restarts: int = 0
+    log: IO[bytes] | None = field(default=None, repr=False)
+
+
+async def health_serving(address: str, timeout: float = 1.0) -> bool:
+    """One grpc.health.v1 check of ``address``."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Stack:
+    """The embedded stack in one vmsnap home."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        hypervisor: str = "sim",
+        *,
+        on_event: Events | None = None,
+        grace_seconds: float = 10.0,
+    ) -> None:
+        self.layout = layout
+        self.components = build(layout, hypervisor)
+        self.grace_seconds = grace_seconds
+        self._emit = on_event or (lambda _msg: None)
+        self._children = [_Child(c) for c in self.components]
+        self._stopping = False
+        self._watchers: list[asyncio.Task[None]] = []
+        self._lock_fd: int | None = None
+
+    @property
+    def host_address(self) -> str:
+        return self.components[-1].address
+
+    def pids(self) -> dict[str, int]:
+        return {
+            c.component.name: c.process.pid
+            for c in self._children
+            if c.process is not None and c.process.returncode is None
+        }
+
+    def restarts(self) -> dict[str, int]:
+        return {c.component.name: c.restarts for c in self._children}
+
+    # --- start -------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        for path in (self.layout.run, self.layout.logs, self.layout.agent_state):
+            path.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.layout.run / "stack.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise StackError(
+                f"a vmsnap stack already runs in {self.layout.home} "
+                f"(see {self.layout.stack_file}); stop it first or use another --home"
+            ) from None
+        self._stop_orphans()
+        # Sockets left by a stack that was killed would make the binds fail.
+        for component in self.components:
+            if component.address.startswith("unix://"):
+                Path(component.address.removeprefix("unix://")).unlink(missing_ok=True)
+        # Only gRPC components are sockets the host reaches; emulators are the drivers' business.
+        drivers = [c for c in self.components if c.role == "storage driver"]
+        agents = [c for c in self.components if c.role == "hypervisor agent"]
+        self.layout.config.write_text(host_config(drivers, agents))
+
+    def _stop_orphans(self) -> None:
+        """Stop the children of a previous ``vmsnap up`` of this home that was killed.
+
+        Holding the lock proves that stack is gone; a pid from its stack file is
+        only signalled when its command line still names this home's run
+        directory, so a recycled pid is never touched.
+        """
+        try:
+            previous = json.loads(self.layout.stack_file.read_text())
+        except (OSError, ValueError):
+            return
+        orphans = [
+            pid
+            for pid in (c.get("pid") for c in previous.get("components", []))
+            if isinstance(pid, int) and str(self.layout.run) in _cmdline(pid)
+        ]
+        for pid in orphans:
+            self._emit(f"stopping pid {pid}, left running by a stack that was killed")
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_seconds
+        while any(_cmdline(pid) for pid in orphans) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in orphans:
+            if _cmdline(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+        self.layout.stack_file.unlink(missing_ok=True)
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Start every component in order and wait until each serves; on failure stop all."""
+        self._prepare()
+        try:
+            # Drivers and the agent together, then the host that lists them.
+            first, host = self._children[:-1], self._children[-1]
+            for child in first:
+                await self._spawn(child)
+            await asyncio.gather(*(self._wait_serving(c, timeout) for c in first))
+            await self._spawn(host)
+            await self._wait_serving(host, timeout)
+        except BaseException:
+            await self.stop()
+            raise
+        self._write_stack_file()
+        self._watchers = [asyncio.create_task(self._watch(c)) for c in self._children]
+
+    async def _spawn(self, child: _Child) -> None:
+        if child.log is None:
+            child.log = (self.layout.logs / f"{child.component.name}.log").open("ab")
+        child.process = await asyncio.create_subprocess_exec(
+            *_bound_to_us(child.component.command),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=child.log,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        child.started_at = time.monotonic()
+
+    async def _wait_serving(self, child: _Child, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        name = child.component.name
+        while True:
+            process = child.process
+            if process is not None and process.returncode is not None:
+                raise StackError(
+                    f"{name} exited with code {process.returncode} while starting; "
+                    f"last lines of {self.layout.logs / (name + '.log')}:\n"
+                    f"{_tail(self.layout.logs / (name + '.log'))}"
+                )
+            check = child.component.ready
+            serving = await check() if check else await health_serving(child.component.address)
+            if serving:
+                self._emit(f"{name} serving on {child.component.address}")
+                return
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"{name} did not serve on {child.component.address} within {timeout:.0f} s; "
+                    f"see {self.layout.logs / (name + '.log')}"
+                )
+            await asyncio.sleep(0.1)
+
+    # --- supervision ----------------------------------------------------------------
+
+    async def _watch(self, child: _Child) -> None:
+        while not self._stopping:
+            assert child.process is not None
+            code = await child.process.wait()
+            if self._stopping:
+                return
+            ran = time.monotonic() - child.started_at
+            child.failures = 0 if ran >= STABLE_AFTER else child.failures + 1
+            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, child.failures - 1))
+            self._emit(
+                f"{child.component.name} exited with code {code}; restarting in {delay:.1f} s"
+            )
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            await self._spawn(child)
+            child.restarts += 1
+            self._write_stack_file()
+            with contextlib.suppress(StackError):
+                await self._wait_serving(child, timeout=30.0)
+
+    def _write_stack_file(self) -> None:
+        data = {
+            "pid": os.getpid(),
+            "home": str(self.layout.home),
+            "host": self.host_address,
+            "components": [
+                {
+                    "name": c.component.name,
+                    "role": c.component.role,
+                    "address": c.component.address,
+                    "pid": c.process.pid if c.process is not None else None,
+                    "restarts": c.restarts,
+                }
+                for c in self._children
+            ],
+        }
+        tmp = self.layout.stack_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.layout.stack_file)
+
+    # --- stop -------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """SIGTERM every child (host first), wait for the grace period, SIGKILL the rest."""
+        self._stopping = True
+        for task in self._watchers:
+            task.cancel()
+        for task in self._watchers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._watchers = []
+        running = [
+            c for c in reversed(self._children) if c.process and c.process.returncode is None
+        ]
+        for child in running:
+            _signal_group(child, signal.SIGTERM)
+        waits = [c.process.wait() for c in running if c.process is not None]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), self.grace_seconds)
+        except TimeoutError:
+            for child in running:
+                if child.process is not None and child.process.returncode is None:
+                    self._emit(f"{child.component.name} ignored SIGTERM; killing it")
+                    _signal_group(child, signal.SIGKILL)
+            await asyncio.gather(*(c.process.wait() for c in running if c.process is not None))
+        for child in self._children:
+            # Whatever a child left in its group goes too.
+            _signal_group(child, signal.SIGKILL)
+            if child.log is not None:
+                child.log.close()
+                child.log = None
+        self.layout.stack_file.unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+# Runs in the child before the real command: ask the kernel for SIGTERM when the
+# stack's process dies (even by SIGKILL), so that no child outlives it; exit if
+# it already died before the request was made. execvp keeps the pid and the
+# request. Inline code, so that nothing heavy is imported before the exec.
+_LAUNCH = (
+    "import ctypes,os,signal,sys;"
+    "ctypes.CDLL(None).prctl(1,signal.SIGTERM);"
+    "os.getppid()==int(sys.argv[1]) or sys.exit(1);"
+    "os.execvp(sys.argv[2],sys.argv[2:])"
+)
+
+
+def _bound_to_us(command: tuple[str, ...]) -> list[str]:
+    """The command, wrapped so that it gets SIGTERM if this process dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return list(command)
+    return [sys.executable, "-c", _LAUNCH, str(os.getpid()), *command]
+
+
+def _signal_group(child: _Child, sig: int) -> None:
+    if child.process is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.process.pid, sig)
+
+
+def _cmdline(pid: int) -> str:
+    """The command line of a live process ("" when gone or a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+            return ""
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (OSError, IndexError):
+        return ""

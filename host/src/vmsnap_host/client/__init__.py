@@ -1,0 +1,58 @@
+"""Typed client of the vmsnap host's control API (vmsnap.host.v1.VMSnapshotService).
+
+    async with HostClient.connect() as host:
+        op = await host.create_vm_snapshot("vm-1", "before-upgrade")
+        op = await host.wait(op.id, timeout=300, on_progress=print)
+        if op.error:
+            raise op.error.exception()
+
+Every RPC is an async method returning frozen dataclasses; failures raise the
+classes of :mod:`vmsnap_sdk.errors`. Without an address, the client finds the
+local stack: ``$VMSNAP_HOST``, else ``unix://$VMSNAP_HOME/run/host.sock``
+(``VMSNAP_HOME`` defaults to ``~/.vmsnap``).
+"""
+
+from vmsnap_sdk import VM, ClientTLS, Consistency, VMState, Volume
+
+from vmsnap_host.client._address import default_address, host_socket, vmsnap_home
+from vmsnap_host.client._client import HostClient
+from vmsnap_host.client._types import (
+    AgentStatus,
+    DriverStatus,
+    Failure,
+    GroupKind,
+    GroupVolume,
+    Health,
+    Operation,
+    OperationType,
+    Page,
+    QuiescePolicy,
+    SnapshotGroup,
+    VMSnapshot,
+    VMSnapshotState,
+)
+
+__all__ = [
+    "AgentStatus",
+    "ClientTLS",
+    "Consistency",
+    "DriverStatus",
+    "Failure",
+    "GroupKind",
+    "GroupVolume",
+    "Health",
+    "HostClient",
+    "Operation",
+    "OperationType",
+    "Page",
+    "QuiescePolicy",
+    "SnapshotGroup",
+    "VM",
+    "VMSnapshot",
+    "VMSnapshotState",
+    "VMState",
+    "Volume",
+    "default_address",
+    "host_socket",
+    "vmsnap_home",
+]

@@ -1,0 +1,21 @@
+"""Where the running vmsnap stack is: one rule shared by the client, the CLI and ``vmsnap up``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def vmsnap_home() -> Path:
+    """``$VMSNAP_HOME``, default ``~/.vmsnap``."""
+    return Path(os.environ.get("VMSNAP_HOME") or Path.home() / ".vmsnap").expanduser()
+
+
+def host_socket(home: Path | None = None) -> Path:
+    """The host's unix socket in a vmsnap home."""
+    return (home or vmsnap_home()) / "run" / "host.sock"
+
+
+def default_address() -> str:
+    """``$VMSNAP_HOST``, else ``unix://$VMSNAP_HOME/run/host.sock``."""
+    return os.environ.get("VMSNAP_HOST") or f"unix://{host_socket()}"

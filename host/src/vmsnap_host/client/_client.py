@@ -1,0 +1,308 @@
+"""The typed control-plane client: every VMSnapshotService RPC as an async method.
+
+Each method builds the request, calls through ``vmsnap_sdk._client.call`` (the
+one place gRPC errors become :mod:`vmsnap_sdk.errors` exceptions) and converts
+the reply with ``_convert``. Mutating calls take an optional ``request_id``; a
+fresh one is made when it is omitted, pass your own to retry safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from vmsnap_sdk import VM, ClientTLS, open_channel
+from vmsnap_sdk._client import call
+from vmsnap_sdk._convert import vm_from_pb, vm_to_pb
+from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
+from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
+
+from vmsnap_host.client import _convert as cv
+from vmsnap_host.client._address import default_address
+from vmsnap_host.client._types import (
+    AgentStatus,
+    DriverStatus,
+    Operation,
+    Page,
+    QuiescePolicy,
+    VMSnapshot,
+)
+
+#: Longest single WaitOperation call; progress is reported between calls.
+WAIT_SLICE = 2.0
+
+
+def _request_id(value: str | None) -> str:
+    return value or uuid.uuid4().hex
+
+
+class HostClient:
+    """A connection to a vmsnap host. ``timeout`` is the default per-call deadline.
+
+    Use as ``async with HostClient.connect() as host: ...`` or call :meth:`close`.
+    """
+
+    def __init__(
+        self, channel: grpc.aio.Channel, *, address: str = "", timeout: float | None = 30.0
+    ) -> None:
+        self.channel = channel
+        self.address = address
+        self.timeout = timeout
+        self._stub = host_pb2_grpc.VMSnapshotServiceStub(channel)
+
+    @classmethod
+    def connect(
+        cls,
+        address: str | None = None,
+        tls: ClientTLS | None = None,
+        *,
+        timeout: float | None = 30.0,
+    ) -> HostClient:
+        """A client for ``address`` (default: ``$VMSNAP_HOST`` or the local stack's socket)."""
+        target = address or default_address()
+        return cls(open_channel(target, tls), address=target, timeout=timeout)
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+    async def __aenter__(self) -> HostClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _t(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    async def serving(self, *, timeout: float = 2.0) -> bool:
+        """Whether the host answers its health check with SERVING."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    # --- VM snapshots -------------------------------------------------------------
+
+    async def create_vm_snapshot(
+        self,
+        vm_id: str,
+        name: str,
+        *,
+        description: str = "",
+        include_memory: bool = False,
+        quiesce: QuiescePolicy = QuiescePolicy.BEST_EFFORT,
+        parameters: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Operation:
+        """Start taking a VM snapshot; wait on the returned operation."""
+        request = pb.CreateVMSnapshotRequest(
+            request_id=_request_id(request_id),
+            vm_id=vm_id,
+            name=name,
+            description=description,
+            include_memory=include_memory,
+            quiesce=pb.QuiescePolicy.ValueType(quiesce.value),
+            parameters=dict(parameters or {}),
+        )
+        response = await call(self._stub.CreateVMSnapshot, request, self._t(timeout))
+        return cv.operation(response.operation)
+
+    async def get_vm_snapshot(self, id: str, *, timeout: float | None = None) -> VMSnapshot:
+        response = await call(
+            self._stub.GetVMSnapshot, pb.GetVMSnapshotRequest(id=id), self._t(timeout)
+        )
+        return cv.vm_snapshot(response.vm_snapshot)
+
+    async def list_vm_snapshots(
+        self,
+        vm_id: str = "",
+        *,
+        show_removed: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[VMSnapshot]:
+        """One page, oldest first (:meth:`all_vm_snapshots` reads every page)."""
+        response = await call(
+            self._stub.ListVMSnapshots,
+            pb.ListVMSnapshotsRequest(
+                vm_id=vm_id, page_size=page_size, page_token=page_token, show_removed=show_removed
+            ),
+            self._t(timeout),
+        )
+        return Page(
+            tuple(cv.vm_snapshot(s) for s in response.vm_snapshots), response.next_page_token
+        )
+
+    async def all_vm_snapshots(
+        self, vm_id: str = "", *, show_removed: bool = False
+    ) -> list[VMSnapshot]:
+        """Every VM snapshot (of one VM, when given), oldest first."""
+        result: list[VMSnapshot] = []
+        token = ""
+        while True:
+            page = await self.list_vm_snapshots(vm_id, show_removed=show_removed, page_token=token)
+            result += page.items
+            token = page.next_token
+            if not token:
+                return result
+
+    async def revert_vm_snapshot(
+        self,
+        id: str,
+        *,
+        stop_vm: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Operation:
+        """Start reverting the VM to a snapshot (``stop_vm`` stops a running VM first)."""
+        request = pb.RevertVMSnapshotRequest(
+            request_id=_request_id(request_id), id=id, stop_vm=stop_vm
+        )
+        response = await call(self._stub.RevertVMSnapshot, request, self._t(timeout))
+        return cv.operation(response.operation)
+
+    async def delete_vm_snapshot(
+        self, id: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> Operation:
+        """Start deleting a VM snapshot (idempotent)."""
+        request = pb.DeleteVMSnapshotRequest(request_id=_request_id(request_id), id=id)
+        response = await call(self._stub.DeleteVMSnapshot, request, self._t(timeout))
+        return cv.operation(response.operation)
+
+    # --- operations -------------------------------------------------------------------
+
+    async def get_operation(self, id: str, *, timeout: float | None = None) -> Operation:
+        response = await call(
+            self._stub.GetOperation, pb.GetOperationRequest(id=id), self._t(timeout)
+        )
+        return cv.operation(response.operation)
+
+    async def wait_operation(self, id: str, wait_seconds: float) -> Operation:
+        """One WaitOperation call: the operation when done, or as it stands after the wait."""
+        response = await call(
+            self._stub.WaitOperation,
+            pb.WaitOperationRequest(id=id, timeout=cv.duration(wait_seconds)),
+            wait_seconds + 10.0,
+        )
+        return cv.operation(response.operation)
+
+    async def wait(
+        self,
+        operation_id: str,
+        timeout: float | None = None,
+        on_progress: Callable[[Operation], None] | None = None,
+    ) -> Operation:
+        """Wait until the operation is done or ``timeout`` seconds pass (None: no limit).
+
+        Returns the operation as it stands either way: check ``done`` and
+        ``error``. ``on_progress`` is called with each new state seen.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: tuple[int, str] | None = None
+        while True:
+            remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
+            started = time.monotonic()
+            op = await self.wait_operation(operation_id, max(0.0, min(WAIT_SLICE, remaining)))
+            if on_progress is not None and (op.progress_percent, op.step) != last:
+                last = (op.progress_percent, op.step)
+                on_progress(op)
+            if op.done or (deadline is not None and time.monotonic() >= deadline):
+                return op
+            # A host that answers at once while not done must not be called in a tight loop.
+            if time.monotonic() - started < 0.05:
+                await asyncio.sleep(0.1)
+
+    async def list_operations(
+        self,
+        vm_id: str = "",
+        *,
+        only_running: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[Operation]:
+        """One page, newest first."""
+        response = await call(
+            self._stub.ListOperations,
+            pb.ListOperationsRequest(
+                vm_id=vm_id, page_size=page_size, page_token=page_token, only_running=only_running
+            ),
+            self._t(timeout),
+        )
+        return Page(tuple(cv.operation(o) for o in response.operations), response.next_page_token)
+
+    # --- drivers and agents -------------------------------------------------------------
+
+    async def register_driver(
+        self,
+        address: str,
+        *,
+        order: int = 0,
+        tls: ClientTLS | None = None,
+        timeout: float | None = None,
+    ) -> DriverStatus:
+        request = pb.RegisterDriverRequest(address=address, order=order, tls=cv.tls_config(tls))
+        response = await call(self._stub.RegisterDriver, request, self._t(timeout))
+        return cv.driver(response.driver)
+
+    async def list_drivers(self, *, timeout: float | None = None) -> list[DriverStatus]:
+        response = await call(self._stub.ListDrivers, pb.ListDriversRequest(), self._t(timeout))
+        return [cv.driver(d) for d in response.drivers]
+
+    async def remove_driver(self, name: str, *, timeout: float | None = None) -> None:
+        await call(self._stub.RemoveDriver, pb.RemoveDriverRequest(name=name), self._t(timeout))
+
+    async def register_agent(
+        self, address: str, *, tls: ClientTLS | None = None, timeout: float | None = None
+    ) -> AgentStatus:
+        request = pb.RegisterAgentRequest(address=address, tls=cv.tls_config(tls))
+        response = await call(self._stub.RegisterAgent, request, self._t(timeout))
+        return cv.agent(response.agent)
+
+    async def list_agents(self, *, timeout: float | None = None) -> list[AgentStatus]:
+        response = await call(self._stub.ListAgents, pb.ListAgentsRequest(), self._t(timeout))
+        return [cv.agent(a) for a in response.agents]
+
+    async def remove_agent(self, name: str, *, timeout: float | None = None) -> None:
+        await call(self._stub.RemoveAgent, pb.RemoveAgentRequest(name=name), self._t(timeout))
+
+    # --- VMs (passed through to their agents) -----------------------------------------
+
+    async def define_vm(self, vm: VM, *, agent: str = "", timeout: float | None = None) -> VM:
+        """Define a VM on an agent (``agent`` may be empty when only one is registered)."""
+        response = await call(
+            self._stub.DefineVM, pb.DefineVMRequest(agent=agent, vm=vm_to_pb(vm)), self._t(timeout)
+        )
+        return vm_from_pb(response.vm)
+
+    async def get_vm(self, vm_id: str, *, timeout: float | None = None) -> VM:
+        response = await call(self._stub.GetVM, pb.GetVMRequest(vm_id=vm_id), self._t(timeout))
+        return vm_from_pb(response.vm)
+
+    async def list_vms(self, *, timeout: float | None = None) -> list[VM]:
+        response = await call(self._stub.ListVMs, pb.ListVMsRequest(), self._t(timeout))
+        return [vm_from_pb(v) for v in response.vms]
+
+    async def start_vm(self, vm_id: str, *, timeout: float | None = None) -> VM:
+        response = await call(self._stub.StartVM, pb.StartVMRequest(vm_id=vm_id), self._t(timeout))
+        return vm_from_pb(response.vm)
+
+    async def stop_vm(self, vm_id: str, *, force: bool = False, timeout: float | None = None) -> VM:
+        response = await call(
+            self._stub.StopVM, pb.StopVMRequest(vm_id=vm_id, force=force), self._t(timeout)
+        )
+        return vm_from_pb(response.vm)

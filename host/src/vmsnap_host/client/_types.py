@@ -1,0 +1,199 @@
+"""What the control-plane client returns: frozen dataclasses and enums, no protobuf.
+
+VMs and their disks are the SDK's :class:`vmsnap_sdk.VM` and
+:class:`vmsnap_sdk.Volume`, the same vocabulary drivers and agents use.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+import grpc
+from vmsnap_sdk import Consistency
+from vmsnap_sdk._errors import from_status
+from vmsnap_sdk.errors import VMSnapError
+
+
+class VMSnapshotState(enum.Enum):
+    """Lifecycle of a VM snapshot."""
+
+    UNSPECIFIED = 0
+    ALLOCATED = 1
+    CREATING = 2
+    READY = 3
+    REVERTING = 4
+    EXPUNGING = 5
+    REMOVED = 6
+    ERROR = 7
+
+
+class QuiescePolicy(enum.Enum):
+    """What to do about guest-level consistency (UNSPECIFIED means BEST_EFFORT)."""
+
+    UNSPECIFIED = 0
+    OFF = 1
+    BEST_EFFORT = 2
+    REQUIRED = 3
+
+
+class OperationType(enum.Enum):
+    """Kind of long-running operation."""
+
+    UNSPECIFIED = 0
+    CREATE = 1
+    REVERT = 2
+    DELETE = 3
+
+
+class GroupKind(enum.Enum):
+    """Who takes a group of volumes: a storage driver or the hypervisor."""
+
+    UNSPECIFIED = 0
+    DRIVER = 1
+    HYPERVISOR = 2
+
+
+class Health(enum.Enum):
+    """Health of a driver or agent as the host last saw it."""
+
+    UNSPECIFIED = 0
+    SERVING = 1
+    NOT_SERVING = 2
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an operation or a VM snapshot failed: a status code, a message, a reason."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str = ""
+    # The serialized google.rpc.Status, so that :meth:`exception` keeps every detail.
+    details: bytes = field(default=b"", repr=False, compare=False)
+
+    def exception(self) -> VMSnapError:
+        """The matching :mod:`vmsnap_sdk.errors` exception, ready to raise."""
+        return from_status(self.code, self.message, self.details or None)
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+
+@dataclass(frozen=True)
+class GroupVolume:
+    """A disk's snapshot within a group, with the array's handle."""
+
+    disk: str
+    locator: str
+    handle: str
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class SnapshotGroup:
+    """One group of the plan: the disks one driver (or the hypervisor) snapshots, and why."""
+
+    kind: GroupKind
+    owner: str
+    disks: tuple[str, ...]
+    reasons: tuple[str, ...] = ()
+    ready: bool = False
+    consistency: Consistency = Consistency.UNSPECIFIED
+    volumes: tuple[GroupVolume, ...] = ()
+    group_handle: str = ""
+
+
+@dataclass(frozen=True)
+class VMSnapshot:
+    """A VM snapshot: its plan, what each group returned and the consistency achieved."""
+
+    id: str
+    vm_id: str
+    name: str
+    state: VMSnapshotState
+    description: str = ""
+    include_memory: bool = False
+    quiesce: QuiescePolicy = QuiescePolicy.UNSPECIFIED
+    consistency: Consistency = Consistency.UNSPECIFIED
+    groups: tuple[SnapshotGroup, ...] = ()
+    parent_id: str = ""
+    current: bool = False
+    #: When the VM was frozen; None when no freeze was needed.
+    freeze_start_time: datetime | None = None
+    #: How long the VM was frozen, in seconds; None when it was not.
+    freeze_seconds: float | None = None
+    error: Failure | None = None
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A long-running operation (create, revert or delete of a VM snapshot)."""
+
+    id: str
+    type: OperationType
+    vm_id: str
+    vm_snapshot_id: str
+    done: bool
+    error: Failure | None = None
+    progress_percent: int = 0
+    step: str = ""
+    request_id: str = ""
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    vm_snapshot: VMSnapshot | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """Done without an error."""
+        return self.done and self.error is None
+
+
+@dataclass(frozen=True)
+class DriverStatus:
+    """A registered storage driver with its versions, capabilities and health."""
+
+    name: str
+    address: str
+    vendor_version: str = ""
+    contract_version: str = ""
+    capabilities: tuple[str, ...] = ()
+    health: Health = Health.UNSPECIFIED
+    health_message: str = ""
+    last_check_time: datetime | None = None
+    order: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """A registered hypervisor agent with its versions and health."""
+
+    name: str
+    address: str
+    hypervisor: str = ""
+    version: str = ""
+    contract_version: str = ""
+    health: Health = Health.UNSPECIFIED
+    health_message: str = ""
+    last_check_time: datetime | None = None
+    #: Method names such as OVERLAY, GUEST_FREEZE (see vmsnap_sdk.QuiesceMethod).
+    quiesce_methods: tuple[str, ...] = ()
+    memory_snapshots: bool = False
+
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[_T]):
+    """One page of a list; pass ``next_token`` back for the next (empty on the last)."""
+
+    items: tuple[_T, ...]
+    next_token: str = ""

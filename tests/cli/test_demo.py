@@ -1,0 +1,42 @@
+"""``vmsnap demo`` end to end, as the README's first command runs it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.cli.test_up import Up, up, vmsnap
+
+__all__ = ["up"]  # the fixture, shared with test_up
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_demo_starts_its_own_stack_and_leaves_nothing(sockdir: Path) -> None:
+    result = vmsnap(sockdir, "demo")  # an empty VMSNAP_HOME: no stack answers
+    assert "demo passed" in result.stdout
+    match = re.search(r"starting one in (/tmp/vmsnap-demo-\S+)", result.stdout)
+    assert match, result.stdout
+    home = match.group(1).rstrip(" …")
+    assert not Path(home).exists(), "a passed demo removes its temporary home"
+    assert processes_mentioning(home) == []
+    for step in ("Take a VM snapshot", "plan", "frozen at", "original data back", "REMOVED"):
+        assert step in result.stdout
+
+
+def test_demo_uses_a_running_stack(up: Up) -> None:
+    result = vmsnap(up.home, "demo")
+    assert "Using the vmsnap stack at" in result.stdout
+    assert "demo passed" in result.stdout
