@@ -175,6 +175,10 @@ class QemuHypervisor:
         self._spec(vm_id)
         return GuestAgentClient(str(self._paths(vm_id).qga), sync_timeout or self._sync_timeout)
 
+    def console_path(self, vm_id: str) -> Path:
+        """The guest's serial console log (boot messages)."""
+        return self._paths(vm_id).console
+
     def qmp(self, vm_id: str) -> QmpSession:
         """The VM's QMP session, for callers that need a command this API lacks."""
         self._spec(vm_id)
