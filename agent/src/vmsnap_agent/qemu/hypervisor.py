@@ -455,6 +455,9 @@ class QemuHypervisor:
         """
         async with self._lock(vm_id):
             spec = self._spec(vm_id)
+            running = self._running(vm_id)
+            if include_memory and not running:
+                raise VmStateError("a memory snapshot needs a RUNNING VM")
             chosen = native.select_disks(spec.disks, disks)
             if include_memory:
                 native.check_memory_covers_all(spec.disks, chosen)
@@ -463,10 +466,8 @@ class QemuHypervisor:
                 return existing
             if self._load_quiesce(vm_id) is not None:
                 raise VmBusy(f"{vm_id} is quiesced: its disks are overlays right now")
-            if self._running(vm_id):
+            if running:
                 await native.take_live(self._session(vm_id), snapshot_id, chosen, include_memory)
-            elif include_memory:
-                raise VmStateError("a memory snapshot needs a RUNNING VM")
             else:
                 await native.offline("-c", snapshot_id, chosen)
             taken = await self._find_native(vm_id, snapshot_id)

@@ -141,4 +141,4 @@ async def delete_live(qmp: QmpSession, snapshot: NativeSnapshot) -> None:
 async def offline(op: str, snapshot_id: str, disks: list[DiskSpec]) -> None:
     """qemu-img snapshot -c (create), -a (apply) or -d (delete) on every disk."""
     for d in disks:
-        await _qemu_img("snapshot", "-f", "qcow2", op, snapshot_id, d.path)
+        await _qemu_img("snapshot", op, snapshot_id, d.path)
