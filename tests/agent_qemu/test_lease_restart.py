@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from vmsnap_agent.qemu import (
     QemuHypervisor,
     QuiesceMethod,
     QuiesceNotFound,
+    VmState,
 )
 
 from .guestlib import make_ext4, make_raw, qemu_io
@@ -98,3 +101,26 @@ async def test_unquiesce_after_agent_restart(
         assert (await hv3.describe_vm("rs")).quiesce_token is None
         assert await _freeze_status(hv3, "rs") == "thawed"
         await hv3.unquiesce(res.token)
+
+
+async def test_vm_dies_while_quiesced(hv: QemuHypervisor, workdir: Path) -> None:
+    """QEMU killed with overlays active: the next start folds them into the bases."""
+    scratch = await _start(hv, workdir, "crash")
+    res = await hv.quiesce("crash", QuiesceMethod.OVERLAY, lease_seconds=120)
+    await qemu_io(hv, "crash", "scratch", "write -P 0x3c 0 4096")
+    # Flushed, as a guest would before relying on it (qcow2 metadata is cached).
+    await qemu_io(hv, "crash", "scratch", "flush")
+    info = await hv.describe_vm("crash")
+    overlays = [Path(d.active_path) for d in info.disks]
+    assert info.pid is not None
+    os.kill(info.pid, signal.SIGKILL)
+    async with asyncio.timeout(30):
+        while (await hv.describe_vm("crash")).state is VmState.RUNNING:
+            await asyncio.sleep(0.1)
+    assert _read(scratch, 0, 4096) == b"\0" * 4096  # the write is still in the overlay
+
+    await hv.start_vm("crash")
+    assert _read(scratch, 0, 4096) == b"\x3c" * 4096
+    assert not any(p.exists() for p in overlays)
+    assert (await hv.describe_vm("crash")).quiesce_token is None
+    await hv.unquiesce(res.token)
