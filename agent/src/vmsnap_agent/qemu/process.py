@@ -192,18 +192,40 @@ def read_pid(paths: VmPaths) -> int | None:
         return None
 
 
+def _thread_states(pid: int) -> list[bytes]:
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            # the state follows the parenthesised comm, which may contain spaces
+            states.append(stat.read_bytes().rsplit(b")", 1)[1].split()[0])
+        except (OSError, IndexError):
+            continue
+    return states
+
+
 def is_alive(pid: int, paths: VmPaths) -> bool:
-    """True when ``pid`` is a live QEMU of this VM (guards against pid reuse, zombies)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            # state follows the parenthesised comm, which may contain spaces
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        if state in (b"Z", b"X"):
-            return False
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return str(paths.qmp).encode() in f.read()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+    """True when ``pid`` is a live QEMU of this VM (guards against pid reuse, zombies).
+
+    Looks at every thread: a killed QEMU's main thread turns zombie while its
+    other threads are still exiting, and until they are gone the image locks are
+    still held.
+    """
+    if not any(state not in (b"Z", b"X") for state in _thread_states(pid)):
         return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    if cmdline:
+        return str(paths.qmp).encode() in cmdline
+    # An exiting process (zombie main thread) shows an empty cmdline: still ours,
+    # unless the pid was reused by a kernel thread (empty cmdline too, parent kthreadd).
+    try:
+        ppid = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1]
+    except (OSError, IndexError):
+        return False
+    return ppid != b"2"
 
 
 def running_pid(paths: VmPaths) -> int | None:
