@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+
 from vmsnap_agent.qemu import GuestImage, QemuHypervisor, build_guest_image
 from vmsnap_agent.qemu.process import VmPaths, qemu_binary, running_pid
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from vmsnap_agent.qemu import QemuHypervisor
@@ -41,9 +42,11 @@ def sha256(path: Path) -> str:
 async def wait_console(hv: QemuHypervisor, vm_id: str, text: str, timeout: float = 60) -> None:
     """Wait for a line of the guest's serial console (for guests without qemu-ga)."""
     console = hv.console_path(vm_id)
-    async with asyncio.timeout(timeout):
-        while not (console.exists() and text in console.read_text(errors="replace")):
-            await asyncio.sleep(0.2)
+
+    async def printed() -> bool:
+        return console.exists() and text in console.read_text(errors="replace")
+
+    await wait_until(printed, timeout, 0.2)
 
 
 async def qemu_io(hv: QemuHypervisor, vm_id: str, disk: str, command: str) -> None:
@@ -53,3 +56,28 @@ async def qemu_io(hv: QemuHypervisor, vm_id: str, disk: str, command: str) -> No
         {"command-line": f'qemu-io -d vd-{disk}/virtio-backend "{command}"'},
     )
     assert not out, out
+
+
+def read_at(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def fsck_clean(image: Path) -> tuple[bool, str]:
+    """e2fsck -fn (read-only): is the ext4 image consistent without journal replay?"""
+    proc = subprocess.run(
+        ["e2fsck", "-fn", str(image)], capture_output=True, text=True, check=False
+    )
+    return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], timeout: float = 60, interval: float = 0.1
+) -> None:
+    """Poll an async predicate until it holds; TimeoutError after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if await predicate():
+                return
+            await asyncio.sleep(interval)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from vmsnap_agent.qemu import DiskSpec, QemuHypervisor, VmState
 
 from .guestlib import make_ext4

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
+
 from vmsnap_agent.qemu import (
     DiskSpec,
     GuestImage,
@@ -17,7 +18,7 @@ from vmsnap_agent.qemu import (
     VmState,
 )
 
-from .guestlib import make_ext4, make_raw, qemu_io
+from .guestlib import make_ext4, make_raw, qemu_io, read_at, wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -34,21 +35,16 @@ async def _start(hv: QemuHypervisor, workdir: Path, vm_id: str) -> Path:
     return scratch
 
 
-async def _wait_unquiesced(hv: QemuHypervisor, vm_id: str, timeout: float = 60) -> None:
-    async with asyncio.timeout(timeout):
-        while (await hv.describe_vm(vm_id)).quiesce_token is not None:
-            await asyncio.sleep(0.2)
+async def _wait_unquiesced(hv: QemuHypervisor, vm_id: str) -> None:
+    async def resolved() -> bool:
+        return (await hv.describe_vm(vm_id)).quiesce_token is None
+
+    await wait_until(resolved)
 
 
 async def _freeze_status(hv: QemuHypervisor, vm_id: str) -> str:
     async with hv.guest_agent(vm_id) as ga:
         return str(await ga.execute("guest-fsfreeze-status"))
-
-
-def _read(path: Path, offset: int, size: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
 
 
 async def test_lease_expiry_thaws_and_commits(hv: QemuHypervisor, workdir: Path) -> None:
@@ -59,7 +55,7 @@ async def test_lease_expiry_thaws_and_commits(hv: QemuHypervisor, workdir: Path)
     await qemu_io(hv, "lease", "scratch", "write -P 0x5a 0 4096")
     await _wait_unquiesced(hv, "lease")
     assert not any(p.exists() for p in overlays)
-    assert _read(scratch, 0, 4096) == b"\x5a" * 4096  # committed by the watchdog
+    assert read_at(scratch, 0, 4096) == b"\x5a" * 4096  # committed by the watchdog
     with pytest.raises(QuiesceNotFound):
         await hv.renew_quiesce(res.token, 10)
     await hv.unquiesce(res.token)  # already resolved: OK
@@ -91,7 +87,7 @@ async def test_unquiesce_after_agent_restart(
         await hv2.unquiesce(res.token)
         await hv2.unquiesce(res.token)
         assert not any(p.exists() for p in overlays)
-        assert _read(scratch, 8192, 4096) == b"\x77" * 4096
+        assert read_at(scratch, 8192, 4096) == b"\x77" * 4096
 
         # Now an agent dies with a frozen guest and stays away past the lease.
         res = await hv2.quiesce("rs", QuiesceMethod.GUEST, lease_seconds=1)
@@ -114,13 +110,15 @@ async def test_vm_dies_while_quiesced(hv: QemuHypervisor, workdir: Path) -> None
     overlays = [Path(d.active_path) for d in info.disks]
     assert info.pid is not None
     os.kill(info.pid, signal.SIGKILL)
-    async with asyncio.timeout(30):
-        while (await hv.describe_vm("crash")).state is VmState.RUNNING:
-            await asyncio.sleep(0.1)
-    assert _read(scratch, 0, 4096) == b"\0" * 4096  # the write is still in the overlay
+
+    async def stopped() -> bool:
+        return (await hv.describe_vm("crash")).state is VmState.STOPPED
+
+    await wait_until(stopped)
+    assert read_at(scratch, 0, 4096) == b"\0" * 4096  # the write is still in the overlay
 
     await hv.start_vm("crash")
-    assert _read(scratch, 0, 4096) == b"\x3c" * 4096
+    assert read_at(scratch, 0, 4096) == b"\x3c" * 4096
     assert not any(p.exists() for p in overlays)
     assert (await hv.describe_vm("crash")).quiesce_token is None
     await hv.unquiesce(res.token)

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from vmsnap_agent.qemu import DiskSpec, QemuHypervisor, QuiesceMethod
 
-from .guestlib import make_ext4, qemu_io, sha256
+from .guestlib import make_ext4, qemu_io, read_at, sha256
 
 pytestmark = pytest.mark.asyncio
 
@@ -61,6 +62,4 @@ async def test_overlay_over_nbd_disk(hv: QemuHypervisor, nbd_export: tuple[str, 
     await qemu_io(hv, "nbd", "vol", f"write -P 0x42 {OFFSET} 4096")
     assert sha256(image) == before
     await hv.unquiesce(res.token)
-    with open(image, "rb") as f:
-        f.seek(OFFSET)
-        assert f.read(4096) == b"\x42" * 4096
+    assert read_at(image, OFFSET, 4096) == b"\x42" * 4096

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
 from pathlib import Path
 
 import pytest
+
 from vmsnap_agent.qemu import (
     Consistency,
     DiskSpec,
@@ -17,7 +16,16 @@ from vmsnap_agent.qemu import (
 )
 from vmsnap_agent.qemu.quiesce import HOOK_LOG
 
-from .guestlib import make_ext4, make_raw, qemu_io, sha256, wait_console
+from .guestlib import (
+    fsck_clean,
+    make_ext4,
+    make_raw,
+    qemu_io,
+    read_at,
+    sha256,
+    wait_console,
+    wait_until,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -30,9 +38,11 @@ async def _counter(hv: QemuHypervisor, vm_id: str) -> int:
 
 async def _counter_passes(hv: QemuHypervisor, vm_id: str, value: int) -> None:
     """Wait (bounded) until the guest's writer has gone past ``value``."""
-    async with asyncio.timeout(60):
-        while await _counter(hv, vm_id) <= value:
-            await asyncio.sleep(0.1)
+
+    async def passed() -> bool:
+        return await _counter(hv, vm_id) > value
+
+    await wait_until(passed)
 
 
 async def _start(hv: QemuHypervisor, workdir: Path, vm_id: str) -> tuple[Path, Path]:
@@ -77,9 +87,7 @@ async def test_overlay_keeps_bases_stable_then_commits(hv: QemuHypervisor, workd
     assert info.quiesce_token is None
     assert [d.active_path for d in info.disks] == [str(data), str(scratch)]
     # The overlay's data is now in the base file.
-    with open(scratch, "rb") as f:
-        f.seek(4096)
-        assert f.read(65536) == b"\xab" * 65536
+    assert read_at(scratch, 4096, 65536) == b"\xab" * 65536
     nodes = await hv.qmp("ov").execute("query-named-block-nodes", {"flat": True})
     assert not [n for n in nodes if n["node-name"].startswith("ov-")]
     # The guest keeps writing to its disk, now the base again.
@@ -103,8 +111,8 @@ async def test_guest_freeze_runs_hook(hv: QemuHypervisor, workdir: Path) -> None
     res = await hv.quiesce("gf", QuiesceMethod.OVERLAY_GUEST, lease_seconds=120)
     # The stable base was cut while ext4 was frozen (journal flushed): it is clean
     # for fsck, though the guest's writer keeps writing (to the overlay).
-    fsck = subprocess.run(["e2fsck", "-fn", str(data)], capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    clean, report = fsck_clean(data)
+    assert clean, report
     assert res.consistency is Consistency.APPLICATION
     assert res.frozen_at is not None and res.thawed_at is not None
     assert res.thawed_at >= res.frozen_at

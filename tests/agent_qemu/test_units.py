@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from vmsnap_agent.qemu import Consistency, DiskFormat, DiskSpec, InvalidSpec, VmSpec
 from vmsnap_agent.qemu.model import QuiesceMethod, QuiesceRecord, parse_nbd_url
 from vmsnap_agent.qemu.process import VmPaths, blockdev_options

@@ -120,6 +120,9 @@ class GuestAgentClient:
                     if line.strip():
                         break
         except (TimeoutError, OSError) as exc:
+            # A late reply would be read as the answer to the next command: this
+            # connection is unusable now; a new one resyncs.
+            await self.close()
             raise GuestAgentUnavailable(
                 f"guest agent: no reply to {command} in {timeout}s"
             ) from exc

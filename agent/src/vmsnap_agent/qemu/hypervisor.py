@@ -33,6 +33,8 @@ from types import TracebackType
 from . import native, process
 from . import quiesce as q
 from .errors import (
+    GuestAgentError,
+    GuestAgentUnavailable,
     InvalidSpec,
     QmpCommandError,
     QuiesceNotFound,
@@ -71,10 +73,18 @@ class QemuHypervisor:
         state_dir: str | Path,
         guest: GuestImage | None = None,
         guest_sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
+        freeze_timeout: float = q.FREEZE_TIMEOUT,
     ) -> None:
+        """``guest`` defaults to the cached test guest, built on the first start_vm.
+
+        ``guest_sync_timeout`` bounds how long a silent guest agent is waited for
+        before :class:`GuestAgentUnavailable`; ``freeze_timeout`` bounds one
+        fsfreeze (including the guest's hook).
+        """
         self._state_dir = Path(state_dir).resolve()
         self._guest = guest
         self._sync_timeout = guest_sync_timeout
+        self._freeze_timeout = freeze_timeout
         self._locks: dict[str, asyncio.Lock] = {}
         self._qmp: dict[str, QmpSession] = {}
         self._watchdogs: dict[str, asyncio.Task[None]] = {}
@@ -168,6 +178,7 @@ class QemuHypervisor:
             paths=paths,
             qmp=self._session(vm_id) if self._running(vm_id) else None,
             guest_agent=lambda: GuestAgentClient(str(paths.qga), self._sync_timeout),
+            freeze_timeout=self._freeze_timeout,
         )
 
     def guest_agent(self, vm_id: str, sync_timeout: float | None = None) -> GuestAgentClient:
@@ -280,9 +291,9 @@ class QemuHypervisor:
             try:
                 async with self.guest_agent(vm_id) as ga:
                     # qemu-ga does not answer guest-shutdown on success: don't wait long.
-                    with contextlib.suppress(Exception):
+                    with contextlib.suppress(GuestAgentUnavailable):
                         await ga.execute("guest-shutdown", timeout=1.0)
-            except Exception as exc:
+            except (GuestAgentUnavailable, GuestAgentError) as exc:
                 log.info("graceful stop of %s without guest agent: %s", vm_id, exc)
             if await process.wait_exit(pid, paths, GRACEFUL_STOP_TIMEOUT):
                 return
@@ -339,7 +350,7 @@ class QemuHypervisor:
                 async with self.guest_agent(vm_id, sync_timeout=1.0) as ga:
                     await ga.execute("guest-ping", timeout=2.0)
                     return
-            except Exception:
+            except (GuestAgentUnavailable, GuestAgentError):
                 if loop.time() >= deadline or not self._running(vm_id):
                     raise
                 await asyncio.sleep(0.5)

@@ -17,7 +17,7 @@ import asyncio
 import logging
 from typing import Any
 
-from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient
+from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, QMPError
 
 from .errors import QmpCommandError
 
@@ -53,7 +53,7 @@ class QmpSession:
         if client is not None:
             try:
                 await client.disconnect()
-            except Exception as exc:  # a dead peer makes disconnect re-raise its EOF
+            except (QMPError, EOFError, OSError) as exc:  # a dead peer's EOF re-raised here
                 log.debug("QMP disconnect from %s: %s", self._path, exc)
 
     async def close(self) -> None:

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import GuestAgentError, GuestAgentUnavailable, QmpCommandError
+from .errors import GuestAgentUnavailable, QmpCommandError
 from .guest_agent import GuestAgentClient
 from .model import Consistency, OverlayRecord, QuiesceMethod, QuiesceRecord, VmSpec
 from .process import VmPaths, format_node
@@ -62,6 +62,8 @@ class QuiesceContext:
     paths: VmPaths
     qmp: QmpSession | None  # None when the VM is not running
     guest_agent: GuestAgentFactory
+    # Bound on one guest-fsfreeze-freeze/thaw (the hook may flush a database).
+    freeze_timeout: float = FREEZE_TIMEOUT
 
     def save(self, record: QuiesceRecord) -> None:
         write_json_atomic(self.paths.quiesce, record.to_json())
@@ -108,18 +110,6 @@ async def _overlay_transaction(qmp: QmpSession, overlays: list[OverlayRecord]) -
     await qmp.execute("transaction", {"actions": actions})
 
 
-async def _freeze(ga: GuestAgentClient, timeout: float) -> None:
-    try:
-        await ga.execute("guest-fsfreeze-freeze", timeout=timeout)
-    except (GuestAgentError, GuestAgentUnavailable):
-        # A failed or timed-out freeze may have frozen some file systems: thaw them.
-        try:
-            await ga.execute("guest-fsfreeze-thaw", timeout=timeout)
-        except (GuestAgentError, GuestAgentUnavailable) as exc:
-            log.warning("thaw after failed freeze: %s", exc)
-        raise
-
-
 async def quiesce(
     ctx: QuiesceContext, token: str, method: QuiesceMethod, lease_seconds: float
 ) -> QuiesceRecord:
@@ -154,7 +144,10 @@ async def quiesce(
         ctx.save(record)
         try:
             record.frozen_at = time.time()
-            await _freeze(ga, FREEZE_TIMEOUT)
+            # On failure or timeout (some file systems may be frozen, or the freeze
+            # may still complete in the guest) the except below thaws through a
+            # fresh, resynchronised connection.
+            await ga.execute("guest-fsfreeze-freeze", timeout=ctx.freeze_timeout)
             if method is QuiesceMethod.GUEST:
                 record.consistency = (
                     Consistency.APPLICATION if hook_before >= 0 else Consistency.FILESYSTEM
@@ -162,11 +155,12 @@ async def quiesce(
                 ctx.save(record)
                 return record
             await _overlay_transaction(ctx.qmp, record.overlays)
-            await ga.execute("guest-fsfreeze-thaw", timeout=FREEZE_TIMEOUT)
+            await ga.execute("guest-fsfreeze-thaw", timeout=ctx.freeze_timeout)
             record.thawed_at = time.time()
             record.guest_frozen = False
             hook_after = _freeze_count(await ga.read_file(HOOK_LOG))
         except BaseException:
+            await ga.close()  # the thaw in unquiesce needs the (single-client) channel
             await unquiesce(ctx, record)
             raise
     record.consistency = (
@@ -181,7 +175,7 @@ async def quiesce(
 async def _thaw(ctx: QuiesceContext, record: QuiesceRecord) -> None:
     async with ctx.guest_agent() as ga:
         # Thawing a thawed guest answers 0: harmless, which keeps undo idempotent.
-        await ga.execute("guest-fsfreeze-thaw", timeout=FREEZE_TIMEOUT)
+        await ga.execute("guest-fsfreeze-thaw", timeout=ctx.freeze_timeout)
     record.guest_frozen = False
     record.thawed_at = record.thawed_at or time.time()
     ctx.save(record)
@@ -223,11 +217,18 @@ async def _commit_live(qmp: QmpSession, overlays: list[OverlayRecord]) -> None:
         await qmp.finish_job(job_id, COMMIT_TIMEOUT)
 
 
+def _existing(overlays: list[OverlayRecord]) -> list[OverlayRecord]:
+    return [o for o in overlays if Path(o.overlay_path).exists()]
+
+
+def _delete_files(overlays: list[OverlayRecord]) -> None:
+    for o in overlays:
+        Path(o.overlay_path).unlink(missing_ok=True)
+
+
 async def _commit_offline(overlays: list[OverlayRecord]) -> None:
     """The VM stopped while quiesced: fold the overlays into their bases with qemu-img."""
-    for o in overlays:
-        if not Path(o.overlay_path).exists():
-            continue
+    for o in _existing(overlays):
         proc = await asyncio.create_subprocess_exec(
             "qemu-img",
             "commit",
@@ -257,8 +258,7 @@ async def unquiesce(ctx: QuiesceContext, record: QuiesceRecord) -> None:
             await _commit_live(ctx.qmp, record.overlays)
         else:
             await _commit_offline(record.overlays)
-        for o in record.overlays:
-            Path(o.overlay_path).unlink(missing_ok=True)
+        _delete_files(record.overlays)
         record.overlays = []
         ctx.save(record)
     if thaw_error is not None:
