@@ -65,6 +65,8 @@ async def hv(guest_image: GuestImage, workdir: Path) -> AsyncIterator[QemuHyperv
             # A fresh object, as the test may have replaced (restarted) hyp.
             async with QemuHypervisor(state, guest=guest_image) as cleaner:
                 for vm in await cleaner.list_vms():
+                    if vm.quiesce_token:  # a test that failed while quiesced
+                        await asyncio.wait_for(cleaner.unquiesce(vm.quiesce_token), 60)
                     await asyncio.wait_for(cleaner.stop_vm(vm.vm_id, force=True), 60)
         finally:
             kill_leftover_vms(state)

@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 
 from vmsnap_agent.qemu import (
+    Consistency,
     DiskSpec,
     GuestImage,
     QemuHypervisor,
     QuiesceMethod,
     QuiesceNotFound,
+    VmBusy,
+    VmFrozen,
     VmState,
 )
 
@@ -117,8 +120,35 @@ async def test_vm_dies_while_quiesced(hv: QemuHypervisor, workdir: Path) -> None
     await wait_until(stopped)
     assert read_at(scratch, 0, 4096) == b"\0" * 4096  # the write is still in the overlay
 
-    await hv.start_vm("crash")
+    # Arrays may still be copying the bases: nothing touches them before unquiesce.
+    with pytest.raises(VmFrozen):
+        await hv.start_vm("crash")
+    assert (await hv.unquiesce(res.token)) is not None  # qemu-img commit, offline
     assert read_at(scratch, 0, 4096) == b"\x3c" * 4096
     assert not any(p.exists() for p in overlays)
+    await hv.start_vm("crash")
     assert (await hv.describe_vm("crash")).quiesce_token is None
+
+
+async def test_quiesce_guards_and_retries(hv: QemuHypervisor, workdir: Path) -> None:
+    await _start(hv, workdir, "guard")
+    res = await hv.quiesce("guard", QuiesceMethod.OVERLAY, 60, operation_id="op-1")
+    # The host retrying its call gets the quiesce it holds; anyone else waits.
+    assert await hv.quiesce("guard", QuiesceMethod.OVERLAY, 60, operation_id="op-1") == res
+    with pytest.raises(VmBusy):
+        await hv.quiesce("guard", QuiesceMethod.OVERLAY, 60, operation_id="op-2")
+    for forbidden in (hv.stop_vm("guard", force=True), hv.take_native_snapshot("guard", "s")):
+        with pytest.raises(VmFrozen):
+            await forbidden
+    done = await hv.unquiesce(res.token)
+    assert done is not None and done.token == res.token
+    assert await hv.unquiesce(res.token) is None
+
+    # A stopped VM: nothing to freeze; the token keeps it from starting.
+    await hv.stop_vm("guard")  # graceful: a clean shutdown
+    res = await hv.quiesce("guard", QuiesceMethod.GUEST, 60)
+    assert res.consistency is Consistency.APPLICATION
+    with pytest.raises(VmFrozen):
+        await hv.start_vm("guard")
     await hv.unquiesce(res.token)
+    await hv.start_vm("guard")

@@ -11,6 +11,7 @@ from vmsnap_agent.qemu import (
     DiskSpec,
     InvalidSpec,
     QemuHypervisor,
+    SnapshotConflict,
     SnapshotNotFound,
     VmState,
     VmStateError,
@@ -45,6 +46,8 @@ async def test_memory_snapshot_round_trip(hv: QemuHypervisor, workdir: Path) -> 
     snap = await hv.take_native_snapshot("mem", "s1", include_memory=True)
     assert snap.include_memory and snap.disks == ("root",)
     assert await hv.take_native_snapshot("mem", "s1", include_memory=True) == snap  # idempotent
+    with pytest.raises(SnapshotConflict):  # same id, other arguments
+        await hv.take_native_snapshot("mem", "s1", include_memory=False)
     await _set_marker(hv, "mem", "after")
     assert await _marker(hv, "mem") == b"after"
 

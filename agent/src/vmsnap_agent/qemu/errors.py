@@ -31,6 +31,14 @@ class VmBusy(QemuAgentError):
     """Another quiesce is active on the VM (ABORTED: retry after it ends)."""
 
 
+class VmFrozen(QemuAgentError):
+    """The VM is quiesced: start, stop, revert, native snapshots and undefine wait
+    for unquiesce or the end of the lease (FAILED_PRECONDITION).
+
+    Not resolved implicitly: arrays may be snapshotting the stable bases right
+    now, and committing the overlays into them would change them underneath."""
+
+
 class GuestAgentUnavailable(QemuAgentError):
     """qemu-ga did not answer in time or is not configured (UNAVAILABLE).
 
@@ -45,6 +53,10 @@ class GuestAgentError(QemuAgentError):
 
 class QmpCommandError(QemuAgentError):
     """QEMU rejected a QMP command or a block job failed (INTERNAL)."""
+
+
+class SnapshotConflict(QemuAgentError):
+    """A native snapshot of that id exists with other disks or memory (ALREADY_EXISTS)."""
 
 
 class SnapshotNotFound(QemuAgentError):

@@ -38,9 +38,11 @@ from .errors import (
     InvalidSpec,
     QmpCommandError,
     QuiesceNotFound,
+    SnapshotConflict,
     SnapshotNotFound,
     VmAlreadyExists,
     VmBusy,
+    VmFrozen,
     VmNotFound,
     VmStateError,
 )
@@ -206,6 +208,7 @@ class QemuHypervisor:
         vcpus: int = 1,
         kernel_args: str = "",
         guest_agent: bool = True,
+        name: str = "",
     ) -> VmInfo:
         """Define (idempotently: the same definition again is OK) a VM."""
         if not vm_id or not vm_id.replace("-", "").replace("_", "").isalnum():
@@ -224,6 +227,7 @@ class QemuHypervisor:
             vcpus=vcpus,
             kernel_args=kernel_args,
             guest_agent=guest_agent,
+            name=name,
         )
         paths = self._paths(vm_id)
         paths.check_socket_lengths()
@@ -242,8 +246,7 @@ class QemuHypervisor:
                 return
             if self._running(vm_id):
                 raise VmStateError(f"{vm_id} is running")
-            if paths.quiesce.exists():
-                raise VmBusy(f"{vm_id} has an unresolved quiesce")
+            self._not_frozen(vm_id, "undefine")
             shutil.rmtree(paths.root)
 
     async def start_vm(self, vm_id: str, *, loadvm: str | None = None) -> VmInfo:
@@ -252,12 +255,10 @@ class QemuHypervisor:
             spec = self._spec(vm_id)
             paths = self._paths(vm_id)
             if not self._running(vm_id):
-                # A quiesce left over from a VM that died: fold its overlays into the
-                # bases first, or the guest would boot on stale disks.
-                record = self._load_quiesce(vm_id)
-                if record is not None:
-                    await q.unquiesce(self._context(vm_id), record)
-                    self._unwatch(record.token)
+                # Also a VM that died while quiesced: its overlays hold writes the
+                # bases lack; they are folded in by unquiesce or the lease's end.
+                self._not_frozen(vm_id, "start")
+                paths.clean_stop.unlink(missing_ok=True)
                 if self._guest is None:
                     self._guest = await asyncio.to_thread(build_guest_image)
                 await self._session(vm_id).close()
@@ -266,26 +267,28 @@ class QemuHypervisor:
         return await self.describe_vm(vm_id)
 
     async def stop_vm(self, vm_id: str, force: bool = False) -> VmInfo:
-        """Stop the VM; an active quiesce is resolved first (thaw, commit overlays).
+        """Stop the VM (not while quiesced: :class:`VmFrozen`).
 
         Graceful: qemu-ga ``guest-shutdown`` (the guest flushes and powers off), then
         QMP ``quit`` after a timeout. Forced: ``quit`` at once (QEMU still flushes
         its own caches), SIGKILL as a last resort.
         """
-        record = self._load_quiesce(vm_id)
-        if record is not None:
-            await self.unquiesce(record.token)
         async with self._lock(vm_id):
             self._spec(vm_id)
             paths = self._paths(vm_id)
             pid = process.running_pid(paths)
             if pid is not None:
-                await self._stop_process(vm_id, pid, force)
+                self._not_frozen(vm_id, "stop")
+                if await self._stop_process(vm_id, pid, force):
+                    # Remembered for a quiesce of the stopped VM: its disks are as a
+                    # clean shutdown left them.
+                    paths.clean_stop.touch()
             await self._session(vm_id).close()
             process.cleanup_runtime_files(paths)
         return await self.describe_vm(vm_id)
 
-    async def _stop_process(self, vm_id: str, pid: int, force: bool) -> None:
+    async def _stop_process(self, vm_id: str, pid: int, force: bool) -> bool:
+        """Stop QEMU; True when the guest shut down by itself (a clean stop)."""
         paths = self._paths(vm_id)
         if not force:
             try:
@@ -296,11 +299,12 @@ class QemuHypervisor:
             except (GuestAgentUnavailable, GuestAgentError) as exc:
                 log.info("graceful stop of %s without guest agent: %s", vm_id, exc)
             if await process.wait_exit(pid, paths, GRACEFUL_STOP_TIMEOUT):
-                return
+                return True
         with contextlib.suppress(QmpCommandError):
             await self._session(vm_id).execute("quit")
         if not await process.wait_exit(pid, paths, 5.0):
             await process.kill(pid, paths)
+        return False
 
     async def describe_vm(self, vm_id: str) -> VmInfo:
         spec = self._spec(vm_id)
@@ -322,6 +326,7 @@ class QemuHypervisor:
                             active[d.name] = inserted["file"]
         return VmInfo(
             vm_id=vm_id,
+            name=spec.name,
             state=VmState.RUNNING if pid is not None else VmState.STOPPED,
             memory_mib=spec.memory_mib,
             disks=tuple(
@@ -358,21 +363,40 @@ class QemuHypervisor:
     # -- quiesce ------------------------------------------------------------------------
 
     async def quiesce(
-        self, vm_id: str, method: QuiesceMethod | str, lease_seconds: float
+        self,
+        vm_id: str,
+        method: QuiesceMethod | str,
+        lease_seconds: float,
+        operation_id: str = "",
     ) -> QuiesceResult:
+        """Make the VM's disks stable until unquiesce or the end of the lease.
+
+        A retry with the same non-empty ``operation_id`` returns the quiesce it
+        already holds; any other second quiesce is :class:`VmBusy`. A stopped VM
+        needs nothing done: its token only keeps it from starting until the
+        lease ends (consistency application after a clean stop, crash otherwise).
+        """
         method = QuiesceMethod(method)
         if not 0 < lease_seconds <= MAX_LEASE_SECONDS:
             raise InvalidSpec(f"lease_seconds must be in (0, {MAX_LEASE_SECONDS}]")
         async with self._lock(vm_id):
             self._spec(vm_id)
-            if not self._running(vm_id):
-                raise VmStateError(f"{vm_id} is not running: nothing to quiesce")
             existing = self._load_quiesce(vm_id)
             if existing is not None:
+                if operation_id and existing.operation_id == operation_id:
+                    return existing.result()
                 raise VmBusy(f"{vm_id} is already quiesced ({existing.token})")
             token = f"q-{uuid.uuid4().hex}"
+            ctx = self._context(vm_id)
+            if ctx.qmp is None:
+                clean = self._paths(vm_id).clean_stop.exists()
+                record = q.quiesce_stopped(
+                    ctx, token, method, lease_seconds, operation_id=operation_id, clean_stop=clean
+                )
+                self._watch(record)
+                return record.result()
             try:
-                record = await q.quiesce(self._context(vm_id), token, method, lease_seconds)
+                record = await q.quiesce(ctx, token, method, lease_seconds, operation_id)
             except BaseException:
                 # The undo may have left something (a guest that would not thaw):
                 # the lease watchdog keeps trying.
@@ -397,17 +421,24 @@ class QemuHypervisor:
             write_json_atomic(self._paths(record.vm_id).quiesce, record.to_json())
             return record.result()
 
-    async def unquiesce(self, token: str) -> None:
-        """Thaw and commit; an unknown or already-resolved token is OK (idempotent)."""
+    async def unquiesce(self, token: str) -> QuiesceResult | None:
+        """Thaw and commit. Returns what was resolved, or None for an unknown or
+        already-resolved token (idempotent: that is not an error)."""
         record = self._find_token(token)
         if record is None:
-            return
+            return None
         async with self._lock(record.vm_id):
             record = self._load_quiesce(record.vm_id)
             if record is None or record.token != token:
-                return
+                return None
             await q.unquiesce(self._context(record.vm_id), record)
         self._unwatch(token)
+        return record.result()
+
+    def _not_frozen(self, vm_id: str, doing: str) -> None:
+        record = self._load_quiesce(vm_id)
+        if record is not None:
+            raise VmFrozen(f"cannot {doing} {vm_id}: quiesced ({record.token}) until unquiesce")
 
     def _watch(self, record: QuiesceRecord) -> None:
         if record.token not in self._watchdogs:
@@ -466,6 +497,7 @@ class QemuHypervisor:
         """
         async with self._lock(vm_id):
             spec = self._spec(vm_id)
+            self._not_frozen(vm_id, "snapshot")
             running = self._running(vm_id)
             if include_memory and not running:
                 raise VmStateError("a memory snapshot needs a RUNNING VM")
@@ -474,9 +506,10 @@ class QemuHypervisor:
                 native.check_memory_covers_all(spec.disks, chosen)
             existing = await self._find_native(vm_id, snapshot_id)
             if existing is not None:
+                wanted = (sorted(d.name for d in chosen), include_memory)
+                if (sorted(existing.disks), existing.include_memory) != wanted:
+                    raise SnapshotConflict(f"{snapshot_id} exists with other disks or memory")
                 return existing
-            if self._load_quiesce(vm_id) is not None:
-                raise VmBusy(f"{vm_id} is quiesced: its disks are overlays right now")
             if running:
                 await native.take_live(self._session(vm_id), snapshot_id, chosen, include_memory)
             else:
@@ -493,8 +526,7 @@ class QemuHypervisor:
             snap = await self._find_native(vm_id, snapshot_id)
             if snap is None:
                 raise SnapshotNotFound(snapshot_id)
-            if self._load_quiesce(vm_id) is not None:
-                raise VmBusy(f"{vm_id} is quiesced")
+            self._not_frozen(vm_id, "revert")
             running = self._running(vm_id)
             if running and snap.include_memory:
                 await native.load_live(self._session(vm_id), snap)

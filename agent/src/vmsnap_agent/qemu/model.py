@@ -86,6 +86,8 @@ class DiskSpec:
     format: DiskFormat = DiskFormat.RAW
     locator: str = ""
     read_only: bool = False
+    # Size the storage side declared (informational; the image file is the truth).
+    size_bytes: int = 0
 
     @property
     def is_nbd(self) -> bool:
@@ -106,6 +108,7 @@ class DiskSpec:
             "format": str(self.format),
             "locator": self.locator,
             "read_only": self.read_only,
+            "size_bytes": self.size_bytes,
         }
 
     @classmethod
@@ -116,6 +119,7 @@ class DiskSpec:
             format=DiskFormat(d["format"]),
             locator=d.get("locator", ""),
             read_only=d.get("read_only", False),
+            size_bytes=d.get("size_bytes", 0),
         )
 
 
@@ -129,10 +133,13 @@ class VmSpec:
     kernel_args: str = ""
     # Wire a virtio-serial port for qemu-ga (the guest may still not run it).
     guest_agent: bool = True
+    # Free text for people (the control plane's VM name).
+    name: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "vm_id": self.vm_id,
+            "name": self.name,
             "memory_mib": self.memory_mib,
             "vcpus": self.vcpus,
             "kernel_args": self.kernel_args,
@@ -144,6 +151,7 @@ class VmSpec:
     def from_json(cls, d: dict[str, Any]) -> VmSpec:
         return cls(
             vm_id=d["vm_id"],
+            name=d.get("name", ""),
             memory_mib=d["memory_mib"],
             vcpus=d.get("vcpus", 1),
             kernel_args=d.get("kernel_args", ""),
@@ -165,6 +173,7 @@ class DiskInfo:
 @dataclass(frozen=True)
 class VmInfo:
     vm_id: str
+    name: str
     state: VmState
     memory_mib: int
     disks: tuple[DiskInfo, ...]
@@ -184,6 +193,10 @@ class QuiesceResult:
     # Wall-clock window during which the guest file systems were frozen, if at all.
     frozen_at: float | None = None
     thawed_at: float | None = None
+    # When the quiesce began (the bases are stable from here to unquiesce).
+    started_at: float = 0.0
+    # The caller's operation id: a retried quiesce with it gets this same result.
+    operation_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -217,6 +230,8 @@ class QuiesceRecord:
     overlays: list[OverlayRecord] = field(default_factory=list)
     frozen_at: float | None = None
     thawed_at: float | None = None
+    started_at: float = 0.0
+    operation_id: str = ""
 
     def result(self) -> QuiesceResult:
         return QuiesceResult(
@@ -227,6 +242,8 @@ class QuiesceRecord:
             stable_paths=tuple(self.stable_paths),
             frozen_at=self.frozen_at,
             thawed_at=self.thawed_at,
+            started_at=self.started_at,
+            operation_id=self.operation_id,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -240,6 +257,8 @@ class QuiesceRecord:
             "guest_frozen": self.guest_frozen,
             "frozen_at": self.frozen_at,
             "thawed_at": self.thawed_at,
+            "started_at": self.started_at,
+            "operation_id": self.operation_id,
             "overlays": [vars(o) for o in self.overlays],
         }
 
@@ -255,5 +274,7 @@ class QuiesceRecord:
             guest_frozen=d["guest_frozen"],
             frozen_at=d.get("frozen_at"),
             thawed_at=d.get("thawed_at"),
+            started_at=d.get("started_at", 0.0),
+            operation_id=d.get("operation_id", ""),
             overlays=[OverlayRecord(**o) for o in d["overlays"]],
         )

@@ -70,6 +70,10 @@ class VmPaths:
         return self.root / "console.log"
 
     @property
+    def clean_stop(self) -> Path:
+        return self.root / "clean-stop"
+
+    @property
     def overlays(self) -> Path:
         return self.root / "overlays"
 

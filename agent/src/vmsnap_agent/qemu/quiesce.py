@@ -110,8 +110,37 @@ async def _overlay_transaction(qmp: QmpSession, overlays: list[OverlayRecord]) -
     await qmp.execute("transaction", {"actions": actions})
 
 
+def quiesce_stopped(
+    ctx: QuiesceContext,
+    token: str,
+    method: QuiesceMethod,
+    lease_seconds: float,
+    *,
+    operation_id: str,
+    clean_stop: bool,
+) -> QuiesceRecord:
+    """A stopped VM writes nothing: record the lease (it keeps the VM from starting)."""
+    now = time.time()
+    record = QuiesceRecord(
+        token=token,
+        vm_id=ctx.spec.vm_id,
+        method=method,
+        consistency=Consistency.APPLICATION if clean_stop else Consistency.CRASH,
+        expires_at=now + lease_seconds,
+        started_at=now,
+        operation_id=operation_id,
+        stable_paths=stable_paths(ctx.spec),
+    )
+    ctx.save(record)
+    return record
+
+
 async def quiesce(
-    ctx: QuiesceContext, token: str, method: QuiesceMethod, lease_seconds: float
+    ctx: QuiesceContext,
+    token: str,
+    method: QuiesceMethod,
+    lease_seconds: float,
+    operation_id: str = "",
 ) -> QuiesceRecord:
     """Quiesce a running VM; on failure everything done so far is undone before raising."""
     assert ctx.qmp is not None
@@ -123,6 +152,8 @@ async def quiesce(
         method=method,
         consistency=Consistency.CRASH,
         expires_at=time.time() + lease_seconds,
+        started_at=time.time(),
+        operation_id=operation_id,
         stable_paths=stable_paths(ctx.spec),
         overlays=plan_overlays(ctx.spec, token, ctx.paths) if with_overlays else [],
     )
