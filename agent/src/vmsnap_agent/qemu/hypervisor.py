@@ -245,7 +245,7 @@ class QemuHypervisor:
             if not paths.spec.exists():
                 return
             if self._running(vm_id):
-                raise VmStateError(f"{vm_id} is running")
+                raise VmStateError(f"{vm_id} is running", reason="VM_NOT_STOPPED")
             self._not_frozen(vm_id, "undefine")
             shutil.rmtree(paths.root)
 
@@ -336,6 +336,7 @@ class QemuHypervisor:
                     base_path=d.path,
                     active_path=active[d.name],
                     format=d.format,
+                    size_bytes=d.size_bytes,
                 )
                 for d in spec.disks
             ),
@@ -500,7 +501,7 @@ class QemuHypervisor:
             self._not_frozen(vm_id, "snapshot")
             running = self._running(vm_id)
             if include_memory and not running:
-                raise VmStateError("a memory snapshot needs a RUNNING VM")
+                raise VmStateError("a memory snapshot needs a RUNNING VM", reason="VM_NOT_RUNNING")
             chosen = native.select_disks(spec.disks, disks)
             if include_memory:
                 native.check_memory_covers_all(spec.disks, chosen)
@@ -531,7 +532,9 @@ class QemuHypervisor:
             if running and snap.include_memory:
                 await native.load_live(self._session(vm_id), snap)
             elif running:
-                raise VmStateError("revert of a disk-only snapshot needs the VM stopped")
+                raise VmStateError(
+                    "revert of a disk-only snapshot needs the VM stopped", reason="VM_NOT_STOPPED"
+                )
             else:
                 spec = self._spec(vm_id)
                 chosen = [d for d in spec.disks if d.name in snap.disks]

@@ -168,6 +168,7 @@ class DiskInfo:
     # The image the guest writes to now: the base, or an overlay while quiesced.
     active_path: str
     format: DiskFormat
+    size_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,10 @@ def blockdev_options(disk: DiskSpec) -> dict[str, Any]:
 def build_argv(spec: VmSpec, paths: VmPaths, guest: GuestImage, loadvm: str | None) -> list[str]:
     binary = qemu_binary()
     if binary is None:
-        raise VmStateError(f"{QEMU_BINARY} is not installed (apt-get install qemu-system-x86)")
+        raise VmStateError(
+            f"{QEMU_BINARY} is not installed (apt-get install qemu-system-x86)",
+            reason="QEMU_MISSING",
+        )
     cmdline = f"{guest.base_cmdline} {spec.kernel_args}".strip()
     argv = [
         binary,
@@ -181,11 +184,12 @@ async def launch(argv: list[str], paths: VmPaths) -> int:
     out, err = await proc.communicate()
     if proc.returncode != 0:
         raise VmStateError(
-            f"qemu failed to start ({proc.returncode}): {(err or out).decode(errors='replace')}"
+            f"qemu failed to start ({proc.returncode}): {(err or out).decode(errors='replace')}",
+            reason="QEMU_START_FAILED",
         )
     pid = read_pid(paths)
     if pid is None:
-        raise VmStateError("qemu started but wrote no pidfile")
+        raise VmStateError("qemu started but wrote no pidfile", reason="QEMU_START_FAILED")
     return pid
 
 
