@@ -1,9 +1,14 @@
 """Real QEMU/KVM backend of the vmsnap hypervisor agent, driven over QMP.
 
-Entry point: :class:`QemuHypervisor`. Types mirror the SDK's agent domain types by
-name (VmInfo, DiskSpec, QuiesceResult, ...). See ``hypervisor`` for the state
-layout, ``quiesce`` for the quiesce methods and their reasoning, ``guest_image``
-for the test guest.
+Entry point: :class:`QemuHypervisor`, a library with types of its own (VmInfo,
+DiskSpec, QuiesceResult, ...) and no SDK import. ``agent.QemuAgent`` serves it
+through the SDK's HypervisorAgent contract and ``serve`` plugs it into
+``vmsnap-agent --hypervisor qemu``.
+
+Where to look: ``hypervisor`` (state layout, VM lifecycle), ``quiesce`` (the
+methods and why freeze → overlay → thaw), ``native`` (internal snapshots),
+``process`` (QEMU command line), ``qmp`` / ``guest_agent`` (the two sockets),
+``guest_image`` (the test guest built from Debian packages), ``locators``.
 """
 
 from .errors import (

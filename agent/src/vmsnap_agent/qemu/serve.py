@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -32,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def create(args: argparse.Namespace) -> tuple[QemuAgent, Callable[[], Awaitable[None]]]:
     """The agent, re-attached to its VMs (expired leases resolved), and its closer."""
+    # qemu.qmp logs every closed QMP connection at INFO; a VM that quits closes one.
+    logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
     hv = QemuHypervisor(Path(args.state), guest_sync_timeout=args.guest_agent_timeout)
     await hv.open()
     agent = QemuAgent(hv, name=args.name or "qemu-1", locators=LocatorMap.parse(args.map))
