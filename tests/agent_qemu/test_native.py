@@ -66,6 +66,16 @@ async def test_memory_snapshot_round_trip(hv: QemuHypervisor, workdir: Path) -> 
     with pytest.raises(SnapshotNotFound):
         await hv.revert_native_snapshot("mem", "s1")
 
+    # A memory snapshot of a stopped VM brings it back RUNNING where it was saved
+    # (the id is the host's: any text, here with spaces and a slash).
+    await hv.take_native_snapshot("mem", "vm snap/2", include_memory=True)
+    await _set_marker(hv, "mem", "later")
+    await hv.stop_vm("mem", force=True)
+    info = await hv.revert_native_snapshot("mem", "vm snap/2")
+    assert info.state is VmState.RUNNING
+    assert await _marker(hv, "mem") == b"before"
+    await hv.delete_native_snapshot("mem", "vm snap/2")
+
     await hv.stop_vm("mem", force=True)
     assert [s.snapshot_id for s in await hv.list_native_snapshots("mem")] == ["disk-only"]
 

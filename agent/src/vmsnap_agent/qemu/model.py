@@ -8,6 +8,7 @@ is field by field. All are plain dataclasses that round-trip through JSON
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -94,8 +95,9 @@ class DiskSpec:
         return self.path.startswith(("nbd://", "nbd+unix://"))
 
     def validate(self) -> None:
-        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
-            raise InvalidSpec(f"disk name must be [A-Za-z0-9_-]+: {self.name!r}")
+        # It becomes part of QEMU node names, which are ASCII and at most 31 chars.
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,24}", self.name):
+            raise InvalidSpec(f"disk name must be [A-Za-z0-9_-]{{1,24}}: {self.name!r}")
         if self.is_nbd:
             parse_nbd_url(self.path)
         elif not self.path.startswith("/"):

@@ -14,6 +14,7 @@ first selected disk (``vmstate``), as ``savevm`` does.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from typing import Any
 
@@ -44,6 +45,11 @@ def check_memory_covers_all(all_disks: tuple[DiskSpec, ...], chosen: list[DiskSp
     missing = [d.name for d in all_disks if not d.read_only and d.name not in names]
     if missing:
         raise InvalidSpec(f"a memory snapshot must include every writable disk: {missing}")
+
+
+def _job_id(kind: str, snapshot_id: str) -> str:
+    # Snapshot ids are the host's (any text); QMP job ids must be simple identifiers.
+    return f"{kind}-{hashlib.sha256(snapshot_id.encode()).hexdigest()[:16]}"
 
 
 async def _qemu_img(*args: str) -> str:
@@ -107,7 +113,7 @@ async def take_live(
         ]
         await qmp.execute("transaction", {"actions": actions})
         return
-    job_id = f"snapsave-{snapshot_id}"
+    job_id = _job_id("snapsave", snapshot_id)
     await qmp.execute(
         "snapshot-save",
         {"job-id": job_id, "tag": snapshot_id, "vmstate": nodes[0], "devices": nodes},
@@ -117,7 +123,7 @@ async def take_live(
 
 async def load_live(qmp: QmpSession, snapshot: NativeSnapshot) -> None:
     nodes = [format_node(d) for d in snapshot.disks]
-    job_id = f"snapload-{snapshot.snapshot_id}"
+    job_id = _job_id("snapload", snapshot.snapshot_id)
     await qmp.execute(
         "snapshot-load",
         {"job-id": job_id, "tag": snapshot.snapshot_id, "vmstate": nodes[0], "devices": nodes},
@@ -126,7 +132,7 @@ async def load_live(qmp: QmpSession, snapshot: NativeSnapshot) -> None:
 
 
 async def delete_live(qmp: QmpSession, snapshot: NativeSnapshot) -> None:
-    job_id = f"snapdel-{snapshot.snapshot_id}"
+    job_id = _job_id("snapdel", snapshot.snapshot_id)
     await qmp.execute(
         "snapshot-delete",
         {
