@@ -24,9 +24,9 @@ crashed anywhere can finish the undo after a restart.
 Application consistency: qemu-ga runs its fsfreeze hook before freezing and fails
 the freeze if the hook fails, but does not say whether a hook is configured. The
 vmsnap guest convention is a hook log at :data:`HOOK_LOG` (the hook appends
-"freeze …"/"thaw …"; a guest with the hook creates it at boot). With
-``overlay+guest`` the agent reads it before and after (the guest is thawed again),
-so a new "freeze" line proves the hook ran. With ``guest`` the log cannot be read
+"freeze <uptime>"/"thaw <uptime>" and keeps the last lines; a guest with the hook
+creates it at boot). With ``overlay+guest`` the agent reads it before and after
+(the guest is thawed again), so a new "freeze" line proves the hook ran. With ``guest`` the log cannot be read
 while frozen (qemu-ga disables guest-file-* then), so its presence before the
 freeze, plus the successful freeze, stand for the proof.
 """
@@ -69,10 +69,10 @@ class QuiesceContext:
         write_json_atomic(self.paths.quiesce, record.to_json())
 
 
-def _freeze_count(log_bytes: bytes | None) -> int:
-    if log_bytes is None:
-        return -1
-    return sum(1 for line in log_bytes.splitlines() if line.startswith(b"freeze"))
+def _last_freeze(log_bytes: bytes | None) -> bytes | None:
+    """The hook's last "freeze <uptime>" line: unique per run (the guest trims the log)."""
+    lines = [ln for ln in (log_bytes or b"").splitlines() if ln.startswith(b"freeze")]
+    return lines[-1] if lines else None
 
 
 def stable_paths(spec: VmSpec) -> list[str]:
@@ -170,7 +170,8 @@ async def quiesce(
 
     # Connect (and sync) before anything is recorded: an absent agent costs nothing.
     async with ctx.guest_agent() as ga:
-        hook_before = _freeze_count(await ga.read_file(HOOK_LOG))
+        log_before = await ga.read_file(HOOK_LOG)
+        hook_installed = log_before is not None
         record.guest_frozen = True
         ctx.save(record)
         try:
@@ -181,7 +182,7 @@ async def quiesce(
             await ga.execute("guest-fsfreeze-freeze", timeout=ctx.freeze_timeout)
             if method is QuiesceMethod.GUEST:
                 record.consistency = (
-                    Consistency.APPLICATION if hook_before >= 0 else Consistency.FILESYSTEM
+                    Consistency.APPLICATION if hook_installed else Consistency.FILESYSTEM
                 )
                 ctx.save(record)
                 return record
@@ -189,14 +190,14 @@ async def quiesce(
             await ga.execute("guest-fsfreeze-thaw", timeout=ctx.freeze_timeout)
             record.thawed_at = time.time()
             record.guest_frozen = False
-            hook_after = _freeze_count(await ga.read_file(HOOK_LOG))
+            last_after = _last_freeze(await ga.read_file(HOOK_LOG))
         except BaseException:
             await ga.close()  # the thaw in unquiesce needs the (single-client) channel
             await unquiesce(ctx, record)
             raise
     record.consistency = (
         Consistency.APPLICATION
-        if hook_before >= 0 and hook_after > hook_before
+        if hook_installed and last_after not in (None, _last_freeze(log_before))
         else Consistency.FILESYSTEM
     )
     ctx.save(record)
