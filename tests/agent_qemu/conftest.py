@@ -46,7 +46,7 @@ def workdir() -> Iterator[Path]:
 
 def kill_leftover_vms(state_dir: Path) -> None:
     for vm_dir in (state_dir / "vms").glob("*"):
-        pid = running_pid(VmPaths(vm_dir))
+        pid = running_pid(VmPaths.for_vm(state_dir, vm_dir.name))
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
 

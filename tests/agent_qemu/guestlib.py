@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from vmsnap_agent.qemu import QemuHypervisor
+from vmsnap_agent.qemu.process import device_id
 
 
 def make_ext4(path: Path, size_mib: int = 32) -> Path:
@@ -53,7 +54,7 @@ async def qemu_io(hv: QemuHypervisor, vm_id: str, disk: str, command: str) -> No
     """Write through the device's BlockBackend, i.e. into whatever is its top image now."""
     out = await hv.qmp(vm_id).execute(
         "human-monitor-command",
-        {"command-line": f'qemu-io -d vd-{disk}/virtio-backend "{command}"'},
+        {"command-line": f'qemu-io -d {device_id(disk)}/virtio-backend "{command}"'},
     )
     assert not out, out
 

@@ -17,6 +17,8 @@ from .guestlib import make_ext4, qemu_io, read_at, sha256
 pytestmark = pytest.mark.asyncio
 
 OFFSET = 30 << 20
+# The longest disk name the contract allows: QEMU ids get a shortened form.
+LONG = "v" * 63
 
 
 @pytest.fixture
@@ -47,7 +49,7 @@ def nbd_export(workdir: Path) -> Iterator[tuple[str, Path]]:
 
 async def test_overlay_over_nbd_disk(hv: QemuHypervisor, nbd_export: tuple[str, Path]) -> None:
     url, image = nbd_export
-    await hv.define_vm("nbd", 256, [DiskSpec("vol", url, locator="element://c1/42")])
+    await hv.define_vm("nbd", 256, [DiskSpec(LONG, url, locator="element://c1/42")])
     await hv.start_vm("nbd")
     await hv.wait_guest_agent("nbd")
     async with hv.guest_agent("nbd") as ga:
@@ -59,7 +61,7 @@ async def test_overlay_over_nbd_disk(hv: QemuHypervisor, nbd_export: tuple[str, 
     before = sha256(image)
     # Past the file system's used blocks (mkfs of an empty 32 MiB volume), where
     # the write cannot hurt the mounted ext4.
-    await qemu_io(hv, "nbd", "vol", f"write -P 0x42 {OFFSET} 4096")
+    await qemu_io(hv, "nbd", LONG, f"write -P 0x42 {OFFSET} 4096")
     assert sha256(image) == before
     await hv.unquiesce(res.token)
     assert read_at(image, OFFSET, 4096) == b"\x42" * 4096

@@ -41,7 +41,7 @@ async def test_contract_round_trip(client: AgentClient, hv: QemuHypervisor, work
     make_ext4(workdir / "data.img")
     vm = await client.define_vm(
         VM(
-            id="web-1",
+            id="web-1.example",
             name="web-1 vmsnap.writer=/dev/vda",
             volumes=(
                 Volume("data", f"file://{workdir}/data.img"),
@@ -56,18 +56,22 @@ async def test_contract_round_trip(client: AgentClient, hv: QemuHypervisor, work
     with pytest.raises(InvalidArgument):
         await client.define_vm(VM(id="bad", volumes=(Volume("d", "ontap://svm/vol/x"),)))
 
-    vm = await client.start_vm("web-1")
+    vm = await client.start_vm("web-1.example")
     assert vm.state is VMState.RUNNING
-    await hv.wait_guest_agent("web-1")
+    await hv.wait_guest_agent("web-1.example")
 
-    q = await client.quiesce("web-1", QuiesceMethod.GUEST_FREEZE_AND_OVERLAY, 60, False, "op-1")
+    q = await client.quiesce(
+        "web-1.example", QuiesceMethod.GUEST_FREEZE_AND_OVERLAY, 60, False, "op-1"
+    )
     assert q.consistency is Consistency.APPLICATION and not q.warning
-    again = await client.quiesce("web-1", QuiesceMethod.GUEST_FREEZE_AND_OVERLAY, 60, False, "op-1")
+    again = await client.quiesce(
+        "web-1.example", QuiesceMethod.GUEST_FREEZE_AND_OVERLAY, 60, False, "op-1"
+    )
     assert again.token == q.token
     with pytest.raises(Aborted):
-        await client.quiesce("web-1", QuiesceMethod.OVERLAY, 60, False, "op-2")
+        await client.quiesce("web-1.example", QuiesceMethod.OVERLAY, 60, False, "op-2")
     with pytest.raises(FailedPrecondition):
-        await client.stop_vm("web-1", True)
+        await client.stop_vm("web-1.example", True)
     assert await client.renew_quiesce(q.token, 120) > q.expire_time
     done = await client.unquiesce(q.token)
     assert done.thawed_now
@@ -75,17 +79,17 @@ async def test_contract_round_trip(client: AgentClient, hv: QemuHypervisor, work
     with pytest.raises(NotFound):
         await client.renew_quiesce(q.token, 10)
 
-    snap = await client.take_native_snapshot("web-1", "n1", ["root"], False)
+    snap = await client.take_native_snapshot("web-1.example", "n1", ["root"], False)
     assert snap.disks == ("root",) and not snap.include_memory
     assert [s.snapshot_id for s in await client.list_native_snapshots("")] == ["n1"]
-    await client.delete_native_snapshot("web-1", "n1")
+    await client.delete_native_snapshot("web-1.example", "n1")
 
     page = await client.list_vms(Page(size=10))
-    assert [v.id for v in page.vms] == ["web-1"]
-    assert (await client.stop_vm("web-1", True)).state is VMState.STOPPED
-    await client.undefine_vm("web-1")
+    assert [v.id for v in page.vms] == ["web-1.example"]
+    assert (await client.stop_vm("web-1.example", True)).state is VMState.STOPPED
+    await client.undefine_vm("web-1.example")
     with pytest.raises(NotFound):
-        await client.describe_vm("web-1")
+        await client.describe_vm("web-1.example")
 
 
 async def test_best_effort_falls_back_to_overlay(

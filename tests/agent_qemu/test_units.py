@@ -54,7 +54,7 @@ def test_state_round_trips(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
 
     spec2 = VmSpec("vm", 128, (DiskSpec("a", "/a"), DiskSpec("ro", "/ro", read_only=True)))
-    overlays = plan_overlays(spec2, "q-1", VmPaths(tmp_path))
+    overlays = plan_overlays(spec2, "q-1", VmPaths.for_vm(tmp_path, "vm"))
     assert [o.disk for o in overlays] == ["a"]  # read-only disks need no overlay
     rec = QuiesceRecord(
         token="q-1",
@@ -66,3 +66,15 @@ def test_state_round_trips(tmp_path: Path) -> None:
         overlays=overlays,
     )
     assert QuiesceRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
+
+
+def test_long_names_fit_qemu_ids(tmp_path: Path) -> None:
+    from vmsnap_agent.qemu.process import device_id, format_node, node_key, overlay_node
+
+    long_a, long_b = "a" * 62 + "1", "a" * 62 + "2"
+    for make in (format_node, overlay_node, device_id):
+        assert len(make(long_a) + "-p") <= 31
+        assert make(long_a) != make(long_b)
+    assert node_key("short") == "short"
+    paths = VmPaths.for_vm(tmp_path, "v" * 128)
+    assert len(str(paths.qmp)) < len(str(tmp_path)) + 40

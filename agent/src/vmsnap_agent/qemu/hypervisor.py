@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import time
 import uuid
@@ -66,6 +67,8 @@ from .statefile import read_json, write_json_atomic
 log = logging.getLogger(__name__)
 
 GRACEFUL_STOP_TIMEOUT = 10.0
+# The contract's id syntax.
+_VM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_LEASE_SECONDS = 3600.0
 
 
@@ -137,7 +140,10 @@ class QemuHypervisor:
     # -- helpers ------------------------------------------------------------------------
 
     def _paths(self, vm_id: str) -> VmPaths:
-        return VmPaths(self._state_dir / "vms" / vm_id)
+        if not _VM_ID.fullmatch(vm_id):
+            # Also what keeps an id from walking out of the state dir ("../x").
+            raise VmNotFound(f"no VM {vm_id!r} (ids are [A-Za-z0-9][A-Za-z0-9._-]{{0,127}})")
+        return VmPaths.for_vm(self._state_dir, vm_id)
 
     def _vm_ids(self) -> list[str]:
         root = self._state_dir / "vms"
@@ -211,8 +217,8 @@ class QemuHypervisor:
         name: str = "",
     ) -> VmInfo:
         """Define (idempotently: the same definition again is OK) a VM."""
-        if not vm_id or not vm_id.replace("-", "").replace("_", "").isalnum():
-            raise InvalidSpec(f"vm_id must be [A-Za-z0-9_-]+: {vm_id!r}")
+        if not _VM_ID.fullmatch(vm_id):
+            raise InvalidSpec(f"vm_id must be [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}: {vm_id!r}")
         if memory_mib < 64:
             raise InvalidSpec("memory_mib must be >= 64")
         names = [d.name for d in disks]

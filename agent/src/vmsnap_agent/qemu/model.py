@@ -95,9 +95,9 @@ class DiskSpec:
         return self.path.startswith(("nbd://", "nbd+unix://"))
 
     def validate(self) -> None:
-        # It becomes part of QEMU node names, which are ASCII and at most 31 chars.
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,24}", self.name):
-            raise InvalidSpec(f"disk name must be [A-Za-z0-9_-]{{1,24}}: {self.name!r}")
+        # It becomes part of QEMU ids (process.node_key shortens long ones).
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", self.name):
+            raise InvalidSpec(f"disk name must be [A-Za-z0-9][A-Za-z0-9_-]{{0,62}}: {self.name!r}")
         if self.is_nbd:
             parse_nbd_url(self.path)
         elif not self.path.startswith("/"):

@@ -9,6 +9,8 @@ agent's state dir (see :class:`VmPaths`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -44,6 +46,14 @@ def accelerator() -> str:
 @dataclass(frozen=True)
 class VmPaths:
     root: Path
+    # The sockets live apart, under a short hashed name: unix socket paths are
+    # limited to 107 bytes and VM ids may have 128 characters.
+    run: Path
+
+    @classmethod
+    def for_vm(cls, state_dir: Path, vm_id: str) -> VmPaths:
+        digest = hashlib.sha256(vm_id.encode()).hexdigest()[:16]
+        return cls(root=state_dir / "vms" / vm_id, run=state_dir / "run" / digest)
 
     @property
     def spec(self) -> Path:
@@ -55,11 +65,11 @@ class VmPaths:
 
     @property
     def qmp(self) -> Path:
-        return self.root / "qmp.sock"
+        return self.run / "qmp.sock"
 
     @property
     def qga(self) -> Path:
-        return self.root / "qga.sock"
+        return self.run / "qga.sock"
 
     @property
     def pidfile(self) -> Path:
@@ -83,13 +93,25 @@ class VmPaths:
                 raise InvalidSpec(f"state dir too deep for a unix socket path: {p}")
 
 
+def node_key(disk: str) -> str:
+    """The disk's name as it appears in QEMU ids: node names have at most 31 chars,
+    so long names (the contract allows 63) are shortened with a hash."""
+    if len(disk) <= 24:
+        return disk
+    return f"{disk[:15]}-{hashlib.sha256(disk.encode()).hexdigest()[:8]}"
+
+
 def format_node(disk: str) -> str:
     """Node name of the disk's format layer as started (the base of any overlay)."""
-    return f"d-{disk}"
+    return f"d-{node_key(disk)}"
+
+
+def overlay_node(disk: str) -> str:
+    return f"ov-{node_key(disk)}"
 
 
 def device_id(disk: str) -> str:
-    return f"vd-{disk}"
+    return f"vd-{node_key(disk)}"
 
 
 def blockdev_options(disk: DiskSpec) -> dict[str, Any]:
@@ -173,6 +195,7 @@ def build_argv(spec: VmSpec, paths: VmPaths, guest: GuestImage, loadvm: str | No
 async def launch(argv: list[str], paths: VmPaths) -> int:
     """Start QEMU; returns once it has daemonized (sockets listening) with its pid."""
     paths.root.mkdir(parents=True, exist_ok=True)
+    paths.run.mkdir(parents=True, exist_ok=True)
     for stale in (paths.qmp, paths.qga, paths.pidfile):
         stale.unlink(missing_ok=True)
     proc = await asyncio.create_subprocess_exec(
@@ -267,3 +290,5 @@ async def kill(pid: int, paths: VmPaths) -> None:
 def cleanup_runtime_files(paths: VmPaths) -> None:
     for p in (paths.qmp, paths.qga, paths.pidfile):
         p.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        paths.run.rmdir()

@@ -43,7 +43,7 @@ from pathlib import Path
 from .errors import GuestAgentUnavailable, QmpCommandError
 from .guest_agent import GuestAgentClient
 from .model import Consistency, OverlayRecord, QuiesceMethod, QuiesceRecord, VmSpec
-from .process import VmPaths, format_node
+from .process import VmPaths, format_node, node_key, overlay_node
 from .qmp import QmpSession
 from .statefile import write_json_atomic
 
@@ -85,8 +85,8 @@ def plan_overlays(spec: VmSpec, token: str, paths: VmPaths) -> list[OverlayRecor
         OverlayRecord(
             disk=d.name,
             base_node=format_node(d.name),
-            overlay_node=f"ov-{d.name}",
-            overlay_path=str(paths.overlays / f"{token}-{d.name}.qcow2"),
+            overlay_node=overlay_node(d.name),
+            overlay_path=str(paths.overlays / f"{token}-{node_key(d.name)}.qcow2"),
         )
         for d in spec.disks
         if not d.read_only
@@ -223,7 +223,7 @@ async def _commit_live(qmp: QmpSession, overlays: list[OverlayRecord]) -> None:
     nodes = await _graph_nodes(qmp)
     jobs: list[str] = []
     for o in overlays:
-        job_id = f"commit-{o.disk}"
+        job_id = f"commit-{node_key(o.disk)}"
         if await qmp.job_status(job_id) is not None:
             jobs.append(job_id)  # started by us before a restart: follow it
         elif o.overlay_node in nodes:
