@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vmsnap_agent.qemu import DiskSpec, QemuHypervisor, VmState
+from vmsnap_agent.qemu import BootMode, DiskSpec, GuestAgentUnavailable, QemuHypervisor, VmState
 
 from .guestlib import make_ext4
 
@@ -52,3 +52,18 @@ async def test_define_is_idempotent(hv: QemuHypervisor, workdir: Path) -> None:
         await hv.define_vm("d1", 256, disks)
     await hv.undefine_vm("d1")
     assert await hv.list_vms() == []
+
+
+async def test_boot_from_disk(hv: QemuHypervisor, workdir: Path) -> None:
+    """A real VM boots its first disk: firmware only, no test guest (here: nothing
+    bootable, so SeaBIOS waits; the process and QMP are what is checked)."""
+    disk = make_ext4(workdir / "root.img")
+    await hv.define_vm("fw", 128, [DiskSpec("root", str(disk))], boot=BootMode.DISK)
+    info = await hv.start_vm("fw")
+    assert info.state is VmState.RUNNING
+    status = await hv.qmp("fw").execute("query-status")
+    assert status["running"] is True
+    with pytest.raises(GuestAgentUnavailable):
+        async with hv.guest_agent("fw", sync_timeout=0.5):
+            pass
+    assert (await hv.stop_vm("fw", force=True)).state is VmState.STOPPED

@@ -30,6 +30,7 @@ from .guest_agent import GuestAgentClient
 from .guest_image import GuestImage, GuestImageError, build_guest_image
 from .hypervisor import QemuHypervisor
 from .model import (
+    BootMode,
     Consistency,
     DiskFormat,
     DiskInfo,
@@ -43,6 +44,7 @@ from .model import (
 )
 
 __all__ = [
+    "BootMode",
     "Consistency",
     "DiskFormat",
     "DiskInfo",

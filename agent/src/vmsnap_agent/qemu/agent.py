@@ -108,11 +108,16 @@ class QemuAgent(HypervisorAgent):
     """Serve :class:`QemuHypervisor` through the SDK (``vmsnap-agent --hypervisor qemu``)."""
 
     def __init__(
-        self, hypervisor: QemuHypervisor, name: str = "qemu-1", locators: LocatorMap | None = None
+        self,
+        hypervisor: QemuHypervisor,
+        name: str = "qemu-1",
+        locators: LocatorMap | None = None,
+        boot: m.BootMode = m.BootMode.TEST_GUEST,
     ) -> None:
         self.name = name
         self.hv = hypervisor
         self.locators = locators or LocatorMap()
+        self.boot = boot
 
     def _vm(self, info: m.VmInfo) -> VM:
         state = VMState.RUNNING if info.state is m.VmState.RUNNING else VMState.STOPPED
@@ -169,6 +174,7 @@ class QemuAgent(HypervisorAgent):
                 disks,
                 kernel_args=_kernel_args(vm.name),
                 name=vm.name,
+                boot=self.boot,
             )
             return self._vm(info)
 

@@ -50,6 +50,7 @@ from .errors import (
 from .guest_agent import DEFAULT_SYNC_TIMEOUT, GuestAgentClient
 from .guest_image import GuestImage, build_guest_image
 from .model import (
+    BootMode,
     DiskInfo,
     DiskSpec,
     NativeSnapshot,
@@ -215,6 +216,7 @@ class QemuHypervisor:
         kernel_args: str = "",
         guest_agent: bool = True,
         name: str = "",
+        boot: BootMode = BootMode.TEST_GUEST,
     ) -> VmInfo:
         """Define (idempotently: the same definition again is OK) a VM."""
         if not _VM_ID.fullmatch(vm_id):
@@ -234,6 +236,7 @@ class QemuHypervisor:
             kernel_args=kernel_args,
             guest_agent=guest_agent,
             name=name,
+            boot=boot,
         )
         paths = self._paths(vm_id)
         paths.check_socket_lengths()
@@ -265,10 +268,13 @@ class QemuHypervisor:
                 # bases lack; they are folded in by unquiesce or the lease's end.
                 self._not_frozen(vm_id, "start")
                 paths.clean_stop.unlink(missing_ok=True)
-                if self._guest is None:
-                    self._guest = await asyncio.to_thread(build_guest_image)
+                guest = None
+                if spec.boot is BootMode.TEST_GUEST:
+                    if self._guest is None:
+                        self._guest = await asyncio.to_thread(build_guest_image)
+                    guest = self._guest
                 await self._session(vm_id).close()
-                argv = process.build_argv(spec, paths, self._guest, loadvm)
+                argv = process.build_argv(spec, paths, guest, loadvm)
                 await process.launch(argv, paths)
         return await self.describe_vm(vm_id)
 

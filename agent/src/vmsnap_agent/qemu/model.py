@@ -21,6 +21,13 @@ class VmState(enum.StrEnum):
     STOPPED = "STOPPED"
 
 
+class BootMode(enum.StrEnum):
+    # The vmsnap test guest (kernel + initramfs from guest_image), for tests and demos.
+    TEST_GUEST = "test-guest"
+    # A real VM: firmware boots the first disk.
+    DISK = "disk"
+
+
 class DiskFormat(enum.StrEnum):
     RAW = "raw"
     QCOW2 = "qcow2"
@@ -137,11 +144,13 @@ class VmSpec:
     guest_agent: bool = True
     # Free text for people (the control plane's VM name).
     name: str = ""
+    boot: BootMode = BootMode.TEST_GUEST
 
     def to_json(self) -> dict[str, Any]:
         return {
             "vm_id": self.vm_id,
             "name": self.name,
+            "boot": str(self.boot),
             "memory_mib": self.memory_mib,
             "vcpus": self.vcpus,
             "kernel_args": self.kernel_args,
@@ -154,6 +163,7 @@ class VmSpec:
         return cls(
             vm_id=d["vm_id"],
             name=d.get("name", ""),
+            boot=BootMode(d.get("boot", BootMode.TEST_GUEST)),
             memory_mib=d["memory_mib"],
             vcpus=d.get("vcpus", 1),
             kernel_args=d.get("kernel_args", ""),

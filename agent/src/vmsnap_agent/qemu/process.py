@@ -136,14 +136,16 @@ def blockdev_options(disk: DiskSpec) -> dict[str, Any]:
     }
 
 
-def build_argv(spec: VmSpec, paths: VmPaths, guest: GuestImage, loadvm: str | None) -> list[str]:
+def build_argv(
+    spec: VmSpec, paths: VmPaths, guest: GuestImage | None, loadvm: str | None
+) -> list[str]:
+    """The command line; ``guest`` is the test guest to boot (None: boot the first disk)."""
     binary = qemu_binary()
     if binary is None:
         raise VmStateError(
             f"{QEMU_BINARY} is not installed (apt-get install qemu-system-x86)",
             reason="QEMU_MISSING",
         )
-    cmdline = f"{guest.base_cmdline} {spec.kernel_args}".strip()
     argv = [
         binary,
         "-name",
@@ -156,28 +158,24 @@ def build_argv(spec: VmSpec, paths: VmPaths, guest: GuestImage, loadvm: str | No
         str(spec.memory_mib),
         "-smp",
         str(spec.vcpus),
-        "-kernel",
-        str(guest.kernel),
-        "-initrd",
-        str(guest.initrd),
-        "-append",
-        cmdline,
         "-serial",
         f"file:{paths.console}",
         "-qmp",
         f"unix:{paths.qmp},server=on,wait=off",
         "-pidfile",
         str(paths.pidfile),
-        # A guest panic or reboot ends the process instead of looping.
-        "-no-reboot",
         "-daemonize",
     ]
-    for disk in spec.disks:
-        argv += ["-blockdev", json.dumps(blockdev_options(disk))]
-        argv += [
-            "-device",
-            f"virtio-blk-pci,drive={format_node(disk.name)},id={device_id(disk.name)}",
-        ]
+    if guest is not None:
+        cmdline = f"{guest.base_cmdline} {spec.kernel_args}".strip()
+        argv += ["-kernel", str(guest.kernel), "-initrd", str(guest.initrd), "-append", cmdline]
+        # The test guest never reboots on purpose: a panic ends the process.
+        argv += ["-no-reboot"]
+    for i, disk in enumerate(spec.disks):
+        device = f"virtio-blk-pci,drive={format_node(disk.name)},id={device_id(disk.name)}"
+        if guest is None and i == 0:
+            device += ",bootindex=0"
+        argv += ["-blockdev", json.dumps(blockdev_options(disk)), "-device", device]
     if spec.guest_agent:
         argv += [
             "-chardev",

@@ -11,6 +11,7 @@ from .agent import QemuAgent
 from .guest_agent import DEFAULT_SYNC_TIMEOUT
 from .hypervisor import QemuHypervisor
 from .locators import LocatorMap
+from .model import BootMode
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PREFIX=TARGET",
         help="rewrite volume locators starting with PREFIX to a path or NBD url "
         "(e.g. element://c1/=nbd://127.0.0.1:10809/); repeatable",
+    )
+    parser.add_argument(
+        "--boot",
+        choices=[str(b) for b in BootMode],
+        default=str(BootMode.TEST_GUEST),
+        help="what new VMs boot: the built-in test guest, or their first disk",
     )
     parser.add_argument(
         "--guest-agent-timeout",
@@ -37,5 +44,10 @@ async def create(args: argparse.Namespace) -> tuple[QemuAgent, Callable[[], Awai
     logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
     hv = QemuHypervisor(Path(args.state), guest_sync_timeout=args.guest_agent_timeout)
     await hv.open()
-    agent = QemuAgent(hv, name=args.name or "qemu-1", locators=LocatorMap.parse(args.map))
+    agent = QemuAgent(
+        hv,
+        name=args.name or "qemu-1",
+        locators=LocatorMap.parse(args.map),
+        boot=BootMode(args.boot),
+    )
     return agent, hv.close
