@@ -198,6 +198,7 @@ def build_guest_image(cache_dir: Path | None = None) -> GuestImage:
     target = cache / _cache_key(kernel_pkg, kernel_version, files)
     image = GuestImage(kernel=target / "vmlinuz", initrd=target / "initrd.gz")
     if image.kernel.exists() and image.initrd.exists():
+        _prune(cache, keep=target)
         return image
 
     cache.mkdir(parents=True, exist_ok=True)
@@ -220,7 +221,15 @@ def build_guest_image(cache_dir: Path | None = None) -> GuestImage:
         except OSError:
             if not (image.kernel.exists() and image.initrd.exists()):
                 raise
+    _prune(cache, keep=target)
     return image
+
+
+def _prune(cache: Path, keep: Path) -> None:
+    """Drop guests of older package versions (about 18 MB each); builds in progress stay."""
+    for old in cache.iterdir():
+        if old != keep and old.is_dir() and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 if __name__ == "__main__":
