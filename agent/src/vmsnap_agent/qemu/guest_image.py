@@ -13,7 +13,7 @@ The result lands in a cache directory keyed by the package versions and by the
 content of the guest scripts, so a second build is a lookup. Nothing here is ever
 committed.
 
-Run ``python -m vmsnap_agent.qemu.guest_image`` to build and print the paths.
+Run ``python -m vmsnap_agent.qemu`` to build it and print the paths.
 """
 
 from __future__ import annotations
@@ -230,8 +230,3 @@ def _prune(cache: Path, keep: Path) -> None:
     for old in cache.iterdir():
         if old != keep and old.is_dir() and not old.name.startswith("."):
             shutil.rmtree(old, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    img = build_guest_image()
-    print(f"kernel={img.kernel}\ninitrd={img.initrd}")
