@@ -1,0 +1,32 @@
+# The two commands a newcomer types:  make demo   and   make test
+# Both create .venv and install the workspace (editable) on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PACKAGES := $(shell for d in sdk host agent emulators drivers/netapp drivers/solidfire; do [ -f $$d/pyproject.toml ] && echo "-e ./$$d"; done)
+
+.PHONY: venv demo up test lint typecheck protos proto-check unit clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: constraints.txt requirements-dev.txt $(wildcard */pyproject.toml drivers/*/pyproject.toml)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -r requirements-dev.txt $(PACKAGES)
+	touch $@
+
+demo: venv
+	$(VENV)/bin/vmsnap demo
+
+up: venv
+	$(VENV)/bin/vmsnap up
+
+protos: venv
+	$(PY) scripts/gen_protos.py
+
+test: venv
+	$(PY) scripts/check.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

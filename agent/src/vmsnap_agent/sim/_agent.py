@@ -1,0 +1,488 @@
+"""The simulated hypervisor: VMs, freezes under leases and native snapshots as records.
+
+Everything a real agent must honour is honoured here, so that the host can be
+tested against it: a freeze thaws by itself when its lease runs out (a
+background task, and again at start-up for leases that ran out while the agent
+was down), guest freezes fail when the guest agent does not answer, memory
+snapshots need a running VM, a disk-only revert needs a stopped one, and the
+state survives a SIGKILL (see ``_store``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vmsnap_agent import __version__
+from vmsnap_agent.sim._store import (
+    FreezeRecord,
+    SnapshotRecord,
+    Store,
+    VMRecord,
+    VolumeRecord,
+)
+from vmsnap_sdk import (
+    VM,
+    AgentInfo,
+    Consistency,
+    HypervisorAgent,
+    NativeSnapshot,
+    Page,
+    QuiesceMethod,
+    QuiesceResult,
+    UnquiesceResult,
+    VMPage,
+    VMState,
+    Volume,
+)
+from vmsnap_sdk.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+
+log = logging.getLogger("vmsnap_agent.sim")
+
+#: A VM whose name contains this word has a guest agent that never answers.
+NO_GUEST_AGENT = "sim.guest_agent=false"
+#: A VM whose name contains this word has a guest agent without an application
+#: freeze hook: guest freezes reach FILESYSTEM consistency, not APPLICATION.
+NO_FREEZE_HOOK = "sim.freeze_hook=false"
+
+MIB = 1024 * 1024
+
+# Reasons (ErrorInfo.reason) the sim answers with; tests match on them.
+GUEST_AGENT_UNAVAILABLE = "GUEST_AGENT_UNAVAILABLE"
+VM_FROZEN = "VM_FROZEN"
+VM_NOT_RUNNING = "VM_NOT_RUNNING"
+VM_NOT_STOPPED = "VM_NOT_STOPPED"
+
+
+@dataclass(frozen=True)
+class GuestTraits:
+    """What the simulated guest can do, read from words in the VM's name."""
+
+    agent: bool = True
+    freeze_hook: bool = True
+
+    @classmethod
+    def of(cls, name: str) -> GuestTraits:
+        words = name.split()
+        return cls(agent=NO_GUEST_AGENT not in words, freeze_hook=NO_FREEZE_HOOK not in words)
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _dt(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _vm(record: VMRecord, agent_name: str) -> VM:
+    return VM(
+        id=record.id,
+        name=record.name,
+        state=VMState[record.state],
+        volumes=tuple(Volume(v.disk, v.locator, v.size_bytes, v.format) for v in record.volumes),
+        memory_mib=record.memory_mib,
+        agent=agent_name,
+    )
+
+
+def _native(record: SnapshotRecord) -> NativeSnapshot:
+    return NativeSnapshot(
+        snapshot_id=record.snapshot_id,
+        vm_id=record.vm_id,
+        disks=tuple(record.disks),
+        include_memory=record.include_memory,
+        create_time=_dt(record.create_time),
+        size_bytes=record.size_bytes,
+    )
+
+
+class SimAgent(HypervisorAgent):
+    """A simulated hypervisor whose state lives in ``state_dir``.
+
+    Call :meth:`start` inside the event loop before serving (it resolves leases
+    that expired while the agent was down and starts the thaw task) and
+    :meth:`close` after.
+    """
+
+    def __init__(self, state_dir: Path, name: str = "sim-1") -> None:
+        self.name = name
+        self._store = Store(state_dir)
+        self._wake = asyncio.Event()
+        self._reaper: asyncio.Task[None] | None = None
+        # Leases that ran out while the agent was down are resolved before the
+        # first call can see them.
+        self._thaw_expired()
+
+    # --- lifecycle of the agent itself ------------------------------------------
+
+    async def start(self) -> None:
+        """Start the task that thaws VMs whose lease ran out."""
+        self._ensure_reaper()
+
+    async def close(self) -> None:
+        """Stop the thaw task (freezes in force stay recorded, with their leases)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            self._thaw_expired()
+            expiries = [vm.freeze.expire_at for vm in self._vms.values() if vm.freeze is not None]
+            timeout = max(0.0, min(expiries) - _now()) + 0.01 if expiries else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _thaw_expired(self) -> None:
+        now = _now()
+        expired = [
+            vm for vm in self._vms.values() if vm.freeze is not None and vm.freeze.expire_at <= now
+        ]
+        for vm in expired:
+            assert vm.freeze is not None
+            log.warning(
+                "lease ran out: thawed by the agent",
+                extra={
+                    "fields": {
+                        "vm_id": vm.id,
+                        "token": vm.freeze.token,
+                        "operation_id": vm.freeze.operation_id,
+                        "frozen_for_seconds": round(now - vm.freeze.frozen_at, 3),
+                    }
+                },
+            )
+            vm.freeze = None
+        if expired:
+            self._store.save()
+
+    # --- helpers ---------------------------------------------------------------
+
+    @property
+    def _vms(self) -> dict[str, VMRecord]:
+        return self._store.state.vms
+
+    def _get(self, vm_id: str) -> VMRecord:
+        self._ensure_reaper()
+        self._thaw_expired()
+        record = self._vms.get(vm_id)
+        if record is None:
+            raise NotFound(f"VM {vm_id} is not defined on agent {self.name}")
+        return record
+
+    def _by_token(self, token: str) -> VMRecord | None:
+        self._ensure_reaper()
+        self._thaw_expired()
+        return next(
+            (vm for vm in self._vms.values() if vm.freeze and vm.freeze.token == token), None
+        )
+
+    @staticmethod
+    def _not_frozen(record: VMRecord, doing: str) -> None:
+        if record.freeze is not None:
+            raise FailedPrecondition(
+                f"cannot {doing} VM {record.id}: it is frozen (token {record.freeze.token}) "
+                f"until {_dt(record.freeze.expire_at).isoformat()}",
+                reason=VM_FROZEN,
+            )
+
+    # --- identity and VMs ------------------------------------------------------
+
+    async def get_info(self) -> AgentInfo:
+        return AgentInfo(
+            name=self.name,
+            hypervisor="sim",
+            version=__version__,
+            quiesce_methods=frozenset(
+                {
+                    QuiesceMethod.OVERLAY,
+                    QuiesceMethod.GUEST_FREEZE,
+                    QuiesceMethod.GUEST_FREEZE_AND_OVERLAY,
+                }
+            ),
+            memory_snapshots=True,
+        )
+
+    async def describe_vm(self, vm_id: str) -> VM:
+        return _vm(self._get(vm_id), self.name)
+
+    async def list_vms(self, page: Page) -> VMPage:
+        self._thaw_expired()
+        ids = sorted(self._vms)
+        # The token is the first id of the next page: stable when VMs come and go.
+        rest = [i for i in ids if i >= page.token] if page.token else ids
+        chunk, following = rest[: page.size], rest[page.size : page.size + 1]
+        return VMPage(
+            vms=tuple(_vm(self._vms[i], self.name) for i in chunk),
+            next_token=following[0] if following else "",
+        )
+
+    async def define_vm(self, vm: VM) -> VM:
+        record = VMRecord(
+            id=vm.id,
+            name=vm.name,
+            memory_mib=vm.memory_mib,
+            volumes=[VolumeRecord(v.disk, v.locator, v.size_bytes, v.format) for v in vm.volumes],
+        )
+        existing = self._vms.get(vm.id)
+        if existing is not None:
+            same = (existing.name, existing.memory_mib, existing.volumes) == (
+                record.name,
+                record.memory_mib,
+                record.volumes,
+            )
+            if not same:
+                raise AlreadyExists(f"VM {vm.id} is already defined with another definition")
+            return _vm(existing, self.name)
+        self._vms[vm.id] = record
+        self._store.save()
+        log.info("defined", extra={"fields": {"vm_id": vm.id, "disks": len(vm.volumes)}})
+        return _vm(record, self.name)
+
+    async def undefine_vm(self, vm_id: str) -> None:
+        self._thaw_expired()
+        record = self._vms.get(vm_id)
+        if record is None:
+            return
+        self._not_frozen(record, "undefine")
+        if record.state != "STOPPED":
+            raise FailedPrecondition(
+                f"cannot undefine VM {vm_id}: it is {record.state}; stop it first",
+                reason=VM_NOT_STOPPED,
+            )
+        del self._vms[vm_id]
+        self._store.state.snapshots.pop(vm_id, None)
+        self._store.save()
+        log.info("undefined", extra={"fields": {"vm_id": vm_id}})
+
+    async def start_vm(self, vm_id: str) -> VM:
+        record = self._get(vm_id)
+        if record.state != "RUNNING":
+            self._not_frozen(record, "start")
+            record.state = "RUNNING"
+            self._store.save()
+            log.info("started", extra={"fields": {"vm_id": vm_id}})
+        return _vm(record, self.name)
+
+    async def stop_vm(self, vm_id: str, force: bool) -> VM:
+        record = self._get(vm_id)
+        if record.state != "STOPPED":
+            self._not_frozen(record, "stop")
+            record.state = "STOPPED"
+            record.clean_shutdown = not force
+            self._store.save()
+            log.info("stopped", extra={"fields": {"vm_id": vm_id, "force": force}})
+        return _vm(record, self.name)
+
+    # --- freeze ------------------------------------------------------------------
+
+    async def quiesce(
+        self,
+        vm_id: str,
+        method: QuiesceMethod,
+        lease_seconds: float,
+        best_effort: bool,
+        operation_id: str,
+    ) -> QuiesceResult:
+        record = self._get(vm_id)
+        if record.freeze is not None:
+            held = record.freeze
+            # A retry of the same operation's call gets the freeze it already holds.
+            if operation_id and held.operation_id == operation_id:
+                return self._result(held, warning="")
+            raise Aborted(
+                f"VM {vm_id} is already frozen by operation {held.operation_id or '?'}",
+                reason=VM_FROZEN,
+            )
+        applied, consistency, warning = self._freeze_outcome(record, method, best_effort)
+        now = _now()
+        record.freeze = FreezeRecord(
+            token="q-" + uuid.uuid4().hex,
+            method=applied.name,
+            consistency=consistency.name,
+            operation_id=operation_id,
+            frozen_at=now,
+            expire_at=now + lease_seconds,
+        )
+        self._store.save()
+        self._wake.set()
+        log.info(
+            "frozen",
+            extra={
+                "fields": {
+                    "vm_id": vm_id,
+                    "method": applied.name,
+                    "consistency": consistency.name,
+                    "lease_seconds": lease_seconds,
+                    "operation_id": operation_id,
+                }
+            },
+        )
+        return self._result(record.freeze, warning)
+
+    def _freeze_outcome(
+        self, record: VMRecord, method: QuiesceMethod, best_effort: bool
+    ) -> tuple[QuiesceMethod, Consistency, str]:
+        """The method applied, the consistency achieved and a warning, or an error."""
+        if record.state == "STOPPED":
+            # Nothing runs, nothing writes: the disks are as the last stop left
+            # them, clean after a shutdown, as after a power cut after a forced stop.
+            consistency = Consistency.APPLICATION if record.clean_shutdown else Consistency.CRASH
+            return method, consistency, ""
+        if method is QuiesceMethod.OVERLAY:
+            return method, Consistency.CRASH, ""
+        guest = GuestTraits.of(record.name)
+        if guest.agent:
+            consistency = Consistency.APPLICATION if guest.freeze_hook else Consistency.FILESYSTEM
+            return method, consistency, ""
+        if not best_effort:
+            raise FailedPrecondition(
+                f"the guest agent of VM {record.id} does not answer; cannot freeze its filesystems",
+                reason=GUEST_AGENT_UNAVAILABLE,
+            )
+        if method is QuiesceMethod.GUEST_FREEZE_AND_OVERLAY:
+            return (
+                QuiesceMethod.OVERLAY,
+                Consistency.CRASH,
+                "guest agent did not answer: overlays only, crash consistent",
+            )
+        return (
+            QuiesceMethod.UNSPECIFIED,
+            Consistency.CRASH,
+            "guest agent did not answer: nothing was frozen, crash consistent at best",
+        )
+
+    @staticmethod
+    def _result(freeze: FreezeRecord, warning: str) -> QuiesceResult:
+        return QuiesceResult(
+            token=freeze.token,
+            expire_time=_dt(freeze.expire_at),
+            consistency=Consistency[freeze.consistency],
+            method=QuiesceMethod[freeze.method],
+            warning=warning,
+        )
+
+    async def renew_quiesce(self, token: str, lease_seconds: float) -> datetime:
+        record = self._by_token(token)
+        if record is None or record.freeze is None:
+            raise NotFound(f"no freeze with token {token}: unknown or already thawed")
+        record.freeze.expire_at = _now() + lease_seconds
+        self._store.save()
+        self._wake.set()
+        return _dt(record.freeze.expire_at)
+
+    async def unquiesce(self, token: str) -> UnquiesceResult:
+        record = self._by_token(token)
+        if record is None or record.freeze is None:
+            return UnquiesceResult(frozen_for_seconds=0.0, thawed_now=False)
+        frozen_for = max(0.0, _now() - record.freeze.frozen_at)
+        record.freeze = None
+        self._store.save()
+        self._wake.set()
+        log.info(
+            "thawed",
+            extra={"fields": {"vm_id": record.id, "frozen_for_seconds": round(frozen_for, 3)}},
+        )
+        return UnquiesceResult(frozen_for_seconds=frozen_for, thawed_now=True)
+
+    # --- native snapshots -----------------------------------------------------------
+
+    async def take_native_snapshot(
+        self, vm_id: str, snapshot_id: str, disks: Sequence[str], include_memory: bool
+    ) -> NativeSnapshot:
+        record = self._get(vm_id)
+        known = [v.disk for v in record.volumes]
+        for i, disk in enumerate(disks):
+            if disk not in known:
+                raise InvalidArgument.for_field(
+                    f"disks[{i}]", f"{disk!r} is not a disk of VM {vm_id} ({', '.join(known)})"
+                )
+        chosen = [d for d in known if d in disks] if disks else known
+        snaps = self._store.state.snapshots.setdefault(vm_id, {})
+        existing = snaps.get(snapshot_id)
+        if existing is not None:
+            if (existing.disks, existing.include_memory) != (chosen, include_memory):
+                raise AlreadyExists(
+                    f"native snapshot {snapshot_id} of VM {vm_id} was taken with other arguments"
+                )
+            return _native(existing)
+        if include_memory and record.state != "RUNNING":
+            raise FailedPrecondition(
+                f"a memory snapshot needs VM {vm_id} RUNNING; it is {record.state}",
+                reason=VM_NOT_RUNNING,
+            )
+        size = sum(v.size_bytes for v in record.volumes if v.disk in chosen)
+        snapshot = SnapshotRecord(
+            snapshot_id=snapshot_id,
+            vm_id=vm_id,
+            disks=chosen,
+            include_memory=include_memory,
+            create_time=_now(),
+            size_bytes=size + (record.memory_mib * MIB if include_memory else 0),
+        )
+        snaps[snapshot_id] = snapshot
+        self._store.save()
+        log.info(
+            "native snapshot taken",
+            extra={
+                "fields": {"vm_id": vm_id, "snapshot_id": snapshot_id, "memory": include_memory}
+            },
+        )
+        return _native(snapshot)
+
+    async def revert_native_snapshot(self, vm_id: str, snapshot_id: str) -> VM:
+        record = self._get(vm_id)
+        snapshot = self._store.state.snapshots.get(vm_id, {}).get(snapshot_id)
+        if snapshot is None:
+            raise NotFound(f"VM {vm_id} has no native snapshot {snapshot_id}")
+        self._not_frozen(record, "revert")
+        if snapshot.include_memory:
+            # Memory and device state come back: the VM runs on from the snapshot.
+            record.state = "RUNNING"
+        elif record.state != "STOPPED":
+            raise FailedPrecondition(
+                f"reverting VM {vm_id} to disk-only snapshot {snapshot_id} needs it STOPPED; "
+                f"it is {record.state}",
+                reason=VM_NOT_STOPPED,
+            )
+        record.clean_shutdown = True
+        self._store.save()
+        log.info("reverted", extra={"fields": {"vm_id": vm_id, "snapshot_id": snapshot_id}})
+        return _vm(record, self.name)
+
+    async def delete_native_snapshot(self, vm_id: str, snapshot_id: str) -> None:
+        snaps = self._store.state.snapshots.get(vm_id, {})
+        if snaps.pop(snapshot_id, None) is not None:
+            if not snaps:
+                del self._store.state.snapshots[vm_id]
+            self._store.save()
+            log.info("native snapshot deleted", extra={"fields": {"snapshot_id": snapshot_id}})
+
+    async def list_native_snapshots(self, vm_id: str) -> Sequence[NativeSnapshot]:
+        groups = self._store.state.snapshots
+        chosen = [groups.get(vm_id, {})] if vm_id else [groups[k] for k in sorted(groups)]
+        return [
+            _native(s)
+            for snaps in chosen
+            for s in sorted(snaps.values(), key=lambda s: (s.create_time, s.snapshot_id))
+        ]

@@ -1,0 +1,3 @@
+from vmsnap_host.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The control plane API: vmsnap.host.v1.VMSnapshotService."""

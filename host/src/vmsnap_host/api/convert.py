@@ -1,0 +1,143 @@
+"""The host's domain types → the host proto (and back for enums). The only
+place in the host besides the servicer that touches generated messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.rpc import status_pb2
+
+from vmsnap_host.model import ErrorInfo, Group, GroupKind, OperationRecord, Snapshot
+from vmsnap_host.registry import AgentEntry, DriverEntry
+from vmsnap_sdk import Capability
+from vmsnap_sdk._proto.common.v1 import common_pb2
+from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
+
+
+def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _status(error: ErrorInfo | None) -> status_pb2.Status | None:
+    if error is None:
+        return None
+    return status_pb2.Status(code=error.code, message=error.message)
+
+
+def group_to_pb(group: Group) -> pb.SnapshotGroup:
+    message = pb.SnapshotGroup(
+        kind=pb.GroupKind.ValueType(
+            pb.GROUP_KIND_DRIVER if group.kind is GroupKind.DRIVER else pb.GROUP_KIND_HYPERVISOR
+        ),
+        owner=group.owner,
+        disks=list(group.disks),
+        reasons=[c.describe() for c in group.claims],
+        ready=group.ready,
+    )
+    if group.result is not None:
+        message.consistency = common_pb2.Consistency.ValueType(group.result.consistency.value)
+        message.group_handle = group.result.group_handle
+        for v in group.result.volume_snapshots:
+            message.volumes.add(
+                disk=v.disk, locator=v.locator, handle=v.handle, size_bytes=v.size_bytes
+            )
+    return message
+
+
+def snapshot_to_pb(s: Snapshot) -> pb.VMSnapshot:
+    message = pb.VMSnapshot(
+        id=s.id,
+        vm_id=s.vm_id,
+        name=s.name,
+        description=s.description,
+        state=pb.VMSnapshotState.ValueType(s.state.value),
+        include_memory=s.include_memory,
+        quiesce=pb.QuiescePolicy.ValueType(s.quiesce.value),
+        consistency=common_pb2.Consistency.ValueType(s.consistency.value),
+        groups=[group_to_pb(g) for g in s.groups],
+        parent_id=s.parent_id,
+        current=s.current,
+        warnings=list(s.warnings),
+    )
+    if (frozen := _ts(s.freeze_start)) is not None:
+        message.freeze_start_time.CopyFrom(frozen)
+    if s.freeze_seconds is not None:
+        duration = duration_pb2.Duration()
+        duration.FromNanoseconds(int(s.freeze_seconds * 1e9))
+        message.freeze_duration.CopyFrom(duration)
+    if (status := _status(s.error)) is not None:
+        message.error.CopyFrom(status)
+    if (created := _ts(s.create_time)) is not None:
+        message.create_time.CopyFrom(created)
+    if (updated := _ts(s.update_time)) is not None:
+        message.update_time.CopyFrom(updated)
+    return message
+
+
+def operation_to_pb(op: OperationRecord, snapshot: Snapshot | None) -> pb.Operation:
+    message = pb.Operation(
+        id=op.id,
+        type=pb.OperationType.ValueType(op.type.value),
+        vm_id=op.vm_id,
+        vm_snapshot_id=op.vm_snapshot_id,
+        done=op.done,
+        progress_percent=op.progress,
+        step=op.step,
+        request_id=op.request_id,
+    )
+    if (status := _status(op.error)) is not None:
+        message.error.CopyFrom(status)
+    if (created := _ts(op.create_time)) is not None:
+        message.create_time.CopyFrom(created)
+    if (updated := _ts(op.update_time)) is not None:
+        message.update_time.CopyFrom(updated)
+    if snapshot is not None:
+        message.vm_snapshot.CopyFrom(snapshot_to_pb(snapshot))
+    return message
+
+
+def _health(value: int) -> pb.Health.ValueType:
+    return pb.Health.ValueType(value)
+
+
+def driver_to_pb(e: DriverEntry) -> pb.Driver:
+    message = pb.Driver(
+        name=e.name,
+        address=e.address,
+        contract_version=e.contract_version,
+        health=_health(e.health.value),
+        health_message=e.message,
+        order=e.order,
+    )
+    if e.info is not None:
+        message.vendor_version = e.info.vendor_version
+        message.capabilities.extend(
+            sorted(c.name for c in e.info.capabilities if c is not Capability.UNSPECIFIED)
+        )
+        message.labels.update(e.info.labels)
+    if (checked := _ts(e.last_check)) is not None:
+        message.last_check_time.CopyFrom(checked)
+    return message
+
+
+def agent_to_pb(e: AgentEntry) -> pb.Agent:
+    message = pb.Agent(
+        name=e.name,
+        address=e.address,
+        contract_version=e.contract_version,
+        health=_health(e.health.value),
+        health_message=e.message,
+    )
+    if e.info is not None:
+        message.hypervisor = e.info.hypervisor
+        message.version = e.info.version
+        message.quiesce_methods.extend(sorted(m.name for m in e.info.quiesce_methods))
+        message.memory_snapshots = e.info.memory_snapshots
+    if (checked := _ts(e.last_check)) is not None:
+        message.last_check_time.CopyFrom(checked)
+    return message

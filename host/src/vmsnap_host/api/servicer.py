@@ -1,0 +1,392 @@
+"""vmsnap.host.v1.VMSnapshotService: validate, call the manager or registry, convert.
+
+Every handler runs through ``vmsnap_sdk._server.invoke``, the one place a
+raised VMSnapError becomes a status (and anything else INTERNAL without its
+text). Validation errors name the field, as the SDK's do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import grpc
+
+from vmsnap_host.api import convert
+from vmsnap_host.config import ConfigError, check_address, tls_from_mapping
+from vmsnap_host.manager import Manager
+from vmsnap_host.model import OperationRecord, QuiescePolicy
+from vmsnap_host.registry import Health, Registry
+from vmsnap_host.store import Store
+from vmsnap_sdk import VM, ClientTLS, Page, current_call
+from vmsnap_sdk import _convert as cv
+from vmsnap_sdk import _validate as val
+from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
+from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
+from vmsnap_sdk._server import invoke
+from vmsnap_sdk.errors import InvalidArgument, NotFound, Unavailable, VMSnapError
+
+Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+MAX_DESCRIPTION = 1024
+DEFAULT_WAIT = 30.0
+MAX_WAIT = 600.0
+
+
+def _page_token(field: str, token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        value = int(token.removeprefix("p"), 16)
+    except ValueError:
+        value = -1
+    if not token.startswith("p") or value < 0:
+        raise InvalidArgument.for_field(
+            field, "is not a token from a previous page; omit it to start over"
+        )
+    return value
+
+
+def _token(seq: int) -> str:
+    return f"p{seq:x}"
+
+
+def _quiesce(value: int) -> QuiescePolicy:
+    if value == pb.QUIESCE_POLICY_UNSPECIFIED:
+        return QuiescePolicy.BEST_EFFORT
+    try:
+        return QuiescePolicy(value)
+    except ValueError:
+        raise InvalidArgument.for_field("quiesce", "must be OFF, BEST_EFFORT or REQUIRED") from None
+
+
+def _tls(field: str, message: pb.TlsConfig, present: bool) -> ClientTLS | None:
+    if not present:
+        return None
+    data = {
+        k: v
+        for k, v in (
+            ("ca_file", message.ca_file),
+            ("cert_file", message.cert_file),
+            ("key_file", message.key_file),
+            ("server_name", message.server_name),
+        )
+        if v
+    }
+    try:
+        return tls_from_mapping(field, data)
+    except ConfigError as exc:
+        raise InvalidArgument(str(exc), field_violations=[(field, str(exc))]) from None
+
+
+def _address(field: str, value: str) -> str:
+    try:
+        return check_address(field, value)
+    except ConfigError as exc:
+        raise InvalidArgument(str(exc), field_violations=[(field, str(exc))]) from None
+
+
+class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
+    def __init__(self, manager: Manager, registry: Registry, store: Store) -> None:
+        self.manager = manager
+        self.registry = registry
+        self.store = store
+
+    def _op(self, op: OperationRecord) -> pb.Operation:
+        return convert.operation_to_pb(op, self.store.get_snapshot(op.vm_snapshot_id))
+
+    # --- snapshots ----------------------------------------------------------------
+
+    async def CreateVMSnapshot(  # noqa: N802 - gRPC method names
+        self, request: pb.CreateVMSnapshotRequest, context: Ctx
+    ) -> pb.CreateVMSnapshotResponse:
+        async def run() -> pb.CreateVMSnapshotResponse:
+            val.require_id("request_id", request.request_id)
+            val.require_id("vm_id", request.vm_id)
+            val.require_text("name", request.name)
+            val.require_text("description", request.description, MAX_DESCRIPTION, required=False)
+            val.require_map("parameters", request.parameters)
+            op = await self.manager.create_snapshot(
+                request.request_id,
+                request.vm_id,
+                request.name,
+                description=request.description,
+                include_memory=request.include_memory,
+                quiesce=_quiesce(request.quiesce),
+                parameters=dict(request.parameters),
+            )
+            return pb.CreateVMSnapshotResponse(operation=self._op(op))
+
+        return await invoke(context, "CreateVMSnapshot", run)
+
+    async def GetVMSnapshot(  # noqa: N802
+        self, request: pb.GetVMSnapshotRequest, context: Ctx
+    ) -> pb.GetVMSnapshotResponse:
+        async def run() -> pb.GetVMSnapshotResponse:
+            val.require_id("id", request.id)
+            snap = self.manager.get_snapshot(request.id)
+            return pb.GetVMSnapshotResponse(vm_snapshot=convert.snapshot_to_pb(snap))
+
+        return await invoke(context, "GetVMSnapshot", run)
+
+    async def ListVMSnapshots(  # noqa: N802
+        self, request: pb.ListVMSnapshotsRequest, context: Ctx
+    ) -> pb.ListVMSnapshotsResponse:
+        async def run() -> pb.ListVMSnapshotsResponse:
+            if request.vm_id:
+                val.require_id("vm_id", request.vm_id)
+            size = val.page_size("page_size", request.page_size)
+            after = _page_token("page_token", request.page_token) or 0
+            rows = self.store.list_snapshots(request.vm_id, after, size + 1, request.show_removed)
+            page = rows[:size]
+            return pb.ListVMSnapshotsResponse(
+                vm_snapshots=[convert.snapshot_to_pb(s) for _, s in page],
+                next_page_token=_token(page[-1][0]) if len(rows) > size else "",
+            )
+
+        return await invoke(context, "ListVMSnapshots", run)
+
+    async def RevertVMSnapshot(  # noqa: N802
+        self, request: pb.RevertVMSnapshotRequest, context: Ctx
+    ) -> pb.RevertVMSnapshotResponse:
+        async def run() -> pb.RevertVMSnapshotResponse:
+            val.require_id("request_id", request.request_id)
+            val.require_id("id", request.id)
+            op = await self.manager.revert_snapshot(request.request_id, request.id, request.stop_vm)
+            return pb.RevertVMSnapshotResponse(operation=self._op(op))
+
+        return await invoke(context, "RevertVMSnapshot", run)
+
+    async def DeleteVMSnapshot(  # noqa: N802
+        self, request: pb.DeleteVMSnapshotRequest, context: Ctx
+    ) -> pb.DeleteVMSnapshotResponse:
+        async def run() -> pb.DeleteVMSnapshotResponse:
+            val.require_id("request_id", request.request_id)
+            val.require_id("id", request.id)
+            op = await self.manager.delete_snapshot(request.request_id, request.id)
+            return pb.DeleteVMSnapshotResponse(operation=self._op(op))
+
+        return await invoke(context, "DeleteVMSnapshot", run)
+
+    # --- operations ---------------------------------------------------------------
+
+    async def GetOperation(  # noqa: N802
+        self, request: pb.GetOperationRequest, context: Ctx
+    ) -> pb.GetOperationResponse:
+        async def run() -> pb.GetOperationResponse:
+            val.require_id("id", request.id)
+            return pb.GetOperationResponse(
+                operation=self._op(self.manager.get_operation(request.id))
+            )
+
+        return await invoke(context, "GetOperation", run)
+
+    async def WaitOperation(  # noqa: N802
+        self, request: pb.WaitOperationRequest, context: Ctx
+    ) -> pb.WaitOperationResponse:
+        async def run() -> pb.WaitOperationResponse:
+            val.require_id("id", request.id)
+            timeout = DEFAULT_WAIT
+            if request.HasField("timeout"):
+                timeout = request.timeout.ToNanoseconds() / 1e9
+                if not 0 <= timeout <= MAX_WAIT:
+                    raise InvalidArgument.for_field("timeout", f"must be 0 .. {MAX_WAIT:.0f} s")
+            remaining = current_call().time_remaining()
+            if remaining is not None:
+                # Answer before the caller gives up, with the operation as it stands.
+                timeout = min(timeout, max(0.0, remaining - 0.2))
+            op = await self.manager.wait_operation(request.id, timeout)
+            return pb.WaitOperationResponse(operation=self._op(op))
+
+        return await invoke(context, "WaitOperation", run)
+
+    async def ListOperations(  # noqa: N802
+        self, request: pb.ListOperationsRequest, context: Ctx
+    ) -> pb.ListOperationsResponse:
+        async def run() -> pb.ListOperationsResponse:
+            if request.vm_id:
+                val.require_id("vm_id", request.vm_id)
+            size = val.page_size("page_size", request.page_size)
+            before = _page_token("page_token", request.page_token)
+            rows = self.store.list_operations(request.vm_id, before, size + 1, request.only_running)
+            page = rows[:size]
+            return pb.ListOperationsResponse(
+                operations=[self._op(op) for _, op in page],
+                next_page_token=_token(page[-1][0]) if len(rows) > size else "",
+            )
+
+        return await invoke(context, "ListOperations", run)
+
+    # --- drivers and agents -------------------------------------------------------
+
+    async def RegisterDriver(  # noqa: N802
+        self, request: pb.RegisterDriverRequest, context: Ctx
+    ) -> pb.RegisterDriverResponse:
+        async def run() -> pb.RegisterDriverResponse:
+            address = _address("address", request.address)
+            tls = _tls("tls", request.tls, request.HasField("tls"))
+            entry = await self.registry.add_driver(address, order=request.order, tls=tls)
+            if entry.health is not Health.SERVING:
+                await self.registry.remove_driver(entry.name, address=address)
+                raise Unavailable(
+                    f"driver at {address} did not pass its checks: {entry.message}; start it "
+                    "(or fix the address or TLS settings) and register again",
+                    reason="DRIVER_NOT_SERVING",
+                )
+            self.store.save_registration(
+                "driver", address, entry.name, request.order, _tls_dict(tls)
+            )
+            return pb.RegisterDriverResponse(driver=convert.driver_to_pb(entry))
+
+        return await invoke(context, "RegisterDriver", run)
+
+    async def ListDrivers(  # noqa: N802
+        self, request: pb.ListDriversRequest, context: Ctx
+    ) -> pb.ListDriversResponse:
+        async def run() -> pb.ListDriversResponse:
+            return pb.ListDriversResponse(
+                drivers=[convert.driver_to_pb(e) for e in self.registry.drivers()]
+            )
+
+        return await invoke(context, "ListDrivers", run)
+
+    async def RemoveDriver(  # noqa: N802
+        self, request: pb.RemoveDriverRequest, context: Ctx
+    ) -> pb.RemoveDriverResponse:
+        async def run() -> pb.RemoveDriverResponse:
+            val.require_text("name", request.name, 128)
+            entry = await self.registry.remove_driver(request.name)
+            if entry is not None:
+                self.store.remove_registration("driver", entry.address)
+            return pb.RemoveDriverResponse()
+
+        return await invoke(context, "RemoveDriver", run)
+
+    async def RegisterAgent(  # noqa: N802
+        self, request: pb.RegisterAgentRequest, context: Ctx
+    ) -> pb.RegisterAgentResponse:
+        async def run() -> pb.RegisterAgentResponse:
+            address = _address("address", request.address)
+            tls = _tls("tls", request.tls, request.HasField("tls"))
+            entry = await self.registry.add_agent(address, tls=tls)
+            if entry.health is not Health.SERVING:
+                await self.registry.remove_agent(entry.name, address=address)
+                raise Unavailable(
+                    f"agent at {address} did not pass its checks: {entry.message}; start it "
+                    "(or fix the address or TLS settings) and register again",
+                    reason="AGENT_NOT_SERVING",
+                )
+            self.store.save_registration("agent", address, entry.name, 0, _tls_dict(tls))
+            return pb.RegisterAgentResponse(agent=convert.agent_to_pb(entry))
+
+        return await invoke(context, "RegisterAgent", run)
+
+    async def ListAgents(  # noqa: N802
+        self, request: pb.ListAgentsRequest, context: Ctx
+    ) -> pb.ListAgentsResponse:
+        async def run() -> pb.ListAgentsResponse:
+            return pb.ListAgentsResponse(
+                agents=[convert.agent_to_pb(e) for e in self.registry.agents()]
+            )
+
+        return await invoke(context, "ListAgents", run)
+
+    async def RemoveAgent(  # noqa: N802
+        self, request: pb.RemoveAgentRequest, context: Ctx
+    ) -> pb.RemoveAgentResponse:
+        async def run() -> pb.RemoveAgentResponse:
+            val.require_text("name", request.name, 128)
+            entry = await self.registry.remove_agent(request.name)
+            if entry is not None:
+                self.store.remove_registration("agent", entry.address)
+            return pb.RemoveAgentResponse()
+
+        return await invoke(context, "RemoveAgent", run)
+
+    # --- VMs, passed through to their agent ---------------------------------------
+
+    async def DefineVM(  # noqa: N802
+        self, request: pb.DefineVMRequest, context: Ctx
+    ) -> pb.DefineVMResponse:
+        async def run() -> pb.DefineVMResponse:
+            vm: VM = cv.vm_from_pb(request.vm)
+            val.require_id("vm.id", vm.id)
+            val.require_volumes("vm.volumes", vm.volumes)
+            agents = self.registry.agents()
+            if request.agent:
+                name = request.agent
+            elif len(agents) == 1:
+                name = agents[0].name
+            else:
+                raise InvalidArgument.for_field(
+                    "agent", f"is required when {len(agents)} agents are registered (ListAgents)"
+                )
+            if self.registry.agent_entry(name) is None:
+                raise NotFound(
+                    f"agent {name} is not registered (ListAgents)", reason="AGENT_NOT_FOUND"
+                )
+            defined = await self.registry.agent(name).define_vm(vm)
+            return pb.DefineVMResponse(vm=cv.vm_to_pb(defined))
+
+        return await invoke(context, "DefineVM", run)
+
+    async def GetVM(self, request: pb.GetVMRequest, context: Ctx) -> pb.GetVMResponse:  # noqa: N802
+        async def run() -> pb.GetVMResponse:
+            val.require_id("vm_id", request.vm_id)
+            _, vm = await self.registry.find_vm(request.vm_id)
+            return pb.GetVMResponse(vm=cv.vm_to_pb(vm))
+
+        return await invoke(context, "GetVM", run)
+
+    async def ListVMs(self, request: pb.ListVMsRequest, context: Ctx) -> pb.ListVMsResponse:  # noqa: N802
+        async def run() -> pb.ListVMsResponse:
+            vms: list[VM] = []
+            for entry in self.registry.agents():
+                if entry.health is not Health.SERVING:
+                    continue
+                agent = self.registry.agent(entry.name)
+                token = ""
+                while True:
+                    page = await agent.list_vms(Page(size=500, token=token))
+                    vms.extend(page.vms)
+                    token = page.next_token
+                    if not token:
+                        break
+            return pb.ListVMsResponse(vms=[cv.vm_to_pb(v) for v in vms])
+
+        return await invoke(context, "ListVMs", run)
+
+    async def StartVM(self, request: pb.StartVMRequest, context: Ctx) -> pb.StartVMResponse:  # noqa: N802
+        async def run() -> pb.StartVMResponse:
+            val.require_id("vm_id", request.vm_id)
+            entry, _ = await self.registry.find_vm(request.vm_id)
+            vm = await self.registry.agent(entry.name).start_vm(request.vm_id)
+            return pb.StartVMResponse(vm=cv.vm_to_pb(vm))
+
+        return await invoke(context, "StartVM", run)
+
+    async def StopVM(self, request: pb.StopVMRequest, context: Ctx) -> pb.StopVMResponse:  # noqa: N802
+        async def run() -> pb.StopVMResponse:
+            val.require_id("vm_id", request.vm_id)
+            entry, _ = await self.registry.find_vm(request.vm_id)
+            vm = await self.registry.agent(entry.name).stop_vm(request.vm_id, request.force)
+            return pb.StopVMResponse(vm=cv.vm_to_pb(vm))
+
+        return await invoke(context, "StopVM", run)
+
+
+def _tls_dict(tls: ClientTLS | None) -> dict[str, str]:
+    if tls is None:
+        return {}
+    return {
+        k: v
+        for k, v in (
+            ("ca_file", tls.ca_file),
+            ("cert_file", tls.cert_file),
+            ("key_file", tls.key_file),
+            ("server_name", tls.server_name),
+        )
+        if v
+    }
+
+
+__all__ = ["HostServicer", "VMSnapError"]

@@ -1,0 +1,186 @@
+"""The host's configuration file (TOML).
+
+Example::
+
+    [host]
+    max_snapshots_per_vm = 64        # per-VM maximum of live snapshots
+    queue_bound = 8                  # mutating operations waiting per VM; past it ABORTED
+    lease_seconds = 30               # per-VM ownership lease in the catalog
+    quiesce_lease_seconds = 30       # freeze lease given to the agent (renewed while taking)
+    take_timeout_seconds = 60        # deadline of one TakeVMSnapshot (capped by the lease)
+    call_timeout_seconds = 30        # deadline of other driver and agent calls
+    health_interval_seconds = 5      # how often drivers and agents are checked
+    post_processing_timeout_seconds = 600  # how long ready=false results are polled
+    reconcile_interval_seconds = 10  # how often owed deletes are retried
+
+    [[drivers]]
+    address = "unix:///run/vmsnap/netapp.sock"
+    order = 0                        # lower wins priority ties
+    [drivers.tls]                    # optional
+    ca_file = "/etc/vmsnap/ca.pem"
+    cert_file = "/etc/vmsnap/host.pem"
+    key_file = "/etc/vmsnap/host.key"
+    server_name = "netapp.vmsnap.internal"
+
+    [[agents]]
+    address = "unix:///run/vmsnap/agent.sock"
+
+Errors name the key at fault and say what is accepted.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmsnap_sdk import ClientTLS
+
+
+class ConfigError(ValueError):
+    """The configuration file is unusable; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_snapshots_per_vm: int = 64
+    queue_bound: int = 8
+    lease_seconds: float = 30.0
+    quiesce_lease_seconds: float = 30.0
+    take_timeout_seconds: float = 60.0
+    call_timeout_seconds: float = 30.0
+    health_interval_seconds: float = 5.0
+    post_processing_timeout_seconds: float = 600.0
+    reconcile_interval_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A driver or agent to reach by address."""
+
+    address: str
+    order: int = 0
+    tls: ClientTLS | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    settings: Settings = Settings()
+    drivers: tuple[Endpoint, ...] = ()
+    agents: tuple[Endpoint, ...] = ()
+
+
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "max_snapshots_per_vm": (1, 100_000),
+    "queue_bound": (0, 10_000),
+    "lease_seconds": (1, 3600),
+    "quiesce_lease_seconds": (0.5, 600),
+    "take_timeout_seconds": (0.1, 3600),
+    "call_timeout_seconds": (0.1, 3600),
+    "health_interval_seconds": (0.05, 3600),
+    "post_processing_timeout_seconds": (0, 86_400),
+    "reconcile_interval_seconds": (0.05, 3600),
+}
+
+
+def check_address(where: str, address: object) -> str:
+    """Only unix sockets and loopback: vmsnap never reaches out past this machine
+    unless told so with an explicit host name (TLS then protects the link)."""
+    if not isinstance(address, str) or not address:
+        raise ConfigError(f"{where}: is required (unix:///path.sock or 127.0.0.1:PORT)")
+    if address.startswith("unix:") or ":" in address:
+        return address
+    raise ConfigError(
+        f"{where}: {address!r} is not a gRPC address (unix:///path.sock or HOST:PORT)"
+    )
+
+
+def tls_from_mapping(where: str, data: object) -> ClientTLS | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{where}: must be a table with ca_file, cert_file, key_file, server_name"
+        )
+    unknown = set(data) - {"ca_file", "cert_file", "key_file", "server_name"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = data.get(key)
+        if value is not None and not Path(str(value)).is_file():
+            raise ConfigError(f"{where}.{key}: {value} is not a readable file")
+    if bool(data.get("cert_file")) != bool(data.get("key_file")):
+        raise ConfigError(f"{where}: cert_file and key_file go together (mutual TLS)")
+    return ClientTLS(
+        ca_file=data.get("ca_file"),
+        cert_file=data.get("cert_file"),
+        key_file=data.get("key_file"),
+        server_name=data.get("server_name"),
+    )
+
+
+def _endpoints(kind: str, items: object) -> tuple[Endpoint, ...]:
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise ConfigError(f"{kind}: must be an array of tables ([[{kind}]])")
+    result = []
+    for i, item in enumerate(items):
+        where = f"{kind}[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: must be a table")
+        unknown = set(item) - {"address", "order", "tls"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+        order = item.get("order", 0)
+        if not isinstance(order, int):
+            raise ConfigError(f"{where}.order: must be an integer")
+        result.append(
+            Endpoint(
+                address=check_address(f"{where}.address", item.get("address")),
+                order=order,
+                tls=tls_from_mapping(f"{where}.tls", item.get("tls")),
+            )
+        )
+    return tuple(result)
+
+
+def parse(data: dict[str, Any]) -> Config:
+    unknown = set(data) - {"host", "drivers", "agents"}
+    if unknown:
+        raise ConfigError(f"unknown top-level keys {sorted(unknown)} (host, drivers, agents)")
+    host = data.get("host", {})
+    if not isinstance(host, dict):
+        raise ConfigError("host: must be a table")
+    values: dict[str, Any] = {}
+    for key, value in host.items():
+        if key not in _BOUNDS:
+            raise ConfigError(f"host.{key}: unknown setting (known: {sorted(_BOUNDS)})")
+        low, high = _BOUNDS[key]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise ConfigError(f"host.{key}: must be a number in {low:g}..{high:g}")
+        values[key] = int(value) if key in ("max_snapshots_per_vm", "queue_bound") else float(value)
+    return Config(
+        settings=Settings(**values),
+        drivers=_endpoints("drivers", data.get("drivers")),
+        agents=_endpoints("agents", data.get("agents")),
+    )
+
+
+def load(path: str | Path) -> Config:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse(data)
+
+
+__all__ = ["Config", "ConfigError", "Endpoint", "Settings", "load", "parse"]

@@ -1,0 +1,85 @@
+"""``vmsnap-host``: the host process.
+
+    vmsnap-host --listen unix:///run/vmsnap/host.sock --db /var/lib/vmsnap/host.db \
+        --config /etc/vmsnap/host.toml
+
+The host serves on unix sockets or loopback only (a remote control plane goes
+through a proxy that terminates mTLS); see :mod:`vmsnap_host.config` for the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import socket
+import sys
+from collections.abc import Sequence
+
+from vmsnap_host.app import HostApp
+from vmsnap_host.config import Config, ConfigError, load
+from vmsnap_sdk import configure_logging
+from vmsnap_sdk.serve import add_server_arguments, server_tls_from_args
+
+
+def _loopback_or_unix(address: str) -> bool:
+    if address.startswith("unix:"):
+        return True
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="vmsnap-host", description="vmsnap host")
+    add_server_arguments(parser)
+    parser.add_argument("--db", required=True, metavar="PATH", help="SQLite catalog file")
+    parser.add_argument(
+        "--config", metavar="FILE.toml", help="settings, drivers and agents (optional)"
+    )
+    parser.add_argument(
+        "--instance-id",
+        default=socket.gethostname(),
+        help="owner name of the per-VM leases (unique per replica; default: the hostname)",
+    )
+    args = parser.parse_args(argv)
+    for address in args.listen:
+        if not _loopback_or_unix(address):
+            parser.error(f"--listen {address}: only unix:// sockets and loopback addresses")
+    return args
+
+
+async def _serve(args: argparse.Namespace, config: Config) -> None:
+    app = HostApp(
+        config,
+        args.db,
+        args.listen,
+        owner=args.instance_id,
+        tls=server_tls_from_args(args),
+        grace_seconds=args.grace,
+    )
+    addresses = await app.start()
+    print(json.dumps({"serving": addresses}), flush=True)
+    try:
+        await app.server.serve_until_signal()
+    finally:
+        await app.stop(0)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        config = load(args.config) if args.config else Config()
+    except ConfigError as exc:
+        sys.exit(f"vmsnap-host: {exc}")
+    asyncio.run(_serve(args, config))
+
+
+if __name__ == "__main__":
+    main()

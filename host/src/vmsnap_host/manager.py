@@ -1,0 +1,400 @@
+"""The lifecycle: sanity checks, operations, one mutating operation per VM.
+
+Each mutating request is checked first (with the code and message DESIGN.md
+documents), journaled as an operation, then queued on its VM: one runs at a
+time per VM, at most ``queue_bound`` wait, past that ABORTED. While it runs
+the host holds the VM's lease in the catalog, so a second replica (later, on
+PostgreSQL) knows whom the VM belongs to and when it may take over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+
+from vmsnap_host.config import Settings
+from vmsnap_host.executor import Executor, TakeFailed, error_info
+from vmsnap_host.model import (
+    ErrorInfo,
+    GroupKind,
+    OperationRecord,
+    OperationType,
+    QuiescePolicy,
+    Snapshot,
+    SnapshotState,
+)
+from vmsnap_host.planner import Candidate, plan_take
+from vmsnap_host.registry import Registry
+from vmsnap_host.store import Store
+from vmsnap_sdk import Capability, VMState
+from vmsnap_sdk.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    NotFound,
+    ResourceExhausted,
+    VMSnapError,
+)
+
+log = logging.getLogger("vmsnap.host.manager")
+
+
+@dataclass
+class _VMQueue:
+    lock: asyncio.Lock
+    admitted: int = 0  # running + waiting
+
+
+class Manager:
+    """Accepts mutating requests and runs them, one per VM at a time."""
+
+    def __init__(self, store: Store, registry: Registry, settings: Settings, owner: str) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.owner = owner
+        self.executor = Executor(store, registry, settings)
+        self._queues: dict[str, _VMQueue] = {}
+        self._admission: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Condition()
+
+    # --- requests -----------------------------------------------------------------
+
+    async def create_snapshot(
+        self,
+        request_id: str,
+        vm_id: str,
+        name: str,
+        *,
+        description: str,
+        include_memory: bool,
+        quiesce: QuiescePolicy,
+        parameters: Mapping[str, str],
+    ) -> OperationRecord:
+        async with self._admit(vm_id):
+            existing = self._replay(request_id, OperationType.CREATE, vm_id, name)
+            if existing is not None:
+                return existing
+            self._check_queue(vm_id)
+            agent_entry, vm = await self.registry.find_vm(vm_id)
+            if vm.state not in (VMState.RUNNING, VMState.STOPPED):
+                raise FailedPrecondition(
+                    f"VM {vm_id} is {vm.state.name}; snapshots need it RUNNING or STOPPED: "
+                    "start or stop it first",
+                    reason="VM_STATE",
+                )
+            if include_memory and vm.state is not VMState.RUNNING:
+                raise FailedPrecondition(
+                    f"VM {vm_id} is {vm.state.name}; a memory snapshot needs it RUNNING: start "
+                    "it, or take a disk-only snapshot (include_memory=false)",
+                    reason="VM_STATE",
+                )
+            if self.store.find_by_name(vm_id, name) is not None:
+                raise AlreadyExists(
+                    f"VM {vm_id} already has a snapshot named {name!r}; choose another name "
+                    "or delete that snapshot",
+                    reason="NAME_IN_USE",
+                )
+            live = self.store.count_live(vm_id)
+            if live >= self.settings.max_snapshots_per_vm:
+                raise ResourceExhausted(
+                    f"VM {vm_id} has {live} snapshots, the maximum is "
+                    f"{self.settings.max_snapshots_per_vm}; delete old ones first (or raise "
+                    "host.max_snapshots_per_vm)",
+                    reason="TOO_MANY_SNAPSHOTS",
+                )
+            serving = self.registry.healthy_drivers()
+            plan = await plan_take(
+                vm,
+                [
+                    Candidate(e.name, e.order, e.info.capabilities, self.registry.driver(e.name))
+                    for e in serving
+                    if e.info is not None
+                ],
+                agent_entry.name,
+                include_memory=include_memory,
+                memory_supported=bool(agent_entry.info and agent_entry.info.memory_snapshots),
+                options=parameters,
+                not_serving=[e.label for e in self.registry.drivers() if e not in serving],
+            )
+            snap = Snapshot(
+                id=uuid.uuid4().hex,
+                vm_id=vm_id,
+                name=name,
+                state=SnapshotState.ALLOCATED,
+                agent=agent_entry.name,
+                description=description,
+                include_memory=include_memory,
+                quiesce=quiesce,
+                groups=plan.groups,
+                warnings=plan.warnings,
+                parameters=dict(parameters),
+            )
+            op = self._new_op(OperationType.CREATE, request_id, vm_id, snap.id, {"name": name})
+            # Journal before any side effect: the snapshot and its operation are durable
+            # before the VM is touched.
+            self.store.create(snap, op)
+            self._start(op)
+            return op
+
+    async def revert_snapshot(
+        self, request_id: str, snapshot_id: str, stop_vm: bool
+    ) -> OperationRecord:
+        snap = self._snapshot(snapshot_id)
+        async with self._admit(snap.vm_id):
+            existing = self._replay(request_id, OperationType.REVERT, snap.vm_id, snapshot_id)
+            if existing is not None:
+                return existing
+            if snap.state is not SnapshotState.READY:
+                raise FailedPrecondition(
+                    f"snapshot {snapshot_id} is {snap.state.name}; only a READY snapshot can "
+                    "be reverted to",
+                    reason="SNAPSHOT_STATE",
+                )
+            self._check_queue(snap.vm_id)
+            _, vm = await self.registry.find_vm(snap.vm_id)
+            if not snap.include_memory and vm.state is not VMState.STOPPED and not stop_vm:
+                raise FailedPrecondition(
+                    f"VM {vm.id} is {vm.state.name}; reverting a disk-only snapshot needs it "
+                    "STOPPED: stop it first (StopVM) or pass stop_vm=true",
+                    reason="VM_NOT_STOPPED",
+                )
+            for g in snap.groups:
+                if g.kind is GroupKind.DRIVER:
+                    entry = self.registry.driver_entry(g.owner)
+                    caps = entry.info.capabilities if entry and entry.info else frozenset()
+                    if (
+                        entry is not None
+                        and entry.info is not None
+                        and Capability.REVERT not in caps
+                    ):
+                        raise FailedPrecondition(
+                            f"driver {g.owner} does not offer revert (CAPABILITY_REVERT); this "
+                            "snapshot can be used only by restoring its volumes by hand",
+                            reason="REVERT_UNSUPPORTED",
+                        )
+            op = self._new_op(
+                OperationType.REVERT, request_id, snap.vm_id, snapshot_id, {"stop_vm": stop_vm}
+            )
+            self.store.insert_operation(op)
+            self._start(op)
+            return op
+
+    async def delete_snapshot(self, request_id: str, snapshot_id: str) -> OperationRecord:
+        snap = self._snapshot(snapshot_id)
+        async with self._admit(snap.vm_id):
+            existing = self._replay(request_id, OperationType.DELETE, snap.vm_id, snapshot_id)
+            if existing is not None:
+                return existing
+            if snap.state in (
+                SnapshotState.ALLOCATED,
+                SnapshotState.CREATING,
+                SnapshotState.REVERTING,
+            ):
+                raise FailedPrecondition(
+                    f"snapshot {snapshot_id} is {snap.state.name}; wait for its operation to "
+                    "finish (ListOperations) and delete it then",
+                    reason="SNAPSHOT_BUSY",
+                )
+            self._check_queue(snap.vm_id)
+            op = self._new_op(OperationType.DELETE, request_id, snap.vm_id, snapshot_id, {})
+            if snap.state is SnapshotState.REMOVED:
+                # Idempotent: deleting a deleted snapshot succeeds at once.
+                op = replace(op, done=True, progress=100, step="already removed")
+                self.store.insert_operation(op)
+                return op
+            self.store.insert_operation(op)
+            self._start(op)
+            return op
+
+    # --- reads --------------------------------------------------------------------
+
+    def _snapshot(self, snapshot_id: str) -> Snapshot:
+        snap = self.store.get_snapshot(snapshot_id)
+        if snap is None:
+            raise NotFound(
+                f"VM snapshot {snapshot_id} does not exist; list them with ListVMSnapshots",
+                reason="SNAPSHOT_NOT_FOUND",
+            )
+        return snap
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        return self._snapshot(snapshot_id)
+
+    def get_operation(self, operation_id: str) -> OperationRecord:
+        op = self.store.get_operation(operation_id)
+        if op is None:
+            raise NotFound(
+                f"operation {operation_id} does not exist; list them with ListOperations",
+                reason="OPERATION_NOT_FOUND",
+            )
+        return op
+
+    async def wait_operation(self, operation_id: str, timeout: float) -> OperationRecord:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        while True:
+            op = self.get_operation(operation_id)
+            left = give_up - loop.time()
+            if op.done or left <= 0:
+                return op
+            async with self._changed:
+                # Wake on any change, or re-read at least every second (an operation
+                # may be finished by the reconciler, which does not notify).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # --- queueing and running -----------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _admit(self, vm_id: str):  # type: ignore[no-untyped-def]
+        # Checks and insert under one lock per VM: two creates with the same name
+        # (or the same request id) cannot both pass the checks.
+        lock = self._admission.setdefault(vm_id, asyncio.Lock())
+        async with lock:
+            yield
+
+    def _replay(
+        self, request_id: str, kind: OperationType, vm_id: str, target: str
+    ) -> OperationRecord | None:
+        op = self.store.operation_by_request(request_id)
+        if op is None:
+            return None
+        same_target = op.vm_snapshot_id == target or op.params.get("name") == target
+        if op.type is not kind or op.vm_id != vm_id or not same_target:
+            raise AlreadyExists(
+                f"request_id {request_id} was already used for another request "
+                f"({op.type.name} on VM {op.vm_id}); use a new request_id",
+                reason="REQUEST_ID_REUSED",
+            )
+        return op
+
+    def _check_queue(self, vm_id: str) -> None:
+        queue = self._queues.get(vm_id)
+        if queue is not None and queue.admitted >= 1 + self.settings.queue_bound:
+            raise Aborted(
+                f"VM {vm_id} already has {queue.admitted} operations running or queued (the "
+                f"bound is 1 running + {self.settings.queue_bound} waiting); retry when they "
+                "finish",
+                reason="VM_QUEUE_FULL",
+            )
+
+    def _new_op(
+        self,
+        kind: OperationType,
+        request_id: str,
+        vm_id: str,
+        snapshot_id: str,
+        params: dict[str, object],
+    ) -> OperationRecord:
+        return OperationRecord(
+            id=uuid.uuid4().hex,
+            type=kind,
+            vm_id=vm_id,
+            vm_snapshot_id=snapshot_id,
+            request_id=request_id,
+            step="queued",
+            params=params,
+            owner=self.owner,
+        )
+
+    def _start(self, op: OperationRecord) -> None:
+        queue = self._queues.setdefault(op.vm_id, _VMQueue(asyncio.Lock()))
+        queue.admitted += 1
+        task = asyncio.create_task(self._run(op, queue))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def resume(self, op: OperationRecord) -> None:
+        """Run an unfinished operation found on start (revert and delete resume)."""
+        self._start(op)
+
+    async def _run(self, op: OperationRecord, queue: _VMQueue) -> None:
+        try:
+            async with queue.lock:
+                await self._run_owned(op)
+        finally:
+            queue.admitted -= 1
+            await self._notify()
+
+    async def _run_owned(self, op: OperationRecord) -> None:
+        ttl = self.settings.lease_seconds
+        while not self.store.acquire_lease(op.vm_id, self.owner, op.id, ttl):  # noqa: ASYNC110 - the lease is in the catalog, no event to wait on
+            # Another replica owns the VM: wait for its lease to end.
+            await asyncio.sleep(min(1.0, ttl / 3))
+        renew = asyncio.create_task(self._renew_lease(op.vm_id, ttl))
+        try:
+            await self._execute(op)
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+            self.store.release_lease(op.vm_id, self.owner)
+
+    async def _renew_lease(self, vm_id: str, ttl: float) -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            self.store.renew_lease(vm_id, self.owner, ttl)
+
+    async def _execute(self, op: OperationRecord) -> None:
+        runner: Callable[[OperationRecord, Snapshot], Awaitable[ErrorInfo | bool | None]] = {
+            OperationType.CREATE: self._do_create,
+            OperationType.REVERT: self._do_revert,
+            OperationType.DELETE: self._do_delete,
+        }[op.type]
+        snap = self._snapshot(op.vm_snapshot_id)
+        try:
+            outcome = await runner(op, snap)
+        except TakeFailed as exc:
+            self.store.finish_operation(op.id, error_info(exc.error), "failed")
+            return
+        except VMSnapError as exc:
+            if op.type is OperationType.CREATE:
+                snap = self._snapshot(op.vm_snapshot_id)
+                self.store.save_snapshot(
+                    replace(snap, state=SnapshotState.ERROR, error=error_info(exc))
+                )
+            self.store.finish_operation(op.id, error_info(exc), "failed")
+            return
+        except Exception as exc:  # a bug must not leave the operation open
+            log.exception("operation failed unexpectedly", extra={"fields": {"operation": op.id}})
+            error = Internal(f"unexpected {type(exc).__name__} in the host; see its log")
+            if op.type is OperationType.CREATE:
+                snap = self._snapshot(op.vm_snapshot_id)
+                # Whatever was called is owed a delete; the reconciler retries it.
+                self.store.set_cleanup(snap.id, snap.groups)
+                await self.executor.cleanup(snap.id, snap.vm_id, snap.agent)
+                self.store.save_snapshot(
+                    replace(snap, state=SnapshotState.ERROR, error=error_info(error), current=False)
+                )
+            self.store.finish_operation(op.id, error_info(error), "failed")
+            return
+        if outcome is False:
+            return  # waiting for drivers: the reconciler finishes it
+        self.store.finish_operation(op.id, None, "done")
+
+    async def _do_create(self, op: OperationRecord, snap: Snapshot) -> None:
+        await self.executor.take(op, snap)
+
+    async def _do_revert(self, op: OperationRecord, snap: Snapshot) -> None:
+        await self.executor.revert(op, snap, bool(op.params.get("stop_vm")))
+
+    async def _do_delete(self, op: OperationRecord, snap: Snapshot) -> bool:
+        return await self.executor.delete(op, snap)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task

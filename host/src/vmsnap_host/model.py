@@ -1,0 +1,192 @@
+"""The host's own vocabulary: VM snapshots, their plan, and operations.
+
+Frozen dataclasses like the SDK's; the API layer converts them to and from the
+host proto, the store to and from rows. Nothing here imports protobuf.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from vmsnap_sdk import Consistency, Priority, SnapshotResult, VolumeSnapshot
+
+
+class SnapshotState(enum.Enum):
+    """Lifecycle of a VM snapshot (values are the proto's numbers)."""
+
+    ALLOCATED = 1
+    CREATING = 2
+    READY = 3
+    REVERTING = 4
+    EXPUNGING = 5
+    REMOVED = 6
+    ERROR = 7
+
+    @property
+    def transitional(self) -> bool:
+        return self in (
+            SnapshotState.ALLOCATED,
+            SnapshotState.CREATING,
+            SnapshotState.REVERTING,
+            SnapshotState.EXPUNGING,
+        )
+
+
+class QuiescePolicy(enum.Enum):
+    """What to do about guest-level consistency (values are the proto's numbers)."""
+
+    OFF = 1
+    BEST_EFFORT = 2
+    REQUIRED = 3
+
+
+class OperationType(enum.Enum):
+    CREATE = 1
+    REVERT = 2
+    DELETE = 3
+
+
+class GroupKind(enum.Enum):
+    DRIVER = 1
+    HYPERVISOR = 2
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Why a group got a disk: the winning priority and the driver's reason."""
+
+    disk: str
+    priority: Priority
+    reason: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.disk}: {self.priority.name} ({self.reason})"
+            if self.reason
+            else (f"{self.disk}: {self.priority.name}")
+        )
+
+
+@dataclass(frozen=True)
+class Group:
+    """One group of the plan, and once taken, what its owner returned."""
+
+    kind: GroupKind
+    owner: str
+    claims: tuple[Claim, ...]
+    #: The driver's result (drivers) or the native snapshot turned into one (hypervisor).
+    result: SnapshotResult | None = None
+
+    @property
+    def disks(self) -> tuple[str, ...]:
+        return tuple(c.disk for c in self.claims)
+
+    @property
+    def ready(self) -> bool:
+        return self.result is not None and self.result.ready
+
+    def with_result(self, result: SnapshotResult | None) -> Group:
+        return Group(self.kind, self.owner, self.claims, result)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "kind": self.kind.name,
+            "owner": self.owner,
+            "claims": [[c.disk, c.priority.name, c.reason] for c in self.claims],
+        }
+        if self.result is not None:
+            r = self.result
+            data["result"] = {
+                "id": r.vm_snapshot_id,
+                "volumes": [
+                    [v.disk, v.locator, v.handle, v.size_bytes] for v in r.volume_snapshots
+                ],
+                "ready": r.ready,
+                "consistency": r.consistency.name,
+                "needs_unquiesce": r.needs_unquiesce,
+                "group_handle": r.group_handle,
+                "metadata": dict(r.metadata),
+                "vm_id": r.vm_id,
+            }
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Group:
+        result = None
+        if "result" in data:
+            r = data["result"]
+            result = SnapshotResult(
+                vm_snapshot_id=r["id"],
+                volume_snapshots=tuple(
+                    VolumeSnapshot(d, loc, h, int(s)) for d, loc, h, s in r["volumes"]
+                ),
+                ready=bool(r["ready"]),
+                consistency=Consistency[r["consistency"]],
+                needs_unquiesce=bool(r["needs_unquiesce"]),
+                group_handle=r["group_handle"],
+                metadata=dict(r["metadata"]),
+                vm_id=r["vm_id"],
+            )
+        return cls(
+            kind=GroupKind[data["kind"]],
+            owner=data["owner"],
+            claims=tuple(Claim(d, Priority[p], reason) for d, p, reason in data["claims"]),
+            result=result,
+        )
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """Why something failed: a gRPC code number, a message, a machine reason."""
+
+    code: int
+    message: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A VM snapshot as the host stores it."""
+
+    id: str
+    vm_id: str
+    name: str
+    state: SnapshotState
+    agent: str
+    description: str = ""
+    include_memory: bool = False
+    quiesce: QuiescePolicy = QuiescePolicy.BEST_EFFORT
+    consistency: Consistency = Consistency.UNSPECIFIED
+    groups: tuple[Group, ...] = ()
+    parent_id: str = ""
+    current: bool = False
+    freeze_start: datetime | None = None
+    freeze_seconds: float | None = None
+    error: ErrorInfo | None = None
+    warnings: tuple[str, ...] = ()
+    parameters: dict[str, str] = field(default_factory=dict)
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    """A long-running operation and its journal (what was done, for recovery)."""
+
+    id: str
+    type: OperationType
+    vm_id: str
+    vm_snapshot_id: str
+    request_id: str
+    done: bool = False
+    error: ErrorInfo | None = None
+    progress: int = 0
+    step: str = ""
+    journal: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    owner: str = ""
+    create_time: datetime | None = None
+    update_time: datetime | None = None

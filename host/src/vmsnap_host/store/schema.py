@@ -1,0 +1,108 @@
+"""Tables of the host's catalog, in portable SQLAlchemy Core.
+
+Only types and constructs that SQLite and PostgreSQL share: times are epoch
+seconds (Float), structured values are JSON text, ordering uses an integer
+sequence. Indexes serve the hot paths: one VM's snapshots in order (the
+catalog benchmark lists one VM among 100k), name lookups per VM, unfinished
+operations on start.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+vm_snapshots = Table(
+    "vm_snapshots",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("vm_id", String(128), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("state", String(16), nullable=False),
+    Column("agent", String(128), nullable=False, default=""),
+    Column("include_memory", Boolean, nullable=False, default=False),
+    Column("quiesce", String(16), nullable=False),
+    Column("consistency", String(16), nullable=False),
+    Column("groups_json", Text, nullable=False, default="[]"),
+    Column("parent_id", String(64), nullable=False, default=""),
+    Column("is_current", Boolean, nullable=False, default=False),
+    Column("freeze_start", Float, nullable=True),
+    Column("freeze_seconds", Float, nullable=True),
+    Column("error_code", Integer, nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("error_reason", String(64), nullable=True),
+    Column("warnings_json", Text, nullable=False, default="[]"),
+    Column("parameters_json", Text, nullable=False, default="{}"),
+    # Groups whose DeleteVMSnapshot has not been confirmed yet (compensation or
+    # expunge); the reconciler retries them until the list is empty.
+    Column("cleanup_json", Text, nullable=False, default="[]"),
+    Column("create_time", Float, nullable=False),
+    Column("update_time", Float, nullable=False),
+    Index("ix_vm_snapshots_vm_seq", "vm_id", "seq"),
+    Index("ix_vm_snapshots_vm_name", "vm_id", "name"),
+    Index("ix_vm_snapshots_state", "state"),
+    Index("ix_vm_snapshots_parent", "parent_id"),
+)
+
+operations = Table(
+    "operations",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("type", String(16), nullable=False),
+    Column("vm_id", String(128), nullable=False),
+    Column("vm_snapshot_id", String(64), nullable=False),
+    Column("request_id", String(128), nullable=False, unique=True),
+    Column("done", Boolean, nullable=False, default=False),
+    Column("error_code", Integer, nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("error_reason", String(64), nullable=True),
+    Column("progress", Integer, nullable=False, default=0),
+    Column("step", String(255), nullable=False, default=""),
+    # The write-ahead journal: every side effect is recorded here before it is
+    # made (freeze token, groups called, native snapshot id), so that recovery
+    # knows what to undo.
+    Column("journal_json", Text, nullable=False, default="{}"),
+    Column("params_json", Text, nullable=False, default="{}"),
+    Column("owner", String(128), nullable=False, default=""),
+    Column("create_time", Float, nullable=False),
+    Column("update_time", Float, nullable=False),
+    Index("ix_operations_vm_seq", "vm_id", "seq"),
+    Index("ix_operations_done", "done"),
+)
+
+# One row per VM with a mutating operation in flight: which host replica owns
+# it and until when. A replica that finds an expired lease may take over.
+vm_leases = Table(
+    "vm_leases",
+    metadata,
+    Column("vm_id", String(128), primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("operation_id", String(64), nullable=False),
+    Column("expire_time", Float, nullable=False),
+)
+
+# Drivers and agents registered through the API (config entries are re-read on
+# every start and need no row).
+registrations = Table(
+    "registrations",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("address", String(1024), primary_key=True),
+    Column("name", String(128), nullable=False, default=""),
+    Column("sort_order", Integer, nullable=False, default=0),
+    Column("tls_json", Text, nullable=False, default="{}"),
+)

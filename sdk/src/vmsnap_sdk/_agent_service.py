@@ -1,0 +1,224 @@
+"""Server adapter: the HypervisorAgent RPCs → a :class:`HypervisorAgent`."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf import duration_pb2
+
+from vmsnap_sdk import _convert as cv
+from vmsnap_sdk import _validate as val
+from vmsnap_sdk._errors import InvalidArgument
+from vmsnap_sdk._proto.common.v1 import common_pb2
+from vmsnap_sdk._proto.hypervisor.v1 import hypervisor_pb2 as pb
+from vmsnap_sdk._proto.hypervisor.v1 import hypervisor_pb2_grpc
+from vmsnap_sdk._server import invoke
+from vmsnap_sdk._types import Page, QuiesceMethod
+from vmsnap_sdk.agent import HypervisorAgent
+
+Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+MIN_LEASE = 0.1
+MAX_LEASE = 600.0
+
+
+def _lease(field: str, value: duration_pb2.Duration) -> float:
+    seconds = value.ToNanoseconds() / 1e9
+    if not MIN_LEASE <= seconds <= MAX_LEASE:
+        raise InvalidArgument.for_field(field, f"must be {MIN_LEASE} s .. {MAX_LEASE:.0f} s")
+    return seconds
+
+
+def _seconds_to_pb(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration
+
+
+class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
+    """Serves a :class:`HypervisorAgent` over vmsnap.hypervisor.v1.HypervisorAgent."""
+
+    def __init__(self, agent: HypervisorAgent) -> None:
+        self._agent = agent
+
+    async def GetAgentInfo(  # noqa: N802
+        self, request: pb.GetAgentInfoRequest, context: Ctx
+    ) -> pb.GetAgentInfoResponse:
+        async def run() -> pb.GetAgentInfoResponse:
+            return cv.agent_info_to_pb(await self._agent.get_info())
+
+        return await invoke(context, "GetAgentInfo", run)
+
+    async def DescribeVM(  # noqa: N802
+        self, request: pb.DescribeVMRequest, context: Ctx
+    ) -> pb.DescribeVMResponse:
+        async def run() -> pb.DescribeVMResponse:
+            val.require_id("vm_id", request.vm_id)
+            return pb.DescribeVMResponse(
+                vm=cv.vm_to_pb(await self._agent.describe_vm(request.vm_id))
+            )
+
+        return await invoke(context, "DescribeVM", run)
+
+    async def ListVMs(  # noqa: N802
+        self, request: pb.ListVMsRequest, context: Ctx
+    ) -> pb.ListVMsResponse:
+        async def run() -> pb.ListVMsResponse:
+            page = Page(
+                size=val.page_size("page_size", request.page_size),
+                token=val.require_token("page_token", request.page_token),
+            )
+            result = await self._agent.list_vms(page)
+            return pb.ListVMsResponse(
+                vms=[cv.vm_to_pb(vm) for vm in result.vms], next_page_token=result.next_token
+            )
+
+        return await invoke(context, "ListVMs", run)
+
+    async def DefineVM(  # noqa: N802
+        self, request: pb.DefineVMRequest, context: Ctx
+    ) -> pb.DefineVMResponse:
+        async def run() -> pb.DefineVMResponse:
+            vm = cv.vm_from_pb(request.vm)
+            val.require_id("vm.id", vm.id)
+            val.require_text("vm.name", vm.name, required=False)
+            val.require_volumes("vm.volumes", vm.volumes)
+            val.require_range("vm.memory_mib", vm.memory_mib, 0, 1 << 22)
+            return pb.DefineVMResponse(vm=cv.vm_to_pb(await self._agent.define_vm(vm)))
+
+        return await invoke(context, "DefineVM", run)
+
+    async def UndefineVM(  # noqa: N802
+        self, request: pb.UndefineVMRequest, context: Ctx
+    ) -> pb.UndefineVMResponse:
+        async def run() -> pb.UndefineVMResponse:
+            val.require_id("vm_id", request.vm_id)
+            await self._agent.undefine_vm(request.vm_id)
+            return pb.UndefineVMResponse()
+
+        return await invoke(context, "UndefineVM", run)
+
+    async def StartVM(  # noqa: N802
+        self, request: pb.StartVMRequest, context: Ctx
+    ) -> pb.StartVMResponse:
+        async def run() -> pb.StartVMResponse:
+            val.require_id("vm_id", request.vm_id)
+            return pb.StartVMResponse(vm=cv.vm_to_pb(await self._agent.start_vm(request.vm_id)))
+
+        return await invoke(context, "StartVM", run)
+
+    async def StopVM(  # noqa: N802
+        self, request: pb.StopVMRequest, context: Ctx
+    ) -> pb.StopVMResponse:
+        async def run() -> pb.StopVMResponse:
+            val.require_id("vm_id", request.vm_id)
+            vm = await self._agent.stop_vm(request.vm_id, request.force)
+            return pb.StopVMResponse(vm=cv.vm_to_pb(vm))
+
+        return await invoke(context, "StopVM", run)
+
+    async def Quiesce(  # noqa: N802
+        self, request: pb.QuiesceRequest, context: Ctx
+    ) -> pb.QuiesceResponse:
+        async def run() -> pb.QuiesceResponse:
+            val.require_id("vm_id", request.vm_id)
+            if request.method == pb.QUIESCE_METHOD_UNSPECIFIED:
+                raise InvalidArgument.for_field(
+                    "method", "is required (OVERLAY, GUEST_FREEZE or GUEST_FREEZE_AND_OVERLAY)"
+                )
+            lease = _lease("lease", request.lease)
+            if request.operation_id:
+                val.require_id("operation_id", request.operation_id)
+            result = await self._agent.quiesce(
+                request.vm_id,
+                cv._enum(QuiesceMethod, request.method),
+                lease,
+                request.best_effort,
+                request.operation_id,
+            )
+            response = pb.QuiesceResponse(
+                token=result.token,
+                consistency=common_pb2.Consistency.ValueType(result.consistency.value),
+                method=pb.QuiesceMethod.ValueType(result.method.value),
+                warning=result.warning,
+            )
+            response.expire_time.FromDatetime(result.expire_time)
+            return response
+
+        return await invoke(context, "Quiesce", run)
+
+    async def RenewQuiesce(  # noqa: N802
+        self, request: pb.RenewQuiesceRequest, context: Ctx
+    ) -> pb.RenewQuiesceResponse:
+        async def run() -> pb.RenewQuiesceResponse:
+            val.require_text("token", request.token, 256)
+            expiry = await self._agent.renew_quiesce(request.token, _lease("lease", request.lease))
+            response = pb.RenewQuiesceResponse()
+            response.expire_time.FromDatetime(expiry)
+            return response
+
+        return await invoke(context, "RenewQuiesce", run)
+
+    async def Unquiesce(  # noqa: N802
+        self, request: pb.UnquiesceRequest, context: Ctx
+    ) -> pb.UnquiesceResponse:
+        async def run() -> pb.UnquiesceResponse:
+            val.require_text("token", request.token, 256)
+            result = await self._agent.unquiesce(request.token)
+            return pb.UnquiesceResponse(
+                frozen_for=_seconds_to_pb(result.frozen_for_seconds), thawed_now=result.thawed_now
+            )
+
+        return await invoke(context, "Unquiesce", run)
+
+    async def TakeNativeSnapshot(  # noqa: N802
+        self, request: pb.TakeNativeSnapshotRequest, context: Ctx
+    ) -> pb.TakeNativeSnapshotResponse:
+        async def run() -> pb.TakeNativeSnapshotResponse:
+            val.require_id("vm_id", request.vm_id)
+            val.require_id("snapshot_id", request.snapshot_id)
+            for i, disk in enumerate(request.disks):
+                if not val.DISK_PATTERN.match(disk):
+                    raise InvalidArgument.for_field(
+                        f"disks[{i}]", "must be a disk name such as vda"
+                    )
+            snapshot = await self._agent.take_native_snapshot(
+                request.vm_id, request.snapshot_id, tuple(request.disks), request.include_memory
+            )
+            return pb.TakeNativeSnapshotResponse(snapshot=cv.native_to_pb(snapshot))
+
+        return await invoke(context, "TakeNativeSnapshot", run)
+
+    async def RevertNativeSnapshot(  # noqa: N802
+        self, request: pb.RevertNativeSnapshotRequest, context: Ctx
+    ) -> pb.RevertNativeSnapshotResponse:
+        async def run() -> pb.RevertNativeSnapshotResponse:
+            val.require_id("vm_id", request.vm_id)
+            val.require_id("snapshot_id", request.snapshot_id)
+            vm = await self._agent.revert_native_snapshot(request.vm_id, request.snapshot_id)
+            return pb.RevertNativeSnapshotResponse(vm=cv.vm_to_pb(vm))
+
+        return await invoke(context, "RevertNativeSnapshot", run)
+
+    async def DeleteNativeSnapshot(  # noqa: N802
+        self, request: pb.DeleteNativeSnapshotRequest, context: Ctx
+    ) -> pb.DeleteNativeSnapshotResponse:
+        async def run() -> pb.DeleteNativeSnapshotResponse:
+            val.require_id("vm_id", request.vm_id)
+            val.require_id("snapshot_id", request.snapshot_id)
+            await self._agent.delete_native_snapshot(request.vm_id, request.snapshot_id)
+            return pb.DeleteNativeSnapshotResponse()
+
+        return await invoke(context, "DeleteNativeSnapshot", run)
+
+    async def ListNativeSnapshots(  # noqa: N802
+        self, request: pb.ListNativeSnapshotsRequest, context: Ctx
+    ) -> pb.ListNativeSnapshotsResponse:
+        async def run() -> pb.ListNativeSnapshotsResponse:
+            if request.vm_id:
+                val.require_id("vm_id", request.vm_id)
+            snapshots = await self._agent.list_native_snapshots(request.vm_id)
+            return pb.ListNativeSnapshotsResponse(snapshots=[cv.native_to_pb(s) for s in snapshots])
+
+        return await invoke(context, "ListNativeSnapshots", run)

@@ -1,0 +1,272 @@
+"""Domain types for everything a driver or agent sees and returns.
+
+These frozen dataclasses and enums are the SDK's public vocabulary; protobuf
+messages never reach a vendor's code. Converters to and from the wire live in
+``_convert.py`` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class VMState(enum.Enum):
+    """State of a VM as its hypervisor agent reports it."""
+
+    UNSPECIFIED = 0
+    STOPPED = 1
+    RUNNING = 2
+    PAUSED = 3
+
+
+class Consistency(enum.IntEnum):
+    """Consistency of a snapshot; ordered, so ``min()`` gives the weakest."""
+
+    UNSPECIFIED = 0
+    CRASH = 1
+    FILESYSTEM = 2
+    APPLICATION = 3
+
+
+class Priority(enum.IntEnum):
+    """How much a driver wants a volume; ordered, the highest wins."""
+
+    UNSPECIFIED = 0
+    CANT_HANDLE = 1
+    DEFAULT = 2
+    HYPERVISOR = 3
+    PLUGIN = 4
+    HIGHEST = 5
+
+
+class Operation(enum.Enum):
+    """The operation a CanHandle question is about."""
+
+    UNSPECIFIED = 0
+    TAKE = 1
+    REVERT = 2
+    DELETE = 3
+
+
+class Capability(enum.Enum):
+    """What a driver offers beyond take, delete and CanHandle."""
+
+    UNSPECIFIED = 0
+    REVERT = 1
+    CONSISTENT_GROUP = 2
+    REVERT_UNDO = 3
+    POST_PROCESSING = 4
+    LIST = 5
+    CONFORMANCE_FIXTURE = 6
+
+
+class QuiesceMethod(enum.Enum):
+    """How a hypervisor agent freezes a VM."""
+
+    UNSPECIFIED = 0
+    OVERLAY = 1
+    GUEST_FREEZE = 2
+    GUEST_FREEZE_AND_OVERLAY = 3
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One disk of a VM and where it lives (``locator`` is a URI)."""
+
+    disk: str
+    locator: str
+    size_bytes: int = 0
+    format: str = "raw"
+
+    @property
+    def scheme(self) -> str:
+        """The locator's scheme: ``ontap``, ``element``, ``file``, …"""
+        return self.locator.split("://", 1)[0] if "://" in self.locator else ""
+
+
+@dataclass(frozen=True)
+class VM:
+    """A VM with its disks."""
+
+    id: str
+    name: str = ""
+    state: VMState = VMState.UNSPECIFIED
+    volumes: tuple[Volume, ...] = ()
+    memory_mib: int = 0
+    agent: str = ""
+
+    def volume(self, disk: str) -> Volume | None:
+        """The volume of that disk, or None."""
+        return next((v for v in self.volumes if v.disk == disk), None)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits a driver asks the host to respect (0 = none)."""
+
+    max_volumes_per_snapshot: int = 0
+    max_snapshots_per_volume: int = 0
+    max_concurrent_calls: int = 0
+
+
+@dataclass(frozen=True)
+class DriverInfo:
+    """Identity of a driver (``name`` is reverse-DNS, at most 63 chars)."""
+
+    name: str
+    vendor_version: str
+    contract_versions: tuple[str, ...] = ("v1",)
+    capabilities: frozenset[Capability] = frozenset()
+    limits: Limits = Limits()
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Whether a driver can reach its array."""
+
+    ready: bool
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class VolumeDecision:
+    """A driver's answer about one volume."""
+
+    disk: str
+    priority: Priority
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class VolumeSnapshot:
+    """The snapshot of one volume inside a VM snapshot."""
+
+    disk: str
+    locator: str
+    handle: str
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    """What a driver holds for one VM snapshot (the result object of a take)."""
+
+    vm_snapshot_id: str
+    volume_snapshots: tuple[VolumeSnapshot, ...]
+    ready: bool = True
+    consistency: Consistency = Consistency.CRASH
+    needs_unquiesce: bool = False
+    group_handle: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    create_time: datetime | None = None
+    vm_id: str = ""
+
+    @property
+    def disks(self) -> frozenset[str]:
+        """Disk names covered."""
+        return frozenset(v.disk for v in self.volume_snapshots)
+
+
+@dataclass(frozen=True)
+class TakeRequest:
+    """Arguments of TakeVMSnapshot, validated by the SDK before the driver sees them."""
+
+    vm_snapshot_id: str
+    vm: VM
+    volumes: tuple[Volume, ...]
+    quiesced: bool = False
+    consistency: Consistency = Consistency.UNSPECIFIED
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    vm_snapshot_name: str = ""
+
+
+@dataclass(frozen=True)
+class RevertRequest:
+    """Arguments of RevertVMSnapshot."""
+
+    vm_snapshot_id: str
+    snapshot: SnapshotResult
+    vm: VM
+    save_current_state: bool = False
+    undo_vm_snapshot_id: str = ""
+
+
+@dataclass(frozen=True)
+class RevertResult:
+    """Result of a revert: the undo snapshot, when one was kept."""
+
+    undo: SnapshotResult | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """Paging arguments of a list call."""
+
+    size: int = 100
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class SnapshotPage:
+    """A page of snapshots."""
+
+    snapshots: tuple[SnapshotResult, ...]
+    next_token: str = ""
+
+
+# --- hypervisor agent -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """Identity of a hypervisor agent."""
+
+    name: str
+    hypervisor: str
+    version: str
+    contract_versions: tuple[str, ...] = ("v1",)
+    quiesce_methods: frozenset[QuiesceMethod] = frozenset()
+    memory_snapshots: bool = False
+
+
+@dataclass(frozen=True)
+class QuiesceResult:
+    """A freeze in force."""
+
+    token: str
+    expire_time: datetime
+    consistency: Consistency
+    method: QuiesceMethod
+    warning: str = ""
+
+
+@dataclass(frozen=True)
+class UnquiesceResult:
+    """Result of a thaw (``thawed_now`` is False when it was already thawed)."""
+
+    frozen_for_seconds: float = 0.0
+    thawed_now: bool = False
+
+
+@dataclass(frozen=True)
+class NativeSnapshot:
+    """A hypervisor-native snapshot."""
+
+    snapshot_id: str
+    vm_id: str
+    disks: tuple[str, ...] = ()
+    include_memory: bool = False
+    create_time: datetime | None = None
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class VMPage:
+    """A page of VMs."""
+
+    vms: tuple[VM, ...]
+    next_token: str = ""

@@ -1,0 +1,93 @@
+"""The hypervisor agent: subclass :class:`HypervisorAgent`.
+
+Domain interface for one hypervisor host, served by the SDK's server adapter
+and reached by the host through :class:`vmsnap_sdk.AgentClient`. A freeze is
+always under a lease: an agent must thaw by itself when the lease runs out.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from datetime import datetime
+
+from vmsnap_sdk._errors import Unimplemented
+from vmsnap_sdk._types import (
+    VM,
+    AgentInfo,
+    NativeSnapshot,
+    Page,
+    QuiesceMethod,
+    QuiesceResult,
+    UnquiesceResult,
+    VMPage,
+)
+
+
+class HypervisorAgent(abc.ABC):
+    """Base class of a hypervisor agent."""
+
+    @abc.abstractmethod
+    async def get_info(self) -> AgentInfo:
+        """Name, hypervisor kind, version, quiesce methods."""
+
+    @abc.abstractmethod
+    async def describe_vm(self, vm_id: str) -> VM:
+        """The VM with state and disks; NotFound when unknown."""
+
+    @abc.abstractmethod
+    async def list_vms(self, page: Page) -> VMPage:
+        """All VMs, paged."""
+
+    async def define_vm(self, vm: VM) -> VM:
+        """Define a VM (STOPPED)."""
+        raise Unimplemented("DefineVM is not offered by this agent")
+
+    async def undefine_vm(self, vm_id: str) -> None:
+        """Remove a stopped VM's definition (idempotent)."""
+        raise Unimplemented("UndefineVM is not offered by this agent")
+
+    @abc.abstractmethod
+    async def start_vm(self, vm_id: str) -> VM:
+        """Start (idempotent)."""
+
+    @abc.abstractmethod
+    async def stop_vm(self, vm_id: str, force: bool) -> VM:
+        """Stop (idempotent)."""
+
+    @abc.abstractmethod
+    async def quiesce(
+        self,
+        vm_id: str,
+        method: QuiesceMethod,
+        lease_seconds: float,
+        best_effort: bool,
+        operation_id: str,
+    ) -> QuiesceResult:
+        """Freeze under a lease; thaw by yourself when it runs out."""
+
+    @abc.abstractmethod
+    async def renew_quiesce(self, token: str, lease_seconds: float) -> datetime:
+        """Extend the lease; NotFound when the token is unknown or already thawed."""
+
+    @abc.abstractmethod
+    async def unquiesce(self, token: str) -> UnquiesceResult:
+        """Thaw; idempotent (unknown token → thawed_now=False)."""
+
+    @abc.abstractmethod
+    async def take_native_snapshot(
+        self, vm_id: str, snapshot_id: str, disks: Sequence[str], include_memory: bool
+    ) -> NativeSnapshot:
+        """A hypervisor-native snapshot; idempotent on snapshot_id."""
+
+    @abc.abstractmethod
+    async def revert_native_snapshot(self, vm_id: str, snapshot_id: str) -> VM:
+        """Revert to a native snapshot."""
+
+    @abc.abstractmethod
+    async def delete_native_snapshot(self, vm_id: str, snapshot_id: str) -> None:
+        """Delete a native snapshot (idempotent)."""
+
+    @abc.abstractmethod
+    async def list_native_snapshots(self, vm_id: str) -> Sequence[NativeSnapshot]:
+        """Native snapshots of a VM (all VMs when vm_id is empty)."""

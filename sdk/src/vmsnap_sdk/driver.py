@@ -1,0 +1,95 @@
+"""The storage driver a vendor writes: subclass :class:`StorageDriver`.
+
+This is the domain interface of go-plugin's three layers. The SDK's server
+adapter calls it for every RPC (after validating the request), and the host
+talks to remote drivers through :class:`vmsnap_sdk.DriverClient`, which
+implements the same interface over gRPC. No protobuf type appears here.
+
+Raise the errors of :mod:`vmsnap_sdk.errors` to answer with a status code;
+any other exception becomes INTERNAL without its text. The deadline of the
+call being served is ``current_call().time_remaining()``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+
+from vmsnap_sdk._errors import Unimplemented
+from vmsnap_sdk._types import (
+    VM,
+    DriverInfo,
+    Operation,
+    Page,
+    ProbeResult,
+    RevertRequest,
+    RevertResult,
+    SnapshotPage,
+    SnapshotResult,
+    TakeRequest,
+    Volume,
+    VolumeDecision,
+)
+
+
+class StorageDriver(abc.ABC):
+    """Base class of a storage driver. Every mutating call is idempotent on its id."""
+
+    @abc.abstractmethod
+    async def get_info(self) -> DriverInfo:
+        """Name, version, contract versions, capabilities and limits."""
+
+    async def probe(self) -> ProbeResult:
+        """Whether the array answers. Override to check the array for real."""
+        return ProbeResult(ready=True)
+
+    @abc.abstractmethod
+    async def can_handle(
+        self,
+        vm: VM,
+        volumes: Sequence[Volume],
+        operation: Operation,
+        options: Mapping[str, str],
+    ) -> Sequence[VolumeDecision]:
+        """One decision per volume. Pure and fast; an unknown volume is CANT_HANDLE."""
+
+    @abc.abstractmethod
+    async def take_snapshot(self, request: TakeRequest) -> SnapshotResult:
+        """Cut the volumes as one point in time; the same id returns the same result.
+
+        The same id with other volumes must raise AlreadyExists.
+        """
+
+    async def get_snapshot(self, vm_snapshot_id: str) -> SnapshotResult:
+        """The current result (poll ``ready`` after post-processing)."""
+        raise Unimplemented("GetVMSnapshot is not offered by this driver")
+
+    async def revert_snapshot(self, request: RevertRequest) -> RevertResult:
+        """Bring the volumes back to the snapshot (CAPABILITY_REVERT)."""
+        raise Unimplemented("RevertVMSnapshot is not offered by this driver")
+
+    @abc.abstractmethod
+    async def delete_snapshot(self, vm_snapshot_id: str, snapshot: SnapshotResult | None) -> None:
+        """Remove everything tagged with the id. Unknown ids are fine (idempotent)."""
+
+    async def list_snapshots(self, page: Page, vm_id: str = "") -> SnapshotPage:
+        """Snapshots the array holds, tagged with the host's ids (CAPABILITY_LIST)."""
+        raise Unimplemented("ListVMSnapshots is not offered by this driver")
+
+    # --- ConformanceFixture (test arrays only; CAPABILITY_CONFORMANCE_FIXTURE) ------
+
+    async def create_test_volume(self, name: str, size_bytes: int) -> Volume:
+        """Create a volume this driver claims."""
+        raise Unimplemented("the ConformanceFixture service is not offered")
+
+    async def delete_test_volume(self, locator: str) -> None:
+        """Delete a test volume (idempotent)."""
+        raise Unimplemented("the ConformanceFixture service is not offered")
+
+    async def write_volume(self, locator: str, offset: int, data: bytes) -> None:
+        """Write bytes into a test volume."""
+        raise Unimplemented("the ConformanceFixture service is not offered")
+
+    async def read_volume(self, locator: str, offset: int, length: int) -> bytes:
+        """Read bytes from a test volume."""
+        raise Unimplemented("the ConformanceFixture service is not offered")

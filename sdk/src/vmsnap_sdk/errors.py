@@ -1,0 +1,37 @@
+"""Public error classes (see ``vmsnap_sdk._errors`` for the tree and the mapping)."""
+
+from vmsnap_sdk._errors import (
+    DOMAIN,
+    Aborted,
+    AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    TransientError,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+    VMSnapError,
+)
+
+__all__ = [
+    "Aborted",
+    "AlreadyExists",
+    "Cancelled",
+    "DOMAIN",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "ResourceExhausted",
+    "TransientError",
+    "Unavailable",
+    "Unimplemented",
+    "Unknown",
+    "VMSnapError",
+]

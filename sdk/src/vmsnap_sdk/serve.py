@@ -1,0 +1,209 @@
+"""Entry points that serve a driver or an agent as its own process.
+
+``serve_driver(driver, listen=...)`` / ``serve_agent(agent, listen=...)`` run
+until SIGTERM or SIGINT; ``start_driver_server`` / ``start_agent_server``
+return a started :class:`Server` for tests and embedding. ``run_driver`` parses
+the standard command line (``--listen``, TLS, logging) and serves: a vendor's
+``main()`` is one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from vmsnap_sdk._agent_service import AgentServicer
+from vmsnap_sdk._driver_service import DriverServicer, FixtureServicer
+from vmsnap_sdk._logging import configure_logging
+from vmsnap_sdk._proto.driver.v1 import driver_pb2, driver_pb2_grpc
+from vmsnap_sdk._proto.hypervisor.v1 import hypervisor_pb2, hypervisor_pb2_grpc
+from vmsnap_sdk._server import Server
+from vmsnap_sdk._tls import ServerTLS
+from vmsnap_sdk._types import Capability
+from vmsnap_sdk.agent import HypervisorAgent
+from vmsnap_sdk.driver import StorageDriver
+
+DRIVER_SERVICE = driver_pb2.DESCRIPTOR.services_by_name["StorageDriver"].full_name
+FIXTURE_SERVICE = driver_pb2.DESCRIPTOR.services_by_name["ConformanceFixture"].full_name
+AGENT_SERVICE = hypervisor_pb2.DESCRIPTOR.services_by_name["HypervisorAgent"].full_name
+
+
+async def start_driver_server(
+    driver: StorageDriver,
+    listen: str | Sequence[str],
+    *,
+    tls: ServerTLS | None = None,
+    grace_seconds: float = 10.0,
+    max_concurrent_rpcs: int | None = 256,
+) -> Server:
+    """Start serving a driver; the fixture service too when the driver offers it."""
+    server = Server(
+        listen, tls=tls, grace_seconds=grace_seconds, max_concurrent_rpcs=max_concurrent_rpcs
+    )
+    server.add_service(
+        DRIVER_SERVICE, DriverServicer(driver), driver_pb2_grpc.add_StorageDriverServicer_to_server
+    )
+    info = await driver.get_info()
+    if Capability.CONFORMANCE_FIXTURE in info.capabilities:
+        server.add_service(
+            FIXTURE_SERVICE,
+            FixtureServicer(driver),
+            driver_pb2_grpc.add_ConformanceFixtureServicer_to_server,
+        )
+    await server.start()
+    return server
+
+
+async def start_agent_server(
+    agent: HypervisorAgent,
+    listen: str | Sequence[str],
+    *,
+    tls: ServerTLS | None = None,
+    grace_seconds: float = 10.0,
+    max_concurrent_rpcs: int | None = 256,
+) -> Server:
+    """Start serving a hypervisor agent."""
+    server = Server(
+        listen, tls=tls, grace_seconds=grace_seconds, max_concurrent_rpcs=max_concurrent_rpcs
+    )
+    server.add_service(
+        AGENT_SERVICE,
+        AgentServicer(agent),
+        hypervisor_pb2_grpc.add_HypervisorAgentServicer_to_server,
+    )
+    await server.start()
+    return server
+
+
+def _announce(server: Server) -> None:
+    # One line on stdout that a supervising process (or a test) can parse to
+    # learn the bound addresses, e.g. after --listen 127.0.0.1:0.
+    print(json.dumps({"serving": server.addresses}), flush=True)
+
+
+async def serve_driver(
+    driver: StorageDriver,
+    listen: str | Sequence[str],
+    *,
+    tls: ServerTLS | None = None,
+    grace_seconds: float = 10.0,
+    max_concurrent_rpcs: int | None = 256,
+) -> None:
+    """Serve a driver until SIGTERM/SIGINT, then shut down gracefully."""
+    server = await start_driver_server(
+        driver,
+        listen,
+        tls=tls,
+        grace_seconds=grace_seconds,
+        max_concurrent_rpcs=max_concurrent_rpcs,
+    )
+    _announce(server)
+    await server.serve_until_signal()
+
+
+async def serve_agent(
+    agent: HypervisorAgent,
+    listen: str | Sequence[str],
+    *,
+    tls: ServerTLS | None = None,
+    grace_seconds: float = 10.0,
+    max_concurrent_rpcs: int | None = 256,
+) -> None:
+    """Serve an agent until SIGTERM/SIGINT, then shut down gracefully."""
+    server = await start_agent_server(
+        agent, listen, tls=tls, grace_seconds=grace_seconds, max_concurrent_rpcs=max_concurrent_rpcs
+    )
+    _announce(server)
+    await server.serve_until_signal()
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every vmsnap server process takes."""
+    parser.add_argument(
+        "--listen",
+        action="append",
+        required=True,
+        metavar="ADDRESS",
+        help="gRPC address to serve on: unix:///path.sock or 127.0.0.1:PORT (repeatable)",
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="PEM server certificate (enables TLS)")
+    parser.add_argument("--tls-key", metavar="FILE", help="PEM server key")
+    parser.add_argument(
+        "--tls-client-ca", metavar="FILE", help="PEM CA for client certificates (mutual TLS)"
+    )
+    parser.add_argument("--grace", type=float, default=10.0, help="shutdown grace period, seconds")
+    parser.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=256,
+        help="calls served at once; more are refused",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+
+
+def server_tls_from_args(args: argparse.Namespace) -> ServerTLS | None:
+    """ServerTLS from the standard flags; exits with a clear message when half set."""
+    if not args.tls_cert and not args.tls_key:
+        if args.tls_client_ca:
+            sys.exit("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (args.tls_cert and args.tls_key):
+        sys.exit("--tls-cert and --tls-key go together")
+    return ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
+def run_driver(
+    factory: Callable[[argparse.Namespace], StorageDriver],
+    *,
+    description: str = "vmsnap storage driver",
+    argv: Sequence[str] | None = None,
+    extra_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """Parse the standard flags (plus ``extra_arguments``), build the driver, serve it."""
+    parser = argparse.ArgumentParser(description=description)
+    add_server_arguments(parser)
+    if extra_arguments is not None:
+        extra_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    driver = factory(args)
+    asyncio.run(
+        serve_driver(
+            driver,
+            args.listen,
+            tls=server_tls_from_args(args),
+            grace_seconds=args.grace,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
+        )
+    )
+
+
+def run_agent(
+    factory: Callable[[argparse.Namespace], HypervisorAgent],
+    *,
+    description: str = "vmsnap hypervisor agent",
+    argv: Sequence[str] | None = None,
+    extra_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """Parse the standard flags (plus ``extra_arguments``), build the agent, serve it."""
+    parser = argparse.ArgumentParser(description=description)
+    add_server_arguments(parser)
+    if extra_arguments is not None:
+        extra_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    agent = factory(args)
+    asyncio.run(
+        serve_agent(
+            agent,
+            args.listen,
+            tls=server_tls_from_args(args),
+            grace_seconds=args.grace,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
+        )
+    )

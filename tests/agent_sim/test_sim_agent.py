@@ -1,0 +1,394 @@
+"""The sim hypervisor agent as the host meets it: its own process, over a unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import Proc, wait_serving
+from vmsnap_agent.sim import NO_FREEZE_HOOK, NO_GUEST_AGENT, freeze_of, frozen
+from vmsnap_sdk import VM, AgentClient, Consistency, Page, QuiesceMethod, VMState, Volume
+from vmsnap_sdk.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+
+
+class SimProc:
+    """A ``vmsnap-agent --hypervisor sim`` process on a unix socket, restartable."""
+
+    def __init__(self, sockdir: Path, state: Path, log: Path) -> None:
+        self.address = f"unix://{sockdir}/agent.sock"
+        self.state = state
+        self.log = log
+        self.proc: Proc | None = None
+
+    def start(self) -> None:
+        self.proc = Proc(
+            [
+                sys.executable,
+                "-m",
+                "vmsnap_agent.cli",
+                "--hypervisor",
+                "sim",
+                "--listen",
+                self.address,
+                "--state",
+                str(self.state),
+                "--name",
+                "sim-test",
+            ],
+            self.log,
+        )
+        wait_serving(self.address)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.signal(signal.SIGKILL)
+        self.proc.stop()  # reaps it and closes its log; SIGTERM is not sent to the dead
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        return self.proc.stop()
+
+
+@pytest.fixture
+def sim(sockdir: Path, tmp_path: Path) -> Iterator[SimProc]:
+    proc = SimProc(sockdir, tmp_path / "state", tmp_path / "agent.log")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+async def agent(sim: SimProc) -> AsyncIterator[AgentClient]:
+    client = AgentClient.connect(sim.address, timeout=10)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def a_vm(vm_id: str, name: str = "") -> VM:
+    return VM(
+        id=vm_id,
+        name=name or vm_id,
+        memory_mib=512,
+        volumes=(
+            Volume("vda", "ontap://svm1/vol1/disk.raw", 1 << 20),
+            Volume("vdb", "file:///var/lib/vms/local.qcow2", 2 << 20, "qcow2"),
+        ),
+    )
+
+
+async def wait_until_thawed(state: Path, vm_id: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while frozen(state, vm_id):
+        assert time.monotonic() < deadline, f"{vm_id} still frozen after {timeout} s"
+        await asyncio.sleep(0.05)
+
+
+# --- identity and lifecycle ---------------------------------------------------------
+
+
+async def test_info(agent: AgentClient) -> None:
+    info = await agent.get_info()
+    assert (info.name, info.hypervisor, info.contract_versions) == ("sim-test", "sim", ("v1",))
+    assert info.quiesce_methods == {
+        QuiesceMethod.OVERLAY,
+        QuiesceMethod.GUEST_FREEZE,
+        QuiesceMethod.GUEST_FREEZE_AND_OVERLAY,
+    }
+    assert info.memory_snapshots
+
+
+async def test_define_start_stop_undefine(agent: AgentClient) -> None:
+    defined = await agent.define_vm(a_vm("vm-1"))
+    assert defined.state is VMState.STOPPED
+    assert defined.agent == "sim-test"
+    assert [v.disk for v in defined.volumes] == ["vda", "vdb"]
+    assert await agent.define_vm(a_vm("vm-1")) == defined  # same definition: idempotent
+    with pytest.raises(AlreadyExists):
+        await agent.define_vm(a_vm("vm-1", name="other"))
+
+    assert (await agent.start_vm("vm-1")).state is VMState.RUNNING
+    assert (await agent.start_vm("vm-1")).state is VMState.RUNNING
+    assert (await agent.describe_vm("vm-1")).state is VMState.RUNNING
+    with pytest.raises(FailedPrecondition):
+        await agent.undefine_vm("vm-1")
+    assert (await agent.stop_vm("vm-1", force=False)).state is VMState.STOPPED
+    assert (await agent.stop_vm("vm-1", force=True)).state is VMState.STOPPED
+    await agent.undefine_vm("vm-1")
+    await agent.undefine_vm("vm-1")  # idempotent
+    with pytest.raises(NotFound):
+        await agent.describe_vm("vm-1")
+    with pytest.raises(NotFound):
+        await agent.start_vm("vm-1")
+
+
+async def test_list_is_paged(agent: AgentClient) -> None:
+    for i in range(5):
+        await agent.define_vm(a_vm(f"vm-{i}"))
+    seen: list[str] = []
+    page = Page(size=2)
+    while True:
+        result = await agent.list_vms(page)
+        seen += [vm.id for vm in result.vms]
+        if not result.next_token:
+            break
+        page = Page(size=2, token=result.next_token)
+    assert seen == [f"vm-{i}" for i in range(5)]
+
+
+async def test_invalid_definition_is_rejected(agent: AgentClient) -> None:
+    with pytest.raises(InvalidArgument):
+        await agent.define_vm(VM(id="bad", volumes=(Volume("vda", "no-scheme"),)))
+
+
+# --- freezing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "consistency"),
+    [
+        (QuiesceMethod.OVERLAY, Consistency.CRASH),
+        (QuiesceMethod.GUEST_FREEZE, Consistency.APPLICATION),
+        (QuiesceMethod.GUEST_FREEZE_AND_OVERLAY, Consistency.APPLICATION),
+    ],
+)
+async def test_quiesce_and_unquiesce(
+    agent: AgentClient, sim: SimProc, method: QuiesceMethod, consistency: Consistency
+) -> None:
+    await agent.define_vm(a_vm("vm-q"))
+    await agent.start_vm("vm-q")
+    assert not frozen(sim.state, "vm-q")
+    result = await agent.quiesce("vm-q", method, 60, False, "op-1")
+    assert (result.method, result.consistency, result.warning) == (method, consistency, "")
+    record = freeze_of(sim.state, "vm-q")
+    assert record is not None
+    assert (record.token, record.operation_id) == (result.token, "op-1")
+    assert (await agent.describe_vm("vm-q")).state is VMState.RUNNING
+
+    thawed = await agent.unquiesce(result.token)
+    assert thawed.thawed_now
+    assert thawed.frozen_for_seconds >= 0
+    assert not frozen(sim.state, "vm-q")
+    again = await agent.unquiesce(result.token)  # idempotent
+    assert (again.thawed_now, again.frozen_for_seconds) == (False, 0.0)
+    with pytest.raises(NotFound):
+        await agent.renew_quiesce(result.token, 10)
+
+
+async def test_guest_without_agent(agent: AgentClient) -> None:
+    await agent.define_vm(a_vm("vm-g", name=f"db {NO_GUEST_AGENT}"))
+    await agent.start_vm("vm-g")
+    for method in (QuiesceMethod.GUEST_FREEZE, QuiesceMethod.GUEST_FREEZE_AND_OVERLAY):
+        with pytest.raises(FailedPrecondition) as caught:
+            await agent.quiesce("vm-g", method, 60, False, "")
+        assert caught.value.reason == "GUEST_AGENT_UNAVAILABLE"
+
+    fallback = await agent.quiesce("vm-g", QuiesceMethod.GUEST_FREEZE_AND_OVERLAY, 60, True, "")
+    assert (fallback.method, fallback.consistency) == (QuiesceMethod.OVERLAY, Consistency.CRASH)
+    assert "guest agent" in fallback.warning
+    await agent.unquiesce(fallback.token)
+
+    nothing = await agent.quiesce("vm-g", QuiesceMethod.GUEST_FREEZE, 60, True, "")
+    assert nothing.consistency is Consistency.CRASH
+    assert nothing.warning
+    await agent.unquiesce(nothing.token)
+
+    overlay = await agent.quiesce("vm-g", QuiesceMethod.OVERLAY, 60, False, "")
+    assert (overlay.consistency, overlay.warning) == (Consistency.CRASH, "")
+    await agent.unquiesce(overlay.token)
+
+
+async def test_guest_without_freeze_hook_is_filesystem_consistent(agent: AgentClient) -> None:
+    await agent.define_vm(a_vm("vm-h", name=f"web {NO_FREEZE_HOOK}"))
+    await agent.start_vm("vm-h")
+    result = await agent.quiesce("vm-h", QuiesceMethod.GUEST_FREEZE, 60, False, "")
+    assert result.consistency is Consistency.FILESYSTEM
+    await agent.unquiesce(result.token)
+
+
+async def test_stopped_vm_freezes_with_the_consistency_of_its_last_stop(
+    agent: AgentClient,
+) -> None:
+    await agent.define_vm(a_vm("vm-s", name=f"cold {NO_GUEST_AGENT}"))
+    clean = await agent.quiesce("vm-s", QuiesceMethod.GUEST_FREEZE, 60, False, "")
+    assert clean.consistency is Consistency.APPLICATION
+    await agent.unquiesce(clean.token)
+    await agent.start_vm("vm-s")
+    await agent.stop_vm("vm-s", force=True)
+    forced = await agent.quiesce("vm-s", QuiesceMethod.OVERLAY, 60, False, "")
+    assert forced.consistency is Consistency.CRASH
+    await agent.unquiesce(forced.token)
+
+
+async def test_a_frozen_vm_refuses_other_work(agent: AgentClient) -> None:
+    await agent.define_vm(a_vm("vm-f"))
+    await agent.start_vm("vm-f")
+    held = await agent.quiesce("vm-f", QuiesceMethod.OVERLAY, 60, False, "op-a")
+    retry = await agent.quiesce("vm-f", QuiesceMethod.OVERLAY, 60, False, "op-a")
+    assert retry.token == held.token
+    with pytest.raises(Aborted):
+        await agent.quiesce("vm-f", QuiesceMethod.OVERLAY, 60, False, "op-b")
+    for call in (agent.stop_vm("vm-f", force=False), agent.revert_native_snapshot("vm-f", "x")):
+        with pytest.raises((FailedPrecondition, NotFound)):
+            await call
+    with pytest.raises(FailedPrecondition) as caught:
+        await agent.stop_vm("vm-f", force=True)
+    assert caught.value.reason == "VM_FROZEN"
+    # The point of a freeze: the hypervisor's own snapshot can be cut meanwhile.
+    await agent.take_native_snapshot("vm-f", "snap-during-freeze", ["vdb"], False)
+    assert (await agent.unquiesce(held.token)).thawed_now
+
+
+async def test_lease_runs_out_and_the_agent_thaws(agent: AgentClient, sim: SimProc) -> None:
+    await agent.define_vm(a_vm("vm-l"))
+    await agent.start_vm("vm-l")
+    result = await agent.quiesce("vm-l", QuiesceMethod.GUEST_FREEZE, 0.3, False, "op-l")
+    assert result.expire_time.timestamp() > time.time() - 1
+    await wait_until_thawed(sim.state, "vm-l")
+    assert not (await agent.unquiesce(result.token)).thawed_now
+    with pytest.raises(NotFound):
+        await agent.renew_quiesce(result.token, 10)
+    # And the VM can be frozen again.
+    again = await agent.quiesce("vm-l", QuiesceMethod.OVERLAY, 60, False, "op-m")
+    assert (await agent.unquiesce(again.token)).thawed_now
+
+
+async def test_renew_extends_the_lease(agent: AgentClient, sim: SimProc) -> None:
+    await agent.define_vm(a_vm("vm-r"))
+    await agent.start_vm("vm-r")
+    result = await agent.quiesce("vm-r", QuiesceMethod.OVERLAY, 0.5, False, "")
+    expiry = await agent.renew_quiesce(result.token, 300)
+    assert expiry > result.expire_time
+    record = freeze_of(sim.state, "vm-r")
+    assert record is not None
+    assert record.expire_at == pytest.approx(expiry.timestamp(), abs=0.01)
+    await asyncio.sleep(0.8)  # past the first lease; the renewed one holds
+    assert frozen(sim.state, "vm-r")
+    assert (await agent.unquiesce(result.token)).thawed_now
+
+
+# --- native snapshots -------------------------------------------------------------------
+
+
+async def test_native_snapshots(agent: AgentClient) -> None:
+    await agent.define_vm(a_vm("vm-n"))
+    with pytest.raises(FailedPrecondition) as caught:
+        await agent.take_native_snapshot("vm-n", "mem-1", [], True)
+    assert caught.value.reason == "VM_NOT_RUNNING"
+    with pytest.raises(InvalidArgument):
+        await agent.take_native_snapshot("vm-n", "bad", ["vdz"], False)
+
+    disk = await agent.take_native_snapshot("vm-n", "disk-1", ["vdb"], False)
+    assert (disk.disks, disk.include_memory, disk.size_bytes) == (("vdb",), False, 2 << 20)
+    assert await agent.take_native_snapshot("vm-n", "disk-1", ["vdb"], False) == disk
+    with pytest.raises(AlreadyExists):
+        await agent.take_native_snapshot("vm-n", "disk-1", ["vda", "vdb"], False)
+
+    await agent.start_vm("vm-n")
+    memory = await agent.take_native_snapshot("vm-n", "mem-1", [], True)
+    assert memory.disks == ("vda", "vdb")
+    assert memory.include_memory
+    assert [s.snapshot_id for s in await agent.list_native_snapshots("vm-n")] == [
+        "disk-1",
+        "mem-1",
+    ]
+
+    with pytest.raises(FailedPrecondition) as caught:
+        await agent.revert_native_snapshot("vm-n", "disk-1")
+    assert caught.value.reason == "VM_NOT_STOPPED"
+    await agent.stop_vm("vm-n", force=False)
+    assert (await agent.revert_native_snapshot("vm-n", "disk-1")).state is VMState.STOPPED
+    assert (await agent.revert_native_snapshot("vm-n", "mem-1")).state is VMState.RUNNING
+    with pytest.raises(NotFound):
+        await agent.revert_native_snapshot("vm-n", "nope")
+
+    await agent.delete_native_snapshot("vm-n", "disk-1")
+    await agent.delete_native_snapshot("vm-n", "disk-1")  # idempotent
+    assert [s.snapshot_id for s in await agent.list_native_snapshots("")] == ["mem-1"]
+
+
+# --- restarts ---------------------------------------------------------------------------
+
+
+async def test_state_and_freezes_survive_a_sigkill(sim: SimProc) -> None:
+    client = AgentClient.connect(sim.address, timeout=10)
+    try:
+        for vm_id in ("vm-short", "vm-soon", "vm-long"):
+            await client.define_vm(a_vm(vm_id))
+            await client.start_vm(vm_id)
+        await client.take_native_snapshot("vm-long", "snap-1", [], True)
+        short = await client.quiesce("vm-short", QuiesceMethod.OVERLAY, 0.2, False, "")
+        soon = await client.quiesce("vm-soon", QuiesceMethod.OVERLAY, 2.0, False, "")
+        long = await client.quiesce("vm-long", QuiesceMethod.GUEST_FREEZE, 300, False, "")
+    finally:
+        await client.close()
+
+    sim.kill()  # no chance to thaw or to save anything more
+    assert frozen(sim.state, "vm-short")
+    await asyncio.sleep(max(0.0, short.expire_time.timestamp() - time.time()) + 0.05)
+    sim.start()
+
+    client = AgentClient.connect(sim.address, timeout=10)
+    try:
+        # Expired while the agent was down: resolved before it served.
+        assert not frozen(sim.state, "vm-short")
+        assert not (await client.unquiesce(short.token)).thawed_now
+        # Still leased when the agent came back: thawed by the agent when it ran out.
+        await wait_until_thawed(sim.state, "vm-soon")
+        assert not (await client.unquiesce(soon.token)).thawed_now
+        # Far from expiry: still frozen, and the old token still works.
+        assert frozen(sim.state, "vm-long")
+        assert (await client.unquiesce(long.token)).thawed_now
+        assert (await client.describe_vm("vm-long")).state is VMState.RUNNING
+        assert [s.snapshot_id for s in await client.list_native_snapshots("vm-long")] == ["snap-1"]
+    finally:
+        await client.close()
+
+
+def _qemu_kind_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("vmsnap_agent.qemu.serve") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(_qemu_kind_installed(), reason="the qemu kind is installed")
+def test_missing_hypervisor_kind_fails_clearly(tmp_path: Path, sockdir: Path) -> None:
+    import subprocess
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmsnap_agent.cli",
+            "--hypervisor",
+            "qemu",
+            "--listen",
+            f"unix://{sockdir}/q.sock",
+            "--state",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "not available" in result.stderr

@@ -1,0 +1,175 @@
+"""Real processes over unix sockets: the host, the sim agent, fake drivers."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tests.support.procs import Proc, wait_serving
+from vmsnap_sdk._proto.common.v1 import common_pb2
+from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
+from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
+
+CONFIG = """
+[host]
+quiesce_lease_seconds = 2
+take_timeout_seconds = 5
+call_timeout_seconds = 3
+health_interval_seconds = 0.2
+reconcile_interval_seconds = 0.3
+max_snapshots_per_vm = 3
+queue_bound = 1
+
+[[drivers]]
+address = "unix://{sock}/a.sock"
+order = 0
+
+[[drivers]]
+address = "unix://{sock}/b.sock"
+order = 1
+
+[[agents]]
+address = "unix://{sock}/agent.sock"
+"""
+
+
+def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Cluster:
+    sock: Path
+    work: Path
+    procs: dict[str, Proc] = field(default_factory=dict)
+    channel: grpc.Channel | None = None
+
+    @property
+    def host(self) -> host_pb2_grpc.VMSnapshotServiceStub:
+        assert self.channel is not None
+        return host_pb2_grpc.VMSnapshotServiceStub(self.channel)
+
+    def start_agent(self) -> None:
+        self._start(
+            "agent",
+            ["-m", "vmsnap_agent.cli", "--hypervisor", "sim", "--state", str(self.work / "agent")],
+        )
+
+    def start_driver(self, letter: str, *flags: str) -> None:
+        self._start(
+            letter,
+            [
+                "-m",
+                "tests.fakes.driver",
+                "--name",
+                f"io.vmsnap.test.{letter}",
+                "--scheme",
+                letter,
+                "--state",
+                str(self.work / f"{letter}.json"),
+                *flags,
+            ],
+        )
+
+    def start_host(self) -> None:
+        config = self.work / "host.toml"
+        config.write_text(CONFIG.format(sock=self.sock))
+        self._start(
+            "host",
+            [
+                "-m",
+                "vmsnap_host",
+                "--db",
+                str(self.work / "host.db"),
+                "--config",
+                str(config),
+                "--instance-id",
+                "test-host",
+            ],
+        )
+        if self.channel is None:
+            self.channel = grpc.insecure_channel(f"unix://{self.sock}/host.sock")
+
+    def _start(self, name: str, args: list[str]) -> None:
+        address = f"unix://{self.sock}/{name}.sock"
+        old = self.procs.pop(name, None)
+        if old is not None:
+            old.stop(5)  # reaps it and closes its log
+        proc = Proc([sys.executable, *args, "--listen", address], self.work / f"{name}.log")
+        self.procs[name] = proc
+        try:
+            wait_serving(address)
+        except TimeoutError:
+            raise AssertionError(f"{name} did not start:\n{proc.output()}") from None
+
+    def driver_state(self, letter: str) -> dict[str, Any]:
+        path = self.work / f"{letter}.json"
+        return json.loads(path.read_text()) if path.exists() else {"calls": [], "snapshots": {}}
+
+    def agent_state(self) -> dict[str, Any]:
+        return json.loads((self.work / "agent" / "state.json").read_text())
+
+    def frozen(self, vm_id: str) -> bool:
+        return self.agent_state()["vms"][vm_id]["freeze"] is not None
+
+    def define_vm(self, vm_id: str, *, start: bool = True) -> None:
+        vm = common_pb2.VM(
+            id=vm_id,
+            name=vm_id,
+            memory_mib=64,
+            volumes=[
+                common_pb2.Volume(disk="vda", locator="a://pool/1"),
+                common_pb2.Volume(disk="vdb", locator="b://pool/2"),
+                common_pb2.Volume(disk="vdc", locator="file:///var/lib/vms/3.img"),
+            ],
+        )
+        self.host.DefineVM(pb.DefineVMRequest(vm=vm), timeout=10)
+        if start:
+            self.host.StartVM(pb.StartVMRequest(vm_id=vm_id), timeout=10)
+
+    def create(self, vm_id: str, name: str, request_id: str = "", **kw: Any) -> pb.Operation:
+        return self.host.CreateVMSnapshot(
+            pb.CreateVMSnapshotRequest(
+                request_id=request_id or f"r-{vm_id}-{name}", vm_id=vm_id, name=name, **kw
+            ),
+            timeout=10,
+        ).operation
+
+    def wait(self, op: pb.Operation, seconds: float = 20) -> pb.Operation:
+        request = pb.WaitOperationRequest(id=op.id)
+        request.timeout.FromSeconds(int(seconds))
+        done = self.host.WaitOperation(request, timeout=seconds + 5).operation
+        assert done.done, done
+        return done
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        for proc in self.procs.values():
+            proc.stop(5)
+
+
+def cluster(sockdir: Path, tmp_path: Path, driver_flags: dict[str, list[str]]) -> Iterator[Cluster]:
+    c = Cluster(sockdir, tmp_path)
+    try:
+        c.start_agent()
+        for letter in ("a", "b"):
+            c.start_driver(letter, *driver_flags.get(letter, []))
+        c.start_host()
+        yield c
+    finally:
+        c.close()

@@ -1,0 +1,193 @@
+"""Takes with the real manager, executor and store; the sim agent and fake
+drivers in process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.fakes.driver import Options
+from tests.host.conftest import Rig, make_rig
+from vmsnap_host.model import GroupKind, QuiescePolicy, SnapshotState
+from vmsnap_sdk import Consistency, Volume
+from vmsnap_sdk.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+)
+
+
+async def test_two_drivers_and_an_unclaimed_disk_make_one_ready_snapshot(rig: Rig) -> None:
+    await rig.define()
+    op = await rig.wait(await rig.create())
+    assert op.error is None
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.READY
+    owners = [(g.kind, g.owner, g.disks) for g in snap.groups]
+    assert owners == [
+        (GroupKind.DRIVER, "io.vmsnap.test.a", ("vda",)),
+        (GroupKind.DRIVER, "io.vmsnap.test.b", ("vdb",)),
+        (GroupKind.HYPERVISOR, "sim-1", ("vdc",)),
+    ]
+    assert all(g.ready for g in snap.groups)
+    assert snap.freeze_start is not None and snap.freeze_seconds is not None
+    assert snap.consistency >= Consistency.FILESYSTEM
+    assert snap.current and snap.parent_id == ""
+    assert not rig.frozen()
+    assert snap.id in rig.drivers["io.vmsnap.test.a"].snapshots
+    assert snap.id in rig.drivers["io.vmsnap.test.b"].snapshots
+    assert rig.store.get_cleanup(snap.id) == []
+    # the plan says why
+    assert "PLUGIN" in snap.groups[0].claims[0].describe()
+
+
+async def test_second_snapshot_has_the_first_as_parent(rig: Rig) -> None:
+    await rig.define()
+    first = await rig.wait(await rig.create("s1"))
+    second = await rig.wait(await rig.create("s2"))
+    s1 = rig.store.get_snapshot(first.vm_snapshot_id)
+    s2 = rig.store.get_snapshot(second.vm_snapshot_id)
+    assert s1 is not None and s2 is not None
+    assert s2.parent_id == s1.id and s2.current and not s1.current
+
+
+@pytest.mark.parametrize("behaviour", ["fail-final", "fail-transient"])
+async def test_a_failing_driver_rolls_back_every_group(tmp_path: Path, behaviour: str) -> None:
+    rig = await make_rig(
+        tmp_path,
+        Options(name="io.vmsnap.test.a", scheme="a"),
+        Options(name="io.vmsnap.test.b", scheme="b", behaviour=behaviour),
+    )
+    try:
+        await rig.define()
+        op = await rig.wait(await rig.create())
+        snap = rig.store.get_snapshot(op.vm_snapshot_id)
+        assert snap is not None and snap.state is SnapshotState.ERROR
+        assert op.error is not None and snap.error is not None
+        expected = (
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+            if behaviour == "fail-final"
+            else grpc.StatusCode.UNAVAILABLE
+        )
+        assert op.error.code == expected.value[0]
+        assert "io.vmsnap.test.b" in snap.error.message
+        assert not rig.frozen()
+        for driver in rig.drivers.values():
+            assert ["delete", snap.id] in driver.calls, driver.calls
+            assert snap.id not in driver.snapshots
+        assert await rig.agent.list_native_snapshots("vm1") == []
+        assert rig.store.get_cleanup(snap.id) == []
+        assert rig.store.current_snapshot("vm1") is None
+    finally:
+        await rig.manager.close()
+        await rig.agent.close()
+        rig.store.close()
+
+
+async def test_a_hanging_driver_hits_its_deadline_and_is_rolled_back(tmp_path: Path) -> None:
+    rig = await make_rig(
+        tmp_path,
+        Options(name="io.vmsnap.test.a", scheme="a", behaviour="hang"),
+        Options(name="io.vmsnap.test.b", scheme="b"),
+    )
+    try:
+        await rig.define()
+        op = await rig.wait(await rig.create())
+        assert op.error is not None and op.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+        assert not rig.frozen()
+        for driver in rig.drivers.values():
+            assert not driver.snapshots
+    finally:
+        await rig.manager.close()
+        await rig.agent.close()
+        rig.store.close()
+
+
+async def test_post_processing_is_polled_after_the_thaw(tmp_path: Path) -> None:
+    rig = await make_rig(tmp_path, Options(name="io.vmsnap.test.a", scheme="a", not_ready_polls=2))
+    try:
+        await rig.define(volumes=(Volume("vda", "a://p/1"),))
+        op = await rig.wait(await rig.create(quiesce=QuiescePolicy.OFF))
+        snap = rig.store.get_snapshot(op.vm_snapshot_id)
+        assert snap is not None and snap.state is SnapshotState.READY and snap.groups[0].ready
+        assert [c[0] for c in rig.drivers["io.vmsnap.test.a"].calls].count("get") == 2
+        # one consistent-group driver, quiesce OFF: no freeze at all
+        assert snap.freeze_start is None
+    finally:
+        await rig.manager.close()
+        await rig.agent.close()
+        rig.store.close()
+
+
+async def test_best_effort_records_the_fallback_and_required_fails(rig: Rig) -> None:
+    from vmsnap_agent.sim import NO_GUEST_AGENT
+
+    await rig.agent.define_vm(
+        __import__("vmsnap_sdk").VM(
+            id="vm2",
+            name=f"x {NO_GUEST_AGENT}",
+            volumes=(Volume("vda", "a://p/9"), Volume("vdb", "b://p/9")),
+        )
+    )
+    await rig.agent.start_vm("vm2")
+    op = await rig.wait(await rig.create("s", "vm2"))
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.READY
+    assert snap.consistency == Consistency.CRASH
+    assert snap.warnings, "a best-effort fallback must be recorded"
+    op = await rig.wait(await rig.create("r", "vm2", quiesce=QuiescePolicy.REQUIRED))
+    assert op.error is not None and op.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "REQUIRED" in op.error.message
+    assert not rig.frozen("vm2")
+
+
+async def test_memory_snapshot_is_hypervisor_only(rig: Rig) -> None:
+    await rig.define()
+    with pytest.raises(FailedPrecondition, match="hypervisor-only"):
+        await rig.create(memory=True)
+    await rig.define("vm3", volumes=(Volume("vda", "file:///x.img"),))
+    op = await rig.wait(await rig.create("m", "vm3", memory=True))
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.READY and snap.include_memory
+    assert [g.kind for g in snap.groups] == [GroupKind.HYPERVISOR]
+
+
+async def test_sanity_checks_have_their_codes(rig: Rig) -> None:
+    with pytest.raises(NotFound, match="DefineVM"):
+        await rig.create(vm_id="nope")
+    await rig.define("vm9", running=False)
+    with pytest.raises(FailedPrecondition, match="RUNNING"):
+        await rig.create("m", "vm9", memory=True)
+    await rig.define()
+    await rig.wait(await rig.create("s1"))
+    with pytest.raises(AlreadyExists, match="choose another name"):
+        await rig.create("s1", request_id="other")
+    await rig.wait(await rig.create("s2"))
+    await rig.wait(await rig.create("s3"))
+    with pytest.raises(ResourceExhausted, match="max_snapshots_per_vm"):
+        await rig.create("s4")
+    # same request id → same operation; reused for something else → ALREADY_EXISTS
+    again = await rig.create("s1")
+    assert again.request_id == "req-vm1-s1"
+    with pytest.raises(AlreadyExists, match="request_id"):
+        await rig.create("zzz", request_id="req-vm1-s1")
+
+
+async def test_the_queue_is_bounded(tmp_path: Path) -> None:
+    rig = await make_rig(tmp_path, Options(name="io.vmsnap.test.a", scheme="a", behaviour="hang"))
+    try:
+        await rig.define(volumes=(Volume("vda", "a://p/1"),))
+        first = await rig.create("s1")
+        second = await rig.create("s2")  # waits (queue_bound = 1)
+        with pytest.raises(Aborted, match="retry when they finish"):
+            await rig.create("s3")
+        await rig.wait(first)
+        await rig.wait(second)
+    finally:
+        await rig.manager.close()
+        await rig.agent.close()
+        rig.store.close()
