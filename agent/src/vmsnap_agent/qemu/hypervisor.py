@@ -73,6 +73,21 @@ _VM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_LEASE_SECONDS = 3600.0
 
 
+def _log_event(event: str, record: QuiesceRecord) -> None:
+    """One structured line per quiesce and unquiesce (the SDK's logging reads ``fields``)."""
+    fields: dict[str, object] = {
+        "vm_id": record.vm_id,
+        "token": record.token,
+        "method": str(record.method),
+        "consistency": str(record.consistency),
+        "stable_for_s": round(time.time() - record.started_at, 3),
+    }
+    if record.frozen_at is not None and record.thawed_at is not None:
+        # The guest's own freeze window: milliseconds with freeze → overlay → thaw.
+        fields["guest_frozen_ms"] = round((record.thawed_at - record.frozen_at) * 1000, 1)
+    log.info(event, extra={"fields": fields})
+
+
 class QemuHypervisor:
     def __init__(
         self,
@@ -418,6 +433,7 @@ class QemuHypervisor:
                     self._watch(leftover)
                 raise
             self._watch(record)
+            _log_event("quiesced", record)
             return record.result()
 
     async def renew_quiesce(self, token: str, lease_seconds: float) -> QuiesceResult:
@@ -446,6 +462,7 @@ class QemuHypervisor:
                 return None
             await q.unquiesce(self._context(record.vm_id), record)
         self._unwatch(token)
+        _log_event("unquiesced", record)
         return record.result()
 
     def _not_frozen(self, vm_id: str, doing: str) -> None:
