@@ -5,10 +5,15 @@ State layout (everything the agent needs after a restart)::
     state_dir/vms/<vm_id>/vm.json        the VM definition
                          quiesce.json    the active quiesce, if any (token, lease, overlays)
                          qemu.pid        pidfile of the daemonized QEMU
-                         qmp.sock        QMP
-                         qga.sock        host side of qemu-ga's virtio-serial port
                          console.log     serial console
                          overlays/       qcow2 overlays while quiesced
+                         clean-stop      present after a graceful stop
+    state_dir/run/<hash of vm_id>/qmp.sock   QMP (short path: sun_path is 108 bytes)
+                                 qga.sock   host side of qemu-ga's virtio-serial port
+
+While a VM is quiesced it cannot be started, stopped, reverted, snapshotted or
+undefined (:class:`VmFrozen`): arrays may be reading its stable bases, so only
+unquiesce or the end of the lease touches them again.
 
 A new ``QemuHypervisor`` on the same state dir (``await hv.open()``) re-attaches to
 the running QEMU processes, resolves quiesces whose lease ran out while no agent
@@ -27,7 +32,6 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 
@@ -585,11 +589,3 @@ class QemuHypervisor:
                 await native.offline(
                     "-d", snapshot_id, [d for d in spec.disks if d.name in snap.disks]
                 )
-
-    @contextlib.asynccontextmanager
-    async def running_vm(self, vm_id: str, force_stop: bool = True) -> AsyncIterator[VmInfo]:
-        """Start the VM for the duration of a block; always stops it afterwards."""
-        try:
-            yield await self.start_vm(vm_id)
-        finally:
-            await self.stop_vm(vm_id, force=force_stop)
