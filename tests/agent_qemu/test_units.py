@@ -78,3 +78,17 @@ def test_long_names_fit_qemu_ids(tmp_path: Path) -> None:
     assert node_key("short") == "short"
     paths = VmPaths.for_vm(tmp_path, "v" * 128)
     assert len(str(paths.qmp)) < len(str(tmp_path)) + 40
+
+
+def test_locator_map() -> None:
+    from vmsnap_agent.qemu.locators import LocatorMap
+
+    # The ONTAP emulator keeps volume files in DATA/export/<svm>/<volume>/.
+    m = LocatorMap.parse(["ontap://=/data/export/", "element://c1/=nbd://127.0.0.1:10809/"])
+    assert m.resolve("ontap://svm1/vol1/vm-1.img") == "/data/export/svm1/vol1/vm-1.img"
+    assert m.resolve("element://c1/42") == "nbd://127.0.0.1:10809/42"
+    assert m.resolve("file:///srv/a%20b.img") == "/srv/a b.img"
+    with pytest.raises(InvalidSpec):
+        m.resolve("element://c2/42")
+    with pytest.raises(InvalidSpec):
+        LocatorMap.parse(["no-equals-sign"])
