@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from tests.cli.test_up import Up, up
 from vmsnap_host.client import (
     VM,
     GroupKind,
@@ -16,8 +18,6 @@ from vmsnap_host.client import (
     Volume,
 )
 from vmsnap_sdk.errors import InvalidArgument, NotFound
-
-from tests.cli.test_up import Up, up
 
 __all__ = ["up"]
 

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 
 import grpc
+
 from vmsnap_host import client
 from vmsnap_host.cli._output import jsonable
 from vmsnap_host.client import (

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmsnap_host.client import ClientTLS, HostClient
-from vmsnap_sdk.errors import Unavailable
 
 from tests.support.certs import CA
 from tests.support.procs import Proc
+from vmsnap_host.client import ClientTLS, HostClient
+from vmsnap_sdk.errors import Unavailable
 
 
 @pytest.fixture

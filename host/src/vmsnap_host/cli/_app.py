@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from vmsnap_sdk import VM, ClientTLS, Volume
-from vmsnap_sdk.errors import Unavailable, VMSnapError
 
 from vmsnap_host.cli import _output as out
 from vmsnap_host.cli._demo import run_demo
 from vmsnap_host.cli._progress import follow
 from vmsnap_host.cli._up import run_up
 from vmsnap_host.client import HostClient, Operation, QuiescePolicy, default_address, vmsnap_home
+from vmsnap_sdk import VM, ClientTLS, Volume
+from vmsnap_sdk.errors import Unavailable, VMSnapError
 
 _T = TypeVar("_T")
 

@@ -20,9 +20,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmsnap_sdk import VM, DriverClient, Page, VMState, Volume
-from vmsnap_sdk.errors import NotFound, VMSnapError
-
 from vmsnap_host.cli import _output as out
 from vmsnap_host.cli._progress import follow
 from vmsnap_host.cli.stack import Layout, Stack, StackError
@@ -38,6 +35,8 @@ from vmsnap_host.client import (
     VMSnapshotState,
     default_address,
 )
+from vmsnap_sdk import VM, DriverClient, Page, VMState, Volume
+from vmsnap_sdk.errors import NotFound, VMSnapError
 
 FIXTURE = "CONFORMANCE_FIXTURE"
 OPERATION_TIMEOUT = 120.0

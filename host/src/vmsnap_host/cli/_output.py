@@ -12,7 +12,6 @@ from typing import Any
 import grpc
 from rich.console import Console
 from rich.table import Table
-from vmsnap_sdk import VM
 
 from vmsnap_host.client import (
     AgentStatus,
@@ -23,6 +22,7 @@ from vmsnap_host.client import (
     VMSnapshot,
     VMSnapshotState,
 )
+from vmsnap_sdk import VM
 
 console = Console()
 errors = Console(stderr=True)

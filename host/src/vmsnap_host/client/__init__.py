@@ -12,8 +12,6 @@ local stack: ``$VMSNAP_HOST``, else ``unix://$VMSNAP_HOME/run/host.sock``
 (``VMSNAP_HOME`` defaults to ``~/.vmsnap``).
 """
 
-from vmsnap_sdk import VM, ClientTLS, Consistency, VMState, Volume
-
 from vmsnap_host.client._address import default_address, host_socket, vmsnap_home
 from vmsnap_host.client._client import HostClient
 from vmsnap_host.client._types import (
@@ -31,6 +29,7 @@ from vmsnap_host.client._types import (
     VMSnapshot,
     VMSnapshotState,
 )
+from vmsnap_sdk import VM, ClientTLS, Consistency, VMState, Volume
 
 __all__ = [
     "AgentStatus",

@@ -16,11 +16,6 @@ from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from vmsnap_sdk import VM, ClientTLS, open_channel
-from vmsnap_sdk._client import call
-from vmsnap_sdk._convert import vm_from_pb, vm_to_pb
-from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
-from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
 
 from vmsnap_host.client import _convert as cv
 from vmsnap_host.client._address import default_address
@@ -32,6 +27,11 @@ from vmsnap_host.client._types import (
     QuiescePolicy,
     VMSnapshot,
 )
+from vmsnap_sdk import VM, ClientTLS, open_channel
+from vmsnap_sdk._client import call
+from vmsnap_sdk._convert import vm_from_pb, vm_to_pb
+from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
+from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
 
 #: Longest single WaitOperation call; progress is reported between calls.
 WAIT_SLICE = 2.0

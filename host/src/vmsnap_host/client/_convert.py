@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
+
+from vmsnap_host.client import _types as t
 from vmsnap_sdk import ClientTLS, Consistency
 from vmsnap_sdk._convert import _enum
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
-
-from vmsnap_host.client import _types as t
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 import grpc
+
 from vmsnap_sdk import Consistency
 from vmsnap_sdk._errors import from_status
 from vmsnap_sdk.errors import VMSnapError

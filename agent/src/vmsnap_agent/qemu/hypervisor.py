@@ -1,0 +1,591 @@
+"""QemuHypervisor: the QEMU/KVM backend of the vmsnap hypervisor agent.
+
+State layout (everything the agent needs after a restart)::
+
+    state_dir/vms/<vm_id>/vm.json        the VM definition
+                         quiesce.json    the active quiesce, if any (token, lease, overlays)
+                         qemu.pid        pidfile of the daemonized QEMU
+                         console.log     serial console
+                         overlays/       qcow2 overlays while quiesced
+                         clean-stop      present after a graceful stop
+    state_dir/run/<hash of vm_id>/qmp.sock   QMP (short path: sun_path is 108 bytes)
+                                 qga.sock   host side of qemu-ga's virtio-serial port
+
+While a VM is quiesced it cannot be started, stopped, reverted, snapshotted or
+undefined (:class:`VmFrozen`): arrays may be reading its stable bases, so only
+unquiesce or the end of the lease touches them again.
+
+A new ``QemuHypervisor`` on the same state dir (``await hv.open()``) re-attaches to
+the running QEMU processes, resolves quiesces whose lease ran out while no agent
+was watching, and restarts the lease watchdogs of the others.
+
+All calls on one VM are serialised by a per-VM lock; different VMs proceed in
+parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+from . import native, process
+from . import quiesce as q
+from .errors import (
+    GuestAgentError,
+    GuestAgentUnavailable,
+    InvalidSpec,
+    QmpCommandError,
+    QuiesceNotFound,
+    SnapshotConflict,
+    SnapshotNotFound,
+    VmAlreadyExists,
+    VmBusy,
+    VmFrozen,
+    VmNotFound,
+    VmStateError,
+)
+from .guest_agent import DEFAULT_SYNC_TIMEOUT, GuestAgentClient
+from .guest_image import GuestImage, build_guest_image
+from .model import (
+    BootMode,
+    DiskInfo,
+    DiskSpec,
+    NativeSnapshot,
+    QuiesceMethod,
+    QuiesceRecord,
+    QuiesceResult,
+    VmInfo,
+    VmSpec,
+    VmState,
+)
+from .process import VmPaths
+from .qmp import QmpSession
+from .statefile import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+GRACEFUL_STOP_TIMEOUT = 10.0
+# The contract's id syntax.
+_VM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_LEASE_SECONDS = 3600.0
+
+
+def _log_event(event: str, record: QuiesceRecord) -> None:
+    """One structured line per quiesce and unquiesce (the SDK's logging reads ``fields``)."""
+    fields: dict[str, object] = {
+        "vm_id": record.vm_id,
+        "token": record.token,
+        "method": str(record.method),
+        "consistency": str(record.consistency),
+        "stable_for_s": round(time.time() - record.started_at, 3),
+    }
+    if record.frozen_at is not None and record.thawed_at is not None:
+        # The guest's own freeze window: milliseconds with freeze → overlay → thaw.
+        fields["guest_frozen_ms"] = round((record.thawed_at - record.frozen_at) * 1000, 1)
+    log.info(event, extra={"fields": fields})
+
+
+class QemuHypervisor:
+    def __init__(
+        self,
+        state_dir: str | Path,
+        guest: GuestImage | None = None,
+        guest_sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
+        freeze_timeout: float = q.FREEZE_TIMEOUT,
+    ) -> None:
+        """``guest`` defaults to the cached test guest, built on the first start_vm.
+
+        ``guest_sync_timeout`` bounds how long a silent guest agent is waited for
+        before :class:`GuestAgentUnavailable`; ``freeze_timeout`` bounds one
+        fsfreeze (including the guest's hook).
+        """
+        self._state_dir = Path(state_dir).resolve()
+        self._guest = guest
+        self._sync_timeout = guest_sync_timeout
+        self._freeze_timeout = freeze_timeout
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._qmp: dict[str, QmpSession] = {}
+        self._watchdogs: dict[str, asyncio.Task[None]] = {}
+
+    # -- lifecycle of the agent object ------------------------------------------------
+
+    async def open(self) -> None:
+        """Re-attach after a (re)start: resolve expired leases, watch the others."""
+        (self._state_dir / "vms").mkdir(parents=True, exist_ok=True)
+        for vm_id in self._vm_ids():
+            record = self._load_quiesce(vm_id)
+            if record is None:
+                continue
+            if record.expires_at <= time.time():
+                log.warning("lease of %s expired while no agent watched: resolving", record.token)
+                try:
+                    await self.unquiesce(record.token)
+                except Exception:
+                    log.exception("resolving expired quiesce %s", record.token)
+                    self._watch(record)
+            else:
+                self._watch(record)
+
+    async def close(self) -> None:
+        """Stop watching (VMs keep running, quiesces stay persisted) and drop connections."""
+        for task in self._watchdogs.values():
+            task.cancel()
+        for task in list(self._watchdogs.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._watchdogs.clear()
+        for session in self._qmp.values():
+            await session.close()
+        self._qmp.clear()
+
+    async def __aenter__(self) -> QemuHypervisor:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _paths(self, vm_id: str) -> VmPaths:
+        if not _VM_ID.fullmatch(vm_id):
+            # Also what keeps an id from walking out of the state dir ("../x").
+            raise VmNotFound(f"no VM {vm_id!r} (ids are [A-Za-z0-9][A-Za-z0-9._-]{{0,127}})")
+        return VmPaths.for_vm(self._state_dir, vm_id)
+
+    def _vm_ids(self) -> list[str]:
+        root = self._state_dir / "vms"
+        if not root.exists():
+            return []
+        return sorted(p.name for p in root.iterdir() if (p / "vm.json").exists())
+
+    def _spec(self, vm_id: str) -> VmSpec:
+        data = read_json(self._paths(vm_id).spec)
+        if data is None:
+            raise VmNotFound(vm_id)
+        return VmSpec.from_json(data)
+
+    def _lock(self, vm_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(vm_id, asyncio.Lock())
+
+    def _session(self, vm_id: str) -> QmpSession:
+        if vm_id not in self._qmp:
+            self._qmp[vm_id] = QmpSession(str(self._paths(vm_id).qmp), f"vmsnap-{vm_id}")
+        return self._qmp[vm_id]
+
+    def _running(self, vm_id: str) -> bool:
+        return process.running_pid(self._paths(vm_id)) is not None
+
+    def _load_quiesce(self, vm_id: str) -> QuiesceRecord | None:
+        data = read_json(self._paths(vm_id).quiesce)
+        return QuiesceRecord.from_json(data) if data else None
+
+    def _find_token(self, token: str) -> QuiesceRecord | None:
+        for vm_id in self._vm_ids():
+            record = self._load_quiesce(vm_id)
+            if record is not None and record.token == token:
+                return record
+        return None
+
+    def _context(self, vm_id: str) -> q.QuiesceContext:
+        paths = self._paths(vm_id)
+        return q.QuiesceContext(
+            spec=self._spec(vm_id),
+            paths=paths,
+            qmp=self._session(vm_id) if self._running(vm_id) else None,
+            guest_agent=lambda: GuestAgentClient(str(paths.qga), self._sync_timeout),
+            freeze_timeout=self._freeze_timeout,
+        )
+
+    def guest_agent(self, vm_id: str, sync_timeout: float | None = None) -> GuestAgentClient:
+        """A qemu-ga client for the VM (``async with``): guest-exec, guest-file-*, ..."""
+        self._spec(vm_id)
+        return GuestAgentClient(str(self._paths(vm_id).qga), sync_timeout or self._sync_timeout)
+
+    def console_path(self, vm_id: str) -> Path:
+        """The guest's serial console log (boot messages)."""
+        return self._paths(vm_id).console
+
+    def qmp(self, vm_id: str) -> QmpSession:
+        """The VM's QMP session, for callers that need a command this API lacks."""
+        self._spec(vm_id)
+        return self._session(vm_id)
+
+    # -- VM definition and power --------------------------------------------------------
+
+    async def define_vm(
+        self,
+        vm_id: str,
+        memory_mib: int,
+        disks: list[DiskSpec],
+        *,
+        vcpus: int = 1,
+        kernel_args: str = "",
+        guest_agent: bool = True,
+        name: str = "",
+        boot: BootMode = BootMode.TEST_GUEST,
+    ) -> VmInfo:
+        """Define (idempotently: the same definition again is OK) a VM."""
+        if not _VM_ID.fullmatch(vm_id):
+            raise InvalidSpec(f"vm_id must be [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}: {vm_id!r}")
+        if memory_mib < 64:
+            raise InvalidSpec("memory_mib must be >= 64")
+        names = [d.name for d in disks]
+        if len(set(names)) != len(names):
+            raise InvalidSpec(f"duplicate disk names: {names}")
+        for d in disks:
+            d.validate()
+        spec = VmSpec(
+            vm_id=vm_id,
+            memory_mib=memory_mib,
+            disks=tuple(disks),
+            vcpus=vcpus,
+            kernel_args=kernel_args,
+            guest_agent=guest_agent,
+            name=name,
+            boot=boot,
+        )
+        paths = self._paths(vm_id)
+        paths.check_socket_lengths()
+        async with self._lock(vm_id):
+            existing = read_json(paths.spec)
+            if existing is not None and VmSpec.from_json(existing) != spec:
+                raise VmAlreadyExists(f"{vm_id} is defined differently")
+            write_json_atomic(paths.spec, spec.to_json())
+        return await self.describe_vm(vm_id)
+
+    async def undefine_vm(self, vm_id: str) -> None:
+        """Forget a stopped VM (its disks are the caller's). Unknown id is OK."""
+        async with self._lock(vm_id):
+            paths = self._paths(vm_id)
+            if not paths.spec.exists():
+                return
+            if self._running(vm_id):
+                raise VmStateError(f"{vm_id} is running", reason="VM_NOT_STOPPED")
+            self._not_frozen(vm_id, "undefine")
+            shutil.rmtree(paths.root)
+
+    async def start_vm(self, vm_id: str, *, loadvm: str | None = None) -> VmInfo:
+        """Boot the VM (no-op when running). ``loadvm`` resumes a memory snapshot instead."""
+        async with self._lock(vm_id):
+            spec = self._spec(vm_id)
+            paths = self._paths(vm_id)
+            if not self._running(vm_id):
+                # Also a VM that died while quiesced: its overlays hold writes the
+                # bases lack; they are folded in by unquiesce or the lease's end.
+                self._not_frozen(vm_id, "start")
+                paths.clean_stop.unlink(missing_ok=True)
+                guest = None
+                if spec.boot is BootMode.TEST_GUEST:
+                    if self._guest is None:
+                        self._guest = await asyncio.to_thread(build_guest_image)
+                    guest = self._guest
+                await self._session(vm_id).close()
+                argv = process.build_argv(spec, paths, guest, loadvm)
+                await process.launch(argv, paths)
+        return await self.describe_vm(vm_id)
+
+    async def stop_vm(self, vm_id: str, force: bool = False) -> VmInfo:
+        """Stop the VM (not while quiesced: :class:`VmFrozen`).
+
+        Graceful: qemu-ga ``guest-shutdown`` (the guest flushes and powers off), then
+        QMP ``quit`` after a timeout. Forced: ``quit`` at once (QEMU still flushes
+        its own caches), SIGKILL as a last resort.
+        """
+        async with self._lock(vm_id):
+            self._spec(vm_id)
+            paths = self._paths(vm_id)
+            pid = process.running_pid(paths)
+            if pid is not None:
+                self._not_frozen(vm_id, "stop")
+                if await self._stop_process(vm_id, pid, force):
+                    # Remembered for a quiesce of the stopped VM: its disks are as a
+                    # clean shutdown left them.
+                    paths.clean_stop.touch()
+            await self._session(vm_id).close()
+            process.cleanup_runtime_files(paths)
+        return await self.describe_vm(vm_id)
+
+    async def _stop_process(self, vm_id: str, pid: int, force: bool) -> bool:
+        """Stop QEMU; True when the guest shut down by itself (a clean stop)."""
+        paths = self._paths(vm_id)
+        if not force:
+            try:
+                async with self.guest_agent(vm_id) as ga:
+                    # qemu-ga does not answer guest-shutdown on success: don't wait long.
+                    with contextlib.suppress(GuestAgentUnavailable):
+                        await ga.execute("guest-shutdown", timeout=1.0)
+            except (GuestAgentUnavailable, GuestAgentError) as exc:
+                log.info("graceful stop of %s without guest agent: %s", vm_id, exc)
+            if await process.wait_exit(pid, paths, GRACEFUL_STOP_TIMEOUT):
+                return True
+        with contextlib.suppress(QmpCommandError):
+            await self._session(vm_id).execute("quit")
+        if not await process.wait_exit(pid, paths, 5.0):
+            await process.kill(pid, paths)
+        return False
+
+    async def describe_vm(self, vm_id: str) -> VmInfo:
+        spec = self._spec(vm_id)
+        paths = self._paths(vm_id)
+        pid = process.running_pid(paths)
+        record = self._load_quiesce(vm_id)
+        active = {d.name: d.path for d in spec.disks}
+        if record is not None:
+            for o in record.overlays:
+                active[o.disk] = o.overlay_path
+        if pid is not None:
+            # The truth is QEMU's block graph: the file of each device's top node.
+            with contextlib.suppress(QmpCommandError):
+                for dev in await self._session(vm_id).execute("query-block"):
+                    qdev = str(dev.get("qdev", ""))
+                    inserted = dev.get("inserted") or {}
+                    for d in spec.disks:
+                        if f"/{process.device_id(d.name)}/" in qdev and inserted.get("file"):
+                            active[d.name] = inserted["file"]
+        return VmInfo(
+            vm_id=vm_id,
+            name=spec.name,
+            state=VmState.RUNNING if pid is not None else VmState.STOPPED,
+            memory_mib=spec.memory_mib,
+            disks=tuple(
+                DiskInfo(
+                    name=d.name,
+                    locator=d.locator,
+                    base_path=d.path,
+                    active_path=active[d.name],
+                    format=d.format,
+                    size_bytes=d.size_bytes,
+                )
+                for d in spec.disks
+            ),
+            pid=pid,
+            quiesce_token=record.token if record else None,
+        )
+
+    async def list_vms(self) -> list[VmInfo]:
+        return [await self.describe_vm(vm_id) for vm_id in self._vm_ids()]
+
+    async def wait_guest_agent(self, vm_id: str, timeout: float = 60.0) -> None:
+        """Wait until qemu-ga answers (after a boot)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                async with self.guest_agent(vm_id, sync_timeout=1.0) as ga:
+                    await ga.execute("guest-ping", timeout=2.0)
+                    return
+            except (GuestAgentUnavailable, GuestAgentError):
+                if loop.time() >= deadline or not self._running(vm_id):
+                    raise
+                await asyncio.sleep(0.5)
+
+    # -- quiesce ------------------------------------------------------------------------
+
+    async def quiesce(
+        self,
+        vm_id: str,
+        method: QuiesceMethod | str,
+        lease_seconds: float,
+        operation_id: str = "",
+    ) -> QuiesceResult:
+        """Make the VM's disks stable until unquiesce or the end of the lease.
+
+        A retry with the same non-empty ``operation_id`` returns the quiesce it
+        already holds; any other second quiesce is :class:`VmBusy`. A stopped VM
+        needs nothing done: its token only keeps it from starting until the
+        lease ends (consistency application after a clean stop, crash otherwise).
+        """
+        method = QuiesceMethod(method)
+        if not 0 < lease_seconds <= MAX_LEASE_SECONDS:
+            raise InvalidSpec(f"lease_seconds must be in (0, {MAX_LEASE_SECONDS}]")
+        async with self._lock(vm_id):
+            self._spec(vm_id)
+            existing = self._load_quiesce(vm_id)
+            if existing is not None:
+                if operation_id and existing.operation_id == operation_id:
+                    return existing.result()
+                raise VmBusy(f"{vm_id} is already quiesced ({existing.token})")
+            token = f"q-{uuid.uuid4().hex}"
+            ctx = self._context(vm_id)
+            if ctx.qmp is None:
+                clean = self._paths(vm_id).clean_stop.exists()
+                record = q.quiesce_stopped(
+                    ctx, token, method, lease_seconds, operation_id=operation_id, clean_stop=clean
+                )
+                self._watch(record)
+                return record.result()
+            try:
+                record = await q.quiesce(ctx, token, method, lease_seconds, operation_id)
+            except BaseException:
+                # The undo may have left something (a guest that would not thaw):
+                # the lease watchdog keeps trying.
+                leftover = self._load_quiesce(vm_id)
+                if leftover is not None:
+                    self._watch(leftover)
+                raise
+            self._watch(record)
+            _log_event("quiesced", record)
+            return record.result()
+
+    async def renew_quiesce(self, token: str, lease_seconds: float) -> QuiesceResult:
+        if not 0 < lease_seconds <= MAX_LEASE_SECONDS:
+            raise InvalidSpec(f"lease_seconds must be in (0, {MAX_LEASE_SECONDS}]")
+        record = self._find_token(token)
+        if record is None:
+            raise QuiesceNotFound(token)
+        async with self._lock(record.vm_id):
+            record = self._load_quiesce(record.vm_id)
+            if record is None or record.token != token or record.expires_at <= time.time():
+                raise QuiesceNotFound(f"{token} is no longer active")
+            record.expires_at = time.time() + lease_seconds
+            write_json_atomic(self._paths(record.vm_id).quiesce, record.to_json())
+            return record.result()
+
+    async def unquiesce(self, token: str) -> QuiesceResult | None:
+        """Thaw and commit. Returns what was resolved, or None for an unknown or
+        already-resolved token (idempotent: that is not an error)."""
+        record = self._find_token(token)
+        if record is None:
+            return None
+        async with self._lock(record.vm_id):
+            record = self._load_quiesce(record.vm_id)
+            if record is None or record.token != token:
+                return None
+            await q.unquiesce(self._context(record.vm_id), record)
+        self._unwatch(token)
+        _log_event("unquiesced", record)
+        return record.result()
+
+    def _not_frozen(self, vm_id: str, doing: str) -> None:
+        record = self._load_quiesce(vm_id)
+        if record is not None:
+            raise VmFrozen(f"cannot {doing} {vm_id}: quiesced ({record.token}) until unquiesce")
+
+    def _watch(self, record: QuiesceRecord) -> None:
+        if record.token not in self._watchdogs:
+            self._watchdogs[record.token] = asyncio.create_task(
+                self._lease_watchdog(record.vm_id, record.token), name=f"lease-{record.token}"
+            )
+
+    def _unwatch(self, token: str) -> None:
+        task = self._watchdogs.pop(token, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _lease_watchdog(self, vm_id: str, token: str) -> None:
+        """Undo the quiesce when its lease runs out; re-reads the lease after renewals."""
+        while True:
+            record = self._load_quiesce(vm_id)
+            if record is None or record.token != token:
+                self._watchdogs.pop(token, None)
+                return
+            remaining = record.expires_at - time.time()
+            if remaining > 0:
+                await asyncio.sleep(min(remaining, 1.0))
+                continue
+            log.warning("lease of %s on %s expired: unquiescing", token, vm_id)
+            try:
+                await self.unquiesce(token)
+                return
+            except Exception:
+                log.exception("auto-unquiesce of %s failed, retrying", token)
+                await asyncio.sleep(1.0)
+
+    # -- native snapshots ---------------------------------------------------------------
+
+    async def list_native_snapshots(self, vm_id: str) -> list[NativeSnapshot]:
+        spec = self._spec(vm_id)
+        if self._running(vm_id):
+            return await native.list_live(self._session(vm_id), spec.disks)
+        return await native.list_offline(spec.disks)
+
+    async def _find_native(self, vm_id: str, snapshot_id: str) -> NativeSnapshot | None:
+        for s in await self.list_native_snapshots(vm_id):
+            if s.snapshot_id == snapshot_id:
+                return s
+        return None
+
+    async def take_native_snapshot(
+        self,
+        vm_id: str,
+        snapshot_id: str,
+        disks: list[str] | None = None,
+        include_memory: bool = False,
+    ) -> NativeSnapshot:
+        """Internal snapshot of the (qcow2) disks, and of RAM when asked (VM running).
+
+        Idempotent on ``snapshot_id``: an existing snapshot of that id is returned.
+        """
+        async with self._lock(vm_id):
+            spec = self._spec(vm_id)
+            self._not_frozen(vm_id, "snapshot")
+            running = self._running(vm_id)
+            if include_memory and not running:
+                raise VmStateError("a memory snapshot needs a RUNNING VM", reason="VM_NOT_RUNNING")
+            chosen = native.select_disks(spec.disks, disks)
+            if include_memory:
+                native.check_memory_covers_all(spec.disks, chosen)
+            existing = await self._find_native(vm_id, snapshot_id)
+            if existing is not None:
+                wanted = (sorted(d.name for d in chosen), include_memory)
+                if (sorted(existing.disks), existing.include_memory) != wanted:
+                    raise SnapshotConflict(f"{snapshot_id} exists with other disks or memory")
+                return existing
+            if running:
+                await native.take_live(self._session(vm_id), snapshot_id, chosen, include_memory)
+            else:
+                await native.offline("-c", snapshot_id, chosen)
+            taken = await self._find_native(vm_id, snapshot_id)
+            if taken is None:
+                raise QmpCommandError(f"snapshot {snapshot_id} not found after taking it")
+            return taken
+
+    async def revert_native_snapshot(self, vm_id: str, snapshot_id: str) -> VmInfo:
+        """Revert: a memory snapshot resumes RUNNING at the saved instant; a disk-only
+        snapshot needs the VM STOPPED."""
+        async with self._lock(vm_id):
+            snap = await self._find_native(vm_id, snapshot_id)
+            if snap is None:
+                raise SnapshotNotFound(snapshot_id)
+            self._not_frozen(vm_id, "revert")
+            running = self._running(vm_id)
+            if running and snap.include_memory:
+                await native.load_live(self._session(vm_id), snap)
+            elif running:
+                raise VmStateError(
+                    "revert of a disk-only snapshot needs the VM stopped", reason="VM_NOT_STOPPED"
+                )
+            else:
+                spec = self._spec(vm_id)
+                chosen = [d for d in spec.disks if d.name in snap.disks]
+                await native.offline("-a", snapshot_id, chosen)
+        if not running and snap.include_memory:
+            return await self.start_vm(vm_id, loadvm=snapshot_id)
+        return await self.describe_vm(vm_id)
+
+    async def delete_native_snapshot(self, vm_id: str, snapshot_id: str) -> None:
+        """Delete; an unknown snapshot is OK (idempotent)."""
+        async with self._lock(vm_id):
+            snap = await self._find_native(vm_id, snapshot_id)
+            if snap is None:
+                return
+            if self._running(vm_id):
+                await native.delete_live(self._session(vm_id), snap)
+            else:
+                spec = self._spec(vm_id)
+                await native.offline(
+                    "-d", snapshot_id, [d for d in spec.disks if d.name in snap.disks]
+                )

@@ -1,0 +1,97 @@
+"""A QMP session to one QEMU process, with job helpers.
+
+QEMU's QMP unix socket serves one client at a time (a second one would wait in
+the listen backlog without a greeting), so the agent keeps one persistent
+``QMPClient`` per VM and shares it between tasks: the client multiplexes
+concurrent commands by id. A broken connection is dropped and re-made on the next
+command, which is also how the agent re-attaches after a restart.
+
+Jobs (block-commit, snapshot-save, ...) are followed by polling ``query-jobs``
+rather than by events: polling works the same for a job that a previous agent
+process started, which events (missed while we were down) would not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, QMPError
+
+from .errors import QmpCommandError
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+JOB_POLL_INTERVAL = 0.05
+
+
+class QmpSession:
+    def __init__(self, socket_path: str, name: str) -> None:
+        self._path = socket_path
+        self._name = name
+        self._client: QMPClient | None = None
+        self._lock = asyncio.Lock()
+
+    async def _ensure(self) -> QMPClient:
+        async with self._lock:
+            if self._client is not None and self._client.runstate.name == "RUNNING":
+                return self._client
+            await self._drop_locked()
+            client = QMPClient(self._name)
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await client.connect(self._path)
+            except (ConnectError, TimeoutError, OSError) as exc:
+                raise QmpCommandError(f"cannot connect to QMP at {self._path}: {exc}") from exc
+            self._client = client
+            return client
+
+    async def _drop_locked(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.disconnect()
+            except (QMPError, EOFError, OSError) as exc:  # a dead peer's EOF re-raised here
+                log.debug("QMP disconnect from %s: %s", self._path, exc)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._drop_locked()
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        client = await self._ensure()
+        try:
+            return await client.execute(command, arguments)
+        except ExecuteError as exc:
+            raise QmpCommandError(f"{command}: {exc.error_class}: {exc}") from exc
+        except (ExecInterruptedError, EOFError, OSError) as exc:
+            await self.close()
+            raise QmpCommandError(f"{command}: QMP connection lost: {exc}") from exc
+
+    async def job_status(self, job_id: str) -> dict[str, Any] | None:
+        jobs = await self.execute("query-jobs")
+        for job in jobs:
+            if job.get("id") == job_id:
+                return dict(job)
+        return None
+
+    async def wait_job(self, job_id: str, statuses: set[str], timeout: float) -> dict[str, Any]:
+        """Poll until the job reaches one of ``statuses`` (or concludes)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                job = await self.job_status(job_id)
+                if job is None:
+                    raise QmpCommandError(f"job {job_id} disappeared")
+                if job["status"] in statuses or job["status"] in ("concluded", "null"):
+                    return job
+                await asyncio.sleep(JOB_POLL_INTERVAL)
+
+    async def finish_job(self, job_id: str, timeout: float) -> None:
+        """Wait for a job created with auto-dismiss off to conclude; raise on its error."""
+        job = await self.wait_job(job_id, {"concluded"}, timeout)
+        if job["status"] == "concluded":
+            await self.execute("job-dismiss", {"id": job_id})
+        if job.get("error"):
+            raise QmpCommandError(f"job {job_id} failed: {job['error']}")

@@ -1,0 +1,299 @@
+"""Quiesce and unquiesce one VM: overlays, guest freeze, and their undo.
+
+Methods (see :class:`~.model.QuiesceMethod`):
+
+* ``overlay`` — one QMP ``transaction`` of ``blockdev-snapshot-sync`` over every
+  writable disk. QEMU switches all disks to new qcow2 overlays at the same instant
+  (the transaction is atomic, with the VM's I/O drained), so the base files stop
+  changing and are crash-consistent together. Undo = active ``block-commit`` of
+  each overlay into its base, ``block-job-complete`` once READY, delete the file.
+* ``guest`` — ``guest-fsfreeze-freeze`` through qemu-ga. The disks stay as they
+  are, the guest writes nothing until the thaw; the guest is frozen for the whole
+  lease, so this is the method with the longest freeze.
+* ``overlay+guest`` — freeze, overlay transaction, thaw at once. The overlay cut
+  happens while the file systems are frozen, so the stable bases are file-system
+  consistent, yet the guest is frozen only for the few milliseconds of the
+  transaction instead of for the whole time the arrays take to snapshot. Keeping
+  it frozen longer would buy nothing: the bases no longer receive writes.
+
+Every step is made durable before it is taken (the record lists the overlays and
+``guest_frozen`` before the transaction or the freeze), and every undo step is
+idempotent and checks QEMU's actual state (jobs, graph nodes), so an agent that
+crashed anywhere can finish the undo after a restart.
+
+Application consistency: qemu-ga runs its fsfreeze hook before freezing and fails
+the freeze if the hook fails, but does not say whether a hook is configured. The
+vmsnap guest convention is a hook log at :data:`HOOK_LOG` (the hook appends
+"freeze <uptime>"/"thaw <uptime>" and keeps the last lines; a guest with the hook
+creates it at boot). With ``overlay+guest`` the agent reads it before and after
+(the guest is thawed again), so a new "freeze" line proves the hook ran. With ``guest`` the log cannot be read
+while frozen (qemu-ga disables guest-file-* then), so its presence before the
+freeze, plus the successful freeze, stand for the proof.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import GuestAgentUnavailable, QmpCommandError
+from .guest_agent import GuestAgentClient
+from .model import Consistency, OverlayRecord, QuiesceMethod, QuiesceRecord, VmSpec
+from .process import VmPaths, format_node, node_key, overlay_node
+from .qmp import QmpSession
+from .statefile import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+HOOK_LOG = "/run/vmsnap/fsfreeze-hook.log"
+FREEZE_TIMEOUT = 30.0
+COMMIT_TIMEOUT = 300.0
+
+GuestAgentFactory = Callable[[], GuestAgentClient]
+
+
+@dataclass
+class QuiesceContext:
+    spec: VmSpec
+    paths: VmPaths
+    qmp: QmpSession | None  # None when the VM is not running
+    guest_agent: GuestAgentFactory
+    # Bound on one guest-fsfreeze-freeze/thaw (the hook may flush a database).
+    freeze_timeout: float = FREEZE_TIMEOUT
+
+    def save(self, record: QuiesceRecord) -> None:
+        write_json_atomic(self.paths.quiesce, record.to_json())
+
+
+def _last_freeze(log_bytes: bytes | None) -> bytes | None:
+    """The hook's last "freeze <uptime>" line: unique per run (the guest trims the log)."""
+    lines = [ln for ln in (log_bytes or b"").splitlines() if ln.startswith(b"freeze")]
+    return lines[-1] if lines else None
+
+
+def stable_paths(spec: VmSpec) -> list[str]:
+    return [d.path for d in spec.disks]
+
+
+def plan_overlays(spec: VmSpec, token: str, paths: VmPaths) -> list[OverlayRecord]:
+    # Read-only disks cannot change, they need no overlay.
+    return [
+        OverlayRecord(
+            disk=d.name,
+            base_node=format_node(d.name),
+            overlay_node=overlay_node(d.name),
+            overlay_path=str(paths.overlays / f"{token}-{node_key(d.name)}.qcow2"),
+        )
+        for d in spec.disks
+        if not d.read_only
+    ]
+
+
+async def _overlay_transaction(qmp: QmpSession, overlays: list[OverlayRecord]) -> None:
+    actions = [
+        {
+            "type": "blockdev-snapshot-sync",
+            "data": {
+                "node-name": o.base_node,
+                "snapshot-file": o.overlay_path,
+                "snapshot-node-name": o.overlay_node,
+                "format": "qcow2",
+                "mode": "absolute-paths",
+            },
+        }
+        for o in overlays
+    ]
+    await qmp.execute("transaction", {"actions": actions})
+
+
+def quiesce_stopped(
+    ctx: QuiesceContext,
+    token: str,
+    method: QuiesceMethod,
+    lease_seconds: float,
+    *,
+    operation_id: str,
+    clean_stop: bool,
+) -> QuiesceRecord:
+    """A stopped VM writes nothing: record the lease (it keeps the VM from starting)."""
+    now = time.time()
+    record = QuiesceRecord(
+        token=token,
+        vm_id=ctx.spec.vm_id,
+        method=method,
+        consistency=Consistency.APPLICATION if clean_stop else Consistency.CRASH,
+        expires_at=now + lease_seconds,
+        started_at=now,
+        operation_id=operation_id,
+        stable_paths=stable_paths(ctx.spec),
+    )
+    ctx.save(record)
+    return record
+
+
+async def quiesce(
+    ctx: QuiesceContext,
+    token: str,
+    method: QuiesceMethod,
+    lease_seconds: float,
+    operation_id: str = "",
+) -> QuiesceRecord:
+    """Quiesce a running VM; on failure everything done so far is undone before raising."""
+    assert ctx.qmp is not None
+    with_overlays = method in (QuiesceMethod.OVERLAY, QuiesceMethod.OVERLAY_GUEST)
+    with_guest = method in (QuiesceMethod.GUEST, QuiesceMethod.OVERLAY_GUEST)
+    record = QuiesceRecord(
+        token=token,
+        vm_id=ctx.spec.vm_id,
+        method=method,
+        consistency=Consistency.CRASH,
+        expires_at=time.time() + lease_seconds,
+        started_at=time.time(),
+        operation_id=operation_id,
+        stable_paths=stable_paths(ctx.spec),
+        overlays=plan_overlays(ctx.spec, token, ctx.paths) if with_overlays else [],
+    )
+    if with_overlays:
+        ctx.paths.overlays.mkdir(parents=True, exist_ok=True)
+    if not with_guest:
+        ctx.save(record)
+        try:
+            await _overlay_transaction(ctx.qmp, record.overlays)
+        except BaseException:
+            await unquiesce(ctx, record)
+            raise
+        return record
+
+    # Connect (and sync) before anything is recorded: an absent agent costs nothing.
+    async with ctx.guest_agent() as ga:
+        log_before = await ga.read_file(HOOK_LOG)
+        hook_installed = log_before is not None
+        record.guest_frozen = True
+        ctx.save(record)
+        try:
+            record.frozen_at = time.time()
+            # On failure or timeout (some file systems may be frozen, or the freeze
+            # may still complete in the guest) the except below thaws through a
+            # fresh, resynchronised connection.
+            await ga.execute("guest-fsfreeze-freeze", timeout=ctx.freeze_timeout)
+            if method is QuiesceMethod.GUEST:
+                record.consistency = (
+                    Consistency.APPLICATION if hook_installed else Consistency.FILESYSTEM
+                )
+                ctx.save(record)
+                return record
+            await _overlay_transaction(ctx.qmp, record.overlays)
+            await ga.execute("guest-fsfreeze-thaw", timeout=ctx.freeze_timeout)
+            record.thawed_at = time.time()
+            record.guest_frozen = False
+            last_after = _last_freeze(await ga.read_file(HOOK_LOG))
+        except BaseException:
+            await ga.close()  # the thaw in unquiesce needs the (single-client) channel
+            await unquiesce(ctx, record)
+            raise
+    record.consistency = (
+        Consistency.APPLICATION
+        if hook_installed and last_after not in (None, _last_freeze(log_before))
+        else Consistency.FILESYSTEM
+    )
+    ctx.save(record)
+    return record
+
+
+async def _thaw(ctx: QuiesceContext, record: QuiesceRecord) -> None:
+    async with ctx.guest_agent() as ga:
+        # Thawing a thawed guest answers 0: harmless, which keeps undo idempotent.
+        await ga.execute("guest-fsfreeze-thaw", timeout=ctx.freeze_timeout)
+    record.guest_frozen = False
+    record.thawed_at = record.thawed_at or time.time()
+    ctx.save(record)
+
+
+async def _graph_nodes(qmp: QmpSession) -> set[str]:
+    nodes = await qmp.execute("query-named-block-nodes", {"flat": True})
+    return {n["node-name"] for n in nodes}
+
+
+async def _commit_live(qmp: QmpSession, overlays: list[OverlayRecord]) -> None:
+    """Active commit of every overlay still in the graph, all jobs in parallel."""
+    nodes = await _graph_nodes(qmp)
+    jobs: list[str] = []
+    for o in overlays:
+        job_id = f"commit-{node_key(o.disk)}"
+        if await qmp.job_status(job_id) is not None:
+            jobs.append(job_id)  # started by us before a restart: follow it
+        elif o.overlay_node in nodes:
+            await qmp.execute(
+                "block-commit",
+                {
+                    "job-id": job_id,
+                    "device": o.overlay_node,
+                    "base-node": o.base_node,
+                    # Keep the concluded job around so we (or a restarted agent)
+                    # can read its error before dismissing it.
+                    "auto-dismiss": False,
+                },
+            )
+            jobs.append(job_id)
+    for job_id in jobs:
+        job = await qmp.wait_job(job_id, {"ready"}, COMMIT_TIMEOUT)
+        if job["status"] == "ready":
+            # Pivot the device back onto the base; the overlay node then has no
+            # user left and QEMU closes it.
+            await qmp.execute("block-job-complete", {"device": job_id})
+    for job_id in jobs:
+        await qmp.finish_job(job_id, COMMIT_TIMEOUT)
+
+
+def _existing(overlays: list[OverlayRecord]) -> list[OverlayRecord]:
+    return [o for o in overlays if Path(o.overlay_path).exists()]
+
+
+def _delete_files(overlays: list[OverlayRecord]) -> None:
+    for o in overlays:
+        Path(o.overlay_path).unlink(missing_ok=True)
+
+
+async def _commit_offline(overlays: list[OverlayRecord]) -> None:
+    """The VM stopped while quiesced: fold the overlays into their bases with qemu-img."""
+    for o in _existing(overlays):
+        proc = await asyncio.create_subprocess_exec(
+            "qemu-img",
+            "commit",
+            "-q",
+            o.overlay_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise QmpCommandError(f"qemu-img commit {o.overlay_path}: {err.decode().strip()}")
+
+
+async def unquiesce(ctx: QuiesceContext, record: QuiesceRecord) -> None:
+    """Thaw the guest, commit the overlays, delete them and the record. Idempotent."""
+    thaw_error: GuestAgentUnavailable | None = None
+    if record.guest_frozen and ctx.qmp is not None:
+        try:
+            await _thaw(ctx, record)
+        except GuestAgentUnavailable as exc:
+            # Keep going so at least the overlays are committed; the record stays
+            # (guest_frozen set) so that a later call retries the thaw.
+            log.error("cannot thaw %s: %s", ctx.spec.vm_id, exc)
+            thaw_error = exc
+    if record.overlays:
+        if ctx.qmp is not None:
+            await _commit_live(ctx.qmp, record.overlays)
+        else:
+            await _commit_offline(record.overlays)
+        _delete_files(record.overlays)
+        record.overlays = []
+        ctx.save(record)
+    if thaw_error is not None:
+        raise thaw_error
+    # A stopped VM has no frozen guest any more: the record is done.
+    ctx.paths.quiesce.unlink(missing_ok=True)
