@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     el.add_argument("--cluster", default="vmsnap-element", help="cluster name")
     el.add_argument("--max-snapshots-per-volume", type=int, default=32)
     el.add_argument(
+        "--nbd-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="also export every volume over NBD (export name = volume ID; the stand-in "
+        "for iSCSI); port 0: any, reported in listen.json as nbd.port",
+    )
+    el.add_argument(
         "--async-delay",
         type=float,
         default=0.0,
@@ -74,7 +81,8 @@ def _build_app(args: argparse.Namespace, data: Path) -> App:
             max_snapshots_per_volume=args.max_snapshots_per_volume,
             async_delay=args.async_delay,
         )
-        return ElementApp(state, data)
+        nbd = parse_listen(args.nbd_listen) if args.nbd_listen else None
+        return ElementApp(state, data, nbd_listen=nbd)
     from .ontap.app import OntapApp
 
     return OntapApp(data, svm=args.svm, cluster=args.cluster, job_delay=args.job_delay)

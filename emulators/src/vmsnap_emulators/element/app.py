@@ -23,6 +23,7 @@ from typing import Any
 from ..httpserver import Request, Response
 from . import methods
 from .errors import ElementError
+from .nbd import NbdServer
 from .state import ElementState
 
 LOG = logging.getLogger(__name__)
@@ -36,9 +37,16 @@ _DATA_PATH = re.compile(r"^/emulator/(?P<kind>volumes|snapshots)/(?P<id>[0-9]+)/
 class ElementApp:
     kind = "element"
 
-    def __init__(self, state: ElementState, data_dir: Path) -> None:
+    def __init__(
+        self, state: ElementState, data_dir: Path, nbd_listen: tuple[str, int] | None = None
+    ) -> None:
         self.state = state
         self.data_dir = data_dir
+        # The volumes' block protocol (the stand-in for iSCSI), when asked for.
+        self.nbd: NbdServer | None = None
+        if nbd_listen is not None:
+            self.nbd = NbdServer(nbd_listen, state)
+            self.nbd.start()
         self._versions = {float(v) for v in methods.SUPPORTED_VERSIONS}
 
     # -- App protocol ------------------------------------------------------------------
@@ -58,9 +66,14 @@ class ElementApp:
         return Response.json(status, {"id": None, "error": ElementError(name, message).to_json()})
 
     def listen_info(self) -> dict[str, Any]:
-        return {"cluster": self.state.cluster["name"], "api_version": methods.API_VERSION}
+        info = {"cluster": self.state.cluster["name"], "api_version": methods.API_VERSION}
+        if self.nbd is not None:
+            info.update(self.nbd.info())
+        return info
 
     def close(self) -> None:
+        if self.nbd is not None:
+            self.nbd.stop()
         with self.state.lock:
             self.state.commit()
 
