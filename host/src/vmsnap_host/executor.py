@@ -204,9 +204,15 @@ class Executor:
         except VMSnapError as exc:
             await self._fail_take(op, snap, list(snap.groups), exc, warnings)
 
+        # A result's consistency is what the driver achieved *on its own* (the
+        # contract: CRASH for a consistent group). Every group was cut inside the
+        # freeze, so a frozen VM's snapshot has the freeze's level, whatever each
+        # driver could have promised without it.
         group_levels = [g.result.consistency for g in snap.groups if g.result is not None]
-        levels = [*group_levels, *([freeze.result.consistency] if freeze else [])]
-        achieved = min(levels) if levels else Consistency.CRASH
+        if freeze is not None:
+            achieved = freeze.result.consistency
+        else:
+            achieved = min(group_levels) if group_levels else Consistency.CRASH
         if (
             snap.quiesce is not QuiescePolicy.OFF
             and vm.state is VMState.RUNNING

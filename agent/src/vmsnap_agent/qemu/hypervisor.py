@@ -7,13 +7,19 @@ State layout (everything the agent needs after a restart)::
                          qemu.pid        pidfile of the daemonized QEMU
                          console.log     serial console
                          overlays/       qcow2 overlays while quiesced
+                         native-aliases.json  native snapshot id -> qcow2 tag (adopted cuts)
                          clean-stop      present after a graceful stop
     state_dir/run/<hash of vm_id>/qmp.sock   QMP (short path: sun_path is 108 bytes)
                                  qga.sock   host side of qemu-ga's virtio-serial port
 
-While a VM is quiesced it cannot be started, stopped, reverted, snapshotted or
-undefined (:class:`VmFrozen`): arrays may be reading its stable bases, so only
-unquiesce or the end of the lease touches them again.
+While a VM is quiesced it cannot be started, stopped, reverted or undefined
+(:class:`VmFrozen`): arrays may be reading its stable bases, so only unquiesce or
+the end of the lease touches them again. A disk-only native snapshot asked for
+meanwhile (the host's hypervisor group in a plan that spans arrays) adopts the
+quiesce's *cut*: an internal snapshot of the local qcow2 disks taken in the same
+QMP transaction as the overlays, so it is cut at the arrays' instant. It keeps its
+qcow2 tag (``vmsnap-cut-<token>``); ``vms/<vm_id>/native-aliases.json`` maps the
+snapshot id to it.
 
 A new ``QemuHypervisor`` on the same state dir (``await hv.open()``) re-attaches to
 the running QEMU processes, resolves quiesces whose lease ran out while no agent
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import shutil
@@ -506,11 +513,57 @@ class QemuHypervisor:
 
     # -- native snapshots ---------------------------------------------------------------
 
+    def _aliases_path(self, vm_id: str) -> Path:
+        return self._paths(vm_id).root / "native-aliases.json"
+
+    def _aliases(self, vm_id: str) -> dict[str, str]:
+        """Native snapshot id -> internal tag, for cut snapshots adopted during a quiesce."""
+        return {str(k): str(v) for k, v in (read_json(self._aliases_path(vm_id)) or {}).items()}
+
+    def _tagged(self, vm_id: str, snap: NativeSnapshot) -> NativeSnapshot:
+        """The snapshot under its qcow2 tag (what QEMU and qemu-img know)."""
+        tag = self._aliases(vm_id).get(snap.snapshot_id, snap.snapshot_id)
+        return dataclasses.replace(snap, snapshot_id=tag)
+
     async def list_native_snapshots(self, vm_id: str) -> list[NativeSnapshot]:
         spec = self._spec(vm_id)
         if self._running(vm_id):
-            return await native.list_live(self._session(vm_id), spec.disks)
-        return await native.list_offline(spec.disks)
+            tagged = await native.list_live(self._session(vm_id), spec.disks)
+        else:
+            tagged = await native.list_offline(spec.disks)
+        by_tag = {tag: sid for sid, tag in self._aliases(vm_id).items()}
+        return [
+            dataclasses.replace(s, snapshot_id=by_tag.get(s.snapshot_id, s.snapshot_id))
+            for s in tagged
+            # A cut nobody adopted is the quiesce's own business (gone at unquiesce).
+            if s.snapshot_id in by_tag or not s.snapshot_id.startswith(q.CUT_PREFIX)
+        ]
+
+    async def _adopt_cut(
+        self, vm_id: str, snapshot_id: str, chosen: list[str], include_memory: bool
+    ) -> NativeSnapshot:
+        """A disk-only native snapshot asked for while quiesced: the quiesce's cut."""
+        record = self._load_quiesce(vm_id)
+        assert record is not None
+        if include_memory or not record.cut_tag or sorted(chosen) != sorted(record.cut_disks):
+            raise VmFrozen(
+                f"cannot snapshot {vm_id}: quiesced ({record.token}) until unquiesce; only a "
+                f"disk-only snapshot of the disks cut at the quiesce ({record.cut_disks}) can "
+                "be taken meanwhile"
+            )
+        if record.adopted_by not in ("", snapshot_id):
+            raise SnapshotConflict(
+                f"the cut of quiesce {record.token} is already snapshot {record.adopted_by}"
+            )
+        aliases = self._aliases(vm_id)
+        aliases[snapshot_id] = record.cut_tag
+        write_json_atomic(self._aliases_path(vm_id), aliases)
+        record.adopted_by = snapshot_id
+        write_json_atomic(self._paths(vm_id).quiesce, record.to_json())
+        taken = await self._find_native(vm_id, snapshot_id)
+        if taken is None:
+            raise QmpCommandError(f"cut {record.cut_tag} of {vm_id} not found")
+        return taken
 
     async def _find_native(self, vm_id: str, snapshot_id: str) -> NativeSnapshot | None:
         for s in await self.list_native_snapshots(vm_id):
@@ -531,7 +584,6 @@ class QemuHypervisor:
         """
         async with self._lock(vm_id):
             spec = self._spec(vm_id)
-            self._not_frozen(vm_id, "snapshot")
             running = self._running(vm_id)
             if include_memory and not running:
                 raise VmStateError("a memory snapshot needs a RUNNING VM", reason="VM_NOT_RUNNING")
@@ -544,6 +596,11 @@ class QemuHypervisor:
                 if (sorted(existing.disks), existing.include_memory) != wanted:
                     raise SnapshotConflict(f"{snapshot_id} exists with other disks or memory")
                 return existing
+            if running and self._load_quiesce(vm_id) is not None:
+                return await self._adopt_cut(
+                    vm_id, snapshot_id, [d.name for d in chosen], include_memory
+                )
+            # A stopped VM's quiesce holds no overlay: qemu-img may snapshot its files.
             if running:
                 await native.take_live(self._session(vm_id), snapshot_id, chosen, include_memory)
             else:
@@ -563,7 +620,7 @@ class QemuHypervisor:
             self._not_frozen(vm_id, "revert")
             running = self._running(vm_id)
             if running and snap.include_memory:
-                await native.load_live(self._session(vm_id), snap)
+                await native.load_live(self._session(vm_id), self._tagged(vm_id, snap))
             elif running:
                 raise VmStateError(
                     "revert of a disk-only snapshot needs the VM stopped", reason="VM_NOT_STOPPED"
@@ -571,7 +628,7 @@ class QemuHypervisor:
             else:
                 spec = self._spec(vm_id)
                 chosen = [d for d in spec.disks if d.name in snap.disks]
-                await native.offline("-a", snapshot_id, chosen)
+                await native.offline("-a", self._tagged(vm_id, snap).snapshot_id, chosen)
         if not running and snap.include_memory:
             return await self.start_vm(vm_id, loadvm=snapshot_id)
         return await self.describe_vm(vm_id)
@@ -582,10 +639,14 @@ class QemuHypervisor:
             snap = await self._find_native(vm_id, snapshot_id)
             if snap is None:
                 return
+            tagged = self._tagged(vm_id, snap)
             if self._running(vm_id):
-                await native.delete_live(self._session(vm_id), snap)
+                await native.delete_live(self._session(vm_id), tagged)
             else:
                 spec = self._spec(vm_id)
                 await native.offline(
-                    "-d", snapshot_id, [d for d in spec.disks if d.name in snap.disks]
+                    "-d", tagged.snapshot_id, [d for d in spec.disks if d.name in snap.disks]
                 )
+            aliases = self._aliases(vm_id)
+            if aliases.pop(snapshot_id, None) is not None:
+                write_json_atomic(self._aliases_path(vm_id), aliases)

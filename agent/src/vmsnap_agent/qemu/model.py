@@ -245,6 +245,12 @@ class QuiesceRecord:
     thawed_at: float | None = None
     started_at: float = 0.0
     operation_id: str = ""
+    # Local qcow2 disks also get an internal snapshot in the overlay transaction (the
+    # "cut", same instant as the overlays): a disk-only native snapshot asked for during
+    # the quiesce adopts it (a base under an overlay cannot be snapshotted any more).
+    cut_tag: str = ""
+    cut_disks: list[str] = field(default_factory=list)
+    adopted_by: str = ""
 
     def result(self) -> QuiesceResult:
         return QuiesceResult(
@@ -273,6 +279,9 @@ class QuiesceRecord:
             "started_at": self.started_at,
             "operation_id": self.operation_id,
             "overlays": [vars(o) for o in self.overlays],
+            "cut_tag": self.cut_tag,
+            "cut_disks": self.cut_disks,
+            "adopted_by": self.adopted_by,
         }
 
     @classmethod
@@ -290,4 +299,7 @@ class QuiesceRecord:
             started_at=d.get("started_at", 0.0),
             operation_id=d.get("operation_id", ""),
             overlays=[OverlayRecord(**o) for o in d["overlays"]],
+            cut_tag=d.get("cut_tag", ""),
+            cut_disks=list(d.get("cut_disks", [])),
+            adopted_by=d.get("adopted_by", ""),
         )

@@ -36,13 +36,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import GuestAgentUnavailable, QmpCommandError
 from .guest_agent import GuestAgentClient
-from .model import Consistency, OverlayRecord, QuiesceMethod, QuiesceRecord, VmSpec
+from .model import (
+    Consistency,
+    DiskFormat,
+    OverlayRecord,
+    QuiesceMethod,
+    QuiesceRecord,
+    VmSpec,
+)
 from .process import VmPaths, format_node, node_key, overlay_node
 from .qmp import QmpSession
 from .statefile import write_json_atomic
@@ -93,8 +100,33 @@ def plan_overlays(spec: VmSpec, token: str, paths: VmPaths) -> list[OverlayRecor
     ]
 
 
-async def _overlay_transaction(qmp: QmpSession, overlays: list[OverlayRecord]) -> None:
-    actions = [
+CUT_PREFIX = "vmsnap-cut-"
+
+
+def plan_cut(spec: VmSpec) -> list[str]:
+    """Disks that get a cut snapshot: writable local qcow2 files (no array reads them)."""
+    return [
+        d.name
+        for d in spec.disks
+        if d.format is DiskFormat.QCOW2 and not d.is_nbd and not d.read_only
+    ]
+
+
+async def _overlay_transaction(
+    qmp: QmpSession,
+    overlays: list[OverlayRecord],
+    cut_tag: str = "",
+    cut_disks: Sequence[str] = (),
+) -> None:
+    # The cut snapshots come first: their nodes are still the roots they must be.
+    actions: list[dict[str, object]] = [
+        {
+            "type": "blockdev-snapshot-internal-sync",
+            "data": {"device": format_node(disk), "name": cut_tag},
+        }
+        for disk in cut_disks
+    ]
+    actions += [
         {
             "type": "blockdev-snapshot-sync",
             "data": {
@@ -158,11 +190,14 @@ async def quiesce(
         overlays=plan_overlays(ctx.spec, token, ctx.paths) if with_overlays else [],
     )
     if with_overlays:
+        record.cut_disks = plan_cut(ctx.spec)
+        record.cut_tag = f"{CUT_PREFIX}{token}" if record.cut_disks else ""
+    if with_overlays:
         ctx.paths.overlays.mkdir(parents=True, exist_ok=True)
     if not with_guest:
         ctx.save(record)
         try:
-            await _overlay_transaction(ctx.qmp, record.overlays)
+            await _overlay_transaction(ctx.qmp, record.overlays, record.cut_tag, record.cut_disks)
         except BaseException:
             await unquiesce(ctx, record)
             raise
@@ -186,7 +221,7 @@ async def quiesce(
                 )
                 ctx.save(record)
                 return record
-            await _overlay_transaction(ctx.qmp, record.overlays)
+            await _overlay_transaction(ctx.qmp, record.overlays, record.cut_tag, record.cut_disks)
             await ga.execute("guest-fsfreeze-thaw", timeout=ctx.freeze_timeout)
             record.thawed_at = time.time()
             record.guest_frozen = False
@@ -274,6 +309,39 @@ async def _commit_offline(overlays: list[OverlayRecord]) -> None:
             raise QmpCommandError(f"qemu-img commit {o.overlay_path}: {err.decode().strip()}")
 
 
+def _missing(message: str) -> bool:
+    text = message.lower()
+    return "not found" in text or "does not exist" in text
+
+
+async def _drop_cut(ctx: QuiesceContext, tag: str, disks: list[str]) -> None:
+    """Delete a cut snapshot nobody adopted (idempotent: a missing one is fine)."""
+    by_name = {d.name: d for d in ctx.spec.disks}
+    for name in disks:
+        if ctx.qmp is not None:
+            try:
+                await ctx.qmp.execute(
+                    "blockdev-snapshot-delete-internal-sync",
+                    {"device": format_node(name), "name": tag},
+                )
+            except QmpCommandError as exc:
+                if not _missing(str(exc)):
+                    raise
+        else:
+            proc = await asyncio.create_subprocess_exec(
+                "qemu-img",
+                "snapshot",
+                "-d",
+                tag,
+                by_name[name].path,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, err = await proc.communicate()
+            if proc.returncode != 0 and not _missing(err.decode(errors="replace")):
+                raise QmpCommandError(f"qemu-img snapshot -d {tag}: {err.decode().strip()}")
+
+
 async def unquiesce(ctx: QuiesceContext, record: QuiesceRecord) -> None:
     """Thaw the guest, commit the overlays, delete them and the record. Idempotent."""
     thaw_error: GuestAgentUnavailable | None = None
@@ -292,6 +360,12 @@ async def unquiesce(ctx: QuiesceContext, record: QuiesceRecord) -> None:
             await _commit_offline(record.overlays)
         _delete_files(record.overlays)
         record.overlays = []
+        ctx.save(record)
+    if record.cut_tag:
+        # After the commit: the bases are roots again. Adopted cuts stay (renamed by alias).
+        unused = [] if record.adopted_by else record.cut_disks
+        await _drop_cut(ctx, record.cut_tag, unused)
+        record.cut_tag, record.cut_disks = "", []
         ctx.save(record)
     if thaw_error is not None:
         raise thaw_error
