@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support.qemu_stack import MiB, QemuStack, StackOptions, make_ext4
+from vmsnap_agent.qemu.errors import QemuAgentError
 from vmsnap_agent.qemu.process import qemu_binary
 from vmsnap_host.client import HostClient, Operation
 from vmsnap_sdk import VM, Volume
@@ -118,15 +119,22 @@ async def wait_guest(stack: QemuStack, vm_id: str, timeout: float = 90) -> None:
             try:
                 await guest_sh(stack, vm_id, "true")
                 return
-            except Exception:
-                await asyncio.sleep(0.3)
+            except (QemuAgentError, OSError, AssertionError):
+                pass
+            await asyncio.sleep(0.3)
+
+
+async def poll(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(interval)
 
 
 async def wait_console(stack: QemuStack, vm_id: str, text: str, timeout: float = 90) -> None:
     console = stack.probe().console_path(vm_id)
-    async with asyncio.timeout(timeout):
-        while not (console.exists() and text in console.read_text(errors="replace")):
-            await asyncio.sleep(0.2)
+    await poll(lambda: console.exists() and text in console.read_text(errors="replace"), timeout)
 
 
 async def counter(stack: QemuStack, vm_id: str, disk: str = "vda") -> int:
@@ -137,6 +145,8 @@ async def counter(stack: QemuStack, vm_id: str, disk: str = "vda") -> int:
 
 async def wait_counter(stack: QemuStack, vm_id: str, above: int, timeout: float = 30) -> int:
     async with asyncio.timeout(timeout):
-        while (n := await counter(stack, vm_id)) <= above:
+        while True:
+            n = await counter(stack, vm_id)
+            if n > above:
+                return n
             await asyncio.sleep(0.2)
-    return n

@@ -8,25 +8,30 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
 from tests.support.qemu_stack import (
     QemuStack,
     StackOptions,
     fsck,
+    make_ext4,
     read_ext4_file,
     replay_and_fsck,
 )
-from vmsnap_host.client import HostClient, QuiescePolicy, VMSnapshotState
-from vmsnap_sdk import Consistency, VMState
+from vmsnap_host.client import GroupKind, HostClient, QuiescePolicy, VMSnapshotState
+from vmsnap_sdk import VM, Consistency, VMState, Volume
+from vmsnap_sdk.errors import FailedPrecondition
 
 from .conftest import (
+    DISK_SIZE,
     counter,
     done,
     guest_sh,
     start_stack,
     three_disks,
     vm_of,
+    wait_console,
     wait_counter,
     wait_guest,
 )
@@ -117,6 +122,18 @@ async def test_quiesced_snapshot_round_trip_then_crash_consistent(
     await host.start_vm("rt")
     await wait_guest(stack, "rt")
     start = await wait_counter(stack, "rt", reverted)
+
+    # A memory snapshot is hypervisor-only: with disks on arrays the host refuses, saying why.
+    try:
+        refused = await host.create_vm_snapshot("rt", "with-memory", include_memory=True)
+    except FailedPrecondition as exc:
+        message = exc.message
+    else:
+        refused = await done(host, refused)
+        assert refused.error is not None, refused
+        assert refused.error.code is grpc.StatusCode.FAILED_PRECONDITION, refused.error
+        message = refused.error.message
+    assert "hypervisor-only" in message and "storage" in message, message
     op = await done(host, await host.create_vm_snapshot("rt", "crash", quiesce=QuiescePolicy.OFF))
     assert op.succeeded, op.error
     crash = await host.get_vm_snapshot(op.vm_snapshot_id)
@@ -135,3 +152,83 @@ async def test_quiesced_snapshot_round_trip_then_crash_consistent(
     print(f"crash-consistent cut: clean without replay={as_cut}")
 
     await host.stop_vm("rt", force=True)
+
+
+async def test_memory_snapshot_round_trip(stack: QemuStack, host: HostClient) -> None:
+    """All disks local: the hypervisor-only plan may include RAM (a tmpfs marker comes back)."""
+    disk = stack.work / "mem-vda.qcow2"
+    await host.define_vm(
+        VM(
+            id="mem",
+            name="mem",
+            memory_mib=256,
+            volumes=(Volume("vda", f"file://{disk}", DISK_SIZE, "qcow2"),),
+        )
+    )
+    await host.start_vm("mem")
+    try:
+        await wait_guest(stack, "mem")
+        await guest_sh(stack, "mem", "echo one > /run/marker")
+        op = await done(host, await host.create_vm_snapshot("mem", "ram", include_memory=True))
+        assert op.succeeded, op.error
+        snap = await host.get_vm_snapshot(op.vm_snapshot_id)
+        assert snap.include_memory and snap.consistency is Consistency.APPLICATION, snap
+        assert [g.kind for g in snap.groups] == [GroupKind.HYPERVISOR]
+        await guest_sh(stack, "mem", "echo two > /run/marker")
+
+        op = await done(host, await host.revert_vm_snapshot(snap.id))
+        assert op.succeeded, op.error
+        assert (await host.get_vm("mem")).state is VMState.RUNNING
+        assert (await guest_sh(stack, "mem", "cat /run/marker")).strip() == "one"
+    finally:
+        await host.stop_vm("mem", force=True)
+
+
+async def test_guest_without_agent(stack: QemuStack, host: HostClient) -> None:
+    """qemu-ga silent: REQUIRED fails with the cause; BEST_EFFORT records CRASH and warns."""
+    seed = stack.work / "noga-seed.img"
+
+    element = stack.element_volume("noga-vda", DISK_SIZE, ext4_from=make_ext4(seed, DISK_SIZE))
+    local = stack.work / "noga-vdb.qcow2"
+    await host.define_vm(
+        VM(
+            id="noga",
+            name="noga vmsnap.noga=1",
+            memory_mib=256,
+            volumes=(
+                Volume("vda", element, DISK_SIZE),
+                Volume("vdb", f"file://{local}", DISK_SIZE, "qcow2"),
+            ),
+        )
+    )
+    await host.start_vm("noga")
+    try:
+        await wait_console(stack, "noga", "vmsnap-init: ready")
+
+        op = await done(
+            host, await host.create_vm_snapshot("noga", "must", quiesce=QuiescePolicy.REQUIRED)
+        )
+        assert op.error is not None and op.error.code is grpc.StatusCode.FAILED_PRECONDITION
+        assert "REQUIRED" in op.error.message and "guest" in op.error.message, op.error
+        failed = await host.get_vm_snapshot(op.vm_snapshot_id)
+        assert failed.state is VMSnapshotState.ERROR, failed
+        assert not stack.frozen_token("noga")  # thawed: nothing left quiesced
+
+        op = await done(
+            host, await host.create_vm_snapshot("noga", "may", quiesce=QuiescePolicy.BEST_EFFORT)
+        )
+        assert op.succeeded, op.error
+        snap = await host.get_vm_snapshot(op.vm_snapshot_id)
+        assert snap.state is VMSnapshotState.READY
+        assert snap.consistency is Consistency.CRASH, snap
+        assert any("guest agent" in w for w in snap.warnings), snap.warnings
+        # Nothing of the failed take stayed on the array: one group snapshot, the READY one.
+        groups = stack.element_rpc("ListGroupSnapshots", {})["groupSnapshots"]
+        members = [
+            g
+            for g in groups
+            if any(m["volumeID"] == int(element.rsplit("/", 1)[1]) for m in g["members"])
+        ]
+        assert len(members) == 1, members
+    finally:
+        await host.stop_vm("noga", force=True)

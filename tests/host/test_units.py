@@ -104,6 +104,8 @@ async def test_freeze_only_when_needed() -> None:
     assert not needs_freeze(one, QuiescePolicy.OFF, VMState.RUNNING, caps)  # consistent group
     assert needs_freeze(one, QuiescePolicy.OFF, VMState.RUNNING, {"x.example.a": frozenset()})
     assert needs_freeze(one, QuiescePolicy.BEST_EFFORT, VMState.RUNNING, caps)
+    # A memory snapshot is saved with the VM paused by the hypervisor: never frozen first.
+    assert not needs_freeze(one, QuiescePolicy.REQUIRED, VMState.RUNNING, caps, include_memory=True)
     assert not needs_freeze(plan.groups, QuiescePolicy.REQUIRED, VMState.STOPPED, caps)
 
 

@@ -140,7 +140,9 @@ class Executor:
         capabilities = {
             g.owner: self._capabilities(g.owner) for g in snap.groups if g.kind is GroupKind.DRIVER
         }
-        freeze_needed = needs_freeze(snap.groups, snap.quiesce, vm.state, capabilities)
+        freeze_needed = needs_freeze(
+            snap.groups, snap.quiesce, vm.state, capabilities, include_memory=snap.include_memory
+        )
         warnings = list(snap.warnings)
         snap = replace(snap, state=SnapshotState.CREATING)
         self.store.save_snapshot(snap)

@@ -124,10 +124,16 @@ def needs_freeze(
     policy: QuiescePolicy,
     vm_state: VMState,
     capabilities: Mapping[str, frozenset[Capability]],
+    include_memory: bool = False,
 ) -> bool:
     """Whether the take must freeze the VM (DESIGN.md, "Take, step by step", 3)."""
     if vm_state is not VMState.RUNNING:
         return False  # nothing writes to the disks of a stopped VM
+    if include_memory:
+        # One hypervisor group (plan_take's rule): the hypervisor pauses the VM while
+        # it saves RAM and disks together, and a guest frozen first would be saved
+        # frozen (and come back frozen on revert).
+        return False
     if policy is not QuiescePolicy.OFF or len(groups) > 1:
         return True  # the guest asked for, or two owners cannot cut at one instant
     if not groups:
