@@ -10,19 +10,25 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from tests.support.qemu_stack import MiB, QemuStack, StackOptions, make_ext4
-from vmsnap_agent.qemu.errors import QemuAgentError
+from tests.support.qemu_stack import (
+    DISK_SIZE,
+    Disks,
+    QemuStack,
+    StackOptions,
+    guest_sh,
+    three_disks,
+    vm_of,
+    wait_guest,
+)
 from vmsnap_agent.qemu.process import qemu_binary
 from vmsnap_host.client import HostClient, Operation
-from vmsnap_sdk import VM, Volume
 
-DISK_SIZE = 32 * MiB
+__all__ = ["DISK_SIZE", "Disks", "guest_sh", "three_disks", "vm_of", "wait_guest"]
 
 
 def start_stack(options: StackOptions) -> Iterator[QemuStack]:
@@ -66,62 +72,10 @@ async def host(stack: QemuStack) -> AsyncIterator[HostClient]:
         await client.close()
 
 
-@dataclass
-class Disks:
-    element: str  # locator
-    ontap: Path  # the image file in the ONTAP export
-    local: Path  # a qcow2 image the hypervisor snapshots natively
-
-
-def three_disks(stack: QemuStack, tag: str) -> Disks:
-    """An ext4 Element volume, an ext4 file in an ONTAP volume, a local qcow2 file."""
-    seed = make_ext4(stack.work / f"{tag}-seed.img", DISK_SIZE)
-    element = stack.element_volume(f"{tag}-vda", DISK_SIZE, ext4_from=seed)
-    seed.unlink()
-    datastore = stack.ontap_volume(f"ds_{tag}".replace("-", "_"))
-    (datastore / tag).mkdir()
-    ontap = make_ext4(datastore / tag / "vdb.img", DISK_SIZE)
-    return Disks(element, ontap, stack.work / f"{tag}-vdc.qcow2")
-
-
-def vm_of(stack: QemuStack, vm_id: str, disks: Disks, *flags: str) -> VM:
-    """The VM definition; ``flags`` (``vmsnap.writer=/dev/vda``, ...) ride in the name."""
-    return VM(
-        id=vm_id,
-        name=" ".join((vm_id, *flags)),
-        memory_mib=256,
-        volumes=(
-            Volume("vda", disks.element, DISK_SIZE),
-            Volume("vdb", stack.ontap_locator(disks.ontap), DISK_SIZE),
-            Volume("vdc", f"file://{disks.local}", DISK_SIZE, "qcow2"),
-        ),
-    )
-
-
 async def done(host: HostClient, op: Operation, timeout: float = 120) -> Operation:
     finished = await host.wait(op.id, timeout=timeout)
     assert finished.done, f"operation {op.id} still running: {finished.step}"
     return finished
-
-
-async def guest_sh(stack: QemuStack, vm_id: str, script: str, timeout: float = 30) -> str:
-    """Run a shell script in the guest through qemu-ga; its stdout."""
-    async with stack.probe().guest_agent(vm_id) as ga:
-        code, out, err = await ga.exec_command("/bin/sh", ["-c", script], timeout=timeout)
-    assert code == 0, f"{script!r} exited {code}: {err.decode(errors='replace')}"
-    return out.decode(errors="replace")
-
-
-async def wait_guest(stack: QemuStack, vm_id: str, timeout: float = 90) -> None:
-    """Until qemu-ga answers (the guest booted)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                await guest_sh(stack, vm_id, "true")
-                return
-            except (QemuAgentError, OSError, AssertionError):
-                pass
-            await asyncio.sleep(0.3)
 
 
 async def poll(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:

@@ -31,10 +31,13 @@ from typing import Any
 
 from tests.support.procs import Proc, wait_serving
 from vmsnap_agent.qemu import GuestImage, QemuHypervisor, build_guest_image
+from vmsnap_agent.qemu.errors import QemuAgentError
 from vmsnap_agent.qemu.process import VmPaths, running_pid
 from vmsnap_emulators.testing import EmulatorProcess, start_emulator
+from vmsnap_sdk import VM, Volume
 
 MiB = 1 << 20
+DISK_SIZE = 32 * MiB
 PASSWORD = "e2e-secret"
 
 HOST_CONFIG = """
@@ -143,7 +146,11 @@ class QemuStack:
             )
             ontap_args = ["--job-delay", str(self.options.ontap_job_delay)]
             self.ontap = start_emulator(
-                "ontap", self.work / "ontap", password=PASSWORD, extra_args=ontap_args, durable=False
+                "ontap",
+                self.work / "ontap",
+                password=PASSWORD,
+                extra_args=ontap_args,
+                durable=False,
             )
             self.start_driver("solidfire", self.element)
             self.start_driver("netapp", self.ontap, "--job-poll-interval", "0.05")
@@ -311,13 +318,27 @@ class QemuStack:
             account = self.element_rpc("AddAccount", {"username": "e2e"})
         volume = self.element_rpc(
             "CreateVolume",
-            {"name": name, "accountID": account["accountID"], "totalSize": size, "enable512e": True},
+            {
+                "name": name,
+                "accountID": account["accountID"],
+                "totalSize": size,
+                "enable512e": True,
+            },
         )
         volume_id = int(volume["volumeID"])
         if ext4_from is not None:
             subprocess.run(
-                ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(ext4_from),
-                 f"{self.nbd_url}{volume_id}"],
+                [
+                    "qemu-img",
+                    "convert",
+                    "-n",
+                    "-f",
+                    "raw",
+                    "-O",
+                    "raw",
+                    str(ext4_from),
+                    f"{self.nbd_url}{volume_id}",
+                ],
                 check=True,
                 capture_output=True,
                 timeout=120,
@@ -328,8 +349,16 @@ class QemuStack:
         """Copy an Element volume's bytes to a local raw file (over NBD)."""
         volume_id = locator.rsplit("/", 1)[1]
         subprocess.run(
-            ["qemu-img", "convert", "-f", "raw", "-O", "raw", f"{self.nbd_url}{volume_id}",
-             str(dest)],
+            [
+                "qemu-img",
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "raw",
+                f"{self.nbd_url}{volume_id}",
+                str(dest),
+            ],
             check=True,
             capture_output=True,
             timeout=120,
@@ -341,7 +370,9 @@ class QemuStack:
         assert self.ontap is not None
         body = json.dumps({"name": name, "svm": {"name": self.svm}, "size": size}).encode()
         status, data = self.ontap.request(
-            "POST", "/api/storage/volumes?return_timeout=60", body,
+            "POST",
+            "/api/storage/volumes?return_timeout=60",
+            body,
             headers={"Content-Type": "application/json"},
         )
         if status >= 300:
@@ -382,7 +413,9 @@ def make_ext4(path: Path, size: int, *, label: str = "") -> Path:
 
 def fsck(image: Path) -> tuple[bool, str]:
     """``e2fsck -fn``: consistent as it is, without journal replay?"""
-    done = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["e2fsck", "-fn", str(image)], capture_output=True, text=True, check=False
+    )
     return done.returncode == 0, done.stdout + done.stderr
 
 
@@ -399,3 +432,55 @@ def read_ext4_file(image: Path, name: str) -> str:
         ["debugfs", "-R", f"cat /{name}", str(image)], capture_output=True, text=True, check=False
     )
     return done.stdout
+
+
+@dataclass
+class Disks:
+    element: str  # locator
+    ontap: Path  # the image file in the ONTAP export
+    local: Path  # a qcow2 image the hypervisor snapshots natively
+
+
+def three_disks(stack: QemuStack, tag: str) -> Disks:
+    """An ext4 Element volume, an ext4 file in an ONTAP volume, a local qcow2 file."""
+    seed = make_ext4(stack.work / f"{tag}-seed.img", DISK_SIZE)
+    element = stack.element_volume(f"{tag}-vda", DISK_SIZE, ext4_from=seed)
+    seed.unlink()
+    datastore = stack.ontap_volume(f"ds_{tag}".replace("-", "_"))
+    (datastore / tag).mkdir()
+    ontap = make_ext4(datastore / tag / "vdb.img", DISK_SIZE)
+    return Disks(element, ontap, stack.work / f"{tag}-vdc.qcow2")
+
+
+def vm_of(stack: QemuStack, vm_id: str, disks: Disks, *flags: str) -> VM:
+    """The VM definition; ``flags`` (``vmsnap.writer=/dev/vda``, ...) ride in the name."""
+    return VM(
+        id=vm_id,
+        name=" ".join((vm_id, *flags)),
+        memory_mib=256,
+        volumes=(
+            Volume("vda", disks.element, DISK_SIZE),
+            Volume("vdb", stack.ontap_locator(disks.ontap), DISK_SIZE),
+            Volume("vdc", f"file://{disks.local}", DISK_SIZE, "qcow2"),
+        ),
+    )
+
+
+async def guest_sh(stack: QemuStack, vm_id: str, script: str, timeout: float = 30) -> str:
+    """Run a shell script in the guest through qemu-ga; its stdout."""
+    async with stack.probe().guest_agent(vm_id) as ga:
+        code, out, err = await ga.exec_command("/bin/sh", ["-c", script], timeout=timeout)
+    assert code == 0, f"{script!r} exited {code}: {err.decode(errors='replace')}"
+    return out.decode(errors="replace")
+
+
+async def wait_guest(stack: QemuStack, vm_id: str, timeout: float = 90) -> None:
+    """Until qemu-ga answers (the guest booted)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                await guest_sh(stack, vm_id, "true")
+                return
+            except (QemuAgentError, OSError, AssertionError):
+                pass
+            await asyncio.sleep(0.3)

@@ -587,6 +587,9 @@ class QemuHypervisor:
             running = self._running(vm_id)
             if include_memory and not running:
                 raise VmStateError("a memory snapshot needs a RUNNING VM", reason="VM_NOT_RUNNING")
+            frozen = self._load_quiesce(vm_id) if running else None
+            if frozen is not None and (include_memory or not frozen.cut_tag):
+                self._not_frozen(vm_id, "snapshot")  # nothing to adopt: VmFrozen
             chosen = native.select_disks(spec.disks, disks)
             if include_memory:
                 native.check_memory_covers_all(spec.disks, chosen)

@@ -5,6 +5,13 @@ and stops it at the end. Every step checks that it did what it should; the
 exit code is 0 only when all did. The data checks go through the drivers'
 ConformanceFixture service (test arrays only): bytes written before the
 snapshot must be back after the revert.
+
+On the QEMU agent (``vmsnap demo --hypervisor qemu``) the VM is a real guest: its
+first array disk carries an ext4 file system (made with ``mkfs.ext4`` and written
+through the fixture) on which the guest's writer (``vmsnap.writer=/dev/vda`` in the
+VM's name, see vmsnap_agent.qemu) counts up five times a second. The demo checks
+that the guest wrote, that the revert brings back an earlier count on a file
+system ``e2fsck -fn`` finds clean, and the byte patterns as on the sim.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import asyncio
 import contextlib
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 import uuid
@@ -41,6 +49,10 @@ from vmsnap_sdk.errors import NotFound, VMSnapError
 FIXTURE = "CONFORMANCE_FIXTURE"
 OPERATION_TIMEOUT = 120.0
 READY_TIMEOUT = 60.0
+#: A real guest's first disk: big enough for ext4 with a journal.
+GUEST_DISK = 16 << 20
+GUEST_WRITES_TIMEOUT = 90.0
+CHUNK = 1 << 20
 
 
 class StepFailed(Exception):
@@ -68,6 +80,9 @@ class Story:
     disks: list[Disk] = field(default_factory=list)
     snapshot: VMSnapshot | None = None
     steps_done: int = 0
+    #: A real guest (the QEMU agent) writes on vda; the counts it left.
+    guest: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def vm_id(self) -> str:
@@ -120,9 +135,11 @@ class Story:
             len(serving) >= 2,
             f"the demo needs two SERVING drivers with the {FIXTURE} service; found {len(serving)}",
         )
+        self.guest = any(a.hypervisor == "qemu" and a.health is Health.SERVING for a in agents)
+        size = GUEST_DISK if self.guest else 1 << 20
         for driver in sorted(serving, key=lambda d: (d.order, d.name))[:2]:
             client = DriverClient.connect(driver.address, timeout=30)
-            volume = await client.create_test_volume(f"demo-{self.tag}-{len(self.disks)}", 1 << 20)
+            volume = await client.create_test_volume(f"demo-{self.tag}-{len(self.disks)}", size)
             disk = f"vd{'ab'[len(self.disks)]}"
             self.disks.append(Disk(Volume(disk, volume.locator, volume.size_bytes), driver, client))
         local = f"file:///var/lib/vmsnap/{self.vm_id}/root.qcow2"
@@ -130,9 +147,13 @@ class Story:
         return f"{len(serving)} drivers and {len(agents)} agent(s) serving"
 
     async def define(self) -> str:
+        name = "demo web server"
+        if self.guest:
+            await self._format_guest_disk()
+            name += " vmsnap.writer=/dev/vda"  # the test guest's writer (kernel cmdline)
         vm = VM(
             id=self.vm_id,
-            name="demo web server",
+            name=name,
             memory_mib=512,
             volumes=tuple(d.volume for d in self.disks),
         )
@@ -156,9 +177,13 @@ class Story:
                 await disk.client.read_volume(disk.volume.locator, 0, len(data)) == data,
                 f"{disk.volume.disk}: the bytes written do not read back",
             )
-        return "RUNNING; wrote the 'original' pattern on " + ", ".join(
+        written = "RUNNING; wrote the 'original' pattern on " + ", ".join(
             d.volume.disk for d in self.array_disks
         )
+        if self.guest:
+            self.counts["start"] = await self._wait_guest_count(0)
+            written += f"; the guest's counter on vda reached {self.counts['start']}"
+        return written
 
     @property
     def array_disks(self) -> list[Disk]:
@@ -222,11 +247,19 @@ class Story:
                 await disk.client.read_volume(disk.volume.locator, 0, len(data)) == data,
                 f"{disk.volume.disk}: the new bytes do not read back",
             )
+        if self.guest:
+            await asyncio.sleep(2.0)  # the guest keeps counting
+            return "wrote the 'changed' pattern over the original one; the guest kept writing"
         return "wrote the 'changed' pattern over the original one"
 
     async def stop(self) -> str:
         vm = await self.host.stop_vm(self.vm_id)
         check(vm.state is VMState.STOPPED, f"the VM is {vm.state.name} after stop")
+        if self.guest:
+            count, _, _ = await self._guest_disk()
+            check(count > self.counts["start"], f"the guest's counter is {count} at stop")
+            self.counts["stop"] = count
+            return f"STOPPED; the guest's counter on disk is {count}"
         return "STOPPED"
 
     async def revert(self) -> str:
@@ -248,7 +281,17 @@ class Story:
             vm.state is VMState.STOPPED,
             f"a disk-only revert leaves the VM STOPPED, not {vm.state.name}",
         )
-        return f"original data back on {', '.join(restored)}; vdc reverted by the hypervisor"
+        done = f"original data back on {', '.join(restored)}; vdc reverted by the hypervisor"
+        if self.guest:
+            count, clean, report = await self._guest_disk()
+            check(clean, f"e2fsck -fn finds the reverted file system of vda not clean:\n{report}")
+            check(
+                self.counts["start"] <= count < self.counts["stop"],
+                f"the reverted counter is {count}; it should be the count at the snapshot "
+                f"(between {self.counts['start']} and {self.counts['stop']})",
+            )
+            done += f"; vda's ext4 is clean with the snapshot-time counter {count}"
+        return done
 
     async def delete(self) -> str:
         assert self.snapshot is not None
@@ -268,12 +311,76 @@ class Story:
             )
         return "REMOVED; no driver holds any of it"
 
+    # --- a real guest's disk (QEMU) ---------------------------------------------------
+
+    async def _format_guest_disk(self) -> None:
+        """mkfs.ext4 locally, then the image's non-zero chunks onto vda through the fixture."""
+        disk = self.array_disks[0]
+        assert disk.client is not None
+        data = await asyncio.to_thread(_ext4_image, disk.volume.size_bytes or GUEST_DISK)
+        for offset in range(0, len(data), CHUNK):
+            chunk = data[offset : offset + CHUNK]
+            if chunk.strip(b"\0"):
+                await disk.client.write_volume(disk.volume.locator, offset, chunk)
+
+    async def _guest_disk(self) -> tuple[int, bool, str]:
+        """vda's counter file and whether ``e2fsck -fn`` finds its file system clean."""
+        disk = self.array_disks[0]
+        assert disk.client is not None
+        size = disk.volume.size_bytes or GUEST_DISK
+        chunks = [
+            await disk.client.read_volume(disk.volume.locator, offset, min(CHUNK, size - offset))
+            for offset in range(0, size, CHUNK)
+        ]
+        return await asyncio.to_thread(_inspect_ext4, b"".join(chunks))
+
+    async def _wait_guest_count(self, above: int) -> int:
+        """Until the guest's counter, as it reached the disk, is above ``above``."""
+        deadline = time.monotonic() + GUEST_WRITES_TIMEOUT
+        while True:
+            count, _, _ = await self._guest_disk()
+            if count > above:
+                return count
+            check(
+                time.monotonic() < deadline,
+                f"the guest wrote nothing on vda within {GUEST_WRITES_TIMEOUT:.0f} s",
+            )
+            await asyncio.sleep(1.0)
+
     async def close(self) -> None:
         for disk in self.array_disks:
             assert disk.client is not None
             with contextlib.suppress(VMSnapError):
                 await disk.client.delete_test_volume(disk.volume.locator)
             await disk.client.close()
+
+
+def _ext4_image(size: int) -> bytes:
+    """The bytes of a fresh ext4 file system of ``size`` bytes (``mkfs.ext4``)."""
+    with tempfile.TemporaryDirectory(prefix="vmsnap-demo-") as work:
+        image = Path(work) / "disk.img"
+        with open(image, "wb") as f:
+            f.truncate(size)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+        return image.read_bytes()
+
+
+def _inspect_ext4(data: bytes) -> tuple[int, bool, str]:
+    """(the /counter file as a number, clean for ``e2fsck -fn``, its report) of an image."""
+    with tempfile.TemporaryDirectory(prefix="vmsnap-demo-") as work:
+        image = Path(work) / "disk.img"
+        image.write_bytes(data)
+        cat = subprocess.run(
+            ["debugfs", "-R", "cat /counter", str(image)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        fsck = subprocess.run(
+            ["e2fsck", "-fn", str(image)], capture_output=True, text=True, check=False
+        )
+    text = cat.stdout.strip()
+    return (int(text) if text.isdigit() else 0), fsck.returncode == 0, fsck.stdout
 
 
 def run_demo(address: str | None, hypervisor: str) -> int:

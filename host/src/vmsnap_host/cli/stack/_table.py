@@ -65,8 +65,8 @@ DRIVERS: tuple[DriverEntry, ...] = (
     ),
 )
 
-#: Hypervisor kinds ``vmsnap up --hypervisor`` accepts.
-HYPERVISORS = ("sim",)
+#: Hypervisor kinds ``vmsnap up --hypervisor`` accepts ("qemu": see _qemu.py).
+HYPERVISORS = ("sim", "qemu")
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,10 @@ def build(layout: Layout, hypervisor: str = "sim") -> list[Component]:
     """The components of the stack, in start order (host last)."""
     if hypervisor not in HYPERVISORS:
         raise ValueError(f"hypervisor {hypervisor!r} is not available (choose: {HYPERVISORS})")
+    if hypervisor == "qemu":
+        from vmsnap_host.cli.stack._qemu import qemu_components
+
+        return [*qemu_components(layout), _host(layout)]
     components = [
         Component(
             name=d.name,
@@ -156,7 +160,11 @@ def build(layout: Layout, hypervisor: str = "sim") -> list[Component]:
         ),
         address=layout.socket("agent"),
     )
-    host = Component(
+    return [*components, agent, _host(layout)]
+
+
+def _host(layout: Layout) -> Component:
+    return Component(
         name="host",
         role="host",
         description=f"control API, catalog {layout.database.name}",
@@ -171,7 +179,6 @@ def build(layout: Layout, hypervisor: str = "sim") -> list[Component]:
         ),
         address=layout.socket("host"),
     )
-    return [*components, agent, host]
 
 
 def host_config(drivers: Sequence[Component], agents: Sequence[Component]) -> str:

@@ -1,0 +1,103 @@
+"""The real freeze window on QEMU: quiesce → thaw, with and without the drivers' takes.
+
+``measure_qemu(quick)`` starts the whole stack as processes (Element and ONTAP
+emulators, the reference drivers, ``vmsnap-agent --hypervisor qemu``, the host;
+see ``tests/support/qemu_stack.py``), boots the test guest with one disk on each
+array (an Element volume over NBD, a file in an ONTAP volume) plus a local qcow2
+disk, with the guest writer running, and measures:
+
+* ``qemu_freeze_<method>_ms`` — the agent alone: ``Quiesce`` then ``Unquiesce`` at
+  once (no driver in between), for each method (``overlay``, ``guest``,
+  ``overlay_guest``): the floor of a freeze on this hypervisor (overlay
+  transaction, guest fsfreeze round trips, commit of what the overlays caught).
+* ``qemu_freeze_with_drivers_<method>_ms`` — a full VM snapshot through the
+  host's API (``CreateVMSnapshot``), the freeze window the host records: quiesce,
+  the parallel takes on both arrays and the native cut, thaw. The host picks
+  ``overlay`` for quiesce OFF and ``overlay_guest`` otherwise; ``guest`` alone is
+  what it uses only with an agent that offers no overlays, so it has no figure here.
+* ``qemu_freeze_ms`` / ``qemu_freeze_with_drivers_ms`` — the same for the method
+  of a quiesced take (``overlay_guest``).
+
+Medians of 3 (quick) or 9 samples per figure, in milliseconds. Needs QEMU and the
+test guest's packages (see ``tests/agent_qemu/README.md``); TCG unless
+``VMSNAP_QEMU_ACCEL=kvm``. About 40 s (quick) to 90 s on 2 busy cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+from tests.support.qemu_stack import (
+    QemuStack,
+    StackOptions,
+    three_disks,
+    vm_of,
+    wait_guest,
+)
+from vmsnap_host.client import HostClient, QuiescePolicy
+from vmsnap_sdk import AgentClient, QuiesceMethod
+
+VM_ID = "bench"
+METHODS = {
+    "overlay": QuiesceMethod.OVERLAY,
+    "guest": QuiesceMethod.GUEST_FREEZE,
+    "overlay_guest": QuiesceMethod.GUEST_FREEZE_AND_OVERLAY,
+}
+HOST_POLICIES = {"overlay": QuiescePolicy.OFF, "overlay_guest": QuiescePolicy.REQUIRED}
+
+
+def measure_qemu(quick: bool) -> dict[str, float]:
+    """Freeze windows in ms (see the module docstring for the keys)."""
+    samples = 3 if quick else 9
+    with QemuStack(options=StackOptions(lease_seconds=30)) as stack:
+        return asyncio.run(_measure(stack, samples))
+
+
+async def _measure(stack: QemuStack, samples: int) -> dict[str, float]:
+    host = HostClient.connect(stack.host_address, timeout=120)
+    agent = AgentClient.connect(stack.address("agent"), timeout=120)
+    figures: dict[str, float] = {}
+    try:
+        disks = three_disks(stack, VM_ID)
+        await host.define_vm(vm_of(stack, VM_ID, disks, "vmsnap.writer=/dev/vda"))
+        await host.start_vm(VM_ID)
+        await wait_guest(stack, VM_ID)
+        for name, method in METHODS.items():
+            windows = []
+            for _ in range(samples):
+                started = time.perf_counter()
+                q = await agent.quiesce(VM_ID, method, 30, False, "")
+                await agent.unquiesce(q.token)
+                windows.append((time.perf_counter() - started) * 1000)
+            figures[f"qemu_freeze_{name}_ms"] = statistics.median(windows)
+        for name, policy in HOST_POLICIES.items():
+            windows = []
+            for i in range(samples):
+                op = await host.create_vm_snapshot(VM_ID, f"{name}-{i}", quiesce=policy)
+                op = await host.wait(op.id, timeout=120)
+                if not op.succeeded:
+                    raise RuntimeError(f"bench snapshot failed: {op.error}")
+                snap = await host.get_vm_snapshot(op.vm_snapshot_id)
+                assert snap.freeze_seconds is not None
+                windows.append(snap.freeze_seconds * 1000)
+                # Arrays cap snapshots per volume (Element: 32): delete as we go.
+                deleted = await host.delete_vm_snapshot(snap.id)
+                await host.wait(deleted.id, timeout=120)
+            figures[f"qemu_freeze_with_drivers_{name}_ms"] = statistics.median(windows)
+        figures["qemu_freeze_ms"] = figures["qemu_freeze_overlay_guest_ms"]
+        figures["qemu_freeze_with_drivers_ms"] = figures[
+            "qemu_freeze_with_drivers_overlay_guest_ms"
+        ]
+        await host.stop_vm(VM_ID, force=True)
+    finally:
+        await agent.close()
+        await host.close()
+    return figures
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(measure_qemu(quick=True), indent=2))
