@@ -1,0 +1,89 @@
+"""A disk-only native snapshot asked for during an overlay quiesce adopts the quiesce's cut.
+
+That is what the host does with a plan spanning arrays and a local qcow2 disk:
+quiesce (overlays on every disk), then in parallel the drivers' takes and the
+native snapshot of the local disk. Under an overlay the base is no root node any
+more, so QEMU cannot snapshot it; the agent cut it in the overlay transaction.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vmsnap_agent.qemu import (
+    DiskFormat,
+    DiskSpec,
+    QemuHypervisor,
+    QuiesceMethod,
+    SnapshotConflict,
+    VmFrozen,
+)
+
+from .guestlib import make_qcow2, make_raw, qemu_io, read_at
+
+pytestmark = pytest.mark.asyncio
+
+OFFSET = 8 << 20
+
+
+def _qcow2_bytes(path: Path, workdir: Path) -> bytes:
+    """4 KiB at OFFSET of a qcow2 image's active layer (-U: QEMU may still hold it)."""
+    raw = workdir / "check.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-U", "-O", "raw", str(path), str(raw)], check=True, timeout=60
+    )
+    data = read_at(raw, OFFSET, 4096)
+    raw.unlink()
+    return data
+
+
+async def test_native_snapshot_during_overlay_quiesce_is_the_cut(
+    hv: QemuHypervisor, workdir: Path
+) -> None:
+    local = make_qcow2(workdir / "local.qcow2")
+    array = make_raw(workdir / "array.img")
+    await hv.define_vm(
+        "cut",
+        256,
+        [
+            DiskSpec("vda", str(array)),
+            DiskSpec("vdb", str(local), format=DiskFormat.QCOW2),
+        ],
+    )
+    await hv.start_vm("cut")
+    await qemu_io(hv, "cut", "vdb", f"write -P 0x11 {OFFSET} 4096")
+
+    res = await hv.quiesce("cut", QuiesceMethod.OVERLAY, lease_seconds=60)
+    # After the cut, a write lands in the overlay, not in the snapshot.
+    await qemu_io(hv, "cut", "vdb", f"write -P 0x22 {OFFSET} 4096")
+    with pytest.raises(VmFrozen):  # memory, or disks that were not cut: refused
+        await hv.take_native_snapshot("cut", "m", include_memory=True)
+    snap = await hv.take_native_snapshot("cut", "s1", ["vdb"])
+    assert snap.snapshot_id == "s1" and snap.disks == ("vdb",)
+    assert await hv.take_native_snapshot("cut", "s1", ["vdb"]) == snap  # idempotent
+    with pytest.raises(SnapshotConflict):  # one cut, one snapshot
+        await hv.take_native_snapshot("cut", "s2", ["vdb"])
+    await hv.unquiesce(res.token)
+
+    assert [s.snapshot_id for s in await hv.list_native_snapshots("cut")] == ["s1"]
+    await hv.stop_vm("cut", force=True)
+    assert _qcow2_bytes(local, workdir) == b"\x22" * 4096  # the commit kept the write
+    await hv.revert_native_snapshot("cut", "s1")
+    assert _qcow2_bytes(local, workdir) == b"\x11" * 4096  # the cut's bytes
+    await hv.delete_native_snapshot("cut", "s1")
+    assert await hv.list_native_snapshots("cut") == []
+
+
+async def test_unadopted_cut_is_dropped(hv: QemuHypervisor, workdir: Path) -> None:
+    local = make_qcow2(workdir / "local.qcow2")
+    await hv.define_vm("drop", 256, [DiskSpec("vdb", str(local), format=DiskFormat.QCOW2)])
+    await hv.start_vm("drop")
+    res = await hv.quiesce("drop", QuiesceMethod.OVERLAY, lease_seconds=60)
+    await hv.unquiesce(res.token)
+    graph = await hv.qmp("drop").execute("query-named-block-nodes", {"flat": True})
+    tags = [s["name"] for n in graph for s in n.get("image", {}).get("snapshots", [])]
+    assert tags == []
+    await hv.stop_vm("drop", force=True)
