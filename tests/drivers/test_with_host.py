@@ -7,6 +7,7 @@ both disks. The bytes written before the snapshot come back on both arrays.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Iterator
@@ -91,16 +92,16 @@ def stack(sockdir: Path, tmp_path: Path) -> Iterator[tuple[Stack, DriverProcess,
             s.close()
 
 
-def _wait(host: host_pb2_grpc.VMSnapshotServiceStub, op: pb.Operation) -> pb.Operation:
+async def _wait(host: host_pb2_grpc.VMSnapshotServiceStub, op: pb.Operation) -> pb.Operation:
     request = pb.WaitOperationRequest(id=op.id)
     request.timeout.FromSeconds(30)
-    done = host.WaitOperation(request, timeout=40).operation
+    done = (await host.WaitOperation(request, timeout=40)).operation
     assert done.done and not done.HasField("error"), done
     return done
 
 
-def _drivers_serving(host: host_pb2_grpc.VMSnapshotServiceStub) -> bool:
-    drivers = host.ListDrivers(pb.ListDriversRequest(), timeout=5).drivers
+async def _drivers_serving(host: host_pb2_grpc.VMSnapshotServiceStub) -> bool:
+    drivers = (await host.ListDrivers(pb.ListDriversRequest(), timeout=5)).drivers
     return len(drivers) == 2 and all(d.health == pb.HEALTH_SERVING for d in drivers)
 
 
@@ -110,7 +111,7 @@ async def test_host_takes_and_reverts_a_vm_across_both_arrays(
     s, solidfire, netapp = stack
     sf = DriverClient.connect(solidfire.address, timeout=30)
     na = DriverClient.connect(netapp.address, timeout=30)
-    channel = grpc.insecure_channel(f"unix://{s.sock}/host.sock")
+    channel = grpc.aio.insecure_channel(f"unix://{s.sock}/host.sock")
     try:
         host = host_pb2_grpc.VMSnapshotServiceStub(channel)
         element_disk = await sf.create_test_volume("vm1-root", 4 * MIB)
@@ -119,9 +120,9 @@ async def test_host_takes_and_reverts_a_vm_across_both_arrays(
         await na.write_volume(ontap_disk.locator, 0, A)
 
         deadline = time.monotonic() + 20
-        while not _drivers_serving(host):
+        while not await _drivers_serving(host):
             assert time.monotonic() < deadline, "the host never saw both drivers serving"
-            time.sleep(0.1)
+            await asyncio.sleep(0.1)
         vm = common_pb2.VM(
             id="vm1",
             name="vm1",
@@ -131,13 +132,16 @@ async def test_host_takes_and_reverts_a_vm_across_both_arrays(
                 common_pb2.Volume(disk="vdb", locator=ontap_disk.locator),
             ],
         )
-        host.DefineVM(pb.DefineVMRequest(vm=vm), timeout=10)
-        host.StartVM(pb.StartVMRequest(vm_id="vm1"), timeout=10)
+        await host.DefineVM(pb.DefineVMRequest(vm=vm), timeout=10)
+        await host.StartVM(pb.StartVMRequest(vm_id="vm1"), timeout=10)
 
-        take = host.CreateVMSnapshot(
-            pb.CreateVMSnapshotRequest(request_id="r1", vm_id="vm1", name="before"), timeout=10
+        take = (
+            await host.CreateVMSnapshot(
+                pb.CreateVMSnapshotRequest(request_id="r1", vm_id="vm1", name="before"),
+                timeout=10,
+            )
         ).operation
-        snap = _wait(host, take).vm_snapshot
+        snap = (await _wait(host, take)).vm_snapshot
         assert snap.state == pb.VM_SNAPSHOT_STATE_READY
         owners = {g.owner: list(g.disks) for g in snap.groups}
         assert owners == {"com.netapp.solidfire": ["vda"], "com.netapp.ontap": ["vdb"]}
@@ -150,21 +154,25 @@ async def test_host_takes_and_reverts_a_vm_across_both_arrays(
 
         await sf.write_volume(element_disk.locator, 0, B)
         await na.write_volume(ontap_disk.locator, 0, B)
-        revert = host.RevertVMSnapshot(
-            pb.RevertVMSnapshotRequest(request_id="r2", id=snap.id, stop_vm=True), timeout=10
+        revert = (
+            await host.RevertVMSnapshot(
+                pb.RevertVMSnapshotRequest(request_id="r2", id=snap.id, stop_vm=True), timeout=10
+            )
         ).operation
-        _wait(host, revert)
+        await _wait(host, revert)
         assert await sf.read_volume(element_disk.locator, 0, len(A)) == A
         assert await na.read_volume(ontap_disk.locator, 0, len(A)) == A
 
-        delete = host.DeleteVMSnapshot(
-            pb.DeleteVMSnapshotRequest(request_id="r3", id=snap.id), timeout=10
+        delete = (
+            await host.DeleteVMSnapshot(
+                pb.DeleteVMSnapshotRequest(request_id="r3", id=snap.id), timeout=10
+            )
         ).operation
-        _wait(host, delete)
+        await _wait(host, delete)
         for client in (sf, na):
             listed = await client.list_snapshots(Page(size=100), vm_id="vm1")
             assert snap.id not in [r.vm_snapshot_id for r in listed.snapshots]
     finally:
-        channel.close()
+        await channel.close(None)
         await sf.close()
         await na.close()
