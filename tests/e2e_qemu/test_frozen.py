@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.qemu_stack import QemuStack, StackOptions, fsck, read_ext4_file
+from tests.support.qemu_stack import MiB, QemuStack, StackOptions, fsck, read_ext4_file_bytes
 from vmsnap_agent.qemu.process import VmPaths
 from vmsnap_host.client import HostClient, QuiescePolicy, VMSnapshotState
 
@@ -35,7 +35,7 @@ LEASE = 8.0
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[QemuStack]:
-    yield from start_stack(StackOptions(lease_seconds=LEASE, ontap_job_delay=0.5))
+    yield from start_stack(StackOptions(lease_seconds=LEASE, ontap_job_delay=1.0))
 
 
 def _overlays(stack: QemuStack, vm_id: str) -> list[str]:
@@ -63,10 +63,11 @@ async def test_overlay_writes_survive_commit_then_killed_while_frozen(
         # --- bytes written during an overlay freeze: in the overlay, then committed ---------
         op = await host.create_vm_snapshot("fz", "overlay", quiesce=QuiescePolicy.OFF)
         token = await _frozen(stack, "fz")
+        before = overlay_bytes(stack, "fz")
         # Through the guest's file system and QEMU's block layer (sync): into the overlays.
-        await guest_sh(stack, "fz", "echo during > /mnt/vda/during && sync")
+        await guest_sh(stack, "fz", f"yes during | head -c {MiB} > /mnt/vda/during && sync")
         assert stack.frozen_token("fz") == token, "the freeze ended before the write"
-        assert (await stack_overlay_size(stack, "fz")) > 0
+        assert overlay_bytes(stack, "fz") >= before + MiB  # the MiB went there
         op = await done(host, op)
         assert op.succeeded, op.error
         assert not _overlays(stack, "fz") and stack.frozen_token("fz") is None
@@ -107,7 +108,7 @@ async def test_overlay_writes_survive_commit_then_killed_while_frozen(
     image = stack.element_image(disks.element, stack.work / "fz-vda.img")
     clean, report = fsck(image)
     assert clean, report
-    assert read_ext4_file(image, "during") == "during\n"
+    assert read_ext4_file_bytes(image, "during") == (b"during\n" * MiB)[:MiB]
     clean, report = fsck(disks.ontap)
     assert clean, report
 
@@ -116,10 +117,10 @@ async def test_overlay_writes_survive_commit_then_killed_while_frozen(
     assert op.succeeded, op.error
     image = stack.element_image(disks.element, stack.work / "fz-reverted.img")
     assert fsck(image)[0]
-    assert read_ext4_file(image, "during") == ""
+    assert read_ext4_file_bytes(image, "during") == b""
 
 
-async def stack_overlay_size(stack: QemuStack, vm_id: str) -> int:
+def overlay_bytes(stack: QemuStack, vm_id: str) -> int:
     """Bytes allocated in the VM's overlays (they grow with the writes they take)."""
     overlays = VmPaths.for_vm(stack.agent_state, vm_id).overlays
     return sum(p.stat().st_blocks * 512 for p in overlays.glob("*"))

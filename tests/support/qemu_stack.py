@@ -426,6 +426,14 @@ def replay_and_fsck(image: Path) -> tuple[bool, str]:
     return ok, fix.stdout + out
 
 
+def read_ext4_file_bytes(image: Path, name: str) -> bytes:
+    """A file's bytes inside an ext4 image (empty when it is not there)."""
+    done = subprocess.run(
+        ["debugfs", "-R", f"cat /{name}", str(image)], capture_output=True, check=False
+    )
+    return done.stdout
+
+
 def read_ext4_file(image: Path, name: str) -> str:
     """A file's content inside an ext4 image (``debugfs``; no mount needed)."""
     done = subprocess.run(
