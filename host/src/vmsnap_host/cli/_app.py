@@ -128,7 +128,13 @@ def up(
     home: Annotated[
         Path | None, typer.Option(help="vmsnap home (default: $VMSNAP_HOME or ~/.vmsnap).")
     ] = None,
-    hypervisor: Annotated[str, typer.Option(help="Hypervisor agent to run.")] = "sim",
+    hypervisor: Annotated[
+        str,
+        typer.Option(
+            help="Hypervisor agent to run: sim, or qemu (real guests on the Element and "
+            "ONTAP emulators with the reference drivers)."
+        ),
+    ] = "sim",
 ) -> None:
     """Run the embedded stack (host, agent, drivers) until Ctrl-C or SIGTERM."""
     sys.exit(run_up((home or vmsnap_home()).expanduser().resolve(), hypervisor))
@@ -137,7 +143,11 @@ def up(
 @app.command()
 def demo(
     hypervisor: Annotated[
-        str, typer.Option(help="Hypervisor agent of a stack started for the demo.")
+        str,
+        typer.Option(
+            help="Hypervisor agent of a stack started for the demo: sim, or qemu (a real "
+            "guest writes on its disks)."
+        ),
     ] = "sim",
 ) -> None:
     """Tell the story of one VM snapshot across two vendors and a local disk; exit 0 if all went right."""
