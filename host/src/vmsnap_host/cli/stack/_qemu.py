@@ -10,13 +10,16 @@ ConformanceFixture service, which the demo uses to make disks), and
 * ``ontap://svm0/<volume>/<path>`` → ``$VMSNAP_HOME/arrays/ontap/export/svm0/<volume>/<path>``
 * ``file:///var/lib/vmsnap/<path>`` → ``$VMSNAP_HOME/disks/<path>`` (local qcow2 disks)
 
-The emulators listen on loopback ports picked free when the stack is built.
+The emulators listen on loopback ports picked free when the home's stack is first
+built and kept (``arrays/ports.json``) while they stay free: VMs defined earlier
+hold the NBD port in their disks' urls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import socket
 import sys
@@ -30,10 +33,37 @@ ONTAP_SVM = "svm0"
 LOCAL_DISKS = "file:///var/lib/vmsnap/"
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ports(arrays: Path, names: tuple[str, ...]) -> dict[str, int]:
+    """Loopback ports of this home, kept across starts in ``arrays/ports.json``.
+
+    The agent resolves a VM's locators when the VM is defined (its NBD url holds
+    the port), so the same home keeps its ports while they are free.
+    """
+    path = arrays / "ports.json"
+    try:
+        saved = {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        saved = {}
+    ports = {n: saved[n] if n in saved and _bindable(saved[n]) else _free_port() for n in names}
+    if ports != saved:
+        path.write_text(json.dumps(ports))
+    return ports
 
 
 def _listening(port: int) -> Callable[[], Awaitable[bool]]:
@@ -64,7 +94,8 @@ def qemu_components(layout: Layout) -> list[Component]:
     """Emulators, reference drivers and the QEMU agent (the host is added by build())."""
     arrays = layout.home / "arrays"
     password = _password_file(arrays)
-    el_port, nbd_port, on_port = _free_port(), _free_port(), _free_port()
+    ports = _ports(arrays, ("element", "nbd", "ontap"))
+    el_port, nbd_port, on_port = ports["element"], ports["nbd"], ports["ontap"]
     element_data, ontap_data = arrays / "element", arrays / "ontap"
     emulator = [sys.executable, "-m", "vmsnap_emulators"]
     common = ["--user", "admin", "--password-file", str(password)]
