@@ -12,6 +12,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -202,3 +203,29 @@ def _raw_read(s: socket.socket, offset: int, length: int) -> bytes:
 
 def _raw_write(s: socket.socket, offset: int, data: bytes) -> None:
     assert _raw_request(s, 1, offset, len(data), data)[0] == 0
+
+
+def test_nbd_listens_on_loopback_only(tmp_path: Path) -> None:
+    password = tmp_path / "pw"
+    password.write_text("x")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmsnap_emulators",
+            "element",
+            "--data",
+            str(tmp_path / "d"),
+            "--user",
+            "u",
+            "--password-file",
+            str(password),
+            "--nbd-listen",
+            "0.0.0.0:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "loopback" in done.stderr, done.stderr

@@ -8,6 +8,7 @@ process can use port 0 and read the real port. SIGTERM stops it gracefully.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -88,6 +89,17 @@ def _build_app(args: argparse.Namespace, data: Path) -> App:
     return OntapApp(data, svm=args.svm, cluster=args.cluster, job_delay=args.job_delay)
 
 
+def _check_nbd_listen(value: str) -> None:
+    """NBD has no authentication here (a test array's target without CHAP): loopback only."""
+    host, _ = parse_listen(value)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ValueError(f"--nbd-listen must be a loopback address (no authentication): {value!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -97,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         listen = parse_listen(args.listen)
+        if args.kind == "element" and args.nbd_listen:
+            _check_nbd_listen(args.nbd_listen)
         password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
     except (ValueError, OSError) as exc:
         # The message names the file, never its content.
