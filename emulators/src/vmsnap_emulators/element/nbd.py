@@ -150,12 +150,13 @@ class _Handler(socketserver.BaseRequestHandler):
                 reply(
                     option, REP_INFO, struct.pack(">HQH", INFO_EXPORT, found[1], TRANSMISSION_FLAGS)
                 )
-                # 512-byte granularity; the store's block is the preferred size.
+                # Any alignment works (partial blocks are read-modify-write); the
+                # store's block is the preferred size.
                 block = self.server.state.layers.block_size
                 reply(
                     option,
                     REP_INFO,
-                    struct.pack(">HIII", INFO_BLOCK_SIZE, 512, block, MAX_REQUEST_LENGTH),
+                    struct.pack(">HIII", INFO_BLOCK_SIZE, 1, block, MAX_REQUEST_LENGTH),
                 )
                 reply(option, REP_ACK)
                 if option == OPT_GO:
