@@ -13,6 +13,11 @@ ConformanceFixture service, which the demo uses to make disks), and
 The emulators listen on loopback ports picked free when the home's stack is first
 built and kept (``arrays/ports.json``) while they stay free: VMs defined earlier
 hold the NBD port in their disks' urls.
+
+Kept apart from _table.py (which only adds "qemu" to HYPERVISORS and calls this)
+while the embedded stack's own switch to emulators and reference drivers is being
+made on another branch: once both are in, the Element emulator of that table gets
+``--nbd-listen`` and this module shrinks to the agent and its locator map.
 """
 
 from __future__ import annotations
@@ -90,13 +95,29 @@ def _password_file(arrays: Path) -> Path:
     return path
 
 
+def _certificates(*data_dirs: Path) -> None:
+    """The emulators' TLS certificates, made now: the drivers (started with the
+    emulators, not after them) read them as their CA file."""
+    try:
+        from vmsnap_emulators.tlscert import ensure_certificate
+    except ImportError as exc:
+        raise ValueError(
+            "--hypervisor qemu runs the array emulators and the reference drivers: install "
+            "vmsnap-emulators, vmsnap-driver-solidfire and vmsnap-driver-netapp"
+        ) from exc
+    for data in data_dirs:
+        data.mkdir(parents=True, exist_ok=True)
+        ensure_certificate(data, f"vmsnap-{data.name}-emulator")
+
+
 def qemu_components(layout: Layout) -> list[Component]:
-    """Emulators, reference drivers and the QEMU agent (the host is added by build())."""
+    """Emulators, reference drivers and the QEMU agent (build() adds the host)."""
     arrays = layout.home / "arrays"
     password = _password_file(arrays)
     ports = _ports(arrays, ("element", "nbd", "ontap"))
     el_port, nbd_port, on_port = ports["element"], ports["nbd"], ports["ontap"]
     element_data, ontap_data = arrays / "element", arrays / "ontap"
+    _certificates(element_data, ontap_data)
     emulator = [sys.executable, "-m", "vmsnap_emulators"]
     common = ["--user", "admin", "--password-file", str(password)]
     components = [

@@ -164,15 +164,11 @@ class Stack:
         """Start every component in order and wait until each serves; on failure stop all."""
         self._prepare()
         try:
-            # Array emulators first (drivers read their certificates), then drivers
-            # and the agent together, then the host that lists them.
+            # Drivers and the agent together, then the host that lists them.
             first, host = self._children[:-1], self._children[-1]
-            arrays = [c for c in first if c.component.role == "array emulator"]
-            rest = [c for c in first if c.component.role != "array emulator"]
-            for wave in (arrays, rest):
-                for child in wave:
-                    await self._spawn(child)
-                await asyncio.gather(*(self._wait_serving(c, timeout) for c in wave))
+            for child in first:
+                await self._spawn(child)
+            await asyncio.gather(*(self._wait_serving(c, timeout) for c in first))
             await self._spawn(host)
             await self._wait_serving(host, timeout)
         except BaseException:

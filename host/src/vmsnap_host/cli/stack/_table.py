@@ -65,7 +65,7 @@ DRIVERS: tuple[DriverEntry, ...] = (
     ),
 )
 
-#: Hypervisor kinds ``vmsnap up --hypervisor`` accepts ("qemu": see _qemu.py).
+#: Hypervisor kinds ``vmsnap up --hypervisor`` accepts.
 HYPERVISORS = ("sim", "qemu")
 
 
@@ -129,10 +129,6 @@ def build(layout: Layout, hypervisor: str = "sim") -> list[Component]:
     """The components of the stack, in start order (host last)."""
     if hypervisor not in HYPERVISORS:
         raise ValueError(f"hypervisor {hypervisor!r} is not available (choose: {HYPERVISORS})")
-    if hypervisor == "qemu":
-        from vmsnap_host.cli.stack._qemu import qemu_components
-
-        return [*qemu_components(layout), _host(layout)]
     components = [
         Component(
             name=d.name,
@@ -160,11 +156,7 @@ def build(layout: Layout, hypervisor: str = "sim") -> list[Component]:
         ),
         address=layout.socket("agent"),
     )
-    return [*components, agent, _host(layout)]
-
-
-def _host(layout: Layout) -> Component:
-    return Component(
+    host = Component(
         name="host",
         role="host",
         description=f"control API, catalog {layout.database.name}",
@@ -179,6 +171,11 @@ def _host(layout: Layout) -> Component:
         ),
         address=layout.socket("host"),
     )
+    if hypervisor == "qemu":  # real guests need the arrays' bytes: see _qemu.py
+        from vmsnap_host.cli.stack._qemu import qemu_components
+
+        return [*qemu_components(layout), host]
+    return [*components, agent, host]
 
 
 def host_config(drivers: Sequence[Component], agents: Sequence[Component]) -> str:
