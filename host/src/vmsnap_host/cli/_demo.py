@@ -5,13 +5,6 @@ and stops it at the end. Every step checks that it did what it should; the
 exit code is 0 only when all did. The data checks go through the drivers'
 ConformanceFixture service (test arrays only): bytes written before the
 snapshot must be back after the revert.
-
-On the QEMU agent (``vmsnap demo --hypervisor qemu``) the VM is a real guest: its
-first array disk carries an ext4 file system (made with ``mkfs.ext4`` and written
-through the fixture) on which the guest's writer (``vmsnap.writer=/dev/vda`` in the
-VM's name, see vmsnap_agent.qemu) counts up five times a second. The demo checks
-that the guest wrote, that the revert brings back an earlier count on a file
-system ``e2fsck -fn`` finds clean, and the byte patterns as on the sim.
 """
 
 from __future__ import annotations
@@ -312,6 +305,12 @@ class Story:
         return "REMOVED; no driver holds any of it"
 
     # --- a real guest's disk (QEMU) ---------------------------------------------------
+    # On the QEMU agent (``vmsnap demo --hypervisor qemu``) the VM is a real guest: its
+    # first array disk carries an ext4 file system (made with ``mkfs.ext4`` and written
+    # through the fixture) on which the guest's writer (``vmsnap.writer=/dev/vda`` in
+    # the VM's name, see vmsnap_agent.qemu) counts up five times a second. The demo
+    # checks that the guest wrote, that the revert brings back an earlier count on a
+    # file system ``e2fsck -fn`` finds clean, and the byte patterns as on the sim.
 
     async def _format_guest_disk(self) -> None:
         """mkfs.ext4 locally, then the image's non-zero chunks onto vda through the fixture."""
