@@ -34,6 +34,7 @@ def test_blockdev_for_file_and_nbd() -> None:
     n = blockdev_options(DiskSpec("b", "nbd://10.0.0.1:10809/v", format=DiskFormat.QCOW2))
     assert n["driver"] == "qcow2"
     assert n["file"]["driver"] == "nbd"
+    assert n["file"]["reconnect-delay"] == 30  # a restarting target pauses I/O, not fails it
     assert n["file"]["server"] == {"type": "inet", "host": "10.0.0.1", "port": "10809"}
     assert n["file"]["export"] == "v"
 

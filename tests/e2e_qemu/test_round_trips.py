@@ -232,3 +232,27 @@ async def test_guest_without_agent(stack: QemuStack, host: HostClient) -> None:
         assert len(members) == 1, members
     finally:
         await host.stop_vm("noga", force=True)
+
+
+async def test_element_target_restart_pauses_guest_io(stack: QemuStack, host: HostClient) -> None:
+    """The array's block target dies and comes back: the guest's I/O waits, then succeeds."""
+    seed = make_ext4(stack.work / "link-seed.img", DISK_SIZE)
+    element = stack.element_volume("link-vda", DISK_SIZE, ext4_from=seed)
+    seed.unlink()
+    await host.define_vm(
+        VM(id="link", name="link", memory_mib=256, volumes=(Volume("vda", element, DISK_SIZE),))
+    )
+    await host.start_vm("link")
+    try:
+        await wait_guest(stack, "link")
+        stack.crash_element()
+        # Written and synced while the target is down or just back: QEMU reconnects.
+        await guest_sh(stack, "link", "echo survived > /mnt/vda/link && sync", timeout=60)
+        console = stack.probe().console_path("link").read_text(errors="replace")
+        assert "I/O error" not in console, console[-2000:]
+    finally:
+        await host.stop_vm("link")
+    image = stack.element_image(element, stack.work / "link.img")
+    clean, report = fsck(image)
+    assert clean, report
+    assert read_ext4_file(image, "link") == "survived\n"

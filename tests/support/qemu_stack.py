@@ -246,6 +246,15 @@ class QemuStack:
             self.host_address,
         )
 
+    def crash_element(self) -> None:
+        """SIGKILL the Element emulator and start it again on the same ports (NBD too)."""
+        assert self.element is not None
+        ports = (self.element.port, int(self.element.info["nbd"]["port"]))
+        self.element.kill()
+        args = self.element.extra_args
+        args[args.index("--nbd-listen") + 1] = f"127.0.0.1:{ports[1]}"
+        self.element.start(port=ports[0])
+
     def kill(self, name: str) -> None:
         """SIGKILL one process (``host``, ``agent``, ``solidfire``, ``netapp``)."""
         proc = self.procs.pop(name)

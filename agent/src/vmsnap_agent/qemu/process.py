@@ -114,6 +114,10 @@ def device_id(disk: str) -> str:
     return f"vd-{node_key(disk)}"
 
 
+#: Seconds QEMU holds a disk's requests while it reconnects to a dropped NBD server.
+NBD_RECONNECT_DELAY = 30
+
+
 def blockdev_options(disk: DiskSpec) -> dict[str, Any]:
     """-blockdev options: a named format node over a file or NBD protocol node."""
     proto: dict[str, Any]
@@ -124,7 +128,14 @@ def blockdev_options(disk: DiskSpec) -> dict[str, Any]:
             if src.socket
             else {"type": "inet", "host": src.host, "port": str(src.port)}
         )
-        proto = {"driver": "nbd", "server": server, "export": src.export}
+        proto = {
+            "driver": "nbd",
+            "server": server,
+            "export": src.export,
+            # An array link that drops (a target restarting) pauses the guest's I/O
+            # while QEMU reconnects, instead of failing it at once.
+            "reconnect-delay": NBD_RECONNECT_DELAY,
+        }
     else:
         proto = {"driver": "file", "filename": disk.path}
     proto["node-name"] = f"{format_node(disk.name)}-p"
