@@ -139,7 +139,7 @@ class Manager:
             op = self._new_op(OperationType.CREATE, request_id, vm_id, snap.id, {"name": name})
             # Journal before any side effect: the snapshot and its operation are durable
             # before the VM is touched.
-            self.store.create(snap, op)
+            await self.store.write(self.store.w_create(snap, op))
             self._start(op)
             return op
 
@@ -329,7 +329,9 @@ class Manager:
 
     async def _run_owned(self, op: OperationRecord) -> None:
         ttl = self.settings.lease_seconds
-        while not self.store.acquire_lease(op.vm_id, self.owner, op.id, ttl):  # noqa: ASYNC110 - the lease is in the catalog, no event to wait on
+        while not await self.store.write(  # noqa: ASYNC110 - the lease is in the catalog, no event to wait on
+            self.store.w_acquire_lease(op.vm_id, self.owner, op.id, ttl)
+        ):
             # Another replica owns the VM: wait for its lease to end.
             await asyncio.sleep(min(1.0, ttl / 3))
         renew = asyncio.create_task(self._renew_lease(op.vm_id, ttl))
@@ -339,12 +341,12 @@ class Manager:
             renew.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renew
-            self.store.release_lease(op.vm_id, self.owner)
+            await self.store.write(self.store.w_release_lease(op.vm_id, self.owner))
 
     async def _renew_lease(self, vm_id: str, ttl: float) -> None:
         while True:
             await asyncio.sleep(ttl / 3)
-            self.store.renew_lease(vm_id, self.owner, ttl)
+            await self.store.write(self.store.w_renew_lease(vm_id, self.owner, ttl))
 
     async def _execute(self, op: OperationRecord) -> None:
         runner: Callable[[OperationRecord, Snapshot], Awaitable[ErrorInfo | bool | None]] = {
@@ -381,10 +383,13 @@ class Manager:
             return
         if outcome is False:
             return  # waiting for drivers: the reconciler finishes it
-        self.store.finish_operation(op.id, None, "done")
+        if op.type is not OperationType.CREATE:  # a take finishes it with READY
+            await self.store.write(self.store.w_finish_operation(op.id, None, "done"))
+        # Waiters need not wait for the lease to be released.
+        await self._notify()
 
     async def _do_create(self, op: OperationRecord, snap: Snapshot) -> None:
-        await self.executor.take(op, snap)
+        await self.executor.take(op, snap, finish=True)
 
     async def _do_revert(self, op: OperationRecord, snap: Snapshot) -> None:
         await self.executor.revert(op, snap, bool(op.params.get("stop_vm")))

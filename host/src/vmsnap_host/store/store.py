@@ -2,9 +2,12 @@
 
 SQLite is the embedded default (WAL, synchronous FULL: a committed journal
 entry survives a power cut); the SQL is portable so PostgreSQL can follow.
-Calls are synchronous and short (one small transaction each); the event loop
-tolerates them, and a server-grade backend can move them to a thread later
-without changing callers.
+Reads are synchronous and short. Writes come in two forms: the synchronous
+methods (one transaction each, on the caller's thread) and composable write
+steps (``w_*``) that :meth:`Store.write` commits in the writer thread, several
+in one transaction and shared with concurrent operations (group commit, see
+:mod:`vmsnap_host.store.writer`): the hot path of an operation uses those, so
+an fsync never blocks the event loop.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from vmsnap_host.model import (
     SnapshotState,
 )
 from vmsnap_host.store.schema import operations, registrations, vm_leases, vm_snapshots
+from vmsnap_host.store.writer import GroupCommitter, Step
 from vmsnap_sdk import Consistency
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -131,6 +135,7 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._writer = GroupCommitter(engine)
 
     @classmethod
     def open_sqlite(cls, path: str | Path) -> Store:
@@ -160,7 +165,14 @@ class Store:
             command.upgrade(config, "head")
 
     def close(self) -> None:
+        self._writer.close()
         self.engine.dispose()
+
+    async def write(self, *steps: Step) -> Any:
+        """Run write steps (the ``w_*`` builders) in one durable transaction, off the
+        event loop and shared with concurrent callers (group commit); returns the
+        last step's result once committed."""
+        return await self._writer.run(*steps)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -171,8 +183,12 @@ class Store:
 
     def create(self, snapshot: Snapshot, operation: OperationRecord) -> None:
         """Insert a snapshot and the operation that works on it, in one transaction."""
-        now = time.time()
         with self._tx() as conn:
+            self.w_create(snapshot, operation)(conn)
+
+    def w_create(self, snapshot: Snapshot, operation: OperationRecord) -> Step:
+        def step(conn: Connection) -> None:
+            now = time.time()
             conn.execute(
                 vm_snapshots.insert().values(
                     **_snapshot_columns(snapshot),
@@ -183,6 +199,8 @@ class Store:
             )
             conn.execute(operations.insert().values(**self._operation_columns(operation, now)))
 
+        return step
+
     def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(vm_snapshots).where(vm_snapshots.c.id == snapshot_id)).first()
@@ -191,17 +209,27 @@ class Store:
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Write every field of an existing snapshot."""
         with self._tx() as conn:
+            self.w_save_snapshot(snapshot)(conn)
+
+    def w_save_snapshot(self, snapshot: Snapshot) -> Step:
+        def step(conn: Connection) -> None:
             conn.execute(
                 update(vm_snapshots)
                 .where(vm_snapshots.c.id == snapshot.id)
                 .values(**_snapshot_columns(snapshot), update_time=time.time())
             )
 
+        return step
+
     def commit_ready(self, snapshot: Snapshot) -> None:
         """Save a snapshot that became READY, make it current, clear owed deletes:
         one transaction, so a crash leaves either all of it or none."""
-        now = time.time()
         with self._tx() as conn:
+            self.w_commit_ready(snapshot)(conn)
+
+    def w_commit_ready(self, snapshot: Snapshot) -> Step:
+        def step(conn: Connection) -> None:
+            now = time.time()
             conn.execute(
                 update(vm_snapshots)
                 .where(
@@ -218,13 +246,21 @@ class Store:
                 .values(**_snapshot_columns(snapshot), cleanup_json="[]", update_time=now)
             )
 
+        return step
+
     def set_state(self, snapshot_id: str, state: SnapshotState) -> None:
         with self._tx() as conn:
+            self.w_set_state(snapshot_id, state)(conn)
+
+    def w_set_state(self, snapshot_id: str, state: SnapshotState) -> Step:
+        def step(conn: Connection) -> None:
             conn.execute(
                 update(vm_snapshots)
                 .where(vm_snapshots.c.id == snapshot_id)
                 .values(state=state.name, update_time=time.time())
             )
+
+        return step
 
     def list_snapshots(
         self, vm_id: str, after_seq: int, limit: int, show_removed: bool
@@ -332,14 +368,19 @@ class Store:
     def set_cleanup(self, snapshot_id: str, groups: Sequence[Group]) -> None:
         """Record the groups whose delete is still owed (empty: nothing left)."""
         with self._tx() as conn:
+            self.w_set_cleanup(snapshot_id, groups)(conn)
+
+    def w_set_cleanup(self, snapshot_id: str, groups: Sequence[Group]) -> Step:
+        cleanup = json.dumps([g.to_json() for g in groups])
+
+        def step(conn: Connection) -> None:
             conn.execute(
                 update(vm_snapshots)
                 .where(vm_snapshots.c.id == snapshot_id)
-                .values(
-                    cleanup_json=json.dumps([g.to_json() for g in groups]),
-                    update_time=time.time(),
-                )
+                .values(cleanup_json=cleanup, update_time=time.time())
             )
+
+        return step
 
     def snapshots_with_cleanup(self) -> list[Snapshot]:
         query = select(vm_snapshots).where(vm_snapshots.c.cleanup_json != "[]")
@@ -386,6 +427,10 @@ class Store:
     def journal(self, operation_id: str, step: str, progress: int, **entries: Any) -> None:
         """Record progress and journal entries durably (before the side effect they name)."""
         with self._tx() as conn:
+            self.w_journal(operation_id, step, progress, **entries)(conn)
+
+    def w_journal(self, operation_id: str, step: str, progress: int, **entries: Any) -> Step:
+        def run(conn: Connection) -> None:
             row = conn.execute(
                 select(operations.c.journal_json).where(operations.c.id == operation_id)
             ).first()
@@ -402,8 +447,14 @@ class Store:
                 )
             )
 
+        return run
+
     def finish_operation(self, operation_id: str, error: ErrorInfo | None, step: str) -> None:
         with self._tx() as conn:
+            self.w_finish_operation(operation_id, error, step)(conn)
+
+    def w_finish_operation(self, operation_id: str, error: ErrorInfo | None, step: str) -> Step:
+        def run(conn: Connection) -> None:
             conn.execute(
                 update(operations)
                 .where(operations.c.id == operation_id)
@@ -415,6 +466,8 @@ class Store:
                     **_error_columns(error),
                 )
             )
+
+        return run
 
     def list_operations(
         self, vm_id: str, before_seq: int | None, limit: int, only_running: bool
@@ -440,8 +493,12 @@ class Store:
 
     def acquire_lease(self, vm_id: str, owner: str, operation_id: str, ttl: float) -> bool:
         """Own the VM for ``ttl`` seconds unless another live owner holds it."""
-        now = time.time()
         with self._tx() as conn:
+            return bool(self.w_acquire_lease(vm_id, owner, operation_id, ttl)(conn))
+
+    def w_acquire_lease(self, vm_id: str, owner: str, operation_id: str, ttl: float) -> Step:
+        def step(conn: Connection) -> bool:
+            now = time.time()
             row = conn.execute(select(vm_leases).where(vm_leases.c.vm_id == vm_id)).first()
             if row is None:
                 conn.execute(
@@ -459,21 +516,35 @@ class Store:
             )
             return True
 
+        return step
+
     def renew_lease(self, vm_id: str, owner: str, ttl: float) -> None:
         with self._tx() as conn:
+            self.w_renew_lease(vm_id, owner, ttl)(conn)
+
+    def w_renew_lease(self, vm_id: str, owner: str, ttl: float) -> Step:
+        def step(conn: Connection) -> None:
             conn.execute(
                 update(vm_leases)
                 .where(and_(vm_leases.c.vm_id == vm_id, vm_leases.c.owner == owner))
                 .values(expire_time=time.time() + ttl)
             )
 
+        return step
+
     def release_lease(self, vm_id: str, owner: str) -> None:
         with self._tx() as conn:
+            self.w_release_lease(vm_id, owner)(conn)
+
+    def w_release_lease(self, vm_id: str, owner: str) -> Step:
+        def step(conn: Connection) -> None:
             conn.execute(
                 vm_leases.delete().where(
                     and_(vm_leases.c.vm_id == vm_id, vm_leases.c.owner == owner)
                 )
             )
+
+        return step
 
     def lease_owner(self, vm_id: str) -> tuple[str, float] | None:
         with self.engine.connect() as conn:
