@@ -471,7 +471,7 @@ class Executor:
                         "fields": {"snapshot": snapshot_id, "group": _label(g), "error": str(o)}
                     },
                 )
-        self.store.set_cleanup(snapshot_id, left)
+        await self.store.write(self.store.w_set_cleanup(snapshot_id, left))
         return [_label(g) for g in left]
 
     async def _delete_group(self, group: Group, snapshot_id: str, vm_id: str) -> None:
