@@ -1,0 +1,7 @@
+"""``python -m vmsnap_emulators`` = ``vmsnap-emulator``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
