@@ -104,7 +104,12 @@ def fill(db: Path, snapshots: int, vms: int, batch: int = 5000) -> list[tuple[st
                     current=n + vms >= snapshots,
                 )
                 rows.append(
-                    {**_snapshot_columns(snap), "cleanup_json": "[]", "create_time": now, "update_time": now}
+                    {
+                        **_snapshot_columns(snap),
+                        "cleanup_json": "[]",
+                        "create_time": now,
+                        "update_time": now,
+                    }
                 )
                 ids.append((snap.vm_id, sid))
                 if len(rows) >= batch:
@@ -136,7 +141,12 @@ def journal_in_flight(db: Path, count: int) -> None:
                 )
                 groups_json = json.dumps([g.to_json() for g in snap.groups])
                 snaps.append(
-                    {**_snapshot_columns(snap), "cleanup_json": groups_json, "create_time": now, "update_time": now}
+                    {
+                        **_snapshot_columns(snap),
+                        "cleanup_json": groups_json,
+                        "create_time": now,
+                        "update_time": now,
+                    }
                 )
                 op = OperationRecord(
                     id=uuid.uuid4().hex,
@@ -175,7 +185,9 @@ def unfinished(db: Path) -> int:
         store.close()
 
 
-async def _reads(address: str, ids: list[tuple[str, str]], samples: int) -> tuple[list[float], list[float]]:
+async def _reads(
+    address: str, ids: list[tuple[str, str]], samples: int
+) -> tuple[list[float], list[float]]:
     rng = random.Random(7)
     list_ms, get_ms = [], []
     async with grpc.aio.insecure_channel(address) as channel:

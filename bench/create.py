@@ -11,21 +11,20 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from google.protobuf import duration_pb2
 
 from bench import stack
 from bench.stats import median, percentile
-from vmsnap_sdk import VM, AgentClient, Volume
+from vmsnap_sdk import VM, AgentClient, QuiesceMethod, Volume
 from vmsnap_sdk._proto.host.v1 import host_pb2, host_pb2_grpc
 
 # The RPCs of one create, by who calls whom (see README "Counting RPCs"):
 #   client → host    CreateVMSnapshot, WaitOperation                       2
 #   host → agent     DescribeVM (admission), DescribeVM (execution),
 #                    Quiesce, Unquiesce                                     4
-#   host → drivers   CanHandle × 2 (parallel), TakeVMSnapshot × 2 (parallel) 4
+#   host → drivers   CanHandle x 2 (parallel), TakeVMSnapshot x 2 (parallel) 4
 RPCS_PER_OP = 10
 # On the critical path (parallel calls count once): Create → DescribeVM →
 # CanHandle ‖ CanHandle → (reply; client sends Wait) DescribeVM → Quiesce →
@@ -39,6 +38,8 @@ class CreateResult:
     latencies_ms: list[float]
     ops_per_s: float
     driver_calls_per_op: dict[str, float]
+    agent_describe_ms: float = 0.0  # straight to the agent, same run
+    agent_freeze_thaw_ms: float = 0.0
 
 
 def vm_for(i: int) -> VM:
@@ -67,7 +68,9 @@ async def define_vms(agent_address: str, count: int) -> list[str]:
 
 
 async def create_and_wait(
-    stub: host_pb2_grpc.VMSnapshotServiceStub, vm_id: str, quiesce: int = host_pb2.QUIESCE_POLICY_OFF
+    stub: host_pb2_grpc.VMSnapshotServiceStub,
+    vm_id: str,
+    quiesce: host_pb2.QuiescePolicy.ValueType = host_pb2.QUIESCE_POLICY_OFF,
 ) -> host_pb2.Operation:
     reply = await stub.CreateVMSnapshot(
         host_pb2.CreateVMSnapshotRequest(
@@ -85,7 +88,9 @@ async def create_and_wait(
     return op
 
 
-async def _run(address: str, vms: list[str], concurrency: int, total: int) -> tuple[list[float], float]:
+async def _run(
+    address: str, vms: list[str], concurrency: int, total: int
+) -> tuple[list[float], float]:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = host_pb2_grpc.VMSnapshotServiceStub(channel)
         for vm in vms[:concurrency]:  # warm-up: one create per VM used
@@ -126,7 +131,7 @@ def measure_create(quick: bool, concurrencies: tuple[int, ...] = (1, 64)) -> lis
             host = stack.start_host(tmp, config)
             procs.append(host)
             for concurrency in concurrencies:
-                total = (150 if quick else 600) if concurrency == 1 else (640 if quick else 3200)
+                total = (150 if quick else 600) if concurrency == 1 else (384 if quick else 3200)
                 before = [stack.read_counts(tmp, d) for d in drivers]
                 latencies, rate = asyncio.run(_run(host.address, vms, concurrency, total))
                 after = [stack.read_counts(tmp, d) for d in drivers]
@@ -135,7 +140,8 @@ def measure_create(quick: bool, concurrencies: tuple[int, ...] = (1, 64)) -> lis
                 for b, a in zip(before, after, strict=True):
                     for k, v in a.items():
                         calls[k] = calls.get(k, 0) + (v - b.get(k, 0)) / ops
-                results.append(CreateResult(concurrency, latencies, rate, calls))
+                describe, pair = asyncio.run(agent_costs(agent.address, vms[0], 50))
+                results.append(CreateResult(concurrency, latencies, rate, calls, describe, pair))
         finally:
             for p in reversed(procs):
                 p.stop()
@@ -150,5 +156,21 @@ def summarize(result: CreateResult) -> dict[str, float]:
     }
 
 
-__all__ = ["RPCS_CRITICAL", "RPCS_PER_OP", "CreateResult", "measure_create", "summarize"]
-_ = Path
+async def agent_costs(agent_address: str, vm_id: str, samples: int) -> tuple[float, float]:
+    """Median DescribeVM, and Quiesce + Unquiesce, called straight on the agent:
+    the share of a create that is the sim agent's own (it rewrites and fsyncs its
+    state file on each freeze and thaw)."""
+    agent = AgentClient.connect(agent_address)
+    describe, pair = [], []
+    try:
+        for _ in range(samples):
+            start = time.perf_counter()
+            await agent.describe_vm(vm_id)
+            describe.append((time.perf_counter() - start) * 1000)
+            start = time.perf_counter()
+            freeze = await agent.quiesce(vm_id, QuiesceMethod.OVERLAY, 30.0, True, uuid.uuid4().hex)
+            await agent.unquiesce(freeze.token)
+            pair.append((time.perf_counter() - start) * 1000)
+    finally:
+        await agent.close()
+    return median(describe), median(pair)

@@ -55,14 +55,13 @@ async def _sequential_windows(
             start = time.perf_counter()
             freeze = await agent.quiesce(vm.id, QuiesceMethod.OVERLAY, 30.0, True, snapshot_id)
             for driver, volume in zip(drivers, vm.volumes, strict=True):
-                await driver.take_snapshot(
-                    TakeRequest(snapshot_id, vm, (volume,), quiesced=True)
-                )
+                await driver.take_snapshot(TakeRequest(snapshot_id, vm, (volume,), quiesced=True))
             await agent.unquiesce(freeze.token)
             windows.append((time.perf_counter() - start) * 1000)
     finally:
-        for c in [agent, *drivers]:
-            await c.close()
+        await agent.close()
+        for d in drivers:
+            await d.close()
     return windows[1:]
 
 
@@ -75,9 +74,7 @@ def measure_freeze(quick: bool, delays: tuple[float, ...] = (100.0, 300.0)) -> l
             try:
                 agent = stack.start_agent(tmp)
                 procs.append(agent)
-                drivers = [
-                    stack.start_driver(tmp, s, delay_ms=delay) for s in ("a", "b")
-                ]
+                drivers = [stack.start_driver(tmp, s, delay_ms=delay) for s in ("a", "b")]
                 procs += drivers
                 vms = asyncio.run(define_vms(agent.address, 2))
                 config = stack.HostConfig(

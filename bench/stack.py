@@ -101,9 +101,7 @@ def start_agent(directory: Path, name: str = "agent") -> Proc:
     )
 
 
-def start_driver(
-    directory: Path, scheme: str, *, delay_ms: float = 0.0, name: str = ""
-) -> Proc:
+def start_driver(directory: Path, scheme: str, *, delay_ms: float = 0.0, name: str = "") -> Proc:
     label = name or f"driver-{scheme}"
     return start(
         label,
