@@ -112,10 +112,13 @@ async def _run(
     return latencies, total / elapsed
 
 
-def measure_create(quick: bool, concurrencies: tuple[int, ...] = (1, 64)) -> list[CreateResult]:
-    """Start agent, two drivers and the host; measure create+wait at each concurrency."""
+def measure_create(
+    quick: bool, concurrencies: tuple[int, ...] = (1, 64), base: str = "/tmp"
+) -> list[CreateResult]:
+    """Start agent, two drivers and the host; measure create+wait at each concurrency.
+    ``base``: where the catalog and the agent's state live (/dev/shm: no fsync cost)."""
     results = []
-    with stack.workdir() as tmp:
+    with stack.workdir(base=base) as tmp:
         procs: list[stack.Proc] = []
         try:
             agent = stack.start_agent(tmp)

@@ -65,8 +65,10 @@ async def _sequential_windows(
     return windows[1:]
 
 
-def measure_freeze(quick: bool, delays: tuple[float, ...] = (100.0, 300.0)) -> list[FreezeResult]:
-    samples = 5 if quick else 15
+def measure_freeze(
+    quick: bool, delays: tuple[float, ...] = (100.0, 300.0), samples: int = 0
+) -> list[FreezeResult]:
+    samples = samples or (5 if quick else 15)
     results = []
     for delay in delays:
         with stack.workdir() as tmp:

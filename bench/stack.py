@@ -31,14 +31,15 @@ class Proc:
     log: Path
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-        if self.popen.poll() is not None:
-            return
-        self.popen.send_signal(sig)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(5)
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
 
 
 def start(name: str, argv: Sequence[str], workdir: Path, *, timeout: float = START_TIMEOUT) -> Proc:
@@ -64,13 +65,15 @@ def start(name: str, argv: Sequence[str], workdir: Path, *, timeout: float = STA
                 return Proc(name, popen, served[0], log)
     popen.kill()
     popen.wait(5)
+    popen.stdout.close()
     raise RuntimeError(f"{name} did not start; its log:\n{log.read_text()[-3000:]}")
 
 
 @contextlib.contextmanager
-def workdir(prefix: str = "vsb-") -> Iterator[Path]:
-    """A short directory for sockets (unix socket paths are limited to 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+def workdir(prefix: str = "vsb-", base: str = "/tmp") -> Iterator[Path]:
+    """A short directory for sockets (unix socket paths are limited to 107 bytes),
+    catalogs and state files; ``base`` /dev/shm puts them in memory (no fsync cost)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     try:
         yield path
     finally:
