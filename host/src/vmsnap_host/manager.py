@@ -139,8 +139,19 @@ class Manager:
             op = self._new_op(OperationType.CREATE, request_id, vm_id, snap.id, {"name": name})
             # Journal before any side effect: the snapshot and its operation are durable
             # before the VM is touched.
-            await self.store.write(self.store.w_create(snap, op))
-            self._start(op)
+            steps = [self.store.w_create(snap, op)]
+            queue = self._queues.get(vm_id)
+            idle = queue is None or queue.admitted == 0
+            if idle:
+                # Nothing runs or waits on this VM here: take its lease in the same
+                # commit (one fsync less on the path of every create).
+                steps.append(
+                    self.store.w_acquire_lease(
+                        vm_id, self.owner, op.id, self.settings.lease_seconds
+                    )
+                )
+            leased = await self.store.write(*steps)
+            self._start(op, leased=idle and bool(leased))
             return op
 
     async def revert_snapshot(
@@ -308,10 +319,10 @@ class Manager:
             owner=self.owner,
         )
 
-    def _start(self, op: OperationRecord) -> None:
+    def _start(self, op: OperationRecord, *, leased: bool = False) -> None:
         queue = self._queues.setdefault(op.vm_id, _VMQueue(asyncio.Lock()))
         queue.admitted += 1
-        task = asyncio.create_task(self._run(op, queue))
+        task = asyncio.create_task(self._run(op, queue, leased))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -319,17 +330,18 @@ class Manager:
         """Run an unfinished operation found on start (revert and delete resume)."""
         self._start(op)
 
-    async def _run(self, op: OperationRecord, queue: _VMQueue) -> None:
+    async def _run(self, op: OperationRecord, queue: _VMQueue, leased: bool) -> None:
         try:
             async with queue.lock:
-                await self._run_owned(op)
+                await self._run_owned(op, leased)
         finally:
             queue.admitted -= 1
             await self._notify()
 
-    async def _run_owned(self, op: OperationRecord) -> None:
+    async def _run_owned(self, op: OperationRecord, leased: bool) -> None:
+        """Run holding the VM's lease (``leased``: taken already at admission)."""
         ttl = self.settings.lease_seconds
-        while not await self.store.write(  # noqa: ASYNC110 - the lease is in the catalog, no event to wait on
+        while not leased and not await self.store.write(  # noqa: ASYNC110 - the lease is in the catalog, no event to wait on
             self.store.w_acquire_lease(op.vm_id, self.owner, op.id, ttl)
         ):
             # Another replica owns the VM: wait for its lease to end.
