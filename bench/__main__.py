@@ -20,7 +20,7 @@ from bench.floor import Floor, measure_floor
 from bench.report import Report
 from bench.stats import median, percentile
 
-SECTIONS = ("floor", "create", "freeze", "catalog", "emulator", "qemu")
+SECTIONS = ("floor", "create", "create_mem", "freeze", "catalog", "emulator", "qemu")
 
 
 def _floor(quick: bool, report: Report, floor: Floor) -> None:
@@ -80,6 +80,32 @@ def _create(quick: bool, report: Report, floor: Floor) -> None:
         "ms",
         note="Quiesce + Unquiesce straight to the sim agent (2 state-file fsyncs each)",
     )
+
+
+def _create_in_memory(quick: bool, report: Report, floor: Floor) -> None:
+    """The same create benchmark with the catalog and the agent's state in /dev/shm:
+    what the stack costs when an fsync is free (an upper bound for a fast disk)."""
+    if not Path("/dev/shm").is_dir():
+        raise qemu.Skipped("no /dev/shm on this machine")
+    results = {r.concurrency: r for r in create.measure_create(quick, base="/dev/shm")}
+    one, many = create.summarize(results[1]), create.summarize(results[64])
+    report.add("create_mem_p50_ms", one["p50"], "ms", note="concurrency 1, state in /dev/shm")
+    report.add("create_mem_p99_ms", one["p99"], "ms", note="concurrency 1, state in /dev/shm")
+    report.add("create_mem_ops_per_s", many["rate"], "ops/s", note="concurrency 64, /dev/shm")
+    report.add(
+        "latency_ratio_mem",
+        one["p50"] / (floor.latency_ms * create.RPCS_CRITICAL),
+        "x",
+        note="latency_ratio without fsync costs",
+    )
+    report.add(
+        "throughput_ratio_mem",
+        many["rate"] / (floor.rate_rps / create.RPCS_PER_OP),
+        "x",
+        note="throughput_ratio without fsync costs",
+    )
+    for name, ms in results[64].cpu_ms_per_op.items():
+        report.add(f"cpu_ms_per_create_{name}", ms, "ms", note="CPU per create at concurrency 64")
 
 
 def _freeze(quick: bool, report: Report, floor: Floor) -> None:
@@ -147,6 +173,7 @@ def _qemu(quick: bool, report: Report, floor: Floor) -> None:
 RUNNERS: dict[str, Callable[[bool, Report, Floor], None]] = {
     "floor": _floor,
     "create": _create,
+    "create_mem": _create_in_memory,
     "freeze": _freeze,
     "catalog": _catalog,
     "emulator": _emulator,
@@ -160,6 +187,7 @@ SKIP_NAMES = {
         "latency_ratio",
         "throughput_ratio",
     ],
+    "create_mem": ["latency_ratio_mem", "throughput_ratio_mem"],
     "freeze": ["freeze_ratio", "freeze_ratio_sequential"],
     "catalog": ["catalog_list_p99_ms", "catalog_get_p99_ms", "restart_resolve_s"],
     "emulator": ["element_snapshot_size_ratio"],
@@ -179,9 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     started = time.monotonic()
     floor = measure_floor(args.quick)
+    print(f"# floor: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
     failed = False
     for name in SECTIONS:
-        if name not in args.only and name != "floor":
+        if name not in args.only:
             continue
         section = time.monotonic()
         try:

@@ -8,9 +8,10 @@ driver groups and must freeze (two arrays cannot cut at one instant).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf import duration_pb2
@@ -40,6 +41,7 @@ class CreateResult:
     driver_calls_per_op: dict[str, float]
     agent_describe_ms: float = 0.0  # straight to the agent, same run
     agent_freeze_thaw_ms: float = 0.0
+    cpu_ms_per_op: dict[str, float] = field(default_factory=dict)  # by process
 
 
 def vm_for(i: int) -> VM:
@@ -136,7 +138,18 @@ def measure_create(
             for concurrency in concurrencies:
                 total = (150 if quick else 600) if concurrency == 1 else (384 if quick else 3200)
                 before = [stack.read_counts(tmp, d) for d in drivers]
+                named = {
+                    "host": host,
+                    "agent": agent,
+                    "driver_a": drivers[0],
+                    "driver_b": drivers[1],
+                }
+                cpu_before = {k: _cpu_seconds(p.popen.pid) for k, p in named.items()}
                 latencies, rate = asyncio.run(_run(host.address, vms, concurrency, total))
+                cpu = {
+                    k: (_cpu_seconds(p.popen.pid) - cpu_before[k]) * 1000 / (total + concurrency)
+                    for k, p in named.items()
+                }
                 after = [stack.read_counts(tmp, d) for d in drivers]
                 ops = total + concurrency  # the warm-up creates count too
                 calls: dict[str, float] = {}
@@ -144,11 +157,19 @@ def measure_create(
                     for k, v in a.items():
                         calls[k] = calls.get(k, 0) + (v - b.get(k, 0)) / ops
                 describe, pair = asyncio.run(agent_costs(agent.address, vms[0], 50))
-                results.append(CreateResult(concurrency, latencies, rate, calls, describe, pair))
+                results.append(
+                    CreateResult(concurrency, latencies, rate, calls, describe, pair, cpu)
+                )
         finally:
             for p in reversed(procs):
                 p.stop()
     return results
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def summarize(result: CreateResult) -> dict[str, float]:

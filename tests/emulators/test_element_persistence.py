@@ -84,9 +84,8 @@ def test_offline_access_when_the_emulator_is_stopped(
     acc = sdk.add_account("offline").account_id
     vid = sdk.create_volume("disk", acc, MiB).volume_id
     emu.write_volume(vid, 0, b"online")
-    with pytest.raises(DataDirBusyError):
-        with open_element_data(emu.data_dir):
-            pass
+    with pytest.raises(DataDirBusyError), open_element_data(emu.data_dir):
+        pass
     emu.stop()
     with open_element_data(emu.data_dir) as state:
         dev = state.device(vid)
