@@ -105,10 +105,12 @@ class EmulatorProcess:
             chunk = os.read(self._proc.stdout.fileno(), 4096)
             if not chunk:
                 self._proc.wait()
-                raise EmulatorError(
+                message = (
                     f"{self.kind} emulator exited with {self._proc.returncode}: "
                     f"{self.stderr_tail()}"
                 )
+                self._cleanup()  # close the pipe and the log file before raising
+                raise EmulatorError(message)
             buf += chunk
         sel.close()
         return buf.split(b"\n", 1)[0].decode()
