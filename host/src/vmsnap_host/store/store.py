@@ -81,6 +81,17 @@ _UPDATE_LEASE = update(vm_leases).where(vm_leases.c.vm_id == bindparam("b_vm"))
 _RELEASE_LEASE = vm_leases.delete().where(
     vm_leases.c.vm_id == bindparam("b_vm"), vm_leases.c.owner == bindparam("b_owner")
 )
+# One VM's live snapshots, a page after a sequence number (ListVMSnapshots).
+_LIST_VM = (
+    select(vm_snapshots)
+    .where(
+        vm_snapshots.c.seq > bindparam("b_after"),
+        vm_snapshots.c.vm_id == bindparam("b_vm"),
+        vm_snapshots.c.state != SnapshotState.REMOVED.name,
+    )
+    .order_by(vm_snapshots.c.seq)
+    .limit(bindparam("b_limit"))
+)
 _INSERT_SNAPSHOT = vm_snapshots.insert()
 _INSERT_OPERATION = operations.insert()
 _INSERT_LEASE = vm_leases.insert()
@@ -305,6 +316,12 @@ class Store:
         self, vm_id: str, after_seq: int, limit: int, show_removed: bool
     ) -> list[tuple[int, Snapshot]]:
         """Oldest first, after ``after_seq`` (keyset paging: constant cost per page)."""
+        if vm_id and not show_removed:  # the common case, prebuilt
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    _LIST_VM, {"b_after": after_seq, "b_vm": vm_id, "b_limit": limit}
+                )
+                return [(row.seq, snapshot_from_row(row)) for row in rows]
         query = select(vm_snapshots).where(vm_snapshots.c.seq > after_seq)
         if vm_id:
             query = query.where(vm_snapshots.c.vm_id == vm_id)
