@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import catalog, create, emulator, freeze, qemu
-from bench.floor import Floor, measure_floor
+from bench.floor import Floor, measure_floor, measure_fsync
 from bench.report import Report
 from bench.stats import median, percentile
 
@@ -26,6 +26,7 @@ SECTIONS = ("floor", "create", "create_mem", "freeze", "catalog", "emulator", "q
 def _floor(quick: bool, report: Report, floor: Floor) -> None:
     report.add("floor_latency_ms", floor.latency_ms, "ms", note="median unary round trip")
     report.add("floor_rate_rps", floor.rate_rps, "rps", note="64 concurrent callers")
+    report.add("disk_fsync_ms", measure_fsync(), "ms", note="one fsync in /tmp, median of 100")
 
 
 def _create(quick: bool, report: Report, floor: Floor) -> None:
