@@ -1,30 +1,238 @@
-"""Entry point: ``python -m bench [--quick] [--json FILE]``."""
+"""Entry point: ``python -m bench [--quick] [--json FILE] [--only NAME ...]``.
+
+Runs every benchmark against real processes, prints a table and writes the
+figures as JSON. A benchmark that cannot run here (a missing dependency) is
+reported as skipped with the reason; one that fails is reported as failed
+and the exit status is 1.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
-from bench.floor import measure_floor
+from bench import catalog, create, emulator, freeze, qemu
+from bench.floor import Floor, measure_floor, measure_fsync
 from bench.report import Report
+from bench.stats import median, percentile
+
+SECTIONS = ("floor", "create", "create_mem", "freeze", "catalog", "emulator", "qemu")
+
+
+def _floor(quick: bool, report: Report, floor: Floor) -> None:
+    report.add("floor_latency_ms", floor.latency_ms, "ms", note="median unary round trip")
+    report.add("floor_rate_rps", floor.rate_rps, "rps", note="64 concurrent callers")
+    report.add("disk_fsync_ms", measure_fsync(), "ms", note="one fsync in /tmp, median of 100")
+
+
+def _create(quick: bool, report: Report, floor: Floor) -> None:
+    results = {r.concurrency: r for r in create.measure_create(quick)}
+    for c, r in results.items():
+        s = create.summarize(r)
+        report.add(f"create_c{c}_p50_ms", s["p50"], "ms", note=f"concurrency {c}")
+        report.add(f"create_c{c}_p99_ms", s["p99"], "ms", note=f"concurrency {c}")
+        report.add(f"create_c{c}_ops_per_s", s["rate"], "ops/s", note=f"concurrency {c}")
+    one, many = create.summarize(results[1]), create.summarize(results[64])
+    report.add("create_p50_ms", one["p50"], "ms", note="concurrency 1")
+    report.add("create_p99_ms", one["p99"], "ms", note="concurrency 1")
+    report.add("create_ops_per_s", many["rate"], "ops/s", note="concurrency 64, 64 VMs")
+    report.add(
+        "create_rpcs_critical_path",
+        create.RPCS_CRITICAL,
+        "rpcs",
+        note="Create, DescribeVM, CanHandle‖, DescribeVM, Quiesce, Take‖, Unquiesce, Wait",
+    )
+    drivers = results[1].driver_calls_per_op
+    measured = 2 + 4 + drivers.get("can_handle", 0) + drivers.get("take", 0)
+    report.add(
+        "create_rpcs_per_op",
+        create.RPCS_PER_OP,
+        "rpcs",
+        note=f"2 client + 4 agent + 4 driver (driver calls measured: "
+        f"{drivers.get('can_handle', 0):g} CanHandle, {drivers.get('take', 0):g} Take → {measured:g})",
+    )
+    report.add(
+        "latency_ratio",
+        one["p50"] / (floor.latency_ms * create.RPCS_CRITICAL),
+        "x",
+        goal="<= 1.5",
+        note="create p50 ÷ (floor latency x RPCs on the critical path)",
+    )
+    report.add(
+        "throughput_ratio",
+        many["rate"] / (floor.rate_rps / create.RPCS_PER_OP),
+        "x",
+        goal=">= 0.5",
+        note="ops/s at 64 ÷ (floor rate ÷ RPCs per operation)",
+    )
+    report.add(
+        "agent_describe_ms",
+        results[1].agent_describe_ms,
+        "ms",
+        note="DescribeVM straight to the sim agent",
+    )
+    report.add(
+        "agent_freeze_thaw_ms",
+        results[1].agent_freeze_thaw_ms,
+        "ms",
+        note="Quiesce + Unquiesce straight to the sim agent (2 state-file fsyncs each)",
+    )
+
+
+def _create_in_memory(quick: bool, report: Report, floor: Floor) -> None:
+    """The same create benchmark with the catalog and the agent's state in /dev/shm:
+    what the stack costs when an fsync is free (an upper bound for a fast disk)."""
+    if not Path("/dev/shm").is_dir():
+        raise qemu.Skipped("no /dev/shm on this machine")
+    results = {r.concurrency: r for r in create.measure_create(quick, base="/dev/shm")}
+    one, many = create.summarize(results[1]), create.summarize(results[64])
+    report.add("create_mem_p50_ms", one["p50"], "ms", note="concurrency 1, state in /dev/shm")
+    report.add("create_mem_p99_ms", one["p99"], "ms", note="concurrency 1, state in /dev/shm")
+    report.add("create_mem_ops_per_s", many["rate"], "ops/s", note="concurrency 64, /dev/shm")
+    report.add(
+        "latency_ratio_mem",
+        one["p50"] / (floor.latency_ms * create.RPCS_CRITICAL),
+        "x",
+        note="latency_ratio without fsync costs",
+    )
+    report.add(
+        "throughput_ratio_mem",
+        many["rate"] / (floor.rate_rps / create.RPCS_PER_OP),
+        "x",
+        note="throughput_ratio without fsync costs",
+    )
+    for name, ms in results[64].cpu_ms_per_op.items():
+        report.add(f"cpu_ms_per_create_{name}", ms, "ms", note="CPU per create at concurrency 64")
+
+
+def _freeze(quick: bool, report: Report, floor: Floor) -> None:
+    results = freeze.measure_freeze(quick)
+    for r in results:
+        d = int(r.delay_ms)
+        report.add(f"freeze_host_ms_d{d}", r.host_ms, "ms", note=f"two drivers of {d} ms")
+        report.add(f"freeze_sequential_ms_d{d}", r.sequential_ms, "ms", note="one after the other")
+    report.add(
+        "freeze_ratio",
+        max(r.host_ms / r.delay_ms for r in results),
+        "x",
+        goal="<= 1.1",
+        note="host freeze window ÷ D, worst over D = 100, 300 ms",
+    )
+    report.add(
+        "freeze_ratio_sequential",
+        max(r.sequential_ms / r.delay_ms for r in results),
+        "x",
+        note="baseline: quiesce, take A, take B, unquiesce",
+    )
+
+
+def _catalog(quick: bool, report: Report, floor: Floor) -> None:
+    reads, restart = catalog.measure_catalog(quick)
+    report.add("catalog_list_p50_ms", median(reads.list_ms), "ms", note="100k snapshots, 10k VMs")
+    report.add("catalog_list_p99_ms", percentile(reads.list_ms, 99), "ms", goal="<= 5")
+    report.add("catalog_get_p50_ms", median(reads.get_ms), "ms")
+    report.add("catalog_get_p99_ms", percentile(reads.get_ms, 99), "ms", goal="<= 5")
+    if restart.left:
+        raise RuntimeError(f"{restart.left} operations were still unfinished after the restart")
+    report.add(
+        "restart_resolve_s",
+        restart.resolve_s,
+        "s",
+        goal="<= 5",
+        note=f"start → serving, {restart.in_flight} interrupted takes rolled back",
+    )
+    report.add("restart_empty_s", restart.empty_start_s, "s", note="same start, nothing to resolve")
+
+
+def _emulator(quick: bool, report: Report, floor: Floor) -> None:
+    try:
+        import vmsnap_emulators  # noqa: F401 - optional distribution
+    except ImportError as exc:
+        raise qemu.Skipped(f"vmsnap_emulators is not installed ({exc}); run make venv") from exc
+    r = emulator.measure_emulator(quick)
+    report.add(f"element_snapshot_ms_{r.small_mib}mib", median(r.small_ms), "ms")
+    report.add(f"element_snapshot_ms_{r.large_mib}mib", median(r.large_ms), "ms")
+    report.add(
+        "element_snapshot_size_ratio",
+        r.ratio,
+        "x",
+        goal="<= 1.5",
+        note=f"CreateSnapshot, {r.large_mib} MiB ÷ {r.small_mib} MiB written",
+    )
+
+
+def _qemu(quick: bool, report: Report, floor: Floor) -> None:
+    r = qemu.measure_qemu(quick)
+    report.add("qemu_freeze_ms", r.freeze_ms, "ms", note="3 disks, hypervisor strategy")
+    report.add("qemu_freeze_with_drivers_ms", r.freeze_with_drivers_ms, "ms")
+
+
+RUNNERS: dict[str, Callable[[bool, Report, Floor], None]] = {
+    "floor": _floor,
+    "create": _create,
+    "create_mem": _create_in_memory,
+    "freeze": _freeze,
+    "catalog": _catalog,
+    "emulator": _emulator,
+    "qemu": _qemu,
+}
+SKIP_NAMES = {
+    "create": [
+        "create_p50_ms",
+        "create_p99_ms",
+        "create_ops_per_s",
+        "latency_ratio",
+        "throughput_ratio",
+    ],
+    "create_mem": ["latency_ratio_mem", "throughput_ratio_mem"],
+    "freeze": ["freeze_ratio", "freeze_ratio_sequential"],
+    "catalog": ["catalog_list_p99_ms", "catalog_get_p99_ms", "restart_resolve_s"],
+    "emulator": ["element_snapshot_size_ratio"],
+    "qemu": ["qemu_freeze_ms", "qemu_freeze_with_drivers_ms"],
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer samples: ≤ 90 s in all")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
+    parser.add_argument(
+        "--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="run only these"
+    )
     args = parser.parse_args(argv)
 
     report = Report()
+    started = time.monotonic()
     floor = measure_floor(args.quick)
-    report.add("floor_latency_ms", floor.latency_ms, "ms", note="median unary round trip")
-    report.add("floor_rate_rps", floor.rate_rps, "rps", note="64 concurrent callers")
+    print(f"# floor: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+    failed = False
+    for name in SECTIONS:
+        if name not in args.only:
+            continue
+        section = time.monotonic()
+        try:
+            RUNNERS[name](args.quick, report, floor)
+        except qemu.Skipped as exc:
+            for metric in SKIP_NAMES.get(name, [name]):
+                report.skip(metric, str(exc))
+        except Exception as exc:  # noqa: BLE001 - report it and go on with the others
+            failed = True
+            traceback.print_exc()
+            for metric in SKIP_NAMES.get(name, [name]):
+                report.skip(metric, f"FAILED: {type(exc).__name__}: {exc}")
+        if name != "floor":  # measured first, above
+            print(f"# {name}: {time.monotonic() - section:.1f} s", file=sys.stderr, flush=True)
+    report.elapsed_s = time.monotonic() - started
+    report.quick = args.quick
 
     print(report.table())
     if args.json:
         report.write(args.json)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

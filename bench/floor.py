@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -64,3 +65,19 @@ def measure_floor(quick: bool, concurrency: int = 64) -> Floor:
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def measure_fsync(samples: int = 100, directory: str = "/tmp") -> float:
+    """Median time of one fsync after a small append, in ms, where the catalogs live:
+    every durable catalog commit pays about this (it varies a lot on shared disks)."""
+    with tempfile.TemporaryDirectory(prefix="vsb-", dir=directory) as tmp:
+        path = Path(tmp) / "fsync"
+        times = []
+        with path.open("wb") as f:
+            for _ in range(samples):
+                f.write(b"x" * 512)
+                f.flush()
+                start = time.perf_counter()
+                os.fsync(f.fileno())
+                times.append((time.perf_counter() - start) * 1000)
+    return median(times)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ class Metric:
 class Report:
     metrics: dict[str, Metric] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    quick: bool = False
 
     def add(self, name: str, value: float, unit: str, goal: str = "", note: str = "") -> None:
         self.metrics[name] = Metric(round(value, 4), unit, goal, note)
@@ -60,7 +63,10 @@ class Report:
                 "python": platform.python_version(),
                 "platform": platform.platform(),
                 "processor": platform.machine(),
+                "cpus": os.cpu_count(),
             },
+            "quick": self.quick,
+            "elapsed_s": round(self.elapsed_s, 1),
             "metrics": {
                 name: {"value": m.value, "unit": m.unit, "goal": m.goal or None, "note": m.note}
                 for name, m in self.metrics.items()

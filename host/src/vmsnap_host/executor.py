@@ -97,6 +97,7 @@ class _Freeze:
     started: datetime
     started_mono: float
     renewals: asyncio.Task[None] | None = None
+    thawed: bool = False
 
 
 async def _with_deadline(call: Awaitable[_T], seconds: float, what: str) -> _T:
@@ -119,8 +120,9 @@ class Executor:
 
     # --- take ---------------------------------------------------------------------
 
-    async def take(self, op: OperationRecord, snap: Snapshot) -> Snapshot:
-        """Take a planned snapshot; returns it READY or raises TakeFailed (then ERROR)."""
+    async def take(self, op: OperationRecord, snap: Snapshot, *, finish: bool = False) -> Snapshot:
+        """Take a planned snapshot; returns it READY or raises TakeFailed (then ERROR).
+        ``finish``: mark the operation done in the same transaction as READY."""
         agent = self.registry.agent(snap.agent)
         vm = await agent.describe_vm(snap.vm_id)
         if vm.state not in (VMState.RUNNING, VMState.STOPPED):
@@ -145,22 +147,53 @@ class Executor:
         )
         warnings = list(snap.warnings)
         snap = replace(snap, state=SnapshotState.CREATING)
-        self.store.save_snapshot(snap)
-        self._journal(op, "starting", 5, freeze_needed=freeze_needed)
+        planned = list(snap.groups)
 
         freeze: _Freeze | None = None
         called: list[Group] = []
         outcomes: list[SnapshotResult | BaseException] = []
         failure: VMSnapError | None = None
         try:
-            if freeze_needed:
-                freeze = await self._quiesce(op, snap, agent, vm, warnings)
-            # Write-ahead: the groups are owed a delete from here on, until READY.
-            called = list(snap.groups)
-            self.store.set_cleanup(snap.id, called)
-            self._journal(op, f"taking {len(called)} groups", 30, called=[g.owner for g in called])
+            method = self._quiesce_method(snap) if freeze_needed else None
+            # One durable write before any side effect (each a commit, an fsync): the
+            # snapshot is CREATING, and every planned group is owed a delete from here
+            # on until READY (write-ahead of the takes; recovery deletes every planned
+            # group after a crash anyway).
+            await self.store.write(
+                self.store.w_save_snapshot(snap),
+                self.store.w_set_cleanup(snap.id, planned),
+                self.store.w_journal(
+                    op.id,
+                    "quiescing" if method is not None else f"taking {len(planned)} groups",
+                    15 if method is not None else 30,
+                    freeze_needed=freeze_needed,
+                    called=[g.owner for g in planned],
+                    **({"quiesce_method": method.name} if method is not None else {}),
+                ),
+            )
+            if method is not None:
+                freeze = await self._quiesce(op, snap, agent, vm, warnings, method=method)
+            called = planned
             deadline = self._take_deadline(freeze)
             consistency = freeze.result.consistency if freeze else Consistency.CRASH
+            # The token is journaled beside the takes rather than before them: it is
+            # what recovery thaws with, and the freeze happened before it could be
+            # written either way; the agent's lease thaws the VM if even that is lost.
+            # Overlapping the two keeps one fsync out of the freeze window.
+            token_saved = (
+                asyncio.ensure_future(
+                    self.store.write(
+                        self.store.w_journal(
+                            op.id,
+                            f"taking {len(called)} groups",
+                            30,
+                            quiesce_token=freeze.result.token,
+                        )
+                    )
+                )
+                if freeze is not None
+                else None
+            )
             outcomes = list(
                 await asyncio.gather(
                     *(
@@ -177,11 +210,14 @@ class Executor:
                     return_exceptions=True,
                 )
             )
+            if token_saved is not None:
+                await token_saved
         except VMSnapError as exc:
             failure = exc
         finally:
             # Thaw first, whatever happened: the VM is never left frozen.
             thaw_error = await self._thaw(op, freeze) if freeze else None
+        thawed = freeze is not None and freeze.thawed
         if freeze is not None:
             frozen_for = time.monotonic() - freeze.started_mono
             snap = replace(snap, freeze_start=freeze.started, freeze_seconds=frozen_for)
@@ -196,15 +232,21 @@ class Executor:
             if isinstance(o, SnapshotResult)
         }
         called = [g.with_result(results.get(g.owner)) for g in called]
+        thaw_steps = [self.store.w_journal(op.id, "thawed", 60, quiesce_token="")] if thawed else []
         if failure is not None:
+            if thaw_steps:
+                await self.store.write(*thaw_steps)
             await self._fail_take(op, snap, called, failure, warnings)
 
         snap = replace(snap, groups=tuple(called))
-        self.store.save_snapshot(snap)
-        try:
-            snap = await self._await_ready(op, snap)
-        except VMSnapError as exc:
-            await self._fail_take(op, snap, list(snap.groups), exc, warnings)
+        if not all(g.ready for g in snap.groups):
+            # Post-processing goes on: keep the results before polling.
+            await self.store.write(*thaw_steps, self.store.w_save_snapshot(snap))
+            thaw_steps = []
+            try:
+                snap = await self._await_ready(op, snap)
+            except VMSnapError as exc:
+                await self._fail_take(op, snap, list(snap.groups), exc, warnings)
 
         # A result's consistency is what the driver achieved *on its own* (the
         # contract: CRASH for a consistent group). Every group was cut inside the
@@ -233,12 +275,25 @@ class Executor:
             parent_id=current.id if current else "",
             current=True,
         )
-        self.store.commit_ready(snap)
+        # READY, current, the owed deletes cleared (and the operation finished when
+        # asked): one transaction, so a crash leaves all of it or none.
+        await self.store.write(
+            *thaw_steps,
+            self.store.w_commit_ready(snap),
+            *([self.store.w_finish_operation(op.id, None, "done")] if finish else []),
+        )
         return snap
 
     def _capabilities(self, driver_name: str) -> frozenset[Capability]:
         entry = self.registry.driver_entry(driver_name)
         return entry.info.capabilities if entry and entry.info else frozenset()
+
+    def _quiesce_method(self, snap: Snapshot) -> QuiesceMethod:
+        info = self.registry.agent_entry(snap.agent)
+        offered = (info.info.quiesce_methods if info and info.info else frozenset()) or frozenset(
+            QuiesceMethod
+        ) - {QuiesceMethod.UNSPECIFIED}
+        return _choose_method(snap.quiesce, offered, snap.agent)
 
     async def _quiesce(
         self,
@@ -247,15 +302,11 @@ class Executor:
         agent: HypervisorAgent,
         vm: VM,
         warnings: list[str],
+        *,
+        method: QuiesceMethod,
     ) -> _Freeze:
-        info = self.registry.agent_entry(snap.agent)
-        offered = (info.info.quiesce_methods if info and info.info else frozenset()) or frozenset(
-            QuiesceMethod
-        ) - {QuiesceMethod.UNSPECIFIED}
-        method = _choose_method(snap.quiesce, offered, snap.agent)
         best_effort = snap.quiesce is not QuiescePolicy.REQUIRED
         lease = self.settings.quiesce_lease_seconds
-        self._journal(op, "quiescing", 15, quiesce_method=method.name)
         started, started_mono = datetime.now(UTC), time.monotonic()
         try:
             result = await _with_deadline(
@@ -270,9 +321,6 @@ class Executor:
                     reason=exc.reason or "QUIESCE_FAILED",
                 ) from exc
             raise
-        # Journal the token at once: after a crash, recovery thaws with it (and the
-        # agent's lease thaws anyway if even that is lost).
-        self._journal(op, "frozen", 25, quiesce_token=result.token)
         if result.warning:
             warnings.append(f"quiesce: {result.warning} (achieved {result.consistency.name})")
         freeze = _Freeze(agent, result, started, started_mono)
@@ -343,7 +391,7 @@ class Executor:
                 last = exc
                 await asyncio.sleep(0.1 * 2**attempt)
                 continue
-            self._journal(op, "thawed", 60, quiesce_token="")
+            freeze.thawed = True  # the caller journals it with its next write
             if not result.thawed_now:
                 return Aborted(
                     "the freeze lease ran out before every group had cut: the agent thawed the "
@@ -431,7 +479,7 @@ class Executor:
                         "fields": {"snapshot": snapshot_id, "group": _label(g), "error": str(o)}
                     },
                 )
-        self.store.set_cleanup(snapshot_id, left)
+        await self.store.write(self.store.w_set_cleanup(snapshot_id, left))
         return [_label(g) for g in left]
 
     async def _delete_group(self, group: Group, snapshot_id: str, vm_id: str) -> None:

@@ -21,6 +21,8 @@ from vmsnap_sdk.errors import Aborted, VMSnapError
 
 log = logging.getLogger("vmsnap.host.recovery")
 
+_PARALLEL_ROLLBACKS = 64
+
 
 class Recovery:
     def __init__(self, manager: Manager) -> None:
@@ -30,6 +32,15 @@ class Recovery:
         self.executor = manager.executor
 
     async def resolve_on_start(self) -> None:
+        # Interrupted takes are rolled back concurrently (bounded): each waits on
+        # RPCs and on catalog commits, which the store's writer groups together.
+        limit = asyncio.Semaphore(_PARALLEL_ROLLBACKS)
+
+        async def roll_back(op: OperationRecord) -> None:
+            async with limit:
+                await self._roll_back_take(op)
+
+        rollbacks = []
         for op in self.store.unfinished_operations():
             lease = self.store.lease_owner(op.vm_id)
             if lease is not None and lease[0] != self.manager.owner and lease[1] > time.time():
@@ -39,17 +50,22 @@ class Recovery:
                 extra={"fields": {"operation": op.id, "type": op.type.name, "step": op.step}},
             )
             if op.type is OperationType.CREATE:
-                await self._roll_back_take(op)
+                rollbacks.append(roll_back(op))
             else:
                 self.manager.resume(op)
+        outcomes = await asyncio.gather(*rollbacks, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _roll_back_take(self, op: OperationRecord) -> None:
         snap = self.store.get_snapshot(op.vm_snapshot_id)
         if snap is None:
-            self.store.finish_operation(op.id, None, "snapshot gone")
+            await self.store.write(self.store.w_finish_operation(op.id, None, "snapshot gone"))
             return
         if snap.state is SnapshotState.READY:
-            self.store.finish_operation(op.id, None, "done")  # committed just before the crash
+            # Committed just before the crash.
+            await self.store.write(self.store.w_finish_operation(op.id, None, "done"))
             return
         token = str(op.journal.get("quiesce_token") or "")
         thawed = "the VM was not frozen"
@@ -62,7 +78,7 @@ class Recovery:
                 thawed = f"the VM thaws when its freeze lease runs out ({exc.message})"
         # Every planned group: the crash may have come after any of the calls, and a
         # delete of an id the array never saw is fine.
-        self.store.set_cleanup(snap.id, snap.groups)
+        await self.store.write(self.store.w_set_cleanup(snap.id, snap.groups))
         left = await self.executor.cleanup(snap.id, snap.vm_id, snap.agent)
         message = (
             f"the host restarted while taking this snapshot (step {op.step or 'queued'}); "
@@ -73,10 +89,12 @@ class Recovery:
         else:
             message += "; nothing is left on any array"
         error = Aborted(message + "; take it again with a new request_id", reason="HOST_RESTARTED")
-        self.store.save_snapshot(
-            replace(snap, state=SnapshotState.ERROR, error=error_info(error), current=False)
+        await self.store.write(
+            self.store.w_save_snapshot(
+                replace(snap, state=SnapshotState.ERROR, error=error_info(error), current=False)
+            ),
+            self.store.w_finish_operation(op.id, error_info(error), "rolled back after a restart"),
         )
-        self.store.finish_operation(op.id, error_info(error), "rolled back after a restart")
 
     async def reconcile_once(self) -> None:
         """Retry every owed delete; finish deletes whose last group confirmed."""

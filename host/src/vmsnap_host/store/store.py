@@ -2,9 +2,12 @@
 
 SQLite is the embedded default (WAL, synchronous FULL: a committed journal
 entry survives a power cut); the SQL is portable so PostgreSQL can follow.
-Calls are synchronous and short (one small transaction each); the event loop
-tolerates them, and a server-grade backend can move them to a thread later
-without changing callers.
+Reads are synchronous and short. Writes come in two forms: the synchronous
+methods (one transaction each, on the caller's thread) and composable write
+steps (``w_*``) that :meth:`Store.write` commits in the writer thread, several
+in one transaction and shared with concurrent operations (group commit, see
+:mod:`vmsnap_host.store.writer`): the hot path of an operation uses those, so
+an fsync never blocks the event loop.
 """
 
 from __future__ import annotations
@@ -19,7 +22,17 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, and_, create_engine, event, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.engine import Row
 
 from vmsnap_host.model import (
@@ -32,9 +45,56 @@ from vmsnap_host.model import (
     SnapshotState,
 )
 from vmsnap_host.store.schema import operations, registrations, vm_leases, vm_snapshots
+from vmsnap_host.store.writer import GroupCommitter, Step
 from vmsnap_sdk import Consistency
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+# The statements of the hot path, built once with bound parameters: SQLAlchemy
+# then reuses their compiled form without rebuilding the expression and its
+# cache key on every call (half the cost of a small query, measured).
+_DEAD = [SnapshotState.REMOVED.name, SnapshotState.ERROR.name]
+_SNAPSHOT_BY_ID = select(vm_snapshots).where(vm_snapshots.c.id == bindparam("b_id"))
+_OPERATION_BY_ID = select(operations).where(operations.c.id == bindparam("b_id"))
+_OPERATION_BY_REQUEST = select(operations).where(operations.c.request_id == bindparam("b_rid"))
+_LIVE_BY_NAME = select(vm_snapshots).where(
+    vm_snapshots.c.vm_id == bindparam("b_vm"),
+    vm_snapshots.c.name == bindparam("b_name"),
+    vm_snapshots.c.state.not_in(_DEAD),
+)
+_COUNT_LIVE = select(func.count()).where(
+    vm_snapshots.c.vm_id == bindparam("b_vm"), vm_snapshots.c.state.not_in(_DEAD)
+)
+_CURRENT = select(vm_snapshots).where(
+    vm_snapshots.c.vm_id == bindparam("b_vm"), vm_snapshots.c.is_current.is_(True)
+)
+_UPDATE_SNAPSHOT = update(vm_snapshots).where(vm_snapshots.c.id == bindparam("b_id"))
+_UNSET_CURRENT = (
+    update(vm_snapshots)
+    .where(vm_snapshots.c.vm_id == bindparam("b_vm"), vm_snapshots.c.is_current.is_(True))
+    .values(is_current=False)
+)
+_JOURNAL_OF = select(operations.c.journal_json).where(operations.c.id == bindparam("b_id"))
+_UPDATE_OPERATION = update(operations).where(operations.c.id == bindparam("b_id"))
+_LEASE_OF = select(vm_leases).where(vm_leases.c.vm_id == bindparam("b_vm"))
+_UPDATE_LEASE = update(vm_leases).where(vm_leases.c.vm_id == bindparam("b_vm"))
+_RELEASE_LEASE = vm_leases.delete().where(
+    vm_leases.c.vm_id == bindparam("b_vm"), vm_leases.c.owner == bindparam("b_owner")
+)
+# One VM's live snapshots, a page after a sequence number (ListVMSnapshots).
+_LIST_VM = (
+    select(vm_snapshots)
+    .where(
+        vm_snapshots.c.seq > bindparam("b_after"),
+        vm_snapshots.c.vm_id == bindparam("b_vm"),
+        vm_snapshots.c.state != SnapshotState.REMOVED.name,
+    )
+    .order_by(vm_snapshots.c.seq)
+    .limit(bindparam("b_limit"))
+)
+_INSERT_SNAPSHOT = vm_snapshots.insert()
+_INSERT_OPERATION = operations.insert()
+_INSERT_LEASE = vm_leases.insert()
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -131,6 +191,7 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._writer = GroupCommitter(engine)
 
     @classmethod
     def open_sqlite(cls, path: str | Path) -> Store:
@@ -160,7 +221,14 @@ class Store:
             command.upgrade(config, "head")
 
     def close(self) -> None:
+        self._writer.close()
         self.engine.dispose()
+
+    async def write(self, *steps: Step) -> Any:
+        """Run write steps (the ``w_*`` builders) in one durable transaction, off the
+        event loop and shared with concurrent callers (group commit); returns the
+        last step's result once committed."""
+        return await self._writer.run(*steps)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -171,65 +239,89 @@ class Store:
 
     def create(self, snapshot: Snapshot, operation: OperationRecord) -> None:
         """Insert a snapshot and the operation that works on it, in one transaction."""
-        now = time.time()
         with self._tx() as conn:
+            self.w_create(snapshot, operation)(conn)
+
+    def w_create(self, snapshot: Snapshot, operation: OperationRecord) -> Step:
+        def step(conn: Connection) -> None:
+            now = time.time()
             conn.execute(
-                vm_snapshots.insert().values(
+                _INSERT_SNAPSHOT,
+                {
                     **_snapshot_columns(snapshot),
-                    cleanup_json="[]",
-                    create_time=now,
-                    update_time=now,
-                )
+                    "cleanup_json": "[]",
+                    "create_time": now,
+                    "update_time": now,
+                },
             )
-            conn.execute(operations.insert().values(**self._operation_columns(operation, now)))
+            conn.execute(_INSERT_OPERATION, self._operation_columns(operation, now))
+
+        return step
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(vm_snapshots).where(vm_snapshots.c.id == snapshot_id)).first()
+            row = conn.execute(_SNAPSHOT_BY_ID, {"b_id": snapshot_id}).first()
         return snapshot_from_row(row) if row else None
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Write every field of an existing snapshot."""
         with self._tx() as conn:
+            self.w_save_snapshot(snapshot)(conn)
+
+    def w_save_snapshot(self, snapshot: Snapshot) -> Step:
+        def step(conn: Connection) -> None:
             conn.execute(
-                update(vm_snapshots)
-                .where(vm_snapshots.c.id == snapshot.id)
-                .values(**_snapshot_columns(snapshot), update_time=time.time())
+                _UPDATE_SNAPSHOT,
+                {"b_id": snapshot.id, **_snapshot_columns(snapshot), "update_time": time.time()},
             )
+
+        return step
 
     def commit_ready(self, snapshot: Snapshot) -> None:
         """Save a snapshot that became READY, make it current, clear owed deletes:
         one transaction, so a crash leaves either all of it or none."""
-        now = time.time()
         with self._tx() as conn:
+            self.w_commit_ready(snapshot)(conn)
+
+    def w_commit_ready(self, snapshot: Snapshot) -> Step:
+        def step(conn: Connection) -> None:
+            conn.execute(_UNSET_CURRENT, {"b_vm": snapshot.vm_id})
             conn.execute(
-                update(vm_snapshots)
-                .where(
-                    and_(
-                        vm_snapshots.c.vm_id == snapshot.vm_id,
-                        vm_snapshots.c.is_current.is_(True),
-                    )
-                )
-                .values(is_current=False)
+                _UPDATE_SNAPSHOT,
+                {
+                    "b_id": snapshot.id,
+                    **_snapshot_columns(snapshot),
+                    "cleanup_json": "[]",
+                    "update_time": time.time(),
+                },
             )
-            conn.execute(
-                update(vm_snapshots)
-                .where(vm_snapshots.c.id == snapshot.id)
-                .values(**_snapshot_columns(snapshot), cleanup_json="[]", update_time=now)
-            )
+
+        return step
 
     def set_state(self, snapshot_id: str, state: SnapshotState) -> None:
         with self._tx() as conn:
+            self.w_set_state(snapshot_id, state)(conn)
+
+    def w_set_state(self, snapshot_id: str, state: SnapshotState) -> Step:
+        def step(conn: Connection) -> None:
             conn.execute(
                 update(vm_snapshots)
                 .where(vm_snapshots.c.id == snapshot_id)
                 .values(state=state.name, update_time=time.time())
             )
 
+        return step
+
     def list_snapshots(
         self, vm_id: str, after_seq: int, limit: int, show_removed: bool
     ) -> list[tuple[int, Snapshot]]:
         """Oldest first, after ``after_seq`` (keyset paging: constant cost per page)."""
+        if vm_id and not show_removed:  # the common case, prebuilt
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    _LIST_VM, {"b_after": after_seq, "b_vm": vm_id, "b_limit": limit}
+                )
+                return [(row.seq, snapshot_from_row(row)) for row in rows]
         query = select(vm_snapshots).where(vm_snapshots.c.seq > after_seq)
         if vm_id:
             query = query.where(vm_snapshots.c.vm_id == vm_id)
@@ -251,34 +343,18 @@ class Store:
             return [snapshot_from_row(row) for row in conn.execute(query)]
 
     def count_live(self, vm_id: str) -> int:
-        query = select(func.count()).where(
-            and_(
-                vm_snapshots.c.vm_id == vm_id,
-                vm_snapshots.c.state.not_in([SnapshotState.REMOVED.name, SnapshotState.ERROR.name]),
-            )
-        )
         with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+            return int(conn.execute(_COUNT_LIVE, {"b_vm": vm_id}).scalar_one())
 
     def find_by_name(self, vm_id: str, name: str) -> Snapshot | None:
         """A snapshot of that VM with that name that still counts (not REMOVED/ERROR)."""
-        query = select(vm_snapshots).where(
-            and_(
-                vm_snapshots.c.vm_id == vm_id,
-                vm_snapshots.c.name == name,
-                vm_snapshots.c.state.not_in([SnapshotState.REMOVED.name, SnapshotState.ERROR.name]),
-            )
-        )
         with self.engine.connect() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_LIVE_BY_NAME, {"b_vm": vm_id, "b_name": name}).first()
         return snapshot_from_row(row) if row else None
 
     def current_snapshot(self, vm_id: str) -> Snapshot | None:
-        query = select(vm_snapshots).where(
-            and_(vm_snapshots.c.vm_id == vm_id, vm_snapshots.c.is_current.is_(True))
-        )
         with self.engine.connect() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_CURRENT, {"b_vm": vm_id}).first()
         return snapshot_from_row(row) if row else None
 
     def make_current(self, vm_id: str, snapshot_id: str) -> None:
@@ -332,14 +408,18 @@ class Store:
     def set_cleanup(self, snapshot_id: str, groups: Sequence[Group]) -> None:
         """Record the groups whose delete is still owed (empty: nothing left)."""
         with self._tx() as conn:
+            self.w_set_cleanup(snapshot_id, groups)(conn)
+
+    def w_set_cleanup(self, snapshot_id: str, groups: Sequence[Group]) -> Step:
+        cleanup = json.dumps([g.to_json() for g in groups])
+
+        def step(conn: Connection) -> None:
             conn.execute(
-                update(vm_snapshots)
-                .where(vm_snapshots.c.id == snapshot_id)
-                .values(
-                    cleanup_json=json.dumps([g.to_json() for g in groups]),
-                    update_time=time.time(),
-                )
+                _UPDATE_SNAPSHOT,
+                {"b_id": snapshot_id, "cleanup_json": cleanup, "update_time": time.time()},
             )
+
+        return step
 
     def snapshots_with_cleanup(self) -> list[Snapshot]:
         query = select(vm_snapshots).where(vm_snapshots.c.cleanup_json != "[]")
@@ -373,48 +453,56 @@ class Store:
 
     def get_operation(self, operation_id: str) -> OperationRecord | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(operations).where(operations.c.id == operation_id)).first()
+            row = conn.execute(_OPERATION_BY_ID, {"b_id": operation_id}).first()
         return operation_from_row(row) if row else None
 
     def operation_by_request(self, request_id: str) -> OperationRecord | None:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(operations).where(operations.c.request_id == request_id)
-            ).first()
+            row = conn.execute(_OPERATION_BY_REQUEST, {"b_rid": request_id}).first()
         return operation_from_row(row) if row else None
 
     def journal(self, operation_id: str, step: str, progress: int, **entries: Any) -> None:
         """Record progress and journal entries durably (before the side effect they name)."""
         with self._tx() as conn:
-            row = conn.execute(
-                select(operations.c.journal_json).where(operations.c.id == operation_id)
-            ).first()
+            self.w_journal(operation_id, step, progress, **entries)(conn)
+
+    def w_journal(self, operation_id: str, step: str, progress: int, **entries: Any) -> Step:
+        def run(conn: Connection) -> None:
+            row = conn.execute(_JOURNAL_OF, {"b_id": operation_id}).first()
             journal = json.loads(row.journal_json) if row else {}
             journal.update(entries)
             conn.execute(
-                update(operations)
-                .where(operations.c.id == operation_id)
-                .values(
-                    step=step,
-                    progress=progress,
-                    journal_json=json.dumps(journal),
-                    update_time=time.time(),
-                )
+                _UPDATE_OPERATION,
+                {
+                    "b_id": operation_id,
+                    "step": step,
+                    "progress": progress,
+                    "journal_json": json.dumps(journal),
+                    "update_time": time.time(),
+                },
             )
+
+        return run
 
     def finish_operation(self, operation_id: str, error: ErrorInfo | None, step: str) -> None:
         with self._tx() as conn:
+            self.w_finish_operation(operation_id, error, step)(conn)
+
+    def w_finish_operation(self, operation_id: str, error: ErrorInfo | None, step: str) -> Step:
+        def run(conn: Connection) -> None:
             conn.execute(
-                update(operations)
-                .where(operations.c.id == operation_id)
-                .values(
-                    done=True,
-                    progress=100,
-                    step=step,
-                    update_time=time.time(),
+                _UPDATE_OPERATION,
+                {
+                    "b_id": operation_id,
+                    "done": True,
+                    "progress": 100,
+                    "step": step,
+                    "update_time": time.time(),
                     **_error_columns(error),
-                )
+                },
             )
+
+        return run
 
     def list_operations(
         self, vm_id: str, before_seq: int | None, limit: int, only_running: bool
@@ -440,40 +528,62 @@ class Store:
 
     def acquire_lease(self, vm_id: str, owner: str, operation_id: str, ttl: float) -> bool:
         """Own the VM for ``ttl`` seconds unless another live owner holds it."""
-        now = time.time()
         with self._tx() as conn:
-            row = conn.execute(select(vm_leases).where(vm_leases.c.vm_id == vm_id)).first()
+            return bool(self.w_acquire_lease(vm_id, owner, operation_id, ttl)(conn))
+
+    def w_acquire_lease(self, vm_id: str, owner: str, operation_id: str, ttl: float) -> Step:
+        def step(conn: Connection) -> bool:
+            now = time.time()
+            row = conn.execute(_LEASE_OF, {"b_vm": vm_id}).first()
             if row is None:
                 conn.execute(
-                    vm_leases.insert().values(
-                        vm_id=vm_id, owner=owner, operation_id=operation_id, expire_time=now + ttl
-                    )
+                    _INSERT_LEASE,
+                    {
+                        "vm_id": vm_id,
+                        "owner": owner,
+                        "operation_id": operation_id,
+                        "expire_time": now + ttl,
+                    },
                 )
                 return True
             if row.owner != owner and row.expire_time > now:
                 return False
             conn.execute(
-                update(vm_leases)
-                .where(vm_leases.c.vm_id == vm_id)
-                .values(owner=owner, operation_id=operation_id, expire_time=now + ttl)
+                _UPDATE_LEASE,
+                {
+                    "b_vm": vm_id,
+                    "owner": owner,
+                    "operation_id": operation_id,
+                    "expire_time": now + ttl,
+                },
             )
             return True
 
+        return step
+
     def renew_lease(self, vm_id: str, owner: str, ttl: float) -> None:
         with self._tx() as conn:
+            self.w_renew_lease(vm_id, owner, ttl)(conn)
+
+    def w_renew_lease(self, vm_id: str, owner: str, ttl: float) -> Step:
+        def step(conn: Connection) -> None:
             conn.execute(
                 update(vm_leases)
                 .where(and_(vm_leases.c.vm_id == vm_id, vm_leases.c.owner == owner))
                 .values(expire_time=time.time() + ttl)
             )
 
+        return step
+
     def release_lease(self, vm_id: str, owner: str) -> None:
         with self._tx() as conn:
-            conn.execute(
-                vm_leases.delete().where(
-                    and_(vm_leases.c.vm_id == vm_id, vm_leases.c.owner == owner)
-                )
-            )
+            self.w_release_lease(vm_id, owner)(conn)
+
+    def w_release_lease(self, vm_id: str, owner: str) -> Step:
+        def step(conn: Connection) -> None:
+            conn.execute(_RELEASE_LEASE, {"b_vm": vm_id, "b_owner": owner})
+
+        return step
 
     def lease_owner(self, vm_id: str) -> tuple[str, float] | None:
         with self.engine.connect() as conn:

@@ -1,0 +1,200 @@
+"""Host: end-to-end create (CreateVMSnapshot + WaitOperation) with no-op drivers.
+
+Two no-op SDK drivers (schemes ``a`` and ``b``) and one sim agent, each its own
+process; every VM runs with one disk on each driver, so a take plans two
+driver groups and must freeze (two arrays cannot cut at one instant).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import duration_pb2
+
+from bench import stack
+from bench.stats import median, percentile
+from vmsnap_sdk import VM, AgentClient, QuiesceMethod, Volume
+from vmsnap_sdk._proto.host.v1 import host_pb2, host_pb2_grpc
+
+# The RPCs of one create, by who calls whom (see README "Counting RPCs"):
+#   client → host    CreateVMSnapshot, WaitOperation                       2
+#   host → agent     DescribeVM (admission), DescribeVM (execution),
+#                    Quiesce, Unquiesce                                     4
+#   host → drivers   CanHandle x 2 (parallel), TakeVMSnapshot x 2 (parallel) 4
+RPCS_PER_OP = 10
+# On the critical path (parallel calls count once): Create → DescribeVM →
+# CanHandle ‖ CanHandle → (reply; client sends Wait) DescribeVM → Quiesce →
+# Take ‖ Take → Unquiesce → Wait's reply.
+RPCS_CRITICAL = 8
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    concurrency: int
+    latencies_ms: list[float]
+    ops_per_s: float
+    driver_calls_per_op: dict[str, float]
+    agent_describe_ms: float = 0.0  # straight to the agent, same run
+    agent_freeze_thaw_ms: float = 0.0
+    cpu_ms_per_op: dict[str, float] = field(default_factory=dict)  # by process
+
+
+def vm_for(i: int) -> VM:
+    return VM(
+        id=f"vm-{i:05d}",
+        name=f"bench vm {i}",
+        volumes=(
+            Volume("vda", f"a://pool/vm{i}-root", 1 << 30),
+            Volume("vdb", f"b://pool/vm{i}-data", 1 << 30),
+        ),
+        memory_mib=512,
+    )
+
+
+async def define_vms(agent_address: str, count: int) -> list[str]:
+    agent = AgentClient.connect(agent_address)
+    try:
+        ids = []
+        for i in range(count):
+            vm = await agent.define_vm(vm_for(i))
+            await agent.start_vm(vm.id)
+            ids.append(vm.id)
+        return ids
+    finally:
+        await agent.close()
+
+
+async def create_and_wait(
+    stub: host_pb2_grpc.VMSnapshotServiceStub,
+    vm_id: str,
+    quiesce: host_pb2.QuiescePolicy.ValueType = host_pb2.QUIESCE_POLICY_OFF,
+) -> host_pb2.Operation:
+    reply = await stub.CreateVMSnapshot(
+        host_pb2.CreateVMSnapshotRequest(
+            request_id=uuid.uuid4().hex, vm_id=vm_id, name=uuid.uuid4().hex, quiesce=quiesce
+        )
+    )
+    op = reply.operation
+    while not op.done:
+        waited = await stub.WaitOperation(
+            host_pb2.WaitOperationRequest(id=op.id, timeout=duration_pb2.Duration(seconds=30))
+        )
+        op = waited.operation
+    if op.HasField("error") and op.error.code != 0:
+        raise RuntimeError(f"create on {vm_id} failed: {op.error.message}")
+    return op
+
+
+async def _run(
+    address: str, vms: list[str], concurrency: int, total: int
+) -> tuple[list[float], float]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = host_pb2_grpc.VMSnapshotServiceStub(channel)
+        for vm in vms[:concurrency]:  # warm-up: one create per VM used
+            await create_and_wait(stub, vm)
+        latencies: list[float] = []
+        remaining = total
+
+        async def worker(vm: str) -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                start = time.perf_counter()
+                await create_and_wait(stub, vm)
+                latencies.append((time.perf_counter() - start) * 1000)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(vm) for vm in vms[:concurrency]))
+        elapsed = time.perf_counter() - start
+    return latencies, total / elapsed
+
+
+def measure_create(
+    quick: bool, concurrencies: tuple[int, ...] = (1, 64), base: str = "/tmp"
+) -> list[CreateResult]:
+    """Start agent, two drivers and the host; measure create+wait at each concurrency.
+    ``base``: where the catalog and the agent's state live (/dev/shm: no fsync cost)."""
+    results = []
+    with stack.workdir(base=base) as tmp:
+        procs: list[stack.Proc] = []
+        try:
+            agent = stack.start_agent(tmp)
+            procs.append(agent)
+            drivers = [stack.start_driver(tmp, "a"), stack.start_driver(tmp, "b")]
+            procs += drivers
+            vms = asyncio.run(define_vms(agent.address, max(concurrencies)))
+            config = stack.HostConfig(
+                drivers=[d.address for d in drivers],
+                agents=[agent.address],
+                settings={"max_snapshots_per_vm": 100_000, "queue_bound": 64},
+            )
+            host = stack.start_host(tmp, config)
+            procs.append(host)
+            for concurrency in concurrencies:
+                total = (150 if quick else 600) if concurrency == 1 else (384 if quick else 3200)
+                before = [stack.read_counts(tmp, d) for d in drivers]
+                named = {
+                    "host": host,
+                    "agent": agent,
+                    "driver_a": drivers[0],
+                    "driver_b": drivers[1],
+                }
+                cpu_before = {k: _cpu_seconds(p.popen.pid) for k, p in named.items()}
+                latencies, rate = asyncio.run(_run(host.address, vms, concurrency, total))
+                cpu = {
+                    k: (_cpu_seconds(p.popen.pid) - cpu_before[k]) * 1000 / (total + concurrency)
+                    for k, p in named.items()
+                }
+                after = [stack.read_counts(tmp, d) for d in drivers]
+                ops = total + concurrency  # the warm-up creates count too
+                calls: dict[str, float] = {}
+                for b, a in zip(before, after, strict=True):
+                    for k, v in a.items():
+                        calls[k] = calls.get(k, 0) + (v - b.get(k, 0)) / ops
+                describe, pair = asyncio.run(agent_costs(agent.address, vms[0], 50))
+                results.append(
+                    CreateResult(concurrency, latencies, rate, calls, describe, pair, cpu)
+                )
+        finally:
+            for p in reversed(procs):
+                p.stop()
+    return results
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summarize(result: CreateResult) -> dict[str, float]:
+    return {
+        "p50": median(result.latencies_ms),
+        "p99": percentile(result.latencies_ms, 99),
+        "rate": result.ops_per_s,
+    }
+
+
+async def agent_costs(agent_address: str, vm_id: str, samples: int) -> tuple[float, float]:
+    """Median DescribeVM, and Quiesce + Unquiesce, called straight on the agent:
+    the share of a create that is the sim agent's own (it rewrites and fsyncs its
+    state file on each freeze and thaw)."""
+    agent = AgentClient.connect(agent_address)
+    describe, pair = [], []
+    try:
+        for _ in range(samples):
+            start = time.perf_counter()
+            await agent.describe_vm(vm_id)
+            describe.append((time.perf_counter() - start) * 1000)
+            start = time.perf_counter()
+            freeze = await agent.quiesce(vm_id, QuiesceMethod.OVERLAY, 30.0, True, uuid.uuid4().hex)
+            await agent.unquiesce(freeze.token)
+            pair.append((time.perf_counter() - start) * 1000)
+    finally:
+        await agent.close()
+    return median(describe), median(pair)

@@ -1,0 +1,94 @@
+"""Smoke tests of the benchmarks: the statistics, the report, and one cheap run
+against real processes. Nothing here asserts a time: the machine is shared."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import stack
+from bench.emulator import BLOCK, MIB, _pattern
+from bench.freeze import measure_freeze
+from bench.report import Report
+from bench.stats import median, percentile
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_percentile_interpolates() -> None:
+    samples = [float(x) for x in range(1, 101)]
+    assert percentile(samples, 0) == 1
+    assert percentile(samples, 100) == 100
+    assert percentile(samples, 50) == pytest.approx(50.5)
+    assert percentile(samples, 99) == pytest.approx(99.01)
+    assert percentile([3.0], 99) == 3.0
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    with pytest.raises(ValueError, match="no samples"):
+        percentile([], 50)
+
+
+def test_report_goals_table_and_json(tmp_path: Path) -> None:
+    report = Report()
+    report.add("latency_ratio", 1.2, "x", goal="<= 1.5")
+    report.add("throughput_ratio", 0.4, "x", goal=">= 0.5")
+    report.add("floor_latency_ms", 0.4, "ms")
+    report.skip("qemu_freeze_ms", "no QEMU here")
+    assert report.metrics["latency_ratio"].met() is True
+    assert report.metrics["throughput_ratio"].met() is False
+    assert report.metrics["floor_latency_ms"].met() is None
+    table = report.table()
+    assert "latency_ratio" in table
+    assert "NO" in table
+    assert "skipped qemu_freeze_ms: no QEMU here" in table
+    report.write(tmp_path / "out.json")
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["metrics"]["latency_ratio"] == {
+        "value": 1.2,
+        "unit": "x",
+        "goal": "<= 1.5",
+        "note": "",
+    }
+    assert data["skipped"] == {"qemu_freeze_ms": "no QEMU here"}
+
+
+def test_host_config_toml() -> None:
+    config = stack.HostConfig(
+        drivers=["unix:///tmp/a.sock", "unix:///tmp/b.sock"],
+        agents=["unix:///tmp/g.sock"],
+        settings={"queue_bound": 64},
+    )
+    text = config.toml()
+    assert "[host]\nqueue_bound = 64" in text
+    assert text.count("[[drivers]]") == 2
+    assert 'address = "unix:///tmp/g.sock"' in text
+
+
+def test_emulator_pattern_is_sparse_but_not_zero() -> None:
+    data = _pattern(2)
+    assert len(data) == 2 * MIB
+    blocks = {data[i : i + BLOCK] for i in range(0, len(data), BLOCK)}
+    assert len(blocks) == 2  # one distinct block per MiB
+    assert all(any(b) for b in blocks) or (len(blocks) == 2 and any(data[MIB:]))
+
+
+def test_freeze_window_runs_against_real_processes() -> None:
+    (result,) = measure_freeze(quick=True, delays=(20.0,), samples=1)
+    assert result.delay_ms == 20.0
+    assert result.host_ms > 0
+    assert result.sequential_ms > 0
+
+
+def test_entry_point_help() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--quick" in out
+    assert "--json" in out
