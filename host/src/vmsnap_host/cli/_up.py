@@ -20,9 +20,7 @@ def stack_table(stack: Stack) -> Table:
     addresses = stack.addresses()
     table = Table("component", "role", "address", "pid", "what", title="vmsnap stack")
     for c in stack.components:
-        table.add_row(
-            c.name, c.role, addresses[c.name], str(pids.get(c.name, "-")), c.description
-        )
+        table.add_row(c.name, c.role, addresses[c.name], str(pids.get(c.name, "-")), c.description)
     return table
 
 
