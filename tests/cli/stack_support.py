@@ -49,7 +49,7 @@ def vmsnap(home: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
         check=False,
     )
     if check:
-        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.returncode == 0, f"vmsnap {args}:\n{result.stdout}{result.stderr}"
     return result
 
 

@@ -76,6 +76,7 @@ def test_up_runs_everything_survives_crashes_and_stops_cleanly(up: Up) -> None:
         up,
     )
     assert up.pids()["driver-element"] == pids["driver-element"]
+    element_pid = up.pids()["emulator-element"]
 
     # One that cannot get its port back comes up on another: its driver is restarted with it.
     ontap = listen_info(up, "ontap")
@@ -96,6 +97,11 @@ def test_up_runs_everything_survives_crashes_and_stops_cleanly(up: Up) -> None:
     finally:
         thief.close()
     assert up.address("emulator-ontap") == listen_info(up, "ontap")["url"]
+    after = up.pids()
+    assert (after["emulator-element"], after["driver-element"]) == (
+        element_pid,
+        pids["driver-element"],
+    ), "only the ONTAP driver follows the ONTAP emulator"
 
     # Both drivers work again: the whole story, take and revert included, passes.
     demo = vmsnap(up.home, "demo")

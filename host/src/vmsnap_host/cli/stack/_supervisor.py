@@ -260,16 +260,16 @@ class Stack:
                 self._replace_outdated(child)
 
     def _replace_outdated(self, restarted: _Child) -> None:
-        """Restart the running children whose command changed since they were spawned.
+        """Restart the running followers of ``restarted`` whose command changed.
 
         A driver's ``--url`` comes from its emulator's ``listen.json``: when the
         emulator came back on another port, the driver must be given the new one.
         """
         for child in self._children:
             process = child.process
-            if child is restarted or process is None or process.returncode is not None:
+            if child.component.follows != restarted.component.name or child.replacing:
                 continue
-            if child.component.argv is None or child.replacing:
+            if process is None or process.returncode is not None:
                 continue
             if child.component.current_command() != child.argv:
                 self._emit(

@@ -45,7 +45,9 @@ class Component:
     at build time, for display); ``endpoint`` is the address to show when it is
     only known once the process runs (an emulator's URL); ``prepare`` runs once
     before the first spawn (e.g. to generate a password file). Components start
-    by ``stage``, each stage once the previous one serves.
+    by ``stage``, each stage once the previous one serves. ``follows`` names the
+    component this one's ``argv`` depends on: when that one was restarted and
+    serves again, this one is restarted too if its command changed.
     """
 
     name: str
@@ -58,6 +60,7 @@ class Component:
     endpoint: Callable[[], str] | None = field(default=None, compare=False)
     prepare: Callable[[], None] | None = field(default=None, compare=False)
     stage: int = 1
+    follows: str | None = None
 
     def current_command(self) -> tuple[str, ...]:
         return self.argv() if self.argv is not None else self.command
@@ -323,6 +326,7 @@ def _driver(layout: Layout, d: DriverEntry) -> Component:
         command=argv(0),
         address=layout.socket(d.name),
         argv=argv,
+        follows=f"emulator-{d.array}",
     )
 
 
