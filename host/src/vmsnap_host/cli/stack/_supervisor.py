@@ -41,6 +41,10 @@ Events = Callable[[str], None]
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
+#: Seconds a follower restarted for a new command gets to stop before SIGKILL: its
+#: calls in flight go to an address that is gone (a driver's blocked array call would
+#: otherwise hold its exit until the vendor SDK's retries run out).
+REPLACE_GRACE = 3.0
 
 
 class StackError(RuntimeError):
@@ -279,6 +283,16 @@ class Stack:
                 )
                 child.replacing = True
                 _signal_group(child, signal.SIGTERM)
+                asyncio.get_running_loop().call_later(
+                    REPLACE_GRACE, self._kill_lingering, child, process
+                )
+
+    def _kill_lingering(self, child: _Child, process: asyncio.subprocess.Process) -> None:
+        if child.process is process and process.returncode is None and not self._stopping:
+            self._emit(
+                f"{child.component.name} did not stop within {REPLACE_GRACE:.0f} s; killing it"
+            )
+            _signal_group(child, signal.SIGKILL)
 
     def _write_stack_file(self) -> None:
         data = {
