@@ -131,11 +131,9 @@ class Story:
         )
         for driver in sorted(serving, key=lambda d: (d.order, d.name))[:2]:
             client = DriverClient.connect(driver.address, timeout=30)
-            disk = f"vd{'ab'[len(self.disks)]}"
-            # Registered before the call, so that close() deletes the volume whatever happens.
-            self.disks.append(Disk(Volume(disk, "", 0), driver, client))
             volume = await client.create_test_volume(f"demo-{self.tag}-{len(self.disks)}", 1 << 20)
-            self.disks[-1].volume = Volume(disk, volume.locator, volume.size_bytes)
+            disk = f"vd{'ab'[len(self.disks)]}"
+            self.disks.append(Disk(Volume(disk, volume.locator, volume.size_bytes), driver, client))
             out.console.print(
                 f"   {disk}: created {volume.locator} through {driver.name}'s test fixture",
                 highlight=False,
@@ -288,9 +286,8 @@ class Story:
     async def close(self) -> None:
         for disk in self.array_disks:
             assert disk.client is not None
-            if disk.volume.locator:
-                with contextlib.suppress(VMSnapError):
-                    await disk.client.delete_test_volume(disk.volume.locator)
+            with contextlib.suppress(VMSnapError):
+                await disk.client.delete_test_volume(disk.volume.locator)
             await disk.client.close()
 
 
