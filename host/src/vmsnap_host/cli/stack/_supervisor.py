@@ -220,10 +220,7 @@ class Stack:
                     f"{_tail(self.layout.logs / (name + '.log'))}"
                 )
             check = child.component.ready
-            if process is not None and check is not None:
-                serving = await check(process.pid)
-            else:
-                serving = await health_serving(child.component.address)
+            serving = await check() if check else await health_serving(child.component.address)
             if serving:
                 self._emit(f"{name} serving on {child.component.current_address()}")
                 return

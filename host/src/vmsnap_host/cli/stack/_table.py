@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -38,8 +39,8 @@ MAX_SOCKET_PATH = 107
 class Component:
     """One supervised child process.
 
-    ``ready(pid)`` tells whether the process ``pid`` serves; None means the
-    grpc.health.v1 check on ``address`` (a process that is no gRPC server, such
+    ``ready`` tells whether it serves; None means the grpc.health.v1 check on
+    ``address`` (a process that is no gRPC server, such
     as an array emulator speaking HTTP, brings its own check). ``argv``, when
     set, computes the command at every spawn (``command`` is then what it was
     at build time, for display); ``endpoint`` is the address to show when it is
@@ -55,7 +56,7 @@ class Component:
     description: str
     command: tuple[str, ...]
     address: str
-    ready: Callable[[int], Awaitable[bool]] | None = field(default=None, compare=False)
+    ready: Callable[[], Awaitable[bool]] | None = field(default=None, compare=False)
     argv: Callable[[], tuple[str, ...]] | None = field(default=None, compare=False)
     endpoint: Callable[[], str] | None = field(default=None, compare=False)
     prepare: Callable[[], None] | None = field(default=None, compare=False)
@@ -236,12 +237,30 @@ def pinned_port(data: Path) -> int:
     return port if port and _port_free(port) else 0
 
 
-def _emulator_ready(data: Path) -> Callable[[int], Awaitable[bool]]:
-    async def ready(pid: int) -> bool:
+def _runs_on(pid: object, data: Path) -> bool:
+    """Whether ``pid`` is a live (not zombie) emulator of ``data``.
+
+    One emulator runs per data dir (it locks it), and the supervisor reaps a dead
+    one before it starts the next: a ``listen.json`` naming such a process was
+    written by the emulator that runs now, not by one that crashed.
+    """
+    if not isinstance(pid, int):
+        return False
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+            return False
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, IndexError):
+        return False
+    return any(a == b"--data" and b == str(data).encode() for a, b in itertools.pairwise(argv))
+
+
+def _emulator_ready(data: Path) -> Callable[[], Awaitable[bool]]:
+    async def ready() -> bool:
         info = listen_info(data)
         port = info.get("port")
-        if info.get("pid") != pid or not isinstance(port, int):
-            return False  # not yet written by this process
+        if not _runs_on(info.get("pid"), data) or not isinstance(port, int):
+            return False  # not yet written by the emulator that runs now
         try:
             _reader, writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", port), 1.0
