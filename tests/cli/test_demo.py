@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from tests.cli.stack_support import Up, vmsnap
@@ -23,8 +24,11 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 def test_demo_starts_its_own_stack_and_leaves_nothing(sockdir: Path) -> None:
+    started = time.monotonic()
     result = vmsnap(sockdir, "demo")  # an empty VMSNAP_HOME: no stack answers
+    took = time.monotonic() - started
     assert "demo passed" in result.stdout
+    assert took < 60, f"the demo took {took:.0f} s with starting and stopping its stack"
     match = re.search(r"starting one in (/tmp/vmsnap-demo-\S+)", result.stdout)
     assert match, result.stdout
     home = match.group(1).rstrip(" …")
