@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
-from tests.cli.test_up import Up, up, vmsnap
-
-__all__ = ["up"]  # the fixture, shared with test_up
+from tests.cli.stack_support import Up, vmsnap
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -25,8 +24,11 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 def test_demo_starts_its_own_stack_and_leaves_nothing(sockdir: Path) -> None:
+    started = time.monotonic()
     result = vmsnap(sockdir, "demo")  # an empty VMSNAP_HOME: no stack answers
+    took = time.monotonic() - started
     assert "demo passed" in result.stdout
+    assert took < 60, f"the demo took {took:.0f} s with starting and stopping its stack"
     match = re.search(r"starting one in (/tmp/vmsnap-demo-\S+)", result.stdout)
     assert match, result.stdout
     home = match.group(1).rstrip(" …")
@@ -34,9 +36,12 @@ def test_demo_starts_its_own_stack_and_leaves_nothing(sockdir: Path) -> None:
     assert processes_mentioning(home) == []
     for step in ("Take a VM snapshot", "plan", "frozen at", "original data back", "REMOVED"):
         assert step in result.stdout
+    # The reference drivers took the array disks, next to their emulators.
+    for seen in ("com.netapp.solidfire", "com.netapp.ontap", "emulator-element serving on https"):
+        assert seen in result.stdout
 
 
-def test_demo_uses_a_running_stack(up: Up) -> None:
-    result = vmsnap(up.home, "demo")
+def test_demo_uses_a_running_stack(shared_up: Up) -> None:
+    result = vmsnap(shared_up.home, "demo")
     assert "Using the vmsnap stack at" in result.stdout
     assert "demo passed" in result.stdout

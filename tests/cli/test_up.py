@@ -2,138 +2,157 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
+import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from tests.support.procs import Proc, wait_serving
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purpose; only its parent can reap it.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
+from tests.cli.stack_support import COMPONENTS, Up, alive, vmsnap
+from tests.support.procs import wait_serving
+from vmsnap_sdk import DriverClient
 
 
-def read_stack(home: Path, timeout: float = 60.0) -> dict[str, Any]:
-    path = home / "run" / "stack.json"
+def wait_for(condition: str, check: object, up: Up, timeout: float = 60.0) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{condition}\n{up.proc.output()}"
+        time.sleep(0.1)
+
+
+def listen_info(up: Up, array: str) -> dict[str, object]:
+    info: dict[str, object] = json.loads((up.home / "arrays" / array / "listen.json").read_text())
+    return info
+
+
+def steal_port(port: int, timeout: float = 5.0) -> socket.socket:
+    """Listen on ``port`` as soon as the killed emulator let go of it."""
     deadline = time.monotonic() + timeout
     while True:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the emulator binds
         try:
-            data: dict[str, Any] = json.loads(path.read_text())
-            return data
-        except (OSError, ValueError):
-            assert time.monotonic() < deadline, "vmsnap up did not write run/stack.json"
-            time.sleep(0.1)
+            s.bind(("127.0.0.1", port))
+            s.listen()
+            return s
+        except OSError:
+            s.close()
+            assert time.monotonic() < deadline, f"port {port} was never freed"
+            time.sleep(0.002)
 
 
-def vmsnap(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "VMSNAP_HOST"}
-    env["VMSNAP_HOME"] = str(home)
-    result = subprocess.run(
-        [sys.executable, "-m", "vmsnap_host.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-class Up:
-    def __init__(self, home: Path, log: Path) -> None:
-        self.home = home
-        self.proc = Proc(
-            [sys.executable, "-m", "vmsnap_host.cli", "up", "--home", str(home)],
-            log,
-        )
-        deadline = time.monotonic() + 60
-        # A stack file left by a killed stack names another pid: wait for ours.
-        while (stack := read_stack(home)).get("pid") != self.proc.pid:
-            assert time.monotonic() < deadline, self.proc.output()
-            time.sleep(0.1)
-        self.stack = stack
-        wait_serving(self.stack["host"])
-
-    def pids(self) -> dict[str, int]:
-        return {c["name"]: c["pid"] for c in read_stack(self.home)["components"]}
-
-
-@pytest.fixture
-def up(sockdir: Path, tmp_path: Path) -> Iterator[Up]:
-    stack = Up(sockdir, tmp_path / "up.log")
-    try:
-        yield stack
-    finally:
-        stack.proc.stop(timeout=30)
-
-
-def test_up_serves_restarts_and_stops_cleanly(up: Up) -> None:
+def test_up_runs_everything_survives_crashes_and_stops_cleanly(up: Up) -> None:
     pids = up.pids()
-    assert set(pids) == {"driver-ontap", "driver-element", "agent", "host"}
+    assert set(pids) == COMPONENTS
     assert all(alive(pid) for pid in pids.values())
-    assert "vmsnap stack" in up.proc.output()
+    output = up.proc.output()
+    assert "vmsnap stack" in output
+    for array in ("element", "ontap"):
+        info = listen_info(up, array)
+        assert info["pid"] == pids[f"emulator-{array}"]
+        assert str(info["url"]) in output
+        assert str(up.home / "arrays" / array) in output
+        secret = up.home / "secrets" / f"{array}.password"
+        assert secret.stat().st_mode & 0o777 == 0o600
+    assert (up.home / "secrets").stat().st_mode & 0o777 == 0o700
 
-    # A crashed child comes back (after the backoff), under a new pid.
+    # A crashed agent comes back (after the backoff), under a new pid.
     os.kill(pids["agent"], signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while up.pids()["agent"] in (pids["agent"], None):
-        assert time.monotonic() < deadline, up.proc.output()
-        time.sleep(0.1)
-    restarted = up.pids()
-    wait_serving(
-        next(c["address"] for c in read_stack(up.home)["components"] if c["name"] == "agent")
-    )
+    wait_for("the agent was not restarted", lambda: up.pids()["agent"] != pids["agent"], up)
+    wait_serving(up.address("agent"))
 
+    # A crashed emulator comes back on the same port: its driver keeps running.
+    element_url = listen_info(up, "element")["url"]
+    os.kill(pids["emulator-element"], signal.SIGKILL)
+    wait_for(
+        "the Element emulator was not restarted",
+        lambda: (
+            listen_info(up, "element")["pid"] not in (pids["emulator-element"], None)
+            and up.address("emulator-element") == element_url
+        ),
+        up,
+    )
+    assert up.pids()["driver-element"] == pids["driver-element"]
+    element_pid = up.pids()["emulator-element"]
+
+    # One that cannot get its port back comes up on another: its driver is restarted with it.
+    ontap = listen_info(up, "ontap")
+    os.kill(pids["emulator-ontap"], signal.SIGKILL)
+    thief = steal_port(int(str(ontap["port"])))
+    try:
+        wait_for(
+            "the ONTAP emulator did not come back on another port",
+            lambda: listen_info(up, "ontap")["port"] != ontap["port"],
+            up,
+        )
+        wait_for(
+            "the ONTAP driver was not restarted with the new URL",
+            lambda: up.pids()["driver-ontap"] != pids["driver-ontap"],
+            up,
+        )
+        wait_serving(up.address("driver-ontap"))
+    finally:
+        thief.close()
+    assert up.address("emulator-ontap") == listen_info(up, "ontap")["url"]
+    after = up.pids()
+    assert (after["emulator-element"], after["driver-element"]) == (
+        element_pid,
+        pids["driver-element"],
+    ), "only the ONTAP driver follows the ONTAP emulator"
+
+    # Both drivers work again: the whole story, take and revert included, passes.
+    demo = vmsnap(up.home, "demo")
+    assert "demo passed" in demo.stdout, demo.stdout
+
+    # No password in anything the stack printed or logged.
+    logs = up.logs()
+    for password in up.passwords():
+        assert len(password) >= 32
+        assert password not in logs
+        assert password not in demo.stdout + demo.stderr
+
+    restarted = up.pids()
     up.proc.signal(signal.SIGTERM)
     assert up.proc.popen.wait(60) == 0, up.proc.output()
-    for name, pid in restarted.items():
+    for name, pid in {**pids, **restarted}.items():
         assert not alive(pid), f"{name} (pid {pid}) outlived vmsnap up"
     assert not (up.home / "run" / "stack.json").exists()
     assert "stopped" in up.proc.output()
 
 
-def test_a_second_up_on_the_same_home_refuses(up: Up, tmp_path: Path) -> None:
-    second = vmsnap(up.home, "up", "--home", str(up.home), check=False)
+def test_a_second_up_on_the_same_home_refuses(shared_up: Up) -> None:
+    second = vmsnap(shared_up.home, "up", "--home", str(shared_up.home), check=False)
     assert second.returncode == 1
     assert "already runs" in second.stderr
-    assert all(alive(pid) for pid in up.pids().values())
+    assert all(alive(pid) for pid in shared_up.pids().values())
 
 
-def test_commands_against_the_stack(up: Up) -> None:
-    home = up.home
+async def _ontap_test_file(address: str, name: str) -> str:
+    client = DriverClient.connect(address, timeout=30)
+    try:
+        return (await client.create_test_volume(name, 1 << 20)).locator
+    finally:
+        await client.close()
+
+
+def test_commands_against_the_stack(shared_up: Up) -> None:
+    home = shared_up.home
     drivers = json.loads(vmsnap(home, "drivers", "list", "--json").stdout)
-    assert sorted(d["name"] for d in drivers) == [
-        "io.vmsnap.standin.element",
-        "io.vmsnap.standin.ontap",
-    ]
+    assert sorted(d["name"] for d in drivers) == ["com.netapp.ontap", "com.netapp.solidfire"]
     agents = json.loads(vmsnap(home, "agents", "list", "--json").stdout)
     assert [(a["name"], a["hypervisor"]) for a in agents] == [("sim-1", "sim")]
 
+    locator = asyncio.run(_ontap_test_file(shared_up.address("driver-ontap"), "cli-a"))
     defined = vmsnap(
         home,
         "vm",
         "define",
         "vm-cli",
         "--disk",
-        "vda=ontap://standin/cli-a",
+        f"vda={locator}",
         "--disk",
         "vdb=file:///var/lib/vm-cli.qcow2,format=qcow2,size=4096",
         "--json",
@@ -141,7 +160,7 @@ def test_commands_against_the_stack(up: Up) -> None:
     assert json.loads(defined.stdout)["state"] == "STOPPED"
     vmsnap(home, "vm", "start", "vm-cli")
     vms = json.loads(vmsnap(home, "vm", "list", "--json").stdout)
-    assert [(v["id"], v["state"]) for v in vms] == [("vm-cli", "RUNNING")]
+    assert ("vm-cli", "RUNNING") in [(v["id"], v["state"]) for v in vms]
     shown_vm = json.loads(vmsnap(home, "vm", "show", "vm-cli", "--json").stdout)
     assert [d["disk"] for d in shown_vm["volumes"]] == ["vda", "vdb"]
 
@@ -149,7 +168,10 @@ def test_commands_against_the_stack(up: Up) -> None:
     assert created["done"] and created["error"] is None
     snapshot = created["vm_snapshot"]
     assert snapshot["state"] == "READY"
-    assert sorted(g["kind"] for g in snapshot["groups"]) == ["DRIVER", "HYPERVISOR"]
+    assert sorted((g["kind"], g["owner"]) for g in snapshot["groups"]) == [
+        ("DRIVER", "com.netapp.ontap"),
+        ("HYPERVISOR", "sim-1"),
+    ]
 
     listed = json.loads(vmsnap(home, "snapshot", "list", "--vm", "vm-cli", "--json").stdout)
     assert [s["id"] for s in listed] == [snapshot["id"]]
@@ -171,19 +193,40 @@ def test_commands_against_the_stack(up: Up) -> None:
     op = json.loads(vmsnap(home, "operations", "show", op_id, "--json").stdout)
     assert op["type"] == "DELETE"
 
-    element = next(d for d in drivers if d["name"] == "io.vmsnap.standin.element")
+    element = next(d for d in drivers if d["name"] == "com.netapp.solidfire")
     vmsnap(home, "drivers", "remove", element["name"])
     remaining = json.loads(vmsnap(home, "drivers", "list", "--json").stdout)
-    assert [d["name"] for d in remaining] == ["io.vmsnap.standin.ontap"]
+    assert [d["name"] for d in remaining] == ["com.netapp.ontap"]
     again = json.loads(
-        vmsnap(home, "drivers", "register", element["address"], "--order", "5", "--json").stdout
+        vmsnap(
+            home,
+            "drivers",
+            "register",
+            element["address"],
+            "--order",
+            str(element["order"]),
+            "--json",
+        ).stdout
     )
-    assert (again["name"], again["order"]) == (element["name"], 5)
+    assert (again["name"], again["order"]) == (element["name"], element["order"])
 
     missing = vmsnap(home, "snapshot", "show", "no-such-snapshot", check=False)
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines() == [missing.stderr.strip()]
     assert "NOT_FOUND" in missing.stderr
+
+
+def test_no_password_is_printed_or_logged(shared_up: Up) -> None:
+    passwords = shared_up.passwords()
+    assert len(passwords) == 2
+    logs = shared_up.logs()
+    assert "emulator-element" in logs and "driver-ontap" in logs
+    for password in passwords:
+        assert password not in logs
+    for path in (shared_up.home / "arrays").rglob("*"):
+        if path.is_file() and path.stat().st_size < 1 << 20:
+            for password in passwords:
+                assert password.encode() not in path.read_bytes(), path
 
 
 def test_no_stack_is_one_clear_line(sockdir: Path) -> None:
@@ -201,7 +244,9 @@ def test_host_flag_overrides(sockdir: Path) -> None:
     assert f"unix://{sockdir}/elsewhere.sock" in result.stderr
 
 
-def test_children_of_a_killed_up_are_stopped_by_the_next(sockdir: Path, tmp_path: Path) -> None:
+def test_a_killed_up_is_cleaned_up_by_the_next_and_ctrl_c_stops(
+    sockdir: Path, tmp_path: Path
+) -> None:
     first = Up(sockdir, tmp_path / "first.log")
     orphans = first.pids()
     first.proc.signal(signal.SIGKILL)  # no chance to stop its children
@@ -212,20 +257,21 @@ def test_children_of_a_killed_up_are_stopped_by_the_next(sockdir: Path, tmp_path
         try:
             for name, pid in orphans.items():
                 assert not alive(pid), f"{name} (pid {pid}) of the killed stack still runs"
-            assert set(second.pids().values()).isdisjoint(orphans.values())
+            children = second.pids()
+            assert set(children) == COMPONENTS
+            assert set(children.values()).isdisjoint(orphans.values())
+            # The emulators kept their ports (and data) across the two stacks.
+            before = {c["name"]: c["address"] for c in first.stack["components"]}
+            assert second.address("emulator-element") == before["emulator-element"]
+            second.proc.signal(signal.SIGINT)
+            assert second.proc.popen.wait(60) == 0, second.proc.output()
+            assert not any(alive(pid) for pid in children.values())
         finally:
             second.proc.stop(timeout=30)
     finally:
         for pid in orphans.values():  # whatever happened, the test leaves none behind
             if alive(pid):
                 os.killpg(pid, signal.SIGKILL)
-
-
-def test_ctrl_c_stops_up_cleanly(up: Up) -> None:
-    pids = up.pids()
-    up.proc.signal(signal.SIGINT)
-    assert up.proc.popen.wait(60) == 0, up.proc.output()
-    assert not any(alive(pid) for pid in pids.values())
 
 
 def test_children_stop_when_up_is_killed(sockdir: Path, tmp_path: Path) -> None:

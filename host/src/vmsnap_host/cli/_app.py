@@ -136,7 +136,7 @@ def up(
         ),
     ] = "sim",
 ) -> None:
-    """Run the embedded stack (host, agent, drivers) until Ctrl-C or SIGTERM."""
+    """Run the embedded stack until Ctrl-C or SIGTERM: array emulators, drivers, agent, host."""
     sys.exit(run_up((home or vmsnap_home()).expanduser().resolve(), hypervisor))
 
 

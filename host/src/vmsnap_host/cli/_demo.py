@@ -1,10 +1,19 @@
 """``vmsnap demo``: one VM snapshot across two vendors and a local disk, told step by step.
 
 Uses the running stack when one answers, else starts one in a temporary home
-and stops it at the end. Every step checks that it did what it should; the
-exit code is 0 only when all did. The data checks go through the drivers'
-ConformanceFixture service (test arrays only): bytes written before the
-snapshot must be back after the revert.
+(the Element and ONTAP emulators, the reference drivers, the sim agent, the
+host) and stops and removes it at the end. Every step checks that it did what
+it should; the exit code is 0 only when all did.
+
+The array disks are made and their bytes written and read through the drivers'
+ConformanceFixture service (``DriverClient.create_test_volume``,
+``write_volume``, ``read_volume``), not with the vendors' SDKs against the
+emulators: the demo then needs nothing but the drivers' gRPC addresses, which
+the host lists, so it runs the same against any stack whose drivers serve the
+fixture (test arrays only), knows no password, and exercises the very code
+that will snapshot those volumes. Bytes written before the snapshot must be
+back after the revert, and after the delete neither driver may list anything
+of the VM (``ListVMSnapshots``).
 """
 
 from __future__ import annotations
@@ -135,6 +144,10 @@ class Story:
             volume = await client.create_test_volume(f"demo-{self.tag}-{len(self.disks)}", size)
             disk = f"vd{'ab'[len(self.disks)]}"
             self.disks.append(Disk(Volume(disk, volume.locator, volume.size_bytes), driver, client))
+            out.console.print(
+                f"   {disk}: created {volume.locator} through {driver.name}'s test fixture",
+                highlight=False,
+            )
         local = f"file:///var/lib/vmsnap/{self.vm_id}/root.qcow2"
         self.disks.append(Disk(Volume("vdc", local, 1 << 20, "qcow2")))
         return f"{len(serving)} drivers and {len(agents)} agent(s) serving"
@@ -297,12 +310,14 @@ class Story:
         check(state is VMSnapshotState.REMOVED, f"the snapshot is {state.name} after delete")
         for disk in self.array_disks:
             assert disk.client is not None and disk.driver is not None
-            left = (await disk.client.list_snapshots(Page(size=1000))).snapshots
+            left = (await disk.client.list_snapshots(Page(size=1000), vm_id=self.vm_id)).snapshots
             check(
-                all(s.vm_snapshot_id != self.snapshot.id for s in left),
-                f"{disk.driver.name} still holds a snapshot of {self.snapshot.id}",
+                not left,
+                f"{disk.driver.name} still holds snapshots of {self.vm_id}: "
+                + ", ".join(s.vm_snapshot_id for s in left),
             )
-        return "REMOVED; no driver holds any of it"
+        names = " and ".join(d.driver.name for d in self.array_disks if d.driver is not None)
+        return f"REMOVED; ListVMSnapshots on {names} finds nothing of {self.vm_id}"
 
     # --- a real guest's disk (QEMU) ---------------------------------------------------
     # On the QEMU agent (``vmsnap demo --hypervisor qemu``) the VM is a real guest: its
@@ -416,7 +431,10 @@ async def _demo(address: str | None, hypervisor: str) -> int:
         out.console.print(f"No vmsnap stack answers at {target}: starting one in {home} …")
         try:
             stack = Stack(
-                Layout(home), hypervisor, on_event=lambda m: out.console.print(f"[dim]{m}[/]")
+                Layout(home),
+                hypervisor,
+                on_event=lambda m: out.console.print(f"[dim]{m}[/]"),
+                durable=False,  # a throw-away home: the emulators need not fsync
             )
             await stack.start()
         except ValueError as exc:

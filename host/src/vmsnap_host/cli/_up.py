@@ -17,9 +17,10 @@ from vmsnap_host.client import vmsnap_home
 
 def stack_table(stack: Stack) -> Table:
     pids = stack.pids()
+    addresses = stack.addresses()
     table = Table("component", "role", "address", "pid", "what", title="vmsnap stack")
     for c in stack.components:
-        table.add_row(c.name, c.role, c.address, str(pids.get(c.name, "-")), c.description)
+        table.add_row(c.name, c.role, addresses[c.name], str(pids.get(c.name, "-")), c.description)
     return table
 
 
@@ -59,6 +60,9 @@ async def _up(home: Path, hypervisor: str) -> int:
 
     out.console.print(stack_table(stack))
     out.console.print(f"logs in {layout.logs}; the host's configuration is {layout.config}")
+    out.console.print(
+        f"arrays' data in {layout.arrays}; their generated passwords in {layout.secrets} (0600)"
+    )
     default_home = vmsnap_home().resolve() == home
     hint = "" if default_home else f"VMSNAP_HOME={home} "
     out.console.print(

@@ -1,12 +1,16 @@
 """Run the stack's processes: start in order, wait for health, restart crashes, stop cleanly.
 
-Each child runs in its own process group (so a signal reaches whatever it
+Components start by stage (array emulators, then drivers and the agent, then
+the host), each stage once the previous one serves. Each child runs in its own process group (so a signal reaches whatever it
 spawns) with its output in ``logs/<name>.log``, and gets SIGTERM from the
 kernel if the supervising process dies without stopping it (Linux
 ``PR_SET_PDEATHSIG``); children a killed stack left anyway are stopped by the
 next start in the same home. A child that exits while the
 stack runs is restarted after a backoff (0.5 s doubling to 30 s, reset once it
-has run for a minute). Stopping sends SIGTERM to every group (the host first,
+has run for a minute). A component whose command is computed at spawn (a
+driver's ``--url`` comes from its emulator's ``listen.json``) is restarted at
+once, without backoff, when a restarted component comes back serving and that
+command changed (an emulator that could not get its old port back). Stopping sends SIGTERM to every group (the host first,
 so that it stops calling the others), waits for a grace period, then SIGKILLs
 what is left. ``run/stack.json`` lists the pids for operators and tests, and a
 lock on ``run/stack.lock`` keeps two stacks from sharing one home.
@@ -37,6 +41,10 @@ Events = Callable[[str], None]
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
+#: Seconds a follower restarted for a new command gets to stop before SIGKILL: its
+#: calls in flight go to an address that is gone (a driver's blocked array call would
+#: otherwise hold its exit until the vendor SDK's retries run out).
+REPLACE_GRACE = 3.0
 
 
 class StackError(RuntimeError):
@@ -50,6 +58,8 @@ class _Child:
     started_at: float = 0.0
     failures: int = 0
     restarts: int = 0
+    replacing: bool = False
+    argv: tuple[str, ...] = ()
     log: IO[bytes] | None = field(default=None, repr=False)
 
 
@@ -82,9 +92,10 @@ class Stack:
         *,
         on_event: Events | None = None,
         grace_seconds: float = 10.0,
+        durable: bool = True,
     ) -> None:
         self.layout = layout
-        self.components = build(layout, hypervisor)
+        self.components = build(layout, hypervisor, durable=durable)
         self.grace_seconds = grace_seconds
         self._emit = on_event or (lambda _msg: None)
         self._children = [_Child(c) for c in self.components]
@@ -106,6 +117,10 @@ class Stack:
     def restarts(self) -> dict[str, int]:
         return {c.component.name: c.restarts for c in self._children}
 
+    def addresses(self) -> dict[str, str]:
+        """Where each component serves now (an emulator's URL once it runs)."""
+        return {c.name: c.current_address() for c in self.components}
+
     # --- start -------------------------------------------------------------------
 
     def _prepare(self) -> None:
@@ -122,6 +137,9 @@ class Stack:
                 f"(see {self.layout.stack_file}); stop it first or use another --home"
             ) from None
         self._stop_orphans()
+        for component in self.components:
+            if component.prepare is not None:
+                component.prepare()
         # Sockets left by a stack that was killed would make the binds fail.
         for component in self.components:
             if component.address.startswith("unix://"):
@@ -135,8 +153,9 @@ class Stack:
         """Stop the children of a previous ``vmsnap up`` of this home that was killed.
 
         Holding the lock proves that stack is gone; a pid from its stack file is
-        only signalled when its command line still names this home's run
-        directory, so a recycled pid is never touched.
+        only signalled when its command line still names this home (every
+        child's does: its socket, data directory or password file), so a
+        recycled pid is never touched.
         """
         try:
             previous = json.loads(self.layout.stack_file.read_text())
@@ -145,7 +164,7 @@ class Stack:
         orphans = [
             pid
             for pid in (c.get("pid") for c in previous.get("components", []))
-            if isinstance(pid, int) and str(self.layout.run) in _cmdline(pid)
+            if isinstance(pid, int) and f"{self.layout.home}/" in _cmdline(pid)
         ]
         for pid in orphans:
             self._emit(f"stopping pid {pid}, left running by a stack that was killed")
@@ -164,13 +183,12 @@ class Stack:
         """Start every component in order and wait until each serves; on failure stop all."""
         self._prepare()
         try:
-            # Drivers and the agent together, then the host that lists them.
-            first, host = self._children[:-1], self._children[-1]
-            for child in first:
-                await self._spawn(child)
-            await asyncio.gather(*(self._wait_serving(c, timeout) for c in first))
-            await self._spawn(host)
-            await self._wait_serving(host, timeout)
+            # Emulators, then the drivers and the agent together, then the host that lists them.
+            for stage in sorted({c.component.stage for c in self._children}):
+                batch = [c for c in self._children if c.component.stage == stage]
+                for child in batch:
+                    await self._spawn(child)
+                await asyncio.gather(*(self._wait_serving(c, timeout) for c in batch))
         except BaseException:
             await self.stop()
             raise
@@ -180,8 +198,9 @@ class Stack:
     async def _spawn(self, child: _Child) -> None:
         if child.log is None:
             child.log = (self.layout.logs / f"{child.component.name}.log").open("ab")
+        child.argv = child.component.current_command()
         child.process = await asyncio.create_subprocess_exec(
-            *_bound_to_us(child.component.command),
+            *_bound_to_us(child.argv),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=child.log,
             stderr=asyncio.subprocess.STDOUT,
@@ -203,7 +222,7 @@ class Stack:
             check = child.component.ready
             serving = await check() if check else await health_serving(child.component.address)
             if serving:
-                self._emit(f"{name} serving on {child.component.address}")
+                self._emit(f"{name} serving on {child.component.current_address()}")
                 return
             if time.monotonic() > deadline:
                 raise StackError(
@@ -220,12 +239,16 @@ class Stack:
             code = await child.process.wait()
             if self._stopping:
                 return
-            ran = time.monotonic() - child.started_at
-            child.failures = 0 if ran >= STABLE_AFTER else child.failures + 1
-            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, child.failures - 1))
-            self._emit(
-                f"{child.component.name} exited with code {code}; restarting in {delay:.1f} s"
-            )
+            if child.replacing:
+                child.replacing = False
+                delay = 0.0
+            else:
+                ran = time.monotonic() - child.started_at
+                child.failures = 0 if ran >= STABLE_AFTER else child.failures + 1
+                delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, child.failures - 1))
+                self._emit(
+                    f"{child.component.name} exited with code {code}; restarting in {delay:.1f} s"
+                )
             await asyncio.sleep(delay)
             if self._stopping:
                 return
@@ -234,6 +257,39 @@ class Stack:
             self._write_stack_file()
             with contextlib.suppress(StackError):
                 await self._wait_serving(child, timeout=30.0)
+                self._write_stack_file()  # an emulator's URL is known now
+                self._replace_outdated(child)
+
+    def _replace_outdated(self, restarted: _Child) -> None:
+        """Restart the running followers of ``restarted`` whose command changed.
+
+        A driver's ``--url`` comes from its emulator's ``listen.json``: when the
+        emulator came back on another port, the driver must be given the new one.
+        """
+        for child in self._children:
+            process = child.process
+            if child.component.follows != restarted.component.name or child.replacing:
+                continue
+            if process is None or process.returncode is not None:
+                continue
+            if child.component.current_command() != child.argv:
+                self._emit(
+                    f"{child.component.name}: {restarted.component.name} now serves on "
+                    f"{restarted.component.current_address()}; restarting "
+                    f"{child.component.name} with it"
+                )
+                child.replacing = True
+                _signal_group(child, signal.SIGTERM)
+                asyncio.get_running_loop().call_later(
+                    REPLACE_GRACE, self._kill_lingering, child, process
+                )
+
+    def _kill_lingering(self, child: _Child, process: asyncio.subprocess.Process) -> None:
+        if child.process is process and process.returncode is None and not self._stopping:
+            self._emit(
+                f"{child.component.name} did not stop within {REPLACE_GRACE:.0f} s; killing it"
+            )
+            _signal_group(child, signal.SIGKILL)
 
     def _write_stack_file(self) -> None:
         data = {
@@ -244,7 +300,7 @@ class Stack:
                 {
                     "name": c.component.name,
                     "role": c.component.role,
-                    "address": c.component.address,
+                    "address": c.component.current_address(),
                     "pid": c.process.pid if c.process is not None else None,
                     "restarts": c.restarts,
                 }

@@ -1,18 +1,31 @@
 """What the embedded stack runs: the one table to edit to add or swap a process.
 
-Every component listens on a unix socket under ``$VMSNAP_HOME/run/`` and logs
-to ``$VMSNAP_HOME/logs/<name>.log``. Drivers and the agent start first; the host
-starts last with a generated configuration that lists them.
+Components start in stages: the array emulators first, then the storage
+drivers and the hypervisor agent, the host last with a generated configuration
+that lists them. Every gRPC component listens on a unix socket under
+``$VMSNAP_HOME/run/``; everything logs to ``$VMSNAP_HOME/logs/<name>.log``.
 
-To swap a stand-in for a reference driver, change its :data:`DRIVERS` entry;
-a driver that needs an array emulator next to it adds that emulator as one
-more :class:`Component` in :func:`build` (role "array emulator", with its own
-``ready`` check), listed before the driver.
+Each reference driver (:data:`DRIVERS`) runs next to its vendor's array
+emulator: ``vmsnap-emulator KIND`` on ``127.0.0.1`` with its state in
+``$VMSNAP_HOME/arrays/<array>/`` and a password generated at the first start in
+``$VMSNAP_HOME/secrets/<array>.password`` (0600, never printed). The emulator
+picks a free port at its first start and is given the same port again at every
+later start (read back from its ``listen.json``) while that port is free; the
+driver's ``--url`` is computed from ``listen.json`` at each spawn, and the
+supervisor restarts a driver whose command changed because its emulator came
+back on another port.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import secrets
 import shutil
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +40,15 @@ class Component:
     """One supervised child process.
 
     ``ready`` tells whether it serves; None means the grpc.health.v1 check on
-    ``address`` (a process that is no gRPC server, such as an array emulator
-    speaking HTTP, brings its own check).
+    ``address`` (a process that is no gRPC server, such
+    as an array emulator speaking HTTP, brings its own check). ``argv``, when
+    set, computes the command at every spawn (``command`` is then what it was
+    at build time, for display); ``endpoint`` is the address to show when it is
+    only known once the process runs (an emulator's URL); ``prepare`` runs once
+    before the first spawn (e.g. to generate a password file). Components start
+    by ``stage``, each stage once the previous one serves. ``follows`` names the
+    component this one's ``argv`` depends on: when that one was restarted and
+    serves again, this one is restarted too if its command changed.
     """
 
     name: str
@@ -37,33 +57,63 @@ class Component:
     command: tuple[str, ...]
     address: str
     ready: Callable[[], Awaitable[bool]] | None = field(default=None, compare=False)
+    argv: Callable[[], tuple[str, ...]] | None = field(default=None, compare=False)
+    endpoint: Callable[[], str] | None = field(default=None, compare=False)
+    prepare: Callable[[], None] | None = field(default=None, compare=False)
+    stage: int = 1
+    follows: str | None = None
+
+    def current_command(self) -> tuple[str, ...]:
+        return self.argv() if self.argv is not None else self.command
+
+    def current_address(self) -> str:
+        return self.endpoint() if self.endpoint is not None else self.address
 
 
 @dataclass(frozen=True)
 class DriverEntry:
-    """A storage driver of the stack (the reference drivers will replace the stand-ins)."""
+    """A reference storage driver of the stack and the array emulator it drives.
+
+    The driver gets ``--url https://localhost:PORT`` (the Element SDK verifies
+    TLS for host names only), ``--user``, ``--password-file``, ``--ca-file``
+    (the emulator's self-signed certificate) and ``--conformance-fixture``
+    (the demo writes and reads bytes through it), then ``arguments``. The
+    emulator gets ``emulator_arguments`` after its own flags.
+    """
 
     name: str
     description: str
     module: str
+    array: str
+    emulator_kind: str
     arguments: tuple[str, ...] = ()
+    emulator_arguments: tuple[str, ...] = ()
 
 
 #: The storage drivers of the embedded stack, in tie-break order.
 DRIVERS: tuple[DriverEntry, ...] = (
     DriverEntry(
-        "driver-ontap",
-        "ontap:// volumes — in-memory stand-in for the NetApp ONTAP driver",
-        "vmsnap_host.cli.stack.standin_driver",
-        ("--scheme", "ontap"),
+        "driver-element",
+        "element:// volumes — NetApp SolidFire Element reference driver",
+        "vmsnap_driver_solidfire",
+        array="element",
+        emulator_kind="element",
+        arguments=("--cluster", "vmsnap-element"),
+        emulator_arguments=("--cluster", "vmsnap-element"),
     ),
     DriverEntry(
-        "driver-element",
-        "element:// volumes — in-memory stand-in for the SolidFire Element driver",
-        "vmsnap_host.cli.stack.standin_driver",
-        ("--scheme", "element"),
+        "driver-ontap",
+        "ontap:// files — NetApp ONTAP reference driver",
+        "vmsnap_driver_netapp",
+        array="ontap",
+        emulator_kind="ontap",
+        arguments=("--svm", "svm0", "--job-poll-interval", "0.1"),
+        emulator_arguments=("--svm", "svm0", "--cluster", "vmsnap-ontap"),
     ),
 )
+
+#: The user the emulators accept and the drivers log in as.
+ARRAY_USER = "vmsnap"
 
 #: Hypervisor kinds ``vmsnap up --hypervisor`` accepts.
 HYPERVISORS = ("sim", "qemu")
@@ -96,6 +146,20 @@ class Layout:
         return self.home / "agent"
 
     @property
+    def arrays(self) -> Path:
+        return self.home / "arrays"
+
+    @property
+    def secrets(self) -> Path:
+        return self.home / "secrets"
+
+    def array_data(self, array: str) -> Path:
+        return self.arrays / array
+
+    def password_file(self, array: str) -> Path:
+        return self.secrets / f"{array}.password"
+
+    @property
     def stack_file(self) -> Path:
         """JSON written by ``vmsnap up``: its pid and each child's pid and address."""
         return self.run / "stack.json"
@@ -125,19 +189,176 @@ def python_module(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
-def build(layout: Layout, hypervisor: str = "sim") -> list[Component]:
-    """The components of the stack, in start order (host last)."""
+# --- array emulators ------------------------------------------------------------------
+
+
+def ensure_password(path: Path) -> None:
+    """Generate a random password into ``path`` (0600, in a 0700 directory) unless there."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        path.chmod(0o600)
+        if path.read_text(encoding="utf-8").strip():
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secrets.token_urlsafe(32))
+
+
+def listen_info(data: Path) -> dict[str, object]:
+    """The emulator's ``listen.json`` in ``data`` ({} when missing or unreadable)."""
+    try:
+        info = json.loads((data / "listen.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _listen_port(data: Path) -> int:
+    port = listen_info(data).get("port")
+    return port if isinstance(port, int) else 0
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pinned_port(data: Path) -> int:
+    """The port of the emulator's last start when it is free now, else 0 (any free port)."""
+    port = _listen_port(data)
+    return port if port and _port_free(port) else 0
+
+
+def _runs_on(pid: object, data: Path) -> bool:
+    """Whether ``pid`` is a live (not zombie) emulator of ``data``.
+
+    One emulator runs per data dir (it locks it), and the supervisor reaps a dead
+    one before it starts the next: a ``listen.json`` naming such a process was
+    written by the emulator that runs now, not by one that crashed.
+    """
+    if not isinstance(pid, int):
+        return False
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+            return False
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, IndexError):
+        return False
+    return any(a == b"--data" and b == str(data).encode() for a, b in itertools.pairwise(argv))
+
+
+def _emulator_ready(data: Path) -> Callable[[], Awaitable[bool]]:
+    async def ready() -> bool:
+        info = listen_info(data)
+        port = info.get("port")
+        if not _runs_on(info.get("pid"), data) or not isinstance(port, int):
+            return False  # not yet written by the emulator that runs now
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port), 1.0
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    return ready
+
+
+def _emulator(layout: Layout, d: DriverEntry, durable: bool) -> Component:
+    data = layout.array_data(d.array)
+    password = layout.password_file(d.array)
+
+    def argv(port: int | None = None) -> tuple[str, ...]:
+        return (
+            *python_module("vmsnap_emulators"),
+            d.emulator_kind,
+            "--listen",
+            f"127.0.0.1:{pinned_port(data) if port is None else port}",
+            "--data",
+            str(data),
+            "--user",
+            ARRAY_USER,
+            "--password-file",
+            str(password),
+            *(() if durable else ("--no-fsync",)),
+            *d.emulator_arguments,
+        )
+
+    def prepare() -> None:
+        data.mkdir(parents=True, exist_ok=True)
+        ensure_password(password)
+
+    def endpoint() -> str:
+        url = listen_info(data).get("url")
+        return str(url) if url else "https://127.0.0.1 (port chosen at start)"
+
+    return Component(
+        name=f"emulator-{d.array}",
+        role="array emulator",
+        description=f"{d.emulator_kind} API emulator, data in {data}",
+        command=argv(0),
+        address=f"https://127.0.0.1 ({data})",
+        ready=_emulator_ready(data),
+        argv=argv,
+        endpoint=endpoint,
+        prepare=prepare,
+        stage=0,
+    )
+
+
+def _driver(layout: Layout, d: DriverEntry) -> Component:
+    data = layout.array_data(d.array)
+
+    def argv(port: int | None = None) -> tuple[str, ...]:
+        return (
+            *python_module(d.module),
+            "--listen",
+            layout.socket(d.name),
+            # A host name, not 127.0.0.1: the Element SDK verifies TLS for names only.
+            "--url",
+            f"https://localhost:{_listen_port(data) if port is None else port}",
+            "--user",
+            ARRAY_USER,
+            "--password-file",
+            str(layout.password_file(d.array)),
+            "--ca-file",
+            str(data / "tls-cert.pem"),
+            "--conformance-fixture",
+            *d.arguments,
+        )
+
+    return Component(
+        name=d.name,
+        role="storage driver",
+        description=d.description,
+        command=argv(0),
+        address=layout.socket(d.name),
+        argv=argv,
+        follows=f"emulator-{d.array}",
+    )
+
+
+def build(layout: Layout, hypervisor: str = "sim", *, durable: bool = True) -> list[Component]:
+    """The components of the stack, in start order (host last).
+
+    ``durable=False`` runs the emulators without fsync (a throw-away demo home).
+    """
     if hypervisor not in HYPERVISORS:
         raise ValueError(f"hypervisor {hypervisor!r} is not available (choose: {HYPERVISORS})")
     components = [
-        Component(
-            name=d.name,
-            role="storage driver",
-            description=d.description,
-            command=(*python_module(d.module), "--listen", layout.socket(d.name), *d.arguments),
-            address=layout.socket(d.name),
-        )
-        for d in DRIVERS
+        *(_emulator(layout, d, durable) for d in DRIVERS),
+        *(_driver(layout, d) for d in DRIVERS),
     ]
     agent = Component(
         name="agent",
@@ -170,6 +391,7 @@ def build(layout: Layout, hypervisor: str = "sim") -> list[Component]:
             str(layout.config),
         ),
         address=layout.socket("host"),
+        stage=2,
     )
     if hypervisor == "qemu":  # real guests need the arrays' bytes: see _qemu.py
         from vmsnap_host.cli.stack._qemu import qemu_components
