@@ -14,10 +14,11 @@ The emulators listen on loopback ports picked free when the home's stack is firs
 built and kept (``arrays/ports.json``) while they stay free: VMs defined earlier
 hold the NBD port in their disks' urls.
 
-Kept apart from _table.py (which only adds "qemu" to HYPERVISORS and calls this)
-while the embedded stack's own switch to emulators and reference drivers is being
-made on another branch: once both are in, the Element emulator of that table gets
-``--nbd-listen`` and this module shrinks to the agent and its locator map.
+Kept apart from _table.py (which only adds "qemu" to HYPERVISORS and calls this),
+written while the embedded stack's own switch to emulators and reference drivers
+was made on another branch. Left to do: give _table.py's Element emulator
+``--nbd-listen`` (pinned like its HTTPS port) and shrink this module to the agent
+and its locator map, computed from the emulators' ``listen.json``.
 """
 
 from __future__ import annotations
@@ -110,8 +111,11 @@ def _certificates(*data_dirs: Path) -> None:
         ensure_certificate(data, f"vmsnap-{data.name}-emulator")
 
 
-def qemu_components(layout: Layout) -> list[Component]:
-    """Emulators, reference drivers and the QEMU agent (build() adds the host)."""
+def qemu_components(layout: Layout, durable: bool = True) -> list[Component]:
+    """Emulators, reference drivers and the QEMU agent (build() adds the host).
+
+    ``durable=False`` runs the emulators without fsync (a throw-away demo home).
+    """
     arrays = layout.home / "arrays"
     password = _password_file(arrays)
     ports = _ports(arrays, ("element", "nbd", "ontap"))
@@ -120,6 +124,8 @@ def qemu_components(layout: Layout) -> list[Component]:
     _certificates(element_data, ontap_data)
     emulator = [sys.executable, "-m", "vmsnap_emulators"]
     common = ["--user", "admin", "--password-file", str(password)]
+    if not durable:
+        common.append("--no-fsync")
     components = [
         Component(
             name="array-element",
@@ -140,6 +146,7 @@ def qemu_components(layout: Layout) -> list[Component]:
             ),
             address=f"https://127.0.0.1:{el_port}",
             ready=_listening(el_port),
+            stage=0,
         ),
         Component(
             name="array-ontap",
@@ -158,6 +165,7 @@ def qemu_components(layout: Layout) -> list[Component]:
             ),
             address=f"https://127.0.0.1:{on_port}",
             ready=_listening(on_port),
+            stage=0,
         ),
     ]
     drivers = (

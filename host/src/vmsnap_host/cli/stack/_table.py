@@ -396,7 +396,7 @@ def build(layout: Layout, hypervisor: str = "sim", *, durable: bool = True) -> l
     if hypervisor == "qemu":  # real guests need the arrays' bytes: see _qemu.py
         from vmsnap_host.cli.stack._qemu import qemu_components
 
-        return [*qemu_components(layout), host]
+        return [*qemu_components(layout, durable), host]
     return [*components, agent, host]
 
 
