@@ -149,3 +149,45 @@ async def test_a_call_past_its_deadline_is_deadline_exceeded(sockdir: Path) -> N
         driver.release.set()
         await client.close()
         await server.stop(0)
+
+
+def test_a_call_stuck_in_a_worker_thread_does_not_hold_the_exit(
+    sockdir: Path, tmp_path: Path
+) -> None:
+    """After the grace period the process ends, even with a vendor call still blocked."""
+    import subprocess
+    import time
+
+    address = f"unix://{sockdir}/stuck.sock"
+    entered = tmp_path / "entered"
+    proc = Proc(
+        [sys.executable, "-m", "tests.sdk.stuck_driver", "--listen", address, "--grace", "1"],
+        tmp_path / "stuck.log",
+        env={"STUCK_DRIVER_MARKER": str(entered)},
+    )
+    probe = (
+        "import asyncio\n"
+        "from vmsnap_sdk import DriverClient, TakeRequest, VM, Volume\n"
+        "async def main():\n"
+        "    vm = VM(id='vm-1', volumes=(Volume('vda', 'x://1'),))\n"
+        f"    c = DriverClient.connect({address!r}, timeout=None)\n"
+        "    await c.take_snapshot(TakeRequest('s1', vm, vm.volumes))\n"
+        "asyncio.run(main())\n"
+    )
+    caller: subprocess.Popen[bytes] | None = None
+    try:
+        wait_serving(address)
+        caller = subprocess.Popen([sys.executable, "-c", probe], stderr=subprocess.DEVNULL)
+        for _ in range(300):
+            if entered.exists():
+                break
+            time.sleep(0.05)
+        assert entered.exists(), "the take never reached the driver"
+        proc.signal(signal.SIGTERM)
+        # The worker thread sleeps 300 s; the process must end after its 1 s grace.
+        assert proc.popen.wait(30) == 0
+    finally:
+        if caller is not None:
+            caller.kill()
+            caller.wait()
+        proc.stop()

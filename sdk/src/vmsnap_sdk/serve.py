@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, NoReturn
 
 from vmsnap_sdk._agent_service import AgentServicer
 from vmsnap_sdk._driver_service import DriverServicer, FixtureServicer
@@ -120,6 +123,35 @@ async def serve_agent(
     await server.serve_until_signal()
 
 
+def _run_until_stopped(main: Coroutine[Any, Any, None]) -> NoReturn:
+    """Run a server's main coroutine, then end the process at once.
+
+    ``asyncio.run`` would, after the server stopped, join the default executor's
+    worker threads. A driver that runs a vendor's blocking SDK there (through
+    ``asyncio.to_thread``) may have a call stuck on an unreachable array, with
+    its own timeouts and retries: the process would outlive the grace period the
+    server has just honoured by tens of seconds. Work still running after the
+    grace is abandoned, as after SIGKILL; the contract's idempotent calls and the
+    host's compensation are made for exactly that.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    code = 0
+    try:
+        loop.run_until_complete(main)
+    except BaseException as exc:  # noqa: BLE001 - reported, then the exit code says it
+        fields = {"exc_type": type(exc).__name__}
+        if isinstance(exc, OSError):  # e.g. the address is in use: say which
+            fields["error"] = str(exc)
+        logging.getLogger("vmsnap.server").error("server failed", extra={"fields": fields})
+        code = 1
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every vmsnap server process takes."""
     parser.add_argument(
@@ -172,7 +204,7 @@ def run_driver(
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     driver = factory(args)
-    asyncio.run(
+    _run_until_stopped(
         serve_driver(
             driver,
             args.listen,
@@ -198,7 +230,7 @@ def run_agent(
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     agent = factory(args)
-    asyncio.run(
+    _run_until_stopped(
         serve_agent(
             agent,
             args.listen,
