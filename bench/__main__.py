@@ -150,7 +150,7 @@ def _catalog(quick: bool, report: Report, floor: Floor) -> None:
 
 def _emulator(quick: bool, report: Report, floor: Floor) -> None:
     try:
-        import vmsnap_emulators  # noqa: F401, PLC0415 - optional distribution
+        import vmsnap_emulators  # noqa: F401 - optional distribution
     except ImportError as exc:
         raise qemu.Skipped(f"vmsnap_emulators is not installed ({exc}); run make venv") from exc
     r = emulator.measure_emulator(quick)

@@ -88,7 +88,7 @@ def _fill(element: _Element, volume_id: int, mib: int) -> None:
 
 def measure_emulator(quick: bool, small_mib: int = 16, large_mib: int = 1024) -> EmulatorResult:
     # Imported here: the emulators are a separate distribution (`make venv` installs them).
-    from vmsnap_emulators.testing import start_emulator  # noqa: PLC0415
+    from vmsnap_emulators.testing import start_emulator
 
     samples = 10 if quick else 25
     with stack.workdir() as tmp:
