@@ -79,7 +79,7 @@ def _create(quick: bool, report: Report, floor: Floor) -> None:
         "agent_freeze_thaw_ms",
         results[1].agent_freeze_thaw_ms,
         "ms",
-        note="Quiesce + Unquiesce straight to the sim agent (2 state-file fsyncs each)",
+        note="Quiesce + Unquiesce straight to the sim agent (one state-file fsync each)",
     )
 
 

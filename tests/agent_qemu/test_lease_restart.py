@@ -64,10 +64,12 @@ async def test_lease_expiry_thaws_and_commits(hv: QemuHypervisor, workdir: Path)
     await hv.unquiesce(res.token)  # already resolved: OK
 
     # A renewed lease outlives the original one, then expires too.
-    res = await hv.quiesce("lease", QuiesceMethod.GUEST, lease_seconds=2)
-    renewed = await hv.renew_quiesce(res.token, 4)
+    # Leases with room for a busy machine: a guest freeze under TCG can take a
+    # second or more, and the renewal must land before the first lease ends.
+    res = await hv.quiesce("lease", QuiesceMethod.GUEST, lease_seconds=5)
+    renewed = await hv.renew_quiesce(res.token, 10)
     assert renewed.expires_at > res.expires_at
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(5.5)  # past the first lease, well inside the renewed one
     assert await _freeze_status(hv, "lease") == "frozen"
     await _wait_unquiesced(hv, "lease")
     assert await _freeze_status(hv, "lease") == "thawed"

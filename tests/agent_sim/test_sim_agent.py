@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 import time
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.procs import Proc, wait_serving
-from vmsnap_agent.sim import NO_FREEZE_HOOK, NO_GUEST_AGENT, freeze_of, frozen
+from vmsnap_agent.sim import NO_FREEZE_HOOK, NO_GUEST_AGENT, freeze_of, frozen, load_state
+from vmsnap_agent.sim._store import Store, VMRecord
 from vmsnap_sdk import VM, AgentClient, Consistency, Page, QuiesceMethod, VMState, Volume
 from vmsnap_sdk.errors import (
     Aborted,
@@ -383,3 +385,184 @@ def test_unknown_hypervisor_kind_fails_clearly(tmp_path: Path, sockdir: Path) ->
     assert result.returncode == 2
     assert "--hypervisor" in result.stderr
     assert "'xen'" in result.stderr and "qemu" in result.stderr and "sim" in result.stderr
+
+
+# --- the state on disk: one file per VM -------------------------------------------------
+
+
+def stamp(path: Path) -> tuple[int, int]:
+    """What changes when a file is rewritten (replaced by a rename, or written in place)."""
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+async def test_a_change_of_one_vm_rewrites_that_vm_only(agent: AgentClient, sim: SimProc) -> None:
+    for vm_id in ("vm-busy", "vm-idle"):
+        await agent.define_vm(a_vm(vm_id))
+        await agent.start_vm(vm_id)
+    await agent.take_native_snapshot("vm-idle", "snap-idle", [], False)
+    idle = sim.state / "vms" / "vm-idle.json"
+    idle_snaps = sim.state / "snapshots" / "vm-idle.json"
+    busy = sim.state / "vms" / "vm-busy.json"
+    before = stamp(idle), stamp(idle_snaps)
+    busy_before = stamp(busy)
+
+    held = await agent.quiesce("vm-busy", QuiesceMethod.OVERLAY, 60, False, "op-busy")
+    assert frozen(sim.state, "vm-busy")
+    assert stamp(busy) != busy_before  # the change itself is on disk
+    await agent.renew_quiesce(held.token, 120)
+    await agent.take_native_snapshot("vm-busy", "snap-busy", [], True)
+    assert (await agent.unquiesce(held.token)).thawed_now
+    await agent.stop_vm("vm-busy", force=True)
+    await agent.revert_native_snapshot("vm-busy", "snap-busy")
+    await agent.delete_native_snapshot("vm-busy", "snap-busy")
+    await agent.define_vm(a_vm("vm-new"))
+    await agent.undefine_vm("vm-new")
+
+    assert (stamp(idle), stamp(idle_snaps)) == before
+    assert not (sim.state / "state.json").exists()
+    assert sorted(p.name for p in (sim.state / "vms").iterdir()) == ["vm-busy.json", "vm-idle.json"]
+    assert [p.name for p in (sim.state / "snapshots").iterdir()] == ["vm-idle.json"]
+
+
+async def test_reads_write_nothing(agent: AgentClient, sim: SimProc) -> None:
+    await agent.define_vm(a_vm("vm-read"))
+    await agent.start_vm("vm-read")
+    await agent.take_native_snapshot("vm-read", "snap-r", [], False)
+    files = [sim.state / "vms" / "vm-read.json", sim.state / "snapshots" / "vm-read.json"]
+    before = [stamp(f) for f in files]
+    await agent.describe_vm("vm-read")
+    await agent.list_vms(Page(size=10))
+    await agent.list_native_snapshots("vm-read")
+    await agent.start_vm("vm-read")  # already running: nothing changes
+    await agent.define_vm(a_vm("vm-read"))  # the same definition again
+    await agent.take_native_snapshot("vm-read", "snap-r", [], False)  # a repeat
+    assert not (await agent.unquiesce("q-unknown")).thawed_now
+    assert [stamp(f) for f in files] == before
+
+
+async def test_long_vm_ids_survive_a_restart(agent: AgentClient, sim: SimProc) -> None:
+    longest = "v" + "x-." * 42 + "9"  # 128 characters, dots and all
+    await agent.define_vm(a_vm(longest))
+    await agent.quiesce(longest, QuiesceMethod.OVERLAY, 60, False, "")
+    sim.kill()
+    sim.start()
+    assert frozen(sim.state, longest)
+    client = AgentClient.connect(sim.address, timeout=10)
+    try:
+        assert (await client.describe_vm(longest)).id == longest
+    finally:
+        await client.close()
+
+
+def test_ids_the_sdk_would_refuse_still_get_safe_file_names(tmp_path: Path) -> None:
+    odd = ["../escape", ".hidden", "a/b", "x" * 300, "spaces and ünïcode", "%1"]
+    store = Store(tmp_path / "state")
+    for vm_id in odd:
+        store.state.vms[vm_id] = VMRecord(id=vm_id, name=vm_id, memory_mib=1)
+        store.save_vm(vm_id)
+    names = [p.name for p in (tmp_path / "state" / "vms").iterdir()]
+    assert len(set(names)) == len(odd)
+    assert all(len(n) < 128 and not n.startswith(".") for n in names)
+    assert sorted(load_state(tmp_path / "state").vms) == sorted(odd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+
+
+def write_version_1(state: Path, *, frozen_until: float) -> None:
+    """A state directory as the version 1 agent left it: everything in state.json."""
+    vm = {
+        "id": "vm-old",
+        "name": "vm-old",
+        "memory_mib": 512,
+        "state": "RUNNING",
+        "clean_shutdown": True,
+        "volumes": [{"disk": "vda", "locator": "a://p/1", "size_bytes": 1 << 20, "format": "raw"}],
+        "freeze": {
+            "token": "q-old",
+            "method": "OVERLAY",
+            "consistency": "CRASH",
+            "operation_id": "op-old",
+            "frozen_at": time.time() - 1,
+            "expire_at": frozen_until,
+        },
+    }
+    other = dict(vm, id="vm-other", name="vm-other", state="STOPPED", freeze=None)
+    snap = {
+        "snapshot_id": "snap-old",
+        "vm_id": "vm-old",
+        "disks": ["vda"],
+        "include_memory": False,
+        "create_time": 1700000000.0,
+        "size_bytes": 1 << 20,
+    }
+    state.mkdir(parents=True)
+    (state / "state.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "vms": {"vm-old": vm, "vm-other": other},
+                "snapshots": {"vm-old": {"snap-old": snap}, "vm-other": {}},
+            },
+            indent=2,
+        )
+    )
+
+
+async def test_a_version_1_state_file_is_converted(sockdir: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    write_version_1(state, frozen_until=time.time() + 300)
+    # Readers see the old layout until an agent converts it.
+    assert frozen(state, "vm-old")
+    assert not frozen(state, "vm-other")
+    before = load_state(state).to_json()
+
+    sim = SimProc(sockdir, state, tmp_path / "agent.log")
+    sim.start()
+    try:
+        assert not (state / "state.json").exists()
+        assert sorted(p.name for p in (state / "vms").iterdir()) == ["vm-old.json", "vm-other.json"]
+        assert [p.name for p in (state / "snapshots").iterdir()] == ["vm-old.json"]
+        assert load_state(state).to_json() == dict(
+            before, snapshots={"vm-old": before["snapshots"]["vm-old"]}
+        )
+        client = AgentClient.connect(sim.address, timeout=10)
+        try:
+            assert (await client.describe_vm("vm-old")).state is VMState.RUNNING
+            snaps = await client.list_native_snapshots("")
+            assert [(s.vm_id, s.snapshot_id) for s in snaps] == [("vm-old", "snap-old")]
+            assert frozen(state, "vm-old")
+            assert (await client.unquiesce("q-old")).thawed_now
+            assert not frozen(state, "vm-old")
+        finally:
+            await client.close()
+        sim.kill()
+        sim.start()  # and it stays converted
+        assert not frozen(state, "vm-old")
+        assert sorted(load_state(state).vms) == ["vm-old", "vm-other"]
+    finally:
+        sim.stop()
+
+
+async def test_start_up_drops_leftovers_of_a_crash(sockdir: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    sim = SimProc(sockdir, state, tmp_path / "agent.log")
+    sim.start()
+    client = AgentClient.connect(sim.address, timeout=10)
+    try:
+        await client.define_vm(a_vm("vm-keep"))
+        await client.take_native_snapshot("vm-keep", "s1", [], False)
+    finally:
+        await client.close()
+    sim.kill()
+    # An undefine cut short after the VM's file went, a write cut short before its rename.
+    (state / "snapshots" / "vm-gone.json").write_text(
+        json.dumps({"version": 2, "vm_id": "vm-gone", "snapshots": {}})
+    )
+    (state / "vms" / ".vm-keep.json.tmp").write_text("{half")
+    sim.start()
+    try:
+        assert sorted(p.name for p in (state / "snapshots").iterdir()) == ["vm-keep.json"]
+        assert [p.name for p in (state / "vms").iterdir()] == ["vm-keep.json"]
+        assert list(load_state(state).snapshots) == ["vm-keep"]
+    finally:
+        sim.stop()

@@ -70,6 +70,11 @@ class Up:
             time.sleep(0.1)
         self.stack = stack
         wait_serving(self.stack["host"])
+        # The stack file and the host's health come before `up` prints its table
+        # and the line under it: wait for that line so tests read the whole output.
+        while "logs in " not in self.proc.output():
+            assert time.monotonic() < deadline, self.proc.output()
+            time.sleep(0.05)
 
     def components(self) -> dict[str, dict[str, Any]]:
         return {c["name"]: c for c in read_stack(self.home)["components"]}

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from tests.support.procs import Proc, wait_serving
+from vmsnap_agent.sim import load_state
 from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
@@ -121,7 +122,8 @@ class Cluster:
         return json.loads(path.read_text()) if path.exists() else {"calls": [], "snapshots": {}}
 
     def agent_state(self) -> dict[str, Any]:
-        return json.loads((self.work / "agent" / "state.json").read_text())
+        # The sim agent's state, every VM, in one document (its version 1 shape).
+        return load_state(self.work / "agent").to_json()
 
     def frozen(self, vm_id: str) -> bool:
         return self.agent_state()["vms"][vm_id]["freeze"] is not None

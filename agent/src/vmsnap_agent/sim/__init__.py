@@ -1,4 +1,4 @@
-"""The sim hypervisor agent: a hypervisor simulated in one JSON file.
+"""The sim hypervisor agent: a hypervisor simulated in one small JSON file per VM.
 
 Run it with ``vmsnap-agent --hypervisor sim --listen ADDRESS --state DIR [--name NAME]``.
 It is the embedded default of ``vmsnap up`` and what the host's tests run against.
@@ -15,8 +15,9 @@ Conventions a test or a demo can rely on:
   of APPLICATION). Example name: ``"db-1 sim.guest_agent=false"``.
 * **Is a VM frozen right now?** The VM's state stays RUNNING or STOPPED (a
   filesystem freeze does not pause vCPUs); the freeze is the ``freeze`` entry of
-  the VM in ``DIR/state.json`` (null when thawed), replaced atomically on every
-  change. Read it with :func:`frozen` (or :func:`freeze_of` for the details).
+  the VM in ``DIR/vms/<vm id>.json`` (null when thawed), replaced atomically on
+  every change of that VM (layout in ``_store``). Read it with :func:`frozen` (or
+  :func:`freeze_of` for the details), everything with :func:`load_state`.
 * A freeze on a **stopped** VM succeeds with every method: nothing writes, so the
   consistency is APPLICATION after a clean stop and CRASH after a forced one.
 * **Leases**: the agent thaws a VM when its lease runs out, while running (a
@@ -33,7 +34,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vmsnap_agent.sim._agent import NO_FREEZE_HOOK, NO_GUEST_AGENT, GuestTraits, SimAgent
-from vmsnap_agent.sim._store import STATE_FILE, FreezeRecord, load_state
+from vmsnap_agent.sim._store import STATE_FILE, FreezeRecord, State, load_state, load_vm
 
 
 def freeze_of(state_dir: Path | str, vm_id: str) -> FreezeRecord | None:
@@ -43,7 +44,7 @@ def freeze_of(state_dir: Path | str, vm_id: str) -> FreezeRecord | None:
     agent starts on ``state_dir`` again; compare ``expire_at`` with the clock
     when that matters.
     """
-    vm = load_state(Path(state_dir)).vms.get(vm_id)
+    vm = load_vm(Path(state_dir), vm_id)
     return vm.freeze if vm is not None else None
 
 
@@ -59,6 +60,9 @@ __all__ = [
     "FreezeRecord",
     "GuestTraits",
     "SimAgent",
+    "State",
     "freeze_of",
     "frozen",
+    "load_state",
+    "load_vm",
 ]

@@ -121,6 +121,11 @@ class SimAgent(HypervisorAgent):
     def __init__(self, state_dir: Path, name: str = "sim-1") -> None:
         self.name = name
         self._store = Store(state_dir)
+        # The VMs frozen right now by token: leases and tokens are checked on
+        # every call, without looking at every VM.
+        self._frozen: dict[str, VMRecord] = {
+            vm.freeze.token: vm for vm in self._vms.values() if vm.freeze is not None
+        }
         self._wake = asyncio.Event()
         self._reaper: asyncio.Task[None] | None = None
         # Leases that ran out while the agent was down are resolved before the
@@ -149,7 +154,7 @@ class SimAgent(HypervisorAgent):
         while True:
             self._wake.clear()
             self._thaw_expired()
-            expiries = [vm.freeze.expire_at for vm in self._vms.values() if vm.freeze is not None]
+            expiries = [vm.freeze.expire_at for vm in self._frozen.values() if vm.freeze]
             timeout = max(0.0, min(expiries) - _now()) + 0.01 if expiries else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -157,7 +162,9 @@ class SimAgent(HypervisorAgent):
     def _thaw_expired(self) -> None:
         now = _now()
         expired = [
-            vm for vm in self._vms.values() if vm.freeze is not None and vm.freeze.expire_at <= now
+            vm
+            for vm in self._frozen.values()
+            if vm.freeze is not None and vm.freeze.expire_at <= now
         ]
         for vm in expired:
             assert vm.freeze is not None
@@ -172,9 +179,9 @@ class SimAgent(HypervisorAgent):
                     }
                 },
             )
+            del self._frozen[vm.freeze.token]
             vm.freeze = None
-        if expired:
-            self._store.save()
+            self._store.save_vm(vm.id)
 
     # --- helpers ---------------------------------------------------------------
 
@@ -193,9 +200,7 @@ class SimAgent(HypervisorAgent):
     def _by_token(self, token: str) -> VMRecord | None:
         self._ensure_reaper()
         self._thaw_expired()
-        return next(
-            (vm for vm in self._vms.values() if vm.freeze and vm.freeze.token == token), None
-        )
+        return self._frozen.get(token)
 
     @staticmethod
     def _not_frozen(record: VMRecord, doing: str) -> None:
@@ -255,7 +260,7 @@ class SimAgent(HypervisorAgent):
                 raise AlreadyExists(f"VM {vm.id} is already defined with another definition")
             return _vm(existing, self.name)
         self._vms[vm.id] = record
-        self._store.save()
+        self._store.save_vm(vm.id)
         log.info("defined", extra={"fields": {"vm_id": vm.id, "disks": len(vm.volumes)}})
         return _vm(record, self.name)
 
@@ -272,7 +277,9 @@ class SimAgent(HypervisorAgent):
             )
         del self._vms[vm_id]
         self._store.state.snapshots.pop(vm_id, None)
-        self._store.save()
+        # The VM's file first: a snapshot file without it is dropped at start-up.
+        self._store.save_vm(vm_id)
+        self._store.save_snapshots(vm_id)
         log.info("undefined", extra={"fields": {"vm_id": vm_id}})
 
     async def start_vm(self, vm_id: str) -> VM:
@@ -280,7 +287,7 @@ class SimAgent(HypervisorAgent):
         if record.state != "RUNNING":
             self._not_frozen(record, "start")
             record.state = "RUNNING"
-            self._store.save()
+            self._store.save_vm(vm_id)
             log.info("started", extra={"fields": {"vm_id": vm_id}})
         return _vm(record, self.name)
 
@@ -290,7 +297,7 @@ class SimAgent(HypervisorAgent):
             self._not_frozen(record, "stop")
             record.state = "STOPPED"
             record.clean_shutdown = not force
-            self._store.save()
+            self._store.save_vm(vm_id)
             log.info("stopped", extra={"fields": {"vm_id": vm_id, "force": force}})
         return _vm(record, self.name)
 
@@ -324,7 +331,8 @@ class SimAgent(HypervisorAgent):
             frozen_at=now,
             expire_at=now + lease_seconds,
         )
-        self._store.save()
+        self._frozen[record.freeze.token] = record
+        self._store.save_vm(vm_id)
         self._wake.set()
         log.info(
             "frozen",
@@ -387,7 +395,7 @@ class SimAgent(HypervisorAgent):
         if record is None or record.freeze is None:
             raise NotFound(f"no freeze with token {token}: unknown or already thawed")
         record.freeze.expire_at = _now() + lease_seconds
-        self._store.save()
+        self._store.save_vm(record.id)
         self._wake.set()
         return _dt(record.freeze.expire_at)
 
@@ -396,8 +404,9 @@ class SimAgent(HypervisorAgent):
         if record is None or record.freeze is None:
             return UnquiesceResult(frozen_for_seconds=0.0, thawed_now=False)
         frozen_for = max(0.0, _now() - record.freeze.frozen_at)
+        del self._frozen[token]
         record.freeze = None
-        self._store.save()
+        self._store.save_vm(record.id)
         self._wake.set()
         log.info(
             "thawed",
@@ -418,7 +427,7 @@ class SimAgent(HypervisorAgent):
                     f"disks[{i}]", f"{disk!r} is not a disk of VM {vm_id} ({', '.join(known)})"
                 )
         chosen = [d for d in known if d in disks] if disks else known
-        snaps = self._store.state.snapshots.setdefault(vm_id, {})
+        snaps = self._store.state.snapshots.get(vm_id, {})
         existing = snaps.get(snapshot_id)
         if existing is not None:
             if (existing.disks, existing.include_memory) != (chosen, include_memory):
@@ -440,8 +449,8 @@ class SimAgent(HypervisorAgent):
             create_time=_now(),
             size_bytes=size + (record.memory_mib * MIB if include_memory else 0),
         )
-        snaps[snapshot_id] = snapshot
-        self._store.save()
+        self._store.state.snapshots.setdefault(vm_id, {})[snapshot_id] = snapshot
+        self._store.save_snapshots(vm_id)
         log.info(
             "native snapshot taken",
             extra={
@@ -466,7 +475,7 @@ class SimAgent(HypervisorAgent):
                 reason=VM_NOT_STOPPED,
             )
         record.clean_shutdown = True
-        self._store.save()
+        self._store.save_vm(vm_id)
         log.info("reverted", extra={"fields": {"vm_id": vm_id, "snapshot_id": snapshot_id}})
         return _vm(record, self.name)
 
@@ -475,7 +484,7 @@ class SimAgent(HypervisorAgent):
         if snaps.pop(snapshot_id, None) is not None:
             if not snaps:
                 del self._store.state.snapshots[vm_id]
-            self._store.save()
+            self._store.save_snapshots(vm_id)
             log.info("native snapshot deleted", extra={"fields": {"snapshot_id": snapshot_id}})
 
     async def list_native_snapshots(self, vm_id: str) -> Sequence[NativeSnapshot]:

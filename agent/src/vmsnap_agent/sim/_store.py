@@ -1,12 +1,13 @@
-"""The sim agent's durable state: one JSON file, replaced atomically on every change.
+"""The sim agent's durable state: one small JSON file per VM, replaced atomically
+when (and only when) that VM changes.
 
-Layout of ``<state dir>/state.json`` (version 1), documented because tests of
-other components read it to see what the "hypervisor" is doing::
+Layout of ``<state dir>`` (version 2), documented because tests of other
+components read it to see what the "hypervisor" is doing (read it with
+:func:`load_state`, :func:`load_vm` or ``vmsnap_agent.sim.frozen``)::
 
-    {
-      "version": 1,
-      "vms": {
-        "<vm id>": {
+    vms/<key>.json         one VM:
+      {"version": 2,
+       "vm": {
           "id": ..., "name": ..., "memory_mib": ..., "state": "STOPPED" | "RUNNING",
           "clean_shutdown": true,
           "volumes": [{"disk": "vda", "locator": "...", "size_bytes": 0, "format": "raw"}],
@@ -14,28 +15,58 @@ other components read it to see what the "hypervisor" is doing::
             "token": ..., "method": "OVERLAY" | "GUEST_FREEZE" | ...,
             "consistency": "CRASH" | ..., "operation_id": ...,
             "frozen_at": <unix seconds>, "expire_at": <unix seconds>
-          }
-        }
-      },
-      "snapshots": {"<vm id>": {"<snapshot id>": {native snapshot record}}}
-    }
+          }}}
+    snapshots/<key>.json   the native snapshots of one VM (absent when it has none):
+      {"version": 2, "vm_id": ..., "snapshots": {"<snapshot id>": {native snapshot record}}}
 
-A write goes to a temporary file that is fsynced, renamed over the old one and
-the directory fsynced: a reader (or the agent after SIGKILL) sees the old or
-the new state, never half of one. Times are wall-clock unix seconds because a
-lease must be judged again after a restart, when monotonic clocks mean nothing.
+``<key>`` is the VM id itself (a valid id is 1..128 characters of
+``[A-Za-z0-9._-]`` starting with a letter or a digit), otherwise ``%`` and a hash
+of it (:func:`vm_key`);
+the id inside the file is what counts. Files whose name starts with a dot are
+temporary.
+
+A change of one VM serializes that VM only (compact JSON) and writes one file:
+a temporary file that is fsynced, then renamed over the old one, before the
+change is acknowledged. A reader, or the agent after a SIGKILL, sees the old or
+the new file, never half of one, and every acknowledged change. The directory
+is fsynced when a file is created or removed (a VM defined or undefined, its
+first or last native snapshot), not when one is replaced: after a power cut (not
+a SIGKILL) a replaced file may come back as its previous version.
+
+Undefining a VM removes its VM file, then its snapshot file; a snapshot file
+left without a VM file (a crash in between) is deleted at start-up.
+
+Version 1 was a single ``state.json`` holding every VM, rewritten whole on every
+change; an agent starting on one converts it (:class:`Store`) and removes it.
+
+Times are wall-clock unix seconds because a lease must be judged again after a
+restart, when monotonic clocks mean nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("vmsnap_agent.sim")
+
+#: The version 1 layout: one file for everything (converted at start-up).
 STATE_FILE = "state.json"
-VERSION = 1
+VMS_DIR = "vms"
+SNAPSHOTS_DIR = "snapshots"
+VERSION = 2
+OLD_VERSION = 1
+
+# What the SDK accepts as a VM id: every valid id is its own file name.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass
@@ -84,14 +115,40 @@ class VMRecord:
     freeze: FreezeRecord | None = None
 
 
+def _vm_to_json(vm: VMRecord) -> dict[str, Any]:
+    # vars() instead of asdict(): no deep copy, this is on every freeze and thaw.
+    data = dict(vars(vm))
+    data["volumes"] = [vars(v) for v in vm.volumes]
+    data["freeze"] = vars(vm.freeze) if vm.freeze is not None else None
+    return data
+
+
+def _vm_from_json(raw: dict[str, Any]) -> VMRecord:
+    freeze = raw.get("freeze")
+    return VMRecord(
+        id=raw["id"],
+        name=raw["name"],
+        memory_mib=raw["memory_mib"],
+        state=raw["state"],
+        volumes=[VolumeRecord(**v) for v in raw["volumes"]],
+        clean_shutdown=raw.get("clean_shutdown", True),
+        freeze=FreezeRecord(**freeze) if freeze else None,
+    )
+
+
+def _snapshots_from_json(raw: dict[str, Any]) -> dict[str, SnapshotRecord]:
+    return {k: SnapshotRecord(**s) for k, s in raw.items()}
+
+
 @dataclass
 class State:
     vms: dict[str, VMRecord] = field(default_factory=dict)
     snapshots: dict[str, dict[str, SnapshotRecord]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """All of it in one document (the version 1 shape; for readers and tests)."""
         return {
-            "version": VERSION,
+            "version": OLD_VERSION,
             "vms": {k: asdict(v) for k, v in self.vms.items()},
             "snapshots": {
                 vm: {k: asdict(s) for k, s in snaps.items()} for vm, snaps in self.snapshots.items()
@@ -100,59 +157,225 @@ class State:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> State:
-        if data.get("version") != VERSION:
+        """A version 1 ``state.json``."""
+        if data.get("version") != OLD_VERSION:
             raise ValueError(f"unsupported sim state version {data.get('version')!r}")
-        vms: dict[str, VMRecord] = {}
-        for vm_id, raw in data.get("vms", {}).items():
-            freeze = raw.get("freeze")
-            vms[vm_id] = VMRecord(
-                id=raw["id"],
-                name=raw["name"],
-                memory_mib=raw["memory_mib"],
-                state=raw["state"],
-                volumes=[VolumeRecord(**v) for v in raw["volumes"]],
-                clean_shutdown=raw.get("clean_shutdown", True),
-                freeze=FreezeRecord(**freeze) if freeze else None,
-            )
+        vms = {vm_id: _vm_from_json(raw) for vm_id, raw in data.get("vms", {}).items()}
         snapshots = {
-            vm: {k: SnapshotRecord(**s) for k, s in snaps.items()}
-            for vm, snaps in data.get("snapshots", {}).items()
+            vm: _snapshots_from_json(snaps) for vm, snaps in data.get("snapshots", {}).items()
         }
         return cls(vms=vms, snapshots=snapshots)
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Temp file + fsync + rename + fsync of the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    fd = os.open(path.parent, os.O_DIRECTORY)
+def vm_key(vm_id: str) -> str:
+    """The file name stem of a VM's files."""
+    if _PLAIN_KEY.fullmatch(vm_id):
+        return vm_id
+    return "%" + hashlib.sha256(vm_id.encode("utf-8")).hexdigest()[:40]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Temp file + fsync + rename (the caller fsyncs the directory when it must)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    if data.get("version") != VERSION:
+        raise ValueError(f"unsupported sim state version {data.get('version')!r} in {path}")
+    return data
+
+
+def _files(directory: Path) -> list[Path]:
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return [directory / n for n in names if n.endswith(".json") and not n.startswith(".")]
+
+
+def load_vm(state_dir: Path | str, vm_id: str) -> VMRecord | None:
+    """One VM as last recorded (reads its file only), or None."""
+    state_dir = Path(state_dir)
+    if (state_dir / STATE_FILE).exists():  # not converted yet: no agent started on it
+        return load_state(state_dir).vms.get(vm_id)
+    data = _read_json(state_dir / VMS_DIR / f"{vm_key(vm_id)}.json")
+    return _vm_from_json(data["vm"]) if data is not None else None
+
+
+def load_state(state_dir: Path | str) -> State:
+    """The state in ``state_dir``, either layout (empty when there is none yet).
+
+    Safe to call while an agent runs on the directory; snapshot files left
+    without their VM (an undefine interrupted by a crash) are left out.
+    """
+    state_dir = Path(state_dir)
+    try:
+        old = json.loads((state_dir / STATE_FILE).read_bytes())
+    except FileNotFoundError:
+        pass
+    else:
+        return State.from_json(old)
+    state = State()
+    for path in _files(state_dir / VMS_DIR):
+        data = _read_json(path)
+        if data is not None:  # None: undefined since the listing
+            vm = _vm_from_json(data["vm"])
+            state.vms[vm.id] = vm
+    for path in _files(state_dir / SNAPSHOTS_DIR):
+        data = _read_json(path)
+        if data is not None and data["vm_id"] in state.vms and data["snapshots"]:
+            state.snapshots[data["vm_id"]] = _snapshots_from_json(data["snapshots"])
+    return state
+
+
 class Store:
-    """Loads the state once, saves it whole after each change."""
+    """Loads the state once (converting a version 1 ``state.json``), then saves
+    the one VM, or the one VM's snapshots, that changed."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / STATE_FILE
+        self.dir = state_dir
+        self.vms_dir = state_dir / VMS_DIR
+        self.snapshots_dir = state_dir / SNAPSHOTS_DIR
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.state = load_state(state_dir)
+        created = False
+        for d in (self.vms_dir, self.snapshots_dir):
+            if not d.is_dir():
+                d.mkdir()
+                created = True
+        if created:
+            _fsync_dir(state_dir)
+        self._tidy()
+        if (state_dir / STATE_FILE).exists():
+            self.state = load_state(state_dir)
+            self._convert()
+        else:
+            self.state = load_state(state_dir)
+        # The files that exist now: saving one of them needs no directory fsync.
+        self._vm_files = {vm_key(v) for v in self.state.vms}
+        self._snapshot_files = {vm_key(v) for v in self.state.snapshots}
+        self._drop_orphans()
 
-    def save(self) -> None:
-        write_json_atomic(self.path, self.state.to_json())
+    # --- saving -----------------------------------------------------------------
 
+    def save_vm(self, vm_id: str) -> None:
+        """Make the VM's file what memory holds (removed when the VM is not defined)."""
+        key = vm_key(vm_id)
+        vm = self.state.vms.get(vm_id)
+        if vm is None:
+            self._remove(self.vms_dir, key, self._vm_files)
+            return
+        data = {"version": VERSION, "vm": _vm_to_json(vm)}
+        self._write(self.vms_dir, key, _dumps(data).encode("utf-8"), self._vm_files)
 
-def load_state(state_dir: Path) -> State:
-    """The state in ``state_dir`` (empty when there is none yet)."""
-    path = state_dir / STATE_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return State()
-    return State.from_json(data)
+    def save_snapshots(self, vm_id: str) -> None:
+        """Make the VM's snapshot file what memory holds (removed when it has none)."""
+        key = vm_key(vm_id)
+        snaps = self.state.snapshots.get(vm_id)
+        if not snaps:
+            self._remove(self.snapshots_dir, key, self._snapshot_files)
+            return
+        data = {
+            "version": VERSION,
+            "vm_id": vm_id,
+            "snapshots": {k: vars(s) for k, s in snaps.items()},
+        }
+        self._write(self.snapshots_dir, key, _dumps(data).encode("utf-8"), self._snapshot_files)
+
+    @staticmethod
+    def _write(directory: Path, key: str, data: bytes, existing: set[str]) -> None:
+        _write_atomic(directory / f"{key}.json", data)
+        if key not in existing:
+            _fsync_dir(directory)
+            existing.add(key)
+
+    @staticmethod
+    def _remove(directory: Path, key: str, existing: set[str]) -> None:
+        if key not in existing:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            (directory / f"{key}.json").unlink()
+        _fsync_dir(directory)
+        existing.discard(key)
+
+    # --- start-up ---------------------------------------------------------------
+
+    def _tidy(self) -> None:
+        """Remove temporary files a crash left behind."""
+        for d in (self.dir, self.vms_dir, self.snapshots_dir):
+            for name in os.listdir(d):
+                if name.startswith(".") and name.endswith(".tmp"):
+                    with contextlib.suppress(FileNotFoundError):
+                        (d / name).unlink()
+
+    def _convert(self) -> None:
+        """Version 1 -> 2: write every VM's files, then remove ``state.json``.
+
+        Until ``state.json`` is gone it is the truth: a crash part way through
+        converts again at the next start.
+        """
+        keep_vms = {vm_key(v) for v in self.state.vms}
+        keep_snaps = {vm_key(v) for v, s in self.state.snapshots.items() if s}
+        for d, keep in ((self.vms_dir, keep_vms), (self.snapshots_dir, keep_snaps)):
+            for path in _files(d):
+                if path.stem not in keep:
+                    path.unlink()
+        for vm_id in self.state.vms:
+            vm = self.state.vms[vm_id]
+            _write_atomic(
+                self.vms_dir / f"{vm_key(vm_id)}.json",
+                _dumps({"version": VERSION, "vm": _vm_to_json(vm)}).encode("utf-8"),
+            )
+        for vm_id, snaps in list(self.state.snapshots.items()):
+            if not snaps or vm_id not in self.state.vms:
+                del self.state.snapshots[vm_id]
+                continue
+            _write_atomic(
+                self.snapshots_dir / f"{vm_key(vm_id)}.json",
+                _dumps(
+                    {
+                        "version": VERSION,
+                        "vm_id": vm_id,
+                        "snapshots": {k: vars(s) for k, s in snaps.items()},
+                    }
+                ).encode("utf-8"),
+            )
+        _fsync_dir(self.vms_dir)
+        _fsync_dir(self.snapshots_dir)
+        (self.dir / STATE_FILE).unlink()
+        _fsync_dir(self.dir)
+        log.info(
+            "converted the state to one file per VM",
+            extra={"fields": {"vms": len(self.state.vms), "from": STATE_FILE}},
+        )
+
+    def _drop_orphans(self) -> None:
+        """Delete snapshot files whose VM is gone (an undefine cut short)."""
+        removed = False
+        for path in _files(self.snapshots_dir):
+            if path.stem not in self._snapshot_files:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                removed = True
+        if removed:
+            _fsync_dir(self.snapshots_dir)
