@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from tests.support.tools import require
 from vmsnap_agent.qemu import GuestImage, QemuHypervisor, build_guest_image
-from vmsnap_agent.qemu.process import VmPaths, qemu_binary, running_pid
+from vmsnap_agent.qemu.process import VmPaths, running_pid
 
 
 @pytest.fixture(scope="session")
 def guest_image() -> GuestImage:
-    if qemu_binary() is None:
-        pytest.skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
+    require("qemu-system-x86_64", "qemu-system-x86")
     return build_guest_image()
 
 

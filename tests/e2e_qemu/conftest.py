@@ -12,7 +12,6 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-import pytest
 import pytest_asyncio
 
 from tests.support.qemu_stack import (
@@ -25,7 +24,7 @@ from tests.support.qemu_stack import (
     vm_of,
     wait_guest,
 )
-from vmsnap_agent.qemu.process import qemu_binary
+from tests.support.tools import require
 from vmsnap_host.client import HostClient, Operation
 
 __all__ = ["DISK_SIZE", "Disks", "guest_sh", "three_disks", "vm_of", "wait_guest"]
@@ -33,8 +32,7 @@ __all__ = ["DISK_SIZE", "Disks", "guest_sh", "three_disks", "vm_of", "wait_guest
 
 def start_stack(options: StackOptions) -> Iterator[QemuStack]:
     """A module's stack; afterwards nothing it started may be left (asserted)."""
-    if qemu_binary() is None:
-        pytest.skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
+    require("qemu-system-x86_64", "qemu-system-x86")
     stack = QemuStack(options=options)
     work = stack.work
     stack.start()

@@ -15,13 +15,16 @@ from pathlib import Path
 import pytest
 
 from tests.support.procs import Proc, wait_serving
-from vmsnap_agent.qemu.process import qemu_binary
+from tests.support.tools import missing
 
 from .conftest import processes_under
 
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.skipif(qemu_binary() is None, reason="qemu-system-x86_64 not installed"),
+    pytest.mark.skipif(
+        missing("qemu-system-x86_64", "qemu-system-x86") is not None,
+        reason="qemu-system-x86_64 not installed (apt-get install qemu-system-x86)",
+    ),
 ]
 
 

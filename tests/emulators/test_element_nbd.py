@@ -8,7 +8,6 @@ is visible over NBD: the export follows the volume's head.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import struct
 import subprocess
@@ -19,9 +18,13 @@ from typing import Any
 
 import pytest
 
+from tests.support.tools import missing
 from vmsnap_emulators.testing import EmulatorProcess, start_emulator
 
-pytestmark = pytest.mark.skipif(shutil.which("qemu-io") is None, reason="needs qemu-utils")
+pytestmark = pytest.mark.skipif(
+    missing("qemu-io", "qemu-utils") is not None,
+    reason="needs qemu-io (apt-get install qemu-utils)",
+)
 
 MiB = 1 << 20
 
