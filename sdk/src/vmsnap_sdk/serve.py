@@ -189,6 +189,21 @@ def server_tls_from_args(args: argparse.Namespace) -> ServerTLS | None:
     return ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca)
 
 
+def _parse_server_args(
+    description: str,
+    argv: Sequence[str] | None,
+    extra_arguments: Callable[[argparse.ArgumentParser], None] | None,
+) -> argparse.Namespace:
+    """The standard flags plus the caller's; logging configured from them."""
+    parser = argparse.ArgumentParser(description=description)
+    add_server_arguments(parser)
+    if extra_arguments is not None:
+        extra_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    return args
+
+
 def run_driver(
     factory: Callable[[argparse.Namespace], StorageDriver],
     *,
@@ -197,16 +212,10 @@ def run_driver(
     extra_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> None:
     """Parse the standard flags (plus ``extra_arguments``), build the driver, serve it."""
-    parser = argparse.ArgumentParser(description=description)
-    add_server_arguments(parser)
-    if extra_arguments is not None:
-        extra_arguments(parser)
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    driver = factory(args)
+    args = _parse_server_args(description, argv, extra_arguments)
     _run_until_stopped(
         serve_driver(
-            driver,
+            factory(args),
             args.listen,
             tls=server_tls_from_args(args),
             grace_seconds=args.grace,
@@ -223,16 +232,10 @@ def run_agent(
     extra_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> None:
     """Parse the standard flags (plus ``extra_arguments``), build the agent, serve it."""
-    parser = argparse.ArgumentParser(description=description)
-    add_server_arguments(parser)
-    if extra_arguments is not None:
-        extra_arguments(parser)
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    agent = factory(args)
+    args = _parse_server_args(description, argv, extra_arguments)
     _run_until_stopped(
         serve_agent(
-            agent,
+            factory(args),
             args.listen,
             tls=server_tls_from_args(args),
             grace_seconds=args.grace,
