@@ -168,8 +168,31 @@ class Snapshot:
     error: ErrorInfo | None = None
     warnings: tuple[str, ...] = ()
     parameters: dict[str, str] = field(default_factory=dict)
+    #: Why this READY snapshot cannot restore any more ("" while its objects exist).
+    missing: str = ""
     create_time: datetime | None = None
     update_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class KeptState:
+    """A state a revert keeps on one group so that it can be undone.
+
+    Journaled before it exists (``result`` None until the owner answered) and
+    forgotten only once the owner confirmed its delete."""
+
+    id: str
+    owner: str
+    kind: GroupKind
+    operation_id: str
+    vm_id: str
+    vm_snapshot_id: str
+    result: SnapshotResult | None = None
+
+    @property
+    def group(self) -> Group:
+        """The group to revert to, or delete, this kept state with."""
+        return Group(self.kind, self.owner, (), self.result)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,9 @@ vm_snapshots = Table(
     # Groups whose DeleteVMSnapshot has not been confirmed yet (compensation or
     # expunge); the reconciler retries them until the list is empty.
     Column("cleanup_json", Text, nullable=False, default="[]"),
+    # Why a READY snapshot cannot restore any more (objects found gone by the
+    # reconciler), "" while every object it needs was seen.
+    Column("missing", Text, nullable=False, default=""),
     Column("create_time", Float, nullable=False),
     Column("update_time", Float, nullable=False),
     Index("ix_vm_snapshots_vm_seq", "vm_id", "seq"),
@@ -93,6 +96,54 @@ vm_leases = Table(
     Column("owner", String(128), nullable=False),
     Column("operation_id", String(64), nullable=False),
     Column("expire_time", Float, nullable=False),
+    # Fencing token: grows by one on every acquisition, so a holder that lost its
+    # lease (expired, taken over) is refused on its next write.
+    Column("fence", Integer, nullable=False, default=0),
+)
+
+# The states a revert keeps so that it can be undone (an array's undo snapshot,
+# or a safety snapshot the host takes): journaled here *before* they exist, and
+# removed only once their owner confirmed the delete. The reconciler counts
+# their ids as live while a row exists.
+kept_states = Table(
+    "kept_states",
+    metadata,
+    Column("id", String(128), primary_key=True),  # the id the object carries on its owner
+    Column("owner", String(128), primary_key=True),  # driver or agent name
+    Column("kind", String(16), nullable=False),  # GroupKind name
+    Column("operation_id", String(64), nullable=False),
+    Column("vm_id", String(128), nullable=False),
+    Column("vm_snapshot_id", String(64), nullable=False),  # the revert's target
+    Column("result_json", Text, nullable=False, default=""),  # the owner's result once known
+    Column("create_time", Float, nullable=False),
+    Index("ix_kept_states_operation", "operation_id"),
+)
+
+# Which driver a volume belongs to, from the last plan that gave it to one: a
+# volume whose owner is unreachable fails the take instead of silently going
+# to another strategy (docs/design.md, "Planning").
+volume_owners = Table(
+    "volume_owners",
+    metadata,
+    Column("locator", String(1024), primary_key=True),
+    Column("driver", String(128), nullable=False),
+    Column("update_time", Float, nullable=False),
+)
+
+# What the reconciler found and did (kept for operators: `vmsnap reconcile`).
+findings = Table(
+    "findings",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("time", Float, nullable=False),
+    Column("kind", String(32), nullable=False),  # e.g. ORPHAN, MISSING, FROZEN
+    Column("peer", String(128), nullable=False, default=""),  # driver or agent name
+    Column("object_id", String(255), nullable=False, default=""),
+    Column("vm_id", String(128), nullable=False, default=""),
+    Column("vm_snapshot_id", String(64), nullable=False, default=""),
+    Column("action", String(32), nullable=False, default=""),  # DELETED, MARKED, FAILED, …
+    Column("detail", Text, nullable=False, default=""),
+    Index("ix_findings_time", "time"),
 )
 
 # Drivers and agents registered through the API (config entries are re-read on

@@ -2,12 +2,17 @@
 
 SQLite is the embedded default (WAL, synchronous FULL: a committed journal
 entry survives a power cut); the SQL is portable so PostgreSQL can follow.
-Reads are synchronous and short. Writes come in two forms: the synchronous
-methods (one transaction each, on the caller's thread) and composable write
-steps (``w_*``) that :meth:`Store.write` commits in the writer thread, several
-in one transaction and shared with concurrent operations (group commit, see
-:mod:`vmsnap_host.store.writer`): the hot path of an operation uses those, so
-an fsync never blocks the event loop.
+Reads are synchronous and short. Writes have one form: composable write steps
+(``w_*``) that :meth:`Store.write` commits in the writer thread, several in one
+transaction and shared with concurrent operations (group commit, see
+:mod:`vmsnap_host.store.writer`), so an fsync never blocks the event loop.
+
+Every step that changes a snapshot's state is a compare-and-set from the table
+of :mod:`vmsnap_host.state` (``w_move``); every step that writes for an
+operation is refused once that operation is finished (``w_journal``,
+``w_finish``). A refused step raises, its transaction is rolled back, and the
+caller's ``await`` raises :class:`~vmsnap_host.state.StaleMove` or
+:class:`~vmsnap_host.state.OperationClosed`.
 """
 
 from __future__ import annotations
@@ -35,16 +40,27 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Row
 
+from vmsnap_host import state as lifecycle
 from vmsnap_host.model import (
     ErrorInfo,
     Group,
+    GroupKind,
+    KeptState,
     OperationRecord,
     OperationType,
     QuiescePolicy,
     Snapshot,
     SnapshotState,
 )
-from vmsnap_host.store.schema import operations, registrations, vm_leases, vm_snapshots
+from vmsnap_host.store.schema import (
+    findings,
+    kept_states,
+    operations,
+    registrations,
+    vm_leases,
+    vm_snapshots,
+    volume_owners,
+)
 from vmsnap_host.store.writer import GroupCommitter, Step
 from vmsnap_sdk import Consistency
 
@@ -69,12 +85,23 @@ _CURRENT = select(vm_snapshots).where(
     vm_snapshots.c.vm_id == bindparam("b_vm"), vm_snapshots.c.is_current.is_(True)
 )
 _UPDATE_SNAPSHOT = update(vm_snapshots).where(vm_snapshots.c.id == bindparam("b_id"))
+# The compare-and-set of every state change (and of every save of a snapshot that
+# an operation owns): applied only while the row is in one of ``b_from``.
+_MOVE_SNAPSHOT = update(vm_snapshots).where(
+    vm_snapshots.c.id == bindparam("b_id"),
+    vm_snapshots.c.state.in_(bindparam("b_from", expanding=True)),
+)
+_OPEN_OPERATION = update(operations).where(
+    operations.c.id == bindparam("b_id"), operations.c.done.is_(False)
+)
 _UNSET_CURRENT = (
     update(vm_snapshots)
     .where(vm_snapshots.c.vm_id == bindparam("b_vm"), vm_snapshots.c.is_current.is_(True))
     .values(is_current=False)
 )
-_JOURNAL_OF = select(operations.c.journal_json).where(operations.c.id == bindparam("b_id"))
+_JOURNAL_OF = select(operations.c.journal_json, operations.c.done).where(
+    operations.c.id == bindparam("b_id")
+)
 _UPDATE_OPERATION = update(operations).where(operations.c.id == bindparam("b_id"))
 _LEASE_OF = select(vm_leases).where(vm_leases.c.vm_id == bindparam("b_vm"))
 _UPDATE_LEASE = update(vm_leases).where(vm_leases.c.vm_id == bindparam("b_vm"))
@@ -140,6 +167,7 @@ def snapshot_from_row(row: Row[Any]) -> Snapshot:
         error=_error(row),
         warnings=tuple(json.loads(row.warnings_json)),
         parameters=dict(json.loads(row.parameters_json)),
+        missing=row.missing or "",
         create_time=_ts(row.create_time),
         update_time=_ts(row.update_time),
     )
@@ -182,8 +210,22 @@ def _snapshot_columns(s: Snapshot) -> dict[str, Any]:
         "freeze_seconds": s.freeze_seconds,
         "warnings_json": json.dumps(list(s.warnings)),
         "parameters_json": json.dumps(s.parameters),
+        "missing": s.missing,
         **_error_columns(s.error),
     }
+
+
+def _kept_from_row(row: Row[Any]) -> KeptState:
+    result = Group.from_json(json.loads(row.result_json)).result if row.result_json else None
+    return KeptState(
+        id=row.id,
+        owner=row.owner,
+        kind=GroupKind[row.kind],
+        operation_id=row.operation_id,
+        vm_id=row.vm_id,
+        vm_snapshot_id=row.vm_snapshot_id,
+        result=result,
+    )
 
 
 class Store:
@@ -227,22 +269,27 @@ class Store:
     async def write(self, *steps: Step) -> Any:
         """Run write steps (the ``w_*`` builders) in one durable transaction, off the
         event loop and shared with concurrent callers (group commit); returns the
-        last step's result once committed."""
+        last step's result once committed. A refused compare-and-set raises here."""
         return await self._writer.run(*steps)
 
-    @contextmanager
-    def _tx(self) -> Iterator[Connection]:
+    def write_blocking(self, *steps: Step) -> Any:
+        """The same, for code without an event loop (tools, benchmarks, test set-up)."""
         with self.engine.begin() as conn:
+            result = None
+            for step in steps:
+                result = step(conn)
+            return result
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
             yield conn
 
-    # --- snapshots ----------------------------------------------------------------
-
-    def create(self, snapshot: Snapshot, operation: OperationRecord) -> None:
-        """Insert a snapshot and the operation that works on it, in one transaction."""
-        with self._tx() as conn:
-            self.w_create(snapshot, operation)(conn)
+    # --- snapshots: writes --------------------------------------------------------
 
     def w_create(self, snapshot: Snapshot, operation: OperationRecord) -> Step:
+        """Insert a snapshot and the operation that works on it."""
+
         def step(conn: Connection) -> None:
             now = time.time()
             conn.execute(
@@ -258,125 +305,88 @@ class Store:
 
         return step
 
-    def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(_SNAPSHOT_BY_ID, {"b_id": snapshot_id}).first()
-        return snapshot_from_row(row) if row else None
+    def w_move(
+        self,
+        snapshot_id: str,
+        to: SnapshotState,
+        *,
+        only: frozenset[SnapshotState] | None = None,
+        snapshot: Snapshot | None = None,
+        cleanup: Sequence[Group] | None = None,
+        current: bool | None = None,
+    ) -> Step:
+        """Move a snapshot to ``to`` if it is in an allowed from-state (compare-and-set;
+        :data:`vmsnap_host.state.MOVES`, narrowed by ``only``), writing every field of
+        ``snapshot`` too when given. Raises StaleMove when the row was not in a
+        from-state. ``current=True`` makes it the VM's current snapshot."""
+        allowed = lifecycle.sources(to, only)
+        columns: dict[str, Any] = {}
+        if snapshot is not None:
+            if snapshot.id != snapshot_id:
+                raise ValueError("w_move: the snapshot does not match the id")
+            columns.update(_snapshot_columns(snapshot))
+        columns["state"] = to.name
+        if cleanup is not None:
+            columns["cleanup_json"] = json.dumps([g.to_json() for g in cleanup])
+        if current is not None:
+            columns["is_current"] = current
+        from_names = [s.name for s in allowed]
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Write every field of an existing snapshot."""
-        with self._tx() as conn:
-            self.w_save_snapshot(snapshot)(conn)
-
-    def w_save_snapshot(self, snapshot: Snapshot) -> Step:
         def step(conn: Connection) -> None:
-            conn.execute(
-                _UPDATE_SNAPSHOT,
-                {"b_id": snapshot.id, **_snapshot_columns(snapshot), "update_time": time.time()},
+            if current:
+                vm_id = conn.execute(
+                    select(vm_snapshots.c.vm_id).where(vm_snapshots.c.id == snapshot_id)
+                ).scalar()
+                if vm_id is not None:
+                    conn.execute(_UNSET_CURRENT, {"b_vm": vm_id})
+            moved = conn.execute(
+                _MOVE_SNAPSHOT,
+                {"b_id": snapshot_id, "b_from": from_names, **columns, "update_time": time.time()},
             )
+            if moved.rowcount != 1:
+                raise lifecycle.StaleMove(snapshot_id, to, allowed)
 
         return step
 
-    def commit_ready(self, snapshot: Snapshot) -> None:
-        """Save a snapshot that became READY, make it current, clear owed deletes:
-        one transaction, so a crash leaves either all of it or none."""
-        with self._tx() as conn:
-            self.w_commit_ready(snapshot)(conn)
+    def w_save(self, snapshot: Snapshot) -> Step:
+        """Write every field of a snapshot that is still in ``snapshot.state``
+        (compare-and-set on the state it was read in; raises StaleMove)."""
+        columns = _snapshot_columns(snapshot)
+        expect = snapshot.state
 
-    def w_commit_ready(self, snapshot: Snapshot) -> Step:
         def step(conn: Connection) -> None:
-            conn.execute(_UNSET_CURRENT, {"b_vm": snapshot.vm_id})
-            conn.execute(
-                _UPDATE_SNAPSHOT,
-                {
-                    "b_id": snapshot.id,
-                    **_snapshot_columns(snapshot),
-                    "cleanup_json": "[]",
-                    "update_time": time.time(),
-                },
+            saved = conn.execute(
+                _MOVE_SNAPSHOT,
+                {"b_id": snapshot.id, "b_from": [expect.name], **columns, "update_time": time.time()},
             )
+            if saved.rowcount != 1:
+                raise lifecycle.StaleMove(snapshot.id, expect, frozenset({expect}))
 
         return step
 
-    def set_state(self, snapshot_id: str, state: SnapshotState) -> None:
-        with self._tx() as conn:
-            self.w_set_state(snapshot_id, state)(conn)
+    def w_make_current(self, vm_id: str, snapshot_id: str) -> Step:
+        """Make one READY snapshot (or none, with "") the VM's current one."""
 
-    def w_set_state(self, snapshot_id: str, state: SnapshotState) -> Step:
         def step(conn: Connection) -> None:
-            conn.execute(
-                update(vm_snapshots)
-                .where(vm_snapshots.c.id == snapshot_id)
-                .values(state=state.name, update_time=time.time())
-            )
-
-        return step
-
-    def list_snapshots(
-        self, vm_id: str, after_seq: int, limit: int, show_removed: bool
-    ) -> list[tuple[int, Snapshot]]:
-        """Oldest first, after ``after_seq`` (keyset paging: constant cost per page)."""
-        if vm_id and not show_removed:  # the common case, prebuilt
-            with self.engine.connect() as conn:
-                rows = conn.execute(
-                    _LIST_VM, {"b_after": after_seq, "b_vm": vm_id, "b_limit": limit}
-                )
-                return [(row.seq, snapshot_from_row(row)) for row in rows]
-        query = select(vm_snapshots).where(vm_snapshots.c.seq > after_seq)
-        if vm_id:
-            query = query.where(vm_snapshots.c.vm_id == vm_id)
-        if not show_removed:
-            query = query.where(vm_snapshots.c.state != SnapshotState.REMOVED.name)
-        query = query.order_by(vm_snapshots.c.seq).limit(limit)
-        with self.engine.connect() as conn:
-            return [(row.seq, snapshot_from_row(row)) for row in conn.execute(query)]
-
-    def live_snapshots(self, vm_id: str) -> list[Snapshot]:
-        """Every snapshot of a VM that is not REMOVED or ERROR."""
-        query = select(vm_snapshots).where(
-            and_(
-                vm_snapshots.c.vm_id == vm_id,
-                vm_snapshots.c.state.not_in([SnapshotState.REMOVED.name, SnapshotState.ERROR.name]),
-            )
-        )
-        with self.engine.connect() as conn:
-            return [snapshot_from_row(row) for row in conn.execute(query)]
-
-    def count_live(self, vm_id: str) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(_COUNT_LIVE, {"b_vm": vm_id}).scalar_one())
-
-    def find_by_name(self, vm_id: str, name: str) -> Snapshot | None:
-        """A snapshot of that VM with that name that still counts (not REMOVED/ERROR)."""
-        with self.engine.connect() as conn:
-            row = conn.execute(_LIVE_BY_NAME, {"b_vm": vm_id, "b_name": name}).first()
-        return snapshot_from_row(row) if row else None
-
-    def current_snapshot(self, vm_id: str) -> Snapshot | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(_CURRENT, {"b_vm": vm_id}).first()
-        return snapshot_from_row(row) if row else None
-
-    def make_current(self, vm_id: str, snapshot_id: str) -> None:
-        """Make one snapshot (or none, with "") the VM's current one."""
-        with self._tx() as conn:
-            conn.execute(
-                update(vm_snapshots)
-                .where(and_(vm_snapshots.c.vm_id == vm_id, vm_snapshots.c.is_current.is_(True)))
-                .values(is_current=False)
-            )
+            conn.execute(_UNSET_CURRENT, {"b_vm": vm_id})
             if snapshot_id:
                 conn.execute(
                     update(vm_snapshots)
-                    .where(vm_snapshots.c.id == snapshot_id)
+                    .where(
+                        vm_snapshots.c.id == snapshot_id,
+                        vm_snapshots.c.state == SnapshotState.READY.name,
+                    )
                     .values(is_current=True, update_time=time.time())
                 )
 
-    def detach(self, snapshot: Snapshot) -> None:
+        return step
+
+    def w_detach(self, snapshot: Snapshot) -> Step:
         """Take a snapshot out of the tree: children re-pointed to its parent, and
-        when it was current, its parent becomes current (one transaction)."""
-        now = time.time()
-        with self._tx() as conn:
+        when it was current, its parent becomes current."""
+
+        def step(conn: Connection) -> None:
+            now = time.time()
             conn.execute(
                 update(vm_snapshots)
                 .where(vm_snapshots.c.parent_id == snapshot.id)
@@ -394,23 +404,17 @@ class Store:
                 if snapshot.parent_id:
                     conn.execute(
                         update(vm_snapshots)
-                        .where(vm_snapshots.c.id == snapshot.parent_id)
+                        .where(
+                            vm_snapshots.c.id == snapshot.parent_id,
+                            vm_snapshots.c.state == SnapshotState.READY.name,
+                        )
                         .values(is_current=True, update_time=now)
                     )
 
-    def get_cleanup(self, snapshot_id: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(vm_snapshots.c.cleanup_json).where(vm_snapshots.c.id == snapshot_id)
-            ).first()
-        return list(json.loads(row.cleanup_json)) if row else []
-
-    def set_cleanup(self, snapshot_id: str, groups: Sequence[Group]) -> None:
-        """Record the groups whose delete is still owed (empty: nothing left)."""
-        with self._tx() as conn:
-            self.w_set_cleanup(snapshot_id, groups)(conn)
+        return step
 
     def w_set_cleanup(self, snapshot_id: str, groups: Sequence[Group]) -> Step:
+        """Record the groups whose delete is still owed (empty: nothing left)."""
         cleanup = json.dumps([g.to_json() for g in groups])
 
         def step(conn: Connection) -> None:
@@ -421,9 +425,98 @@ class Store:
 
         return step
 
+    def w_set_missing(self, snapshot_id: str, cause: str) -> Step:
+        """Mark (or, with "", clear) why a READY snapshot cannot restore."""
+
+        def step(conn: Connection) -> None:
+            conn.execute(
+                _UPDATE_SNAPSHOT,
+                {"b_id": snapshot_id, "missing": cause, "update_time": time.time()},
+            )
+
+        return step
+
+    # --- snapshots: reads ---------------------------------------------------------
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
+        with self._read() as conn:
+            row = conn.execute(_SNAPSHOT_BY_ID, {"b_id": snapshot_id}).first()
+        return snapshot_from_row(row) if row else None
+
+    def list_snapshots(
+        self, vm_id: str, after_seq: int, limit: int, show_removed: bool
+    ) -> list[tuple[int, Snapshot]]:
+        """Oldest first, after ``after_seq`` (keyset paging: constant cost per page)."""
+        if vm_id and not show_removed:  # the common case, prebuilt
+            with self._read() as conn:
+                rows = conn.execute(
+                    _LIST_VM, {"b_after": after_seq, "b_vm": vm_id, "b_limit": limit}
+                )
+                return [(row.seq, snapshot_from_row(row)) for row in rows]
+        query = select(vm_snapshots).where(vm_snapshots.c.seq > after_seq)
+        if vm_id:
+            query = query.where(vm_snapshots.c.vm_id == vm_id)
+        if not show_removed:
+            query = query.where(vm_snapshots.c.state != SnapshotState.REMOVED.name)
+        query = query.order_by(vm_snapshots.c.seq).limit(limit)
+        with self._read() as conn:
+            return [(row.seq, snapshot_from_row(row)) for row in conn.execute(query)]
+
+    def live_snapshots(self, vm_id: str) -> list[Snapshot]:
+        """Every snapshot of a VM that is not REMOVED or ERROR."""
+        query = select(vm_snapshots).where(
+            and_(
+                vm_snapshots.c.vm_id == vm_id,
+                vm_snapshots.c.state.not_in([SnapshotState.REMOVED.name, SnapshotState.ERROR.name]),
+            )
+        )
+        with self._read() as conn:
+            return [snapshot_from_row(row) for row in conn.execute(query)]
+
+    def snapshot_states(self, snapshot_ids: Sequence[str]) -> dict[str, SnapshotState]:
+        """The state of each of these snapshots that the catalog has a record of."""
+        out: dict[str, SnapshotState] = {}
+        ids = list(dict.fromkeys(snapshot_ids))
+        with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    select(vm_snapshots.c.id, vm_snapshots.c.state).where(
+                        vm_snapshots.c.id.in_(ids[start : start + 500])
+                    )
+                )
+                out.update({r.id: SnapshotState[r.state] for r in rows})
+        return out
+
+    def snapshots_in(self, states: Sequence[SnapshotState]) -> list[Snapshot]:
+        query = select(vm_snapshots).where(vm_snapshots.c.state.in_([s.name for s in states]))
+        with self._read() as conn:
+            return [snapshot_from_row(row) for row in conn.execute(query)]
+
+    def count_live(self, vm_id: str) -> int:
+        with self._read() as conn:
+            return int(conn.execute(_COUNT_LIVE, {"b_vm": vm_id}).scalar_one())
+
+    def find_by_name(self, vm_id: str, name: str) -> Snapshot | None:
+        """A snapshot of that VM with that name that still counts (not REMOVED/ERROR)."""
+        with self._read() as conn:
+            row = conn.execute(_LIVE_BY_NAME, {"b_vm": vm_id, "b_name": name}).first()
+        return snapshot_from_row(row) if row else None
+
+    def current_snapshot(self, vm_id: str) -> Snapshot | None:
+        with self._read() as conn:
+            row = conn.execute(_CURRENT, {"b_vm": vm_id}).first()
+        return snapshot_from_row(row) if row else None
+
+    def get_cleanup(self, snapshot_id: str) -> list[Group]:
+        with self._read() as conn:
+            row = conn.execute(
+                select(vm_snapshots.c.cleanup_json).where(vm_snapshots.c.id == snapshot_id)
+            ).first()
+        return [Group.from_json(g) for g in json.loads(row.cleanup_json)] if row else []
+
     def snapshots_with_cleanup(self) -> list[Snapshot]:
         query = select(vm_snapshots).where(vm_snapshots.c.cleanup_json != "[]")
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [snapshot_from_row(row) for row in conn.execute(query)]
 
     # --- operations ---------------------------------------------------------------
@@ -447,29 +540,31 @@ class Store:
             **_error_columns(op.error),
         }
 
-    def insert_operation(self, op: OperationRecord) -> None:
-        with self._tx() as conn:
-            conn.execute(operations.insert().values(**self._operation_columns(op, time.time())))
+    def w_insert_operation(self, op: OperationRecord) -> Step:
+        def step(conn: Connection) -> None:
+            conn.execute(_INSERT_OPERATION, self._operation_columns(op, time.time()))
+
+        return step
 
     def get_operation(self, operation_id: str) -> OperationRecord | None:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(_OPERATION_BY_ID, {"b_id": operation_id}).first()
         return operation_from_row(row) if row else None
 
     def operation_by_request(self, request_id: str) -> OperationRecord | None:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(_OPERATION_BY_REQUEST, {"b_rid": request_id}).first()
         return operation_from_row(row) if row else None
 
-    def journal(self, operation_id: str, step: str, progress: int, **entries: Any) -> None:
-        """Record progress and journal entries durably (before the side effect they name)."""
-        with self._tx() as conn:
-            self.w_journal(operation_id, step, progress, **entries)(conn)
-
     def w_journal(self, operation_id: str, step: str, progress: int, **entries: Any) -> Step:
+        """Record progress and journal entries (before the side effect they name);
+        refused (OperationClosed) once the operation is finished."""
+
         def run(conn: Connection) -> None:
             row = conn.execute(_JOURNAL_OF, {"b_id": operation_id}).first()
-            journal = json.loads(row.journal_json) if row else {}
+            if row is None or row.done:
+                raise lifecycle.OperationClosed(operation_id)
+            journal = json.loads(row.journal_json)
             journal.update(entries)
             conn.execute(
                 _UPDATE_OPERATION,
@@ -484,14 +579,13 @@ class Store:
 
         return run
 
-    def finish_operation(self, operation_id: str, error: ErrorInfo | None, step: str) -> None:
-        with self._tx() as conn:
-            self.w_finish_operation(operation_id, error, step)(conn)
+    def w_finish(self, operation_id: str, error: ErrorInfo | None, step: str) -> Step:
+        """Finish an open operation (compare-and-set on done = false; raises
+        OperationClosed when it was finished already)."""
 
-    def w_finish_operation(self, operation_id: str, error: ErrorInfo | None, step: str) -> Step:
         def run(conn: Connection) -> None:
-            conn.execute(
-                _UPDATE_OPERATION,
+            finished = conn.execute(
+                _OPEN_OPERATION,
                 {
                     "b_id": operation_id,
                     "done": True,
@@ -501,6 +595,8 @@ class Store:
                     **_error_columns(error),
                 },
             )
+            if finished.rowcount != 1:
+                raise lifecycle.OperationClosed(operation_id)
 
         return run
 
@@ -516,23 +612,35 @@ class Store:
         if only_running:
             query = query.where(operations.c.done.is_(False))
         query = query.order_by(operations.c.seq.desc()).limit(limit)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [(row.seq, operation_from_row(row)) for row in conn.execute(query)]
 
     def unfinished_operations(self) -> list[OperationRecord]:
         query = select(operations).where(operations.c.done.is_(False)).order_by(operations.c.seq)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [operation_from_row(row) for row in conn.execute(query)]
+
+    def operations_done(self, operation_ids: Sequence[str]) -> dict[str, bool]:
+        """For each known operation id, whether it is finished."""
+        ids = list(dict.fromkeys(operation_ids))
+        out: dict[str, bool] = {}
+        with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    select(operations.c.id, operations.c.done).where(
+                        operations.c.id.in_(ids[start : start + 500])
+                    )
+                )
+                out.update({r.id: bool(r.done) for r in rows})
+        return out
 
     # --- per-VM leases ------------------------------------------------------------
 
-    def acquire_lease(self, vm_id: str, owner: str, operation_id: str, ttl: float) -> bool:
-        """Own the VM for ``ttl`` seconds unless another live owner holds it."""
-        with self._tx() as conn:
-            return bool(self.w_acquire_lease(vm_id, owner, operation_id, ttl)(conn))
-
     def w_acquire_lease(self, vm_id: str, owner: str, operation_id: str, ttl: float) -> Step:
-        def step(conn: Connection) -> bool:
+        """Own the VM for ``ttl`` seconds unless another live owner holds it; the
+        step returns the new fencing token (> 0), or 0 when refused."""
+
+        def step(conn: Connection) -> int:
             now = time.time()
             row = conn.execute(_LEASE_OF, {"b_vm": vm_id}).first()
             if row is None:
@@ -543,11 +651,13 @@ class Store:
                         "owner": owner,
                         "operation_id": operation_id,
                         "expire_time": now + ttl,
+                        "fence": 1,
                     },
                 )
-                return True
+                return 1
             if row.owner != owner and row.expire_time > now:
-                return False
+                return 0
+            fence = int(row.fence or 0) + 1
             conn.execute(
                 _UPDATE_LEASE,
                 {
@@ -555,47 +665,183 @@ class Store:
                     "owner": owner,
                     "operation_id": operation_id,
                     "expire_time": now + ttl,
+                    "fence": fence,
                 },
             )
-            return True
+            return fence
 
         return step
 
-    def renew_lease(self, vm_id: str, owner: str, ttl: float) -> None:
-        with self._tx() as conn:
-            self.w_renew_lease(vm_id, owner, ttl)(conn)
+    def w_renew_lease(self, vm_id: str, owner: str, fence: int, ttl: float) -> Step:
+        """Extend a lease still held with this fencing token; the step returns False
+        when it was lost (expired and taken, or released)."""
 
-    def w_renew_lease(self, vm_id: str, owner: str, ttl: float) -> Step:
-        def step(conn: Connection) -> None:
-            conn.execute(
+        def step(conn: Connection) -> bool:
+            renewed = conn.execute(
                 update(vm_leases)
-                .where(and_(vm_leases.c.vm_id == vm_id, vm_leases.c.owner == owner))
+                .where(
+                    vm_leases.c.vm_id == vm_id,
+                    vm_leases.c.owner == owner,
+                    vm_leases.c.fence == fence,
+                )
                 .values(expire_time=time.time() + ttl)
             )
+            return bool(renewed.rowcount == 1)
 
         return step
 
-    def release_lease(self, vm_id: str, owner: str) -> None:
-        with self._tx() as conn:
-            self.w_release_lease(vm_id, owner)(conn)
-
-    def w_release_lease(self, vm_id: str, owner: str) -> Step:
+    def w_release_lease(self, vm_id: str, owner: str, fence: int | None = None) -> Step:
         def step(conn: Connection) -> None:
-            conn.execute(_RELEASE_LEASE, {"b_vm": vm_id, "b_owner": owner})
+            if fence is None:
+                conn.execute(_RELEASE_LEASE, {"b_vm": vm_id, "b_owner": owner})
+                return
+            conn.execute(
+                vm_leases.delete().where(
+                    vm_leases.c.vm_id == vm_id,
+                    vm_leases.c.owner == owner,
+                    vm_leases.c.fence == fence,
+                )
+            )
 
         return step
 
     def lease_owner(self, vm_id: str) -> tuple[str, float] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(vm_leases).where(vm_leases.c.vm_id == vm_id)).first()
+        with self._read() as conn:
+            row = conn.execute(_LEASE_OF, {"b_vm": vm_id}).first()
         return (row.owner, row.expire_time) if row else None
+
+    # --- kept states of reverts ---------------------------------------------------
+
+    def w_keep(self, kept: KeptState) -> Step:
+        """Journal a kept state before it is made (its result comes later)."""
+
+        def step(conn: Connection) -> None:
+            conn.execute(
+                kept_states.insert().values(
+                    id=kept.id,
+                    owner=kept.owner,
+                    kind=kept.kind.name,
+                    operation_id=kept.operation_id,
+                    vm_id=kept.vm_id,
+                    vm_snapshot_id=kept.vm_snapshot_id,
+                    result_json=_kept_result_json(kept),
+                    create_time=time.time(),
+                )
+            )
+
+        return step
+
+    def w_kept_result(self, kept: KeptState) -> Step:
+        """Record what the owner answered for a kept state."""
+
+        def step(conn: Connection) -> None:
+            conn.execute(
+                update(kept_states)
+                .where(kept_states.c.id == kept.id, kept_states.c.owner == kept.owner)
+                .values(result_json=_kept_result_json(kept))
+            )
+
+        return step
+
+    def w_forget_kept(self, kept_id: str, owner: str) -> Step:
+        """The owner confirmed the kept state is gone."""
+
+        def step(conn: Connection) -> None:
+            conn.execute(
+                kept_states.delete().where(kept_states.c.id == kept_id, kept_states.c.owner == owner)
+            )
+
+        return step
+
+    def kept_states(self, operation_id: str = "") -> list[KeptState]:
+        """Kept states still held (of one operation, or all)."""
+        query = select(kept_states).order_by(kept_states.c.create_time)
+        if operation_id:
+            query = query.where(kept_states.c.operation_id == operation_id)
+        with self._read() as conn:
+            return [_kept_from_row(row) for row in conn.execute(query)]
+
+    # --- volume owners ------------------------------------------------------------
+
+    def w_set_owners(self, owners: dict[str, str]) -> Step:
+        """Record locator → driver for the volumes a plan gave to drivers."""
+
+        def step(conn: Connection) -> None:
+            now = time.time()
+            for locator, driver in owners.items():
+                updated = conn.execute(
+                    update(volume_owners)
+                    .where(volume_owners.c.locator == locator)
+                    .values(driver=driver, update_time=now)
+                )
+                if updated.rowcount == 0:
+                    conn.execute(
+                        volume_owners.insert().values(
+                            locator=locator, driver=driver, update_time=now
+                        )
+                    )
+
+        return step
+
+    def w_forget_owner(self, driver: str) -> Step:
+        """An operator removed the driver: its volumes have no owner any more."""
+
+        def step(conn: Connection) -> None:
+            conn.execute(volume_owners.delete().where(volume_owners.c.driver == driver))
+
+        return step
+
+    def volume_owners(self, locators: Sequence[str]) -> dict[str, str]:
+        """locator → the driver that last owned it, for those that have one."""
+        if not locators:
+            return {}
+        with self._read() as conn:
+            rows = conn.execute(
+                select(volume_owners).where(volume_owners.c.locator.in_(list(locators)))
+            )
+            return {r.locator: r.driver for r in rows}
+
+    # --- reconciler findings ------------------------------------------------------
+
+    def w_add_finding(
+        self,
+        kind: str,
+        *,
+        peer: str = "",
+        object_id: str = "",
+        vm_id: str = "",
+        vm_snapshot_id: str = "",
+        action: str = "",
+        detail: str = "",
+    ) -> Step:
+        def step(conn: Connection) -> None:
+            conn.execute(
+                findings.insert().values(
+                    time=time.time(),
+                    kind=kind,
+                    peer=peer,
+                    object_id=object_id,
+                    vm_id=vm_id,
+                    vm_snapshot_id=vm_snapshot_id,
+                    action=action,
+                    detail=detail,
+                )
+            )
+
+        return step
+
+    def findings(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """The newest findings first."""
+        query = select(findings).order_by(findings.c.seq.desc()).limit(limit)
+        with self._read() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
 
     # --- registrations ------------------------------------------------------------
 
-    def save_registration(
+    def w_save_registration(
         self, kind: str, address: str, name: str, order: int, tls: dict[str, str]
-    ) -> None:
-        with self._tx() as conn:
+    ) -> Step:
+        def step(conn: Connection) -> None:
             conn.execute(
                 registrations.delete().where(
                     and_(registrations.c.kind == kind, registrations.c.address == address)
@@ -611,19 +857,29 @@ class Store:
                 )
             )
 
-    def remove_registration(self, kind: str, address: str) -> None:
-        with self._tx() as conn:
+        return step
+
+    def w_remove_registration(self, kind: str, address: str) -> Step:
+        def step(conn: Connection) -> None:
             conn.execute(
                 registrations.delete().where(
                     and_(registrations.c.kind == kind, registrations.c.address == address)
                 )
             )
 
+        return step
+
     def registrations(self, kind: str) -> list[tuple[str, str, int, dict[str, str]]]:
         """(address, name, order, tls) of every registration of a kind."""
         query = select(registrations).where(registrations.c.kind == kind)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [
                 (r.address, r.name, r.sort_order, dict(json.loads(r.tls_json)))
                 for r in conn.execute(query)
             ]
+
+
+def _kept_result_json(kept: KeptState) -> str:
+    if kept.result is None:
+        return ""
+    return json.dumps(kept.group.to_json())
