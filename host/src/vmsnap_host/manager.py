@@ -13,13 +13,12 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from vmsnap_host.config import Settings
-from vmsnap_host.executor import Executor, TakeFailed, error_info
+from vmsnap_host.executor import Executor
 from vmsnap_host.model import (
-    ErrorInfo,
     GroupKind,
     OperationRecord,
     OperationType,
@@ -35,10 +34,8 @@ from vmsnap_sdk.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
-    Internal,
     NotFound,
     ResourceExhausted,
-    VMSnapError,
 )
 
 log = logging.getLogger("vmsnap.host.manager")
@@ -62,6 +59,7 @@ class Manager:
         self._queues: dict[str, _VMQueue] = {}
         self._admission: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: set[str] = set()
         self._changed = asyncio.Condition()
 
     # --- requests -----------------------------------------------------------------
@@ -150,8 +148,8 @@ class Manager:
                         vm_id, self.owner, op.id, self.settings.lease_seconds
                     )
                 )
-            leased = await self.store.write(*steps)
-            self._start(op, leased=idle and bool(leased))
+            fence = await self.store.write(*steps)
+            self._start(op, fence=int(fence or 0) if idle else 0)
             return op
 
     async def revert_snapshot(
@@ -193,7 +191,7 @@ class Manager:
             op = self._new_op(
                 OperationType.REVERT, request_id, snap.vm_id, snapshot_id, {"stop_vm": stop_vm}
             )
-            self.store.insert_operation(op)
+            await self.store.write(self.store.w_insert_operation(op))
             self._start(op)
             return op
 
@@ -218,9 +216,9 @@ class Manager:
             if snap.state is SnapshotState.REMOVED:
                 # Idempotent: deleting a deleted snapshot succeeds at once.
                 op = replace(op, done=True, progress=100, step="already removed")
-                self.store.insert_operation(op)
+                await self.store.write(self.store.w_insert_operation(op))
                 return op
-            self.store.insert_operation(op)
+            await self.store.write(self.store.w_insert_operation(op))
             self._start(op)
             return op
 
@@ -319,95 +317,88 @@ class Manager:
             owner=self.owner,
         )
 
-    def _start(self, op: OperationRecord, *, leased: bool = False) -> None:
+    def _start(
+        self, op: OperationRecord, *, fence: int = 0, resume: bool = False
+    ) -> asyncio.Task[None]:
         queue = self._queues.setdefault(op.vm_id, _VMQueue(asyncio.Lock()))
         queue.admitted += 1
-        task = asyncio.create_task(self._run(op, queue, leased))
+        self._running.add(op.id)
+        task = asyncio.create_task(self._run(op, queue, fence, resume))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    def resume(self, op: OperationRecord) -> None:
-        """Run an unfinished operation found on start (revert and delete resume)."""
-        self._start(op)
+    def resume(self, op: OperationRecord) -> asyncio.Task[None] | None:
+        """Resolve an unfinished operation found on start or left open (a take is
+        rolled back, a revert settled on one side, a delete retried)."""
+        if op.id in self._running:
+            return None
+        return self._start(op, resume=True)
 
-    async def _run(self, op: OperationRecord, queue: _VMQueue, leased: bool) -> None:
+    @property
+    def running(self) -> frozenset[str]:
+        """Ids of the operations this process is running or has queued."""
+        return frozenset(self._running)
+
+    async def _run(self, op: OperationRecord, queue: _VMQueue, fence: int, resume: bool) -> None:
         try:
             async with queue.lock:
-                await self._run_owned(op, leased)
+                await self._run_owned(op, fence, resume)
         finally:
             queue.admitted -= 1
+            self._running.discard(op.id)
             await self._notify()
 
-    async def _run_owned(self, op: OperationRecord, leased: bool) -> None:
-        """Run holding the VM's lease (``leased``: taken already at admission)."""
+    async def _run_owned(self, op: OperationRecord, fence: int, resume: bool) -> None:
+        """Run holding the VM's lease (``fence``: taken already at admission)."""
         ttl = self.settings.lease_seconds
-        while not leased and not await self.store.write(  # noqa: ASYNC110 - the lease is in the catalog, no event to wait on
-            self.store.w_acquire_lease(op.vm_id, self.owner, op.id, ttl)
-        ):
-            # Another replica owns the VM: wait for its lease to end.
-            await asyncio.sleep(min(1.0, ttl / 3))
-        renew = asyncio.create_task(self._renew_lease(op.vm_id, ttl))
+        while not fence:
+            fence = await self.store.write(
+                self.store.w_acquire_lease(op.vm_id, self.owner, op.id, ttl)
+            )
+            if not fence:
+                # Another replica owns the VM: wait for its lease to end.
+                await asyncio.sleep(min(1.0, ttl / 3))
+        work = asyncio.current_task()
+        assert work is not None
+        renew = asyncio.create_task(self._renew_lease(op, fence, ttl, work))
         try:
-            await self._execute(op)
+            await self.executor.run(op, resume=resume)
         finally:
             renew.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renew
-            await self.store.write(self.store.w_release_lease(op.vm_id, self.owner))
-
-    async def _renew_lease(self, vm_id: str, ttl: float) -> None:
-        while True:
-            await asyncio.sleep(ttl / 3)
-            await self.store.write(self.store.w_renew_lease(vm_id, self.owner, ttl))
-
-    async def _execute(self, op: OperationRecord) -> None:
-        runner: Callable[[OperationRecord, Snapshot], Awaitable[ErrorInfo | bool | None]] = {
-            OperationType.CREATE: self._do_create,
-            OperationType.REVERT: self._do_revert,
-            OperationType.DELETE: self._do_delete,
-        }[op.type]
-        snap = self._snapshot(op.vm_snapshot_id)
-        try:
-            outcome = await runner(op, snap)
-        except TakeFailed as exc:
-            self.store.finish_operation(op.id, error_info(exc.error), "failed")
-            return
-        except VMSnapError as exc:
-            if op.type is OperationType.CREATE:
-                snap = self._snapshot(op.vm_snapshot_id)
-                self.store.save_snapshot(
-                    replace(snap, state=SnapshotState.ERROR, error=error_info(exc))
-                )
-            self.store.finish_operation(op.id, error_info(exc), "failed")
-            return
-        except Exception as exc:  # a bug must not leave the operation open
-            log.exception("operation failed unexpectedly", extra={"fields": {"operation": op.id}})
-            error = Internal(f"unexpected {type(exc).__name__} in the host; see its log")
-            if op.type is OperationType.CREATE:
-                snap = self._snapshot(op.vm_snapshot_id)
-                # Whatever was called is owed a delete; the reconciler retries it.
-                self.store.set_cleanup(snap.id, snap.groups)
-                await self.executor.cleanup(snap.id, snap.vm_id, snap.agent)
-                self.store.save_snapshot(
-                    replace(snap, state=SnapshotState.ERROR, error=error_info(error), current=False)
-                )
-            self.store.finish_operation(op.id, error_info(error), "failed")
-            return
-        if outcome is False:
-            return  # waiting for drivers: the reconciler finishes it
-        if op.type is not OperationType.CREATE:  # a take finishes it with READY
-            await self.store.write(self.store.w_finish_operation(op.id, None, "done"))
+            with contextlib.suppress(Exception):
+                await self.store.write(self.store.w_release_lease(op.vm_id, self.owner, fence))
         # Waiters need not wait for the lease to be released.
         await self._notify()
 
-    async def _do_create(self, op: OperationRecord, snap: Snapshot) -> None:
-        await self.executor.take(op, snap, finish=True)
+    async def _renew_lease(
+        self, op: OperationRecord, fence: int, ttl: float, work: asyncio.Task[object]
+    ) -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                held = await self.store.write(
+                    self.store.w_renew_lease(op.vm_id, self.owner, fence, ttl)
+                )
+            except Exception:
+                log.exception("lease renewal failed", extra={"fields": {"vm": op.vm_id}})
+                continue
+            if not held:
+                # Another owner took the VM (our lease ran out): stop this work. The
+                # executor thaws on the way out; the new owner resolves the operation.
+                log.error(
+                    "VM lease lost; stopping the operation",
+                    extra={"fields": {"vm": op.vm_id, "operation": op.id}},
+                )
+                work.cancel()
+                return
 
-    async def _do_revert(self, op: OperationRecord, snap: Snapshot) -> None:
-        await self.executor.revert(op, snap, bool(op.params.get("stop_vm")))
-
-    async def _do_delete(self, op: OperationRecord, snap: Snapshot) -> bool:
-        return await self.executor.delete(op, snap)
+    async def idle(self) -> None:
+        """Wait until every operation started so far has ended (or left itself open)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self) -> None:
         for task in list(self._tasks):

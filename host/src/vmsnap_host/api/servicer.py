@@ -232,8 +232,10 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                     "(or fix the address or TLS settings) and register again",
                     reason="DRIVER_NOT_SERVING",
                 )
-            self.store.save_registration(
-                "driver", address, entry.name, request.order, _tls_dict(tls)
+            await self.store.write(
+                self.store.w_save_registration(
+                    "driver", address, entry.name, request.order, _tls_dict(tls)
+                )
             )
             return pb.RegisterDriverResponse(driver=convert.driver_to_pb(entry))
 
@@ -256,7 +258,10 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_text("name", request.name, 128)
             entry = await self.registry.remove_driver(request.name)
             if entry is not None:
-                self.store.remove_registration("driver", entry.address)
+                await self.store.write(
+                    self.store.w_remove_registration("driver", entry.address),
+                    self.store.w_forget_owner(entry.name),
+                )
             return pb.RemoveDriverResponse()
 
         return await invoke(context, "RemoveDriver", run)
@@ -275,7 +280,9 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                     "(or fix the address or TLS settings) and register again",
                     reason="AGENT_NOT_SERVING",
                 )
-            self.store.save_registration("agent", address, entry.name, 0, _tls_dict(tls))
+            await self.store.write(
+                self.store.w_save_registration("agent", address, entry.name, 0, _tls_dict(tls))
+            )
             return pb.RegisterAgentResponse(agent=convert.agent_to_pb(entry))
 
         return await invoke(context, "RegisterAgent", run)
@@ -297,7 +304,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_text("name", request.name, 128)
             entry = await self.registry.remove_agent(request.name)
             if entry is not None:
-                self.store.remove_registration("agent", entry.address)
+                await self.store.write(self.store.w_remove_registration("agent", entry.address))
             return pb.RemoveAgentResponse()
 
         return await invoke(context, "RemoveAgent", run)

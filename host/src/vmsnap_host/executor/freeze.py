@@ -1,0 +1,237 @@
+"""The freeze lifecycle of a take: quiesce under a lease, renew, thaw for sure.
+
+A freeze ends with its take (docs/design.md, "Freeze"): the thaw is retried
+until the agent confirms it or the agent's lease has surely run out (the agent
+then thawed by itself), never given up after a few tries. The host tracks the
+lease on its own clock from the moment it *sent* each Quiesce/RenewQuiesce, so
+"surely run out" never depends on the agent's clock. Recovery thaws by the
+journaled token, or — when the host died between Quiesce and journaling the
+token — by operation id: the agent records which operation holds each freeze.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from vmsnap_host.config import Settings
+from vmsnap_host.model import QuiescePolicy
+from vmsnap_sdk import HypervisorAgent, QuiesceMethod, QuiesceResult
+from vmsnap_sdk.errors import Aborted, DeadlineExceeded, FailedPrecondition, VMSnapError
+
+log = logging.getLogger("vmsnap.host.freeze")
+
+_T = TypeVar("_T")
+
+#: Extra time past the lease before the host trusts the agent to have thawed.
+_LEASE_MARGIN = 1.0
+
+
+async def with_deadline(call: Awaitable[_T], seconds: float, what: str) -> _T:
+    try:
+        return await asyncio.wait_for(call, max(seconds, 0.01))
+    except TimeoutError as exc:
+        raise DeadlineExceeded(f"{what}: no answer within {seconds:.1f} s") from exc
+
+
+@dataclass
+class Freeze:
+    """A freeze in force, as the host knows it."""
+
+    agent: HypervisorAgent
+    agent_name: str
+    operation_id: str
+    result: QuiesceResult
+    lease: float
+    started: datetime
+    started_mono: float
+    #: Monotonic time by which the agent has surely thawed by itself.
+    ends_by: float
+    renewals: asyncio.Task[None] | None = None
+    thawed: bool = False
+    #: What really ended the freeze, in words (for the record).
+    ended: str = ""
+    frozen_seconds: float = field(default=0.0)
+
+    def seconds_left(self) -> float:
+        return self.ends_by - _LEASE_MARGIN - time.monotonic()
+
+
+def choose_method(
+    policy: QuiescePolicy, offered: frozenset[QuiesceMethod], agent: str
+) -> QuiesceMethod:
+    if policy is QuiescePolicy.OFF:
+        if QuiesceMethod.OVERLAY in offered:
+            return QuiesceMethod.OVERLAY
+        raise FailedPrecondition(
+            f"the plan needs a freeze but agent {agent} offers no overlay freeze; take the "
+            "snapshot with --quiesce best-effort or required",
+            reason="NO_QUIESCE_METHOD",
+        )
+    for method in (QuiesceMethod.GUEST_FREEZE_AND_OVERLAY, QuiesceMethod.GUEST_FREEZE):
+        if method in offered:
+            return method
+    if policy is QuiescePolicy.BEST_EFFORT and QuiesceMethod.OVERLAY in offered:
+        return QuiesceMethod.OVERLAY
+    raise FailedPrecondition(
+        f"agent {agent} offers no guest freeze; take the snapshot with --quiesce off or "
+        "best-effort",
+        reason="NO_QUIESCE_METHOD",
+    )
+
+
+class FreezeKeeper:
+    """Quiesce, renew and thaw through one agent, so that no freeze outlives its take."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def freeze(
+        self,
+        agent: HypervisorAgent,
+        agent_name: str,
+        vm_id: str,
+        operation_id: str,
+        policy: QuiescePolicy,
+        method: QuiesceMethod,
+    ) -> Freeze:
+        lease = self.settings.quiesce_lease_seconds
+        best_effort = policy is not QuiescePolicy.REQUIRED
+        started, sent = datetime.now(UTC), time.monotonic()
+        try:
+            result = await with_deadline(
+                agent.quiesce(vm_id, method, lease, best_effort, operation_id), lease, "Quiesce"
+            )
+        except FailedPrecondition as exc:
+            if policy is QuiescePolicy.REQUIRED:
+                raise FailedPrecondition(
+                    f"quiesce is REQUIRED but the guest could not be frozen: {exc.message}; "
+                    "fix the guest agent, or take the snapshot with --quiesce best-effort to "
+                    "accept a lower consistency (it is recorded)",
+                    reason=exc.reason or "QUIESCE_FAILED",
+                ) from exc
+            raise
+        freeze = Freeze(
+            agent=agent,
+            agent_name=agent_name,
+            operation_id=operation_id,
+            result=result,
+            lease=lease,
+            started=started,
+            started_mono=sent,
+            ends_by=sent + lease + _LEASE_MARGIN,
+        )
+        freeze.renewals = asyncio.create_task(self._renew(freeze))
+        return freeze
+
+    async def _renew(self, freeze: Freeze) -> None:
+        while True:
+            await asyncio.sleep(freeze.lease / 3)
+            sent = time.monotonic()
+            try:
+                await with_deadline(
+                    freeze.agent.renew_quiesce(freeze.result.token, freeze.lease),
+                    freeze.lease / 3,
+                    "RenewQuiesce",
+                )
+            except VMSnapError as exc:
+                log.warning(
+                    "freeze lease renewal failed",
+                    extra={"fields": {"operation": freeze.operation_id, "error": str(exc)}},
+                )
+                continue
+            freeze.ends_by = max(freeze.ends_by, sent + freeze.lease + _LEASE_MARGIN)
+
+    def take_deadline(self, freeze: Freeze | None) -> float:
+        """How long the groups may take: inside the lease when frozen (a take still
+        running when the agent would thaw could not be consistent anyway)."""
+        if freeze is None:
+            return self.settings.take_timeout_seconds
+        return max(0.1, min(self.settings.take_timeout_seconds, freeze.seconds_left() * 0.8))
+
+    async def thaw(self, freeze: Freeze) -> VMSnapError | None:
+        """Thaw, retrying until the agent confirms or its lease surely ended. Returns
+        None when the freeze held to the end, else why the cut may not be consistent."""
+        if freeze.renewals is not None:
+            freeze.renewals.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await freeze.renewals
+        delay = 0.05
+        last: VMSnapError | None = None
+        while True:
+            try:
+                result = await with_deadline(
+                    freeze.agent.unquiesce(freeze.result.token),
+                    self.settings.call_timeout_seconds,
+                    "Unquiesce",
+                )
+            except VMSnapError as exc:
+                last = exc
+                if time.monotonic() >= freeze.ends_by:
+                    break
+                await asyncio.sleep(min(delay, max(0.0, freeze.ends_by - time.monotonic())))
+                delay = min(delay * 2, 1.0)
+                continue
+            freeze.thawed = True
+            freeze.frozen_seconds = time.monotonic() - freeze.started_mono
+            if not result.thawed_now:
+                freeze.ended = "the agent had thawed the VM by itself (lease ran out)"
+                return Aborted(
+                    "the freeze lease ran out before every group had cut: the agent thawed the "
+                    "VM by itself, so the groups may not share one point in time; retry, or "
+                    "raise quiesce_lease_seconds",
+                    reason="FREEZE_LEASE_EXPIRED",
+                )
+            freeze.ended = "thawed"
+            return None
+        # The agent never answered, and its lease has surely run out: it thawed the VM
+        # by itself (the contract). The cut may not be consistent: fail the take.
+        freeze.thawed = True
+        freeze.frozen_seconds = freeze.ends_by - freeze.started_mono
+        freeze.ended = "the agent did not answer the thaw; its lease ended, so it thawed by itself"
+        log.warning(
+            "thaw unconfirmed; lease over",
+            extra={"fields": {"operation": freeze.operation_id, "error": str(last)}},
+        )
+        return Aborted(
+            f"agent {freeze.agent_name} did not confirm the thaw ({last}); its freeze lease "
+            "has ended, so the VM thawed by itself, but the groups may not share one point in "
+            "time; retry",
+            reason="THAW_UNCONFIRMED",
+        )
+
+    async def thaw_recorded(
+        self, agent: HypervisorAgent | None, token: str, operation_id: str
+    ) -> str:
+        """Recovery: thaw what an interrupted operation may still hold (by its token
+        when journaled, else by operation id). Returns what really happened."""
+        if agent is None:
+            return "its agent is not registered; the agent's lease thaws the VM by itself"
+        try:
+            if token:
+                result = await with_deadline(
+                    agent.unquiesce(token), self.settings.call_timeout_seconds, "Unquiesce"
+                )
+            else:
+                result = await with_deadline(
+                    agent.unquiesce("", operation_id=operation_id),
+                    self.settings.call_timeout_seconds,
+                    "Unquiesce",
+                )
+        except VMSnapError as exc:
+            return (
+                f"the agent could not be reached to thaw ({exc.message}); its freeze lease "
+                "thaws the VM by itself, and the reconciler thaws it if it still holds"
+            )
+        if result.thawed_now:
+            return "the VM was frozen and is thawed now"
+        return "the VM was not frozen"
+
+
+__all__ = ["Freeze", "FreezeKeeper", "choose_method", "with_deadline"]

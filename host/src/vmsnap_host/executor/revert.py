@@ -1,0 +1,402 @@
+"""Revert: all or nothing across groups, across failures and crashes.
+
+With several groups (several arrays, or arrays and the hypervisor) a revert
+keeps the current state of every group first — the array's undo
+(``save_current_state``) where the driver offers REVERT_UNDO, else a safety
+snapshot the host takes — so that a partial failure can be undone. Each kept
+state is a catalog row (``kept_states``) journaled *before* it exists, and the
+operation journals its phase (``keeping`` → ``reverting``) before the side
+effects of that phase. After a failure, or after a crash at any point
+(:meth:`Revert.resume`), :meth:`Revert.settle` brings every group to the same
+side: back to the kept states when it can, else forward to the snapshot; when
+neither side can be reached now (an owner is down) the operation stays open and
+is settled again on the reconcile interval. Then the kept states are deleted,
+retried until their owners confirm. The operation's message says which side,
+and it is true.
+
+The contract makes this decidable for the array undo: a driver makes the undo
+snapshot before it changes any volume, so "no undo exists" means "not
+reverted" (driver.proto, RevertVMSnapshotRequest.save_current_state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from functools import partial
+from typing import TypeVar
+
+from vmsnap_host.config import Settings
+from vmsnap_host.executor.cleanup import Cleanup
+from vmsnap_host.executor.errors import OperationFailed, as_error, error_info, label, reworded
+from vmsnap_host.executor.freeze import with_deadline
+from vmsnap_host.executor.groups import GroupCalls
+from vmsnap_host.model import (
+    Group,
+    GroupKind,
+    KeptState,
+    OperationRecord,
+    Snapshot,
+    SnapshotState,
+)
+from vmsnap_host.registry import Registry
+from vmsnap_host.state import StaleMove
+from vmsnap_host.store import Store
+from vmsnap_sdk import VM, Capability, Consistency, VMState
+from vmsnap_sdk.errors import (
+    Aborted,
+    FailedPrecondition,
+    TransientError,
+    Unavailable,
+    VMSnapError,
+)
+
+log = logging.getLogger("vmsnap.host.revert")
+
+_T = TypeVar("_T")
+
+
+class Outcome(enum.Enum):
+    """What is known of one group's revert."""
+
+    REVERTED = 1
+    UNTOUCHED = 2  # a final error: the owner did not change anything
+    UNKNOWN = 3  # a transient error, a crash: it may have happened
+
+
+class Unsettled(Exception):
+    """Neither side can be reached now; the operation stays open and is retried."""
+
+
+class Revert:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        settings: Settings,
+        calls: GroupCalls,
+        cleanup: Cleanup,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.calls = calls
+        self.cleanup = cleanup
+
+    def _undo_capable(self, group: Group) -> bool:
+        if group.kind is not GroupKind.DRIVER:
+            return False
+        entry = self.registry.driver_entry(group.owner)
+        caps = entry.info.capabilities if entry and entry.info else frozenset()
+        return Capability.REVERT_UNDO in caps
+
+    # --- the operation ------------------------------------------------------------
+
+    async def run(self, op: OperationRecord, snap: Snapshot, stop_vm: bool) -> None:
+        """Bring the VM back to ``snap``: fully, or not at all (raises OperationFailed)."""
+        try:
+            # Compare-and-set when the work runs, not at admission: a delete queued
+            # before this revert makes it stale.
+            await self.store.write(
+                self.store.w_move(snap.id, SnapshotState.REVERTING),
+                self.store.w_journal(op.id, "starting", 5, phase="starting"),
+            )
+        except StaleMove:
+            now = self.store.get_snapshot(snap.id)
+            error = FailedPrecondition(
+                f"snapshot {snap.id} is {now.state.name if now else 'gone'} now; only a READY "
+                "snapshot can be reverted to",
+                reason="SNAPSHOT_STATE",
+            )
+            await self.store.write(self.store.w_finish(op.id, error_info(error), "failed"))
+            raise OperationFailed(error) from None
+        snap = replace(snap, state=SnapshotState.REVERTING)
+        try:
+            await self._run(op, snap, stop_vm)
+        except (OperationFailed, asyncio.CancelledError, Unsettled):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure ends on one side, with its cause
+            await self.settle(op, snap, as_error(exc, "revert"), {})
+
+    async def _run(self, op: OperationRecord, snap: Snapshot, stop_vm: bool) -> None:
+        agent = self.registry.agent(snap.agent)
+        vm = await with_deadline(
+            agent.describe_vm(snap.vm_id), self.settings.call_timeout_seconds, "DescribeVM"
+        )
+        if not snap.include_memory and vm.state is not VMState.STOPPED:
+            if not stop_vm:
+                await self._untouched(
+                    op,
+                    snap,
+                    FailedPrecondition(
+                        f"VM {vm.id} is {vm.state.name}; a disk-only revert needs it STOPPED: "
+                        f"stop it first (vmsnap vm stop {vm.id}) or pass --stop-vm",
+                        reason="VM_NOT_STOPPED",
+                    ),
+                )
+            await self.store.write(self.store.w_journal(op.id, "stopping the VM", 10, phase="stopping"))
+            vm = await with_deadline(
+                agent.stop_vm(vm.id, False), self.settings.call_timeout_seconds, "StopVM"
+            )
+        if snap.include_memory or len(snap.groups) == 1:
+            await self.store.write(self.store.w_journal(op.id, "reverting", 50, phase="reverting"))
+            await self.settle(op, snap, None, {}, vm=vm)
+            return
+        await self._run_many(op, snap, vm)
+
+    async def _run_many(self, op: OperationRecord, snap: Snapshot, vm: VM) -> None:
+        kept_id = f"{snap.id}-keep-{op.id[:8]}"
+        kept = [KeptState(kept_id, g.owner, g.kind, op.id, vm.id, snap.id) for g in snap.groups]
+        undo = {g.owner for g in snap.groups if self._undo_capable(g)}
+        # Journal every kept state before any exists.
+        await self.store.write(
+            *(self.store.w_keep(k) for k in kept),
+            self.store.w_journal(
+                op.id, "keeping the current state", 20, phase="keeping", undo=sorted(undo)
+            ),
+        )
+        safety = [(g, k) for g, k in zip(snap.groups, kept, strict=True) if g.owner not in undo]
+        outcomes = await asyncio.gather(
+            *(
+                self.calls.take(
+                    g,
+                    k.id,
+                    vm,
+                    name=f"{snap.name} (kept by a revert)",
+                    parameters={},
+                    include_memory=False,
+                    quiesced=False,
+                    consistency=Consistency.CRASH,
+                    deadline=self.settings.take_timeout_seconds,
+                )
+                for g, k in safety
+            ),
+            return_exceptions=True,
+        )
+        made = [
+            replace(k, result=o)
+            for (_, k), o in zip(safety, outcomes, strict=True)
+            if not isinstance(o, BaseException)
+        ]
+        if made:
+            await self.store.write(*(self.store.w_kept_result(k) for k in made))
+        failed = [
+            (g, o) for (g, _), o in zip(safety, outcomes, strict=True) if isinstance(o, BaseException)
+        ]
+        if failed:
+            group, exc = failed[0]
+            cause = as_error(exc, f"keeping the current state on {label(group)}")
+            await self._untouched(op, snap, cause, drop=kept)
+        # From here on a crash leaves the disks on an unknown side: settle decides.
+        await self.store.write(self.store.w_journal(op.id, "reverting", 50, phase="reverting"))
+        reverts = await asyncio.gather(
+            *(
+                self.calls.revert(g, snap.id, vm, undo_id=kept_id if g.owner in undo else "")
+                for g in snap.groups
+            ),
+            return_exceptions=True,
+        )
+        known: dict[str, Outcome] = {}
+        undos: list[KeptState] = []
+        first: VMSnapError | None = None
+        for g, k, o in zip(snap.groups, kept, reverts, strict=True):
+            if isinstance(o, BaseException):
+                known[g.owner] = (
+                    Outcome.UNTOUCHED
+                    if isinstance(o, VMSnapError) and o.final and not isinstance(o, Aborted)
+                    else Outcome.UNKNOWN
+                )
+                first = first or as_error(o, f"revert on {label(g)}")
+                continue
+            known[g.owner] = Outcome.REVERTED
+            if g.owner in undo and o is not None:
+                undos.append(replace(k, result=o))
+        if undos:
+            await self.store.write(*(self.store.w_kept_result(k) for k in undos))
+        if first is None:
+            await self._done(op, snap, "reverted")
+            return
+        await self.settle(op, snap, first, known, vm=vm)
+
+    # --- ends ---------------------------------------------------------------------
+
+    async def _untouched(
+        self,
+        op: OperationRecord,
+        snap: Snapshot,
+        cause: VMSnapError,
+        *,
+        drop: list[KeptState] | None = None,
+    ) -> None:
+        """Nothing was reverted: READY again, the operation failed; always raises."""
+        message = f"{cause.message}; nothing was reverted, the VM's disks are as they were"
+        error = reworded(cause, message)
+        await self.store.write(
+            self.store.w_move(snap.id, SnapshotState.READY),
+            self.store.w_finish(op.id, error_info(error), "failed"),
+        )
+        if drop:
+            await self._drop(op.id)
+        raise OperationFailed(error)
+
+    async def _done(self, op: OperationRecord, snap: Snapshot, step: str) -> None:
+        await self.store.write(
+            self.store.w_move(snap.id, SnapshotState.READY, current=True),
+            self.store.w_journal(op.id, step, 95, phase="reverted"),
+            self.store.w_finish(op.id, None, step),
+        )
+        await self._drop(op.id)
+
+    async def _drop(self, operation_id: str) -> None:
+        kept = self.store.kept_states(operation_id)
+        if kept:
+            await self.cleanup.drop_kept(kept)
+
+    # --- one side -----------------------------------------------------------------
+
+    async def settle(
+        self,
+        op: OperationRecord,
+        snap: Snapshot,
+        cause: VMSnapError | None,
+        known: Mapping[str, Outcome],
+        *,
+        vm: VM | None = None,
+    ) -> None:
+        """Bring every group to one side and record which; raises OperationFailed
+        when the VM is not at the snapshot, Unsettled when no side is reachable now."""
+        if vm is None:
+            vm = await with_deadline(
+                self.registry.agent(snap.agent).describe_vm(snap.vm_id),
+                self.settings.call_timeout_seconds,
+                "DescribeVM",
+            )
+        await self.store.write(self.store.w_journal(op.id, "bringing every disk to one side", 70))
+        kept = {k.owner: k for k in self.store.kept_states(op.id)}
+        back_error: VMSnapError | None = None
+        if cause is not None and kept:
+            try:
+                await self._back(snap, vm, kept, known)
+            except VMSnapError as exc:
+                back_error = exc
+            else:
+                message = f"revert failed ({cause.message}); every disk was put back as it was before the revert"
+                error = reworded(cause, message)
+                await self.store.write(
+                    self.store.w_move(snap.id, SnapshotState.READY),
+                    self.store.w_journal(op.id, "put back", 95, phase="back"),
+                    self.store.w_finish(op.id, error_info(error), "failed; put back"),
+                )
+                await self._drop(op.id)
+                raise OperationFailed(error)
+        try:
+            await self._forward(snap, vm, known)
+        except VMSnapError as exc:
+            parts = [f"revert: {exc.message}"]
+            if back_error is not None:
+                parts.append(f"putting the disks back failed too ({back_error.message})")
+            reason = "; ".join(parts)
+            await self.store.write(
+                self.store.w_journal(
+                    op.id, f"waiting to bring every disk to one side ({reason}); retried", 75
+                )
+            )
+            raise Unsettled(reason) from exc
+        await self._done(op, snap, "reverted" if cause is None else "reverted after a retry")
+
+    async def _back(
+        self, snap: Snapshot, vm: VM, kept: Mapping[str, KeptState], known: Mapping[str, Outcome]
+    ) -> None:
+        """Every group that may have changed goes back to its kept state."""
+        back: list[tuple[Group, KeptState]] = []
+        for g in snap.groups:
+            outcome = known.get(g.owner, Outcome.UNKNOWN)
+            if outcome is Outcome.UNTOUCHED:
+                continue
+            k = kept.get(g.owner)
+            if k is None:
+                raise FailedPrecondition(f"no kept state for {label(g)}", reason="NO_KEPT_STATE")
+            if k.result is None and g.kind is GroupKind.DRIVER:
+                # An array undo whose answer was lost: the driver made it before it
+                # changed anything, so none means nothing changed.
+                found = await self._retrying(partial(self.calls.find, g, k.id))
+                if found is None:
+                    if outcome is Outcome.REVERTED:
+                        raise FailedPrecondition(
+                            f"{label(g)} reverted without keeping its undo", reason="NO_KEPT_STATE"
+                        )
+                    continue
+                k = replace(k, result=found)
+                await self.store.write(self.store.w_kept_result(k))
+            back.append((g, k))
+        await asyncio.gather(
+            *(
+                self._retrying(partial(self.calls.revert, k.group, k.id, vm))
+                for _, k in back
+            )
+        )
+
+    async def _forward(self, snap: Snapshot, vm: VM, known: Mapping[str, Outcome]) -> None:
+        """Every group not known reverted goes (again) to the snapshot: idempotent."""
+        todo = [g for g in snap.groups if known.get(g.owner) is not Outcome.REVERTED]
+        outcomes = await asyncio.gather(
+            *(self._retrying(partial(self.calls.revert, g, snap.id, vm)) for g in todo),
+            return_exceptions=True,
+        )
+        for g, o in zip(todo, outcomes, strict=True):
+            if isinstance(o, BaseException):
+                raise as_error(o, label(g))
+
+    async def _retrying(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Retry what a retry can help, for up to the take timeout."""
+        give_up = time.monotonic() + self.settings.take_timeout_seconds
+        delay = 0.1
+        while True:
+            try:
+                return await call()
+            except (TransientError, Aborted):
+                if time.monotonic() + delay > give_up:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    # --- after a crash ------------------------------------------------------------
+
+    async def resume(self, op: OperationRecord, snap: Snapshot) -> None:
+        """Finish an interrupted revert on one side (recovery, or a retry after
+        Unsettled)."""
+        phase = str(op.journal.get("phase") or "")
+        if snap.state is not SnapshotState.REVERTING:
+            # Crashed before the compare-and-set: nothing was touched.
+            error = Aborted(
+                "the host restarted before this revert began; nothing was reverted; revert "
+                "again with a new request_id",
+                reason="HOST_RESTARTED",
+            )
+            await self.store.write(self.store.w_finish(op.id, error_info(error), "failed"))
+            raise OperationFailed(error)
+        if phase in ("", "starting", "stopping", "keeping"):
+            await self._untouched(
+                op,
+                snap,
+                Aborted(
+                    f"the host restarted while the revert was {phase or 'starting'}",
+                    reason="HOST_RESTARTED",
+                ),
+                drop=self.store.kept_states(op.id),
+            )
+        cause = Unavailable(
+            "the host restarted during the revert; it was finished on one side",
+            reason="HOST_RESTARTED",
+        )
+        if len(snap.groups) == 1 or snap.include_memory:
+            await self.settle(op, snap, None, {})
+            return
+        await self.settle(op, snap, cause, {})
+
+
+__all__ = ["Outcome", "Revert", "Unsettled"]

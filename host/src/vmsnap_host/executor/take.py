@@ -1,0 +1,342 @@
+"""Take: quiesce → every group at once → thaw → check → READY, or compensate.
+
+The steps (docs/design.md, "Take"): one durable write moves the snapshot
+ALLOCATED → CREATING, records every planned group as owed a delete and the
+volumes' owners, and journals the freeze method — all before any side effect.
+Then quiesce under a lease (renewed), TakeVMSnapshot on every group in
+parallel with deadlines inside the lease, thaw as soon as every group answered
+(retried until confirmed or the lease surely ended), check every result
+against the contract, poll results still post-processing (transient errors
+retried until the post-processing timeout), and commit READY, current, no
+owed deletes and the operation's end in one transaction. On any failure: thaw
+first, then DeleteVMSnapshot(same id) on every planned group whatever it
+answered, then ERROR with the cause — the operation finished in the same
+transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+from vmsnap_host.config import Settings
+from vmsnap_host.executor.cleanup import Cleanup
+from vmsnap_host.executor.errors import (
+    OperationFailed,
+    as_error,
+    error_info,
+    label,
+    reworded,
+)
+from vmsnap_host.executor.freeze import Freeze, FreezeKeeper, choose_method, with_deadline
+from vmsnap_host.executor.groups import GroupCalls
+from vmsnap_host.model import GroupKind, OperationRecord, QuiescePolicy, Snapshot, SnapshotState
+from vmsnap_host.planner import needs_freeze
+from vmsnap_host.registry import Registry
+from vmsnap_host.store import Store
+from vmsnap_host.store.writer import Step
+from vmsnap_sdk import Capability, Consistency, QuiesceMethod, SnapshotResult, VMState
+from vmsnap_sdk.errors import DeadlineExceeded, FailedPrecondition, TransientError, VMSnapError
+
+
+class Take:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        settings: Settings,
+        calls: GroupCalls,
+        cleanup: Cleanup,
+        freezes: FreezeKeeper,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.calls = calls
+        self.cleanup = cleanup
+        self.freezes = freezes
+
+    def _capabilities(self, driver_name: str) -> frozenset[Capability]:
+        entry = self.registry.driver_entry(driver_name)
+        return entry.info.capabilities if entry and entry.info else frozenset()
+
+    def _quiesce_method(self, snap: Snapshot) -> QuiesceMethod:
+        entry = self.registry.agent_entry(snap.agent)
+        offered = (entry.info.quiesce_methods if entry and entry.info else frozenset()) or (
+            frozenset(QuiesceMethod) - {QuiesceMethod.UNSPECIFIED}
+        )
+        return choose_method(snap.quiesce, offered, snap.agent)
+
+    async def run(self, op: OperationRecord, snap: Snapshot) -> Snapshot:
+        """Take a planned snapshot: READY, or ERROR and OperationFailed raised."""
+        try:
+            return await self._run(op, snap)
+        except VMSnapError as exc:
+            # Failed before any side effect (the VM's state, no quiesce method).
+            await self.fail(op, snap, exc, list(snap.warnings))
+            raise AssertionError("unreachable") from exc
+
+    async def _run(self, op: OperationRecord, snap: Snapshot) -> Snapshot:
+        agent = self.registry.agent(snap.agent)
+        vm = await with_deadline(
+            agent.describe_vm(snap.vm_id), self.settings.call_timeout_seconds, "DescribeVM"
+        )
+        if vm.state not in (VMState.RUNNING, VMState.STOPPED):
+            raise FailedPrecondition(
+                f"VM {vm.id} is {vm.state.name} now; it must be RUNNING or STOPPED",
+                reason="VM_STATE",
+            )
+        if snap.include_memory and vm.state is not VMState.RUNNING:
+            raise FailedPrecondition(
+                f"VM {vm.id} is {vm.state.name} now; a memory snapshot needs it RUNNING",
+                reason="VM_STATE",
+            )
+        capabilities = {
+            g.owner: self._capabilities(g.owner) for g in snap.groups if g.kind is GroupKind.DRIVER
+        }
+        freeze_needed = needs_freeze(
+            snap.groups, snap.quiesce, vm.state, capabilities, include_memory=snap.include_memory
+        )
+        method = self._quiesce_method(snap) if freeze_needed else None
+        warnings = list(snap.warnings)
+        planned = list(snap.groups)
+        owners = {
+            volume.locator: g.owner
+            for g in planned
+            if g.kind is GroupKind.DRIVER
+            for d in g.disks
+            if (volume := vm.volume(d)) is not None
+        }
+        creating = replace(snap, state=SnapshotState.CREATING)
+        # One durable write before any side effect: CREATING (compare-and-set from
+        # ALLOCATED), every planned group owed a delete until READY, the volumes'
+        # owners, the freeze method (recovery thaws by operation id if the host dies
+        # before the token is journaled).
+        await self.store.write(
+            self.store.w_move(snap.id, SnapshotState.CREATING, snapshot=creating, cleanup=planned),
+            self.store.w_set_owners(owners),
+            self.store.w_journal(
+                op.id,
+                "quiescing" if method is not None else f"taking {len(planned)} groups",
+                15 if method is not None else 30,
+                freeze_needed=freeze_needed,
+                called=[g.owner for g in planned],
+                **({"quiesce_method": method.name} if method is not None else {}),
+            ),
+        )
+        snap = creating
+
+        freeze: Freeze | None = None
+        outcomes: list[SnapshotResult | BaseException] = []
+        failure: VMSnapError | None = None
+        thaw_error: VMSnapError | None = None
+        try:
+            if method is not None:
+                freeze = await self.freezes.freeze(
+                    agent, snap.agent, vm.id, op.id, snap.quiesce, method
+                )
+                if freeze.result.warning:
+                    warnings.append(
+                        f"quiesce: {freeze.result.warning} "
+                        f"(achieved {freeze.result.consistency.name})"
+                    )
+            deadline = self.freezes.take_deadline(freeze)
+            consistency = freeze.result.consistency if freeze else Consistency.CRASH
+            # The token is journaled beside the takes rather than before them: the
+            # freeze happened before it could be written either way, and recovery
+            # can thaw by operation id without it. Overlapping keeps an fsync out of
+            # the freeze window.
+            token_saved = (
+                asyncio.ensure_future(
+                    self.store.write(
+                        self.store.w_journal(
+                            op.id,
+                            f"taking {len(planned)} groups",
+                            30,
+                            quiesce_token=freeze.result.token,
+                        )
+                    )
+                )
+                if freeze is not None
+                else None
+            )
+            outcomes = list(
+                await asyncio.gather(
+                    *(
+                        self.calls.take(
+                            g,
+                            snap.id,
+                            vm,
+                            name=snap.name,
+                            parameters=dict(snap.parameters),
+                            include_memory=snap.include_memory,
+                            quiesced=freeze is not None,
+                            consistency=consistency,
+                            deadline=deadline,
+                        )
+                        for g in planned
+                    ),
+                    return_exceptions=True,
+                )
+            )
+            if token_saved is not None:
+                await token_saved
+        except VMSnapError as exc:
+            failure = exc
+        finally:
+            # Thaw first, whatever happened (even a cancellation): never frozen past
+            # the take.
+            if freeze is not None:
+                thaw_error = await self.freezes.thaw(freeze)
+        if freeze is not None:
+            snap = replace(
+                snap, freeze_start=freeze.started, freeze_seconds=freeze.frozen_seconds
+            )
+        for group, outcome in zip(planned, outcomes, strict=False):
+            if isinstance(outcome, BaseException) and failure is None:
+                failure = as_error(outcome, label(group))
+        if failure is None and thaw_error is not None:
+            failure = thaw_error
+        results = {
+            g.owner: o for g, o in zip(planned, outcomes, strict=False) if isinstance(o, SnapshotResult)
+        }
+        groups = [g.with_result(results.get(g.owner)) for g in planned]
+        snap = replace(snap, groups=tuple(groups))
+        thaw_steps = (
+            [self.store.w_journal(op.id, "thawed", 60, quiesce_token="", thaw=freeze.ended)]
+            if freeze is not None
+            else []
+        )
+        if failure is not None:
+            await self.fail(op, snap, failure, warnings, extra=thaw_steps)
+
+        if not all(g.ready for g in snap.groups):
+            # Post-processing goes on after the thaw: keep the results before polling.
+            await self.store.write(*thaw_steps, self.store.w_save(snap))
+            thaw_steps = []
+            try:
+                snap = await self._await_ready(op, snap)
+            except VMSnapError as exc:
+                await self.fail(op, snap, exc, warnings)
+
+        achieved = self._achieved(snap, freeze, vm.state, warnings)
+        current = self.store.current_snapshot(snap.vm_id)
+        ready = replace(
+            snap,
+            state=SnapshotState.READY,
+            consistency=achieved,
+            warnings=tuple(dict.fromkeys(warnings)),
+            parent_id=current.id if current and current.id != snap.id else "",
+            current=True,
+        )
+        # READY and current, no owed deletes, the operation finished: one
+        # transaction, a compare-and-set from CREATING.
+        await self.store.write(
+            *thaw_steps,
+            self.store.w_move(snap.id, SnapshotState.READY, snapshot=ready, cleanup=[], current=True),
+            self.store.w_finish(op.id, None, "done"),
+        )
+        return ready
+
+    def _achieved(
+        self, snap: Snapshot, freeze: Freeze | None, vm_state: VMState, warnings: list[str]
+    ) -> Consistency:
+        # A result's consistency is what the driver achieved on its own; every group
+        # cut inside the freeze shares the freeze's consistency at least. A stopped
+        # VM's disks are consistent as they are.
+        if vm_state is VMState.STOPPED:
+            achieved = Consistency.APPLICATION
+        elif freeze is not None:
+            achieved = freeze.result.consistency
+        else:
+            achieved = min(
+                (g.result.consistency for g in snap.groups if g.result is not None),
+                default=Consistency.CRASH,
+            )
+        if (
+            snap.quiesce is not QuiescePolicy.OFF
+            and vm_state is VMState.RUNNING
+            and achieved < Consistency.FILESYSTEM
+            and not snap.include_memory
+        ):
+            warnings.append(
+                f"guest quiesce was asked ({snap.quiesce.name}) but the snapshot is only "
+                f"{achieved.name}-consistent"
+            )
+        return achieved
+
+    async def _await_ready(self, op: OperationRecord, snap: Snapshot) -> Snapshot:
+        """Poll results with ready=false. A transient error is retried until the
+        post-processing timeout: the snapshot was cut, one blip must not undo it."""
+        await self.store.write(self.store.w_journal(op.id, "post-processing", 70))
+        give_up = time.monotonic() + self.settings.post_processing_timeout_seconds
+        delay = 0.05
+        groups = list(snap.groups)
+        last: VMSnapError | None = None
+        while True:
+            for i, g in enumerate(groups):
+                if g.ready or g.kind is not GroupKind.DRIVER:
+                    continue
+                try:
+                    groups[i] = g.with_result(await self.calls.poll(g, snap.id))
+                except TransientError as exc:
+                    last = exc
+            snap = replace(snap, groups=tuple(groups))
+            if all(g.ready for g in groups):
+                return snap
+            if time.monotonic() > give_up:
+                pending = ", ".join(g.owner for g in groups if not g.ready)
+                detail = f" (last error: {last.message})" if last else ""
+                raise DeadlineExceeded(
+                    f"post-processing on {pending} did not finish within "
+                    f"{self.settings.post_processing_timeout_seconds:g} s{detail}",
+                    reason="POST_PROCESSING_TIMEOUT",
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def fail(
+        self,
+        op: OperationRecord,
+        snap: Snapshot,
+        cause: VMSnapError,
+        warnings: list[str],
+        *,
+        extra: Sequence[Step] = (),
+    ) -> None:
+        """Compensate (the VM is thawed already) and record ERROR; always raises
+        OperationFailed. Every planned group is owed a delete, whatever it answered."""
+        # Nothing was called before CREATING was committed.
+        owed = list(snap.groups) if snap.state is SnapshotState.CREATING else []
+        await self.store.write(
+            *extra,
+            self.store.w_set_cleanup(snap.id, owed),
+            self.store.w_journal(op.id, "rolling back", 80),
+        )
+        left = await self.cleanup.owed(snap.id, snap.vm_id)
+        message = f"take failed: {cause.message}"
+        if owed and snap.state is SnapshotState.CREATING:
+            message += f"; rolled back on {len(owed)} groups"
+        if left:
+            message += f"; delete still owed on {', '.join(left)} (retried in the background)"
+        error = reworded(cause, message)
+        await self.store.write(
+            self.store.w_move(
+                snap.id,
+                SnapshotState.ERROR,
+                snapshot=replace(
+                    snap,
+                    state=SnapshotState.ERROR,
+                    error=error_info(error),
+                    warnings=tuple(dict.fromkeys(warnings)),
+                    current=False,
+                ),
+            ),
+            self.store.w_finish(op.id, error_info(error), "failed"),
+        )
+        raise OperationFailed(error)
+
+
+__all__ = ["Take"]
