@@ -10,7 +10,9 @@ test can assert which RPCs arrived and what is left, even after killing it.
 ``barrier``: a take writes ``DIR/<name>`` and waits until ``--peers`` such
 files exist — two drivers each block until the other was called, which proves
 a parallel fan-out without measuring time. ``hang``: a take records the
-snapshot (the cut happened) and then never answers.
+snapshot (the cut happened) and then never answers. ``fail-after``: the first
+revert does its work, then answers UNAVAILABLE (the outcome is unknown to the
+caller); later calls answer normally.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class FakeDriver(StorageDriver):
         os.replace(tmp, self.o.state)
 
     def _fail(self, op: str) -> None:
-        if self.o.fail_on != op:
+        if self.o.fail_on != op or self.o.behaviour == "fail-after":
             return
         if self.o.behaviour == "fail-final":
             raise ResourceExhausted(f"{self.o.name}: no space left for the snapshot (test)")
@@ -182,6 +184,11 @@ class FakeDriver(StorageDriver):
         self._fail("revert")
         self.reverted.append(request.vm_snapshot_id)
         self._save()
+        if self.o.behaviour == "fail-after" and self.o.fail_on == "revert":
+            # The revert happened, then the answer was lost: outcome unknown to the
+            # host. Once: the link is back for the next call.
+            self.o.behaviour = "ok"
+            raise Unavailable(f"{self.o.name}: connection lost after the revert (test)")
         return RevertResult(undo=undo)
 
     async def delete_snapshot(self, vm_snapshot_id: str, snapshot: SnapshotResult | None) -> None:
@@ -202,7 +209,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--behaviour",
         default="ok",
-        choices=["ok", "fail-final", "fail-transient", "hang", "barrier"],
+        choices=["ok", "fail-final", "fail-transient", "fail-after", "hang", "barrier"],
     )
     parser.add_argument("--fail-on", default="take", choices=["take", "revert", "delete"])
     parser.add_argument("--barrier", type=Path)

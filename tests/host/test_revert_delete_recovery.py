@@ -142,11 +142,11 @@ async def test_restart_rolls_back_an_interrupted_take(rig: Rig) -> None:
         request_id="r-crashed",
         step="taking 3 groups",
     )
-    rig.store.create(crashed, op)
+    await rig.store.write(rig.store.w_create(crashed, op))
     from vmsnap_sdk import QuiesceMethod
 
     q = await rig.agent.quiesce("vm1", QuiesceMethod.OVERLAY, 30, True, "op-crashed")
-    rig.store.journal(op.id, "taking 3 groups", 30, quiesce_token=q.token)
+    await rig.store.write(rig.store.w_journal(op.id, "taking 3 groups", 30, quiesce_token=q.token))
     for d in rig.drivers.values():
         await d.take_snapshot(
             __import__("vmsnap_sdk").TakeRequest("crashed1", vm, (vm.volumes[0],))

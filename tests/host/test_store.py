@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from sqlalchemy import inspect, select, text
 
-from vmsnap_host.model import OperationRecord, OperationType, Snapshot, SnapshotState
+from vmsnap_host.model import ErrorInfo, OperationRecord, OperationType, Snapshot, SnapshotState
+from vmsnap_host.state import IllegalMove, OperationClosed, StaleMove
 from vmsnap_host.store import Store
 from vmsnap_host.store.schema import vm_snapshots
 
@@ -18,7 +21,7 @@ def test_migrations_run_once_and_set_wal_and_full_sync(tmp_path: Path) -> None:
     with store.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
     indexes = {i["name"] for i in inspect(store.engine).get_indexes("vm_snapshots")}
     assert {"ix_vm_snapshots_vm_seq", "ix_vm_snapshots_vm_name"} <= indexes
     store.close()
@@ -41,24 +44,84 @@ def test_listing_one_vm_uses_its_index(tmp_path: Path) -> None:
 
 def test_leases_belong_to_one_owner_until_they_expire(tmp_path: Path) -> None:
     store = Store.open_sqlite(tmp_path / "c.db")
-    assert store.acquire_lease("vm1", "replica-a", "op1", 30)
-    assert not store.acquire_lease("vm1", "replica-b", "op2", 30)
-    assert store.acquire_lease("vm1", "replica-a", "op3", 30)  # its own: renewable
-    store.release_lease("vm1", "replica-a")
-    assert store.acquire_lease("vm1", "replica-b", "op2", 0.0)
-    assert store.acquire_lease("vm1", "replica-a", "op4", 30)  # b's lease ran out
+    w = store.write_blocking
+    assert w(store.w_acquire_lease("vm1", "replica-a", "op1", 30))
+    assert not w(store.w_acquire_lease("vm1", "replica-b", "op2", 30))
+    assert w(store.w_acquire_lease("vm1", "replica-a", "op3", 30))  # its own: renewable
+    w(store.w_release_lease("vm1", "replica-a"))
+    assert w(store.w_acquire_lease("vm1", "replica-b", "op2", 0.0))
+    assert w(store.w_acquire_lease("vm1", "replica-a", "op4", 30))  # b's lease ran out
+    store.close()
+
+
+def test_a_lease_holder_that_lost_its_lease_is_fenced_off(tmp_path: Path) -> None:
+    store = Store.open_sqlite(tmp_path / "c.db")
+    w = store.write_blocking
+    fence_a = w(store.w_acquire_lease("vm1", "replica-a", "op1", 0.0))  # runs out at once
+    fence_b = w(store.w_acquire_lease("vm1", "replica-b", "op2", 30))  # b takes over
+    assert fence_b > fence_a
+    # a wakes up and renews with its old token: refused, it must stop its work
+    assert not w(store.w_renew_lease("vm1", "replica-a", fence_a, 30))
+    assert w(store.w_renew_lease("vm1", "replica-b", fence_b, 30))
+    # a's release does not free b's lease
+    w(store.w_release_lease("vm1", "replica-a", fence_a))
+    assert store.lease_owner("vm1") is not None
+    assert store.lease_owner("vm1")[0] == "replica-b"  # type: ignore[index]
+    store.close()
+
+
+def _snap_and_op(store: Store) -> None:
+    snap = Snapshot(id="s1", vm_id="vm1", name="n", state=SnapshotState.ALLOCATED, agent="sim-1")
+    op = OperationRecord(
+        id="o1", type=OperationType.CREATE, vm_id="vm1", vm_snapshot_id="s1", request_id="r1"
+    )
+    store.write_blocking(store.w_create(snap, op))
+
+
+def test_every_state_change_is_a_compare_and_set_from_the_table(tmp_path: Path) -> None:
+    store = Store.open_sqlite(tmp_path / "c.db")
+    _snap_and_op(store)
+    w = store.write_blocking
+    w(store.w_move("s1", SnapshotState.CREATING))
+    # READY may not be entered from ALLOCATED any more: the row is CREATING now
+    with pytest.raises(StaleMove):
+        w(store.w_move("s1", SnapshotState.CREATING))
+    # a move the table does not allow at all is a bug, refused before the statement
+    with pytest.raises(IllegalMove):
+        store.w_move("s1", SnapshotState.REVERTING, only=frozenset({SnapshotState.CREATING}))
+    w(store.w_move("s1", SnapshotState.READY))
+    w(store.w_move("s1", SnapshotState.EXPUNGING))
+    # a revert queued before the delete ran finds the snapshot EXPUNGING: refused,
+    # and the row is unchanged
+    with pytest.raises(StaleMove):
+        w(store.w_move("s1", SnapshotState.REVERTING))
+    got = store.get_snapshot("s1")
+    assert got is not None and got.state is SnapshotState.EXPUNGING
+    # a save of a snapshot read in an older state is refused too
+    with pytest.raises(StaleMove):
+        w(store.w_save(replace(got, state=SnapshotState.READY, description="stale")))
+    store.close()
+
+
+def test_an_operation_is_finished_once_and_then_closed_to_writes(tmp_path: Path) -> None:
+    store = Store.open_sqlite(tmp_path / "c.db")
+    _snap_and_op(store)
+    w = store.write_blocking
+    w(store.w_finish("o1", None, "done"))
+    with pytest.raises(OperationClosed):
+        w(store.w_finish("o1", ErrorInfo(10, "late"), "failed"))
+    with pytest.raises(OperationClosed):
+        w(store.w_journal("o1", "stale step", 50))
+    got = store.get_operation("o1")
+    assert got is not None and got.error is None and got.step == "done"
     store.close()
 
 
 def test_a_snapshot_and_its_operation_are_written_together(tmp_path: Path) -> None:
     store = Store.open_sqlite(tmp_path / "c.db")
-    snap = Snapshot(id="s1", vm_id="vm1", name="n", state=SnapshotState.ALLOCATED, agent="sim-1")
-    op = OperationRecord(
-        id="o1", type=OperationType.CREATE, vm_id="vm1", vm_snapshot_id="s1", request_id="r1"
-    )
-    store.create(snap, op)
-    store.journal("o1", "quiescing", 10, quiesce_token="q-1")
-    store.journal("o1", "taking", 30, called=["a"])
+    _snap_and_op(store)
+    store.write_blocking(store.w_journal("o1", "quiescing", 10, quiesce_token="q-1"))
+    store.write_blocking(store.w_journal("o1", "taking", 30, called=["a"]))
     got = store.get_operation("o1")
     assert got is not None and got.journal == {"quiesce_token": "q-1", "called": ["a"]}
     assert [o.id for o in store.unfinished_operations()] == ["o1"]

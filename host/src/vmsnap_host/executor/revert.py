@@ -205,12 +205,15 @@ class Revert:
         first: VMSnapError | None = None
         for g, k, o in zip(snap.groups, kept, reverts, strict=True):
             if isinstance(o, BaseException):
+                error = as_error(o, f"revert on {label(g)}")
+                # A final code means the owner changed nothing (a host-side bug is
+                # INTERNAL: the call never reached the owner intact).
                 known[g.owner] = (
                     Outcome.UNTOUCHED
-                    if isinstance(o, VMSnapError) and o.final and not isinstance(o, Aborted)
+                    if error.final and not isinstance(error, Aborted)
                     else Outcome.UNKNOWN
                 )
-                first = first or as_error(o, f"revert on {label(g)}")
+                first = first or error
                 continue
             known[g.owner] = Outcome.REVERTED
             if g.owner in undo and o is not None:
@@ -333,12 +336,13 @@ class Revert:
                 k = replace(k, result=found)
                 await self.store.write(self.store.w_kept_result(k))
             back.append((g, k))
-        await asyncio.gather(
-            *(
-                self._retrying(partial(self.calls.revert, k.group, k.id, vm))
-                for _, k in back
-            )
+        outcomes = await asyncio.gather(
+            *(self._retrying(partial(self.calls.revert, k.group, k.id, vm)) for _, k in back),
+            return_exceptions=True,
         )
+        for (g, _), o in zip(back, outcomes, strict=True):
+            if isinstance(o, BaseException):
+                raise as_error(o, f"putting back {label(g)}")
 
     async def _forward(self, snap: Snapshot, vm: VM, known: Mapping[str, Outcome]) -> None:
         """Every group not known reverted goes (again) to the snapshot: idempotent."""
