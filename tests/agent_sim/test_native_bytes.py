@@ -228,10 +228,11 @@ async def call_then_kill(sim: SimProc, delay: float, call: str) -> bool:
     client = own_client(sim)
     try:
         await client.describe_vm("vm-k")  # connected: the call below goes out at once
-        if call == "revert":
-            task = asyncio.ensure_future(client.revert_native_snapshot("vm-k", "snap-a"))
-        else:
-            task = asyncio.ensure_future(client.take_native_snapshot("vm-k", "snap-t", [], False))
+        task: asyncio.Future[object] = asyncio.ensure_future(
+            client.revert_native_snapshot("vm-k", "snap-a")
+            if call == "revert"
+            else client.take_native_snapshot("vm-k", "snap-t", [], False)
+        )
         await asyncio.sleep(delay)
         done = task.done() and task.exception() is None
         sim.kill()
