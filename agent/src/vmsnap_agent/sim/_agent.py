@@ -335,9 +335,13 @@ class SimAgent(HypervisorAgent):
         for disk, path, size in files:
             _disks.ensure_disk(path, size)
             _disks.copy_durably(path, self._copies.copy_of(vm_id, snapshot_id, disk))
-        if files:
-            _disks.fsync_dir(self._copies.root)
-            _disks.fsync_dir(self._copies.snapshot_dir(vm_id, snapshot_id).parent)
+        if files:  # the new directories too, before the record names them
+            for directory in (
+                self._copies.snapshot_dir(vm_id, snapshot_id).parent,
+                self._copies.root,
+                self._copies.state_dir,
+            ):
+                _disks.fsync_dir(directory)
 
     def _stage_revert(
         self, vm_id: str, snapshot_id: str, files: list[tuple[str, Path, int]]
