@@ -81,7 +81,7 @@ async def test_unquiesce_after_agent_restart(
     scratch = await _start(hv, workdir, "rs")
     state = workdir / "state"
 
-    res = await hv.quiesce("rs", QuiesceMethod.OVERLAY, lease_seconds=120)
+    res = await hv.quiesce("rs", QuiesceMethod.OVERLAY, lease_seconds=120, operation_id="op-rs")
     await qemu_io(hv, "rs", "scratch", "write -P 0x77 8192 4096")
     overlays = [Path(d.active_path) for d in (await hv.describe_vm("rs")).disks]
     await hv.close()  # the agent process "dies"; QEMU keeps running
@@ -89,8 +89,12 @@ async def test_unquiesce_after_agent_restart(
     async with QemuHypervisor(state, guest=guest_image) as hv2:
         info = await hv2.describe_vm("rs")
         assert info.quiesce_token == res.token  # re-attached through pidfile + QMP
-        await hv2.unquiesce(res.token)
-        await hv2.unquiesce(res.token)
+        # The operation is remembered: a host that lost the token can thaw by it.
+        assert [(r.token, r.operation_id) for r in hv2.list_quiesces()] == [(res.token, "op-rs")]
+        assert [r.token for r in await hv2.unquiesce_operation("op-rs")] == [res.token]
+        assert await hv2.unquiesce_operation("op-rs") == []
+        assert await hv2.unquiesce(res.token) is None
+        assert hv2.list_quiesces() == []
         assert not any(p.exists() for p in overlays)
         assert read_at(scratch, 8192, 4096) == b"\x77" * 4096
 
@@ -121,6 +125,8 @@ async def test_vm_dies_while_quiesced(hv: QemuHypervisor, workdir: Path) -> None
 
     await wait_until(stopped)
     assert read_at(scratch, 0, 4096) == b"\0" * 4096  # the write is still in the overlay
+    # Overlays not committed yet: the freeze is still listed, whatever its lease.
+    assert [r.token for r in hv.list_quiesces("crash")] == [res.token]
 
     # Arrays may still be copying the bases: nothing touches them before unquiesce.
     with pytest.raises(VmFrozen):
@@ -128,6 +134,7 @@ async def test_vm_dies_while_quiesced(hv: QemuHypervisor, workdir: Path) -> None
     assert (await hv.unquiesce(res.token)) is not None  # qemu-img commit, offline
     assert read_at(scratch, 0, 4096) == b"\x3c" * 4096
     assert not any(p.exists() for p in overlays)
+    assert hv.list_quiesces() == []
     await hv.start_vm("crash")
     assert (await hv.describe_vm("crash")).quiesce_token is None
 

@@ -47,12 +47,22 @@ async def test_contract_round_trip(client: AgentClient, hv: QemuHypervisor, work
                 Volume("data", f"file://{workdir}/data.img"),
                 # Created by the agent: a missing image with a size.
                 Volume("root", "element://c1/42", 64 << 20, "qcow2"),
+                Volume("local", f"file://{workdir}/local.qcow2", 16 << 20, "qcow2"),
             ),
         )
     )
+    # Only the agent's own qcow2 image is kept by a native snapshot: not a raw
+    # image (no internal snapshots), not an array's volume (even in qcow2).
+    expected = {"data": False, "root": False, "local": True}
+    assert {v.disk: v.native_snapshot for v in vm.volumes} == expected
+    described = await client.describe_vm("web-1.example")
+    assert {v.disk: v.native_snapshot for v in described.volumes} == expected
     assert vm.state is VMState.STOPPED
     assert (workdir / "element" / "42").exists()
-    assert [v.locator for v in vm.volumes] == [f"file://{workdir}/data.img", "element://c1/42"]
+    assert [v.locator for v in vm.volumes][:2] == [
+        f"file://{workdir}/data.img",
+        "element://c1/42",
+    ]
     with pytest.raises(InvalidArgument):
         await client.define_vm(VM(id="bad", volumes=(Volume("d", "ontap://svm/vol/x"),)))
 
@@ -78,6 +88,19 @@ async def test_contract_round_trip(client: AgentClient, hv: QemuHypervisor, work
     assert not (await client.unquiesce(q.token)).thawed_now
     with pytest.raises(NotFound):
         await client.renew_quiesce(q.token, 10)
+
+    # Listed with its operation while in force; thawed by that operation alone.
+    q = await client.quiesce("web-1.example", QuiesceMethod.OVERLAY, 60, False, "op-3")
+    listed = await client.list_quiesces()
+    assert [(x.token, x.vm_id, x.operation_id, x.method) for x in listed] == [
+        (q.token, "web-1.example", "op-3", QuiesceMethod.OVERLAY)
+    ]
+    assert listed[0].expire_time == q.expire_time
+    assert await client.list_quiesces("other-vm") == []
+    assert not (await client.unquiesce("", operation_id="op-1")).thawed_now
+    assert (await client.unquiesce("", operation_id="op-3")).thawed_now
+    assert not (await client.unquiesce("", operation_id="op-3")).thawed_now
+    assert await client.list_quiesces() == []
 
     snap = await client.take_native_snapshot("web-1.example", "n1", ["root"], False)
     assert snap.disks == ("root",) and not snap.include_memory

@@ -9,6 +9,7 @@ import pytest
 
 from vmsnap_agent.qemu import Consistency, DiskFormat, DiskSpec, InvalidSpec, VmSpec
 from vmsnap_agent.qemu.model import QuiesceMethod, QuiesceRecord, parse_nbd_url
+from vmsnap_agent.qemu.native import holds_bytes
 from vmsnap_agent.qemu.process import VmPaths, blockdev_options
 from vmsnap_agent.qemu.quiesce import plan_overlays
 from vmsnap_agent.qemu.statefile import read_json, write_json_atomic
@@ -21,6 +22,23 @@ def test_nbd_urls() -> None:
     assert (unix.socket, unix.export) == ("/run/nbd.sock", "vol42")
     with pytest.raises(InvalidSpec):
         parse_nbd_url("nbd+unix:///vol42")
+
+
+def test_only_the_agents_own_qcow2_images_are_kept_by_a_native_snapshot() -> None:
+    qcow2 = DiskFormat.QCOW2
+    kept = [
+        DiskSpec("a", "/d/a.qcow2", qcow2, locator="file:///d/a.qcow2"),
+        DiskSpec("b", "/d/b.qcow2", qcow2),  # a bare path given to the library
+    ]
+    not_kept = [
+        DiskSpec("c", "/d/c.img", DiskFormat.RAW, locator="file:///d/c.img"),  # no snapshots
+        DiskSpec("d", "nbd://127.0.0.1:10809/v", qcow2, locator="element://c1/42"),
+        # An array's file, mapped to its export: the array owns it, even as qcow2.
+        DiskSpec("e", "/srv/ontap/svm0/vol1/e.qcow2", qcow2, locator="ontap://svm0/vol1/e.qcow2"),
+        DiskSpec("f", "/d/f.qcow2", qcow2, locator="file:///d/f.qcow2", read_only=True),
+    ]
+    assert [holds_bytes(d) for d in kept] == [True, True]
+    assert [holds_bytes(d) for d in not_kept] == [False] * 4
 
 
 def test_blockdev_for_file_and_nbd() -> None:

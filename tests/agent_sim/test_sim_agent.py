@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.procs import Proc, wait_serving
+from tests.agent_sim.simproc import SimProc
 from vmsnap_agent.sim import NO_FREEZE_HOOK, NO_GUEST_AGENT, freeze_of, frozen, load_state
 from vmsnap_agent.sim._store import Store, VMRecord
 from vmsnap_sdk import VM, AgentClient, Consistency, Page, QuiesceMethod, VMState, Volume
@@ -23,63 +21,6 @@ from vmsnap_sdk.errors import (
     InvalidArgument,
     NotFound,
 )
-
-
-class SimProc:
-    """A ``vmsnap-agent --hypervisor sim`` process on a unix socket, restartable."""
-
-    def __init__(self, sockdir: Path, state: Path, log: Path) -> None:
-        self.address = f"unix://{sockdir}/agent.sock"
-        self.state = state
-        self.log = log
-        self.proc: Proc | None = None
-
-    def start(self) -> None:
-        self.proc = Proc(
-            [
-                sys.executable,
-                "-m",
-                "vmsnap_agent.cli",
-                "--hypervisor",
-                "sim",
-                "--listen",
-                self.address,
-                "--state",
-                str(self.state),
-                "--name",
-                "sim-test",
-            ],
-            self.log,
-        )
-        wait_serving(self.address)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.signal(signal.SIGKILL)
-        self.proc.stop()  # reaps it and closes its log; SIGTERM is not sent to the dead
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        return self.proc.stop()
-
-
-@pytest.fixture
-def sim(sockdir: Path, tmp_path: Path) -> Iterator[SimProc]:
-    proc = SimProc(sockdir, tmp_path / "state", tmp_path / "agent.log")
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-async def agent(sim: SimProc) -> AsyncIterator[AgentClient]:
-    client = AgentClient.connect(sim.address, timeout=10)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def a_vm(vm_id: str, name: str = "") -> VM:

@@ -35,6 +35,7 @@ from vmsnap_sdk import (
     Operation,
     Page,
     ProbeResult,
+    QuiesceInfo,
     QuiesceMethod,
     QuiesceResult,
     RevertRequest,
@@ -207,8 +208,11 @@ class GuardedAgent(HypervisorAgent):
     async def renew_quiesce(self, token: str, lease_seconds: float) -> datetime:
         return await self._run(lambda a: a.renew_quiesce(token, lease_seconds))
 
-    async def unquiesce(self, token: str) -> UnquiesceResult:
-        return await self._run(lambda a: a.unquiesce(token))
+    async def unquiesce(self, token: str, operation_id: str = "") -> UnquiesceResult:
+        return await self._run(lambda a: a.unquiesce(token, operation_id))
+
+    async def list_quiesces(self, vm_id: str = "") -> Sequence[QuiesceInfo]:
+        return await self._run(lambda a: a.list_quiesces(vm_id))
 
     async def take_native_snapshot(
         self, vm_id: str, snapshot_id: str, disks: Sequence[str], include_memory: bool

@@ -19,6 +19,7 @@ from vmsnap_sdk._types import (
     Consistency,
     NativeSnapshot,
     Page,
+    QuiesceInfo,
     QuiesceMethod,
     QuiesceResult,
     UnquiesceResult,
@@ -131,14 +132,26 @@ class AgentClient(HypervisorAgent):
         )
         return response.expire_time.ToDatetime(tzinfo=UTC)
 
-    async def unquiesce(self, token: str, *, timeout: float | None = None) -> UnquiesceResult:
+    async def unquiesce(
+        self, token: str, operation_id: str = "", *, timeout: float | None = None
+    ) -> UnquiesceResult:
         response = await call(
-            self._stub.Unquiesce, pb.UnquiesceRequest(token=token), self._t(timeout)
+            self._stub.Unquiesce,
+            pb.UnquiesceRequest(token=token, operation_id=operation_id),
+            self._t(timeout),
         )
         return UnquiesceResult(
             frozen_for_seconds=response.frozen_for.ToNanoseconds() / 1e9,
             thawed_now=response.thawed_now,
         )
+
+    async def list_quiesces(
+        self, vm_id: str = "", *, timeout: float | None = None
+    ) -> Sequence[QuiesceInfo]:
+        response = await call(
+            self._stub.ListQuiesces, pb.ListQuiescesRequest(vm_id=vm_id), self._t(timeout)
+        )
+        return [cv.quiesce_info_from_pb(q) for q in response.quiesces]
 
     async def take_native_snapshot(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, TypeAlias
 
 import grpc
@@ -9,7 +10,7 @@ from google.protobuf import duration_pb2
 
 from vmsnap_sdk import _convert as cv
 from vmsnap_sdk import _validate as val
-from vmsnap_sdk._errors import InvalidArgument
+from vmsnap_sdk._errors import InvalidArgument, Unimplemented
 from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.hypervisor.v1 import hypervisor_pb2 as pb
 from vmsnap_sdk._proto.hypervisor.v1 import hypervisor_pb2_grpc
@@ -41,6 +42,9 @@ class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
 
     def __init__(self, agent: HypervisorAgent) -> None:
         self._agent = agent
+        # An agent written before thaw-by-operation overrides unquiesce(token)
+        # alone: it gets UNIMPLEMENTED for that form, not a TypeError.
+        self._thaws_by_operation = "operation_id" in inspect.signature(agent.unquiesce).parameters
 
     async def GetAgentInfo(  # noqa: N802
         self, request: pb.GetAgentInfoRequest, context: Ctx
@@ -164,13 +168,41 @@ class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
         self, request: pb.UnquiesceRequest, context: Ctx
     ) -> pb.UnquiesceResponse:
         async def run() -> pb.UnquiesceResponse:
-            val.require_text("token", request.token, 256)
-            result = await self._agent.unquiesce(request.token)
+            if request.token and request.operation_id:
+                raise InvalidArgument.for_field(
+                    "operation_id",
+                    "must be empty when token is set: thaw by token or by operation, not both",
+                )
+            if request.token:
+                val.require_text("token", request.token, 256)
+                result = await self._agent.unquiesce(request.token)
+            elif request.operation_id:
+                val.require_id("operation_id", request.operation_id)
+                if not self._thaws_by_operation:
+                    raise Unimplemented(
+                        "this agent cannot thaw by operation id; pass the token from Quiesce"
+                    )
+                result = await self._agent.unquiesce("", operation_id=request.operation_id)
+            else:
+                raise InvalidArgument.for_field(
+                    "token", "is required (or operation_id, to thaw every freeze of an operation)"
+                )
             return pb.UnquiesceResponse(
                 frozen_for=_seconds_to_pb(result.frozen_for_seconds), thawed_now=result.thawed_now
             )
 
         return await invoke(context, "Unquiesce", run)
+
+    async def ListQuiesces(  # noqa: N802
+        self, request: pb.ListQuiescesRequest, context: Ctx
+    ) -> pb.ListQuiescesResponse:
+        async def run() -> pb.ListQuiescesResponse:
+            if request.vm_id:
+                val.require_id("vm_id", request.vm_id)
+            quiesces = await self._agent.list_quiesces(request.vm_id)
+            return pb.ListQuiescesResponse(quiesces=[cv.quiesce_info_to_pb(q) for q in quiesces])
+
+        return await invoke(context, "ListQuiesces", run)
 
     async def TakeNativeSnapshot(  # noqa: N802
         self, request: pb.TakeNativeSnapshotRequest, context: Ctx

@@ -38,13 +38,21 @@ def ts_from_pb(message: timestamp_pb2.Timestamp, present: bool = True) -> dateti
 
 def volume_to_pb(v: t.Volume) -> common_pb2.Volume:
     return common_pb2.Volume(
-        disk=v.disk, locator=v.locator, size_bytes=v.size_bytes, format=v.format
+        disk=v.disk,
+        locator=v.locator,
+        size_bytes=v.size_bytes,
+        format=v.format,
+        native_snapshot=v.native_snapshot,
     )
 
 
 def volume_from_pb(m: common_pb2.Volume) -> t.Volume:
     return t.Volume(
-        disk=m.disk, locator=m.locator, size_bytes=m.size_bytes, format=m.format or "raw"
+        disk=m.disk,
+        locator=m.locator,
+        size_bytes=m.size_bytes,
+        format=m.format or "raw",
+        native_snapshot=m.native_snapshot,
     )
 
 
@@ -220,4 +228,29 @@ def native_from_pb(m: hypervisor_pb2.NativeSnapshot) -> t.NativeSnapshot:
         include_memory=m.include_memory,
         create_time=ts_from_pb(m.create_time, m.HasField("create_time")),
         size_bytes=m.size_bytes,
+    )
+
+
+def quiesce_info_to_pb(q: t.QuiesceInfo) -> hypervisor_pb2.Quiesce:
+    message = hypervisor_pb2.Quiesce(
+        token=q.token,
+        vm_id=q.vm_id,
+        operation_id=q.operation_id,
+        method=hypervisor_pb2.QuiesceMethod.ValueType(q.method.value),
+    )
+    for name, value in (("start_time", q.start_time), ("expire_time", q.expire_time)):
+        stamp = ts_to_pb(value)
+        if stamp is not None:
+            getattr(message, name).CopyFrom(stamp)
+    return message
+
+
+def quiesce_info_from_pb(m: hypervisor_pb2.Quiesce) -> t.QuiesceInfo:
+    return t.QuiesceInfo(
+        token=m.token,
+        vm_id=m.vm_id,
+        operation_id=m.operation_id,
+        method=_enum(t.QuiesceMethod, m.method),
+        start_time=ts_from_pb(m.start_time, m.HasField("start_time")),
+        expire_time=ts_from_pb(m.expire_time, m.HasField("expire_time")),
     )

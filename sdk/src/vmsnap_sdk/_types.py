@@ -74,12 +74,20 @@ class QuiesceMethod(enum.Enum):
 
 @dataclass(frozen=True)
 class Volume:
-    """One disk of a VM and where it lives (``locator`` is a URI)."""
+    """One disk of a VM and where it lives (``locator`` is a URI).
+
+    ``native_snapshot`` is set by hypervisor agents when describing a VM: True
+    when the agent's native snapshot really keeps this disk's bytes (a revert to
+    it restores them), False for a disk the agent only points at (an array LUN
+    over NBD/iSCSI, a file on an array's export). It is not part of a volume's
+    identity: two volumes that differ only there compare equal.
+    """
 
     disk: str
     locator: str
     size_bytes: int = 0
     format: str = "raw"
+    native_snapshot: bool = field(default=False, compare=False)
 
     @property
     def scheme(self) -> str:
@@ -242,6 +250,22 @@ class QuiesceResult:
     consistency: Consistency
     method: QuiesceMethod
     warning: str = ""
+
+
+@dataclass(frozen=True)
+class QuiesceInfo:
+    """A freeze in force, as ``list_quiesces`` reports it.
+
+    Listed until the agent has fully undone it (guest thawed, overlays committed
+    back), so ``expire_time`` may lie in the past for a freeze whose undo failed.
+    """
+
+    token: str
+    vm_id: str
+    operation_id: str = ""
+    method: QuiesceMethod = QuiesceMethod.UNSPECIFIED
+    start_time: datetime | None = None
+    expire_time: datetime | None = None
 
 
 @dataclass(frozen=True)

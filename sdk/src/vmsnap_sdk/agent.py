@@ -17,6 +17,7 @@ from vmsnap_sdk._types import (
     AgentInfo,
     NativeSnapshot,
     Page,
+    QuiesceInfo,
     QuiesceMethod,
     QuiesceResult,
     UnquiesceResult,
@@ -71,8 +72,22 @@ class HypervisorAgent(abc.ABC):
         """Extend the lease; NotFound when the token is unknown or already thawed."""
 
     @abc.abstractmethod
-    async def unquiesce(self, token: str) -> UnquiesceResult:
-        """Thaw; idempotent (unknown token → thawed_now=False)."""
+    async def unquiesce(self, token: str, operation_id: str = "") -> UnquiesceResult:
+        """Thaw; idempotent (unknown token → thawed_now=False).
+
+        Exactly one of the two is set (the server adapter enforces it). With
+        ``operation_id`` (and an empty ``token``) thaw every freeze that the
+        quiesce of that operation made: how a host that lost the token (it
+        crashed before recording it) still ends its freezes. None held by the
+        operation is fine: thawed_now=False. ``thawed_now`` is True when at
+        least one was thawed by this call, ``frozen_for_seconds`` the longest.
+        """
+
+    async def list_quiesces(self, vm_id: str = "") -> Sequence[QuiesceInfo]:
+        """The freezes in force on a VM (every VM when ``vm_id`` is empty), each
+        with the ``operation_id`` its quiesce was given; a freeze stays listed
+        until it is fully undone (overlays committed), even past its lease."""
+        raise Unimplemented("ListQuiesces is not offered by this agent")
 
     @abc.abstractmethod
     async def take_native_snapshot(

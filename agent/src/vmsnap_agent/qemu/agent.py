@@ -16,6 +16,12 @@ Contract choices specific to QEMU:
   back to overlays (crash consistent, with a warning). Unlike doing nothing, the
   overlays still cut every disk at one instant, which a plan spanning several
   arrays needs.
+* ``Volume.native_snapshot`` is true only for a disk whose internal snapshots
+  restore its bytes: a writable qcow2 image of a ``file://`` locator
+  (:func:`native.holds_bytes`); an array's disk (NBD export, file on an array's
+  export) is false even when QEMU could write an internal snapshot into it.
+* Freezes are listed (ListQuiesces) until fully undone, overlays committed
+  included; Unquiesce by ``operation_id`` resolves every one its quiesce made.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from vmsnap_sdk import (
     HypervisorAgent,
     NativeSnapshot,
     Page,
+    QuiesceInfo,
     QuiesceMethod,
     QuiesceResult,
     UnquiesceResult,
@@ -126,7 +133,14 @@ class QemuAgent(HypervisorAgent):
             name=info.name,
             state=state,
             volumes=tuple(
-                Volume(d.name, d.locator, d.size_bytes, str(d.format)) for d in info.disks
+                Volume(
+                    d.name,
+                    d.locator,
+                    d.size_bytes,
+                    str(d.format),
+                    native_snapshot=d.native_snapshot,
+                )
+                for d in info.disks
             ),
             memory_mib=info.memory_mib,
             agent=self.name,
@@ -226,16 +240,34 @@ class QemuAgent(HypervisorAgent):
         with _contract_errors():
             return _dt((await self.hv.renew_quiesce(token, lease_seconds)).expires_at)
 
-    async def unquiesce(self, token: str) -> UnquiesceResult:
+    async def unquiesce(self, token: str, operation_id: str = "") -> UnquiesceResult:
         with _contract_errors():
-            done = await self.hv.unquiesce(token)
-        if done is None:
+            if token:
+                one = await self.hv.unquiesce(token)
+                done = [one] if one is not None else []
+            else:
+                done = await self.hv.unquiesce_operation(operation_id)
+        if not done:
             return UnquiesceResult(frozen_for_seconds=0.0, thawed_now=False)
         # How long the disks were held stable (the guest itself may have been frozen
         # for milliseconds only, see quiesce.py).
-        return UnquiesceResult(
-            frozen_for_seconds=max(0.0, time.time() - done.started_at), thawed_now=True
-        )
+        longest = max(time.time() - d.started_at for d in done)
+        return UnquiesceResult(frozen_for_seconds=max(0.0, longest), thawed_now=True)
+
+    async def list_quiesces(self, vm_id: str = "") -> Sequence[QuiesceInfo]:
+        with _contract_errors():
+            records = self.hv.list_quiesces(vm_id or None)
+        return [
+            QuiesceInfo(
+                token=r.token,
+                vm_id=r.vm_id,
+                operation_id=r.operation_id,
+                method=_SDK_METHODS[r.method],
+                start_time=_dt(r.started_at) if r.started_at else None,
+                expire_time=_dt(r.expires_at),
+            )
+            for r in sorted(records, key=lambda r: r.vm_id)
+        ]
 
     # --- native snapshots --------------------------------------------------------
 
@@ -269,7 +301,13 @@ class QemuAgent(HypervisorAgent):
 
     async def list_native_snapshots(self, vm_id: str) -> Sequence[NativeSnapshot]:
         with _contract_errors():
-            vm_ids = [vm_id] if vm_id else [v.vm_id for v in await self.hv.list_vms()]
-            return [
-                self._native(i, s) for i in vm_ids for s in await self.hv.list_native_snapshots(i)
-            ]
+            if vm_id:
+                return [self._native(vm_id, s) for s in await self.hv.list_native_snapshots(vm_id)]
+            found = []
+            for vm in await self.hv.list_vms():
+                try:
+                    snaps = await self.hv.list_native_snapshots(vm.vm_id)
+                except e.VmNotFound:  # undefined meanwhile
+                    continue
+                found += [self._native(vm.vm_id, s) for s in snaps]
+            return found

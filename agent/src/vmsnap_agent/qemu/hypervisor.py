@@ -375,6 +375,7 @@ class QemuHypervisor:
                     active_path=active[d.name],
                     format=d.format,
                     size_bytes=d.size_bytes,
+                    native_snapshot=native.holds_bytes(d),
                 )
                 for d in spec.disks
             ),
@@ -475,6 +476,30 @@ class QemuHypervisor:
         self._unwatch(token)
         _log_event("unquiesced", record)
         return record.result()
+
+    async def unquiesce_operation(self, operation_id: str) -> list[QuiesceResult]:
+        """Unquiesce every quiesce made with this ``operation_id`` (what a caller
+        that lost the token can do); those resolved now, none when none is held."""
+        if not operation_id:
+            return []
+        done = []
+        for record in self.list_quiesces():
+            if record.operation_id == operation_id:
+                result = await self.unquiesce(record.token)
+                if result is not None:
+                    done.append(result)
+        return done
+
+    def list_quiesces(self, vm_id: str | None = None) -> list[QuiesceResult]:
+        """The quiesces not yet undone: of one VM or of all (an unknown VM has none).
+
+        One stays here until its undo is complete (guest thawed, overlays
+        committed and deleted), even past its lease when that undo fails.
+        """
+        ids = self._vm_ids()
+        if vm_id is not None:
+            ids = [vm_id] if vm_id in ids else []
+        return [r.result() for r in (self._load_quiesce(i) for i in ids) if r is not None]
 
     def _not_frozen(self, vm_id: str, doing: str) -> None:
         record = self._load_quiesce(vm_id)

@@ -181,6 +181,8 @@ class DiskInfo:
     active_path: str
     format: DiskFormat
     size_bytes: int = 0
+    # Whether a native snapshot of the VM keeps this disk's bytes (``native.holds_bytes``).
+    native_snapshot: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,7 @@ class QuiesceResult:
     started_at: float = 0.0
     # The caller's operation id: a retried quiesce with it gets this same result.
     operation_id: str = ""
+    vm_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,7 @@ class QuiesceRecord:
             thawed_at=self.thawed_at,
             started_at=self.started_at,
             operation_id=self.operation_id,
+            vm_id=self.vm_id,
         )
 
     def to_json(self) -> dict[str, Any]:

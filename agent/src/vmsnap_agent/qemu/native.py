@@ -8,7 +8,8 @@ Running VM:
 Stopped VM: ``qemu-img snapshot -c/-a/-d`` per disk.
 
 Only qcow2 disks can hold internal snapshots; the memory state is stored in the
-first selected disk (``vmstate``), as ``savevm`` does.
+first selected disk (``vmstate``), as ``savevm`` does. Which disks a native
+snapshot really keeps the bytes of is :func:`holds_bytes`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,21 @@ from .process import format_node
 from .qmp import QmpSession
 
 SNAPSHOT_JOB_TIMEOUT = 300.0
+
+
+def holds_bytes(disk: DiskSpec) -> bool:
+    """Whether a native snapshot keeps this disk's bytes, so that a revert restores them.
+
+    Only a writable local qcow2 image that is the agent's own (a ``file://``
+    locator, or a bare path given to the library): its internal snapshots live
+    inside the image. Not a raw image (no internal snapshots), not an NBD export
+    (the array's LUN: QEMU cannot snapshot it), and not an array's file either
+    (``ontap://`` mapped to the array's export): even as qcow2, the array owns
+    it, and the array's own restore replaces the file under QEMU, internal
+    snapshots and all; its driver, not this agent, must snapshot it.
+    """
+    owned = not disk.locator or disk.locator.startswith(("file://", "/"))
+    return owned and disk.format is DiskFormat.QCOW2 and not disk.is_nbd and not disk.read_only
 
 
 def select_disks(all_disks: tuple[DiskSpec, ...], names: list[str] | None) -> list[DiskSpec]:

@@ -22,11 +22,25 @@ Conventions a test or a demo can rely on:
   consistency is APPLICATION after a clean stop and CRASH after a forced one.
 * **Leases**: the agent thaws a VM when its lease runs out, while running (a
   background task) and at start-up for leases that ran out while it was down.
-* **Native snapshots** are records; one with memory needs the VM RUNNING and
-  reverts it to RUNNING; a disk-only revert needs the VM STOPPED. Frozen VMs
-  cannot be started, stopped, reverted or undefined (FAILED_PRECONDITION,
-  reason ``VM_FROZEN``); a second Quiesce of a frozen VM is ABORTED unless it
-  repeats the same ``operation_id`` (then it returns the same token).
+* **Disk bytes**: a ``file:///ABS/PATH`` disk is the real file
+  ``DIR/disks/ABS/PATH`` (:func:`disk_path`), created sparse with the volume's
+  ``size_bytes`` when missing; write and read it there to check what a revert
+  restores, opening it anew for each access (a revert replaces the file by a
+  rename, never writes into it). Disks of any other scheme (``element://``,
+  ``ontap://``, …) hold no bytes in the sim: DescribeVM reports
+  ``native_snapshot=True`` for ``file://`` disks only.
+* **Native snapshots** copy every included file disk to
+  ``DIR/native/<vm>/<snapshot>/<disk>`` (fsynced, then renamed into place) and
+  are recorded once all copies are whole; a revert puts the copies back (all
+  disks or none, even across a SIGKILL of the agent); a delete removes them.
+  One with memory needs the VM RUNNING and reverts it to RUNNING; a disk-only
+  revert needs the VM STOPPED. Frozen VMs cannot be started, stopped, reverted
+  or undefined (FAILED_PRECONDITION, reason ``VM_FROZEN``); a second Quiesce of
+  a frozen VM is ABORTED unless it repeats the same ``operation_id`` (then it
+  returns the same token).
+* **Freezes by operation**: each freeze keeps the ``operation_id`` of its
+  Quiesce (in the VM's file, so across restarts); ListQuiesces lists them and
+  Unquiesce with an ``operation_id`` thaws every freeze of that operation.
 """
 
 from __future__ import annotations
@@ -34,6 +48,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vmsnap_agent.sim._agent import NO_FREEZE_HOOK, NO_GUEST_AGENT, GuestTraits, SimAgent
+from vmsnap_agent.sim._disks import disk_path
 from vmsnap_agent.sim._store import STATE_FILE, FreezeRecord, State, load_state, load_vm
 
 
@@ -61,6 +76,7 @@ __all__ = [
     "GuestTraits",
     "SimAgent",
     "State",
+    "disk_path",
     "freeze_of",
     "frozen",
     "load_state",

@@ -1,17 +1,29 @@
-"""The simulated hypervisor: VMs, freezes under leases and native snapshots as records.
+"""The simulated hypervisor: VMs, freezes under leases, native snapshots of file disks.
 
 Everything a real agent must honour is honoured here, so that the host can be
 tested against it: a freeze thaws by itself when its lease runs out (a
 background task, and again at start-up for leases that ran out while the agent
 was down), guest freezes fail when the guest agent does not answer, memory
-snapshots need a running VM, a disk-only revert needs a stopped one, and the
-state survives a SIGKILL (see ``_store``).
+snapshots need a running VM, a disk-only revert needs a stopped one, a native
+snapshot keeps the bytes of ``file://`` disks (and only of those, which
+DescribeVM says per disk), and the state survives a SIGKILL (see ``_store`` and
+``_disks``).
+
+Crash safety of the bytes: a take copies every file disk, then records the
+snapshot (a copy without its record is garbage, removed at start-up); a delete
+removes the record, then the copies; a revert writes every disk's copy under a
+temporary name, then records the pending revert in the VM's file (the commit
+point), then renames the copies into place. A SIGKILL before the commit point
+leaves the disks as they were; after it, the restarted agent finishes the
+renames before it serves. Calls that touch a VM's disks or power state are
+serialised per VM; copies run in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 import uuid
@@ -21,12 +33,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from vmsnap_agent import __version__
+from vmsnap_agent.sim import _disks
 from vmsnap_agent.sim._store import (
     FreezeRecord,
+    PendingRevert,
     SnapshotRecord,
     Store,
     VMRecord,
     VolumeRecord,
+    vm_key,
 )
 from vmsnap_sdk import (
     VM,
@@ -35,6 +50,7 @@ from vmsnap_sdk import (
     HypervisorAgent,
     NativeSnapshot,
     Page,
+    QuiesceInfo,
     QuiesceMethod,
     QuiesceResult,
     UnquiesceResult,
@@ -46,8 +62,10 @@ from vmsnap_sdk.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
 )
 
 log = logging.getLogger("vmsnap_agent.sim")
@@ -65,6 +83,7 @@ GUEST_AGENT_UNAVAILABLE = "GUEST_AGENT_UNAVAILABLE"
 VM_FROZEN = "VM_FROZEN"
 VM_NOT_RUNNING = "VM_NOT_RUNNING"
 VM_NOT_STOPPED = "VM_NOT_STOPPED"
+SNAPSHOT_DATA_MISSING = "SNAPSHOT_DATA_MISSING"
 
 
 @dataclass(frozen=True)
@@ -93,10 +112,38 @@ def _vm(record: VMRecord, agent_name: str) -> VM:
         id=record.id,
         name=record.name,
         state=VMState[record.state],
-        volumes=tuple(Volume(v.disk, v.locator, v.size_bytes, v.format) for v in record.volumes),
+        volumes=tuple(
+            Volume(
+                v.disk,
+                v.locator,
+                v.size_bytes,
+                v.format,
+                native_snapshot=_disks.holds_bytes(v.locator),
+            )
+            for v in record.volumes
+        ),
         memory_mib=record.memory_mib,
         agent=agent_name,
     )
+
+
+def _quiesce_info(vm: VMRecord) -> QuiesceInfo:
+    assert vm.freeze is not None
+    return QuiesceInfo(
+        token=vm.freeze.token,
+        vm_id=vm.id,
+        operation_id=vm.freeze.operation_id,
+        method=QuiesceMethod[vm.freeze.method],
+        start_time=_dt(vm.freeze.frozen_at),
+        expire_time=_dt(vm.freeze.expire_at),
+    )
+
+
+def _io_error(doing: str, exc: OSError) -> Internal | ResourceExhausted:
+    message = f"{doing}: {exc.strerror or exc} ({exc.filename or 'disk'})"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceExhausted(message)
+    return Internal(message)
 
 
 def _native(record: SnapshotRecord) -> NativeSnapshot:
@@ -121,6 +168,9 @@ class SimAgent(HypervisorAgent):
     def __init__(self, state_dir: Path, name: str = "sim-1") -> None:
         self.name = name
         self._store = Store(state_dir)
+        self._copies = _disks.NativeCopies(state_dir)
+        # Calls that touch a VM's disks or power state, one at a time per VM.
+        self._locks: dict[str, asyncio.Lock] = {}
         # The VMs frozen right now by token: leases and tokens are checked on
         # every call, without looking at every VM.
         self._frozen: dict[str, VMRecord] = {
@@ -129,8 +179,9 @@ class SimAgent(HypervisorAgent):
         self._wake = asyncio.Event()
         self._reaper: asyncio.Task[None] | None = None
         # Leases that ran out while the agent was down are resolved before the
-        # first call can see them.
+        # first call can see them, and so are the disk copies a crash cut short.
         self._thaw_expired()
+        self._recover_disks()
 
     # --- lifecycle of the agent itself ------------------------------------------
 
@@ -211,6 +262,96 @@ class SimAgent(HypervisorAgent):
                 reason=VM_FROZEN,
             )
 
+    def _lock(self, vm_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(vm_id, asyncio.Lock())
+
+    # --- the bytes of file disks -------------------------------------------------
+
+    def _disk_path(self, volume: VolumeRecord) -> Path | None:
+        """Where the disk's bytes live (None: not a file disk, the sim holds no bytes)."""
+        try:
+            return _disks.disk_path(self._store.dir, volume.locator)
+        except ValueError as exc:  # defined before locators were checked
+            raise FailedPrecondition(f"disk {volume.disk}: {exc}") from exc
+
+    def _file_disks(self, record: VMRecord, names: Sequence[str]) -> list[tuple[str, Path, int]]:
+        """(disk, path, size) of the named disks that hold bytes, in the VM's order."""
+        found = []
+        for v in record.volumes:
+            if v.disk in names:
+                path = self._disk_path(v)
+                if path is not None:
+                    found.append((v.disk, path, v.size_bytes))
+        return found
+
+    def _ensure_disks(self, record: VMRecord) -> None:
+        for _, path, size in self._file_disks(record, [v.disk for v in record.volumes]):
+            try:
+                _disks.ensure_disk(path, size)
+            except OSError as exc:
+                raise _io_error(f"creating the disk file of VM {record.id}", exc) from exc
+
+    def _finish_revert(self, record: VMRecord) -> None:
+        """Rename the copies of a revert past its commit point into place; idempotent."""
+        pending = record.reverting
+        assert pending is not None
+        for _, path, _ in self._file_disks(record, pending.disks):
+            tmp = _disks.temp_of(path)
+            if tmp.exists():  # absent: renamed before a crash
+                _disks.install(tmp, path)
+        record.state = pending.state
+        record.clean_shutdown = True
+        record.reverting = None
+        self._store.save_vm(record.id)
+
+    def _recover_disks(self) -> None:
+        """At start-up: finish committed reverts, drop copies a crash left half made."""
+        for record in self._vms.values():
+            if record.reverting is not None:
+                log.warning(
+                    "finishing a revert cut short",
+                    extra={
+                        "fields": {
+                            "vm_id": record.id,
+                            "snapshot_id": record.reverting.snapshot_id,
+                        }
+                    },
+                )
+                self._finish_revert(record)
+            for v in record.volumes:
+                with contextlib.suppress(FailedPrecondition):
+                    path = self._disk_path(v)
+                    if path is not None:
+                        _disks.temp_of(path).unlink(missing_ok=True)
+        wanted = {
+            vm_key(vm_id): {vm_key(s) for s in snaps}
+            for vm_id, snaps in self._store.state.snapshots.items()
+        }
+        self._copies.keep_only(wanted)
+
+    def _copy_out(self, vm_id: str, snapshot_id: str, files: list[tuple[str, Path, int]]) -> None:
+        """Copy file disks into a (new) native snapshot; worker thread."""
+        self._copies.remove_snapshot(vm_id, snapshot_id)  # an earlier try cut short
+        for disk, path, size in files:
+            _disks.ensure_disk(path, size)
+            _disks.copy_durably(path, self._copies.copy_of(vm_id, snapshot_id, disk))
+        if files:  # the new directories too, before the record names them
+            for directory in (
+                self._copies.snapshot_dir(vm_id, snapshot_id).parent,
+                self._copies.root,
+                self._copies.state_dir,
+            ):
+                _disks.fsync_dir(directory)
+
+    def _stage_revert(
+        self, vm_id: str, snapshot_id: str, files: list[tuple[str, Path, int]]
+    ) -> None:
+        """Write each disk's copy under its temporary name, durably; worker thread."""
+        for disk, path, _ in files:
+            _disks.write_copy(self._copies.copy_of(vm_id, snapshot_id, disk), path)
+        for parent in {path.parent for _, path, _ in files}:
+            _disks.fsync_dir(parent)
+
     # --- identity and VMs ------------------------------------------------------
 
     async def get_info(self) -> AgentInfo:
@@ -243,6 +384,11 @@ class SimAgent(HypervisorAgent):
         )
 
     async def define_vm(self, vm: VM) -> VM:
+        for i, v in enumerate(vm.volumes):
+            try:
+                _disks.disk_path(self._store.dir, v.locator)
+            except ValueError as exc:
+                raise InvalidArgument.for_field(f"vm.volumes[{i}].locator", str(exc)) from exc
         record = VMRecord(
             id=vm.id,
             name=vm.name,
@@ -258,13 +404,19 @@ class SimAgent(HypervisorAgent):
             )
             if not same:
                 raise AlreadyExists(f"VM {vm.id} is already defined with another definition")
+            self._ensure_disks(existing)
             return _vm(existing, self.name)
         self._vms[vm.id] = record
         self._store.save_vm(vm.id)
+        self._ensure_disks(record)
         log.info("defined", extra={"fields": {"vm_id": vm.id, "disks": len(vm.volumes)}})
         return _vm(record, self.name)
 
     async def undefine_vm(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            self._undefine(vm_id)
+
+    def _undefine(self, vm_id: str) -> None:
         self._thaw_expired()
         record = self._vms.get(vm_id)
         if record is None:
@@ -280,18 +432,29 @@ class SimAgent(HypervisorAgent):
         # The VM's file first: a snapshot file without it is dropped at start-up.
         self._store.save_vm(vm_id)
         self._store.save_snapshots(vm_id)
+        # The disks stay (they are the user's, as with a real hypervisor).
+        self._copies.remove_vm(vm_id)
         log.info("undefined", extra={"fields": {"vm_id": vm_id}})
 
     async def start_vm(self, vm_id: str) -> VM:
+        async with self._lock(vm_id):
+            return self._start(vm_id)
+
+    def _start(self, vm_id: str) -> VM:
         record = self._get(vm_id)
         if record.state != "RUNNING":
             self._not_frozen(record, "start")
+            self._ensure_disks(record)
             record.state = "RUNNING"
             self._store.save_vm(vm_id)
             log.info("started", extra={"fields": {"vm_id": vm_id}})
         return _vm(record, self.name)
 
     async def stop_vm(self, vm_id: str, force: bool) -> VM:
+        async with self._lock(vm_id):
+            return self._stop(vm_id, force)
+
+    def _stop(self, vm_id: str, force: bool) -> VM:
         record = self._get(vm_id)
         if record.state != "STOPPED":
             self._not_frozen(record, "stop")
@@ -304,6 +467,17 @@ class SimAgent(HypervisorAgent):
     # --- freeze ------------------------------------------------------------------
 
     async def quiesce(
+        self,
+        vm_id: str,
+        method: QuiesceMethod,
+        lease_seconds: float,
+        best_effort: bool,
+        operation_id: str,
+    ) -> QuiesceResult:
+        async with self._lock(vm_id):
+            return self._quiesce(vm_id, method, lease_seconds, best_effort, operation_id)
+
+    def _quiesce(
         self,
         vm_id: str,
         method: QuiesceMethod,
@@ -399,24 +573,61 @@ class SimAgent(HypervisorAgent):
         self._wake.set()
         return _dt(record.freeze.expire_at)
 
-    async def unquiesce(self, token: str) -> UnquiesceResult:
-        record = self._by_token(token)
-        if record is None or record.freeze is None:
-            return UnquiesceResult(frozen_for_seconds=0.0, thawed_now=False)
+    async def unquiesce(self, token: str, operation_id: str = "") -> UnquiesceResult:
+        if token:
+            records = [r for r in [self._by_token(token)] if r is not None]
+        else:
+            self._ensure_reaper()
+            self._thaw_expired()
+            records = [
+                r
+                for r in self._frozen.values()
+                if operation_id and r.freeze is not None and r.freeze.operation_id == operation_id
+            ]
+        frozen_for = [self._thaw(r) for r in records]
+        return UnquiesceResult(
+            frozen_for_seconds=max(frozen_for, default=0.0), thawed_now=bool(frozen_for)
+        )
+
+    def _thaw(self, record: VMRecord) -> float:
+        """Thaw a frozen VM; how long it was frozen."""
+        assert record.freeze is not None
         frozen_for = max(0.0, _now() - record.freeze.frozen_at)
-        del self._frozen[token]
+        operation_id = record.freeze.operation_id
+        del self._frozen[record.freeze.token]
         record.freeze = None
         self._store.save_vm(record.id)
         self._wake.set()
         log.info(
             "thawed",
-            extra={"fields": {"vm_id": record.id, "frozen_for_seconds": round(frozen_for, 3)}},
+            extra={
+                "fields": {
+                    "vm_id": record.id,
+                    "operation_id": operation_id,
+                    "frozen_for_seconds": round(frozen_for, 3),
+                }
+            },
         )
-        return UnquiesceResult(frozen_for_seconds=frozen_for, thawed_now=True)
+        return frozen_for
+
+    async def list_quiesces(self, vm_id: str = "") -> Sequence[QuiesceInfo]:
+        self._ensure_reaper()
+        self._thaw_expired()
+        return [
+            _quiesce_info(r)
+            for r in sorted(self._frozen.values(), key=lambda r: r.id)
+            if not vm_id or r.id == vm_id
+        ]
 
     # --- native snapshots -----------------------------------------------------------
 
     async def take_native_snapshot(
+        self, vm_id: str, snapshot_id: str, disks: Sequence[str], include_memory: bool
+    ) -> NativeSnapshot:
+        async with self._lock(vm_id):
+            return await self._take(vm_id, snapshot_id, disks, include_memory)
+
+    async def _take(
         self, vm_id: str, snapshot_id: str, disks: Sequence[str], include_memory: bool
     ) -> NativeSnapshot:
         record = self._get(vm_id)
@@ -441,6 +652,13 @@ class SimAgent(HypervisorAgent):
                 reason=VM_NOT_RUNNING,
             )
         size = sum(v.size_bytes for v in record.volumes if v.disk in chosen)
+        files = self._file_disks(record, chosen)
+        try:
+            # The copies first: the record below is what makes them a snapshot.
+            await asyncio.to_thread(self._copy_out, vm_id, snapshot_id, files)
+        except OSError as exc:
+            await asyncio.to_thread(self._copies.remove_snapshot, vm_id, snapshot_id)
+            raise _io_error(f"copying the disks of VM {vm_id} into {snapshot_id}", exc) from exc
         snapshot = SnapshotRecord(
             snapshot_id=snapshot_id,
             vm_id=vm_id,
@@ -460,32 +678,58 @@ class SimAgent(HypervisorAgent):
         return _native(snapshot)
 
     async def revert_native_snapshot(self, vm_id: str, snapshot_id: str) -> VM:
+        async with self._lock(vm_id):
+            return await self._revert(vm_id, snapshot_id)
+
+    async def _revert(self, vm_id: str, snapshot_id: str) -> VM:
         record = self._get(vm_id)
         snapshot = self._store.state.snapshots.get(vm_id, {}).get(snapshot_id)
         if snapshot is None:
             raise NotFound(f"VM {vm_id} has no native snapshot {snapshot_id}")
         self._not_frozen(record, "revert")
-        if snapshot.include_memory:
-            # Memory and device state come back: the VM runs on from the snapshot.
-            record.state = "RUNNING"
-        elif record.state != "STOPPED":
+        if not snapshot.include_memory and record.state != "STOPPED":
             raise FailedPrecondition(
                 f"reverting VM {vm_id} to disk-only snapshot {snapshot_id} needs it STOPPED; "
                 f"it is {record.state}",
                 reason=VM_NOT_STOPPED,
             )
-        record.clean_shutdown = True
+        files = self._file_disks(record, snapshot.disks)
+        for disk, _, _ in files:
+            copy = self._copies.copy_of(vm_id, snapshot_id, disk)
+            if not copy.is_file():
+                raise FailedPrecondition(
+                    f"native snapshot {snapshot_id} of VM {vm_id} lost its copy of disk {disk} "
+                    f"({copy}); it cannot be reverted to, delete it",
+                    reason=SNAPSHOT_DATA_MISSING,
+                )
+        try:
+            await asyncio.to_thread(self._stage_revert, vm_id, snapshot_id, files)
+        except OSError as exc:
+            for _, path, _ in files:
+                _disks.temp_of(path).unlink(missing_ok=True)
+            raise _io_error(f"reverting the disks of VM {vm_id} to {snapshot_id}", exc) from exc
+        # The commit point: from here a restarted agent finishes the revert.
+        # Memory and device state come back with a memory snapshot: the VM runs on.
+        record.reverting = PendingRevert(
+            snapshot_id=snapshot_id,
+            disks=[disk for disk, _, _ in files],
+            state="RUNNING" if snapshot.include_memory else "STOPPED",
+        )
         self._store.save_vm(vm_id)
+        self._finish_revert(record)
         log.info("reverted", extra={"fields": {"vm_id": vm_id, "snapshot_id": snapshot_id}})
         return _vm(record, self.name)
 
     async def delete_native_snapshot(self, vm_id: str, snapshot_id: str) -> None:
-        snaps = self._store.state.snapshots.get(vm_id, {})
-        if snaps.pop(snapshot_id, None) is not None:
-            if not snaps:
-                del self._store.state.snapshots[vm_id]
-            self._store.save_snapshots(vm_id)
-            log.info("native snapshot deleted", extra={"fields": {"snapshot_id": snapshot_id}})
+        async with self._lock(vm_id):
+            snaps = self._store.state.snapshots.get(vm_id, {})
+            if snaps.pop(snapshot_id, None) is not None:
+                if not snaps:
+                    del self._store.state.snapshots[vm_id]
+                # The record first: copies without it are removed at start-up.
+                self._store.save_snapshots(vm_id)
+                log.info("native snapshot deleted", extra={"fields": {"snapshot_id": snapshot_id}})
+            await asyncio.to_thread(self._copies.remove_snapshot, vm_id, snapshot_id)
 
     async def list_native_snapshots(self, vm_id: str) -> Sequence[NativeSnapshot]:
         groups = self._store.state.snapshots

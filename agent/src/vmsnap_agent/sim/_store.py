@@ -15,9 +15,13 @@ components read it to see what the "hypervisor" is doing (read it with
             "token": ..., "method": "OVERLAY" | "GUEST_FREEZE" | ...,
             "consistency": "CRASH" | ..., "operation_id": ...,
             "frozen_at": <unix seconds>, "expire_at": <unix seconds>
+          },
+          "reverting": null | {         # a revert of file disks past its commit point
+            "snapshot_id": ..., "disks": ["vdb"], "state": "STOPPED" | "RUNNING"
           }}}
     snapshots/<key>.json   the native snapshots of one VM (absent when it has none):
       {"version": 2, "vm_id": ..., "snapshots": {"<snapshot id>": {native snapshot record}}}
+    disks/, native/        the bytes of file:// disks and their native copies (``_disks``)
 
 ``<key>`` is the VM id itself (a valid id is 1..128 characters of
 ``[A-Za-z0-9._-]`` starting with a letter or a digit), otherwise ``%`` and a hash
@@ -82,6 +86,21 @@ class FreezeRecord:
 
 
 @dataclass
+class PendingRevert:
+    """A revert of a VM's file disks past its commit point.
+
+    Recorded only once the snapshot's copy of every one of ``disks`` lies, whole
+    and fsynced, under the disk's temporary name (``_disks.temp_of``): an agent
+    that restarts with this set renames those into place and finishes the revert.
+    """
+
+    snapshot_id: str
+    disks: list[str]
+    # The VM's state once reverted (RUNNING after a memory snapshot).
+    state: str
+
+
+@dataclass
 class SnapshotRecord:
     """A native snapshot (the sim keeps the record, and the VM state it captured)."""
 
@@ -113,6 +132,7 @@ class VMRecord:
     # False after a forced stop: the disks were left as a power cut leaves them.
     clean_shutdown: bool = True
     freeze: FreezeRecord | None = None
+    reverting: PendingRevert | None = None
 
 
 def _vm_to_json(vm: VMRecord) -> dict[str, Any]:
@@ -120,6 +140,7 @@ def _vm_to_json(vm: VMRecord) -> dict[str, Any]:
     data = dict(vars(vm))
     data["volumes"] = [vars(v) for v in vm.volumes]
     data["freeze"] = vars(vm.freeze) if vm.freeze is not None else None
+    data["reverting"] = vars(vm.reverting) if vm.reverting is not None else None
     return data
 
 
@@ -133,6 +154,7 @@ def _vm_from_json(raw: dict[str, Any]) -> VMRecord:
         volumes=[VolumeRecord(**v) for v in raw["volumes"]],
         clean_shutdown=raw.get("clean_shutdown", True),
         freeze=FreezeRecord(**freeze) if freeze else None,
+        reverting=PendingRevert(**raw["reverting"]) if raw.get("reverting") else None,
     )
 
 
@@ -321,7 +343,7 @@ class Store:
     # --- start-up ---------------------------------------------------------------
 
     def _tidy(self) -> None:
-        """Remove temporary files a crash left behind."""
+        """Remove temporary files a crash left behind (those of disks: ``SimAgent``)."""
         for d in (self.dir, self.vms_dir, self.snapshots_dir):
             for name in os.listdir(d):
                 if name.startswith(".") and name.endswith(".tmp"):

@@ -89,6 +89,7 @@ class Volume(_message.Message):
     LOCATOR_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
+    NATIVE_SNAPSHOT_FIELD_NUMBER: _builtins.int
     disk: _builtins.str
     """Name of the disk inside the VM, unique per VM (e.g. "vda"). 1..63 chars of
     [a-z0-9_-]. Per-volume answers of a driver are keyed by this name.
@@ -102,6 +103,14 @@ class Volume(_message.Message):
     """Size of the disk in bytes, when known (0 = unknown)."""
     format: _builtins.str
     """Image format the hypervisor uses for this disk: "raw" or "qcow2"."""
+    native_snapshot: _builtins.bool
+    """Set by hypervisor agents in DescribeVM (and in the VMs of ListVMs, DefineVM
+    and StartVM replies): true when this agent's native snapshot really keeps
+    the volume's bytes, so that reverting to it restores them; false for a
+    volume the agent can only point at (e.g. an array LUN it reaches over
+    NBD/iSCSI, a file on an array's export). The host plans a volume to the
+    hypervisor strategy only when this is true. Ignored in requests.
+    """
     def __init__(
         self,
         *,
@@ -109,10 +118,11 @@ class Volume(_message.Message):
         locator: _builtins.str = ...,
         size_bytes: _builtins.int = ...,
         format: _builtins.str = ...,
+        native_snapshot: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "format", b"format", "locator", b"locator", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "format", b"format", "locator", b"locator", "native_snapshot", b"native_snapshot", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -425,7 +425,9 @@ class QuiesceRequest(_message.Message):
     of GUEST_FREEZE_AND_OVERLAY, or nothing) and report the consistency achieved.
     """
     operation_id: _builtins.str
-    """The caller's operation id, recorded for operators."""
+    """The caller's operation id, recorded with the freeze (across agent restarts):
+    ListQuiesces shows it and Unquiesce can thaw by it.
+    """
     @_builtins.property
     def lease(self) -> _duration_pb2.Duration:
         """How long the freeze may last without a renewal (100 ms .. 10 min)."""
@@ -541,21 +543,28 @@ Global___RenewQuiesceResponse: _TypeAlias = RenewQuiesceResponse  # noqa: Y015
 
 @_typing.final
 class UnquiesceRequest(_message.Message):
-    """Thaw."""
+    """Thaw. Exactly one of token and operation_id is set (INVALID_ARGUMENT otherwise)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
+    OPERATION_ID_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     """Token from Quiesce."""
+    operation_id: _builtins.str
+    """Thaw every freeze held by this operation (the operation_id of its Quiesce),
+    when the token is not known, e.g. to a host that crashed before it recorded
+    the token. Idempotent: no such freeze is OK (thawed_now false).
+    """
     def __init__(
         self,
         *,
         token: _builtins.str = ...,
+        operation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation_id", b"operation_id", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -588,6 +597,101 @@ class UnquiesceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnquiesceResponse: _TypeAlias = UnquiesceResponse  # noqa: Y015
+
+@_typing.final
+class ListQuiescesRequest(_message.Message):
+    """List the freezes in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_ID_FIELD_NUMBER: _builtins.int
+    vm_id: _builtins.str
+    """VM id; empty = all VMs (an unknown VM has none: an empty list, not NOT_FOUND)."""
+    def __init__(
+        self,
+        *,
+        vm_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["vm_id", b"vm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQuiescesRequest: _TypeAlias = ListQuiescesRequest  # noqa: Y015
+
+@_typing.final
+class ListQuiescesResponse(_message.Message):
+    """The freezes in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUIESCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def quiesces(self) -> _containers.RepeatedCompositeFieldContainer[Global___Quiesce]:
+        """One per freeze, in no particular order."""
+
+    def __init__(
+        self,
+        *,
+        quiesces: _abc.Iterable[Global___Quiesce] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quiesces", b"quiesces"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQuiescesResponse: _TypeAlias = ListQuiescesResponse  # noqa: Y015
+
+@_typing.final
+class Quiesce(_message.Message):
+    """A freeze in force: the VM's guest frozen, or overlays not yet committed back.
+    An agent lists a freeze until it has fully undone it, so one whose undo failed
+    (e.g. overlays not committed yet) is still listed, even past its expire_time.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    VM_ID_FIELD_NUMBER: _builtins.int
+    OPERATION_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """Token for RenewQuiesce and Unquiesce."""
+    vm_id: _builtins.str
+    """VM id."""
+    operation_id: _builtins.str
+    """The operation_id of the Quiesce that made it (empty when none was given)."""
+    method: Global___QuiesceMethod.ValueType
+    """The method applied."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the freeze began."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the agent thaws by itself unless renewed."""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        vm_id: _builtins.str = ...,
+        operation_id: _builtins.str = ...,
+        method: Global___QuiesceMethod.ValueType = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "method", b"method", "operation_id", b"operation_id", "start_time", b"start_time", "token", b"token", "vm_id", b"vm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Quiesce: _TypeAlias = Quiesce  # noqa: Y015
 
 @_typing.final
 class NativeSnapshot(_message.Message):

@@ -85,6 +85,11 @@ class HypervisorAgentStub:
                 request_serializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.UnquiesceRequest.SerializeToString,
                 response_deserializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.UnquiesceResponse.FromString,
                 _registered_method=True)
+        self.ListQuiesces = channel.unary_unary(
+                '/vmsnap.hypervisor.v1.HypervisorAgent/ListQuiesces',
+                request_serializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.ListQuiescesRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.ListQuiescesResponse.FromString,
+                _registered_method=True)
         self.TakeNativeSnapshot = channel.unary_unary(
                 '/vmsnap.hypervisor.v1.HypervisorAgent/TakeNativeSnapshot',
                 request_serializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.TakeNativeSnapshotRequest.SerializeToString,
@@ -183,6 +188,14 @@ class HypervisorAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListQuiesces(self, request, context):
+        """The freezes in force (one VM's, or every VM's), with the operation that
+        holds each: what a restarted host uses to find and thaw its freezes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def TakeNativeSnapshot(self, request, context):
         """Take a hypervisor-native snapshot (the only kind that can include memory).
         """
@@ -205,7 +218,7 @@ class HypervisorAgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListNativeSnapshots(self, request, context):
-        """Native snapshots of a VM.
+        """Native snapshots of a VM, or of every VM (empty vm_id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -263,6 +276,11 @@ def add_HypervisorAgentServicer_to_server(servicer, server):
                     servicer.Unquiesce,
                     request_deserializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.UnquiesceRequest.FromString,
                     response_serializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.UnquiesceResponse.SerializeToString,
+            ),
+            'ListQuiesces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuiesces,
+                    request_deserializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.ListQuiescesRequest.FromString,
+                    response_serializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.ListQuiescesResponse.SerializeToString,
             ),
             'TakeNativeSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.TakeNativeSnapshot,
@@ -556,6 +574,33 @@ class HypervisorAgent:
             '/vmsnap.hypervisor.v1.HypervisorAgent/Unquiesce',
             vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.UnquiesceRequest.SerializeToString,
             vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.UnquiesceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuiesces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.hypervisor.v1.HypervisorAgent/ListQuiesces',
+            vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.ListQuiescesRequest.SerializeToString,
+            vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.ListQuiescesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,10 @@ class HypervisorAgentStub:
     """Thaw. Idempotent: an unknown or already thawed token is OK. For the overlay
     method this commits the overlays back into the base images (the "collapse").
     """
+    ListQuiesces: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.ListQuiescesRequest, _hypervisor_pb2.ListQuiescesResponse]
+    """The freezes in force (one VM's, or every VM's), with the operation that
+    holds each: what a restarted host uses to find and thaw its freezes.
+    """
     TakeNativeSnapshot: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.TakeNativeSnapshotRequest, _hypervisor_pb2.TakeNativeSnapshotResponse]
     """Take a hypervisor-native snapshot (the only kind that can include memory)."""
     RevertNativeSnapshot: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.RevertNativeSnapshotRequest, _hypervisor_pb2.RevertNativeSnapshotResponse]
@@ -51,7 +55,7 @@ class HypervisorAgentStub:
     DeleteNativeSnapshot: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.DeleteNativeSnapshotRequest, _hypervisor_pb2.DeleteNativeSnapshotResponse]
     """Delete a native snapshot. Idempotent."""
     ListNativeSnapshots: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.ListNativeSnapshotsRequest, _hypervisor_pb2.ListNativeSnapshotsResponse]
-    """Native snapshots of a VM."""
+    """Native snapshots of a VM, or of every VM (empty vm_id)."""
 
 class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
     """A hypervisor agent."""
@@ -141,6 +145,16 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def ListQuiesces(
+        self,
+        request: _hypervisor_pb2.ListQuiescesRequest,
+        context: _aio.ServicerContext[_hypervisor_pb2.ListQuiescesRequest, _abc.Awaitable[_hypervisor_pb2.ListQuiescesResponse]],
+    ) -> _abc.Awaitable[_hypervisor_pb2.ListQuiescesResponse]:
+        """The freezes in force (one VM's, or every VM's), with the operation that
+        holds each: what a restarted host uses to find and thaw its freezes.
+        """
+
+    @_abc_1.abstractmethod
     def TakeNativeSnapshot(
         self,
         request: _hypervisor_pb2.TakeNativeSnapshotRequest,
@@ -170,6 +184,6 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.ListNativeSnapshotsRequest,
         context: _aio.ServicerContext[_hypervisor_pb2.ListNativeSnapshotsRequest, _abc.Awaitable[_hypervisor_pb2.ListNativeSnapshotsResponse]],
     ) -> _abc.Awaitable[_hypervisor_pb2.ListNativeSnapshotsResponse]:
-        """Native snapshots of a VM."""
+        """Native snapshots of a VM, or of every VM (empty vm_id)."""
 
 def add_HypervisorAgentServicer_to_server(servicer: HypervisorAgentServicer, server: _aio.Server) -> None: ...
