@@ -435,6 +435,13 @@ async def test_register_and_remove_over_the_api(
         # Now the name is free: the driver at the new address may take it.
         await host.RegisterDriver(pb.RegisterDriverRequest(address=impostor_address), timeout=10)
         assert [r[:2] for r in store.registrations("driver")] == [(impostor_address, NAME)]
+        # A driver that moved: the old address is down, the name follows the new
+        # one, and the stored registration of the old address goes with it.
+        impostor.kill()
+        await host.RegisterDriver(pb.RegisterDriverRequest(address=good_address), timeout=10)
+        assert [r[:2] for r in store.registrations("driver")] == [(good_address, NAME)]
+        listed = await host.ListDrivers(pb.ListDriversRequest(), timeout=10)
+        assert [(d.name, d.address) for d in listed.drivers] == [(NAME, good_address)]
     finally:
         impostor.stop(5)
         await channel.close()
