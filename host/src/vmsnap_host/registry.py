@@ -14,8 +14,7 @@ with a bounded message, never stops the loop that checks the others.
 The rest of the host reaches a peer only through its *guard* (:func:`guarded`),
 built from the interface itself so that no method can be left out: every
 public method fails fast with UNAVAILABLE naming the peer while its last check
-failed (a dead array must not eat a take's freeze window in connect timeouts),
-and an exception that is not a vmsnap error becomes UNKNOWN for that call.
+failed (a dead array must not eat a take's freeze window in connect timeouts).
 gRPC channels reconnect by themselves; the next passing check lets calls
 through again.
 
@@ -56,7 +55,6 @@ from vmsnap_sdk.errors import (
     NotFound,
     TransientError,
     Unavailable,
-    Unknown,
     VMSnapError,
 )
 
@@ -245,17 +243,6 @@ def _forward(interface: type, name: str) -> Callable[..., Awaitable[Any]]:
             # calls fail fast (or pass again) on fresh information.
             peer.on_trouble()
             raise
-        except VMSnapError:
-            raise
-        except Exception as exc:
-            # Not a status the peer meant (a garbage trailer, a bug in a client):
-            # UNKNOWN for this call, which callers treat as "outcome unknown".
-            peer.on_trouble()
-            raise Unknown(
-                f"{peer.kind.word} {peer.label}: {name} failed unexpectedly: "
-                f"{_cut(f'{type(exc).__name__}: {exc}')}",
-                reason=f"{peer.kind.reason}_MALFORMED_ANSWER",
-            ) from exc
 
     return call
 
