@@ -176,6 +176,7 @@ async def test_revert_refused_for_a_driver_without_revert(tmp_path: Path) -> Non
             scheme="a",
             capabilities=frozenset({Capability.CONSISTENT_GROUP}),
         ),
+        Options(name="io.vmsnap.test.b", scheme="b"),
     )
     try:
         await rig.define(running=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from pathlib import Path
 
 from vmsnap_host.api.servicer import HostServicer
@@ -15,6 +16,7 @@ from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
 from vmsnap_sdk import ClientTLS, Server, ServerTLS
 from vmsnap_sdk._proto.host.v1 import host_pb2, host_pb2_grpc
+from vmsnap_sdk.errors import VMSnapError
 
 log = logging.getLogger("vmsnap.host")
 
@@ -63,17 +65,30 @@ class HostApp:
         configured = set()
         for endpoint in self.config.drivers:
             configured.add(endpoint.address)
-            await self.registry.add_driver(endpoint.address, order=endpoint.order, tls=endpoint.tls)
+            await self._register(
+                self.registry.add_driver(endpoint.address, order=endpoint.order, tls=endpoint.tls)
+            )
         for address, _name, order, tls in self.store.registrations("driver"):
             if address not in configured:
-                await self.registry.add_driver(address, order=order, tls=_client_tls(tls))
+                await self._register(
+                    self.registry.add_driver(address, order=order, tls=_client_tls(tls))
+                )
         configured = set()
         for endpoint in self.config.agents:
             configured.add(endpoint.address)
-            await self.registry.add_agent(endpoint.address, tls=endpoint.tls)
+            await self._register(self.registry.add_agent(endpoint.address, tls=endpoint.tls))
         for address, _name, _order, tls in self.store.registrations("agent"):
             if address not in configured:
-                await self.registry.add_agent(address, tls=_client_tls(tls))
+                await self._register(self.registry.add_agent(address, tls=_client_tls(tls)))
+
+    @staticmethod
+    async def _register(registration: Awaitable[object]) -> None:
+        """One refused registration (e.g. a name another peer has) must not stop the
+        host: it is logged, the others go on."""
+        try:
+            await registration
+        except VMSnapError as exc:
+            log.error("registration refused", extra={"fields": {"error": str(exc)}})
 
     async def stop(self, grace_seconds: float | None = None) -> None:
         await self.server.stop(grace_seconds)

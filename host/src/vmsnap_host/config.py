@@ -9,6 +9,7 @@ Example::
     quiesce_lease_seconds = 30       # freeze lease given to the agent (renewed while taking)
     take_timeout_seconds = 60        # deadline of one TakeVMSnapshot (capped by the lease)
     call_timeout_seconds = 30        # deadline of other driver and agent calls
+    can_handle_timeout_seconds = 2   # deadline of each driver's CanHandle while planning
     health_interval_seconds = 5      # how often drivers and agents are checked
     post_processing_timeout_seconds = 600  # how long ready=false results are polled
     reconcile_interval_seconds = 10  # how often owed deletes are retried
@@ -50,6 +51,11 @@ class Settings:
     quiesce_lease_seconds: float = 30.0
     take_timeout_seconds: float = 60.0
     call_timeout_seconds: float = 30.0
+    #: Deadline of each driver's CanHandle while a take is planned (all drivers are
+    #: asked in parallel). A driver that does not answer in time counts as
+    #: unreachable for that take: only the disks it could claim fail (UNAVAILABLE).
+    #: CanHandle is meant to be pure and fast, so this stays short.
+    can_handle_timeout_seconds: float = 2.0
     health_interval_seconds: float = 5.0
     post_processing_timeout_seconds: float = 600.0
     reconcile_interval_seconds: float = 10.0
@@ -78,6 +84,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "quiesce_lease_seconds": (0.5, 600),
     "take_timeout_seconds": (0.1, 3600),
     "call_timeout_seconds": (0.1, 3600),
+    "can_handle_timeout_seconds": (0.05, 60),
     "health_interval_seconds": (0.05, 3600),
     "post_processing_timeout_seconds": (0, 86_400),
     "reconcile_interval_seconds": (0.05, 3600),

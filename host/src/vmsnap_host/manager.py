@@ -26,7 +26,7 @@ from vmsnap_host.model import (
     Snapshot,
     SnapshotState,
 )
-from vmsnap_host.planner import Candidate, plan_take
+from vmsnap_host.planner import plan_take
 from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
 from vmsnap_sdk import Capability, VMState
@@ -107,19 +107,14 @@ class Manager:
                     "host.max_snapshots_per_vm)",
                     reason="TOO_MANY_SNAPSHOTS",
                 )
-            serving = self.registry.healthy_drivers()
             plan = await plan_take(
                 vm,
-                [
-                    Candidate(e.name, e.order, e.info.capabilities, self.registry.driver(e.name))
-                    for e in serving
-                    if e.info is not None
-                ],
-                agent_entry.name,
+                self.registry.drivers(),
+                agent_entry,
+                self.store.volume_owners([v.locator for v in vm.volumes]),
                 include_memory=include_memory,
-                memory_supported=bool(agent_entry.info and agent_entry.info.memory_snapshots),
                 options=parameters,
-                not_serving=[e.label for e in self.registry.drivers() if e not in serving],
+                can_handle_timeout=self.settings.can_handle_timeout_seconds,
             )
             snap = Snapshot(
                 id=uuid.uuid4().hex,

@@ -1,122 +1,249 @@
 """The plan of a take: which group snapshots which disk, and whether to freeze.
 
-Every serving driver is asked ``CanHandle`` in parallel. Per disk the highest
-priority wins; the hypervisor's native strategy competes at
-``Priority.HYPERVISOR`` (so a driver must say PLUGIN or HIGHEST to beat it, as
-CloudStack's strategy priorities do) and takes every disk no driver won. Ties
-between drivers go to the lower configured order, then the name. The plan and
-the reasons are stored on the snapshot so that an operator can see why.
+Every serving driver is asked ``CanHandle`` in parallel, each under its own
+short deadline (``can_handle_timeout_seconds``). A driver that is not serving,
+fails or does not answer in time is *unreachable* for this take; it affects
+only the disks it could claim. Per disk:
+
+1. The disk has a recorded owner (the driver that took it in an earlier plan)
+   that is unreachable: the take fails, UNAVAILABLE, naming the driver and the
+   disk — even if the agent could snapshot the disk natively. Never a silent
+   change of strategy.
+2. Else the highest claim of a driver that answered wins. The hypervisor's
+   native strategy competes at ``Priority.HYPERVISOR`` (a driver must say PLUGIN
+   or HIGHEST to beat it), but only for a disk whose bytes a native snapshot
+   holds (``Volume.native_snapshot``, reported by the agent); for any other disk
+   a DEFAULT claim is enough. Ties go to the lower configured order, then the
+   name.
+3. No claim and the agent can snapshot the disk natively: the hypervisor group.
+4. No claim, no native snapshot, and some driver unreachable: UNAVAILABLE naming
+   the unreachable drivers (the disk may be theirs) and the disk.
+5. No claim, no native snapshot, every driver answered: FAILED_PRECONDITION
+   naming the disk — nobody can snapshot it.
+
+A recorded owner that answered but no longer claims its disk (or is outbid)
+loses it with a warning on the snapshot: a visible change, decided by a driver
+that answered. The plan returns the owners to record (locator → driver) for
+every disk a driver takes; the caller commits them with the snapshot. The plan
+and the reasons are stored on the snapshot so that an operator can see why.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vmsnap_host.model import Claim, Group, GroupKind, QuiescePolicy
+from vmsnap_host.registry import AgentEntry, DriverEntry, Health, guarded
 from vmsnap_sdk import (
     VM,
     Capability,
     Operation,
     Priority,
-    StorageDriver,
     VMState,
+    Volume,
     VolumeDecision,
 )
-from vmsnap_sdk.errors import FailedPrecondition, VMSnapError
+from vmsnap_sdk.errors import FailedPrecondition, Unavailable, VMSnapError
 
-
-@dataclass(frozen=True)
-class Candidate:
-    """A serving driver as the planner sees it."""
-
-    name: str
-    order: int
-    capabilities: frozenset[Capability]
-    driver: StorageDriver
+#: The longest text of a driver's that goes into a plan's error or warning.
+MAX_DRIVER_TEXT = 200
 
 
 @dataclass(frozen=True)
 class Plan:
+    """Groups in execution order (drivers by (order, name), the hypervisor last),
+    warnings to store on the snapshot, and ``owners``: locator → driver name for
+    every disk a driver group takes (to record with the snapshot)."""
+
     groups: tuple[Group, ...]
     warnings: tuple[str, ...] = ()
+    owners: Mapping[str, str] = field(default_factory=dict)
 
 
-async def _ask(
-    candidate: Candidate, vm: VM, options: Mapping[str, str]
-) -> Sequence[VolumeDecision]:
+@dataclass(frozen=True)
+class _Answer:
+    entry: DriverEntry
+    #: disk → the driver's decision; None when the driver is unreachable.
+    decisions: Mapping[str, VolumeDecision] | None
+    problem: str = ""
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_DRIVER_TEXT else text[: MAX_DRIVER_TEXT - 1] + "…"
+
+
+def _native(volume: Volume) -> bool:
+    # Volume.native_snapshot is being added to the SDK (compare=False); until then
+    # a volume without it is one the agent has not vouched for.
+    return bool(getattr(volume, "native_snapshot", False))
+
+
+async def _ask(entry: DriverEntry, vm: VM, options: Mapping[str, str], timeout: float) -> _Answer:
+    """One driver's CanHandle; never raises (but for cancellation)."""
+    if entry.health is not Health.SERVING or entry.info is None:
+        return _Answer(entry, None, f"not serving: {_cut(entry.message)}")
     try:
-        return await candidate.driver.can_handle(vm, vm.volumes, Operation.TAKE, options)
+        async with asyncio.timeout(timeout):
+            decisions = await guarded(entry).can_handle(vm, vm.volumes, Operation.TAKE, options)
+    except TimeoutError:
+        return _Answer(entry, None, f"no CanHandle answer within {timeout:g} s")
     except VMSnapError as exc:
-        # A driver that cannot answer may own some of these disks: snapshotting
-        # them natively instead would silently change the strategy. Fail loudly.
-        raise type(exc)(
-            f"driver {candidate.name} could not answer CanHandle: {exc.message}",
-            reason=exc.reason,
-        ) from exc
+        return _Answer(entry, None, f"CanHandle failed: {exc.code.name}: {_cut(exc.message)}")
+    except Exception as exc:  # noqa: BLE001 — isolation: a broken driver fails only its own disks
+        return _Answer(entry, None, f"CanHandle failed: {_cut(f'{type(exc).__name__}: {exc}')}")
+    asked = {v.disk for v in vm.volumes}
+    best: dict[str, VolumeDecision] = {}
+    for d in decisions:
+        # A decision about a disk we did not ask about is ignored; of two about one
+        # disk the higher counts (CanHandle is a claim, not a command).
+        if d.disk in asked and (d.disk not in best or d.priority > best[d.disk].priority):
+            best[d.disk] = d
+    return _Answer(entry, best)
+
+
+def _disk(v: Volume) -> str:
+    return f"disk {v.disk} ({v.locator})"
 
 
 async def plan_take(
     vm: VM,
-    candidates: Sequence[Candidate],
-    agent_name: str,
+    drivers: Sequence[DriverEntry],
+    agent: AgentEntry,
+    owners: Mapping[str, str],
     *,
     include_memory: bool,
-    memory_supported: bool,
     options: Mapping[str, str],
-    not_serving: Sequence[str] = (),
+    can_handle_timeout: float,
 ) -> Plan:
-    """Decide the groups of a take (raises FailedPrecondition for an impossible memory plan)."""
-    ordered = sorted(candidates, key=lambda c: (c.order, c.name))
-    answers = await asyncio.gather(*(_ask(c, vm, options) for c in ordered))
-    best: dict[str, tuple[Candidate | None, Claim]] = {
-        v.disk: (None, Claim(v.disk, Priority.HYPERVISOR, "hypervisor native strategy"))
-        for v in vm.volumes
-    }
-    for candidate, decisions in zip(ordered, answers, strict=True):
-        for decision in decisions:
-            if decision.disk not in best:
-                continue  # a decision about a disk we did not ask about: ignore
-            _, current = best[decision.disk]
-            # Strictly greater: among equals the earlier (order, name) keeps the disk,
-            # and the hypervisor keeps it against an equal HYPERVISOR claim.
-            if decision.priority > current.priority:
-                reason = (
-                    f"{candidate.name}: {decision.reason}" if decision.reason else candidate.name
-                )
-                best[decision.disk] = (candidate, Claim(decision.disk, decision.priority, reason))
+    """Decide the groups of a take of ``vm`` (as ``agent`` described it).
 
-    claimed = {disk: c for disk, (c, _) in best.items() if c is not None}
-    if include_memory:
-        if not memory_supported:
-            raise FailedPrecondition(
-                f"agent {agent_name} cannot include memory in a snapshot; take a disk-only "
-                "snapshot (include_memory=false)",
-                reason="MEMORY_UNSUPPORTED",
+    ``drivers``: every registered driver entry, whatever its health
+    (``Registry.drivers()``: tie-break order); serving ones are asked CanHandle
+    through their guard, in parallel, each within ``can_handle_timeout`` seconds.
+    ``agent``: the VM's agent entry (its name owns the hypervisor group; its info
+    says whether memory snapshots are possible). ``owners``: the recorded owner
+    of each volume, locator → driver name (``Store.volume_owners`` of the VM's
+    locators). ``options``: the request's parameters, passed to CanHandle.
+
+    Raises FailedPrecondition (a memory plan that cannot be, or a disk nobody can
+    snapshot) or Unavailable (a disk whose owner, or possible owner, is
+    unreachable), with messages naming the disks and drivers.
+    """
+    if include_memory and not (agent.info and agent.info.memory_snapshots):
+        raise FailedPrecondition(
+            f"agent {agent.name} cannot include memory in a snapshot; take a disk-only "
+            "snapshot (include_memory=false)",
+            reason="MEMORY_UNSUPPORTED",
+        )
+    ordered = sorted(drivers, key=lambda e: (e.order, e.name, e.address))
+    answers = await asyncio.gather(*(_ask(e, vm, options, can_handle_timeout) for e in ordered))
+    answered = [a for a in answers if a.decisions is not None]
+    unreachable = [a for a in answers if a.decisions is None]
+    by_name = {a.entry.name: a for a in answers if a.entry.name}
+
+    taken: dict[str, tuple[DriverEntry, Claim]] = {}  # disk → driver and claim
+    native: list[Claim] = []
+    warnings: list[str] = []
+    owner_down: list[str] = []  # what to say, per disk
+    missing: set[str] = set()  # recorded owners that are unreachable
+    maybe_theirs: list[str] = []
+    nobody: list[Volume] = []
+    for v in vm.volumes:
+        owner = owners.get(v.locator, "")
+        floor = Priority.HYPERVISOR if _native(v) else Priority.CANT_HANDLE
+        winner: tuple[DriverEntry, VolumeDecision] | None = None
+        for a in answered:  # in (order, name) order: among equals the first keeps it
+            assert a.decisions is not None
+            d = a.decisions.get(v.disk)
+            if d is not None and d.priority > (winner[1].priority if winner else floor):
+                winner = (a.entry, d)
+        owner_answer = by_name.get(owner)
+        if owner and (owner_answer is None or owner_answer.decisions is None):
+            why = owner_answer.problem if owner_answer else "not registered under that name"
+            owner_down.append(
+                f"{_disk(v)}: driver {owner} snapshotted it before and is not reachable ({why})"
             )
-        if claimed:
-            owners = sorted({f"{d} by {c.name}" for d, c in claimed.items()})
-            raise FailedPrecondition(
-                "a memory snapshot is hypervisor-only, but these disks are claimed by storage "
-                f"drivers: {', '.join(owners)}; take a disk-only snapshot (include_memory=false)",
-                reason="MEMORY_NEEDS_HYPERVISOR",
+            missing.add(owner)
+            continue
+        if winner is not None:
+            entry, d = winner
+            reason = f"{entry.name}: {_cut(d.reason)}" if d.reason else entry.name
+            taken[v.disk] = (entry, Claim(v.disk, d.priority, reason))
+            if owner and owner != entry.name:
+                warnings.append(
+                    f"{_disk(v)} was snapshotted by driver {owner} before; it now goes to "
+                    f"driver {entry.name}, which claims it at a higher priority"
+                )
+        elif _native(v):
+            native.append(
+                Claim(v.disk, Priority.HYPERVISOR, f"{agent.name}: hypervisor native strategy")
             )
+            if owner:
+                warnings.append(
+                    f"{_disk(v)} was snapshotted by driver {owner} before; {owner} no longer "
+                    "claims it, it goes to the hypervisor native strategy"
+                )
+        elif unreachable:
+            maybe_theirs.append(_disk(v))
+        else:
+            nobody.append(v)
+
+    if owner_down or maybe_theirs:
+        down = "; ".join(f"{a.entry.label}: {a.problem}" for a in unreachable)
+        parts = list(owner_down)
+        if maybe_theirs:
+            parts.append(
+                f"{', '.join(maybe_theirs)}: no serving driver claims it and agent "
+                f"{agent.name} cannot snapshot it natively; an unreachable driver may own it "
+                f"({down})"
+            )
+        names = missing | (
+            {a.entry.name or a.entry.address for a in unreachable} if maybe_theirs else set()
+        )
+        raise Unavailable(
+            f"cannot plan a snapshot of VM {vm.id}: {'; '.join(parts)}. Retry when the "
+            "driver is back; a driver that is gone for good must be removed first "
+            "(vmsnap drivers remove NAME), then its disks go to whoever claims them",
+            reason="DRIVER_UNREACHABLE",
+            metadata={"drivers": ",".join(sorted(names))},
+        )
+    if nobody:
+        raise FailedPrecondition(
+            "; ".join(
+                f"no registered driver claims {_disk(v)} and agent {agent.name} cannot "
+                "snapshot it natively"
+                for v in nobody
+            )
+            + ": register the driver for that array",
+            reason="NO_STRATEGY",
+        )
+    if include_memory and taken:
+        claimed = sorted(f"{d} by {e.name}" for d, (e, _) in taken.items())
+        raise FailedPrecondition(
+            "a memory snapshot is hypervisor-only, but these disks are claimed by storage "
+            f"drivers: {', '.join(claimed)}; take a disk-only snapshot (include_memory=false)",
+            reason="MEMORY_NEEDS_HYPERVISOR",
+        )
 
     groups: list[Group] = []
-    for candidate in ordered:
-        claims = tuple(best[v.disk][1] for v in vm.volumes if claimed.get(v.disk) is candidate)
+    for entry in ordered:
+        claims = tuple(
+            taken[v.disk][1] for v in vm.volumes if v.disk in taken and taken[v.disk][0] is entry
+        )
         if claims:
-            groups.append(Group(GroupKind.DRIVER, candidate.name, claims))
-    native = tuple(best[v.disk][1] for v in vm.volumes if v.disk not in claimed)
+            groups.append(Group(GroupKind.DRIVER, entry.name, claims))
     if native or include_memory:
-        groups.append(Group(GroupKind.HYPERVISOR, agent_name, native))
-    warnings = tuple(
-        f"driver {name} was not serving and was not asked; disks it would claim went to "
-        "the hypervisor strategy"
-        for name in not_serving
-    )
-    return Plan(tuple(groups), warnings)
+        groups.append(Group(GroupKind.HYPERVISOR, agent.name, tuple(native)))
+    for a in unreachable:
+        warnings.append(
+            f"driver {a.entry.label} was not reachable ({a.problem}); no disk of this VM is "
+            "recorded as its, and every disk was claimed by a driver that answered or is "
+            "held by a native snapshot"
+        )
+    recorded = {v.locator: taken[v.disk][0].name for v in vm.volumes if v.disk in taken}
+    return Plan(tuple(groups), tuple(warnings), recorded)
 
 
 def needs_freeze(

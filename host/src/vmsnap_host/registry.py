@@ -1,12 +1,26 @@
 """Drivers and agents, found by address: identity, contract version, health.
 
+Drivers and agents are both *peers*: one :class:`Peer` type, parametrised by
+the domain interface it serves (:class:`~vmsnap_sdk.StorageDriver` or
+:class:`~vmsnap_sdk.HypervisorAgent`) and by its info. What differs between
+the two kinds is data (:class:`PeerKind`), not code.
+
 Each registration is checked at once (GetDriverInfo / GetAgentInfo, the
 contract version negotiated, gRPC health, Probe) and again every
-``health_interval``. The rest of the host reaches a driver only through a
-:class:`GuardedDriver`, which fails fast with UNAVAILABLE naming the driver
-while its last check failed: a dead array must not eat a take's freeze window
-in connect timeouts. gRPC channels reconnect by themselves; the next passing
-check lets calls through again.
+``health_interval``. Each check is isolated: whatever one peer answers
+(a garbage status trailer, a hang, any exception) marks that peer NOT_SERVING
+with a bounded message, never stops the loop that checks the others.
+
+The rest of the host reaches a peer only through its *guard* (:func:`guarded`),
+built from the interface itself so that no method can be left out: every
+public method fails fast with UNAVAILABLE naming the peer while its last check
+failed (a dead array must not eat a take's freeze window in connect timeouts).
+gRPC channels reconnect by themselves; the next passing check lets calls
+through again.
+
+Names: a peer's name is what it announces at registration. A registration may
+not take over the name of another peer that is serving; a name moves to a new
+address only when the old one is down and the new one passes its checks.
 """
 
 from __future__ import annotations
@@ -14,11 +28,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
+import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import types
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,23 +48,7 @@ from vmsnap_sdk import (
     DriverClient,
     DriverInfo,
     HypervisorAgent,
-    NativeSnapshot,
-    Operation,
-    Page,
-    ProbeResult,
-    QuiesceInfo,
-    QuiesceMethod,
-    QuiesceResult,
-    RevertRequest,
-    RevertResult,
-    SnapshotPage,
-    SnapshotResult,
     StorageDriver,
-    TakeRequest,
-    UnquiesceResult,
-    VMPage,
-    Volume,
-    VolumeDecision,
 )
 from vmsnap_sdk.errors import (
     FailedPrecondition,
@@ -60,9 +61,23 @@ from vmsnap_sdk.errors import (
 log = logging.getLogger("vmsnap.host.registry")
 
 CONTRACT_VERSION = "v1"
+#: The bound of one whole check of one peer (info, health, probe).
 _CHECK_TIMEOUT = 5.0
+#: The longest text of a peer's (or an exception's) that goes into a health
+#: message or an error: a hostile peer must not fill the catalog or the logs.
+MAX_PEER_TEXT = 300
 
-_T = TypeVar("_T")
+
+class _Info(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def contract_versions(self) -> tuple[str, ...]: ...
+
+
+P = TypeVar("P")
+I = TypeVar("I", bound=_Info)  # noqa: E741 — the info type, next to P
 
 
 class Health(enum.Enum):
@@ -71,164 +86,201 @@ class Health(enum.Enum):
     NOT_SERVING = 2
 
 
-@dataclass
-class _Entry:
+def _cut(text: str, limit: int = MAX_PEER_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- what differs between a driver and an agent ----------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class PeerKind(Generic[P, I]):
+    """A kind of peer: its word in messages, interface, client and readiness check."""
+
+    word: str
+    #: The domain interface (abstract: typed loosely, mypy wants concrete type[P]).
+    interface: type[Any]
+    #: (address, tls, call timeout) → a gRPC client and its channel.
+    connect: Callable[[str, ClientTLS | None, float], tuple[P, grpc.aio.Channel]]
+    get_info: Callable[[P], Awaitable[I]]
+    #: "" when the peer says it is ready, else why not (a driver's Probe).
+    not_ready: Callable[[P], Awaitable[str]]
+    #: The CLI command that removes one (named in messages).
+    remove_command: str
+
+    @property
+    def reason(self) -> str:
+        return self.word.upper()
+
+
+def _connect_driver(
+    address: str, tls: ClientTLS | None, timeout: float
+) -> tuple[StorageDriver, grpc.aio.Channel]:
+    client = DriverClient.connect(address, tls=tls, timeout=timeout)
+    return client, client.channel
+
+
+def _connect_agent(
+    address: str, tls: ClientTLS | None, timeout: float
+) -> tuple[HypervisorAgent, grpc.aio.Channel]:
+    client = AgentClient.connect(address, tls=tls, timeout=timeout)
+    return client, client.channel
+
+
+async def _driver_info(driver: StorageDriver) -> DriverInfo:
+    return await driver.get_info()
+
+
+async def _agent_info(agent: HypervisorAgent) -> AgentInfo:
+    return await agent.get_info()
+
+
+async def _probe(driver: StorageDriver) -> str:
+    probe = await driver.probe()
+    return "" if probe.ready else f"probe: {probe.message or 'the array is not ready'}"
+
+
+async def _always_ready(_agent: HypervisorAgent) -> str:
+    return ""
+
+
+DRIVER: PeerKind[StorageDriver, DriverInfo] = PeerKind(
+    "driver",
+    StorageDriver,
+    _connect_driver,
+    _driver_info,
+    _probe,
+    "vmsnap drivers remove",
+)
+AGENT: PeerKind[HypervisorAgent, AgentInfo] = PeerKind(
+    "agent",
+    HypervisorAgent,
+    _connect_agent,
+    _agent_info,
+    _always_ready,
+    "vmsnap agents remove",
+)
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(eq=False)
+class Peer(Generic[P, I]):
+    """One registered driver or agent (identity compares, not fields)."""
+
+    kind: PeerKind[P, I]
     address: str
     tls: ClientTLS | None
+    impl: P
+    channel: grpc.aio.Channel | None = None
     order: int = 0
     name: str = ""
+    info: I | None = None
     health: Health = Health.UNSPECIFIED
     message: str = "not checked yet"
     last_check: datetime | None = None
     contract_version: str = ""
-    channel: grpc.aio.Channel | None = None
+    #: Called when a call failed in a way that may mean the link is gone.
+    on_trouble: Callable[[], None] = field(default=_nothing)
 
     @property
     def label(self) -> str:
         return f"{self.name or '(unnamed)'} at {self.address}"
 
-    def require_serving(self, kind: str) -> None:
+    def require_serving(self) -> None:
         if self.health is not Health.SERVING:
             raise Unavailable(
-                f"{kind} {self.label} is not serving ({self.message}); "
+                f"{self.kind.word} {self.label} is not serving ({self.message}); "
                 "calls resume when its health check passes",
-                reason=f"{kind.upper()}_NOT_SERVING",
+                reason=f"{self.kind.reason}_NOT_SERVING",
             )
 
 
-@dataclass
-class DriverEntry(_Entry):
-    driver: StorageDriver | None = None
-    info: DriverInfo | None = None
-    on_trouble: Callable[[], None] = field(default=lambda: None)
+DriverEntry = Peer[StorageDriver, DriverInfo]
+AgentEntry = Peer[HypervisorAgent, AgentInfo]
 
 
-@dataclass
-class AgentEntry(_Entry):
-    agent: HypervisorAgent | None = None
-    info: AgentInfo | None = None
-    on_trouble: Callable[[], None] = field(default=lambda: None)
+# --- the guard ----------------------------------------------------------------------
 
 
-async def _guard(entry: _Entry, kind: str, call: Awaitable[_T], trouble: Callable[[], None]) -> _T:
-    entry.require_serving(kind)
-    try:
-        return await call
-    except TransientError:
-        # The link may be gone: check now rather than at the next tick, so later
-        # calls fail fast (or pass again) on fresh information.
-        trouble()
-        raise
+def interface_methods(interface: type) -> tuple[str, ...]:
+    """Every public method of a domain interface, inherited ones included.
+
+    Raises TypeError for a public method that is not ``async``: the guard could
+    not cover it, and an unguarded method must be impossible, not silent.
+    """
+    names = []
+    for name in sorted(dir(interface)):
+        if name.startswith("_"):
+            continue
+        value = inspect.getattr_static(interface, name)
+        if not callable(value) and not isinstance(value, staticmethod | classmethod):
+            continue  # data (a constant): nothing to call, nothing to guard
+        if not inspect.iscoroutinefunction(value):
+            raise TypeError(
+                f"{interface.__name__}.{name} is not an async method: the registry's guard "
+                "covers async methods only (make it async)"
+            )
+        names.append(name)
+    return tuple(names)
 
 
-class GuardedDriver(StorageDriver):
-    """A driver that fails fast with UNAVAILABLE while its health check fails."""
+def _forward(interface: type, name: str) -> Callable[..., Awaitable[Any]]:
+    declared = getattr(interface, name)
 
-    def __init__(self, entry: DriverEntry) -> None:
-        self.entry = entry
+    # updated=() keeps __isabstractmethod__ off the wrapper: the guard class must
+    # be concrete; the name, doc and signature (through __wrapped__) are kept.
+    @functools.wraps(declared, updated=())
+    async def call(self: _Guard, *args: Any, **kwargs: Any) -> Any:
+        peer = self.peer
+        peer.require_serving()
+        try:
+            return await getattr(peer.impl, name)(*args, **kwargs)
+        except TransientError:
+            # The link may be gone: check now rather than at the next tick, so later
+            # calls fail fast (or pass again) on fresh information.
+            peer.on_trouble()
+            raise
 
-    def _run(self, make: Callable[[StorageDriver], Awaitable[_T]]) -> Awaitable[_T]:
-        entry = self.entry
-        entry.require_serving("driver")
-        assert entry.driver is not None
-        return _guard(entry, "driver", make(entry.driver), entry.on_trouble)
-
-    async def get_info(self) -> DriverInfo:
-        return await self._run(lambda d: d.get_info())
-
-    async def probe(self) -> ProbeResult:
-        return await self._run(lambda d: d.probe())
-
-    async def can_handle(
-        self, vm: VM, volumes: Sequence[Volume], operation: Operation, options: Mapping[str, str]
-    ) -> Sequence[VolumeDecision]:
-        return await self._run(lambda d: d.can_handle(vm, volumes, operation, options))
-
-    async def take_snapshot(self, request: TakeRequest) -> SnapshotResult:
-        return await self._run(lambda d: d.take_snapshot(request))
-
-    async def get_snapshot(self, vm_snapshot_id: str) -> SnapshotResult:
-        return await self._run(lambda d: d.get_snapshot(vm_snapshot_id))
-
-    async def revert_snapshot(self, request: RevertRequest) -> RevertResult:
-        return await self._run(lambda d: d.revert_snapshot(request))
-
-    async def delete_snapshot(self, vm_snapshot_id: str, snapshot: SnapshotResult | None) -> None:
-        await self._run(lambda d: d.delete_snapshot(vm_snapshot_id, snapshot))
-
-    async def list_snapshots(self, page: Page, vm_id: str = "") -> SnapshotPage:
-        return await self._run(lambda d: d.list_snapshots(page, vm_id))
+    return call
 
 
-class GuardedAgent(HypervisorAgent):
-    """An agent that fails fast with UNAVAILABLE while its health check fails."""
+class _Guard:
+    """Base of the generated guard classes (see :func:`guard_class`)."""
 
-    def __init__(self, entry: AgentEntry) -> None:
-        self.entry = entry
+    def __init__(self, peer: Peer[Any, Any]) -> None:
+        self.peer = peer
 
-    def _run(self, make: Callable[[HypervisorAgent], Awaitable[_T]]) -> Awaitable[_T]:
-        entry = self.entry
-        entry.require_serving("agent")
-        assert entry.agent is not None
-        return _guard(entry, "agent", make(entry.agent), entry.on_trouble)
+    def __repr__(self) -> str:
+        return f"<guarded {self.peer.kind.word} {self.peer.label}>"
 
-    async def get_info(self) -> AgentInfo:
-        return await self._run(lambda a: a.get_info())
 
-    async def describe_vm(self, vm_id: str) -> VM:
-        return await self._run(lambda a: a.describe_vm(vm_id))
+_GUARDS: dict[type, type] = {}
 
-    async def list_vms(self, page: Page) -> VMPage:
-        return await self._run(lambda a: a.list_vms(page))
 
-    async def define_vm(self, vm: VM) -> VM:
-        return await self._run(lambda a: a.define_vm(vm))
-
-    async def undefine_vm(self, vm_id: str) -> None:
-        await self._run(lambda a: a.undefine_vm(vm_id))
-
-    async def start_vm(self, vm_id: str) -> VM:
-        return await self._run(lambda a: a.start_vm(vm_id))
-
-    async def stop_vm(self, vm_id: str, force: bool) -> VM:
-        return await self._run(lambda a: a.stop_vm(vm_id, force))
-
-    async def quiesce(
-        self,
-        vm_id: str,
-        method: QuiesceMethod,
-        lease_seconds: float,
-        best_effort: bool,
-        operation_id: str,
-    ) -> QuiesceResult:
-        return await self._run(
-            lambda a: a.quiesce(vm_id, method, lease_seconds, best_effort, operation_id)
+def guard_class(interface: type[Any]) -> type[Any]:
+    """The guard of ``interface``: a subclass whose every public method (as
+    :func:`interface_methods` lists them) checks health and forwards to the peer."""
+    cls = _GUARDS.get(interface)
+    if cls is None:
+        methods = {name: _forward(interface, name) for name in interface_methods(interface)}
+        cls = types.new_class(
+            f"Guarded{interface.__name__}",
+            (_Guard, interface),
+            exec_body=lambda ns: ns.update(methods, __module__=__name__),
         )
+        _GUARDS[interface] = cls
+    return cls
 
-    async def renew_quiesce(self, token: str, lease_seconds: float) -> datetime:
-        return await self._run(lambda a: a.renew_quiesce(token, lease_seconds))
 
-    async def unquiesce(self, token: str, operation_id: str = "") -> UnquiesceResult:
-        return await self._run(lambda a: a.unquiesce(token, operation_id))
+def guarded(peer: Peer[P, Any]) -> P:
+    """The peer as its domain interface, behind the guard."""
+    return cast(P, guard_class(peer.kind.interface)(peer))
 
-    async def list_quiesces(self, vm_id: str = "") -> Sequence[QuiesceInfo]:
-        return await self._run(lambda a: a.list_quiesces(vm_id))
 
-    async def take_native_snapshot(
-        self, vm_id: str, snapshot_id: str, disks: Sequence[str], include_memory: bool
-    ) -> NativeSnapshot:
-        return await self._run(
-            lambda a: a.take_native_snapshot(vm_id, snapshot_id, disks, include_memory)
-        )
-
-    async def revert_native_snapshot(self, vm_id: str, snapshot_id: str) -> VM:
-        return await self._run(lambda a: a.revert_native_snapshot(vm_id, snapshot_id))
-
-    async def delete_native_snapshot(self, vm_id: str, snapshot_id: str) -> None:
-        await self._run(lambda a: a.delete_native_snapshot(vm_id, snapshot_id))
-
-    async def list_native_snapshots(self, vm_id: str) -> Sequence[NativeSnapshot]:
-        return await self._run(lambda a: a.list_native_snapshots(vm_id))
+# --- checks ---------------------------------------------------------------------------
 
 
 async def _grpc_health(channel: grpc.aio.Channel | None) -> None:
@@ -247,10 +299,24 @@ async def _grpc_health(channel: grpc.aio.Channel | None) -> None:
 def _negotiate(versions: Sequence[str]) -> str:
     if CONTRACT_VERSION not in versions:
         raise FailedPrecondition(
-            f"speaks contract versions {list(versions)}; this host needs {CONTRACT_VERSION}",
+            f"speaks contract versions {_cut(str(list(versions)), 100)}; this host needs "
+            f"{CONTRACT_VERSION}",
             reason="CONTRACT_VERSION_MISMATCH",
         )
     return CONTRACT_VERSION
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, VMSnapError):
+        return _cut(exc.message)
+    if isinstance(exc, TimeoutError):
+        return f"no answer within the check timeout ({_CHECK_TIMEOUT:g} s)"
+    return _cut(f"unexpected answer: {type(exc).__name__}: {exc}")
+
+
+async def _close(peer: Peer[Any, Any]) -> None:
+    if peer.channel is not None:
+        await peer.channel.close(None)
 
 
 class Registry:
@@ -263,6 +329,10 @@ class Registry:
         self._vm_agent: dict[str, str] = {}  # vm id → agent address (a cache)
         self._pending: set[asyncio.Task[Any]] = set()
 
+    def _table(self, kind: PeerKind[P, I]) -> dict[str, Peer[P, I]]:
+        table: Any = self._drivers if kind is DRIVER else self._agents
+        return cast(dict[str, Peer[P, I]], table)
+
     # --- registration -------------------------------------------------------------
 
     async def add_driver(
@@ -272,102 +342,172 @@ class Registry:
         order: int = 0,
         tls: ClientTLS | None = None,
         driver: StorageDriver | None = None,
+        require_serving: bool = False,
     ) -> DriverEntry:
-        """Register (or update) a driver and check it once. ``driver`` injects an
-        in-process implementation (tests); otherwise a gRPC client is made."""
-        old = self._drivers.pop(address, None)
-        if old is not None and old.channel is not None:
-            await old.channel.close(None)
-        entry = DriverEntry(address=address, tls=tls, order=order)
-        if driver is None:
-            client = DriverClient.connect(address, tls=tls, timeout=self.call_timeout)
-            entry.driver, entry.channel = client, client.channel
-        else:
-            entry.driver = driver
-        entry.on_trouble = lambda: self._recheck(self.check_driver(entry))
-        self._drivers[address] = entry
-        await self.check_driver(entry)
-        # A name lives at one address: re-registering it elsewhere moves it.
-        for other in list(self._drivers.values()):
-            if other is not entry and entry.name and other.name == entry.name:
-                await self.remove_driver(other.name, address=other.address)
-        return entry
+        """Register (or update) a driver and check it once; see :meth:`_add`.
+        ``driver`` injects an in-process implementation (tests); otherwise a gRPC
+        client is made."""
+        return await self._add(DRIVER, address, order, tls, driver, require_serving)
 
     async def add_agent(
-        self, address: str, *, tls: ClientTLS | None = None, agent: HypervisorAgent | None = None
+        self,
+        address: str,
+        *,
+        tls: ClientTLS | None = None,
+        agent: HypervisorAgent | None = None,
+        require_serving: bool = False,
     ) -> AgentEntry:
-        old = self._agents.pop(address, None)
-        if old is not None and old.channel is not None:
-            await old.channel.close(None)
-        entry = AgentEntry(address=address, tls=tls)
-        if agent is None:
-            client = AgentClient.connect(address, tls=tls, timeout=self.call_timeout)
-            entry.agent, entry.channel = client, client.channel
-        else:
-            entry.agent = agent
-        entry.on_trouble = lambda: self._recheck(self.check_agent(entry))
-        self._agents[address] = entry
-        await self.check_agent(entry)
-        for other in list(self._agents.values()):
-            if other is not entry and entry.name and other.name == entry.name:
-                await self.remove_agent(other.name, address=other.address)
+        """Register (or update) an agent and check it once; see :meth:`_add`."""
+        return await self._add(AGENT, address, 0, tls, agent, require_serving)
+
+    async def _add(
+        self,
+        kind: PeerKind[P, I],
+        address: str,
+        order: int,
+        tls: ClientTLS | None,
+        impl: P | None,
+        require_serving: bool,
+    ) -> Peer[P, I]:
+        """The new peer is checked before it replaces anything, then:
+
+        - it announces the name of a peer at another address that is serving (checked
+          again now): refused, FAILED_PRECONDITION ``<KIND>_NAME_IN_USE``; nothing
+          changes;
+        - ``require_serving`` (an API registration) and it fails its checks: refused,
+          UNAVAILABLE ``<KIND>_NOT_SERVING``; nothing changes, the peer already at
+          that address (if any) included;
+        - it announces the name of a peer at another address that is down: that one
+          moves here if the new one passes its checks (else refused as above);
+        - otherwise it replaces whatever was at the same address (registering at
+          startup keeps a peer that is down: the health loop brings it back).
+        """
+        table = self._table(kind)
+        channel = None
+        if impl is None:
+            impl, channel = kind.connect(address, tls, self.call_timeout)
+        entry: Peer[P, I] = Peer(kind, address, tls, impl, channel=channel, order=order)
+        entry.on_trouble = lambda: self._recheck(entry)
+        await self.check(entry)
+        serving = entry.health is Health.SERVING
+
+        rival = next(
+            (p for a, p in table.items() if a != address and entry.name and p.name == entry.name),
+            None,
+        )
+        if rival is not None:
+            await self.check(rival)  # its last check may be stale: decide on fresh news
+            if rival.health is Health.SERVING or not serving:
+                await _close(entry)
+                if rival.health is Health.SERVING:
+                    raise FailedPrecondition(
+                        f"{kind.word} at {address} announces the name {entry.name}, which the "
+                        f"{kind.word} at {rival.address} has and which is serving; to move it "
+                        f"here, remove it first ({kind.remove_command} {entry.name}) and "
+                        "register again",
+                        reason=f"{kind.reason}_NAME_IN_USE",
+                        metadata={"name": entry.name, "address": rival.address},
+                    )
+                raise Unavailable(
+                    f"{kind.word} at {address} did not pass its checks: {entry.message}; "
+                    f"{entry.name} stays registered at {rival.address}. Start it (or fix the "
+                    "address or TLS settings) and register again",
+                    reason=f"{kind.reason}_NOT_SERVING",
+                )
+        if require_serving and not serving:
+            await _close(entry)
+            raise Unavailable(
+                f"{kind.word} at {address} did not pass its checks: {entry.message}; start it "
+                "(or fix the address or TLS settings) and register again",
+                reason=f"{kind.reason}_NOT_SERVING",
+            )
+        if rival is not None:
+            log.info(
+                "peer moved",
+                extra={
+                    "fields": {"peer": entry.name, "from": rival.address, "to": address},
+                },
+            )
+            await self._remove(kind, rival.name, rival.address)
+        old = table.get(address)
+        table[address] = entry
+        if old is not None:
+            await _close(old)
         return entry
 
     async def remove_driver(self, name: str, *, address: str = "") -> DriverEntry | None:
-        for key, entry in list(self._drivers.items()):
-            if (address and key == address) or (not address and entry.name == name):
-                del self._drivers[key]
-                if entry.channel is not None:
-                    await entry.channel.close(None)
-                return entry
-        return None
+        """Forget the driver of that name (or the one at ``address`` when given)."""
+        return await self._remove(DRIVER, name, address)
 
     async def remove_agent(self, name: str, *, address: str = "") -> AgentEntry | None:
-        for key, entry in list(self._agents.items()):
+        """Forget the agent of that name (or the one at ``address`` when given)."""
+        return await self._remove(AGENT, name, address)
+
+    async def _remove(self, kind: PeerKind[P, I], name: str, address: str) -> Peer[P, I] | None:
+        table = self._table(kind)
+        for key, entry in list(table.items()):
             if (address and key == address) or (not address and entry.name == name):
-                del self._agents[key]
-                self._vm_agent = {vm: a for vm, a in self._vm_agent.items() if a != key}
-                if entry.channel is not None:
-                    await entry.channel.close(None)
+                del table[key]
+                if kind is AGENT:
+                    self._vm_agent = {vm: a for vm, a in self._vm_agent.items() if a != key}
+                await _close(entry)
                 return entry
         return None
 
     # --- health -------------------------------------------------------------------
 
-    def _recheck(self, check: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(check)
+    def _recheck(self, entry: Peer[Any, Any]) -> None:
+        task = asyncio.ensure_future(self.check(entry))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def check_driver(self, entry: DriverEntry) -> None:
-        assert entry.driver is not None
+    async def check(self, entry: Peer[Any, Any]) -> None:
+        """Check one peer now. Never raises (but for cancellation): whatever goes
+        wrong marks this peer NOT_SERVING with a bounded message."""
         try:
-            info = await asyncio.wait_for(entry.driver.get_info(), _CHECK_TIMEOUT)
-            entry.contract_version = _negotiate(info.contract_versions)
-            entry.info, entry.name = info, info.name
-            await _grpc_health(entry.channel)
-            probe = await asyncio.wait_for(entry.driver.probe(), _CHECK_TIMEOUT)
-            if not probe.ready:
-                raise Unavailable(f"probe: {probe.message or 'the array is not ready'}")
-        except (VMSnapError, TimeoutError) as exc:
+            async with asyncio.timeout(_CHECK_TIMEOUT):
+                info = await entry.kind.get_info(entry.impl)
+                version = _negotiate(info.contract_versions)
+                self._take_name(entry, info.name)
+                entry.info, entry.contract_version = info, version
+                await _grpc_health(entry.channel)
+                problem = await entry.kind.not_ready(entry.impl)
+                if problem:
+                    raise Unavailable(_cut(problem))
+        except Exception as exc:  # isolation: one peer's fault is its own
+            if not isinstance(exc, VMSnapError | TimeoutError):
+                log.warning(
+                    "health check raised",
+                    exc_info=True,
+                    extra={"fields": {"peer": entry.label, "error": type(exc).__name__}},
+                )
             self._mark(entry, Health.NOT_SERVING, _describe(exc))
             return
         self._mark(entry, Health.SERVING, "")
 
-    async def check_agent(self, entry: AgentEntry) -> None:
-        assert entry.agent is not None
-        try:
-            info = await asyncio.wait_for(entry.agent.get_info(), _CHECK_TIMEOUT)
-            entry.contract_version = _negotiate(info.contract_versions)
-            entry.info, entry.name = info, info.name
-            await _grpc_health(entry.channel)
-        except (VMSnapError, TimeoutError) as exc:
-            self._mark(entry, Health.NOT_SERVING, _describe(exc))
-            return
-        self._mark(entry, Health.SERVING, "")
+    def _take_name(self, entry: Peer[Any, Any], name: str) -> None:
+        """A registered peer keeps the name it was registered with; an unnamed
+        one (down since the host started) may not take a name another peer has."""
+        if not name:
+            raise FailedPrecondition("announces no name")
+        if entry.name and name != entry.name:
+            raise FailedPrecondition(
+                f"now announces the name {_cut(name, 100)}, but was registered as "
+                f"{entry.name}; register it again to accept the new name"
+            )
+        table = self._table(entry.kind)
+        if not entry.name and table.get(entry.address) is entry:
+            rival = next((p for p in table.values() if p is not entry and p.name == name), None)
+            if rival is not None:
+                raise FailedPrecondition(
+                    f"announces the name {name}, which the {entry.kind.word} at "
+                    f"{rival.address} has; remove one of them ({entry.kind.remove_command} "
+                    f"{name} removes the one by name, then register the other again)"
+                )
+        entry.name = name
 
     @staticmethod
-    def _mark(entry: _Entry, health: Health, message: str) -> None:
+    def _mark(entry: Peer[Any, Any], health: Health, message: str) -> None:
         if entry.health is not health:
             log.info(
                 "health changed",
@@ -383,23 +523,28 @@ class Registry:
         entry.last_check = datetime.now(UTC)
 
     async def check_all(self) -> None:
-        checks: list[Awaitable[None]] = [self.check_driver(e) for e in self._drivers.values()]
-        checks += [self.check_agent(e) for e in self._agents.values()]
-        await asyncio.gather(*checks)
+        """Check every peer in parallel; each check is isolated (see :meth:`check`)."""
+        peers: list[Peer[Any, Any]] = [*self._drivers.values(), *self._agents.values()]
+        await asyncio.gather(*(self.check(p) for p in peers))
 
     async def run_health_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            await self.check_all()
+            try:
+                await self.check_all()
+            except Exception:
+                # check() isolates each peer; this only guards against a bug here
+                # turning into a host whose peers are never checked again.
+                log.exception("health round failed; the next round runs as planned")
 
     async def close(self) -> None:
         for task in list(self._pending):
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-        for entry in [*self._drivers.values(), *self._agents.values()]:
-            if entry.channel is not None:
-                await entry.channel.close(None)
+        peers: list[Peer[Any, Any]] = [*self._drivers.values(), *self._agents.values()]
+        for entry in peers:
+            await _close(entry)
 
     # --- lookups ------------------------------------------------------------------
 
@@ -410,16 +555,16 @@ class Registry:
     def healthy_drivers(self) -> list[DriverEntry]:
         return [e for e in self.drivers() if e.health is Health.SERVING]
 
-    def driver(self, name: str) -> GuardedDriver:
-        """The driver of that name (fails fast when it is not serving)."""
-        for entry in self._drivers.values():
-            if entry.name == name:
-                return GuardedDriver(entry)
-        raise Unavailable(
-            f"driver {name} is not registered; register it again (RegisterDriver) to reach "
-            "the snapshots it holds",
-            reason="DRIVER_NOT_REGISTERED",
-        )
+    def driver(self, name: str) -> StorageDriver:
+        """The driver of that name, guarded (fails fast when it is not serving)."""
+        entry = self.driver_entry(name)
+        if entry is None:
+            raise Unavailable(
+                f"driver {name} is not registered; register it again (RegisterDriver) to "
+                "reach the snapshots it holds",
+                reason="DRIVER_NOT_REGISTERED",
+            )
+        return guarded(entry)
 
     def driver_entry(self, name: str) -> DriverEntry | None:
         return next((e for e in self._drivers.values() if e.name == name), None)
@@ -427,14 +572,15 @@ class Registry:
     def agents(self) -> list[AgentEntry]:
         return sorted(self._agents.values(), key=lambda e: (e.name, e.address))
 
-    def agent(self, name: str) -> GuardedAgent:
-        for entry in self._agents.values():
-            if entry.name == name:
-                return GuardedAgent(entry)
-        raise Unavailable(
-            f"agent {name} is not registered; register it again (RegisterAgent)",
-            reason="AGENT_NOT_REGISTERED",
-        )
+    def agent(self, name: str) -> HypervisorAgent:
+        """The agent of that name, guarded (fails fast when it is not serving)."""
+        entry = self.agent_entry(name)
+        if entry is None:
+            raise Unavailable(
+                f"agent {name} is not registered; register it again (RegisterAgent)",
+                reason="AGENT_NOT_REGISTERED",
+            )
+        return guarded(entry)
 
     def agent_entry(self, name: str) -> AgentEntry | None:
         return next((e for e in self._agents.values() if e.name == name), None)
@@ -455,7 +601,7 @@ class Registry:
                 down.append(entry.label)
                 continue
             try:
-                vm = await GuardedAgent(entry).describe_vm(vm_id)
+                vm = await guarded(entry).describe_vm(vm_id)
             except NotFound:
                 continue
             self._vm_agent[vm_id] = entry.address
@@ -471,9 +617,3 @@ class Registry:
             "define it (DefineVM)",
             reason="VM_NOT_FOUND",
         )
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, VMSnapError):
-        return exc.message
-    return "no answer within the check timeout"

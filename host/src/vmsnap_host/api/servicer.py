@@ -17,13 +17,14 @@ from vmsnap_host.manager import Manager
 from vmsnap_host.model import OperationRecord, QuiescePolicy
 from vmsnap_host.registry import Health, Registry
 from vmsnap_host.store import Store
+from vmsnap_host.store.writer import Step
 from vmsnap_sdk import VM, ClientTLS, Page, current_call
 from vmsnap_sdk import _convert as cv
 from vmsnap_sdk import _validate as val
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
 from vmsnap_sdk._server import invoke
-from vmsnap_sdk.errors import InvalidArgument, NotFound, Unavailable, VMSnapError
+from vmsnap_sdk.errors import InvalidArgument, NotFound, VMSnapError
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -218,24 +219,33 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
 
     # --- drivers and agents -------------------------------------------------------
 
+    def _registered(self, kind: str, name: str) -> set[str]:
+        """Addresses of the stored registrations of a kind under that name."""
+        return {a for a, n, _, _ in self.store.registrations(kind) if n == name}
+
+    def _moved(self, kind: str, name: str, address: str) -> list[Step]:
+        """Removal of the stored registrations a peer that moved here left behind."""
+        return [
+            self.store.w_remove_registration(kind, a)
+            for a in sorted(self._registered(kind, name) - {address})
+        ]
+
     async def RegisterDriver(  # noqa: N802
         self, request: pb.RegisterDriverRequest, context: Ctx
     ) -> pb.RegisterDriverResponse:
         async def run() -> pb.RegisterDriverResponse:
             address = _address("address", request.address)
             tls = _tls("tls", request.tls, request.HasField("tls"))
-            entry = await self.registry.add_driver(address, order=request.order, tls=tls)
-            if entry.health is not Health.SERVING:
-                await self.registry.remove_driver(entry.name, address=address)
-                raise Unavailable(
-                    f"driver at {address} did not pass its checks: {entry.message}; start it "
-                    "(or fix the address or TLS settings) and register again",
-                    reason="DRIVER_NOT_SERVING",
-                )
+            # A registration that fails its checks, or that would take the name of a
+            # serving driver, changes nothing (the registry raises).
+            entry = await self.registry.add_driver(
+                address, order=request.order, tls=tls, require_serving=True
+            )
             await self.store.write(
                 self.store.w_save_registration(
                     "driver", address, entry.name, request.order, _tls_dict(tls)
-                )
+                ),
+                *self._moved("driver", entry.name, address),
             )
             return pb.RegisterDriverResponse(driver=convert.driver_to_pb(entry))
 
@@ -256,12 +266,20 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.RemoveDriverResponse:
         async def run() -> pb.RemoveDriverResponse:
             val.require_text("name", request.name, 128)
+            # By name in the registry, and by stored registration too: a driver down
+            # since the host started has not told the registry its name yet.
+            addresses = self._registered("driver", request.name)
             entry = await self.registry.remove_driver(request.name)
             if entry is not None:
-                await self.store.write(
-                    self.store.w_remove_registration("driver", entry.address),
-                    self.store.w_forget_owner(entry.name),
-                )
+                addresses.add(entry.address)
+            for address in addresses:
+                await self.registry.remove_driver(request.name, address=address)
+            # Its volumes have no owner any more: the next plan gives them to whoever
+            # claims them (the operator said the driver is gone for good).
+            await self.store.write(
+                *(self.store.w_remove_registration("driver", a) for a in sorted(addresses)),
+                self.store.w_forget_owner(request.name),
+            )
             return pb.RemoveDriverResponse()
 
         return await invoke(context, "RemoveDriver", run)
@@ -272,16 +290,10 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         async def run() -> pb.RegisterAgentResponse:
             address = _address("address", request.address)
             tls = _tls("tls", request.tls, request.HasField("tls"))
-            entry = await self.registry.add_agent(address, tls=tls)
-            if entry.health is not Health.SERVING:
-                await self.registry.remove_agent(entry.name, address=address)
-                raise Unavailable(
-                    f"agent at {address} did not pass its checks: {entry.message}; start it "
-                    "(or fix the address or TLS settings) and register again",
-                    reason="AGENT_NOT_SERVING",
-                )
+            entry = await self.registry.add_agent(address, tls=tls, require_serving=True)
             await self.store.write(
-                self.store.w_save_registration("agent", address, entry.name, 0, _tls_dict(tls))
+                self.store.w_save_registration("agent", address, entry.name, 0, _tls_dict(tls)),
+                *self._moved("agent", entry.name, address),
             )
             return pb.RegisterAgentResponse(agent=convert.agent_to_pb(entry))
 
@@ -302,9 +314,16 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.RemoveAgentResponse:
         async def run() -> pb.RemoveAgentResponse:
             val.require_text("name", request.name, 128)
+            addresses = self._registered("agent", request.name)
             entry = await self.registry.remove_agent(request.name)
             if entry is not None:
-                await self.store.write(self.store.w_remove_registration("agent", entry.address))
+                addresses.add(entry.address)
+            for address in addresses:
+                await self.registry.remove_agent(request.name, address=address)
+            if addresses:
+                await self.store.write(
+                    *(self.store.w_remove_registration("agent", a) for a in sorted(addresses))
+                )
             return pb.RemoveAgentResponse()
 
         return await invoke(context, "RemoveAgent", run)
