@@ -21,7 +21,7 @@ import pytest
 
 from tests.fakes.driver import FakeDriver, Options
 from vmsnap_agent.sim import SimAgent, frozen
-from vmsnap_host.config import Settings
+from vmsnap_host.config import ConfigError, Settings, parse
 from vmsnap_host.model import (
     Claim,
     Group,
@@ -561,3 +561,10 @@ async def test_a_driver_without_the_list_capability_is_not_judged(bench: Bench) 
     assert orphan in quiet.snapshots
     snap = bench.store.get_snapshot(ready)
     assert snap is not None and snap.missing == ""
+
+
+def test_the_grace_period_is_a_bounded_setting() -> None:
+    assert parse({}).settings.orphan_grace_seconds == 300
+    assert parse({"host": {"orphan_grace_seconds": 0}}).settings.orphan_grace_seconds == 0
+    with pytest.raises(ConfigError, match=r"host\.orphan_grace_seconds: must be a number in 0\.\."):
+        parse({"host": {"orphan_grace_seconds": -1}})
