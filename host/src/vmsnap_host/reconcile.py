@@ -295,9 +295,10 @@ class Reconciler:
         done = self.store.operations_done(freeze_ops) if freeze_ops else {}
 
         actions: list[Awaitable[Finding]] = []
+        orphans: set[tuple[str, str, str]] = set()
         for listing in listings:
-            self._orphans(listing, states, kept, now, dry_run, findings, actions)
-        self._forget_unseen(listings, now)
+            self._orphans(listing, states, kept, now, dry_run, findings, actions, orphans)
+        self._forget_unseen(listings, orphans)
         self._missing(ready_now, listings, dry_run, findings, actions)
         for listing in listings:
             self._freezes(listing, done, now, dry_run, findings, actions)
@@ -315,19 +316,20 @@ class Reconciler:
             )
             for f in findings
         )
-        await self._record(stamped, now)
-        if stamped:
-            log.info(
-                "reconcile pass",
-                extra={
-                    "fields": {
-                        "owner": self.host_owner,
-                        "dry_run": dry_run,
-                        "findings": len(stamped),
-                        "actions": sorted({f.action for f in stamped}),
-                    }
-                },
-            )
+        written = await self._record(stamped, now)
+        # Logged when something new was found (repeats are in the report only).
+        (log.info if written else log.debug)(
+            "reconcile pass",
+            extra={
+                "fields": {
+                    "owner": self.host_owner,
+                    "dry_run": dry_run,
+                    "findings": len(stamped),
+                    "new_findings": written,
+                    "actions": sorted({f.action for f in stamped}),
+                }
+            },
+        )
         return Report(stamped, dry_run, started)
 
     def _ready(self) -> list[Snapshot]:
@@ -464,6 +466,7 @@ class Reconciler:
         dry_run: bool,
         findings: list[Finding],
         actions: list[Awaitable[Finding]],
+        orphans: set[tuple[str, str, str]],
     ) -> None:
         grace = self.settings.orphan_grace_seconds
         foreign: list[str] = []
@@ -484,6 +487,7 @@ class Reconciler:
                 continue
             vm_id = obj.vm_id or (record.vm_id if record is not None else "")
             key = (listing.kind.name, listing.peer, obj.id)
+            orphans.add(key)
             first = self._first_seen.setdefault(key, now)
             created = _epoch(obj.create_time)
             age = max(now - first, now - created if created is not None else 0.0)
@@ -545,13 +549,16 @@ class Reconciler:
         self._first_seen.pop((listing.kind.name, listing.peer, obj.id), None)
         return _with(finding, Action.DELETED, why)
 
-    def _forget_unseen(self, listings: Sequence[_Listing], now: float) -> None:
-        """Keep first-seen times only of objects still listed (or of peers not
-        listed this pass), so that the memory stays as large as the orphans are."""
-        listed = {(lst.kind.name, lst.peer) for lst in listings}
-        present = {(lst.kind.name, lst.peer, oid) for lst in listings for oid in lst.objects}
+    def _forget_unseen(
+        self, listings: Sequence[_Listing], orphans: set[tuple[str, str, str]]
+    ) -> None:
+        """Keep first-seen times only of objects this pass saw orphaned (or of peers
+        not listed completely: an object missing from a partial list may still be
+        there), so that the memory stays as large as the orphans are and an object
+        that stopped being an orphan starts its wait anew."""
+        complete = {(lst.kind.name, lst.peer) for lst in listings if lst.complete}
         for key in list(self._first_seen):
-            if key[:2] in listed and key not in present:
+            if key[:2] in complete and key not in orphans:
                 del self._first_seen[key]
         if len(self._first_seen) > _MAX_REMEMBERED:
             # Forgetting makes an object wait longer, never less: safe to drop the newest.
@@ -625,7 +632,19 @@ class Reconciler:
                     )
 
     async def _set_missing(self, snap: Snapshot, cause: str, finding: Finding) -> Finding:
-        await self.store.write(self.store.w_set_missing(snap.id, cause))
+        try:
+            await self.store.write(self.store.w_set_missing(snap.id, cause))
+        except Exception as exc:  # noqa: BLE001 - reported; the next pass tries again
+            log.warning(
+                "could not record a missing mark",
+                extra={"fields": {"snapshot": snap.id, "error": type(exc).__name__}},
+            )
+            return _with(
+                finding,
+                Action.NONE,
+                f"{finding.detail}; the catalog refused the write ({type(exc).__name__}): "
+                "tried again next pass",
+            )
         return finding
 
     # --- freezes ------------------------------------------------------------------
@@ -697,7 +716,8 @@ class Reconciler:
 
         return list(await asyncio.gather(*(bounded(a) for a in actions)))
 
-    async def _record(self, findings: Sequence[Finding], now: float) -> None:
+    async def _record(self, findings: Sequence[Finding], now: float) -> int:
+        """Write the findings not written in the last hour; how many were written."""
         for key, when in list(self._recorded.items()):
             if now - when >= REPEAT_SECONDS:
                 del self._recorded[key]
@@ -721,6 +741,7 @@ class Reconciler:
             )
         for start in range(0, len(steps), _WRITE_BATCH):
             await self.store.write(*steps[start : start + _WRITE_BATCH])
+        return len(steps)
 
 
 def _with(finding: Finding, action: Action, detail: str) -> Finding:
