@@ -3,7 +3,8 @@
 Real processes over unix sockets: the host, the sim agent and a fake driver.
 The faults are planted before they start: the catalog gets a failed snapshot
 and a READY one, the driver's state file holds the failed snapshot's object
-(an orphan), another installation's object, and not the READY one's (lost).
+(an orphan), another installation's object, and not the READY one's (lost);
+the agent holds a freeze of the finished operation that made the failed one.
 """
 
 from __future__ import annotations
@@ -32,7 +33,15 @@ from vmsnap_host.model import (
     SnapshotState,
 )
 from vmsnap_host.store import Store
-from vmsnap_sdk import Priority, SnapshotResult, VolumeSnapshot
+from vmsnap_sdk import (
+    VM,
+    AgentClient,
+    Priority,
+    QuiesceMethod,
+    SnapshotResult,
+    Volume,
+    VolumeSnapshot,
+)
 
 DRIVER = "io.vmsnap.test.a"
 CONFIG = """
@@ -56,11 +65,17 @@ class Planted:
     orphan: str = field(default_factory=lambda: uuid.uuid4().hex)
     lost: str = field(default_factory=lambda: uuid.uuid4().hex)
     foreign: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: The (finished) operation that made the orphan; a freeze it still holds is stale.
+    orphan_op: str = field(default_factory=lambda: uuid.uuid4().hex)
     procs: list[Proc] = field(default_factory=list)
 
     @property
     def host(self) -> str:
         return f"unix://{self.sock}/host.sock"
+
+    @property
+    def agent(self) -> str:
+        return f"unix://{self.sock}/agent.sock"
 
     def driver_snapshots(self) -> set[str]:
         return set(json.loads((self.work / "a.json").read_text())["snapshots"])
@@ -101,7 +116,7 @@ def _plant_catalog(path: Path, planted: Planted) -> None:
                 ),
             )
             op = OperationRecord(
-                id=uuid.uuid4().hex,
+                id=planted.orphan_op if sid == planted.orphan else uuid.uuid4().hex,
                 type=OperationType.CREATE,
                 vm_id="vm1",
                 vm_snapshot_id=sid,
@@ -129,6 +144,26 @@ def _driver_state(planted: Planted) -> dict[str, Any]:
         },
         "reverted": [],
     }
+
+
+async def _freeze(address: str, operation_id: str) -> None:
+    agent = AgentClient.connect(address, timeout=30)
+    try:
+        await agent.define_vm(
+            VM(id="vm-frozen", name="vm-frozen", volumes=(Volume("vda", "file:///f.img"),))
+        )
+        await agent.start_vm("vm-frozen")
+        await agent.quiesce("vm-frozen", QuiesceMethod.OVERLAY, 600, False, operation_id)
+    finally:
+        await agent.close()
+
+
+async def _frozen(address: str) -> bool:
+    agent = AgentClient.connect(address, timeout=30)
+    try:
+        return bool(await agent.list_quiesces("vm-frozen"))
+    finally:
+        await agent.close()
 
 
 @pytest.fixture
@@ -174,6 +209,7 @@ def planted(sockdir: Path, tmp_path: Path) -> Iterator[Planted]:
                 wait_serving(address)
             except TimeoutError:
                 raise AssertionError(f"{name} did not start:\n{proc.output()}") from None
+        asyncio.run(_freeze(f"unix://{sockdir}/agent.sock", p.orphan_op))
         yield p
     finally:
         for proc in reversed(p.procs):
@@ -186,7 +222,10 @@ def test_reconcile_dry_run_then_for_real_and_the_findings_kept(planted: Planted)
     assert actions[("ORPHAN", planted.orphan)] == "WOULD_DELETE"
     assert actions[("MISSING", planted.lost)] == "WOULD_MARK"
     assert actions[("FOREIGN", DRIVER)] == "KEPT"
+    stale = [f for f in dry["findings"] if f["kind"] == "STALE_FREEZE"]
+    assert [(f["vm_id"], f["action"]) for f in stale] == [("vm-frozen", "WOULD_THAW")]
     assert planted.driver_snapshots() == {planted.orphan, planted.foreign}  # nothing changed
+    assert asyncio.run(_frozen(planted.agent))
 
     report = planted.vmsnap_json("reconcile")
     by_kind = {f["kind"]: f for f in report["findings"]}
@@ -194,6 +233,9 @@ def test_reconcile_dry_run_then_for_real_and_the_findings_kept(planted: Planted)
     assert by_kind["ORPHAN"]["vm_snapshot_id"] == planted.orphan
     assert by_kind["MISSING"]["action"] == "MARKED"
     assert planted.foreign in by_kind["FOREIGN"]["detail"]
+    assert by_kind["STALE_FREEZE"]["action"] == "THAWED"
+    assert f"operation {planted.orphan_op} is finished" in by_kind["STALE_FREEZE"]["detail"]
+    assert not asyncio.run(_frozen(planted.agent))
     assert report["omitted"] == 0
     # The orphan is gone from the array; another installation's object is not.
     assert planted.driver_snapshots() == {planted.foreign}

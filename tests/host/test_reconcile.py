@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from vmsnap_host.model import (
     SnapshotState,
 )
 from vmsnap_host.reconcile import Action, Kind, Reconciler, Report
-from vmsnap_host.registry import GuardedAgent, Registry
+from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
 from vmsnap_sdk import (
     VM,
@@ -69,36 +68,11 @@ class Clock:
         return self.now
 
 
-@dataclass(frozen=True)
-class Freeze:
-    """What an agent's ListQuiesces reports (the SDK's QuiesceInfo, same fields)."""
-
-    token: str
-    vm_id: str
-    operation_id: str
-    expire_time: datetime | None
-
-
-class ListingSim(SimAgent):
-    """The sim agent with ListQuiesces (joining the agent contract in this wave)."""
-
-    async def list_quiesces(self, vm_id: str = "") -> list[Freeze]:
-        return [
-            Freeze(vm.freeze.token, vm.id, vm.freeze.operation_id, _dt(vm.freeze.expire_at))
-            for vm in self._vms.values()
-            if vm.freeze is not None and (not vm_id or vm.id == vm_id)
-        ]
-
-
-def _dt(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
-
-
 @dataclass
 class Bench:
     store: Store
     registry: Registry
-    agent: ListingSim
+    agent: SimAgent
     agent_dir: Path
     a: FakeDriver
     b: FakeDriver
@@ -181,20 +155,14 @@ def found(report: Report, kind: Kind, action: Action) -> list[str]:
 
 
 @pytest.fixture
-async def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Bench]:
-    if not hasattr(GuardedAgent, "list_quiesces"):
-        # Until ListQuiesces lands in the registry's guard (same wave): pass it through.
-        async def list_quiesces(self: GuardedAgent, vm_id: str = "") -> Any:
-            return await self._run(lambda agent: agent.list_quiesces(vm_id))  # type: ignore[attr-defined]
-
-        monkeypatch.setattr(GuardedAgent, "list_quiesces", list_quiesces, raising=False)
+async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
     store = Store.open_sqlite(tmp_path / "catalog.db")
     registry = Registry(call_timeout=2.0)
     a = FakeDriver(Options(name=A, scheme="a"))
     b = FakeDriver(Options(name=B, scheme="b"))
     await registry.add_driver("in-process-a", driver=a)
     await registry.add_driver("in-process-b", driver=b, order=1)
-    agent = ListingSim(tmp_path / "agent", name=AGENT)
+    agent = SimAgent(tmp_path / "agent", name=AGENT)
     await agent.start()
     await registry.add_agent("in-process-agent", agent=agent)
     clock = Clock()

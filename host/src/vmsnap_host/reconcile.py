@@ -56,13 +56,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar
 
 from vmsnap_host.config import Settings
 from vmsnap_host.model import GroupKind, Snapshot, SnapshotState
 from vmsnap_host.registry import Health, Registry
 from vmsnap_host.store import Store
-from vmsnap_sdk import Capability, Page, SnapshotResult
+from vmsnap_sdk import Capability, Page, QuiesceInfo, SnapshotResult
 from vmsnap_sdk.errors import Unimplemented, VMSnapError
 
 log = logging.getLogger("vmsnap.host.reconcile")
@@ -177,20 +177,6 @@ class Report:
         return [f for f in self.findings if f.kind == kind.value]
 
 
-class FreezeInfo(Protocol):
-    """A freeze in force as an agent's ``list_quiesces`` reports it (the SDK's
-    ``QuiesceInfo``, which joins the agent contract in the same wave)."""
-
-    @property
-    def token(self) -> str: ...
-    @property
-    def vm_id(self) -> str: ...
-    @property
-    def operation_id(self) -> str: ...
-    @property
-    def expire_time(self) -> datetime | None: ...
-
-
 @dataclass(frozen=True)
 class _Object:
     id: str
@@ -207,7 +193,7 @@ class _Listing:
     objects: dict[str, _Object] = field(default_factory=dict)
     #: Every page was read without error and nothing was cut.
     complete: bool = False
-    freezes: list[FreezeInfo] = field(default_factory=list)
+    freezes: list[QuiesceInfo] = field(default_factory=list)
     freezes_listed: bool = False
 
 
@@ -407,6 +393,10 @@ class Reconciler:
         listing = _Listing(GroupKind.HYPERVISOR, name)
         try:
             agent = self.registry.agent(name)
+        except VMSnapError as exc:  # removed since the pass began
+            findings.append(self._peer_error("agent", name, _describe(exc)))
+            return listing
+        try:
             natives = await self._with_deadline(agent.list_native_snapshots(""))
         except Exception as exc:  # noqa: BLE001 - one peer's failure is its finding
             findings.append(
@@ -430,19 +420,16 @@ class Reconciler:
                         f"({malformed} without an id or VM; at most {MAX_OBJECTS_PER_PEER} read)",
                     )
                 )
-        # Freezes in force: ListQuiesces joins the agent contract in the same wave;
-        # an agent (or registry) without it is simply not checked for stale freezes.
-        list_quiesces = getattr(agent, "list_quiesces", None)
-        if list_quiesces is None:
-            return listing
+        # Freezes in force; an agent that does not offer ListQuiesces is simply not
+        # checked for stale freezes.
         try:
-            freezes = await self._with_deadline(list_quiesces(""))
+            freezes = await self._with_deadline(agent.list_quiesces(""))
         except Unimplemented:
             return listing
         except Exception as exc:  # noqa: BLE001 - one peer's failure is its finding
             findings.append(self._peer_error("agent", name, f"ListQuiesces: {_describe(exc)}"))
             return listing
-        listing.freezes = [cast(FreezeInfo, f) for f in list(freezes)[:MAX_FREEZES_PER_AGENT]]
+        listing.freezes = list(freezes)[:MAX_FREEZES_PER_AGENT]
         listing.freezes_listed = True
         return listing
 
@@ -691,7 +678,7 @@ class Reconciler:
             else:
                 actions.append(self._thaw(listing.peer, freeze, why))
 
-    async def _thaw(self, peer: str, freeze: FreezeInfo, why: str) -> Finding:
+    async def _thaw(self, peer: str, freeze: QuiesceInfo, why: str) -> Finding:
         try:
             result = await self._with_deadline(self.registry.agent(peer).unquiesce(freeze.token))
         except Exception as exc:  # noqa: BLE001 - reported; retried next pass
@@ -757,7 +744,7 @@ def _with(finding: Finding, action: Action, detail: str) -> Finding:
 
 
 def _freeze_finding(
-    peer: str, freeze: FreezeInfo, action: Action, why: str, kind: Kind = Kind.STALE_FREEZE
+    peer: str, freeze: QuiesceInfo, action: Action, why: str, kind: Kind = Kind.STALE_FREEZE
 ) -> Finding:
     return Finding(
         kind.value,

@@ -495,9 +495,9 @@ def reconcile(
 ) -> None:
     """Compare every driver's and agent's objects with the catalog now, and repair.
 
-    Orphans older than host.orphan_grace_seconds are deleted, READY snapshots whose
-    objects vanished are marked, freezes of finished operations are thawed. The
-    findings are kept: `vmsnap findings list`.
+    Orphans older than host.orphan_grace_seconds are deleted, READY
+    snapshots whose objects vanished are marked, freezes of finished
+    operations are thawed. The findings are kept: `vmsnap findings list`.
     """
     report = run(lambda host: host.reconcile(dry_run, timeout=timeout))
     if json_:
