@@ -12,9 +12,11 @@ from vmsnap_host.cli._output import jsonable
 from vmsnap_host.client import (
     Consistency,
     Failure,
+    Finding,
     GroupKind,
     Operation,
     OperationType,
+    ReconcileReport,
     SnapshotGroup,
     VMSnapshot,
     VMSnapshotState,
@@ -85,3 +87,32 @@ def test_json_of_an_operation() -> None:
     assert data["create_time"] == "2026-01-02T03:04:05+00:00"
     assert data["vm_snapshot"]["groups"][0]["kind"] == "DRIVER"
     assert data["vm_snapshot"]["groups"][0]["disks"] == ["vda"]
+
+
+def test_json_of_a_reconcile_report() -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    report = ReconcileReport(
+        findings=(
+            Finding(
+                "ORPHAN", "io.example", "s-9", "vm-1", "s-9", "DELETED", "record s-9 is ERROR", when
+            ),
+        ),
+        omitted=0,
+    )
+    data = json.loads(json.dumps(jsonable(report)))
+    assert data == {
+        "findings": [
+            {
+                "kind": "ORPHAN",
+                "peer": "io.example",
+                "object_id": "s-9",
+                "vm_id": "vm-1",
+                "vm_snapshot_id": "s-9",
+                "action": "DELETED",
+                "detail": "record s-9 is ERROR",
+                "time": "2026-01-02T03:04:05+00:00",
+            }
+        ],
+        "omitted": 0,
+    }
+    assert VMSnapshot("s-1", "vm-1", "n", VMSnapshotState.READY).missing == ""

@@ -11,6 +11,7 @@ from pathlib import Path
 from vmsnap_host.api.servicer import HostServicer
 from vmsnap_host.config import Config
 from vmsnap_host.manager import Manager
+from vmsnap_host.reconcile import Reconciler
 from vmsnap_host.recovery import Recovery
 from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
@@ -41,11 +42,14 @@ class HostApp:
         settings = config.settings
         self.registry = Registry(call_timeout=settings.call_timeout_seconds)
         self.manager = Manager(self.store, self.registry, settings, owner)
-        self.recovery = Recovery(self.manager)
+        # Two-way reconciliation, on demand through the Reconcile RPC.
+        self.reconciler = Reconciler(self.store, self.registry, settings, owner)
+        # Every reconcile tick: open operations, owed deletes, then the two-way sweep.
+        self.recovery = Recovery(self.manager, sweep=self.reconciler.run_once)
         self.server = Server(listen, tls=tls, grace_seconds=grace_seconds)
         self.server.add_service(
             HOST_SERVICE,
-            HostServicer(self.manager, self.registry, self.store),
+            HostServicer(self.manager, self.registry, self.store, self.reconciler),
             host_pb2_grpc.add_VMSnapshotServiceServicer_to_server,
         )
         self._loops: list[asyncio.Task[None]] = []

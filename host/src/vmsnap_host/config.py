@@ -13,6 +13,8 @@ Example::
     health_interval_seconds = 5      # how often drivers and agents are checked
     post_processing_timeout_seconds = 600  # how long ready=false results are polled
     reconcile_interval_seconds = 10  # how often owed deletes are retried
+    orphan_grace_seconds = 300       # an object with no live catalog record is
+                                     # deleted once it is at least this old
 
     [[drivers]]
     address = "unix:///run/vmsnap/netapp.sock"
@@ -59,6 +61,11 @@ class Settings:
     health_interval_seconds: float = 5.0
     post_processing_timeout_seconds: float = 600.0
     reconcile_interval_seconds: float = 10.0
+    #: How old an orphan must be before the reconciler deletes it: an object on a
+    #: driver or agent whose id this host's catalog recorded, with no live record
+    #: (:mod:`vmsnap_host.reconcile`). Its create time when the peer reports one,
+    #: else how long passes have seen it orphaned. 0 deletes at the first pass.
+    orphan_grace_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "health_interval_seconds": (0.05, 3600),
     "post_processing_timeout_seconds": (0, 86_400),
     "reconcile_interval_seconds": (0.05, 3600),
+    "orphan_grace_seconds": (0, 7 * 86_400),
 }
 
 

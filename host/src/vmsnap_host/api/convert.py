@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import status_pb2
 
 from vmsnap_host.model import ErrorInfo, Group, GroupKind, OperationRecord, Snapshot
+from vmsnap_host.reconcile import Finding
 from vmsnap_host.registry import AgentEntry, DriverEntry
 from vmsnap_sdk import Capability
 from vmsnap_sdk._proto.common.v1 import common_pb2
@@ -63,6 +64,7 @@ def snapshot_to_pb(s: Snapshot) -> pb.VMSnapshot:
         parent_id=s.parent_id,
         current=s.current,
         warnings=list(s.warnings),
+        missing=s.missing,
     )
     if (frozen := _ts(s.freeze_start)) is not None:
         message.freeze_start_time.CopyFrom(frozen)
@@ -140,4 +142,19 @@ def agent_to_pb(e: AgentEntry) -> pb.Agent:
         message.memory_snapshots = e.info.memory_snapshots
     if (checked := _ts(e.last_check)) is not None:
         message.last_check_time.CopyFrom(checked)
+    return message
+
+
+def finding_to_pb(f: Finding) -> pb.Finding:
+    message = pb.Finding(
+        kind=f.kind,
+        peer=f.peer,
+        object_id=f.object_id,
+        vm_id=f.vm_id,
+        vm_snapshot_id=f.vm_snapshot_id,
+        action=f.action,
+        detail=f.detail,
+    )
+    if (when := _ts(f.time)) is not None:
+        message.time.CopyFrom(when)
     return message

@@ -15,6 +15,7 @@ from vmsnap_host.api import convert
 from vmsnap_host.config import ConfigError, check_address, tls_from_mapping
 from vmsnap_host.manager import Manager
 from vmsnap_host.model import OperationRecord, QuiescePolicy
+from vmsnap_host.reconcile import Finding, Reconciler
 from vmsnap_host.registry import Health, Registry
 from vmsnap_host.store import Store
 from vmsnap_host.store.writer import Step
@@ -24,13 +25,15 @@ from vmsnap_sdk import _validate as val
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
 from vmsnap_sdk._server import invoke
-from vmsnap_sdk.errors import InvalidArgument, NotFound, VMSnapError
+from vmsnap_sdk.errors import InvalidArgument, NotFound, Unimplemented, VMSnapError
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 MAX_DESCRIPTION = 1024
 DEFAULT_WAIT = 30.0
 MAX_WAIT = 600.0
+#: Findings of one Reconcile in its response (all are kept: ListFindings).
+MAX_RECONCILE_FINDINGS = 1000
 
 
 def _page_token(field: str, token: str) -> int | None:
@@ -87,10 +90,17 @@ def _address(field: str, value: str) -> str:
 
 
 class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
-    def __init__(self, manager: Manager, registry: Registry, store: Store) -> None:
+    def __init__(
+        self,
+        manager: Manager,
+        registry: Registry,
+        store: Store,
+        reconciler: Reconciler | None = None,
+    ) -> None:
         self.manager = manager
         self.registry = registry
         self.store = store
+        self.reconciler = reconciler
 
     def _op(self, op: OperationRecord) -> pb.Operation:
         return convert.operation_to_pb(op, self.store.get_snapshot(op.vm_snapshot_id))
@@ -398,6 +408,41 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             return pb.StopVMResponse(vm=cv.vm_to_pb(vm))
 
         return await invoke(context, "StopVM", run)
+
+    # --- reconciliation -----------------------------------------------------------
+
+    async def Reconcile(  # noqa: N802
+        self, request: pb.ReconcileRequest, context: Ctx
+    ) -> pb.ReconcileResponse:
+        async def run() -> pb.ReconcileResponse:
+            if self.reconciler is None:
+                raise Unimplemented(
+                    "this host runs without a reconciler; start it with vmsnap-host",
+                    reason="NO_RECONCILER",
+                )
+            report = await self.reconciler.run_once(dry_run=request.dry_run)
+            shown = report.findings[:MAX_RECONCILE_FINDINGS]
+            return pb.ReconcileResponse(
+                findings=[convert.finding_to_pb(f) for f in shown],
+                omitted_count=len(report.findings) - len(shown),
+            )
+
+        return await invoke(context, "Reconcile", run)
+
+    async def ListFindings(  # noqa: N802
+        self, request: pb.ListFindingsRequest, context: Ctx
+    ) -> pb.ListFindingsResponse:
+        async def run() -> pb.ListFindingsResponse:
+            size = val.page_size("page_size", request.page_size)
+            before = _page_token("page_token", request.page_token)
+            rows = self.store.findings(size + 1, before_seq=before)
+            page = rows[:size]
+            return pb.ListFindingsResponse(
+                findings=[convert.finding_to_pb(Finding.from_row(r)) for r in page],
+                next_page_token=_token(int(page[-1]["seq"])) if len(rows) > size else "",
+            )
+
+        return await invoke(context, "ListFindings", run)
 
 
 def _tls_dict(tls: ClientTLS | None) -> dict[str, str]:

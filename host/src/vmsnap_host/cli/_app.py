@@ -32,11 +32,13 @@ snapshot_app = typer.Typer(help="VM snapshots.", no_args_is_help=True)
 drivers_app = typer.Typer(help="Registered storage drivers.", no_args_is_help=True)
 agents_app = typer.Typer(help="Registered hypervisor agents.", no_args_is_help=True)
 operations_app = typer.Typer(help="Long-running operations.", no_args_is_help=True)
+findings_app = typer.Typer(help="What the reconciler found and did.", no_args_is_help=True)
 app.add_typer(vm_app, name="vm")
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(drivers_app, name="drivers")
 app.add_typer(agents_app, name="agents")
 app.add_typer(operations_app, name="operations")
+app.add_typer(findings_app, name="findings")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -478,6 +480,48 @@ def operations_show(operation_id: str, json_: JsonOption = False) -> None:
     out.console.print(out.operation_table([op]))
     if op.vm_snapshot is not None:
         out.show_snapshot(op.vm_snapshot)
+
+
+# --- reconciliation -------------------------------------------------------------------------
+
+
+@app.command()
+def reconcile(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only report: delete, mark and thaw nothing.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Longest wait for the pass, seconds.")] = 300.0,
+    json_: JsonOption = False,
+) -> None:
+    """Compare every driver's and agent's objects with the catalog now, and repair.
+
+    Orphans older than host.orphan_grace_seconds are deleted, READY
+    snapshots whose objects vanished are marked, freezes of finished
+    operations are thawed. The findings are kept: `vmsnap findings list`.
+    """
+    report = run(lambda host: host.reconcile(dry_run, timeout=timeout))
+    if json_:
+        out.print_json(report)
+        return
+    if not report.findings:
+        out.console.print("nothing to reconcile: every object matches the catalog")
+        return
+    out.console.print(out.finding_table(report.findings))
+    if report.omitted:
+        out.console.print(f"{report.omitted} more findings: `vmsnap findings list`")
+
+
+@findings_app.command("list")
+def findings_list(
+    limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 50,
+    json_: JsonOption = False,
+) -> None:
+    """Findings the reconciler kept, newest first."""
+    page = run(lambda host: host.list_findings(page_size=limit))
+    if json_:
+        out.print_json(page.items)
+    else:
+        out.console.print(out.finding_table(page.items, with_time=True))
 
 
 def main() -> Any:

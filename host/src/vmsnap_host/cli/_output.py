@@ -16,6 +16,7 @@ from rich.table import Table
 from vmsnap_host.client import (
     AgentStatus,
     DriverStatus,
+    Finding,
     Health,
     Operation,
     SnapshotGroup,
@@ -125,6 +126,8 @@ def show_snapshot(s: VMSnapshot) -> None:
         console.print(f"  [yellow]warning:[/] {warning}")
     if s.error is not None:
         console.print(f"  [red]error:[/] {s.error}")
+    if s.missing:
+        console.print(f"  [red]missing:[/] {s.missing}")
     if s.groups:
         console.print(group_table(s.groups))
 
@@ -178,4 +181,13 @@ def agent_table(agents: Sequence[AgentStatus]) -> Table:
             ", ".join(a.quiesce_methods),
             "yes" if a.memory_snapshots else "no",
         )
+    return table
+
+
+def finding_table(findings: Sequence[Finding], *, with_time: bool = False) -> Table:
+    columns = ["kind", "peer", "object", "snapshot", "action", "detail"]
+    table = Table(*(["time", *columns] if with_time else columns), title="findings")
+    for f in findings:
+        row = [f.kind, f.peer, f.object_id, f.vm_snapshot_id, f.action, f.detail]
+        table.add_row(*([_when(f.time), *row] if with_time else row))
     return table

@@ -22,9 +22,11 @@ from vmsnap_host.client._address import default_address
 from vmsnap_host.client._types import (
     AgentStatus,
     DriverStatus,
+    Finding,
     Operation,
     Page,
     QuiescePolicy,
+    ReconcileReport,
     VMSnapshot,
 )
 from vmsnap_sdk import VM, ClientTLS, open_channel
@@ -279,6 +281,32 @@ class HostClient:
 
     async def remove_agent(self, name: str, *, timeout: float | None = None) -> None:
         await call(self._stub.RemoveAgent, pb.RemoveAgentRequest(name=name), self._t(timeout))
+
+    # --- reconciliation ----------------------------------------------------------------
+
+    async def reconcile(
+        self, dry_run: bool = False, *, timeout: float | None = None
+    ) -> ReconcileReport:
+        """Run one reconciliation pass now: orphans deleted, vanished objects marked,
+        stale freezes thawed (``dry_run``: only reported). A pass lists every driver
+        and agent: give it a ``timeout`` longer than the default for large arrays."""
+        response = await call(
+            self._stub.Reconcile, pb.ReconcileRequest(dry_run=dry_run), self._t(timeout)
+        )
+        return ReconcileReport(
+            tuple(cv.finding(f) for f in response.findings), response.omitted_count
+        )
+
+    async def list_findings(
+        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> Page[Finding]:
+        """One page of the findings the reconciler kept, newest first."""
+        response = await call(
+            self._stub.ListFindings,
+            pb.ListFindingsRequest(page_size=page_size, page_token=page_token),
+            self._t(timeout),
+        )
+        return Page(tuple(cv.finding(f) for f in response.findings), response.next_page_token)
 
     # --- VMs (passed through to their agents) -----------------------------------------
 

@@ -77,6 +77,7 @@ def vm_snapshot(m: pb.VMSnapshot) -> t.VMSnapshot:
         create_time=_time(m.create_time, m.HasField("create_time")),
         update_time=_time(m.update_time, m.HasField("update_time")),
         warnings=tuple(m.warnings),
+        missing=m.missing,
     )
 
 
@@ -124,6 +125,19 @@ def agent(m: pb.Agent) -> t.AgentStatus:
         last_check_time=_time(m.last_check_time, m.HasField("last_check_time")),
         quiesce_methods=tuple(q.removeprefix("QUIESCE_METHOD_") for q in m.quiesce_methods),
         memory_snapshots=m.memory_snapshots,
+    )
+
+
+def finding(m: pb.Finding) -> t.Finding:
+    return t.Finding(
+        kind=m.kind,
+        peer=m.peer,
+        object_id=m.object_id,
+        vm_id=m.vm_id,
+        vm_snapshot_id=m.vm_snapshot_id,
+        action=m.action,
+        detail=m.detail,
+        time=_time(m.time, m.HasField("time")),
     )
 
 

@@ -131,6 +131,9 @@ class VMSnapshot:
     create_time: datetime | None = None
     update_time: datetime | None = None
     warnings: tuple[str, ...] = ()
+    #: Why this READY snapshot cannot restore (a driver or agent lost its
+    #: objects, found by the reconciler); "" while it is whole.
+    missing: str = ""
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,35 @@ class AgentStatus:
     #: Method names such as OVERLAY, GUEST_FREEZE (see vmsnap_sdk.QuiesceMethod).
     quiesce_methods: tuple[str, ...] = ()
     memory_snapshots: bool = False
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What the reconciler found comparing a driver's or agent's objects with the
+    catalog, and what it did (vocabularies: the proto's ``Finding`` message)."""
+
+    #: ORPHAN, FOREIGN, MISSING, FOUND, STALE_FREEZE or PEER_ERROR.
+    kind: str
+    #: The driver or agent.
+    peer: str = ""
+    #: The object on the peer (a snapshot id, a freeze token), "" for summaries.
+    object_id: str = ""
+    vm_id: str = ""
+    vm_snapshot_id: str = ""
+    #: DELETED, MARKED, CLEARED, THAWED, *_FAILED, WOULD_* (dry run), KEPT or NONE.
+    action: str = ""
+    detail: str = ""
+    #: When the pass that found it started.
+    time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """What one reconciliation pass found and did."""
+
+    findings: tuple[Finding, ...]
+    #: Findings of the pass left out of ``findings`` (all are kept: list_findings).
+    omitted: int = 0
 
 
 _T = TypeVar("_T")

@@ -830,9 +830,12 @@ class Store:
 
         return step
 
-    def findings(self, limit: int = 1000) -> list[dict[str, Any]]:
-        """The newest findings first."""
-        query = select(findings).order_by(findings.c.seq.desc()).limit(limit)
+    def findings(self, limit: int = 1000, before_seq: int | None = None) -> list[dict[str, Any]]:
+        """The newest findings first (older than ``before_seq`` when given: paging)."""
+        query = select(findings)
+        if before_seq is not None:
+            query = query.where(findings.c.seq < before_seq)
+        query = query.order_by(findings.c.seq.desc()).limit(limit)
         with self._read() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 

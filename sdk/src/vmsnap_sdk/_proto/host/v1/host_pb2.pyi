@@ -291,6 +291,7 @@ class VMSnapshot(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Host-assigned id."""
     vm_id: _builtins.str
@@ -311,6 +312,11 @@ class VMSnapshot(_message.Message):
     """Parent snapshot id (the VM's current snapshot when this one was taken)."""
     current: _builtins.bool
     """True when this is the VM's current snapshot."""
+    missing: _builtins.str
+    """Why this READY snapshot cannot restore (a driver or agent no longer holds
+    its objects, found by the reconciler; at most 1024 chars); empty while
+    every object it needs was last seen. Cleared when they are listed again.
+    """
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___SnapshotGroup]:
         """The plan and what each group returned."""
@@ -359,10 +365,11 @@ class VMSnapshot(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        missing: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "freeze_duration", b"freeze_duration", "freeze_start_time", b"freeze_start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "create_time", b"create_time", "current", b"current", "description", b"description", "error", b"error", "freeze_duration", b"freeze_duration", "freeze_start_time", b"freeze_start_time", "groups", b"groups", "id", b"id", "include_memory", b"include_memory", "name", b"name", "parent_id", b"parent_id", "quiesce", b"quiesce", "state", b"state", "update_time", b"update_time", "vm_id", b"vm_id", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "create_time", b"create_time", "current", b"current", "description", b"description", "error", b"error", "freeze_duration", b"freeze_duration", "freeze_start_time", b"freeze_start_time", "groups", b"groups", "id", b"id", "include_memory", b"include_memory", "missing", b"missing", "name", b"name", "parent_id", b"parent_id", "quiesce", b"quiesce", "state", b"state", "update_time", b"update_time", "vm_id", b"vm_id", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1588,3 +1595,181 @@ class StopVMResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StopVMResponse: _TypeAlias = StopVMResponse  # noqa: Y015
+
+@_typing.final
+class ReconcileRequest(_message.Message):
+    """Run one reconciliation pass."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    """Only report: delete, mark and thaw nothing (findings say WOULD_DELETE, …)."""
+    def __init__(
+        self,
+        *,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileRequest: _TypeAlias = ReconcileRequest  # noqa: Y015
+
+@_typing.final
+class ReconcileResponse(_message.Message):
+    """What the pass found and did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINDINGS_FIELD_NUMBER: _builtins.int
+    OMITTED_COUNT_FIELD_NUMBER: _builtins.int
+    omitted_count: _builtins.int
+    """Findings of this pass left out of `findings` past the first 1000."""
+    @_builtins.property
+    def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Finding]:
+        """In the order found (at most 1000; every one is also kept, see ListFindings)."""
+
+    def __init__(
+        self,
+        *,
+        findings: _abc.Iterable[Global___Finding] | None = ...,
+        omitted_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["findings", b"findings", "omitted_count", b"omitted_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileResponse: _TypeAlias = ReconcileResponse  # noqa: Y015
+
+@_typing.final
+class ListFindingsRequest(_message.Message):
+    """List kept findings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Most per page (0 = 100, at most 1000)."""
+    page_token: _builtins.str
+    """Token from the previous page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFindingsRequest: _TypeAlias = ListFindingsRequest  # noqa: Y015
+
+@_typing.final
+class ListFindingsResponse(_message.Message):
+    """A page of findings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINDINGS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Next page token; empty on the last page."""
+    @_builtins.property
+    def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Finding]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        findings: _abc.Iterable[Global___Finding] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["findings", b"findings", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFindingsResponse: _TypeAlias = ListFindingsResponse  # noqa: Y015
+
+@_typing.final
+class Finding(_message.Message):
+    """Something the reconciler found when it compared a driver's or agent's objects
+    with the catalog, and what it did about it. A finding repeated by later
+    passes (a young orphan, a foreign object) is kept again at most once an hour.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    OBJECT_ID_FIELD_NUMBER: _builtins.int
+    VM_ID_FIELD_NUMBER: _builtins.int
+    VM_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """What was found:
+      ORPHAN       an object this host made (the catalog recorded its id, or
+                   the snapshot id it starts with) with no live record;
+      FOREIGN      objects (or a freeze) this host's catalog never recorded:
+                   another installation's or made by hand, never touched;
+      MISSING      a READY snapshot whose object a peer no longer holds;
+      FOUND        a snapshot marked missing whose objects are all listed again;
+      STALE_FREEZE a freeze whose operation is finished or unknown;
+      PEER_ERROR   a driver or agent that could not be listed completely
+                   (nothing on it is marked missing in that pass).
+    """
+    peer: _builtins.str
+    """The driver or agent name (MISSING: the peers that lost objects)."""
+    object_id: _builtins.str
+    """The object on the peer: a snapshot id as the peer lists it (ORPHAN,
+    MISSING, FOUND), a freeze token (STALE_FREEZE, FOREIGN freezes); empty for
+    summaries (FOREIGN objects, PEER_ERROR).
+    """
+    vm_id: _builtins.str
+    """The VM the object belongs to, when known."""
+    vm_snapshot_id: _builtins.str
+    """The catalog's VM snapshot the object belongs to, when it has one."""
+    action: _builtins.str
+    """What the pass did: DELETED, DELETE_FAILED, MARKED, CLEARED, THAWED,
+    THAW_FAILED; in a dry run WOULD_DELETE, WOULD_MARK, WOULD_CLEAR,
+    WOULD_THAW; KEPT (left alone: younger than the grace period, or not this
+    host's); NONE (nothing to do, e.g. marked in an earlier pass).
+    """
+    detail: _builtins.str
+    """Why, in words (at most 1024 chars): the record's state, the object's age,
+    the peer's error.
+    """
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the pass that found it started."""
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        object_id: _builtins.str = ...,
+        vm_id: _builtins.str = ...,
+        vm_snapshot_id: _builtins.str = ...,
+        action: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "detail", b"detail", "kind", b"kind", "object_id", b"object_id", "peer", b"peer", "time", b"time", "vm_id", b"vm_id", "vm_snapshot_id", b"vm_snapshot_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Finding: _TypeAlias = Finding  # noqa: Y015

@@ -130,6 +130,16 @@ class VMSnapshotServiceStub:
                 request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.StopVMRequest.SerializeToString,
                 response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.StopVMResponse.FromString,
                 _registered_method=True)
+        self.Reconcile = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/Reconcile',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ReconcileRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ReconcileResponse.FromString,
+                _registered_method=True)
+        self.ListFindings = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/ListFindings',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListFindingsRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListFindingsResponse.FromString,
+                _registered_method=True)
 
 
 class VMSnapshotServiceServicer:
@@ -269,6 +279,25 @@ class VMSnapshotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reconcile(self, request, context):
+        """Compare what every driver and agent holds with the catalog, now, and repair:
+        orphans older than the grace period deleted, READY snapshots whose objects
+        vanished marked (VMSnapshot.missing), freezes of finished operations thawed.
+        With dry_run nothing is changed and the findings say what would be done.
+        Every finding is also kept (ListFindings). The host runs the same pass on
+        an interval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFindings(self, request, context):
+        """Findings kept by the reconciler, newest first, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VMSnapshotServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -366,6 +395,16 @@ def add_VMSnapshotServiceServicer_to_server(servicer, server):
                     servicer.StopVM,
                     request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.StopVMRequest.FromString,
                     response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.StopVMResponse.SerializeToString,
+            ),
+            'Reconcile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reconcile,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ReconcileRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ReconcileResponse.SerializeToString,
+            ),
+            'ListFindings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFindings,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListFindingsRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListFindingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -882,6 +921,60 @@ class VMSnapshotService:
             '/vmsnap.host.v1.VMSnapshotService/StopVM',
             vmsnap_dot_host_dot_v1_dot_host__pb2.StopVMRequest.SerializeToString,
             vmsnap_dot_host_dot_v1_dot_host__pb2.StopVMResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconcile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/Reconcile',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.ReconcileRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.ReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFindings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/ListFindings',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.ListFindingsRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.ListFindingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

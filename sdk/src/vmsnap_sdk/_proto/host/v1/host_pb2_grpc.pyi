@@ -59,6 +59,16 @@ class VMSnapshotServiceStub:
     """Start a VM."""
     StopVM: _aio.UnaryUnaryMultiCallable[_host_pb2.StopVMRequest, _host_pb2.StopVMResponse]
     """Stop a VM."""
+    Reconcile: _aio.UnaryUnaryMultiCallable[_host_pb2.ReconcileRequest, _host_pb2.ReconcileResponse]
+    """Compare what every driver and agent holds with the catalog, now, and repair:
+    orphans older than the grace period deleted, READY snapshots whose objects
+    vanished marked (VMSnapshot.missing), freezes of finished operations thawed.
+    With dry_run nothing is changed and the findings say what would be done.
+    Every finding is also kept (ListFindings). The host runs the same pass on
+    an interval.
+    """
+    ListFindings: _aio.UnaryUnaryMultiCallable[_host_pb2.ListFindingsRequest, _host_pb2.ListFindingsResponse]
+    """Findings kept by the reconciler, newest first, paged."""
 
 class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
     """The vmsnap host."""
@@ -214,5 +224,27 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_host_pb2.StopVMRequest, _abc.Awaitable[_host_pb2.StopVMResponse]],
     ) -> _abc.Awaitable[_host_pb2.StopVMResponse]:
         """Stop a VM."""
+
+    @_abc_1.abstractmethod
+    def Reconcile(
+        self,
+        request: _host_pb2.ReconcileRequest,
+        context: _aio.ServicerContext[_host_pb2.ReconcileRequest, _abc.Awaitable[_host_pb2.ReconcileResponse]],
+    ) -> _abc.Awaitable[_host_pb2.ReconcileResponse]:
+        """Compare what every driver and agent holds with the catalog, now, and repair:
+        orphans older than the grace period deleted, READY snapshots whose objects
+        vanished marked (VMSnapshot.missing), freezes of finished operations thawed.
+        With dry_run nothing is changed and the findings say what would be done.
+        Every finding is also kept (ListFindings). The host runs the same pass on
+        an interval.
+        """
+
+    @_abc_1.abstractmethod
+    def ListFindings(
+        self,
+        request: _host_pb2.ListFindingsRequest,
+        context: _aio.ServicerContext[_host_pb2.ListFindingsRequest, _abc.Awaitable[_host_pb2.ListFindingsResponse]],
+    ) -> _abc.Awaitable[_host_pb2.ListFindingsResponse]:
+        """Findings kept by the reconciler, newest first, paged."""
 
 def add_VMSnapshotServiceServicer_to_server(servicer: VMSnapshotServiceServicer, server: _aio.Server) -> None: ...
