@@ -57,7 +57,7 @@ class HostApp:
     async def start(self) -> list[str]:
         await self._register_all()
         await self.recovery.resolve_on_start()
-        await self.recovery.reconcile_once()
+        await self.recovery.reconcile_once(sweep=False)
         settings = self.config.settings
         self._loops = [
             asyncio.create_task(self.registry.run_health_loop(settings.health_interval_seconds)),

@@ -67,11 +67,12 @@ class Recovery:
         # Each ends within its calls' deadlines (or leaves itself open again).
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def reconcile_once(self) -> None:
-        """One round: open operations, owed deletes and kept states, then the sweep."""
+    async def reconcile_once(self, *, sweep: bool = True) -> None:
+        """One round: open operations, owed deletes and kept states, then the sweep
+        (not at start: it lists every array, and the first tick comes soon enough)."""
         await self.resolve_open()
         await self.executor.cleanup.retry_owed(self.manager.running)
-        if self.sweep is not None:
+        if sweep and self.sweep is not None:
             await self.sweep()
 
     async def run(self, interval: float) -> None:
