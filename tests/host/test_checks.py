@@ -68,6 +68,14 @@ def test_a_violation_is_final_internal_and_names_the_driver_and_the_rule() -> No
     assert "'snap-1'" in error.message and "'other'" in error.message
 
 
+def test_context_can_be_added_to_a_violation_like_to_any_error() -> None:
+    """The host adds context with ``type(exc)(message, reason=exc.reason)``."""
+    error = violation(lambda: c.check_take_result(D, "other", VOLUMES, good()))
+    wrapped = type(error)(f"take failed: {error.message}", reason=error.reason)
+    assert isinstance(wrapped, c.ContractViolation)
+    assert wrapped.reason == c.DRIVER_REASON and D in wrapped.message
+
+
 SA, SB = good().volume_snapshots
 EXTRA = VolumeSnapshot("vdz", "h://pool/9", "snap-1@vdz")
 

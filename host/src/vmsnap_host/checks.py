@@ -46,7 +46,7 @@ only), so a cause stays small whatever a driver returned.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from vmsnap_sdk import (
     DriverInfo,
@@ -104,18 +104,39 @@ class ContractViolation(Internal):
     (DeleteVMSnapshot of the same id), and a revert group that answered with a
     violation counts as reverted when the host puts the VM back.
 
-    ``peer`` is the driver's or agent's name, ``rule`` the rule's id (see the
-    module's table), both also in the ErrorInfo metadata; ``detail`` says what
-    was wrong with the answer.
+    Made by :meth:`broken`: ``peer`` is the driver's or agent's name, ``rule``
+    the rule's id (see the module's table), both also in the ErrorInfo
+    metadata; ``detail`` says what was wrong with the answer. The constructor
+    keeps VMSnapError's signature, so code that adds context with
+    ``type(exc)(message, reason=exc.reason)`` works on it too.
     """
 
-    def __init__(self, peer: str, rule: str, detail: str, *, kind: str = "driver") -> None:
+    default_reason = DRIVER_REASON
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        peer: str = "",
+        rule: str = "",
+        detail: str = "",
+        kind: str = "driver",
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
         self.peer = peer
         self.rule = rule
-        self.kind = kind
         self.detail = detail
+        self.kind = kind
+
+    @classmethod
+    def broken(
+        cls, peer: str, rule: str, detail: str, *, kind: str = "driver"
+    ) -> ContractViolation:
+        """The violation of ``rule`` by the ``kind`` (driver or agent) named ``peer``."""
         name = cut(peer, _PEER)
-        super().__init__(
+        return cls(
             cut(
                 f"{kind} {name} broke the contract ({rule}): {detail}; fix the {kind} "
                 "(the vmsnap conformance suite checks this)",
@@ -123,6 +144,10 @@ class ContractViolation(Internal):
             ),
             reason=AGENT_REASON if kind == "agent" else DRIVER_REASON,
             metadata={kind: name, "rule": rule},
+            peer=peer,
+            rule=rule,
+            detail=detail,
+            kind=kind,
         )
 
 
@@ -137,7 +162,7 @@ def _names(items: Iterable[str]) -> str:
 
 
 def _violation(peer: str, rule: str, detail: str, kind: str = "driver") -> ContractViolation:
-    return ContractViolation(peer, rule, detail, kind=kind)
+    return ContractViolation.broken(peer, rule, detail, kind=kind)
 
 
 def _check_disk_set(
