@@ -12,10 +12,10 @@ import pytest
 
 import vmsnap_sdk
 from tests.support.procs import ROOT
-from vmsnap_sdk import errors
+from vmsnap_sdk import errors, limits
 
 
-@pytest.mark.parametrize("module", [vmsnap_sdk, errors])
+@pytest.mark.parametrize("module", [vmsnap_sdk, errors, limits])
 def test_all_is_explicit_sorted_and_importable(module: object) -> None:
     names = list(module.__all__)  # type: ignore[attr-defined]
     assert names == sorted(names)

@@ -34,6 +34,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from vmsnap_host import checks
 from vmsnap_host.model import Claim, Group, GroupKind, QuiescePolicy
 from vmsnap_host.registry import AgentEntry, DriverEntry, Health, guarded
 from vmsnap_sdk import (
@@ -93,13 +94,13 @@ async def _ask(entry: DriverEntry, vm: VM, options: Mapping[str, str], timeout: 
         return _Answer(entry, None, f"CanHandle failed: {exc.code.name}: {_cut(exc.message)}")
     except Exception as exc:  # noqa: BLE001 — isolation: a broken driver fails only its own disks
         return _Answer(entry, None, f"CanHandle failed: {_cut(f'{type(exc).__name__}: {exc}')}")
-    asked = {v.disk for v in vm.volumes}
-    best: dict[str, VolumeDecision] = {}
-    for d in decisions:
-        # A decision about a disk we did not ask about is ignored; of two about one
-        # disk the higher counts (CanHandle is a claim, not a command).
-        if d.disk in asked and (d.disk not in best or d.priority > best[d.disk].priority):
-            best[d.disk] = d
+    try:
+        # Decisions about disks not asked are dropped; duplicates, missing disks or
+        # oversize reasons break the contract: that driver's disks fail like a down one.
+        checked = checks.check_decisions(entry.name, [v.disk for v in vm.volumes], decisions)
+    except checks.ContractViolation as exc:
+        return _Answer(entry, None, _cut(exc.message))
+    best = {d.disk: d for d in checked}
     return _Answer(entry, best)
 
 

@@ -40,6 +40,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from vmsnap_host import checks
 from vmsnap_sdk import (
     VM,
     AgentClient,
@@ -467,6 +468,10 @@ class Registry:
         try:
             async with asyncio.timeout(_CHECK_TIMEOUT):
                 info = await entry.kind.get_info(entry.impl)
+                if isinstance(info, DriverInfo):
+                    # Oversize names, labels or versions would be stored and served
+                    # to every client: such a driver is not served.
+                    checks.check_driver_info(entry.address, info)
                 version = _negotiate(info.contract_versions)
                 self._take_name(entry, info.name)
                 entry.info, entry.contract_version = info, version

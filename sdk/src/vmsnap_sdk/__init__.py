@@ -4,6 +4,10 @@ Subclass :class:`StorageDriver` (or :class:`HypervisorAgent`), return the
 domain types below, raise the errors of :mod:`vmsnap_sdk.errors`, and serve it
 with :func:`run_driver` / :func:`serve_driver`. The host reaches a remote driver
 through :class:`DriverClient`, which implements the same interface.
+
+:mod:`vmsnap_sdk.limits` holds the contract's size limits (handles, metadata,
+labels, reasons, messages): the SDK refuses to send an answer over them, and
+the host refuses to store one.
 """
 
 from vmsnap_sdk._agent_client import AgentClient

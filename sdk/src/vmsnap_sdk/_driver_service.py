@@ -2,17 +2,21 @@
 
 Validates each request (so a driver only ever sees well-formed input), converts
 to domain types, calls the driver through :func:`invoke`, checks the driver's
-answer keeps the contract, and converts back.
+answer keeps the contract (including the size limits of :mod:`vmsnap_sdk.limits`:
+an answer over them is refused with INTERNAL naming the field, and logged, so a
+vendor finds out in its own tests), and converts back.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, TypeAlias
 
 import grpc
 
 from vmsnap_sdk import _convert as cv
 from vmsnap_sdk import _validate as val
+from vmsnap_sdk import limits
 from vmsnap_sdk._errors import Internal, InvalidArgument
 from vmsnap_sdk._proto.driver.v1 import driver_pb2, driver_pb2_grpc
 from vmsnap_sdk._server import invoke
@@ -20,6 +24,23 @@ from vmsnap_sdk._types import Consistency, Operation, Page, RevertRequest, TakeR
 from vmsnap_sdk.driver import StorageDriver
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+log = logging.getLogger("vmsnap.server")
+
+
+def _within_limits(method: str, problem: str | None) -> None:
+    """Refuse to send an answer that breaks a size limit of the contract."""
+    if problem is None:
+        return
+    log.error(
+        "the driver's answer breaks the contract's size limits; refused",
+        extra={"fields": {"method": method, "problem": problem}},
+    )
+    raise Internal(
+        f"the driver's {method} answer breaks the contract's size limits: {problem} "
+        "(vmsnap_sdk.limits); the SDK refused to send it",
+        reason="ANSWER_OVER_LIMITS",
+    )
 
 
 class DriverServicer(driver_pb2_grpc.StorageDriverServicer):
@@ -32,7 +53,9 @@ class DriverServicer(driver_pb2_grpc.StorageDriverServicer):
         self, request: driver_pb2.GetDriverInfoRequest, context: Ctx
     ) -> driver_pb2.GetDriverInfoResponse:
         async def run() -> driver_pb2.GetDriverInfoResponse:
-            return cv.driver_info_to_pb(await self._driver.get_info())
+            info = await self._driver.get_info()
+            _within_limits("GetDriverInfo", limits.driver_info_problem(info))
+            return cv.driver_info_to_pb(info)
 
         return await invoke(context, "GetDriverInfo", run)
 
@@ -41,7 +64,8 @@ class DriverServicer(driver_pb2_grpc.StorageDriverServicer):
     ) -> driver_pb2.ProbeResponse:
         async def run() -> driver_pb2.ProbeResponse:
             result = await self._driver.probe()
-            return driver_pb2.ProbeResponse(ready=result.ready, message=result.message)
+            # A message for people: cut like an error message, never refused.
+            return driver_pb2.ProbeResponse(ready=result.ready, message=limits.cut(result.message))
 
         return await invoke(context, "Probe", run)
 
@@ -63,6 +87,7 @@ class DriverServicer(driver_pb2_grpc.StorageDriverServicer):
             by_disk = {d.disk: d for d in decisions}
             if set(by_disk) != {v.disk for v in volumes} or len(decisions) != len(volumes):
                 raise Internal("driver answered CanHandle without one decision per volume")
+            _within_limits("CanHandle", limits.decisions_problem(decisions))
             return driver_pb2.CanHandleResponse(
                 decisions=[cv.decision_to_pb(by_disk[v.disk]) for v in volumes]
             )
@@ -91,6 +116,7 @@ class DriverServicer(driver_pb2_grpc.StorageDriverServicer):
             result = await self._driver.take_snapshot(take)
             if result.disks != {v.disk for v in volumes}:
                 raise Internal("driver's result does not cover exactly the requested volumes")
+            _within_limits("TakeVMSnapshot", limits.result_problem(result))
             return driver_pb2.TakeVMSnapshotResponse(result=cv.result_to_pb(result))
 
         return await invoke(context, "TakeVMSnapshot", run)
@@ -101,6 +127,7 @@ class DriverServicer(driver_pb2_grpc.StorageDriverServicer):
         async def run() -> driver_pb2.GetVMSnapshotResponse:
             val.require_id("vm_snapshot_id", request.vm_snapshot_id)
             result = await self._driver.get_snapshot(request.vm_snapshot_id)
+            _within_limits("GetVMSnapshot", limits.result_problem(result))
             return driver_pb2.GetVMSnapshotResponse(result=cv.result_to_pb(result))
 
         return await invoke(context, "GetVMSnapshot", run)
@@ -122,6 +149,7 @@ class DriverServicer(driver_pb2_grpc.StorageDriverServicer):
             result = await self._driver.revert_snapshot(revert)
             response = driver_pb2.RevertVMSnapshotResponse()
             if result.undo is not None:
+                _within_limits("RevertVMSnapshot", limits.result_problem(result.undo))
                 response.undo.CopyFrom(cv.result_to_pb(result.undo))
             return response
 
@@ -147,6 +175,7 @@ class DriverServicer(driver_pb2_grpc.StorageDriverServicer):
             if request.vm_id:
                 val.require_id("vm_id", request.vm_id)
             page = await self._driver.list_snapshots(Page(size=size, token=token), request.vm_id)
+            _within_limits("ListVMSnapshots", limits.page_problem(page.snapshots, page.next_token))
             return driver_pb2.ListVMSnapshotsResponse(
                 vm_snapshots=[cv.result_to_pb(r) for r in page.snapshots],
                 next_page_token=page.next_token,

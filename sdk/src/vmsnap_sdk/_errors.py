@@ -19,7 +19,10 @@ The tree::
 
 Servers raise these; :func:`to_grpc_status` turns one into a status with
 ``google.rpc.Status`` details (ErrorInfo, BadRequest, RetryInfo). Clients get
-the same classes back from :func:`from_rpc_error`. Any other exception in a
+the same classes back from :func:`from_rpc_error`, with what the peer said cut
+to the sizes of :mod:`vmsnap_sdk.limits`; details that cannot be read make the
+error UNKNOWN (the outcome of the call is unknown), never an exception that
+escapes the client. Any other exception in a
 servicer becomes INTERNAL with a fixed message: no traceback, no secret leaves
 the process (it is logged locally, by type only when it may carry secrets).
 """
@@ -32,6 +35,8 @@ from typing import Any, ClassVar
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from vmsnap_sdk import limits
 
 DOMAIN = "vmsnap.io"
 
@@ -214,8 +219,13 @@ def _pack(message: object) -> any_pb2.Any:
 
 
 def to_rpc_status(error: VMSnapError) -> status_pb2.Status:
-    """The ``google.rpc.Status`` of an error, with its details."""
-    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    """The ``google.rpc.Status`` of an error, with its details.
+
+    The message is cut to the contract's ``MAX_MESSAGE`` chars: a longer one would
+    be cut by every vmsnap client anyway, and past gRPC's metadata limit (8 KiB)
+    the whole status is lost on the way.
+    """
+    status = status_pb2.Status(code=error.code.value[0], message=limits.cut(error.message))
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
     info.metadata.update(error.metadata)
     status.details.append(_pack(info))
@@ -236,33 +246,106 @@ def to_grpc_status(
 ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
     """Code, message and trailing metadata to abort a call with."""
     status = to_rpc_status(error)
-    return error.code, error.message, ((_STATUS_DETAILS_KEY, status.SerializeToString()),)
+    return error.code, status.message, ((_STATUS_DETAILS_KEY, status.SerializeToString()),)
 
 
 def from_status(code: grpc.StatusCode, message: str, details: bytes | None) -> VMSnapError:
-    """The error for a status received from a peer."""
-    cls = _BY_CODE.get(code, Unknown)
+    """The error for a status received from a peer; never raises, whatever the peer sent.
+
+    What a peer says is bounded before it becomes an error of this process
+    (:mod:`vmsnap_sdk.limits`): the message is cut to ``MAX_MESSAGE`` chars,
+    ErrorInfo and BadRequest are cut to their sizes, a RetryInfo delay is
+    clamped. Details that cannot be read (not a ``google.rpc.Status``, a code
+    that contradicts the call's, an undecodable detail) make the call's
+    outcome unknown: the error is UNKNOWN, whatever code the peer claimed,
+    because a caller must not act on a code it cannot trust (a final code would
+    let it forget an operation that may have happened).
+    """
+    if details:
+        try:
+            return _from_details(code, message, details)
+        except Exception as exc:  # noqa: BLE001 - the boundary: a peer's bytes never escape as an exception
+            return Unknown(
+                limits.cut(
+                    f"the peer answered {code.name} ({limits.cut(message, 200)!r}) with malformed "
+                    f"error details (grpc-status-details-bin: {_describe_bad_details(exc)}); "
+                    "the outcome of the call is unknown"
+                ),
+                reason="MALFORMED_ERROR_DETAILS",
+            )
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _is_local_size_error(message):
+        return _too_large(message)
+    return _build(_BY_CODE.get(code, Unknown), message, None, {}, [], None)
+
+
+class _BadDetails(ValueError):
+    """The details decoded, but do not make sense."""
+
+
+def _describe_bad_details(exc: Exception) -> str:
+    if isinstance(exc, _BadDetails):
+        return str(exc)
+    return f"not a google.rpc.Status ({type(exc).__name__})"
+
+
+def _from_details(code: grpc.StatusCode, message: str, details: bytes) -> VMSnapError:
+    status = status_pb2.Status.FromString(details)
+    if status.code != code.value[0]:
+        raise _BadDetails(
+            f"they say code {status.code}, the call ended with {code.name} ({code.value[0]})"
+        )
     reason: str | None = None
     metadata: dict[str, str] = {}
     violations: list[tuple[str, str]] = []
     retry_delay: float | None = None
-    if details:
-        status = status_pb2.Status.FromString(details)
-        message = status.message or message
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason = info.reason
-                metadata = dict(info.metadata)
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                violations = [(v.field, v.description) for v in bad.field_violations]
-            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                retry = error_details_pb2.RetryInfo()
-                detail.Unpack(retry)
-                retry_delay = retry.retry_delay.ToNanoseconds() / 1e9
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            _unpack(detail, info)
+            reason = info.reason[: limits.MAX_ERROR_REASON] or None
+            metadata = _bounded_metadata(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            _unpack(detail, bad)
+            violations = [
+                (limits.cut(v.field, limits.MAX_FIELD_PATH), limits.cut(v.description))
+                for v in bad.field_violations[: limits.MAX_FIELD_VIOLATIONS]
+            ]
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            _unpack(detail, retry)
+            seconds = retry.retry_delay.ToNanoseconds() / 1e9
+            retry_delay = min(max(seconds, 0.0), limits.MAX_RETRY_DELAY_SECONDS)
+    cls = _BY_CODE.get(code, Unknown)
+    return _build(cls, status.message or message, reason, metadata, violations, retry_delay)
+
+
+def _unpack(detail: any_pb2.Any, into: Any) -> None:
+    if not detail.Unpack(into):
+        raise _BadDetails(f"a detail of type {detail.TypeName()[:100]!r} does not decode")
+
+
+def _bounded_metadata(values: Mapping[str, str]) -> dict[str, str]:
+    """At most MAX_ERROR_METADATA_ENTRIES entries (the first keys in order), keys that
+    fit whole (a cut key would be another key), values cut."""
+    kept: dict[str, str] = {}
+    for key in sorted(values):
+        if len(kept) == limits.MAX_ERROR_METADATA_ENTRIES:
+            break
+        if len(key) <= limits.MAX_ERROR_METADATA_KEY:
+            kept[key] = limits.cut(values[key], limits.MAX_ERROR_METADATA_VALUE)
+    return kept
+
+
+def _build(
+    cls: type[VMSnapError],
+    message: str,
+    reason: str | None,
+    metadata: dict[str, str],
+    violations: list[tuple[str, str]],
+    retry_delay: float | None,
+) -> VMSnapError:
+    message = limits.cut(message)
     if cls is InvalidArgument:
         return InvalidArgument(
             message, field_violations=violations, reason=reason, metadata=metadata
@@ -272,8 +355,29 @@ def from_status(code: grpc.StatusCode, message: str, details: bytes | None) -> V
     return cls(message, reason=reason, metadata=metadata)
 
 
+# What gRPC itself says (in this process) when a peer's answer is over a size limit:
+# its error metadata (e.g. a megabyte of message) or the message itself. The peer's
+# own status is lost then, so the call's outcome is unknown.
+_LOCAL_SIZE_ERRORS = ("metadata size exceeds", "message larger than max")
+
+
+def _is_local_size_error(message: str) -> bool:
+    return any(marker in message for marker in _LOCAL_SIZE_ERRORS)
+
+
+def _too_large(message: str) -> VMSnapError:
+    return Unknown(
+        limits.cut(
+            f"the peer's answer was over this client's size limits ({limits.cut(message, 300)}); "
+            "its status was lost, so the outcome of the call is unknown; error messages are "
+            f"at most {limits.MAX_MESSAGE} chars (vmsnap_sdk.limits)"
+        ),
+        reason="ANSWER_TOO_LARGE",
+    )
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError) -> VMSnapError:
-    """The error for a failed client call (the one place clients translate)."""
+    """The error for a failed client call (the one place clients translate); never raises."""
     details: bytes | None = None
     trailers: Any = error.trailing_metadata() or ()
     for key, value in trailers:

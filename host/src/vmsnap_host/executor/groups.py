@@ -17,6 +17,7 @@ from vmsnap_host.model import Group, GroupKind
 from vmsnap_host.registry import Registry
 from vmsnap_sdk import (
     VM,
+    Capability,
     Consistency,
     NativeSnapshot,
     RevertRequest,
@@ -71,7 +72,7 @@ class GroupCalls:
                 deadline,
                 f"native snapshot on agent {group.owner}",
             )
-            checks.check_native(group.owner, snapshot_id, group.disks, native)
+            checks.check_native(group.owner, snapshot_id, group.disks, native, vm_id=vm.id)
             level = Consistency.APPLICATION if include_memory else consistency
             return native_result(snapshot_id, native, vm, level)
         driver = self.registry.driver(group.owner)
@@ -91,8 +92,7 @@ class GroupCalls:
         result = await with_deadline(
             driver.take_snapshot(request), deadline, f"TakeVMSnapshot on driver {group.owner}"
         )
-        checks.check_take_result(group.owner, volumes, result)
-        return result
+        return checks.check_take_result(group.owner, snapshot_id, volumes, result, vm_id=vm.id)
 
     async def poll(self, group: Group, snapshot_id: str) -> SnapshotResult:
         """Post-processing: the group's result now (must keep the same handles)."""
@@ -103,8 +103,9 @@ class GroupCalls:
         )
         assert group.result is not None
         volumes = _volumes_of(group.result)
-        checks.check_take_result(group.owner, volumes, result, previous=group.result)
-        return result
+        return checks.check_take_result(
+            group.owner, snapshot_id, volumes, result, previous=group.result
+        )
 
     async def revert(
         self, group: Group, target_id: str, vm: VM, *, undo_id: str = ""
@@ -136,8 +137,18 @@ class GroupCalls:
             timeout,
             f"RevertVMSnapshot on driver {group.owner}",
         )
-        checks.check_revert_result(group.owner, undo_id, group.result, outcome)
-        return outcome.undo
+        entry = self.registry.driver_entry(group.owner)
+        offered = bool(
+            entry and entry.info and Capability.REVERT_UNDO in entry.info.capabilities
+        )
+        return checks.check_revert_result(
+            group.owner,
+            undo_id,
+            outcome,
+            volumes=_volumes_of(group.result),
+            undo_offered=offered,
+            vm_id=vm.id,
+        )
 
     async def find(self, group: Group, snapshot_id: str) -> SnapshotResult | None:
         """What the driver holds under ``snapshot_id`` (None: nothing)."""

@@ -30,6 +30,7 @@ from dataclasses import replace
 from functools import partial
 from typing import TypeVar
 
+from vmsnap_host import checks
 from vmsnap_host.config import Settings
 from vmsnap_host.executor.cleanup import Cleanup
 from vmsnap_host.executor.errors import OperationFailed, as_error, error_info, label, reworded
@@ -208,9 +209,11 @@ class Revert:
                 error = as_error(o, f"revert on {label(g)}")
                 # A final code means the owner changed nothing (a host-side bug is
                 # INTERNAL: the call never reached the owner intact).
+                # A contract violation is an answer: the call did happen on the owner.
                 known[g.owner] = (
                     Outcome.UNTOUCHED
-                    if error.final and not isinstance(error, Aborted)
+                    if error.final
+                    and not isinstance(error, Aborted | checks.ContractViolation)
                     else Outcome.UNKNOWN
                 )
                 first = first or error

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vmsnap_sdk import _convert as cv
+from vmsnap_sdk import limits
 from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk.conformance._expect import expect, expect_code
 from vmsnap_sdk.conformance._registry import check
@@ -161,15 +163,19 @@ async def tagged(s: Session) -> None:
 
 
 @check(
-    "take.metadata_bounded", "Driver metadata stays within 64 entries and 4 KiB: the host stores it"
+    "take.metadata_bounded",
+    "Driver metadata, handles and group handle keep the contract's size limits: the host "
+    "stores them",
 )
 async def metadata_bounded(s: Session) -> None:
     result = await s.take(s.new_id(), await s.volumes(2))
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in result.metadata.items())
+    problem = limits.result_problem(cv.result_from_pb(result))
     expect(
-        len(result.metadata) <= 64 and size <= 4096,
-        "at most 64 entries, 4096 bytes",
-        f"{len(result.metadata)} entries, {size} bytes",
+        problem is None,
+        f"at most {limits.MAX_METADATA_ENTRIES} metadata entries and "
+        f"{limits.MAX_METADATA_BYTES} bytes, handles of at most {limits.MAX_HANDLE_BYTES} "
+        "bytes (vmsnap_sdk.limits)",
+        problem,
     )
 
 

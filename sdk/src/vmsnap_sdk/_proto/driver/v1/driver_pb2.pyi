@@ -16,6 +16,40 @@ Errors are canonical gRPC status codes with google.rpc.Status details
   UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, UNKNOWN  array or link trouble: the
                       operation may still be running; the host retries the same
                       idempotent call or compensates with DeleteVMSnapshot(same id).
+
+Size limits. The host stores what a driver returns and shows it to every
+client of its API, so every answer is bounded. Text for people is counted in
+characters, opaque values the host stores (handles, metadata, labels) in bytes
+of UTF-8. The vmsnap SDK has the same figures (vmsnap_sdk.limits): its server
+adapter refuses to send an answer over them (INTERNAL naming the field), and
+the host refuses to store one: the take fails, is compensated (DeleteVMSnapshot
+of the same id), and its cause names the driver and the rule (ErrorInfo reason
+DRIVER_CONTRACT_VIOLATION).
+  VolumeSnapshot.handle               1..1024 bytes
+  VMSnapshotResult.group_handle       at most 1024 bytes
+  VolumeSnapshot.locator              at most 1024 bytes (the requested volume's)
+  VolumeSnapshot.disk                 at most 63 chars (a requested disk, once)
+  vm_snapshot_id, vm_id               at most 128 chars
+  VMSnapshotResult.volume_snapshots   at most 256 (exactly the requested volumes)
+  VMSnapshotResult.metadata           at most 64 entries, keys 1..128 bytes,
+                                      4096 bytes in all (keys and values)
+  GetDriverInfoResponse.labels        at most 64 entries, keys 1..128 bytes,
+                                      4096 bytes in all (keys and values)
+  GetDriverInfoResponse.name          at most 63 chars; vendor_version at most 64;
+                                      contract_versions at most 8 of 16 chars
+  VolumeDecision.reason               at most 1024 chars
+  ListVMSnapshotsResponse             at most 1000 results; next_page_token 1024 chars
+  ProbeResponse.message, error messages
+                                      1024 chars; a longer one is cut (marked) by
+                                      the SDK before it is sent and by the host
+                                      when it arrives
+  error details (google.rpc.Status)   ErrorInfo.reason 63 chars, ErrorInfo.metadata
+                                      16 entries (keys 64 chars, values 256),
+                                      BadRequest 16 violations (field 256 chars,
+                                      description 1024), RetryInfo 0..3600 s; the
+                                      host cuts anything larger. Details that do
+                                      not decode, or whose code differs from the
+                                      call's, make the call's outcome UNKNOWN.
 """
 
 from collections import abc as _abc
@@ -224,9 +258,11 @@ class GetDriverInfoResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Reverse-DNS name, at most 63 chars, e.g. "com.netapp.ontap"."""
+    """Reverse-DNS name, at most 63 chars, e.g. "com.netapp.ontap". Unique among
+    the drivers of a host: a name another live driver holds is refused.
+    """
     vendor_version: _builtins.str
-    """The vendor's version of the driver (semver)."""
+    """The vendor's version of the driver (semver, at most 64 chars)."""
     @_builtins.property
     def contract_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Contract versions spoken, e.g. ["v1"]. The host picks the highest it knows."""
@@ -241,7 +277,9 @@ class GetDriverInfoResponse(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Free-form facts for operators (array model, cluster name). Never secrets."""
+        """Free-form facts for operators (array model, cluster name). Never secrets.
+        At most 64 entries, keys 1..128 bytes, 4096 bytes in all.
+        """
 
     def __init__(
         self,
@@ -289,7 +327,7 @@ class ProbeResponse(_message.Message):
     ready: _builtins.bool
     """True when the array answers."""
     message: _builtins.str
-    """Why not, when not ready."""
+    """Why not, when not ready (at most 1024 chars; a longer one is cut)."""
     def __init__(
         self,
         *,
@@ -378,7 +416,9 @@ class VolumeDecision(_message.Message):
     priority: Global___Priority.ValueType
     """How much the driver wants it."""
     reason: _builtins.str
-    """Why, for the plan record and for operators ("volume 42 is on cluster c1")."""
+    """Why, for the plan record and for operators ("volume 42 is on cluster c1").
+    At most 1024 chars.
+    """
     def __init__(
         self,
         *,
@@ -403,7 +443,10 @@ class CanHandleResponse(_message.Message):
     DECISIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___VolumeDecision]:
-        """One decision for every requested volume, in request order."""
+        """One decision for every requested volume, in request order. The host ignores
+        a decision about a disk it did not ask about; two decisions about one disk,
+        or none about a requested disk, break the contract.
+        """
 
     def __init__(
         self,
@@ -433,7 +476,9 @@ class VolumeSnapshot(_message.Message):
     locator: _builtins.str
     """The volume's locator at the time of the snapshot."""
     handle: _builtins.str
-    """The array's handle of this volume's snapshot (opaque to the host)."""
+    """The array's handle of this volume's snapshot (opaque to the host), 1..1024
+    bytes. The same on every answer about this snapshot (a retried take, a poll).
+    """
     size_bytes: _builtins.int
     """Space the snapshot uses or references, in bytes (0 = unknown)."""
     def __init__(
@@ -498,17 +543,21 @@ class VMSnapshotResult(_message.Message):
     file clone of a base image whose writes go to a hypervisor overlay).
     """
     group_handle: _builtins.str
-    """The array's handle of the group snapshot, when it made one."""
+    """The array's handle of the group snapshot, when it made one (at most 1024
+    bytes; the same on every answer about this snapshot).
+    """
     vm_id: _builtins.str
     """The VM id the snapshot belongs to (from the tags on the array)."""
     @_builtins.property
     def volume_snapshots(self) -> _containers.RepeatedCompositeFieldContainer[Global___VolumeSnapshot]:
-        """Exactly one entry per requested volume."""
+        """Exactly one entry per requested volume: no other disk, none twice, with the
+        requested volume's locator.
+        """
 
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Opaque driver data the host stores and hands back on revert and delete.
-        At most 64 entries, 4 KiB in all.
+        At most 64 entries, keys 1..128 bytes, 4096 bytes in all (keys and values).
         """
 
     @_builtins.property
@@ -731,8 +780,10 @@ class RevertVMSnapshotResponse(_message.Message):
     UNDO_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def undo(self) -> Global___VMSnapshotResult:
-        """The undo snapshot, when save_current_state was asked and is offered. The
-        host can revert to it and must delete it like any snapshot.
+        """The undo snapshot, when save_current_state was asked and is offered
+        (CAPABILITY_REVERT_UNDO), and only then: its vm_snapshot_id is
+        undo_vm_snapshot_id and it covers exactly the reverted volumes. The host can
+        revert to it and must delete it like any snapshot.
         """
 
     def __init__(

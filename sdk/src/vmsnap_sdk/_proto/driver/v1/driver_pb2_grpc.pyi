@@ -16,6 +16,40 @@ Errors are canonical gRPC status codes with google.rpc.Status details
   UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, UNKNOWN  array or link trouble: the
                       operation may still be running; the host retries the same
                       idempotent call or compensates with DeleteVMSnapshot(same id).
+
+Size limits. The host stores what a driver returns and shows it to every
+client of its API, so every answer is bounded. Text for people is counted in
+characters, opaque values the host stores (handles, metadata, labels) in bytes
+of UTF-8. The vmsnap SDK has the same figures (vmsnap_sdk.limits): its server
+adapter refuses to send an answer over them (INTERNAL naming the field), and
+the host refuses to store one: the take fails, is compensated (DeleteVMSnapshot
+of the same id), and its cause names the driver and the rule (ErrorInfo reason
+DRIVER_CONTRACT_VIOLATION).
+  VolumeSnapshot.handle               1..1024 bytes
+  VMSnapshotResult.group_handle       at most 1024 bytes
+  VolumeSnapshot.locator              at most 1024 bytes (the requested volume's)
+  VolumeSnapshot.disk                 at most 63 chars (a requested disk, once)
+  vm_snapshot_id, vm_id               at most 128 chars
+  VMSnapshotResult.volume_snapshots   at most 256 (exactly the requested volumes)
+  VMSnapshotResult.metadata           at most 64 entries, keys 1..128 bytes,
+                                      4096 bytes in all (keys and values)
+  GetDriverInfoResponse.labels        at most 64 entries, keys 1..128 bytes,
+                                      4096 bytes in all (keys and values)
+  GetDriverInfoResponse.name          at most 63 chars; vendor_version at most 64;
+                                      contract_versions at most 8 of 16 chars
+  VolumeDecision.reason               at most 1024 chars
+  ListVMSnapshotsResponse             at most 1000 results; next_page_token 1024 chars
+  ProbeResponse.message, error messages
+                                      1024 chars; a longer one is cut (marked) by
+                                      the SDK before it is sent and by the host
+                                      when it arrives
+  error details (google.rpc.Status)   ErrorInfo.reason 63 chars, ErrorInfo.metadata
+                                      16 entries (keys 64 chars, values 256),
+                                      BadRequest 16 violations (field 256 chars,
+                                      description 1024), RetryInfo 0..3600 s; the
+                                      host cuts anything larger. Details that do
+                                      not decode, or whose code differs from the
+                                      call's, make the call's outcome UNKNOWN.
 """
 
 from collections import abc as _abc
