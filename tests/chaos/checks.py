@@ -127,13 +127,16 @@ def check_freezes(
     """Freezes that outlived their lease, or the operation that took them.
 
     ``ended`` maps an operation id to when it was seen done (unix seconds).
-    ``lease_trusted`` is False while the agent is down or just restarted (it
-    thaws expired leases at start-up; a dead agent cannot thaw anything).
+    ``lease_trusted`` is False while the agent is down or just restarted: a dead
+    agent can thaw nothing, neither by its lease nor at the host's request (it
+    resolves expired leases at start-up), so its freezes are no verdict then.
     ``idle``: no operation runs at all, so any freeze is one too many.
     """
     found = []
     for f in freezes:
-        if lease_trusted and now > f.expire_time + grace:
+        if not lease_trusted:
+            continue
+        if now > f.expire_time + grace:
             found.append(
                 Violation(
                     FREEZE,

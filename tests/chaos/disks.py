@@ -50,7 +50,14 @@ class Disk:
 
 
 def local_path(agent_state: Path, locator: str) -> Path:
-    """Where the sim agent keeps a ``file:///PATH`` disk's bytes."""
+    """Where the sim agent keeps a ``file:///PATH`` disk's bytes (its ``disk_path``)."""
+    from vmsnap_agent import sim
+
+    found = getattr(sim, "disk_path", None)
+    if found is not None:
+        path = found(agent_state, locator)
+        assert isinstance(path, Path)
+        return path
     return agent_state / "disks" / locator.removeprefix(LOCAL_PREFIX)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,9 @@ AGENT_SETTLE = 1.0
 
 
 def _seconds(value: Any) -> float:
+    """Unix seconds of an expire time; a freeze without one has no lease to outlive."""
+    if value is None:
+        return math.inf
     if isinstance(value, datetime):
         return value.timestamp()
     return float(value)
