@@ -95,6 +95,8 @@ async def run(options: Options, command: str) -> Report:
         report.error = "the run did not finish within its overall limit; see the logs"
     except (HarnessError, StartFailed) as exc:
         report.error = str(exc)
+    except VMSnapError as exc:
+        report.error = f"the stack answered {exc.code.name} where the harness cannot go on: {exc}"
     finally:
         report.seconds = time.monotonic() - started
         await cluster.stop()

@@ -244,6 +244,12 @@ class Workload:
                 record.outcome, record.detail = exc.outcome, exc.detail
                 if exc.outcome == "unresolved":
                     vm.retired = f"{kind} {record.operation_id or '?'}: {exc.detail}"
+            except Exception as exc:  # noqa: BLE001 - one odd answer must not end the run
+                # Whatever the host answered, the harness cannot tell what the VM holds
+                # now: it stops using it (and says so) rather than guess.
+                record.outcome = f"harness-error:{type(exc).__name__}"
+                record.detail = str(exc)[:500]
+                vm.retired = f"{kind}: {type(exc).__name__}: {str(exc)[:200]}"
             finally:
                 record.seconds = round(time.monotonic() - started, 3)
                 await self.progress.end_op(kind)
