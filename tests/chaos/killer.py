@@ -24,16 +24,19 @@ ANY = "any"
 WHILE_FROZEN = "while frozen"
 DURING_REVERT = "during revert"
 
-#: How much more often each process is chosen; the host and the agent hold the
-#: most state between calls.
-TARGET_WEIGHTS = {
+#: How much more often a process of each role is chosen; the host and the agent
+#: hold the most state between calls.
+ROLE_WEIGHTS = {
     "host": 2.0,
-    "agent": 1.5,
-    "driver-element": 1.0,
-    "driver-ontap": 1.0,
-    "emulator-element": 1.0,
-    "emulator-ontap": 1.0,
+    "hypervisor agent": 1.5,
+    "storage driver": 1.0,
+    "array emulator": 1.0,
 }
+
+
+def targets_of(cluster: Cluster) -> dict[str, float]:
+    """Every process of the stack and how often it is chosen, in start order."""
+    return {c.name: ROLE_WEIGHTS.get(c.role, 1.0) for c in cluster.components}
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,8 @@ class PlannedKill:
     #: Seconds the process stays down.
     outage: float
 
-    @property
-    def long(self) -> bool:
-        return self.outage >= 3.0
+    #: Longer than the host's call timeout.
+    long: bool = False
 
 
 @dataclass
@@ -65,7 +67,7 @@ class KillRecord:
 
 
 def plan_kills(
-    seed: int, kills: int, ops: int, targets: list[str], knobs: Knobs
+    seed: int, kills: int, ops: int, targets: dict[str, float], knobs: Knobs
 ) -> list[PlannedKill]:
     rng = random.Random(f"kills-{seed}")
     if kills <= 0:
@@ -76,10 +78,11 @@ def plan_kills(
         if kills <= span
         else sorted(rng.randint(1, span) for _ in range(kills))
     )
-    weights = [TARGET_WEIGHTS.get(t, 1.0) for t in targets]
+    names = list(targets)
+    weights = [targets[n] for n in names]
     plan = []
     for point in points:
-        target = rng.choices(targets, weights)[0]
+        target = rng.choices(names, weights)[0]
         roll = rng.random()
         if roll < knobs.while_frozen_share:
             moment = WHILE_FROZEN
@@ -88,8 +91,9 @@ def plan_kills(
         else:
             moment = ANY
         delay = rng.uniform(0.0, 0.05) if moment == WHILE_FROZEN else rng.uniform(0.0, 0.5)
-        span_s = knobs.long_outage if rng.random() < knobs.long_outage_share else knobs.short_outage
-        plan.append(PlannedKill(point, target, moment, delay, rng.uniform(*span_s)))
+        long = rng.random() < knobs.long_outage_share
+        outage = rng.uniform(*(knobs.long_outage if long else knobs.short_outage))
+        plan.append(PlannedKill(point, target, moment, delay, outage, long))
     return plan
 
 
@@ -143,7 +147,7 @@ class Killer:
         return False
 
     def _pick(self, target: str) -> str | None:
-        names = list(TARGET_WEIGHTS)
+        names = [c.name for c in self.cluster.components]
         start = names.index(target) if target in names else 0
         for name in names[start:] + names[:start]:
             child = self.cluster.children.get(name)

@@ -45,7 +45,7 @@ class Knobs:
     # --- kills -----------------------------------------------------------------------
     #: Seconds a killed process stays down: short, or longer than the host's call timeout.
     short_outage: tuple[float, float] = (0.1, 1.5)
-    long_outage: tuple[float, float] = (3.0, 6.0)
+    long_outage: tuple[float, float] = (6.0, 9.0)
     long_outage_share: float = 0.3
     #: Share of kills that wait for a freeze to be held, or for a revert to run, first.
     while_frozen_share: float = 0.3
@@ -68,15 +68,25 @@ class Knobs:
     reconcile_passes: float = 3.0
 
     # --- the host (written to host.toml) -------------------------------------------------
-    lease_seconds: float = 4.0
-    quiesce_lease_seconds: float = 3.0
-    take_timeout_seconds: float = 3.0
-    call_timeout_seconds: float = 2.0
+    # Call timeouts stay above what a healthy but busy stack needs (an ONTAP
+    # revert takes ~2 s on two busy cores while four VMs revert): a run must find
+    # the host's faults, not deadlines too short for the machine.
+    lease_seconds: float = 8.0
+    quiesce_lease_seconds: float = 5.0
+    take_timeout_seconds: float = 5.0
+    call_timeout_seconds: float = 5.0
     health_interval_seconds: float = 0.5
     reconcile_interval_seconds: float = 1.0
     post_processing_timeout_seconds: float = 20.0
     max_snapshots_per_vm: int = 64
     queue_bound: int = 8
+
+    def __post_init__(self) -> None:
+        if self.long_outage[0] <= self.call_timeout_seconds:
+            raise ValueError(
+                "long_outage must start above call_timeout_seconds: those outages exist "
+                "to outlast the host's calls"
+            )
 
     def run_seconds(self, ops: int) -> float:
         return self.run_seconds_base + self.run_seconds_per_op * ops

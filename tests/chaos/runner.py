@@ -40,7 +40,7 @@ from tests.chaos.checks import (
 )
 from tests.chaos.disks import Disk, DiskIO, local_path
 from tests.chaos.freezes import FreezeMonitor, FreezeSource
-from tests.chaos.killer import Killer, plan_kills
+from tests.chaos.killer import Killer, plan_kills, targets_of
 from tests.chaos.knobs import DEFAULT, Knobs
 from tests.chaos.processes import Cluster, StartFailed
 from tests.chaos.report import Report
@@ -122,10 +122,9 @@ async def _run(options: Options, cluster: Cluster, report: Report) -> None:
         progress = Progress()
         tag = f"chaos{options.seed}-{random.Random().getrandbits(24):06x}"
         workload = Workload(tag, vms, host, io, knobs, progress, ended)
-        targets = [c.name for c in cluster.components]
         killer = Killer(
             cluster,
-            plan_kills(options.seed, options.kills, options.ops, targets, knobs),
+            plan_kills(options.seed, options.kills, options.ops, targets_of(cluster), knobs),
             progress,
             source,
             knobs,

@@ -247,12 +247,13 @@ def test_an_object_without_a_live_record_is_reported() -> None:
 
 
 def test_a_seed_fixes_the_kills() -> None:
-    targets = ["host", "agent", "driver-element", "driver-ontap", "emulator-element"]
+    targets = {"host": 2.0, "agent": 1.5, "driver-element": 1.0, "emulator-element": 1.0}
     first = plan_kills(7, 10, 100, targets, DEFAULT)
     assert first == plan_kills(7, 10, 100, targets, DEFAULT)
     assert first != plan_kills(8, 10, 100, targets, DEFAULT)
     assert len(first) == 10 and all(1 <= k.after_op < 100 for k in first)
     assert {k.target for k in first} <= set(targets)
+    assert all(k.outage > DEFAULT.call_timeout_seconds for k in first if k.long)
 
 
 def test_one_broken_snapshot_counts_once() -> None:
