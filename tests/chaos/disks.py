@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from typing import TypeVar
 from tests.chaos.checks import Content
 from tests.chaos.knobs import Knobs
 from vmsnap_sdk import DriverClient, Volume
-from vmsnap_sdk.errors import Aborted, TransientError
+from vmsnap_sdk.errors import Aborted, TransientError, Unavailable
 
 LOCAL_PREFIX = "file:///"
 
@@ -42,6 +44,8 @@ class Disk:
     driver: str = ""
     #: The file holding its bytes (local disk), when the agent keeps one.
     path: Path | None = None
+    #: "raw" (the sim agent's file) or "qcow2" (the QEMU agent's image, via qemu-io).
+    image: str = "raw"
 
     def volume(self, size: int) -> Volume:
         if self.kind == "local":
@@ -86,7 +90,8 @@ class DiskIO:
             chunk = content[i * size : (i + 1) * size]
             if disk.kind == "local":
                 assert disk.path is not None
-                await asyncio.to_thread(_pwrite, disk.path, offset, chunk)
+                write = _qcow2_write if disk.image == "qcow2" else _pwrite
+                await asyncio.to_thread(write, disk.path, offset, chunk)
             else:
                 client = self.clients[disk.driver]
                 await self._retry(partial(client.write_volume, disk.locator, offset, chunk))
@@ -99,7 +104,8 @@ class DiskIO:
             if disk.kind == "local":
                 if disk.path is None or not disk.path.exists():
                     return None
-                parts.append(await asyncio.to_thread(_pread, disk.path, offset, size))
+                read = _qcow2_read if disk.image == "qcow2" else _pread
+                parts.append(await asyncio.to_thread(read, disk.path, offset, size))
             else:
                 client = self.clients[disk.driver]
                 parts.append(
@@ -137,3 +143,40 @@ def _pread(path: Path, offset: int, length: int) -> bytes:
         return os.pread(fd, length, offset).ljust(length, b"\0")
     finally:
         os.close(fd)
+
+
+# The QEMU agent's local disks are qcow2 images holding its native snapshots: they
+# are written and read with qemu-io, never rewritten whole. Only while the VM is
+# stopped and no operation runs on it (nothing else has the image open).
+QEMU_IO_TIMEOUT = 30.0
+
+
+def _qcow2_write(path: Path, offset: int, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile(prefix="chaos-", suffix=".bin") as source:
+        source.write(data)
+        source.flush()
+        _qemu_io(path, f"write -q -s {source.name} {offset} {len(data)}")
+
+
+def _qcow2_read(path: Path, offset: int, length: int) -> bytes:
+    dump = _qemu_io(path, f"read -v {offset} {length}", share=True)
+    found = bytearray()
+    for line in dump.splitlines():
+        head, sep, rest = line.partition(":")
+        if not sep or not all(c in "0123456789abcdef" for c in head.strip()):
+            continue
+        found += bytes(int(h, 16) for h in rest[:50].split())
+    return bytes(found[:length])
+
+
+def _qemu_io(path: Path, command: str, *, share: bool = False) -> str:
+    result = subprocess.run(
+        ["qemu-io", *(["-r", "-U"] if share else []), "-f", "qcow2", "-c", command, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=QEMU_IO_TIMEOUT,
+        check=False,
+    )
+    if result.returncode != 0 or "error" in result.stderr.lower():
+        raise Unavailable(f"qemu-io {command} on {path}: {result.stderr.strip()[:300]}")
+    return result.stdout

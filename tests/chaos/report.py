@@ -97,8 +97,11 @@ class Report:
             lines.append(f"  {INVARIANTS[name]:<82}{count:>10}")
         lines.append(f"  disks compared byte for byte after reverts: {self.compared}")
         lines.append(f"  local disk bytes: {self.local_disk}")
-        if self.freeze_source:
-            lines.append(f"  freezes read from: {self.freeze_source}")
+        lines.append(
+            f"  freezes read from: {self.freeze_source}"
+            if self.freeze_source
+            else "  freezes: NOT CHECKED (the agent has no ListQuiesces and is not the sim)"
+        )
         if self.reconcile:
             lines.append(f"  reconcile pass: {self.reconcile}")
         if self.violations:

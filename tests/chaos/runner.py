@@ -192,6 +192,7 @@ async def _define_vms(
         for i in range(knobs.vms)
     ]
     vms = []
+    qemu = options.hypervisor == "qemu"
     for i in range(knobs.vms):
         vm_id = f"chaos-{i}"
         disks = []
@@ -199,9 +200,13 @@ async def _define_vms(
             locator = await io.create(driver, f"{vm_id}-{disk}")
             disks.append(Disk(disk, locator, kind, driver=driver))
         local = f"file:///var/lib/vmsnap/{vm_id}/root.qcow2"
-        disks.append(
-            Disk(LOCAL_DISK, local, "local", path=local_path(cluster.layout.agent_state, local))
-        )
+        if qemu:
+            # The QEMU stack maps file:///var/lib/vmsnap/ to $HOME/disks/ (a qcow2 image).
+            path = cluster.layout.home / "disks" / vm_id / "root.qcow2"
+            disks.append(Disk(LOCAL_DISK, local, "local", path=path, image="qcow2"))
+        else:
+            path = local_path(cluster.layout.agent_state, local)
+            disks.append(Disk(LOCAL_DISK, local, "local", path=path))
         vm = VM(
             id=vm_id,
             name=vm_id,
@@ -209,8 +214,10 @@ async def _define_vms(
             volumes=tuple(d.volume(knobs.disk_bytes) for d in disks),
         )
         await host.define_vm(vm)
-        await host.start_vm(vm_id)
+        if not qemu:
+            await host.start_vm(vm_id)
         model = VMModel(vm_id, disks, random.Random(f"vm-{options.seed}-{i}"), per_vm[i])
+        model.stay_stopped, model.running = qemu, not qemu
         vms.append(model)
     return vms
 

@@ -66,6 +66,9 @@ class VMModel:
     #: Why the harness stopped using this VM (an operation it could not resolve).
     retired: str = ""
     running: bool = True
+    #: Never started (the QEMU run: no guest boots on two busy cores, and the local
+    #: qcow2 disk can be written from outside only while no QEMU holds it).
+    stay_stopped: bool = False
 
     def live(self) -> list[str]:
         return sorted(s for s in self.acknowledged if s not in self.deleted)
@@ -272,7 +275,7 @@ class Workload:
 
     async def _create(self, vm: VMModel, record: OpRecord) -> None:
         patterns = self._patterns(vm)  # drawn first: the choices do not depend on outcomes
-        if not vm.running:
+        if not vm.running and not vm.stay_stopped:
             vm.running = await self.control.call(
                 lambda: self.host.start_vm(vm.id), self.knobs.op_patience / 3
             )
