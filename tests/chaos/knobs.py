@@ -80,6 +80,9 @@ class Knobs:
     post_processing_timeout_seconds: float = 20.0
     max_snapshots_per_vm: int = 64
     queue_bound: int = 8
+    #: The reconciler deletes an orphan at once: every object of this run is the
+    #: host's, and the end checks that one pass leaves nothing behind.
+    orphan_grace_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.long_outage[0] <= self.call_timeout_seconds:
@@ -102,6 +105,7 @@ class Knobs:
             "post_processing_timeout_seconds": self.post_processing_timeout_seconds,
             "max_snapshots_per_vm": self.max_snapshots_per_vm,
             "queue_bound": self.queue_bound,
+            "orphan_grace_seconds": self.orphan_grace_seconds,
         }
 
     def host_toml(self, drivers: Sequence[str], agents: Sequence[str]) -> str:
