@@ -58,8 +58,8 @@ class Manager:
         self.executor = Executor(store, registry, settings)
         self._queues: dict[str, _VMQueue] = {}
         self._admission: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._running: set[str] = set()
+        #: The task of every operation this process runs or has queued, by id.
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._changed = asyncio.Condition()
 
     # --- requests -----------------------------------------------------------------
@@ -317,23 +317,21 @@ class Manager:
     ) -> asyncio.Task[None]:
         queue = self._queues.setdefault(op.vm_id, _VMQueue(asyncio.Lock()))
         queue.admitted += 1
-        self._running.add(op.id)
         task = asyncio.create_task(self._run(op, queue, fence, resume))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[op.id] = task
         return task
 
     def resume(self, op: OperationRecord) -> asyncio.Task[None] | None:
         """Resolve an unfinished operation found on start or left open (a take is
         rolled back, a revert settled on one side, a delete retried)."""
-        if op.id in self._running:
+        if op.id in self._tasks:
             return None
         return self._start(op, resume=True)
 
     @property
     def running(self) -> frozenset[str]:
         """Ids of the operations this process is running or has queued."""
-        return frozenset(self._running)
+        return frozenset(self._tasks)
 
     async def _run(self, op: OperationRecord, queue: _VMQueue, fence: int, resume: bool) -> None:
         try:
@@ -341,7 +339,7 @@ class Manager:
                 await self._run_owned(op, fence, resume)
         finally:
             queue.admitted -= 1
-            self._running.discard(op.id)
+            self._tasks.pop(op.id, None)
             await self._notify()
 
     async def _run_owned(self, op: OperationRecord, fence: int, resume: bool) -> None:
@@ -393,11 +391,11 @@ class Manager:
     async def idle(self) -> None:
         """Wait until every operation started so far has ended (or left itself open)."""
         while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        for task in list(self._tasks.values()):
             task.cancel()
-        for task in list(self._tasks):
+        for task in list(self._tasks.values()):
             with contextlib.suppress(BaseException):
                 await task

@@ -54,7 +54,7 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -290,13 +290,12 @@ class Reconciler:
             self._freezes(listing, done, now, dry_run, findings, actions)
         findings.extend(await self._act(actions))
         stamped = tuple(
-            Finding(
-                kind=f.kind,
+            replace(
+                f,
                 peer=_cut(f.peer, _MAX_ID["peer"]),
                 object_id=_cut(f.object_id, _MAX_ID["object_id"]),
                 vm_id=_cut(f.vm_id, _MAX_ID["vm_id"]),
                 vm_snapshot_id=_cut(f.vm_snapshot_id, _MAX_ID["vm_snapshot_id"]),
-                action=f.action,
                 detail=_cut(f.detail, MAX_DETAIL),
                 time=started,
             )
@@ -732,15 +731,7 @@ class Reconciler:
 
 
 def _with(finding: Finding, action: Action, detail: str) -> Finding:
-    return Finding(
-        finding.kind,
-        peer=finding.peer,
-        object_id=finding.object_id,
-        vm_id=finding.vm_id,
-        vm_snapshot_id=finding.vm_snapshot_id,
-        action=action.value,
-        detail=detail,
-    )
+    return replace(finding, action=action.value, detail=detail)
 
 
 def _freeze_finding(

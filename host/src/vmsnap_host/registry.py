@@ -45,6 +45,7 @@ from vmsnap_sdk import (
     VM,
     AgentClient,
     AgentInfo,
+    Capability,
     ClientTLS,
     DriverClient,
     DriverInfo,
@@ -573,6 +574,11 @@ class Registry:
 
     def driver_entry(self, name: str) -> DriverEntry | None:
         return next((e for e in self._drivers.values() if e.name == name), None)
+
+    def capabilities(self, driver_name: str) -> frozenset[Capability]:
+        """What the named driver advertised at its last check (none when unknown)."""
+        entry = self.driver_entry(driver_name)
+        return entry.info.capabilities if entry and entry.info else frozenset()
 
     def agents(self) -> list[AgentEntry]:
         return sorted(self._agents.values(), key=lambda e: (e.name, e.address))

@@ -19,7 +19,7 @@ import logging
 
 from vmsnap_host.config import Settings
 from vmsnap_host.executor.cleanup import Cleanup
-from vmsnap_host.executor.errors import OperationFailed, TakeFailed, as_error, error_info
+from vmsnap_host.executor.errors import OperationFailed, as_error, error_info
 from vmsnap_host.executor.freeze import FreezeKeeper
 from vmsnap_host.executor.groups import GroupCalls, native_result
 from vmsnap_host.executor.revert import Revert, Unsettled
@@ -70,7 +70,7 @@ class Executor:
             else:
                 await self.cleanup.delete(op, snap)
         except OperationFailed:
-            pass  # recorded
+            return  # its failure is on the operation already (one commit with its end)
         except Unsettled as exc:
             log.warning(
                 "revert not settled yet; retried",
@@ -129,4 +129,4 @@ class Executor:
         await self.take.fail(op, snap, cause, list(snap.warnings))
 
 
-__all__ = ["Executor", "OperationFailed", "TakeFailed", "error_info", "native_result"]
+__all__ = ["Executor", "OperationFailed", "error_info", "native_result"]

@@ -21,10 +21,6 @@ class OperationFailed(Exception):
         self.error = error
 
 
-#: The name the rest of the host used in v0.1.
-TakeFailed = OperationFailed
-
-
 def error_info(error: VMSnapError) -> ErrorInfo:
     return ErrorInfo(code=error.code.value[0], message=error.message, reason=error.reason)
 
@@ -66,7 +62,6 @@ def label(group: Group) -> str:
 
 __all__ = [
     "OperationFailed",
-    "TakeFailed",
     "as_error",
     "error_info",
     "label",

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -57,7 +57,7 @@ class Freeze:
     thawed: bool = False
     #: What really ended the freeze, in words (for the record).
     ended: str = ""
-    frozen_seconds: float = field(default=0.0)
+    frozen_seconds: float = 0.0
 
     def seconds_left(self) -> float:
         return self.ends_by - _LEASE_MARGIN - time.monotonic()

@@ -137,16 +137,12 @@ class GroupCalls:
             timeout,
             f"RevertVMSnapshot on driver {group.owner}",
         )
-        entry = self.registry.driver_entry(group.owner)
-        offered = bool(
-            entry and entry.info and Capability.REVERT_UNDO in entry.info.capabilities
-        )
         return checks.check_revert_result(
             group.owner,
             undo_id,
             outcome,
             volumes=_volumes_of(group.result),
-            undo_offered=offered,
+            undo_offered=Capability.REVERT_UNDO in self.registry.capabilities(group.owner),
             vm_id=vm.id,
         )
 

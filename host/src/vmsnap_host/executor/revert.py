@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from functools import partial
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from vmsnap_host import checks
 from vmsnap_host.config import Settings
@@ -89,11 +89,10 @@ class Revert:
         self.cleanup = cleanup
 
     def _undo_capable(self, group: Group) -> bool:
-        if group.kind is not GroupKind.DRIVER:
-            return False
-        entry = self.registry.driver_entry(group.owner)
-        caps = entry.info.capabilities if entry and entry.info else frozenset()
-        return Capability.REVERT_UNDO in caps
+        return (
+            group.kind is GroupKind.DRIVER
+            and Capability.REVERT_UNDO in self.registry.capabilities(group.owner)
+        )
 
     # --- the operation ------------------------------------------------------------
 
@@ -237,7 +236,7 @@ class Revert:
         cause: VMSnapError,
         *,
         drop: list[KeptState] | None = None,
-    ) -> None:
+    ) -> NoReturn:
         """Nothing was reverted: READY again, the operation failed; always raises."""
         message = f"{cause.message}; nothing was reverted, the VM's disks are as they were"
         error = reworded(cause, message)
@@ -396,13 +395,13 @@ class Revert:
                 ),
                 drop=self.store.kept_states(op.id),
             )
+        if len(snap.groups) == 1 or snap.include_memory:
+            await self.settle(op, snap, None, {})
+            return
         cause = Unavailable(
             "the host restarted during the revert; it was finished on one side",
             reason="HOST_RESTARTED",
         )
-        if len(snap.groups) == 1 or snap.include_memory:
-            await self.settle(op, snap, None, {})
-            return
         await self.settle(op, snap, cause, {})
 
 

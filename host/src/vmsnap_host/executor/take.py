@@ -20,6 +20,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import NoReturn
 
 from vmsnap_host.config import Settings
 from vmsnap_host.executor.cleanup import Cleanup
@@ -37,7 +38,7 @@ from vmsnap_host.planner import needs_freeze
 from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
 from vmsnap_host.store.writer import Step
-from vmsnap_sdk import Capability, Consistency, QuiesceMethod, SnapshotResult, VMState
+from vmsnap_sdk import Consistency, QuiesceMethod, SnapshotResult, VMState
 from vmsnap_sdk.errors import DeadlineExceeded, FailedPrecondition, TransientError, VMSnapError
 
 
@@ -58,10 +59,6 @@ class Take:
         self.cleanup = cleanup
         self.freezes = freezes
 
-    def _capabilities(self, driver_name: str) -> frozenset[Capability]:
-        entry = self.registry.driver_entry(driver_name)
-        return entry.info.capabilities if entry and entry.info else frozenset()
-
     def _quiesce_method(self, snap: Snapshot) -> QuiesceMethod:
         entry = self.registry.agent_entry(snap.agent)
         offered = (entry.info.quiesce_methods if entry and entry.info else frozenset()) or (
@@ -76,7 +73,6 @@ class Take:
         except VMSnapError as exc:
             # Failed before any side effect (the VM's state, no quiesce method).
             await self.fail(op, snap, exc, list(snap.warnings))
-            raise AssertionError("unreachable") from exc
 
     async def _run(self, op: OperationRecord, snap: Snapshot) -> Snapshot:
         agent = self.registry.agent(snap.agent)
@@ -94,7 +90,9 @@ class Take:
                 reason="VM_STATE",
             )
         capabilities = {
-            g.owner: self._capabilities(g.owner) for g in snap.groups if g.kind is GroupKind.DRIVER
+            g.owner: self.registry.capabilities(g.owner)
+            for g in snap.groups
+            if g.kind is GroupKind.DRIVER
         }
         freeze_needed = needs_freeze(
             snap.groups, snap.quiesce, vm.state, capabilities, include_memory=snap.include_memory
@@ -305,7 +303,7 @@ class Take:
         warnings: list[str],
         *,
         extra: Sequence[Step] = (),
-    ) -> None:
+    ) -> NoReturn:
         """Compensate (the VM is thawed already) and record ERROR; always raises
         OperationFailed. Every planned group is owed a delete, whatever it answered."""
         # Nothing was called before CREATING was committed.
