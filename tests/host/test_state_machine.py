@@ -14,6 +14,7 @@ import grpc
 
 from tests.fakes.driver import Options
 from tests.host.conftest import FAST, Rig, make_rig
+from vmsnap_agent.sim import disk_path
 from vmsnap_host.model import KeptState, OperationRecord, OperationType, SnapshotState
 from vmsnap_sdk import Capability, QuiesceMethod, SnapshotResult, UnquiesceResult
 from vmsnap_sdk.errors import Unavailable
@@ -335,3 +336,41 @@ async def test_a_take_interrupted_before_its_token_was_journaled_is_thawed_by_op
     done = rig.store.get_operation("op-crashed2")
     assert done is not None and done.error is not None
     assert "frozen and is thawed now" in done.error.message
+
+
+async def test_a_revert_that_cannot_go_back_everywhere_goes_forward_everywhere(
+    tmp_path: Path,
+) -> None:
+    """b's revert answer is lost, and b cannot be put back; a and the agent were
+    put back before that was known. Going forward must redo a and the agent too,
+    or a "successful" revert leaves them as before (found by the chaos harness)."""
+    rig = await make_rig(tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"))
+    try:
+        vm = await rig.define()
+        local = disk_path(rig.path / "agent", vm.volumes[2].locator)
+        assert local is not None
+        local.write_bytes(b"at the snapshot")
+        sid = await _ready(rig)
+        local.write_bytes(b"before the revert")
+        b = rig.drivers[B]
+        real = b.revert_snapshot
+        lost = [False]
+
+        async def flaky(request: Any) -> Any:
+            if "-keep-" in request.vm_snapshot_id:
+                raise Unavailable("array busy (test)")  # b cannot go back
+            result = await real(request)
+            if not lost[0]:
+                lost[0] = True
+                raise Unavailable("answer lost (test)")  # reverted, outcome unknown
+            return result
+
+        b.revert_snapshot = flaky  # type: ignore[method-assign]
+        done = await rig.wait(await rig.manager.revert_snapshot("rv", sid, stop_vm=True))
+        assert done.error is None, done.error
+        # every group ends at the snapshot
+        assert rig.drivers[A].reverted[-1] == sid
+        assert b.reverted[-1] == sid
+        assert local.read_bytes() == b"at the snapshot"
+    finally:
+        await _close(rig)

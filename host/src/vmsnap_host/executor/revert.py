@@ -299,7 +299,9 @@ class Revert:
                 await self._drop(op.id)
                 raise OperationFailed(error)
         try:
-            await self._forward(snap, vm, known)
+            # A failed attempt to go back may have put some groups back already: then
+            # what was known reverted is not any more, and every group goes forward.
+            await self._forward(snap, vm, known if back_error is None else {})
         except VMSnapError as exc:
             parts = [f"revert: {exc.message}"]
             if back_error is not None:
