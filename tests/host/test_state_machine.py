@@ -374,3 +374,58 @@ async def test_a_revert_that_cannot_go_back_everywhere_goes_forward_everywhere(
         assert local.read_bytes() == b"at the snapshot"
     finally:
         await _close(rig)
+
+
+async def test_a_revert_resumed_after_going_forward_keeps_going_forward(tmp_path: Path) -> None:
+    """The host chose to go forward (journaled), b reached the snapshot through a
+    revert that keeps no undo, then the host died. Resumed, it must not put a back:
+    b's missing undo does not mean b is unchanged any more (found by the chaos
+    harness, seed 29093)."""
+    undo = frozenset({Capability.REVERT, Capability.REVERT_UNDO, Capability.LIST})
+    rig = await make_rig(
+        tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b", capabilities=undo)
+    )
+    try:
+        vm = await rig.define()
+        sid = await _ready(rig)
+        await rig.agent.stop_vm("vm1", True)
+        snap = rig.store.get_snapshot(sid)
+        assert snap is not None
+        op = OperationRecord(
+            id="op-forward",
+            type=OperationType.REVERT,
+            vm_id="vm1",
+            vm_snapshot_id=sid,
+            request_id="r-forward",
+            params={"stop_vm": True},
+            journal={"phase": "forward", "undo": [B]},
+        )
+        kept_id = f"{sid}-keep-{op.id[:8]}"
+        steps = [rig.store.w_insert_operation(op), rig.store.w_move(sid, SnapshotState.REVERTING)]
+        from vmsnap_sdk import RevertRequest, TakeRequest
+
+        for g in snap.groups:
+            result: SnapshotResult | None = None
+            if g.owner == A:
+                volumes = tuple(v for v in vm.volumes if v.disk in g.disks)
+                result = await rig.drivers[A].take_snapshot(TakeRequest(kept_id, vm, volumes))
+            elif g.owner != B:
+                await rig.agent.take_native_snapshot("vm1", kept_id, list(g.disks), False)
+            steps.append(
+                rig.store.w_keep(
+                    KeptState(kept_id, g.owner, g.kind, op.id, "vm1", sid, result=result)
+                )
+            )
+        await rig.store.write(*steps)
+        # Forward had reached b (no undo kept) when the host died.
+        b_group = next(g for g in snap.groups if g.owner == B)
+        await rig.drivers[B].revert_snapshot(RevertRequest(sid, b_group.result, vm))  # type: ignore[arg-type]
+
+        await rig.recovery.resolve_on_start()
+
+        done = rig.store.get_operation(op.id)
+        assert done is not None and done.done and done.error is None, done
+        assert rig.drivers[A].reverted[-1] == sid
+        assert rig.drivers[B].reverted[-1] == sid
+    finally:
+        await _close(rig)

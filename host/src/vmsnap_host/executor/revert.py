@@ -282,10 +282,13 @@ class Revert:
             )
         await self.store.write(self.store.w_journal(op.id, "bringing every disk to one side", 70))
         kept = {k.owner: k for k in self.store.kept_states(op.id)}
+        # Once forward was tried, a group may be at the snapshot with no record of it
+        # (a forward revert keeps no undo): "no undo" no longer means "unchanged".
+        forward_tried = op.journal.get("phase") == "forward"
         back_error: VMSnapError | None = None
         if cause is not None and kept:
             try:
-                await self._back(snap, vm, kept, known)
+                await self._back(snap, vm, kept, known, forward_tried=forward_tried)
             except VMSnapError as exc:
                 back_error = exc
             else:
@@ -298,6 +301,10 @@ class Revert:
                 )
                 await self._drop(op.id)
                 raise OperationFailed(error)
+        # The side is journaled before any group moves towards it.
+        await self.store.write(
+            self.store.w_journal(op.id, "bringing every disk to the snapshot", 80, phase="forward")
+        )
         try:
             # A failed attempt to go back may have put some groups back already: then
             # what was known reverted is not any more, and every group goes forward.
@@ -316,9 +323,16 @@ class Revert:
         await self._done(op, snap, "reverted" if cause is None else "reverted after a retry")
 
     async def _back(
-        self, snap: Snapshot, vm: VM, kept: Mapping[str, KeptState], known: Mapping[str, Outcome]
+        self,
+        snap: Snapshot,
+        vm: VM,
+        kept: Mapping[str, KeptState],
+        known: Mapping[str, Outcome],
+        *,
+        forward_tried: bool,
     ) -> None:
-        """Every group that may have changed goes back to its kept state."""
+        """Every group that may have changed goes back to its kept state (decided for
+        every group before any moves)."""
         back: list[tuple[Group, KeptState]] = []
         for g in snap.groups:
             outcome = known.get(g.owner, Outcome.UNKNOWN)
@@ -328,6 +342,11 @@ class Revert:
             if k is None:
                 raise FailedPrecondition(f"no kept state for {label(g)}", reason="NO_KEPT_STATE")
             if k.result is None and g.kind is GroupKind.DRIVER:
+                if forward_tried:
+                    raise FailedPrecondition(
+                        f"{label(g)} may have gone forward without an undo",
+                        reason="NO_KEPT_STATE",
+                    )
                 # An array undo whose answer was lost: the driver made it before it
                 # changed anything, so none means nothing changed.
                 found = await self._retrying(partial(self.calls.find, g, k.id))
