@@ -238,7 +238,12 @@ async def _finish(
     restarted = await cluster.ensure_all_up()
     if restarted:
         report.notes.append(f"restarted at the end: {', '.join(restarted)}")
-    await _wait_host_sees_all(host, cluster, knobs.start_timeout)
+    try:
+        await _wait_host_sees_all(host, cluster, knobs.start_timeout)
+    except HarnessError as exc:
+        # Every process serves, yet the host does not see it: a finding in itself; the
+        # checks go on (and may fail because of it).
+        report.notes.append(f"at the end, with every process serving: {exc}")
     violations: list[Violation] = list(workload.violations)
 
     # Nothing unfinished, nothing transitional.
