@@ -367,6 +367,9 @@ async def _revert_each(
 
 
 async def _reconcile(host: HostClient, knobs: Knobs) -> str:
+    grace = knobs.optional_host_settings().get("orphan_grace_seconds")
+    if grace is not None:
+        await asyncio.sleep(grace + 0.5)  # every leftover is past the reconciler's grace
     reconcile = getattr(host, "reconcile", None)
     if callable(reconcile):
         await _retry(reconcile, knobs)
