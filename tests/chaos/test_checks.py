@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from pathlib import Path
 
 from tests.chaos import checks
@@ -27,6 +28,7 @@ from vmsnap_host.client import (
     VMSnapshot,
     VMSnapshotState,
 )
+from vmsnap_host.config import parse
 
 A, B, C = b"a" * 8, b"b" * 8, b"c" * 8
 
@@ -262,3 +264,12 @@ def test_one_broken_snapshot_counts_once() -> None:
     found = checks.dedupe([again, other, again])
     assert [v.subject for v in found] == ["snapshot s-1", "snapshot s-2"]
     assert found[0].detail == "did not restore (seen 2 times)"
+
+
+def test_the_generated_host_configuration_is_what_the_host_reads() -> None:
+    text = DEFAULT.host_toml(["unix:///tmp/a.sock", "unix:///tmp/b.sock"], ["unix:///tmp/c.sock"])
+    config = parse(tomllib.loads(text))
+    assert config.settings.call_timeout_seconds == DEFAULT.call_timeout_seconds
+    assert config.settings.quiesce_lease_seconds == DEFAULT.quiesce_lease_seconds
+    assert [d.address for d in config.drivers] == ["unix:///tmp/a.sock", "unix:///tmp/b.sock"]
+    assert DEFAULT.long_outage[0] > config.settings.call_timeout_seconds
