@@ -15,6 +15,7 @@ $(VENV)/.installed: constraints.txt requirements-dev.txt $(wildcard */pyproject.
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -r requirements-dev.txt $(PACKAGES)
+	$(PY) scripts/proto_deps.py >/dev/null  # .deps/googleapis for `buf lint proto`
 	touch $@
 
 demo: venv

@@ -2,15 +2,21 @@
 
 ruff, mypy --strict on our code (not the generated code), the proto checks
 (generated code up to date, buf lint, buf breaking against the previous commit
-of main), then pytest. Extra arguments go to pytest.
+and against the last release's image in proto/releases), then pytest. Extra
+arguments go to pytest.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import proto_deps
+import proto_image
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -39,14 +45,57 @@ def run(title: str, cmd: list[str], **kwargs: object) -> None:
         sys.exit(result.returncode)
 
 
-def _previous_commit_has_protos() -> bool:
-    probe = subprocess.run(
-        ["git", "cat-file", "-e", "HEAD~1:proto/buf.yaml"],
+#: The exceptions for comparing with contracts from before the language options.
+OPTIONS_EXCEPTIONS = ROOT / "proto" / "releases" / "v0.1.breaking.yaml"
+
+
+def _last_release() -> tuple[str, Path, Path | None] | None:
+    """The newest release image in proto/releases (name, image, its breaking config)."""
+    images = sorted(
+        (ROOT / "proto" / "releases").glob("v*.binpb"),
+        key=lambda p: [int(n) for n in re.findall(r"\d+", p.stem)],
+    )
+    if not images:
+        return None
+    image = images[-1]
+    config = image.with_name(f"{image.stem}.breaking.yaml")
+    return image.stem, image, config if config.exists() else None
+
+
+def _predates_language_options(ref: str) -> bool:
+    """Whether the contracts at ``ref`` set no language options (v0.1 and the
+    commits before they were added): compared with those, the options' one-time
+    addition is expected (proto/releases/v0.1.breaking.yaml)."""
+    found = subprocess.run(
+        ["git", "grep", "-q", "^option java_package", ref, "--", "proto/vmsnap"],
         cwd=ROOT,
         capture_output=True,
         check=False,
     )
-    return probe.returncode == 0
+    return found.returncode == 1
+
+
+def _breaking(buf: str) -> None:
+    release = _last_release()
+    with tempfile.TemporaryDirectory() as tmp:
+        # The previous commit as an image: its googleapis protos are not in git.
+        if proto_image.has_protos("HEAD~1"):
+            previous = Path(tmp) / "previous.binpb"
+            proto_image.build("HEAD~1", previous)
+            cmd = [buf, "breaking", "proto", "--against", str(previous)]
+            if _predates_language_options("HEAD~1"):
+                cmd += ["--config", str(OPTIONS_EXCEPTIONS.relative_to(ROOT))]
+            run("buf breaking (previous commit)", cmd)
+        else:
+            print("== buf breaking: skipped, the previous commit has no proto/ to compare against")
+    if release is None:
+        print("== buf breaking: no release image in proto/releases")
+        return
+    name, image, config = release
+    cmd = [buf, "breaking", "proto", "--against", str(image.relative_to(ROOT))]
+    if config is not None:
+        cmd += ["--config", str(config.relative_to(ROOT))]
+    run(f"buf breaking (release {name})", cmd)
 
 
 def main() -> None:
@@ -54,14 +103,9 @@ def main() -> None:
     run("mypy", [str(BIN / "mypy"), "--strict", *SOURCES])
     run("generated code", [sys.executable, "scripts/gen_protos.py", "--check"])
     buf = str(BIN / "buf")
+    proto_deps.stage()
     run("buf lint", [buf, "lint", "proto"])
-    if _previous_commit_has_protos():
-        run(
-            "buf breaking",
-            [buf, "breaking", "proto", "--against", f"{ROOT / '.git'}#ref=HEAD~1,subdir=proto"],
-        )
-    else:
-        print("== buf breaking: skipped, the previous commit has no proto/ to compare against")
+    _breaking(buf)
     env = dict(os.environ)
     run("pytest", [sys.executable, "-m", "pytest", *sys.argv[1:]], env=env)
 

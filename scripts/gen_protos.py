@@ -11,6 +11,10 @@ import ...``). A top-level ``vmsnap`` package could collide in site-packages,
 so the imports are rewritten to ``vmsnap_sdk._proto`` (as temporalio does). Only
 import lines are touched in ``.py`` files: the serialized descriptors inside
 them must keep the proto package names byte for byte.
+
+The googleapis protos the contracts import (``google/rpc/status.proto``) come
+from the pinned googleapis-common-protos wheel (scripts/proto_deps.py); their
+Python code is that wheel's (``google.rpc.status_pb2``), never generated here.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import proto_deps
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
@@ -37,6 +43,7 @@ def _protoc(out: Path) -> None:
     import grpc_tools
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
+    googleapis = proto_deps.stage()
     bindir = Path(sys.executable).parent
     files = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "vmsnap").rglob("*.proto"))
     cmd = [
@@ -48,6 +55,7 @@ def _protoc(out: Path) -> None:
         f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
+        f"-I{googleapis}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out=quiet:{out}",

@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dvmsnap/common/v1/common.proto\x12\x10vmsnap.common.v1\"d\n\x06Volume\x12\x0c\n\x04\x64isk\x18\x01 \x01(\t\x12\x0f\n\x07locator\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x17\n\x0fnative_snapshot\x18\x05 \x01(\x08\"\x96\x01\n\x02VM\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.vmsnap.common.v1.VMState\x12)\n\x07volumes\x18\x04 \x03(\x0b\x32\x18.vmsnap.common.v1.Volume\x12\x12\n\nmemory_mib\x18\x05 \x01(\x03\x12\r\n\x05\x61gent\x18\x06 \x01(\t*d\n\x07VMState\x12\x18\n\x14VM_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10VM_STATE_STOPPED\x10\x01\x12\x14\n\x10VM_STATE_RUNNING\x10\x02\x12\x13\n\x0fVM_STATE_PAUSED\x10\x03*z\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43ONSISTENCY_CRASH\x10\x01\x12\x1a\n\x16\x43ONSISTENCY_FILESYSTEM\x10\x02\x12\x1b\n\x17\x43ONSISTENCY_APPLICATION\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dvmsnap/common/v1/common.proto\x12\x10vmsnap.common.v1\"d\n\x06Volume\x12\x0c\n\x04\x64isk\x18\x01 \x01(\t\x12\x0f\n\x07locator\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x17\n\x0fnative_snapshot\x18\x05 \x01(\x08\"\x96\x01\n\x02VM\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.vmsnap.common.v1.VMState\x12)\n\x07volumes\x18\x04 \x03(\x0b\x32\x18.vmsnap.common.v1.Volume\x12\x12\n\nmemory_mib\x18\x05 \x01(\x03\x12\r\n\x05\x61gent\x18\x06 \x01(\t*d\n\x07VMState\x12\x18\n\x14VM_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10VM_STATE_STOPPED\x10\x01\x12\x14\n\x10VM_STATE_RUNNING\x10\x02\x12\x13\n\x0fVM_STATE_PAUSED\x10\x03*z\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43ONSISTENCY_CRASH\x10\x01\x12\x1a\n\x16\x43ONSISTENCY_FILESYSTEM\x10\x02\x12\x1b\n\x17\x43ONSISTENCY_APPLICATION\x10\x03\x42\x92\x01\n\x13io.vmsnap.common.v1B\x0b\x43ommonProtoP\x01Z*vmsnap.io/gen/go/vmsnap/common/v1;commonv1\xa2\x02\x04VMSC\xaa\x02\x10Vmsnap.Common.V1\xca\x02\x10Vmsnap\\Common\\V1\xea\x02\x12Vmsnap::Common::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vmsnap.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\023io.vmsnap.common.v1B\013CommonProtoP\001Z*vmsnap.io/gen/go/vmsnap/common/v1;commonv1\242\002\004VMSC\252\002\020Vmsnap.Common.V1\312\002\020Vmsnap\\Common\\V1\352\002\022Vmsnap::Common::V1'
   _globals['_VMSTATE']._serialized_start=306
   _globals['_VMSTATE']._serialized_end=406
   _globals['_CONSISTENCY']._serialized_start=408
