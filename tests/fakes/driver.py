@@ -66,6 +66,8 @@ class Options:
         )
     )
     not_ready_polls: int = 0
+    #: ErrorInfo reason of a fail-final error (a vendor's own, e.g. "FAKE_ARRAY_FULL").
+    reason: str = ""
 
 
 class FakeDriver(StorageDriver):
@@ -99,7 +101,9 @@ class FakeDriver(StorageDriver):
         if self.o.fail_on != op or self.o.behaviour == "fail-after":
             return
         if self.o.behaviour == "fail-final":
-            raise ResourceExhausted(f"{self.o.name}: no space left for the snapshot (test)")
+            raise ResourceExhausted(
+                f"{self.o.name}: no space left for the snapshot (test)", reason=self.o.reason or None
+            )
         if self.o.behaviour == "fail-transient":
             raise Unavailable(f"{self.o.name}: array not reachable (test)")
 

@@ -221,7 +221,7 @@ def test_registration_and_vm_passthrough(plain: Cluster) -> None:
         pb.HEALTH_SERVING,
         5,
     )
-    assert "CONSISTENT_GROUP" in registered.capabilities
+    assert "CAPABILITY_CONSISTENT_GROUP" in registered.capabilities
     c.host.StopVM(pb.StopVMRequest(vm_id="vm1"), timeout=5)
     op = c.wait(c.create("vm1", "stopped"))
     assert op.vm_snapshot.state == pb.VM_SNAPSHOT_STATE_READY

@@ -56,7 +56,7 @@ from vmsnap_sdk import (
     Volume,
     VolumeDecision,
 )
-from vmsnap_sdk.errors import Internal
+from vmsnap_sdk.errors import Internal, Reason
 from vmsnap_sdk.limits import (
     MAX_DRIVER_NAME,
     MAX_MESSAGE,
@@ -68,8 +68,8 @@ from vmsnap_sdk.limits import (
 )
 
 #: ErrorInfo reason of a violation by a driver / by an agent.
-DRIVER_REASON = "DRIVER_CONTRACT_VIOLATION"
-AGENT_REASON = "AGENT_CONTRACT_VIOLATION"
+DRIVER_REASON = Reason.DRIVER_CONTRACT_VIOLATION
+AGENT_REASON = Reason.AGENT_CONTRACT_VIOLATION
 
 TAKE_ECHOES_ID = "take.echoes_id"
 TAKE_COVERS_VOLUMES = "take.covers_requested_volumes"

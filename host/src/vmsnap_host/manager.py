@@ -35,6 +35,7 @@ from vmsnap_sdk.errors import (
     AlreadyExists,
     FailedPrecondition,
     NotFound,
+    Reason,
     ResourceExhausted,
 )
 
@@ -85,19 +86,19 @@ class Manager:
                 raise FailedPrecondition(
                     f"VM {vm_id} is {vm.state.name}; snapshots need it RUNNING or STOPPED: "
                     "start or stop it first",
-                    reason="VM_STATE",
+                    reason=Reason.VM_STATE,
                 )
             if include_memory and vm.state is not VMState.RUNNING:
                 raise FailedPrecondition(
                     f"VM {vm_id} is {vm.state.name}; a memory snapshot needs it RUNNING: start "
                     "it, or take a disk-only snapshot (include_memory=false)",
-                    reason="VM_STATE",
+                    reason=Reason.VM_STATE,
                 )
             if self.store.find_by_name(vm_id, name) is not None:
                 raise AlreadyExists(
                     f"VM {vm_id} already has a snapshot named {name!r}; choose another name "
                     "or delete that snapshot",
-                    reason="NAME_IN_USE",
+                    reason=Reason.NAME_IN_USE,
                 )
             live = self.store.count_live(vm_id)
             if live >= self.settings.max_snapshots_per_vm:
@@ -105,7 +106,7 @@ class Manager:
                     f"VM {vm_id} has {live} snapshots, the maximum is "
                     f"{self.settings.max_snapshots_per_vm}; delete old ones first (or raise "
                     "host.max_snapshots_per_vm)",
-                    reason="TOO_MANY_SNAPSHOTS",
+                    reason=Reason.TOO_MANY_SNAPSHOTS,
                 )
             plan = await plan_take(
                 vm,
@@ -159,7 +160,7 @@ class Manager:
                 raise FailedPrecondition(
                     f"snapshot {snapshot_id} is {snap.state.name}; only a READY snapshot can "
                     "be reverted to",
-                    reason="SNAPSHOT_STATE",
+                    reason=Reason.SNAPSHOT_STATE,
                 )
             self._check_queue(snap.vm_id)
             _, vm = await self.registry.find_vm(snap.vm_id)
@@ -167,7 +168,7 @@ class Manager:
                 raise FailedPrecondition(
                     f"VM {vm.id} is {vm.state.name}; reverting a disk-only snapshot needs it "
                     "STOPPED: stop it first (StopVM) or pass stop_vm=true",
-                    reason="VM_NOT_STOPPED",
+                    reason=Reason.VM_NOT_STOPPED,
                 )
             for g in snap.groups:
                 if g.kind is GroupKind.DRIVER:
@@ -181,7 +182,7 @@ class Manager:
                         raise FailedPrecondition(
                             f"driver {g.owner} does not offer revert (CAPABILITY_REVERT); this "
                             "snapshot can be used only by restoring its volumes by hand",
-                            reason="REVERT_UNSUPPORTED",
+                            reason=Reason.REVERT_UNSUPPORTED,
                         )
             op = self._new_op(
                 OperationType.REVERT, request_id, snap.vm_id, snapshot_id, {"stop_vm": stop_vm}
@@ -204,7 +205,7 @@ class Manager:
                 raise FailedPrecondition(
                     f"snapshot {snapshot_id} is {snap.state.name}; wait for its operation to "
                     "finish (ListOperations) and delete it then",
-                    reason="SNAPSHOT_BUSY",
+                    reason=Reason.SNAPSHOT_BUSY,
                 )
             self._check_queue(snap.vm_id)
             op = self._new_op(OperationType.DELETE, request_id, snap.vm_id, snapshot_id, {})
@@ -224,7 +225,7 @@ class Manager:
         if snap is None:
             raise NotFound(
                 f"VM snapshot {snapshot_id} does not exist; list them with ListVMSnapshots",
-                reason="SNAPSHOT_NOT_FOUND",
+                reason=Reason.SNAPSHOT_NOT_FOUND,
             )
         return snap
 
@@ -236,7 +237,7 @@ class Manager:
         if op is None:
             raise NotFound(
                 f"operation {operation_id} does not exist; list them with ListOperations",
-                reason="OPERATION_NOT_FOUND",
+                reason=Reason.OPERATION_NOT_FOUND,
             )
         return op
 
@@ -279,7 +280,7 @@ class Manager:
             raise AlreadyExists(
                 f"request_id {request_id} was already used for another request "
                 f"({op.type.name} on VM {op.vm_id}); use a new request_id",
-                reason="REQUEST_ID_REUSED",
+                reason=Reason.REQUEST_ID_REUSED,
             )
         return op
 
@@ -290,7 +291,7 @@ class Manager:
                 f"VM {vm_id} already has {queue.admitted} operations running or queued (the "
                 f"bound is 1 running + {self.settings.queue_bound} waiting); retry when they "
                 "finish",
-                reason="VM_QUEUE_FULL",
+                reason=Reason.VM_QUEUE_FULL,
             )
 
     def _new_op(

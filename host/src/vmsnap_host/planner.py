@@ -46,7 +46,7 @@ from vmsnap_sdk import (
     Volume,
     VolumeDecision,
 )
-from vmsnap_sdk.errors import FailedPrecondition, Unavailable, VMSnapError
+from vmsnap_sdk.errors import FailedPrecondition, Reason, Unavailable, VMSnapError
 
 #: The longest text of a driver's that goes into a plan's error or warning.
 MAX_DRIVER_TEXT = 200
@@ -136,7 +136,7 @@ async def plan_take(
         raise FailedPrecondition(
             f"agent {agent.name} cannot include memory in a snapshot; take a disk-only "
             "snapshot (include_memory=false)",
-            reason="MEMORY_UNSUPPORTED",
+            reason=Reason.MEMORY_UNSUPPORTED,
         )
     ordered = sorted(drivers, key=lambda e: (e.order, e.name, e.address))
     answers = await asyncio.gather(*(_ask(e, vm, options, can_handle_timeout) for e in ordered))
@@ -207,7 +207,7 @@ async def plan_take(
             f"cannot plan a snapshot of VM {vm.id}: {'; '.join(parts)}. Retry when the "
             "driver is back; a driver that is gone for good must be removed first "
             "(vmsnap drivers remove NAME), then its disks go to whoever claims them",
-            reason="DRIVER_UNREACHABLE",
+            reason=Reason.DRIVER_UNREACHABLE,
             metadata={"drivers": ",".join(sorted(names))},
         )
     if nobody:
@@ -218,14 +218,14 @@ async def plan_take(
                 for v in nobody
             )
             + ": register the driver for that array",
-            reason="NO_STRATEGY",
+            reason=Reason.NO_STRATEGY,
         )
     if include_memory and taken:
         claimed = sorted(f"{d} by {e.name}" for d, (e, _) in taken.items())
         raise FailedPrecondition(
             "a memory snapshot is hypervisor-only, but these disks are claimed by storage "
             f"drivers: {', '.join(claimed)}; take a disk-only snapshot (include_memory=false)",
-            reason="MEMORY_NEEDS_HYPERVISOR",
+            reason=Reason.MEMORY_NEEDS_HYPERVISOR,
         )
 
     groups: list[Group] = []

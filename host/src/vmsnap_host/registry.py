@@ -55,6 +55,7 @@ from vmsnap_sdk import (
 from vmsnap_sdk.errors import (
     FailedPrecondition,
     NotFound,
+    Reason,
     TransientError,
     Unavailable,
     VMSnapError,
@@ -109,10 +110,9 @@ class PeerKind(Generic[P, I]):
     not_ready: Callable[[P], Awaitable[str]]
     #: The CLI command that removes one (named in messages).
     remove_command: str
-
-    @property
-    def reason(self) -> str:
-        return self.word.upper()
+    #: ErrorInfo reasons: not serving, and its name taken by another serving peer.
+    not_serving: Reason
+    name_in_use: Reason
 
 
 def _connect_driver(
@@ -153,6 +153,8 @@ DRIVER: PeerKind[StorageDriver, DriverInfo] = PeerKind(
     _driver_info,
     _probe,
     "vmsnap drivers remove",
+    Reason.DRIVER_NOT_SERVING,
+    Reason.DRIVER_NAME_IN_USE,
 )
 AGENT: PeerKind[HypervisorAgent, AgentInfo] = PeerKind(
     "agent",
@@ -161,6 +163,8 @@ AGENT: PeerKind[HypervisorAgent, AgentInfo] = PeerKind(
     _agent_info,
     _always_ready,
     "vmsnap agents remove",
+    Reason.AGENT_NOT_SERVING,
+    Reason.AGENT_NAME_IN_USE,
 )
 
 
@@ -196,7 +200,7 @@ class Peer(Generic[P, I]):
             raise Unavailable(
                 f"{self.kind.word} {self.label} is not serving ({self.message}); "
                 "calls resume when its health check passes",
-                reason=f"{self.kind.reason}_NOT_SERVING",
+                reason=self.kind.not_serving,
             )
 
 
@@ -303,7 +307,7 @@ def _negotiate(versions: Sequence[str]) -> str:
         raise FailedPrecondition(
             f"speaks contract versions {_cut(str(list(versions)), 100)}; this host needs "
             f"{CONTRACT_VERSION}",
-            reason="CONTRACT_VERSION_MISMATCH",
+            reason=Reason.CONTRACT_VERSION_MISMATCH,
         )
     return CONTRACT_VERSION
 
@@ -407,21 +411,21 @@ class Registry:
                         f"{kind.word} at {rival.address} has and which is serving; to move it "
                         f"here, remove it first ({kind.remove_command} {entry.name}) and "
                         "register again",
-                        reason=f"{kind.reason}_NAME_IN_USE",
+                        reason=kind.name_in_use,
                         metadata={"name": entry.name, "address": rival.address},
                     )
                 raise Unavailable(
                     f"{kind.word} at {address} did not pass its checks: {entry.message}; "
                     f"{entry.name} stays registered at {rival.address}. Start it (or fix the "
                     "address or TLS settings) and register again",
-                    reason=f"{kind.reason}_NOT_SERVING",
+                    reason=kind.not_serving,
                 )
         if require_serving and not serving:
             await _close(entry)
             raise Unavailable(
                 f"{kind.word} at {address} did not pass its checks: {entry.message}; start it "
                 "(or fix the address or TLS settings) and register again",
-                reason=f"{kind.reason}_NOT_SERVING",
+                reason=kind.not_serving,
             )
         if rival is not None:
             log.info(
@@ -568,7 +572,7 @@ class Registry:
             raise Unavailable(
                 f"driver {name} is not registered; register it again (RegisterDriver) to "
                 "reach the snapshots it holds",
-                reason="DRIVER_NOT_REGISTERED",
+                reason=Reason.DRIVER_NOT_REGISTERED,
             )
         return guarded(entry)
 
@@ -589,7 +593,7 @@ class Registry:
         if entry is None:
             raise Unavailable(
                 f"agent {name} is not registered; register it again (RegisterAgent)",
-                reason="AGENT_NOT_REGISTERED",
+                reason=Reason.AGENT_NOT_REGISTERED,
             )
         return guarded(entry)
 
@@ -604,7 +608,7 @@ class Registry:
             raise FailedPrecondition(
                 "no hypervisor agent is registered; register one (RegisterAgent or the "
                 "[[agents]] of the config file)",
-                reason="NO_AGENT",
+                reason=Reason.NO_AGENT,
             )
         down: list[str] = []
         for entry in entries:
@@ -621,10 +625,10 @@ class Registry:
             raise Unavailable(
                 f"VM {vm_id} was not found on the serving agents, and these agents are not "
                 f"serving: {', '.join(down)}; retry when they are back",
-                reason="AGENT_NOT_SERVING",
+                reason=Reason.AGENT_NOT_SERVING,
             )
         raise NotFound(
             f"VM {vm_id} is not known to any registered agent; check the id (ListVMs) or "
             "define it (DefineVM)",
-            reason="VM_NOT_FOUND",
+            reason=Reason.VM_NOT_FOUND,
         )

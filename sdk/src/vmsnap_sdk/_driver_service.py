@@ -19,6 +19,7 @@ from vmsnap_sdk import _validate as val
 from vmsnap_sdk import limits
 from vmsnap_sdk._errors import Internal, InvalidArgument
 from vmsnap_sdk._proto.driver.v1 import driver_pb2, driver_pb2_grpc
+from vmsnap_sdk._reasons import Reason
 from vmsnap_sdk._server import invoke
 from vmsnap_sdk._types import Consistency, Operation, Page, RevertRequest, TakeRequest
 from vmsnap_sdk.driver import StorageDriver
@@ -39,7 +40,7 @@ def _within_limits(method: str, problem: str | None) -> None:
     raise Internal(
         f"the driver's {method} answer breaks the contract's size limits: {problem} "
         "(vmsnap_sdk.limits); the SDK refused to send it",
-        reason="ANSWER_OVER_LIMITS",
+        reason=Reason.ANSWER_OVER_LIMITS,
     )
 
 

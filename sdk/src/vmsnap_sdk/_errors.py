@@ -18,7 +18,9 @@ The tree::
         └── Unknown              UNKNOWN
 
 Servers raise these; :func:`to_grpc_status` turns one into a status with
-``google.rpc.Status`` details (ErrorInfo, BadRequest, RetryInfo). Clients get
+``google.rpc.Status`` details (ErrorInfo with domain :data:`DOMAIN` and the
+error's reason, BadRequest, RetryInfo). The reasons vmsnap itself uses are the
+contract's enum, :class:`~vmsnap_sdk.errors.Reason`; a driver may add its own. Clients get
 the same classes back from :func:`from_rpc_error`, with what the peer said cut
 to the sizes of :mod:`vmsnap_sdk.limits`; details that cannot be read make the
 error UNKNOWN (the outcome of the call is unknown), never an exception that
@@ -37,6 +39,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from vmsnap_sdk import limits
+from vmsnap_sdk._reasons import Reason
 
 DOMAIN = "vmsnap.io"
 
@@ -49,7 +52,9 @@ class VMSnapError(Exception):
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
     #: False for codes after which the operation may still be running.
     final: ClassVar[bool] = True
-    default_reason: ClassVar[str] = "ERROR"
+    #: ``google.rpc.ErrorInfo.reason`` when none is given: a :class:`Reason` (the
+    #: contract's enum, ``vmsnap.common.v1.ErrorReason``).
+    default_reason: ClassVar[str] = Reason.UNKNOWN
 
     def __init__(
         self,
@@ -60,7 +65,8 @@ class VMSnapError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.reason = reason or self.default_reason
+        # A plain str, whether given as a Reason or a string (a driver's own reason).
+        self.reason = str(reason or self.default_reason)
         self.metadata: dict[str, str] = dict(metadata or {})
 
     def __str__(self) -> str:
@@ -71,7 +77,7 @@ class InvalidArgument(VMSnapError):
     """A field is malformed or missing; ``field_violations`` name each one."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
-    default_reason = "INVALID_ARGUMENT"
+    default_reason = Reason.INVALID_ARGUMENT
 
     def __init__(
         self,
@@ -94,42 +100,42 @@ class NotFound(VMSnapError):
     """A volume or snapshot is unknown."""
 
     code = grpc.StatusCode.NOT_FOUND
-    default_reason = "NOT_FOUND"
+    default_reason = Reason.NOT_FOUND
 
 
 class AlreadyExists(VMSnapError):
     """The same id was used with different arguments."""
 
     code = grpc.StatusCode.ALREADY_EXISTS
-    default_reason = "ALREADY_EXISTS"
+    default_reason = Reason.ALREADY_EXISTS
 
 
 class FailedPrecondition(VMSnapError):
     """The system is not in a state where the call can work (e.g. VM running)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
-    default_reason = "FAILED_PRECONDITION"
+    default_reason = Reason.FAILED_PRECONDITION
 
 
 class ResourceExhausted(VMSnapError):
     """No space, or a limit such as snapshots per volume."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    default_reason = "RESOURCE_EXHAUSTED"
+    default_reason = Reason.RESOURCE_EXHAUSTED
 
 
 class Unimplemented(VMSnapError):
     """The capability is not offered."""
 
     code = grpc.StatusCode.UNIMPLEMENTED
-    default_reason = "UNIMPLEMENTED"
+    default_reason = Reason.UNIMPLEMENTED
 
 
 class Internal(VMSnapError):
     """A bug or an unexpected failure inside the server."""
 
     code = grpc.StatusCode.INTERNAL
-    default_reason = "INTERNAL"
+    default_reason = Reason.INTERNAL
 
 
 class _Retryable(VMSnapError):
@@ -149,7 +155,7 @@ class Aborted(_Retryable):
     """Another operation on the same volume runs; retry after a backoff."""
 
     code = grpc.StatusCode.ABORTED
-    default_reason = "CONCURRENT_OPERATION"
+    default_reason = Reason.CONCURRENT_OPERATION
 
 
 class TransientError(_Retryable):
@@ -166,28 +172,28 @@ class Unavailable(TransientError):
     """The array or the driver cannot be reached."""
 
     code = grpc.StatusCode.UNAVAILABLE
-    default_reason = "UNAVAILABLE"
+    default_reason = Reason.UNAVAILABLE
 
 
 class DeadlineExceeded(TransientError):
     """The deadline passed; the work may still complete."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
-    default_reason = "DEADLINE_EXCEEDED"
+    default_reason = Reason.DEADLINE_EXCEEDED
 
 
 class Cancelled(TransientError):
     """The call was cancelled; the work may still complete."""
 
     code = grpc.StatusCode.CANCELLED
-    default_reason = "CANCELLED"
+    default_reason = Reason.CANCELLED
 
 
 class Unknown(TransientError):
     """The outcome is unknown."""
 
     code = grpc.StatusCode.UNKNOWN
-    default_reason = "UNKNOWN"
+    default_reason = Reason.UNKNOWN
 
 
 _BY_CODE: dict[grpc.StatusCode, type[VMSnapError]] = {
@@ -271,7 +277,7 @@ def from_status(code: grpc.StatusCode, message: str, details: bytes | None) -> V
                     f"error details (grpc-status-details-bin: {_describe_bad_details(exc)}); "
                     "the outcome of the call is unknown"
                 ),
-                reason="MALFORMED_ERROR_DETAILS",
+                reason=Reason.MALFORMED_ERROR_DETAILS,
             )
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _is_local_size_error(message):
         return _too_large(message)
@@ -372,7 +378,7 @@ def _too_large(message: str) -> VMSnapError:
             "its status was lost, so the outcome of the call is unknown; error messages are "
             f"at most {limits.MAX_MESSAGE} chars (vmsnap_sdk.limits)"
         ),
-        reason="ANSWER_TOO_LARGE",
+        reason=Reason.ANSWER_TOO_LARGE,
     )
 
 

@@ -17,6 +17,7 @@ from vmsnap_sdk._errors import (
     Unknown,
     VMSnapError,
 )
+from vmsnap_sdk._reasons import Reason
 
 __all__ = [
     "Aborted",
@@ -28,6 +29,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "NotFound",
+    "Reason",
     "ResourceExhausted",
     "TransientError",
     "Unavailable",

@@ -8,10 +8,11 @@ from datetime import datetime
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import status_pb2
 
+from vmsnap_host.api import errors
 from vmsnap_host.model import ErrorInfo, Group, GroupKind, OperationRecord, Snapshot
 from vmsnap_host.reconcile import Finding
 from vmsnap_host.registry import AgentEntry, DriverEntry
-from vmsnap_sdk import Capability
+from vmsnap_sdk import Capability, QuiesceMethod
 from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 
@@ -25,9 +26,8 @@ def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
 
 
 def _status(error: ErrorInfo | None) -> status_pb2.Status | None:
-    if error is None:
-        return None
-    return status_pb2.Status(code=error.code, message=error.message)
+    # With its ErrorInfo: a client decodes a failed operation like a failed call.
+    return None if error is None else errors.status(error)
 
 
 def group_to_pb(group: Group) -> pb.SnapshotGroup:
@@ -118,8 +118,14 @@ def driver_to_pb(e: DriverEntry) -> pb.Driver:
     )
     if e.info is not None:
         message.vendor_version = e.info.vendor_version
+        # The names of vmsnap.driver.v1.Capability values (hosts before v0.2 sent
+        # them without the prefix).
         message.capabilities.extend(
-            sorted(c.name for c in e.info.capabilities if c is not Capability.UNSPECIFIED)
+            sorted(
+                f"CAPABILITY_{c.name}"
+                for c in e.info.capabilities
+                if c is not Capability.UNSPECIFIED
+            )
         )
         message.labels.update(e.info.labels)
     if (checked := _ts(e.last_check)) is not None:
@@ -138,7 +144,14 @@ def agent_to_pb(e: AgentEntry) -> pb.Agent:
     if e.info is not None:
         message.hypervisor = e.info.hypervisor
         message.version = e.info.version
-        message.quiesce_methods.extend(sorted(m.name for m in e.info.quiesce_methods))
+        # The names of vmsnap.hypervisor.v1.QuiesceMethod values.
+        message.quiesce_methods.extend(
+            sorted(
+                f"QUIESCE_METHOD_{m.name}"
+                for m in e.info.quiesce_methods
+                if m is not QuiesceMethod.UNSPECIFIED
+            )
+        )
         message.memory_snapshots = e.info.memory_snapshots
     if (checked := _ts(e.last_check)) is not None:
         message.last_check_time.CopyFrom(checked)

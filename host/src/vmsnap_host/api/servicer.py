@@ -7,11 +7,12 @@ text). Validation errors name the field, as the SDK's do.
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
-from vmsnap_host.api import convert
+from vmsnap_host.api import convert, errors
 from vmsnap_host.config import ConfigError, check_address, tls_from_mapping
 from vmsnap_host.manager import Manager
 from vmsnap_host.model import OperationRecord, QuiescePolicy
@@ -25,7 +26,7 @@ from vmsnap_sdk import _validate as val
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
 from vmsnap_sdk._server import invoke
-from vmsnap_sdk.errors import InvalidArgument, NotFound, Unimplemented, VMSnapError
+from vmsnap_sdk.errors import InvalidArgument, NotFound, Reason, Unimplemented, VMSnapError
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -89,6 +90,21 @@ def _address(field: str, value: str) -> str:
         raise InvalidArgument(str(exc), field_violations=[(field, str(exc))]) from None
 
 
+_R = TypeVar("_R")
+
+
+async def _call(context: Ctx, method: str, handler: Callable[[], Awaitable[_R]]) -> _R:
+    """``invoke`` (the SDK's one error boundary) with the host's reasons only."""
+
+    async def guarded() -> _R:
+        try:
+            return await handler()
+        except VMSnapError as exc:
+            raise errors.public(exc) from exc
+
+    return await invoke(context, method, guarded)
+
+
 class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     def __init__(
         self,
@@ -127,7 +143,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             )
             return pb.CreateVMSnapshotResponse(operation=self._op(op))
 
-        return await invoke(context, "CreateVMSnapshot", run)
+        return await _call(context, "CreateVMSnapshot", run)
 
     async def GetVMSnapshot(  # noqa: N802
         self, request: pb.GetVMSnapshotRequest, context: Ctx
@@ -137,7 +153,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             snap = self.manager.get_snapshot(request.id)
             return pb.GetVMSnapshotResponse(vm_snapshot=convert.snapshot_to_pb(snap))
 
-        return await invoke(context, "GetVMSnapshot", run)
+        return await _call(context, "GetVMSnapshot", run)
 
     async def ListVMSnapshots(  # noqa: N802
         self, request: pb.ListVMSnapshotsRequest, context: Ctx
@@ -154,7 +170,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 next_page_token=_token(page[-1][0]) if len(rows) > size else "",
             )
 
-        return await invoke(context, "ListVMSnapshots", run)
+        return await _call(context, "ListVMSnapshots", run)
 
     async def RevertVMSnapshot(  # noqa: N802
         self, request: pb.RevertVMSnapshotRequest, context: Ctx
@@ -165,7 +181,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             op = await self.manager.revert_snapshot(request.request_id, request.id, request.stop_vm)
             return pb.RevertVMSnapshotResponse(operation=self._op(op))
 
-        return await invoke(context, "RevertVMSnapshot", run)
+        return await _call(context, "RevertVMSnapshot", run)
 
     async def DeleteVMSnapshot(  # noqa: N802
         self, request: pb.DeleteVMSnapshotRequest, context: Ctx
@@ -176,7 +192,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             op = await self.manager.delete_snapshot(request.request_id, request.id)
             return pb.DeleteVMSnapshotResponse(operation=self._op(op))
 
-        return await invoke(context, "DeleteVMSnapshot", run)
+        return await _call(context, "DeleteVMSnapshot", run)
 
     # --- operations ---------------------------------------------------------------
 
@@ -189,7 +205,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 operation=self._op(self.manager.get_operation(request.id))
             )
 
-        return await invoke(context, "GetOperation", run)
+        return await _call(context, "GetOperation", run)
 
     async def WaitOperation(  # noqa: N802
         self, request: pb.WaitOperationRequest, context: Ctx
@@ -208,7 +224,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             op = await self.manager.wait_operation(request.id, timeout)
             return pb.WaitOperationResponse(operation=self._op(op))
 
-        return await invoke(context, "WaitOperation", run)
+        return await _call(context, "WaitOperation", run)
 
     async def ListOperations(  # noqa: N802
         self, request: pb.ListOperationsRequest, context: Ctx
@@ -225,7 +241,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 next_page_token=_token(page[-1][0]) if len(rows) > size else "",
             )
 
-        return await invoke(context, "ListOperations", run)
+        return await _call(context, "ListOperations", run)
 
     # --- drivers and agents -------------------------------------------------------
 
@@ -259,7 +275,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             )
             return pb.RegisterDriverResponse(driver=convert.driver_to_pb(entry))
 
-        return await invoke(context, "RegisterDriver", run)
+        return await _call(context, "RegisterDriver", run)
 
     async def ListDrivers(  # noqa: N802
         self, request: pb.ListDriversRequest, context: Ctx
@@ -269,7 +285,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 drivers=[convert.driver_to_pb(e) for e in self.registry.drivers()]
             )
 
-        return await invoke(context, "ListDrivers", run)
+        return await _call(context, "ListDrivers", run)
 
     async def RemoveDriver(  # noqa: N802
         self, request: pb.RemoveDriverRequest, context: Ctx
@@ -292,7 +308,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             )
             return pb.RemoveDriverResponse()
 
-        return await invoke(context, "RemoveDriver", run)
+        return await _call(context, "RemoveDriver", run)
 
     async def RegisterAgent(  # noqa: N802
         self, request: pb.RegisterAgentRequest, context: Ctx
@@ -307,7 +323,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             )
             return pb.RegisterAgentResponse(agent=convert.agent_to_pb(entry))
 
-        return await invoke(context, "RegisterAgent", run)
+        return await _call(context, "RegisterAgent", run)
 
     async def ListAgents(  # noqa: N802
         self, request: pb.ListAgentsRequest, context: Ctx
@@ -317,7 +333,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 agents=[convert.agent_to_pb(e) for e in self.registry.agents()]
             )
 
-        return await invoke(context, "ListAgents", run)
+        return await _call(context, "ListAgents", run)
 
     async def RemoveAgent(  # noqa: N802
         self, request: pb.RemoveAgentRequest, context: Ctx
@@ -336,7 +352,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 )
             return pb.RemoveAgentResponse()
 
-        return await invoke(context, "RemoveAgent", run)
+        return await _call(context, "RemoveAgent", run)
 
     # --- VMs, passed through to their agent ---------------------------------------
 
@@ -358,12 +374,12 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 )
             if self.registry.agent_entry(name) is None:
                 raise NotFound(
-                    f"agent {name} is not registered (ListAgents)", reason="AGENT_NOT_FOUND"
+                    f"agent {name} is not registered (ListAgents)", reason=Reason.AGENT_NOT_FOUND
                 )
             defined = await self.registry.agent(name).define_vm(vm)
             return pb.DefineVMResponse(vm=cv.vm_to_pb(defined))
 
-        return await invoke(context, "DefineVM", run)
+        return await _call(context, "DefineVM", run)
 
     async def GetVM(self, request: pb.GetVMRequest, context: Ctx) -> pb.GetVMResponse:  # noqa: N802
         async def run() -> pb.GetVMResponse:
@@ -371,7 +387,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             _, vm = await self.registry.find_vm(request.vm_id)
             return pb.GetVMResponse(vm=cv.vm_to_pb(vm))
 
-        return await invoke(context, "GetVM", run)
+        return await _call(context, "GetVM", run)
 
     async def ListVMs(self, request: pb.ListVMsRequest, context: Ctx) -> pb.ListVMsResponse:  # noqa: N802
         async def run() -> pb.ListVMsResponse:
@@ -389,7 +405,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                         break
             return pb.ListVMsResponse(vms=[cv.vm_to_pb(v) for v in vms])
 
-        return await invoke(context, "ListVMs", run)
+        return await _call(context, "ListVMs", run)
 
     async def StartVM(self, request: pb.StartVMRequest, context: Ctx) -> pb.StartVMResponse:  # noqa: N802
         async def run() -> pb.StartVMResponse:
@@ -398,7 +414,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             vm = await self.registry.agent(entry.name).start_vm(request.vm_id)
             return pb.StartVMResponse(vm=cv.vm_to_pb(vm))
 
-        return await invoke(context, "StartVM", run)
+        return await _call(context, "StartVM", run)
 
     async def StopVM(self, request: pb.StopVMRequest, context: Ctx) -> pb.StopVMResponse:  # noqa: N802
         async def run() -> pb.StopVMResponse:
@@ -407,7 +423,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             vm = await self.registry.agent(entry.name).stop_vm(request.vm_id, request.force)
             return pb.StopVMResponse(vm=cv.vm_to_pb(vm))
 
-        return await invoke(context, "StopVM", run)
+        return await _call(context, "StopVM", run)
 
     # --- reconciliation -----------------------------------------------------------
 
@@ -418,7 +434,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             if self.reconciler is None:
                 raise Unimplemented(
                     "this host runs without a reconciler; start it with vmsnap-host",
-                    reason="NO_RECONCILER",
+                    reason=Reason.NO_RECONCILER,
                 )
             report = await self.reconciler.run_once(dry_run=request.dry_run)
             shown = report.findings[:MAX_RECONCILE_FINDINGS]
@@ -427,7 +443,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 omitted_count=len(report.findings) - len(shown),
             )
 
-        return await invoke(context, "Reconcile", run)
+        return await _call(context, "Reconcile", run)
 
     async def ListFindings(  # noqa: N802
         self, request: pb.ListFindingsRequest, context: Ctx
@@ -442,7 +458,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 next_page_token=_token(int(page[-1]["seq"])) if len(rows) > size else "",
             )
 
-        return await invoke(context, "ListFindings", run)
+        return await _call(context, "ListFindings", run)
 
 
 def _tls_dict(tls: ClientTLS | None) -> dict[str, str]:

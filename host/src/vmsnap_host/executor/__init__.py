@@ -28,7 +28,7 @@ from vmsnap_host.model import OperationRecord, OperationType, SnapshotState
 from vmsnap_host.registry import Registry
 from vmsnap_host.state import OperationClosed, StaleMove
 from vmsnap_host.store import Store
-from vmsnap_sdk.errors import Aborted, NotFound, VMSnapError
+from vmsnap_sdk.errors import Aborted, NotFound, Reason, VMSnapError
 
 log = logging.getLogger("vmsnap.host.executor")
 
@@ -124,7 +124,7 @@ class Executor:
         cause = Aborted(
             f"the host restarted while taking this snapshot (step {op.step or 'queued'}); "
             f"it was rolled back: {thawed}; take it again with a new request_id",
-            reason="HOST_RESTARTED",
+            reason=Reason.HOST_RESTARTED,
         )
         await self.take.fail(op, snap, cause, list(snap.warnings))
 

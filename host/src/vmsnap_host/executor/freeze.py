@@ -23,7 +23,7 @@ from typing import TypeVar
 from vmsnap_host.config import Settings
 from vmsnap_host.model import QuiescePolicy
 from vmsnap_sdk import HypervisorAgent, QuiesceMethod, QuiesceResult
-from vmsnap_sdk.errors import Aborted, DeadlineExceeded, FailedPrecondition, VMSnapError
+from vmsnap_sdk.errors import Aborted, DeadlineExceeded, FailedPrecondition, Reason, VMSnapError
 
 log = logging.getLogger("vmsnap.host.freeze")
 
@@ -72,7 +72,7 @@ def choose_method(
         raise FailedPrecondition(
             f"the plan needs a freeze but agent {agent} offers no overlay freeze; take the "
             "snapshot with --quiesce best-effort or required",
-            reason="NO_QUIESCE_METHOD",
+            reason=Reason.NO_QUIESCE_METHOD,
         )
     for method in (QuiesceMethod.GUEST_FREEZE_AND_OVERLAY, QuiesceMethod.GUEST_FREEZE):
         if method in offered:
@@ -82,7 +82,7 @@ def choose_method(
     raise FailedPrecondition(
         f"agent {agent} offers no guest freeze; take the snapshot with --quiesce off or "
         "best-effort",
-        reason="NO_QUIESCE_METHOD",
+        reason=Reason.NO_QUIESCE_METHOD,
     )
 
 
@@ -114,7 +114,7 @@ class FreezeKeeper:
                     f"quiesce is REQUIRED but the guest could not be frozen: {exc.message}; "
                     "fix the guest agent, or take the snapshot with --quiesce best-effort to "
                     "accept a lower consistency (it is recorded)",
-                    reason=exc.reason or "QUIESCE_FAILED",
+                    reason=exc.reason or Reason.QUIESCE_FAILED,
                 ) from exc
             raise
         freeze = Freeze(
@@ -186,7 +186,7 @@ class FreezeKeeper:
                     "the freeze lease ran out before every group had cut: the agent thawed the "
                     "VM by itself, so the groups may not share one point in time; retry, or "
                     "raise quiesce_lease_seconds",
-                    reason="FREEZE_LEASE_EXPIRED",
+                    reason=Reason.FREEZE_LEASE_EXPIRED,
                 )
             freeze.ended = "thawed"
             return None
@@ -203,7 +203,7 @@ class FreezeKeeper:
             f"agent {freeze.agent_name} did not confirm the thaw ({last}); its freeze lease "
             "has ended, so the VM thawed by itself, but the groups may not share one point in "
             "time; retry",
-            reason="THAW_UNCONFIRMED",
+            reason=Reason.THAW_UNCONFIRMED,
         )
 
     async def thaw_recorded(

@@ -51,6 +51,7 @@ from vmsnap_sdk import VM, Capability, Consistency, VMState
 from vmsnap_sdk.errors import (
     Aborted,
     FailedPrecondition,
+    Reason,
     TransientError,
     Unavailable,
     VMSnapError,
@@ -110,7 +111,7 @@ class Revert:
             error = FailedPrecondition(
                 f"snapshot {snap.id} is {now.state.name if now else 'gone'} now; only a READY "
                 "snapshot can be reverted to",
-                reason="SNAPSHOT_STATE",
+                reason=Reason.SNAPSHOT_STATE,
             )
             await self.store.write(self.store.w_finish(op.id, error_info(error), "failed"))
             raise OperationFailed(error) from None
@@ -135,7 +136,7 @@ class Revert:
                     FailedPrecondition(
                         f"VM {vm.id} is {vm.state.name}; a disk-only revert needs it STOPPED: "
                         f"stop it first (vmsnap vm stop {vm.id}) or pass --stop-vm",
-                        reason="VM_NOT_STOPPED",
+                        reason=Reason.VM_NOT_STOPPED,
                     ),
                 )
             await self.store.write(self.store.w_journal(op.id, "stopping the VM", 10, phase="stopping"))
@@ -340,12 +341,12 @@ class Revert:
                 continue
             k = kept.get(g.owner)
             if k is None:
-                raise FailedPrecondition(f"no kept state for {label(g)}", reason="NO_KEPT_STATE")
+                raise FailedPrecondition(f"no kept state for {label(g)}", reason=Reason.NO_KEPT_STATE)
             if k.result is None and g.kind is GroupKind.DRIVER:
                 if forward_tried:
                     raise FailedPrecondition(
                         f"{label(g)} may have gone forward without an undo",
-                        reason="NO_KEPT_STATE",
+                        reason=Reason.NO_KEPT_STATE,
                     )
                 # An array undo whose answer was lost: the driver made it before it
                 # changed anything, so none means nothing changed.
@@ -353,7 +354,7 @@ class Revert:
                 if found is None:
                     if outcome is Outcome.REVERTED:
                         raise FailedPrecondition(
-                            f"{label(g)} reverted without keeping its undo", reason="NO_KEPT_STATE"
+                            f"{label(g)} reverted without keeping its undo", reason=Reason.NO_KEPT_STATE
                         )
                     continue
                 k = replace(k, result=found)
@@ -402,7 +403,7 @@ class Revert:
             error = Aborted(
                 "the host restarted before this revert began; nothing was reverted; revert "
                 "again with a new request_id",
-                reason="HOST_RESTARTED",
+                reason=Reason.HOST_RESTARTED,
             )
             await self.store.write(self.store.w_finish(op.id, error_info(error), "failed"))
             raise OperationFailed(error)
@@ -412,7 +413,7 @@ class Revert:
                 snap,
                 Aborted(
                     f"the host restarted while the revert was {phase or 'starting'}",
-                    reason="HOST_RESTARTED",
+                    reason=Reason.HOST_RESTARTED,
                 ),
                 drop=self.store.kept_states(op.id),
             )
@@ -421,7 +422,7 @@ class Revert:
             return
         cause = Unavailable(
             "the host restarted during the revert; it was finished on one side",
-            reason="HOST_RESTARTED",
+            reason=Reason.HOST_RESTARTED,
         )
         await self.settle(op, snap, cause, {})
 

@@ -39,7 +39,13 @@ from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
 from vmsnap_host.store.writer import Step
 from vmsnap_sdk import Consistency, QuiesceMethod, SnapshotResult, VMState
-from vmsnap_sdk.errors import DeadlineExceeded, FailedPrecondition, TransientError, VMSnapError
+from vmsnap_sdk.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    Reason,
+    TransientError,
+    VMSnapError,
+)
 
 
 class Take:
@@ -82,12 +88,12 @@ class Take:
         if vm.state not in (VMState.RUNNING, VMState.STOPPED):
             raise FailedPrecondition(
                 f"VM {vm.id} is {vm.state.name} now; it must be RUNNING or STOPPED",
-                reason="VM_STATE",
+                reason=Reason.VM_STATE,
             )
         if snap.include_memory and vm.state is not VMState.RUNNING:
             raise FailedPrecondition(
                 f"VM {vm.id} is {vm.state.name} now; a memory snapshot needs it RUNNING",
-                reason="VM_STATE",
+                reason=Reason.VM_STATE,
             )
         capabilities = {
             g.owner: self.registry.capabilities(g.owner)
@@ -290,7 +296,7 @@ class Take:
                 raise DeadlineExceeded(
                     f"post-processing on {pending} did not finish within "
                     f"{self.settings.post_processing_timeout_seconds:g} s{detail}",
-                    reason="POST_PROCESSING_TIMEOUT",
+                    reason=Reason.POST_PROCESSING_TIMEOUT,
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

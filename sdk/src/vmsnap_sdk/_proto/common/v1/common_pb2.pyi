@@ -79,6 +79,401 @@ CONSISTENCY_APPLICATION: Consistency.ValueType  # 3
 """Application consistent: applications flushed through the guest's freeze hook."""
 Global___Consistency: _TypeAlias = Consistency  # noqa: Y015
 
+class _ErrorReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
+    """Never sent."""
+    INVALID_ARGUMENT: _ErrorReason.ValueType  # 1
+    """-- Generic: the default reason of each code (vmsnap_sdk.errors classes).
+    INVALID_ARGUMENT: a field is missing or breaks its rule; BadRequest names it.
+    """
+    NOT_FOUND: _ErrorReason.ValueType  # 2
+    """NOT_FOUND: the object asked for does not exist."""
+    ALREADY_EXISTS: _ErrorReason.ValueType  # 3
+    """ALREADY_EXISTS: the same id was used with other arguments."""
+    FAILED_PRECONDITION: _ErrorReason.ValueType  # 4
+    """FAILED_PRECONDITION: the system is not in a state where the call can work."""
+    RESOURCE_EXHAUSTED: _ErrorReason.ValueType  # 5
+    """RESOURCE_EXHAUSTED: no space, or a limit was reached."""
+    UNIMPLEMENTED: _ErrorReason.ValueType  # 6
+    """UNIMPLEMENTED: the RPC or capability is not offered."""
+    INTERNAL: _ErrorReason.ValueType  # 7
+    """INTERNAL: a bug or an unexpected failure in the server (details in its log)."""
+    CONCURRENT_OPERATION: _ErrorReason.ValueType  # 8
+    """ABORTED: another operation on the same object runs; retry after a backoff."""
+    UNAVAILABLE: _ErrorReason.ValueType  # 9
+    """UNAVAILABLE: the server or what it depends on cannot be reached; the
+    operation may still be running.
+    """
+    DEADLINE_EXCEEDED: _ErrorReason.ValueType  # 10
+    """DEADLINE_EXCEEDED: the deadline passed; the operation may still complete."""
+    CANCELLED: _ErrorReason.ValueType  # 11
+    """CANCELLED: the call was cancelled; the operation may still complete."""
+    UNKNOWN: _ErrorReason.ValueType  # 12
+    """UNKNOWN: the outcome is unknown."""
+    ANSWER_OVER_LIMITS: _ErrorReason.ValueType  # 13
+    """-- The SDK, on both sides of every contract.
+    INTERNAL: a driver's or agent's answer was over the contract's size limits;
+    the SDK refused to send it (vmsnap/driver/v1/driver.proto, "Size limits").
+    """
+    MALFORMED_ERROR_DETAILS: _ErrorReason.ValueType  # 14
+    """UNKNOWN (made by a client, never sent): the peer's error details did not
+    decode, or said another code than the call's.
+    """
+    ANSWER_TOO_LARGE: _ErrorReason.ValueType  # 15
+    """UNKNOWN (made by a client, never sent): the peer's answer was over the
+    client's size limits and its status was lost.
+    """
+    VM_NOT_FOUND: _ErrorReason.ValueType  # 16
+    """-- Objects the host looks up.
+    NOT_FOUND: no registered agent has this VM.
+    """
+    AGENT_NOT_FOUND: _ErrorReason.ValueType  # 17
+    """NOT_FOUND: DefineVM named an agent that is not registered."""
+    SNAPSHOT_NOT_FOUND: _ErrorReason.ValueType  # 18
+    """NOT_FOUND: no VM snapshot (from an agent: no native snapshot) has this id."""
+    OPERATION_NOT_FOUND: _ErrorReason.ValueType  # 19
+    """NOT_FOUND: no operation has this id."""
+    NAME_IN_USE: _ErrorReason.ValueType  # 20
+    """-- Requests the host refuses.
+    ALREADY_EXISTS: the VM already has a snapshot of this name.
+    """
+    REQUEST_ID_REUSED: _ErrorReason.ValueType  # 21
+    """ALREADY_EXISTS: the request_id was used for another request."""
+    TOO_MANY_SNAPSHOTS: _ErrorReason.ValueType  # 22
+    """RESOURCE_EXHAUSTED: the VM has the most snapshots the host allows."""
+    VM_STATE: _ErrorReason.ValueType  # 23
+    """FAILED_PRECONDITION: the VM's state does not allow it (not RUNNING or
+    STOPPED; a memory snapshot needs RUNNING).
+    """
+    VM_NOT_STOPPED: _ErrorReason.ValueType  # 24
+    """FAILED_PRECONDITION: the VM must be STOPPED first (a disk-only revert,
+    undefining a VM).
+    """
+    SNAPSHOT_STATE: _ErrorReason.ValueType  # 25
+    """FAILED_PRECONDITION: the snapshot's state does not allow it (only READY can
+    be reverted to).
+    """
+    SNAPSHOT_BUSY: _ErrorReason.ValueType  # 26
+    """FAILED_PRECONDITION: the snapshot's own operation is still running."""
+    REVERT_UNSUPPORTED: _ErrorReason.ValueType  # 27
+    """FAILED_PRECONDITION: a driver of the snapshot does not offer CAPABILITY_REVERT."""
+    VM_HAS_SNAPSHOTS: _ErrorReason.ValueType  # 28
+    """FAILED_PRECONDITION: the VM still has live snapshots (UndefineVM without
+    delete_snapshots).
+    """
+    VM_QUEUE_FULL: _ErrorReason.ValueType  # 29
+    """ABORTED: the VM has as many operations running and queued as the host allows."""
+    NO_RECONCILER: _ErrorReason.ValueType  # 30
+    """UNIMPLEMENTED: this host runs without a reconciler."""
+    MEMORY_UNSUPPORTED: _ErrorReason.ValueType  # 31
+    """-- Planning a take.
+    FAILED_PRECONDITION: a memory snapshot was asked and the agent cannot take one.
+    """
+    MEMORY_NEEDS_HYPERVISOR: _ErrorReason.ValueType  # 32
+    """FAILED_PRECONDITION: a memory snapshot needs every disk on the hypervisor
+    strategy, and a driver claims one.
+    """
+    NO_STRATEGY: _ErrorReason.ValueType  # 33
+    """FAILED_PRECONDITION: no driver claims a disk and the hypervisor's snapshot
+    does not keep its bytes.
+    """
+    DRIVER_UNREACHABLE: _ErrorReason.ValueType  # 34
+    """UNAVAILABLE: the driver that owns a disk cannot be reached (never a silent
+    change of strategy).
+    """
+    NO_QUIESCE_METHOD: _ErrorReason.ValueType  # 35
+    """-- Freezing, taking, reverting.
+    FAILED_PRECONDITION: the plan needs a freeze and the agent offers no method for it.
+    """
+    QUIESCE_FAILED: _ErrorReason.ValueType  # 36
+    """FAILED_PRECONDITION: a required freeze failed (the agent's reason, when it
+    gave one, replaces this one).
+    """
+    FREEZE_LEASE_EXPIRED: _ErrorReason.ValueType  # 37
+    """ABORTED: the freeze's lease ran out before every group was cut."""
+    THAW_UNCONFIRMED: _ErrorReason.ValueType  # 38
+    """ABORTED: the agent never confirmed the thaw, so the groups may not share
+    one instant.
+    """
+    POST_PROCESSING_TIMEOUT: _ErrorReason.ValueType  # 39
+    """DEADLINE_EXCEEDED: post-processing (ready=false) did not end in time."""
+    NO_KEPT_STATE: _ErrorReason.ValueType  # 40
+    """FAILED_PRECONDITION: a group's kept state is missing, so a failed revert
+    cannot be put back.
+    """
+    HOST_RESTARTED: _ErrorReason.ValueType  # 41
+    """ABORTED, UNAVAILABLE: the host restarted while the operation ran; recovery
+    resolved it.
+    """
+    CONTRACT_VERSION_MISMATCH: _ErrorReason.ValueType  # 42
+    """-- Drivers and agents as the host sees them.
+    FAILED_PRECONDITION: the driver or agent speaks no contract version this host
+    knows (a failed check: the host reports it NOT_SERVING with this in the message).
+    """
+    DRIVER_NAME_IN_USE: _ErrorReason.ValueType  # 43
+    """FAILED_PRECONDITION: another serving driver has this name."""
+    AGENT_NAME_IN_USE: _ErrorReason.ValueType  # 44
+    """FAILED_PRECONDITION: another serving agent has this name."""
+    DRIVER_NOT_SERVING: _ErrorReason.ValueType  # 45
+    """UNAVAILABLE: the driver does not answer or reports NOT_SERVING."""
+    AGENT_NOT_SERVING: _ErrorReason.ValueType  # 46
+    """UNAVAILABLE: the agent does not answer or reports NOT_SERVING."""
+    DRIVER_NOT_REGISTERED: _ErrorReason.ValueType  # 47
+    """UNAVAILABLE: the driver a snapshot needs is not registered (any more)."""
+    AGENT_NOT_REGISTERED: _ErrorReason.ValueType  # 48
+    """UNAVAILABLE: the agent a VM needs is not registered (any more)."""
+    NO_AGENT: _ErrorReason.ValueType  # 49
+    """FAILED_PRECONDITION: no agent is registered."""
+    DRIVER_CONTRACT_VIOLATION: _ErrorReason.ValueType  # 50
+    """INTERNAL: a driver's answer broke the contract (metadata: "driver", "rule")."""
+    AGENT_CONTRACT_VIOLATION: _ErrorReason.ValueType  # 51
+    """INTERNAL: an agent's answer broke the contract (metadata: "agent", "rule")."""
+    PEER_ERROR: _ErrorReason.ValueType  # 52
+    """Any code (the peer's): a driver failed with a reason of its own; the message
+    names the driver, ErrorInfo.metadata "peer_reason" holds its reason.
+    """
+    VM_FROZEN: _ErrorReason.ValueType  # 53
+    """-- Hypervisor agents (vmsnap_sdk._proto.hypervisor.v1), passed on by the host.
+    FAILED_PRECONDITION, ABORTED: the VM is frozen (another freeze holds it).
+    """
+    VM_NOT_RUNNING: _ErrorReason.ValueType  # 54
+    """FAILED_PRECONDITION: a memory snapshot (or a guest freeze) needs the VM RUNNING."""
+    GUEST_AGENT_UNAVAILABLE: _ErrorReason.ValueType  # 55
+    """FAILED_PRECONDITION: the guest agent does not answer (a guest freeze is impossible)."""
+    GUEST_AGENT_ERROR: _ErrorReason.ValueType  # 56
+    """FAILED_PRECONDITION: the guest agent answered with an error."""
+    SNAPSHOT_DATA_MISSING: _ErrorReason.ValueType  # 57
+    """FAILED_PRECONDITION: a native snapshot's saved data is gone; it cannot be reverted to."""
+    VM_ALREADY_EXISTS: _ErrorReason.ValueType  # 58
+    """ALREADY_EXISTS: DefineVM of an id the agent has with another definition."""
+    SNAPSHOT_CONFLICT: _ErrorReason.ValueType  # 59
+    """ALREADY_EXISTS: a native snapshot id reused with other disks or memory."""
+    INVALID_SPEC: _ErrorReason.ValueType  # 60
+    """INVALID_ARGUMENT: the agent cannot run this VM definition."""
+    QUIESCE_NOT_FOUND: _ErrorReason.ValueType  # 61
+    """NOT_FOUND: no freeze has this token."""
+    QMP_ERROR: _ErrorReason.ValueType  # 62
+    """INTERNAL: QEMU refused a QMP command."""
+    QEMU_MISSING: _ErrorReason.ValueType  # 63
+    """FAILED_PRECONDITION: the QEMU binary is not installed on the agent's machine."""
+    QEMU_START_FAILED: _ErrorReason.ValueType  # 64
+    """FAILED_PRECONDITION: QEMU did not start."""
+    QEMU_AGENT_ERROR: _ErrorReason.ValueType  # 65
+    """UNAVAILABLE: the QEMU agent failed in a way it has no other reason for."""
+
+class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
+    """Why a call or an operation failed: the `reason` of the google.rpc.ErrorInfo
+    that every vmsnap error carries in its google.rpc.Status details, as the name
+    of one of these values ("VM_NOT_FOUND", never the number). ErrorInfo.domain is
+    "vmsnap.io"; ErrorInfo.metadata adds facts (e.g. "driver", "rule").
+
+    Where an error arrives. A call that is refused fails with a gRPC status whose
+    details travel in the call's trailers ("grpc-status-details-bin": a serialized
+    google.rpc.Status with ErrorInfo, BadRequest naming the fields on
+    INVALID_ARGUMENT, RetryInfo on ABORTED and UNAVAILABLE when a retry can help).
+    Work that a mutating call of the host started (Create/Revert/DeleteVMSnapshot)
+    reports its failure in Operation.error instead, with the same details, once
+    Operation.done is true: the call itself succeeded; and in VMSnapshot.error
+    when the snapshot ends in ERROR.
+
+    Every reason the vmsnap host, the vmsnap SDK and the vmsnap agents return is a
+    value here; the host's API (vmsnap_sdk._proto.host.v1) returns no other. A storage driver
+    may add reasons of its own (e.g. a vendor's "ELEMENT_BUSY"); the host passes
+    those on as PEER_ERROR with the driver's reason in ErrorInfo.metadata
+    ("peer_reason"). A client that meets a reason it does not know acts on the
+    status code alone. Each value's comment starts with the code(s) it comes with.
+
+    The names carry no ERROR_REASON_ prefix (as in google.api.ErrorReason): they
+    are the ErrorInfo.reason strings, which v0.1 already sent.
+    """
+
+ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
+"""Never sent."""
+INVALID_ARGUMENT: ErrorReason.ValueType  # 1
+"""-- Generic: the default reason of each code (vmsnap_sdk.errors classes).
+INVALID_ARGUMENT: a field is missing or breaks its rule; BadRequest names it.
+"""
+NOT_FOUND: ErrorReason.ValueType  # 2
+"""NOT_FOUND: the object asked for does not exist."""
+ALREADY_EXISTS: ErrorReason.ValueType  # 3
+"""ALREADY_EXISTS: the same id was used with other arguments."""
+FAILED_PRECONDITION: ErrorReason.ValueType  # 4
+"""FAILED_PRECONDITION: the system is not in a state where the call can work."""
+RESOURCE_EXHAUSTED: ErrorReason.ValueType  # 5
+"""RESOURCE_EXHAUSTED: no space, or a limit was reached."""
+UNIMPLEMENTED: ErrorReason.ValueType  # 6
+"""UNIMPLEMENTED: the RPC or capability is not offered."""
+INTERNAL: ErrorReason.ValueType  # 7
+"""INTERNAL: a bug or an unexpected failure in the server (details in its log)."""
+CONCURRENT_OPERATION: ErrorReason.ValueType  # 8
+"""ABORTED: another operation on the same object runs; retry after a backoff."""
+UNAVAILABLE: ErrorReason.ValueType  # 9
+"""UNAVAILABLE: the server or what it depends on cannot be reached; the
+operation may still be running.
+"""
+DEADLINE_EXCEEDED: ErrorReason.ValueType  # 10
+"""DEADLINE_EXCEEDED: the deadline passed; the operation may still complete."""
+CANCELLED: ErrorReason.ValueType  # 11
+"""CANCELLED: the call was cancelled; the operation may still complete."""
+UNKNOWN: ErrorReason.ValueType  # 12
+"""UNKNOWN: the outcome is unknown."""
+ANSWER_OVER_LIMITS: ErrorReason.ValueType  # 13
+"""-- The SDK, on both sides of every contract.
+INTERNAL: a driver's or agent's answer was over the contract's size limits;
+the SDK refused to send it (vmsnap/driver/v1/driver.proto, "Size limits").
+"""
+MALFORMED_ERROR_DETAILS: ErrorReason.ValueType  # 14
+"""UNKNOWN (made by a client, never sent): the peer's error details did not
+decode, or said another code than the call's.
+"""
+ANSWER_TOO_LARGE: ErrorReason.ValueType  # 15
+"""UNKNOWN (made by a client, never sent): the peer's answer was over the
+client's size limits and its status was lost.
+"""
+VM_NOT_FOUND: ErrorReason.ValueType  # 16
+"""-- Objects the host looks up.
+NOT_FOUND: no registered agent has this VM.
+"""
+AGENT_NOT_FOUND: ErrorReason.ValueType  # 17
+"""NOT_FOUND: DefineVM named an agent that is not registered."""
+SNAPSHOT_NOT_FOUND: ErrorReason.ValueType  # 18
+"""NOT_FOUND: no VM snapshot (from an agent: no native snapshot) has this id."""
+OPERATION_NOT_FOUND: ErrorReason.ValueType  # 19
+"""NOT_FOUND: no operation has this id."""
+NAME_IN_USE: ErrorReason.ValueType  # 20
+"""-- Requests the host refuses.
+ALREADY_EXISTS: the VM already has a snapshot of this name.
+"""
+REQUEST_ID_REUSED: ErrorReason.ValueType  # 21
+"""ALREADY_EXISTS: the request_id was used for another request."""
+TOO_MANY_SNAPSHOTS: ErrorReason.ValueType  # 22
+"""RESOURCE_EXHAUSTED: the VM has the most snapshots the host allows."""
+VM_STATE: ErrorReason.ValueType  # 23
+"""FAILED_PRECONDITION: the VM's state does not allow it (not RUNNING or
+STOPPED; a memory snapshot needs RUNNING).
+"""
+VM_NOT_STOPPED: ErrorReason.ValueType  # 24
+"""FAILED_PRECONDITION: the VM must be STOPPED first (a disk-only revert,
+undefining a VM).
+"""
+SNAPSHOT_STATE: ErrorReason.ValueType  # 25
+"""FAILED_PRECONDITION: the snapshot's state does not allow it (only READY can
+be reverted to).
+"""
+SNAPSHOT_BUSY: ErrorReason.ValueType  # 26
+"""FAILED_PRECONDITION: the snapshot's own operation is still running."""
+REVERT_UNSUPPORTED: ErrorReason.ValueType  # 27
+"""FAILED_PRECONDITION: a driver of the snapshot does not offer CAPABILITY_REVERT."""
+VM_HAS_SNAPSHOTS: ErrorReason.ValueType  # 28
+"""FAILED_PRECONDITION: the VM still has live snapshots (UndefineVM without
+delete_snapshots).
+"""
+VM_QUEUE_FULL: ErrorReason.ValueType  # 29
+"""ABORTED: the VM has as many operations running and queued as the host allows."""
+NO_RECONCILER: ErrorReason.ValueType  # 30
+"""UNIMPLEMENTED: this host runs without a reconciler."""
+MEMORY_UNSUPPORTED: ErrorReason.ValueType  # 31
+"""-- Planning a take.
+FAILED_PRECONDITION: a memory snapshot was asked and the agent cannot take one.
+"""
+MEMORY_NEEDS_HYPERVISOR: ErrorReason.ValueType  # 32
+"""FAILED_PRECONDITION: a memory snapshot needs every disk on the hypervisor
+strategy, and a driver claims one.
+"""
+NO_STRATEGY: ErrorReason.ValueType  # 33
+"""FAILED_PRECONDITION: no driver claims a disk and the hypervisor's snapshot
+does not keep its bytes.
+"""
+DRIVER_UNREACHABLE: ErrorReason.ValueType  # 34
+"""UNAVAILABLE: the driver that owns a disk cannot be reached (never a silent
+change of strategy).
+"""
+NO_QUIESCE_METHOD: ErrorReason.ValueType  # 35
+"""-- Freezing, taking, reverting.
+FAILED_PRECONDITION: the plan needs a freeze and the agent offers no method for it.
+"""
+QUIESCE_FAILED: ErrorReason.ValueType  # 36
+"""FAILED_PRECONDITION: a required freeze failed (the agent's reason, when it
+gave one, replaces this one).
+"""
+FREEZE_LEASE_EXPIRED: ErrorReason.ValueType  # 37
+"""ABORTED: the freeze's lease ran out before every group was cut."""
+THAW_UNCONFIRMED: ErrorReason.ValueType  # 38
+"""ABORTED: the agent never confirmed the thaw, so the groups may not share
+one instant.
+"""
+POST_PROCESSING_TIMEOUT: ErrorReason.ValueType  # 39
+"""DEADLINE_EXCEEDED: post-processing (ready=false) did not end in time."""
+NO_KEPT_STATE: ErrorReason.ValueType  # 40
+"""FAILED_PRECONDITION: a group's kept state is missing, so a failed revert
+cannot be put back.
+"""
+HOST_RESTARTED: ErrorReason.ValueType  # 41
+"""ABORTED, UNAVAILABLE: the host restarted while the operation ran; recovery
+resolved it.
+"""
+CONTRACT_VERSION_MISMATCH: ErrorReason.ValueType  # 42
+"""-- Drivers and agents as the host sees them.
+FAILED_PRECONDITION: the driver or agent speaks no contract version this host
+knows (a failed check: the host reports it NOT_SERVING with this in the message).
+"""
+DRIVER_NAME_IN_USE: ErrorReason.ValueType  # 43
+"""FAILED_PRECONDITION: another serving driver has this name."""
+AGENT_NAME_IN_USE: ErrorReason.ValueType  # 44
+"""FAILED_PRECONDITION: another serving agent has this name."""
+DRIVER_NOT_SERVING: ErrorReason.ValueType  # 45
+"""UNAVAILABLE: the driver does not answer or reports NOT_SERVING."""
+AGENT_NOT_SERVING: ErrorReason.ValueType  # 46
+"""UNAVAILABLE: the agent does not answer or reports NOT_SERVING."""
+DRIVER_NOT_REGISTERED: ErrorReason.ValueType  # 47
+"""UNAVAILABLE: the driver a snapshot needs is not registered (any more)."""
+AGENT_NOT_REGISTERED: ErrorReason.ValueType  # 48
+"""UNAVAILABLE: the agent a VM needs is not registered (any more)."""
+NO_AGENT: ErrorReason.ValueType  # 49
+"""FAILED_PRECONDITION: no agent is registered."""
+DRIVER_CONTRACT_VIOLATION: ErrorReason.ValueType  # 50
+"""INTERNAL: a driver's answer broke the contract (metadata: "driver", "rule")."""
+AGENT_CONTRACT_VIOLATION: ErrorReason.ValueType  # 51
+"""INTERNAL: an agent's answer broke the contract (metadata: "agent", "rule")."""
+PEER_ERROR: ErrorReason.ValueType  # 52
+"""Any code (the peer's): a driver failed with a reason of its own; the message
+names the driver, ErrorInfo.metadata "peer_reason" holds its reason.
+"""
+VM_FROZEN: ErrorReason.ValueType  # 53
+"""-- Hypervisor agents (vmsnap_sdk._proto.hypervisor.v1), passed on by the host.
+FAILED_PRECONDITION, ABORTED: the VM is frozen (another freeze holds it).
+"""
+VM_NOT_RUNNING: ErrorReason.ValueType  # 54
+"""FAILED_PRECONDITION: a memory snapshot (or a guest freeze) needs the VM RUNNING."""
+GUEST_AGENT_UNAVAILABLE: ErrorReason.ValueType  # 55
+"""FAILED_PRECONDITION: the guest agent does not answer (a guest freeze is impossible)."""
+GUEST_AGENT_ERROR: ErrorReason.ValueType  # 56
+"""FAILED_PRECONDITION: the guest agent answered with an error."""
+SNAPSHOT_DATA_MISSING: ErrorReason.ValueType  # 57
+"""FAILED_PRECONDITION: a native snapshot's saved data is gone; it cannot be reverted to."""
+VM_ALREADY_EXISTS: ErrorReason.ValueType  # 58
+"""ALREADY_EXISTS: DefineVM of an id the agent has with another definition."""
+SNAPSHOT_CONFLICT: ErrorReason.ValueType  # 59
+"""ALREADY_EXISTS: a native snapshot id reused with other disks or memory."""
+INVALID_SPEC: ErrorReason.ValueType  # 60
+"""INVALID_ARGUMENT: the agent cannot run this VM definition."""
+QUIESCE_NOT_FOUND: ErrorReason.ValueType  # 61
+"""NOT_FOUND: no freeze has this token."""
+QMP_ERROR: ErrorReason.ValueType  # 62
+"""INTERNAL: QEMU refused a QMP command."""
+QEMU_MISSING: ErrorReason.ValueType  # 63
+"""FAILED_PRECONDITION: the QEMU binary is not installed on the agent's machine."""
+QEMU_START_FAILED: ErrorReason.ValueType  # 64
+"""FAILED_PRECONDITION: QEMU did not start."""
+QEMU_AGENT_ERROR: ErrorReason.ValueType  # 65
+"""UNAVAILABLE: the QEMU agent failed in a way it has no other reason for."""
+Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
 @_typing.final
 class Volume(_message.Message):
     """One disk of a VM and where it lives."""

@@ -4,8 +4,10 @@ isort:skip_file
 The storage driver contract, version 1. Vendors implement StorageDriver (with
 the vmsnap SDK or from this file in any language); the vmsnap host calls it.
 
-Errors are canonical gRPC status codes with google.rpc.Status details
-(ErrorInfo with domain "vmsnap.io", BadRequest naming the field, RetryInfo):
+Errors are canonical gRPC status codes with google.rpc.Status details in the
+call's trailers (ErrorInfo with domain "vmsnap.io" and a reason: a
+vmsnap_sdk._proto.common.v1.ErrorReason name, or the driver's own; BadRequest naming the
+field; RetryInfo):
   INVALID_ARGUMENT    malformed or missing field                     final
   NOT_FOUND           volume or snapshot unknown (never on delete)   final
   ALREADY_EXISTS      same vm_snapshot_id, different arguments       final

@@ -27,6 +27,18 @@ if _version_not_supported:
 
 class StorageDriverStub:
     """A vendor's storage driver. Every mutating call is idempotent on vm_snapshot_id.
+
+    Errors follow the table at the top of this file. Each RPC lists below, one
+    per line, a code, the ErrorInfo reason the vmsnap SDK gives it (a
+    vmsnap.common.v1.ErrorReason; a driver may give its own instead) and when.
+    Besides those, every RPC can end with:
+    UNAVAILABLE          UNAVAILABLE           the array (or the driver) cannot be reached
+    DEADLINE_EXCEEDED    -                     the host's deadline passed first
+    CANCELLED            -                     the host cancelled the call
+    UNKNOWN              -                     the outcome is unknown
+    INTERNAL             INTERNAL              a bug in the driver (its log has the details)
+    After the last four of those (and UNAVAILABLE) a mutating call may still be
+    running on the array: the host retries it, or deletes the same id.
     """
 
     def __init__(self, channel):
@@ -79,10 +91,23 @@ class StorageDriverStub:
 
 class StorageDriverServicer:
     """A vendor's storage driver. Every mutating call is idempotent on vm_snapshot_id.
+
+    Errors follow the table at the top of this file. Each RPC lists below, one
+    per line, a code, the ErrorInfo reason the vmsnap SDK gives it (a
+    vmsnap.common.v1.ErrorReason; a driver may give its own instead) and when.
+    Besides those, every RPC can end with:
+    UNAVAILABLE          UNAVAILABLE           the array (or the driver) cannot be reached
+    DEADLINE_EXCEEDED    -                     the host's deadline passed first
+    CANCELLED            -                     the host cancelled the call
+    UNKNOWN              -                     the outcome is unknown
+    INTERNAL             INTERNAL              a bug in the driver (its log has the details)
+    After the last four of those (and UNAVAILABLE) a mutating call may still be
+    running on the array: the host retries it, or deletes the same id.
     """
 
     def GetDriverInfo(self, request, context):
         """Who the driver is, which contract versions it speaks, what it can do.
+        Errors: only those every RPC can end with.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,6 +115,8 @@ class StorageDriverServicer:
 
     def Probe(self, request, context):
         """Whether the driver can reach its array right now (deeper than grpc.health.v1).
+        An array that does not answer is ready=false with a message, not an error.
+        Errors: only those every RPC can end with.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,6 +125,9 @@ class StorageDriverServicer:
     def CanHandle(self, request, context):
         """Which of the volumes the driver can snapshot, and how much it wants to.
         Pure and fast: no side effect, no call that can block on the array for long.
+        A volume the driver does not know is PRIORITY_CANT_HANDLE, never an error.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +135,14 @@ class StorageDriverServicer:
 
     def TakeVMSnapshot(self, request, context):
         """Snapshot the volumes as one point in time. Idempotent on vm_snapshot_id.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        NOT_FOUND            NOT_FOUND             a volume does not exist on the array
+        ALREADY_EXISTS       ALREADY_EXISTS        the same vm_snapshot_id with other volumes
+        RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space, or a volume's snapshot limit
+        FAILED_PRECONDITION  FAILED_PRECONDITION   the array cannot snapshot a volume now
+        ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
+        INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +150,11 @@ class StorageDriverServicer:
 
     def GetVMSnapshot(self, request, context):
         """The current result of a snapshot: used to poll `ready` after post-processing.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      vm_snapshot_id breaks its rule
+        NOT_FOUND            NOT_FOUND             the array holds no snapshot of this id
+        UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_POST_PROCESSING)
+        INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,6 +162,14 @@ class StorageDriverServicer:
 
     def RevertVMSnapshot(self, request, context):
         """Bring the volumes back to the snapshot, optionally keeping the current state.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        NOT_FOUND            NOT_FOUND             the snapshot (or a volume) is gone
+        FAILED_PRECONDITION  FAILED_PRECONDITION   a volume is in use (the VM is not stopped)
+        FAILED_PRECONDITION  VM_NOT_STOPPED        the same, said by the reference drivers
+        ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
+        UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_REVERT)
+        INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,6 +177,9 @@ class StorageDriverServicer:
 
     def DeleteVMSnapshot(self, request, context):
         """Remove a snapshot. Idempotent: an unknown id is OK, not NOT_FOUND.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +187,10 @@ class StorageDriverServicer:
 
     def ListVMSnapshots(self, request, context):
         """What the array holds, tagged with the host's ids, so the host finds orphans.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      page_size, page_token or vm_id is wrong
+        UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_LIST)
+        INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -191,6 +249,18 @@ def add_StorageDriverServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class StorageDriver:
     """A vendor's storage driver. Every mutating call is idempotent on vm_snapshot_id.
+
+    Errors follow the table at the top of this file. Each RPC lists below, one
+    per line, a code, the ErrorInfo reason the vmsnap SDK gives it (a
+    vmsnap.common.v1.ErrorReason; a driver may give its own instead) and when.
+    Besides those, every RPC can end with:
+    UNAVAILABLE          UNAVAILABLE           the array (or the driver) cannot be reached
+    DEADLINE_EXCEEDED    -                     the host's deadline passed first
+    CANCELLED            -                     the host cancelled the call
+    UNKNOWN              -                     the outcome is unknown
+    INTERNAL             INTERNAL              a bug in the driver (its log has the details)
+    After the last four of those (and UNAVAILABLE) a mutating call may still be
+    running on the array: the host retries it, or deletes the same id.
     """
 
     @staticmethod
@@ -412,7 +482,9 @@ class StorageDriver:
 
 class ConformanceFixtureStub:
     """Optional; test arrays only. The conformance suite uses it to prove that a
-    revert really restores data. Production drivers do not offer it.
+    revert really restores data. Production drivers do not offer it: every RPC
+    then ends with UNIMPLEMENTED (reason UNIMPLEMENTED). Errors besides those
+    every StorageDriver RPC can end with are listed on each RPC.
     """
 
     def __init__(self, channel):
@@ -445,11 +517,17 @@ class ConformanceFixtureStub:
 
 class ConformanceFixtureServicer:
     """Optional; test arrays only. The conformance suite uses it to prove that a
-    revert really restores data. Production drivers do not offer it.
+    revert really restores data. Production drivers do not offer it: every RPC
+    then ends with UNIMPLEMENTED (reason UNIMPLEMENTED). Errors besides those
+    every StorageDriver RPC can end with are listed on each RPC.
     """
 
     def CreateTestVolume(self, request, context):
         """Create a test volume and return it with a locator this driver claims.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      name or size_bytes breaks its rule
+        RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space on the test array
+        UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CONFORMANCE_FIXTURE)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -457,6 +535,9 @@ class ConformanceFixtureServicer:
 
     def DeleteTestVolume(self, request, context):
         """Delete a test volume. Idempotent.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      locator breaks its rule
+        UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CONFORMANCE_FIXTURE)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -464,6 +545,10 @@ class ConformanceFixtureServicer:
 
     def WriteVolume(self, request, context):
         """Write bytes into a test volume.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (past the volume's end)
+        NOT_FOUND            NOT_FOUND             no test volume has this locator
+        UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CONFORMANCE_FIXTURE)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -471,6 +556,10 @@ class ConformanceFixtureServicer:
 
     def ReadVolume(self, request, context):
         """Read bytes from a test volume.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (past the volume's end)
+        NOT_FOUND            NOT_FOUND             no test volume has this locator
+        UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CONFORMANCE_FIXTURE)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -509,7 +598,9 @@ def add_ConformanceFixtureServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ConformanceFixture:
     """Optional; test arrays only. The conformance suite uses it to prove that a
-    revert really restores data. Production drivers do not offer it.
+    revert really restores data. Production drivers do not offer it: every RPC
+    then ends with UNIMPLEMENTED (reason UNIMPLEMENTED). Errors besides those
+    every StorageDriver RPC can end with are listed on each RPC.
     """
 
     @staticmethod

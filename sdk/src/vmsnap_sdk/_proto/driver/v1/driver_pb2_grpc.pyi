@@ -4,8 +4,10 @@ isort:skip_file
 The storage driver contract, version 1. Vendors implement StorageDriver (with
 the vmsnap SDK or from this file in any language); the vmsnap host calls it.
 
-Errors are canonical gRPC status codes with google.rpc.Status details
-(ErrorInfo with domain "vmsnap.io", BadRequest naming the field, RetryInfo):
+Errors are canonical gRPC status codes with google.rpc.Status details in the
+call's trailers (ErrorInfo with domain "vmsnap.io" and a reason: a
+vmsnap_sdk._proto.common.v1.ErrorReason name, or the driver's own; BadRequest naming the
+field; RetryInfo):
   INVALID_ARGUMENT    malformed or missing field                     final
   NOT_FOUND           volume or snapshot unknown (never on delete)   final
   ALREADY_EXISTS      same vm_snapshot_id, different arguments       final
@@ -62,30 +64,97 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class StorageDriverStub:
-    """A vendor's storage driver. Every mutating call is idempotent on vm_snapshot_id."""
+    """A vendor's storage driver. Every mutating call is idempotent on vm_snapshot_id.
+
+    Errors follow the table at the top of this file. Each RPC lists below, one
+    per line, a code, the ErrorInfo reason the vmsnap SDK gives it (a
+    vmsnap_sdk._proto.common.v1.ErrorReason; a driver may give its own instead) and when.
+    Besides those, every RPC can end with:
+      UNAVAILABLE          UNAVAILABLE           the array (or the driver) cannot be reached
+      DEADLINE_EXCEEDED    -                     the host's deadline passed first
+      CANCELLED            -                     the host cancelled the call
+      UNKNOWN              -                     the outcome is unknown
+      INTERNAL             INTERNAL              a bug in the driver (its log has the details)
+    After the last four of those (and UNAVAILABLE) a mutating call may still be
+    running on the array: the host retries it, or deletes the same id.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetDriverInfo: _aio.UnaryUnaryMultiCallable[_driver_pb2.GetDriverInfoRequest, _driver_pb2.GetDriverInfoResponse]
-    """Who the driver is, which contract versions it speaks, what it can do."""
+    """Who the driver is, which contract versions it speaks, what it can do.
+    Errors: only those every RPC can end with.
+    """
     Probe: _aio.UnaryUnaryMultiCallable[_driver_pb2.ProbeRequest, _driver_pb2.ProbeResponse]
-    """Whether the driver can reach its array right now (deeper than grpc.health.v1)."""
+    """Whether the driver can reach its array right now (deeper than grpc.health.v1).
+    An array that does not answer is ready=false with a message, not an error.
+    Errors: only those every RPC can end with.
+    """
     CanHandle: _aio.UnaryUnaryMultiCallable[_driver_pb2.CanHandleRequest, _driver_pb2.CanHandleResponse]
     """Which of the volumes the driver can snapshot, and how much it wants to.
     Pure and fast: no side effect, no call that can block on the array for long.
+    A volume the driver does not know is PRIORITY_CANT_HANDLE, never an error.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
     """
     TakeVMSnapshot: _aio.UnaryUnaryMultiCallable[_driver_pb2.TakeVMSnapshotRequest, _driver_pb2.TakeVMSnapshotResponse]
-    """Snapshot the volumes as one point in time. Idempotent on vm_snapshot_id."""
+    """Snapshot the volumes as one point in time. Idempotent on vm_snapshot_id.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      NOT_FOUND            NOT_FOUND             a volume does not exist on the array
+      ALREADY_EXISTS       ALREADY_EXISTS        the same vm_snapshot_id with other volumes
+      RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space, or a volume's snapshot limit
+      FAILED_PRECONDITION  FAILED_PRECONDITION   the array cannot snapshot a volume now
+      ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
+      INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
+    """
     GetVMSnapshot: _aio.UnaryUnaryMultiCallable[_driver_pb2.GetVMSnapshotRequest, _driver_pb2.GetVMSnapshotResponse]
-    """The current result of a snapshot: used to poll `ready` after post-processing."""
+    """The current result of a snapshot: used to poll `ready` after post-processing.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      vm_snapshot_id breaks its rule
+      NOT_FOUND            NOT_FOUND             the array holds no snapshot of this id
+      UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_POST_PROCESSING)
+      INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
+    """
     RevertVMSnapshot: _aio.UnaryUnaryMultiCallable[_driver_pb2.RevertVMSnapshotRequest, _driver_pb2.RevertVMSnapshotResponse]
-    """Bring the volumes back to the snapshot, optionally keeping the current state."""
+    """Bring the volumes back to the snapshot, optionally keeping the current state.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      NOT_FOUND            NOT_FOUND             the snapshot (or a volume) is gone
+      FAILED_PRECONDITION  FAILED_PRECONDITION   a volume is in use (the VM is not stopped)
+      FAILED_PRECONDITION  VM_NOT_STOPPED        the same, said by the reference drivers
+      ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
+      UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_REVERT)
+      INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
+    """
     DeleteVMSnapshot: _aio.UnaryUnaryMultiCallable[_driver_pb2.DeleteVMSnapshotRequest, _driver_pb2.DeleteVMSnapshotResponse]
-    """Remove a snapshot. Idempotent: an unknown id is OK, not NOT_FOUND."""
+    """Remove a snapshot. Idempotent: an unknown id is OK, not NOT_FOUND.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
+    """
     ListVMSnapshots: _aio.UnaryUnaryMultiCallable[_driver_pb2.ListVMSnapshotsRequest, _driver_pb2.ListVMSnapshotsResponse]
-    """What the array holds, tagged with the host's ids, so the host finds orphans."""
+    """What the array holds, tagged with the host's ids, so the host finds orphans.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      page_size, page_token or vm_id is wrong
+      UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_LIST)
+      INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
+    """
 
 class StorageDriverServicer(metaclass=_abc_1.ABCMeta):
-    """A vendor's storage driver. Every mutating call is idempotent on vm_snapshot_id."""
+    """A vendor's storage driver. Every mutating call is idempotent on vm_snapshot_id.
+
+    Errors follow the table at the top of this file. Each RPC lists below, one
+    per line, a code, the ErrorInfo reason the vmsnap SDK gives it (a
+    vmsnap_sdk._proto.common.v1.ErrorReason; a driver may give its own instead) and when.
+    Besides those, every RPC can end with:
+      UNAVAILABLE          UNAVAILABLE           the array (or the driver) cannot be reached
+      DEADLINE_EXCEEDED    -                     the host's deadline passed first
+      CANCELLED            -                     the host cancelled the call
+      UNKNOWN              -                     the outcome is unknown
+      INTERNAL             INTERNAL              a bug in the driver (its log has the details)
+    After the last four of those (and UNAVAILABLE) a mutating call may still be
+    running on the array: the host retries it, or deletes the same id.
+    """
 
     @_abc_1.abstractmethod
     def GetDriverInfo(
@@ -93,7 +162,9 @@ class StorageDriverServicer(metaclass=_abc_1.ABCMeta):
         request: _driver_pb2.GetDriverInfoRequest,
         context: _aio.ServicerContext[_driver_pb2.GetDriverInfoRequest, _abc.Awaitable[_driver_pb2.GetDriverInfoResponse]],
     ) -> _abc.Awaitable[_driver_pb2.GetDriverInfoResponse]:
-        """Who the driver is, which contract versions it speaks, what it can do."""
+        """Who the driver is, which contract versions it speaks, what it can do.
+        Errors: only those every RPC can end with.
+        """
 
     @_abc_1.abstractmethod
     def Probe(
@@ -101,7 +172,10 @@ class StorageDriverServicer(metaclass=_abc_1.ABCMeta):
         request: _driver_pb2.ProbeRequest,
         context: _aio.ServicerContext[_driver_pb2.ProbeRequest, _abc.Awaitable[_driver_pb2.ProbeResponse]],
     ) -> _abc.Awaitable[_driver_pb2.ProbeResponse]:
-        """Whether the driver can reach its array right now (deeper than grpc.health.v1)."""
+        """Whether the driver can reach its array right now (deeper than grpc.health.v1).
+        An array that does not answer is ready=false with a message, not an error.
+        Errors: only those every RPC can end with.
+        """
 
     @_abc_1.abstractmethod
     def CanHandle(
@@ -111,6 +185,9 @@ class StorageDriverServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_driver_pb2.CanHandleResponse]:
         """Which of the volumes the driver can snapshot, and how much it wants to.
         Pure and fast: no side effect, no call that can block on the array for long.
+        A volume the driver does not know is PRIORITY_CANT_HANDLE, never an error.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
         """
 
     @_abc_1.abstractmethod
@@ -119,7 +196,16 @@ class StorageDriverServicer(metaclass=_abc_1.ABCMeta):
         request: _driver_pb2.TakeVMSnapshotRequest,
         context: _aio.ServicerContext[_driver_pb2.TakeVMSnapshotRequest, _abc.Awaitable[_driver_pb2.TakeVMSnapshotResponse]],
     ) -> _abc.Awaitable[_driver_pb2.TakeVMSnapshotResponse]:
-        """Snapshot the volumes as one point in time. Idempotent on vm_snapshot_id."""
+        """Snapshot the volumes as one point in time. Idempotent on vm_snapshot_id.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          NOT_FOUND            NOT_FOUND             a volume does not exist on the array
+          ALREADY_EXISTS       ALREADY_EXISTS        the same vm_snapshot_id with other volumes
+          RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space, or a volume's snapshot limit
+          FAILED_PRECONDITION  FAILED_PRECONDITION   the array cannot snapshot a volume now
+          ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
+          INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
+        """
 
     @_abc_1.abstractmethod
     def GetVMSnapshot(
@@ -127,7 +213,13 @@ class StorageDriverServicer(metaclass=_abc_1.ABCMeta):
         request: _driver_pb2.GetVMSnapshotRequest,
         context: _aio.ServicerContext[_driver_pb2.GetVMSnapshotRequest, _abc.Awaitable[_driver_pb2.GetVMSnapshotResponse]],
     ) -> _abc.Awaitable[_driver_pb2.GetVMSnapshotResponse]:
-        """The current result of a snapshot: used to poll `ready` after post-processing."""
+        """The current result of a snapshot: used to poll `ready` after post-processing.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      vm_snapshot_id breaks its rule
+          NOT_FOUND            NOT_FOUND             the array holds no snapshot of this id
+          UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_POST_PROCESSING)
+          INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
+        """
 
     @_abc_1.abstractmethod
     def RevertVMSnapshot(
@@ -135,7 +227,16 @@ class StorageDriverServicer(metaclass=_abc_1.ABCMeta):
         request: _driver_pb2.RevertVMSnapshotRequest,
         context: _aio.ServicerContext[_driver_pb2.RevertVMSnapshotRequest, _abc.Awaitable[_driver_pb2.RevertVMSnapshotResponse]],
     ) -> _abc.Awaitable[_driver_pb2.RevertVMSnapshotResponse]:
-        """Bring the volumes back to the snapshot, optionally keeping the current state."""
+        """Bring the volumes back to the snapshot, optionally keeping the current state.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          NOT_FOUND            NOT_FOUND             the snapshot (or a volume) is gone
+          FAILED_PRECONDITION  FAILED_PRECONDITION   a volume is in use (the VM is not stopped)
+          FAILED_PRECONDITION  VM_NOT_STOPPED        the same, said by the reference drivers
+          ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
+          UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_REVERT)
+          INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
+        """
 
     @_abc_1.abstractmethod
     def DeleteVMSnapshot(
@@ -143,7 +244,11 @@ class StorageDriverServicer(metaclass=_abc_1.ABCMeta):
         request: _driver_pb2.DeleteVMSnapshotRequest,
         context: _aio.ServicerContext[_driver_pb2.DeleteVMSnapshotRequest, _abc.Awaitable[_driver_pb2.DeleteVMSnapshotResponse]],
     ) -> _abc.Awaitable[_driver_pb2.DeleteVMSnapshotResponse]:
-        """Remove a snapshot. Idempotent: an unknown id is OK, not NOT_FOUND."""
+        """Remove a snapshot. Idempotent: an unknown id is OK, not NOT_FOUND.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
+        """
 
     @_abc_1.abstractmethod
     def ListVMSnapshots(
@@ -151,28 +256,56 @@ class StorageDriverServicer(metaclass=_abc_1.ABCMeta):
         request: _driver_pb2.ListVMSnapshotsRequest,
         context: _aio.ServicerContext[_driver_pb2.ListVMSnapshotsRequest, _abc.Awaitable[_driver_pb2.ListVMSnapshotsResponse]],
     ) -> _abc.Awaitable[_driver_pb2.ListVMSnapshotsResponse]:
-        """What the array holds, tagged with the host's ids, so the host finds orphans."""
+        """What the array holds, tagged with the host's ids, so the host finds orphans.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      page_size, page_token or vm_id is wrong
+          UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_LIST)
+          INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
+        """
 
 def add_StorageDriverServicer_to_server(servicer: StorageDriverServicer, server: _aio.Server) -> None: ...
 
 class ConformanceFixtureStub:
     """Optional; test arrays only. The conformance suite uses it to prove that a
-    revert really restores data. Production drivers do not offer it.
+    revert really restores data. Production drivers do not offer it: every RPC
+    then ends with UNIMPLEMENTED (reason UNIMPLEMENTED). Errors besides those
+    every StorageDriver RPC can end with are listed on each RPC.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateTestVolume: _aio.UnaryUnaryMultiCallable[_driver_pb2.CreateTestVolumeRequest, _driver_pb2.CreateTestVolumeResponse]
-    """Create a test volume and return it with a locator this driver claims."""
+    """Create a test volume and return it with a locator this driver claims.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      name or size_bytes breaks its rule
+      RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space on the test array
+      UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CONFORMANCE_FIXTURE)
+    """
     DeleteTestVolume: _aio.UnaryUnaryMultiCallable[_driver_pb2.DeleteTestVolumeRequest, _driver_pb2.DeleteTestVolumeResponse]
-    """Delete a test volume. Idempotent."""
+    """Delete a test volume. Idempotent.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      locator breaks its rule
+      UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CONFORMANCE_FIXTURE)
+    """
     WriteVolume: _aio.UnaryUnaryMultiCallable[_driver_pb2.WriteVolumeRequest, _driver_pb2.WriteVolumeResponse]
-    """Write bytes into a test volume."""
+    """Write bytes into a test volume.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (past the volume's end)
+      NOT_FOUND            NOT_FOUND             no test volume has this locator
+      UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CONFORMANCE_FIXTURE)
+    """
     ReadVolume: _aio.UnaryUnaryMultiCallable[_driver_pb2.ReadVolumeRequest, _driver_pb2.ReadVolumeResponse]
-    """Read bytes from a test volume."""
+    """Read bytes from a test volume.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (past the volume's end)
+      NOT_FOUND            NOT_FOUND             no test volume has this locator
+      UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CONFORMANCE_FIXTURE)
+    """
 
 class ConformanceFixtureServicer(metaclass=_abc_1.ABCMeta):
     """Optional; test arrays only. The conformance suite uses it to prove that a
-    revert really restores data. Production drivers do not offer it.
+    revert really restores data. Production drivers do not offer it: every RPC
+    then ends with UNIMPLEMENTED (reason UNIMPLEMENTED). Errors besides those
+    every StorageDriver RPC can end with are listed on each RPC.
     """
 
     @_abc_1.abstractmethod
@@ -181,7 +314,12 @@ class ConformanceFixtureServicer(metaclass=_abc_1.ABCMeta):
         request: _driver_pb2.CreateTestVolumeRequest,
         context: _aio.ServicerContext[_driver_pb2.CreateTestVolumeRequest, _abc.Awaitable[_driver_pb2.CreateTestVolumeResponse]],
     ) -> _abc.Awaitable[_driver_pb2.CreateTestVolumeResponse]:
-        """Create a test volume and return it with a locator this driver claims."""
+        """Create a test volume and return it with a locator this driver claims.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      name or size_bytes breaks its rule
+          RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space on the test array
+          UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CONFORMANCE_FIXTURE)
+        """
 
     @_abc_1.abstractmethod
     def DeleteTestVolume(
@@ -189,7 +327,11 @@ class ConformanceFixtureServicer(metaclass=_abc_1.ABCMeta):
         request: _driver_pb2.DeleteTestVolumeRequest,
         context: _aio.ServicerContext[_driver_pb2.DeleteTestVolumeRequest, _abc.Awaitable[_driver_pb2.DeleteTestVolumeResponse]],
     ) -> _abc.Awaitable[_driver_pb2.DeleteTestVolumeResponse]:
-        """Delete a test volume. Idempotent."""
+        """Delete a test volume. Idempotent.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      locator breaks its rule
+          UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CONFORMANCE_FIXTURE)
+        """
 
     @_abc_1.abstractmethod
     def WriteVolume(
@@ -197,7 +339,12 @@ class ConformanceFixtureServicer(metaclass=_abc_1.ABCMeta):
         request: _driver_pb2.WriteVolumeRequest,
         context: _aio.ServicerContext[_driver_pb2.WriteVolumeRequest, _abc.Awaitable[_driver_pb2.WriteVolumeResponse]],
     ) -> _abc.Awaitable[_driver_pb2.WriteVolumeResponse]:
-        """Write bytes into a test volume."""
+        """Write bytes into a test volume.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (past the volume's end)
+          NOT_FOUND            NOT_FOUND             no test volume has this locator
+          UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CONFORMANCE_FIXTURE)
+        """
 
     @_abc_1.abstractmethod
     def ReadVolume(
@@ -205,6 +352,11 @@ class ConformanceFixtureServicer(metaclass=_abc_1.ABCMeta):
         request: _driver_pb2.ReadVolumeRequest,
         context: _aio.ServicerContext[_driver_pb2.ReadVolumeRequest, _abc.Awaitable[_driver_pb2.ReadVolumeResponse]],
     ) -> _abc.Awaitable[_driver_pb2.ReadVolumeResponse]:
-        """Read bytes from a test volume."""
+        """Read bytes from a test volume.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (past the volume's end)
+          NOT_FOUND            NOT_FOUND             no test volume has this locator
+          UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CONFORMANCE_FIXTURE)
+        """
 
 def add_ConformanceFixtureServicer_to_server(servicer: ConformanceFixtureServicer, server: _aio.Server) -> None: ...

@@ -331,7 +331,7 @@ class VMSnapshot(_message.Message):
 
     @_builtins.property
     def error(self) -> _status_pb2.Status:
-        """Why it is in ERROR."""
+        """Why it is in ERROR: the status of the take that failed (as Operation.error)."""
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -411,7 +411,13 @@ class Operation(_message.Message):
     """The client's request id."""
     @_builtins.property
     def error(self) -> _status_pb2.Status:
-        """Failure, when done and failed."""
+        """How the work failed, when done and failed (unset otherwise): a code, a
+        message that says what happened and what to do, and details as a refused
+        call has them (ErrorInfo with domain "vmsnap.io" and an ErrorReason name).
+        The reasons each operation can end with are listed on its RPC. Final: the
+        host already cleaned up (a failed take left nothing on any array); to try
+        again, send a new request with a new request_id.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -999,7 +1005,10 @@ class Driver(_message.Message):
     """Tie-break order among drivers of equal priority (lower first)."""
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Capability names (e.g. "CONSISTENT_GROUP")."""
+        """What the driver advertised, as names of vmsnap_sdk._proto.driver.v1.Capability values
+        (e.g. "CAPABILITY_CONSISTENT_GROUP"), sorted. Hosts before v0.2 sent them
+        without the CAPABILITY_ prefix; a client reads both.
+        """
 
     @_builtins.property
     def last_check_time(self) -> _timestamp_pb2.Timestamp:
@@ -1205,7 +1214,10 @@ class Agent(_message.Message):
 
     @_builtins.property
     def quiesce_methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Quiesce method names offered."""
+        """Quiesce methods offered, as names of vmsnap_sdk._proto.hypervisor.v1.QuiesceMethod
+        values (e.g. "QUIESCE_METHOD_OVERLAY"), sorted. Hosts before v0.2 sent them
+        without the QUIESCE_METHOD_ prefix; a client reads both.
+        """
 
     def __init__(
         self,

@@ -27,6 +27,24 @@ if _version_not_supported:
 
 class VMSnapshotServiceStub:
     """The vmsnap host.
+
+    Errors. A refused call ends with a gRPC status; its google.rpc.Status (with
+    ErrorInfo, domain "vmsnap.io", reason a vmsnap.common.v1.ErrorReason name;
+    BadRequest on INVALID_ARGUMENT) is in the trailer "grpc-status-details-bin".
+    Create, Revert and DeleteVMSnapshot start work and return its Operation: once
+    the call returned, the call succeeded, and how the work ended is
+    Operation.error (with the same details) when Operation.done is true. Each RPC
+    lists below, one per line, a code, the reason it comes with and when; "-"
+    means no vmsnap reason (the code comes from gRPC). Besides those, every RPC
+    can end with:
+    UNAVAILABLE          -                     the host is not reachable or shuts down
+    DEADLINE_EXCEEDED    -                     the call's deadline passed first
+    RESOURCE_EXHAUSTED   -                     more calls at once than the host serves
+    (--max-concurrent-rpcs); retry later
+    INTERNAL             INTERNAL              a bug in the host (its log has the details)
+    and an RPC that calls a driver or an agent can return that peer's error with
+    its code: its reason when it is an ErrorReason, else PEER_ERROR (ErrorInfo
+    metadata "peer_reason" holds the peer's).
     """
 
     def __init__(self, channel):
@@ -144,38 +162,129 @@ class VMSnapshotServiceStub:
 
 class VMSnapshotServiceServicer:
     """The vmsnap host.
+
+    Errors. A refused call ends with a gRPC status; its google.rpc.Status (with
+    ErrorInfo, domain "vmsnap.io", reason a vmsnap.common.v1.ErrorReason name;
+    BadRequest on INVALID_ARGUMENT) is in the trailer "grpc-status-details-bin".
+    Create, Revert and DeleteVMSnapshot start work and return its Operation: once
+    the call returned, the call succeeded, and how the work ended is
+    Operation.error (with the same details) when Operation.done is true. Each RPC
+    lists below, one per line, a code, the reason it comes with and when; "-"
+    means no vmsnap reason (the code comes from gRPC). Besides those, every RPC
+    can end with:
+    UNAVAILABLE          -                     the host is not reachable or shuts down
+    DEADLINE_EXCEEDED    -                     the call's deadline passed first
+    RESOURCE_EXHAUSTED   -                     more calls at once than the host serves
+    (--max-concurrent-rpcs); retry later
+    INTERNAL             INTERNAL              a bug in the host (its log has the details)
+    and an RPC that calls a driver or an agent can return that peer's error with
+    its code: its reason when it is an ErrorReason, else PEER_ERROR (ErrorInfo
+    metadata "peer_reason" holds the peer's).
     """
 
     def CreateVMSnapshot(self, request, context):
-        """Start taking a VM snapshot.
+        """Start taking a VM snapshot: the checks below run in the call, then the take
+        is journaled and queued on its VM and the call returns its operation. A
+        retry with the same request_id returns the same operation (see
+        CreateVMSnapshotRequest.request_id).
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+        ALREADY_EXISTS       NAME_IN_USE           the VM has a live snapshot of this name
+        ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+        RESOURCE_EXHAUSTED   TOO_MANY_SNAPSHOTS    the VM has the most live snapshots allowed
+        FAILED_PRECONDITION  VM_STATE              the VM is not RUNNING or STOPPED, or not
+        RUNNING for include_memory
+        FAILED_PRECONDITION  NO_AGENT              no agent is registered
+        FAILED_PRECONDITION  MEMORY_UNSUPPORTED    include_memory and the agent cannot
+        FAILED_PRECONDITION  MEMORY_NEEDS_HYPERVISOR include_memory and a driver claims a disk
+        FAILED_PRECONDITION  NO_STRATEGY           nobody can snapshot a disk (named)
+        ABORTED              VM_QUEUE_FULL         too many operations run or wait on the VM
+        UNAVAILABLE          DRIVER_UNREACHABLE    the driver that owns a disk is down
+        UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+        Operation.error (the snapshot is then ERROR, nothing of it left on any array):
+        FAILED_PRECONDITION  VM_STATE              the VM changed state before the take ran
+        FAILED_PRECONDITION  NO_QUIESCE_METHOD     a freeze is needed, the agent has no method
+        FAILED_PRECONDITION  QUIESCE_FAILED        a REQUIRED guest freeze failed
+        FAILED_PRECONDITION  GUEST_AGENT_UNAVAILABLE a REQUIRED guest freeze, no guest agent
+        ABORTED              FREEZE_LEASE_EXPIRED  the freeze's lease ran out during the take
+        ABORTED              THAW_UNCONFIRMED      the thaw was never confirmed
+        ABORTED              HOST_RESTARTED        the host restarted; the take was rolled back
+        UNAVAILABLE          DRIVER_UNREACHABLE    a disk's driver went down
+        UNAVAILABLE          DRIVER_NOT_SERVING    a driver of the plan is not serving
+        UNAVAILABLE          AGENT_NOT_SERVING     the VM's agent is not serving
+        DEADLINE_EXCEEDED    POST_PROCESSING_TIMEOUT post-processing did not end in time
+        INTERNAL             DRIVER_CONTRACT_VIOLATION a driver's answer broke the contract
+        INTERNAL             AGENT_CONTRACT_VIOLATION an agent's answer broke the contract
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetVMSnapshot(self, request, context):
-        """A VM snapshot by id.
+        """A VM snapshot by id (REMOVED ones too).
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      id breaks its rule
+        NOT_FOUND            SNAPSHOT_NOT_FOUND    no VM snapshot has this id
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListVMSnapshots(self, request, context):
-        """VM snapshots, paged, optionally of one VM.
+        """VM snapshots, paged, optionally of one VM (an unknown VM has none).
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id, page_size or page_token is wrong
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevertVMSnapshot(self, request, context):
-        """Start reverting a VM to a snapshot.
+        """Start reverting a VM to a snapshot; the call returns its operation. A retry
+        with the same request_id returns the same operation.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      request_id or id breaks its rule
+        NOT_FOUND            SNAPSHOT_NOT_FOUND    no VM snapshot has this id
+        NOT_FOUND            VM_NOT_FOUND          its VM is gone from every agent
+        ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+        FAILED_PRECONDITION  SNAPSHOT_STATE        the snapshot is not READY
+        FAILED_PRECONDITION  VM_NOT_STOPPED        a disk-only snapshot, the VM is not STOPPED
+        and stop_vm is false
+        FAILED_PRECONDITION  REVERT_UNSUPPORTED    a driver of it has no CAPABILITY_REVERT
+        FAILED_PRECONDITION  NO_AGENT              no agent is registered
+        ABORTED              VM_QUEUE_FULL         too many operations run or wait on the VM
+        UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+        Operation.error (the message says whether the disks were put back as before
+        the revert; the snapshot stays READY):
+        FAILED_PRECONDITION  VM_NOT_STOPPED        the VM was started before the revert ran
+        FAILED_PRECONDITION  SNAPSHOT_STATE        the snapshot changed before the revert ran
+        FAILED_PRECONDITION  NO_KEPT_STATE         a group's kept state is missing
+        ABORTED              HOST_RESTARTED        the host restarted; recovery settled it
+        UNAVAILABLE          DRIVER_NOT_SERVING    a driver of the snapshot is not serving
+        UNAVAILABLE          DRIVER_NOT_REGISTERED a driver of the snapshot was removed
+        UNAVAILABLE          AGENT_NOT_SERVING     the VM's agent is not serving
+        UNAVAILABLE          AGENT_NOT_REGISTERED  the VM's agent was removed
+        INTERNAL             DRIVER_CONTRACT_VIOLATION a driver's answer broke the contract
+        INTERNAL             AGENT_CONTRACT_VIOLATION an agent's answer broke the contract
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteVMSnapshot(self, request, context):
-        """Start deleting a VM snapshot. Idempotent.
+        """Start deleting a VM snapshot; the call returns its operation. Idempotent:
+        deleting a REMOVED snapshot returns an operation that is already done. The
+        operation stays running until every driver and agent confirmed the delete
+        (retried on the reconcile interval), so its error is only ever a host bug.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      request_id or id breaks its rule
+        NOT_FOUND            SNAPSHOT_NOT_FOUND    no VM snapshot has this id
+        ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+        FAILED_PRECONDITION  SNAPSHOT_BUSY         its take or a revert to it still runs
+        ABORTED              VM_QUEUE_FULL         too many operations run or wait on the VM
+        Operation.error:
+        INTERNAL             INTERNAL              a bug in the host
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,13 +292,22 @@ class VMSnapshotServiceServicer:
 
     def GetOperation(self, request, context):
         """A long-running operation by id.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      id breaks its rule
+        NOT_FOUND            OPERATION_NOT_FOUND   no operation has this id
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WaitOperation(self, request, context):
-        """Wait until an operation is done or the timeout passes; returns it either way.
+        """Wait until an operation is done or the timeout passes; returns it either way
+        (check done). The host answers before the call's deadline (it waits at most
+        until shortly before it): give the call a deadline longer than `timeout`,
+        or the answer is the operation as it stands when the deadline is near.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      id or timeout breaks its rule
+        NOT_FOUND            OPERATION_NOT_FOUND   no operation has this id
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,13 +315,24 @@ class VMSnapshotServiceServicer:
 
     def ListOperations(self, request, context):
         """Operations, newest first, paged.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id, page_size or page_token is wrong
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RegisterDriver(self, request, context):
-        """Register (or update) a storage driver by address.
+        """Register (or update) a storage driver by address. It must pass its checks
+        now (health, GetDriverInfo, Probe); a failed registration changes nothing.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      address or tls breaks its rule
+        FAILED_PRECONDITION  DRIVER_NAME_IN_USE    a serving driver at another address has
+        its name (remove that one first)
+        UNAVAILABLE          DRIVER_NOT_SERVING    it failed its checks: health, GetDriverInfo,
+        Probe, or CONTRACT_VERSION_MISMATCH (it
+        speaks no contract version of this host);
+        the message says which
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -211,20 +340,32 @@ class VMSnapshotServiceServicer:
 
     def ListDrivers(self, request, context):
         """Registered drivers with health, versions and capabilities.
+        Errors: only those every RPC can end with.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RemoveDriver(self, request, context):
-        """Forget a driver. Idempotent.
+        """Forget a driver, and which volumes it owned. Idempotent: an unknown name is OK.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RegisterAgent(self, request, context):
-        """Register (or update) a hypervisor agent by address.
+        """Register (or update) a hypervisor agent by address. It must pass its checks
+        now; a failed registration changes nothing.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      address or tls breaks its rule
+        FAILED_PRECONDITION  AGENT_NAME_IN_USE     a serving agent at another address has
+        its name (remove that one first)
+        UNAVAILABLE          AGENT_NOT_SERVING     it failed its checks: health, GetAgentInfo,
+        or CONTRACT_VERSION_MISMATCH (it speaks no
+        contract version of this host); the
+        message says which
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -232,13 +373,16 @@ class VMSnapshotServiceServicer:
 
     def ListAgents(self, request, context):
         """Registered agents with health and versions.
+        Errors: only those every RPC can end with.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RemoveAgent(self, request, context):
-        """Forget an agent. Idempotent.
+        """Forget an agent. Idempotent: an unknown name is OK.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -246,6 +390,13 @@ class VMSnapshotServiceServicer:
 
     def DefineVM(self, request, context):
         """Define a VM on an agent (passed through to the agent).
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule, or agent is empty
+        while several agents are registered
+        INVALID_ARGUMENT     INVALID_SPEC          the agent cannot run this definition
+        NOT_FOUND            AGENT_NOT_FOUND       agent names no registered agent
+        ALREADY_EXISTS       VM_ALREADY_EXISTS     the agent has this id with another definition
+        UNAVAILABLE          AGENT_NOT_SERVING     the agent is not serving
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,27 +404,46 @@ class VMSnapshotServiceServicer:
 
     def GetVM(self, request, context):
         """A VM, from its agent.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+        NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+        FAILED_PRECONDITION  NO_AGENT              no agent is registered
+        UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListVMs(self, request, context):
-        """VMs of all agents.
+        """VMs of all serving agents (agents that are not serving are left out).
+        Errors: only those every RPC can end with.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StartVM(self, request, context):
-        """Start a VM.
+        """Start a VM. Idempotent.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+        NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+        FAILED_PRECONDITION  NO_AGENT              no agent is registered
+        FAILED_PRECONDITION  VM_FROZEN             the VM is frozen
+        FAILED_PRECONDITION  QEMU_START_FAILED     the hypervisor could not start it
+        UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StopVM(self, request, context):
-        """Stop a VM.
+        """Stop a VM. Idempotent.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+        NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+        FAILED_PRECONDITION  NO_AGENT              no agent is registered
+        FAILED_PRECONDITION  VM_FROZEN             the VM is frozen
+        UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -285,7 +455,10 @@ class VMSnapshotServiceServicer:
         vanished marked (VMSnapshot.missing), freezes of finished operations thawed.
         With dry_run nothing is changed and the findings say what would be done.
         Every finding is also kept (ListFindings). The host runs the same pass on
-        an interval.
+        an interval. A peer that cannot be listed is a finding (PEER_ERROR), not an
+        error of the call.
+        Errors:
+        UNIMPLEMENTED        NO_RECONCILER         this host runs without a reconciler
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -293,6 +466,8 @@ class VMSnapshotServiceServicer:
 
     def ListFindings(self, request, context):
         """Findings kept by the reconciler, newest first, paged.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      page_size or page_token is wrong
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -416,6 +591,24 @@ def add_VMSnapshotServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class VMSnapshotService:
     """The vmsnap host.
+
+    Errors. A refused call ends with a gRPC status; its google.rpc.Status (with
+    ErrorInfo, domain "vmsnap.io", reason a vmsnap.common.v1.ErrorReason name;
+    BadRequest on INVALID_ARGUMENT) is in the trailer "grpc-status-details-bin".
+    Create, Revert and DeleteVMSnapshot start work and return its Operation: once
+    the call returned, the call succeeded, and how the work ended is
+    Operation.error (with the same details) when Operation.done is true. Each RPC
+    lists below, one per line, a code, the reason it comes with and when; "-"
+    means no vmsnap reason (the code comes from gRPC). Besides those, every RPC
+    can end with:
+    UNAVAILABLE          -                     the host is not reachable or shuts down
+    DEADLINE_EXCEEDED    -                     the call's deadline passed first
+    RESOURCE_EXHAUSTED   -                     more calls at once than the host serves
+    (--max-concurrent-rpcs); retry later
+    INTERNAL             INTERNAL              a bug in the host (its log has the details)
+    and an RPC that calls a driver or an agent can return that peer's error with
+    its code: its reason when it is an ErrorReason, else PEER_ERROR (ErrorInfo
+    metadata "peer_reason" holds the peer's).
     """
 
     @staticmethod

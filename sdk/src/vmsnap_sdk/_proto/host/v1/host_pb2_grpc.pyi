@@ -18,60 +18,257 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class VMSnapshotServiceStub:
-    """The vmsnap host."""
+    """The vmsnap host.
+
+    Errors. A refused call ends with a gRPC status; its google.rpc.Status (with
+    ErrorInfo, domain "vmsnap.io", reason a vmsnap_sdk._proto.common.v1.ErrorReason name;
+    BadRequest on INVALID_ARGUMENT) is in the trailer "grpc-status-details-bin".
+    Create, Revert and DeleteVMSnapshot start work and return its Operation: once
+    the call returned, the call succeeded, and how the work ended is
+    Operation.error (with the same details) when Operation.done is true. Each RPC
+    lists below, one per line, a code, the reason it comes with and when; "-"
+    means no vmsnap reason (the code comes from gRPC). Besides those, every RPC
+    can end with:
+      UNAVAILABLE          -                     the host is not reachable or shuts down
+      DEADLINE_EXCEEDED    -                     the call's deadline passed first
+      RESOURCE_EXHAUSTED   -                     more calls at once than the host serves
+                                                 (--max-concurrent-rpcs); retry later
+      INTERNAL             INTERNAL              a bug in the host (its log has the details)
+    and an RPC that calls a driver or an agent can return that peer's error with
+    its code: its reason when it is an ErrorReason, else PEER_ERROR (ErrorInfo
+    metadata "peer_reason" holds the peer's).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateVMSnapshot: _aio.UnaryUnaryMultiCallable[_host_pb2.CreateVMSnapshotRequest, _host_pb2.CreateVMSnapshotResponse]
-    """Start taking a VM snapshot."""
+    """Start taking a VM snapshot: the checks below run in the call, then the take
+    is journaled and queued on its VM and the call returns its operation. A
+    retry with the same request_id returns the same operation (see
+    CreateVMSnapshotRequest.request_id).
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+      ALREADY_EXISTS       NAME_IN_USE           the VM has a live snapshot of this name
+      ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+      RESOURCE_EXHAUSTED   TOO_MANY_SNAPSHOTS    the VM has the most live snapshots allowed
+      FAILED_PRECONDITION  VM_STATE              the VM is not RUNNING or STOPPED, or not
+                                                 RUNNING for include_memory
+      FAILED_PRECONDITION  NO_AGENT              no agent is registered
+      FAILED_PRECONDITION  MEMORY_UNSUPPORTED    include_memory and the agent cannot
+      FAILED_PRECONDITION  MEMORY_NEEDS_HYPERVISOR include_memory and a driver claims a disk
+      FAILED_PRECONDITION  NO_STRATEGY           nobody can snapshot a disk (named)
+      ABORTED              VM_QUEUE_FULL         too many operations run or wait on the VM
+      UNAVAILABLE          DRIVER_UNREACHABLE    the driver that owns a disk is down
+      UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+    Operation.error (the snapshot is then ERROR, nothing of it left on any array):
+      FAILED_PRECONDITION  VM_STATE              the VM changed state before the take ran
+      FAILED_PRECONDITION  NO_QUIESCE_METHOD     a freeze is needed, the agent has no method
+      FAILED_PRECONDITION  QUIESCE_FAILED        a REQUIRED guest freeze failed
+      FAILED_PRECONDITION  GUEST_AGENT_UNAVAILABLE a REQUIRED guest freeze, no guest agent
+      ABORTED              FREEZE_LEASE_EXPIRED  the freeze's lease ran out during the take
+      ABORTED              THAW_UNCONFIRMED      the thaw was never confirmed
+      ABORTED              HOST_RESTARTED        the host restarted; the take was rolled back
+      UNAVAILABLE          DRIVER_UNREACHABLE    a disk's driver went down
+      UNAVAILABLE          DRIVER_NOT_SERVING    a driver of the plan is not serving
+      UNAVAILABLE          AGENT_NOT_SERVING     the VM's agent is not serving
+      DEADLINE_EXCEEDED    POST_PROCESSING_TIMEOUT post-processing did not end in time
+      INTERNAL             DRIVER_CONTRACT_VIOLATION a driver's answer broke the contract
+      INTERNAL             AGENT_CONTRACT_VIOLATION an agent's answer broke the contract
+    """
     GetVMSnapshot: _aio.UnaryUnaryMultiCallable[_host_pb2.GetVMSnapshotRequest, _host_pb2.GetVMSnapshotResponse]
-    """A VM snapshot by id."""
+    """A VM snapshot by id (REMOVED ones too).
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      id breaks its rule
+      NOT_FOUND            SNAPSHOT_NOT_FOUND    no VM snapshot has this id
+    """
     ListVMSnapshots: _aio.UnaryUnaryMultiCallable[_host_pb2.ListVMSnapshotsRequest, _host_pb2.ListVMSnapshotsResponse]
-    """VM snapshots, paged, optionally of one VM."""
+    """VM snapshots, paged, optionally of one VM (an unknown VM has none).
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id, page_size or page_token is wrong
+    """
     RevertVMSnapshot: _aio.UnaryUnaryMultiCallable[_host_pb2.RevertVMSnapshotRequest, _host_pb2.RevertVMSnapshotResponse]
-    """Start reverting a VM to a snapshot."""
+    """Start reverting a VM to a snapshot; the call returns its operation. A retry
+    with the same request_id returns the same operation.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      request_id or id breaks its rule
+      NOT_FOUND            SNAPSHOT_NOT_FOUND    no VM snapshot has this id
+      NOT_FOUND            VM_NOT_FOUND          its VM is gone from every agent
+      ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+      FAILED_PRECONDITION  SNAPSHOT_STATE        the snapshot is not READY
+      FAILED_PRECONDITION  VM_NOT_STOPPED        a disk-only snapshot, the VM is not STOPPED
+                                                 and stop_vm is false
+      FAILED_PRECONDITION  REVERT_UNSUPPORTED    a driver of it has no CAPABILITY_REVERT
+      FAILED_PRECONDITION  NO_AGENT              no agent is registered
+      ABORTED              VM_QUEUE_FULL         too many operations run or wait on the VM
+      UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+    Operation.error (the message says whether the disks were put back as before
+    the revert; the snapshot stays READY):
+      FAILED_PRECONDITION  VM_NOT_STOPPED        the VM was started before the revert ran
+      FAILED_PRECONDITION  SNAPSHOT_STATE        the snapshot changed before the revert ran
+      FAILED_PRECONDITION  NO_KEPT_STATE         a group's kept state is missing
+      ABORTED              HOST_RESTARTED        the host restarted; recovery settled it
+      UNAVAILABLE          DRIVER_NOT_SERVING    a driver of the snapshot is not serving
+      UNAVAILABLE          DRIVER_NOT_REGISTERED a driver of the snapshot was removed
+      UNAVAILABLE          AGENT_NOT_SERVING     the VM's agent is not serving
+      UNAVAILABLE          AGENT_NOT_REGISTERED  the VM's agent was removed
+      INTERNAL             DRIVER_CONTRACT_VIOLATION a driver's answer broke the contract
+      INTERNAL             AGENT_CONTRACT_VIOLATION an agent's answer broke the contract
+    """
     DeleteVMSnapshot: _aio.UnaryUnaryMultiCallable[_host_pb2.DeleteVMSnapshotRequest, _host_pb2.DeleteVMSnapshotResponse]
-    """Start deleting a VM snapshot. Idempotent."""
+    """Start deleting a VM snapshot; the call returns its operation. Idempotent:
+    deleting a REMOVED snapshot returns an operation that is already done. The
+    operation stays running until every driver and agent confirmed the delete
+    (retried on the reconcile interval), so its error is only ever a host bug.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      request_id or id breaks its rule
+      NOT_FOUND            SNAPSHOT_NOT_FOUND    no VM snapshot has this id
+      ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+      FAILED_PRECONDITION  SNAPSHOT_BUSY         its take or a revert to it still runs
+      ABORTED              VM_QUEUE_FULL         too many operations run or wait on the VM
+    Operation.error:
+      INTERNAL             INTERNAL              a bug in the host
+    """
     GetOperation: _aio.UnaryUnaryMultiCallable[_host_pb2.GetOperationRequest, _host_pb2.GetOperationResponse]
-    """A long-running operation by id."""
+    """A long-running operation by id.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      id breaks its rule
+      NOT_FOUND            OPERATION_NOT_FOUND   no operation has this id
+    """
     WaitOperation: _aio.UnaryUnaryMultiCallable[_host_pb2.WaitOperationRequest, _host_pb2.WaitOperationResponse]
-    """Wait until an operation is done or the timeout passes; returns it either way."""
+    """Wait until an operation is done or the timeout passes; returns it either way
+    (check done). The host answers before the call's deadline (it waits at most
+    until shortly before it): give the call a deadline longer than `timeout`,
+    or the answer is the operation as it stands when the deadline is near.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      id or timeout breaks its rule
+      NOT_FOUND            OPERATION_NOT_FOUND   no operation has this id
+    """
     ListOperations: _aio.UnaryUnaryMultiCallable[_host_pb2.ListOperationsRequest, _host_pb2.ListOperationsResponse]
-    """Operations, newest first, paged."""
+    """Operations, newest first, paged.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id, page_size or page_token is wrong
+    """
     RegisterDriver: _aio.UnaryUnaryMultiCallable[_host_pb2.RegisterDriverRequest, _host_pb2.RegisterDriverResponse]
-    """Register (or update) a storage driver by address."""
+    """Register (or update) a storage driver by address. It must pass its checks
+    now (health, GetDriverInfo, Probe); a failed registration changes nothing.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      address or tls breaks its rule
+      FAILED_PRECONDITION  DRIVER_NAME_IN_USE    a serving driver at another address has
+                                                 its name (remove that one first)
+      UNAVAILABLE          DRIVER_NOT_SERVING    it failed its checks: health, GetDriverInfo,
+                                                 Probe, or CONTRACT_VERSION_MISMATCH (it
+                                                 speaks no contract version of this host);
+                                                 the message says which
+    """
     ListDrivers: _aio.UnaryUnaryMultiCallable[_host_pb2.ListDriversRequest, _host_pb2.ListDriversResponse]
-    """Registered drivers with health, versions and capabilities."""
+    """Registered drivers with health, versions and capabilities.
+    Errors: only those every RPC can end with.
+    """
     RemoveDriver: _aio.UnaryUnaryMultiCallable[_host_pb2.RemoveDriverRequest, _host_pb2.RemoveDriverResponse]
-    """Forget a driver. Idempotent."""
+    """Forget a driver, and which volumes it owned. Idempotent: an unknown name is OK.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+    """
     RegisterAgent: _aio.UnaryUnaryMultiCallable[_host_pb2.RegisterAgentRequest, _host_pb2.RegisterAgentResponse]
-    """Register (or update) a hypervisor agent by address."""
+    """Register (or update) a hypervisor agent by address. It must pass its checks
+    now; a failed registration changes nothing.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      address or tls breaks its rule
+      FAILED_PRECONDITION  AGENT_NAME_IN_USE     a serving agent at another address has
+                                                 its name (remove that one first)
+      UNAVAILABLE          AGENT_NOT_SERVING     it failed its checks: health, GetAgentInfo,
+                                                 or CONTRACT_VERSION_MISMATCH (it speaks no
+                                                 contract version of this host); the
+                                                 message says which
+    """
     ListAgents: _aio.UnaryUnaryMultiCallable[_host_pb2.ListAgentsRequest, _host_pb2.ListAgentsResponse]
-    """Registered agents with health and versions."""
+    """Registered agents with health and versions.
+    Errors: only those every RPC can end with.
+    """
     RemoveAgent: _aio.UnaryUnaryMultiCallable[_host_pb2.RemoveAgentRequest, _host_pb2.RemoveAgentResponse]
-    """Forget an agent. Idempotent."""
+    """Forget an agent. Idempotent: an unknown name is OK.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+    """
     DefineVM: _aio.UnaryUnaryMultiCallable[_host_pb2.DefineVMRequest, _host_pb2.DefineVMResponse]
-    """Define a VM on an agent (passed through to the agent)."""
+    """Define a VM on an agent (passed through to the agent).
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule, or agent is empty
+                                                 while several agents are registered
+      INVALID_ARGUMENT     INVALID_SPEC          the agent cannot run this definition
+      NOT_FOUND            AGENT_NOT_FOUND       agent names no registered agent
+      ALREADY_EXISTS       VM_ALREADY_EXISTS     the agent has this id with another definition
+      UNAVAILABLE          AGENT_NOT_SERVING     the agent is not serving
+    """
     GetVM: _aio.UnaryUnaryMultiCallable[_host_pb2.GetVMRequest, _host_pb2.GetVMResponse]
-    """A VM, from its agent."""
+    """A VM, from its agent.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+      NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+      FAILED_PRECONDITION  NO_AGENT              no agent is registered
+      UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+    """
     ListVMs: _aio.UnaryUnaryMultiCallable[_host_pb2.ListVMsRequest, _host_pb2.ListVMsResponse]
-    """VMs of all agents."""
+    """VMs of all serving agents (agents that are not serving are left out).
+    Errors: only those every RPC can end with.
+    """
     StartVM: _aio.UnaryUnaryMultiCallable[_host_pb2.StartVMRequest, _host_pb2.StartVMResponse]
-    """Start a VM."""
+    """Start a VM. Idempotent.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+      NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+      FAILED_PRECONDITION  NO_AGENT              no agent is registered
+      FAILED_PRECONDITION  VM_FROZEN             the VM is frozen
+      FAILED_PRECONDITION  QEMU_START_FAILED     the hypervisor could not start it
+      UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+    """
     StopVM: _aio.UnaryUnaryMultiCallable[_host_pb2.StopVMRequest, _host_pb2.StopVMResponse]
-    """Stop a VM."""
+    """Stop a VM. Idempotent.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+      NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+      FAILED_PRECONDITION  NO_AGENT              no agent is registered
+      FAILED_PRECONDITION  VM_FROZEN             the VM is frozen
+      UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+    """
     Reconcile: _aio.UnaryUnaryMultiCallable[_host_pb2.ReconcileRequest, _host_pb2.ReconcileResponse]
     """Compare what every driver and agent holds with the catalog, now, and repair:
     orphans older than the grace period deleted, READY snapshots whose objects
     vanished marked (VMSnapshot.missing), freezes of finished operations thawed.
     With dry_run nothing is changed and the findings say what would be done.
     Every finding is also kept (ListFindings). The host runs the same pass on
-    an interval.
+    an interval. A peer that cannot be listed is a finding (PEER_ERROR), not an
+    error of the call.
+    Errors:
+      UNIMPLEMENTED        NO_RECONCILER         this host runs without a reconciler
     """
     ListFindings: _aio.UnaryUnaryMultiCallable[_host_pb2.ListFindingsRequest, _host_pb2.ListFindingsResponse]
-    """Findings kept by the reconciler, newest first, paged."""
+    """Findings kept by the reconciler, newest first, paged.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      page_size or page_token is wrong
+    """
 
 class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The vmsnap host."""
+    """The vmsnap host.
+
+    Errors. A refused call ends with a gRPC status; its google.rpc.Status (with
+    ErrorInfo, domain "vmsnap.io", reason a vmsnap_sdk._proto.common.v1.ErrorReason name;
+    BadRequest on INVALID_ARGUMENT) is in the trailer "grpc-status-details-bin".
+    Create, Revert and DeleteVMSnapshot start work and return its Operation: once
+    the call returned, the call succeeded, and how the work ended is
+    Operation.error (with the same details) when Operation.done is true. Each RPC
+    lists below, one per line, a code, the reason it comes with and when; "-"
+    means no vmsnap reason (the code comes from gRPC). Besides those, every RPC
+    can end with:
+      UNAVAILABLE          -                     the host is not reachable or shuts down
+      DEADLINE_EXCEEDED    -                     the call's deadline passed first
+      RESOURCE_EXHAUSTED   -                     more calls at once than the host serves
+                                                 (--max-concurrent-rpcs); retry later
+      INTERNAL             INTERNAL              a bug in the host (its log has the details)
+    and an RPC that calls a driver or an agent can return that peer's error with
+    its code: its reason when it is an ErrorReason, else PEER_ERROR (ErrorInfo
+    metadata "peer_reason" holds the peer's).
+    """
 
     @_abc_1.abstractmethod
     def CreateVMSnapshot(
@@ -79,7 +276,40 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.CreateVMSnapshotRequest,
         context: _aio.ServicerContext[_host_pb2.CreateVMSnapshotRequest, _abc.Awaitable[_host_pb2.CreateVMSnapshotResponse]],
     ) -> _abc.Awaitable[_host_pb2.CreateVMSnapshotResponse]:
-        """Start taking a VM snapshot."""
+        """Start taking a VM snapshot: the checks below run in the call, then the take
+        is journaled and queued on its VM and the call returns its operation. A
+        retry with the same request_id returns the same operation (see
+        CreateVMSnapshotRequest.request_id).
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+          ALREADY_EXISTS       NAME_IN_USE           the VM has a live snapshot of this name
+          ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+          RESOURCE_EXHAUSTED   TOO_MANY_SNAPSHOTS    the VM has the most live snapshots allowed
+          FAILED_PRECONDITION  VM_STATE              the VM is not RUNNING or STOPPED, or not
+                                                     RUNNING for include_memory
+          FAILED_PRECONDITION  NO_AGENT              no agent is registered
+          FAILED_PRECONDITION  MEMORY_UNSUPPORTED    include_memory and the agent cannot
+          FAILED_PRECONDITION  MEMORY_NEEDS_HYPERVISOR include_memory and a driver claims a disk
+          FAILED_PRECONDITION  NO_STRATEGY           nobody can snapshot a disk (named)
+          ABORTED              VM_QUEUE_FULL         too many operations run or wait on the VM
+          UNAVAILABLE          DRIVER_UNREACHABLE    the driver that owns a disk is down
+          UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+        Operation.error (the snapshot is then ERROR, nothing of it left on any array):
+          FAILED_PRECONDITION  VM_STATE              the VM changed state before the take ran
+          FAILED_PRECONDITION  NO_QUIESCE_METHOD     a freeze is needed, the agent has no method
+          FAILED_PRECONDITION  QUIESCE_FAILED        a REQUIRED guest freeze failed
+          FAILED_PRECONDITION  GUEST_AGENT_UNAVAILABLE a REQUIRED guest freeze, no guest agent
+          ABORTED              FREEZE_LEASE_EXPIRED  the freeze's lease ran out during the take
+          ABORTED              THAW_UNCONFIRMED      the thaw was never confirmed
+          ABORTED              HOST_RESTARTED        the host restarted; the take was rolled back
+          UNAVAILABLE          DRIVER_UNREACHABLE    a disk's driver went down
+          UNAVAILABLE          DRIVER_NOT_SERVING    a driver of the plan is not serving
+          UNAVAILABLE          AGENT_NOT_SERVING     the VM's agent is not serving
+          DEADLINE_EXCEEDED    POST_PROCESSING_TIMEOUT post-processing did not end in time
+          INTERNAL             DRIVER_CONTRACT_VIOLATION a driver's answer broke the contract
+          INTERNAL             AGENT_CONTRACT_VIOLATION an agent's answer broke the contract
+        """
 
     @_abc_1.abstractmethod
     def GetVMSnapshot(
@@ -87,7 +317,11 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.GetVMSnapshotRequest,
         context: _aio.ServicerContext[_host_pb2.GetVMSnapshotRequest, _abc.Awaitable[_host_pb2.GetVMSnapshotResponse]],
     ) -> _abc.Awaitable[_host_pb2.GetVMSnapshotResponse]:
-        """A VM snapshot by id."""
+        """A VM snapshot by id (REMOVED ones too).
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      id breaks its rule
+          NOT_FOUND            SNAPSHOT_NOT_FOUND    no VM snapshot has this id
+        """
 
     @_abc_1.abstractmethod
     def ListVMSnapshots(
@@ -95,7 +329,10 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.ListVMSnapshotsRequest,
         context: _aio.ServicerContext[_host_pb2.ListVMSnapshotsRequest, _abc.Awaitable[_host_pb2.ListVMSnapshotsResponse]],
     ) -> _abc.Awaitable[_host_pb2.ListVMSnapshotsResponse]:
-        """VM snapshots, paged, optionally of one VM."""
+        """VM snapshots, paged, optionally of one VM (an unknown VM has none).
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id, page_size or page_token is wrong
+        """
 
     @_abc_1.abstractmethod
     def RevertVMSnapshot(
@@ -103,7 +340,33 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.RevertVMSnapshotRequest,
         context: _aio.ServicerContext[_host_pb2.RevertVMSnapshotRequest, _abc.Awaitable[_host_pb2.RevertVMSnapshotResponse]],
     ) -> _abc.Awaitable[_host_pb2.RevertVMSnapshotResponse]:
-        """Start reverting a VM to a snapshot."""
+        """Start reverting a VM to a snapshot; the call returns its operation. A retry
+        with the same request_id returns the same operation.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      request_id or id breaks its rule
+          NOT_FOUND            SNAPSHOT_NOT_FOUND    no VM snapshot has this id
+          NOT_FOUND            VM_NOT_FOUND          its VM is gone from every agent
+          ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+          FAILED_PRECONDITION  SNAPSHOT_STATE        the snapshot is not READY
+          FAILED_PRECONDITION  VM_NOT_STOPPED        a disk-only snapshot, the VM is not STOPPED
+                                                     and stop_vm is false
+          FAILED_PRECONDITION  REVERT_UNSUPPORTED    a driver of it has no CAPABILITY_REVERT
+          FAILED_PRECONDITION  NO_AGENT              no agent is registered
+          ABORTED              VM_QUEUE_FULL         too many operations run or wait on the VM
+          UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+        Operation.error (the message says whether the disks were put back as before
+        the revert; the snapshot stays READY):
+          FAILED_PRECONDITION  VM_NOT_STOPPED        the VM was started before the revert ran
+          FAILED_PRECONDITION  SNAPSHOT_STATE        the snapshot changed before the revert ran
+          FAILED_PRECONDITION  NO_KEPT_STATE         a group's kept state is missing
+          ABORTED              HOST_RESTARTED        the host restarted; recovery settled it
+          UNAVAILABLE          DRIVER_NOT_SERVING    a driver of the snapshot is not serving
+          UNAVAILABLE          DRIVER_NOT_REGISTERED a driver of the snapshot was removed
+          UNAVAILABLE          AGENT_NOT_SERVING     the VM's agent is not serving
+          UNAVAILABLE          AGENT_NOT_REGISTERED  the VM's agent was removed
+          INTERNAL             DRIVER_CONTRACT_VIOLATION a driver's answer broke the contract
+          INTERNAL             AGENT_CONTRACT_VIOLATION an agent's answer broke the contract
+        """
 
     @_abc_1.abstractmethod
     def DeleteVMSnapshot(
@@ -111,7 +374,19 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.DeleteVMSnapshotRequest,
         context: _aio.ServicerContext[_host_pb2.DeleteVMSnapshotRequest, _abc.Awaitable[_host_pb2.DeleteVMSnapshotResponse]],
     ) -> _abc.Awaitable[_host_pb2.DeleteVMSnapshotResponse]:
-        """Start deleting a VM snapshot. Idempotent."""
+        """Start deleting a VM snapshot; the call returns its operation. Idempotent:
+        deleting a REMOVED snapshot returns an operation that is already done. The
+        operation stays running until every driver and agent confirmed the delete
+        (retried on the reconcile interval), so its error is only ever a host bug.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      request_id or id breaks its rule
+          NOT_FOUND            SNAPSHOT_NOT_FOUND    no VM snapshot has this id
+          ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+          FAILED_PRECONDITION  SNAPSHOT_BUSY         its take or a revert to it still runs
+          ABORTED              VM_QUEUE_FULL         too many operations run or wait on the VM
+        Operation.error:
+          INTERNAL             INTERNAL              a bug in the host
+        """
 
     @_abc_1.abstractmethod
     def GetOperation(
@@ -119,7 +394,11 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.GetOperationRequest,
         context: _aio.ServicerContext[_host_pb2.GetOperationRequest, _abc.Awaitable[_host_pb2.GetOperationResponse]],
     ) -> _abc.Awaitable[_host_pb2.GetOperationResponse]:
-        """A long-running operation by id."""
+        """A long-running operation by id.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      id breaks its rule
+          NOT_FOUND            OPERATION_NOT_FOUND   no operation has this id
+        """
 
     @_abc_1.abstractmethod
     def WaitOperation(
@@ -127,7 +406,14 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.WaitOperationRequest,
         context: _aio.ServicerContext[_host_pb2.WaitOperationRequest, _abc.Awaitable[_host_pb2.WaitOperationResponse]],
     ) -> _abc.Awaitable[_host_pb2.WaitOperationResponse]:
-        """Wait until an operation is done or the timeout passes; returns it either way."""
+        """Wait until an operation is done or the timeout passes; returns it either way
+        (check done). The host answers before the call's deadline (it waits at most
+        until shortly before it): give the call a deadline longer than `timeout`,
+        or the answer is the operation as it stands when the deadline is near.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      id or timeout breaks its rule
+          NOT_FOUND            OPERATION_NOT_FOUND   no operation has this id
+        """
 
     @_abc_1.abstractmethod
     def ListOperations(
@@ -135,7 +421,10 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.ListOperationsRequest,
         context: _aio.ServicerContext[_host_pb2.ListOperationsRequest, _abc.Awaitable[_host_pb2.ListOperationsResponse]],
     ) -> _abc.Awaitable[_host_pb2.ListOperationsResponse]:
-        """Operations, newest first, paged."""
+        """Operations, newest first, paged.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id, page_size or page_token is wrong
+        """
 
     @_abc_1.abstractmethod
     def RegisterDriver(
@@ -143,7 +432,17 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.RegisterDriverRequest,
         context: _aio.ServicerContext[_host_pb2.RegisterDriverRequest, _abc.Awaitable[_host_pb2.RegisterDriverResponse]],
     ) -> _abc.Awaitable[_host_pb2.RegisterDriverResponse]:
-        """Register (or update) a storage driver by address."""
+        """Register (or update) a storage driver by address. It must pass its checks
+        now (health, GetDriverInfo, Probe); a failed registration changes nothing.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      address or tls breaks its rule
+          FAILED_PRECONDITION  DRIVER_NAME_IN_USE    a serving driver at another address has
+                                                     its name (remove that one first)
+          UNAVAILABLE          DRIVER_NOT_SERVING    it failed its checks: health, GetDriverInfo,
+                                                     Probe, or CONTRACT_VERSION_MISMATCH (it
+                                                     speaks no contract version of this host);
+                                                     the message says which
+        """
 
     @_abc_1.abstractmethod
     def ListDrivers(
@@ -151,7 +450,9 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.ListDriversRequest,
         context: _aio.ServicerContext[_host_pb2.ListDriversRequest, _abc.Awaitable[_host_pb2.ListDriversResponse]],
     ) -> _abc.Awaitable[_host_pb2.ListDriversResponse]:
-        """Registered drivers with health, versions and capabilities."""
+        """Registered drivers with health, versions and capabilities.
+        Errors: only those every RPC can end with.
+        """
 
     @_abc_1.abstractmethod
     def RemoveDriver(
@@ -159,7 +460,10 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.RemoveDriverRequest,
         context: _aio.ServicerContext[_host_pb2.RemoveDriverRequest, _abc.Awaitable[_host_pb2.RemoveDriverResponse]],
     ) -> _abc.Awaitable[_host_pb2.RemoveDriverResponse]:
-        """Forget a driver. Idempotent."""
+        """Forget a driver, and which volumes it owned. Idempotent: an unknown name is OK.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+        """
 
     @_abc_1.abstractmethod
     def RegisterAgent(
@@ -167,7 +471,17 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.RegisterAgentRequest,
         context: _aio.ServicerContext[_host_pb2.RegisterAgentRequest, _abc.Awaitable[_host_pb2.RegisterAgentResponse]],
     ) -> _abc.Awaitable[_host_pb2.RegisterAgentResponse]:
-        """Register (or update) a hypervisor agent by address."""
+        """Register (or update) a hypervisor agent by address. It must pass its checks
+        now; a failed registration changes nothing.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      address or tls breaks its rule
+          FAILED_PRECONDITION  AGENT_NAME_IN_USE     a serving agent at another address has
+                                                     its name (remove that one first)
+          UNAVAILABLE          AGENT_NOT_SERVING     it failed its checks: health, GetAgentInfo,
+                                                     or CONTRACT_VERSION_MISMATCH (it speaks no
+                                                     contract version of this host); the
+                                                     message says which
+        """
 
     @_abc_1.abstractmethod
     def ListAgents(
@@ -175,7 +489,9 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.ListAgentsRequest,
         context: _aio.ServicerContext[_host_pb2.ListAgentsRequest, _abc.Awaitable[_host_pb2.ListAgentsResponse]],
     ) -> _abc.Awaitable[_host_pb2.ListAgentsResponse]:
-        """Registered agents with health and versions."""
+        """Registered agents with health and versions.
+        Errors: only those every RPC can end with.
+        """
 
     @_abc_1.abstractmethod
     def RemoveAgent(
@@ -183,7 +499,10 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.RemoveAgentRequest,
         context: _aio.ServicerContext[_host_pb2.RemoveAgentRequest, _abc.Awaitable[_host_pb2.RemoveAgentResponse]],
     ) -> _abc.Awaitable[_host_pb2.RemoveAgentResponse]:
-        """Forget an agent. Idempotent."""
+        """Forget an agent. Idempotent: an unknown name is OK.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+        """
 
     @_abc_1.abstractmethod
     def DefineVM(
@@ -191,7 +510,15 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.DefineVMRequest,
         context: _aio.ServicerContext[_host_pb2.DefineVMRequest, _abc.Awaitable[_host_pb2.DefineVMResponse]],
     ) -> _abc.Awaitable[_host_pb2.DefineVMResponse]:
-        """Define a VM on an agent (passed through to the agent)."""
+        """Define a VM on an agent (passed through to the agent).
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule, or agent is empty
+                                                     while several agents are registered
+          INVALID_ARGUMENT     INVALID_SPEC          the agent cannot run this definition
+          NOT_FOUND            AGENT_NOT_FOUND       agent names no registered agent
+          ALREADY_EXISTS       VM_ALREADY_EXISTS     the agent has this id with another definition
+          UNAVAILABLE          AGENT_NOT_SERVING     the agent is not serving
+        """
 
     @_abc_1.abstractmethod
     def GetVM(
@@ -199,7 +526,13 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.GetVMRequest,
         context: _aio.ServicerContext[_host_pb2.GetVMRequest, _abc.Awaitable[_host_pb2.GetVMResponse]],
     ) -> _abc.Awaitable[_host_pb2.GetVMResponse]:
-        """A VM, from its agent."""
+        """A VM, from its agent.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+          NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+          FAILED_PRECONDITION  NO_AGENT              no agent is registered
+          UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+        """
 
     @_abc_1.abstractmethod
     def ListVMs(
@@ -207,7 +540,9 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.ListVMsRequest,
         context: _aio.ServicerContext[_host_pb2.ListVMsRequest, _abc.Awaitable[_host_pb2.ListVMsResponse]],
     ) -> _abc.Awaitable[_host_pb2.ListVMsResponse]:
-        """VMs of all agents."""
+        """VMs of all serving agents (agents that are not serving are left out).
+        Errors: only those every RPC can end with.
+        """
 
     @_abc_1.abstractmethod
     def StartVM(
@@ -215,7 +550,15 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.StartVMRequest,
         context: _aio.ServicerContext[_host_pb2.StartVMRequest, _abc.Awaitable[_host_pb2.StartVMResponse]],
     ) -> _abc.Awaitable[_host_pb2.StartVMResponse]:
-        """Start a VM."""
+        """Start a VM. Idempotent.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+          NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+          FAILED_PRECONDITION  NO_AGENT              no agent is registered
+          FAILED_PRECONDITION  VM_FROZEN             the VM is frozen
+          FAILED_PRECONDITION  QEMU_START_FAILED     the hypervisor could not start it
+          UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+        """
 
     @_abc_1.abstractmethod
     def StopVM(
@@ -223,7 +566,14 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.StopVMRequest,
         context: _aio.ServicerContext[_host_pb2.StopVMRequest, _abc.Awaitable[_host_pb2.StopVMResponse]],
     ) -> _abc.Awaitable[_host_pb2.StopVMResponse]:
-        """Stop a VM."""
+        """Stop a VM. Idempotent.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+          NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+          FAILED_PRECONDITION  NO_AGENT              no agent is registered
+          FAILED_PRECONDITION  VM_FROZEN             the VM is frozen
+          UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+        """
 
     @_abc_1.abstractmethod
     def Reconcile(
@@ -236,7 +586,10 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         vanished marked (VMSnapshot.missing), freezes of finished operations thawed.
         With dry_run nothing is changed and the findings say what would be done.
         Every finding is also kept (ListFindings). The host runs the same pass on
-        an interval.
+        an interval. A peer that cannot be listed is a finding (PEER_ERROR), not an
+        error of the call.
+        Errors:
+          UNIMPLEMENTED        NO_RECONCILER         this host runs without a reconciler
         """
 
     @_abc_1.abstractmethod
@@ -245,6 +598,9 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.ListFindingsRequest,
         context: _aio.ServicerContext[_host_pb2.ListFindingsRequest, _abc.Awaitable[_host_pb2.ListFindingsResponse]],
     ) -> _abc.Awaitable[_host_pb2.ListFindingsResponse]:
-        """Findings kept by the reconciler, newest first, paged."""
+        """Findings kept by the reconciler, newest first, paged.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      page_size or page_token is wrong
+        """
 
 def add_VMSnapshotServiceServicer_to_server(servicer: VMSnapshotServiceServicer, server: _aio.Server) -> None: ...

@@ -4,7 +4,7 @@ isort:skip_file
 The hypervisor agent contract, version 1. One agent runs per hypervisor host;
 the vmsnap host calls it to describe VMs, to freeze them for a consistent
 cut and to take the hypervisor's own (native) snapshots. Error codes follow
-the table in vmsnap/driver/v1/driver.proto.
+the table in vmsnap/driver/v1/driver.proto; each RPC lists its own.
 """
 
 from collections import abc as _abc

@@ -27,6 +27,18 @@ if _version_not_supported:
 
 class HypervisorAgentStub:
     """A hypervisor agent.
+
+    Errors: canonical codes with google.rpc.Status details in the call's
+    trailers, as in vmsnap/driver/v1/driver.proto. Each RPC lists below, one per
+    line, a code, the ErrorInfo reason the vmsnap agents give it (a
+    vmsnap.common.v1.ErrorReason; another agent may give the code's generic
+    reason, e.g. NOT_FOUND) and when. Besides those, every RPC can end with:
+    UNAVAILABLE          UNAVAILABLE           the hypervisor (or agent) cannot be reached
+    DEADLINE_EXCEEDED    -                     the host's deadline passed first
+    CANCELLED            -                     the host cancelled the call
+    UNKNOWN              -                     the outcome is unknown
+    INTERNAL             INTERNAL              a bug in the agent (its log has the details)
+    INTERNAL             QMP_ERROR             QEMU refused a command (the qemu agent)
     """
 
     def __init__(self, channel):
@@ -114,10 +126,23 @@ class HypervisorAgentStub:
 
 class HypervisorAgentServicer:
     """A hypervisor agent.
+
+    Errors: canonical codes with google.rpc.Status details in the call's
+    trailers, as in vmsnap/driver/v1/driver.proto. Each RPC lists below, one per
+    line, a code, the ErrorInfo reason the vmsnap agents give it (a
+    vmsnap.common.v1.ErrorReason; another agent may give the code's generic
+    reason, e.g. NOT_FOUND) and when. Besides those, every RPC can end with:
+    UNAVAILABLE          UNAVAILABLE           the hypervisor (or agent) cannot be reached
+    DEADLINE_EXCEEDED    -                     the host's deadline passed first
+    CANCELLED            -                     the host cancelled the call
+    UNKNOWN              -                     the outcome is unknown
+    INTERNAL             INTERNAL              a bug in the agent (its log has the details)
+    INTERNAL             QMP_ERROR             QEMU refused a command (the qemu agent)
     """
 
     def GetAgentInfo(self, request, context):
         """Who the agent is and what it can do.
+        Errors: only those every RPC can end with.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +150,9 @@ class HypervisorAgentServicer:
 
     def DescribeVM(self, request, context):
         """A VM, its state and its disks with their volume locators.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+        NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,20 +160,32 @@ class HypervisorAgentServicer:
 
     def ListVMs(self, request, context):
         """All VMs of this agent, paged.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      page_size or page_token is wrong
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DefineVM(self, request, context):
-        """Define a VM (tests, demo and simple deployments).
+        """Define a VM (tests, demo and simple deployments). Idempotent: the same
+        definition again returns the VM.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        INVALID_ARGUMENT     INVALID_SPEC          the agent cannot run this definition
+        ALREADY_EXISTS       VM_ALREADY_EXISTS     this id with another definition
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UndefineVM(self, request, context):
-        """Remove a stopped VM's definition. Idempotent.
+        """Remove a stopped VM's definition, and its native snapshots (its disks stay).
+        Idempotent: an unknown VM is OK.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+        FAILED_PRECONDITION  VM_NOT_STOPPED        the VM is not STOPPED
+        FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +193,12 @@ class HypervisorAgentServicer:
 
     def StartVM(self, request, context):
         """Start a VM. Idempotent.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+        NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
+        FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
+        FAILED_PRECONDITION  QEMU_MISSING          QEMU is not installed (the qemu agent)
+        FAILED_PRECONDITION  QEMU_START_FAILED     QEMU did not start (the qemu agent)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,6 +206,10 @@ class HypervisorAgentServicer:
 
     def StopVM(self, request, context):
         """Stop a VM. Idempotent.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+        NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
+        FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,6 +218,15 @@ class HypervisorAgentServicer:
     def Quiesce(self, request, context):
         """Freeze a VM for a consistent cut, under a lease: the agent thaws by itself
         when the lease runs out, so a freeze never outlives the host that asked.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      method unset, or lease out of its range
+        NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
+        FAILED_PRECONDITION  VM_NOT_RUNNING        a guest freeze needs the VM RUNNING
+        FAILED_PRECONDITION  GUEST_AGENT_UNAVAILABLE the guest agent does not answer
+        (best_effort false)
+        FAILED_PRECONDITION  GUEST_AGENT_ERROR     the guest's freeze failed (best_effort false)
+        ABORTED              VM_FROZEN             another freeze holds the VM; retry later
+        UNIMPLEMENTED        UNIMPLEMENTED         the method is not offered (GetAgentInfo)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +234,9 @@ class HypervisorAgentServicer:
 
     def RenewQuiesce(self, request, context):
         """Extend a quiesce lease.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      token missing, or lease out of its range
+        NOT_FOUND            QUIESCE_NOT_FOUND     no freeze has this token (it thawed)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,6 +245,8 @@ class HypervisorAgentServicer:
     def Unquiesce(self, request, context):
         """Thaw. Idempotent: an unknown or already thawed token is OK. For the overlay
         method this commits the overlays back into the base images (the "collapse").
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      not exactly one of token and operation_id
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -191,6 +255,8 @@ class HypervisorAgentServicer:
     def ListQuiesces(self, request, context):
         """The freezes in force (one VM's, or every VM's), with the operation that
         holds each: what a restarted host uses to find and thaw its freezes.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,6 +264,13 @@ class HypervisorAgentServicer:
 
     def TakeNativeSnapshot(self, request, context):
         """Take a hypervisor-native snapshot (the only kind that can include memory).
+        Idempotent on snapshot_id.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
+        ALREADY_EXISTS       SNAPSHOT_CONFLICT     snapshot_id was used with other disks or memory
+        FAILED_PRECONDITION  VM_NOT_RUNNING        include_memory needs the VM RUNNING
+        FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -205,13 +278,21 @@ class HypervisorAgentServicer:
 
     def RevertNativeSnapshot(self, request, context):
         """Revert to a native snapshot.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        NOT_FOUND            SNAPSHOT_NOT_FOUND    the VM has no native snapshot of this id
+        FAILED_PRECONDITION  VM_NOT_STOPPED        a disk-only snapshot needs the VM STOPPED
+        FAILED_PRECONDITION  SNAPSHOT_DATA_MISSING the snapshot's saved data is gone
+        FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteNativeSnapshot(self, request, context):
-        """Delete a native snapshot. Idempotent.
+        """Delete a native snapshot. Idempotent: an unknown id is OK.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -219,6 +300,8 @@ class HypervisorAgentServicer:
 
     def ListNativeSnapshots(self, request, context):
         """Native snapshots of a VM, or of every VM (empty vm_id).
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -312,6 +395,18 @@ def add_HypervisorAgentServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class HypervisorAgent:
     """A hypervisor agent.
+
+    Errors: canonical codes with google.rpc.Status details in the call's
+    trailers, as in vmsnap/driver/v1/driver.proto. Each RPC lists below, one per
+    line, a code, the ErrorInfo reason the vmsnap agents give it (a
+    vmsnap.common.v1.ErrorReason; another agent may give the code's generic
+    reason, e.g. NOT_FOUND) and when. Besides those, every RPC can end with:
+    UNAVAILABLE          UNAVAILABLE           the hypervisor (or agent) cannot be reached
+    DEADLINE_EXCEEDED    -                     the host's deadline passed first
+    CANCELLED            -                     the host cancelled the call
+    UNKNOWN              -                     the outcome is unknown
+    INTERNAL             INTERNAL              a bug in the agent (its log has the details)
+    INTERNAL             QMP_ERROR             QEMU refused a command (the qemu agent)
     """
 
     @staticmethod

@@ -4,7 +4,7 @@ isort:skip_file
 The hypervisor agent contract, version 1. One agent runs per hypervisor host;
 the vmsnap host calls it to describe VMs, to freeze them for a consistent
 cut and to take the hypervisor's own (native) snapshots. Error codes follow
-the table in vmsnap/driver/v1/driver.proto.
+the table in vmsnap/driver/v1/driver.proto; each RPC lists its own.
 """
 
 from collections import abc as _abc
@@ -17,48 +17,145 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class HypervisorAgentStub:
-    """A hypervisor agent."""
+    """A hypervisor agent.
+
+    Errors: canonical codes with google.rpc.Status details in the call's
+    trailers, as in vmsnap/driver/v1/driver.proto. Each RPC lists below, one per
+    line, a code, the ErrorInfo reason the vmsnap agents give it (a
+    vmsnap_sdk._proto.common.v1.ErrorReason; another agent may give the code's generic
+    reason, e.g. NOT_FOUND) and when. Besides those, every RPC can end with:
+      UNAVAILABLE          UNAVAILABLE           the hypervisor (or agent) cannot be reached
+      DEADLINE_EXCEEDED    -                     the host's deadline passed first
+      CANCELLED            -                     the host cancelled the call
+      UNKNOWN              -                     the outcome is unknown
+      INTERNAL             INTERNAL              a bug in the agent (its log has the details)
+      INTERNAL             QMP_ERROR             QEMU refused a command (the qemu agent)
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetAgentInfo: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.GetAgentInfoRequest, _hypervisor_pb2.GetAgentInfoResponse]
-    """Who the agent is and what it can do."""
+    """Who the agent is and what it can do.
+    Errors: only those every RPC can end with.
+    """
     DescribeVM: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.DescribeVMRequest, _hypervisor_pb2.DescribeVMResponse]
-    """A VM, its state and its disks with their volume locators."""
+    """A VM, its state and its disks with their volume locators.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+      NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
+    """
     ListVMs: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.ListVMsRequest, _hypervisor_pb2.ListVMsResponse]
-    """All VMs of this agent, paged."""
+    """All VMs of this agent, paged.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      page_size or page_token is wrong
+    """
     DefineVM: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.DefineVMRequest, _hypervisor_pb2.DefineVMResponse]
-    """Define a VM (tests, demo and simple deployments)."""
+    """Define a VM (tests, demo and simple deployments). Idempotent: the same
+    definition again returns the VM.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      INVALID_ARGUMENT     INVALID_SPEC          the agent cannot run this definition
+      ALREADY_EXISTS       VM_ALREADY_EXISTS     this id with another definition
+    """
     UndefineVM: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.UndefineVMRequest, _hypervisor_pb2.UndefineVMResponse]
-    """Remove a stopped VM's definition. Idempotent."""
+    """Remove a stopped VM's definition, and its native snapshots (its disks stay).
+    Idempotent: an unknown VM is OK.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+      FAILED_PRECONDITION  VM_NOT_STOPPED        the VM is not STOPPED
+      FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
+    """
     StartVM: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.StartVMRequest, _hypervisor_pb2.StartVMResponse]
-    """Start a VM. Idempotent."""
+    """Start a VM. Idempotent.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+      NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
+      FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
+      FAILED_PRECONDITION  QEMU_MISSING          QEMU is not installed (the qemu agent)
+      FAILED_PRECONDITION  QEMU_START_FAILED     QEMU did not start (the qemu agent)
+    """
     StopVM: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.StopVMRequest, _hypervisor_pb2.StopVMResponse]
-    """Stop a VM. Idempotent."""
+    """Stop a VM. Idempotent.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+      NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
+      FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
+    """
     Quiesce: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.QuiesceRequest, _hypervisor_pb2.QuiesceResponse]
     """Freeze a VM for a consistent cut, under a lease: the agent thaws by itself
     when the lease runs out, so a freeze never outlives the host that asked.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      method unset, or lease out of its range
+      NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
+      FAILED_PRECONDITION  VM_NOT_RUNNING        a guest freeze needs the VM RUNNING
+      FAILED_PRECONDITION  GUEST_AGENT_UNAVAILABLE the guest agent does not answer
+                                                 (best_effort false)
+      FAILED_PRECONDITION  GUEST_AGENT_ERROR     the guest's freeze failed (best_effort false)
+      ABORTED              VM_FROZEN             another freeze holds the VM; retry later
+      UNIMPLEMENTED        UNIMPLEMENTED         the method is not offered (GetAgentInfo)
     """
     RenewQuiesce: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.RenewQuiesceRequest, _hypervisor_pb2.RenewQuiesceResponse]
-    """Extend a quiesce lease."""
+    """Extend a quiesce lease.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      token missing, or lease out of its range
+      NOT_FOUND            QUIESCE_NOT_FOUND     no freeze has this token (it thawed)
+    """
     Unquiesce: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.UnquiesceRequest, _hypervisor_pb2.UnquiesceResponse]
     """Thaw. Idempotent: an unknown or already thawed token is OK. For the overlay
     method this commits the overlays back into the base images (the "collapse").
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      not exactly one of token and operation_id
     """
     ListQuiesces: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.ListQuiescesRequest, _hypervisor_pb2.ListQuiescesResponse]
     """The freezes in force (one VM's, or every VM's), with the operation that
     holds each: what a restarted host uses to find and thaw its freezes.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
     """
     TakeNativeSnapshot: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.TakeNativeSnapshotRequest, _hypervisor_pb2.TakeNativeSnapshotResponse]
-    """Take a hypervisor-native snapshot (the only kind that can include memory)."""
+    """Take a hypervisor-native snapshot (the only kind that can include memory).
+    Idempotent on snapshot_id.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
+      ALREADY_EXISTS       SNAPSHOT_CONFLICT     snapshot_id was used with other disks or memory
+      FAILED_PRECONDITION  VM_NOT_RUNNING        include_memory needs the VM RUNNING
+      FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
+    """
     RevertNativeSnapshot: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.RevertNativeSnapshotRequest, _hypervisor_pb2.RevertNativeSnapshotResponse]
-    """Revert to a native snapshot."""
+    """Revert to a native snapshot.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      NOT_FOUND            SNAPSHOT_NOT_FOUND    the VM has no native snapshot of this id
+      FAILED_PRECONDITION  VM_NOT_STOPPED        a disk-only snapshot needs the VM STOPPED
+      FAILED_PRECONDITION  SNAPSHOT_DATA_MISSING the snapshot's saved data is gone
+      FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
+    """
     DeleteNativeSnapshot: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.DeleteNativeSnapshotRequest, _hypervisor_pb2.DeleteNativeSnapshotResponse]
-    """Delete a native snapshot. Idempotent."""
+    """Delete a native snapshot. Idempotent: an unknown id is OK.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+    """
     ListNativeSnapshots: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.ListNativeSnapshotsRequest, _hypervisor_pb2.ListNativeSnapshotsResponse]
-    """Native snapshots of a VM, or of every VM (empty vm_id)."""
+    """Native snapshots of a VM, or of every VM (empty vm_id).
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+    """
 
 class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
-    """A hypervisor agent."""
+    """A hypervisor agent.
+
+    Errors: canonical codes with google.rpc.Status details in the call's
+    trailers, as in vmsnap/driver/v1/driver.proto. Each RPC lists below, one per
+    line, a code, the ErrorInfo reason the vmsnap agents give it (a
+    vmsnap_sdk._proto.common.v1.ErrorReason; another agent may give the code's generic
+    reason, e.g. NOT_FOUND) and when. Besides those, every RPC can end with:
+      UNAVAILABLE          UNAVAILABLE           the hypervisor (or agent) cannot be reached
+      DEADLINE_EXCEEDED    -                     the host's deadline passed first
+      CANCELLED            -                     the host cancelled the call
+      UNKNOWN              -                     the outcome is unknown
+      INTERNAL             INTERNAL              a bug in the agent (its log has the details)
+      INTERNAL             QMP_ERROR             QEMU refused a command (the qemu agent)
+    """
 
     @_abc_1.abstractmethod
     def GetAgentInfo(
@@ -66,7 +163,9 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.GetAgentInfoRequest,
         context: _aio.ServicerContext[_hypervisor_pb2.GetAgentInfoRequest, _abc.Awaitable[_hypervisor_pb2.GetAgentInfoResponse]],
     ) -> _abc.Awaitable[_hypervisor_pb2.GetAgentInfoResponse]:
-        """Who the agent is and what it can do."""
+        """Who the agent is and what it can do.
+        Errors: only those every RPC can end with.
+        """
 
     @_abc_1.abstractmethod
     def DescribeVM(
@@ -74,7 +173,11 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.DescribeVMRequest,
         context: _aio.ServicerContext[_hypervisor_pb2.DescribeVMRequest, _abc.Awaitable[_hypervisor_pb2.DescribeVMResponse]],
     ) -> _abc.Awaitable[_hypervisor_pb2.DescribeVMResponse]:
-        """A VM, its state and its disks with their volume locators."""
+        """A VM, its state and its disks with their volume locators.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+          NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
+        """
 
     @_abc_1.abstractmethod
     def ListVMs(
@@ -82,7 +185,10 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.ListVMsRequest,
         context: _aio.ServicerContext[_hypervisor_pb2.ListVMsRequest, _abc.Awaitable[_hypervisor_pb2.ListVMsResponse]],
     ) -> _abc.Awaitable[_hypervisor_pb2.ListVMsResponse]:
-        """All VMs of this agent, paged."""
+        """All VMs of this agent, paged.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      page_size or page_token is wrong
+        """
 
     @_abc_1.abstractmethod
     def DefineVM(
@@ -90,7 +196,13 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.DefineVMRequest,
         context: _aio.ServicerContext[_hypervisor_pb2.DefineVMRequest, _abc.Awaitable[_hypervisor_pb2.DefineVMResponse]],
     ) -> _abc.Awaitable[_hypervisor_pb2.DefineVMResponse]:
-        """Define a VM (tests, demo and simple deployments)."""
+        """Define a VM (tests, demo and simple deployments). Idempotent: the same
+        definition again returns the VM.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          INVALID_ARGUMENT     INVALID_SPEC          the agent cannot run this definition
+          ALREADY_EXISTS       VM_ALREADY_EXISTS     this id with another definition
+        """
 
     @_abc_1.abstractmethod
     def UndefineVM(
@@ -98,7 +210,13 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.UndefineVMRequest,
         context: _aio.ServicerContext[_hypervisor_pb2.UndefineVMRequest, _abc.Awaitable[_hypervisor_pb2.UndefineVMResponse]],
     ) -> _abc.Awaitable[_hypervisor_pb2.UndefineVMResponse]:
-        """Remove a stopped VM's definition. Idempotent."""
+        """Remove a stopped VM's definition, and its native snapshots (its disks stay).
+        Idempotent: an unknown VM is OK.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+          FAILED_PRECONDITION  VM_NOT_STOPPED        the VM is not STOPPED
+          FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
+        """
 
     @_abc_1.abstractmethod
     def StartVM(
@@ -106,7 +224,14 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.StartVMRequest,
         context: _aio.ServicerContext[_hypervisor_pb2.StartVMRequest, _abc.Awaitable[_hypervisor_pb2.StartVMResponse]],
     ) -> _abc.Awaitable[_hypervisor_pb2.StartVMResponse]:
-        """Start a VM. Idempotent."""
+        """Start a VM. Idempotent.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+          NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
+          FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
+          FAILED_PRECONDITION  QEMU_MISSING          QEMU is not installed (the qemu agent)
+          FAILED_PRECONDITION  QEMU_START_FAILED     QEMU did not start (the qemu agent)
+        """
 
     @_abc_1.abstractmethod
     def StopVM(
@@ -114,7 +239,12 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.StopVMRequest,
         context: _aio.ServicerContext[_hypervisor_pb2.StopVMRequest, _abc.Awaitable[_hypervisor_pb2.StopVMResponse]],
     ) -> _abc.Awaitable[_hypervisor_pb2.StopVMResponse]:
-        """Stop a VM. Idempotent."""
+        """Stop a VM. Idempotent.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+          NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
+          FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
+        """
 
     @_abc_1.abstractmethod
     def Quiesce(
@@ -124,6 +254,15 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_hypervisor_pb2.QuiesceResponse]:
         """Freeze a VM for a consistent cut, under a lease: the agent thaws by itself
         when the lease runs out, so a freeze never outlives the host that asked.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      method unset, or lease out of its range
+          NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
+          FAILED_PRECONDITION  VM_NOT_RUNNING        a guest freeze needs the VM RUNNING
+          FAILED_PRECONDITION  GUEST_AGENT_UNAVAILABLE the guest agent does not answer
+                                                     (best_effort false)
+          FAILED_PRECONDITION  GUEST_AGENT_ERROR     the guest's freeze failed (best_effort false)
+          ABORTED              VM_FROZEN             another freeze holds the VM; retry later
+          UNIMPLEMENTED        UNIMPLEMENTED         the method is not offered (GetAgentInfo)
         """
 
     @_abc_1.abstractmethod
@@ -132,7 +271,11 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.RenewQuiesceRequest,
         context: _aio.ServicerContext[_hypervisor_pb2.RenewQuiesceRequest, _abc.Awaitable[_hypervisor_pb2.RenewQuiesceResponse]],
     ) -> _abc.Awaitable[_hypervisor_pb2.RenewQuiesceResponse]:
-        """Extend a quiesce lease."""
+        """Extend a quiesce lease.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      token missing, or lease out of its range
+          NOT_FOUND            QUIESCE_NOT_FOUND     no freeze has this token (it thawed)
+        """
 
     @_abc_1.abstractmethod
     def Unquiesce(
@@ -142,6 +285,8 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_hypervisor_pb2.UnquiesceResponse]:
         """Thaw. Idempotent: an unknown or already thawed token is OK. For the overlay
         method this commits the overlays back into the base images (the "collapse").
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      not exactly one of token and operation_id
         """
 
     @_abc_1.abstractmethod
@@ -152,6 +297,8 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_hypervisor_pb2.ListQuiescesResponse]:
         """The freezes in force (one VM's, or every VM's), with the operation that
         holds each: what a restarted host uses to find and thaw its freezes.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
         """
 
     @_abc_1.abstractmethod
@@ -160,7 +307,15 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.TakeNativeSnapshotRequest,
         context: _aio.ServicerContext[_hypervisor_pb2.TakeNativeSnapshotRequest, _abc.Awaitable[_hypervisor_pb2.TakeNativeSnapshotResponse]],
     ) -> _abc.Awaitable[_hypervisor_pb2.TakeNativeSnapshotResponse]:
-        """Take a hypervisor-native snapshot (the only kind that can include memory)."""
+        """Take a hypervisor-native snapshot (the only kind that can include memory).
+        Idempotent on snapshot_id.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
+          ALREADY_EXISTS       SNAPSHOT_CONFLICT     snapshot_id was used with other disks or memory
+          FAILED_PRECONDITION  VM_NOT_RUNNING        include_memory needs the VM RUNNING
+          FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
+        """
 
     @_abc_1.abstractmethod
     def RevertNativeSnapshot(
@@ -168,7 +323,14 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.RevertNativeSnapshotRequest,
         context: _aio.ServicerContext[_hypervisor_pb2.RevertNativeSnapshotRequest, _abc.Awaitable[_hypervisor_pb2.RevertNativeSnapshotResponse]],
     ) -> _abc.Awaitable[_hypervisor_pb2.RevertNativeSnapshotResponse]:
-        """Revert to a native snapshot."""
+        """Revert to a native snapshot.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          NOT_FOUND            SNAPSHOT_NOT_FOUND    the VM has no native snapshot of this id
+          FAILED_PRECONDITION  VM_NOT_STOPPED        a disk-only snapshot needs the VM STOPPED
+          FAILED_PRECONDITION  SNAPSHOT_DATA_MISSING the snapshot's saved data is gone
+          FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
+        """
 
     @_abc_1.abstractmethod
     def DeleteNativeSnapshot(
@@ -176,7 +338,10 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.DeleteNativeSnapshotRequest,
         context: _aio.ServicerContext[_hypervisor_pb2.DeleteNativeSnapshotRequest, _abc.Awaitable[_hypervisor_pb2.DeleteNativeSnapshotResponse]],
     ) -> _abc.Awaitable[_hypervisor_pb2.DeleteNativeSnapshotResponse]:
-        """Delete a native snapshot. Idempotent."""
+        """Delete a native snapshot. Idempotent: an unknown id is OK.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        """
 
     @_abc_1.abstractmethod
     def ListNativeSnapshots(
@@ -184,6 +349,9 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.ListNativeSnapshotsRequest,
         context: _aio.ServicerContext[_hypervisor_pb2.ListNativeSnapshotsRequest, _abc.Awaitable[_hypervisor_pb2.ListNativeSnapshotsResponse]],
     ) -> _abc.Awaitable[_hypervisor_pb2.ListNativeSnapshotsResponse]:
-        """Native snapshots of a VM, or of every VM (empty vm_id)."""
+        """Native snapshots of a VM, or of every VM (empty vm_id).
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+        """
 
 def add_HypervisorAgentServicer_to_server(servicer: HypervisorAgentServicer, server: _aio.Server) -> None: ...
