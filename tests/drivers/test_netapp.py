@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -53,6 +54,20 @@ async def _volumes(client: DriverClient, count: int) -> list[Volume]:
         v = await client.create_test_volume(_id(f"t{i}"), MIB)
         made.append(Volume(f"vd{chr(ord('a') + i)}", v.locator, v.size_bytes))
     return made
+
+
+async def test_the_fixtures_volume_is_a_valid_input_as_it_is(client: DriverClient) -> None:
+    """A test volume goes back into CanHandle and a take unchanged: its disk obeys
+    the disk-name rule (1..63 chars of [a-z0-9_-]) whatever the volume's name."""
+    made = await client.create_test_volume(_id("Data.Vol"), MIB)
+    assert re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", made.disk), made.disk
+    vm = VM(id=_id("vm"), state=VMState.STOPPED, volumes=(made,))
+    decisions = await client.can_handle(vm, vm.volumes, Operation.TAKE, {})
+    assert [d.priority for d in decisions] == [Priority.PLUGIN]
+    result = await client.take_snapshot(TakeRequest(_id(), vm, vm.volumes, quiesced=True, consistency=Consistency.FILESYSTEM))
+    assert [s.disk for s in result.volume_snapshots] == [made.disk]
+    await client.delete_snapshot(result.vm_snapshot_id, result)
+    await client.delete_test_volume(made.locator)
 
 
 async def test_identity_capabilities_and_probe(client: DriverClient) -> None:

@@ -8,6 +8,7 @@ its own tests (and a log line saying so), long before a host stores it.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -218,3 +219,44 @@ async def test_long_error_and_probe_messages_are_cut_before_they_are_sent(
     driver.probe_message = "p" * 5000
     probe = await client.probe()
     assert not probe.ready and len(probe.message) == limits.MAX_MESSAGE
+
+
+class FixtureDriver(ShapedDriver):
+    """A test-array driver whose fixture returns the volume the test shaped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.disk = "vda"
+
+    async def get_info(self) -> DriverInfo:
+        info = await super().get_info()
+        return replace(info, capabilities=info.capabilities | {Capability.CONFORMANCE_FIXTURE})
+
+    async def create_test_volume(self, name: str, size_bytes: int) -> Volume:
+        return Volume(self.disk, f"x://{name}", size_bytes)
+
+
+async def test_a_fixture_volume_that_is_no_valid_input_is_refused(sockdir: Path) -> None:
+    """A test volume must go back into the driver's RPCs as it is: a disk name that
+    breaks the disk-name rule (upper case, dots) is refused by the SDK."""
+    driver = FixtureDriver()
+    server = await start_driver_server(driver, f"unix://{sockdir}/f.sock", grace_seconds=0)
+    client = DriverClient.connect(f"unix://{sockdir}/f.sock", timeout=10)
+    try:
+        made = await client.create_test_volume("Data.Vol-1", 1 << 20)
+        assert made.disk == "vda"
+        driver.disk = "Data.Vol-1"
+        with pytest.raises(e.Internal) as caught:
+            await client.create_test_volume("Data.Vol-1", 1 << 20)
+        assert caught.value.reason == "ANSWER_INVALID"
+        assert "fixture_disk_name" in caught.value.message
+    finally:
+        await client.close()
+        await server.stop(0)
+
+
+def test_fixture_disk_name_obeys_the_disk_name_rule() -> None:
+    from vmsnap_sdk import fixture_disk_name
+
+    for name in ("Data.Vol-1", "A", "x" * 63, "9.a_B-c"):
+        assert re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", fixture_disk_name(name)), name

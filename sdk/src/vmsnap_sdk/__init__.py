@@ -44,7 +44,7 @@ from vmsnap_sdk._types import (
     VolumeSnapshot,
 )
 from vmsnap_sdk.agent import HypervisorAgent
-from vmsnap_sdk.driver import StorageDriver
+from vmsnap_sdk.driver import StorageDriver, fixture_disk_name
 from vmsnap_sdk.serve import (
     run_agent,
     run_driver,
@@ -96,6 +96,7 @@ __all__ = [
     "VolumeSnapshot",
     "configure_logging",
     "current_call",
+    "fixture_disk_name",
     "open_channel",
     "run_agent",
     "run_driver",

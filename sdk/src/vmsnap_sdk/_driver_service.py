@@ -21,7 +21,7 @@ from vmsnap_sdk._errors import Internal, InvalidArgument
 from vmsnap_sdk._proto.driver.v1 import driver_pb2, driver_pb2_grpc
 from vmsnap_sdk._reasons import Reason
 from vmsnap_sdk._server import invoke
-from vmsnap_sdk._types import Consistency, Operation, Page, RevertRequest, TakeRequest
+from vmsnap_sdk._types import Consistency, Operation, Page, RevertRequest, TakeRequest, Volume
 from vmsnap_sdk.driver import StorageDriver
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -42,6 +42,23 @@ def _within_limits(method: str, problem: str | None) -> None:
         "(vmsnap_sdk.limits); the SDK refused to send it",
         reason=Reason.ANSWER_OVER_LIMITS,
     )
+
+
+def _valid_input(method: str, volume: Volume) -> None:
+    """Refuse a test volume its caller could not pass back (DefineVM, CanHandle,
+    TakeVMSnapshot validate it): the fixture exists to make valid inputs."""
+    try:
+        val.require_volumes("volume", [volume])
+    except InvalidArgument as exc:
+        log.error(
+            "the driver's answer is not a valid input; refused",
+            extra={"fields": {"method": method, "problem": exc.message}},
+        )
+        raise Internal(
+            f"the driver's {method} answer is not a valid input: {exc.message} (make the "
+            "disk with vmsnap_sdk.fixture_disk_name(name)); the SDK refused to send it",
+            reason=Reason.ANSWER_INVALID,
+        ) from None
 
 
 class DriverServicer(driver_pb2_grpc.StorageDriverServicer):
@@ -202,6 +219,7 @@ class FixtureServicer(driver_pb2_grpc.ConformanceFixtureServicer):
                 raise InvalidArgument.for_field("name", "must be 1..63 chars of [A-Za-z0-9._-]")
             val.require_range("size_bytes", request.size_bytes, _MIB, 1024 * _MIB)
             volume = await self._driver.create_test_volume(request.name, request.size_bytes)
+            _valid_input("CreateTestVolume", volume)
             return driver_pb2.CreateTestVolumeResponse(volume=cv.volume_to_pb(volume))
 
         return await invoke(context, "CreateTestVolume", run)

@@ -84,6 +84,7 @@ class Reason(enum.StrEnum):
     QEMU_MISSING = "QEMU_MISSING"
     QEMU_START_FAILED = "QEMU_START_FAILED"
     QEMU_AGENT_ERROR = "QEMU_AGENT_ERROR"
+    ANSWER_INVALID = "ANSWER_INVALID"
 
 
 __all__ = ["Reason"]

@@ -32,6 +32,17 @@ from vmsnap_sdk._types import (
 )
 
 
+def fixture_disk_name(name: str) -> str:
+    """The disk name of a test volume named ``name``: lower case, dots as dashes.
+
+    A test volume's name (CreateTestVolumeRequest.name, 1..63 chars of
+    [A-Za-z0-9._-] starting with a letter or digit) may break the disk-name rule
+    of ``Volume.disk`` (1..63 chars of [a-z0-9_-] starting with a letter or
+    digit); this one obeys it, so the volume a fixture returns can be used as it is.
+    """
+    return name.lower().replace(".", "-")
+
+
 class StorageDriver(abc.ABC):
     """Base class of a storage driver. Every mutating call is idempotent on its id."""
 
@@ -79,7 +90,10 @@ class StorageDriver(abc.ABC):
     # --- ConformanceFixture (test arrays only; CAPABILITY_CONFORMANCE_FIXTURE) ------
 
     async def create_test_volume(self, name: str, size_bytes: int) -> Volume:
-        """Create a volume this driver claims."""
+        """Create a volume this driver claims; return it as a valid input of every
+        RPC: its ``disk`` obeys the disk-name rule (:func:`fixture_disk_name`
+        makes one from ``name``), else the SDK refuses the answer (INTERNAL,
+        ANSWER_INVALID)."""
         raise Unimplemented("the ConformanceFixture service is not offered")
 
     async def delete_test_volume(self, locator: str) -> None:

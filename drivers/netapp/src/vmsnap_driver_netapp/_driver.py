@@ -55,6 +55,7 @@ from vmsnap_sdk import (
     Volume,
     VolumeDecision,
     VolumeSnapshot,
+    fixture_disk_name,
 )
 from vmsnap_sdk.errors import (
     AlreadyExists,
@@ -360,7 +361,7 @@ class NetAppDriver(StorageDriver):
         fixture = self._fixture_or_raise()
         svm = (await self.svms())[0]
         disk = await fixture.create_file(self.array, svm, name, size_bytes)
-        return Volume(disk=name, locator=disk.locator, size_bytes=size_bytes)
+        return Volume(disk=fixture_disk_name(name), locator=disk.locator, size_bytes=size_bytes)
 
     async def delete_test_volume(self, locator: str) -> None:
         fixture = self._fixture_or_raise()

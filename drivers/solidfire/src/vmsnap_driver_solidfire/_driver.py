@@ -43,6 +43,7 @@ from vmsnap_sdk import (
     Volume,
     VolumeDecision,
     VolumeSnapshot,
+    fixture_disk_name,
 )
 from vmsnap_sdk.errors import (
     AlreadyExists,
@@ -332,7 +333,7 @@ class SolidFireDriver(StorageDriver):
         fixture = self._fixture_or_raise()
         cluster = await self.cluster()
         volume_id, size = await fixture.create_volume(self.array, name, size_bytes)
-        return Volume(disk=name, locator=locator(cluster, volume_id), size_bytes=size)
+        return Volume(disk=fixture_disk_name(name), locator=locator(cluster, volume_id), size_bytes=size)
 
     async def delete_test_volume(self, locator: str) -> None:
         fixture = self._fixture_or_raise()

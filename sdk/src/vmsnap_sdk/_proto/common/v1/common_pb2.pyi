@@ -265,6 +265,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION: QEMU did not start."""
     QEMU_AGENT_ERROR: _ErrorReason.ValueType  # 65
     """UNAVAILABLE: the QEMU agent failed in a way it has no other reason for."""
+    ANSWER_INVALID: _ErrorReason.ValueType  # 66
+    """INTERNAL: a driver's answer holds a value its caller could not send back as
+    input (e.g. a test volume whose disk breaks the disk-name rule); the SDK
+    refused to send it.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call or an operation failed: the `reason` of the google.rpc.ErrorInfo
@@ -472,6 +477,11 @@ QEMU_START_FAILED: ErrorReason.ValueType  # 64
 """FAILED_PRECONDITION: QEMU did not start."""
 QEMU_AGENT_ERROR: ErrorReason.ValueType  # 65
 """UNAVAILABLE: the QEMU agent failed in a way it has no other reason for."""
+ANSWER_INVALID: ErrorReason.ValueType  # 66
+"""INTERNAL: a driver's answer holds a value its caller could not send back as
+input (e.g. a test volume whose disk breaks the disk-name rule); the SDK
+refused to send it.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -486,16 +496,18 @@ class Volume(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     NATIVE_SNAPSHOT_FIELD_NUMBER: _builtins.int
     disk: _builtins.str
-    """Name of the disk inside the VM, unique per VM (e.g. "vda"). 1..63 chars of
-    [a-z0-9_-]. Per-volume answers of a driver are keyed by this name.
+    """Required: the name of the disk inside the VM (e.g. "vda"), unique within the
+    VM: 1..63 chars of [a-z0-9_-], starting with a letter or digit (the pattern
+    ^[a-z0-9][a-z0-9_-]{0,62}$). Per-volume answers of a driver are keyed by it.
     """
     locator: _builtins.str
-    """Where the disk lives, as a URI whose scheme names the storage:
+    """Required: where the disk lives, as a URI whose scheme names the storage:
     "ontap://<svm>/<volume>/<path>", "element://<cluster>/<volumeID>",
-    "file:///abs/path.qcow2" (local, hypervisor-only). At most 1024 chars.
+    "file:///abs/path.qcow2" (local, hypervisor-only). 1..1024 chars of the form
+    SCHEME://REST (both non-empty), no control characters.
     """
     size_bytes: _builtins.int
-    """Size of the disk in bytes, when known (0 = unknown)."""
+    """Size of the disk in bytes, when known (0 = unknown); never negative."""
     format: _builtins.str
     """Image format the hypervisor uses for this disk: "raw" or "qcow2"."""
     native_snapshot: _builtins.bool
@@ -536,18 +548,22 @@ class VM(_message.Message):
     MEMORY_MIB_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Stable id of the VM, unique within its agent (1..128 chars of [A-Za-z0-9._-])."""
+    """Required: stable id of the VM, unique within its agent: 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit."""
     name: _builtins.str
-    """Human-readable name (free text, at most 255 chars)."""
+    """Optional human-readable name: free text, at most 255 chars, no control
+    characters. (The sim and qemu agents read settings from words in it.)
+    """
     state: Global___VMState.ValueType
     """Current state."""
     memory_mib: _builtins.int
-    """Memory size in MiB."""
+    """Memory size in MiB: 0 .. 4194304."""
     agent: _builtins.str
     """Name of the hypervisor agent that runs this VM (set by the host)."""
     @_builtins.property
     def volumes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Volume]:
-        """Its disks, in the hypervisor's order."""
+        """Its disks, in the hypervisor's order: 1..256 where a request carries a VM
+        to define or snapshot, each disk name once.
+        """
 
     def __init__(
         self,

@@ -375,18 +375,22 @@ class CanHandleRequest(_message.Message):
     OPERATION_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     operation: Global___Operation.ValueType
-    """Which operation the answer is for."""
+    """Required: which operation the answer is for (UNSPECIFIED is INVALID_ARGUMENT)."""
     @_builtins.property
     def vm(self) -> _common_pb2.VM:
         """The VM the volumes belong to."""
 
     @_builtins.property
     def volumes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Volume]:
-        """The volumes asked about (1..256). Each disk name once."""
+        """The volumes asked about: 1..256, each disk name once (vmsnap_sdk._proto.common.v1.Volume
+        states each field's rule).
+        """
 
     @_builtins.property
     def options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Request options (e.g. "include_memory": "true"), at most 64 entries."""
+        """Request options (e.g. "include_memory": "true"): at most 64 entries, keys
+        1..256 chars, values at most 4096 chars.
+        """
 
     def __init__(
         self,
@@ -621,7 +625,7 @@ class TakeVMSnapshotRequest(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     VM_SNAPSHOT_NAME_FIELD_NUMBER: _builtins.int
     vm_snapshot_id: _builtins.str
-    """The host's id of the VM snapshot (1..128 chars of [A-Za-z0-9._-]). The
+    """Required: the host's id of the VM snapshot (1..128 chars of [A-Za-z0-9._-], starting with a letter or digit). The
     driver tags what it creates with it: a retry returns the same result.
     """
     quiesced: _builtins.bool
@@ -632,15 +636,17 @@ class TakeVMSnapshotRequest(_message.Message):
     """Human name of the VM snapshot, for tags on the array (at most 255 chars)."""
     @_builtins.property
     def vm(self) -> _common_pb2.VM:
-        """The VM."""
+        """Required: the VM (vm.id is required)."""
 
     @_builtins.property
     def volumes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Volume]:
-        """The volumes this driver was given by the plan (1..256)."""
+        """The volumes this driver was given by the plan: 1..256, each disk name once."""
 
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Driver-specific parameters from the request, at most 64 entries."""
+        """Driver-specific parameters from the request: at most 64 entries, keys
+        1..256 chars, values at most 4096 chars.
+        """
 
     def __init__(
         self,
@@ -693,7 +699,7 @@ class GetVMSnapshotRequest(_message.Message):
 
     VM_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
     vm_snapshot_id: _builtins.str
-    """The host's id."""
+    """Required: the host's id (as in TakeVMSnapshotRequest)."""
     def __init__(
         self,
         *,
@@ -743,11 +749,13 @@ class RevertVMSnapshotRequest(_message.Message):
     SAVE_CURRENT_STATE_FIELD_NUMBER: _builtins.int
     UNDO_VM_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
     vm_snapshot_id: _builtins.str
-    """The host's id of the snapshot to revert to."""
+    """Required: the host's id of the snapshot to revert to."""
     save_current_state: _builtins.bool
     """Keep the current state as an undo snapshot first (CAPABILITY_REVERT_UNDO)."""
     undo_vm_snapshot_id: _builtins.str
-    """Id for the undo snapshot, given by the host, when save_current_state."""
+    """Id for the undo snapshot, given by the host: required when
+    save_current_state (an id, as vm_snapshot_id), else ignored.
+    """
     @_builtins.property
     def snapshot(self) -> Global___VMSnapshotResult:
         """What the take returned (handles, group handle, metadata)."""
@@ -810,8 +818,8 @@ class DeleteVMSnapshotRequest(_message.Message):
     VM_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     vm_snapshot_id: _builtins.str
-    """The host's id. Enough alone: after a failed take the host may have no
-    handles, and the driver finds what it created by its tags.
+    """Required: the host's id. Enough alone: after a failed take the host may have
+    no handles, and the driver finds what it created by its tags.
     """
     @_builtins.property
     def snapshot(self) -> Global___VMSnapshotResult:
@@ -858,11 +866,11 @@ class ListVMSnapshotsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     VM_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Most results per page (1..1000; 0 = driver default of 100)."""
+    """Most results per page: 0..1000 (0 = the driver's default, 100)."""
     page_token: _builtins.str
-    """Token from a previous response; empty for the first page."""
+    """Token from a previous response (at most 1024 chars); empty for the first page."""
     vm_id: _builtins.str
-    """Only snapshots of this VM, when set."""
+    """Optional: only snapshots of this VM (an id)."""
     def __init__(
         self,
         *,
@@ -915,9 +923,11 @@ class CreateTestVolumeRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Name of the volume (1..63 chars of [A-Za-z0-9_-])."""
+    """Required: name of the volume, 1..63 chars of [A-Za-z0-9._-] starting with a
+    letter or digit.
+    """
     size_bytes: _builtins.int
-    """Size in bytes (1 MiB .. 1 GiB)."""
+    """Size in bytes: 1 MiB .. 1 GiB."""
     def __init__(
         self,
         *,
@@ -941,7 +951,11 @@ class CreateTestVolumeResponse(_message.Message):
     VOLUME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def volume(self) -> _common_pb2.Volume:
-        """The volume, with a locator this driver claims at PRIORITY_PLUGIN or above."""
+        """The volume, with a locator this driver claims at PRIORITY_PLUGIN or above,
+        valid as it is as input of every RPC: its disk obeys the disk-name rule
+        (the name lower-cased, dots as dashes; vmsnap_sdk.fixture_disk_name), so a
+        test can put it into a VM unchanged.
+        """
 
     def __init__(
         self,
@@ -964,7 +978,7 @@ class DeleteTestVolumeRequest(_message.Message):
 
     LOCATOR_FIELD_NUMBER: _builtins.int
     locator: _builtins.str
-    """Locator of the volume."""
+    """Required: locator of the volume (as CreateTestVolume returned it)."""
     def __init__(
         self,
         *,
@@ -1005,11 +1019,11 @@ class WriteVolumeRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     locator: _builtins.str
-    """Locator of the volume."""
+    """Required: locator of the volume (as CreateTestVolume returned it)."""
     offset: _builtins.int
-    """Byte offset."""
+    """Byte offset: 0 .. 2^50."""
     data: _builtins.bytes
-    """Bytes to write (at most 4 MiB)."""
+    """Bytes to write: 1 B .. 4 MiB."""
     def __init__(
         self,
         *,
@@ -1052,11 +1066,11 @@ class ReadVolumeRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
     locator: _builtins.str
-    """Locator of the volume."""
+    """Required: locator of the volume (as CreateTestVolume returned it)."""
     offset: _builtins.int
-    """Byte offset."""
+    """Byte offset: 0 .. 2^50."""
     length: _builtins.int
-    """Bytes to read (at most 4 MiB)."""
+    """Bytes to read: 1 B .. 4 MiB."""
     def __init__(
         self,
         *,

@@ -528,6 +528,7 @@ class ConformanceFixtureServicer:
         INVALID_ARGUMENT     INVALID_ARGUMENT      name or size_bytes breaks its rule
         RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space on the test array
         UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CONFORMANCE_FIXTURE)
+        INTERNAL             ANSWER_INVALID        the volume is no valid input (SDK)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -279,6 +279,7 @@ class ConformanceFixtureStub:
       INVALID_ARGUMENT     INVALID_ARGUMENT      name or size_bytes breaks its rule
       RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space on the test array
       UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CONFORMANCE_FIXTURE)
+      INTERNAL             ANSWER_INVALID        the volume is no valid input (SDK)
     """
     DeleteTestVolume: _aio.UnaryUnaryMultiCallable[_driver_pb2.DeleteTestVolumeRequest, _driver_pb2.DeleteTestVolumeResponse]
     """Delete a test volume. Idempotent.
@@ -319,6 +320,7 @@ class ConformanceFixtureServicer(metaclass=_abc_1.ABCMeta):
           INVALID_ARGUMENT     INVALID_ARGUMENT      name or size_bytes breaks its rule
           RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space on the test array
           UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CONFORMANCE_FIXTURE)
+          INTERNAL             ANSWER_INVALID        the volume is no valid input (SDK)
         """
 
     @_abc_1.abstractmethod

@@ -6,6 +6,12 @@ the `vmsnap` CLI) creates, reverts and deletes VM snapshots here; long work
 is an Operation resource to get or wait on (the AIP long-running pattern).
 Every mutating call carries a client request_id: a retry with the same id
 returns the same Operation and does the work once.
+
+Field rules. Each field says whether it is required and its bounds; a request
+that breaks one fails with INVALID_ARGUMENT and a BadRequest naming the field.
+Ids (request_id, vm_id, snapshot and operation ids) are 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit. Text is counted in characters and
+must not contain control characters. Page sizes are 0..1000 (0 = 100); a
+page_token is one a previous page returned (or empty for the first page).
 """
 
 from collections import abc as _abc
@@ -489,20 +495,36 @@ class CreateVMSnapshotRequest(_message.Message):
     QUIESCE_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Client id for safe retries (1..128 chars); the same id returns the same operation."""
+    """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; the client makes it
+    unique per request (e.g. a UUID). Retries: the same request_id with the
+    same vm_id and name returns the operation of the first request, whatever
+    it became (running, done, failed), and takes nothing again; the first
+    request's other fields win. Used for another request (another type, VM or
+    name): ALREADY_EXISTS, REQUEST_ID_REUSED. Request ids are kept as long as
+    the host keeps the operation (its catalog): a failed take is taken again
+    with a new request_id.
+    """
     vm_id: _builtins.str
-    """VM id."""
+    """Required; the VM's id (1..128 chars of [A-Za-z0-9._-], starting with a letter or digit), as its
+    agent knows it (ListVMs).
+    """
     name: _builtins.str
-    """Name, unique per VM (1..255 chars)."""
+    """Required; 1..255 chars; unique among the VM's live snapshots (those not
+    REMOVED or in ERROR), else ALREADY_EXISTS, NAME_IN_USE.
+    """
     description: _builtins.str
-    """Free text (at most 1024 chars)."""
+    """Optional free text, at most 1024 chars."""
     include_memory: _builtins.bool
-    """Include memory: hypervisor strategy only, VM must be RUNNING."""
+    """Include the VM's memory: hypervisor strategy only (every disk on it), the VM
+    must be RUNNING.
+    """
     quiesce: Global___QuiescePolicy.ValueType
-    """Guest quiesce policy (default BEST_EFFORT)."""
+    """Guest quiesce policy; unset is BEST_EFFORT."""
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Parameters passed to the drivers (at most 64 entries)."""
+        """Optional parameters passed to the drivers: at most 64 entries, keys 1..256
+        chars, values at most 4096 chars.
+        """
 
     def __init__(
         self,
@@ -555,7 +577,7 @@ class GetVMSnapshotRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Snapshot id."""
+    """Required; the VM snapshot's id (VMSnapshot.id; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit)."""
     def __init__(
         self,
         *,
@@ -604,11 +626,13 @@ class ListVMSnapshotsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     SHOW_REMOVED_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """Only this VM, when set."""
+    """Optional: only this VM's snapshots (an id; an unknown VM has none)."""
     page_size: _builtins.int
-    """Most per page (0 = 100, at most 1000)."""
+    """Most per page: 0..1000, 0 = 100."""
     page_token: _builtins.str
-    """Token from the previous page."""
+    """Empty for the first page, else next_page_token of the previous page
+    (another value is INVALID_ARGUMENT).
+    """
     show_removed: _builtins.bool
     """Include REMOVED snapshots."""
     def __init__(
@@ -665,11 +689,20 @@ class RevertVMSnapshotRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     STOP_VM_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Client id for safe retries."""
+    """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; unique per request.
+    Retries: the same request_id with the same snapshot id returns the first
+    revert's operation and reverts nothing again, even if the VM changed since;
+    to revert to the same snapshot again later, use a new request_id. Used for
+    another request (another type or snapshot): ALREADY_EXISTS,
+    REQUEST_ID_REUSED.
+    """
     id: _builtins.str
-    """Snapshot id."""
+    """Required; the id of the READY snapshot to revert to."""
     stop_vm: _builtins.bool
-    """Stop a running VM first (a disk-only revert needs the VM STOPPED)."""
+    """Stop a running VM first (a disk-only revert needs the VM STOPPED; without
+    it, a VM that is not STOPPED is FAILED_PRECONDITION, VM_NOT_STOPPED). A
+    memory snapshot reverts the VM to RUNNING whatever this says.
+    """
     def __init__(
         self,
         *,
@@ -718,9 +751,17 @@ class DeleteVMSnapshotRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Client id for safe retries."""
+    """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; unique per request.
+    Retries: the same request_id with the same snapshot id returns the first
+    delete's operation. A new request_id for a snapshot already REMOVED is fine
+    too (an operation that is done at once): delete is idempotent either way.
+    Used for another request (another type or snapshot): ALREADY_EXISTS,
+    REQUEST_ID_REUSED.
+    """
     id: _builtins.str
-    """Snapshot id."""
+    """Required; the id of the snapshot to delete (READY or ERROR; one whose take
+    or revert still runs is FAILED_PRECONDITION, SNAPSHOT_BUSY).
+    """
     def __init__(
         self,
         *,
@@ -767,7 +808,7 @@ class GetOperationRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Operation id."""
+    """Required; the operation's id (Operation.id)."""
     def __init__(
         self,
         *,
@@ -814,10 +855,15 @@ class WaitOperationRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Operation id."""
+    """Required; the operation's id (Operation.id)."""
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
-        """Longest wait (default 30 s, at most 10 min; bounded by the call's deadline)."""
+        """Longest wait: 0 .. 600 s; unset = 30 s; 0 returns at once. The call's
+        deadline bounds it too: the host answers about 0.2 s before the deadline
+        with the operation as it stands. So give the call a deadline longer than
+        this (e.g. timeout + 5 s); a shorter one makes the wait that short, and no
+        deadline at all lets the timeout alone decide.
+        """
 
     def __init__(
         self,
@@ -868,11 +914,11 @@ class ListOperationsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     ONLY_RUNNING_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """Only this VM, when set."""
+    """Optional: only this VM's operations (an id)."""
     page_size: _builtins.int
-    """Most per page (0 = 100, at most 1000)."""
+    """Most per page: 0..1000, 0 = 100."""
     page_token: _builtins.str
-    """Token from the previous page."""
+    """Empty for the first page, else next_page_token of the previous page."""
     only_running: _builtins.bool
     """Only operations not done."""
     def __init__(
@@ -930,13 +976,21 @@ class TlsConfig(_message.Message):
     KEY_FILE_FIELD_NUMBER: _builtins.int
     SERVER_NAME_FIELD_NUMBER: _builtins.int
     ca_file: _builtins.str
-    """PEM of the CA that signed the peer's certificate (a path on the host)."""
+    """Optional: PEM of the CA that signed the peer's certificate, as a path to a
+    readable file on the host's machine (unset: the system's CAs).
+    """
     cert_file: _builtins.str
-    """PEM client certificate for mutual TLS (a path on the host)."""
+    """Optional: PEM client certificate for mutual TLS (a path on the host's
+    machine); set together with key_file, or neither.
+    """
     key_file: _builtins.str
-    """PEM client key for mutual TLS (a path on the host; never its content)."""
+    """Optional: PEM client key for mutual TLS (a path on the host's machine; never
+    its content); set together with cert_file, or neither.
+    """
     server_name: _builtins.str
-    """Expected server name, when it differs from the address."""
+    """Optional: the name the peer's certificate must carry, when it differs from
+    the address.
+    """
     def __init__(
         self,
         *,
@@ -1050,12 +1104,14 @@ class RegisterDriverRequest(_message.Message):
     ORDER_FIELD_NUMBER: _builtins.int
     TLS_FIELD_NUMBER: _builtins.int
     address: _builtins.str
-    """Address to reach it."""
+    """Required: where the host reaches the driver, in gRPC syntax:
+    "unix:///abs/path.sock" or "HOST:PORT".
+    """
     order: _builtins.int
-    """Tie-break order (lower wins ties)."""
+    """Tie-break among drivers of equal priority: lower wins (then the name)."""
     @_builtins.property
     def tls(self) -> Global___TlsConfig:
-        """TLS, when the driver serves TLS."""
+        """Set when the driver serves TLS; unset: plaintext (unix sockets, loopback)."""
 
     def __init__(
         self,
@@ -1145,7 +1201,7 @@ class RemoveDriverRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Driver name."""
+    """Required; the driver's name (Driver.name), 1..128 chars."""
     def __init__(
         self,
         *,
@@ -1250,10 +1306,12 @@ class RegisterAgentRequest(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     TLS_FIELD_NUMBER: _builtins.int
     address: _builtins.str
-    """Address to reach it."""
+    """Required: where the host reaches the agent, in gRPC syntax:
+    "unix:///abs/path.sock" or "HOST:PORT".
+    """
     @_builtins.property
     def tls(self) -> Global___TlsConfig:
-        """TLS, when the agent serves TLS."""
+        """Set when the agent serves TLS; unset: plaintext (unix sockets, loopback)."""
 
     def __init__(
         self,
@@ -1342,7 +1400,7 @@ class RemoveAgentRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Agent name."""
+    """Required; the agent's name (Agent.name), 1..128 chars."""
     def __init__(
         self,
         *,
@@ -1382,10 +1440,15 @@ class DefineVMRequest(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     VM_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
-    """Agent to define it on (may be empty when only one agent is registered)."""
+    """The agent to define it on (Agent.name); required when more than one agent
+    is registered, may be empty when exactly one is.
+    """
     @_builtins.property
     def vm(self) -> _common_pb2.VM:
-        """The VM."""
+        """Required: the VM. vm.id is required (an id); vm.volumes holds 1..256 disks,
+        each with the rules of vmsnap_sdk._proto.common.v1.Volume (disk names unique within
+        the VM). State is ignored: a defined VM is STOPPED.
+        """
 
     def __init__(
         self,
@@ -1433,7 +1496,7 @@ class GetVMRequest(_message.Message):
 
     VM_ID_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """VM id."""
+    """Required; the VM's id."""
     def __init__(
         self,
         *,
@@ -1520,7 +1583,7 @@ class StartVMRequest(_message.Message):
 
     VM_ID_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """VM id."""
+    """Required; the VM's id."""
     def __init__(
         self,
         *,
@@ -1567,9 +1630,9 @@ class StopVMRequest(_message.Message):
     VM_ID_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """VM id."""
+    """Required; the VM's id."""
     force: _builtins.bool
-    """Power off at once."""
+    """Power off at once instead of a clean shutdown."""
     def __init__(
         self,
         *,
@@ -1667,9 +1730,9 @@ class ListFindingsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Most per page (0 = 100, at most 1000)."""
+    """Most per page: 0..1000, 0 = 100."""
     page_token: _builtins.str
-    """Token from the previous page."""
+    """Empty for the first page, else next_page_token of the previous page."""
     def __init__(
         self,
         *,

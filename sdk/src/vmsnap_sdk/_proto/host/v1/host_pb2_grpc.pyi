@@ -6,6 +6,12 @@ the `vmsnap` CLI) creates, reverts and deletes VM snapshots here; long work
 is an Operation resource to get or wait on (the AIP long-running pattern).
 Every mutating call carries a client request_id: a retry with the same id
 returns the same Operation and does the work once.
+
+Field rules. Each field says whether it is required and its bounds; a request
+that breaks one fails with INVALID_ARGUMENT and a BadRequest naming the field.
+Ids (request_id, vm_id, snapshot and operation ids) are 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit. Text is counted in characters and
+must not contain control characters. Page sizes are 0..1000 (0 = 100); a
+page_token is one a previous page returned (or empty for the first page).
 """
 
 from collections import abc as _abc

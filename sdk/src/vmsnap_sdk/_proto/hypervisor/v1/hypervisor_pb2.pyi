@@ -129,7 +129,7 @@ class DescribeVMRequest(_message.Message):
 
     VM_ID_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """VM id."""
+    """Required: the VM's id (1..128 chars of [A-Za-z0-9._-], starting with a letter or digit)."""
     def __init__(
         self,
         *,
@@ -176,9 +176,9 @@ class ListVMsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Most per page (0 = 100, at most 1000)."""
+    """Most per page: 0..1000, 0 = 100."""
     page_token: _builtins.str
-    """Token from a previous page."""
+    """Token from a previous page (at most 1024 chars); empty for the first page."""
     def __init__(
         self,
         *,
@@ -230,7 +230,10 @@ class DefineVMRequest(_message.Message):
     VM_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def vm(self) -> _common_pb2.VM:
-        """The VM: id, name, memory and disks with locators. State is ignored (STOPPED)."""
+        """Required: the VM: id (required), name, memory and 1..256 disks with
+        locators (vmsnap_sdk._proto.common.v1 states each field's rule). State is ignored
+        (a defined VM is STOPPED).
+        """
 
     def __init__(
         self,
@@ -277,7 +280,7 @@ class UndefineVMRequest(_message.Message):
 
     VM_ID_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """VM id."""
+    """Required: the VM's id."""
     def __init__(
         self,
         *,
@@ -316,7 +319,7 @@ class StartVMRequest(_message.Message):
 
     VM_ID_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """VM id."""
+    """Required: the VM's id."""
     def __init__(
         self,
         *,
@@ -363,7 +366,7 @@ class StopVMRequest(_message.Message):
     VM_ID_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """VM id."""
+    """Required: the VM's id."""
     force: _builtins.bool
     """Power off at once instead of a clean shutdown."""
     def __init__(
@@ -416,21 +419,21 @@ class QuiesceRequest(_message.Message):
     BEST_EFFORT_FIELD_NUMBER: _builtins.int
     OPERATION_ID_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """VM id."""
+    """Required: the VM's id."""
     method: Global___QuiesceMethod.ValueType
-    """How to freeze."""
+    """Required: how to freeze (UNSPECIFIED is INVALID_ARGUMENT)."""
     best_effort: _builtins.bool
     """When a guest freeze fails: false → fail with FAILED_PRECONDITION (reason
     GUEST_AGENT_UNAVAILABLE); true → go on with what is possible (the overlay
     of GUEST_FREEZE_AND_OVERLAY, or nothing) and report the consistency achieved.
     """
     operation_id: _builtins.str
-    """The caller's operation id, recorded with the freeze (across agent restarts):
-    ListQuiesces shows it and Unquiesce can thaw by it.
+    """Optional: the caller's operation id (1..128 chars of [A-Za-z0-9._-], starting with a letter or digit), recorded with the freeze
+    (across agent restarts): ListQuiesces shows it and Unquiesce can thaw by it.
     """
     @_builtins.property
     def lease(self) -> _duration_pb2.Duration:
-        """How long the freeze may last without a renewal (100 ms .. 10 min)."""
+        """Required: how long the freeze may last without a renewal, 100 ms .. 10 min."""
 
     def __init__(
         self,
@@ -498,10 +501,10 @@ class RenewQuiesceRequest(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
     token: _builtins.str
-    """Token from Quiesce."""
+    """Required: the token from Quiesce (1..256 chars)."""
     @_builtins.property
     def lease(self) -> _duration_pb2.Duration:
-        """New lease from now."""
+        """Required: the new lease from now, 100 ms .. 10 min."""
 
     def __init__(
         self,
@@ -550,7 +553,7 @@ class UnquiesceRequest(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     OPERATION_ID_FIELD_NUMBER: _builtins.int
     token: _builtins.str
-    """Token from Quiesce."""
+    """The token from Quiesce (1..256 chars)."""
     operation_id: _builtins.str
     """Thaw every freeze held by this operation (the operation_id of its Quiesce),
     when the token is not known, e.g. to a host that crashed before it recorded
@@ -606,7 +609,7 @@ class ListQuiescesRequest(_message.Message):
 
     VM_ID_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """VM id; empty = all VMs (an unknown VM has none: an empty list, not NOT_FOUND)."""
+    """Optional VM id; empty = all VMs (an unknown VM has none: an empty list, not NOT_FOUND)."""
     def __init__(
         self,
         *,
@@ -750,14 +753,16 @@ class TakeNativeSnapshotRequest(_message.Message):
     DISKS_FIELD_NUMBER: _builtins.int
     INCLUDE_MEMORY_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """VM id."""
+    """Required: the VM's id."""
     snapshot_id: _builtins.str
-    """The host's id; idempotent on it."""
+    """Required: the host's id (1..128 chars of [A-Za-z0-9._-], starting with a letter or digit); idempotent on it."""
     include_memory: _builtins.bool
     """Include memory (needs a RUNNING VM)."""
     @_builtins.property
     def disks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Disks to include (empty = all)."""
+        """Disk names to include (empty = all), each a disk name of the VM
+        (vmsnap_sdk._proto.common.v1.Volume.disk's rule).
+        """
 
     def __init__(
         self,
@@ -808,9 +813,9 @@ class RevertNativeSnapshotRequest(_message.Message):
     VM_ID_FIELD_NUMBER: _builtins.int
     SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """VM id."""
+    """Required: the VM's id."""
     snapshot_id: _builtins.str
-    """Snapshot id."""
+    """Required: the native snapshot's id."""
     def __init__(
         self,
         *,
@@ -858,9 +863,9 @@ class DeleteNativeSnapshotRequest(_message.Message):
     VM_ID_FIELD_NUMBER: _builtins.int
     SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """VM id."""
+    """Required: the VM's id."""
     snapshot_id: _builtins.str
-    """Snapshot id."""
+    """Required: the native snapshot's id."""
     def __init__(
         self,
         *,
@@ -900,7 +905,7 @@ class ListNativeSnapshotsRequest(_message.Message):
 
     VM_ID_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """VM id; empty = all VMs."""
+    """Optional VM id; empty = all VMs."""
     def __init__(
         self,
         *,

@@ -247,6 +247,7 @@ class HypervisorAgentServicer:
         method this commits the overlays back into the base images (the "collapse").
         Errors:
         INVALID_ARGUMENT     INVALID_ARGUMENT      not exactly one of token and operation_id
+        UNIMPLEMENTED        UNIMPLEMENTED         this agent cannot thaw by operation_id
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -104,6 +104,7 @@ class HypervisorAgentStub:
     method this commits the overlays back into the base images (the "collapse").
     Errors:
       INVALID_ARGUMENT     INVALID_ARGUMENT      not exactly one of token and operation_id
+      UNIMPLEMENTED        UNIMPLEMENTED         this agent cannot thaw by operation_id
     """
     ListQuiesces: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.ListQuiescesRequest, _hypervisor_pb2.ListQuiescesResponse]
     """The freezes in force (one VM's, or every VM's), with the operation that
@@ -287,6 +288,7 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         method this commits the overlays back into the base images (the "collapse").
         Errors:
           INVALID_ARGUMENT     INVALID_ARGUMENT      not exactly one of token and operation_id
+          UNIMPLEMENTED        UNIMPLEMENTED         this agent cannot thaw by operation_id
         """
 
     @_abc_1.abstractmethod
