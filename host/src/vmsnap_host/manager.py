@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -40,6 +41,13 @@ from vmsnap_sdk.errors import (
 )
 
 log = logging.getLogger("vmsnap.host.manager")
+
+
+def _derived(request_id: str, snapshot_id: str) -> str:
+    """The request_id of the delete an UndefineVM starts for a snapshot: the same for
+    every retry of that undefine, and at most 128 chars."""
+    digest = hashlib.sha256(request_id.encode()).hexdigest()[:24]
+    return f"undefine.{digest}.{snapshot_id}"
 
 
 @dataclass
@@ -194,29 +202,115 @@ class Manager:
     async def delete_snapshot(self, request_id: str, snapshot_id: str) -> OperationRecord:
         snap = self._snapshot(snapshot_id)
         async with self._admit(snap.vm_id):
-            existing = self._replay(request_id, OperationType.DELETE, snap.vm_id, snapshot_id)
-            if existing is not None:
-                return existing
-            if snap.state in (
-                SnapshotState.ALLOCATED,
-                SnapshotState.CREATING,
-                SnapshotState.REVERTING,
-            ):
-                raise FailedPrecondition(
-                    f"snapshot {snapshot_id} is {snap.state.name}; wait for its operation to "
-                    "finish (ListOperations) and delete it then",
-                    reason=Reason.SNAPSHOT_BUSY,
-                )
-            self._check_queue(snap.vm_id)
-            op = self._new_op(OperationType.DELETE, request_id, snap.vm_id, snapshot_id, {})
-            if snap.state is SnapshotState.REMOVED:
-                # Idempotent: deleting a deleted snapshot succeeds at once.
-                op = replace(op, done=True, progress=100, step="already removed")
-                await self.store.write(self.store.w_insert_operation(op))
-                return op
+            return await self._delete(request_id, snap)
+
+    async def _delete(self, request_id: str, snap: Snapshot) -> OperationRecord:
+        """Start a delete (or replay it); the caller holds the VM's admission lock."""
+        existing = self._replay(request_id, OperationType.DELETE, snap.vm_id, snap.id)
+        if existing is not None:
+            return existing
+        if snap.state in (
+            SnapshotState.ALLOCATED,
+            SnapshotState.CREATING,
+            SnapshotState.REVERTING,
+        ):
+            raise FailedPrecondition(
+                f"snapshot {snap.id} is {snap.state.name}; wait for its operation to "
+                "finish (ListOperations) and delete it then",
+                reason=Reason.SNAPSHOT_BUSY,
+            )
+        self._check_queue(snap.vm_id)
+        op = self._new_op(OperationType.DELETE, request_id, snap.vm_id, snap.id, {})
+        if snap.state is SnapshotState.REMOVED:
+            # Idempotent: deleting a deleted snapshot succeeds at once.
+            op = replace(op, done=True, progress=100, step="already removed")
             await self.store.write(self.store.w_insert_operation(op))
-            self._start(op)
             return op
+        await self.store.write(self.store.w_insert_operation(op))
+        self._start(op)
+        return op
+
+    async def undefine_vm(
+        self, request_id: str, vm_id: str, *, delete_snapshots: bool
+    ) -> tuple[bool, list[OperationRecord]]:
+        """One pass of UndefineVM: (undefined now, the delete operations it started).
+
+        Level-triggered and idempotent on ``request_id``: each pass starts a delete
+        for every snapshot of the VM that is not REMOVED yet (request ids derived
+        from ``request_id``, so a retry finds the same operations), and undefines
+        the VM on its agent once every one is done. Nothing is deleted when the VM
+        is not STOPPED (it could not be undefined after). Once undefined, an
+        UNDEFINE_VM operation is recorded done: a later pass answers from it.
+        """
+        async with self._admit(vm_id):
+            finished = self._replay(request_id, OperationType.UNDEFINE_VM, vm_id, "")
+            if finished is not None:
+                return True, self._operations(finished.params.get("deletes", []))
+            snaps = self._all_snapshots(vm_id)
+            left = [s for s in snaps if s.state is not SnapshotState.REMOVED]
+            if not delete_snapshots:
+                live = [s for s in left if s.state is not SnapshotState.ERROR]
+                if live:
+                    shown = ", ".join(f"{s.name} ({s.id}, {s.state.name})" for s in live[:5])
+                    raise FailedPrecondition(
+                        f"VM {vm_id} has {len(live)} live snapshots: {shown}; delete them "
+                        "first, or undefine with delete_snapshots (--delete-snapshots)",
+                        reason=Reason.VM_HAS_SNAPSHOTS,
+                    )
+                left = []  # ERROR snapshots hold nothing: they stay in the catalog
+            agent_entry, vm = await self.registry.find_vm(vm_id)
+            if vm.state is not VMState.STOPPED:
+                raise FailedPrecondition(
+                    f"VM {vm_id} is {vm.state.name}; undefining needs it STOPPED: stop it "
+                    "first (StopVM); nothing was deleted",
+                    reason=Reason.VM_NOT_STOPPED,
+                )
+            for snap in left:
+                try:
+                    await self._delete(_derived(request_id, snap.id), snap)
+                except Aborted:
+                    break  # the VM's queue is full: the next pass starts the rest
+            started = {
+                s.id: op
+                for s in snaps
+                if (op := self.store.operation_by_request(_derived(request_id, s.id)))
+            }
+            ops = list(started.values())
+            failed = [op for op in ops if op.done and op.error is not None]
+            if failed:
+                cause = failed[0].error
+                raise FailedPrecondition(
+                    f"deleting snapshot {failed[0].vm_snapshot_id} of VM {vm_id} failed "
+                    f"({cause.message if cause else ''}); the VM stays defined: fix that and "
+                    "undefine it with a new request_id",
+                    reason=Reason.VM_HAS_SNAPSHOTS,
+                )
+            if any(not op.done for op in ops) or any(s.id not in started for s in left):
+                return False, ops
+            await self.registry.agent(agent_entry.name).undefine_vm(vm_id)
+            record = replace(
+                self._new_op(OperationType.UNDEFINE_VM, request_id, vm_id, "", {}),
+                done=True,
+                progress=100,
+                step="undefined",
+                params={"deletes": [op.id for op in ops]},
+            )
+            await self.store.write(self.store.w_insert_operation(record))
+            log.info("VM undefined", extra={"fields": {"vm": vm_id, "deleted": len(ops)}})
+            return True, ops
+
+    def _all_snapshots(self, vm_id: str) -> list[Snapshot]:
+        out: list[Snapshot] = []
+        after = 0
+        while True:
+            page = self.store.list_snapshots(vm_id, after, 500, True)
+            out += [s for _, s in page]
+            if len(page) < 500:
+                return out
+            after = page[-1][0]
+
+    def _operations(self, ids: list[str]) -> list[OperationRecord]:
+        return [op for i in ids if (op := self.store.get_operation(i)) is not None]
 
     # --- reads --------------------------------------------------------------------
 

@@ -47,6 +47,9 @@ class OperationType(enum.Enum):
     CREATE = 1
     REVERT = 2
     DELETE = 3
+    #: Recorded done when UndefineVM removed the VM: it makes the request_id
+    #: idempotent (never queued or run by the executor).
+    UNDEFINE_VM = 4
 
 
 class GroupKind(enum.Enum):

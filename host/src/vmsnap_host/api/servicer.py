@@ -7,6 +7,7 @@ text). Validation errors name the field, as the SDK's do.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
@@ -33,6 +34,8 @@ Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 MAX_DESCRIPTION = 1024
 DEFAULT_WAIT = 30.0
 MAX_WAIT = 600.0
+#: Longest time UndefineVM waits for the deletes of its VM's snapshots in one call.
+UNDEFINE_WAIT = 30.0
 #: Findings of one Reconcile in its response (all are kept: ListFindings).
 MAX_RECONCILE_FINDINGS = 1000
 
@@ -424,6 +427,37 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             return pb.StopVMResponse(vm=cv.vm_to_pb(vm))
 
         return await _call(context, "StopVM", run)
+
+    async def UndefineVM(  # noqa: N802
+        self, request: pb.UndefineVMRequest, context: Ctx
+    ) -> pb.UndefineVMResponse:
+        async def run() -> pb.UndefineVMResponse:
+            val.require_id("request_id", request.request_id)
+            val.require_id("vm_id", request.vm_id)
+            loop = asyncio.get_running_loop()
+            remaining = current_call().time_remaining()
+            budget = UNDEFINE_WAIT if remaining is None else min(UNDEFINE_WAIT, remaining - 0.5)
+            give_up = loop.time() + max(0.0, budget)
+            while True:
+                # Each pass starts what it can and undefines once every delete is
+                # done; between passes, wait for the deletes it started.
+                undefined, ops = await self.manager.undefine_vm(
+                    request.request_id, request.vm_id, delete_snapshots=request.delete_snapshots
+                )
+                pending = [op for op in ops if not op.done]
+                if undefined or loop.time() >= give_up:
+                    break
+                if pending:
+                    await self.manager.wait_operation(
+                        pending[0].id, max(0.0, give_up - loop.time())
+                    )
+                else:  # a delete could not be queued yet (the VM's queue is full)
+                    await asyncio.sleep(min(0.2, max(0.0, give_up - loop.time())))
+            return pb.UndefineVMResponse(
+                undefined=undefined, delete_operations=[self._op(op) for op in ops]
+            )
+
+        return await _call(context, "UndefineVM", run)
 
     # --- reconciliation -----------------------------------------------------------
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -14,7 +16,14 @@ from vmsnap_host.cli import _output as out
 from vmsnap_host.cli._demo import run_demo
 from vmsnap_host.cli._progress import follow
 from vmsnap_host.cli._up import run_up
-from vmsnap_host.client import HostClient, Operation, QuiescePolicy, default_address, vmsnap_home
+from vmsnap_host.client import (
+    HostClient,
+    Operation,
+    QuiescePolicy,
+    UndefineResult,
+    default_address,
+    vmsnap_home,
+)
 from vmsnap_sdk import VM, ClientTLS, Volume
 from vmsnap_sdk.errors import Unavailable, VMSnapError
 
@@ -241,6 +250,52 @@ def vm_stop(
 ) -> None:
     """Stop a VM."""
     _show_vm(run(lambda host: host.stop_vm(vm_id, force=force)), json_)
+
+
+@vm_app.command("undefine")
+def vm_undefine(
+    vm_id: str,
+    delete_snapshots: Annotated[
+        bool,
+        typer.Option(
+            "--delete-snapshots", help="Delete the VM's snapshots first (else it must have none)."
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Longest wait for the snapshots' deletes, seconds.")
+    ] = 600.0,
+    json_: JsonOption = False,
+) -> None:
+    """Remove a stopped VM from its agent (its disks stay)."""
+
+    async def work(host: HostClient) -> UndefineResult:
+        # One request_id for every call: each continues the same undefine.
+        request_id = uuid.uuid4().hex
+        give_up = time.monotonic() + timeout
+        while True:
+            result = await host.undefine_vm(
+                vm_id, delete_snapshots=delete_snapshots, request_id=request_id
+            )
+            pending = [op for op in result.delete_operations if not op.done]
+            if result.undefined or time.monotonic() >= give_up:
+                return result
+            for op in pending:
+                await host.wait(op.id, timeout=max(0.0, give_up - time.monotonic()))
+
+    result = run(work)
+    if json_:
+        out.print_json(result)
+    if not result.undefined:
+        running = [op.id for op in result.delete_operations if not op.done]
+        fail(
+            f"VM {vm_id} is not undefined yet: {len(running)} snapshot deletes still run "
+            f"({', '.join(running[:5])}); follow them with `vmsnap operations show ID`"
+        )
+    if not json_:
+        deleted = len(result.delete_operations)
+        out.console.print(
+            f"VM {vm_id} undefined" + (f" ({deleted} snapshots deleted)" if deleted else "")
+        )
 
 
 # --- snapshots ------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from vmsnap_host.client._types import (
     QuiescePolicy,
     ReconcileReport,
     SnapshotGroup,
+    UndefineResult,
     VMSnapshot,
     VMSnapshotState,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "QuiescePolicy",
     "ReconcileReport",
     "SnapshotGroup",
+    "UndefineResult",
     "VM",
     "VMSnapshot",
     "VMSnapshotState",

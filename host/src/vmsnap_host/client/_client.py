@@ -27,6 +27,7 @@ from vmsnap_host.client._types import (
     Page,
     QuiescePolicy,
     ReconcileReport,
+    UndefineResult,
     VMSnapshot,
 )
 from vmsnap_sdk import VM, ClientTLS, open_channel
@@ -334,3 +335,21 @@ class HostClient:
             self._stub.StopVM, pb.StopVMRequest(vm_id=vm_id, force=force), self._t(timeout)
         )
         return vm_from_pb(response.vm)
+
+    async def undefine_vm(
+        self,
+        vm_id: str,
+        *,
+        delete_snapshots: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> UndefineResult:
+        """One UndefineVM call: the VM undefined, or its snapshots' deletes still
+        running (wait for them and call again with the same ``request_id``)."""
+        request = pb.UndefineVMRequest(
+            request_id=_request_id(request_id), vm_id=vm_id, delete_snapshots=delete_snapshots
+        )
+        response = await call(self._stub.UndefineVM, request, self._t(timeout))
+        return UndefineResult(
+            response.undefined, tuple(cv.operation(o) for o in response.delete_operations)
+        )

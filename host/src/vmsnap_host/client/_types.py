@@ -48,6 +48,8 @@ class OperationType(enum.Enum):
     CREATE = 1
     REVERT = 2
     DELETE = 3
+    #: An UndefineVM, recorded done when the VM was undefined.
+    UNDEFINE_VM = 4
 
 
 class GroupKind(enum.Enum):
@@ -219,6 +221,15 @@ class ReconcileReport:
     findings: tuple[Finding, ...]
     #: Findings of the pass left out of ``findings`` (all are kept: list_findings).
     omitted: int = 0
+
+
+@dataclass(frozen=True)
+class UndefineResult:
+    """Where an UndefineVM stands: undefined, or waiting for its snapshots' deletes."""
+
+    undefined: bool
+    #: The operations deleting the VM's snapshots (with delete_snapshots).
+    delete_operations: tuple[Operation, ...] = ()
 
 
 _T = TypeVar("_T")

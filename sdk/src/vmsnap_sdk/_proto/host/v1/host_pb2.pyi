@@ -122,6 +122,10 @@ class _OperationTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Operati
     """RevertVMSnapshot."""
     OPERATION_TYPE_DELETE: _OperationType.ValueType  # 3
     """DeleteVMSnapshot."""
+    OPERATION_TYPE_UNDEFINE_VM: _OperationType.ValueType  # 4
+    """UndefineVM: recorded, done, when the VM was undefined (its snapshots'
+    deletes are OPERATION_TYPE_DELETE operations of their own).
+    """
 
 class OperationType(_OperationType, metaclass=_OperationTypeEnumTypeWrapper):
     """Kind of long-running operation."""
@@ -134,6 +138,10 @@ OPERATION_TYPE_REVERT: OperationType.ValueType  # 2
 """RevertVMSnapshot."""
 OPERATION_TYPE_DELETE: OperationType.ValueType  # 3
 """DeleteVMSnapshot."""
+OPERATION_TYPE_UNDEFINE_VM: OperationType.ValueType  # 4
+"""UndefineVM: recorded, done, when the VM was undefined (its snapshots'
+deletes are OPERATION_TYPE_DELETE operations of their own).
+"""
 Global___OperationType: _TypeAlias = OperationType  # noqa: Y015
 
 class _GroupKind:
@@ -1670,6 +1678,78 @@ class StopVMResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StopVMResponse: _TypeAlias = StopVMResponse  # noqa: Y015
+
+@_typing.final
+class UndefineVMRequest(_message.Message):
+    """Undefine a VM."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VM_ID_FIELD_NUMBER: _builtins.int
+    DELETE_SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; unique per request.
+    Retries: the same request_id with the same vm_id continues the same
+    undefine (the same delete operations, started once each) and, once the VM
+    is undefined, answers undefined=true again. Used for another request:
+    ALREADY_EXISTS, REQUEST_ID_REUSED. After a failed delete, undefine with a
+    new request_id.
+    """
+    vm_id: _builtins.str
+    """Required; the VM's id."""
+    delete_snapshots: _builtins.bool
+    """Delete the VM's snapshots first (READY and ERROR ones, each as a
+    DeleteVMSnapshot operation). Unset: a VM with live snapshots is
+    FAILED_PRECONDITION, VM_HAS_SNAPSHOTS, and ERROR ones stay in the catalog.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        vm_id: _builtins.str = ...,
+        delete_snapshots: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete_snapshots", b"delete_snapshots", "request_id", b"request_id", "vm_id", b"vm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndefineVMRequest: _TypeAlias = UndefineVMRequest  # noqa: Y015
+
+@_typing.final
+class UndefineVMResponse(_message.Message):
+    """The undefine as it stands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNDEFINED_FIELD_NUMBER: _builtins.int
+    DELETE_OPERATIONS_FIELD_NUMBER: _builtins.int
+    undefined: _builtins.bool
+    """True when the VM is undefined (by this call or an earlier one with the same
+    request_id); false while deletes of its snapshots still run.
+    """
+    @_builtins.property
+    def delete_operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Operation]:
+        """The operations deleting its snapshots (delete_snapshots), as they stand;
+        while one is not done, undefined is false: wait for it (WaitOperation) and
+        call UndefineVM again with the same request_id.
+        """
+
+    def __init__(
+        self,
+        *,
+        undefined: _builtins.bool = ...,
+        delete_operations: _abc.Iterable[Global___Operation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete_operations", b"delete_operations", "undefined", b"undefined"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndefineVMResponse: _TypeAlias = UndefineVMResponse  # noqa: Y015
 
 @_typing.final
 class ReconcileRequest(_message.Message):

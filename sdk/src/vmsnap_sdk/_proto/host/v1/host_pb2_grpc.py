@@ -148,6 +148,11 @@ class VMSnapshotServiceStub:
                 request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.StopVMRequest.SerializeToString,
                 response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.StopVMResponse.FromString,
                 _registered_method=True)
+        self.UndefineVM = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/UndefineVM',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.UndefineVMRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.UndefineVMResponse.FromString,
+                _registered_method=True)
         self.Reconcile = channel.unary_unary(
                 '/vmsnap.host.v1.VMSnapshotService/Reconcile',
                 request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ReconcileRequest.SerializeToString,
@@ -449,6 +454,33 @@ class VMSnapshotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UndefineVM(self, request, context):
+        """Remove a VM from its agent (the agent keeps its disks; the catalog keeps its
+        snapshots' records). Refused while the VM has live snapshots (any not
+        REMOVED or ERROR), unless delete_snapshots: then each snapshot is deleted
+        first, as a DeleteVMSnapshot operation, and the VM is undefined once every
+        delete is done. The call waits for those deletes (up to 30 s, and never past
+        shortly before its deadline); when they take longer it answers
+        undefined=false with the operations: wait for them and call again with the
+        same request_id, which continues the same undefine. Nothing is deleted
+        unless the VM is STOPPED.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      request_id or vm_id breaks its rule
+        NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+        ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+        FAILED_PRECONDITION  VM_HAS_SNAPSHOTS      it has live snapshots (the message names
+        them) and delete_snapshots is false, or
+        deleting one failed
+        FAILED_PRECONDITION  VM_NOT_STOPPED        the VM is not STOPPED (nothing was deleted)
+        FAILED_PRECONDITION  SNAPSHOT_BUSY         a snapshot's take or revert still runs
+        FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
+        FAILED_PRECONDITION  NO_AGENT              no agent is registered
+        UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Reconcile(self, request, context):
         """Compare what every driver and agent holds with the catalog, now, and repair:
         orphans older than the grace period deleted, READY snapshots whose objects
@@ -570,6 +602,11 @@ def add_VMSnapshotServiceServicer_to_server(servicer, server):
                     servicer.StopVM,
                     request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.StopVMRequest.FromString,
                     response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.StopVMResponse.SerializeToString,
+            ),
+            'UndefineVM': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndefineVM,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.UndefineVMRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.UndefineVMResponse.SerializeToString,
             ),
             'Reconcile': grpc.unary_unary_rpc_method_handler(
                     servicer.Reconcile,
@@ -1114,6 +1151,33 @@ class VMSnapshotService:
             '/vmsnap.host.v1.VMSnapshotService/StopVM',
             vmsnap_dot_host_dot_v1_dot_host__pb2.StopVMRequest.SerializeToString,
             vmsnap_dot_host_dot_v1_dot_host__pb2.StopVMResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndefineVM(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/UndefineVM',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.UndefineVMRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.UndefineVMResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -237,6 +237,29 @@ class VMSnapshotServiceStub:
       FAILED_PRECONDITION  VM_FROZEN             the VM is frozen
       UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
     """
+    UndefineVM: _aio.UnaryUnaryMultiCallable[_host_pb2.UndefineVMRequest, _host_pb2.UndefineVMResponse]
+    """Remove a VM from its agent (the agent keeps its disks; the catalog keeps its
+    snapshots' records). Refused while the VM has live snapshots (any not
+    REMOVED or ERROR), unless delete_snapshots: then each snapshot is deleted
+    first, as a DeleteVMSnapshot operation, and the VM is undefined once every
+    delete is done. The call waits for those deletes (up to 30 s, and never past
+    shortly before its deadline); when they take longer it answers
+    undefined=false with the operations: wait for them and call again with the
+    same request_id, which continues the same undefine. Nothing is deleted
+    unless the VM is STOPPED.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      request_id or vm_id breaks its rule
+      NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+      ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+      FAILED_PRECONDITION  VM_HAS_SNAPSHOTS      it has live snapshots (the message names
+                                                 them) and delete_snapshots is false, or
+                                                 deleting one failed
+      FAILED_PRECONDITION  VM_NOT_STOPPED        the VM is not STOPPED (nothing was deleted)
+      FAILED_PRECONDITION  SNAPSHOT_BUSY         a snapshot's take or revert still runs
+      FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
+      FAILED_PRECONDITION  NO_AGENT              no agent is registered
+      UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+    """
     Reconcile: _aio.UnaryUnaryMultiCallable[_host_pb2.ReconcileRequest, _host_pb2.ReconcileResponse]
     """Compare what every driver and agent holds with the catalog, now, and repair:
     orphans older than the grace period deleted, READY snapshots whose objects
@@ -578,6 +601,35 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
           NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
           FAILED_PRECONDITION  NO_AGENT              no agent is registered
           FAILED_PRECONDITION  VM_FROZEN             the VM is frozen
+          UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+        """
+
+    @_abc_1.abstractmethod
+    def UndefineVM(
+        self,
+        request: _host_pb2.UndefineVMRequest,
+        context: _aio.ServicerContext[_host_pb2.UndefineVMRequest, _abc.Awaitable[_host_pb2.UndefineVMResponse]],
+    ) -> _abc.Awaitable[_host_pb2.UndefineVMResponse]:
+        """Remove a VM from its agent (the agent keeps its disks; the catalog keeps its
+        snapshots' records). Refused while the VM has live snapshots (any not
+        REMOVED or ERROR), unless delete_snapshots: then each snapshot is deleted
+        first, as a DeleteVMSnapshot operation, and the VM is undefined once every
+        delete is done. The call waits for those deletes (up to 30 s, and never past
+        shortly before its deadline); when they take longer it answers
+        undefined=false with the operations: wait for them and call again with the
+        same request_id, which continues the same undefine. Nothing is deleted
+        unless the VM is STOPPED.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      request_id or vm_id breaks its rule
+          NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+          ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+          FAILED_PRECONDITION  VM_HAS_SNAPSHOTS      it has live snapshots (the message names
+                                                     them) and delete_snapshots is false, or
+                                                     deleting one failed
+          FAILED_PRECONDITION  VM_NOT_STOPPED        the VM is not STOPPED (nothing was deleted)
+          FAILED_PRECONDITION  SNAPSHOT_BUSY         a snapshot's take or revert still runs
+          FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
+          FAILED_PRECONDITION  NO_AGENT              no agent is registered
           UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
         """
 
