@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 
 from vmsnap_host.config import Settings
@@ -60,6 +60,9 @@ class Manager:
         self._admission: dict[str, asyncio.Lock] = {}
         #: The task of every operation this process runs or has queued, by id.
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Operations whose record is being committed and whose task is not started
+        #: yet: recovery must not take them for abandoned ones in that window.
+        self._admitting: set[str] = set()
         self._changed = asyncio.Condition()
 
     # --- requests -----------------------------------------------------------------
@@ -143,8 +146,9 @@ class Manager:
                         vm_id, self.owner, op.id, self.settings.lease_seconds
                     )
                 )
-            fence = await self.store.write(*steps)
-            self._start(op, fence=int(fence or 0) if idle else 0)
+            async with self._admitting_op(op):
+                fence = await self.store.write(*steps)
+                self._start(op, fence=int(fence or 0) if idle else 0)
             return op
 
     async def revert_snapshot(
@@ -186,8 +190,9 @@ class Manager:
             op = self._new_op(
                 OperationType.REVERT, request_id, snap.vm_id, snapshot_id, {"stop_vm": stop_vm}
             )
-            await self.store.write(self.store.w_insert_operation(op))
-            self._start(op)
+            async with self._admitting_op(op):
+                await self.store.write(self.store.w_insert_operation(op))
+                self._start(op)
             return op
 
     async def delete_snapshot(self, request_id: str, snapshot_id: str) -> OperationRecord:
@@ -213,8 +218,9 @@ class Manager:
                 op = replace(op, done=True, progress=100, step="already removed")
                 await self.store.write(self.store.w_insert_operation(op))
                 return op
-            await self.store.write(self.store.w_insert_operation(op))
-            self._start(op)
+            async with self._admitting_op(op):
+                await self.store.write(self.store.w_insert_operation(op))
+                self._start(op)
             return op
 
     # --- reads --------------------------------------------------------------------
@@ -261,7 +267,7 @@ class Manager:
     # --- queueing and running -----------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _admit(self, vm_id: str):  # type: ignore[no-untyped-def]
+    async def _admit(self, vm_id: str) -> AsyncIterator[None]:
         # Checks and insert under one lock per VM: two creates with the same name
         # (or the same request id) cannot both pass the checks.
         lock = self._admission.setdefault(vm_id, asyncio.Lock())
@@ -324,14 +330,24 @@ class Manager:
     def resume(self, op: OperationRecord) -> asyncio.Task[None] | None:
         """Resolve an unfinished operation found on start or left open (a take is
         rolled back, a revert settled on one side, a delete retried)."""
-        if op.id in self._tasks:
+        if op.id in self._tasks or op.id in self._admitting:
             return None
         return self._start(op, resume=True)
 
+    @contextlib.asynccontextmanager
+    async def _admitting_op(self, op: OperationRecord) -> AsyncIterator[None]:
+        """Around the commit of a new operation and its start: the record is visible
+        to recovery before the task exists (docs/design.md, "Admission")."""
+        self._admitting.add(op.id)
+        try:
+            yield
+        finally:
+            self._admitting.discard(op.id)
+
     @property
     def running(self) -> frozenset[str]:
-        """Ids of the operations this process is running or has queued."""
-        return frozenset(self._tasks)
+        """Ids of the operations this process is running, has queued, or is admitting."""
+        return frozenset(self._tasks) | frozenset(self._admitting)
 
     async def _run(self, op: OperationRecord, queue: _VMQueue, fence: int, resume: bool) -> None:
         try:
