@@ -131,7 +131,10 @@ async def _run(
 
 
 def measure_create(
-    quick: bool, concurrencies: tuple[int, ...] = (1, 64), base: str = "/tmp"
+    quick: bool,
+    concurrencies: tuple[int, ...] = (1, 64),
+    base: str = "/tmp",
+    totals: dict[int, int] | None = None,
 ) -> list[CreateResult]:
     """Start agent, two drivers and the host; measure create+wait at each concurrency.
     ``base``: where the catalog and the agent's state live (/dev/shm: no fsync cost)."""
@@ -152,7 +155,9 @@ def measure_create(
             host = stack.start_host(tmp, config)
             procs.append(host)
             for concurrency in concurrencies:
-                total = (150 if quick else 600) if concurrency == 1 else (384 if quick else 3200)
+                total = (totals or {}).get(concurrency) or (
+                    (150 if quick else 600) if concurrency == 1 else (384 if quick else 3200)
+                )
                 before = [stack.read_counts(tmp, d) for d in drivers]
                 named = {
                     "host": host,

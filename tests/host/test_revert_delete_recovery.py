@@ -210,3 +210,28 @@ async def test_revert_undo_is_used_where_the_array_offers_it(tmp_path: Path) -> 
         await rig.manager.close()
         await rig.agent.close()
         rig.store.close()
+
+
+async def test_a_reconcile_tick_during_admission_leaves_the_new_operation_alone(
+    rig: Rig,
+) -> None:
+    # The admission's commit is durable a moment before the operation's task exists:
+    # a reconcile tick in that moment must not take the operation for abandoned and
+    # roll it back ("the host restarted while taking this snapshot"). Seen at 64
+    # concurrent creates under load (issue 16's profiling runs).
+    await rig.define()
+    real_write = rig.store.write
+    ticks = []
+
+    async def write_then_tick(*steps: object) -> object:
+        result = await real_write(*steps)  # type: ignore[arg-type]
+        if not ticks:
+            ticks.append(1)
+            await rig.recovery.resolve_open()
+        return result
+
+    rig.store.write = write_then_tick  # type: ignore[method-assign]
+    op = await rig.wait(await rig.create("s1"))
+    rig.store.write = real_write  # type: ignore[method-assign]
+    assert ticks
+    assert op.error is None, op.error

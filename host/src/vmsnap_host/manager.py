@@ -63,6 +63,10 @@ class Manager:
         self._admission: dict[str, asyncio.Lock] = {}
         #: The task of every operation this process runs or has queued, by id.
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Operations being admitted: journaled (or about to be) but with no task
+        #: yet. Counted as running, so that a reconcile tick between the admission's
+        #: commit and the task's start does not resume them as abandoned.
+        self._admitting: set[str] = set()
         self._changed = asyncio.Condition()
 
     # --- requests -----------------------------------------------------------------
@@ -147,7 +151,11 @@ class Manager:
                         vm_id, self.owner, op.id, self.settings.lease_seconds
                     )
                 )
-            fence = await self.store.write(*steps)
+            self._admitting.add(op.id)
+            try:
+                fence = await self.store.write(*steps)
+            finally:
+                self._admitting.discard(op.id)
             # Started at once, the take reuses this description of the VM (one
             # DescribeVM per take); a take that waits behind another operation
             # describes the VM again when it runs (that operation may change it).
@@ -193,7 +201,7 @@ class Manager:
             op = self._new_op(
                 OperationType.REVERT, request_id, snap.vm_id, snapshot_id, {"stop_vm": stop_vm}
             )
-            await self.store.write(self.store.w_insert_operation(op))
+            await self._journal(op)
             self._start(op)
             return op
 
@@ -220,9 +228,17 @@ class Manager:
                 op = replace(op, done=True, progress=100, step="already removed")
                 await self.store.write(self.store.w_insert_operation(op))
                 return op
-            await self.store.write(self.store.w_insert_operation(op))
+            await self._journal(op)
             self._start(op)
             return op
+
+    async def _journal(self, op: OperationRecord) -> None:
+        """Insert an admitted operation; it counts as running from now on."""
+        self._admitting.add(op.id)
+        try:
+            await self.store.write(self.store.w_insert_operation(op))
+        finally:
+            self._admitting.discard(op.id)
 
     # --- reads --------------------------------------------------------------------
 
@@ -251,10 +267,19 @@ class Manager:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
         while True:
+            task = self._tasks.get(operation_id)
+            left = give_up - loop.time()
+            if task is not None and left > 0:
+                # Run here: wait for its own end, not for every operation's (no herd
+                # of waiters re-reading the catalog at each end), then read it once.
+                # Re-read at least every second all the same.
+                await asyncio.wait({task}, timeout=min(left, 1.0))
             op = self.get_operation(operation_id)
             left = give_up - loop.time()
             if op.done or left <= 0:
                 return op
+            if operation_id in self._tasks:
+                continue
             async with self._changed:
                 # Wake on any change, or re-read at least every second (an operation
                 # may be finished by the reconciler, which does not notify).
@@ -342,8 +367,8 @@ class Manager:
 
     @property
     def running(self) -> frozenset[str]:
-        """Ids of the operations this process is running or has queued."""
-        return frozenset(self._tasks)
+        """Ids of the operations this process is running, has queued or is admitting."""
+        return frozenset(self._tasks) | self._admitting
 
     async def _run(
         self, op: OperationRecord, queue: _VMQueue, fence: int, resume: bool, vm: VM | None
