@@ -3,8 +3,7 @@
 Runs the create benchmark's stack (sim agent, two no-op drivers, the host)
 with every process under cProfile, drives ``--ops`` creates at concurrency 64
 (plus 100 at concurrency 1), stops the processes and writes, per process, the
-top functions by own time and by cumulative time (``<process>.txt``) and the raw
-profile (``<process>.prof``, for snakeviz or ``python -m pstats``) to ``--out``
+top functions by own time and by cumulative time (``<process>.txt``) to ``--out``
 (default ``bench/profiles``). cProfile adds its own overhead (about 2x CPU):
 read the shares, not the absolute times.
 """
@@ -68,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         for prof in sorted(tmp.rglob("*.prof")):
             text = summarize(prof)
             (args.out / f"{prof.stem}.txt").write_text(text)
-            (args.out / prof.name).write_bytes(prof.read_bytes())
             print(f"wrote {args.out / prof.stem}.txt")
     return 0
 

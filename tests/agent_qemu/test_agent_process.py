@@ -46,7 +46,11 @@ def _agent(workdir: Path, log: str) -> tuple[Proc, str]:
 
 async def _freeze_status(hv: QemuHypervisor, vm_id: str) -> str:
     async with hv.guest_agent(vm_id) as ga:
-        return str(await ga.execute("guest-fsfreeze-status"))
+        status = str(await ga.execute("guest-fsfreeze-status"))
+    # QEMU serves one qemu-ga client at a time, and a hypervisor keeps its
+    # connection open a moment: give the channel back to the agent process now.
+    await hv.close()
+    return status
 
 
 async def test_agent_killed_while_frozen(
