@@ -15,12 +15,12 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import catalog, create, emulator, freeze, qemu
+from bench import catalog, create, emulator, freeze, qemu, scale
 from bench.floor import Floor, measure_floor, measure_fsync
 from bench.report import Report
 from bench.stats import median, percentile
 
-SECTIONS = ("floor", "create", "create_mem", "freeze", "catalog", "emulator", "qemu")
+SECTIONS = ("floor", "create", "create_mem", "scale", "freeze", "catalog", "emulator", "qemu")
 
 
 def _floor(quick: bool, report: Report, floor: Floor) -> None:
@@ -126,6 +126,25 @@ def _create_in_memory(quick: bool, report: Report, floor: Floor) -> None:
         report.add(f"cpu_ms_per_create_{name}", ms, "ms", note="CPU per create at concurrency 64")
 
 
+def _scale(quick: bool, report: Report, floor: Floor) -> None:
+    r = scale.measure_scale(quick)
+    for c, rate in r.rates.items():
+        report.add(f"scale_c{c}_ops_per_s", rate, "ops/s", note=f"{c} VMs in parallel, /dev/shm")
+    report.add(
+        f"scale_{r.vms_defined}vms_c64_ops_per_s",
+        r.rate_many_vms,
+        "ops/s",
+        note=f"64 in parallel with {r.vms_defined} VMs defined",
+    )
+    report.add(
+        "host_rss_mib_per_10k_ops",
+        r.rss_mib_per_10k,
+        "MiB",
+        note=f"host RSS growth over {r.operations} creates, per 10k; {r.rss_mib_end:.0f} MiB "
+        "at the end",
+    )
+
+
 def _freeze(quick: bool, report: Report, floor: Floor) -> None:
     results = freeze.measure_freeze(quick)
     for r in results:
@@ -205,6 +224,7 @@ RUNNERS: dict[str, Callable[[bool, Report, Floor], None]] = {
     "floor": _floor,
     "create": _create,
     "create_mem": _create_in_memory,
+    "scale": _scale,
     "freeze": _freeze,
     "catalog": _catalog,
     "emulator": _emulator,

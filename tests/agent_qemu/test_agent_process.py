@@ -46,11 +46,7 @@ def _agent(workdir: Path, log: str) -> tuple[Proc, str]:
 
 async def _freeze_status(hv: QemuHypervisor, vm_id: str) -> str:
     async with hv.guest_agent(vm_id) as ga:
-        status = str(await ga.execute("guest-fsfreeze-status"))
-    # QEMU serves one qemu-ga client at a time, and a hypervisor keeps its
-    # connection open a moment: give the channel back to the agent process now.
-    await hv.close()
-    return status
+        return str(await ga.execute("guest-fsfreeze-status"))
 
 
 async def test_agent_killed_while_frozen(
@@ -79,7 +75,8 @@ async def test_agent_killed_while_frozen(
 
     # Nobody watches the lease now: the guest stays frozen until an agent is back.
     await asyncio.sleep(2.5)
-    probe = QemuHypervisor(workdir / "state")  # not opened: only to reach qemu-ga
+    # Not opened: only to reach qemu-ga, closing its connection after each use.
+    probe = QemuHypervisor(workdir / "state", guest_agent_idle_close=0)
     assert await _freeze_status(probe, "vm-1") == "frozen"
 
     proc, address = _agent(workdir, "agent2.log")

@@ -246,7 +246,10 @@ class SharedGuestAgent:
             async with self._lock, self._session(sync_timeout) as client:
                 yield client
         finally:
-            self._arm()
+            if self._idle_close <= 0 and not self._held:
+                await self.close()  # a short-lived user: nothing to keep open
+            else:
+                self._arm()
 
     @contextlib.asynccontextmanager
     async def _session(self, sync_timeout: float | None) -> AsyncIterator[GuestAgentClient]:

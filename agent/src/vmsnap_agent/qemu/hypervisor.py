@@ -58,7 +58,7 @@ from .errors import (
     VmNotFound,
     VmStateError,
 )
-from .guest_agent import DEFAULT_SYNC_TIMEOUT, GuestAgentClient, SharedGuestAgent
+from .guest_agent import DEFAULT_SYNC_TIMEOUT, IDLE_CLOSE, GuestAgentClient, SharedGuestAgent
 from .guest_image import GuestImage, build_guest_image
 from .model import (
     BootMode,
@@ -111,17 +111,21 @@ class QemuHypervisor:
         guest: GuestImage | None = None,
         guest_sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
         freeze_timeout: float = q.FREEZE_TIMEOUT,
+        guest_agent_idle_close: float = IDLE_CLOSE,
     ) -> None:
         """``guest`` defaults to the cached test guest, built on the first start_vm.
 
         ``guest_sync_timeout`` bounds how long a silent guest agent is waited for
         before :class:`GuestAgentUnavailable`; ``freeze_timeout`` bounds one
-        fsfreeze (including the guest's hook).
+        fsfreeze (including the guest's hook). ``guest_agent_idle_close``: how long
+        an unused qemu-ga connection stays open (0: closed after each use, for a
+        short-lived user beside the agent process, such as a test's probe).
         """
         self._state_dir = Path(state_dir).resolve()
         self._guest = guest
         self._sync_timeout = guest_sync_timeout
         self._freeze_timeout = freeze_timeout
+        self._ga_idle_close = guest_agent_idle_close
         self._locks: dict[str, asyncio.Lock] = {}
         self._qmp: dict[str, QmpSession] = {}
         #: One kept-open qemu-ga connection per VM (a thaw makes no new connection).
@@ -204,7 +208,9 @@ class QemuHypervisor:
 
     def _shared_ga(self, vm_id: str) -> SharedGuestAgent:
         if vm_id not in self._ga:
-            self._ga[vm_id] = SharedGuestAgent(str(self._paths(vm_id).qga), self._sync_timeout)
+            self._ga[vm_id] = SharedGuestAgent(
+                str(self._paths(vm_id).qga), self._sync_timeout, self._ga_idle_close
+            )
         return self._ga[vm_id]
 
     def _running(self, vm_id: str) -> bool:
