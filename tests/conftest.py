@@ -16,3 +16,7 @@ def sockdir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="vs-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+# The PostgreSQL fixtures (pg_cluster, pg_url, db_url) for every test folder.
+from tests.support.postgres import db_url, pg_cluster, pg_url  # noqa: E402, F401

@@ -38,7 +38,7 @@ class HostApp:
         grace_seconds: float = 10.0,
     ) -> None:
         self.config = config
-        self.store = Store.open_sqlite(db)
+        self.store = Store.open(db)
         settings = config.settings
         self.registry = Registry(call_timeout=settings.call_timeout_seconds)
         self.manager = Manager(self.store, self.registry, settings, owner)

@@ -29,6 +29,8 @@ from vmsnap_host.model import (
 from vmsnap_host.planner import plan_take
 from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
+from vmsnap_host.store.store import Duplicate
+from vmsnap_host.store.writer import Step
 from vmsnap_sdk import Capability, VMState
 from vmsnap_sdk.errors import (
     Aborted,
@@ -131,8 +133,12 @@ class Manager:
             )
             op = self._new_op(OperationType.CREATE, request_id, vm_id, snap.id, {"name": name})
             # Journal before any side effect: the snapshot and its operation are durable
-            # before the VM is touched.
-            steps = [self.store.w_create(snap, op)]
+            # before the VM is touched. The bounds and the uniqueness rules are checked
+            # again in that transaction, by the catalog: other replicas admit too.
+            steps = [
+                self._admit_step(vm_id, max_live=self.settings.max_snapshots_per_vm),
+                self.store.w_create(snap, op),
+            ]
             queue = self._queues.get(vm_id)
             idle = queue is None or queue.admitted == 0
             if idle:
@@ -143,7 +149,10 @@ class Manager:
                         vm_id, self.owner, op.id, self.settings.lease_seconds
                     )
                 )
-            fence = await self.store.write(*steps)
+            try:
+                fence = await self.store.write(*steps)
+            except Duplicate as exc:
+                return self._duplicate(exc, request_id, OperationType.CREATE, vm_id, name)
             self._start(op, fence=int(fence or 0) if idle else 0)
             return op
 
@@ -186,7 +195,12 @@ class Manager:
             op = self._new_op(
                 OperationType.REVERT, request_id, snap.vm_id, snapshot_id, {"stop_vm": stop_vm}
             )
-            await self.store.write(self.store.w_insert_operation(op))
+            try:
+                await self.store.write(
+                    self._admit_step(snap.vm_id), self.store.w_insert_operation(op)
+                )
+            except Duplicate as exc:
+                return self._duplicate(exc, request_id, OperationType.REVERT, snap.vm_id, snapshot_id)
             self._start(op)
             return op
 
@@ -208,13 +222,17 @@ class Manager:
                 )
             self._check_queue(snap.vm_id)
             op = self._new_op(OperationType.DELETE, request_id, snap.vm_id, snapshot_id, {})
+            steps = [self._admit_step(snap.vm_id)]
             if snap.state is SnapshotState.REMOVED:
                 # Idempotent: deleting a deleted snapshot succeeds at once.
                 op = replace(op, done=True, progress=100, step="already removed")
-                await self.store.write(self.store.w_insert_operation(op))
-                return op
-            await self.store.write(self.store.w_insert_operation(op))
-            self._start(op)
+                steps = []
+            try:
+                await self.store.write(*steps, self.store.w_insert_operation(op))
+            except Duplicate as exc:
+                return self._duplicate(exc, request_id, OperationType.DELETE, snap.vm_id, snapshot_id)
+            if not op.done:
+                self._start(op)
             return op
 
     # --- reads --------------------------------------------------------------------
@@ -282,6 +300,25 @@ class Manager:
                 reason="REQUEST_ID_REUSED",
             )
         return op
+
+    def _admit_step(self, vm_id: str, max_live: int | None = None) -> Step:
+        return self.store.w_admit(vm_id, max_open=1 + self.settings.queue_bound, max_live=max_live)
+
+    def _duplicate(
+        self, exc: Duplicate, request_id: str, kind: OperationType, vm_id: str, target: str
+    ) -> OperationRecord:
+        """The catalog refused an insert another request (on this replica or another)
+        made first: the same request_id is a retry, else the name is taken."""
+        existing = self._replay(request_id, kind, vm_id, target)
+        if existing is not None:
+            return existing
+        if exc.what == "name":
+            raise AlreadyExists(
+                f"VM {vm_id} already has a snapshot named {target!r}; choose another name "
+                "or delete that snapshot",
+                reason="NAME_IN_USE",
+            ) from None
+        raise exc
 
     def _check_queue(self, vm_id: str) -> None:
         queue = self._queues.get(vm_id)

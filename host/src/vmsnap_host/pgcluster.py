@@ -1,0 +1,160 @@
+"""A private PostgreSQL cluster from the distribution's binaries, for trying and testing.
+
+``vmsnap up --db postgres`` and the test suite need a PostgreSQL server without
+installing a system service: :class:`PgCluster` runs ``initdb`` and ``pg_ctl``
+from Debian's ``postgresql`` package (``/usr/lib/postgresql/<version>/bin``) in
+a directory of its own. The server listens on a unix socket in that directory
+only (no TCP port: nothing to collide between parallel runs, nothing reachable
+from outside), trusts local connections, and is stopped with ``pg_ctl stop``.
+
+``initdb`` refuses to run as root; as root the cluster's programs run as the
+``postgres`` user (made by the package) through ``runuser``, with the data
+directory given to that user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The PostgreSQL versions vmsnap is tested with (Debian 12 ships 15).
+MIN_VERSION = 13
+
+
+class PgClusterError(RuntimeError):
+    """The cluster could not be made or started; the message says what to install or fix."""
+
+
+def find_bindir() -> Path | None:
+    """The newest ``/usr/lib/postgresql/<N>/bin`` with initdb and pg_ctl, or one on PATH."""
+    root = Path("/usr/lib/postgresql")
+    candidates = []
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.isdigit() and (child / "bin" / "initdb").exists():
+                candidates.append((int(child.name), child / "bin"))
+    if candidates:
+        return max(candidates)[1]
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@dataclass
+class PgCluster:
+    """One cluster in ``directory`` (data in ``data/``, socket and log beside it)."""
+
+    directory: Path
+    user: str = "vmsnap"
+
+    @property
+    def data(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.directory
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "postgres.log"
+
+    def url(self, database: str = "vmsnap") -> str:
+        """The SQLAlchemy URL of a database of this cluster (psycopg 3, unix socket)."""
+        return f"postgresql+psycopg://{self.user}@/{database}?host={self.socket_dir}"
+
+    def _runas(self) -> list[str]:
+        if os.geteuid() != 0:
+            return []
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            raise PgClusterError(
+                "initdb refuses to run as root and there is no 'postgres' user: install "
+                "Debian's postgresql package (apt-get install postgresql) or run as another user"
+            ) from None
+        return ["runuser", "-u", "postgres", "--"]
+
+    def _run(self, bindir: Path, *args: str, timeout: float = 120.0) -> None:
+        cmd = [*self._runas(), str(bindir / args[0]), *args[1:]]
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+        )
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+            raise PgClusterError(f"{args[0]} failed (exit {result.returncode}): {' | '.join(detail)}")
+
+    def start(self, *, fast: bool = False) -> None:
+        """Make the cluster on first use, then start the server and wait until it accepts.
+
+        ``fast``: no fsync (throw-away test clusters only: a crash of the machine
+        may corrupt it)."""
+        bindir = find_bindir()
+        if bindir is None:
+            raise PgClusterError(
+                "PostgreSQL's server programs (initdb, pg_ctl) are not installed: "
+                "apt-get install postgresql"
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        runas = self._runas()
+        if runas:
+            # The server runs as postgres: it owns its directory (and the path to it
+            # must be searchable, which /tmp and a home under /root may not be).
+            shutil.chown(self.directory, "postgres", "postgres")
+            for parent in self.directory.resolve().parents:
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    os.chmod(parent, mode | 0o001)
+        if not (self.data / "PG_VERSION").exists():
+            self._run(
+                bindir, "initdb", "-D", str(self.data), "-U", self.user, "-A", "trust",
+                "-E", "UTF8", "--no-instructions", *(["--no-sync"] if fast else []),
+            )
+        options = [
+            "-c listen_addresses=''",
+            f"-c unix_socket_directories='{self.socket_dir}'",
+            "-c max_connections=100",
+            # Replicas' batches may lock rows in different orders: find out fast.
+            "-c deadlock_timeout=100ms",
+        ]
+        if fast:
+            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        self._run(
+            bindir, "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
+            "-o", " ".join(options), "start",
+        )
+        self.create_database("vmsnap")
+
+    def create_database(self, name: str) -> str:
+        """Create a database (kept if it exists); its URL."""
+        import psycopg
+
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+            raise ValueError(f"database name {name!r}: lower-case letters, digits and _ only")
+
+        with psycopg.connect(
+            host=str(self.socket_dir), user=self.user, dbname="postgres", autocommit=True
+        ) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop(self) -> None:
+        bindir = find_bindir()
+        if bindir is None or not (self.data / "postmaster.pid").exists():
+            return
+        self._run(bindir, "pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
+__all__ = ["MIN_VERSION", "PgCluster", "PgClusterError", "find_bindir"]
