@@ -210,3 +210,18 @@ async def test_revert_undo_is_used_where_the_array_offers_it(tmp_path: Path) -> 
         await rig.manager.close()
         await rig.agent.close()
         rig.store.close()
+
+
+async def test_two_deletes_of_one_snapshot_both_finish(rig: Rig) -> None:
+    """Both admitted while it was READY (two callers, or two replicas): the second
+    finds it removed and succeeds. It stayed open before, re-run on every tick."""
+    await rig.define()
+    sid = await _ready(rig)
+    first = await rig.manager.delete_snapshot("d1", sid)
+    second = await rig.manager.delete_snapshot("d2", sid)
+    for op in (first, second):
+        done = await rig.wait(op)
+        assert done.error is None, done.error
+    snap = rig.store.get_snapshot(sid)
+    assert snap is not None and snap.state is SnapshotState.REMOVED
+    assert rig.store.unfinished_operations() == []

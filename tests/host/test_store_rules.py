@@ -163,3 +163,22 @@ def test_database_urls_and_what_an_unreachable_database_says(tmp_path: Path) -> 
         Store.open(url)
     assert caught.value.reason == "CATALOG_UNAVAILABLE"
     assert "s3cret" not in caught.value.message
+
+
+def test_one_replica_leads_at_a_time_and_the_lead_moves_when_it_goes(db_url: str) -> None:
+    from vmsnap_host.store.leader import LeaderLock
+
+    store = Store.open(db_url)
+    first, second = LeaderLock(store.engine), LeaderLock(store.engine)
+    assert first.hold()
+    if store.dialect == "sqlite":
+        assert second.hold()  # one host: it always leads
+    else:
+        assert not second.hold()
+        assert first.hold()  # still held, checked on its own connection
+        first.release()  # the leader goes (its connection ends)
+        assert second.hold()
+        assert not first.hold()
+    first.release()
+    second.release()
+    store.close()

@@ -14,6 +14,7 @@ from vmsnap_host.manager import Manager
 from vmsnap_host.reconcile import Reconciler
 from vmsnap_host.recovery import Recovery
 from vmsnap_host.registry import Registry
+from vmsnap_host.replicas import Replicas
 from vmsnap_host.store import Store
 from vmsnap_sdk import ClientTLS, Server, ServerTLS
 from vmsnap_sdk._proto.host.v1 import host_pb2, host_pb2_grpc
@@ -44,8 +45,13 @@ class HostApp:
         self.manager = Manager(self.store, self.registry, settings, owner)
         # Two-way reconciliation, on demand through the Reconcile RPC.
         self.reconciler = Reconciler(self.store, self.registry, settings, owner)
-        # Every reconcile tick: open operations, owed deletes, then the two-way sweep.
-        self.recovery = Recovery(self.manager, sweep=self.reconciler.run_once)
+        # Heartbeat, who is alive, who leads (one host on SQLite: alive and leading).
+        self.replicas = Replicas(self.store, owner, settings.lease_seconds)
+        # Every reconcile tick: open operations (own, or of replicas that stopped);
+        # on the leader, owed deletes, then the two-way sweep.
+        self.recovery = Recovery(
+            self.manager, sweep=self.reconciler.run_once, replicas=self.replicas
+        )
         self.server = Server(listen, tls=tls, grace_seconds=grace_seconds)
         self.server.add_service(
             HOST_SERVICE,
@@ -56,10 +62,19 @@ class HostApp:
 
     async def start(self) -> list[str]:
         await self._register_all()
-        await self.recovery.resolve_on_start()
-        await self.recovery.reconcile_once(sweep=False)
+        # Alive before anything else: the others must not take over what this
+        # replica is about to resume.
+        await self.replicas.beat()
+        heartbeat = asyncio.create_task(self.replicas.run())
+        try:
+            await self.recovery.resolve_on_start()
+            await self.recovery.reconcile_once(sweep=False)
+        except BaseException:
+            heartbeat.cancel()
+            raise
         settings = self.config.settings
         self._loops = [
+            heartbeat,
             asyncio.create_task(self.registry.run_health_loop(settings.health_interval_seconds)),
             asyncio.create_task(self.recovery.run(settings.reconcile_interval_seconds)),
         ]
@@ -102,6 +117,9 @@ class HostApp:
                 await task
         # Cancelling an operation thaws its VM first (the executor's finally).
         await self.manager.close()
+        # What is left open here is anyone's now: the others need not wait out the
+        # heartbeat.
+        await self.replicas.leave()
         await self.registry.close()
         self.store.close()
 

@@ -2,9 +2,11 @@
 
 Each mutating request is checked first (with the code and message DESIGN.md
 documents), journaled as an operation, then queued on its VM: one runs at a
-time per VM, at most ``queue_bound`` wait, past that ABORTED. While it runs
-the host holds the VM's lease in the catalog, so a second replica (later, on
-PostgreSQL) knows whom the VM belongs to and when it may take over.
+time per VM, at most ``queue_bound`` wait, past that ABORTED — counted in the
+catalog at admission, so the bound holds across replicas. While it runs the
+host holds the VM's lease in the catalog (one replica at a time, waiting for
+the lease otherwise), and every write the operation makes checks the lease's
+fencing token.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from vmsnap_host.config import Settings
@@ -29,7 +31,8 @@ from vmsnap_host.model import (
 from vmsnap_host.planner import plan_take
 from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
-from vmsnap_host.store.store import Duplicate
+from vmsnap_host.store.fence import Fence, fenced
+from vmsnap_host.store.store import CatalogUnavailable, Duplicate
 from vmsnap_host.store.writer import Step
 from vmsnap_sdk import Capability, VMState
 from vmsnap_sdk.errors import (
@@ -41,6 +44,11 @@ from vmsnap_sdk.errors import (
 )
 
 log = logging.getLogger("vmsnap.host.manager")
+
+#: How often a waiter re-reads an operation that another replica runs.
+_POLL = 0.2
+#: How often an operation asks again for a VM lease held by another.
+_LEASE_RETRY = 0.25
 
 
 @dataclass
@@ -62,6 +70,9 @@ class Manager:
         self._admission: dict[str, asyncio.Lock] = {}
         #: The task of every operation this process runs or has queued, by id.
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Operations being admitted: committed, or about to be, and not started yet
+        #: (recovery must not take them for abandoned in between).
+        self._admitting: set[str] = set()
         self._changed = asyncio.Condition()
 
     # --- requests -----------------------------------------------------------------
@@ -150,10 +161,11 @@ class Manager:
                     )
                 )
             try:
-                fence = await self.store.write(*steps)
+                with self._admitting_op(op):
+                    fence = await self.store.write(*steps)
+                    self._start(op, fence=int(fence or 0) if idle else 0)
             except Duplicate as exc:
                 return self._duplicate(exc, request_id, OperationType.CREATE, vm_id, name)
-            self._start(op, fence=int(fence or 0) if idle else 0)
             return op
 
     async def revert_snapshot(
@@ -196,12 +208,13 @@ class Manager:
                 OperationType.REVERT, request_id, snap.vm_id, snapshot_id, {"stop_vm": stop_vm}
             )
             try:
-                await self.store.write(
-                    self._admit_step(snap.vm_id), self.store.w_insert_operation(op)
-                )
+                with self._admitting_op(op):
+                    await self.store.write(
+                        self._admit_step(snap.vm_id), self.store.w_insert_operation(op)
+                    )
+                    self._start(op)
             except Duplicate as exc:
                 return self._duplicate(exc, request_id, OperationType.REVERT, snap.vm_id, snapshot_id)
-            self._start(op)
             return op
 
     async def delete_snapshot(self, request_id: str, snapshot_id: str) -> OperationRecord:
@@ -228,11 +241,12 @@ class Manager:
                 op = replace(op, done=True, progress=100, step="already removed")
                 steps = []
             try:
-                await self.store.write(*steps, self.store.w_insert_operation(op))
+                with self._admitting_op(op):
+                    await self.store.write(*steps, self.store.w_insert_operation(op))
+                    if not op.done:
+                        self._start(op)
             except Duplicate as exc:
                 return self._duplicate(exc, request_id, OperationType.DELETE, snap.vm_id, snapshot_id)
-            if not op.done:
-                self._start(op)
             return op
 
     # --- reads --------------------------------------------------------------------
@@ -259,6 +273,9 @@ class Manager:
         return op
 
     async def wait_operation(self, operation_id: str, timeout: float) -> OperationRecord:
+        """Until the operation is done or ``timeout`` passed, whichever replica runs
+        it: one that runs here wakes the waiter; any other is polled in the catalog
+        (every ``_POLL`` seconds: a bounded load, one indexed read per waiter)."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
         while True:
@@ -266,11 +283,13 @@ class Manager:
             left = give_up - loop.time()
             if op.done or left <= 0:
                 return op
+            # Wake on any change here, or re-read: at least every second for an
+            # operation of this replica (the reconciler may finish it without a
+            # notification), more often for one another replica runs.
+            poll = 1.0 if operation_id in self._tasks else _POLL
             async with self._changed:
-                # Wake on any change, or re-read at least every second (an operation
-                # may be finished by the reconciler, which does not notify).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
+                    await asyncio.wait_for(self._changed.wait(), min(left, poll))
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -300,6 +319,14 @@ class Manager:
                 reason="REQUEST_ID_REUSED",
             )
         return op
+
+    @contextlib.contextmanager
+    def _admitting_op(self, op: OperationRecord) -> Iterator[None]:
+        self._admitting.add(op.id)
+        try:
+            yield
+        finally:
+            self._admitting.discard(op.id)
 
     def _admit_step(self, vm_id: str, max_live: int | None = None) -> Step:
         return self.store.w_admit(vm_id, max_open=1 + self.settings.queue_bound, max_live=max_live)
@@ -361,19 +388,25 @@ class Manager:
     def resume(self, op: OperationRecord) -> asyncio.Task[None] | None:
         """Resolve an unfinished operation found on start or left open (a take is
         rolled back, a revert settled on one side, a delete retried)."""
-        if op.id in self._tasks:
+        if op.id in self._tasks or op.id in self._admitting:
             return None
         return self._start(op, resume=True)
 
     @property
     def running(self) -> frozenset[str]:
-        """Ids of the operations this process is running or has queued."""
-        return frozenset(self._tasks)
+        """Ids of the operations this process is running, has queued, or is admitting."""
+        return frozenset(self._tasks) | frozenset(self._admitting)
 
     async def _run(self, op: OperationRecord, queue: _VMQueue, fence: int, resume: bool) -> None:
         try:
-            async with queue.lock:
+            if resume:
+                # Not behind this replica's queue: what it resolves may be what the
+                # queue waits for (a VM's lease stays with its operation until that is
+                # finished, store.w_acquire_lease). The lease keeps it apart from the rest.
                 await self._run_owned(op, fence, resume)
+            else:
+                async with queue.lock:
+                    await self._run_owned(op, fence, resume)
         finally:
             queue.admitted -= 1
             self._tasks.pop(op.id, None)
@@ -387,13 +420,24 @@ class Manager:
                 self.store.w_acquire_lease(op.vm_id, self.owner, op.id, ttl)
             )
             if not fence:
-                # Another replica owns the VM: wait for its lease to end.
-                await asyncio.sleep(min(1.0, ttl / 3))
+                # Another operation (here or on another replica) holds the VM: wait
+                # until it is finished, or taken over and resolved.
+                await asyncio.sleep(min(_LEASE_RETRY, ttl / 3))
         work = asyncio.current_task()
         assert work is not None
         renew = asyncio.create_task(self._renew_lease(op, fence, ttl, work))
         try:
-            await self.executor.run(op, resume=resume)
+            # Every catalog write of this work (and of the tasks it starts) checks the
+            # lease's token first: after a takeover, nothing of it lands.
+            with fenced(Fence(op.vm_id, self.owner, fence)):
+                await self.executor.run(op, resume=resume)
+        except CatalogUnavailable as exc:
+            # Nothing is done without its journal entry: the operation stays open and
+            # is resolved once the catalog is back (here, or by another replica).
+            log.error(
+                "catalog unreachable; operation left open",
+                extra={"fields": {"operation": op.id, "error": exc.message}},
+            )
         finally:
             renew.cancel()
             with contextlib.suppress(asyncio.CancelledError):

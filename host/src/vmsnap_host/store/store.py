@@ -867,10 +867,12 @@ class Store:
     def w_acquire_lease(self, vm_id: str, owner: str, operation_id: str, ttl: float) -> Step:
         """Own the VM for ``ttl`` seconds; the step returns the new fencing token
         (> 0), or 0 when refused. One statement (INSERT … ON CONFLICT DO UPDATE …
-        WHERE), so two replicas cannot both win. It is granted when the VM has no
-        lease, or this owner holds it, or it ran out *and* its operation is this
-        one or finished: an operation abandoned by a dead replica is resolved by
-        whoever takes it over before anything else runs on the VM."""
+        WHERE), so two replicas cannot both win. Granted when the VM has no lease,
+        or when its lease is this owner's or ran out *and* the lease's operation is
+        this one or finished. A lease stays with its operation until that is
+        finished: one abandoned by a dead replica is resolved by whoever takes it
+        over before anything else runs on the VM, and two operations of one
+        replica never hold the VM together."""
 
         def step(conn: Connection) -> int:
             now = _db_now(conn)
@@ -896,12 +898,9 @@ class Store:
                     "expire_time": now + ttl,
                     "fence": lease.fence + 1,
                 },
-                where=or_(
-                    lease.owner == owner,
-                    and_(
-                        lease.expire_time <= now,
-                        or_(lease.operation_id == operation_id, ~open_op),
-                    ),
+                where=and_(
+                    or_(lease.owner == owner, lease.expire_time <= now),
+                    or_(lease.operation_id == operation_id, ~open_op),
                 ),
             ).returning(lease.fence)
             fence = conn.execute(stmt).scalar()
