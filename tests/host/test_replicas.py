@@ -197,3 +197,28 @@ def test_replicas_hammering_the_same_vms_run_each_operation_once(hammered: Repli
         timeout=10,
         what="the arrays to hold exactly the READY snapshots",
     )
+
+
+async def test_the_client_fails_over_to_another_replica(hanging_a: Replicas) -> None:
+    from vmsnap_host.client import HostClient, VMSnapshotState
+
+    c = hanging_a
+    c.use("host-1")
+    c.define_vm("vm1")
+    addresses = [f"unix://{c.sock}/{name}.sock" for name in ("host-1", "host-2")]
+    # A dead address first: skipped.
+    async with HostClient.connect(f"unix://{c.sock}/gone.sock," + ",".join(addresses)) as host:
+        started = await host.create_vm_snapshot("vm1", "s1", request_id="req-s1")
+        assert host.replica == addresses[0]
+        eventually(
+            lambda: ["take", started.vm_snapshot_id] in c.driver_state("a")["calls"],
+            what="take on a",
+        )
+        c.procs["host-1"].signal(signal.SIGKILL)
+        c.procs["host-1"].popen.wait()
+        # The same request again reaches the other replica: the same operation.
+        again = await host.create_vm_snapshot("vm1", "s1", request_id="req-s1")
+        assert again.id == started.id and host.replica == addresses[1]
+        done = await host.wait(started.id, timeout=LEASE_SECONDS + 10)
+        assert done.done and done.vm_snapshot is not None
+        assert done.vm_snapshot.state is VMSnapshotState.ERROR

@@ -37,6 +37,7 @@ def pg_cluster() -> Iterator[PgCluster]:
     if find_bindir() is None:
         _unavailable(MISSING)
     directory = Path(tempfile.mkdtemp(prefix="vs-pg-", dir="/tmp"))
+    directory.chmod(0o711)  # as root the server runs as postgres, which must get through
     cluster = PgCluster(directory / "pg")
     try:
         cluster.start(fast=True)

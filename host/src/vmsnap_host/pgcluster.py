@@ -8,8 +8,9 @@ only (no TCP port: nothing to collide between parallel runs, nothing reachable
 from outside), trusts local connections, and is stopped with ``pg_ctl stop``.
 
 ``initdb`` refuses to run as root; as root the cluster's programs run as the
-``postgres`` user (made by the package) through ``runuser``, with the data
-directory given to that user.
+``postgres`` user (made by the package) through ``runuser``, with the cluster's
+directory given to that user (its parent directories must let that user
+through: /tmp does, /root does not).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -88,46 +90,82 @@ class PgCluster:
             detail = (result.stderr or result.stdout).strip().splitlines()[-5:]
             raise PgClusterError(f"{args[0]} failed (exit {result.returncode}): {' | '.join(detail)}")
 
-    def start(self, *, fast: bool = False) -> None:
-        """Make the cluster on first use, then start the server and wait until it accepts.
-
-        ``fast``: no fsync (throw-away test clusters only: a crash of the machine
-        may corrupt it)."""
+    @staticmethod
+    def _bindir() -> Path:
         bindir = find_bindir()
         if bindir is None:
             raise PgClusterError(
                 "PostgreSQL's server programs (initdb, pg_ctl) are not installed: "
                 "apt-get install postgresql"
             )
+        return bindir
+
+    def init(self, *, fast: bool = False) -> None:
+        """Make the cluster unless it exists (``fast``: skip initdb's fsync)."""
+        bindir = self._bindir()
         self.directory.mkdir(parents=True, exist_ok=True)
-        runas = self._runas()
-        if runas:
-            # The server runs as postgres: it owns its directory (and the path to it
-            # must be searchable, which /tmp and a home under /root may not be).
+        if self._runas():
+            # The server runs as postgres: it owns its directory, and must reach it.
             shutil.chown(self.directory, "postgres", "postgres")
             for parent in self.directory.resolve().parents:
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    os.chmod(parent, mode | 0o001)
+                if not parent.stat().st_mode & 0o001:
+                    raise PgClusterError(
+                        f"the postgres user cannot reach {self.directory}: {parent} is "
+                        "closed to other users; use a directory under /tmp or /srv (or run "
+                        "as another user than root)"
+                    )
         if not (self.data / "PG_VERSION").exists():
             self._run(
                 bindir, "initdb", "-D", str(self.data), "-U", self.user, "-A", "trust",
                 "-E", "UTF8", "--no-instructions", *(["--no-sync"] if fast else []),
             )
+
+    def server_options(self, *, fast: bool = False) -> list[str]:
+        """The server's settings: a unix socket in the cluster's directory, no TCP."""
         options = [
-            "-c listen_addresses=''",
-            f"-c unix_socket_directories='{self.socket_dir}'",
-            "-c max_connections=100",
+            "-c", "listen_addresses=",
+            "-c", f"unix_socket_directories={self.socket_dir}",
+            "-c", "max_connections=100",
             # Replicas' batches may lock rows in different orders: find out fast.
-            "-c deadlock_timeout=100ms",
+            "-c", "deadlock_timeout=100ms",
         ]
         if fast:
-            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+            options += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        return options
+
+    def server_command(self, *, fast: bool = False) -> list[str]:
+        """The server in the foreground (for a supervisor): ``postgres -D DATA …``."""
+        return [
+            *self._runas(), str(self._bindir() / "postgres"), "-D", str(self.data),
+            *self.server_options(fast=fast),
+        ]
+
+    def start(self, *, fast: bool = False) -> None:
+        """Make the cluster on first use, then start the server in the background
+        (``pg_ctl``) and wait until it accepts.
+
+        ``fast``: no fsync (throw-away test clusters only: a crash of the machine
+        may corrupt it)."""
+        self.init(fast=fast)
+        # pg_ctl hands -o to the server through a shell: quoted.
+        options = shlex.join(self.server_options(fast=fast))
         self._run(
-            bindir, "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
-            "-o", " ".join(options), "start",
+            self._bindir(), "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
+            "-o", options, "start",
         )
         self.create_database("vmsnap")
+
+    def accepts(self) -> bool:
+        """Whether the server accepts connections now."""
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                host=str(self.socket_dir), user=self.user, dbname="postgres", connect_timeout=2
+            ):
+                return True
+        except psycopg.Error:
+            return False
 
     def create_database(self, name: str) -> str:
         """Create a database (kept if it exists); its URL."""
