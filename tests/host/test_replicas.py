@@ -222,3 +222,40 @@ async def test_the_client_fails_over_to_another_replica(hanging_a: Replicas) -> 
         done = await host.wait(started.id, timeout=LEASE_SECONDS + 10)
         assert done.done and done.vm_snapshot is not None
         assert done.vm_snapshot.state is VMSnapshotState.ERROR
+
+
+@pytest.fixture
+def hanging_revert(sockdir: Path, tmp_path: Path, pg_url: str) -> Iterator[Replicas]:
+    yield from replicas(
+        sockdir, tmp_path, pg_url, 2, {"a": ["--behaviour", "hang", "--fail-on", "revert"]}
+    )
+
+
+def test_a_replica_killed_mid_revert_is_settled_by_another(hanging_revert: Replicas) -> None:
+    c = hanging_revert
+    c.use("host-1")
+    c.define_vm("vm1", start=False)
+    sid = c.wait(c.create("vm1", "s1")).vm_snapshot_id
+    request = pb.RevertVMSnapshotRequest(request_id="rv1", id=sid, stop_vm=True)
+    op = c.host.RevertVMSnapshot(request, timeout=10).operation
+    eventually(lambda: sid in c.driver_state("a")["reverted"], what="the revert on a")
+    c.procs["host-1"].signal(signal.SIGKILL)
+    c.procs["host-1"].popen.wait()
+    killed = time.monotonic()
+
+    c.use("host-2")
+    done = c.wait(op, seconds=LEASE_SECONDS + 10)
+    assert time.monotonic() - killed < LEASE_SECONDS + 5
+    # Settled on one side, and it says which; the snapshot is READY either way.
+    assert done.vm_snapshot.state == pb.VM_SNAPSHOT_STATE_READY, done
+    if done.error.code:
+        assert "put back" in done.error.message, done.error
+    # The states kept for undoing it are gone from the arrays; the snapshot stays.
+    eventually(
+        lambda: set(c.driver_state("a")["snapshots"]) == {sid}
+        and set(c.driver_state("b")["snapshots"]) == {sid},
+        timeout=10,
+        what="the kept states deleted",
+    )
+    running = c.host.ListOperations(pb.ListOperationsRequest(only_running=True), timeout=5)
+    assert list(running.operations) == []
