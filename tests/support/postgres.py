@@ -26,7 +26,7 @@ MISSING = (
 )
 
 
-def _unavailable(reason: str) -> None:
+def skip_or_fail(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (CI must run the PostgreSQL tests)", pytrace=False)
     pytest.skip(reason)
@@ -35,7 +35,7 @@ def _unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
     if find_bindir() is None:
-        _unavailable(MISSING)
+        skip_or_fail(MISSING)
     directory = Path(tempfile.mkdtemp(prefix="vs-pg-", dir="/tmp"))
     directory.chmod(0o711)  # as root the server runs as postgres, which must get through
     cluster = PgCluster(directory / "pg")
@@ -43,7 +43,7 @@ def pg_cluster() -> Iterator[PgCluster]:
         cluster.start(fast=True)
     except PgClusterError as exc:
         shutil.rmtree(directory, ignore_errors=True)
-        _unavailable(f"cannot start a PostgreSQL cluster: {exc}")
+        skip_or_fail(f"cannot start a PostgreSQL cluster: {exc}")
     yield cluster
     try:
         cluster.stop()
