@@ -17,6 +17,7 @@ import pytest
 
 from tests.host.e2e import eventually
 from tests.host.replicas import LEASE_SECONDS, Replicas, replicas
+from vmsnap_host.client._convert import failure
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 
 ABORTED = grpc.StatusCode.ABORTED
@@ -46,6 +47,8 @@ def test_a_replica_killed_mid_take_is_taken_over_within_the_lease(hanging_a: Rep
     done = c.wait(op, seconds=LEASE_SECONDS + 10)
     assert time.monotonic() - killed < LEASE_SECONDS + 5
     assert done.error.code == ABORTED.value[0], done
+    # ... with the reason clients retry on (the demo does: take it again).
+    assert failure(done.error).reason == "HOST_RESTARTED"
     assert done.vm_snapshot.state == pb.VM_SNAPSHOT_STATE_ERROR
     assert not c.frozen("vm1")
     assert c.driver_state("a")["snapshots"] == {} and c.driver_state("b")["snapshots"] == {}
@@ -259,3 +262,4 @@ def test_a_replica_killed_mid_revert_is_settled_by_another(hanging_revert: Repli
     )
     running = c.host.ListOperations(pb.ListOperationsRequest(only_running=True), timeout=5)
     assert list(running.operations) == []
+

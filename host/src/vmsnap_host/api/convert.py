@@ -6,12 +6,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from vmsnap_host.model import ErrorInfo, Group, GroupKind, OperationRecord, Snapshot
 from vmsnap_host.reconcile import Finding
 from vmsnap_host.registry import AgentEntry, DriverEntry
 from vmsnap_sdk import Capability
+from vmsnap_sdk._errors import DOMAIN
 from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 
@@ -27,7 +28,12 @@ def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
 def _status(error: ErrorInfo | None) -> status_pb2.Status | None:
     if error is None:
         return None
-    return status_pb2.Status(code=error.code, message=error.message)
+    status = status_pb2.Status(code=error.code, message=error.message)
+    if error.reason:
+        # The machine-readable reason (e.g. HOST_RESTARTED: take it again), as an
+        # RPC error carries it.
+        status.details.add().Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN))
+    return status
 
 
 def group_to_pb(group: Group) -> pb.SnapshotGroup:
