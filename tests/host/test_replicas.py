@@ -263,3 +263,20 @@ def test_a_replica_killed_mid_revert_is_settled_by_another(hanging_revert: Repli
     running = c.host.ListOperations(pb.ListOperationsRequest(only_running=True), timeout=5)
     assert list(running.operations) == []
 
+
+
+def test_a_driver_registered_through_one_replica_reaches_the_others(
+    hanging_a: Replicas,
+) -> None:
+    c = hanging_a
+    c.start_driver("c")
+    address = f"unix://{c.sock}/c.sock"
+    c.on("host-1").RegisterDriver(pb.RegisterDriverRequest(address=address, order=2), timeout=10)
+
+    def names(replica: str) -> set[str]:
+        drivers = c.on(replica).ListDrivers(pb.ListDriversRequest(), timeout=5).drivers
+        return {d.name for d in drivers}
+
+    eventually(lambda: "io.vmsnap.test.c" in names("host-2"), timeout=10, what="c on host-2")
+    c.on("host-2").RemoveDriver(pb.RemoveDriverRequest(name="io.vmsnap.test.c"), timeout=10)
+    eventually(lambda: "io.vmsnap.test.c" not in names("host-1"), timeout=10, what="c gone")

@@ -59,6 +59,12 @@ class HostApp:
             host_pb2_grpc.add_VMSnapshotServiceServicer_to_server,
         )
         self._loops: list[asyncio.Task[None]] = []
+        #: Addresses from the configuration file (never removed by the sync below).
+        self._configured: dict[str, set[str]] = {"driver": set(), "agent": set()}
+        #: Stored registrations this replica has seen: one that disappears from the
+        #: catalog was removed through another replica.
+        self._seen: dict[str, set[str]] = {"driver": set(), "agent": set()}
+        self._tried: dict[str, set[str]] = {"driver": set(), "agent": set()}
 
     async def start(self) -> list[str]:
         await self._register_all()
@@ -77,28 +83,58 @@ class HostApp:
             heartbeat,
             asyncio.create_task(self.registry.run_health_loop(settings.health_interval_seconds)),
             asyncio.create_task(self.recovery.run(settings.reconcile_interval_seconds)),
+            asyncio.create_task(self._follow_registrations(settings.reconcile_interval_seconds)),
         ]
         return await self.server.start()
 
     async def _register_all(self) -> None:
-        configured = set()
         for endpoint in self.config.drivers:
-            configured.add(endpoint.address)
+            self._configured["driver"].add(endpoint.address)
             await self._register(
                 self.registry.add_driver(endpoint.address, order=endpoint.order, tls=endpoint.tls)
             )
-        for address, _name, order, tls in self.store.registrations("driver"):
-            if address not in configured:
+        for endpoint in self.config.agents:
+            self._configured["agent"].add(endpoint.address)
+            await self._register(self.registry.add_agent(endpoint.address, tls=endpoint.tls))
+        await self._sync_registrations()
+
+    async def _sync_registrations(self) -> None:
+        """Registrations made or removed through any replica (stored in the shared
+        catalog) reach this one: stored ones it lacks are added, ones it saw stored
+        that are gone are removed."""
+        for kind in ("driver", "agent"):
+            stored = {a: (order, tls) for a, _n, order, tls in self.store.registrations(kind)}
+            peers = self.registry.drivers() if kind == "driver" else self.registry.agents()
+            known = {e.address for e in peers}
+            for address, (order, tls) in stored.items():
+                if address in known or address in self._configured[kind] | self._tried[kind]:
+                    continue
+                # Once: a refused one (its name taken here) is not retried every tick.
+                self._tried[kind].add(address)
                 await self._register(
                     self.registry.add_driver(address, order=order, tls=_client_tls(tls))
+                    if kind == "driver"
+                    else self.registry.add_agent(address, tls=_client_tls(tls))
                 )
-        configured = set()
-        for endpoint in self.config.agents:
-            configured.add(endpoint.address)
-            await self._register(self.registry.add_agent(endpoint.address, tls=endpoint.tls))
-        for address, _name, _order, tls in self.store.registrations("agent"):
-            if address not in configured:
-                await self._register(self.registry.add_agent(address, tls=_client_tls(tls)))
+            for address in (self._seen[kind] - set(stored)) & known - self._configured[kind]:
+                log.info(
+                    "registration removed through another replica",
+                    extra={"fields": {"address": address}},
+                )
+                if kind == "driver":
+                    await self.registry.remove_driver("", address=address)
+                else:
+                    await self.registry.remove_agent("", address=address)
+            self._seen[kind] = set(stored)
+            self._tried[kind] &= set(stored)
+
+    async def _follow_registrations(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._sync_registrations()
+            except Exception:
+                log.exception("registration sync failed")
 
     @staticmethod
     async def _register(registration: Awaitable[object]) -> None:

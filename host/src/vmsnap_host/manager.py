@@ -32,7 +32,7 @@ from vmsnap_host.planner import plan_take
 from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
 from vmsnap_host.store.fence import Fence, fenced
-from vmsnap_host.store.store import CatalogUnavailable, Duplicate
+from vmsnap_host.store.store import Duplicate
 from vmsnap_host.store.writer import Step
 from vmsnap_sdk import Capability, VMState
 from vmsnap_sdk.errors import (
@@ -41,6 +41,7 @@ from vmsnap_sdk.errors import (
     FailedPrecondition,
     NotFound,
     ResourceExhausted,
+    VMSnapError,
 )
 
 log = logging.getLogger("vmsnap.host.manager")
@@ -431,11 +432,12 @@ class Manager:
             # lease's token first: after a takeover, nothing of it lands.
             with fenced(Fence(op.vm_id, self.owner, fence)):
                 await self.executor.run(op, resume=resume)
-        except CatalogUnavailable as exc:
-            # Nothing is done without its journal entry: the operation stays open and
-            # is resolved once the catalog is back (here, or by another replica).
+        except VMSnapError as exc:
+            # The catalog unreachable (nothing is done without its journal entry), or
+            # a peer down while the executor ended the operation: it stays open and is
+            # resolved on a later reconcile tick (here, or by another replica).
             log.error(
-                "catalog unreachable; operation left open",
+                "operation left open; resolved on a later tick",
                 extra={"fields": {"operation": op.id, "error": exc.message}},
             )
         finally:
