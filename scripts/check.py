@@ -2,7 +2,8 @@
 
 ruff, mypy --strict on our code (not the generated code), the proto checks
 (generated code up to date, buf lint, buf breaking against the previous commit
-of main), then pytest. Extra arguments go to pytest.
+of main), then pytest in parallel (pytest-xdist, ``-n auto``; pass ``-n 0`` to run
+in one process). Extra arguments go to pytest.
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ def main() -> None:
     else:
         print("== buf breaking: skipped, the previous commit has no proto/ to compare against")
     env = dict(os.environ)
-    run("pytest", [sys.executable, "-m", "pytest", *sys.argv[1:]], env=env)
+    args = sys.argv[1:]
+    if not any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in args):
+        # In parallel (pytest-xdist); QEMU tests share one worker (tests/conftest.py).
+        args = ["-n", "auto", "--dist", "loadgroup", "--durations=15", *args]
+    run("pytest", [sys.executable, "-m", "pytest", *args], env=env)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,11 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 
 from vmsnap_host.config import Settings
+from vmsnap_host.decisions import DecisionCache
 from vmsnap_host.executor import Executor
 from vmsnap_host.model import (
     GroupKind,
@@ -34,7 +35,7 @@ from vmsnap_host.store import Store
 from vmsnap_host.store.fence import Fence, fenced
 from vmsnap_host.store.store import Duplicate
 from vmsnap_host.store.writer import Step
-from vmsnap_sdk import Capability, VMState
+from vmsnap_sdk import VM, Capability, VMState
 from vmsnap_sdk.errors import (
     Aborted,
     AlreadyExists,
@@ -66,13 +67,15 @@ class Manager:
         self.registry = registry
         self.settings = settings
         self.owner = owner
-        self.executor = Executor(store, registry, settings)
+        #: CanHandle answers reused across plans (DESIGN.md: CanHandle is pure).
+        self.decisions = DecisionCache(settings.can_handle_cache_seconds)
+        self.executor = Executor(store, registry, settings, decisions=self.decisions)
         self._queues: dict[str, _VMQueue] = {}
         self._admission: dict[str, asyncio.Lock] = {}
         #: The task of every operation this process runs or has queued, by id.
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        #: Operations being admitted: committed, or about to be, and not started yet
-        #: (recovery must not take them for abandoned in between).
+        #: Operations whose record is being committed and whose task is not started
+        #: yet: recovery must not take them for abandoned ones in that window.
         self._admitting: set[str] = set()
         self._changed = asyncio.Condition()
 
@@ -129,6 +132,7 @@ class Manager:
                 include_memory=include_memory,
                 options=parameters,
                 can_handle_timeout=self.settings.can_handle_timeout_seconds,
+                cache=self.decisions,
             )
             snap = Snapshot(
                 id=uuid.uuid4().hex,
@@ -162,9 +166,12 @@ class Manager:
                     )
                 )
             try:
-                with self._admitting_op(op):
+                async with self._admitting_op(op):
                     fence = await self.store.write(*steps)
-                    self._start(op, fence=int(fence or 0) if idle else 0)
+                    # Started at once, the take reuses this description of the VM (one
+                    # DescribeVM per take); a take that waits behind another operation
+                    # describes the VM again when it runs (that operation may change it).
+                    self._start(op, fence=int(fence or 0) if idle else 0, vm=vm if idle else None)
             except Duplicate as exc:
                 return self._duplicate(exc, request_id, OperationType.CREATE, vm_id, name)
             return op
@@ -209,7 +216,7 @@ class Manager:
                 OperationType.REVERT, request_id, snap.vm_id, snapshot_id, {"stop_vm": stop_vm}
             )
             try:
-                with self._admitting_op(op):
+                async with self._admitting_op(op):
                     await self.store.write(
                         self._admit_step(snap.vm_id), self.store.w_insert_operation(op)
                     )
@@ -242,7 +249,7 @@ class Manager:
                 op = replace(op, done=True, progress=100, step="already removed")
                 steps = []
             try:
-                with self._admitting_op(op):
+                async with self._admitting_op(op):
                     await self.store.write(*steps, self.store.w_insert_operation(op))
                     if not op.done:
                         self._start(op)
@@ -280,17 +287,24 @@ class Manager:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
         while True:
+            task = self._tasks.get(operation_id)
+            left = give_up - loop.time()
+            if task is not None and left > 0:
+                # Run here: wait for its own end, not for every operation's (no herd
+                # of waiters re-reading the catalog at each end), then read it once.
+                # Re-read at least every second all the same.
+                await asyncio.wait({task}, timeout=min(left, 1.0))
             op = self.get_operation(operation_id)
             left = give_up - loop.time()
             if op.done or left <= 0:
                 return op
-            # Wake on any change here, or re-read: at least every second for an
-            # operation of this replica (the reconciler may finish it without a
-            # notification), more often for one another replica runs.
-            poll = 1.0 if operation_id in self._tasks else _POLL
+            if operation_id in self._tasks:
+                continue
+            # Not run here (another replica runs it, or the reconciler finishes it):
+            # wake on any change here, or re-read the catalog every _POLL seconds.
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), min(left, poll))
+                    await asyncio.wait_for(self._changed.wait(), min(left, _POLL))
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -299,7 +313,7 @@ class Manager:
     # --- queueing and running -----------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _admit(self, vm_id: str):  # type: ignore[no-untyped-def]
+    async def _admit(self, vm_id: str) -> AsyncIterator[None]:
         # Checks and insert under one lock per VM: two creates with the same name
         # (or the same request id) cannot both pass the checks.
         lock = self._admission.setdefault(vm_id, asyncio.Lock())
@@ -320,14 +334,6 @@ class Manager:
                 reason="REQUEST_ID_REUSED",
             )
         return op
-
-    @contextlib.contextmanager
-    def _admitting_op(self, op: OperationRecord) -> Iterator[None]:
-        self._admitting.add(op.id)
-        try:
-            yield
-        finally:
-            self._admitting.discard(op.id)
 
     def _admit_step(self, vm_id: str, max_live: int | None = None) -> Step:
         return self.store.w_admit(vm_id, max_open=1 + self.settings.queue_bound, max_live=max_live)
@@ -378,11 +384,16 @@ class Manager:
         )
 
     def _start(
-        self, op: OperationRecord, *, fence: int = 0, resume: bool = False
+        self,
+        op: OperationRecord,
+        *,
+        fence: int = 0,
+        resume: bool = False,
+        vm: VM | None = None,
     ) -> asyncio.Task[None]:
         queue = self._queues.setdefault(op.vm_id, _VMQueue(asyncio.Lock()))
         queue.admitted += 1
-        task = asyncio.create_task(self._run(op, queue, fence, resume))
+        task = asyncio.create_task(self._run(op, queue, fence, resume, vm))
         self._tasks[op.id] = task
         return task
 
@@ -393,28 +404,43 @@ class Manager:
             return None
         return self._start(op, resume=True)
 
+    @contextlib.asynccontextmanager
+    async def _admitting_op(self, op: OperationRecord) -> AsyncIterator[None]:
+        """Around the commit of a new operation and its start: the record is visible
+        to recovery before the task exists (docs/design.md, "Admission")."""
+        self._admitting.add(op.id)
+        try:
+            yield
+        finally:
+            self._admitting.discard(op.id)
+
     @property
     def running(self) -> frozenset[str]:
         """Ids of the operations this process is running, has queued, or is admitting."""
         return frozenset(self._tasks) | frozenset(self._admitting)
 
-    async def _run(self, op: OperationRecord, queue: _VMQueue, fence: int, resume: bool) -> None:
+    async def _run(
+        self, op: OperationRecord, queue: _VMQueue, fence: int, resume: bool, vm: VM | None
+    ) -> None:
         try:
             if resume:
                 # Not behind this replica's queue: what it resolves may be what the
                 # queue waits for (a VM's lease stays with its operation until that is
                 # finished, store.w_acquire_lease). The lease keeps it apart from the rest.
-                await self._run_owned(op, fence, resume)
+                await self._run_owned(op, fence, resume, vm)
             else:
                 async with queue.lock:
-                    await self._run_owned(op, fence, resume)
+                    await self._run_owned(op, fence, resume, vm)
         finally:
             queue.admitted -= 1
             self._tasks.pop(op.id, None)
             await self._notify()
 
-    async def _run_owned(self, op: OperationRecord, fence: int, resume: bool) -> None:
-        """Run holding the VM's lease (``fence``: taken already at admission)."""
+    async def _run_owned(
+        self, op: OperationRecord, fence: int, resume: bool, vm: VM | None = None
+    ) -> None:
+        """Run holding the VM's lease (``fence``: taken already at admission; ``vm``:
+        the VM as admission described it, when the operation started at once)."""
         ttl = self.settings.lease_seconds
         while not fence:
             fence = await self.store.write(
@@ -431,7 +457,7 @@ class Manager:
             # Every catalog write of this work (and of the tasks it starts) checks the
             # lease's token first: after a takeover, nothing of it lands.
             with fenced(Fence(op.vm_id, self.owner, fence)):
-                await self.executor.run(op, resume=resume)
+                await self.executor.run(op, resume=resume, vm=vm)
         except VMSnapError as exc:
             # The catalog unreachable (nothing is done without its journal entry), or
             # a peer down while the executor ended the operation: it stays open and is

@@ -482,6 +482,7 @@ class CreateVMSnapshotRequest(_message.Message):
     INCLUDE_MEMORY_FIELD_NUMBER: _builtins.int
     QUIESCE_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client id for safe retries (1..128 chars); the same id returns the same operation."""
     vm_id: _builtins.str
@@ -498,6 +499,15 @@ class CreateVMSnapshotRequest(_message.Message):
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Parameters passed to the drivers (at most 64 entries)."""
 
+    @_builtins.property
+    def wait(self) -> _duration_pb2.Duration:
+        """When set, answer once the operation is done or this long has passed,
+        whichever comes first, as WaitOperation does (at most 10 min, bounded by the
+        call's deadline): a take in one round trip. Unset: answer once the operation
+        is journaled. Either way the operation is returned as it stands; a retry
+        with the same request_id waits on the same operation.
+        """
+
     def __init__(
         self,
         *,
@@ -508,10 +518,11 @@ class CreateVMSnapshotRequest(_message.Message):
         include_memory: _builtins.bool = ...,
         quiesce: Global___QuiescePolicy.ValueType = ...,
         parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        wait: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "include_memory", b"include_memory", "name", b"name", "parameters", b"parameters", "quiesce", b"quiesce", "request_id", b"request_id", "vm_id", b"vm_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "include_memory", b"include_memory", "name", b"name", "parameters", b"parameters", "quiesce", b"quiesce", "request_id", b"request_id", "vm_id", b"vm_id", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -519,14 +530,14 @@ Global___CreateVMSnapshotRequest: _TypeAlias = CreateVMSnapshotRequest  # noqa: 
 
 @_typing.final
 class CreateVMSnapshotResponse(_message.Message):
-    """The started operation."""
+    """The operation: started, or done when the request asked to wait."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     OPERATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def operation(self) -> Global___Operation:
-        """Operation to get or wait on."""
+        """Operation to get or wait on (done when it finished within `wait`)."""
 
     def __init__(
         self,
