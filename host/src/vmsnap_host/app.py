@@ -61,9 +61,10 @@ class HostApp:
         self._loops: list[asyncio.Task[None]] = []
         #: Addresses from the configuration file (never removed by the sync below).
         self._configured: dict[str, set[str]] = {"driver": set(), "agent": set()}
-        #: Stored registrations this replica has seen: one that disappears from the
-        #: catalog was removed through another replica.
-        self._seen: dict[str, set[str]] = {"driver": set(), "agent": set()}
+        #: Peers known here, not configured, with no stored registration at the last
+        #: sync: still so at the next, they were removed through another replica (one
+        #: registered here is stored right after it is added: not two syncs later).
+        self._absent: dict[str, set[str]] = {"driver": set(), "agent": set()}
         self._tried: dict[str, set[str]] = {"driver": set(), "agent": set()}
 
     async def start(self) -> list[str]:
@@ -100,8 +101,8 @@ class HostApp:
 
     async def _sync_registrations(self) -> None:
         """Registrations made or removed through any replica (stored in the shared
-        catalog) reach this one: stored ones it lacks are added, ones it saw stored
-        that are gone are removed."""
+        catalog) reach this one: stored ones it lacks are added, ones it has that are
+        neither configured nor stored (two syncs in a row) are removed."""
         for kind in ("driver", "agent"):
             stored = {a: (order, tls) for a, _n, order, tls in self.store.registrations(kind)}
             peers = self.registry.drivers() if kind == "driver" else self.registry.agents()
@@ -116,7 +117,9 @@ class HostApp:
                     if kind == "driver"
                     else self.registry.add_agent(address, tls=_client_tls(tls))
                 )
-            for address in (self._seen[kind] - set(stored)) & known - self._configured[kind]:
+            absent = known - set(stored) - self._configured[kind]
+            gone, self._absent[kind] = absent & self._absent[kind], absent - self._absent[kind]
+            for address in gone:
                 log.info(
                     "registration removed through another replica",
                     extra={"fields": {"address": address}},
@@ -125,8 +128,8 @@ class HostApp:
                     await self.registry.remove_driver("", address=address)
                 else:
                     await self.registry.remove_agent("", address=address)
-            self._seen[kind] = set(stored)
-            self._tried[kind] &= set(stored)
+            # A removal may free a name a refused registration wanted: try those again.
+            self._tried[kind] = set() if gone else self._tried[kind] & set(stored)
 
     async def _follow_registrations(self, interval: float) -> None:
         while True:
