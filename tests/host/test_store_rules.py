@@ -182,3 +182,13 @@ def test_one_replica_leads_at_a_time_and_the_lead_moves_when_it_goes(db_url: str
     first.release()
     second.release()
     store.close()
+
+
+def test_a_host_out_of_catalog_connections_answers_unavailable(pg_url: str) -> None:
+    store = Store.open(pg_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    # the one connection, held
+    with store.engine.connect(), pytest.raises(CatalogUnavailable) as caught:
+        store.get_snapshot("s1")
+    assert caught.value.reason == "CATALOG_BUSY"
+    assert store.get_snapshot("s1") is None  # free again
+    store.close()

@@ -52,6 +52,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Row, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.sql.elements import ColumnElement
 
 from vmsnap_host import state as lifecycle
@@ -355,7 +356,14 @@ class Store:
         return self.engine.url.render_as_string(hide_password=True)
 
     @classmethod
-    def open(cls, db: str | Path, *, pool_size: int = 4, max_overflow: int = 4) -> Store:
+    def open(
+        cls,
+        db: str | Path,
+        *,
+        pool_size: int = 4,
+        max_overflow: int = 4,
+        pool_timeout: float = 10.0,
+    ) -> Store:
         """Open (and migrate) the catalog at ``db``: ``sqlite:///PATH`` (or a path)
         or ``postgresql+psycopg://…``. On PostgreSQL a replica holds at most
         ``pool_size + max_overflow`` connections for reads and writes (the writer
@@ -381,7 +389,7 @@ class Store:
                 max_overflow=max_overflow,
                 # A request waits this long for a free connection, then fails
                 # UNAVAILABLE rather than queueing without bound.
-                pool_timeout=10,
+                pool_timeout=pool_timeout,
                 # A connection the server dropped (restart, failover) is replaced
                 # before use instead of failing the request that drew it.
                 pool_pre_ping=True,
@@ -435,7 +443,7 @@ class Store:
             steps = (self.w_check_fence(fence), *steps)
         try:
             return await self._writer.run(*steps)
-        except DBAPIError as exc:
+        except (DBAPIError, PoolTimeout) as exc:
             _raise_unavailable(exc)
             raise
 
@@ -447,7 +455,7 @@ class Store:
                 for step in steps:
                     result = step(conn)
                 return result
-        except DBAPIError as exc:
+        except (DBAPIError, PoolTimeout) as exc:
             _raise_unavailable(exc)
             raise
 
@@ -456,7 +464,7 @@ class Store:
         try:
             with self.engine.connect() as conn:
                 yield conn
-        except DBAPIError as exc:
+        except (DBAPIError, PoolTimeout) as exc:
             _raise_unavailable(exc)
             raise
 
@@ -1183,9 +1191,15 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(orig).__name__
 
 
-def _raise_unavailable(exc: DBAPIError) -> None:
+def _raise_unavailable(exc: DBAPIError | PoolTimeout) -> None:
     """Raise a connection-level failure as UNAVAILABLE; return for anything else (a
     constraint, a bug in SQL), which the caller re-raises as it is."""
+    if isinstance(exc, PoolTimeout):
+        raise CatalogUnavailable(
+            "every catalog connection of this host stayed busy; nothing was done: "
+            "retry, or give the host more connections",
+            reason="CATALOG_BUSY",
+        ) from exc
     if isinstance(exc, IntegrityError) or not (
         exc.connection_invalidated or type(exc).__name__ in ("OperationalError", "InterfaceError")
     ):
