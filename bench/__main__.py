@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import catalog, create, emulator, freeze, qemu, scale
+from bench import catalog, create, emulator, freeze, qemu, replicas, scale
 from bench.floor import Floor, measure_floor, measure_fsync
 from bench.report import Report
 from bench.stats import median, percentile
@@ -27,6 +27,7 @@ SECTIONS = (
     "scale",
     "freeze",
     "catalog",
+    "replicas",
     "emulator",
     "qemu",
     "peer_libvirt",
@@ -194,6 +195,26 @@ def _catalog(quick: bool, report: Report, floor: Floor) -> None:
     report.add("restart_empty_s", restart.empty_start_s, "s", note="same start, nothing to resolve")
 
 
+def _replicas(quick: bool, report: Report, floor: Floor) -> None:
+    for f in replicas.measure(quick):
+        report.add(f"catalog_{f.backend}_list_p50_ms", f.list_p50_ms, "ms")
+        report.add(
+            f"catalog_{f.backend}_list_p99_ms",
+            f.list_p99_ms,
+            "ms",
+            goal="<= 5",
+            note="ListVMSnapshots of one VM among 100k snapshots (20k with --quick)",
+        )
+        report.add(f"catalog_{f.backend}_get_p99_ms", f.get_p99_ms, "ms")
+        for n, rate in f.creates_per_s.items():
+            report.add(
+                f"creates_{f.backend}_{n}_replicas_per_s",
+                rate,
+                "ops/s",
+                note=f"{replicas.CONCURRENCY} callers over {n} replica(s), shared 2 cores",
+            )
+
+
 def _emulator(quick: bool, report: Report, floor: Floor) -> None:
     try:
         import vmsnap_emulators  # noqa: F401 - optional distribution
@@ -257,6 +278,7 @@ RUNNERS: dict[str, Callable[[bool, Report, Floor], None]] = {
     "scale": _scale,
     "freeze": _freeze,
     "catalog": _catalog,
+    "replicas": _replicas,
     "emulator": _emulator,
     "qemu": _qemu,
     "peer_libvirt": _peer_libvirt,

@@ -81,9 +81,10 @@ def _groups(snapshot_id: str, vm: int, with_results: bool) -> tuple[Group, ...]:
     return tuple(groups)
 
 
-def fill(db: Path, snapshots: int, vms: int, batch: int = 5000) -> list[tuple[str, str]]:
-    """Bulk-insert READY snapshots; returns (vm id, snapshot id) of every one."""
-    store = Store.open_sqlite(db)
+def fill(db: Path | str, snapshots: int, vms: int, batch: int = 5000) -> list[tuple[str, str]]:
+    """Bulk-insert READY snapshots (into a SQLite path or any catalog URL); returns
+    (vm id, snapshot id) of every one."""
+    store = Store.open(db)
     ids: list[tuple[str, str]] = []
     now = time.time()
     try:

@@ -167,10 +167,12 @@ def start_host(
     directory: Path,
     config: HostConfig,
     *,
-    db: Path | None = None,
+    db: Path | str | None = None,
     name: str = "host",
+    instance: str = "bench",
     timeout: float = START_TIMEOUT,
 ) -> Proc:
+    """A host on ``db`` (a SQLite path or any ``--db`` URL; default: SQLite beside it)."""
     path = directory / f"{name}.toml"
     path.write_text(config.toml())
     argv = [
@@ -182,7 +184,7 @@ def start_host(
         "--config",
         str(path),
         "--instance-id",
-        "bench",
+        instance,
         "--log-level",
         "warning",
     ]

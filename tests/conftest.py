@@ -35,3 +35,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         group = SERIAL_GROUPS.get(folder)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+# The PostgreSQL fixtures (pg_cluster, pg_url, db_url) for every test folder.
+from tests.support.postgres import db_url, pg_cluster, pg_url  # noqa: E402, F401

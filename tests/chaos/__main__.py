@@ -35,6 +35,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--qemu", action="store_true", help="the QEMU agent instead of the sim (where installed)"
     )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="host replicas (more than one: --db postgres)"
+    )
+    parser.add_argument(
+        "--db",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the catalog: SQLite, or a PostgreSQL server of the run's own",
+    )
     parser.add_argument("--home", type=Path, help="run directory (default: a new one in /tmp)")
     parser.add_argument(
         "--keep", action="store_true", help="keep the run directory even when the run passed"
@@ -42,6 +51,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.ops < 1 or args.kills < 0 or args.vms < 1:
         parser.error("--ops and --vms must be at least 1, --kills at least 0")
+    if args.replicas < 1 or (args.replicas > 1 and args.db != "postgres"):
+        parser.error("--replicas: at least 1; more than one share a catalog: add --db postgres")
     return args
 
 
@@ -59,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         kills=args.kills,
         seed=args.seed,
         hypervisor="qemu" if args.qemu else "sim",
+        replicas=args.replicas,
+        db=args.db,
         home=args.home,
         keep=args.keep,
         knobs=replace(DEFAULT, vms=args.vms),

@@ -160,13 +160,22 @@ class Child:
 class Cluster:
     """The embedded stack's processes in one home, each killable and restartable."""
 
-    def __init__(self, layout: Layout, knobs: Knobs, hypervisor: str = "sim") -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        knobs: Knobs,
+        hypervisor: str = "sim",
+        *,
+        replicas: int = 1,
+        db: str = "sqlite",
+    ) -> None:
         self.layout = layout
         self.knobs = knobs
         self.hypervisor = hypervisor
-        # durable=False: no fsync in the emulators; their writes still survive a
-        # SIGKILL (the page cache outlives the process), which is all a run does.
-        self.components = build(layout, hypervisor, durable=False)
+        # durable=False: no fsync in the emulators (nor PostgreSQL); their writes
+        # still survive a SIGKILL (the page cache outlives the process), which is all
+        # a run does.
+        self.components = build(layout, hypervisor, durable=False, replicas=replicas, db=db)
         layout.logs.mkdir(parents=True, exist_ok=True)
         self.children = {c.name: Child(c, layout.logs) for c in self.components}
         self._restart_locks = {name: asyncio.Lock() for name in self.children}
@@ -175,12 +184,18 @@ class Cluster:
         return [c for c in self.children.values() if c.component.role == role]
 
     @property
+    def hosts(self) -> list[Child]:
+        """The host, or every replica."""
+        return self.by_role("host")
+
+    @property
     def host(self) -> Child:
-        return self.children["host"]
+        return self.hosts[0]
 
     @property
     def host_address(self) -> str:
-        return self.host.component.address
+        """What clients take: every replica's address, separated by commas."""
+        return ",".join(h.component.address for h in self.hosts)
 
     @property
     def drivers(self) -> list[Child]:

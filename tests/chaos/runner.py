@@ -63,6 +63,9 @@ class Options:
     kills: int
     seed: int
     hypervisor: str = "sim"
+    #: Host replicas (more than one needs db="postgres") and the catalog they share.
+    replicas: int = 1
+    db: str = "sqlite"
     home: Path | None = None
     #: Keep the home (logs, state) even when the run passed.
     keep: bool = False
@@ -85,9 +88,13 @@ async def run(options: Options, command: str) -> Report:
         knobs=knobs.as_json(),
     )
     home = options.home or Path(tempfile.mkdtemp(prefix="vmsnap-chaos-", dir="/tmp"))
+    if options.db == "postgres":
+        home.chmod(0o711)  # as root the stack's PostgreSQL runs as postgres, which must get in
     report.home = str(home)
     started = time.monotonic()
-    cluster = Cluster(Layout(home), knobs, options.hypervisor)
+    cluster = Cluster(
+        Layout(home), knobs, options.hypervisor, replicas=options.replicas, db=options.db
+    )
     try:
         limit = knobs.run_seconds(options.ops) + 3 * knobs.settle_seconds + 4 * knobs.start_timeout
         await asyncio.wait_for(_run(options, cluster, report), limit)

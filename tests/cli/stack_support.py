@@ -56,10 +56,10 @@ def vmsnap(home: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
 class Up:
     """``vmsnap up --home HOME`` in a subprocess, once its whole stack serves."""
 
-    def __init__(self, home: Path, log: Path) -> None:
+    def __init__(self, home: Path, log: Path, *args: str) -> None:
         self.home = home
         self.proc = Proc(
-            [sys.executable, "-m", "vmsnap_host.cli", "up", "--home", str(home)],
+            [sys.executable, "-m", "vmsnap_host.cli", "up", "--home", str(home), *args],
             log,
             env={"COLUMNS": "200"},  # Rich's table, unwrapped: tests look for whole URLs
         )
@@ -69,7 +69,8 @@ class Up:
             assert time.monotonic() < deadline, self.proc.output()
             time.sleep(0.1)
         self.stack = stack
-        wait_serving(self.stack["host"])
+        for host in self.stack["host"].split(","):
+            wait_serving(host)
         # The stack file and the host's health come before `up` prints its table
         # and the line under it: wait for that line so tests read the whole output.
         while "logs in " not in self.proc.output():

@@ -10,7 +10,8 @@ test can assert which RPCs arrived and what is left, even after killing it.
 ``barrier``: a take writes ``DIR/<name>`` and waits until ``--peers`` such
 files exist — two drivers each block until the other was called, which proves
 a parallel fan-out without measuring time. ``hang``: a take records the
-snapshot (the cut happened) and then never answers. ``fail-after``: the first
+snapshot (the cut happened) and then never answers; with ``--fail-on revert``,
+the first revert is made and never answered. ``fail-after``: the first
 revert does its work, then answers UNAVAILABLE (the outcome is unknown to the
 caller); later calls answer normally.
 """
@@ -159,7 +160,7 @@ class FakeDriver(StorageDriver):
             ).name,
         }
         self._save()
-        if self.o.behaviour == "hang":
+        if self.o.behaviour == "hang" and self.o.fail_on == "take":
             await asyncio.Event().wait()
         return self._result(request.vm_snapshot_id)
 
@@ -188,6 +189,11 @@ class FakeDriver(StorageDriver):
         self._fail("revert")
         self.reverted.append(request.vm_snapshot_id)
         self._save()
+        if self.o.behaviour == "hang" and self.o.fail_on == "revert":
+            # The revert happened and its answer never comes; once (a later call,
+            # from whoever resolves it, is answered).
+            self.o.behaviour = "ok"
+            await asyncio.Event().wait()
         if self.o.behaviour == "fail-after" and self.o.fail_on == "revert":
             # The revert happened, then the answer was lost: outcome unknown to the
             # host. Once: the link is back for the next call.

@@ -84,8 +84,12 @@ class Rig:
         return self.agent._vms[vm_id].freeze is not None
 
 
-async def make_rig(tmp_path: Path, *driver_options: Options, settings: Settings = FAST) -> Rig:
-    store = Store.open_sqlite(tmp_path / "host.db")
+async def make_rig(
+    tmp_path: Path, *driver_options: Options, settings: Settings = FAST, db: str = ""
+) -> Rig:
+    """The host's parts in process, on the catalog at ``db`` (default: SQLite in
+    ``tmp_path``)."""
+    store = Store.open(db or f"sqlite:///{tmp_path / 'host.db'}")
     registry = Registry(call_timeout=settings.call_timeout_seconds)
     drivers = {}
     for i, o in enumerate(driver_options):
@@ -101,11 +105,13 @@ async def make_rig(tmp_path: Path, *driver_options: Options, settings: Settings 
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path, db_url: str) -> AsyncIterator[Rig]:
+    """On each backend (SQLite, PostgreSQL)."""
     r = await make_rig(
         tmp_path,
         Options(name="io.vmsnap.test.a", scheme="a"),
         Options(name="io.vmsnap.test.b", scheme="b"),
+        db=db_url,
     )
     yield r
     await r.manager.close()

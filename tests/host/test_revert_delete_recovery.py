@@ -40,11 +40,12 @@ async def test_disk_only_revert_needs_a_stopped_vm_or_stop_vm(rig: Rig) -> None:
         assert kept and all(k[1] not in d.snapshots for k in kept)
 
 
-async def test_a_failed_revert_is_rolled_back(tmp_path: Path) -> None:
+async def test_a_failed_revert_is_rolled_back(tmp_path: Path, db_url: str) -> None:
     rig = await make_rig(
         tmp_path,
         Options(name="io.vmsnap.test.a", scheme="a"),
         Options(name="io.vmsnap.test.b", scheme="b", behaviour="fail-final", fail_on="revert"),
+        db=db_url,
     )
     try:
         await rig.define()
@@ -96,11 +97,14 @@ async def test_delete_repoints_children_and_current_and_is_idempotent(rig: Rig) 
         await rig.manager.delete_snapshot("d4", "doesnotexist")
 
 
-async def test_delete_with_a_driver_down_expunges_in_the_background(tmp_path: Path) -> None:
+async def test_delete_with_a_driver_down_expunges_in_the_background(
+    tmp_path: Path, db_url: str
+) -> None:
     rig = await make_rig(
         tmp_path,
         Options(name="io.vmsnap.test.a", scheme="a"),
         Options(name="io.vmsnap.test.b", scheme="b", behaviour="fail-transient", fail_on="delete"),
+        db=db_url,
     )
     try:
         await rig.define()
@@ -168,7 +172,7 @@ async def test_restart_rolls_back_an_interrupted_take(rig: Rig) -> None:
     assert "crashed1" not in [n.snapshot_id for n in await rig.agent.list_native_snapshots("vm1")]
 
 
-async def test_revert_refused_for_a_driver_without_revert(tmp_path: Path) -> None:
+async def test_revert_refused_for_a_driver_without_revert(tmp_path: Path, db_url: str) -> None:
     rig = await make_rig(
         tmp_path,
         Options(
@@ -177,6 +181,7 @@ async def test_revert_refused_for_a_driver_without_revert(tmp_path: Path) -> Non
             capabilities=frozenset({Capability.CONSISTENT_GROUP}),
         ),
         Options(name="io.vmsnap.test.b", scheme="b"),
+        db=db_url,
     )
     try:
         await rig.define(running=False)
@@ -189,12 +194,13 @@ async def test_revert_refused_for_a_driver_without_revert(tmp_path: Path) -> Non
         rig.store.close()
 
 
-async def test_revert_undo_is_used_where_the_array_offers_it(tmp_path: Path) -> None:
+async def test_revert_undo_is_used_where_the_array_offers_it(tmp_path: Path, db_url: str) -> None:
     undo = frozenset({Capability.CONSISTENT_GROUP, Capability.REVERT, Capability.REVERT_UNDO})
     rig = await make_rig(
         tmp_path,
         Options(name="io.vmsnap.test.a", scheme="a", capabilities=undo),
         Options(name="io.vmsnap.test.b", scheme="b", behaviour="fail-final", fail_on="revert"),
+        db=db_url,
     )
     try:
         await rig.define()
@@ -210,3 +216,18 @@ async def test_revert_undo_is_used_where_the_array_offers_it(tmp_path: Path) -> 
         await rig.manager.close()
         await rig.agent.close()
         rig.store.close()
+
+
+async def test_two_deletes_of_one_snapshot_both_finish(rig: Rig) -> None:
+    """Both admitted while it was READY (two callers, or two replicas): the second
+    finds it removed and succeeds. It stayed open before, re-run on every tick."""
+    await rig.define()
+    sid = await _ready(rig)
+    first = await rig.manager.delete_snapshot("d1", sid)
+    second = await rig.manager.delete_snapshot("d2", sid)
+    for op in (first, second):
+        done = await rig.wait(op)
+        assert done.error is None, done.error
+    snap = rig.store.get_snapshot(sid)
+    assert snap is not None and snap.state is SnapshotState.REMOVED
+    assert rig.store.unfinished_operations() == []

@@ -38,12 +38,14 @@ async def _close(rig: Rig) -> None:
 
 async def test_a_revert_queued_behind_a_delete_does_not_bring_the_snapshot_back(
     tmp_path: Path,
+    db_url: str,
 ) -> None:
     rig = await make_rig(
         tmp_path,
         Options(name=A, scheme="a"),
         Options(name=B, scheme="b"),
         settings=replace(FAST, queue_bound=4),
+        db=db_url,
     )
     try:
         await rig.define()
@@ -64,8 +66,12 @@ async def test_a_revert_queued_behind_a_delete_does_not_bring_the_snapshot_back(
         await _close(rig)
 
 
-async def test_an_unexpected_exception_in_a_revert_ends_it_on_one_side(tmp_path: Path) -> None:
-    rig = await make_rig(tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"))
+async def test_an_unexpected_exception_in_a_revert_ends_it_on_one_side(
+    tmp_path: Path, db_url: str
+) -> None:
+    rig = await make_rig(
+        tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"), db=db_url
+    )
     try:
         await rig.define()
         sid = await _ready(rig)
@@ -87,7 +93,9 @@ async def test_an_unexpected_exception_in_a_revert_ends_it_on_one_side(tmp_path:
         await _close(rig)
 
 
-async def test_a_group_whose_revert_outcome_is_unknown_is_put_back_too(tmp_path: Path) -> None:
+async def test_a_group_whose_revert_outcome_is_unknown_is_put_back_too(
+    tmp_path: Path, db_url: str
+) -> None:
     """b reverts, then its answer is lost (UNAVAILABLE); a fails for good. v0.1 counted
     b as touched but had no undo for it: b stayed reverted while the message said
     "put back"."""
@@ -95,6 +103,7 @@ async def test_a_group_whose_revert_outcome_is_unknown_is_put_back_too(tmp_path:
         tmp_path,
         Options(name=A, scheme="a", behaviour="fail-final", fail_on="revert"),
         Options(name=B, scheme="b", behaviour="fail-after", fail_on="revert", capabilities=UNDO),
+        db=db_url,
     )
     try:
         await rig.define()
@@ -110,11 +119,14 @@ async def test_a_group_whose_revert_outcome_is_unknown_is_put_back_too(tmp_path:
         await _close(rig)
 
 
-async def test_kept_states_whose_delete_failed_are_retried_until_gone(tmp_path: Path) -> None:
+async def test_kept_states_whose_delete_failed_are_retried_until_gone(
+    tmp_path: Path, db_url: str
+) -> None:
     rig = await make_rig(
         tmp_path,
         Options(name=A, scheme="a"),
         Options(name=B, scheme="b", behaviour="fail-transient", fail_on="delete"),
+        db=db_url,
     )
     try:
         await rig.define()
@@ -134,11 +146,14 @@ async def test_kept_states_whose_delete_failed_are_retried_until_gone(tmp_path: 
 
 async def test_a_revert_interrupted_with_an_owner_down_is_settled_when_it_is_back(
     tmp_path: Path,
+    db_url: str,
 ) -> None:
     """A crash mid-revert (phase "reverting", kept states journaled) with driver b
     down at restart: the revert stays open (not REVERTING forever: it is retried on
     every reconcile) and is put on one side once b answers."""
-    rig = await make_rig(tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"))
+    rig = await make_rig(
+        tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"), db=db_url
+    )
     try:
         vm = await rig.define()
         sid = await _ready(rig)
@@ -200,10 +215,12 @@ async def test_a_revert_interrupted_with_an_owner_down_is_settled_when_it_is_bac
         await _close(rig)
 
 
-async def test_the_thaw_is_retried_through_an_agent_blip(tmp_path: Path) -> None:
+async def test_the_thaw_is_retried_through_an_agent_blip(tmp_path: Path, db_url: str) -> None:
     """The agent fails Unquiesce for 3.5 s: v0.1 gave up after ~3 s and left the VM
     frozen until the lease ran out; now the thaw goes on until confirmed."""
-    rig = await make_rig(tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"))
+    rig = await make_rig(
+        tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"), db=db_url
+    )
     try:
         await rig.define()
         real = rig.agent.unquiesce
@@ -227,9 +244,13 @@ async def test_the_thaw_is_retried_through_an_agent_blip(tmp_path: Path) -> None
 
 async def test_one_unavailable_while_polling_post_processing_does_not_undo_the_cut(
     tmp_path: Path,
+    db_url: str,
 ) -> None:
     rig = await make_rig(
-        tmp_path, Options(name=A, scheme="a", not_ready_polls=2), Options(name=B, scheme="b")
+        tmp_path,
+        Options(name=A, scheme="a", not_ready_polls=2),
+        Options(name=B, scheme="b"),
+        db=db_url,
     )
     try:
         await rig.define()
@@ -253,12 +274,13 @@ async def test_one_unavailable_while_polling_post_processing_does_not_undo_the_c
         await _close(rig)
 
 
-async def test_a_lost_vm_lease_stops_the_work_and_thaws(tmp_path: Path) -> None:
+async def test_a_lost_vm_lease_stops_the_work_and_thaws(tmp_path: Path, db_url: str) -> None:
     rig = await make_rig(
         tmp_path,
         Options(name=A, scheme="a", behaviour="hang"),
         Options(name=B, scheme="b"),
         settings=replace(FAST, lease_seconds=1.0, take_timeout_seconds=30.0),
+        db=db_url,
     )
     try:
         await rig.define()
@@ -287,8 +309,11 @@ async def test_a_lost_vm_lease_stops_the_work_and_thaws(tmp_path: Path) -> None:
 
 async def test_a_non_vmsnap_exception_in_a_take_ends_it_in_error_with_nothing_left(
     tmp_path: Path,
+    db_url: str,
 ) -> None:
-    rig = await make_rig(tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"))
+    rig = await make_rig(
+        tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"), db=db_url
+    )
     try:
         await rig.define()
         b = rig.drivers[B]
@@ -340,11 +365,14 @@ async def test_a_take_interrupted_before_its_token_was_journaled_is_thawed_by_op
 
 async def test_a_revert_that_cannot_go_back_everywhere_goes_forward_everywhere(
     tmp_path: Path,
+    db_url: str,
 ) -> None:
     """b's revert answer is lost, and b cannot be put back; a and the agent were
     put back before that was known. Going forward must redo a and the agent too,
     or a "successful" revert leaves them as before (found by the chaos harness)."""
-    rig = await make_rig(tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"))
+    rig = await make_rig(
+        tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"), db=db_url
+    )
     try:
         vm = await rig.define()
         local = disk_path(rig.path / "agent", vm.volumes[2].locator)
@@ -376,14 +404,19 @@ async def test_a_revert_that_cannot_go_back_everywhere_goes_forward_everywhere(
         await _close(rig)
 
 
-async def test_a_revert_resumed_after_going_forward_keeps_going_forward(tmp_path: Path) -> None:
+async def test_a_revert_resumed_after_going_forward_keeps_going_forward(
+    tmp_path: Path, db_url: str
+) -> None:
     """The host chose to go forward (journaled), b reached the snapshot through a
     revert that keeps no undo, then the host died. Resumed, it must not put a back:
     b's missing undo does not mean b is unchanged any more (found by the chaos
     harness, seed 29093)."""
     undo = frozenset({Capability.REVERT, Capability.REVERT_UNDO, Capability.LIST})
     rig = await make_rig(
-        tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b", capabilities=undo)
+        tmp_path,
+        Options(name=A, scheme="a"),
+        Options(name=B, scheme="b", capabilities=undo),
+        db=db_url,
     )
     try:
         vm = await rig.define()

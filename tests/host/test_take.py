@@ -56,11 +56,14 @@ async def test_second_snapshot_has_the_first_as_parent(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize("behaviour", ["fail-final", "fail-transient"])
-async def test_a_failing_driver_rolls_back_every_group(tmp_path: Path, behaviour: str) -> None:
+async def test_a_failing_driver_rolls_back_every_group(
+    tmp_path: Path, behaviour: str, db_url: str
+) -> None:
     rig = await make_rig(
         tmp_path,
         Options(name="io.vmsnap.test.a", scheme="a"),
         Options(name="io.vmsnap.test.b", scheme="b", behaviour=behaviour),
+        db=db_url,
     )
     try:
         await rig.define()
@@ -88,11 +91,14 @@ async def test_a_failing_driver_rolls_back_every_group(tmp_path: Path, behaviour
         rig.store.close()
 
 
-async def test_a_hanging_driver_hits_its_deadline_and_is_rolled_back(tmp_path: Path) -> None:
+async def test_a_hanging_driver_hits_its_deadline_and_is_rolled_back(
+    tmp_path: Path, db_url: str
+) -> None:
     rig = await make_rig(
         tmp_path,
         Options(name="io.vmsnap.test.a", scheme="a", behaviour="hang"),
         Options(name="io.vmsnap.test.b", scheme="b"),
+        db=db_url,
     )
     try:
         await rig.define()
@@ -107,8 +113,10 @@ async def test_a_hanging_driver_hits_its_deadline_and_is_rolled_back(tmp_path: P
         rig.store.close()
 
 
-async def test_post_processing_is_polled_after_the_thaw(tmp_path: Path) -> None:
-    rig = await make_rig(tmp_path, Options(name="io.vmsnap.test.a", scheme="a", not_ready_polls=2))
+async def test_post_processing_is_polled_after_the_thaw(tmp_path: Path, db_url: str) -> None:
+    rig = await make_rig(
+        tmp_path, Options(name="io.vmsnap.test.a", scheme="a", not_ready_polls=2), db=db_url
+    )
     try:
         await rig.define(volumes=(Volume("vda", "a://p/1"),))
         op = await rig.wait(await rig.create(quiesce=QuiescePolicy.OFF))
@@ -177,8 +185,10 @@ async def test_sanity_checks_have_their_codes(rig: Rig) -> None:
         await rig.create("zzz", request_id="req-vm1-s1")
 
 
-async def test_the_queue_is_bounded(tmp_path: Path) -> None:
-    rig = await make_rig(tmp_path, Options(name="io.vmsnap.test.a", scheme="a", behaviour="hang"))
+async def test_the_queue_is_bounded(tmp_path: Path, db_url: str) -> None:
+    rig = await make_rig(
+        tmp_path, Options(name="io.vmsnap.test.a", scheme="a", behaviour="hang"), db=db_url
+    )
     try:
         await rig.define(volumes=(Volume("vda", "a://p/1"),))
         first = await rig.create("s1")

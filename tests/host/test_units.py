@@ -41,3 +41,13 @@ async def test_list_pages_by_vm(rig: Rig) -> None:
     assert [s.name for _, s in page] == ["s1", "s2"]
     rest = rig.store.list_snapshots("vm1", page[-1][0], 2, False)
     assert [s.name for _, s in rest] == ["s3"]
+
+
+def test_the_host_refuses_a_database_url_it_cannot_use(capsys: pytest.CaptureFixture[str]) -> None:
+    from vmsnap_host.main import parse_args
+
+    args = parse_args(["--listen", "unix:///tmp/x.sock", "--db", "postgresql://u@/db?host=/tmp"])
+    assert args.db.startswith("postgresql://")
+    with pytest.raises(SystemExit):
+        parse_args(["--listen", "unix:///tmp/x.sock", "--db", "mysql://u@db/x"])
+    assert "sqlite:///PATH" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from vmsnap_host.manager import Manager
 from vmsnap_host.reconcile import Reconciler
 from vmsnap_host.recovery import Recovery
 from vmsnap_host.registry import Registry
+from vmsnap_host.replicas import Replicas
 from vmsnap_host.store import Store
 from vmsnap_sdk import ClientTLS, Server, ServerTLS
 from vmsnap_sdk._proto.host.v1 import host_pb2, host_pb2_grpc
@@ -38,14 +39,19 @@ class HostApp:
         grace_seconds: float = 10.0,
     ) -> None:
         self.config = config
-        self.store = Store.open_sqlite(db)
+        self.store = Store.open(db)
         settings = config.settings
         self.registry = Registry(call_timeout=settings.call_timeout_seconds)
         self.manager = Manager(self.store, self.registry, settings, owner)
         # Two-way reconciliation, on demand through the Reconcile RPC.
         self.reconciler = Reconciler(self.store, self.registry, settings, owner)
-        # Every reconcile tick: open operations, owed deletes, then the two-way sweep.
-        self.recovery = Recovery(self.manager, sweep=self.reconciler.run_once)
+        # Heartbeat, who is alive, who leads (one host on SQLite: alive and leading).
+        self.replicas = Replicas(self.store, owner, settings.lease_seconds)
+        # Every reconcile tick: open operations (own, or of replicas that stopped);
+        # on the leader, owed deletes, then the two-way sweep.
+        self.recovery = Recovery(
+            self.manager, sweep=self.reconciler.run_once, replicas=self.replicas
+        )
         self.server = Server(listen, tls=tls, grace_seconds=grace_seconds)
         self.server.add_service(
             HOST_SERVICE,
@@ -53,37 +59,85 @@ class HostApp:
             host_pb2_grpc.add_VMSnapshotServiceServicer_to_server,
         )
         self._loops: list[asyncio.Task[None]] = []
+        #: Addresses from the configuration file (never removed by the sync below).
+        self._configured: dict[str, set[str]] = {"driver": set(), "agent": set()}
+        #: Peers known here, not configured, with no stored registration at the last
+        #: sync: still so at the next, they were removed through another replica (one
+        #: registered here is stored right after it is added: not two syncs later).
+        self._absent: dict[str, set[str]] = {"driver": set(), "agent": set()}
+        self._tried: dict[str, set[str]] = {"driver": set(), "agent": set()}
 
     async def start(self) -> list[str]:
         await self._register_all()
-        await self.recovery.resolve_on_start()
-        await self.recovery.reconcile_once(sweep=False)
+        # Alive before anything else: the others must not take over what this
+        # replica is about to resume.
+        await self.replicas.beat()
+        heartbeat = asyncio.create_task(self.replicas.run())
+        try:
+            await self.recovery.resolve_on_start()
+            await self.recovery.reconcile_once(sweep=False)
+        except BaseException:
+            heartbeat.cancel()
+            raise
         settings = self.config.settings
         self._loops = [
+            heartbeat,
             asyncio.create_task(self.registry.run_health_loop(settings.health_interval_seconds)),
             asyncio.create_task(self.recovery.run(settings.reconcile_interval_seconds)),
+            asyncio.create_task(self._follow_registrations(settings.reconcile_interval_seconds)),
         ]
         return await self.server.start()
 
     async def _register_all(self) -> None:
-        configured = set()
         for endpoint in self.config.drivers:
-            configured.add(endpoint.address)
+            self._configured["driver"].add(endpoint.address)
             await self._register(
                 self.registry.add_driver(endpoint.address, order=endpoint.order, tls=endpoint.tls)
             )
-        for address, _name, order, tls in self.store.registrations("driver"):
-            if address not in configured:
+        for endpoint in self.config.agents:
+            self._configured["agent"].add(endpoint.address)
+            await self._register(self.registry.add_agent(endpoint.address, tls=endpoint.tls))
+        await self._sync_registrations()
+
+    async def _sync_registrations(self) -> None:
+        """Registrations made or removed through any replica (stored in the shared
+        catalog) reach this one: stored ones it lacks are added, ones it has that are
+        neither configured nor stored (two syncs in a row) are removed."""
+        for kind in ("driver", "agent"):
+            stored = {a: (order, tls) for a, _n, order, tls in self.store.registrations(kind)}
+            peers = self.registry.drivers() if kind == "driver" else self.registry.agents()
+            known = {e.address for e in peers}
+            for address, (order, tls) in stored.items():
+                if address in known or address in self._configured[kind] | self._tried[kind]:
+                    continue
+                # Once: a refused one (its name taken here) is not retried every tick.
+                self._tried[kind].add(address)
                 await self._register(
                     self.registry.add_driver(address, order=order, tls=_client_tls(tls))
+                    if kind == "driver"
+                    else self.registry.add_agent(address, tls=_client_tls(tls))
                 )
-        configured = set()
-        for endpoint in self.config.agents:
-            configured.add(endpoint.address)
-            await self._register(self.registry.add_agent(endpoint.address, tls=endpoint.tls))
-        for address, _name, _order, tls in self.store.registrations("agent"):
-            if address not in configured:
-                await self._register(self.registry.add_agent(address, tls=_client_tls(tls)))
+            absent = known - set(stored) - self._configured[kind]
+            gone, self._absent[kind] = absent & self._absent[kind], absent - self._absent[kind]
+            for address in gone:
+                log.info(
+                    "registration removed through another replica",
+                    extra={"fields": {"address": address}},
+                )
+                if kind == "driver":
+                    await self.registry.remove_driver("", address=address)
+                else:
+                    await self.registry.remove_agent("", address=address)
+            # A removal may free a name a refused registration wanted: try those again.
+            self._tried[kind] = set() if gone else self._tried[kind] & set(stored)
+
+    async def _follow_registrations(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._sync_registrations()
+            except Exception:
+                log.exception("registration sync failed")
 
     @staticmethod
     async def _register(registration: Awaitable[object]) -> None:
@@ -102,6 +156,9 @@ class HostApp:
                 await task
         # Cancelling an operation thaws its VM first (the executor's finally).
         await self.manager.close()
+        # What is left open here is anyone's now: the others need not wait out the
+        # heartbeat.
+        await self.replicas.leave()
         await self.registry.close()
         self.store.close()
 

@@ -1,7 +1,12 @@
 """``vmsnap-host``: the host process.
 
-    vmsnap-host --listen unix:///run/vmsnap/host.sock --db /var/lib/vmsnap/host.db \
+    vmsnap-host --listen unix:///run/vmsnap/host.sock --db sqlite:///var/lib/vmsnap/host.db \
         --config /etc/vmsnap/host.toml
+
+Replicas share one PostgreSQL catalog, each with its own ``--instance-id``::
+
+    vmsnap-host --listen unix:///run/vmsnap/host-1.sock --instance-id host-1 \
+        --db postgresql+psycopg://vmsnap@/vmsnap?host=/run/postgresql
 
 The host serves on unix sockets or loopback only (a remote control plane goes
 through a proxy that terminates mTLS); see :mod:`vmsnap_host.config` for the file.
@@ -19,6 +24,7 @@ from collections.abc import Sequence
 
 from vmsnap_host.app import HostApp
 from vmsnap_host.config import Config, ConfigError, load
+from vmsnap_host.store.store import CatalogUnavailable, database_url
 from vmsnap_sdk import configure_logging
 from vmsnap_sdk.serve import add_server_arguments, server_tls_from_args
 
@@ -38,7 +44,13 @@ def _loopback_or_unix(address: str) -> bool:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vmsnap-host", description="vmsnap host")
     add_server_arguments(parser)
-    parser.add_argument("--db", required=True, metavar="PATH", help="SQLite catalog file")
+    parser.add_argument(
+        "--db",
+        required=True,
+        metavar="URL",
+        help="the catalog: sqlite:///PATH (or a file path; one host) or "
+        "postgresql+psycopg://USER@HOST/DB (replicas share it)",
+    )
     parser.add_argument(
         "--config", metavar="FILE.toml", help="settings, drivers and agents (optional)"
     )
@@ -48,6 +60,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="owner name of the per-VM leases (unique per replica; default: the hostname)",
     )
     args = parser.parse_args(argv)
+    try:
+        database_url(args.db)
+    except ValueError as exc:
+        parser.error(str(exc))
     for address in args.listen:
         if not _loopback_or_unix(address):
             parser.error(f"--listen {address}: only unix:// sockets and loopback addresses")
@@ -78,7 +94,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = load(args.config) if args.config else Config()
     except ConfigError as exc:
         sys.exit(f"vmsnap-host: {exc}")
-    asyncio.run(_serve(args, config))
+    try:
+        asyncio.run(_serve(args, config))
+    except CatalogUnavailable as exc:
+        sys.exit(f"vmsnap-host: {exc.message}")
 
 
 if __name__ == "__main__":

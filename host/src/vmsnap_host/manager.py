@@ -2,9 +2,11 @@
 
 Each mutating request is checked first (with the code and message DESIGN.md
 documents), journaled as an operation, then queued on its VM: one runs at a
-time per VM, at most ``queue_bound`` wait, past that ABORTED. While it runs
-the host holds the VM's lease in the catalog, so a second replica (later, on
-PostgreSQL) knows whom the VM belongs to and when it may take over.
+time per VM, at most ``queue_bound`` wait, past that ABORTED — counted in the
+catalog at admission, so the bound holds across replicas. While it runs the
+host holds the VM's lease in the catalog (one replica at a time, waiting for
+the lease otherwise), and every write the operation makes checks the lease's
+fencing token.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from vmsnap_host.model import (
 from vmsnap_host.planner import plan_take
 from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
+from vmsnap_host.store.fence import Fence, fenced
+from vmsnap_host.store.store import Duplicate
+from vmsnap_host.store.writer import Step
 from vmsnap_sdk import VM, Capability, VMState
 from vmsnap_sdk.errors import (
     Aborted,
@@ -39,9 +44,15 @@ from vmsnap_sdk.errors import (
     NotFound,
     Reason,
     ResourceExhausted,
+    VMSnapError,
 )
 
 log = logging.getLogger("vmsnap.host.manager")
+
+#: How often a waiter re-reads an operation that another replica runs.
+_POLL = 0.2
+#: How often an operation asks again for a VM lease held by another.
+_LEASE_RETRY = 0.25
 
 
 def _derived(request_id: str, snapshot_id: str) -> str:
@@ -147,8 +158,12 @@ class Manager:
             )
             op = self._new_op(OperationType.CREATE, request_id, vm_id, snap.id, {"name": name})
             # Journal before any side effect: the snapshot and its operation are durable
-            # before the VM is touched.
-            steps = [self.store.w_create(snap, op)]
+            # before the VM is touched. The bounds and the uniqueness rules are checked
+            # again in that transaction, by the catalog: other replicas admit too.
+            steps = [
+                self._admit_step(vm_id, max_live=self.settings.max_snapshots_per_vm),
+                self.store.w_create(snap, op),
+            ]
             queue = self._queues.get(vm_id)
             idle = queue is None or queue.admitted == 0
             if idle:
@@ -159,12 +174,15 @@ class Manager:
                         vm_id, self.owner, op.id, self.settings.lease_seconds
                     )
                 )
-            async with self._admitting_op(op):
-                fence = await self.store.write(*steps)
-                # Started at once, the take reuses this description of the VM (one
-                # DescribeVM per take); a take that waits behind another operation
-                # describes the VM again when it runs (that operation may change it).
-                self._start(op, fence=int(fence or 0) if idle else 0, vm=vm if idle else None)
+            try:
+                async with self._admitting_op(op):
+                    fence = await self.store.write(*steps)
+                    # Started at once, the take reuses this description of the VM (one
+                    # DescribeVM per take); a take that waits behind another operation
+                    # describes the VM again when it runs (that operation may change it).
+                    self._start(op, fence=int(fence or 0) if idle else 0, vm=vm if idle else None)
+            except Duplicate as exc:
+                return self._duplicate(exc, request_id, OperationType.CREATE, vm_id, name)
             return op
 
     async def revert_snapshot(
@@ -206,9 +224,14 @@ class Manager:
             op = self._new_op(
                 OperationType.REVERT, request_id, snap.vm_id, snapshot_id, {"stop_vm": stop_vm}
             )
-            async with self._admitting_op(op):
-                await self.store.write(self.store.w_insert_operation(op))
-                self._start(op)
+            try:
+                async with self._admitting_op(op):
+                    await self.store.write(
+                        self._admit_step(snap.vm_id), self.store.w_insert_operation(op)
+                    )
+                    self._start(op)
+            except Duplicate as exc:
+                return self._duplicate(exc, request_id, OperationType.REVERT, snap.vm_id, snapshot_id)
             return op
 
     async def delete_snapshot(self, request_id: str, snapshot_id: str) -> OperationRecord:
@@ -233,14 +256,18 @@ class Manager:
             )
         self._check_queue(snap.vm_id)
         op = self._new_op(OperationType.DELETE, request_id, snap.vm_id, snap.id, {})
+        steps = [self._admit_step(snap.vm_id)]
         if snap.state is SnapshotState.REMOVED:
             # Idempotent: deleting a deleted snapshot succeeds at once.
             op = replace(op, done=True, progress=100, step="already removed")
-            await self.store.write(self.store.w_insert_operation(op))
-            return op
-        async with self._admitting_op(op):
-            await self.store.write(self.store.w_insert_operation(op))
-            self._start(op)
+            steps = []
+        try:
+            async with self._admitting_op(op):
+                await self.store.write(*steps, self.store.w_insert_operation(op))
+                if not op.done:
+                    self._start(op)
+        except Duplicate as exc:
+            return self._duplicate(exc, request_id, OperationType.DELETE, snap.vm_id, snap.id)
         return op
 
     async def undefine_vm(
@@ -349,6 +376,9 @@ class Manager:
         return op
 
     async def wait_operation(self, operation_id: str, timeout: float) -> OperationRecord:
+        """Until the operation is done or ``timeout`` passed, whichever replica runs
+        it: one that runs here wakes the waiter; any other is polled in the catalog
+        (every ``_POLL`` seconds: a bounded load, one indexed read per waiter)."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
         while True:
@@ -365,11 +395,11 @@ class Manager:
                 return op
             if operation_id in self._tasks:
                 continue
+            # Not run here (another replica runs it, or the reconciler finishes it):
+            # wake on any change here, or re-read the catalog every _POLL seconds.
             async with self._changed:
-                # Wake on any change, or re-read at least every second (an operation
-                # may be finished by the reconciler, which does not notify).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
+                    await asyncio.wait_for(self._changed.wait(), min(left, _POLL))
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -399,6 +429,25 @@ class Manager:
                 reason=Reason.REQUEST_ID_REUSED,
             )
         return op
+
+    def _admit_step(self, vm_id: str, max_live: int | None = None) -> Step:
+        return self.store.w_admit(vm_id, max_open=1 + self.settings.queue_bound, max_live=max_live)
+
+    def _duplicate(
+        self, exc: Duplicate, request_id: str, kind: OperationType, vm_id: str, target: str
+    ) -> OperationRecord:
+        """The catalog refused an insert another request (on this replica or another)
+        made first: the same request_id is a retry, else the name is taken."""
+        existing = self._replay(request_id, kind, vm_id, target)
+        if existing is not None:
+            return existing
+        if exc.what == "name":
+            raise AlreadyExists(
+                f"VM {vm_id} already has a snapshot named {target!r}; choose another name "
+                "or delete that snapshot",
+                reason=Reason.NAME_IN_USE,
+            ) from None
+        raise exc
 
     def _check_queue(self, vm_id: str) -> None:
         queue = self._queues.get(vm_id)
@@ -469,8 +518,14 @@ class Manager:
         self, op: OperationRecord, queue: _VMQueue, fence: int, resume: bool, vm: VM | None
     ) -> None:
         try:
-            async with queue.lock:
+            if resume:
+                # Not behind this replica's queue: what it resolves may be what the
+                # queue waits for (a VM's lease stays with its operation until that is
+                # finished, store.w_acquire_lease). The lease keeps it apart from the rest.
                 await self._run_owned(op, fence, resume, vm)
+            else:
+                async with queue.lock:
+                    await self._run_owned(op, fence, resume, vm)
         finally:
             queue.admitted -= 1
             self._tasks.pop(op.id, None)
@@ -487,13 +542,25 @@ class Manager:
                 self.store.w_acquire_lease(op.vm_id, self.owner, op.id, ttl)
             )
             if not fence:
-                # Another replica owns the VM: wait for its lease to end.
-                await asyncio.sleep(min(1.0, ttl / 3))
+                # Another operation (here or on another replica) holds the VM: wait
+                # until it is finished, or taken over and resolved.
+                await asyncio.sleep(min(_LEASE_RETRY, ttl / 3))
         work = asyncio.current_task()
         assert work is not None
         renew = asyncio.create_task(self._renew_lease(op, fence, ttl, work))
         try:
-            await self.executor.run(op, resume=resume, vm=vm)
+            # Every catalog write of this work (and of the tasks it starts) checks the
+            # lease's token first: after a takeover, nothing of it lands.
+            with fenced(Fence(op.vm_id, self.owner, fence)):
+                await self.executor.run(op, resume=resume, vm=vm)
+        except VMSnapError as exc:
+            # The catalog unreachable (nothing is done without its journal entry), or
+            # a peer down while the executor ended the operation: it stays open and is
+            # resolved on a later reconcile tick (here, or by another replica).
+            log.error(
+                "operation left open; resolved on a later tick",
+                extra={"fields": {"operation": op.id, "error": exc.message}},
+            )
         finally:
             renew.cancel()
             with contextlib.suppress(asyncio.CancelledError):

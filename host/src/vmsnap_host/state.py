@@ -66,6 +66,19 @@ class OperationClosed(Exception):
         self.operation_id = operation_id
 
 
+class LeaseLost(Exception):
+    """A write of an operation whose VM lease another replica holds now (the lease
+    ran out and was taken over): refused, the work stops, the new owner resolves it."""
+
+    def __init__(self, vm_id: str, owner: str, fence: int) -> None:
+        super().__init__(
+            f"{owner} lost the lease of VM {vm_id} (fence {fence}); refused the write"
+        )
+        self.vm_id = vm_id
+        self.owner = owner
+        self.fence = fence
+
+
 def sources(to: SnapshotState, only: frozenset[SnapshotState] | None = None) -> frozenset[SnapshotState]:
     """The from-states of a move to ``to`` (narrowed to ``only`` when given)."""
     allowed = MOVES.get(to, frozenset())
@@ -79,4 +92,4 @@ def sources(to: SnapshotState, only: frozenset[SnapshotState] | None = None) -> 
     return only
 
 
-__all__ = ["MOVES", "IllegalMove", "OperationClosed", "StaleMove", "sources"]
+__all__ = ["MOVES", "IllegalMove", "LeaseLost", "OperationClosed", "StaleMove", "sources"]

@@ -67,7 +67,8 @@ def _root(
         typer.Option(
             "--host",
             metavar="ADDRESS",
-            help="Host address (default: $VMSNAP_HOST, else the stack in $VMSNAP_HOME).",
+            help="Host address, or several replicas' separated by commas, or a dns: name "
+            "(default: $VMSNAP_HOST, else the stack in $VMSNAP_HOME).",
         ),
     ] = None,
     tls_ca: Annotated[
@@ -146,9 +147,25 @@ def up(
             "ONTAP emulators with the reference drivers)."
         ),
     ] = "sim",
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=9,
+            help="Host replicas to run (more than one needs --db postgres); clients "
+            "reach them all and fail over.",
+        ),
+    ] = 1,
+    db: Annotated[
+        str,
+        typer.Option(
+            help="The catalog: sqlite (a file in the home), or postgres (a PostgreSQL "
+            "server of the stack's own, from Debian's postgresql package)."
+        ),
+    ] = "sqlite",
 ) -> None:
     """Run the embedded stack until Ctrl-C or SIGTERM: array emulators, drivers, agent, host."""
-    sys.exit(run_up((home or vmsnap_home()).expanduser().resolve(), hypervisor))
+    sys.exit(run_up((home or vmsnap_home()).expanduser().resolve(), hypervisor, replicas, db))
 
 
 @app.command()

@@ -202,13 +202,21 @@ class Story:
         return op
 
     async def take(self) -> str:
-        started = await self.host.create_vm_snapshot(
-            self.vm_id,
-            "before-upgrade",
-            description="vmsnap demo",
-            quiesce=QuiescePolicy.BEST_EFFORT,
-        )
-        op = await self._operation(started, "the take")
+        for attempt in (1, 2):
+            started = await self.host.create_vm_snapshot(
+                self.vm_id,
+                "before-upgrade",
+                description="vmsnap demo",
+                quiesce=QuiescePolicy.BEST_EFFORT,
+            )
+            op = await follow(self.host, started, OPERATION_TIMEOUT)
+            if attempt == 1 and op.error is not None and op.error.reason == "HOST_RESTARTED":
+                # The host (or the replica) running it died; it was rolled back, as the
+                # message says: take it again, as a client should.
+                out.console.print(f"  [yellow]note:[/] {op.error.message}")
+                continue
+            break
+        op = await self._operation(op, "the take")
         snapshot = op.vm_snapshot or await self.host.get_vm_snapshot(op.vm_snapshot_id)
         self.snapshot = snapshot
         out.show_snapshot(snapshot)

@@ -24,15 +24,21 @@ def stack_table(stack: Stack) -> Table:
     return table
 
 
-def run_up(home: Path, hypervisor: str) -> int:
+def run_up(home: Path, hypervisor: str, replicas: int = 1, db: str = "sqlite") -> int:
     """Start, supervise until a signal, stop; the exit code of ``vmsnap up``."""
-    return asyncio.run(_up(home, hypervisor))
+    return asyncio.run(_up(home, hypervisor, replicas, db))
 
 
-async def _up(home: Path, hypervisor: str) -> int:
+async def _up(home: Path, hypervisor: str, replicas: int, db: str) -> int:
     try:
         layout = Layout(home)
-        stack = Stack(layout, hypervisor, on_event=lambda m: out.console.print(f"[dim]{m}[/]"))
+        stack = Stack(
+            layout,
+            hypervisor,
+            on_event=lambda m: out.console.print(f"[dim]{m}[/]"),
+            replicas=replicas,
+            db=db,
+        )
     except ValueError as exc:
         out.errors.print(f"[red]error:[/] {exc}")
         return 2

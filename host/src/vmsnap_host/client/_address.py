@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -17,5 +18,14 @@ def host_socket(home: Path | None = None) -> Path:
 
 
 def default_address() -> str:
-    """``$VMSNAP_HOST``, else ``unix://$VMSNAP_HOME/run/host.sock``."""
-    return os.environ.get("VMSNAP_HOST") or f"unix://{host_socket()}"
+    """``$VMSNAP_HOST``, else the host (or every replica) of the stack running in
+    ``$VMSNAP_HOME`` (its ``run/stack.json``), else ``unix://$VMSNAP_HOME/run/host.sock``."""
+    explicit = os.environ.get("VMSNAP_HOST")
+    if explicit:
+        return explicit
+    try:
+        stack = json.loads((vmsnap_home() / "run" / "stack.json").read_text())
+    except (OSError, ValueError):
+        stack = None
+    hosts = stack.get("host") if isinstance(stack, dict) else None
+    return hosts if isinstance(hosts, str) and hosts else f"unix://{host_socket()}"

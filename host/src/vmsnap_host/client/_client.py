@@ -4,6 +4,12 @@ Each method builds the request, calls through ``vmsnap_sdk._client.call`` (the
 one place gRPC errors become :mod:`vmsnap_sdk.errors` exceptions) and converts
 the reply with ``_convert``. Mutating calls take an optional ``request_id``; a
 fresh one is made when it is omitted, pass your own to retry safely.
+
+Several host replicas: ``HostClient.connect("unix:///a.sock,unix:///b.sock")``
+(or a ``dns:`` name, whose addresses gRPC resolves and fails over between). A
+call that gets UNAVAILABLE is sent to the next replica, each tried once, with
+the same request (so the same ``request_id``: a create that did reach a replica
+before it died is not made twice). The replica that answered is used next.
 """
 
 from __future__ import annotations
@@ -11,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,6 +42,7 @@ from vmsnap_sdk._client import call
 from vmsnap_sdk._convert import vm_from_pb, vm_to_pb
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
+from vmsnap_sdk.errors import Unavailable
 
 #: Longest single WaitOperation call; progress is reported between calls.
 WAIT_SLICE = 2.0
@@ -44,19 +52,33 @@ def _request_id(value: str | None) -> str:
     return value or uuid.uuid4().hex
 
 
+def split_addresses(address: str) -> list[str]:
+    """The replicas' addresses in ``a,b,c`` (blanks and repeats dropped)."""
+    parts = [a.strip() for a in address.split(",")]
+    return list(dict.fromkeys(a for a in parts if a))
+
+
 class HostClient:
-    """A connection to a vmsnap host. ``timeout`` is the default per-call deadline.
+    """A connection to a vmsnap host, or to several replicas of it (fail-over on
+    UNAVAILABLE). ``timeout`` is the default per-call deadline.
 
     Use as ``async with HostClient.connect() as host: ...`` or call :meth:`close`.
     """
 
     def __init__(
-        self, channel: grpc.aio.Channel, *, address: str = "", timeout: float | None = 30.0
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        address: str = "",
+        timeout: float | None = 30.0,
+        replicas: Sequence[tuple[str, grpc.aio.Channel]] = (),
     ) -> None:
-        self.channel = channel
-        self.address = address
+        """``channel`` (at ``address``) first, then ``replicas`` (address, channel)."""
+        self._targets = [(address, channel), *replicas]
+        self._stubs = [host_pb2_grpc.VMSnapshotServiceStub(c) for _, c in self._targets]
+        self._current = 0
+        self.address = ",".join(a for a, _ in self._targets)
         self.timeout = timeout
-        self._stub = host_pb2_grpc.VMSnapshotServiceStub(channel)
 
     @classmethod
     def connect(
@@ -66,12 +88,42 @@ class HostClient:
         *,
         timeout: float | None = 30.0,
     ) -> HostClient:
-        """A client for ``address`` (default: ``$VMSNAP_HOST`` or the local stack's socket)."""
-        target = address or default_address()
-        return cls(open_channel(target, tls), address=target, timeout=timeout)
+        """A client for ``address`` (default: ``$VMSNAP_HOST`` or the local stack's
+        socket): one address, several separated by commas, or a ``dns:`` name."""
+        targets = split_addresses(address or default_address()) or [default_address()]
+        channels = [(t, open_channel(t, tls)) for t in targets]
+        first, *rest = channels
+        return cls(first[1], address=first[0], timeout=timeout, replicas=rest)
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel of the replica in use."""
+        return self._targets[self._current][1]
+
+    @property
+    def replica(self) -> str:
+        """The address of the replica in use."""
+        return self._targets[self._current][0]
 
     async def close(self) -> None:
-        await self.channel.close(None)
+        for _, channel in self._targets:
+            await channel.close(None)
+
+    async def _call(self, method: str, request: Any, timeout: float | None) -> Any:
+        """Call ``method`` on the replica in use, then on each other one in turn while
+        the answer is UNAVAILABLE."""
+        count = len(self._stubs)
+        for attempt in range(count):
+            index = (self._current + attempt) % count
+            try:
+                response = await call(getattr(self._stubs[index], method), request, timeout)
+            except Unavailable:
+                if attempt == count - 1:
+                    raise
+                continue
+            self._current = index
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def __aenter__(self) -> HostClient:
         return self
@@ -130,12 +182,12 @@ class HostClient:
             request.wait.CopyFrom(cv.duration(wait))
             # The host answers by itself when the wait is over: give it that long.
             deadline = None if deadline is None else max(deadline, wait + 10.0)
-        response = await call(self._stub.CreateVMSnapshot, request, deadline)
+        response = await self._call("CreateVMSnapshot", request, deadline)
         return cv.operation(response.operation)
 
     async def get_vm_snapshot(self, id: str, *, timeout: float | None = None) -> VMSnapshot:
-        response = await call(
-            self._stub.GetVMSnapshot, pb.GetVMSnapshotRequest(id=id), self._t(timeout)
+        response = await self._call(
+            "GetVMSnapshot", pb.GetVMSnapshotRequest(id=id), self._t(timeout)
         )
         return cv.vm_snapshot(response.vm_snapshot)
 
@@ -149,8 +201,8 @@ class HostClient:
         timeout: float | None = None,
     ) -> Page[VMSnapshot]:
         """One page, oldest first (:meth:`all_vm_snapshots` reads every page)."""
-        response = await call(
-            self._stub.ListVMSnapshots,
+        response = await self._call(
+            "ListVMSnapshots",
             pb.ListVMSnapshotsRequest(
                 vm_id=vm_id, page_size=page_size, page_token=page_token, show_removed=show_removed
             ),
@@ -185,7 +237,7 @@ class HostClient:
         request = pb.RevertVMSnapshotRequest(
             request_id=_request_id(request_id), id=id, stop_vm=stop_vm
         )
-        response = await call(self._stub.RevertVMSnapshot, request, self._t(timeout))
+        response = await self._call("RevertVMSnapshot", request, self._t(timeout))
         return cv.operation(response.operation)
 
     async def delete_vm_snapshot(
@@ -193,21 +245,19 @@ class HostClient:
     ) -> Operation:
         """Start deleting a VM snapshot (idempotent)."""
         request = pb.DeleteVMSnapshotRequest(request_id=_request_id(request_id), id=id)
-        response = await call(self._stub.DeleteVMSnapshot, request, self._t(timeout))
+        response = await self._call("DeleteVMSnapshot", request, self._t(timeout))
         return cv.operation(response.operation)
 
     # --- operations -------------------------------------------------------------------
 
     async def get_operation(self, id: str, *, timeout: float | None = None) -> Operation:
-        response = await call(
-            self._stub.GetOperation, pb.GetOperationRequest(id=id), self._t(timeout)
-        )
+        response = await self._call("GetOperation", pb.GetOperationRequest(id=id), self._t(timeout))
         return cv.operation(response.operation)
 
     async def wait_operation(self, id: str, wait_seconds: float) -> Operation:
         """One WaitOperation call: the operation when done, or as it stands after the wait."""
-        response = await call(
-            self._stub.WaitOperation,
+        response = await self._call(
+            "WaitOperation",
             pb.WaitOperationRequest(id=id, timeout=cv.duration(wait_seconds)),
             wait_seconds + 10.0,
         )
@@ -249,8 +299,8 @@ class HostClient:
         timeout: float | None = None,
     ) -> Page[Operation]:
         """One page, newest first."""
-        response = await call(
-            self._stub.ListOperations,
+        response = await self._call(
+            "ListOperations",
             pb.ListOperationsRequest(
                 vm_id=vm_id, page_size=page_size, page_token=page_token, only_running=only_running
             ),
@@ -269,29 +319,29 @@ class HostClient:
         timeout: float | None = None,
     ) -> DriverStatus:
         request = pb.RegisterDriverRequest(address=address, order=order, tls=cv.tls_config(tls))
-        response = await call(self._stub.RegisterDriver, request, self._t(timeout))
+        response = await self._call("RegisterDriver", request, self._t(timeout))
         return cv.driver(response.driver)
 
     async def list_drivers(self, *, timeout: float | None = None) -> list[DriverStatus]:
-        response = await call(self._stub.ListDrivers, pb.ListDriversRequest(), self._t(timeout))
+        response = await self._call("ListDrivers", pb.ListDriversRequest(), self._t(timeout))
         return [cv.driver(d) for d in response.drivers]
 
     async def remove_driver(self, name: str, *, timeout: float | None = None) -> None:
-        await call(self._stub.RemoveDriver, pb.RemoveDriverRequest(name=name), self._t(timeout))
+        await self._call("RemoveDriver", pb.RemoveDriverRequest(name=name), self._t(timeout))
 
     async def register_agent(
         self, address: str, *, tls: ClientTLS | None = None, timeout: float | None = None
     ) -> AgentStatus:
         request = pb.RegisterAgentRequest(address=address, tls=cv.tls_config(tls))
-        response = await call(self._stub.RegisterAgent, request, self._t(timeout))
+        response = await self._call("RegisterAgent", request, self._t(timeout))
         return cv.agent(response.agent)
 
     async def list_agents(self, *, timeout: float | None = None) -> list[AgentStatus]:
-        response = await call(self._stub.ListAgents, pb.ListAgentsRequest(), self._t(timeout))
+        response = await self._call("ListAgents", pb.ListAgentsRequest(), self._t(timeout))
         return [cv.agent(a) for a in response.agents]
 
     async def remove_agent(self, name: str, *, timeout: float | None = None) -> None:
-        await call(self._stub.RemoveAgent, pb.RemoveAgentRequest(name=name), self._t(timeout))
+        await self._call("RemoveAgent", pb.RemoveAgentRequest(name=name), self._t(timeout))
 
     # --- reconciliation ----------------------------------------------------------------
 
@@ -301,8 +351,8 @@ class HostClient:
         """Run one reconciliation pass now: orphans deleted, vanished objects marked,
         stale freezes thawed (``dry_run``: only reported). A pass lists every driver
         and agent: give it a ``timeout`` longer than the default for large arrays."""
-        response = await call(
-            self._stub.Reconcile, pb.ReconcileRequest(dry_run=dry_run), self._t(timeout)
+        response = await self._call(
+            "Reconcile", pb.ReconcileRequest(dry_run=dry_run), self._t(timeout)
         )
         return ReconcileReport(
             tuple(cv.finding(f) for f in response.findings), response.omitted_count
@@ -312,8 +362,8 @@ class HostClient:
         self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
     ) -> Page[Finding]:
         """One page of the findings the reconciler kept, newest first."""
-        response = await call(
-            self._stub.ListFindings,
+        response = await self._call(
+            "ListFindings",
             pb.ListFindingsRequest(page_size=page_size, page_token=page_token),
             self._t(timeout),
         )
@@ -323,26 +373,26 @@ class HostClient:
 
     async def define_vm(self, vm: VM, *, agent: str = "", timeout: float | None = None) -> VM:
         """Define a VM on an agent (``agent`` may be empty when only one is registered)."""
-        response = await call(
-            self._stub.DefineVM, pb.DefineVMRequest(agent=agent, vm=vm_to_pb(vm)), self._t(timeout)
+        response = await self._call(
+            "DefineVM", pb.DefineVMRequest(agent=agent, vm=vm_to_pb(vm)), self._t(timeout)
         )
         return vm_from_pb(response.vm)
 
     async def get_vm(self, vm_id: str, *, timeout: float | None = None) -> VM:
-        response = await call(self._stub.GetVM, pb.GetVMRequest(vm_id=vm_id), self._t(timeout))
+        response = await self._call("GetVM", pb.GetVMRequest(vm_id=vm_id), self._t(timeout))
         return vm_from_pb(response.vm)
 
     async def list_vms(self, *, timeout: float | None = None) -> list[VM]:
-        response = await call(self._stub.ListVMs, pb.ListVMsRequest(), self._t(timeout))
+        response = await self._call("ListVMs", pb.ListVMsRequest(), self._t(timeout))
         return [vm_from_pb(v) for v in response.vms]
 
     async def start_vm(self, vm_id: str, *, timeout: float | None = None) -> VM:
-        response = await call(self._stub.StartVM, pb.StartVMRequest(vm_id=vm_id), self._t(timeout))
+        response = await self._call("StartVM", pb.StartVMRequest(vm_id=vm_id), self._t(timeout))
         return vm_from_pb(response.vm)
 
     async def stop_vm(self, vm_id: str, *, force: bool = False, timeout: float | None = None) -> VM:
-        response = await call(
-            self._stub.StopVM, pb.StopVMRequest(vm_id=vm_id, force=force), self._t(timeout)
+        response = await self._call(
+            "StopVM", pb.StopVMRequest(vm_id=vm_id, force=force), self._t(timeout)
         )
         return vm_from_pb(response.vm)
 
@@ -359,7 +409,7 @@ class HostClient:
         request = pb.UndefineVMRequest(
             request_id=_request_id(request_id), vm_id=vm_id, delete_snapshots=delete_snapshots
         )
-        response = await call(self._stub.UndefineVM, request, self._t(timeout))
+        response = await self._call("UndefineVM", request, self._t(timeout))
         return UndefineResult(
             response.undefined, tuple(cv.operation(o) for o in response.delete_operations)
         )

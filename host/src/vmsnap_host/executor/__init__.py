@@ -27,7 +27,7 @@ from vmsnap_host.executor.revert import Revert, Unsettled
 from vmsnap_host.executor.take import Take
 from vmsnap_host.model import OperationRecord, OperationType, SnapshotState
 from vmsnap_host.registry import Registry
-from vmsnap_host.state import OperationClosed, StaleMove
+from vmsnap_host.state import LeaseLost, OperationClosed, StaleMove
 from vmsnap_host.store import Store
 from vmsnap_sdk import VM
 from vmsnap_sdk.errors import Aborted, NotFound, Reason, VMSnapError
@@ -90,9 +90,10 @@ class Executor:
                 "revert not settled yet; retried",
                 extra={"fields": {"operation": op.id, "why": str(exc)}},
             )
-        except (StaleMove, OperationClosed) as exc:
-            # Another worker (or recovery) moved this operation's snapshot first:
-            # this work is out of date. Refused, logged, nothing applied.
+        except (StaleMove, OperationClosed, LeaseLost) as exc:
+            # Another worker (or recovery, or the replica that took the VM over)
+            # moved this operation's snapshot first: this work is out of date.
+            # Refused, logged, nothing applied.
             log.warning(
                 "stale work stopped", extra={"fields": {"operation": op.id, "why": str(exc)}}
             )
@@ -114,7 +115,7 @@ class Executor:
             ):
                 await self.revert.settle(op, snap, error, {})
             await self.store.write(self.store.w_finish(op.id, error_info(error), "failed"))
-        except (OperationFailed, Unsettled, StaleMove, OperationClosed):
+        except (OperationFailed, Unsettled, StaleMove, OperationClosed, LeaseLost):
             pass
 
     async def roll_back_take(self, op: OperationRecord) -> None:

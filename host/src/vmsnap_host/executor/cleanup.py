@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from vmsnap_host.executor.errors import label
 from vmsnap_host.executor.groups import GroupCalls
 from vmsnap_host.model import Group, KeptState, OperationRecord, Snapshot, SnapshotState
+from vmsnap_host.state import OperationClosed, StaleMove
 from vmsnap_host.store import Store
 
 log = logging.getLogger("vmsnap.host.cleanup")
@@ -49,15 +50,29 @@ class Cleanup:
     async def delete(self, op: OperationRecord, snap: Snapshot) -> bool:
         """Expunge a snapshot; True when every group confirmed (then REMOVED and the
         operation finished in the same transaction)."""
+        if snap.state is SnapshotState.REMOVED:
+            # Another delete of the same snapshot, admitted before this one ran,
+            # finished it: deleting is idempotent.
+            await self.store.write(self.store.w_finish(op.id, None, "already removed"))
+            return True
         if snap.state is not SnapshotState.EXPUNGING:
             # Out of the tree, EXPUNGING and every group owed a delete: one commit, a
-            # compare-and-set from READY or ERROR (a revert or a second delete that
-            # got there first makes this one stale).
-            await self.store.write(
-                self.store.w_move(snap.id, SnapshotState.EXPUNGING, cleanup=snap.groups),
-                self.store.w_detach(snap),
-                self.store.w_journal(op.id, "deleting", 30),
-            )
+            # compare-and-set from READY or ERROR (a revert that got there first makes
+            # this one stale; a second delete, this one's work).
+            try:
+                await self.store.write(
+                    self.store.w_move(snap.id, SnapshotState.EXPUNGING, cleanup=snap.groups),
+                    self.store.w_detach(snap),
+                    self.store.w_journal(op.id, "deleting", 30),
+                )
+            except StaleMove:
+                now = self.store.get_snapshot(snap.id)
+                if now is None or now.state not in (
+                    SnapshotState.EXPUNGING,
+                    SnapshotState.REMOVED,
+                ):
+                    raise
+                return await self.delete(op, now)
         left = await self.owed(snap.id, snap.vm_id)
         if left:
             await self.store.write(
@@ -87,7 +102,7 @@ class Cleanup:
     async def retry_owed(self, running: frozenset[str]) -> None:
         """Retry every owed delete and every kept state of a finished operation;
         finish deletes whose last group confirmed. ``running``: ids of operations in
-        flight in this process, whose objects are theirs to handle."""
+        flight (on any replica), whose objects are theirs to handle."""
         for snap in self.store.snapshots_with_cleanup():
             if snap.state not in (
                 SnapshotState.ERROR,
@@ -105,10 +120,13 @@ class Cleanup:
             ]
             if any(op.id in running for op in ops):
                 continue
-            await self.store.write(
-                self.store.w_move(snap.id, SnapshotState.REMOVED),
-                *(self.store.w_finish(op.id, None, "done") for op in ops),
-            )
+            try:
+                await self.store.write(
+                    self.store.w_move(snap.id, SnapshotState.REMOVED),
+                    *(self.store.w_finish(op.id, None, "done") for op in ops),
+                )
+            except (StaleMove, OperationClosed):
+                continue  # its delete (on another replica) got there first
         kept = self.store.kept_states()
         done = self.store.operations_done([k.operation_id for k in kept])
         finished = [

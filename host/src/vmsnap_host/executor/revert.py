@@ -45,7 +45,7 @@ from vmsnap_host.model import (
     SnapshotState,
 )
 from vmsnap_host.registry import Registry
-from vmsnap_host.state import StaleMove
+from vmsnap_host.state import LeaseLost, StaleMove
 from vmsnap_host.store import Store
 from vmsnap_sdk import VM, Capability, Consistency, VMState
 from vmsnap_sdk.errors import (
@@ -118,8 +118,8 @@ class Revert:
         snap = replace(snap, state=SnapshotState.REVERTING)
         try:
             await self._run(op, snap, stop_vm)
-        except (OperationFailed, asyncio.CancelledError, Unsettled):
-            raise
+        except (OperationFailed, asyncio.CancelledError, Unsettled, LeaseLost):
+            raise  # LeaseLost: the replica that took the VM over settles it
         except Exception as exc:  # noqa: BLE001 - any failure ends on one side, with its cause
             await self.settle(op, snap, as_error(exc, "revert"), {})
 

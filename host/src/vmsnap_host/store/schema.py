@@ -2,7 +2,9 @@
 
 Only types and constructs that SQLite and PostgreSQL share: times are epoch
 seconds (Float), structured values are JSON text, ordering uses an integer
-sequence. Indexes serve the hot paths: one VM's snapshots in order (the
+sequence, and the uniqueness rules are (partial) unique indexes, which both
+enforce: a live name once per VM, one current snapshot per VM, a request id
+once. Indexes serve the hot paths: one VM's snapshots in order (the
 catalog benchmark lists one VM among 100k), name lookups per VM, unfinished
 operations on start.
 """
@@ -19,9 +21,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
+
+#: The states in which a snapshot holds its name (migration 0003 spells it too).
+LIVE_NAME_PREDICATE = "state IN ('ALLOCATED', 'CREATING', 'READY', 'REVERTING')"
 
 vm_snapshots = Table(
     "vm_snapshots",
@@ -58,6 +64,24 @@ vm_snapshots = Table(
     Index("ix_vm_snapshots_vm_name", "vm_id", "name"),
     Index("ix_vm_snapshots_state", "state"),
     Index("ix_vm_snapshots_parent", "parent_id"),
+    # A name is taken by a snapshot that exists or is being made or reverted. The
+    # predicate holds only states a row never re-enters once it left them (ERROR
+    # and EXPUNGING rows keep their names out of it), so no move can violate it.
+    Index(
+        "ux_vm_snapshots_live_name",
+        "vm_id",
+        "name",
+        unique=True,
+        sqlite_where=text(LIVE_NAME_PREDICATE),
+        postgresql_where=text(LIVE_NAME_PREDICATE),
+    ),
+    Index(
+        "ux_vm_snapshots_current",
+        "vm_id",
+        unique=True,
+        sqlite_where=text("is_current"),
+        postgresql_where=text("is_current"),
+    ),
 )
 
 operations = Table(
@@ -99,6 +123,16 @@ vm_leases = Table(
     # Fencing token: grows by one on every acquisition, so a holder that lost its
     # lease (expired, taken over) is refused on its next write.
     Column("fence", Integer, nullable=False, default=0),
+)
+
+# Host replicas alive: each renews its row (heartbeat) at a third of the lease; an
+# operation whose owner's row ran out is taken over by another replica.
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("expire_time", Float, nullable=False),
+    Column("start_time", Float, nullable=False),
 )
 
 # The states a revert keeps so that it can be undone (an array's undo snapshot,

@@ -1,7 +1,10 @@
 """The catalog: snapshots, operations and leases, on SQLAlchemy Core.
 
-SQLite is the embedded default (WAL, synchronous FULL: a committed journal
-entry survives a power cut); the SQL is portable so PostgreSQL can follow.
+Opened by URL (:meth:`Store.open`): SQLite is the embedded default (WAL,
+synchronous FULL: a committed journal entry survives a power cut);
+PostgreSQL (psycopg 3) is what several host replicas share. The SQL is the
+same on both but for a few dialect-specific constructs (upserts, the
+database's clock, advisory locks), each chosen in one place here.
 Reads are synchronous and short. Writes have one form: composable write steps
 (``w_*``) that :meth:`Store.write` commits in the writer thread, several in one
 transaction and shared with concurrent operations (group commit, see
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -30,15 +34,26 @@ from alembic.config import Config
 from sqlalchemy import (
     Connection,
     Engine,
+    Float,
     and_,
     bindparam,
+    cast,
     create_engine,
     event,
+    exists,
     func,
+    literal,
+    or_,
     select,
+    text,
     update,
 )
-from sqlalchemy.engine import Row
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Row, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.sql.elements import ColumnElement
 
 from vmsnap_host import state as lifecycle
 from vmsnap_host.model import (
@@ -52,17 +67,20 @@ from vmsnap_host.model import (
     Snapshot,
     SnapshotState,
 )
+from vmsnap_host.store.fence import Fence, current_fence
 from vmsnap_host.store.schema import (
     findings,
     kept_states,
     operations,
     registrations,
+    replicas,
     vm_leases,
     vm_snapshots,
     volume_owners,
 )
 from vmsnap_host.store.writer import GroupCommitter, Step
 from vmsnap_sdk import Consistency
+from vmsnap_sdk.errors import Aborted, Reason, ResourceExhausted, Unavailable
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -99,12 +117,14 @@ _UNSET_CURRENT = (
     .where(vm_snapshots.c.vm_id == bindparam("b_vm"), vm_snapshots.c.is_current.is_(True))
     .values(is_current=False)
 )
-_JOURNAL_OF = select(operations.c.journal_json, operations.c.done).where(
-    operations.c.id == bindparam("b_id")
+_JOURNAL_OF = (
+    select(operations.c.journal_json, operations.c.done)
+    .where(operations.c.id == bindparam("b_id"))
+    # Read-modify-write of the journal: the row stays locked until commit.
+    .with_for_update()
 )
 _UPDATE_OPERATION = update(operations).where(operations.c.id == bindparam("b_id"))
 _LEASE_OF = select(vm_leases).where(vm_leases.c.vm_id == bindparam("b_vm"))
-_UPDATE_LEASE = update(vm_leases).where(vm_leases.c.vm_id == bindparam("b_vm"))
 _RELEASE_LEASE = vm_leases.delete().where(
     vm_leases.c.vm_id == bindparam("b_vm"), vm_leases.c.owner == bindparam("b_owner")
 )
@@ -121,7 +141,97 @@ _LIST_VM = (
 )
 _INSERT_SNAPSHOT = vm_snapshots.insert()
 _INSERT_OPERATION = operations.insert()
-_INSERT_LEASE = vm_leases.insert()
+_COUNT_OPEN = select(func.count()).where(
+    operations.c.vm_id == bindparam("b_vm"), operations.c.done.is_(False)
+)
+_FENCE_OF = (
+    select(vm_leases.c.fence)
+    .where(
+        vm_leases.c.vm_id == bindparam("b_vm"),
+        vm_leases.c.owner == bindparam("b_owner"),
+        vm_leases.c.fence == bindparam("b_fence"),
+    )
+    # Locked until this transaction commits: a takeover's acquisition waits for
+    # it, so every write made under the old token lands before the new one exists.
+    .with_for_update()
+)
+#: Namespaces of the PostgreSQL advisory locks vmsnap takes (two-int form: the
+#: namespace, then a key), so that they cannot meet another application's.
+ADMISSION_LOCKS = 0x766D7301
+LEADER_LOCKS = 0x766D7302
+#: Longest step text (the column's size; PostgreSQL enforces it).
+_MAX_STEP = 255
+
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+
+
+class CatalogUnavailable(Unavailable):
+    """The catalog database cannot be reached (or refused the connection)."""
+
+
+class Duplicate(Exception):
+    """An insert broke a uniqueness rule of the schema: ``what`` is ``request_id``
+    or ``name`` (a live snapshot of the VM has that name)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"duplicate {what}")
+        self.what = what
+
+
+def database_url(db: str | Path) -> str:
+    """The SQLAlchemy URL of ``--db``: a URL, or a path (SQLite). ``postgres://`` and
+    ``postgresql://`` mean psycopg 3. Raises ValueError saying what is accepted."""
+    value = str(db)
+    if "://" not in value:
+        if not value:
+            raise ValueError("--db: give sqlite:///PATH, a file path, or postgresql+psycopg://…")
+        return f"sqlite:///{Path(value)}"
+    scheme, rest = value.split("://", 1)
+    if scheme in POSTGRES_SCHEMES:
+        return f"postgresql+psycopg://{rest}"
+    if scheme == "sqlite":
+        return value
+    raise ValueError(
+        f"--db: unsupported scheme {scheme}://; use sqlite:///PATH or "
+        "postgresql+psycopg://USER@HOST/DB (psycopg 3)"
+    )
+
+
+def redacted(url: str) -> str:
+    """The URL with any password hidden (for logs and errors)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable database URL>"
+
+
+def _db_now(conn: Connection) -> ColumnElement[float]:
+    """The database's clock in epoch seconds: leases and heartbeats of replicas on
+    several machines are compared on one clock, never on each replica's own."""
+    if conn.dialect.name == "postgresql":
+        return cast(func.extract("epoch", func.clock_timestamp()), Float)
+    return cast((func.julianday("now") - literal(2440587.5)) * literal(86400.0), Float)
+
+
+def _upsert(conn: Connection, table: Any) -> Any:
+    """INSERT … ON CONFLICT of the connection's dialect (both offer the same API)."""
+    if conn.dialect.name == "postgresql":
+        return pg_dialect.insert(table)
+    return sqlite_dialect.insert(table)
+
+
+def _lock_key(value: str) -> int:
+    """A stable signed 32-bit key for an advisory lock."""
+    return (zlib.crc32(value.encode()) ^ 0x80000000) - 0x80000000
+
+
+def _duplicate(exc: IntegrityError) -> Duplicate | None:
+    text_ = str(exc.orig)
+    if "request_id" in text_:
+        return Duplicate("request_id")
+    if "ux_vm_snapshots_live_name" in text_ or "vm_snapshots.name" in text_:
+        return Duplicate("name")
+    return None
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -235,30 +345,83 @@ class Store:
         self.engine = engine
         self._writer = GroupCommitter(engine)
 
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return str(self.engine.dialect.name)
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password hidden."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @classmethod
+    def open(
+        cls,
+        db: str | Path,
+        *,
+        pool_size: int = 4,
+        max_overflow: int = 4,
+        pool_timeout: float = 10.0,
+    ) -> Store:
+        """Open (and migrate) the catalog at ``db``: ``sqlite:///PATH`` (or a path)
+        or ``postgresql+psycopg://…``. On PostgreSQL a replica holds at most
+        ``pool_size + max_overflow`` connections for reads and writes (the writer
+        thread keeps one), plus one for the leader lock (:class:`LeaderLock`)."""
+        url = database_url(db)
+        if url.startswith("sqlite"):
+            engine = create_engine(url)
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                # WAL lets readers run beside the writer; FULL makes each commit
+                # durable before we go on to a side effect the journal entry describes.
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=FULL")
+                cursor.execute("PRAGMA busy_timeout=5000")
+                cursor.close()
+
+        else:
+            engine = create_engine(
+                url,
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                # A request waits this long for a free connection, then fails
+                # UNAVAILABLE rather than queueing without bound.
+                pool_timeout=pool_timeout,
+                # A connection the server dropped (restart, failover) is replaced
+                # before use instead of failing the request that drew it.
+                pool_pre_ping=True,
+                pool_recycle=1800,
+                connect_args={"connect_timeout": 5, "application_name": "vmsnap-host"},
+            )
+        store = cls(engine)
+        try:
+            store.migrate()
+        except DBAPIError as exc:
+            engine.dispose()
+            raise CatalogUnavailable(
+                f"cannot open the catalog at {redacted(url)}: {_first_line(exc)}",
+                reason=Reason.CATALOG_UNAVAILABLE,
+            ) from exc
+        return store
+
     @classmethod
     def open_sqlite(cls, path: str | Path) -> Store:
         """Open (and migrate) the SQLite catalog at ``path``."""
-        engine = create_engine(f"sqlite:///{path}", future=True)
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            # WAL lets readers run beside the writer; FULL makes each commit durable
-            # before we go on to a side effect that the journal entry describes.
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=5000")
-            cursor.close()
-
-        store = cls(engine)
-        store.migrate()
-        return store
+        return cls.open(f"sqlite:///{path}")
 
     def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+        """Bring the schema to the newest Alembic revision. On PostgreSQL replicas
+        starting together take turns (an advisory lock held for the transaction)."""
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:ns, 0)"), {"ns": ADMISSION_LOCKS}
+                )
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
@@ -269,21 +432,86 @@ class Store:
     async def write(self, *steps: Step) -> Any:
         """Run write steps (the ``w_*`` builders) in one durable transaction, off the
         event loop and shared with concurrent callers (group commit); returns the
-        last step's result once committed. A refused compare-and-set raises here."""
-        return await self._writer.run(*steps)
+        last step's result once committed. A refused compare-and-set raises here.
+
+        Inside an operation's work (:func:`~vmsnap_host.store.fence.fenced`) the
+        transaction first checks the operation's lease and fencing token: a
+        replica that lost the lease is refused (LeaseLost) with nothing written.
+        An unreachable database raises CatalogUnavailable (UNAVAILABLE)."""
+        fence = current_fence()
+        if fence is not None:
+            steps = (self.w_check_fence(fence), *steps)
+        try:
+            return await self._writer.run(*steps)
+        except (DBAPIError, PoolTimeout) as exc:
+            _raise_unavailable(exc)
+            raise
 
     def write_blocking(self, *steps: Step) -> Any:
         """The same, for code without an event loop (tools, benchmarks, test set-up)."""
-        with self.engine.begin() as conn:
-            result = None
-            for step in steps:
-                result = step(conn)
-            return result
+        try:
+            with self.engine.begin() as conn:
+                result = None
+                for step in steps:
+                    result = step(conn)
+                return result
+        except (DBAPIError, PoolTimeout) as exc:
+            _raise_unavailable(exc)
+            raise
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            yield conn
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except (DBAPIError, PoolTimeout) as exc:
+            _raise_unavailable(exc)
+            raise
+
+    def w_check_fence(self, fence: Fence) -> Step:
+        """Refuse the transaction (LeaseLost) unless the VM's lease still has this
+        owner and token; locks the lease row until commit."""
+
+        def step(conn: Connection) -> None:
+            row = conn.execute(
+                _FENCE_OF, {"b_vm": fence.vm_id, "b_owner": fence.owner, "b_fence": fence.token}
+            ).first()
+            if row is None:
+                raise lifecycle.LeaseLost(fence.vm_id, fence.owner, fence.token)
+
+        return step
+
+    def w_admit(self, vm_id: str, *, max_open: int, max_live: int | None) -> Step:
+        """The per-VM bounds, checked in the transaction that inserts the new
+        operation, across every replica: at most ``max_open`` unfinished operations
+        (running, queued or left open) else ABORTED, at most ``max_live`` live
+        snapshots else RESOURCE_EXHAUSTED. On PostgreSQL the VM's admissions take
+        turns (a transaction-scoped advisory lock), so two replicas cannot both
+        count below the bound."""
+
+        def step(conn: Connection) -> None:
+            if conn.dialect.name == "postgresql":
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:ns, :key)"),
+                    {"ns": ADMISSION_LOCKS, "key": _lock_key(vm_id)},
+                )
+            running = int(conn.execute(_COUNT_OPEN, {"b_vm": vm_id}).scalar_one())
+            if running >= max_open:
+                raise Aborted(
+                    f"VM {vm_id} already has {running} operations running or queued (the "
+                    f"bound is {max_open} across the host's replicas); retry when they finish",
+                    reason=Reason.VM_QUEUE_FULL,
+                )
+            if max_live is not None:
+                live = int(conn.execute(_COUNT_LIVE, {"b_vm": vm_id}).scalar_one())
+                if live >= max_live:
+                    raise ResourceExhausted(
+                        f"VM {vm_id} has {live} snapshots, the maximum is {max_live}; delete "
+                        "old ones first (or raise host.max_snapshots_per_vm)",
+                        reason=Reason.TOO_MANY_SNAPSHOTS,
+                    )
+
+        return step
 
     # --- snapshots: writes --------------------------------------------------------
 
@@ -292,16 +520,21 @@ class Store:
 
         def step(conn: Connection) -> None:
             now = time.time()
-            conn.execute(
-                _INSERT_SNAPSHOT,
-                {
-                    **_snapshot_columns(snapshot),
-                    "cleanup_json": "[]",
-                    "create_time": now,
-                    "update_time": now,
-                },
-            )
-            conn.execute(_INSERT_OPERATION, self._operation_columns(operation, now))
+            try:
+                conn.execute(
+                    _INSERT_OPERATION, self._operation_columns(operation, now)
+                )
+                conn.execute(
+                    _INSERT_SNAPSHOT,
+                    {
+                        **_snapshot_columns(snapshot),
+                        "cleanup_json": "[]",
+                        "create_time": now,
+                        "update_time": now,
+                    },
+                )
+            except IntegrityError as exc:
+                raise (_duplicate(exc) or exc) from exc
 
         return step
 
@@ -531,7 +764,7 @@ class Store:
             "request_id": op.request_id,
             "done": op.done,
             "progress": op.progress,
-            "step": op.step,
+            "step": op.step[:_MAX_STEP],
             "journal_json": json.dumps(op.journal),
             "params_json": json.dumps(op.params),
             "owner": op.owner,
@@ -542,7 +775,10 @@ class Store:
 
     def w_insert_operation(self, op: OperationRecord) -> Step:
         def step(conn: Connection) -> None:
-            conn.execute(_INSERT_OPERATION, self._operation_columns(op, time.time()))
+            try:
+                conn.execute(_INSERT_OPERATION, self._operation_columns(op, time.time()))
+            except IntegrityError as exc:
+                raise (_duplicate(exc) or exc) from exc
 
         return step
 
@@ -570,7 +806,7 @@ class Store:
                 _UPDATE_OPERATION,
                 {
                     "b_id": operation_id,
-                    "step": step,
+                    "step": step[:_MAX_STEP],
                     "progress": progress,
                     "journal_json": json.dumps(journal),
                     "update_time": time.time(),
@@ -590,7 +826,7 @@ class Store:
                     "b_id": operation_id,
                     "done": True,
                     "progress": 100,
-                    "step": step,
+                    "step": step[:_MAX_STEP],
                     "update_time": time.time(),
                     **_error_columns(error),
                 },
@@ -637,38 +873,46 @@ class Store:
     # --- per-VM leases ------------------------------------------------------------
 
     def w_acquire_lease(self, vm_id: str, owner: str, operation_id: str, ttl: float) -> Step:
-        """Own the VM for ``ttl`` seconds unless another live owner holds it; the
-        step returns the new fencing token (> 0), or 0 when refused."""
+        """Own the VM for ``ttl`` seconds; the step returns the new fencing token
+        (> 0), or 0 when refused. One statement (INSERT … ON CONFLICT DO UPDATE …
+        WHERE), so two replicas cannot both win. Granted when the VM has no lease,
+        or when its lease is this owner's or ran out *and* the lease's operation is
+        this one or finished. A lease stays with its operation until that is
+        finished: one abandoned by a dead replica is resolved by whoever takes it
+        over before anything else runs on the VM, and two operations of one
+        replica never hold the VM together."""
 
         def step(conn: Connection) -> int:
-            now = time.time()
-            row = conn.execute(_LEASE_OF, {"b_vm": vm_id}).first()
-            if row is None:
-                conn.execute(
-                    _INSERT_LEASE,
-                    {
-                        "vm_id": vm_id,
-                        "owner": owner,
-                        "operation_id": operation_id,
-                        "expire_time": now + ttl,
-                        "fence": 1,
-                    },
+            now = _db_now(conn)
+            lease = vm_leases.c
+            open_op = exists().where(
+                operations.c.id == lease.operation_id, operations.c.done.is_(False)
+            )
+            stmt = (
+                _upsert(conn, vm_leases)
+                .values(
+                    vm_id=vm_id,
+                    owner=owner,
+                    operation_id=operation_id,
+                    expire_time=now + ttl,
+                    fence=1,
                 )
-                return 1
-            if row.owner != owner and row.expire_time > now:
-                return 0
-            fence = int(row.fence or 0) + 1
-            conn.execute(
-                _UPDATE_LEASE,
-                {
-                    "b_vm": vm_id,
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[lease.vm_id],
+                set_={
                     "owner": owner,
                     "operation_id": operation_id,
                     "expire_time": now + ttl,
-                    "fence": fence,
+                    "fence": lease.fence + 1,
                 },
-            )
-            return fence
+                where=and_(
+                    or_(lease.owner == owner, lease.expire_time <= now),
+                    or_(lease.operation_id == operation_id, ~open_op),
+                ),
+            ).returning(lease.fence)
+            fence = conn.execute(stmt).scalar()
+            return int(fence or 0)
 
         return step
 
@@ -684,7 +928,7 @@ class Store:
                     vm_leases.c.owner == owner,
                     vm_leases.c.fence == fence,
                 )
-                .values(expire_time=time.time() + ttl)
+                .values(expire_time=_db_now(conn) + ttl)
             )
             return bool(renewed.rowcount == 1)
 
@@ -709,6 +953,73 @@ class Store:
         with self._read() as conn:
             row = conn.execute(_LEASE_OF, {"b_vm": vm_id}).first()
         return (row.owner, row.expire_time) if row else None
+
+    def lease_holder(self, vm_id: str) -> str | None:
+        """The owner of the VM's lease while it runs (on the database's clock)."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(vm_leases.c.owner).where(
+                    vm_leases.c.vm_id == vm_id, vm_leases.c.expire_time > _db_now(conn)
+                )
+            ).first()
+        return row.owner if row else None
+
+    def leased_operations(self) -> set[str]:
+        """Ids of the operations whose VM lease runs now (on any replica)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(vm_leases.c.operation_id).where(vm_leases.c.expire_time > _db_now(conn))
+            )
+            return {r.operation_id for r in rows}
+
+    # --- replicas -----------------------------------------------------------------
+
+    def w_heartbeat(self, replica: str, ttl: float) -> Step:
+        """This replica is alive for ``ttl`` more seconds."""
+
+        def step(conn: Connection) -> None:
+            now = _db_now(conn)
+            stmt = _upsert(conn, replicas).values(
+                id=replica, expire_time=now + ttl, start_time=time.time()
+            )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[replicas.c.id], set_={"expire_time": now + ttl}
+                )
+            )
+
+        return step
+
+    def w_leave(self, replica: str) -> Step:
+        """A replica stopping cleanly: its operations may be taken over at once."""
+
+        def step(conn: Connection) -> None:
+            conn.execute(replicas.delete().where(replicas.c.id == replica))
+
+        return step
+
+    def live_replicas(self) -> set[str]:
+        with self._read() as conn:
+            rows = conn.execute(select(replicas.c.id).where(replicas.c.expire_time > _db_now(conn)))
+            return {r.id for r in rows}
+
+    def w_claim_operation(self, operation_id: str, previous: str, owner: str) -> Step:
+        """Take over an open operation from ``previous`` (compare-and-set on its
+        owner): True for the one replica that wins."""
+
+        def step(conn: Connection) -> bool:
+            claimed = conn.execute(
+                update(operations)
+                .where(
+                    operations.c.id == operation_id,
+                    operations.c.owner == previous,
+                    operations.c.done.is_(False),
+                )
+                .values(owner=owner, update_time=time.time())
+            )
+            return bool(claimed.rowcount == 1)
+
+        return step
 
     # --- kept states of reverts ---------------------------------------------------
 
@@ -768,18 +1079,16 @@ class Store:
 
         def step(conn: Connection) -> None:
             now = time.time()
-            for locator, driver in owners.items():
-                updated = conn.execute(
-                    update(volume_owners)
-                    .where(volume_owners.c.locator == locator)
-                    .values(driver=driver, update_time=now)
+            for locator, driver in sorted(owners.items()):
+                stmt = _upsert(conn, volume_owners).values(
+                    locator=locator, driver=driver, update_time=now
                 )
-                if updated.rowcount == 0:
-                    conn.execute(
-                        volume_owners.insert().values(
-                            locator=locator, driver=driver, update_time=now
-                        )
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[volume_owners.c.locator],
+                        set_={"driver": driver, "update_time": now},
                     )
+                )
 
         return step
 
@@ -845,18 +1154,11 @@ class Store:
         self, kind: str, address: str, name: str, order: int, tls: dict[str, str]
     ) -> Step:
         def step(conn: Connection) -> None:
+            values = {"name": name, "sort_order": order, "tls_json": json.dumps(tls)}
+            stmt = _upsert(conn, registrations).values(kind=kind, address=address, **values)
             conn.execute(
-                registrations.delete().where(
-                    and_(registrations.c.kind == kind, registrations.c.address == address)
-                )
-            )
-            conn.execute(
-                registrations.insert().values(
-                    kind=kind,
-                    address=address,
-                    name=name,
-                    sort_order=order,
-                    tls_json=json.dumps(tls),
+                stmt.on_conflict_do_update(
+                    index_elements=[registrations.c.kind, registrations.c.address], set_=values
                 )
             )
 
@@ -880,6 +1182,33 @@ class Store:
                 (r.address, r.name, r.sort_order, dict(json.loads(r.tls_json)))
                 for r in conn.execute(query)
             ]
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's own first line (psycopg and sqlite3 never put a password in it)."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0][:300] if lines else type(orig).__name__
+
+
+def _raise_unavailable(exc: DBAPIError | PoolTimeout) -> None:
+    """Raise a connection-level failure as UNAVAILABLE; return for anything else (a
+    constraint, a bug in SQL), which the caller re-raises as it is."""
+    if isinstance(exc, PoolTimeout):
+        raise CatalogUnavailable(
+            "every catalog connection of this host stayed busy; nothing was done: "
+            "retry, or give the host more connections",
+            reason=Reason.CATALOG_BUSY,
+        ) from exc
+    if isinstance(exc, IntegrityError) or not (
+        exc.connection_invalidated or type(exc).__name__ in ("OperationalError", "InterfaceError")
+    ):
+        return
+    raise CatalogUnavailable(
+        f"the catalog database is unreachable ({_first_line(exc)}); nothing was done: "
+        "retry once it is back",
+        reason=Reason.CATALOG_UNAVAILABLE,
+    ) from exc
 
 
 def _kept_result_json(kept: KeptState) -> str:

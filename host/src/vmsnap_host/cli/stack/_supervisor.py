@@ -93,9 +93,12 @@ class Stack:
         on_event: Events | None = None,
         grace_seconds: float = 10.0,
         durable: bool = True,
+        replicas: int = 1,
+        db: str = "sqlite",
     ) -> None:
         self.layout = layout
-        self.components = build(layout, hypervisor, durable=durable)
+        self.replicas = replicas
+        self.components = build(layout, hypervisor, durable=durable, replicas=replicas, db=db)
         self.grace_seconds = grace_seconds
         self._emit = on_event or (lambda _msg: None)
         self._children = [_Child(c) for c in self.components]
@@ -105,7 +108,8 @@ class Stack:
 
     @property
     def host_address(self) -> str:
-        return self.components[-1].address
+        """The host's address; the replicas' separated by commas (what clients take)."""
+        return ",".join(c.address for c in self.components if c.role == "host")
 
     def pids(self) -> dict[str, int]:
         return {
@@ -147,7 +151,7 @@ class Stack:
         # Only gRPC components are sockets the host reaches; emulators are the drivers' business.
         drivers = [c for c in self.components if c.role == "storage driver"]
         agents = [c for c in self.components if c.role == "hypervisor agent"]
-        self.layout.config.write_text(host_config(drivers, agents))
+        self.layout.config.write_text(host_config(drivers, agents, replicas=self.replicas))
 
     def _stop_orphans(self) -> None:
         """Stop the children of a previous ``vmsnap up`` of this home that was killed.

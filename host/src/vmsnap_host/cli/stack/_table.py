@@ -1,8 +1,9 @@
 """What the embedded stack runs: the one table to edit to add or swap a process.
 
-Components start in stages: the array emulators first, then the storage
-drivers and the hypervisor agent, the host last with a generated configuration
-that lists them. Every gRPC component listens on a unix socket under
+Components start in stages: the array emulators (and, with ``--db postgres``,
+a PostgreSQL server of the stack's own) first, then the storage drivers and the
+hypervisor agent, the host last — or several host replicas sharing the
+PostgreSQL catalog — with a generated configuration that lists them. Every gRPC component listens on a unix socket under
 ``$VMSNAP_HOME/run/``; everything logs to ``$VMSNAP_HOME/logs/<name>.log``.
 
 Each reference driver (:data:`DRIVERS`) runs next to its vendor's array
@@ -140,6 +141,11 @@ class Layout:
     @property
     def database(self) -> Path:
         return self.home / "vmsnap.sqlite"
+
+    @property
+    def postgres(self) -> Path:
+        """The stack's own PostgreSQL cluster (``--db postgres``)."""
+        return self.home / "postgres"
 
     @property
     def agent_state(self) -> Path:
@@ -349,13 +355,108 @@ def _driver(layout: Layout, d: DriverEntry) -> Component:
     )
 
 
-def build(layout: Layout, hypervisor: str = "sim", *, durable: bool = True) -> list[Component]:
-    """The components of the stack, in start order (host last).
+DATABASES = ("sqlite", "postgres")
+MAX_REPLICAS = 9
 
-    ``durable=False`` runs the emulators without fsync (a throw-away demo home).
+
+def _postgres(layout: Layout, durable: bool) -> Component:
+    """The catalog's PostgreSQL server, in the foreground under the supervisor."""
+    from vmsnap_host.pgcluster import PgCluster, PgClusterError
+
+    cluster = PgCluster(layout.postgres)
+
+    def prepare() -> None:
+        try:
+            cluster.init(fast=not durable)
+        except PgClusterError as exc:
+            raise ValueError(str(exc)) from None
+
+    async def ready() -> bool:
+        if not await asyncio.to_thread(cluster.accepts):
+            return False
+        await asyncio.to_thread(cluster.create_database, "vmsnap")
+        return True
+
+    try:
+        command = tuple(cluster.server_command(fast=not durable))
+    except PgClusterError as exc:
+        raise ValueError(str(exc)) from None
+    return Component(
+        name="postgres",
+        role="catalog database",
+        description=f"PostgreSQL, data in {cluster.data}",
+        command=command,
+        address=f"unix://{cluster.socket_dir}/.s.PGSQL.5432",
+        ready=ready,
+        prepare=prepare,
+        stage=0,
+    )
+
+
+def catalog_url(layout: Layout, db: str) -> str:
+    """The ``--db`` the stack's hosts get."""
+    if db == "postgres":
+        from vmsnap_host.pgcluster import PgCluster
+
+        return PgCluster(layout.postgres).url("vmsnap")
+    return str(layout.database)
+
+
+def _hosts(layout: Layout, replicas: int, db: str) -> list[Component]:
+    url = catalog_url(layout, db)
+    catalog = layout.database.name if db == "sqlite" else "on the stack's PostgreSQL"
+    hosts = []
+    for i in range(1, replicas + 1):
+        name = "host" if replicas == 1 else f"host-{i}"
+        hosts.append(
+            Component(
+                name=name,
+                role="host",
+                description=f"control API, catalog {catalog}"
+                + (f" (replica {i} of {replicas})" if replicas > 1 else ""),
+                command=(
+                    *executable("vmsnap-host", "vmsnap_host.main"),
+                    "--listen",
+                    layout.socket(name),
+                    "--db",
+                    url,
+                    "--config",
+                    str(layout.config),
+                    *(("--instance-id", name) if replicas > 1 else ()),
+                ),
+                address=layout.socket(name),
+                stage=2,
+            )
+        )
+    return hosts
+
+
+def build(
+    layout: Layout,
+    hypervisor: str = "sim",
+    *,
+    durable: bool = True,
+    replicas: int = 1,
+    db: str = "sqlite",
+) -> list[Component]:
+    """The components of the stack, in start order (hosts last).
+
+    ``durable=False`` runs the emulators (and PostgreSQL) without fsync (a
+    throw-away demo home). ``replicas`` host processes share the catalog, which
+    needs ``db="postgres"`` when there is more than one.
     """
     if hypervisor not in HYPERVISORS:
         raise ValueError(f"hypervisor {hypervisor!r} is not available (choose: {HYPERVISORS})")
+    if db not in DATABASES:
+        raise ValueError(f"--db {db!r} is not available (choose: {DATABASES})")
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ValueError(f"--replicas must be within 1..{MAX_REPLICAS}")
+    if replicas > 1 and db != "postgres":
+        raise ValueError(
+            "several host replicas share one PostgreSQL catalog: add --db postgres "
+            "(SQLite serves one host)"
+        )
+    database = [_postgres(layout, durable)] if db == "postgres" else []
     components = [
         *(_emulator(layout, d, durable) for d in DRIVERS),
         *(_driver(layout, d) for d in DRIVERS),
@@ -377,35 +478,28 @@ def build(layout: Layout, hypervisor: str = "sim", *, durable: bool = True) -> l
         ),
         address=layout.socket("agent"),
     )
-    host = Component(
-        name="host",
-        role="host",
-        description=f"control API, catalog {layout.database.name}",
-        command=(
-            *executable("vmsnap-host", "vmsnap_host.main"),
-            "--listen",
-            layout.socket("host"),
-            "--db",
-            str(layout.database),
-            "--config",
-            str(layout.config),
-        ),
-        address=layout.socket("host"),
-        stage=2,
-    )
+    hosts = _hosts(layout, replicas, db)
     if hypervisor == "qemu":  # real guests need the arrays' bytes: see _qemu.py
         from vmsnap_host.cli.stack._qemu import qemu_components
 
-        return [*qemu_components(layout, durable), host]
-    return [*components, agent, host]
+        return [*database, *qemu_components(layout, durable), *hosts]
+    return [*database, *components, agent, *hosts]
 
 
-def host_config(drivers: Sequence[Component], agents: Sequence[Component]) -> str:
+#: The VM lease of replicas in the stack: a killed replica's operation is taken
+#: over by another within seconds (the default, 30 s, suits a real deployment).
+REPLICA_LEASE_SECONDS = 5
+
+
+def host_config(
+    drivers: Sequence[Component], agents: Sequence[Component], *, replicas: int = 1
+) -> str:
     """The host's TOML configuration listing the stack's drivers and agents."""
     lines = [
         "# Generated by `vmsnap up`; rewritten at every start.",
         "[host]",
         "health_interval_seconds = 1",
+        *([f"lease_seconds = {REPLICA_LEASE_SECONDS}"] if replicas > 1 else []),
         "",
     ]
     for order, driver in enumerate(drivers):

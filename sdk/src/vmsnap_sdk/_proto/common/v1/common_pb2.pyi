@@ -270,6 +270,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     input (e.g. a test volume whose disk breaks the disk-name rule); the SDK
     refused to send it.
     """
+    CATALOG_UNAVAILABLE: _ErrorReason.ValueType  # 69
+    """-- The catalog (SQLite, or PostgreSQL shared by replicas; 67 and 68: who may call).
+    UNAVAILABLE: the catalog's database cannot be reached; nothing was done.
+    """
+    CATALOG_BUSY: _ErrorReason.ValueType  # 70
+    """UNAVAILABLE: every catalog connection of this replica is busy (its pool wait
+    ran out); nothing was done, retry.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call or an operation failed: the `reason` of the google.rpc.ErrorInfo
@@ -481,6 +489,14 @@ ANSWER_INVALID: ErrorReason.ValueType  # 66
 """INTERNAL: a driver's answer holds a value its caller could not send back as
 input (e.g. a test volume whose disk breaks the disk-name rule); the SDK
 refused to send it.
+"""
+CATALOG_UNAVAILABLE: ErrorReason.ValueType  # 69
+"""-- The catalog (SQLite, or PostgreSQL shared by replicas; 67 and 68: who may call).
+UNAVAILABLE: the catalog's database cannot be reached; nothing was done.
+"""
+CATALOG_BUSY: ErrorReason.ValueType  # 70
+"""UNAVAILABLE: every catalog connection of this replica is busy (its pool wait
+ran out); nothing was done, retry.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
