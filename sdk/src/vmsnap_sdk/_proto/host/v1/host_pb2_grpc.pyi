@@ -41,6 +41,10 @@ class VMSnapshotServiceStub:
       RESOURCE_EXHAUSTED   -                     more calls at once than the host serves
                                                  (--max-concurrent-rpcs); retry later
       INTERNAL             INTERNAL              a bug in the host (its log has the details)
+      UNAVAILABLE          CATALOG_UNAVAILABLE   the host cannot reach its catalog's
+                                                 database; nothing was done
+      UNAVAILABLE          CATALOG_BUSY          every catalog connection of this replica is
+                                                 busy; nothing was done, retry
     and an RPC that calls a driver or an agent can return that peer's error with
     its code: its reason when it is an ErrorReason, else PEER_ERROR (ErrorInfo
     metadata "peer_reason" holds the peer's).
@@ -295,6 +299,10 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
       RESOURCE_EXHAUSTED   -                     more calls at once than the host serves
                                                  (--max-concurrent-rpcs); retry later
       INTERNAL             INTERNAL              a bug in the host (its log has the details)
+      UNAVAILABLE          CATALOG_UNAVAILABLE   the host cannot reach its catalog's
+                                                 database; nothing was done
+      UNAVAILABLE          CATALOG_BUSY          every catalog connection of this replica is
+                                                 busy; nothing was done, retry
     and an RPC that calls a driver or an agent can return that peer's error with
     its code: its reason when it is an ErrorReason, else PEER_ERROR (ErrorInfo
     metadata "peer_reason" holds the peer's).
