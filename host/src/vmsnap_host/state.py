@@ -66,7 +66,9 @@ class OperationClosed(Exception):
         self.operation_id = operation_id
 
 
-def sources(to: SnapshotState, only: frozenset[SnapshotState] | None = None) -> frozenset[SnapshotState]:
+def sources(
+    to: SnapshotState, only: frozenset[SnapshotState] | None = None
+) -> frozenset[SnapshotState]:
     """The from-states of a move to ``to`` (narrowed to ``only`` when given)."""
     allowed = MOVES.get(to, frozenset())
     if not allowed:
