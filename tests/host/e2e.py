@@ -58,6 +58,8 @@ class Cluster:
     work: Path
     procs: dict[str, Proc] = field(default_factory=dict)
     channel: grpc.Channel | None = None
+    #: Flags every process gets (e.g. --metrics-listen 127.0.0.1:0).
+    common_flags: tuple[str, ...] = ()
 
     @property
     def host(self) -> host_pb2_grpc.VMSnapshotServiceStub:
@@ -110,7 +112,10 @@ class Cluster:
         old = self.procs.pop(name, None)
         if old is not None:
             old.stop(5)  # reaps it and closes its log
-        proc = Proc([sys.executable, *args, "--listen", address], self.work / f"{name}.log")
+        proc = Proc(
+            [sys.executable, *args, *self.common_flags, "--listen", address],
+            self.work / f"{name}.log",
+        )
         self.procs[name] = proc
         try:
             wait_serving(address)
@@ -124,6 +129,13 @@ class Cluster:
     def agent_state(self) -> dict[str, Any]:
         # The sim agent's state, every VM, in one document (its version 1 shape).
         return load_state(self.work / "agent").to_json()
+
+    def metrics_url(self, name: str) -> str:
+        """The /metrics URL a process announced on its first stdout line."""
+        for line in self.procs[name].output().splitlines():
+            if line.startswith("{") and '"metrics"' in line:
+                return str(json.loads(line)["metrics"])
+        raise AssertionError(f"{name} announced no metrics URL:\n{self.procs[name].output()}")
 
     def frozen(self, vm_id: str) -> bool:
         return self.agent_state()["vms"][vm_id]["freeze"] is not None
@@ -165,8 +177,13 @@ class Cluster:
             proc.stop(5)
 
 
-def cluster(sockdir: Path, tmp_path: Path, driver_flags: dict[str, list[str]]) -> Iterator[Cluster]:
-    c = Cluster(sockdir, tmp_path)
+def cluster(
+    sockdir: Path,
+    tmp_path: Path,
+    driver_flags: dict[str, list[str]],
+    common_flags: tuple[str, ...] = (),
+) -> Iterator[Cluster]:
+    c = Cluster(sockdir, tmp_path, common_flags=common_flags)
     try:
         c.start_agent()
         for letter in ("a", "b"):

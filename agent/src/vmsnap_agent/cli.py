@@ -66,6 +66,7 @@ async def _serve(kind: Any, args: argparse.Namespace) -> None:
             tls=server_tls_from_args(args),
             grace_seconds=args.grace,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
+            metrics_listen=args.metrics_listen,
         )
     finally:
         await close()

@@ -11,9 +11,10 @@ from pathlib import Path
 from vmsnap_host.api.servicer import HostServicer
 from vmsnap_host.config import Config
 from vmsnap_host.manager import Manager
+from vmsnap_host.metrics import Sample
 from vmsnap_host.reconcile import Reconciler
 from vmsnap_host.recovery import Recovery
-from vmsnap_host.registry import Registry
+from vmsnap_host.registry import Health, Registry
 from vmsnap_host.replicas import Replicas
 from vmsnap_host.store import Store
 from vmsnap_sdk import ClientTLS, Server, ServerTLS
@@ -147,6 +148,18 @@ class HostApp:
             await registration
         except VMSnapError as exc:
             log.error("registration refused", extra={"fields": {"error": str(exc)}})
+
+    def metrics_sample(self) -> Sample:
+        """The gauges of ``/metrics`` (called on the event loop at each scrape)."""
+        peers = [
+            ("driver", d.name or d.address, d.health is Health.SERVING)
+            for d in self.registry.drivers()
+        ]
+        peers += [
+            ("agent", a.name or a.address, a.health is Health.SERVING)
+            for a in self.registry.agents()
+        ]
+        return Sample(peers, self.manager.queue_depths(), self.store.count_by_state())
 
     async def stop(self, grace_seconds: float | None = None) -> None:
         await self.server.stop(grace_seconds)

@@ -22,11 +22,15 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from prometheus_client import REGISTRY
+
 from vmsnap_host.app import HostApp
 from vmsnap_host.config import Config, ConfigError, load
+from vmsnap_host.metrics import HostCollector
 from vmsnap_host.store.store import CatalogUnavailable, database_url
 from vmsnap_sdk import configure_logging
-from vmsnap_sdk.serve import add_server_arguments, server_tls_from_args
+from vmsnap_sdk.metrics import parse_address
+from vmsnap_sdk.serve import add_server_arguments, open_metrics, server_tls_from_args
 
 
 def _loopback_or_unix(address: str) -> bool:
@@ -64,6 +68,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         database_url(args.db)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.metrics_listen:
+        try:
+            parse_address(args.metrics_listen)
+        except ValueError as exc:
+            parser.error(str(exc))
     for address in args.listen:
         if not _loopback_or_unix(address):
             parser.error(f"--listen {address}: only unix:// sockets and loopback addresses")
@@ -80,10 +89,22 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
         grace_seconds=args.grace,
     )
     addresses = await app.start()
-    print(json.dumps({"serving": addresses}), flush=True)
+    metrics = open_metrics(args.metrics_listen)
+    collector = None
+    line: dict[str, object] = {"serving": addresses}
+    if metrics is not None:
+        collector = HostCollector(asyncio.get_running_loop(), app.metrics_sample)
+        REGISTRY.register(collector)
+        line["metrics"] = metrics.url
+    # One line a supervisor (vmsnap up) or a test parses for the bound addresses.
+    print(json.dumps(line), flush=True)
     try:
         await app.server.serve_until_signal()
     finally:
+        if metrics is not None:
+            metrics.close()
+        if collector is not None:
+            REGISTRY.unregister(collector)
         await app.stop(0)
 
 

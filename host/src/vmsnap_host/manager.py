@@ -15,10 +15,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 
+from vmsnap_host import metrics
 from vmsnap_host.config import Settings
 from vmsnap_host.decisions import DecisionCache
 from vmsnap_host.executor import Executor
@@ -487,6 +489,7 @@ class Manager:
         vm: VM | None = None,
     ) -> asyncio.Task[None]:
         queue = self._queues.setdefault(op.vm_id, _VMQueue(asyncio.Lock()))
+        metrics.QUEUE_DEPTH.observe(queue.admitted)
         queue.admitted += 1
         task = asyncio.create_task(self._run(op, queue, fence, resume, vm))
         self._tasks[op.id] = task
@@ -517,6 +520,7 @@ class Manager:
     async def _run(
         self, op: OperationRecord, queue: _VMQueue, fence: int, resume: bool, vm: VM | None
     ) -> None:
+        started = time.monotonic()
         try:
             if resume:
                 # Not behind this replica's queue: what it resolves may be what the
@@ -526,10 +530,27 @@ class Manager:
             else:
                 async with queue.lock:
                     await self._run_owned(op, fence, resume, vm)
+            self._count_end(op, time.monotonic() - started)
         finally:
             queue.admitted -= 1
             self._tasks.pop(op.id, None)
             await self._notify()
+
+    def _count_end(self, op: OperationRecord, seconds: float) -> None:
+        """Metrics of an operation that ran to its end (or was left open on purpose);
+        a cancelled one (the host stopping) is resumed later and counted then."""
+        record = self.store.get_operation(op.id)
+        if record is None or not record.done:
+            outcome = "open"
+        else:
+            outcome = "failed" if record.error is not None else "succeeded"
+        kind = op.type.name.lower()
+        metrics.OPERATIONS.labels(type=kind, outcome=outcome).inc()
+        metrics.OPERATION_SECONDS.labels(type=kind).observe(seconds)
+
+    def queue_depths(self) -> list[int]:
+        """Operations running or waiting, per VM that has any (for the metrics)."""
+        return [q.admitted for q in self._queues.values() if q.admitted]
 
     async def _run_owned(
         self, op: OperationRecord, fence: int, resume: bool, vm: VM | None = None

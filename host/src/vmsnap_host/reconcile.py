@@ -58,6 +58,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from vmsnap_host import metrics
 from vmsnap_host.config import Settings
 from vmsnap_host.model import GroupKind, Snapshot, SnapshotState
 from vmsnap_host.registry import Health, Registry
@@ -302,6 +303,8 @@ class Reconciler:
             for f in findings
         )
         written = await self._record(stamped, now)
+        for f in stamped:
+            metrics.FINDINGS.labels(kind=f.kind).inc()
         # Logged when something new was found (repeats are in the report only).
         (log.info if written else log.debug)(
             "reconcile pass",

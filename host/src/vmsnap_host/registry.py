@@ -32,6 +32,7 @@ import functools
 import inspect
 import itertools
 import logging
+import time
 import types
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from vmsnap_host import checks
+from vmsnap_host import checks, metrics
 from vmsnap_sdk import (
     VM,
     AgentClient,
@@ -251,13 +252,31 @@ def _forward(interface: type, name: str) -> Callable[..., Awaitable[Any]]:
     async def call(self: _Guard, *args: Any, **kwargs: Any) -> Any:
         peer = self.peer
         peer.require_serving()
+        # Every host → peer call passes here: the one place to time and count them.
+        start = time.monotonic()
+        code = "OK"
         try:
             return await getattr(peer.impl, name)(*args, **kwargs)
-        except TransientError:
+        except TransientError as exc:
+            code = exc.code.name
             # The link may be gone: check now rather than at the next tick, so later
             # calls fail fast (or pass again) on fresh information.
             peer.on_trouble()
             raise
+        except VMSnapError as exc:
+            code = exc.code.name
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "UNKNOWN"
+            raise
+        finally:
+            labels = (peer.kind.word, peer.name or peer.address, name)
+            metrics.PEER_CALL_SECONDS.labels(*labels).observe(time.monotonic() - start)
+            if code != "OK":
+                metrics.PEER_CALL_ERRORS.labels(*labels, code).inc()
 
     return call
 

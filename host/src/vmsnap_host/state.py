@@ -79,7 +79,9 @@ class LeaseLost(Exception):
         self.fence = fence
 
 
-def sources(to: SnapshotState, only: frozenset[SnapshotState] | None = None) -> frozenset[SnapshotState]:
+def sources(
+    to: SnapshotState, only: frozenset[SnapshotState] | None = None
+) -> frozenset[SnapshotState]:
     """The from-states of a move to ``to`` (narrowed to ``only`` when given)."""
     allowed = MOVES.get(to, frozenset())
     if not allowed:

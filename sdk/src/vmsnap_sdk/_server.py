@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from vmsnap_sdk._context import CallContext, _reset_call, _set_call
 from vmsnap_sdk._errors import INTERNAL_MESSAGE, Internal, VMSnapError, to_grpc_status
 from vmsnap_sdk._tls import MAX_MESSAGE_BYTES, ServerTLS
+from vmsnap_sdk.metrics import observe_rpc
 
 log = logging.getLogger("vmsnap.server")
 
@@ -64,13 +65,15 @@ async def invoke(
         error = Internal(INTERNAL_MESSAGE)
     finally:
         _reset_call(token)
+        elapsed = time.monotonic() - start
+        observe_rpc(method, error.code.name if error else "OK", elapsed)
         log.info(
             "rpc",
             extra={
                 "fields": {
                     "method": method,
                     "code": error.code.name if error else "OK",
-                    "ms": round((time.monotonic() - start) * 1000, 2),
+                    "ms": round(elapsed * 1000, 2),
                 }
             },
         )

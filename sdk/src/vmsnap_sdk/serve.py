@@ -28,6 +28,7 @@ from vmsnap_sdk._tls import ServerTLS
 from vmsnap_sdk._types import Capability
 from vmsnap_sdk.agent import HypervisorAgent
 from vmsnap_sdk.driver import StorageDriver
+from vmsnap_sdk.metrics import MetricsServer, start_metrics_server
 
 DRIVER_SERVICE = driver_pb2.DESCRIPTOR.services_by_name["StorageDriver"].full_name
 FIXTURE_SERVICE = driver_pb2.DESCRIPTOR.services_by_name["ConformanceFixture"].full_name
@@ -81,10 +82,27 @@ async def start_agent_server(
     return server
 
 
-def _announce(server: Server) -> None:
+def _announce(server: Server, metrics: MetricsServer | None = None) -> None:
     # One line on stdout that a supervising process (or a test) can parse to
-    # learn the bound addresses, e.g. after --listen 127.0.0.1:0.
-    print(json.dumps({"serving": server.addresses}), flush=True)
+    # learn the bound addresses, e.g. after --listen 127.0.0.1:0 (and the
+    # /metrics URL after --metrics-listen 127.0.0.1:0).
+    line: dict[str, Any] = {"serving": server.addresses}
+    if metrics is not None:
+        line["metrics"] = metrics.url
+    print(json.dumps(line), flush=True)
+
+
+def open_metrics(address: str | None) -> MetricsServer | None:
+    """Start ``/metrics`` when ``--metrics-listen`` was given; exits with the reason
+    when it cannot (a bad or non-loopback address, a port in use)."""
+    if not address:
+        return None
+    try:
+        return start_metrics_server(address)
+    except (ValueError, OSError) as exc:
+        # Printed here: a SystemExit's text would be lost in a server's error log line.
+        print(f"cannot serve metrics: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 async def serve_driver(
@@ -94,8 +112,11 @@ async def serve_driver(
     tls: ServerTLS | None = None,
     grace_seconds: float = 10.0,
     max_concurrent_rpcs: int | None = 256,
+    metrics_listen: str | None = None,
 ) -> None:
-    """Serve a driver until SIGTERM/SIGINT, then shut down gracefully."""
+    """Serve a driver until SIGTERM/SIGINT, then shut down gracefully
+    (``metrics_listen``: also serve ``/metrics`` there)."""
+    metrics = open_metrics(metrics_listen)
     server = await start_driver_server(
         driver,
         listen,
@@ -103,8 +124,12 @@ async def serve_driver(
         grace_seconds=grace_seconds,
         max_concurrent_rpcs=max_concurrent_rpcs,
     )
-    _announce(server)
-    await server.serve_until_signal()
+    _announce(server, metrics)
+    try:
+        await server.serve_until_signal()
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
 async def serve_agent(
@@ -114,13 +139,20 @@ async def serve_agent(
     tls: ServerTLS | None = None,
     grace_seconds: float = 10.0,
     max_concurrent_rpcs: int | None = 256,
+    metrics_listen: str | None = None,
 ) -> None:
-    """Serve an agent until SIGTERM/SIGINT, then shut down gracefully."""
+    """Serve an agent until SIGTERM/SIGINT, then shut down gracefully
+    (``metrics_listen``: also serve ``/metrics`` there)."""
+    metrics = open_metrics(metrics_listen)
     server = await start_agent_server(
         agent, listen, tls=tls, grace_seconds=grace_seconds, max_concurrent_rpcs=max_concurrent_rpcs
     )
-    _announce(server)
-    await server.serve_until_signal()
+    _announce(server, metrics)
+    try:
+        await server.serve_until_signal()
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
 def _run_until_stopped(main: Coroutine[Any, Any, None]) -> NoReturn:
@@ -176,6 +208,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="ADDRESS",
+        help="serve Prometheus /metrics there: PORT or 127.0.0.1:PORT (loopback only; "
+        "off by default)",
+    )
 
 
 def server_tls_from_args(args: argparse.Namespace) -> ServerTLS | None:
@@ -220,6 +258,7 @@ def run_driver(
             tls=server_tls_from_args(args),
             grace_seconds=args.grace,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
+            metrics_listen=args.metrics_listen,
         )
     )
 
@@ -240,5 +279,6 @@ def run_agent(
             tls=server_tls_from_args(args),
             grace_seconds=args.grace,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
+            metrics_listen=args.metrics_listen,
         )
     )

@@ -149,9 +149,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_text("name", request.name)
             val.require_text("description", request.description, MAX_DESCRIPTION, required=False)
             val.require_map("parameters", request.parameters)
-            wait = (
-                _wait_seconds("wait", True, request.wait) if request.HasField("wait") else None
-            )
+            wait = _wait_seconds("wait", True, request.wait) if request.HasField("wait") else None
             op = await self.manager.create_snapshot(
                 request.request_id,
                 request.vm_id,

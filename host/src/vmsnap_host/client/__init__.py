@@ -6,6 +6,11 @@
         if op.error:
             raise op.error.exception()
 
+:class:`SyncHostClient` has the same methods, blocking, for scripts and threads::
+
+    with SyncHostClient.connect() as host:
+        op = host.wait(host.create_vm_snapshot("vm-1", "nightly").id)
+
 Every RPC is an async method returning frozen dataclasses; failures raise the
 classes of :mod:`vmsnap_sdk.errors`. Without an address, the client finds the
 local stack: ``$VMSNAP_HOST``, else ``unix://$VMSNAP_HOME/run/host.sock``
@@ -14,6 +19,7 @@ local stack: ``$VMSNAP_HOST``, else ``unix://$VMSNAP_HOME/run/host.sock``
 
 from vmsnap_host.client._address import default_address, host_socket, vmsnap_home
 from vmsnap_host.client._client import HostClient
+from vmsnap_host.client._sync import SyncHostClient
 from vmsnap_host.client._types import (
     AgentStatus,
     DriverStatus,
@@ -33,26 +39,57 @@ from vmsnap_host.client._types import (
     VMSnapshotState,
 )
 from vmsnap_sdk import VM, ClientTLS, Consistency, VMState, Volume
+from vmsnap_sdk.errors import (
+    Aborted,
+    AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    TransientError,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+    VMSnapError,
+)
 
 __all__ = [
+    "Aborted",
     "AgentStatus",
+    "AlreadyExists",
+    "Cancelled",
     "ClientTLS",
     "Consistency",
+    "DeadlineExceeded",
     "DriverStatus",
+    "FailedPrecondition",
     "Failure",
     "Finding",
     "GroupKind",
     "GroupVolume",
     "Health",
     "HostClient",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
     "Operation",
     "OperationType",
     "Page",
     "QuiescePolicy",
     "ReconcileReport",
+    "ResourceExhausted",
     "SnapshotGroup",
+    "SyncHostClient",
+    "TransientError",
+    "Unavailable",
     "UndefineResult",
+    "Unimplemented",
+    "Unknown",
     "VM",
+    "VMSnapError",
     "VMSnapshot",
     "VMSnapshotState",
     "VMState",

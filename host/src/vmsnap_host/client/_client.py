@@ -106,6 +106,7 @@ class HostClient:
         return self._targets[self._current][0]
 
     async def close(self) -> None:
+        """Close the channels to every replica; calls in flight are cancelled."""
         for _, channel in self._targets:
             await channel.close(None)
 
@@ -186,6 +187,7 @@ class HostClient:
         return cv.operation(response.operation)
 
     async def get_vm_snapshot(self, id: str, *, timeout: float | None = None) -> VMSnapshot:
+        """The VM snapshot with that id (NotFound when the catalog has none)."""
         response = await self._call(
             "GetVMSnapshot", pb.GetVMSnapshotRequest(id=id), self._t(timeout)
         )
@@ -251,6 +253,7 @@ class HostClient:
     # --- operations -------------------------------------------------------------------
 
     async def get_operation(self, id: str, *, timeout: float | None = None) -> Operation:
+        """The operation with that id, as it stands now (NotFound when unknown)."""
         response = await self._call("GetOperation", pb.GetOperationRequest(id=id), self._t(timeout))
         return cv.operation(response.operation)
 
@@ -318,29 +321,36 @@ class HostClient:
         tls: ClientTLS | None = None,
         timeout: float | None = None,
     ) -> DriverStatus:
+        """Register (or update) the storage driver at ``address``; the host checks it
+        first and refuses one that does not answer or keep the contract."""
         request = pb.RegisterDriverRequest(address=address, order=order, tls=cv.tls_config(tls))
         response = await self._call("RegisterDriver", request, self._t(timeout))
         return cv.driver(response.driver)
 
     async def list_drivers(self, *, timeout: float | None = None) -> list[DriverStatus]:
+        """Every registered storage driver with its health, versions and capabilities."""
         response = await self._call("ListDrivers", pb.ListDriversRequest(), self._t(timeout))
         return [cv.driver(d) for d in response.drivers]
 
     async def remove_driver(self, name: str, *, timeout: float | None = None) -> None:
+        """Forget a registered driver and the volumes it owned (NotFound when unknown)."""
         await self._call("RemoveDriver", pb.RemoveDriverRequest(name=name), self._t(timeout))
 
     async def register_agent(
         self, address: str, *, tls: ClientTLS | None = None, timeout: float | None = None
     ) -> AgentStatus:
+        """Register (or update) the hypervisor agent at ``address`` after checking it."""
         request = pb.RegisterAgentRequest(address=address, tls=cv.tls_config(tls))
         response = await self._call("RegisterAgent", request, self._t(timeout))
         return cv.agent(response.agent)
 
     async def list_agents(self, *, timeout: float | None = None) -> list[AgentStatus]:
+        """Every registered hypervisor agent with its health and version."""
         response = await self._call("ListAgents", pb.ListAgentsRequest(), self._t(timeout))
         return [cv.agent(a) for a in response.agents]
 
     async def remove_agent(self, name: str, *, timeout: float | None = None) -> None:
+        """Forget a registered hypervisor agent (NotFound when unknown)."""
         await self._call("RemoveAgent", pb.RemoveAgentRequest(name=name), self._t(timeout))
 
     # --- reconciliation ----------------------------------------------------------------
@@ -379,18 +389,22 @@ class HostClient:
         return vm_from_pb(response.vm)
 
     async def get_vm(self, vm_id: str, *, timeout: float | None = None) -> VM:
+        """The VM as its agent describes it: state and disks with their locators."""
         response = await self._call("GetVM", pb.GetVMRequest(vm_id=vm_id), self._t(timeout))
         return vm_from_pb(response.vm)
 
     async def list_vms(self, *, timeout: float | None = None) -> list[VM]:
+        """Every VM the registered agents know."""
         response = await self._call("ListVMs", pb.ListVMsRequest(), self._t(timeout))
         return [vm_from_pb(v) for v in response.vms]
 
     async def start_vm(self, vm_id: str, *, timeout: float | None = None) -> VM:
+        """Start a defined VM; returns it as it is now."""
         response = await self._call("StartVM", pb.StartVMRequest(vm_id=vm_id), self._t(timeout))
         return vm_from_pb(response.vm)
 
     async def stop_vm(self, vm_id: str, *, force: bool = False, timeout: float | None = None) -> VM:
+        """Stop a VM (``force``: power off at once); returns it as it is now."""
         response = await self._call(
             "StopVM", pb.StopVMRequest(vm_id=vm_id, force=force), self._t(timeout)
         )

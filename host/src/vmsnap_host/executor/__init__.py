@@ -57,9 +57,7 @@ class Executor:
         )
         self.revert = Revert(store, registry, settings, self.calls, self.cleanup)
 
-    async def run(
-        self, op: OperationRecord, *, resume: bool = False, vm: VM | None = None
-    ) -> None:
+    async def run(self, op: OperationRecord, *, resume: bool = False, vm: VM | None = None) -> None:
         """Run (or, after a crash, resume) one operation to a defined end. Returns
         when the operation is finished, or left open on purpose (a delete waiting for
         an owner, a revert that cannot reach either side now): those are picked up

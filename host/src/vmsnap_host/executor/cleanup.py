@@ -96,7 +96,9 @@ class Cleanup:
             await self.store.write(*(self.store.w_forget_kept(k.id, k.owner) for k in gone))
         left = [k for k in kept if k not in gone]
         for k in left:
-            log.warning("kept state not deleted yet", extra={"fields": {"id": k.id, "owner": k.owner}})
+            log.warning(
+                "kept state not deleted yet", extra={"fields": {"id": k.id, "owner": k.owner}}
+            )
         return left
 
     async def retry_owed(self, running: frozenset[str]) -> None:
@@ -113,11 +115,7 @@ class Cleanup:
             left = await self.owed(snap.id, snap.vm_id)
             if left or snap.state is not SnapshotState.EXPUNGING:
                 continue
-            ops = [
-                op
-                for op in self.store.unfinished_operations()
-                if op.vm_snapshot_id == snap.id
-            ]
+            ops = [op for op in self.store.unfinished_operations() if op.vm_snapshot_id == snap.id]
             if any(op.id in running for op in ops):
                 continue
             try:

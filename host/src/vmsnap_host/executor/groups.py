@@ -122,7 +122,9 @@ class GroupCalls:
             )
             return None
         if group.result is None:
-            raise Internal(f"driver {group.owner} has no stored result for {target_id} to revert to")
+            raise Internal(
+                f"driver {group.owner} has no stored result for {target_id} to revert to"
+            )
         driver = self.registry.driver(group.owner)
         outcome = await with_deadline(
             driver.revert_snapshot(

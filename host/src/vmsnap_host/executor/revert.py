@@ -139,7 +139,9 @@ class Revert:
                         reason=Reason.VM_NOT_STOPPED,
                     ),
                 )
-            await self.store.write(self.store.w_journal(op.id, "stopping the VM", 10, phase="stopping"))
+            await self.store.write(
+                self.store.w_journal(op.id, "stopping the VM", 10, phase="stopping")
+            )
             vm = await with_deadline(
                 agent.stop_vm(vm.id, False), self.settings.call_timeout_seconds, "StopVM"
             )
@@ -186,7 +188,9 @@ class Revert:
         if made:
             await self.store.write(*(self.store.w_kept_result(k) for k in made))
         failed = [
-            (g, o) for (g, _), o in zip(safety, outcomes, strict=True) if isinstance(o, BaseException)
+            (g, o)
+            for (g, _), o in zip(safety, outcomes, strict=True)
+            if isinstance(o, BaseException)
         ]
         if failed:
             group, exc = failed[0]
@@ -212,8 +216,7 @@ class Revert:
                 # A contract violation is an answer: the call did happen on the owner.
                 known[g.owner] = (
                     Outcome.UNTOUCHED
-                    if error.final
-                    and not isinstance(error, Aborted | checks.ContractViolation)
+                    if error.final and not isinstance(error, Aborted | checks.ContractViolation)
                     else Outcome.UNKNOWN
                 )
                 first = first or error

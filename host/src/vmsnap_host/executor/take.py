@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import NoReturn
 
+from vmsnap_host import metrics
 from vmsnap_host.config import Settings
 from vmsnap_host.decisions import DecisionCache
 from vmsnap_host.executor.cleanup import Cleanup
@@ -200,16 +201,18 @@ class Take:
             if freeze is not None:
                 thaw_error = await self.freezes.thaw(freeze)
         if freeze is not None:
-            snap = replace(
-                snap, freeze_start=freeze.started, freeze_seconds=freeze.frozen_seconds
-            )
+            snap = replace(snap, freeze_start=freeze.started, freeze_seconds=freeze.frozen_seconds)
+            if freeze.frozen_seconds is not None:
+                metrics.FREEZE_SECONDS.observe(freeze.frozen_seconds)
         for group, outcome in zip(planned, outcomes, strict=False):
             if isinstance(outcome, BaseException) and failure is None:
                 failure = as_error(outcome, label(group))
         if failure is None and thaw_error is not None:
             failure = thaw_error
         results = {
-            g.owner: o for g, o in zip(planned, outcomes, strict=False) if isinstance(o, SnapshotResult)
+            g.owner: o
+            for g, o in zip(planned, outcomes, strict=False)
+            if isinstance(o, SnapshotResult)
         }
         groups = [g.with_result(results.get(g.owner)) for g in planned]
         snap = replace(snap, groups=tuple(groups))
@@ -244,7 +247,9 @@ class Take:
         # transaction, a compare-and-set from CREATING.
         await self.store.write(
             *thaw_steps,
-            self.store.w_move(snap.id, SnapshotState.READY, snapshot=ready, cleanup=[], current=True),
+            self.store.w_move(
+                snap.id, SnapshotState.READY, snapshot=ready, cleanup=[], current=True
+            ),
             self.store.w_finish(op.id, None, "done"),
         )
         return ready

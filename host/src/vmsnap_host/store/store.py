@@ -590,7 +590,12 @@ class Store:
         def step(conn: Connection) -> None:
             saved = conn.execute(
                 _MOVE_SNAPSHOT,
-                {"b_id": snapshot.id, "b_from": [expect.name], **columns, "update_time": time.time()},
+                {
+                    "b_id": snapshot.id,
+                    "b_from": [expect.name],
+                    **columns,
+                    "update_time": time.time(),
+                },
             )
             if saved.rowcount != 1:
                 raise lifecycle.StaleMove(snapshot.id, expect, frozenset({expect}))
@@ -724,6 +729,12 @@ class Store:
         query = select(vm_snapshots).where(vm_snapshots.c.state.in_([s.name for s in states]))
         with self._read() as conn:
             return [snapshot_from_row(row) for row in conn.execute(query)]
+
+    def count_by_state(self) -> dict[str, int]:
+        """How many snapshots the catalog holds in each state (metrics)."""
+        query = select(vm_snapshots.c.state, func.count()).group_by(vm_snapshots.c.state)
+        with self._read() as conn:
+            return {str(state): int(count) for state, count in conn.execute(query)}
 
     def count_live(self, vm_id: str) -> int:
         with self._read() as conn:
@@ -1059,7 +1070,9 @@ class Store:
 
         def step(conn: Connection) -> None:
             conn.execute(
-                kept_states.delete().where(kept_states.c.id == kept_id, kept_states.c.owner == owner)
+                kept_states.delete().where(
+                    kept_states.c.id == kept_id, kept_states.c.owner == owner
+                )
             )
 
         return step

@@ -12,6 +12,9 @@ _MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
 
 
 def to_text(report: Report) -> str:
+    if report.unreachable:
+        # One line, also the summary: no check ran, so no check is listed.
+        return f"failed: {report.unreachable} No check ran."
     lines = []
     driver = report.driver
     lines.append(
@@ -45,6 +48,13 @@ def to_junit(report: Report) -> str:
         errors="0",
         time=f"{sum(r.seconds for r in report.checks):.3f}",
     )
+    if report.unreachable:
+        suite.set("failures", "1")
+        suite.set("tests", "1")
+        case = ET.SubElement(
+            suite, "testcase", classname="vmsnap.conformance.connection", name="reach"
+        )
+        ET.SubElement(case, "failure", message=report.unreachable)
     for result in report.checks:
         case = ET.SubElement(
             suite,

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import grpc
+
 from vmsnap_sdk import _convert as cv
 from vmsnap_sdk._tls import ClientTLS, open_channel
 from vmsnap_sdk._types import Capability
@@ -59,6 +61,9 @@ class Report:
 
     driver: dict[str, Any]
     checks: list[CheckResult] = field(default_factory=list)
+    #: Why no check ran ("" when the driver answered): nothing listens at the
+    #: address, or the connection cannot be made (TLS, name, permissions).
+    unreachable: str = ""
 
     @property
     def summary(self) -> dict[str, int]:
@@ -69,17 +74,20 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return self.summary["failed"] == 0
+        return self.summary["failed"] == 0 and not self.unreachable
 
     def by_status(self, status: Status) -> list[str]:
         return [r.id for r in self.checks if r.status == status]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "driver": self.driver,
             "checks": [r.to_dict() for r in self.checks],
             "summary": self.summary,
         }
+        if self.unreachable:
+            data["unreachable"] = self.unreachable
+        return data
 
 
 def _driver_facts(conn: Connection) -> dict[str, Any]:
@@ -163,6 +171,18 @@ async def run_suite(
         conn = Connection(address, channel)
         await conn.load_info(rpc_timeout)
         report = Report(driver=_driver_facts(conn))
+        # A driver that answered leaves the channel READY; one that never did
+        # would fail every check with the same UNAVAILABLE: say it once.
+        if (
+            conn.info is None
+            and conn.info_code == grpc.StatusCode.UNAVAILABLE
+            and channel.get_state() != grpc.ChannelConnectivity.READY
+        ):
+            report.unreachable = (
+                f"cannot reach the driver at {address}: {conn.info_error}; "
+                "is it serving there (and with the TLS settings given)?"
+            )
+            return report
         for check in selected:
             report.checks.append(
                 await run_check(

@@ -80,6 +80,8 @@ class Connection:
         self.health: Any = health_pb2_grpc.HealthStub(channel)
         self.info: driver_pb2.GetDriverInfoResponse | None = None
         self.info_error = ""
+        #: The status code of GetDriverInfo's failure (None when it answered).
+        self.info_code: grpc.StatusCode | None = None
         self.run_id = secrets.token_hex(3)
         self._serial = itertools.count(1)
 
@@ -93,6 +95,7 @@ class Connection:
             )
         except RpcFailure as exc:
             self.info_error = exc.summary()
+            self.info_code = exc.code
 
     @property
     def capabilities(self) -> frozenset[Capability]:

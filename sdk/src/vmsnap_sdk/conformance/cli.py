@@ -1,16 +1,21 @@
 """``vmsnap-conformance ENDPOINT``: run the suite against a driver and report.
 
-Exit status: 0 when no check failed, 1 when one did, 2 for a usage error.
+Exit status: 0 when no check failed, 1 when one did (or the driver cannot be
+reached: one line says so and no check runs), 2 for a usage error. Output cut
+short by a closed pipe (``--list | head``) ends quietly with 141, like other
+Unix tools killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
 from vmsnap_sdk._tls import ClientTLS
+from vmsnap_sdk.conformance._policy import CAPABILITY_NAMES, apply_policy, parse_capabilities
 from vmsnap_sdk.conformance._registry import CATEGORIES, all_checks, select
 from vmsnap_sdk.conformance._report import to_json, to_junit, to_text, write
 from vmsnap_sdk.conformance._runner import run_suite
@@ -51,15 +56,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--list", action="store_true", help="list the checks and exit, without a driver"
     )
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
+    parser.add_argument(
+        "--fail-on-skip",
+        action="store_true",
+        help="count every skipped check as failed (a CI that must prove every check ran)",
+    )
+    parser.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        metavar="CAPABILITY",
+        help=f"fail unless the driver advertises it; checks skipped for it fail "
+        f"(repeatable, or comma-separated): {', '.join(CAPABILITY_NAMES)}",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here
+        return code
+    except BrokenPipeError:
+        # The reader went away (``--list | head``): no traceback, and no second
+        # error when the interpreter flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     only = tuple(part for item in args.only for part in item.split(",") if part)
     try:
         checks = select(all_checks(), only)
+        require = parse_capabilities(args.require)
     except ValueError as exc:
         parser.error(str(exc))
     if args.list:
@@ -79,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.endpoint, tls=tls, params=params, checks=checks, check_timeout=args.check_timeout
         )
     )
+    apply_policy(report, require=require, fail_on_skip=args.fail_on_skip)
     text = to_text(report)
     print(text.splitlines()[-1] if args.quiet else text)
     if args.json:

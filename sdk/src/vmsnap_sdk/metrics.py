@@ -1,0 +1,99 @@
+"""Prometheus metrics of a vmsnap server process, and the ``/metrics`` endpoint.
+
+Every server built on the SDK (drivers, agents, the host) counts its RPCs at
+the one boundary they all cross (:func:`vmsnap_sdk._server.invoke`)::
+
+    vmsnap_rpc_server_handled_total{method, code}      calls answered, by status
+    vmsnap_rpc_server_handling_seconds{method}         time to answer (histogram)
+
+Metrics are served only when asked: ``--metrics-listen ADDRESS`` (``PORT``,
+``:PORT`` or ``HOST:PORT``; a bare port binds 127.0.0.1, port 0 picks one).
+Like the gRPC listeners, ``/metrics`` binds loopback only: a Prometheus on
+another machine scrapes through a proxy or an agent that the operator
+secures. Labels are bounded: method names come from the contracts, codes
+from gRPC's fixed set.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+
+#: Seconds: from a cache hit to a slow array call (the contract's deadlines are ≤ minutes).
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+RPC_HANDLED = Counter(
+    "vmsnap_rpc_server_handled_total",
+    "RPCs this server answered, by method and gRPC status code.",
+    ["method", "code"],
+)
+RPC_SECONDS = Histogram(
+    "vmsnap_rpc_server_handling_seconds",
+    "Time this server took to answer an RPC, by method.",
+    ["method"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def observe_rpc(method: str, code: str, seconds: float) -> None:
+    """One answered RPC."""
+    RPC_HANDLED.labels(method=method, code=code).inc()
+    RPC_SECONDS.labels(method=method).observe(seconds)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``PORT``, ``:PORT``, ``HOST:PORT`` or ``[V6]:PORT`` → (host, port); loopback only.
+
+    Raises ValueError saying what to write instead.
+    """
+    text = address.strip()
+    host, _, port_text = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(
+            f"--metrics-listen {address!r}: expected PORT or HOST:PORT, e.g. 127.0.0.1:9464"
+        ) from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--metrics-listen {address!r}: port {port} is out of range")
+    loopback = host == "localhost"
+    if not loopback:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+    if not loopback:
+        raise ValueError(
+            f"--metrics-listen {address!r}: /metrics binds loopback only (127.0.0.1, ::1, "
+            "localhost); scrape from elsewhere through a proxy you secure"
+        )
+    return host, port
+
+
+@dataclass
+class MetricsServer:
+    """A running ``/metrics`` endpoint (a daemon thread of the process)."""
+
+    url: str
+    _server: WSGIServer
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def start_metrics_server(address: str, registry: CollectorRegistry = REGISTRY) -> MetricsServer:
+    """Serve ``registry`` at ``http://ADDRESS/metrics``; ValueError or OSError when it
+    cannot (a non-loopback or malformed address, a port in use)."""
+    host, port = parse_address(address)
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    bound = server.server_port
+    shown = f"[{host}]" if ":" in host else host
+    return MetricsServer(f"http://{shown}:{bound}/metrics", server, thread)
