@@ -161,3 +161,4 @@ class SyncHostClient:
     list_vms = _blocking(HostClient.list_vms)
     start_vm = _blocking(HostClient.start_vm)
     stop_vm = _blocking(HostClient.stop_vm)
+    undefine_vm = _blocking(HostClient.undefine_vm)
