@@ -4,8 +4,11 @@ fencing, and the uniqueness rules the schema enforces."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect, select, text
@@ -167,3 +170,43 @@ def test_a_snapshot_and_its_operation_are_written_together(db_url: str) -> None:
     assert got is not None and got.journal == {"quiesce_token": "q-1", "called": ["a"]}
     assert [o.id for o in store.unfinished_operations()] == ["o1"]
     store.close()
+
+
+def test_a_transaction_rolled_back_for_a_deadlock_is_run_again(pg_url: str) -> None:
+    """Replicas can lock the same rows in different orders; PostgreSQL then rolls
+    one transaction back (deadlock_detected) and asks for it to be run again. It
+    was reported as CATALOG_UNAVAILABLE and failed a take (3 replicas hammering
+    the same VMs, in CI)."""
+    store = Store.open(pg_url)
+    try:
+        store.write_blocking(
+            lambda c: c.execute(text("CREATE TABLE t_deadlock (id int PRIMARY KEY, v int)")),
+            lambda c: c.execute(text("INSERT INTO t_deadlock VALUES (1, 0), (2, 0)")),
+        )
+        both_hold_one = threading.Barrier(2)
+        tries = {"a": 0, "b": 0}
+
+        def locking(name: str, first: int, second: int) -> Any:
+            def step(conn: Any) -> None:
+                tries[name] += 1
+                bump = text("UPDATE t_deadlock SET v = v + 1 WHERE id = :id")
+                conn.execute(bump, {"id": first})
+                if tries[name] == 1:
+                    both_hold_one.wait(timeout=10)
+                conn.execute(bump, {"id": second})
+
+            return step
+
+        with ThreadPoolExecutor(2) as pool:
+            done = [
+                pool.submit(store.write_blocking, locking("a", 1, 2)),
+                pool.submit(store.write_blocking, locking("b", 2, 1)),
+            ]
+            for future in done:
+                future.result(timeout=60)
+        with store.engine.connect() as conn:
+            rows = dict(conn.execute(text("SELECT id, v FROM t_deadlock")).all())
+        assert rows == {1: 2, 2: 2}  # both transactions committed, each once
+        assert tries["a"] + tries["b"] == 3  # one was rolled back and run again
+    finally:
+        store.close()

@@ -78,7 +78,7 @@ from vmsnap_host.store.schema import (
     vm_snapshots,
     volume_owners,
 )
-from vmsnap_host.store.writer import GroupCommitter, Step
+from vmsnap_host.store.writer import GroupCommitter, Step, transaction
 from vmsnap_sdk import Consistency
 from vmsnap_sdk.errors import Aborted, Reason, ResourceExhausted, Unavailable
 
@@ -450,11 +450,7 @@ class Store:
     def write_blocking(self, *steps: Step) -> Any:
         """The same, for code without an event loop (tools, benchmarks, test set-up)."""
         try:
-            with self.engine.begin() as conn:
-                result = None
-                for step in steps:
-                    result = step(conn)
-                return result
+            return transaction(self.engine, steps)
         except (DBAPIError, PoolTimeout) as exc:
             _raise_unavailable(exc)
             raise

@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +29,36 @@ from sqlalchemy import Connection, Engine
 
 Step = Callable[[Connection], Any]
 _MAX_BATCH = 256
+#: SQLSTATEs after which PostgreSQL has rolled the transaction back and asks the
+#: client to run it again: serialization_failure, deadlock_detected (replicas
+#: locking the same lease and snapshot rows in different orders).
+RETRY_SQLSTATES = frozenset({"40001", "40P01"})
+#: Tries of one transaction that keeps hitting those (then the error goes up).
+RETRY_TRIES = 6
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether the database rolled ``exc``'s transaction back to be run again."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) in RETRY_SQLSTATES
+
+
+def transaction(engine: Engine, steps: Sequence[Step]) -> Any:
+    """Run ``steps`` in one transaction, again (after a short random pause) when the
+    database rolled it back for a conflict; the last step's result. Steps are
+    transaction bodies: everything they did is rolled back with it."""
+    for attempt in range(1, RETRY_TRIES + 1):
+        try:
+            with engine.begin() as conn:
+                result = None
+                for step in steps:
+                    result = step(conn)
+                return result
+        except Exception as exc:
+            if attempt == RETRY_TRIES or not retryable(exc):
+                raise
+            time.sleep(random.uniform(0.005, 0.02) * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class _Job:
@@ -119,8 +151,7 @@ class GroupCommitter:
                 return
         for job in batch:
             try:
-                with self.engine.begin() as conn:
-                    result = self._apply(conn, job)
+                result = transaction(self.engine, job.steps)
             except Exception as exc:  # noqa: BLE001 - handed to the caller to raise
                 job.resolve(False, exc)
             else:
