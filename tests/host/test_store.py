@@ -21,7 +21,7 @@ def test_migrations_run_once_and_set_wal_and_full_sync(tmp_path: Path) -> None:
     with store.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
     indexes = {i["name"] for i in inspect(store.engine).get_indexes("vm_snapshots")}
     assert {"ix_vm_snapshots_vm_seq", "ix_vm_snapshots_vm_name"} <= indexes
     store.close()

@@ -3,8 +3,12 @@
     vmsnap-host --listen unix:///run/vmsnap/host.sock --db /var/lib/vmsnap/host.db \
         --config /etc/vmsnap/host.toml
 
-The host serves on unix sockets or loopback only (a remote control plane goes
-through a proxy that terminates mTLS); see :mod:`vmsnap_host.config` for the file.
+On unix sockets and loopback the host serves as before: authentication is off
+unless the configuration's ``[auth] required = true``. It listens on any other
+address only with TLS (``--tls-cert``/``--tls-key``, ``--tls-client-ca`` for
+client certificates) and then always requires authentication, with principals
+configured in ``[auth]``; see :mod:`vmsnap_host.config` and
+:mod:`vmsnap_host.auth.settings`, and the README's "Deploying securely".
 """
 
 from __future__ import annotations
@@ -48,9 +52,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="owner name of the per-VM leases (unique per replica; default: the hostname)",
     )
     args = parser.parse_args(argv)
-    for address in args.listen:
-        if not _loopback_or_unix(address):
-            parser.error(f"--listen {address}: only unix:// sockets and loopback addresses")
+    args.remote = [a for a in args.listen if not _loopback_or_unix(a)]
+    if args.remote and not (args.tls_cert and args.tls_key):
+        parser.error(
+            f"--listen {args.remote[0]}: off loopback the host serves only with TLS "
+            "(--tls-cert, --tls-key; --tls-client-ca for client certificates)"
+        )
     return args
 
 
@@ -62,6 +69,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
         owner=args.instance_id,
         tls=server_tls_from_args(args),
         grace_seconds=args.grace,
+        require_auth=bool(args.remote),
     )
     addresses = await app.start()
     print(json.dumps({"serving": addresses}), flush=True)
@@ -78,6 +86,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = load(args.config) if args.config else Config()
     except ConfigError as exc:
         sys.exit(f"vmsnap-host: {exc}")
+    if args.remote and not config.auth.has_credentials:
+        sys.exit(
+            f"vmsnap-host: --listen {args.remote[0]} requires authentication: configure "
+            "principals with tokens or certificates, or a JWT key, in [auth] of --config"
+        )
     asyncio.run(_serve(args, config))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Mapping
@@ -50,6 +51,36 @@ def _derived(request_id: str, snapshot_id: str) -> str:
     return f"undefine.{digest}.{snapshot_id}"
 
 
+def _request_digest(arguments: Mapping[str, object]) -> str:
+    """What a request asked beyond its target, kept with its operation so that a
+    request_id reused with other arguments is refused (AIP-155)."""
+    text = json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def snapshot_not_found(snapshot_id: str) -> NotFound:
+    """The answer for a snapshot id that does not exist (or that the caller may not see)."""
+    return NotFound(
+        f"VM snapshot {snapshot_id} does not exist; list them with ListVMSnapshots",
+        reason=Reason.SNAPSHOT_NOT_FOUND,
+    )
+
+
+def operation_not_found(operation_id: str) -> NotFound:
+    return NotFound(
+        f"operation {operation_id} does not exist; list them with ListOperations",
+        reason=Reason.OPERATION_NOT_FOUND,
+    )
+
+
+def request_id_reused(request_id: str, detail: str = "") -> AlreadyExists:
+    return AlreadyExists(
+        f"request_id {request_id} was already used for another request{detail}; use a new "
+        "request_id",
+        reason=Reason.REQUEST_ID_REUSED,
+    )
+
+
 @dataclass
 class _VMQueue:
     lock: asyncio.Lock
@@ -83,9 +114,18 @@ class Manager:
         include_memory: bool,
         quiesce: QuiescePolicy,
         parameters: Mapping[str, str],
+        project: str = "",
     ) -> OperationRecord:
+        digest = _request_digest(
+            {
+                "description": description,
+                "include_memory": include_memory,
+                "quiesce": quiesce.name,
+                "parameters": dict(parameters),
+            }
+        )
         async with self._admit(vm_id):
-            existing = self._replay(request_id, OperationType.CREATE, vm_id, name)
+            existing = self._replay(request_id, OperationType.CREATE, vm_id, name, digest)
             if existing is not None:
                 return existing
             self._check_queue(vm_id)
@@ -137,8 +177,16 @@ class Manager:
                 groups=plan.groups,
                 warnings=plan.warnings,
                 parameters=dict(parameters),
+                project=project,
             )
-            op = self._new_op(OperationType.CREATE, request_id, vm_id, snap.id, {"name": name})
+            op = self._new_op(
+                OperationType.CREATE,
+                request_id,
+                vm_id,
+                snap.id,
+                {"name": name, "request": digest},
+                project=project,
+            )
             # Journal before any side effect: the snapshot and its operation are durable
             # before the VM is touched.
             steps = [self.store.w_create(snap, op)]
@@ -160,8 +208,11 @@ class Manager:
         self, request_id: str, snapshot_id: str, stop_vm: bool
     ) -> OperationRecord:
         snap = self._snapshot(snapshot_id)
+        digest = _request_digest({"stop_vm": stop_vm})
         async with self._admit(snap.vm_id):
-            existing = self._replay(request_id, OperationType.REVERT, snap.vm_id, snapshot_id)
+            existing = self._replay(
+                request_id, OperationType.REVERT, snap.vm_id, snapshot_id, digest
+            )
             if existing is not None:
                 return existing
             if snap.state is not SnapshotState.READY:
@@ -193,7 +244,12 @@ class Manager:
                             reason=Reason.REVERT_UNSUPPORTED,
                         )
             op = self._new_op(
-                OperationType.REVERT, request_id, snap.vm_id, snapshot_id, {"stop_vm": stop_vm}
+                OperationType.REVERT,
+                request_id,
+                snap.vm_id,
+                snapshot_id,
+                {"stop_vm": stop_vm, "request": digest},
+                project=snap.project,
             )
             await self.store.write(self.store.w_insert_operation(op))
             self._start(op)
@@ -220,7 +276,9 @@ class Manager:
                 reason=Reason.SNAPSHOT_BUSY,
             )
         self._check_queue(snap.vm_id)
-        op = self._new_op(OperationType.DELETE, request_id, snap.vm_id, snap.id, {})
+        op = self._new_op(
+            OperationType.DELETE, request_id, snap.vm_id, snap.id, {}, project=snap.project
+        )
         if snap.state is SnapshotState.REMOVED:
             # Idempotent: deleting a deleted snapshot succeeds at once.
             op = replace(op, done=True, progress=100, step="already removed")
@@ -242,11 +300,17 @@ class Manager:
         is not STOPPED (it could not be undefined after). Once undefined, an
         UNDEFINE_VM operation is recorded done: a later pass answers from it.
         """
+        digest = _request_digest({"delete_snapshots": delete_snapshots})
         async with self._admit(vm_id):
-            finished = self._replay(request_id, OperationType.UNDEFINE_VM, vm_id, "")
+            finished = self._replay(request_id, OperationType.UNDEFINE_VM, vm_id, "", digest)
             if finished is not None:
                 return True, self._operations(finished.params.get("deletes", []))
             snaps = self._all_snapshots(vm_id)
+            if not delete_snapshots and any(
+                self.store.operation_by_request(_derived(request_id, s.id)) for s in snaps
+            ):
+                # An earlier call with this request_id deleted snapshots.
+                raise request_id_reused(request_id, f" (UNDEFINE_VM on VM {vm_id})")
             left = [s for s in snaps if s.state is not SnapshotState.REMOVED]
             if not delete_snapshots:
                 live = [s for s in left if s.state is not SnapshotState.ERROR]
@@ -289,13 +353,22 @@ class Manager:
                 return False, ops
             await self.registry.agent(agent_entry.name).undefine_vm(vm_id)
             record = replace(
-                self._new_op(OperationType.UNDEFINE_VM, request_id, vm_id, "", {}),
+                self._new_op(
+                    OperationType.UNDEFINE_VM,
+                    request_id,
+                    vm_id,
+                    "",
+                    {},
+                    project=self.store.vm_project(vm_id) or "",
+                ),
                 done=True,
                 progress=100,
                 step="undefined",
-                params={"deletes": [op.id for op in ops]},
+                params={"deletes": [op.id for op in ops], "request": digest},
             )
-            await self.store.write(self.store.w_insert_operation(record))
+            await self.store.write(
+                self.store.w_insert_operation(record), self.store.w_forget_vm_project(vm_id)
+            )
             log.info("VM undefined", extra={"fields": {"vm": vm_id, "deleted": len(ops)}})
             return True, ops
 
@@ -317,10 +390,7 @@ class Manager:
     def _snapshot(self, snapshot_id: str) -> Snapshot:
         snap = self.store.get_snapshot(snapshot_id)
         if snap is None:
-            raise NotFound(
-                f"VM snapshot {snapshot_id} does not exist; list them with ListVMSnapshots",
-                reason=Reason.SNAPSHOT_NOT_FOUND,
-            )
+            raise snapshot_not_found(snapshot_id)
         return snap
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot:
@@ -329,10 +399,7 @@ class Manager:
     def get_operation(self, operation_id: str) -> OperationRecord:
         op = self.store.get_operation(operation_id)
         if op is None:
-            raise NotFound(
-                f"operation {operation_id} does not exist; list them with ListOperations",
-                reason=Reason.OPERATION_NOT_FOUND,
-            )
+            raise operation_not_found(operation_id)
         return op
 
     async def wait_operation(self, operation_id: str, timeout: float) -> OperationRecord:
@@ -364,18 +431,25 @@ class Manager:
             yield
 
     def _replay(
-        self, request_id: str, kind: OperationType, vm_id: str, target: str
+        self,
+        request_id: str,
+        kind: OperationType,
+        vm_id: str,
+        target: str,
+        digest: str = "",
     ) -> OperationRecord | None:
+        """The operation of an earlier request with this request_id, when it was the
+        same request; ALREADY_EXISTS when it was another (another type, target or
+        arguments: ``digest`` against the one kept, when the first request kept one)."""
         op = self.store.operation_by_request(request_id)
         if op is None:
             return None
         same_target = op.vm_snapshot_id == target or op.params.get("name") == target
+        kept = op.params.get("request", "")
         if op.type is not kind or op.vm_id != vm_id or not same_target:
-            raise AlreadyExists(
-                f"request_id {request_id} was already used for another request "
-                f"({op.type.name} on VM {op.vm_id}); use a new request_id",
-                reason=Reason.REQUEST_ID_REUSED,
-            )
+            raise request_id_reused(request_id, f" ({op.type.name} on VM {op.vm_id})")
+        if kept and digest and kept != digest:
+            raise request_id_reused(request_id, f" ({op.type.name} with other arguments)")
         return op
 
     def _check_queue(self, vm_id: str) -> None:
@@ -395,6 +469,8 @@ class Manager:
         vm_id: str,
         snapshot_id: str,
         params: dict[str, object],
+        *,
+        project: str = "",
     ) -> OperationRecord:
         return OperationRecord(
             id=uuid.uuid4().hex,
@@ -405,6 +481,7 @@ class Manager:
             step="queued",
             params=params,
             owner=self.owner,
+            project=project,
         )
 
     def _start(

@@ -149,6 +149,7 @@ def tls_config(tls: ClientTLS | None) -> pb.TlsConfig | None:
         cert_file=tls.cert_file or "",
         key_file=tls.key_file or "",
         server_name=tls.server_name or "",
+        pin_sha256=tls.pin_sha256 or "",
     )
 
 

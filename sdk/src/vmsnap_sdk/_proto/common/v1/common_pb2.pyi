@@ -270,6 +270,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     input (e.g. a test volume whose disk breaks the disk-name rule); the SDK
     refused to send it.
     """
+    UNAUTHENTICATED: _ErrorReason.ValueType  # 67
+    """-- Who may call (vmsnap_sdk._proto.host.v1 with authentication on).
+    UNAUTHENTICATED: the call carries no credentials (a bearer token or a client
+    certificate), or they are not valid; the message says which, never the token.
+    """
+    PERMISSION_DENIED: _ErrorReason.ValueType  # 68
+    """PERMISSION_DENIED: the caller is known, but its role does not allow this RPC
+    (viewer < operator < admin); the message names the role needed.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call or an operation failed: the `reason` of the google.rpc.ErrorInfo
@@ -481,6 +490,15 @@ ANSWER_INVALID: ErrorReason.ValueType  # 66
 """INTERNAL: a driver's answer holds a value its caller could not send back as
 input (e.g. a test volume whose disk breaks the disk-name rule); the SDK
 refused to send it.
+"""
+UNAUTHENTICATED: ErrorReason.ValueType  # 67
+"""-- Who may call (vmsnap_sdk._proto.host.v1 with authentication on).
+UNAUTHENTICATED: the call carries no credentials (a bearer token or a client
+certificate), or they are not valid; the message says which, never the token.
+"""
+PERMISSION_DENIED: ErrorReason.ValueType  # 68
+"""PERMISSION_DENIED: the caller is known, but its role does not allow this RPC
+(viewer < operator < admin); the message names the role needed.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
