@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ class Stack:
     work: Path
     procs: dict[str, Proc] = field(default_factory=dict)
     channel: grpc.Channel | None = None
+    host_args: tuple[str, tuple[str, ...]] = ("", ())
 
     @property
     def address(self) -> str:
@@ -86,14 +88,27 @@ class Stack:
 
     def start_peer(self, name: str, args: list[str]) -> None:
         address = f"unix://{self.sock}/{name}.sock"
+        (self.sock / f"{name}.sock").unlink(missing_ok=True)
         proc = Proc([sys.executable, *args, "--listen", address], self.work / f"{name}.log")
         self.procs[name] = proc
         try:
-            wait_serving(address)
+            if "--tls-cert" in args:  # no plaintext health check: wait for its line
+                deadline = time.monotonic() + 30
+                while '"serving"' not in proc.output():
+                    if time.monotonic() > deadline or proc.popen.poll() is not None:
+                        raise TimeoutError
+                    time.sleep(0.05)
+            else:
+                wait_serving(address)
         except TimeoutError:
             raise AssertionError(f"{name} did not start:\n{proc.output()}") from None
 
+    def restart_host(self) -> None:
+        config, extra = self.host_args
+        self.start_host(config, *extra)
+
     def start_host(self, config: str, *extra: str) -> None:
+        self.host_args = (config, extra)
         path = self.work / "host.toml"
         path.write_text(BASE.format(sock=self.sock) + "\n" + config)
         old = self.procs.pop("host", None)

@@ -58,7 +58,7 @@ def test_a_tls_path_over_255_bytes_is_invalid_argument(plain: Stack, tmp_path: P
         tls = pb.TlsConfig(**{field: long_path})
         if field == "cert_file":
             tls.key_file = long_path
-        code, reason, message = _refused(
+        code, _, message = _refused(
             host.RegisterDriver, pb.RegisterDriverRequest(address=f"unix://{tmp_path}/d.sock", tls=tls)
         )
         assert code == grpc.StatusCode.INVALID_ARGUMENT, message

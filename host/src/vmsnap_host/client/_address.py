@@ -19,3 +19,20 @@ def host_socket(home: Path | None = None) -> Path:
 def default_address() -> str:
     """``$VMSNAP_HOST``, else ``unix://$VMSNAP_HOME/run/host.sock``."""
     return os.environ.get("VMSNAP_HOST") or f"unix://{host_socket()}"
+
+
+def token_file(home: Path | None = None, name: str = "admin") -> Path:
+    """Where ``vmsnap up --auth`` writes a principal's token in a vmsnap home."""
+    return (home or vmsnap_home()) / "secrets" / f"token-{name}"
+
+
+def default_token_file() -> Path | None:
+    """``$VMSNAP_TOKEN_FILE``, else the local stack's admin token when it exists
+    (only when no ``$VMSNAP_HOST`` points elsewhere), else None."""
+    named = os.environ.get("VMSNAP_TOKEN_FILE")
+    if named:
+        return Path(named).expanduser()
+    if os.environ.get("VMSNAP_HOST"):
+        return None
+    local = token_file()
+    return local if local.is_file() else None

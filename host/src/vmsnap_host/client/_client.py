@@ -11,16 +11,19 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vmsnap_host.client import _convert as cv
-from vmsnap_host.client._address import default_address
+from vmsnap_host.client._address import default_address, default_token_file
 from vmsnap_host.client._types import (
     AgentStatus,
+    AuditRecord,
     DriverStatus,
     Finding,
     Operation,
@@ -35,9 +38,29 @@ from vmsnap_sdk._client import call
 from vmsnap_sdk._convert import vm_from_pb, vm_to_pb
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
+from vmsnap_sdk.errors import InvalidArgument
 
 #: Longest single WaitOperation call; progress is reported between calls.
 WAIT_SLICE = 2.0
+#: Longest token file read (a JWT stays far below).
+MAX_TOKEN_FILE = 16384
+
+_Resp = TypeVar("_Resp")
+
+
+def read_token(path: str | Path) -> str:
+    """The token in a file (surrounding whitespace dropped); a clear error if unusable."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TOKEN_FILE + 1)
+    except OSError as exc:
+        raise InvalidArgument(f"token file {path}: {exc.strerror}") from None
+    token = data.decode(errors="replace").strip()
+    if not token or len(data) > MAX_TOKEN_FILE or any(c.isspace() for c in token):
+        raise InvalidArgument(
+            f"token file {path}: must hold one token (no spaces, at most {MAX_TOKEN_FILE} bytes)"
+        )
+    return token
 
 
 def _request_id(value: str | None) -> str:
@@ -48,15 +71,25 @@ class HostClient:
     """A connection to a vmsnap host. ``timeout`` is the default per-call deadline.
 
     Use as ``async with HostClient.connect() as host: ...`` or call :meth:`close`.
+    ``token`` is sent as ``authorization: Bearer <token>`` on every call (a host
+    with authentication on needs it, or a client certificate in ``tls``).
     """
 
     def __init__(
-        self, channel: grpc.aio.Channel, *, address: str = "", timeout: float | None = 30.0
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        address: str = "",
+        timeout: float | None = 30.0,
+        token: str | None = None,
     ) -> None:
         self.channel = channel
         self.address = address
         self.timeout = timeout
         self._stub = host_pb2_grpc.VMSnapshotServiceStub(channel)
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
 
     @classmethod
     def connect(
@@ -65,10 +98,26 @@ class HostClient:
         tls: ClientTLS | None = None,
         *,
         timeout: float | None = 30.0,
+        token: str | None = None,
+        token_file: str | Path | None = None,
     ) -> HostClient:
-        """A client for ``address`` (default: ``$VMSNAP_HOST`` or the local stack's socket)."""
+        """A client for ``address`` (default: ``$VMSNAP_HOST`` or the local stack's socket).
+
+        Credentials: ``token``, else the token in ``token_file``, else the file
+        ``$VMSNAP_TOKEN_FILE`` names, else the local stack's admin token
+        (``$VMSNAP_HOME/secrets/token-admin``, written by ``vmsnap up --auth``)
+        when it exists; else none.
+        """
         target = address or default_address()
-        return cls(open_channel(target, tls), address=target, timeout=timeout)
+        if token is None:
+            path = token_file or default_token_file()
+            token = read_token(path) if path else None
+        return cls(open_channel(target, tls), address=target, timeout=timeout, token=token)
+
+    async def _call(
+        self, method: Callable[..., Awaitable[_Resp]], request: Any, timeout: float | None
+    ) -> _Resp:
+        return await call(method, request, timeout, self._metadata)
 
     async def close(self) -> None:
         await self.channel.close(None)
@@ -120,11 +169,11 @@ class HostClient:
             quiesce=pb.QuiescePolicy.ValueType(quiesce.value),
             parameters=dict(parameters or {}),
         )
-        response = await call(self._stub.CreateVMSnapshot, request, self._t(timeout))
+        response = await self._call(self._stub.CreateVMSnapshot, request, self._t(timeout))
         return cv.operation(response.operation)
 
     async def get_vm_snapshot(self, id: str, *, timeout: float | None = None) -> VMSnapshot:
-        response = await call(
+        response = await self._call(
             self._stub.GetVMSnapshot, pb.GetVMSnapshotRequest(id=id), self._t(timeout)
         )
         return cv.vm_snapshot(response.vm_snapshot)
@@ -139,7 +188,7 @@ class HostClient:
         timeout: float | None = None,
     ) -> Page[VMSnapshot]:
         """One page, oldest first (:meth:`all_vm_snapshots` reads every page)."""
-        response = await call(
+        response = await self._call(
             self._stub.ListVMSnapshots,
             pb.ListVMSnapshotsRequest(
                 vm_id=vm_id, page_size=page_size, page_token=page_token, show_removed=show_removed
@@ -175,7 +224,7 @@ class HostClient:
         request = pb.RevertVMSnapshotRequest(
             request_id=_request_id(request_id), id=id, stop_vm=stop_vm
         )
-        response = await call(self._stub.RevertVMSnapshot, request, self._t(timeout))
+        response = await self._call(self._stub.RevertVMSnapshot, request, self._t(timeout))
         return cv.operation(response.operation)
 
     async def delete_vm_snapshot(
@@ -183,20 +232,20 @@ class HostClient:
     ) -> Operation:
         """Start deleting a VM snapshot (idempotent)."""
         request = pb.DeleteVMSnapshotRequest(request_id=_request_id(request_id), id=id)
-        response = await call(self._stub.DeleteVMSnapshot, request, self._t(timeout))
+        response = await self._call(self._stub.DeleteVMSnapshot, request, self._t(timeout))
         return cv.operation(response.operation)
 
     # --- operations -------------------------------------------------------------------
 
     async def get_operation(self, id: str, *, timeout: float | None = None) -> Operation:
-        response = await call(
+        response = await self._call(
             self._stub.GetOperation, pb.GetOperationRequest(id=id), self._t(timeout)
         )
         return cv.operation(response.operation)
 
     async def wait_operation(self, id: str, wait_seconds: float) -> Operation:
         """One WaitOperation call: the operation when done, or as it stands after the wait."""
-        response = await call(
+        response = await self._call(
             self._stub.WaitOperation,
             pb.WaitOperationRequest(id=id, timeout=cv.duration(wait_seconds)),
             wait_seconds + 10.0,
@@ -239,7 +288,7 @@ class HostClient:
         timeout: float | None = None,
     ) -> Page[Operation]:
         """One page, newest first."""
-        response = await call(
+        response = await self._call(
             self._stub.ListOperations,
             pb.ListOperationsRequest(
                 vm_id=vm_id, page_size=page_size, page_token=page_token, only_running=only_running
@@ -259,29 +308,29 @@ class HostClient:
         timeout: float | None = None,
     ) -> DriverStatus:
         request = pb.RegisterDriverRequest(address=address, order=order, tls=cv.tls_config(tls))
-        response = await call(self._stub.RegisterDriver, request, self._t(timeout))
+        response = await self._call(self._stub.RegisterDriver, request, self._t(timeout))
         return cv.driver(response.driver)
 
     async def list_drivers(self, *, timeout: float | None = None) -> list[DriverStatus]:
-        response = await call(self._stub.ListDrivers, pb.ListDriversRequest(), self._t(timeout))
+        response = await self._call(self._stub.ListDrivers, pb.ListDriversRequest(), self._t(timeout))
         return [cv.driver(d) for d in response.drivers]
 
     async def remove_driver(self, name: str, *, timeout: float | None = None) -> None:
-        await call(self._stub.RemoveDriver, pb.RemoveDriverRequest(name=name), self._t(timeout))
+        await self._call(self._stub.RemoveDriver, pb.RemoveDriverRequest(name=name), self._t(timeout))
 
     async def register_agent(
         self, address: str, *, tls: ClientTLS | None = None, timeout: float | None = None
     ) -> AgentStatus:
         request = pb.RegisterAgentRequest(address=address, tls=cv.tls_config(tls))
-        response = await call(self._stub.RegisterAgent, request, self._t(timeout))
+        response = await self._call(self._stub.RegisterAgent, request, self._t(timeout))
         return cv.agent(response.agent)
 
     async def list_agents(self, *, timeout: float | None = None) -> list[AgentStatus]:
-        response = await call(self._stub.ListAgents, pb.ListAgentsRequest(), self._t(timeout))
+        response = await self._call(self._stub.ListAgents, pb.ListAgentsRequest(), self._t(timeout))
         return [cv.agent(a) for a in response.agents]
 
     async def remove_agent(self, name: str, *, timeout: float | None = None) -> None:
-        await call(self._stub.RemoveAgent, pb.RemoveAgentRequest(name=name), self._t(timeout))
+        await self._call(self._stub.RemoveAgent, pb.RemoveAgentRequest(name=name), self._t(timeout))
 
     # --- reconciliation ----------------------------------------------------------------
 
@@ -291,7 +340,7 @@ class HostClient:
         """Run one reconciliation pass now: orphans deleted, vanished objects marked,
         stale freezes thawed (``dry_run``: only reported). A pass lists every driver
         and agent: give it a ``timeout`` longer than the default for large arrays."""
-        response = await call(
+        response = await self._call(
             self._stub.Reconcile, pb.ReconcileRequest(dry_run=dry_run), self._t(timeout)
         )
         return ReconcileReport(
@@ -302,36 +351,65 @@ class HostClient:
         self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
     ) -> Page[Finding]:
         """One page of the findings the reconciler kept, newest first."""
-        response = await call(
+        response = await self._call(
             self._stub.ListFindings,
             pb.ListFindingsRequest(page_size=page_size, page_token=page_token),
             self._t(timeout),
         )
         return Page(tuple(cv.finding(f) for f in response.findings), response.next_page_token)
 
+    async def list_audit_records(
+        self,
+        *,
+        principal: str = "",
+        project: str = "",
+        only_refused: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[AuditRecord]:
+        """One page of the audit log, newest first (admin only)."""
+        response = await self._call(
+            self._stub.ListAuditRecords,
+            pb.ListAuditRecordsRequest(
+                page_size=page_size,
+                page_token=page_token,
+                principal=principal,
+                project=project,
+                only_refused=only_refused,
+            ),
+            self._t(timeout),
+        )
+        return Page(tuple(cv.audit_record(r) for r in response.records), response.next_page_token)
+
     # --- VMs (passed through to their agents) -----------------------------------------
 
-    async def define_vm(self, vm: VM, *, agent: str = "", timeout: float | None = None) -> VM:
-        """Define a VM on an agent (``agent`` may be empty when only one is registered)."""
-        response = await call(
-            self._stub.DefineVM, pb.DefineVMRequest(agent=agent, vm=vm_to_pb(vm)), self._t(timeout)
+    async def define_vm(
+        self, vm: VM, *, agent: str = "", project: str = "", timeout: float | None = None
+    ) -> VM:
+        """Define a VM on an agent (``agent`` may be empty when only one is registered),
+        in ``project`` (empty: the caller's only project; see DefineVMRequest.project)."""
+        response = await self._call(
+            self._stub.DefineVM,
+            pb.DefineVMRequest(agent=agent, vm=vm_to_pb(vm), project=project),
+            self._t(timeout),
         )
         return vm_from_pb(response.vm)
 
     async def get_vm(self, vm_id: str, *, timeout: float | None = None) -> VM:
-        response = await call(self._stub.GetVM, pb.GetVMRequest(vm_id=vm_id), self._t(timeout))
+        response = await self._call(self._stub.GetVM, pb.GetVMRequest(vm_id=vm_id), self._t(timeout))
         return vm_from_pb(response.vm)
 
     async def list_vms(self, *, timeout: float | None = None) -> list[VM]:
-        response = await call(self._stub.ListVMs, pb.ListVMsRequest(), self._t(timeout))
+        response = await self._call(self._stub.ListVMs, pb.ListVMsRequest(), self._t(timeout))
         return [vm_from_pb(v) for v in response.vms]
 
     async def start_vm(self, vm_id: str, *, timeout: float | None = None) -> VM:
-        response = await call(self._stub.StartVM, pb.StartVMRequest(vm_id=vm_id), self._t(timeout))
+        response = await self._call(self._stub.StartVM, pb.StartVMRequest(vm_id=vm_id), self._t(timeout))
         return vm_from_pb(response.vm)
 
     async def stop_vm(self, vm_id: str, *, force: bool = False, timeout: float | None = None) -> VM:
-        response = await call(
+        response = await self._call(
             self._stub.StopVM, pb.StopVMRequest(vm_id=vm_id, force=force), self._t(timeout)
         )
         return vm_from_pb(response.vm)
@@ -349,7 +427,7 @@ class HostClient:
         request = pb.UndefineVMRequest(
             request_id=_request_id(request_id), vm_id=vm_id, delete_snapshots=delete_snapshots
         )
-        response = await call(self._stub.UndefineVM, request, self._t(timeout))
+        response = await self._call(self._stub.UndefineVM, request, self._t(timeout))
         return UndefineResult(
             response.undefined, tuple(cv.operation(o) for o in response.delete_operations)
         )
