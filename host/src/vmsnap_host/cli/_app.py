@@ -136,7 +136,9 @@ def run(work: Callable[[HostClient], Awaitable[_T]]) -> _T:
     tls = _tls()
 
     async def main() -> _T:
-        async with HostClient.connect(address, tls, token_file=_state["token_file"]) as host:
+        async with HostClient.connect(
+            _state["host"], tls, token_file=_state["token_file"]
+        ) as host:
             return await work(host)
 
     try:
@@ -173,9 +175,58 @@ def up(
             "ONTAP emulators with the reference drivers)."
         ),
     ] = "sim",
+    auth: Annotated[
+        bool,
+        typer.Option(
+            "--auth",
+            help="Require authentication: tokens for admin, demo-a and demo-b (operators) in "
+            "$VMSNAP_HOME/secrets/token-<name>; the CLI uses the admin one.",
+        ),
+    ] = False,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="Every process on mutual TLS, with a development CA in $VMSNAP_HOME/certs "
+            "(vmsnap certs init); drivers and agent pinned by name and fingerprint.",
+        ),
+    ] = False,
 ) -> None:
     """Run the embedded stack until Ctrl-C or SIGTERM: array emulators, drivers, agent, host."""
-    sys.exit(run_up((home or vmsnap_home()).expanduser().resolve(), hypervisor))
+    sys.exit(
+        run_up(
+            (home or vmsnap_home()).expanduser().resolve(), hypervisor, auth=auth, tls=tls
+        )
+    )
+
+
+@certs_app.command("init")
+def certs_init(
+    home: Annotated[
+        Path | None, typer.Option(help="vmsnap home (default: $VMSNAP_HOME or ~/.vmsnap).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Make a new CA and every certificate anew.")
+    ] = False,
+) -> None:
+    """Make a development CA and a certificate for every process of the stack
+    (host, drivers, agent) and the CLI's client certificate, in $VMSNAP_HOME/certs."""
+    from vmsnap_host.cli.stack import Layout, Stack, certs_dir, ensure_certs
+
+    layout = Layout((home or vmsnap_home()).expanduser().resolve())
+    directory = certs_dir(layout)
+    existed = {p.name for p in directory.glob("*.crt")} if directory.exists() else set()
+    if force:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+        existed = set()
+    ensure_certs(layout, Stack(layout).components)
+    made = sorted(p.name for p in directory.glob("*.crt") if p.name not in existed)
+    out.console.print(
+        f"certificates in {directory}: "
+        + (f"made {', '.join(made)}" if made else "all there already (--force makes them anew)")
+    )
 
 
 @app.command()

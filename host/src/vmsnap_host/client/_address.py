@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+
+from vmsnap_sdk import ClientTLS
 
 
 def vmsnap_home() -> Path:
@@ -36,3 +39,23 @@ def default_token_file() -> Path | None:
         return None
     local = token_file()
     return local if local.is_file() else None
+
+
+def stack_tls(server: str, home: Path | None = None) -> ClientTLS | None:
+    """How the CLI reaches ``server`` ("host", a driver's or the agent's component
+    name) of the local stack when it runs on mutual TLS (``vmsnap up --tls``):
+    its CA and the ``admin`` client certificate; None when it does not."""
+    home = home or vmsnap_home()
+    try:
+        tls = json.loads((home / "run" / "stack.json").read_text()).get("tls")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if tls is not True:
+        return None
+    certs = home / "certs"
+    return ClientTLS(
+        ca_file=str(certs / "ca.crt"),
+        cert_file=str(certs / "admin.crt"),
+        key_file=str(certs / "admin.key"),
+        server_name=server,
+    )

@@ -9,6 +9,7 @@ fresh one is made when it is omitted, pass your own to retry safely.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,7 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vmsnap_host.client import _convert as cv
-from vmsnap_host.client._address import default_address, default_token_file
+from vmsnap_host.client._address import default_address, default_token_file, stack_tls
 from vmsnap_host.client._types import (
     AgentStatus,
     AuditRecord,
@@ -106,8 +107,11 @@ class HostClient:
         Credentials: ``token``, else the token in ``token_file``, else the file
         ``$VMSNAP_TOKEN_FILE`` names, else the local stack's admin token
         (``$VMSNAP_HOME/secrets/token-admin``, written by ``vmsnap up --auth``)
-        when it exists; else none.
+        when it exists; else none. Without ``address`` and ``tls``, the local
+        stack's TLS settings when it runs on mutual TLS (``vmsnap up --tls``).
         """
+        if address is None and tls is None and not os.environ.get("VMSNAP_HOST"):
+            tls = stack_tls("host")
         target = address or default_address()
         if token is None:
             path = token_file or default_token_file()
