@@ -98,6 +98,7 @@ class Manager:
         self.executor = Executor(store, registry, settings)
         self._queues: dict[str, _VMQueue] = {}
         self._admission: dict[str, asyncio.Lock] = {}
+        self._admitting: dict[str, int] = {}  # holders and waiters of each admission lock
         #: The task of every operation this process runs or has queued, by id.
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._changed = asyncio.Condition()
@@ -426,9 +427,18 @@ class Manager:
     async def _admit(self, vm_id: str):  # type: ignore[no-untyped-def]
         # Checks and insert under one lock per VM: two creates with the same name
         # (or the same request id) cannot both pass the checks.
+        # A lock lives while someone holds or waits for it: every VM id a caller
+        # names (existing or not) must not stay in memory (issue 12, bounded input).
         lock = self._admission.setdefault(vm_id, asyncio.Lock())
-        async with lock:
-            yield
+        self._admitting[vm_id] = self._admitting.get(vm_id, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._admitting[vm_id] -= 1
+            if not self._admitting[vm_id]:
+                del self._admitting[vm_id]
+                del self._admission[vm_id]
 
     def _replay(
         self,
