@@ -513,10 +513,11 @@ class CreateVMSnapshotRequest(_message.Message):
     request_id: _builtins.str
     """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; the client makes it
     unique per request (e.g. a UUID). Retries: the same request_id with the
-    same vm_id and name returns the operation of the first request, whatever
-    it became (running, done, failed), and takes nothing again; the first
-    request's other fields win. Used for another request (another type, VM or
-    name): ALREADY_EXISTS, REQUEST_ID_REUSED. Request ids are kept as long as
+    same request (every field the same) returns the operation of the first
+    request, whatever it became (running, done, failed), and takes nothing
+    again. Used for another request (another type, VM, name, or other values of
+    any field; the host keeps a digest of them): ALREADY_EXISTS,
+    REQUEST_ID_REUSED. Request ids are kept as long as
     the host keeps the operation (its catalog): a failed take is taken again
     with a new request_id.
     """
@@ -706,11 +707,11 @@ class RevertVMSnapshotRequest(_message.Message):
     STOP_VM_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; unique per request.
-    Retries: the same request_id with the same snapshot id returns the first
-    revert's operation and reverts nothing again, even if the VM changed since;
-    to revert to the same snapshot again later, use a new request_id. Used for
-    another request (another type or snapshot): ALREADY_EXISTS,
-    REQUEST_ID_REUSED.
+    Retries: the same request_id with the same snapshot id and stop_vm returns
+    the first revert's operation and reverts nothing again, even if the VM
+    changed since; to revert to the same snapshot again later, use a new
+    request_id. Used for another request (another type, snapshot or stop_vm):
+    ALREADY_EXISTS, REQUEST_ID_REUSED.
     """
     id: _builtins.str
     """Required; the id of the READY snapshot to revert to."""
@@ -1732,10 +1733,11 @@ class UndefineVMRequest(_message.Message):
     DELETE_SNAPSHOTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; unique per request.
-    Retries: the same request_id with the same vm_id continues the same
-    undefine (the same delete operations, started once each) and, once the VM
-    is undefined, answers undefined=true again. Used for another request:
-    ALREADY_EXISTS, REQUEST_ID_REUSED. After a failed delete, undefine with a
+    Retries: the same request_id with the same vm_id and delete_snapshots
+    continues the same undefine (the same delete operations, started once
+    each) and, once the VM is undefined, answers undefined=true again. Used for
+    another request (another VM or delete_snapshots): ALREADY_EXISTS,
+    REQUEST_ID_REUSED. After a failed delete, undefine with a
     new request_id.
     """
     vm_id: _builtins.str
