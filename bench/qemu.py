@@ -17,6 +17,12 @@ disk, with the guest writer running, and measures:
   what it uses only with an agent that offers no overlays, so it has no figure here.
 * ``qemu_freeze_ms`` / ``qemu_freeze_with_drivers_ms`` — the same for the method
   of a quiesced take (``overlay_guest``).
+* ``qemu_ga_freeze_thaw_ms`` — qemu-ga's own ``guest-fsfreeze-freeze`` then
+  ``guest-fsfreeze-thaw`` on the same guest, on an open connection (the floor a
+  guest freeze can reach; libvirt keeps its connection open too).
+* ``qemu_guest_frozen_<method>_ms`` — the guest's true frozen window with each
+  guest method: freeze answered → thaw sent, as the agent records it
+  (``guest_surely_frozen_ms`` in its log), for the agent-alone samples above.
 
 Medians of 3 (quick) or 9 samples per figure, in milliseconds. Needs QEMU and the
 test guest's packages (see ``tests/agent_qemu/README.md``); TCG unless
@@ -31,9 +37,11 @@ key above.
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.support.qemu_stack import (
     QemuStack,
@@ -42,7 +50,8 @@ from tests.support.qemu_stack import (
     vm_of,
     wait_guest,
 )
-from vmsnap_agent.qemu.process import qemu_binary
+from vmsnap_agent.qemu.guest_agent import GuestAgentClient
+from vmsnap_agent.qemu.process import VmPaths, qemu_binary
 from vmsnap_host.client import HostClient, QuiescePolicy
 from vmsnap_sdk import AgentClient, QuiesceMethod
 
@@ -91,6 +100,7 @@ async def _measure(stack: QemuStack, samples: int) -> dict[str, float]:
         await host.define_vm(vm_of(stack, VM_ID, disks, "vmsnap.writer=/dev/vda"))
         await host.start_vm(VM_ID)
         await wait_guest(stack, VM_ID)
+        figures["qemu_ga_freeze_thaw_ms"] = await _ga_floor(stack, samples)
         for name, method in METHODS.items():
             windows = []
             for _ in range(samples):
@@ -99,6 +109,10 @@ async def _measure(stack: QemuStack, samples: int) -> dict[str, float]:
                 await agent.unquiesce(q.token)
                 windows.append((time.perf_counter() - started) * 1000)
             figures[f"qemu_freeze_{name}_ms"] = statistics.median(windows)
+            if method is not QuiesceMethod.OVERLAY:
+                frozen = _guest_frozen(stack, samples)
+                if frozen:
+                    figures[f"qemu_guest_frozen_{name}_ms"] = statistics.median(frozen)
         for name, policy in HOST_POLICIES.items():
             windows = []
             for i in range(samples):
@@ -122,6 +136,38 @@ async def _measure(stack: QemuStack, samples: int) -> dict[str, float]:
         await agent.close()
         await host.close()
     return figures
+
+
+async def _ga_floor(stack: QemuStack, samples: int) -> float:
+    """qemu-ga's freeze + thaw on one open connection (before the agent process
+    makes its own: QEMU serves one client on the port at a time)."""
+    qga = str(VmPaths.for_vm(stack.agent_state, VM_ID).qga)
+    pairs = []
+    async with GuestAgentClient(qga) as ga:
+        for _ in range(samples):
+            start = time.perf_counter()
+            await ga.execute("guest-fsfreeze-freeze")
+            await ga.execute("guest-fsfreeze-thaw")
+            pairs.append((time.perf_counter() - start) * 1000)
+    return statistics.median(pairs)
+
+
+def _guest_frozen(stack: QemuStack, samples: int) -> list[float]:
+    """The last ``samples`` guest frozen windows the agent logged (freeze answered →
+    thaw sent), in ms."""
+    log = Path(stack.work) / "agent.log"
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        value = entry.get("guest_surely_frozen_ms") if isinstance(entry, dict) else None
+        if value is None and isinstance(entry, dict):
+            value = (entry.get("fields") or {}).get("guest_surely_frozen_ms")
+        if isinstance(value, int | float):
+            found.append(float(value))
+    return found[-samples:]
 
 
 if __name__ == "__main__":

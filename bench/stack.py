@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,9 +42,15 @@ class Proc:
             self.popen.stdout.close()
 
 
+#: Rewrites a process's argv before it starts (``bench.profile`` runs each under
+#: cProfile); None: as given.
+WRAP: Callable[[str, list[str]], list[str]] | None = None
+
+
 def start(name: str, argv: Sequence[str], workdir: Path, *, timeout: float = START_TIMEOUT) -> Proc:
     """Start a server process and wait for its ``serving`` line."""
     log = workdir / f"{name}.log"
+    argv = WRAP(name, list(argv)) if WRAP is not None else list(argv)
     with log.open("ab") as err:
         popen = subprocess.Popen(
             list(argv),
@@ -180,4 +186,38 @@ def start_host(
         "--log-level",
         "warning",
     ]
-    return start(name, argv, directory, timeout=timeout)
+    proc = start(name, argv, directory, timeout=timeout)
+    try:
+        wait_peers_serving(proc.address, timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+def wait_peers_serving(address: str, timeout: float = START_TIMEOUT) -> None:
+    """Wait until the host sees every registered driver and agent SERVING (its first
+    check may fail on a loaded machine; the health loop then brings them back)."""
+    import asyncio
+
+    import grpc
+
+    from vmsnap_sdk._proto.host.v1 import host_pb2, host_pb2_grpc
+
+    async def wait() -> None:
+        give_up = time.monotonic() + timeout
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = host_pb2_grpc.VMSnapshotServiceStub(channel)
+            while True:
+                drivers = (
+                    await stub.ListDrivers(host_pb2.ListDriversRequest(), timeout=10)
+                ).drivers
+                agents = (await stub.ListAgents(host_pb2.ListAgentsRequest(), timeout=10)).agents
+                healths = [d.health for d in drivers] + [a.health for a in agents]
+                if all(h == host_pb2.HEALTH_SERVING for h in healths):
+                    return
+                if time.monotonic() > give_up:
+                    raise RuntimeError(f"the host's peers are not all serving: {healths}")
+                await asyncio.sleep(0.1)
+
+    asyncio.run(wait())

@@ -2,8 +2,9 @@
 
 ruff, mypy --strict on our code (not the generated code), the proto checks
 (generated code up to date, buf lint, buf breaking against the previous commit
-and against the last release's image in proto/releases), then pytest. Extra
-arguments go to pytest.
+and against the last release's image in proto/releases), then pytest in parallel
+(pytest-xdist, ``-n auto``; pass ``-n 0`` to run in one process). Extra arguments
+go to pytest.
 """
 
 from __future__ import annotations
@@ -107,7 +108,11 @@ def main() -> None:
     run("buf lint", [buf, "lint", "proto"])
     _breaking(buf)
     env = dict(os.environ)
-    run("pytest", [sys.executable, "-m", "pytest", *sys.argv[1:]], env=env)
+    args = sys.argv[1:]
+    if not any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in args):
+        # In parallel (pytest-xdist); QEMU tests share one worker (tests/conftest.py).
+        args = ["-n", "auto", "--dist", "loadgroup", "--durations=15", *args]
+    run("pytest", [sys.executable, "-m", "pytest", *args], env=env)
 
 
 if __name__ == "__main__":

@@ -43,9 +43,12 @@ def has_protos(ref: str) -> bool:
 
 def _export(ref: str, dest: Path) -> None:
     paths = ["proto"]
-    if subprocess.run(
-        ["git", "cat-file", "-e", f"{ref}:buf.yaml"], cwd=ROOT, capture_output=True, check=False
-    ).returncode == 0:
+    if (
+        subprocess.run(
+            ["git", "cat-file", "-e", f"{ref}:buf.yaml"], cwd=ROOT, capture_output=True, check=False
+        ).returncode
+        == 0
+    ):
         paths.append("buf.yaml")
     archive = subprocess.run(
         ["git", "archive", "--format=tar", ref, *paths], cwd=ROOT, capture_output=True, check=True

@@ -75,7 +75,8 @@ async def test_agent_killed_while_frozen(
 
     # Nobody watches the lease now: the guest stays frozen until an agent is back.
     await asyncio.sleep(2.5)
-    probe = QemuHypervisor(workdir / "state")  # not opened: only to reach qemu-ga
+    # Not opened: only to reach qemu-ga, closing its connection after each use.
+    probe = QemuHypervisor(workdir / "state", guest_agent_idle_close=0)
     assert await _freeze_status(probe, "vm-1") == "frozen"
 
     proc, address = _agent(workdir, "agent2.log")

@@ -97,6 +97,7 @@ async def test_overlay_keeps_bases_stable_then_commits(hv: QemuHypervisor, workd
 async def test_guest_freeze_runs_hook(hv: QemuHypervisor, workdir: Path) -> None:
     data, _ = await _start(hv, workdir, "gf")
     res = await hv.quiesce("gf", QuiesceMethod.GUEST, lease_seconds=120)
+    connects = hv._ga["gf"].connects
     assert res.consistency is Consistency.APPLICATION
     assert res.frozen_at is not None
     async with hv.guest_agent("gf") as ga:
@@ -106,6 +107,9 @@ async def test_guest_freeze_runs_hook(hv: QemuHypervisor, workdir: Path) -> None
         assert await ga.execute("guest-fsfreeze-status") == "thawed"
         log = (await ga.read_file(HOOK_LOG) or b"").decode()
     assert [line.split()[0] for line in log.splitlines()] == ["freeze", "thaw"]
+    # The freeze's qemu-ga connection was kept open: the thaw did not wait on a new
+    # one's sync (qemu-ga polls every 100 ms while no host client is attached; #16).
+    assert hv._ga["gf"].connects == connects
 
     # freeze → overlay → thaw: the guest is already thawed when quiesce returns.
     res = await hv.quiesce("gf", QuiesceMethod.OVERLAY_GUEST, lease_seconds=120)

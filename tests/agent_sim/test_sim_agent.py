@@ -402,6 +402,7 @@ def test_ids_the_sdk_would_refuse_still_get_safe_file_names(tmp_path: Path) -> N
     for vm_id in odd:
         store.state.vms[vm_id] = VMRecord(id=vm_id, name=vm_id, memory_mib=1)
         store.save_vm(vm_id)
+    store.flush_blocking()  # saves are written in the store's writer thread
     names = [p.name for p in (tmp_path / "state" / "vms").iterdir()]
     assert len(set(names)) == len(odd)
     assert all(len(n) < 128 and not n.startswith(".") for n in names)
@@ -507,3 +508,36 @@ async def test_start_up_drops_leftovers_of_a_crash(sockdir: Path, tmp_path: Path
         assert list(load_state(state).snapshots) == ["vm-keep"]
     finally:
         sim.stop()
+
+
+async def test_the_state_is_fsynced_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A freeze and a thaw are durable before they are answered, but an fsync on the
+    # event loop would stall every other VM's call behind it (issue 16).
+    import os
+    import threading
+
+    from vmsnap_agent.sim import SimAgent
+
+    agent = SimAgent(tmp_path / "state", name="sim-1")
+    await agent.start()
+    loop_thread = threading.get_ident()
+    fsynced_in: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        fsynced_in.append(threading.get_ident())
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    try:
+        await agent.define_vm(a_vm("vm1"))
+        await agent.start_vm("vm1")
+        freeze = await agent.quiesce("vm1", QuiesceMethod.OVERLAY, 60, False, "op-1")
+        assert frozen(tmp_path / "state", "vm1")  # durable when answered
+        await agent.unquiesce(freeze.token)
+        assert not frozen(tmp_path / "state", "vm1")
+    finally:
+        await agent.close()
+    assert fsynced_in and loop_thread not in fsynced_in

@@ -80,3 +80,29 @@ async def test_the_client_round_trip(shared_up: Up) -> None:
             await host.get_vm("no-such-vm")
         with pytest.raises(InvalidArgument):
             await host.create_vm_snapshot("vm-client", "")
+
+
+async def test_create_waits_for_its_result_in_the_same_call(shared_up: Up) -> None:
+    # One round trip for a take: the host answers the Create once the operation is done.
+    async with HostClient.connect(shared_up.stack["host"], timeout=30) as host:
+        await host.define_vm(
+            VM(
+                id="vm-wait",
+                name="wait test",
+                memory_mib=256,
+                volumes=(Volume("vda", "file:///var/lib/wait.qcow2", format="qcow2"),),
+            )
+        )
+        await host.start_vm("vm-wait")
+        done = await host.create_vm_snapshot(
+            "vm-wait", "one", quiesce=QuiescePolicy.OFF, request_id="req-wait", wait=120
+        )
+        assert done.done and done.succeeded
+        snapshot = await host.get_vm_snapshot(done.vm_snapshot_id)
+        assert snapshot.state is VMSnapshotState.READY
+        # A retry with the same request id answers with the same, finished, operation.
+        again = await host.create_vm_snapshot("vm-wait", "one", request_id="req-wait", wait=120)
+        assert again.id == done.id and again.done
+        with pytest.raises(InvalidArgument, match="wait"):
+            await host.create_vm_snapshot("vm-wait", "two", wait=601)
+        await host.stop_vm("vm-wait", force=True)

@@ -429,3 +429,44 @@ async def test_a_revert_resumed_after_going_forward_keeps_going_forward(tmp_path
         assert rig.drivers[B].reverted[-1] == sid
     finally:
         await _close(rig)
+
+
+async def test_an_operation_being_admitted_is_not_resolved_as_abandoned(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A reconcile tick that lands between an operation's insert and its start must
+    not take it for one abandoned by a crash (it aborted the caller's revert with
+    "the host restarted before this revert began"; found by the chaos harness
+    under load, seed 3)."""
+    rig = await make_rig(tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"))
+    try:
+        await rig.define()
+        sid = await _ready(rig)
+        admitted: set[int] = set()
+        for name in ("w_create", "w_insert_operation"):
+            real = getattr(rig.store, name)
+
+            def tagged(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+                step = _real(*args, **kwargs)
+                admitted.add(id(step))
+                return step
+
+            monkeypatch.setattr(rig.store, name, tagged)
+        real_write = rig.store.write
+
+        async def write(*steps: Any) -> Any:
+            result = await real_write(*steps)
+            if any(id(s) in admitted for s in steps):
+                await rig.recovery.resolve_open()  # the tick, right after the commit
+            return result
+
+        monkeypatch.setattr(rig.store, "write", write)
+
+        revert = await rig.wait(await rig.manager.revert_snapshot("rev", sid, stop_vm=True))
+        assert revert.error is None, revert.error
+        take = await rig.wait(await rig.create("s2"))
+        assert take.error is None, take.error
+        delete = await rig.wait(await rig.manager.delete_snapshot("del", sid))
+        assert delete.error is None, delete.error
+    finally:
+        await _close(rig)

@@ -185,7 +185,9 @@ def test_each_reason_is_raised_with_a_code_its_comment_names() -> None:
         code = _raised_code(site.raiser)
         codes = DOCUMENTED.get(site.reason, set())
         if code is not None and codes and code not in codes:
-            wrong.append(f"{site.path}:{site.line}: {site.reason} raised as {code}, documented {codes}")
+            wrong.append(
+                f"{site.path}:{site.line}: {site.reason} raised as {code}, documented {codes}"
+            )
     assert not wrong, "\n".join(wrong)
 
 
@@ -215,7 +217,9 @@ def _rpcs(path: Path) -> Iterator[tuple[str, str, list[str]]]:
 
 
 def _listed(service: str, rpc: str, comment: list[str]) -> list[Listed]:
-    starts = [i for i, c in enumerate(comment) if c.strip().startswith(("Errors", "Operation.error"))]
+    starts = [
+        i for i, c in enumerate(comment) if c.strip().startswith(("Errors", "Operation.error"))
+    ]
     assert starts, f"{service}.{rpc}: its comment lists no errors (an 'Errors:' block)"
     if comment[starts[0]].strip() == "Errors: only those every RPC can end with.":
         return []

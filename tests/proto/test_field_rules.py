@@ -68,7 +68,9 @@ def _validated_by_the_servicer() -> dict[str, set[str]]:
                     and call.func.attr in ("require_id", "require_text")
                     and isinstance(call.args[0], ast.Constant)
                     and not any(
-                        k.arg == "required" and isinstance(k.value, ast.Constant) and not k.value.value
+                        k.arg == "required"
+                        and isinstance(k.value, ast.Constant)
+                        and not k.value.value
                         for k in call.keywords
                     )
                 ):
@@ -98,7 +100,11 @@ def test_every_field_the_host_requires_says_required() -> None:
 
 
 def test_request_id_reuse_is_stated_on_every_mutating_request() -> None:
-    for message in ("CreateVMSnapshotRequest", "RevertVMSnapshotRequest", "DeleteVMSnapshotRequest"):
+    for message in (
+        "CreateVMSnapshotRequest",
+        "RevertVMSnapshotRequest",
+        "DeleteVMSnapshotRequest",
+    ):
         comment = HOST_FIELDS[(message, "request_id")]
         assert comment.startswith("Required"), message
         assert "Retries" in comment and "REQUEST_ID_REUSED" in comment, message

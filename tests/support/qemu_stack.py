@@ -400,7 +400,9 @@ class QemuStack:
 
     def probe(self) -> QemuHypervisor:
         """Not opened: reaches a VM's qemu-ga socket while the agent process owns QMP."""
-        return QemuHypervisor(self.agent_state, guest=self.guest)
+        # Its qemu-ga connections close after each use: QEMU serves one client at a
+        # time, and the agent process keeps its own open while it works.
+        return QemuHypervisor(self.agent_state, guest=self.guest, guest_agent_idle_close=0)
 
     def frozen_token(self, vm_id: str) -> str | None:
         """The agent's active quiesce of the VM, from its state dir."""

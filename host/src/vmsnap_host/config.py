@@ -10,6 +10,7 @@ Example::
     take_timeout_seconds = 60        # deadline of one TakeVMSnapshot (capped by the lease)
     call_timeout_seconds = 30        # deadline of other driver and agent calls
     can_handle_timeout_seconds = 2   # deadline of each driver's CanHandle while planning
+    can_handle_cache_seconds = 60    # how long a driver's CanHandle answer is reused (0: never)
     health_interval_seconds = 5      # how often drivers and agents are checked
     post_processing_timeout_seconds = 600  # how long ready=false results are polled
     reconcile_interval_seconds = 10  # how often owed deletes are retried
@@ -69,6 +70,11 @@ class Settings:
     #: unreachable for that take: only the disks it could claim fail (UNAVAILABLE).
     #: CanHandle is meant to be pure and fast, so this stays short.
     can_handle_timeout_seconds: float = 2.0
+    #: How long a driver's CanHandle answer about a VM's volume set is reused
+    #: (:mod:`vmsnap_host.decisions`): a re-registration, a change of health or of
+    #: the driver's info, or a failed take of that VM drops it earlier. 0: ask on
+    #: every take.
+    can_handle_cache_seconds: float = 60.0
     health_interval_seconds: float = 5.0
     post_processing_timeout_seconds: float = 600.0
     reconcile_interval_seconds: float = 10.0
@@ -105,6 +111,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "take_timeout_seconds": (0.1, 3600),
     "call_timeout_seconds": (0.1, 3600),
     "can_handle_timeout_seconds": (0.05, 60),
+    "can_handle_cache_seconds": (0, 86_400),
     "health_interval_seconds": (0.05, 3600),
     "post_processing_timeout_seconds": (0, 86_400),
     "reconcile_interval_seconds": (0.05, 3600),

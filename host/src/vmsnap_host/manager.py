@@ -15,10 +15,11 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 
 from vmsnap_host.config import Settings
+from vmsnap_host.decisions import DecisionCache
 from vmsnap_host.executor import Executor
 from vmsnap_host.model import (
     GroupKind,
@@ -31,7 +32,7 @@ from vmsnap_host.model import (
 from vmsnap_host.planner import plan_take
 from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
-from vmsnap_sdk import Capability, VMState
+from vmsnap_sdk import VM, Capability, VMState
 from vmsnap_sdk.errors import (
     Aborted,
     AlreadyExists,
@@ -95,12 +96,17 @@ class Manager:
         self.registry = registry
         self.settings = settings
         self.owner = owner
-        self.executor = Executor(store, registry, settings)
+        #: CanHandle answers reused across plans (DESIGN.md: CanHandle is pure).
+        self.decisions = DecisionCache(settings.can_handle_cache_seconds)
+        self.executor = Executor(store, registry, settings, decisions=self.decisions)
         self._queues: dict[str, _VMQueue] = {}
         self._admission: dict[str, asyncio.Lock] = {}
-        self._admitting: dict[str, int] = {}  # holders and waiters of each admission lock
+        self._admission_users: dict[str, int] = {}  # holders and waiters of each admission lock
         #: The task of every operation this process runs or has queued, by id.
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Operations whose record is being committed and whose task is not started
+        #: yet: recovery must not take them for abandoned ones in that window.
+        self._admitting: set[str] = set()
         self._changed = asyncio.Condition()
 
     # --- requests -----------------------------------------------------------------
@@ -165,6 +171,7 @@ class Manager:
                 include_memory=include_memory,
                 options=parameters,
                 can_handle_timeout=self.settings.can_handle_timeout_seconds,
+                cache=self.decisions,
             )
             snap = Snapshot(
                 id=uuid.uuid4().hex,
@@ -201,8 +208,12 @@ class Manager:
                         vm_id, self.owner, op.id, self.settings.lease_seconds
                     )
                 )
-            fence = await self.store.write(*steps)
-            self._start(op, fence=int(fence or 0) if idle else 0)
+            async with self._admitting_op(op):
+                fence = await self.store.write(*steps)
+                # Started at once, the take reuses this description of the VM (one
+                # DescribeVM per take); a take that waits behind another operation
+                # describes the VM again when it runs (that operation may change it).
+                self._start(op, fence=int(fence or 0) if idle else 0, vm=vm if idle else None)
             return op
 
     async def revert_snapshot(
@@ -252,8 +263,9 @@ class Manager:
                 {"stop_vm": stop_vm, "request": digest},
                 project=snap.project,
             )
-            await self.store.write(self.store.w_insert_operation(op))
-            self._start(op)
+            async with self._admitting_op(op):
+                await self.store.write(self.store.w_insert_operation(op))
+                self._start(op)
             return op
 
     async def delete_snapshot(self, request_id: str, snapshot_id: str) -> OperationRecord:
@@ -285,8 +297,9 @@ class Manager:
             op = replace(op, done=True, progress=100, step="already removed")
             await self.store.write(self.store.w_insert_operation(op))
             return op
-        await self.store.write(self.store.w_insert_operation(op))
-        self._start(op)
+        async with self._admitting_op(op):
+            await self.store.write(self.store.w_insert_operation(op))
+            self._start(op)
         return op
 
     async def undefine_vm(
@@ -407,10 +420,19 @@ class Manager:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
         while True:
+            task = self._tasks.get(operation_id)
+            left = give_up - loop.time()
+            if task is not None and left > 0:
+                # Run here: wait for its own end, not for every operation's (no herd
+                # of waiters re-reading the catalog at each end), then read it once.
+                # Re-read at least every second all the same.
+                await asyncio.wait({task}, timeout=min(left, 1.0))
             op = self.get_operation(operation_id)
             left = give_up - loop.time()
             if op.done or left <= 0:
                 return op
+            if operation_id in self._tasks:
+                continue
             async with self._changed:
                 # Wake on any change, or re-read at least every second (an operation
                 # may be finished by the reconciler, which does not notify).
@@ -424,20 +446,20 @@ class Manager:
     # --- queueing and running -----------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _admit(self, vm_id: str):  # type: ignore[no-untyped-def]
+    async def _admit(self, vm_id: str) -> AsyncIterator[None]:
         # Checks and insert under one lock per VM: two creates with the same name
         # (or the same request id) cannot both pass the checks.
         # A lock lives while someone holds or waits for it: every VM id a caller
         # names (existing or not) must not stay in memory (issue 12, bounded input).
         lock = self._admission.setdefault(vm_id, asyncio.Lock())
-        self._admitting[vm_id] = self._admitting.get(vm_id, 0) + 1
+        self._admission_users[vm_id] = self._admission_users.get(vm_id, 0) + 1
         try:
             async with lock:
                 yield
         finally:
-            self._admitting[vm_id] -= 1
-            if not self._admitting[vm_id]:
-                del self._admitting[vm_id]
+            self._admission_users[vm_id] -= 1
+            if not self._admission_users[vm_id]:
+                del self._admission_users[vm_id]
                 del self._admission[vm_id]
 
     def _replay(
@@ -495,37 +517,57 @@ class Manager:
         )
 
     def _start(
-        self, op: OperationRecord, *, fence: int = 0, resume: bool = False
+        self,
+        op: OperationRecord,
+        *,
+        fence: int = 0,
+        resume: bool = False,
+        vm: VM | None = None,
     ) -> asyncio.Task[None]:
         queue = self._queues.setdefault(op.vm_id, _VMQueue(asyncio.Lock()))
         queue.admitted += 1
-        task = asyncio.create_task(self._run(op, queue, fence, resume))
+        task = asyncio.create_task(self._run(op, queue, fence, resume, vm))
         self._tasks[op.id] = task
         return task
 
     def resume(self, op: OperationRecord) -> asyncio.Task[None] | None:
         """Resolve an unfinished operation found on start or left open (a take is
         rolled back, a revert settled on one side, a delete retried)."""
-        if op.id in self._tasks:
+        if op.id in self._tasks or op.id in self._admitting:
             return None
         return self._start(op, resume=True)
 
+    @contextlib.asynccontextmanager
+    async def _admitting_op(self, op: OperationRecord) -> AsyncIterator[None]:
+        """Around the commit of a new operation and its start: the record is visible
+        to recovery before the task exists (docs/design.md, "Admission")."""
+        self._admitting.add(op.id)
+        try:
+            yield
+        finally:
+            self._admitting.discard(op.id)
+
     @property
     def running(self) -> frozenset[str]:
-        """Ids of the operations this process is running or has queued."""
-        return frozenset(self._tasks)
+        """Ids of the operations this process is running, has queued, or is admitting."""
+        return frozenset(self._tasks) | frozenset(self._admitting)
 
-    async def _run(self, op: OperationRecord, queue: _VMQueue, fence: int, resume: bool) -> None:
+    async def _run(
+        self, op: OperationRecord, queue: _VMQueue, fence: int, resume: bool, vm: VM | None
+    ) -> None:
         try:
             async with queue.lock:
-                await self._run_owned(op, fence, resume)
+                await self._run_owned(op, fence, resume, vm)
         finally:
             queue.admitted -= 1
             self._tasks.pop(op.id, None)
             await self._notify()
 
-    async def _run_owned(self, op: OperationRecord, fence: int, resume: bool) -> None:
-        """Run holding the VM's lease (``fence``: taken already at admission)."""
+    async def _run_owned(
+        self, op: OperationRecord, fence: int, resume: bool, vm: VM | None = None
+    ) -> None:
+        """Run holding the VM's lease (``fence``: taken already at admission; ``vm``:
+        the VM as admission described it, when the operation started at once)."""
         ttl = self.settings.lease_seconds
         while not fence:
             fence = await self.store.write(
@@ -538,7 +580,7 @@ class Manager:
         assert work is not None
         renew = asyncio.create_task(self._renew_lease(op, fence, ttl, work))
         try:
-            await self.executor.run(op, resume=resume)
+            await self.executor.run(op, resume=resume, vm=vm)
         finally:
             renew.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vmsnap_host import checks
+from vmsnap_host.decisions import DecisionCache, decision_key
 from vmsnap_host.model import Claim, Group, GroupKind, QuiescePolicy
 from vmsnap_host.registry import AgentEntry, DriverEntry, Health, guarded
 from vmsnap_sdk import (
@@ -81,10 +82,23 @@ def _native(volume: Volume) -> bool:
     return bool(getattr(volume, "native_snapshot", False))
 
 
-async def _ask(entry: DriverEntry, vm: VM, options: Mapping[str, str], timeout: float) -> _Answer:
-    """One driver's CanHandle; never raises (but for cancellation)."""
+async def _ask(
+    entry: DriverEntry,
+    vm: VM,
+    options: Mapping[str, str],
+    timeout: float,
+    cache: DecisionCache | None,
+) -> _Answer:
+    """One driver's CanHandle (or its cached answer); never raises (but for
+    cancellation)."""
     if entry.health is not Health.SERVING or entry.info is None:
         return _Answer(entry, None, f"not serving: {_cut(entry.message)}")
+    key = decision_key(vm, Operation.TAKE, options) if cache is not None else None
+    if cache is not None and key is not None:
+        known = cache.get(entry.address, entry.generation, key)
+        if known is not None:
+            return _Answer(entry, known)
+    generation = entry.generation  # the state this answer is asked in
     try:
         async with asyncio.timeout(timeout):
             decisions = await guarded(entry).can_handle(vm, vm.volumes, Operation.TAKE, options)
@@ -101,6 +115,8 @@ async def _ask(entry: DriverEntry, vm: VM, options: Mapping[str, str], timeout: 
     except checks.ContractViolation as exc:
         return _Answer(entry, None, _cut(exc.message))
     best = {d.disk: d for d in checked}
+    if cache is not None and key is not None and entry.generation == generation:
+        cache.put(entry.address, generation, key, best)
     return _Answer(entry, best)
 
 
@@ -117,6 +133,7 @@ async def plan_take(
     include_memory: bool,
     options: Mapping[str, str],
     can_handle_timeout: float,
+    cache: DecisionCache | None = None,
 ) -> Plan:
     """Decide the groups of a take of ``vm`` (as ``agent`` described it).
 
@@ -127,6 +144,7 @@ async def plan_take(
     says whether memory snapshots are possible). ``owners``: the recorded owner
     of each volume, locator → driver name (``Store.volume_owners`` of the VM's
     locators). ``options``: the request's parameters, passed to CanHandle.
+    ``cache``: answers to reuse and to keep (:mod:`vmsnap_host.decisions`).
 
     Raises FailedPrecondition (a memory plan that cannot be, or a disk nobody can
     snapshot) or Unavailable (a disk whose owner, or possible owner, is
@@ -139,7 +157,9 @@ async def plan_take(
             reason=Reason.MEMORY_UNSUPPORTED,
         )
     ordered = sorted(drivers, key=lambda e: (e.order, e.name, e.address))
-    answers = await asyncio.gather(*(_ask(e, vm, options, can_handle_timeout) for e in ordered))
+    answers = await asyncio.gather(
+        *(_ask(e, vm, options, can_handle_timeout, cache) for e in ordered)
+    )
     answered = [a for a in answers if a.decisions is not None]
     unreachable = [a for a in answers if a.decisions is None]
     by_name = {a.entry.name: a for a in answers if a.entry.name}

@@ -30,6 +30,7 @@ import contextlib
 import enum
 import functools
 import inspect
+import itertools
 import logging
 import types
 from collections.abc import Awaitable, Callable, Sequence
@@ -173,6 +174,10 @@ def _nothing() -> None:
     return None
 
 
+#: Peer generations: unique across registrations in this process.
+_GENERATIONS = itertools.count(1)
+
+
 @dataclass(eq=False)
 class Peer(Generic[P, I]):
     """One registered driver or agent (identity compares, not fields)."""
@@ -191,6 +196,10 @@ class Peer(Generic[P, I]):
     contract_version: str = ""
     #: Called when a call failed in a way that may mean the link is gone.
     on_trouble: Callable[[], None] = field(default=_nothing)
+    #: New for each registration, moved on when the health or the announced info
+    #: changes: answers cached from this peer (CanHandle) are valid for one
+    #: generation only (:mod:`vmsnap_host.decisions`).
+    generation: int = field(default_factory=lambda: next(_GENERATIONS))
 
     @property
     def label(self) -> str:
@@ -480,6 +489,8 @@ class Registry:
                     checks.check_driver_info(entry.address, info)
                 version = _negotiate(info.contract_versions)
                 self._take_name(entry, info.name)
+                if entry.info is not None and info != entry.info:
+                    entry.generation = next(_GENERATIONS)  # upgraded or reconfigured
                 entry.info, entry.contract_version = info, version
                 await _grpc_health(entry.channel)
                 problem = await check_pin(entry.address, entry.tls) if entry.channel else ""
@@ -523,6 +534,7 @@ class Registry:
     @staticmethod
     def _mark(entry: Peer[Any, Any], health: Health, message: str) -> None:
         if entry.health is not health:
+            entry.generation = next(_GENERATIONS)
             log.info(
                 "health changed",
                 extra={

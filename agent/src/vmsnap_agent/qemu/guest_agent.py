@@ -11,6 +11,16 @@ discarded.
 A guest that does not run qemu-ga still has the socket (QEMU accepts the
 connection), so "unavailable" can only be detected by a bounded wait for the sync
 reply: that is :class:`GuestAgentUnavailable`.
+
+:class:`SharedGuestAgent` keeps one connection per VM open between calls: a
+fresh connection's first sync waits up to ~100 ms for qemu-ga, which polls its
+port that often while no host client is attached — a thaw on a new connection
+kept the guest frozen that much longer (issue 16). It reconnects (and resyncs)
+only after the connection broke or may hold an unread reply. QEMU serves one
+client on the port at a time, so an idle connection is closed after
+``IDLE_CLOSE`` seconds (other tools, a test's probe, can reach qemu-ga then),
+except while the guest is frozen (:meth:`SharedGuestAgent.hold`): the thaw
+always finds the connection open.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import base64
 import contextlib
 import json
 import random
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
@@ -28,6 +39,9 @@ from .errors import GuestAgentError, GuestAgentUnavailable
 # A live guest answers the sync in milliseconds even under TCG; seconds mean no agent.
 DEFAULT_SYNC_TIMEOUT = 3.0
 DEFAULT_COMMAND_TIMEOUT = 30.0
+#: An unused connection is closed after this long (unless held for a thaw); well
+#: under DEFAULT_SYNC_TIMEOUT, so another client's sync waits it out.
+IDLE_CLOSE = 1.0
 
 
 class GuestAgentClient:
@@ -38,6 +52,13 @@ class GuestAgentClient:
         self._sync_timeout = sync_timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        #: A command was sent whose reply was not read (its caller was cancelled):
+        #: the next reply on this connection may be that one.
+        self.in_flight = False
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
 
     async def __aenter__(self) -> GuestAgentClient:
         try:
@@ -109,6 +130,7 @@ class GuestAgentClient:
         if arguments:
             msg["arguments"] = arguments
         self._send(msg)
+        self.in_flight = True
         try:
             async with asyncio.timeout(timeout):
                 assert self._writer is not None
@@ -119,6 +141,7 @@ class GuestAgentClient:
                         raise GuestAgentUnavailable(f"guest agent closed the channel on {command}")
                     if line.strip():
                         break
+            self.in_flight = False
         except (TimeoutError, OSError) as exc:
             # A late reply would be read as the answer to the next command: this
             # connection is unusable now; a new one resyncs.
@@ -167,3 +190,94 @@ class GuestAgentClient:
                         base64.b64decode(st.get("err-data", "")),
                     )
                 await asyncio.sleep(0.05)
+
+
+class SharedGuestAgent:
+    """One qemu-ga connection of one VM, kept open and shared by its callers.
+
+    ``async with shared.session() as ga`` yields the connected client, one caller
+    at a time (qemu-ga answers in order on one channel). The connection is made
+    (and synced) on first use and kept; it is dropped, to be made again on the next
+    session, when a session ends with an error that is not a plain error reply of
+    qemu-ga, or with a command whose reply was not read."""
+
+    def __init__(
+        self,
+        socket_path: str,
+        sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
+        idle_close: float = IDLE_CLOSE,
+    ) -> None:
+        self._path = socket_path
+        self._sync_timeout = sync_timeout
+        self._idle_close = idle_close
+        self._lock = asyncio.Lock()
+        self._client: GuestAgentClient | None = None
+        self._held = False
+        self._idle: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Task[None] | None = None
+        #: Connections made so far (a test proves a thaw makes none).
+        self.connects = 0
+
+    def hold(self, held: bool) -> None:
+        """Keep the connection open (the guest is frozen: the thaw must find it), or
+        let it close when idle again."""
+        self._held = held
+        if not held:
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = None
+        if self._client is not None and not self._held and not self._lock.locked():
+            self._idle = asyncio.get_running_loop().call_later(self._idle_close, self._expire)
+
+    def _expire(self) -> None:
+        self._idle = None
+        if not self._held and not self._lock.locked():
+            self._closing = asyncio.ensure_future(self.close())
+
+    @contextlib.asynccontextmanager
+    async def session(self, sync_timeout: float | None = None) -> AsyncIterator[GuestAgentClient]:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        try:
+            async with self._lock, self._session(sync_timeout) as client:
+                yield client
+        finally:
+            if self._idle_close <= 0 and not self._held:
+                await self.close()  # a short-lived user: nothing to keep open
+            else:
+                self._arm()
+
+    @contextlib.asynccontextmanager
+    async def _session(self, sync_timeout: float | None) -> AsyncIterator[GuestAgentClient]:
+        client = self._client
+        if client is None or not client.connected or client.in_flight:
+            if client is not None:
+                await client.close()
+            self._client = None
+            client = GuestAgentClient(self._path, sync_timeout or self._sync_timeout)
+            await client.__aenter__()
+            self.connects += 1
+            self._client = client
+        try:
+            yield client
+        except GuestAgentError:
+            raise  # qemu-ga answered: the channel is in step
+        except BaseException:
+            await self._drop()
+            raise
+        if client.in_flight or not client.connected:
+            await self._drop()
+
+    async def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def close(self) -> None:
+        """Close the connection (the VM stopped, or the agent closes)."""
+        async with self._lock:
+            await self._drop()

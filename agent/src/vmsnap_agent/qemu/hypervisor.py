@@ -58,7 +58,7 @@ from .errors import (
     VmNotFound,
     VmStateError,
 )
-from .guest_agent import DEFAULT_SYNC_TIMEOUT, GuestAgentClient
+from .guest_agent import DEFAULT_SYNC_TIMEOUT, IDLE_CLOSE, GuestAgentClient, SharedGuestAgent
 from .guest_image import GuestImage, build_guest_image
 from .model import (
     BootMode,
@@ -94,8 +94,13 @@ def _log_event(event: str, record: QuiesceRecord) -> None:
         "stable_for_s": round(time.time() - record.started_at, 3),
     }
     if record.frozen_at is not None and record.thawed_at is not None:
-        # The guest's own freeze window: milliseconds with freeze → overlay → thaw.
+        # Freeze sent → thaw answered: milliseconds with freeze → overlay → thaw.
         fields["guest_frozen_ms"] = round((record.thawed_at - record.frozen_at) * 1000, 1)
+    if record.freeze_answered_at is not None and record.thaw_sent_at is not None:
+        # The guest surely frozen: freeze answered → thaw sent (the bench reads it).
+        fields["guest_surely_frozen_ms"] = round(
+            (record.thaw_sent_at - record.freeze_answered_at) * 1000, 1
+        )
     log.info(event, extra={"fields": fields})
 
 
@@ -106,19 +111,25 @@ class QemuHypervisor:
         guest: GuestImage | None = None,
         guest_sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
         freeze_timeout: float = q.FREEZE_TIMEOUT,
+        guest_agent_idle_close: float = IDLE_CLOSE,
     ) -> None:
         """``guest`` defaults to the cached test guest, built on the first start_vm.
 
         ``guest_sync_timeout`` bounds how long a silent guest agent is waited for
         before :class:`GuestAgentUnavailable`; ``freeze_timeout`` bounds one
-        fsfreeze (including the guest's hook).
+        fsfreeze (including the guest's hook). ``guest_agent_idle_close``: how long
+        an unused qemu-ga connection stays open (0: closed after each use, for a
+        short-lived user beside the agent process, such as a test's probe).
         """
         self._state_dir = Path(state_dir).resolve()
         self._guest = guest
         self._sync_timeout = guest_sync_timeout
         self._freeze_timeout = freeze_timeout
+        self._ga_idle_close = guest_agent_idle_close
         self._locks: dict[str, asyncio.Lock] = {}
         self._qmp: dict[str, QmpSession] = {}
+        #: One kept-open qemu-ga connection per VM (a thaw makes no new connection).
+        self._ga: dict[str, SharedGuestAgent] = {}
         self._watchdogs: dict[str, asyncio.Task[None]] = {}
 
     # -- lifecycle of the agent object ------------------------------------------------
@@ -151,6 +162,9 @@ class QemuHypervisor:
         for session in self._qmp.values():
             await session.close()
         self._qmp.clear()
+        for ga in self._ga.values():
+            await ga.close()
+        self._ga.clear()
 
     async def __aenter__(self) -> QemuHypervisor:
         await self.open()
@@ -192,6 +206,13 @@ class QemuHypervisor:
             self._qmp[vm_id] = QmpSession(str(self._paths(vm_id).qmp), f"vmsnap-{vm_id}")
         return self._qmp[vm_id]
 
+    def _shared_ga(self, vm_id: str) -> SharedGuestAgent:
+        if vm_id not in self._ga:
+            self._ga[vm_id] = SharedGuestAgent(
+                str(self._paths(vm_id).qga), self._sync_timeout, self._ga_idle_close
+            )
+        return self._ga[vm_id]
+
     def _running(self, vm_id: str) -> bool:
         return process.running_pid(self._paths(vm_id)) is not None
 
@@ -212,14 +233,18 @@ class QemuHypervisor:
             spec=self._spec(vm_id),
             paths=paths,
             qmp=self._session(vm_id) if self._running(vm_id) else None,
-            guest_agent=lambda: GuestAgentClient(str(paths.qga), self._sync_timeout),
+            guest_agent=self._shared_ga(vm_id).session,
+            hold_guest_agent=self._shared_ga(vm_id).hold,
             freeze_timeout=self._freeze_timeout,
         )
 
-    def guest_agent(self, vm_id: str, sync_timeout: float | None = None) -> GuestAgentClient:
-        """A qemu-ga client for the VM (``async with``): guest-exec, guest-file-*, ..."""
+    def guest_agent(
+        self, vm_id: str, sync_timeout: float | None = None
+    ) -> contextlib.AbstractAsyncContextManager[GuestAgentClient]:
+        """A session on the VM's qemu-ga connection (``async with``): guest-exec,
+        guest-file-*, ... The connection is kept open between sessions."""
         self._spec(vm_id)
-        return GuestAgentClient(str(self._paths(vm_id).qga), sync_timeout or self._sync_timeout)
+        return self._shared_ga(vm_id).session(sync_timeout)
 
     def console_path(self, vm_id: str) -> Path:
         """The guest's serial console log (boot messages)."""
@@ -270,7 +295,7 @@ class QemuHypervisor:
             existing = read_json(paths.spec)
             if existing is not None and VmSpec.from_json(existing) != spec:
                 raise VmAlreadyExists(f"{vm_id} is defined differently")
-            write_json_atomic(paths.spec, spec.to_json())
+            await asyncio.to_thread(write_json_atomic, paths.spec, spec.to_json())
         return await self.describe_vm(vm_id)
 
     async def undefine_vm(self, vm_id: str) -> None:
@@ -300,6 +325,7 @@ class QemuHypervisor:
                         self._guest = await asyncio.to_thread(build_guest_image)
                     guest = self._guest
                 await self._session(vm_id).close()
+                await self._shared_ga(vm_id).close()
                 argv = process.build_argv(spec, paths, guest, loadvm)
                 await process.launch(argv, paths)
         return await self.describe_vm(vm_id)
@@ -322,6 +348,7 @@ class QemuHypervisor:
                     # clean shutdown left them.
                     paths.clean_stop.touch()
             await self._session(vm_id).close()
+            await self._shared_ga(vm_id).close()
             process.cleanup_runtime_files(paths)
         return await self.describe_vm(vm_id)
 
@@ -430,7 +457,7 @@ class QemuHypervisor:
             ctx = self._context(vm_id)
             if ctx.qmp is None:
                 clean = self._paths(vm_id).clean_stop.exists()
-                record = q.quiesce_stopped(
+                record = await q.quiesce_stopped(
                     ctx, token, method, lease_seconds, operation_id=operation_id, clean_stop=clean
                 )
                 self._watch(record)
@@ -459,7 +486,9 @@ class QemuHypervisor:
             if record is None or record.token != token or record.expires_at <= time.time():
                 raise QuiesceNotFound(f"{token} is no longer active")
             record.expires_at = time.time() + lease_seconds
-            write_json_atomic(self._paths(record.vm_id).quiesce, record.to_json())
+            await asyncio.to_thread(
+                write_json_atomic, self._paths(record.vm_id).quiesce, record.to_json()
+            )
             return record.result()
 
     async def unquiesce(self, token: str) -> QuiesceResult | None:
@@ -582,9 +611,9 @@ class QemuHypervisor:
             )
         aliases = self._aliases(vm_id)
         aliases[snapshot_id] = record.cut_tag
-        write_json_atomic(self._aliases_path(vm_id), aliases)
+        await asyncio.to_thread(write_json_atomic, self._aliases_path(vm_id), aliases)
         record.adopted_by = snapshot_id
-        write_json_atomic(self._paths(vm_id).quiesce, record.to_json())
+        await asyncio.to_thread(write_json_atomic, self._paths(vm_id).quiesce, record.to_json())
         taken = await self._find_native(vm_id, snapshot_id)
         if taken is None:
             raise QmpCommandError(f"cut {record.cut_tag} of {vm_id} not found")
@@ -677,4 +706,4 @@ class QemuHypervisor:
                 )
             aliases = self._aliases(vm_id)
             if aliases.pop(snapshot_id, None) is not None:
-                write_json_atomic(self._aliases_path(vm_id), aliases)
+                await asyncio.to_thread(write_json_atomic, self._aliases_path(vm_id), aliases)

@@ -246,6 +246,9 @@ class QuiesceRecord:
     overlays: list[OverlayRecord] = field(default_factory=list)
     frozen_at: float | None = None
     thawed_at: float | None = None
+    # The guest's frozen window as the host sees it: freeze answered → thaw sent.
+    freeze_answered_at: float | None = None
+    thaw_sent_at: float | None = None
     started_at: float = 0.0
     operation_id: str = ""
     # Local qcow2 disks also get an internal snapshot in the overlay transaction (the
@@ -280,6 +283,8 @@ class QuiesceRecord:
             "guest_frozen": self.guest_frozen,
             "frozen_at": self.frozen_at,
             "thawed_at": self.thawed_at,
+            "freeze_answered_at": self.freeze_answered_at,
+            "thaw_sent_at": self.thaw_sent_at,
             "started_at": self.started_at,
             "operation_id": self.operation_id,
             "overlays": [vars(o) for o in self.overlays],
@@ -300,6 +305,8 @@ class QuiesceRecord:
             guest_frozen=d["guest_frozen"],
             frozen_at=d.get("frozen_at"),
             thawed_at=d.get("thawed_at"),
+            freeze_answered_at=d.get("freeze_answered_at"),
+            thaw_sent_at=d.get("thaw_sent_at"),
             started_at=d.get("started_at", 0.0),
             operation_id=d.get("operation_id", ""),
             overlays=[OverlayRecord(**o) for o in d["overlays"]],

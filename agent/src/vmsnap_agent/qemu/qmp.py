@@ -6,9 +6,12 @@ the listen backlog without a greeting), so the agent keeps one persistent
 concurrent commands by id. A broken connection is dropped and re-made on the next
 command, which is also how the agent re-attaches after a restart.
 
-Jobs (block-commit, snapshot-save, ...) are followed by polling ``query-jobs``
-rather than by events: polling works the same for a job that a previous agent
-process started, which events (missed while we were down) would not.
+Jobs (block-commit, snapshot-save, ...) are followed by their
+``JOB_STATUS_CHANGE`` events, with ``query-jobs`` as the truth: the listener is
+registered before the status is read, so no change is missed between the two,
+and a job that a previous agent process started (whose events we missed) is
+found by the same read. A status change is seen when QEMU reports it, not at the
+next poll (the commit of an unquiesce waited up to 2 x 50 ms for polls).
 """
 
 from __future__ import annotations
@@ -17,14 +20,28 @@ import asyncio
 import logging
 from typing import Any
 
-from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, QMPError
+from qemu.qmp import (
+    ConnectError,
+    EventListener,
+    ExecInterruptedError,
+    ExecuteError,
+    QMPClient,
+    QMPError,
+)
 
 from .errors import QmpCommandError
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
-JOB_POLL_INTERVAL = 0.05
+#: Re-read a job's status at least this often even without an event (a lost
+#: connection, an event QEMU did not send): a safety net, not the way we learn.
+JOB_RECHECK_INTERVAL = 1.0
+
+
+def _event_job(message: Any) -> Any:
+    data = message.get("data") if hasattr(message, "get") else None
+    return data.get("id") if isinstance(data, dict) else None
 
 
 class QmpSession:
@@ -78,15 +95,27 @@ class QmpSession:
         return None
 
     async def wait_job(self, job_id: str, statuses: set[str], timeout: float) -> dict[str, Any]:
-        """Poll until the job reaches one of ``statuses`` (or concludes)."""
+        """Wait until the job reaches one of ``statuses`` (or concludes): woken by its
+        JOB_STATUS_CHANGE events, decided by ``query-jobs``."""
+        client = await self._ensure()
+        listener = EventListener(
+            "JOB_STATUS_CHANGE",
+            event_filter=lambda m: _event_job(m) == job_id,
+        )
         async with asyncio.timeout(timeout):
-            while True:
-                job = await self.job_status(job_id)
-                if job is None:
-                    raise QmpCommandError(f"job {job_id} disappeared")
-                if job["status"] in statuses or job["status"] in ("concluded", "null"):
-                    return job
-                await asyncio.sleep(JOB_POLL_INTERVAL)
+            with client.listen(listener):
+                while True:
+                    job = await self.job_status(job_id)
+                    if job is None:
+                        raise QmpCommandError(f"job {job_id} disappeared")
+                    if job["status"] in statuses or job["status"] in ("concluded", "null"):
+                        return job
+                    try:
+                        async with asyncio.timeout(JOB_RECHECK_INTERVAL):
+                            await listener.get()
+                    except TimeoutError:
+                        pass
+                    listener.clear()
 
     async def finish_job(self, job_id: str, timeout: float) -> None:
         """Wait for a job created with auto-dismiss off to conclude; raise on its error."""

@@ -37,6 +37,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,8 @@ HOOK_LOG = "/run/vmsnap/fsfreeze-hook.log"
 FREEZE_TIMEOUT = 30.0
 COMMIT_TIMEOUT = 300.0
 
-GuestAgentFactory = Callable[[], GuestAgentClient]
+#: A session on the VM's kept-open qemu-ga connection (``SharedGuestAgent.session``).
+GuestAgentFactory = Callable[[], AbstractAsyncContextManager[GuestAgentClient]]
 
 
 @dataclass
@@ -71,9 +73,14 @@ class QuiesceContext:
     guest_agent: GuestAgentFactory
     # Bound on one guest-fsfreeze-freeze/thaw (the hook may flush a database).
     freeze_timeout: float = FREEZE_TIMEOUT
+    # Keep the qemu-ga connection open while the guest is frozen (the thaw then
+    # needs no new connection), or let it close when idle.
+    hold_guest_agent: Callable[[bool], None] = lambda held: None
 
-    def save(self, record: QuiesceRecord) -> None:
-        write_json_atomic(self.paths.quiesce, record.to_json())
+    async def save(self, record: QuiesceRecord) -> None:
+        """Durable before the caller goes on; written (and fsynced) off the event loop.
+        Calls on one VM are serialised by its lock, so saves land in order."""
+        await asyncio.to_thread(write_json_atomic, self.paths.quiesce, record.to_json())
 
 
 def _last_freeze(log_bytes: bytes | None) -> bytes | None:
@@ -142,7 +149,7 @@ async def _overlay_transaction(
     await qmp.execute("transaction", {"actions": actions})
 
 
-def quiesce_stopped(
+async def quiesce_stopped(
     ctx: QuiesceContext,
     token: str,
     method: QuiesceMethod,
@@ -163,7 +170,7 @@ def quiesce_stopped(
         operation_id=operation_id,
         stable_paths=stable_paths(ctx.spec),
     )
-    ctx.save(record)
+    await ctx.save(record)
     return record
 
 
@@ -195,7 +202,7 @@ async def quiesce(
     if with_overlays:
         ctx.paths.overlays.mkdir(parents=True, exist_ok=True)
     if not with_guest:
-        ctx.save(record)
+        await ctx.save(record)
         try:
             await _overlay_transaction(ctx.qmp, record.overlays, record.cut_tag, record.cut_disks)
         except BaseException:
@@ -203,49 +210,63 @@ async def quiesce(
             raise
         return record
 
+    error: BaseException | None = None
+    hook_installed = False
+    log_before: bytes | None = None
+    last_after: bytes | None = None
     # Connect (and sync) before anything is recorded: an absent agent costs nothing.
+    # The connection stays open after the quiesce: the thaw needs no new one.
     async with ctx.guest_agent() as ga:
+        # The hook log is read before the freeze and after the thaw, never while frozen.
         log_before = await ga.read_file(HOOK_LOG)
         hook_installed = log_before is not None
         record.guest_frozen = True
-        ctx.save(record)
+        await ctx.save(record)
         try:
-            record.frozen_at = time.time()
             # On failure or timeout (some file systems may be frozen, or the freeze
-            # may still complete in the guest) the except below thaws through a
-            # fresh, resynchronised connection.
+            # may still complete in the guest) the undo below thaws, through a
+            # resynchronised connection when this one broke.
+            record.frozen_at = time.time()
+            ctx.hold_guest_agent(True)
             await ga.execute("guest-fsfreeze-freeze", timeout=ctx.freeze_timeout)
-            if method is QuiesceMethod.GUEST:
-                record.consistency = (
-                    Consistency.APPLICATION if hook_installed else Consistency.FILESYSTEM
+            record.freeze_answered_at = time.time()
+            if method is QuiesceMethod.OVERLAY_GUEST:
+                await _overlay_transaction(
+                    ctx.qmp, record.overlays, record.cut_tag, record.cut_disks
                 )
-                ctx.save(record)
-                return record
-            await _overlay_transaction(ctx.qmp, record.overlays, record.cut_tag, record.cut_disks)
-            await ga.execute("guest-fsfreeze-thaw", timeout=ctx.freeze_timeout)
-            record.thawed_at = time.time()
-            record.guest_frozen = False
-            last_after = _last_freeze(await ga.read_file(HOOK_LOG))
-        except BaseException:
-            await ga.close()  # the thaw in unquiesce needs the (single-client) channel
-            await unquiesce(ctx, record)
-            raise
-    record.consistency = (
-        Consistency.APPLICATION
-        if hook_installed and last_after not in (None, _last_freeze(log_before))
-        else Consistency.FILESYSTEM
-    )
-    ctx.save(record)
+                record.thaw_sent_at = time.time()
+                await ga.execute("guest-fsfreeze-thaw", timeout=ctx.freeze_timeout)
+                record.thawed_at = time.time()
+                record.guest_frozen = False
+                ctx.hold_guest_agent(False)
+                last_after = _last_freeze(await ga.read_file(HOOK_LOG))
+        except BaseException as exc:  # noqa: BLE001 - undone below, then re-raised
+            error = exc
+    if error is not None:
+        # Outside the session: the undo's thaw takes the (single-client) channel.
+        await unquiesce(ctx, record)
+        raise error
+    if method is QuiesceMethod.GUEST:
+        record.consistency = Consistency.APPLICATION if hook_installed else Consistency.FILESYSTEM
+    else:
+        record.consistency = (
+            Consistency.APPLICATION
+            if hook_installed and last_after not in (None, _last_freeze(log_before))
+            else Consistency.FILESYSTEM
+        )
+    await ctx.save(record)
     return record
 
 
 async def _thaw(ctx: QuiesceContext, record: QuiesceRecord) -> None:
     async with ctx.guest_agent() as ga:
         # Thawing a thawed guest answers 0: harmless, which keeps undo idempotent.
+        record.thaw_sent_at = record.thaw_sent_at or time.time()
         await ga.execute("guest-fsfreeze-thaw", timeout=ctx.freeze_timeout)
     record.guest_frozen = False
     record.thawed_at = record.thawed_at or time.time()
-    ctx.save(record)
+    ctx.hold_guest_agent(False)
+    await ctx.save(record)
 
 
 async def _graph_nodes(qmp: QmpSession) -> set[str]:
@@ -360,13 +381,13 @@ async def unquiesce(ctx: QuiesceContext, record: QuiesceRecord) -> None:
             await _commit_offline(record.overlays)
         _delete_files(record.overlays)
         record.overlays = []
-        ctx.save(record)
+        await ctx.save(record)
     if record.cut_tag:
         # After the commit: the bases are roots again. Adopted cuts stay (renamed by alias).
         unused = [] if record.adopted_by else record.cut_disks
         await _drop_cut(ctx, record.cut_tag, unused)
         record.cut_tag, record.cut_disks = "", []
-        ctx.save(record)
+        await ctx.save(record)
     if thaw_error is not None:
         raise thaw_error
     # A stopped VM has no frozen guest any more: the record is done.

@@ -182,6 +182,7 @@ class SimAgent(HypervisorAgent):
         # first call can see them, and so are the disk copies a crash cut short.
         self._thaw_expired()
         self._recover_disks()
+        self._store.flush_blocking()
 
     # --- lifecycle of the agent itself ------------------------------------------
 
@@ -196,6 +197,8 @@ class SimAgent(HypervisorAgent):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
+        await self._store.flush()
+        self._store.close()
 
     def _ensure_reaper(self) -> None:
         if self._reaper is None or self._reaper.done():
@@ -205,6 +208,10 @@ class SimAgent(HypervisorAgent):
         while True:
             self._wake.clear()
             self._thaw_expired()
+            try:
+                await self._store.flush()
+            except OSError:
+                log.exception("saving the state after a lease ran out failed; retried")
             expiries = [vm.freeze.expire_at for vm in self._frozen.values() if vm.freeze]
             timeout = max(0.0, min(expiries) - _now()) + 0.01 if expiries else None
             with contextlib.suppress(TimeoutError):
@@ -374,6 +381,7 @@ class SimAgent(HypervisorAgent):
 
     async def list_vms(self, page: Page) -> VMPage:
         self._thaw_expired()
+        await self._store.flush()
         ids = sorted(self._vms)
         # The token is the first id of the next page: stable when VMs come and go.
         rest = [i for i in ids if i >= page.token] if page.token else ids
@@ -404,17 +412,19 @@ class SimAgent(HypervisorAgent):
             )
             if not same:
                 raise AlreadyExists(f"VM {vm.id} is already defined with another definition")
-            self._ensure_disks(existing)
+            await asyncio.to_thread(self._ensure_disks, existing)
             return _vm(existing, self.name)
         self._vms[vm.id] = record
         self._store.save_vm(vm.id)
-        self._ensure_disks(record)
+        await self._store.flush()
+        await asyncio.to_thread(self._ensure_disks, record)
         log.info("defined", extra={"fields": {"vm_id": vm.id, "disks": len(vm.volumes)}})
         return _vm(record, self.name)
 
     async def undefine_vm(self, vm_id: str) -> None:
         async with self._lock(vm_id):
             self._undefine(vm_id)
+            await self._store.flush()
 
     def _undefine(self, vm_id: str) -> None:
         self._thaw_expired()
@@ -438,7 +448,14 @@ class SimAgent(HypervisorAgent):
 
     async def start_vm(self, vm_id: str) -> VM:
         async with self._lock(vm_id):
-            return self._start(vm_id)
+            record = self._get(vm_id)
+            if record.state != "RUNNING":
+                # Missing disk files are created (and fsynced) off the event loop;
+                # _start then finds them.
+                await asyncio.to_thread(self._ensure_disks, record)
+            vm = self._start(vm_id)
+            await self._store.flush()
+            return vm
 
     def _start(self, vm_id: str) -> VM:
         record = self._get(vm_id)
@@ -452,7 +469,9 @@ class SimAgent(HypervisorAgent):
 
     async def stop_vm(self, vm_id: str, force: bool) -> VM:
         async with self._lock(vm_id):
-            return self._stop(vm_id, force)
+            vm = self._stop(vm_id, force)
+            await self._store.flush()
+            return vm
 
     def _stop(self, vm_id: str, force: bool) -> VM:
         record = self._get(vm_id)
@@ -475,7 +494,11 @@ class SimAgent(HypervisorAgent):
         operation_id: str,
     ) -> QuiesceResult:
         async with self._lock(vm_id):
-            return self._quiesce(vm_id, method, lease_seconds, best_effort, operation_id)
+            try:
+                return self._quiesce(vm_id, method, lease_seconds, best_effort, operation_id)
+            finally:
+                # Durable before the answer (written off the event loop).
+                await self._store.flush()
 
     def _quiesce(
         self,
@@ -571,6 +594,7 @@ class SimAgent(HypervisorAgent):
         record.freeze.expire_at = _now() + lease_seconds
         self._store.save_vm(record.id)
         self._wake.set()
+        await self._store.flush()
         return _dt(record.freeze.expire_at)
 
     async def unquiesce(self, token: str, operation_id: str = "") -> UnquiesceResult:
@@ -585,6 +609,7 @@ class SimAgent(HypervisorAgent):
                 if operation_id and r.freeze is not None and r.freeze.operation_id == operation_id
             ]
         frozen_for = [self._thaw(r) for r in records]
+        await self._store.flush()
         return UnquiesceResult(
             frozen_for_seconds=max(frozen_for, default=0.0), thawed_now=bool(frozen_for)
         )
@@ -625,7 +650,9 @@ class SimAgent(HypervisorAgent):
         self, vm_id: str, snapshot_id: str, disks: Sequence[str], include_memory: bool
     ) -> NativeSnapshot:
         async with self._lock(vm_id):
-            return await self._take(vm_id, snapshot_id, disks, include_memory)
+            snap = await self._take(vm_id, snapshot_id, disks, include_memory)
+            await self._store.flush()
+            return snap
 
     async def _take(
         self, vm_id: str, snapshot_id: str, disks: Sequence[str], include_memory: bool
@@ -679,7 +706,9 @@ class SimAgent(HypervisorAgent):
 
     async def revert_native_snapshot(self, vm_id: str, snapshot_id: str) -> VM:
         async with self._lock(vm_id):
-            return await self._revert(vm_id, snapshot_id)
+            vm = await self._revert(vm_id, snapshot_id)
+            await self._store.flush()
+            return vm
 
     async def _revert(self, vm_id: str, snapshot_id: str) -> VM:
         record = self._get(vm_id)
@@ -716,6 +745,7 @@ class SimAgent(HypervisorAgent):
             state="RUNNING" if snapshot.include_memory else "STOPPED",
         )
         self._store.save_vm(vm_id)
+        await self._store.flush()  # the commit point is durable before any disk moves
         self._finish_revert(record)
         log.info("reverted", extra={"fields": {"vm_id": vm_id, "snapshot_id": snapshot_id}})
         return _vm(record, self.name)
@@ -728,6 +758,7 @@ class SimAgent(HypervisorAgent):
                     del self._store.state.snapshots[vm_id]
                 # The record first: copies without it are removed at start-up.
                 self._store.save_snapshots(vm_id)
+                await self._store.flush()
                 log.info("native snapshot deleted", extra={"fields": {"snapshot_id": snapshot_id}})
             await asyncio.to_thread(self._copies.remove_snapshot, vm_id, snapshot_id)
 

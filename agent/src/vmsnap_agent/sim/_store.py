@@ -49,6 +49,8 @@ restart, when monotonic clocks mean nothing.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -297,32 +299,65 @@ class Store:
         self._vm_files = {vm_key(v) for v in self.state.vms}
         self._snapshot_files = {vm_key(v) for v in self.state.snapshots}
         self._drop_orphans()
+        # Files are written and fsynced in one writer thread, never on the event
+        # loop: in the order they were asked (the last save of a VM lands last).
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, "sim-state-writer")
+        self._pending: list[concurrent.futures.Future[None]] = []
 
     # --- saving -----------------------------------------------------------------
 
+    def _submit(self, work: Any, *args: Any) -> None:
+        self._pending.append(self._writer.submit(work, *args))
+
+    async def flush(self) -> None:
+        """Wait until every save asked so far is durable; raise the first that failed.
+        The agent calls it before it answers a call that changed something."""
+        pending, self._pending = self._pending, []
+        first: BaseException | None = None
+        for future in pending:
+            try:
+                await asyncio.wrap_future(future)
+            except Exception as exc:  # noqa: BLE001 - every one is awaited, the first raised
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def flush_blocking(self) -> None:
+        """:meth:`flush` for code without a running loop (start-up, close)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        self.flush_blocking()
+        self._writer.shutdown(wait=True)
+
     def save_vm(self, vm_id: str) -> None:
-        """Make the VM's file what memory holds (removed when the VM is not defined)."""
+        """Make the VM's file what memory holds now (removed when the VM is not
+        defined), in the writer thread: durable after :meth:`flush`."""
         key = vm_key(vm_id)
         vm = self.state.vms.get(vm_id)
         if vm is None:
-            self._remove(self.vms_dir, key, self._vm_files)
+            self._submit(self._remove, self.vms_dir, key, self._vm_files)
             return
         data = {"version": VERSION, "vm": _vm_to_json(vm)}
-        self._write(self.vms_dir, key, _dumps(data).encode("utf-8"), self._vm_files)
+        self._submit(self._write, self.vms_dir, key, _dumps(data).encode("utf-8"), self._vm_files)
 
     def save_snapshots(self, vm_id: str) -> None:
         """Make the VM's snapshot file what memory holds (removed when it has none)."""
         key = vm_key(vm_id)
         snaps = self.state.snapshots.get(vm_id)
         if not snaps:
-            self._remove(self.snapshots_dir, key, self._snapshot_files)
+            self._submit(self._remove, self.snapshots_dir, key, self._snapshot_files)
             return
         data = {
             "version": VERSION,
             "vm_id": vm_id,
             "snapshots": {k: vars(s) for k, s in snaps.items()},
         }
-        self._write(self.snapshots_dir, key, _dumps(data).encode("utf-8"), self._snapshot_files)
+        self._submit(
+            self._write, self.snapshots_dir, key, _dumps(data).encode("utf-8"), self._snapshot_files
+        )
 
     @staticmethod
     def _write(directory: Path, key: str, data: bytes, existing: set[str]) -> None:

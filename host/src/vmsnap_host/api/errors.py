@@ -53,9 +53,7 @@ def status(error: ErrorInfo) -> status_pb2.Status:
     info = error_details_pb2.ErrorInfo(domain=DOMAIN, reason=reason, metadata=metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
-    return status_pb2.Status(
-        code=error.code, message=limits.cut(error.message), details=[detail]
-    )
+    return status_pb2.Status(code=error.code, message=limits.cut(error.message), details=[detail])
 
 
 __all__ = ["PEER_REASON", "public", "status"]

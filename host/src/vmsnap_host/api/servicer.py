@@ -74,6 +74,20 @@ def _page_token(field: str, token: str) -> int | None:
     return value
 
 
+def _wait_seconds(field: str, present: bool, value: Any) -> float:
+    """A wait asked for (a Duration field), bounded, answered before the caller's
+    deadline with the operation as it stands."""
+    timeout = DEFAULT_WAIT
+    if present:
+        timeout = value.ToNanoseconds() / 1e9
+        if not 0 <= timeout <= MAX_WAIT:
+            raise InvalidArgument.for_field(field, f"must be 0 .. {MAX_WAIT:.0f} s")
+    remaining = current_call().time_remaining()
+    if remaining is not None:
+        timeout = min(timeout, max(0.0, remaining - 0.2))
+    return float(timeout)
+
+
 def _token(seq: int) -> str:
     return f"p{seq:x}"
 
@@ -208,6 +222,9 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_text("name", request.name)
             val.require_text("description", request.description, MAX_DESCRIPTION, required=False)
             val.require_map("parameters", request.parameters)
+            wait = (
+                _wait_seconds("wait", True, request.wait) if request.HasField("wait") else None
+            )
             project = self._vm_project(request.vm_id)
             self._request_id(request.request_id)
             op = await self.manager.create_snapshot(
@@ -220,6 +237,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 parameters=dict(request.parameters),
                 project=project,
             )
+            if wait and not op.done:
+                op = await self.manager.wait_operation(op.id, wait)
             return pb.CreateVMSnapshotResponse(operation=self._op(op))
 
         return await _call(context, "CreateVMSnapshot", run)
@@ -300,15 +319,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         async def run() -> pb.WaitOperationResponse:
             val.require_id("id", request.id)
             self._operation(request.id)
-            timeout = DEFAULT_WAIT
-            if request.HasField("timeout"):
-                timeout = request.timeout.ToNanoseconds() / 1e9
-                if not 0 <= timeout <= MAX_WAIT:
-                    raise InvalidArgument.for_field("timeout", f"must be 0 .. {MAX_WAIT:.0f} s")
-            remaining = current_call().time_remaining()
-            if remaining is not None:
-                # Answer before the caller gives up, with the operation as it stands.
-                timeout = min(timeout, max(0.0, remaining - 0.2))
+            timeout = _wait_seconds("timeout", request.HasField("timeout"), request.timeout)
             op = await self.manager.wait_operation(request.id, timeout)
             return pb.WaitOperationResponse(operation=self._op(op))
 

@@ -419,6 +419,10 @@ def _mutate(
     _finish(op, json_)
 
 
+#: How long `snapshot create` lets the host wait inside the Create call: most takes
+#: end within it (one round trip); a longer one is then followed with progress.
+CREATE_WAIT = 2.0
+
 _POLICIES = {
     "off": QuiescePolicy.OFF,
     "best-effort": QuiescePolicy.BEST_EFFORT,
@@ -462,6 +466,8 @@ def snapshot_create(
             quiesce=_POLICIES[quiesce],
             parameters=parameters,
             request_id=request_id,
+            # One round trip for a quick take; a longer one is followed with progress.
+            wait=None if no_wait else min(CREATE_WAIT, timeout),
         ),
         no_wait,
         timeout,

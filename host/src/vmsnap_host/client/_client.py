@@ -162,8 +162,13 @@ class HostClient:
         parameters: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
+        wait: float | None = None,
     ) -> Operation:
-        """Start taking a VM snapshot; wait on the returned operation."""
+        """Start taking a VM snapshot; wait on the returned operation.
+
+        ``wait`` (seconds, at most 600): the host answers once the operation is
+        done or that long has passed, whichever comes first — a take in one round
+        trip. Check ``done``: if not, wait on it (:meth:`wait`)."""
         request = pb.CreateVMSnapshotRequest(
             request_id=_request_id(request_id),
             vm_id=vm_id,
@@ -173,7 +178,12 @@ class HostClient:
             quiesce=pb.QuiescePolicy.ValueType(quiesce.value),
             parameters=dict(parameters or {}),
         )
-        response = await self._call(self._stub.CreateVMSnapshot, request, self._t(timeout))
+        deadline = self._t(timeout)
+        if wait is not None:
+            request.wait.CopyFrom(cv.duration(wait))
+            # The host answers by itself when the wait is over: give it that long.
+            deadline = None if deadline is None else max(deadline, wait + 10.0)
+        response = await self._call(self._stub.CreateVMSnapshot, request, deadline)
         return cv.operation(response.operation)
 
     async def get_vm_snapshot(self, id: str, *, timeout: float | None = None) -> VMSnapshot:

@@ -18,6 +18,7 @@ import asyncio
 import logging
 
 from vmsnap_host.config import Settings
+from vmsnap_host.decisions import DecisionCache
 from vmsnap_host.executor.cleanup import Cleanup
 from vmsnap_host.executor.errors import OperationFailed, as_error, error_info
 from vmsnap_host.executor.freeze import FreezeKeeper
@@ -28,6 +29,7 @@ from vmsnap_host.model import OperationRecord, OperationType, SnapshotState
 from vmsnap_host.registry import Registry
 from vmsnap_host.state import OperationClosed, StaleMove
 from vmsnap_host.store import Store
+from vmsnap_sdk import VM
 from vmsnap_sdk.errors import Aborted, NotFound, Reason, VMSnapError
 
 log = logging.getLogger("vmsnap.host.executor")
@@ -36,21 +38,33 @@ log = logging.getLogger("vmsnap.host.executor")
 class Executor:
     """Runs the side effects of operations; the manager decides when."""
 
-    def __init__(self, store: Store, registry: Registry, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        settings: Settings,
+        *,
+        decisions: DecisionCache | None = None,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.settings = settings
         self.calls = GroupCalls(registry, settings)
         self.freezes = FreezeKeeper(settings)
         self.cleanup = Cleanup(store, self.calls)
-        self.take = Take(store, registry, settings, self.calls, self.cleanup, self.freezes)
+        self.take = Take(
+            store, registry, settings, self.calls, self.cleanup, self.freezes, decisions
+        )
         self.revert = Revert(store, registry, settings, self.calls, self.cleanup)
 
-    async def run(self, op: OperationRecord, *, resume: bool = False) -> None:
+    async def run(
+        self, op: OperationRecord, *, resume: bool = False, vm: VM | None = None
+    ) -> None:
         """Run (or, after a crash, resume) one operation to a defined end. Returns
         when the operation is finished, or left open on purpose (a delete waiting for
         an owner, a revert that cannot reach either side now): those are picked up
-        again on the reconcile interval."""
+        again on the reconcile interval. ``vm``: a take's VM as its admission just
+        described it (else the take describes it)."""
         snap = self.store.get_snapshot(op.vm_snapshot_id)
         try:
             if snap is None:
@@ -61,7 +75,7 @@ class Executor:
                 if resume:
                     await self.roll_back_take(op)
                 else:
-                    await self.take.run(op, snap)
+                    await self.take.run(op, snap, vm)
             elif op.type is OperationType.REVERT:
                 if resume:
                     await self.revert.resume(op, snap)

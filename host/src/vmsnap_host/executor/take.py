@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import NoReturn
 
 from vmsnap_host.config import Settings
+from vmsnap_host.decisions import DecisionCache
 from vmsnap_host.executor.cleanup import Cleanup
 from vmsnap_host.executor.errors import (
     OperationFailed,
@@ -38,7 +39,7 @@ from vmsnap_host.planner import needs_freeze
 from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
 from vmsnap_host.store.writer import Step
-from vmsnap_sdk import Consistency, QuiesceMethod, SnapshotResult, VMState
+from vmsnap_sdk import VM, Consistency, QuiesceMethod, SnapshotResult, VMState
 from vmsnap_sdk.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -57,6 +58,7 @@ class Take:
         calls: GroupCalls,
         cleanup: Cleanup,
         freezes: FreezeKeeper,
+        decisions: DecisionCache | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -64,6 +66,7 @@ class Take:
         self.calls = calls
         self.cleanup = cleanup
         self.freezes = freezes
+        self.decisions = decisions
 
     def _quiesce_method(self, snap: Snapshot) -> QuiesceMethod:
         entry = self.registry.agent_entry(snap.agent)
@@ -72,19 +75,21 @@ class Take:
         )
         return choose_method(snap.quiesce, offered, snap.agent)
 
-    async def run(self, op: OperationRecord, snap: Snapshot) -> Snapshot:
-        """Take a planned snapshot: READY, or ERROR and OperationFailed raised."""
+    async def run(self, op: OperationRecord, snap: Snapshot, vm: VM | None = None) -> Snapshot:
+        """Take a planned snapshot: READY, or ERROR and OperationFailed raised.
+        ``vm``: the VM as admission described it just before (else described now)."""
         try:
-            return await self._run(op, snap)
+            return await self._run(op, snap, vm)
         except VMSnapError as exc:
             # Failed before any side effect (the VM's state, no quiesce method).
             await self.fail(op, snap, exc, list(snap.warnings))
 
-    async def _run(self, op: OperationRecord, snap: Snapshot) -> Snapshot:
+    async def _run(self, op: OperationRecord, snap: Snapshot, vm: VM | None) -> Snapshot:
         agent = self.registry.agent(snap.agent)
-        vm = await with_deadline(
-            agent.describe_vm(snap.vm_id), self.settings.call_timeout_seconds, "DescribeVM"
-        )
+        if vm is None or vm.id != snap.vm_id:
+            vm = await with_deadline(
+                agent.describe_vm(snap.vm_id), self.settings.call_timeout_seconds, "DescribeVM"
+            )
         if vm.state not in (VMState.RUNNING, VMState.STOPPED):
             raise FailedPrecondition(
                 f"VM {vm.id} is {vm.state.name} now; it must be RUNNING or STOPPED",
@@ -312,6 +317,9 @@ class Take:
     ) -> NoReturn:
         """Compensate (the VM is thawed already) and record ERROR; always raises
         OperationFailed. Every planned group is owed a delete, whatever it answered."""
+        if self.decisions is not None:
+            # The plan came from cached answers, maybe stale ones: ask again next time.
+            self.decisions.forget_vm(snap.vm_id)
         # Nothing was called before CREATING was committed.
         owed = list(snap.groups) if snap.state is SnapshotState.CREATING else []
         await self.store.write(

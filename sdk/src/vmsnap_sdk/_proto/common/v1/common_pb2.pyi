@@ -566,7 +566,9 @@ class VM(_message.Message):
     MEMORY_MIB_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Required: stable id of the VM, unique within its agent: 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit."""
+    """Required: stable id of the VM, unique within its agent: 1..128 chars of
+    [A-Za-z0-9._-], starting with a letter or digit.
+    """
     name: _builtins.str
     """Optional human-readable name: free text, at most 255 chars, no control
     characters. (The sim and qemu agents read settings from words in it.)

@@ -625,8 +625,9 @@ class TakeVMSnapshotRequest(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     VM_SNAPSHOT_NAME_FIELD_NUMBER: _builtins.int
     vm_snapshot_id: _builtins.str
-    """Required: the host's id of the VM snapshot (1..128 chars of [A-Za-z0-9._-], starting with a letter or digit). The
-    driver tags what it creates with it: a retry returns the same result.
+    """Required: the host's id of the VM snapshot (1..128 chars of [A-Za-z0-9._-], starting
+    with a letter or digit). The driver tags what it creates with it: a retry returns
+    the same result.
     """
     quiesced: _builtins.bool
     """True when the host has quiesced the VM for this call."""

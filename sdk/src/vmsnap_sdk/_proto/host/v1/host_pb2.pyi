@@ -7,11 +7,12 @@ is an Operation resource to get or wait on (the AIP long-running pattern).
 Every mutating call carries a client request_id: a retry with the same id
 returns the same Operation and does the work once.
 
-Field rules. Each field says whether it is required and its bounds; a request
-that breaks one fails with INVALID_ARGUMENT and a BadRequest naming the field.
-Ids (request_id, vm_id, snapshot and operation ids) are 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit. Text is counted in characters and
-must not contain control characters. Page sizes are 0..1000 (0 = 100); a
-page_token is one a previous page returned (or empty for the first page).
+Field rules. Each field says whether it is required and its bounds; a request that
+breaks one fails with INVALID_ARGUMENT and a BadRequest naming the field. Ids
+(request_id, vm_id, snapshot and operation ids) are 1..128 chars of [A-Za-z0-9._-],
+starting with a letter or digit. Text is counted in characters and must not contain
+control characters. Page sizes are 0..1000 (0 = 100); a page_token is one a previous
+page returned (or empty for the first page).
 """
 
 from collections import abc as _abc
@@ -510,20 +511,20 @@ class CreateVMSnapshotRequest(_message.Message):
     INCLUDE_MEMORY_FIELD_NUMBER: _builtins.int
     QUIESCE_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; the client makes it
-    unique per request (e.g. a UUID). Retries: the same request_id with the
-    same request (every field the same) returns the operation of the first
-    request, whatever it became (running, done, failed), and takes nothing
-    again. Used for another request (another type, VM, name, or other values of
-    any field; the host keeps a digest of them): ALREADY_EXISTS,
-    REQUEST_ID_REUSED. Request ids are kept as long as
-    the host keeps the operation (its catalog): a failed take is taken again
-    with a new request_id.
+    """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; the
+    client makes it unique per request (e.g. a UUID). Retries: the same request_id with
+    the same request (every field the same but wait) returns the operation of the first
+    request, whatever it became (running, done, failed), and takes nothing again. Used
+    for another request (another type, VM, name, or other values of any other field;
+    the host keeps a digest of them): ALREADY_EXISTS, REQUEST_ID_REUSED. Request ids
+    are kept as long as the host keeps the operation (its catalog): a failed take is
+    taken again with a new request_id.
     """
     vm_id: _builtins.str
-    """Required; the VM's id (1..128 chars of [A-Za-z0-9._-], starting with a letter or digit), as its
-    agent knows it (ListVMs).
+    """Required; the VM's id (1..128 chars of [A-Za-z0-9._-], starting with a letter or
+    digit), as its agent knows it (ListVMs).
     """
     name: _builtins.str
     """Required; 1..255 chars; unique among the VM's live snapshots (those not
@@ -543,6 +544,16 @@ class CreateVMSnapshotRequest(_message.Message):
         chars, values at most 4096 chars.
         """
 
+    @_builtins.property
+    def wait(self) -> _duration_pb2.Duration:
+        """Optional: when set, answer once the operation is done or this long has passed,
+        whichever comes first, as WaitOperation does: 0 .. 600 s, and the host answers
+        about 0.2 s before the call's deadline, so give the call a deadline longer than
+        this. A take in one round trip. Unset: answer once the operation is journaled.
+        Either way the operation is returned as it stands; a retry with the same
+        request_id waits on the same operation.
+        """
+
     def __init__(
         self,
         *,
@@ -553,10 +564,11 @@ class CreateVMSnapshotRequest(_message.Message):
         include_memory: _builtins.bool = ...,
         quiesce: Global___QuiescePolicy.ValueType = ...,
         parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        wait: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "include_memory", b"include_memory", "name", b"name", "parameters", b"parameters", "quiesce", b"quiesce", "request_id", b"request_id", "vm_id", b"vm_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "include_memory", b"include_memory", "name", b"name", "parameters", b"parameters", "quiesce", b"quiesce", "request_id", b"request_id", "vm_id", b"vm_id", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -564,14 +576,14 @@ Global___CreateVMSnapshotRequest: _TypeAlias = CreateVMSnapshotRequest  # noqa: 
 
 @_typing.final
 class CreateVMSnapshotResponse(_message.Message):
-    """The started operation."""
+    """The operation: started, or done when the request asked to wait."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     OPERATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def operation(self) -> Global___Operation:
-        """Operation to get or wait on."""
+        """Operation to get or wait on (done when it finished within `wait`)."""
 
     def __init__(
         self,
@@ -594,7 +606,9 @@ class GetVMSnapshotRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Required; the VM snapshot's id (VMSnapshot.id; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit)."""
+    """Required; the VM snapshot's id (VMSnapshot.id; 1..128 chars of [A-Za-z0-9._-],
+    starting with a letter or digit).
+    """
     def __init__(
         self,
         *,
@@ -706,12 +720,12 @@ class RevertVMSnapshotRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     STOP_VM_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; unique per request.
-    Retries: the same request_id with the same snapshot id and stop_vm returns
-    the first revert's operation and reverts nothing again, even if the VM
-    changed since; to revert to the same snapshot again later, use a new
-    request_id. Used for another request (another type, snapshot or stop_vm):
-    ALREADY_EXISTS, REQUEST_ID_REUSED.
+    """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; unique
+    per request. Retries: the same request_id with the same snapshot id and stop_vm
+    returns the first revert's operation and reverts nothing again, even if the VM
+    changed since; to revert to the same snapshot again later, use a new request_id.
+    Used for another request (another type, snapshot or stop_vm): ALREADY_EXISTS,
+    REQUEST_ID_REUSED.
     """
     id: _builtins.str
     """Required; the id of the READY snapshot to revert to."""
@@ -768,12 +782,11 @@ class DeleteVMSnapshotRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; unique per request.
-    Retries: the same request_id with the same snapshot id returns the first
-    delete's operation. A new request_id for a snapshot already REMOVED is fine
-    too (an operation that is done at once): delete is idempotent either way.
-    Used for another request (another type or snapshot): ALREADY_EXISTS,
-    REQUEST_ID_REUSED.
+    """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; unique
+    per request. Retries: the same request_id with the same snapshot id returns the
+    first delete's operation. A new request_id for a snapshot already REMOVED is fine
+    too (an operation that is done at once): delete is idempotent either way. Used for
+    another request (another type or snapshot): ALREADY_EXISTS, REQUEST_ID_REUSED.
     """
     id: _builtins.str
     """Required; the id of the snapshot to delete (READY or ERROR; one whose take
@@ -1732,13 +1745,12 @@ class UndefineVMRequest(_message.Message):
     VM_ID_FIELD_NUMBER: _builtins.int
     DELETE_SNAPSHOTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; unique per request.
-    Retries: the same request_id with the same vm_id and delete_snapshots
-    continues the same undefine (the same delete operations, started once
-    each) and, once the VM is undefined, answers undefined=true again. Used for
-    another request (another VM or delete_snapshots): ALREADY_EXISTS,
-    REQUEST_ID_REUSED. After a failed delete, undefine with a
-    new request_id.
+    """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; unique
+    per request. Retries: the same request_id with the same vm_id and delete_snapshots
+    continues the same undefine (the same delete operations, started once each) and,
+    once the VM is undefined, answers undefined=true again. Used for another request
+    (another VM or delete_snapshots): ALREADY_EXISTS, REQUEST_ID_REUSED. After a failed
+    delete, undefine with a new request_id.
     """
     vm_id: _builtins.str
     """Required; the VM's id."""

@@ -216,9 +216,9 @@ class VMSnapshotServiceServicer:
 
     def CreateVMSnapshot(self, request, context):
         """Start taking a VM snapshot: the checks below run in the call, then the take
-        is journaled and queued on its VM and the call returns its operation. A
-        retry with the same request_id returns the same operation (see
-        CreateVMSnapshotRequest.request_id).
+        is journaled and queued on its VM and the call returns its operation (done,
+        when `wait` asked to wait for it). A retry with the same request_id returns
+        the same operation (see CreateVMSnapshotRequest.request_id).
         Errors:
         INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
         NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM

@@ -7,11 +7,12 @@ is an Operation resource to get or wait on (the AIP long-running pattern).
 Every mutating call carries a client request_id: a retry with the same id
 returns the same Operation and does the work once.
 
-Field rules. Each field says whether it is required and its bounds; a request
-that breaks one fails with INVALID_ARGUMENT and a BadRequest naming the field.
-Ids (request_id, vm_id, snapshot and operation ids) are 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit. Text is counted in characters and
-must not contain control characters. Page sizes are 0..1000 (0 = 100); a
-page_token is one a previous page returned (or empty for the first page).
+Field rules. Each field says whether it is required and its bounds; a request that
+breaks one fails with INVALID_ARGUMENT and a BadRequest naming the field. Ids
+(request_id, vm_id, snapshot and operation ids) are 1..128 chars of [A-Za-z0-9._-],
+starting with a letter or digit. Text is counted in characters and must not contain
+control characters. Page sizes are 0..1000 (0 = 100); a page_token is one a previous
+page returned (or empty for the first page).
 """
 
 from collections import abc as _abc
@@ -59,9 +60,9 @@ class VMSnapshotServiceStub:
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateVMSnapshot: _aio.UnaryUnaryMultiCallable[_host_pb2.CreateVMSnapshotRequest, _host_pb2.CreateVMSnapshotResponse]
     """Start taking a VM snapshot: the checks below run in the call, then the take
-    is journaled and queued on its VM and the call returns its operation. A
-    retry with the same request_id returns the same operation (see
-    CreateVMSnapshotRequest.request_id).
+    is journaled and queued on its VM and the call returns its operation (done,
+    when `wait` asked to wait for it). A retry with the same request_id returns
+    the same operation (see CreateVMSnapshotRequest.request_id).
     Errors:
       INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
       NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
@@ -339,9 +340,9 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_host_pb2.CreateVMSnapshotRequest, _abc.Awaitable[_host_pb2.CreateVMSnapshotResponse]],
     ) -> _abc.Awaitable[_host_pb2.CreateVMSnapshotResponse]:
         """Start taking a VM snapshot: the checks below run in the call, then the take
-        is journaled and queued on its VM and the call returns its operation. A
-        retry with the same request_id returns the same operation (see
-        CreateVMSnapshotRequest.request_id).
+        is journaled and queued on its VM and the call returns its operation (done,
+        when `wait` asked to wait for it). A retry with the same request_id returns
+        the same operation (see CreateVMSnapshotRequest.request_id).
         Errors:
           INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
           NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM

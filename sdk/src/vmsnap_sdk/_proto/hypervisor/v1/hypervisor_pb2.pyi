@@ -129,7 +129,9 @@ class DescribeVMRequest(_message.Message):
 
     VM_ID_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
-    """Required: the VM's id (1..128 chars of [A-Za-z0-9._-], starting with a letter or digit)."""
+    """Required: the VM's id (1..128 chars of [A-Za-z0-9._-], starting with a letter or
+    digit).
+    """
     def __init__(
         self,
         *,
@@ -428,8 +430,9 @@ class QuiesceRequest(_message.Message):
     of GUEST_FREEZE_AND_OVERLAY, or nothing) and report the consistency achieved.
     """
     operation_id: _builtins.str
-    """Optional: the caller's operation id (1..128 chars of [A-Za-z0-9._-], starting with a letter or digit), recorded with the freeze
-    (across agent restarts): ListQuiesces shows it and Unquiesce can thaw by it.
+    """Optional: the caller's operation id (1..128 chars of [A-Za-z0-9._-], starting with a
+    letter or digit), recorded with the freeze (across agent restarts): ListQuiesces
+    shows it and Unquiesce can thaw by it.
     """
     @_builtins.property
     def lease(self) -> _duration_pb2.Duration:
@@ -755,7 +758,9 @@ class TakeNativeSnapshotRequest(_message.Message):
     vm_id: _builtins.str
     """Required: the VM's id."""
     snapshot_id: _builtins.str
-    """Required: the host's id (1..128 chars of [A-Za-z0-9._-], starting with a letter or digit); idempotent on it."""
+    """Required: the host's id (1..128 chars of [A-Za-z0-9._-], starting with a letter or
+    digit); idempotent on it.
+    """
     include_memory: _builtins.bool
     """Include memory (needs a RUNNING VM)."""
     @_builtins.property

@@ -1,0 +1,104 @@
+"""Scaling: creates/s with 1, 16, 64, 256 VMs taken in parallel, then with 10k VMs
+defined, and how the host's memory grows with the operations it ran.
+
+One stack (sim agent, two no-op drivers, the host) with its state in /dev/shm
+(the figure is the stack's CPU and hops, not the disk's fsync). Every VM has one
+disk on each driver (a two-group plan: each take freezes). ``c`` workers each
+take snapshots of their own VM in a loop; then 10,000 VMs are defined (10k rows
+the host's caches and the agent keep) and c = 64 runs again over 64 of them.
+The host's RSS is read before and after the measured creates and reported per
+10,000 operations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import create, stack
+
+
+@dataclass
+class ScaleResult:
+    #: concurrency → creates/s
+    rates: dict[int, float] = field(default_factory=dict)
+    rate_many_vms: float = 0.0
+    vms_defined: int = 0
+    #: host RSS growth per 10,000 creates (MiB), and the RSS at the end (MiB)
+    rss_mib_per_10k: float = 0.0
+    rss_mib_end: float = 0.0
+    operations: int = 0
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def _define_more(agent_address: str, start: int, count: int) -> None:
+    from vmsnap_sdk import AgentClient
+
+    agent = AgentClient.connect(agent_address)
+    try:
+        sem = asyncio.Semaphore(32)
+
+        async def one(i: int) -> None:
+            async with sem:
+                await agent.define_vm(create.vm_for(i))
+
+        await asyncio.gather(*(one(i) for i in range(start, start + count)))
+    finally:
+        await agent.close()
+
+
+def measure_scale(quick: bool) -> ScaleResult:
+    concurrencies = (1, 16, 64, 256)
+    per_worker = 4 if quick else 20
+    many = 1_000 if quick else 10_000
+    base = "/dev/shm" if Path("/dev/shm").is_dir() else "/tmp"
+    result = ScaleResult()
+    with stack.workdir(base=base) as tmp:
+        procs: list[stack.Proc] = []
+        try:
+            agent = stack.start_agent(tmp)
+            procs.append(agent)
+            drivers = [stack.start_driver(tmp, "a"), stack.start_driver(tmp, "b")]
+            procs += drivers
+            vms = asyncio.run(create.define_vms(agent.address, max(concurrencies)))
+            config = stack.HostConfig(
+                drivers=[d.address for d in drivers],
+                agents=[agent.address],
+                settings={"max_snapshots_per_vm": 100_000, "queue_bound": 64},
+            )
+            host = stack.start_host(tmp, config)
+            procs.append(host)
+            pid = host.popen.pid
+            rss_before = _rss_mib(pid)
+            done = 0
+            for c in concurrencies:
+                total = max(c * per_worker, 100 if quick else 400)
+                _, rate = asyncio.run(create._run(host.address, vms, c, total))
+                result.rates[c] = rate
+                done += total + c
+            asyncio.run(_define_more(agent.address, len(vms), many - len(vms)))
+            result.vms_defined = many
+            spread = vms[:: max(1, len(vms) // 64)][:64]  # 64 VMs among the many
+            total = 400 if quick else 2_000
+            _, result.rate_many_vms = asyncio.run(create._run(host.address, spread, 64, total))
+            done += total + 64
+            rss_after = _rss_mib(pid)
+            result.operations = done
+            result.rss_mib_end = rss_after
+            result.rss_mib_per_10k = (rss_after - rss_before) * 10_000 / done
+        finally:
+            for p in reversed(procs):
+                p.stop()
+    return result
+
+
+if __name__ == "__main__":
+    print(measure_scale(quick=bool(os.environ.get("QUICK"))))

@@ -1,0 +1,156 @@
+"""Calls on a take's critical path: one DescribeVM per take, CanHandle answers
+reused while the driver is the same registration in the same state, and never
+after a change (issue 16). Counted on the real manager with in-process peers."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.driver import Options
+from tests.host.conftest import FAST, Rig, make_rig
+from vmsnap_host.model import QuiescePolicy
+from vmsnap_host.registry import Health, Registry
+from vmsnap_sdk import Capability, Volume
+
+A = "io.vmsnap.test.a"
+B = "io.vmsnap.test.b"
+
+
+def _count(counts: Counter[str], name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        counts[name] += 1
+        return await method(*args, **kwargs)
+
+    return counted
+
+
+@pytest.fixture
+async def counted(tmp_path: Path) -> AsyncIterator[tuple[Rig, Counter[str]]]:
+    rig = await make_rig(tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"))
+    counts: Counter[str] = Counter()
+    rig.agent.describe_vm = _count(counts, "describe", rig.agent.describe_vm)  # type: ignore[method-assign]
+    for name, driver in rig.drivers.items():
+        driver.can_handle = _count(counts, name, driver.can_handle)  # type: ignore[method-assign]
+    yield rig, counts
+    await rig.manager.close()
+    await rig.agent.close()
+    await rig.registry.close()
+    rig.store.close()
+
+
+async def _take(rig: Rig, name: str, **kwargs: Any) -> None:
+    op = await rig.wait(await rig.create(name, **kwargs))
+    assert op.error is None, op.error
+
+
+async def test_a_take_that_starts_at_once_describes_the_vm_once(
+    counted: tuple[Rig, Counter[str]],
+) -> None:
+    rig, counts = counted
+    await rig.define()
+    await _take(rig, "s1")
+    assert counts["describe"] == 1
+
+
+async def test_can_handle_is_asked_once_per_volume_set(counted: tuple[Rig, Counter[str]]) -> None:
+    rig, counts = counted
+    await rig.define()
+    await _take(rig, "s1")
+    await _take(rig, "s2")
+    await _take(rig, "s3", quiesce=QuiescePolicy.OFF)
+    assert counts[A] == counts[B] == 1
+    # Another VM, or other options, is another question.
+    await rig.define("vm2", volumes=(Volume("vda", "a://pool/9"), Volume("vdb", "b://pool/9")))
+    await _take(rig, "t1", vm_id="vm2")
+    assert counts[A] == counts[B] == 2
+
+
+async def test_a_re_registered_driver_is_asked_again(counted: tuple[Rig, Counter[str]]) -> None:
+    rig, counts = counted
+    await rig.define()
+    await _take(rig, "s1")
+    await rig.registry.add_driver(f"local:{A}", order=0, driver=rig.drivers[A])
+    await _take(rig, "s2")
+    assert counts[A] == 2  # the new registration was asked
+    assert counts[B] == 1
+
+
+async def test_a_driver_whose_health_changed_is_asked_again(
+    counted: tuple[Rig, Counter[str]],
+) -> None:
+    rig, counts = counted
+    await rig.define()
+    await _take(rig, "s1")
+    entry = rig.registry.driver_entry(B)
+    assert entry is not None
+    Registry._mark(entry, Health.NOT_SERVING, "link down (test)")
+    await rig.registry.check(entry)  # back: serving again
+    assert entry.health is Health.SERVING
+    await _take(rig, "s2")
+    assert counts[B] == 2
+    assert counts[A] == 1
+
+
+async def test_a_driver_whose_info_changed_is_asked_again(
+    counted: tuple[Rig, Counter[str]],
+) -> None:
+    rig, counts = counted
+    await rig.define()
+    await _take(rig, "s1")
+    driver = rig.drivers[A]
+    driver.o = replace(driver.o, capabilities=driver.o.capabilities - {Capability.LIST})
+    entry = rig.registry.driver_entry(A)
+    assert entry is not None
+    await rig.registry.check(entry)  # the health loop sees the upgraded driver
+    await _take(rig, "s2")
+    assert counts[A] == 2
+
+
+async def test_a_failed_take_forgets_the_answers_it_was_planned_from(tmp_path: Path) -> None:
+    rig = await make_rig(
+        tmp_path,
+        Options(name=A, scheme="a", behaviour="fail-final"),
+        Options(name=B, scheme="b"),
+    )
+    counts: Counter[str] = Counter()
+    for name, driver in rig.drivers.items():
+        driver.can_handle = _count(counts, name, driver.can_handle)  # type: ignore[method-assign]
+    try:
+        await rig.define()
+        failed = await rig.wait(await rig.create("s1"))
+        assert failed.error is not None
+        await rig.wait(await rig.create("s2"))
+        assert counts[A] == counts[B] == 2
+    finally:
+        await rig.manager.close()
+        await rig.agent.close()
+        await rig.registry.close()
+        rig.store.close()
+
+
+async def test_cache_off_asks_on_every_take(tmp_path: Path) -> None:
+    rig = await make_rig(
+        tmp_path,
+        Options(name=A, scheme="a"),
+        Options(name=B, scheme="b"),
+        settings=replace(FAST, can_handle_cache_seconds=0),
+    )
+    counts: Counter[str] = Counter()
+    for name, driver in rig.drivers.items():
+        driver.can_handle = _count(counts, name, driver.can_handle)  # type: ignore[method-assign]
+    try:
+        await rig.define()
+        await _take(rig, "s1")
+        await _take(rig, "s2")
+        assert counts[A] == counts[B] == 2
+    finally:
+        await rig.manager.close()
+        await rig.agent.close()
+        await rig.registry.close()
+        rig.store.close()
