@@ -40,6 +40,9 @@ from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
+#: One stack for the module: its tests run on one xdist worker, after each other.
+pytestmark = pytest.mark.xdist_group("security-auth")
+
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[ec.EllipticCurvePrivateKey, Path]:
@@ -257,3 +260,33 @@ def test_the_audit_log_survives_a_restart_and_the_cli_reads_it(secured: Stack, t
     assert "PERMISSION_DENIED" in denied.stderr and "admin" in denied.stderr
     hidden = vmsnap("vm", "show", "vm-b", token_file=alice_token)
     assert hidden.returncode == 1 and "NOT_FOUND" in hidden.stderr
+
+
+def test_a_jwks_document_and_its_key_ids(tmp_path: Path) -> None:
+    """``[auth.jwt] key_file`` may be a JWKS: every key in it verifies."""
+    from vmsnap_host.auth.authenticate import Authenticator
+    from vmsnap_host.auth.settings import parse_auth
+    from vmsnap_sdk.errors import Unauthenticated
+
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(2)]
+    jwks = {"keys": []}
+    for i, key in enumerate(keys):
+        jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+        jwks["keys"].append({**jwk, "kid": f"k{i}", "alg": "ES256", "use": "sig"})
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(jwks))
+    auth = Authenticator(
+        parse_auth({"required": True, "jwt": {"key_file": str(path), "algorithms": ["ES256"]}})
+    )
+    claims = {"sub": "ci", "exp": int(time.time()) + 60, "vmsnap_role": "operator", "vmsnap_projects": ["p"]}
+    for key in keys:
+        principal = auth.authenticate({"authorization": "Bearer " + jwt.encode(claims, key, "ES256")}, [])
+        assert (principal.name, principal.role.name, principal.projects, principal.via) == (
+            "ci",
+            "OPERATOR",
+            frozenset({"p"}),
+            "jwt",
+        )
+    stranger = jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), "ES256")
+    with pytest.raises(Unauthenticated):
+        auth.authenticate({"authorization": "Bearer " + stranger}, [])

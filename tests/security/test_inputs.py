@@ -19,6 +19,9 @@ import pytest
 from tests.security.harness import Stack, code_and_reason, stack, vm, wait_op
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 
+#: One stack for the module: its tests run on one xdist worker, after each other.
+pytestmark = pytest.mark.xdist_group("security-inputs")
+
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:

@@ -24,6 +24,9 @@ import pytest
 from tests.cli.stack_support import read_stack
 from tests.support.procs import Proc
 
+#: One stack for the module: its tests run on one xdist worker, after each other.
+pytestmark = pytest.mark.xdist_group("security-up")
+
 
 @pytest.fixture(scope="module")
 def secure_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -106,3 +109,21 @@ def test_the_demo_passes_on_mutual_tls_with_authentication(secure_up: Path) -> N
     demo = vmsnap(secure_up, "demo")
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr
     assert "demo passed" in demo.stdout
+
+
+def test_certs_init_and_hash_token(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first = vmsnap(home, "certs", "init", "--home", str(home))
+    assert first.returncode == 0, first.stderr
+    made = {p.stem for p in (home / "certs").glob("*.crt")}
+    assert made == {"ca", "host", "agent", "driver-element", "driver-ontap", "admin"}
+    again = vmsnap(home, "certs", "init", "--home", str(home))
+    assert "all there already" in again.stdout
+    assert {p.stem for p in (home / "certs").glob("*.crt")} == made
+
+    token = tmp_path / "t"
+    token.write_text("s3cret-token\n")
+    hashed = vmsnap(home, "auth", "hash-token", str(token))
+    import hashlib
+
+    assert hashed.stdout.strip() == hashlib.sha256(b"s3cret-token").hexdigest()
