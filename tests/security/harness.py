@@ -182,9 +182,13 @@ def wait_op(caller: Caller, op: pb.Operation, seconds: int = 20) -> pb.Operation
     return done
 
 
-def stack(sock: Path, work: Path) -> Iterator[Stack]:
+def stack(sock: Path, work: Path, *, peers: bool = True) -> Iterator[Stack]:
+    """A Stack with the sim agent and fake driver "a" running (``peers``), no host yet."""
     s = Stack(sock, work)
     try:
+        if not peers:
+            yield s
+            return
         s.start_peer(
             "agent",
             ["-m", "vmsnap_agent.cli", "--hypervisor", "sim", "--state", str(work / "agent")],

@@ -137,6 +137,15 @@ def test_request_id_reused_with_other_arguments_is_already_exists(plain: Stack) 
         host.RevertVMSnapshot(pb.RevertVMSnapshotRequest(request_id="r-1", id=snap, stop_vm=True))
     assert code_and_reason(caught.value) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
 
+    # Delete's only argument is its target: another snapshot, or another type's id.
+    for request_id in ("c-1", "r-1"):
+        with pytest.raises(grpc.RpcError) as caught:
+            host.DeleteVMSnapshot(pb.DeleteVMSnapshotRequest(request_id=request_id, id=snap))
+        assert code_and_reason(caught.value) == (
+            grpc.StatusCode.ALREADY_EXISTS,
+            "REQUEST_ID_REUSED",
+        )
+
     undefine = pb.UndefineVMRequest(request_id="u-1", vm_id="vm1", delete_snapshots=True)
     assert host.UndefineVM(undefine, timeout=30).undefined
     with pytest.raises(grpc.RpcError) as caught:

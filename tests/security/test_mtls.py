@@ -34,7 +34,7 @@ certificates = ["CN=ops-cert"]
 def mtls_host(sockdir: Path, tmp_path: Path) -> Iterator[tuple[Stack, CA]]:
     ca = CA(tmp_path)
     server = ca.issue("host", server=True)
-    for s in stack(sockdir, tmp_path):
+    for s in stack(sockdir, tmp_path, peers=False):
         s.channel = grpc.insecure_channel("unix:///nonexistent")  # unused: TLS below
         s.start_host(
             MTLS_AUTH,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,14 +15,19 @@ from tests.support.certs import CA
 from vmsnap_host import certs
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 
+#: One stack for the module: its tests run on one xdist worker, after each other.
+pytestmark = pytest.mark.xdist_group("security-pins")
 
-@pytest.fixture
-def tls_driver(sockdir: Path, tmp_path: Path) -> Iterator[tuple[Stack, CA, Path]]:
+
+@pytest.fixture(scope="module")
+def tls_driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, CA, Path]]:
+    sockdir = Path(tempfile.mkdtemp(prefix="vs-", dir="/tmp"))
+    tmp_path = tmp_path_factory.mktemp("pins")
     pki = tmp_path / "pki"
     pki.mkdir()
     ca = CA(pki)
     server = ca.issue("driver-t", server=True)
-    for s in stack(sockdir, tmp_path):
+    for s in stack(sockdir, tmp_path, peers=False):
         s.start_peer(
             "t",
             [
@@ -40,6 +47,7 @@ def tls_driver(sockdir: Path, tmp_path: Path) -> Iterator[tuple[Stack, CA, Path]
         )
         s.start_host(f'[peers]\ntls_dirs = ["{pki}"]\n')
         yield s, ca, server.cert
+    shutil.rmtree(sockdir, ignore_errors=True)
 
 
 def _register(s: Stack, ca: CA, **tls: str) -> pb.Driver:

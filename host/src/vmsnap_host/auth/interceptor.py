@@ -157,7 +157,11 @@ class AuthInterceptor(_Interceptor):
         gate = self.gate
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            call = access.Call(method=name, peer=context.peer() or "")
+            call = access.Call(
+                method=name,
+                peer=context.peer() or "",
+                request_id=str(getattr(request, "request_id", ""))[:128],
+            )
             token = access.begin(call)
             try:
                 try:
@@ -173,7 +177,6 @@ class AuthInterceptor(_Interceptor):
                     access.failed(exc)
                     await gate.audit(call)
                     await _abort(context, exc)
-                call.request_id = str(getattr(request, "request_id", ""))[:128]
                 try:
                     return await inner(request, context)
                 finally:
