@@ -43,6 +43,14 @@ def retryable(exc: BaseException) -> bool:
     return getattr(orig, "sqlstate", None) in RETRY_SQLSTATES
 
 
+def apply(conn: Connection, steps: Sequence[Step]) -> Any:
+    """Run ``steps`` on ``conn`` in order; the last one's result."""
+    result = None
+    for step in steps:
+        result = step(conn)
+    return result
+
+
 def transaction(engine: Engine, steps: Sequence[Step]) -> Any:
     """Run ``steps`` in one transaction, again (after a short random pause) when the
     database rolled it back for a conflict; the last step's result. Steps are
@@ -50,10 +58,7 @@ def transaction(engine: Engine, steps: Sequence[Step]) -> Any:
     for attempt in range(1, RETRY_TRIES + 1):
         try:
             with engine.begin() as conn:
-                result = None
-                for step in steps:
-                    result = step(conn)
-                return result
+                return apply(conn, steps)
         except Exception as exc:
             if attempt == RETRY_TRIES or not retryable(exc):
                 raise
@@ -142,7 +147,7 @@ class GroupCommitter:
         if len(batch) > 1:
             try:
                 with self.engine.begin() as conn:
-                    results = [self._apply(conn, job) for job in batch]
+                    results = [apply(conn, job.steps) for job in batch]
             except Exception:  # noqa: BLE001 - retried one by one below, each failing alone
                 pass
             else:
@@ -156,10 +161,3 @@ class GroupCommitter:
                 job.resolve(False, exc)
             else:
                 job.resolve(True, result)
-
-    @staticmethod
-    def _apply(conn: Connection, job: _Job) -> Any:
-        result = None
-        for step in job.steps:
-            result = step(conn)
-        return result
