@@ -100,8 +100,11 @@ async def test_create_waits_for_its_result_in_the_same_call(shared_up: Up) -> No
         assert done.done and done.succeeded
         snapshot = await host.get_vm_snapshot(done.vm_snapshot_id)
         assert snapshot.state is VMSnapshotState.READY
-        # A retry with the same request id answers with the same, finished, operation.
-        again = await host.create_vm_snapshot("vm-wait", "one", request_id="req-wait", wait=120)
+        # A retry with the same request id (and the same arguments: issue 12) answers
+        # with the same, finished, operation.
+        again = await host.create_vm_snapshot(
+            "vm-wait", "one", quiesce=QuiescePolicy.OFF, request_id="req-wait", wait=120
+        )
         assert again.id == done.id and again.done
         with pytest.raises(InvalidArgument, match="wait"):
             await host.create_vm_snapshot("vm-wait", "two", wait=601)

@@ -256,6 +256,8 @@ def test_well_formed_details_of_any_size_are_bounded(
 
 _CLASSES = [
     e.InvalidArgument,
+    e.Unauthenticated,
+    e.PermissionDenied,
     e.NotFound,
     e.AlreadyExists,
     e.FailedPrecondition,

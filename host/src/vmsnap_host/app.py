@@ -9,6 +9,8 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 from vmsnap_host.api.servicer import HostServicer
+from vmsnap_host.auth.authenticate import Authenticator
+from vmsnap_host.auth.interceptor import AuthInterceptor, Gate
 from vmsnap_host.config import Config
 from vmsnap_host.manager import Manager
 from vmsnap_host.metrics import Sample
@@ -38,7 +40,10 @@ class HostApp:
         owner: str,
         tls: ServerTLS | None = None,
         grace_seconds: float = 10.0,
+        require_auth: bool = False,
     ) -> None:
+        """``require_auth`` turns authentication on whatever the configuration says
+        (the host listens off loopback)."""
         self.config = config
         self.store = Store.open(db)
         settings = config.settings
@@ -53,10 +58,20 @@ class HostApp:
         self.recovery = Recovery(
             self.manager, sweep=self.reconciler.run_once, replicas=self.replicas
         )
-        self.server = Server(listen, tls=tls, grace_seconds=grace_seconds)
+        auth = config.auth
+        authenticator = Authenticator(auth) if auth.required or require_auth else None
+        self.gate = Gate(self.store, authenticator)
+        self.server = Server(
+            listen,
+            tls=tls,
+            grace_seconds=grace_seconds,
+            interceptors=[AuthInterceptor(self.gate)],
+        )
         self.server.add_service(
             HOST_SERVICE,
-            HostServicer(self.manager, self.registry, self.store, self.reconciler),
+            HostServicer(
+                self.manager, self.registry, self.store, self.reconciler, peers=config.peers
+            ),
             host_pb2_grpc.add_VMSnapshotServiceServicer_to_server,
         )
         self._loops: list[asyncio.Task[None]] = []
@@ -184,4 +199,5 @@ def _client_tls(data: dict[str, str]) -> ClientTLS | None:
         cert_file=data.get("cert_file"),
         key_file=data.get("key_file"),
         server_name=data.get("server_name"),
+        pin_sha256=data.get("pin_sha256"),
     )

@@ -29,16 +29,27 @@ Example::
     [[agents]]
     address = "unix:///run/vmsnap/agent.sock"
 
+    [peers]                          # where drivers and agents may be (issue 12)
+    networks = ["127.0.0.0/8", "::1/128"]   # IP networks a registration may name
+    names = ["localhost"]            # host names a registration may name (no others)
+    tls_dirs = ["/etc/vmsnap/peers"] # the only directories RegisterDriver/Agent may
+                                     # name TLS files in (none by default)
+
+    [auth]                           # see vmsnap_host.auth.settings
+
 Errors name the key at fault and say what is accepted.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmsnap_host.auth.settings import AuthConfigError, AuthSettings, parse_auth
+from vmsnap_host.peers import LOOPBACK, PeerPolicy, PolicyError, parse_networks, pin
+from vmsnap_host.peers import server_name as check_server_name
 from vmsnap_sdk import ClientTLS
 
 
@@ -88,6 +99,8 @@ class Config:
     settings: Settings = Settings()
     drivers: tuple[Endpoint, ...] = ()
     agents: tuple[Endpoint, ...] = ()
+    peers: PeerPolicy = field(default_factory=PeerPolicy)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
 
 _BOUNDS: dict[str, tuple[float, float]] = {
@@ -106,26 +119,17 @@ _BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 
-def check_address(where: str, address: object) -> str:
-    """Only unix sockets and loopback: vmsnap never reaches out past this machine
-    unless told so with an explicit host name (TLS then protects the link)."""
-    if not isinstance(address, str) or not address:
-        raise ConfigError(f"{where}: is required (unix:///path.sock or 127.0.0.1:PORT)")
-    if address.startswith("unix:") or ":" in address:
-        return address
-    raise ConfigError(
-        f"{where}: {address!r} is not a gRPC address (unix:///path.sock or HOST:PORT)"
-    )
-
-
 def tls_from_mapping(where: str, data: object) -> ClientTLS | None:
+    """TLS settings of a configured peer. The configuration is the operator's own
+    file: its paths may be anywhere (the API's are held to [peers] tls_dirs)."""
     if data is None:
         return None
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{where}: must be a table with ca_file, cert_file, key_file, server_name"
+            f"{where}: must be a table with ca_file, cert_file, key_file, server_name, "
+            "pin_sha256"
         )
-    unknown = set(data) - {"ca_file", "cert_file", "key_file", "server_name"}
+    unknown = set(data) - {"ca_file", "cert_file", "key_file", "server_name", "pin_sha256"}
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     for key in ("ca_file", "cert_file", "key_file"):
@@ -134,15 +138,51 @@ def tls_from_mapping(where: str, data: object) -> ClientTLS | None:
             raise ConfigError(f"{where}.{key}: {value} is not a readable file")
     if bool(data.get("cert_file")) != bool(data.get("key_file")):
         raise ConfigError(f"{where}: cert_file and key_file go together (mutual TLS)")
-    return ClientTLS(
-        ca_file=data.get("ca_file"),
-        cert_file=data.get("cert_file"),
-        key_file=data.get("key_file"),
-        server_name=data.get("server_name"),
-    )
+    try:
+        return ClientTLS(
+            ca_file=data.get("ca_file"),
+            cert_file=data.get("cert_file"),
+            key_file=data.get("key_file"),
+            server_name=check_server_name(f"{where}.server_name", data.get("server_name")),
+            pin_sha256=pin(f"{where}.pin_sha256", data.get("pin_sha256")),
+        )
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
 
 
-def _endpoints(kind: str, items: object) -> tuple[Endpoint, ...]:
+def _peers(data: object) -> PeerPolicy:
+    if data is None:
+        return PeerPolicy()
+    if not isinstance(data, dict):
+        raise ConfigError("peers: must be a table (networks, names, tls_dirs)")
+    unknown = set(data) - {"networks", "names", "tls_dirs"}
+    if unknown:
+        raise ConfigError(f"peers: unknown keys {sorted(unknown)} (networks, names, tls_dirs)")
+    lists = {}
+    for key in ("networks", "names", "tls_dirs"):
+        value = data.get(key)
+        if value is not None and (
+            not isinstance(value, list) or not all(isinstance(v, str) for v in value)
+        ):
+            raise ConfigError(f"peers.{key}: must be an array of strings")
+        lists[key] = value
+    try:
+        networks = (
+            LOOPBACK if lists["networks"] is None else parse_networks("peers.networks", lists["networks"])
+        )
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
+    names = ("localhost",) if lists["names"] is None else tuple(n.lower() for n in lists["names"])
+    dirs = []
+    for value in lists["tls_dirs"] or []:
+        path = Path(value)
+        if not path.is_absolute() or not path.is_dir():
+            raise ConfigError(f"peers.tls_dirs: {value} is not an existing absolute directory")
+        dirs.append(path.resolve())
+    return PeerPolicy(networks=networks, names=names, tls_dirs=tuple(dirs))
+
+
+def _endpoints(kind: str, items: object, policy: PeerPolicy) -> tuple[Endpoint, ...]:
     if items is None:
         return ()
     if not isinstance(items, list):
@@ -158,9 +198,13 @@ def _endpoints(kind: str, items: object) -> tuple[Endpoint, ...]:
         order = item.get("order", 0)
         if not isinstance(order, int):
             raise ConfigError(f"{where}.order: must be an integer")
+        try:
+            address = policy.address(f"{where}.address", item.get("address"))
+        except PolicyError as exc:
+            raise ConfigError(str(exc)) from None
         result.append(
             Endpoint(
-                address=check_address(f"{where}.address", item.get("address")),
+                address=address,
                 order=order,
                 tls=tls_from_mapping(f"{where}.tls", item.get("tls")),
             )
@@ -169,9 +213,11 @@ def _endpoints(kind: str, items: object) -> tuple[Endpoint, ...]:
 
 
 def parse(data: dict[str, Any]) -> Config:
-    unknown = set(data) - {"host", "drivers", "agents"}
+    unknown = set(data) - {"host", "drivers", "agents", "peers", "auth"}
     if unknown:
-        raise ConfigError(f"unknown top-level keys {sorted(unknown)} (host, drivers, agents)")
+        raise ConfigError(
+            f"unknown top-level keys {sorted(unknown)} (host, drivers, agents, peers, auth)"
+        )
     host = data.get("host", {})
     if not isinstance(host, dict):
         raise ConfigError("host: must be a table")
@@ -187,10 +233,17 @@ def parse(data: dict[str, Any]) -> Config:
         ):
             raise ConfigError(f"host.{key}: must be a number in {low:g}..{high:g}")
         values[key] = int(value) if key in ("max_snapshots_per_vm", "queue_bound") else float(value)
+    policy = _peers(data.get("peers"))
+    try:
+        auth = parse_auth(data.get("auth"))
+    except AuthConfigError as exc:
+        raise ConfigError(str(exc)) from None
     return Config(
         settings=Settings(**values),
-        drivers=_endpoints("drivers", data.get("drivers")),
-        agents=_endpoints("agents", data.get("agents")),
+        drivers=_endpoints("drivers", data.get("drivers"), policy),
+        agents=_endpoints("agents", data.get("agents"), policy),
+        peers=policy,
+        auth=auth,
     )
 
 

@@ -8,8 +8,12 @@ Replicas share one PostgreSQL catalog, each with its own ``--instance-id``::
     vmsnap-host --listen unix:///run/vmsnap/host-1.sock --instance-id host-1 \
         --db postgresql+psycopg://vmsnap@/vmsnap?host=/run/postgresql
 
-The host serves on unix sockets or loopback only (a remote control plane goes
-through a proxy that terminates mTLS); see :mod:`vmsnap_host.config` for the file.
+On unix sockets and loopback the host serves as before: authentication is off
+unless the configuration's ``[auth] required = true``. It listens on any other
+address only with TLS (``--tls-cert``/``--tls-key``, ``--tls-client-ca`` for
+client certificates) and then always requires authentication, with principals
+configured in ``[auth]``; see :mod:`vmsnap_host.config` and
+:mod:`vmsnap_host.auth.settings`, and the README's "Deploying securely".
 """
 
 from __future__ import annotations
@@ -73,9 +77,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parse_address(args.metrics_listen)
         except ValueError as exc:
             parser.error(str(exc))
-    for address in args.listen:
-        if not _loopback_or_unix(address):
-            parser.error(f"--listen {address}: only unix:// sockets and loopback addresses")
+    args.remote = [a for a in args.listen if not _loopback_or_unix(a)]
+    if args.remote and not (args.tls_cert and args.tls_key):
+        parser.error(
+            f"--listen {args.remote[0]}: off loopback the host serves only with TLS "
+            "(--tls-cert, --tls-key; --tls-client-ca for client certificates)"
+        )
     return args
 
 
@@ -87,6 +94,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
         owner=args.instance_id,
         tls=server_tls_from_args(args),
         grace_seconds=args.grace,
+        require_auth=bool(args.remote),
     )
     addresses = await app.start()
     metrics = open_metrics(args.metrics_listen)
@@ -115,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = load(args.config) if args.config else Config()
     except ConfigError as exc:
         sys.exit(f"vmsnap-host: {exc}")
+    if args.remote and not config.auth.has_credentials:
+        sys.exit(
+            f"vmsnap-host: --listen {args.remote[0]} requires authentication: configure "
+            "principals with tokens or certificates, or a JWT key, in [auth] of --config"
+        )
     try:
         asyncio.run(_serve(args, config))
     except CatalogUnavailable as exc:

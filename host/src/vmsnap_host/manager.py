@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -64,6 +65,36 @@ def _derived(request_id: str, snapshot_id: str) -> str:
     return f"undefine.{digest}.{snapshot_id}"
 
 
+def _request_digest(arguments: Mapping[str, object]) -> str:
+    """What a request asked beyond its target, kept with its operation so that a
+    request_id reused with other arguments is refused (AIP-155)."""
+    text = json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def snapshot_not_found(snapshot_id: str) -> NotFound:
+    """The answer for a snapshot id that does not exist (or that the caller may not see)."""
+    return NotFound(
+        f"VM snapshot {snapshot_id} does not exist; list them with ListVMSnapshots",
+        reason=Reason.SNAPSHOT_NOT_FOUND,
+    )
+
+
+def operation_not_found(operation_id: str) -> NotFound:
+    return NotFound(
+        f"operation {operation_id} does not exist; list them with ListOperations",
+        reason=Reason.OPERATION_NOT_FOUND,
+    )
+
+
+def request_id_reused(request_id: str, detail: str = "") -> AlreadyExists:
+    return AlreadyExists(
+        f"request_id {request_id} was already used for another request{detail}; use a new "
+        "request_id",
+        reason=Reason.REQUEST_ID_REUSED,
+    )
+
+
 @dataclass
 class _VMQueue:
     lock: asyncio.Lock
@@ -83,6 +114,7 @@ class Manager:
         self.executor = Executor(store, registry, settings, decisions=self.decisions)
         self._queues: dict[str, _VMQueue] = {}
         self._admission: dict[str, asyncio.Lock] = {}
+        self._admission_users: dict[str, int] = {}  # holders and waiters of each admission lock
         #: The task of every operation this process runs or has queued, by id.
         self._tasks: dict[str, asyncio.Task[None]] = {}
         #: Operations whose record is being committed and whose task is not started
@@ -102,9 +134,18 @@ class Manager:
         include_memory: bool,
         quiesce: QuiescePolicy,
         parameters: Mapping[str, str],
+        project: str = "",
     ) -> OperationRecord:
+        digest = _request_digest(
+            {
+                "description": description,
+                "include_memory": include_memory,
+                "quiesce": quiesce.name,
+                "parameters": dict(parameters),
+            }
+        )
         async with self._admit(vm_id):
-            existing = self._replay(request_id, OperationType.CREATE, vm_id, name)
+            existing = self._replay(request_id, OperationType.CREATE, vm_id, name, digest)
             if existing is not None:
                 return existing
             self._check_queue(vm_id)
@@ -157,8 +198,16 @@ class Manager:
                 groups=plan.groups,
                 warnings=plan.warnings,
                 parameters=dict(parameters),
+                project=project,
             )
-            op = self._new_op(OperationType.CREATE, request_id, vm_id, snap.id, {"name": name})
+            op = self._new_op(
+                OperationType.CREATE,
+                request_id,
+                vm_id,
+                snap.id,
+                {"name": name, "request": digest},
+                project=project,
+            )
             # Journal before any side effect: the snapshot and its operation are durable
             # before the VM is touched. The bounds and the uniqueness rules are checked
             # again in that transaction, by the catalog: other replicas admit too.
@@ -191,8 +240,11 @@ class Manager:
         self, request_id: str, snapshot_id: str, stop_vm: bool
     ) -> OperationRecord:
         snap = self._snapshot(snapshot_id)
+        digest = _request_digest({"stop_vm": stop_vm})
         async with self._admit(snap.vm_id):
-            existing = self._replay(request_id, OperationType.REVERT, snap.vm_id, snapshot_id)
+            existing = self._replay(
+                request_id, OperationType.REVERT, snap.vm_id, snapshot_id, digest
+            )
             if existing is not None:
                 return existing
             if snap.state is not SnapshotState.READY:
@@ -224,7 +276,12 @@ class Manager:
                             reason=Reason.REVERT_UNSUPPORTED,
                         )
             op = self._new_op(
-                OperationType.REVERT, request_id, snap.vm_id, snapshot_id, {"stop_vm": stop_vm}
+                OperationType.REVERT,
+                request_id,
+                snap.vm_id,
+                snapshot_id,
+                {"stop_vm": stop_vm, "request": digest},
+                project=snap.project,
             )
             try:
                 async with self._admitting_op(op):
@@ -257,7 +314,9 @@ class Manager:
                 reason=Reason.SNAPSHOT_BUSY,
             )
         self._check_queue(snap.vm_id)
-        op = self._new_op(OperationType.DELETE, request_id, snap.vm_id, snap.id, {})
+        op = self._new_op(
+            OperationType.DELETE, request_id, snap.vm_id, snap.id, {}, project=snap.project
+        )
         steps = [self._admit_step(snap.vm_id)]
         if snap.state is SnapshotState.REMOVED:
             # Idempotent: deleting a deleted snapshot succeeds at once.
@@ -284,11 +343,17 @@ class Manager:
         is not STOPPED (it could not be undefined after). Once undefined, an
         UNDEFINE_VM operation is recorded done: a later pass answers from it.
         """
+        digest = _request_digest({"delete_snapshots": delete_snapshots})
         async with self._admit(vm_id):
-            finished = self._replay(request_id, OperationType.UNDEFINE_VM, vm_id, "")
+            finished = self._replay(request_id, OperationType.UNDEFINE_VM, vm_id, "", digest)
             if finished is not None:
                 return True, self._operations(finished.params.get("deletes", []))
             snaps = self._all_snapshots(vm_id)
+            if not delete_snapshots and any(
+                self.store.operation_by_request(_derived(request_id, s.id)) for s in snaps
+            ):
+                # An earlier call with this request_id deleted snapshots.
+                raise request_id_reused(request_id, f" (UNDEFINE_VM on VM {vm_id})")
             left = [s for s in snaps if s.state is not SnapshotState.REMOVED]
             if not delete_snapshots:
                 live = [s for s in left if s.state is not SnapshotState.ERROR]
@@ -331,13 +396,22 @@ class Manager:
                 return False, ops
             await self.registry.agent(agent_entry.name).undefine_vm(vm_id)
             record = replace(
-                self._new_op(OperationType.UNDEFINE_VM, request_id, vm_id, "", {}),
+                self._new_op(
+                    OperationType.UNDEFINE_VM,
+                    request_id,
+                    vm_id,
+                    "",
+                    {},
+                    project=self.store.vm_project(vm_id) or "",
+                ),
                 done=True,
                 progress=100,
                 step="undefined",
-                params={"deletes": [op.id for op in ops]},
+                params={"deletes": [op.id for op in ops], "request": digest},
             )
-            await self.store.write(self.store.w_insert_operation(record))
+            await self.store.write(
+                self.store.w_insert_operation(record), self.store.w_forget_vm_project(vm_id)
+            )
             log.info("VM undefined", extra={"fields": {"vm": vm_id, "deleted": len(ops)}})
             return True, ops
 
@@ -359,10 +433,7 @@ class Manager:
     def _snapshot(self, snapshot_id: str) -> Snapshot:
         snap = self.store.get_snapshot(snapshot_id)
         if snap is None:
-            raise NotFound(
-                f"VM snapshot {snapshot_id} does not exist; list them with ListVMSnapshots",
-                reason=Reason.SNAPSHOT_NOT_FOUND,
-            )
+            raise snapshot_not_found(snapshot_id)
         return snap
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot:
@@ -371,10 +442,7 @@ class Manager:
     def get_operation(self, operation_id: str) -> OperationRecord:
         op = self.store.get_operation(operation_id)
         if op is None:
-            raise NotFound(
-                f"operation {operation_id} does not exist; list them with ListOperations",
-                reason=Reason.OPERATION_NOT_FOUND,
-            )
+            raise operation_not_found(operation_id)
         return op
 
     async def wait_operation(self, operation_id: str, timeout: float) -> OperationRecord:
@@ -413,23 +481,39 @@ class Manager:
     async def _admit(self, vm_id: str) -> AsyncIterator[None]:
         # Checks and insert under one lock per VM: two creates with the same name
         # (or the same request id) cannot both pass the checks.
+        # A lock lives while someone holds or waits for it: every VM id a caller
+        # names (existing or not) must not stay in memory (issue 12, bounded input).
         lock = self._admission.setdefault(vm_id, asyncio.Lock())
-        async with lock:
-            yield
+        self._admission_users[vm_id] = self._admission_users.get(vm_id, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._admission_users[vm_id] -= 1
+            if not self._admission_users[vm_id]:
+                del self._admission_users[vm_id]
+                del self._admission[vm_id]
 
     def _replay(
-        self, request_id: str, kind: OperationType, vm_id: str, target: str
+        self,
+        request_id: str,
+        kind: OperationType,
+        vm_id: str,
+        target: str,
+        digest: str = "",
     ) -> OperationRecord | None:
+        """The operation of an earlier request with this request_id, when it was the
+        same request; ALREADY_EXISTS when it was another (another type, target or
+        arguments: ``digest`` against the one kept, when the first request kept one)."""
         op = self.store.operation_by_request(request_id)
         if op is None:
             return None
         same_target = op.vm_snapshot_id == target or op.params.get("name") == target
+        kept = op.params.get("request", "")
         if op.type is not kind or op.vm_id != vm_id or not same_target:
-            raise AlreadyExists(
-                f"request_id {request_id} was already used for another request "
-                f"({op.type.name} on VM {op.vm_id}); use a new request_id",
-                reason=Reason.REQUEST_ID_REUSED,
-            )
+            raise request_id_reused(request_id, f" ({op.type.name} on VM {op.vm_id})")
+        if kept and digest and kept != digest:
+            raise request_id_reused(request_id, f" ({op.type.name} with other arguments)")
         return op
 
     def _admit_step(self, vm_id: str, max_live: int | None = None) -> Step:
@@ -468,6 +552,8 @@ class Manager:
         vm_id: str,
         snapshot_id: str,
         params: dict[str, object],
+        *,
+        project: str = "",
     ) -> OperationRecord:
         return OperationRecord(
             id=uuid.uuid4().hex,
@@ -478,6 +564,7 @@ class Manager:
             step="queued",
             params=params,
             owner=self.owner,
+            project=project,
         )
 
     def _start(

@@ -173,6 +173,8 @@ class Snapshot:
     parameters: dict[str, str] = field(default_factory=dict)
     #: Why this READY snapshot cannot restore any more ("" while its objects exist).
     missing: str = ""
+    #: The project of its VM when it was taken ("" = none; issue 12).
+    project: str = ""
     create_time: datetime | None = None
     update_time: datetime | None = None
 
@@ -214,5 +216,7 @@ class OperationRecord:
     journal: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     owner: str = ""
+    #: The project of its VM ("" = none; issue 12).
+    project: str = ""
     create_time: datetime | None = None
     update_time: datetime | None = None

@@ -43,6 +43,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vmsnap_host import checks, metrics
+from vmsnap_host.peers import check_pin
 from vmsnap_sdk import (
     VM,
     AgentClient,
@@ -511,6 +512,9 @@ class Registry:
                     entry.generation = next(_GENERATIONS)  # upgraded or reconfigured
                 entry.info, entry.contract_version = info, version
                 await _grpc_health(entry.channel)
+                problem = await check_pin(entry.address, entry.tls) if entry.channel else ""
+                if problem:
+                    raise FailedPrecondition(_cut(problem))
                 problem = await entry.kind.not_ready(entry.impl)
                 if problem:
                     raise Unavailable(_cut(problem))
@@ -658,8 +662,13 @@ class Registry:
                 f"serving: {', '.join(down)}; retry when they are back",
                 reason=Reason.AGENT_NOT_SERVING,
             )
-        raise NotFound(
-            f"VM {vm_id} is not known to any registered agent; check the id (ListVMs) or "
-            "define it (DefineVM)",
-            reason=Reason.VM_NOT_FOUND,
-        )
+        raise vm_not_found(vm_id)
+
+
+def vm_not_found(vm_id: str) -> NotFound:
+    """The answer for a VM no agent has (or that the caller may not see)."""
+    return NotFound(
+        f"VM {vm_id} is not known to any registered agent; check the id (ListVMs) or "
+        "define it (DefineVM)",
+        reason=Reason.VM_NOT_FOUND,
+    )

@@ -15,7 +15,7 @@ class CallContext:
     peer: str = ""
     #: time.monotonic() value at which the caller gives up; None = no deadline.
     deadline: float | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict, repr=False)  # may hold a token
 
     def time_remaining(self) -> float | None:
         """Seconds left before the caller's deadline (None when it set none)."""

@@ -28,9 +28,18 @@ def ts_to_pb(value: datetime | None) -> timestamp_pb2.Timestamp | None:
 
 
 def ts_from_pb(message: timestamp_pb2.Timestamp, present: bool = True) -> datetime | None:
+    """The time, or None when unset or when no datetime can hold it (nanos out of
+    range, a year past 9999): times in the contracts are facts to show, never
+    inputs a call depends on, so an impossible one is "unknown", not an error
+    (it was INTERNAL in a driver's RevertVMSnapshot, found by tests/fuzz)."""
     if not present or (message.seconds == 0 and message.nanos == 0):
         return None
-    return message.ToDatetime(tzinfo=UTC)
+    if not 0 <= message.nanos <= 999_999_999:
+        return None
+    try:
+        return message.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 # --- common -----------------------------------------------------------------------

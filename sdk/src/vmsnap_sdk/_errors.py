@@ -131,6 +131,20 @@ class Unimplemented(VMSnapError):
     default_reason = Reason.UNIMPLEMENTED
 
 
+class Unauthenticated(VMSnapError):
+    """The call carries no valid credentials (a host with authentication on)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = Reason.UNAUTHENTICATED
+
+
+class PermissionDenied(VMSnapError):
+    """The caller is known, but its role does not allow the call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = Reason.PERMISSION_DENIED
+
+
 class Internal(VMSnapError):
     """A bug or an unexpected failure inside the server."""
 
@@ -205,6 +219,8 @@ _BY_CODE: dict[grpc.StatusCode, type[VMSnapError]] = {
         FailedPrecondition,
         ResourceExhausted,
         Unimplemented,
+        Unauthenticated,
+        PermissionDenied,
         Aborted,
         Internal,
         Unavailable,

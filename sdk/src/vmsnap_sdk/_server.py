@@ -95,11 +95,13 @@ class Server:
         tls: ServerTLS | None = None,
         grace_seconds: float = 10.0,
         max_concurrent_rpcs: int | None = 256,
+        interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     ) -> None:
         self._listen = [listen] if isinstance(listen, str) else list(listen)
         self._tls = tls
         self.grace_seconds = grace_seconds
         self._server = grpc.aio.server(
+            interceptors=list(interceptors) or None,
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

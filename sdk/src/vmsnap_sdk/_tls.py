@@ -28,12 +28,17 @@ class ServerTLS:
 
 @dataclass(frozen=True)
 class ClientTLS:
-    """The CA to trust, and for mutual TLS the client's certificate and key."""
+    """The CA to trust, and for mutual TLS the client's certificate and key.
+
+    ``pin_sha256`` (hex SHA-256 of the peer's DER certificate) is checked by the
+    vmsnap host on its own connections to drivers and agents; gRPC does not use it.
+    """
 
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
     server_name: str | None = None
+    pin_sha256: str | None = None
 
     def credentials(self) -> grpc.ChannelCredentials:
         def read(path: str | None) -> bytes | None:

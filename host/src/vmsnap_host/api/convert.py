@@ -3,7 +3,8 @@ place in the host besides the servicer that touches generated messages."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import status_pb2
@@ -65,6 +66,7 @@ def snapshot_to_pb(s: Snapshot) -> pb.VMSnapshot:
         current=s.current,
         warnings=list(s.warnings),
         missing=s.missing,
+        project=s.project,
     )
     if (frozen := _ts(s.freeze_start)) is not None:
         message.freeze_start_time.CopyFrom(frozen)
@@ -91,6 +93,7 @@ def operation_to_pb(op: OperationRecord, snapshot: Snapshot | None) -> pb.Operat
         progress_percent=op.progress,
         step=op.step,
         request_id=op.request_id,
+        project=op.project,
     )
     if (status := _status(op.error)) is not None:
         message.error.CopyFrom(status)
@@ -169,5 +172,24 @@ def finding_to_pb(f: Finding) -> pb.Finding:
         detail=f.detail,
     )
     if (when := _ts(f.time)) is not None:
+        message.time.CopyFrom(when)
+    return message
+
+
+def audit_to_pb(row: dict[str, Any]) -> pb.AuditRecord:
+    """One row of the audit log (``Store.audit_records``)."""
+    message = pb.AuditRecord(
+        principal=row["principal"],
+        authenticated_by=row["via"],
+        project=row["project"],
+        method=row["method"],
+        target=row["target"],
+        request_id=row["request_id"],
+        result=row["result"],
+        refused=bool(row["refused"]),
+        detail=row["detail"],
+        peer=row["peer"],
+    )
+    if (when := _ts(datetime.fromtimestamp(row["time"], UTC))) is not None:
         message.time.CopyFrom(when)
     return message

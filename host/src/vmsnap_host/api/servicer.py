@@ -14,11 +14,18 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 
 from vmsnap_host.api import convert, errors
-from vmsnap_host.config import ConfigError, check_address, tls_from_mapping
-from vmsnap_host.manager import Manager
-from vmsnap_host.model import OperationRecord, QuiescePolicy
+from vmsnap_host.auth import access
+from vmsnap_host.auth.settings import AuthConfigError, project_name
+from vmsnap_host.manager import (
+    Manager,
+    operation_not_found,
+    request_id_reused,
+    snapshot_not_found,
+)
+from vmsnap_host.model import OperationRecord, QuiescePolicy, Snapshot
+from vmsnap_host.peers import PeerPolicy, PolicyError
 from vmsnap_host.reconcile import Finding, Reconciler
-from vmsnap_host.registry import Health, Registry
+from vmsnap_host.registry import Health, Registry, vm_not_found
 from vmsnap_host.store import Store
 from vmsnap_host.store.writer import Step
 from vmsnap_sdk import VM, ClientTLS, Page, current_call
@@ -27,7 +34,14 @@ from vmsnap_sdk import _validate as val
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
 from vmsnap_sdk._server import invoke
-from vmsnap_sdk.errors import InvalidArgument, NotFound, Reason, Unimplemented, VMSnapError
+from vmsnap_sdk.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    Reason,
+    Unimplemented,
+    VMSnapError,
+)
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -40,14 +54,20 @@ UNDEFINE_WAIT = 30.0
 MAX_RECONCILE_FINDINGS = 1000
 
 
+#: The largest sequence number a page token may carry: the catalog's integers
+#: are 64-bit signed (a larger one was INTERNAL, an overflow in SQLite).
+MAX_SEQ = 2**63 - 1
+
+
 def _page_token(field: str, token: str) -> int | None:
     if not token:
         return None
+    digits = token.removeprefix("p")
     try:
-        value = int(token.removeprefix("p"), 16)
+        value = int(digits, 16) if len(digits) <= 16 and digits.isalnum() else -1
     except ValueError:
         value = -1
-    if not token.startswith("p") or value < 0:
+    if not token.startswith("p") or not 0 <= value <= MAX_SEQ:
         raise InvalidArgument.for_field(
             field, "is not a token from a previous page; omit it to start over"
         )
@@ -81,7 +101,7 @@ def _quiesce(value: int) -> QuiescePolicy:
         raise InvalidArgument.for_field("quiesce", "must be OFF, BEST_EFFORT or REQUIRED") from None
 
 
-def _tls(field: str, message: pb.TlsConfig, present: bool) -> ClientTLS | None:
+def _tls(policy: PeerPolicy, field: str, message: pb.TlsConfig, present: bool) -> ClientTLS | None:
     if not present:
         return None
     data = {
@@ -91,20 +111,28 @@ def _tls(field: str, message: pb.TlsConfig, present: bool) -> ClientTLS | None:
             ("cert_file", message.cert_file),
             ("key_file", message.key_file),
             ("server_name", message.server_name),
+            ("pin_sha256", message.pin_sha256),
         )
         if v
     }
     try:
-        return tls_from_mapping(field, data)
-    except ConfigError as exc:
+        return policy.client_tls(field, data)
+    except PolicyError as exc:
         raise InvalidArgument(str(exc), field_violations=[(field, str(exc))]) from None
 
 
-def _address(field: str, value: str) -> str:
+def _address(policy: PeerPolicy, field: str, value: str) -> str:
     try:
-        return check_address(field, value)
-    except ConfigError as exc:
+        return policy.address(field, value)
+    except PolicyError as exc:
         raise InvalidArgument(str(exc), field_violations=[(field, str(exc))]) from None
+
+
+def _project(field: str, value: str) -> str:
+    try:
+        return project_name(field, value) if value else ""
+    except AuthConfigError as exc:
+        raise InvalidArgument.for_field(field, str(exc).split(": ", 1)[-1]) from None
 
 
 _R = TypeVar("_R")
@@ -117,7 +145,15 @@ async def _call(context: Ctx, method: str, handler: Callable[[], Awaitable[_R]])
         try:
             return await handler()
         except VMSnapError as exc:
+            access.failed(exc)
+            await access.record()  # before the status reaches the caller
             raise errors.public(exc) from exc
+        except Exception:
+            call = access.current()
+            if call is not None:
+                call.result, call.detail = "INTERNAL", "a bug in the host (see its log)"
+            await access.record()
+            raise
 
     return await invoke(context, method, guarded)
 
@@ -129,14 +165,53 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         registry: Registry,
         store: Store,
         reconciler: Reconciler | None = None,
+        peers: PeerPolicy | None = None,
     ) -> None:
         self.manager = manager
         self.registry = registry
         self.store = store
         self.reconciler = reconciler
+        self.peers = peers or PeerPolicy()
 
     def _op(self, op: OperationRecord) -> pb.Operation:
         return convert.operation_to_pb(op, self.store.get_snapshot(op.vm_snapshot_id))
+
+    # --- what the caller may see (another project's object is NOT_FOUND) ----------
+
+    def _vm_project(self, vm_id: str) -> str:
+        """The VM's project, after checking the caller sees it (NOT_FOUND if not)."""
+        project = self.store.vm_project(vm_id) or ""
+        access.note(target=vm_id, project=project)
+        if not access.sees(project):
+            raise access.hidden(vm_not_found(vm_id), project, f"VM {vm_id}")
+        return project
+
+    def _snapshot(self, snapshot_id: str) -> Snapshot:
+        snap = self.manager.get_snapshot(snapshot_id)
+        access.note(target=snapshot_id, project=snap.project)
+        if not access.sees(snap.project):
+            raise access.hidden(
+                snapshot_not_found(snapshot_id), snap.project, f"snapshot {snapshot_id}"
+            )
+        return snap
+
+    def _operation(self, operation_id: str) -> OperationRecord:
+        op = self.manager.get_operation(operation_id)
+        access.note(target=operation_id, project=op.project)
+        if not access.sees(op.project):
+            raise access.hidden(
+                operation_not_found(operation_id), op.project, f"operation {operation_id}"
+            )
+        return op
+
+    def _request_id(self, request_id: str) -> None:
+        """A request_id another project used is refused without saying what for."""
+        access.note(request_id=request_id)
+        op = self.store.operation_by_request(request_id)
+        if op is not None and not access.sees(op.project):
+            raise access.hidden(
+                request_id_reused(request_id), op.project, f"request_id {request_id}"
+            )
 
     # --- snapshots ----------------------------------------------------------------
 
@@ -149,7 +224,11 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_text("name", request.name)
             val.require_text("description", request.description, MAX_DESCRIPTION, required=False)
             val.require_map("parameters", request.parameters)
-            wait = _wait_seconds("wait", True, request.wait) if request.HasField("wait") else None
+            wait = (
+                _wait_seconds("wait", True, request.wait) if request.HasField("wait") else None
+            )
+            project = self._vm_project(request.vm_id)
+            self._request_id(request.request_id)
             op = await self.manager.create_snapshot(
                 request.request_id,
                 request.vm_id,
@@ -158,6 +237,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 include_memory=request.include_memory,
                 quiesce=_quiesce(request.quiesce),
                 parameters=dict(request.parameters),
+                project=project,
             )
             if wait and not op.done:
                 op = await self.manager.wait_operation(op.id, wait)
@@ -170,7 +250,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.GetVMSnapshotResponse:
         async def run() -> pb.GetVMSnapshotResponse:
             val.require_id("id", request.id)
-            snap = self.manager.get_snapshot(request.id)
+            snap = self._snapshot(request.id)
             return pb.GetVMSnapshotResponse(vm_snapshot=convert.snapshot_to_pb(snap))
 
         return await _call(context, "GetVMSnapshot", run)
@@ -183,7 +263,13 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 val.require_id("vm_id", request.vm_id)
             size = val.page_size("page_size", request.page_size)
             after = _page_token("page_token", request.page_token) or 0
-            rows = self.store.list_snapshots(request.vm_id, after, size + 1, request.show_removed)
+            rows = self.store.list_snapshots(
+                request.vm_id,
+                after,
+                size + 1,
+                request.show_removed,
+                projects=access.visible_projects(),
+            )
             page = rows[:size]
             return pb.ListVMSnapshotsResponse(
                 vm_snapshots=[convert.snapshot_to_pb(s) for _, s in page],
@@ -198,6 +284,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         async def run() -> pb.RevertVMSnapshotResponse:
             val.require_id("request_id", request.request_id)
             val.require_id("id", request.id)
+            self._snapshot(request.id)
+            self._request_id(request.request_id)
             op = await self.manager.revert_snapshot(request.request_id, request.id, request.stop_vm)
             return pb.RevertVMSnapshotResponse(operation=self._op(op))
 
@@ -209,6 +297,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         async def run() -> pb.DeleteVMSnapshotResponse:
             val.require_id("request_id", request.request_id)
             val.require_id("id", request.id)
+            self._snapshot(request.id)
+            self._request_id(request.request_id)
             op = await self.manager.delete_snapshot(request.request_id, request.id)
             return pb.DeleteVMSnapshotResponse(operation=self._op(op))
 
@@ -221,9 +311,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.GetOperationResponse:
         async def run() -> pb.GetOperationResponse:
             val.require_id("id", request.id)
-            return pb.GetOperationResponse(
-                operation=self._op(self.manager.get_operation(request.id))
-            )
+            return pb.GetOperationResponse(operation=self._op(self._operation(request.id)))
 
         return await _call(context, "GetOperation", run)
 
@@ -232,6 +320,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.WaitOperationResponse:
         async def run() -> pb.WaitOperationResponse:
             val.require_id("id", request.id)
+            self._operation(request.id)
             timeout = _wait_seconds("timeout", request.HasField("timeout"), request.timeout)
             op = await self.manager.wait_operation(request.id, timeout)
             return pb.WaitOperationResponse(operation=self._op(op))
@@ -246,7 +335,13 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 val.require_id("vm_id", request.vm_id)
             size = val.page_size("page_size", request.page_size)
             before = _page_token("page_token", request.page_token)
-            rows = self.store.list_operations(request.vm_id, before, size + 1, request.only_running)
+            rows = self.store.list_operations(
+                request.vm_id,
+                before,
+                size + 1,
+                request.only_running,
+                projects=access.visible_projects(),
+            )
             page = rows[:size]
             return pb.ListOperationsResponse(
                 operations=[self._op(op) for _, op in page],
@@ -272,8 +367,9 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         self, request: pb.RegisterDriverRequest, context: Ctx
     ) -> pb.RegisterDriverResponse:
         async def run() -> pb.RegisterDriverResponse:
-            address = _address("address", request.address)
-            tls = _tls("tls", request.tls, request.HasField("tls"))
+            address = _address(self.peers, "address", request.address)
+            access.note(target=address)
+            tls = _tls(self.peers, "tls", request.tls, request.HasField("tls"))
             # A registration that fails its checks, or that would take the name of a
             # serving driver, changes nothing (the registry raises).
             entry = await self.registry.add_driver(
@@ -304,6 +400,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.RemoveDriverResponse:
         async def run() -> pb.RemoveDriverResponse:
             val.require_text("name", request.name, 128)
+            access.note(target=request.name)
             # By name in the registry, and by stored registration too: a driver down
             # since the host started has not told the registry its name yet.
             addresses = self._registered("driver", request.name)
@@ -326,8 +423,9 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         self, request: pb.RegisterAgentRequest, context: Ctx
     ) -> pb.RegisterAgentResponse:
         async def run() -> pb.RegisterAgentResponse:
-            address = _address("address", request.address)
-            tls = _tls("tls", request.tls, request.HasField("tls"))
+            address = _address(self.peers, "address", request.address)
+            access.note(target=address)
+            tls = _tls(self.peers, "tls", request.tls, request.HasField("tls"))
             entry = await self.registry.add_agent(address, tls=tls, require_serving=True)
             await self.store.write(
                 self.store.w_save_registration("agent", address, entry.name, 0, _tls_dict(tls)),
@@ -352,6 +450,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.RemoveAgentResponse:
         async def run() -> pb.RemoveAgentResponse:
             val.require_text("name", request.name, 128)
+            access.note(target=request.name)
             addresses = self._registered("agent", request.name)
             entry = await self.registry.remove_agent(request.name)
             if entry is not None:
@@ -375,6 +474,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             vm: VM = cv.vm_from_pb(request.vm)
             val.require_id("vm.id", vm.id)
             val.require_volumes("vm.volumes", vm.volumes)
+            project = await self._define_project(vm.id, _project("project", request.project))
             agents = self.registry.agents()
             if request.agent:
                 name = request.agent
@@ -389,15 +489,18 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                     f"agent {name} is not registered (ListAgents)", reason=Reason.AGENT_NOT_FOUND
                 )
             defined = await self.registry.agent(name).define_vm(vm)
-            return pb.DefineVMResponse(vm=cv.vm_to_pb(defined))
+            if project and self.store.vm_project(vm.id) != project:
+                await self.store.write(self.store.w_set_vm_project(vm.id, project))
+            return pb.DefineVMResponse(vm=cv.vm_to_pb(defined), project=project)
 
         return await _call(context, "DefineVM", run)
 
     async def GetVM(self, request: pb.GetVMRequest, context: Ctx) -> pb.GetVMResponse:  # noqa: N802
         async def run() -> pb.GetVMResponse:
             val.require_id("vm_id", request.vm_id)
+            project = self._vm_project(request.vm_id)
             _, vm = await self.registry.find_vm(request.vm_id)
-            return pb.GetVMResponse(vm=cv.vm_to_pb(vm))
+            return pb.GetVMResponse(vm=cv.vm_to_pb(vm), project=project)
 
         return await _call(context, "GetVM", run)
 
@@ -415,6 +518,9 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                     token = page.next_token
                     if not token:
                         break
+            if access.visible_projects() is not None:
+                projects = self.store.vm_project_map([v.id for v in vms])
+                vms = [v for v in vms if access.sees(projects.get(v.id, ""))]
             return pb.ListVMsResponse(vms=[cv.vm_to_pb(v) for v in vms])
 
         return await _call(context, "ListVMs", run)
@@ -422,6 +528,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     async def StartVM(self, request: pb.StartVMRequest, context: Ctx) -> pb.StartVMResponse:  # noqa: N802
         async def run() -> pb.StartVMResponse:
             val.require_id("vm_id", request.vm_id)
+            self._vm_project(request.vm_id)
             entry, _ = await self.registry.find_vm(request.vm_id)
             vm = await self.registry.agent(entry.name).start_vm(request.vm_id)
             return pb.StartVMResponse(vm=cv.vm_to_pb(vm))
@@ -431,6 +538,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     async def StopVM(self, request: pb.StopVMRequest, context: Ctx) -> pb.StopVMResponse:  # noqa: N802
         async def run() -> pb.StopVMResponse:
             val.require_id("vm_id", request.vm_id)
+            self._vm_project(request.vm_id)
             entry, _ = await self.registry.find_vm(request.vm_id)
             vm = await self.registry.agent(entry.name).stop_vm(request.vm_id, request.force)
             return pb.StopVMResponse(vm=cv.vm_to_pb(vm))
@@ -443,6 +551,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         async def run() -> pb.UndefineVMResponse:
             val.require_id("request_id", request.request_id)
             val.require_id("vm_id", request.vm_id)
+            self._vm_project(request.vm_id)
+            self._request_id(request.request_id)
             loop = asyncio.get_running_loop()
             remaining = current_call().time_remaining()
             budget = UNDEFINE_WAIT if remaining is None else min(UNDEFINE_WAIT, remaining - 0.5)
@@ -479,6 +589,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                     "this host runs without a reconciler; start it with vmsnap-host",
                     reason=Reason.NO_RECONCILER,
                 )
+            access.note(target="dry run" if request.dry_run else "")
             report = await self.reconciler.run_once(dry_run=request.dry_run)
             shown = report.findings[:MAX_RECONCILE_FINDINGS]
             return pb.ReconcileResponse(
@@ -503,6 +614,73 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
 
         return await _call(context, "ListFindings", run)
 
+    # --- audit --------------------------------------------------------------------
+
+    async def ListAuditRecords(  # noqa: N802
+        self, request: pb.ListAuditRecordsRequest, context: Ctx
+    ) -> pb.ListAuditRecordsResponse:
+        async def run() -> pb.ListAuditRecordsResponse:
+            size = val.page_size("page_size", request.page_size)
+            before = _page_token("page_token", request.page_token)
+            val.require_text("principal", request.principal, 255, required=False)
+            project = _project("project", request.project)
+            rows = self.store.audit_records(
+                size + 1,
+                before,
+                principal=request.principal,
+                project=project,
+                only_refused=request.only_refused,
+            )
+            page = rows[:size]
+            return pb.ListAuditRecordsResponse(
+                records=[convert.audit_to_pb(r) for r in page],
+                next_page_token=_token(int(page[-1]["seq"])) if len(rows) > size else "",
+            )
+
+        return await _call(context, "ListAuditRecords", run)
+
+    # --- projects of VMs ------------------------------------------------------------
+
+    async def _define_project(self, vm_id: str, asked: str) -> str:
+        """The project a DefineVM gives the VM (see DefineVMRequest.project)."""
+        principal = access.caller()
+        if asked and not principal.sees(asked):
+            raise InvalidArgument.for_field(
+                "project", f"{asked} is not one of your projects ({', '.join(sorted(principal.projects))})"
+            )
+        if not asked and not principal.all_projects:
+            if len(principal.projects) != 1:
+                raise InvalidArgument.for_field(
+                    "project",
+                    "is required: you belong to several projects "
+                    f"({', '.join(sorted(principal.projects))})",
+                )
+            asked = next(iter(principal.projects))
+        access.note(target=vm_id, project=asked)
+        current = self.store.vm_project(vm_id)
+        if current is not None:
+            if not principal.sees(current):
+                raise access.hidden(_vm_exists(vm_id), current, f"VM {vm_id}")
+            if asked and asked != current:
+                raise _vm_exists(vm_id, f" in project {current}")
+            return current
+        if asked and not principal.all_projects:
+            # A VM that exists without a project (defined on the agent directly) is
+            # adopted by an admin only: nobody claims another's VM by its id.
+            try:
+                await self.registry.find_vm(vm_id)
+            except NotFound:
+                return asked
+            raise _vm_exists(vm_id)
+        return asked
+
+
+def _vm_exists(vm_id: str, where: str = "") -> AlreadyExists:
+    return AlreadyExists(
+        f"VM {vm_id} already exists{where}; choose another id",
+        reason=Reason.VM_ALREADY_EXISTS,
+    )
+
 
 def _tls_dict(tls: ClientTLS | None) -> dict[str, str]:
     if tls is None:
@@ -514,6 +692,7 @@ def _tls_dict(tls: ClientTLS | None) -> dict[str, str]:
             ("cert_file", tls.cert_file),
             ("key_file", tls.key_file),
             ("server_name", tls.server_name),
+            ("pin_sha256", tls.pin_sha256),
         )
         if v
     }

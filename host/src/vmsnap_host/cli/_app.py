@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from vmsnap_host.auth.authenticate import token_sha256
 from vmsnap_host.cli import _output as out
 from vmsnap_host.cli._demo import run_demo
 from vmsnap_host.cli._progress import follow
@@ -22,10 +23,11 @@ from vmsnap_host.client import (
     QuiescePolicy,
     UndefineResult,
     default_address,
+    read_token,
     vmsnap_home,
 )
 from vmsnap_sdk import VM, ClientTLS, Volume
-from vmsnap_sdk.errors import Unavailable, VMSnapError
+from vmsnap_sdk.errors import PermissionDenied, Unauthenticated, Unavailable, VMSnapError
 
 _T = TypeVar("_T")
 
@@ -42,12 +44,18 @@ drivers_app = typer.Typer(help="Registered storage drivers.", no_args_is_help=Tr
 agents_app = typer.Typer(help="Registered hypervisor agents.", no_args_is_help=True)
 operations_app = typer.Typer(help="Long-running operations.", no_args_is_help=True)
 findings_app = typer.Typer(help="What the reconciler found and did.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log: who did what (admin).", no_args_is_help=True)
+auth_app = typer.Typer(help="Credentials for a host with authentication on.", no_args_is_help=True)
+certs_app = typer.Typer(help="Certificates for a stack on mutual TLS.", no_args_is_help=True)
 app.add_typer(vm_app, name="vm")
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(drivers_app, name="drivers")
 app.add_typer(agents_app, name="agents")
 app.add_typer(operations_app, name="operations")
 app.add_typer(findings_app, name="findings")
+app.add_typer(audit_app, name="audit")
+app.add_typer(auth_app, name="auth")
+app.add_typer(certs_app, name="certs")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -57,6 +65,7 @@ _state: dict[str, str | None] = {
     "tls_cert": None,
     "tls_key": None,
     "tls_server_name": None,
+    "token_file": None,
 }
 
 
@@ -83,6 +92,15 @@ def _root(
     tls_server_name: Annotated[
         str | None, typer.Option(metavar="NAME", help="Expected name in the host's certificate.")
     ] = None,
+    token_file: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            envvar="VMSNAP_TOKEN_FILE",
+            help="Bearer token for a host with authentication on (default: $VMSNAP_TOKEN_FILE, "
+            "else the admin token of the stack in $VMSNAP_HOME when it has one).",
+        ),
+    ] = None,
 ) -> None:
     _state.update(
         host=host,
@@ -90,6 +108,7 @@ def _root(
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_server_name=tls_server_name,
+        token_file=token_file,
     )
 
 
@@ -118,7 +137,9 @@ def run(work: Callable[[HostClient], Awaitable[_T]]) -> _T:
     tls = _tls()
 
     async def main() -> _T:
-        async with HostClient.connect(address, tls) as host:
+        async with HostClient.connect(
+            _state["host"], tls, token_file=_state["token_file"]
+        ) as host:
             return await work(host)
 
     try:
@@ -128,6 +149,14 @@ def run(work: Callable[[HostClient], Awaitable[_T]]) -> _T:
             f"UNAVAILABLE: no vmsnap host answers at {address} ({exc.message}); "
             "start one with `vmsnap up`, or pass --host"
         )
+    except Unauthenticated as exc:
+        fail(
+            f"UNAUTHENTICATED: the host at {address} refused the call: {exc.message}. "
+            "Pass --token-file FILE (or set VMSNAP_TOKEN_FILE), or a client certificate "
+            "(--tls-cert, --tls-key)"
+        )
+    except PermissionDenied as exc:
+        fail(f"PERMISSION_DENIED: the host at {address} refused the call: {exc.message}")
     except VMSnapError as exc:
         fail(f"{exc.code.name}: {exc.message}")
 
@@ -163,9 +192,58 @@ def up(
             "server of the stack's own, from Debian's postgresql package)."
         ),
     ] = "sqlite",
+    auth: Annotated[
+        bool,
+        typer.Option(
+            "--auth",
+            help="Require authentication: tokens for admin, demo-a and demo-b (operators) in "
+            "$VMSNAP_HOME/secrets/token-<name>; the CLI uses the admin one.",
+        ),
+    ] = False,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="Every process on mutual TLS, with a development CA in $VMSNAP_HOME/certs "
+            "(vmsnap certs init); drivers and agent pinned by name and fingerprint.",
+        ),
+    ] = False,
 ) -> None:
     """Run the embedded stack until Ctrl-C or SIGTERM: array emulators, drivers, agent, host."""
-    sys.exit(run_up((home or vmsnap_home()).expanduser().resolve(), hypervisor, replicas, db))
+    sys.exit(
+        run_up(
+            (home or vmsnap_home()).expanduser().resolve(), hypervisor, replicas, db, auth=auth, tls=tls
+        )
+    )
+
+
+@certs_app.command("init")
+def certs_init(
+    home: Annotated[
+        Path | None, typer.Option(help="vmsnap home (default: $VMSNAP_HOME or ~/.vmsnap).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Make a new CA and every certificate anew.")
+    ] = False,
+) -> None:
+    """Make a development CA and a certificate for every process of the stack
+    (host, drivers, agent) and the CLI's client certificate, in $VMSNAP_HOME/certs."""
+    from vmsnap_host.cli.stack import Layout, Stack, certs_dir, ensure_certs
+
+    layout = Layout((home or vmsnap_home()).expanduser().resolve())
+    directory = certs_dir(layout)
+    existed = {p.name for p in directory.glob("*.crt")} if directory.exists() else set()
+    if force:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+        existed = set()
+    ensure_certs(layout, Stack(layout).components)
+    made = sorted(p.name for p in directory.glob("*.crt") if p.name not in existed)
+    out.console.print(
+        f"certificates in {directory}: "
+        + (f"made {', '.join(made)}" if made else "all there already (--force makes them anew)")
+    )
 
 
 @app.command()
@@ -214,6 +292,9 @@ def vm_define(
     name: Annotated[str, typer.Option(help="Display name.")] = "",
     memory: Annotated[int, typer.Option(help="Memory in MiB.")] = 1024,
     agent: Annotated[str, typer.Option(help="Agent to define it on (when several).")] = "",
+    project: Annotated[
+        str, typer.Option(help="Project it belongs to (default: your only project).")
+    ] = "",
     json_: JsonOption = False,
 ) -> None:
     """Define a VM on a hypervisor agent."""
@@ -223,7 +304,7 @@ def vm_define(
         memory_mib=memory,
         volumes=tuple(_parse_disk(d) for d in disk),
     )
-    defined = run(lambda host: host.define_vm(vm, agent=agent))
+    defined = run(lambda host: host.define_vm(vm, agent=agent, project=project))
     _show_vm(defined, json_)
 
 
@@ -600,6 +681,41 @@ def findings_list(
         out.print_json(page.items)
     else:
         out.console.print(out.finding_table(page.items, with_time=True))
+
+
+# --- audit and credentials -------------------------------------------------------------
+
+
+@audit_app.command("list")
+def audit_list(
+    principal: Annotated[str, typer.Option(help="Only this principal's calls.")] = "",
+    project: Annotated[str, typer.Option(help="Only this project's.")] = "",
+    refused: Annotated[bool, typer.Option("--refused", help="Only refused calls.")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 50,
+    json_: JsonOption = False,
+) -> None:
+    """Who did what: every mutating call and every refused one, newest first (admin)."""
+    page = run(
+        lambda host: host.list_audit_records(
+            principal=principal, project=project, only_refused=refused, page_size=limit
+        )
+    )
+    if json_:
+        out.print_json(page.items)
+    else:
+        out.console.print(out.audit_table(page.items))
+
+
+@auth_app.command("hash-token")
+def auth_hash_token(
+    file: Annotated[Path, typer.Argument(help="A file holding the token.")],
+) -> None:
+    """Print the SHA-256 of a token, for token_sha256 in [[auth.principals]]."""
+    try:
+        token = read_token(file)
+    except VMSnapError as exc:
+        fail(exc.message)
+    print(token_sha256(token))
 
 
 def main() -> Any:

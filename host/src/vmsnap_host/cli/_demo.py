@@ -44,8 +44,10 @@ from vmsnap_host.client import (
     VMSnapshot,
     VMSnapshotState,
     default_address,
+    vmsnap_home,
 )
-from vmsnap_sdk import VM, DriverClient, Page, VMState, Volume
+from vmsnap_host.client._address import stack_tls
+from vmsnap_sdk import VM, ClientTLS, DriverClient, Page, VMState, Volume
 from vmsnap_sdk.errors import NotFound, VMSnapError
 
 FIXTURE = "CONFORMANCE_FIXTURE"
@@ -140,7 +142,7 @@ class Story:
         self.guest = any(a.hypervisor == "qemu" and a.health is Health.SERVING for a in agents)
         size = GUEST_DISK if self.guest else 1 << 20
         for driver in sorted(serving, key=lambda d: (d.order, d.name))[:2]:
-            client = DriverClient.connect(driver.address, timeout=30)
+            client = DriverClient.connect(driver.address, tls=_fixture_tls(driver.address), timeout=30)
             volume = await client.create_test_volume(f"demo-{self.tag}-{len(self.disks)}", size)
             disk = f"vd{'ab'[len(self.disks)]}"
             self.disks.append(Disk(Volume(disk, volume.locator, volume.size_bytes), driver, client))
@@ -412,6 +414,14 @@ def _inspect_ext4(data: bytes) -> tuple[int, bool, str]:
     return (int(text) if text.isdigit() else 0), fsck.returncode == 0, fsck.stdout
 
 
+def _fixture_tls(address: str) -> ClientTLS | None:
+    """A driver of the local stack on mutual TLS is reached with the CLI's certificate."""
+    path = Path(address.removeprefix("unix://"))
+    if address.startswith("unix://") and path.parent == vmsnap_home() / "run":
+        return stack_tls(path.stem)
+    return None
+
+
 def run_demo(address: str | None, hypervisor: str) -> int:
     """The exit code of ``vmsnap demo``."""
     try:
@@ -427,7 +437,7 @@ async def _demo(address: str | None, hypervisor: str) -> int:
     assert main is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     target = address or default_address()
-    async with HostClient.connect(target) as probe:
+    async with HostClient.connect(address) as probe:
         running = await probe.serving(timeout=2.0)
     stack: Stack | None = None
     home: Path | None = None
@@ -458,7 +468,7 @@ async def _demo(address: str | None, hypervisor: str) -> int:
         out.console.print(f"Using the vmsnap stack at {target}")
     ok = False
     try:
-        async with HostClient.connect(target) as host:
+        async with HostClient.connect(address if stack is None else target) as host:
             story = Story(host)
             try:
                 await story.run()

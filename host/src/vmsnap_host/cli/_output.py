@@ -15,6 +15,7 @@ from rich.table import Table
 
 from vmsnap_host.client import (
     AgentStatus,
+    AuditRecord,
     DriverStatus,
     Finding,
     Health,
@@ -190,4 +191,18 @@ def finding_table(findings: Sequence[Finding], *, with_time: bool = False) -> Ta
     for f in findings:
         row = [f.kind, f.peer, f.object_id, f.vm_snapshot_id, f.action, f.detail]
         table.add_row(*([_when(f.time), *row] if with_time else row))
+    return table
+
+
+def audit_table(records: Sequence[AuditRecord]) -> Table:
+    table = Table(
+        "time", "principal", "project", "method", "target", "request", "result", "detail",
+        title="audit",
+    )
+    for r in records:
+        result = f"[red]{r.result} (refused)[/]" if r.refused else r.result
+        who = f"{r.principal or '-'} ({r.authenticated_by or 'none'})"
+        table.add_row(
+            _when(r.time), who, r.project, r.method, r.target, r.request_id, result, r.detail
+        )
     return table

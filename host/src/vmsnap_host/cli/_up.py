@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.table import Table
 
 from vmsnap_host.cli import _output as out
-from vmsnap_host.cli.stack import Layout, Stack, StackError
+from vmsnap_host.cli.stack import Layout, Security, Stack, StackError, certs_dir, token_path
 from vmsnap_host.client import vmsnap_home
 
 
@@ -24,12 +24,20 @@ def stack_table(stack: Stack) -> Table:
     return table
 
 
-def run_up(home: Path, hypervisor: str, replicas: int = 1, db: str = "sqlite") -> int:
+def run_up(
+    home: Path,
+    hypervisor: str,
+    replicas: int = 1,
+    db: str = "sqlite",
+    *,
+    auth: bool = False,
+    tls: bool = False,
+) -> int:
     """Start, supervise until a signal, stop; the exit code of ``vmsnap up``."""
-    return asyncio.run(_up(home, hypervisor, replicas, db))
+    return asyncio.run(_up(home, hypervisor, replicas, db, Security(auth=auth, tls=tls)))
 
 
-async def _up(home: Path, hypervisor: str, replicas: int, db: str) -> int:
+async def _up(home: Path, hypervisor: str, replicas: int, db: str, security: Security) -> int:
     try:
         layout = Layout(home)
         stack = Stack(
@@ -38,6 +46,7 @@ async def _up(home: Path, hypervisor: str, replicas: int, db: str) -> int:
             on_event=lambda m: out.console.print(f"[dim]{m}[/]"),
             replicas=replicas,
             db=db,
+            security=security,
         )
     except ValueError as exc:
         out.errors.print(f"[red]error:[/] {exc}")
@@ -69,6 +78,15 @@ async def _up(home: Path, hypervisor: str, replicas: int, db: str) -> int:
     out.console.print(
         f"arrays' data in {layout.arrays}; their generated passwords in {layout.secrets} (0600)"
     )
+    if security.auth:
+        out.console.print(
+            f"authentication on: tokens in {token_path(layout, 'admin')} (admin, used by the "
+            "CLI), token-demo-a and token-demo-b (operators of projects demo-a, demo-b)"
+        )
+    if security.tls:
+        out.console.print(
+            f"every process on mutual TLS: CA and certificates in {certs_dir(layout)}"
+        )
     default_home = vmsnap_home().resolve() == home
     hint = "" if default_home else f"VMSNAP_HOME={home} "
     out.console.print(

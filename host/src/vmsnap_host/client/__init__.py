@@ -14,14 +14,23 @@
 Every RPC is an async method returning frozen dataclasses; failures raise the
 classes of :mod:`vmsnap_sdk.errors`. Without an address, the client finds the
 local stack: ``$VMSNAP_HOST``, else ``unix://$VMSNAP_HOME/run/host.sock``
-(``VMSNAP_HOME`` defaults to ``~/.vmsnap``).
+(``VMSNAP_HOME`` defaults to ``~/.vmsnap``). Credentials for a host with
+authentication on: ``token=`` / ``token_file=``, else ``$VMSNAP_TOKEN_FILE``,
+else the local stack's admin token that ``vmsnap up --auth`` wrote.
 """
 
-from vmsnap_host.client._address import default_address, host_socket, vmsnap_home
-from vmsnap_host.client._client import HostClient
+from vmsnap_host.client._address import (
+    default_address,
+    default_token_file,
+    host_socket,
+    token_file,
+    vmsnap_home,
+)
+from vmsnap_host.client._client import HostClient, read_token
 from vmsnap_host.client._sync import SyncHostClient
 from vmsnap_host.client._types import (
     AgentStatus,
+    AuditRecord,
     DriverStatus,
     Failure,
     Finding,
@@ -60,6 +69,7 @@ __all__ = [
     "Aborted",
     "AgentStatus",
     "AlreadyExists",
+    "AuditRecord",
     "Cancelled",
     "ClientTLS",
     "Consistency",
@@ -95,6 +105,9 @@ __all__ = [
     "VMState",
     "Volume",
     "default_address",
+    "default_token_file",
     "host_socket",
+    "read_token",
+    "token_file",
     "vmsnap_home",
 ]

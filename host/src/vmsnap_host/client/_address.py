@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from vmsnap_sdk import ClientTLS
+
 
 def vmsnap_home() -> Path:
     """``$VMSNAP_HOME``, default ``~/.vmsnap``."""
@@ -29,3 +31,40 @@ def default_address() -> str:
         stack = None
     hosts = stack.get("host") if isinstance(stack, dict) else None
     return hosts if isinstance(hosts, str) and hosts else f"unix://{host_socket()}"
+
+
+def token_file(home: Path | None = None, name: str = "admin") -> Path:
+    """Where ``vmsnap up --auth`` writes a principal's token in a vmsnap home."""
+    return (home or vmsnap_home()) / "secrets" / f"token-{name}"
+
+
+def default_token_file() -> Path | None:
+    """``$VMSNAP_TOKEN_FILE``, else the local stack's admin token when it exists
+    (only when no ``$VMSNAP_HOST`` points elsewhere), else None."""
+    named = os.environ.get("VMSNAP_TOKEN_FILE")
+    if named:
+        return Path(named).expanduser()
+    if os.environ.get("VMSNAP_HOST"):
+        return None
+    local = token_file()
+    return local if local.is_file() else None
+
+
+def stack_tls(server: str, home: Path | None = None) -> ClientTLS | None:
+    """How the CLI reaches ``server`` ("host", a driver's or the agent's component
+    name) of the local stack when it runs on mutual TLS (``vmsnap up --tls``):
+    its CA and the ``admin`` client certificate; None when it does not."""
+    home = home or vmsnap_home()
+    try:
+        tls = json.loads((home / "run" / "stack.json").read_text()).get("tls")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if tls is not True:
+        return None
+    certs = home / "certs"
+    return ClientTLS(
+        ca_file=str(certs / "ca.crt"),
+        cert_file=str(certs / "admin.crt"),
+        key_file=str(certs / "admin.key"),
+        server_name=server,
+    )

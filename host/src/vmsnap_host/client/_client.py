@@ -15,9 +15,11 @@ before it died is not made twice). The replica that answered is used next.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -25,9 +27,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vmsnap_host.client import _convert as cv
-from vmsnap_host.client._address import default_address
+from vmsnap_host.client._address import default_address, default_token_file, stack_tls
 from vmsnap_host.client._types import (
     AgentStatus,
+    AuditRecord,
     DriverStatus,
     Finding,
     Operation,
@@ -42,10 +45,26 @@ from vmsnap_sdk._client import call
 from vmsnap_sdk._convert import vm_from_pb, vm_to_pb
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
-from vmsnap_sdk.errors import Unavailable
+from vmsnap_sdk.errors import InvalidArgument, Unavailable
 
 #: Longest single WaitOperation call; progress is reported between calls.
 WAIT_SLICE = 2.0
+#: Longest token file read (a JWT stays far below).
+MAX_TOKEN_FILE = 16384
+
+def read_token(path: str | Path) -> str:
+    """The token in a file (surrounding whitespace dropped); a clear error if unusable."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TOKEN_FILE + 1)
+    except OSError as exc:
+        raise InvalidArgument(f"token file {path}: {exc.strerror}") from None
+    token = data.decode(errors="replace").strip()
+    if not token or len(data) > MAX_TOKEN_FILE or any(c.isspace() for c in token):
+        raise InvalidArgument(
+            f"token file {path}: must hold one token (no spaces, at most {MAX_TOKEN_FILE} bytes)"
+        )
+    return token
 
 
 def _request_id(value: str | None) -> str:
@@ -63,6 +82,8 @@ class HostClient:
     UNAVAILABLE). ``timeout`` is the default per-call deadline.
 
     Use as ``async with HostClient.connect() as host: ...`` or call :meth:`close`.
+    ``token`` is sent as ``authorization: Bearer <token>`` on every call (a host
+    with authentication on needs it, or a client certificate in ``tls``).
     """
 
     def __init__(
@@ -72,6 +93,7 @@ class HostClient:
         address: str = "",
         timeout: float | None = 30.0,
         replicas: Sequence[tuple[str, grpc.aio.Channel]] = (),
+        token: str | None = None,
     ) -> None:
         """``channel`` (at ``address``) first, then ``replicas`` (address, channel)."""
         self._targets = [(address, channel), *replicas]
@@ -79,6 +101,9 @@ class HostClient:
         self._current = 0
         self.address = ",".join(a for a, _ in self._targets)
         self.timeout = timeout
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
 
     @classmethod
     def connect(
@@ -87,13 +112,27 @@ class HostClient:
         tls: ClientTLS | None = None,
         *,
         timeout: float | None = 30.0,
+        token: str | None = None,
+        token_file: str | Path | None = None,
     ) -> HostClient:
         """A client for ``address`` (default: ``$VMSNAP_HOST`` or the local stack's
-        socket): one address, several separated by commas, or a ``dns:`` name."""
+        socket): one address, several separated by commas, or a ``dns:`` name.
+
+        Credentials: ``token``, else the token in ``token_file``, else the file
+        ``$VMSNAP_TOKEN_FILE`` names, else the local stack's admin token
+        (``$VMSNAP_HOME/secrets/token-admin``, written by ``vmsnap up --auth``)
+        when it exists; else none. Without ``address`` and ``tls``, the local
+        stack's TLS settings when it runs on mutual TLS (``vmsnap up --tls``).
+        """
+        if address is None and tls is None and not os.environ.get("VMSNAP_HOST"):
+            tls = stack_tls("host")
+        if token is None:
+            path = token_file or default_token_file()
+            token = read_token(path) if path else None
         targets = split_addresses(address or default_address()) or [default_address()]
         channels = [(t, open_channel(t, tls)) for t in targets]
         first, *rest = channels
-        return cls(first[1], address=first[0], timeout=timeout, replicas=rest)
+        return cls(first[1], address=first[0], timeout=timeout, replicas=rest, token=token)
 
     @property
     def channel(self) -> grpc.aio.Channel:
@@ -117,7 +156,9 @@ class HostClient:
         for attempt in range(count):
             index = (self._current + attempt) % count
             try:
-                response = await call(getattr(self._stubs[index], method), request, timeout)
+                response = await call(
+                    getattr(self._stubs[index], method), request, timeout, self._metadata
+                )
             except Unavailable:
                 if attempt == count - 1:
                     raise
@@ -379,12 +420,41 @@ class HostClient:
         )
         return Page(tuple(cv.finding(f) for f in response.findings), response.next_page_token)
 
+    async def list_audit_records(
+        self,
+        *,
+        principal: str = "",
+        project: str = "",
+        only_refused: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[AuditRecord]:
+        """One page of the audit log, newest first (admin only)."""
+        response = await self._call(
+            "ListAuditRecords",
+            pb.ListAuditRecordsRequest(
+                page_size=page_size,
+                page_token=page_token,
+                principal=principal,
+                project=project,
+                only_refused=only_refused,
+            ),
+            self._t(timeout),
+        )
+        return Page(tuple(cv.audit_record(r) for r in response.records), response.next_page_token)
+
     # --- VMs (passed through to their agents) -----------------------------------------
 
-    async def define_vm(self, vm: VM, *, agent: str = "", timeout: float | None = None) -> VM:
-        """Define a VM on an agent (``agent`` may be empty when only one is registered)."""
+    async def define_vm(
+        self, vm: VM, *, agent: str = "", project: str = "", timeout: float | None = None
+    ) -> VM:
+        """Define a VM on an agent (``agent`` may be empty when only one is registered),
+        in ``project`` (empty: the caller's only project; see DefineVMRequest.project)."""
         response = await self._call(
-            "DefineVM", pb.DefineVMRequest(agent=agent, vm=vm_to_pb(vm)), self._t(timeout)
+            "DefineVM",
+            pb.DefineVMRequest(agent=agent, vm=vm_to_pb(vm), project=project),
+            self._t(timeout),
         )
         return vm_from_pb(response.vm)
 

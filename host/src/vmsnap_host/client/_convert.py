@@ -78,6 +78,7 @@ def vm_snapshot(m: pb.VMSnapshot) -> t.VMSnapshot:
         update_time=_time(m.update_time, m.HasField("update_time")),
         warnings=tuple(m.warnings),
         missing=m.missing,
+        project=m.project,
     )
 
 
@@ -95,6 +96,7 @@ def operation(m: pb.Operation) -> t.Operation:
         create_time=_time(m.create_time, m.HasField("create_time")),
         update_time=_time(m.update_time, m.HasField("update_time")),
         vm_snapshot=vm_snapshot(m.vm_snapshot) if m.HasField("vm_snapshot") else None,
+        project=m.project,
     )
 
 
@@ -141,6 +143,22 @@ def finding(m: pb.Finding) -> t.Finding:
     )
 
 
+def audit_record(m: pb.AuditRecord) -> t.AuditRecord:
+    return t.AuditRecord(
+        time=_time(m.time, m.HasField("time")),
+        principal=m.principal,
+        authenticated_by=m.authenticated_by,
+        project=m.project,
+        method=m.method,
+        target=m.target,
+        request_id=m.request_id,
+        result=m.result,
+        refused=m.refused,
+        detail=m.detail,
+        peer=m.peer,
+    )
+
+
 def tls_config(tls: ClientTLS | None) -> pb.TlsConfig | None:
     if tls is None:
         return None
@@ -149,6 +167,7 @@ def tls_config(tls: ClientTLS | None) -> pb.TlsConfig | None:
         cert_file=tls.cert_file or "",
         key_file=tls.key_file or "",
         server_name=tls.server_name or "",
+        pin_sha256=tls.pin_sha256 or "",
     )
 
 

@@ -136,6 +136,8 @@ class VMSnapshot:
     #: Why this READY snapshot cannot restore (a driver or agent lost its
     #: objects, found by the reconciler); "" while it is whole.
     missing: str = ""
+    #: The project of its VM when it was taken ("" when none).
+    project: str = ""
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,8 @@ class Operation:
     create_time: datetime | None = None
     update_time: datetime | None = None
     vm_snapshot: VMSnapshot | None = None
+    #: The project of its VM ("" when none).
+    project: str = ""
 
     @property
     def succeeded(self) -> bool:
@@ -212,6 +216,26 @@ class Finding:
     detail: str = ""
     #: When the pass that found it started.
     time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audited call: every mutating call and every refused one."""
+
+    time: datetime | None
+    #: Who ("" when the call was not authenticated) and how: token, jwt, mtls, local.
+    principal: str
+    authenticated_by: str
+    project: str
+    method: str
+    target: str
+    request_id: str
+    #: "OK" or a gRPC code name.
+    result: str
+    #: Refused for who made it (UNAUTHENTICATED, PERMISSION_DENIED, another project's).
+    refused: bool
+    detail: str
+    peer: str
 
 
 @dataclass(frozen=True)

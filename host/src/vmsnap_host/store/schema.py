@@ -58,6 +58,9 @@ vm_snapshots = Table(
     # Why a READY snapshot cannot restore any more (objects found gone by the
     # reconciler), "" while every object it needs was seen.
     Column("missing", Text, nullable=False, default=""),
+    # The project of its VM when it was taken (issue 12): a caller sees it only
+    # in its projects, even after the VM id is reused in another project.
+    Column("project", String(128), nullable=False, default=""),
     Column("create_time", Float, nullable=False),
     Column("update_time", Float, nullable=False),
     Index("ix_vm_snapshots_vm_seq", "vm_id", "seq"),
@@ -105,6 +108,7 @@ operations = Table(
     Column("journal_json", Text, nullable=False, default="{}"),
     Column("params_json", Text, nullable=False, default="{}"),
     Column("owner", String(128), nullable=False, default=""),
+    Column("project", String(128), nullable=False, default=""),
     Column("create_time", Float, nullable=False),
     Column("update_time", Float, nullable=False),
     Index("ix_operations_vm_seq", "vm_id", "seq"),
@@ -190,4 +194,36 @@ registrations = Table(
     Column("name", String(128), nullable=False, default=""),
     Column("sort_order", Integer, nullable=False, default=0),
     Column("tls_json", Text, nullable=False, default="{}"),
+)
+
+# The project each VM belongs to, set when it is defined or adopted through the
+# API (issue 12). A VM without a row belongs to no project: only admins see it.
+vm_projects = Table(
+    "vm_projects",
+    metadata,
+    Column("vm_id", String(128), primary_key=True),
+    Column("project", String(128), nullable=False),
+    Column("update_time", Float, nullable=False),
+    Index("ix_vm_projects_project", "project"),
+)
+
+# Every mutating call and every refused call of the control API (issue 12),
+# written through the store's durable write path before the call answers.
+audit_records = Table(
+    "audit_records",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("time", Float, nullable=False),
+    Column("principal", String(255), nullable=False, default=""),
+    Column("via", String(16), nullable=False, default=""),
+    Column("project", String(128), nullable=False, default=""),
+    Column("method", String(64), nullable=False),
+    Column("target", String(1024), nullable=False, default=""),
+    Column("request_id", String(128), nullable=False, default=""),
+    Column("result", String(32), nullable=False),
+    Column("refused", Boolean, nullable=False, default=False),
+    Column("detail", Text, nullable=False, default=""),
+    Column("peer", String(255), nullable=False, default=""),
+    Index("ix_audit_principal", "principal", "seq"),
+    Index("ix_audit_project", "project", "seq"),
 )

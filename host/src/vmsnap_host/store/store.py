@@ -69,12 +69,14 @@ from vmsnap_host.model import (
 )
 from vmsnap_host.store.fence import Fence, current_fence
 from vmsnap_host.store.schema import (
+    audit_records,
     findings,
     kept_states,
     operations,
     registrations,
     replicas,
     vm_leases,
+    vm_projects,
     vm_snapshots,
     volume_owners,
 )
@@ -278,6 +280,7 @@ def snapshot_from_row(row: Row[Any]) -> Snapshot:
         warnings=tuple(json.loads(row.warnings_json)),
         parameters=dict(json.loads(row.parameters_json)),
         missing=row.missing or "",
+        project=row.project or "",
         create_time=_ts(row.create_time),
         update_time=_ts(row.update_time),
     )
@@ -297,6 +300,7 @@ def operation_from_row(row: Row[Any]) -> OperationRecord:
         journal=json.loads(row.journal_json),
         params=json.loads(row.params_json),
         owner=row.owner,
+        project=row.project or "",
         create_time=_ts(row.create_time),
         update_time=_ts(row.update_time),
     )
@@ -321,6 +325,7 @@ def _snapshot_columns(s: Snapshot) -> dict[str, Any]:
         "warnings_json": json.dumps(list(s.warnings)),
         "parameters_json": json.dumps(s.parameters),
         "missing": s.missing,
+        "project": s.project,
         **_error_columns(s.error),
     }
 
@@ -678,10 +683,16 @@ class Store:
         return snapshot_from_row(row) if row else None
 
     def list_snapshots(
-        self, vm_id: str, after_seq: int, limit: int, show_removed: bool
+        self,
+        vm_id: str,
+        after_seq: int,
+        limit: int,
+        show_removed: bool,
+        projects: frozenset[str] | None = None,
     ) -> list[tuple[int, Snapshot]]:
-        """Oldest first, after ``after_seq`` (keyset paging: constant cost per page)."""
-        if vm_id and not show_removed:  # the common case, prebuilt
+        """Oldest first, after ``after_seq`` (keyset paging: constant cost per page);
+        only those of ``projects`` when given."""
+        if vm_id and not show_removed and projects is None:  # the common case, prebuilt
             with self._read() as conn:
                 rows = conn.execute(
                     _LIST_VM, {"b_after": after_seq, "b_vm": vm_id, "b_limit": limit}
@@ -692,6 +703,8 @@ class Store:
             query = query.where(vm_snapshots.c.vm_id == vm_id)
         if not show_removed:
             query = query.where(vm_snapshots.c.state != SnapshotState.REMOVED.name)
+        if projects is not None:
+            query = query.where(vm_snapshots.c.project.in_(sorted(projects)))
         query = query.order_by(vm_snapshots.c.seq).limit(limit)
         with self._read() as conn:
             return [(row.seq, snapshot_from_row(row)) for row in conn.execute(query)]
@@ -775,6 +788,7 @@ class Store:
             "journal_json": json.dumps(op.journal),
             "params_json": json.dumps(op.params),
             "owner": op.owner,
+            "project": op.project,
             "create_time": now,
             "update_time": now,
             **_error_columns(op.error),
@@ -844,10 +858,17 @@ class Store:
         return run
 
     def list_operations(
-        self, vm_id: str, before_seq: int | None, limit: int, only_running: bool
+        self,
+        vm_id: str,
+        before_seq: int | None,
+        limit: int,
+        only_running: bool,
+        projects: frozenset[str] | None = None,
     ) -> list[tuple[int, OperationRecord]]:
-        """Newest first, before ``before_seq``."""
+        """Newest first, before ``before_seq``; only those of ``projects`` when given."""
         query = select(operations)
+        if projects is not None:
+            query = query.where(operations.c.project.in_(sorted(projects)))
         if before_seq is not None:
             query = query.where(operations.c.seq < before_seq)
         if vm_id:
@@ -1193,6 +1214,92 @@ class Store:
             ]
 
 
+    # --- projects of VMs (issue 12) ------------------------------------------------
+
+    def vm_project(self, vm_id: str) -> str | None:
+        """The project of a VM, or None when it has none."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(vm_projects.c.project).where(vm_projects.c.vm_id == vm_id)
+            ).first()
+        return row.project if row else None
+
+    def vm_project_map(self, vm_ids: Sequence[str]) -> dict[str, str]:
+        """vm id → project, for those that have one."""
+        ids = list(dict.fromkeys(vm_ids))
+        out: dict[str, str] = {}
+        with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    select(vm_projects).where(vm_projects.c.vm_id.in_(ids[start : start + 500]))
+                )
+                out.update({r.vm_id: r.project for r in rows})
+        return out
+
+    def w_set_vm_project(self, vm_id: str, project: str) -> Step:
+        """Give a VM its project; its snapshots and operations of no project follow
+        (adopting a VM that existed before projects)."""
+
+        def step(conn: Connection) -> None:
+            now = time.time()
+            conn.execute(vm_projects.delete().where(vm_projects.c.vm_id == vm_id))
+            conn.execute(
+                vm_projects.insert().values(vm_id=vm_id, project=project, update_time=now)
+            )
+            conn.execute(
+                update(vm_snapshots)
+                .where(vm_snapshots.c.vm_id == vm_id, vm_snapshots.c.project == "")
+                .values(project=project)
+            )
+            conn.execute(
+                update(operations)
+                .where(operations.c.vm_id == vm_id, operations.c.project == "")
+                .values(project=project)
+            )
+
+        return step
+
+    def w_forget_vm_project(self, vm_id: str) -> Step:
+        """The VM is undefined: its id may be defined again, in any project (its
+        snapshots' records keep the project they were taken in)."""
+
+        def step(conn: Connection) -> None:
+            conn.execute(vm_projects.delete().where(vm_projects.c.vm_id == vm_id))
+
+        return step
+
+    # --- the audit log (issue 12) ---------------------------------------------------
+
+    def w_audit(self, **record: Any) -> Step:
+        """Append one audit record (columns of ``audit_records``; time now)."""
+
+        def step(conn: Connection) -> None:
+            conn.execute(audit_records.insert().values(time=time.time(), **record))
+
+        return step
+
+    def audit_records(
+        self,
+        limit: int,
+        before_seq: int | None = None,
+        *,
+        principal: str = "",
+        project: str = "",
+        only_refused: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Newest first (older than ``before_seq`` when given: paging)."""
+        query = select(audit_records)
+        if before_seq is not None:
+            query = query.where(audit_records.c.seq < before_seq)
+        if principal:
+            query = query.where(audit_records.c.principal == principal)
+        if project:
+            query = query.where(audit_records.c.project == project)
+        if only_refused:
+            query = query.where(audit_records.c.refused.is_(True))
+        query = query.order_by(audit_records.c.seq.desc()).limit(limit)
+        with self._read() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
 def _first_line(exc: BaseException) -> str:
     """The driver's own first line (psycopg and sqlite3 never put a password in it)."""
     orig = getattr(exc, "orig", None) or exc

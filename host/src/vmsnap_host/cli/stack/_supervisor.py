@@ -34,7 +34,9 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from vmsnap_host.cli.stack import _security as sec
 from vmsnap_host.cli.stack._table import Component, Layout, build, host_config
+from vmsnap_sdk import ClientTLS, open_channel
 
 Events = Callable[[str], None]
 
@@ -63,9 +65,9 @@ class _Child:
     log: IO[bytes] | None = field(default=None, repr=False)
 
 
-async def health_serving(address: str, timeout: float = 1.0) -> bool:
-    """One grpc.health.v1 check of ``address``."""
-    async with grpc.aio.insecure_channel(address) as channel:
+async def health_serving(address: str, timeout: float = 1.0, tls: ClientTLS | None = None) -> bool:
+    """One grpc.health.v1 check of ``address`` (over TLS when ``tls`` is given)."""
+    async with open_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
@@ -95,10 +97,15 @@ class Stack:
         durable: bool = True,
         replicas: int = 1,
         db: str = "sqlite",
+        security: sec.Security | None = None,
     ) -> None:
         self.layout = layout
         self.replicas = replicas
-        self.components = build(layout, hypervisor, durable=durable, replicas=replicas, db=db)
+        self.security = security = security or sec.Security()
+        components = build(layout, hypervisor, durable=durable, replicas=replicas, db=db)
+        if security.tls:
+            components = [sec.with_tls(layout, c) for c in components]
+        self.components = components
         self.grace_seconds = grace_seconds
         self._emit = on_event or (lambda _msg: None)
         self._children = [_Child(c) for c in self.components]
@@ -151,7 +158,15 @@ class Stack:
         # Only gRPC components are sockets the host reaches; emulators are the drivers' business.
         drivers = [c for c in self.components if c.role == "storage driver"]
         agents = [c for c in self.components if c.role == "hypervisor agent"]
-        self.layout.config.write_text(host_config(drivers, agents, replicas=self.replicas))
+        extra: list[str] = []
+        if self.security.tls:
+            sec.ensure_certs(self.layout, self.components)
+        if self.security.auth:
+            extra = sec.auth_toml(sec.ensure_tokens(self.layout), tls=self.security.tls)
+        peer_tls = (lambda t, c: sec.peer_tls_toml(self.layout, t, c)) if self.security.tls else None
+        self.layout.config.write_text(
+            host_config(drivers, agents, replicas=self.replicas, peer_tls=peer_tls, extra=extra)
+        )
 
     def _stop_orphans(self) -> None:
         """Stop the children of a previous ``vmsnap up`` of this home that was killed.
@@ -224,7 +239,12 @@ class Stack:
                     f"{_tail(self.layout.logs / (name + '.log'))}"
                 )
             check = child.component.ready
-            serving = await check() if check else await health_serving(child.component.address)
+            component = child.component
+            serving = (
+                await check()
+                if check
+                else await health_serving(component.address, tls=component.tls)
+            )
             if serving:
                 self._emit(f"{name} serving on {child.component.current_address()}")
                 return
@@ -300,6 +320,8 @@ class Stack:
             "pid": os.getpid(),
             "home": str(self.layout.home),
             "host": self.host_address,
+            "tls": self.security.tls,
+            "auth": self.security.auth,
             "components": [
                 {
                     "name": c.component.name,

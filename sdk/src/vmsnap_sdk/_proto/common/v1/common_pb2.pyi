@@ -270,6 +270,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     input (e.g. a test volume whose disk breaks the disk-name rule); the SDK
     refused to send it.
     """
+    UNAUTHENTICATED: _ErrorReason.ValueType  # 67
+    """-- Who may call (vmsnap_sdk._proto.host.v1 with authentication on).
+    UNAUTHENTICATED: the call carries no credentials (a bearer token or a client
+    certificate), or they are not valid; the message says which, never the token.
+    """
+    PERMISSION_DENIED: _ErrorReason.ValueType  # 68
+    """PERMISSION_DENIED: the caller is known, but its role does not allow this RPC
+    (viewer < operator < admin); the message names the role needed.
+    """
     CATALOG_UNAVAILABLE: _ErrorReason.ValueType  # 69
     """-- The catalog (SQLite, or PostgreSQL shared by replicas; 67 and 68: who may call).
     UNAVAILABLE: the catalog's database cannot be reached; nothing was done.
@@ -489,6 +498,15 @@ ANSWER_INVALID: ErrorReason.ValueType  # 66
 """INTERNAL: a driver's answer holds a value its caller could not send back as
 input (e.g. a test volume whose disk breaks the disk-name rule); the SDK
 refused to send it.
+"""
+UNAUTHENTICATED: ErrorReason.ValueType  # 67
+"""-- Who may call (vmsnap_sdk._proto.host.v1 with authentication on).
+UNAUTHENTICATED: the call carries no credentials (a bearer token or a client
+certificate), or they are not valid; the message says which, never the token.
+"""
+PERMISSION_DENIED: ErrorReason.ValueType  # 68
+"""PERMISSION_DENIED: the caller is known, but its role does not allow this RPC
+(viewer < operator < admin); the message names the role needed.
 """
 CATALOG_UNAVAILABLE: ErrorReason.ValueType  # 69
 """-- The catalog (SQLite, or PostgreSQL shared by replicas; 67 and 68: who may call).

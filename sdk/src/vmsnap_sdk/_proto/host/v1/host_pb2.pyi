@@ -307,6 +307,7 @@ class VMSnapshot(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
     MISSING_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Host-assigned id."""
     vm_id: _builtins.str
@@ -332,6 +333,8 @@ class VMSnapshot(_message.Message):
     its objects, found by the reconciler; at most 1024 chars); empty while
     every object it needs was last seen. Cleared when they are listed again.
     """
+    project: _builtins.str
+    """The project of its VM when it was taken ("" when none)."""
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___SnapshotGroup]:
         """The plan and what each group returned."""
@@ -381,10 +384,11 @@ class VMSnapshot(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
         missing: _builtins.str = ...,
+        project: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "freeze_duration", b"freeze_duration", "freeze_start_time", b"freeze_start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "create_time", b"create_time", "current", b"current", "description", b"description", "error", b"error", "freeze_duration", b"freeze_duration", "freeze_start_time", b"freeze_start_time", "groups", b"groups", "id", b"id", "include_memory", b"include_memory", "missing", b"missing", "name", b"name", "parent_id", b"parent_id", "quiesce", b"quiesce", "state", b"state", "update_time", b"update_time", "vm_id", b"vm_id", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "create_time", b"create_time", "current", b"current", "description", b"description", "error", b"error", "freeze_duration", b"freeze_duration", "freeze_start_time", b"freeze_start_time", "groups", b"groups", "id", b"id", "include_memory", b"include_memory", "missing", b"missing", "name", b"name", "parent_id", b"parent_id", "project", b"project", "quiesce", b"quiesce", "state", b"state", "update_time", b"update_time", "vm_id", b"vm_id", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -408,6 +412,7 @@ class Operation(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     VM_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Host-assigned id."""
     type: Global___OperationType.ValueType
@@ -424,6 +429,8 @@ class Operation(_message.Message):
     """What it is doing now ("quiescing", "taking 3 groups", …)."""
     request_id: _builtins.str
     """The client's request id."""
+    project: _builtins.str
+    """The project of its VM ("" when none)."""
     @_builtins.property
     def error(self) -> _status_pb2.Status:
         """How the work failed, when done and failed (unset otherwise): a code, a
@@ -461,10 +468,11 @@ class Operation(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         vm_snapshot: Global___VMSnapshot | None = ...,
+        project: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "update_time", b"update_time", "vm_snapshot", b"vm_snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "done", b"done", "error", b"error", "id", b"id", "progress_percent", b"progress_percent", "request_id", b"request_id", "step", b"step", "type", b"type", "update_time", b"update_time", "vm_id", b"vm_id", "vm_snapshot", b"vm_snapshot", "vm_snapshot_id", b"vm_snapshot_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "done", b"done", "error", b"error", "id", b"id", "progress_percent", b"progress_percent", "project", b"project", "request_id", b"request_id", "step", b"step", "type", b"type", "update_time", b"update_time", "vm_id", b"vm_id", "vm_snapshot", b"vm_snapshot", "vm_snapshot_id", b"vm_snapshot_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -507,11 +515,12 @@ class CreateVMSnapshotRequest(_message.Message):
     request_id: _builtins.str
     """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; the
     client makes it unique per request (e.g. a UUID). Retries: the same request_id with
-    the same vm_id and name returns the operation of the first request, whatever it
-    became (running, done, failed), and takes nothing again; the first request's other
-    fields win. Used for another request (another type, VM or name): ALREADY_EXISTS,
-    REQUEST_ID_REUSED. Request ids are kept as long as the host keeps the operation (its
-    catalog): a failed take is taken again with a new request_id.
+    the same request (every field the same but wait) returns the operation of the first
+    request, whatever it became (running, done, failed), and takes nothing again. Used
+    for another request (another type, VM, name, or other values of any other field;
+    the host keeps a digest of them): ALREADY_EXISTS, REQUEST_ID_REUSED. Request ids
+    are kept as long as the host keeps the operation (its catalog): a failed take is
+    taken again with a new request_id.
     """
     vm_id: _builtins.str
     """Required; the VM's id (1..128 chars of [A-Za-z0-9._-], starting with a letter or
@@ -712,10 +721,11 @@ class RevertVMSnapshotRequest(_message.Message):
     STOP_VM_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; unique
-    per request. Retries: the same request_id with the same snapshot id returns the
-    first revert's operation and reverts nothing again, even if the VM changed since; to
-    revert to the same snapshot again later, use a new request_id. Used for another
-    request (another type or snapshot): ALREADY_EXISTS, REQUEST_ID_REUSED.
+    per request. Retries: the same request_id with the same snapshot id and stop_vm
+    returns the first revert's operation and reverts nothing again, even if the VM
+    changed since; to revert to the same snapshot again later, use a new request_id.
+    Used for another request (another type, snapshot or stop_vm): ALREADY_EXISTS,
+    REQUEST_ID_REUSED.
     """
     id: _builtins.str
     """Required; the id of the READY snapshot to revert to."""
@@ -987,7 +997,11 @@ Global___ListOperationsResponse: _TypeAlias = ListOperationsResponse  # noqa: Y0
 
 @_typing.final
 class TlsConfig(_message.Message):
-    """TLS settings for reaching a driver or agent."""
+    """TLS settings for reaching a driver or agent. File paths are read only from the
+    directories the host's configuration allows ([peers] tls_dirs), each at most
+    255 bytes; a path that is missing, unreadable or outside them gets one and the
+    same INVALID_ARGUMENT (the host does not tell which files exist).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -995,6 +1009,7 @@ class TlsConfig(_message.Message):
     CERT_FILE_FIELD_NUMBER: _builtins.int
     KEY_FILE_FIELD_NUMBER: _builtins.int
     SERVER_NAME_FIELD_NUMBER: _builtins.int
+    PIN_SHA256_FIELD_NUMBER: _builtins.int
     ca_file: _builtins.str
     """Optional: PEM of the CA that signed the peer's certificate, as a path to a
     readable file on the host's machine (unset: the system's CAs).
@@ -1009,7 +1024,14 @@ class TlsConfig(_message.Message):
     """
     server_name: _builtins.str
     """Optional: the name the peer's certificate must carry, when it differs from
-    the address.
+    the address (at most 253 chars of a DNS name). The host checks it on every
+    connection.
+    """
+    pin_sha256: _builtins.str
+    """Optional: the SHA-256 of the peer's certificate (DER), 64 hex digits (colons
+    allowed). The host checks it at registration and at every health check; a
+    peer whose certificate does not match is not served (UNAVAILABLE,
+    DRIVER_NOT_SERVING / AGENT_NOT_SERVING, the message says so).
     """
     def __init__(
         self,
@@ -1018,10 +1040,11 @@ class TlsConfig(_message.Message):
         cert_file: _builtins.str = ...,
         key_file: _builtins.str = ...,
         server_name: _builtins.str = ...,
+        pin_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_file", b"ca_file", "cert_file", b"cert_file", "key_file", b"key_file", "server_name", b"server_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_file", b"ca_file", "cert_file", b"cert_file", "key_file", b"key_file", "pin_sha256", b"pin_sha256", "server_name", b"server_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1125,7 +1148,10 @@ class RegisterDriverRequest(_message.Message):
     TLS_FIELD_NUMBER: _builtins.int
     address: _builtins.str
     """Required: where the host reaches the driver, in gRPC syntax:
-    "unix:///abs/path.sock" or "HOST:PORT".
+    "unix:///abs/path.sock" or "HOST:PORT", at most 1024 chars. HOST must be an
+    IP address in the host's configured networks ([peers] networks; default:
+    loopback) or a name it lists ([peers] names; default: localhost); else
+    INVALID_ARGUMENT.
     """
     order: _builtins.int
     """Tie-break among drivers of equal priority: lower wins (then the name)."""
@@ -1327,7 +1353,8 @@ class RegisterAgentRequest(_message.Message):
     TLS_FIELD_NUMBER: _builtins.int
     address: _builtins.str
     """Required: where the host reaches the agent, in gRPC syntax:
-    "unix:///abs/path.sock" or "HOST:PORT".
+    "unix:///abs/path.sock" or "HOST:PORT", with the rules of
+    RegisterDriverRequest.address.
     """
     @_builtins.property
     def tls(self) -> Global___TlsConfig:
@@ -1459,9 +1486,17 @@ class DefineVMRequest(_message.Message):
 
     AGENT_FIELD_NUMBER: _builtins.int
     VM_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     """The agent to define it on (Agent.name); required when more than one agent
     is registered, may be empty when exactly one is.
+    """
+    project: _builtins.str
+    """Optional: the project the VM belongs to (an id). Unset: the caller's project
+    when it has exactly one (required when it has several); an admin's VM without
+    one belongs to no project (only admins see it). An admin may give a project
+    to a VM that has none (adopt it, existing snapshots included); a VM's project
+    never changes after (ALREADY_EXISTS, VM_ALREADY_EXISTS).
     """
     @_builtins.property
     def vm(self) -> _common_pb2.VM:
@@ -1475,10 +1510,11 @@ class DefineVMRequest(_message.Message):
         *,
         agent: _builtins.str = ...,
         vm: _common_pb2.VM | None = ...,
+        project: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["vm", b"vm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "vm", b"vm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "project", b"project", "vm", b"vm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1491,6 +1527,9 @@ class DefineVMResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VM_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    """The project it belongs to ("" when none: only admins see it)."""
     @_builtins.property
     def vm(self) -> _common_pb2.VM:
         """As the agent stored it."""
@@ -1499,10 +1538,11 @@ class DefineVMResponse(_message.Message):
         self,
         *,
         vm: _common_pb2.VM | None = ...,
+        project: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["vm", b"vm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["vm", b"vm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "vm", b"vm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1537,6 +1577,9 @@ class GetVMResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VM_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    """The project it belongs to ("" when none: only admins see it)."""
     @_builtins.property
     def vm(self) -> _common_pb2.VM:
         """With state and disks."""
@@ -1545,10 +1588,11 @@ class GetVMResponse(_message.Message):
         self,
         *,
         vm: _common_pb2.VM | None = ...,
+        project: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["vm", b"vm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["vm", b"vm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "vm", b"vm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1702,10 +1746,11 @@ class UndefineVMRequest(_message.Message):
     DELETE_SNAPSHOTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Required; 1..128 chars of [A-Za-z0-9._-], starting with a letter or digit; unique
-    per request. Retries: the same request_id with the same vm_id continues the same
-    undefine (the same delete operations, started once each) and, once the VM is
-    undefined, answers undefined=true again. Used for another request: ALREADY_EXISTS,
-    REQUEST_ID_REUSED. After a failed delete, undefine with a new request_id.
+    per request. Retries: the same request_id with the same vm_id and delete_snapshots
+    continues the same undefine (the same delete operations, started once each) and,
+    once the VM is undefined, answers undefined=true again. Used for another request
+    (another VM or delete_snapshots): ALREADY_EXISTS, REQUEST_ID_REUSED. After a failed
+    delete, undefine with a new request_id.
     """
     vm_id: _builtins.str
     """Required; the VM's id."""
@@ -1939,3 +1984,139 @@ class Finding(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Finding: _TypeAlias = Finding  # noqa: Y015
+
+@_typing.final
+class ListAuditRecordsRequest(_message.Message):
+    """List audit records."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ONLY_REFUSED_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Most per page: 0..1000, 0 = 100."""
+    page_token: _builtins.str
+    """Empty for the first page, else next_page_token of the previous page."""
+    principal: _builtins.str
+    """Optional: only records of this principal (at most 255 chars)."""
+    project: _builtins.str
+    """Optional: only records of this project (an id)."""
+    only_refused: _builtins.bool
+    """Only refused calls (UNAUTHENTICATED, PERMISSION_DENIED, another project's
+    object).
+    """
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        principal: _builtins.str = ...,
+        project: _builtins.str = ...,
+        only_refused: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["only_refused", b"only_refused", "page_size", b"page_size", "page_token", b"page_token", "principal", b"principal", "project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRecordsRequest: _TypeAlias = ListAuditRecordsRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditRecordsResponse(_message.Message):
+    """A page of audit records."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Next page token; empty on the last page."""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditRecord]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___AuditRecord] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRecordsResponse: _TypeAlias = ListAuditRecordsResponse  # noqa: Y015
+
+@_typing.final
+class AuditRecord(_message.Message):
+    """One audited call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    AUTHENTICATED_BY_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    principal: _builtins.str
+    """Who: the principal's name ("" when the call was not authenticated)."""
+    authenticated_by: _builtins.str
+    """How it authenticated: "token", "jwt", "mtls", "local" (authentication off)
+    or "" (none).
+    """
+    project: _builtins.str
+    """The project of the object, when there is one."""
+    method: _builtins.str
+    """The RPC (e.g. "CreateVMSnapshot")."""
+    target: _builtins.str
+    """The object: a VM, snapshot, operation id, or a driver's address or name."""
+    request_id: _builtins.str
+    """The request's request_id, when it has one."""
+    result: _builtins.str
+    """How the call ended: "OK" or a gRPC code name."""
+    refused: _builtins.bool
+    """True when the call was refused for who made it (UNAUTHENTICATED,
+    PERMISSION_DENIED, another project's object answered NOT_FOUND).
+    """
+    detail: _builtins.str
+    """Why, in words (at most 1024 chars; never a credential)."""
+    peer: _builtins.str
+    """The caller's address as the host saw it."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the call ended."""
+
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        principal: _builtins.str = ...,
+        authenticated_by: _builtins.str = ...,
+        project: _builtins.str = ...,
+        method: _builtins.str = ...,
+        target: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        result: _builtins.str = ...,
+        refused: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+        peer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authenticated_by", b"authenticated_by", "detail", b"detail", "method", b"method", "peer", b"peer", "principal", b"principal", "project", b"project", "refused", b"refused", "request_id", b"request_id", "result", b"result", "target", b"target", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditRecord: _TypeAlias = AuditRecord  # noqa: Y015

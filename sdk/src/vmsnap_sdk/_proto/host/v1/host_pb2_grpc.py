@@ -46,6 +46,17 @@ class VMSnapshotServiceStub:
     database; nothing was done
     UNAVAILABLE          CATALOG_BUSY          every catalog connection of this replica is
     busy; nothing was done, retry
+    UNAUTHENTICATED      UNAUTHENTICATED       authentication is on and the call has no
+    valid credentials (grpc.health.v1 and
+    reflection stay open)
+    PERMISSION_DENIED    PERMISSION_DENIED     the caller's role does not allow the RPC:
+    viewer reads, operator also snapshots,
+    reverts, deletes and runs VMs, admin also
+    manages drivers, agents, findings, audit
+    Projects. With authentication on, a caller sees and touches only the VMs of its
+    projects, and their snapshots and operations; another project's object is
+    NOT_FOUND with the same message as one that does not exist. Every mutating call
+    and every refusal is recorded in the audit log (ListAuditRecords).
     and an RPC that calls a driver or an agent can return that peer's error with
     its code: its reason when it is an ErrorReason, else PEER_ERROR (ErrorInfo
     metadata "peer_reason" holds the peer's).
@@ -167,6 +178,11 @@ class VMSnapshotServiceStub:
                 request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListFindingsRequest.SerializeToString,
                 response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListFindingsResponse.FromString,
                 _registered_method=True)
+        self.ListAuditRecords = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/ListAuditRecords',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListAuditRecordsRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListAuditRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class VMSnapshotServiceServicer:
@@ -190,6 +206,17 @@ class VMSnapshotServiceServicer:
     database; nothing was done
     UNAVAILABLE          CATALOG_BUSY          every catalog connection of this replica is
     busy; nothing was done, retry
+    UNAUTHENTICATED      UNAUTHENTICATED       authentication is on and the call has no
+    valid credentials (grpc.health.v1 and
+    reflection stay open)
+    PERMISSION_DENIED    PERMISSION_DENIED     the caller's role does not allow the RPC:
+    viewer reads, operator also snapshots,
+    reverts, deletes and runs VMs, admin also
+    manages drivers, agents, findings, audit
+    Projects. With authentication on, a caller sees and touches only the VMs of its
+    projects, and their snapshots and operations; another project's object is
+    NOT_FOUND with the same message as one that does not exist. Every mutating call
+    and every refusal is recorded in the audit log (ListAuditRecords).
     and an RPC that calls a driver or an agent can return that peer's error with
     its code: its reason when it is an ErrorReason, else PEER_ERROR (ErrorInfo
     metadata "peer_reason" holds the peer's).
@@ -408,7 +435,11 @@ class VMSnapshotServiceServicer:
         while several agents are registered
         INVALID_ARGUMENT     INVALID_SPEC          the agent cannot run this definition
         NOT_FOUND            AGENT_NOT_FOUND       agent names no registered agent
-        ALREADY_EXISTS       VM_ALREADY_EXISTS     the agent has this id with another definition
+        INVALID_ARGUMENT     INVALID_ARGUMENT      project is unset and the caller has several,
+        or names a project not the caller's
+        ALREADY_EXISTS       VM_ALREADY_EXISTS     the agent has this id with another
+        definition, or the VM belongs to another
+        project (or to none, for a non-admin)
         UNAVAILABLE          AGENT_NOT_SERVING     the agent is not serving
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -508,6 +539,17 @@ class VMSnapshotServiceServicer:
         """Findings kept by the reconciler, newest first, paged.
         Errors:
         INVALID_ARGUMENT     INVALID_ARGUMENT      page_size or page_token is wrong
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditRecords(self, request, context):
+        """The audit log, newest first, paged (admin only): every mutating call and
+        every refused call, with who, which project, what, the request_id, the
+        result and when. Records are written durably before the call answers.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      page_size, page_token or a filter is wrong
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -626,6 +668,11 @@ def add_VMSnapshotServiceServicer_to_server(servicer, server):
                     request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListFindingsRequest.FromString,
                     response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListFindingsResponse.SerializeToString,
             ),
+            'ListAuditRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditRecords,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListAuditRecordsRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListAuditRecordsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'vmsnap.host.v1.VMSnapshotService', rpc_method_handlers)
@@ -655,6 +702,17 @@ class VMSnapshotService:
     database; nothing was done
     UNAVAILABLE          CATALOG_BUSY          every catalog connection of this replica is
     busy; nothing was done, retry
+    UNAUTHENTICATED      UNAUTHENTICATED       authentication is on and the call has no
+    valid credentials (grpc.health.v1 and
+    reflection stay open)
+    PERMISSION_DENIED    PERMISSION_DENIED     the caller's role does not allow the RPC:
+    viewer reads, operator also snapshots,
+    reverts, deletes and runs VMs, admin also
+    manages drivers, agents, findings, audit
+    Projects. With authentication on, a caller sees and touches only the VMs of its
+    projects, and their snapshots and operations; another project's object is
+    NOT_FOUND with the same message as one that does not exist. Every mutating call
+    and every refusal is recorded in the audit log (ListAuditRecords).
     and an RPC that calls a driver or an agent can return that peer's error with
     its code: its reason when it is an ErrorReason, else PEER_ERROR (ErrorInfo
     metadata "peer_reason" holds the peer's).
@@ -1244,6 +1302,33 @@ class VMSnapshotService:
             '/vmsnap.host.v1.VMSnapshotService/ListFindings',
             vmsnap_dot_host_dot_v1_dot_host__pb2.ListFindingsRequest.SerializeToString,
             vmsnap_dot_host_dot_v1_dot_host__pb2.ListFindingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/ListAuditRecords',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.ListAuditRecordsRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.ListAuditRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

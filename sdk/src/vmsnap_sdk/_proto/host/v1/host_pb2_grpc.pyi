@@ -45,6 +45,17 @@ class VMSnapshotServiceStub:
                                                  database; nothing was done
       UNAVAILABLE          CATALOG_BUSY          every catalog connection of this replica is
                                                  busy; nothing was done, retry
+      UNAUTHENTICATED      UNAUTHENTICATED       authentication is on and the call has no
+                                                 valid credentials (grpc.health.v1 and
+                                                 reflection stay open)
+      PERMISSION_DENIED    PERMISSION_DENIED     the caller's role does not allow the RPC:
+                                                 viewer reads, operator also snapshots,
+                                                 reverts, deletes and runs VMs, admin also
+                                                 manages drivers, agents, findings, audit
+    Projects. With authentication on, a caller sees and touches only the VMs of its
+    projects, and their snapshots and operations; another project's object is
+    NOT_FOUND with the same message as one that does not exist. Every mutating call
+    and every refusal is recorded in the audit log (ListAuditRecords).
     and an RPC that calls a driver or an agent can return that peer's error with
     its code: its reason when it is an ErrorReason, else PEER_ERROR (ErrorInfo
     metadata "peer_reason" holds the peer's).
@@ -208,7 +219,11 @@ class VMSnapshotServiceStub:
                                                  while several agents are registered
       INVALID_ARGUMENT     INVALID_SPEC          the agent cannot run this definition
       NOT_FOUND            AGENT_NOT_FOUND       agent names no registered agent
-      ALREADY_EXISTS       VM_ALREADY_EXISTS     the agent has this id with another definition
+      INVALID_ARGUMENT     INVALID_ARGUMENT      project is unset and the caller has several,
+                                                 or names a project not the caller's
+      ALREADY_EXISTS       VM_ALREADY_EXISTS     the agent has this id with another
+                                                 definition, or the VM belongs to another
+                                                 project (or to none, for a non-admin)
       UNAVAILABLE          AGENT_NOT_SERVING     the agent is not serving
     """
     GetVM: _aio.UnaryUnaryMultiCallable[_host_pb2.GetVMRequest, _host_pb2.GetVMResponse]
@@ -281,6 +296,13 @@ class VMSnapshotServiceStub:
     Errors:
       INVALID_ARGUMENT     INVALID_ARGUMENT      page_size or page_token is wrong
     """
+    ListAuditRecords: _aio.UnaryUnaryMultiCallable[_host_pb2.ListAuditRecordsRequest, _host_pb2.ListAuditRecordsResponse]
+    """The audit log, newest first, paged (admin only): every mutating call and
+    every refused call, with who, which project, what, the request_id, the
+    result and when. Records are written durably before the call answers.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      page_size, page_token or a filter is wrong
+    """
 
 class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
     """The vmsnap host.
@@ -303,6 +325,17 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
                                                  database; nothing was done
       UNAVAILABLE          CATALOG_BUSY          every catalog connection of this replica is
                                                  busy; nothing was done, retry
+      UNAUTHENTICATED      UNAUTHENTICATED       authentication is on and the call has no
+                                                 valid credentials (grpc.health.v1 and
+                                                 reflection stay open)
+      PERMISSION_DENIED    PERMISSION_DENIED     the caller's role does not allow the RPC:
+                                                 viewer reads, operator also snapshots,
+                                                 reverts, deletes and runs VMs, admin also
+                                                 manages drivers, agents, findings, audit
+    Projects. With authentication on, a caller sees and touches only the VMs of its
+    projects, and their snapshots and operations; another project's object is
+    NOT_FOUND with the same message as one that does not exist. Every mutating call
+    and every refusal is recorded in the audit log (ListAuditRecords).
     and an RPC that calls a driver or an agent can return that peer's error with
     its code: its reason when it is an ErrorReason, else PEER_ERROR (ErrorInfo
     metadata "peer_reason" holds the peer's).
@@ -554,7 +587,11 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
                                                      while several agents are registered
           INVALID_ARGUMENT     INVALID_SPEC          the agent cannot run this definition
           NOT_FOUND            AGENT_NOT_FOUND       agent names no registered agent
-          ALREADY_EXISTS       VM_ALREADY_EXISTS     the agent has this id with another definition
+          INVALID_ARGUMENT     INVALID_ARGUMENT      project is unset and the caller has several,
+                                                     or names a project not the caller's
+          ALREADY_EXISTS       VM_ALREADY_EXISTS     the agent has this id with another
+                                                     definition, or the VM belongs to another
+                                                     project (or to none, for a non-admin)
           UNAVAILABLE          AGENT_NOT_SERVING     the agent is not serving
         """
 
@@ -668,6 +705,19 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         """Findings kept by the reconciler, newest first, paged.
         Errors:
           INVALID_ARGUMENT     INVALID_ARGUMENT      page_size or page_token is wrong
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditRecords(
+        self,
+        request: _host_pb2.ListAuditRecordsRequest,
+        context: _aio.ServicerContext[_host_pb2.ListAuditRecordsRequest, _abc.Awaitable[_host_pb2.ListAuditRecordsResponse]],
+    ) -> _abc.Awaitable[_host_pb2.ListAuditRecordsResponse]:
+        """The audit log, newest first, paged (admin only): every mutating call and
+        every refused call, with who, which project, what, the request_id, the
+        result and when. Records are written durably before the call answers.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      page_size, page_token or a filter is wrong
         """
 
 def add_VMSnapshotServiceServicer_to_server(servicer: VMSnapshotServiceServicer, server: _aio.Server) -> None: ...
