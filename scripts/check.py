@@ -1,8 +1,9 @@
 """Everything `make test` checks, in order, stopping at the first failure.
 
 ruff, mypy --strict on our code (not the generated code), the proto checks
-(generated code up to date, buf lint, buf breaking against the previous commit
-and against the last release's image in proto/releases), then pytest in parallel
+(generated code up to date, buf lint, buf breaking against the previous commit,
+the newest release tag vX.Y.Z when the clone has tags, and the last release's
+image in proto/releases), then pytest in parallel
 (pytest-xdist, ``-n auto``; pass ``-n 0`` to run in one process). Extra arguments
 go to pytest.
 """
@@ -63,6 +64,19 @@ def _last_release() -> tuple[str, Path, Path | None] | None:
     return image.stem, image, config if config.exists() else None
 
 
+def _last_tag() -> str | None:
+    """The newest release tag (``vX.Y.Z``) of this clone that has the contracts;
+    None in a clone without tags (then the checked-in image stands for it)."""
+    tags = subprocess.run(
+        ["git", "tag", "--list", "v[0-9]*", "--sort=-v:refname"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    return next((t for t in tags if proto_image.has_protos(t)), None)
+
+
 def _predates_language_options(ref: str) -> bool:
     """Whether the contracts at ``ref`` set no language options (v0.1 and the
     commits before they were added): compared with those, the options' one-time
@@ -89,6 +103,16 @@ def _breaking(buf: str) -> None:
             run("buf breaking (previous commit)", cmd)
         else:
             print("== buf breaking: skipped, the previous commit has no proto/ to compare against")
+        tag = _last_tag()
+        if tag is not None:
+            # A release is tagged vX.Y.Z and its image checked in as proto/releases/
+            # vX.Y.binpb (docs/versioning.md); the tag is the truth when the clone has it.
+            tagged = Path(tmp) / "tag.binpb"
+            proto_image.build(tag, tagged)
+            cmd = [buf, "breaking", "proto", "--against", str(tagged)]
+            if _predates_language_options(tag):
+                cmd += ["--config", str(OPTIONS_EXCEPTIONS.relative_to(ROOT))]
+            run(f"buf breaking (release tag {tag})", cmd)
     if release is None:
         print("== buf breaking: no release image in proto/releases")
         return
