@@ -16,7 +16,7 @@ answers: every mutating call, and every refused one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -132,6 +132,7 @@ class Gate:
 
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
 
 if TYPE_CHECKING:
@@ -153,13 +154,28 @@ class AuthInterceptor(_Interceptor):
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or not method.startswith(SERVICE) or handler.unary_unary is None:
+        if handler is None or not method.startswith(SERVICE):
             return handler  # health, reflection: open
         name = method[len(SERVICE) :]
-        inner = cast(Behavior, handler.unary_unary)
         gate = self.gate
 
-        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def admit(call: access.Call, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            """Who calls, and may they: else audit the refusal and abort."""
+            try:
+                call.principal = gate.principal(context)
+                needed = ROLES.get(name, Role.ADMIN)
+                if call.principal.role < needed:
+                    raise PermissionDenied(
+                        f"{name} needs the {needed.name.lower()} role; "
+                        f"{call.principal.name} is {call.principal.role.name.lower()}",
+                    )
+            except (Unauthenticated, PermissionDenied) as exc:
+                call.refused = True
+                access.failed(exc)
+                await gate.audit(call)
+                await _abort(context, exc)
+
+        def open_call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> access.Call:
             call = access.Call(
                 method=name,
                 peer=context.peer() or "",
@@ -168,34 +184,65 @@ class AuthInterceptor(_Interceptor):
             call.recorder = lambda: (
                 gate.audit(call) if (name in MUTATING or call.refused) else _nothing()
             )
-            token = access.begin(call)
-            try:
-                try:
-                    call.principal = gate.principal(context)
-                    needed = ROLES.get(name, Role.ADMIN)
-                    if call.principal.role < needed:
-                        raise PermissionDenied(
-                            f"{name} needs the {needed.name.lower()} role; "
-                            f"{call.principal.name} is {call.principal.role.name.lower()}",
-                        )
-                except (Unauthenticated, PermissionDenied) as exc:
-                    call.refused = True
-                    access.failed(exc)
-                    await gate.audit(call)
-                    await _abort(context, exc)
-                try:
-                    return await inner(request, context)
-                finally:
-                    if name in MUTATING or call.refused:
-                        await gate.audit(call)
-            finally:
-                access.end(token)
+            return call
 
-        return grpc.unary_unary_rpc_method_handler(
-            behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        if handler.unary_unary is not None:
+            inner = cast(Behavior, handler.unary_unary)
+
+            async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                call = open_call(request, context)
+                token = access.begin(call)
+                try:
+                    await admit(call, context)
+                    try:
+                        return await inner(request, context)
+                    finally:
+                        if name in MUTATING or call.refused:
+                            await gate.audit(call)
+                finally:
+                    access.end(token)
+
+            return grpc.unary_unary_rpc_method_handler(
+                behavior,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            # A server stream (following operations, reading a disk): read-only RPCs,
+            # gated the same way; audited when refused.
+            streamer = cast(StreamBehavior, handler.unary_stream)
+
+            async def stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                call = open_call(request, context)
+                token = access.begin(call)
+                try:
+                    await admit(call, context)
+                    try:
+                        async for item in streamer(request, context):
+                            yield item
+                    finally:
+                        if name in MUTATING or call.refused:
+                            await gate.audit(call)
+                finally:
+                    access.end(token)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        # No client-streaming RPC exists on the control API: one added later must be
+        # gated here before it can be served, so it is refused until then.
+        return grpc.unary_unary_rpc_method_handler(_unsupported(name))
+
+
+def _unsupported(name: str) -> Behavior:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name}: client streams are not served")
+
+    return refuse
 
 
 async def _nothing() -> None:
