@@ -204,7 +204,7 @@ def test_ontap_errors_map_to_the_documented_codes(exc: Exception, expected: type
 async def test_key_locks_serialise_one_key_and_forget_it_after() -> None:
     import asyncio
 
-    from vmsnap_driver_netapp._keylocks import KeyLocks
+    from vmsnap_sdk.toolkit import KeyLocks
 
     locks = KeyLocks()
     inside: list[str] = []

@@ -9,7 +9,6 @@ not meant to be shared between threads), made on first use.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -19,6 +18,8 @@ from netapp_ontap.host_connection import HostConnection
 
 from vmsnap_driver_netapp._config import Config
 from vmsnap_driver_netapp._errors import translate
+from vmsnap_sdk.errors import DeadlineExceeded
+from vmsnap_sdk.toolkit import BlockingCalls, deadline_remaining
 
 log = logging.getLogger("vmsnap.driver.netapp")
 
@@ -31,7 +32,7 @@ class OntapArray:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._local = threading.local()
-        self._slots = asyncio.Semaphore(config.max_array_calls)
+        self._calls = BlockingCalls(config.max_array_calls)
 
     def _connection(self) -> HostConnection:
         conn: HostConnection | None = getattr(self._local, "connection", None)
@@ -64,25 +65,29 @@ class OntapArray:
         """
 
         def run() -> _T:
-            with self._connection():
+            conn = self._connection()
+            # A job is polled no longer than the caller waits (toolkit: deadline passed down).
+            conn.poll_timeout = max(1, int(deadline_remaining(self.config.call_timeout)))
+            with conn:
                 return fn()
 
-        async with self._slots:
-            try:
-                return await asyncio.to_thread(run)
-            except Exception as exc:  # noqa: BLE001 - translated, never leaked
-                error = translate(
-                    exc, url=self.config.url, action=action, secret=self.config.password.reveal()
-                )
-                log.warning(
-                    "ontap call failed",
-                    extra={
-                        "fields": {
-                            "action": action,
-                            "code": error.code.name,
-                            "reason": error.reason,
-                            "exc_type": type(exc).__name__,
-                        }
-                    },
-                )
-                raise error from None
+        try:
+            return await self._calls.run(run, what=action)
+        except DeadlineExceeded:
+            raise
+        except Exception as exc:  # noqa: BLE001 - translated, never leaked
+            error = translate(
+                exc, url=self.config.url, action=action, secret=self.config.password.reveal()
+            )
+            log.warning(
+                "ontap call failed",
+                extra={
+                    "fields": {
+                        "action": action,
+                        "code": error.code.name,
+                        "reason": error.reason,
+                        "exc_type": type(exc).__name__,
+                    }
+                },
+            )
+            raise error from None

@@ -10,44 +10,25 @@ Every setting can come from three places, the first one set wins::
     --svm NAME[,NAME]                   VMSNAP_NETAPP_SVMS            svms = ["..."]
     --config FILE                       VMSNAP_NETAPP_CONFIG          (the TOML file itself)
 
-The password is only ever read from a file (never a flag, never the environment:
-both show up in ``ps`` and in crash reports), and is held in a :class:`Secret`
-whose ``repr`` and ``str`` hide it, so that logging a config object cannot leak it.
+The common settings, the password file and :class:`Secret` are the SDK's vendor
+toolkit (:mod:`vmsnap_sdk.toolkit`); this module adds ONTAP's own.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+
+from vmsnap_sdk.toolkit import (
+    ConfigError,
+    Secret,
+    Settings,
+    add_array_arguments,
+    array_endpoint,
+)
 
 ENV_PREFIX = "VMSNAP_NETAPP_"
-
-
-class ConfigError(ValueError):
-    """The configuration is incomplete or wrong; the message never holds a secret."""
-
-
-class Secret:
-    """A string that does not print itself."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """The secret itself: pass it to the vendor client, nowhere else."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
 
 
 @dataclass(frozen=True)
@@ -83,51 +64,16 @@ class Config:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The driver's own flags (the SDK adds --listen, TLS and logging flags)."""
-    group = parser.add_argument_group("NetApp ONTAP cluster")
-    group.add_argument("--config", metavar="FILE", help=f"TOML config file ({ENV_PREFIX}CONFIG)")
-    group.add_argument(
-        "--url", help=f"cluster management address, https://host[:port] ({ENV_PREFIX}URL)"
-    )
-    group.add_argument("--user", help=f"cluster admin user ({ENV_PREFIX}USER)")
-    group.add_argument(
-        "--password-file",
-        metavar="FILE",
-        help=f"file holding the password, nothing else ({ENV_PREFIX}PASSWORD_FILE)",
-    )
-    group.add_argument(
-        "--ca-file",
-        metavar="FILE",
-        help=f"PEM CA bundle to verify the cluster ({ENV_PREFIX}CA_FILE)",
-    )
-    group.add_argument(
-        "--insecure-skip-tls-verify",
-        action="store_const",
-        const=True,
-        default=None,
-        help=f"do not verify the cluster's TLS certificate ({ENV_PREFIX}INSECURE=1)",
-    )
+    group = add_array_arguments(parser, "NetApp ONTAP cluster", ENV_PREFIX, url_help="cluster")
     group.add_argument(
         "--svm",
         dest="svms",
         help=f"comma-separated SVMs to serve; default: all of the cluster's ({ENV_PREFIX}SVMS)",
     )
-    group.add_argument("--call-timeout", type=float, help="seconds one ONTAP call or job may take")
-    group.add_argument("--job-poll-interval", type=float, help="seconds between two job polls")
-    group.add_argument("--max-array-calls", type=int, help="ONTAP calls in flight at once")
     group.add_argument(
-        "--conformance-fixture",
-        action="store_const",
-        const=True,
-        default=None,
-        help="serve the ConformanceFixture service (emulator / test arrays only)",
+        "--job-poll-interval", type=float, metavar="SECONDS", help="seconds between two job polls"
     )
     group.add_argument("--fixture-volume", help="ONTAP volume holding the fixture's test disks")
-
-
-def _truthy(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 def _names(value: object) -> tuple[str, ...]:
@@ -137,73 +83,24 @@ def _names(value: object) -> tuple[str, ...]:
     return tuple(str(v).strip() for v in items if str(v).strip())
 
 
-def from_arguments(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
+def from_arguments(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
     """The config from parsed flags, the environment and the config file."""
-    env = dict(os.environ if environ is None else environ)
-    file_path = args.config or env.get(ENV_PREFIX + "CONFIG")
-    file_values: dict[str, Any] = {}
-    if file_path:
-        try:
-            file_values = tomllib.loads(Path(file_path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(
-                f"cannot read config file {file_path}: {type(exc).__name__}"
-            ) from None
-
-    def pick(name: str) -> Any:
-        flag = getattr(args, name, None)
-        if flag is not None:
-            return flag
-        if ENV_PREFIX + name.upper() in env:
-            return env[ENV_PREFIX + name.upper()]
-        return file_values.get(name)
-
-    url = pick("url")
-    if not url:
-        raise ConfigError(f"the cluster URL is required (--url or {ENV_PREFIX}URL)")
-    parts = urlsplit(url if "://" in url else f"https://{url}")
-    if parts.scheme != "https" or not parts.hostname:
-        raise ConfigError(f"the cluster URL must be https://host[:port], not {url!r}")
-    user = pick("user")
-    if not user:
-        raise ConfigError(f"the cluster user is required (--user or {ENV_PREFIX}USER)")
-    password_file = pick("password_file")
-    if not password_file:
-        raise ConfigError(
-            f"a password file is required (--password-file or {ENV_PREFIX}PASSWORD_FILE)"
-        )
-    try:
-        password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        # Name the file, never its content.
-        raise ConfigError(f"cannot read password file {password_file}: {exc.strerror}") from None
-    if not password:
-        raise ConfigError(f"password file {password_file} is empty")
-
-    insecure = args.insecure_skip_tls_verify
-    if insecure is None:
-        insecure = env.get(ENV_PREFIX + "INSECURE", file_values.get("insecure_skip_tls_verify"))
-    ca_file = pick("ca_file")
-    verify: bool | str = True
-    if insecure is not None and _truthy(insecure):
-        verify = False
-    elif ca_file:
-        if not Path(ca_file).is_file():
-            raise ConfigError(f"CA file {ca_file} does not exist")
-        verify = str(ca_file)
-
-    fixture = pick("conformance_fixture")
+    settings = Settings(ENV_PREFIX, args, environ)
+    endpoint = array_endpoint(settings)
     defaults = Config(host="", port=0, user="", password=Secret(""))
     return Config(
-        host=parts.hostname,
-        port=parts.port or 443,
-        user=str(user),
-        password=Secret(password),
-        verify_tls=verify,
-        svms=_names(pick("svms")),
-        call_timeout=float(pick("call_timeout") or defaults.call_timeout),
-        job_poll_interval=float(pick("job_poll_interval") or defaults.job_poll_interval),
-        max_array_calls=int(pick("max_array_calls") or defaults.max_array_calls),
-        conformance_fixture=_truthy(fixture) if fixture is not None else False,
-        fixture_volume=str(pick("fixture_volume") or defaults.fixture_volume),
+        host=endpoint.host,
+        port=endpoint.port,
+        user=endpoint.user,
+        password=endpoint.password,
+        verify_tls=endpoint.verify_tls,
+        svms=_names(settings.pick("svms")),
+        call_timeout=settings.number("call_timeout", defaults.call_timeout),
+        job_poll_interval=settings.number("job_poll_interval", defaults.job_poll_interval),
+        max_array_calls=int(settings.number("max_array_calls", defaults.max_array_calls)),
+        conformance_fixture=bool(settings.flag("conformance_fixture")),
+        fixture_volume=str(settings.pick("fixture_volume") or defaults.fixture_volume),
     )
+
+
+__all__ = ["ConfigError", "Config", "Secret", "add_arguments", "from_arguments"]

@@ -28,7 +28,6 @@ from vmsnap_driver_netapp._array import OntapArray
 from vmsnap_driver_netapp._catalog import FlexVol, Found
 from vmsnap_driver_netapp._config import Config
 from vmsnap_driver_netapp._fixture import EmulatorFiles
-from vmsnap_driver_netapp._keylocks import KeyLocks
 from vmsnap_driver_netapp._layout import (
     DONE_MARKER,
     MAX_PATH_BYTES,
@@ -64,6 +63,7 @@ from vmsnap_sdk.errors import (
     NotFound,
     VMSnapError,
 )
+from vmsnap_sdk.toolkit import KeyLocks
 
 __version__ = "0.1.0"
 

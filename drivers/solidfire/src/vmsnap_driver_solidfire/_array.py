@@ -10,7 +10,6 @@ array comes up recovers by itself.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -20,6 +19,8 @@ from solidfire.factory import ElementFactory
 
 from vmsnap_driver_solidfire._config import Config
 from vmsnap_driver_solidfire._errors import translate
+from vmsnap_sdk.errors import DeadlineExceeded
+from vmsnap_sdk.toolkit import BlockingCalls
 
 log = logging.getLogger("vmsnap.driver.solidfire")
 
@@ -43,7 +44,7 @@ class ElementArray:
         self.config = config
         self._client: Any = None
         self._connect_lock = threading.Lock()
-        self._slots = asyncio.Semaphore(config.max_array_calls)
+        self._calls = BlockingCalls(config.max_array_calls)
         quiet_vendor_logging()
 
     def _connect(self) -> Any:
@@ -73,22 +74,23 @@ class ElementArray:
         def run() -> _T:
             return fn(self._connect())
 
-        async with self._slots:
-            try:
-                return await asyncio.to_thread(run)
-            except Exception as exc:  # noqa: BLE001 - translated, never leaked
-                error = translate(
-                    exc, url=self.config.url, action=action, secret=self.config.password.reveal()
-                )
-                log.warning(
-                    "element call failed",
-                    extra={
-                        "fields": {
-                            "action": action,
-                            "code": error.code.name,
-                            "reason": error.reason,
-                            "exc_type": type(exc).__name__,
-                        }
-                    },
-                )
-                raise error from None
+        try:
+            return await self._calls.run(run, what=action)
+        except DeadlineExceeded:
+            raise
+        except Exception as exc:  # noqa: BLE001 - translated, never leaked
+            error = translate(
+                exc, url=self.config.url, action=action, secret=self.config.password.reveal()
+            )
+            log.warning(
+                "element call failed",
+                extra={
+                    "fields": {
+                        "action": action,
+                        "code": error.code.name,
+                        "reason": error.reason,
+                        "exc_type": type(exc).__name__,
+                    }
+                },
+            )
+            raise error from None

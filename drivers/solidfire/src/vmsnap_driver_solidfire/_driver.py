@@ -21,7 +21,6 @@ from typing import Any
 from vmsnap_driver_solidfire._array import ElementArray
 from vmsnap_driver_solidfire._config import Config
 from vmsnap_driver_solidfire._fixture import EmulatorData
-from vmsnap_driver_solidfire._keylocks import KeyLocks
 from vmsnap_driver_solidfire._tags import Tag, locator, parse_locator
 from vmsnap_sdk import (
     VM,
@@ -52,6 +51,7 @@ from vmsnap_sdk.errors import (
     NotFound,
     VMSnapError,
 )
+from vmsnap_sdk.toolkit import KeyLocks
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,6 @@
 """One lock per key (a vm_snapshot_id), forgotten as soon as nobody holds or waits for it.
 
-The driver serialises the calls on one id inside its process, so that two
+A driver serialises the calls on one id inside its process, so that two
 concurrent retries of a take cannot both create the snapshot. A plain dict of
 locks would keep one entry per id ever seen; this one stays as small as the
 number of ids in flight.
