@@ -14,6 +14,7 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 
 from vmsnap_host.api import convert, errors
+from vmsnap_host.blocks import DiskBlocks
 from vmsnap_host.config import ConfigError, check_address, tls_from_mapping
 from vmsnap_host.manager import Manager
 from vmsnap_host.model import OperationRecord, QuiescePolicy
@@ -22,6 +23,7 @@ from vmsnap_host.registry import Health, Registry
 from vmsnap_host.store import Store
 from vmsnap_host.store.writer import Step
 from vmsnap_sdk import VM, ClientTLS, Page, current_call
+from vmsnap_sdk import _blocks_wire as bw
 from vmsnap_sdk import _convert as cv
 from vmsnap_sdk import _validate as val
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
@@ -134,6 +136,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         self.registry = registry
         self.store = store
         self.reconciler = reconciler
+        self.blocks = DiskBlocks(manager, registry)
 
     def _op(self, op: OperationRecord) -> pb.Operation:
         return convert.operation_to_pb(op, self.store.get_snapshot(op.vm_snapshot_id))
@@ -502,6 +505,50 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             )
 
         return await _call(context, "ListFindings", run)
+
+    # --- changed blocks and export (issue 15; read-only, role viewer) -------------
+    # Server streams: coroutines that write, so errors keep the one boundary (_call).
+
+    async def GetSnapshotDiskBlocks(  # type: ignore[override]  # noqa: N802 - writes
+        self, request: pb.GetSnapshotDiskBlocksRequest, context: Ctx
+    ) -> None:
+        async def run() -> None:
+            val.require_id("vm_snapshot_id", request.vm_snapshot_id)
+            val.require_text("disk", request.disk)
+            if request.since_vm_snapshot_id:
+                val.require_id("since_vm_snapshot_id", request.since_vm_snapshot_id)
+            start = bw.offset("starting_offset", request.starting_offset)
+            most = bw.max_results("max_results", request.max_results)
+            async for page in self.blocks.pages(
+                request.vm_snapshot_id, request.disk, request.since_vm_snapshot_id, start, most
+            ):
+                await context.write(
+                    pb.GetSnapshotDiskBlocksResponse(
+                        capacity_bytes=page.capacity_bytes,
+                        block_size_bytes=page.block_size,
+                        ranges=[
+                            pb.DiskRange(offset=r.offset, length=r.length) for r in page.ranges
+                        ],
+                    )
+                )
+
+        await _call(context, "GetSnapshotDiskBlocks", run)
+
+    async def ReadSnapshotDisk(  # type: ignore[override]  # noqa: N802 - writes
+        self, request: pb.ReadSnapshotDiskRequest, context: Ctx
+    ) -> None:
+        async def run() -> None:
+            val.require_id("vm_snapshot_id", request.vm_snapshot_id)
+            val.require_text("disk", request.disk)
+            offset = bw.offset("offset", request.offset)
+            length = bw.length("length", request.length)
+            chunk = bw.chunk_size("chunk_size", request.chunk_size)
+            async for at, data in self.blocks.read(
+                request.vm_snapshot_id, request.disk, offset, length, chunk
+            ):
+                await context.write(pb.ReadSnapshotDiskResponse(offset=at, data=data))
+
+        await _call(context, "ReadSnapshotDisk", run)
 
 
 def _tls_dict(tls: ClientTLS | None) -> dict[str, str]:

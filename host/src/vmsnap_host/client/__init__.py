@@ -22,6 +22,7 @@ from vmsnap_host.client._client import HostClient
 from vmsnap_host.client._sync import SyncHostClient
 from vmsnap_host.client._types import (
     AgentStatus,
+    DiskRanges,
     DriverStatus,
     Failure,
     Finding,
@@ -64,6 +65,7 @@ __all__ = [
     "ClientTLS",
     "Consistency",
     "DeadlineExceeded",
+    "DiskRanges",
     "DriverStatus",
     "FailedPrecondition",
     "Failure",
