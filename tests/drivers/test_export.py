@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from tests.drivers.conftest import DriverProcess, run_driver
 from tests.drivers.test_with_host import Stack
 from vmsnap_emulators.testing import start_emulator
 from vmsnap_host.client import HostClient, VMSnapshot
+from vmsnap_host.exporter import Exporter, ExportError
 from vmsnap_sdk import VM, DriverClient, Volume, VolumeSnapshot
 from vmsnap_sdk._blocks_wire import ref_to_pb
 from vmsnap_sdk._proto.driver.v1 import driver_pb2
@@ -67,8 +70,12 @@ def _pattern(seed: int, length: int) -> bytes:
     return bytes(out[:length])
 
 
-@pytest.fixture
-def stack(sockdir: Path, tmp_path: Path) -> Iterator[tuple[Stack, DriverProcess]]:
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, DriverProcess]]:
+    # One stack for the module (its tests use distinct VMs and volumes): starting
+    # four processes is most of a test's time.
+    tmp_path = tmp_path_factory.mktemp("export-stack")
+    sockdir = Path(tempfile.mkdtemp(prefix="vs-", dir="/tmp"))
     with (
         start_emulator("element", tmp_path / "element", durable=False) as element,
         run_driver(
@@ -103,6 +110,7 @@ def stack(sockdir: Path, tmp_path: Path) -> Iterator[tuple[Stack, DriverProcess]
             yield s, solidfire
         finally:
             s.close()
+            shutil.rmtree(sockdir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -175,8 +183,9 @@ def _coalesced(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(o, n) for o, n in out]
 
 
-def _vmsnap(address: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+async def _vmsnap(address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "vmsnap_host.cli", "--host", address, *args],
         capture_output=True,
         text=True,
@@ -185,20 +194,31 @@ def _vmsnap(address: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+async def _run(argv: list[str]) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run, argv, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def _assert_image_equals(raw: Path, writes: list[tuple[int, bytes]], size: int) -> None:
-    """The raw image holds ``writes`` (later ones win) and zeros elsewhere."""
+    """The raw image holds ``writes`` (later ones win) and zeros elsewhere: the
+    expected disk is built as a sparse file and compared byte for byte by
+    ``qemu-img compare`` (which skips holes on both sides quickly)."""
     assert raw.stat().st_size == size
-    piece = 16 * MIB
-    zeros = bytes(piece)
-    with raw.open("rb") as f:
-        for start in range(0, size, piece):
-            got = f.read(piece)
-            want = bytearray(zeros)
-            for offset, data in writes:
-                lo, hi = max(offset, start), min(offset + len(data), start + piece)
-                if lo < hi:
-                    want[lo - start : hi - start] = data[lo - offset : hi - offset]
-            assert got == want, f"bytes differ in [{start}, {start + piece})"
+    expected = raw.with_name("expected.raw")
+    with expected.open("wb") as f:
+        f.truncate(size)
+        for offset, data in writes:
+            f.seek(offset)
+            f.write(data)
+    result = subprocess.run(
+        ["qemu-img", "compare", "-f", "raw", "-F", "raw", str(expected), str(raw)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 async def test_delta_round_trip_exact_ranges_small_incremental_same_bytes(
@@ -222,9 +242,9 @@ async def test_delta_round_trip_exact_ranges_small_incremental_same_bytes(
     assert [(r.offset, r.length) for r in allocated.ranges] == _coalesced(BASE)
 
     out = tmp_path / "exports"
-    full = _vmsnap(address, "snapshot", "export", s1.id, "--to", str(out), "--json")
+    full = await _vmsnap(address, "snapshot", "export", s1.id, "--to", str(out), "--json")
     assert full.returncode == 0, full.stderr
-    inc = _vmsnap(
+    inc = await _vmsnap(
         address, "snapshot", "export", s2.id, "--to", str(out), "--since", s1.id, "--json"
     )
     assert inc.returncode == 0, inc.stderr
@@ -240,14 +260,11 @@ async def test_delta_round_trip_exact_ranges_small_incremental_same_bytes(
     assert image.stat().st_size / GIB <= 0.02
     assert json.loads(full.stdout)["disks"][0]["data_bytes"] == 6 * MIB
 
-    check = subprocess.run(
-        ["qemu-img", "check", str(image)], capture_output=True, text=True, check=False
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
+    await _run(["qemu-img", "check", str(image)])
     raw = tmp_path / "rebuilt.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True)
+    await _run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)])
     assert raw.stat().st_blocks * 512 < 64 * MIB, "the rebuilt image should be sparse"
-    _assert_image_equals(raw, _expected_at_s2(), GIB)
+    await asyncio.to_thread(_assert_image_equals, raw, _expected_at_s2(), GIB)
     # The array agrees, at every changed range (read through the host).
     for r in delta.ranges[:3]:
         got = await host.read_snapshot_disk(s2.id, "vda", r.offset, r.length)
@@ -259,7 +276,7 @@ async def test_delta_round_trip_exact_ranges_small_incremental_same_bytes(
 async def test_export_refuses_a_changed_base_and_bad_bounds(
     clients: tuple[HostClient, DriverClient, str], tmp_path: Path
 ) -> None:
-    host, driver, address = clients
+    host, driver, _address = clients
     volume = await driver.create_test_volume("small", 8 * MIB)
     await host.define_vm(
         VM(
@@ -287,17 +304,17 @@ async def test_export_refuses_a_changed_base_and_bad_bounds(
     with pytest.raises(FailedPrecondition, match="not older"):
         await host.disk_ranges(s1.id, "vda", since=s2.id)
 
+    # In process (the CLI path is the round trip's): the chain's checks.
     out = tmp_path / "x"
-    assert _vmsnap(address, "snapshot", "export", s1.id, "--to", str(out)).returncode == 0
-    missing = _vmsnap(
-        address, "snapshot", "export", s2.id, "--to", str(tmp_path / "y"), "--since", s1.id
-    )
-    assert missing.returncode == 1 and "export the older snapshot" in missing.stderr
+    exporter = Exporter(host)
+    await exporter.export(s1.id, out)
+    with pytest.raises(ExportError, match="export the older snapshot"):
+        await exporter.export(s2.id, tmp_path / "y", since=s1.id)
     # A base changed after its export breaks the chain: refused, not silently used.
     base = out / f"{s1.id}.vda.qcow2"
-    subprocess.run(["qemu-io", "-f", "qcow2", str(base), "-c", "write -q 0 4096"], check=True)
-    changed = _vmsnap(address, "snapshot", "export", s2.id, "--to", str(out), "--since", s1.id)
-    assert changed.returncode == 1 and "sha256" in changed.stderr
+    await _run(["qemu-io", "-f", "qcow2", str(base), "-c", "write -q 0 4096"])
+    with pytest.raises(ExportError, match="sha256"):
+        await exporter.export(s2.id, out, since=s1.id)
 
 
 def _ref_volume(snap: VMSnapshot) -> VolumeSnapshot:
