@@ -545,7 +545,13 @@ class VMSnapshotServiceServicer:
 
     def ReadSnapshotDisk(self, request, context):
         """The bytes of one disk of a READY snapshot, streamed in chunks.
-        Errors: as GetSnapshotDiskBlocks (DRIVER_CAPABILITY_MISSING: no CAPABILITY_READ_SNAPSHOT).
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        NOT_FOUND            NOT_FOUND             no such snapshot, or no such disk in it
+        FAILED_PRECONDITION  DISK_NOT_EXPORTABLE   the snapshot is not READY, or the disk's
+        snapshot is hypervisor-native
+        FAILED_PRECONDITION  DRIVER_CAPABILITY_MISSING  the driver has no CAPABILITY_READ_SNAPSHOT
+        INTERNAL             DRIVER_CONTRACT_VIOLATION  the driver read fewer or more bytes
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

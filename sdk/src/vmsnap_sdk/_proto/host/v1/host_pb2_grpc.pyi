@@ -299,7 +299,13 @@ class VMSnapshotServiceStub:
     """
     ReadSnapshotDisk: _aio.UnaryStreamMultiCallable[_host_pb2.ReadSnapshotDiskRequest, _host_pb2.ReadSnapshotDiskResponse]
     """The bytes of one disk of a READY snapshot, streamed in chunks.
-    Errors: as GetSnapshotDiskBlocks (DRIVER_CAPABILITY_MISSING: no CAPABILITY_READ_SNAPSHOT).
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      NOT_FOUND            NOT_FOUND             no such snapshot, or no such disk in it
+      FAILED_PRECONDITION  DISK_NOT_EXPORTABLE   the snapshot is not READY, or the disk's
+                                                 snapshot is hypervisor-native
+      FAILED_PRECONDITION  DRIVER_CAPABILITY_MISSING  the driver has no CAPABILITY_READ_SNAPSHOT
+      INTERNAL             DRIVER_CONTRACT_VIOLATION  the driver read fewer or more bytes
     """
 
 class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -719,7 +725,13 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_host_pb2.ReadSnapshotDiskRequest, _abc.AsyncIterator[_host_pb2.ReadSnapshotDiskResponse]],
     ) -> _abc.AsyncIterator[_host_pb2.ReadSnapshotDiskResponse]:
         """The bytes of one disk of a READY snapshot, streamed in chunks.
-        Errors: as GetSnapshotDiskBlocks (DRIVER_CAPABILITY_MISSING: no CAPABILITY_READ_SNAPSHOT).
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          NOT_FOUND            NOT_FOUND             no such snapshot, or no such disk in it
+          FAILED_PRECONDITION  DISK_NOT_EXPORTABLE   the snapshot is not READY, or the disk's
+                                                     snapshot is hypervisor-native
+          FAILED_PRECONDITION  DRIVER_CAPABILITY_MISSING  the driver has no CAPABILITY_READ_SNAPSHOT
+          INTERNAL             DRIVER_CONTRACT_VIOLATION  the driver read fewer or more bytes
         """
 
 def add_VMSnapshotServiceServicer_to_server(servicer: VMSnapshotServiceServicer, server: _aio.Server) -> None: ...
