@@ -40,9 +40,12 @@ from vmsnap_sdk import (
     VolumeSnapshot,
     run_driver,
 )
+from vmsnap_sdk.blocks import BlockPage, SnapshotRef, blocks_to_ranges, page_of
 from vmsnap_sdk.errors import AlreadyExists, InvalidArgument, NotFound
 
 SCHEME = "ref"
+#: Granularity of the reference driver's changed blocks.
+BLOCK = 4096
 POST_PROCESSING_SECONDS = 0.05
 
 
@@ -190,6 +193,49 @@ class ReferenceDriver(StorageDriver):
         chunk = remaining[: page.size]
         token = encode_token(chunk[-1]) if len(remaining) > page.size else ""
         return SnapshotPage(tuple(self.current(self.snapshots[i]) for i in chunk), token)
+
+    # --- changed blocks and snapshot reads -----------------------------------------
+
+    def snapshot_bytes(self, ref: SnapshotRef) -> bytes:
+        snap = self.find(ref.vm_snapshot_id)
+        data = snap.data.get(ref.volume.locator)
+        if data is None:
+            raise NotFound(
+                f"snapshot {ref.vm_snapshot_id} has no volume {ref.volume.locator}",
+                reason="SNAPSHOT_NOT_FOUND",
+            )
+        return data
+
+    @staticmethod
+    def blocks(data: bytes) -> list[bytes]:
+        return [data[i : i + BLOCK] for i in range(0, len(data), BLOCK)]
+
+    async def get_allocated(
+        self, snapshot: SnapshotRef, starting_offset: int, max_results: int
+    ) -> BlockPage:
+        data = self.snapshot_bytes(snapshot)
+        used = [i for i, b in enumerate(self.blocks(data)) if b.count(0) != len(b)]
+        ranges, done = page_of(
+            blocks_to_ranges(used, BLOCK, len(data)), starting_offset, max_results
+        )
+        return BlockPage(ranges, BLOCK, len(data), done=done)
+
+    async def get_delta(
+        self, base: SnapshotRef, target: SnapshotRef, starting_offset: int, max_results: int
+    ) -> BlockPage:
+        old, new = self.snapshot_bytes(base), self.snapshot_bytes(target)
+        pairs = zip(self.blocks(old), self.blocks(new), strict=False)
+        changed = [i for i, (a, b) in enumerate(pairs) if a != b]
+        ranges, done = page_of(
+            blocks_to_ranges(changed, BLOCK, len(new)), starting_offset, max_results
+        )
+        return BlockPage(ranges, BLOCK, len(new), done=done)
+
+    async def read_snapshot(self, snapshot: SnapshotRef, offset: int, length: int) -> bytes:
+        data = self.snapshot_bytes(snapshot)
+        if offset + length > len(data):
+            raise InvalidArgument.for_field("length", "reads past the end of the volume")
+        return data[offset : offset + length]
 
     # --- fixture ------------------------------------------------------------------
 

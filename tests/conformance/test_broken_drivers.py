@@ -22,6 +22,8 @@ from tests.support.procs import ROOT, Proc, python_proc, wait_serving
 from vmsnap_sdk.conformance import all_checks, run_suite
 
 BAD_INPUT = {
+    "blocks.bounds_invalid",
+    "blocks.read_bounds_invalid",
     "can_handle.duplicate_disk_invalid",
     "can_handle.empty_request_invalid",
     "can_handle.operation_required",
@@ -154,6 +156,14 @@ EXPECTED: dict[str, set[str]] = {
         "capabilities.get_unknown",
         "errors.not_found_error_info",
     },
+    "delta_omits_range": {"blocks.delta_lists_changes"},
+    "unsorted_ranges": {
+        "blocks.delta_lists_changes",
+        "blocks.delta_paged",
+        "blocks.allocated_covers_data",
+    },
+    "ignores_page_size": {"blocks.delta_paged"},
+    "reads_live_volume": {"blocks.read_returns_snapshot_bytes"},
 }
 
 

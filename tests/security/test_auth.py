@@ -84,6 +84,8 @@ def test_no_credentials_is_unauthenticated_and_health_stays_open(secured: Stack)
         (anonymous.ListVMs, pb.ListVMsRequest()),
         (anonymous.CreateVMSnapshot, pb.CreateVMSnapshotRequest()),
         (anonymous.ListDrivers, pb.ListDriversRequest()),
+        # Server streams are gated like unary calls.
+        (lambda r: list(anonymous.ReadSnapshotDisk(r)), pb.ReadSnapshotDiskRequest()),
     ):
         code, reason, message = refused(call, request)
         assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
@@ -127,6 +129,14 @@ def test_a_project_sees_and_touches_only_its_own(secured: Stack) -> None:
         (alice.DeleteVMSnapshot, pb.DeleteVMSnapshotRequest(request_id="a-d", id=b_snap)),
         (alice.GetOperation, pb.GetOperationRequest(id=b_op.id)),
         (alice.WaitOperation, pb.WaitOperationRequest(id=b_op.id)),
+        (
+            lambda r: list(alice.GetSnapshotDiskBlocks(r)),
+            pb.GetSnapshotDiskBlocksRequest(vm_snapshot_id=b_snap, disk="root"),
+        ),
+        (
+            lambda r: list(alice.ReadSnapshotDisk(r)),
+            pb.ReadSnapshotDiskRequest(vm_snapshot_id=b_snap, disk="root", length=4096),
+        ),
     ):
         code, _, message = refused(call, request)
         assert code == NOT_FOUND, (request, message)

@@ -242,6 +242,47 @@ class LayerStore:
             layer_id = layer.parent
         return sum(1 for d in seen.values() if d != ZERO)
 
+    def block_map(self, layer_id: str | None) -> dict[int, bytes]:
+        """Block index -> digest of every block mapped through ``layer_id`` (the
+        volume's view: the newest layer wins). Zero digests stay in: a block written
+        with zeros differs from its parent's data."""
+        seen: dict[int, bytes] = {}
+        while layer_id is not None:
+            layer = self._layers[layer_id]
+            for idx, digest in layer.entries.items():
+                seen.setdefault(idx, digest)
+            layer_id = layer.parent
+        return seen
+
+    def allocated_blocks(self, layer_id: str | None) -> list[int]:
+        """Sorted indexes of the non-zero blocks visible through ``layer_id``."""
+        return sorted(i for i, d in self.block_map(layer_id).items() if d != ZERO)
+
+    def changed_blocks(self, base: str | None, target: str | None) -> list[int]:
+        """Sorted indexes of the blocks whose bytes differ between two layers.
+
+        Cost: proportional to the mapped entries of both chains, never to the volume's
+        size; the shared part of the chains is skipped, since a layer both see holds
+        the same entries for both. Content addressing makes this exact: a block
+        rewritten with the bytes it had is not a change.
+        """
+        shared: set[str] = set()
+        layer_id = base
+        while layer_id is not None:
+            shared.add(layer_id)
+            layer_id = self._layers[layer_id].parent
+        common = target
+        while common is not None and common not in shared:
+            common = self._layers[common].parent
+        # Only blocks mapped above the common ancestor, on either side, can differ.
+        candidates: set[int] = set()
+        for top in (base, target):
+            layer_id = top
+            while layer_id is not None and layer_id != common:
+                candidates.update(self._layers[layer_id].entries)
+                layer_id = self._layers[layer_id].parent
+        return sorted(i for i in candidates if self.resolve(base, i) != self.resolve(target, i))
+
     # -- garbage collection ------------------------------------------------------------
     def collect(self, roots: set[str]) -> list[str]:
         """Drop layers unreachable from ``roots`` and merge pass-through layers.

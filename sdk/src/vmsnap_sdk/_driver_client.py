@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 
+from vmsnap_sdk import _blocks_wire as bw
 from vmsnap_sdk import _convert as cv
 from vmsnap_sdk._client import call
 from vmsnap_sdk._proto.common.v1 import common_pb2
@@ -29,6 +30,13 @@ from vmsnap_sdk._types import (
     TakeRequest,
     Volume,
     VolumeDecision,
+)
+from vmsnap_sdk.blocks import (
+    DEFAULT_MAX_RESULTS,
+    MAX_CHUNK,
+    MIN_CHUNK,
+    BlockPage,
+    SnapshotRef,
 )
 from vmsnap_sdk.driver import StorageDriver
 
@@ -184,3 +192,71 @@ class DriverClient(StorageDriver):
             self._t(timeout),
         )
         return response.data
+
+    # --- changed blocks and snapshot reads: one page (or chunk) per call --------------
+    # The host walks a volume page by page (resuming from the last range's end), so
+    # each call reads the stream's first message and cancels the rest.
+
+    async def get_allocated(
+        self,
+        snapshot: SnapshotRef,
+        starting_offset: int,
+        max_results: int,
+        *,
+        timeout: float | None = None,
+    ) -> BlockPage:
+        stream = self._stub.GetMetadataAllocated(
+            driver_pb2.GetMetadataAllocatedRequest(
+                snapshot=bw.ref_to_pb(snapshot),
+                starting_offset=starting_offset,
+                max_results=max_results,
+            ),
+            timeout=self._t(timeout),
+        )
+        return _page(await bw.first_message(stream), max_results or DEFAULT_MAX_RESULTS)
+
+    async def get_delta(
+        self,
+        base: SnapshotRef,
+        target: SnapshotRef,
+        starting_offset: int,
+        max_results: int,
+        *,
+        timeout: float | None = None,
+    ) -> BlockPage:
+        stream = self._stub.GetMetadataDelta(
+            driver_pb2.GetMetadataDeltaRequest(
+                base=bw.ref_to_pb(base),
+                target=bw.ref_to_pb(target),
+                starting_offset=starting_offset,
+                max_results=max_results,
+            ),
+            timeout=self._t(timeout),
+        )
+        return _page(await bw.first_message(stream), max_results or DEFAULT_MAX_RESULTS)
+
+    async def read_snapshot(
+        self, snapshot: SnapshotRef, offset: int, length: int, *, timeout: float | None = None
+    ) -> bytes:
+        if not 0 < length <= MAX_CHUNK:
+            raise ValueError(f"read at most {MAX_CHUNK} bytes per call")
+        stream = self._stub.ReadSnapshot(
+            driver_pb2.ReadSnapshotRequest(
+                snapshot=bw.ref_to_pb(snapshot),
+                offset=offset,
+                length=length,
+                chunk_size=max(length, MIN_CHUNK),
+            ),
+            timeout=self._t(timeout),
+        )
+        data = b""
+        async for message in bw.iterate(stream):
+            data += message.data
+        return data
+
+
+def _page(message: object, most: int) -> BlockPage:
+    if message is None:
+        # A stream with no message at all: nothing to say, like an empty last page.
+        return BlockPage(ranges=(), block_size=0, capacity_bytes=0)
+    return bw.page_from_pb(message, most)

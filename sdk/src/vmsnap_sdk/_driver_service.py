@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from vmsnap_sdk import _blocks_wire as bw
 from vmsnap_sdk import _convert as cv
 from vmsnap_sdk import _validate as val
 from vmsnap_sdk import limits
@@ -200,6 +201,53 @@ class DriverServicer(driver_pb2_grpc.StorageDriverServicer):
             )
 
         return await invoke(context, "ListVMSnapshots", run)
+
+    # Server streams: each handler writes its messages with context.write (grpc.aio
+    # allows it in a coroutine handler), so errors still end in invoke's one boundary.
+    async def GetMetadataAllocated(  # type: ignore[override]  # noqa: N802 - a coroutine that writes
+        self, request: driver_pb2.GetMetadataAllocatedRequest, context: Ctx
+    ) -> None:
+        async def run() -> None:
+            ref, start, most = bw.allocated_request(request)
+            await bw.stream_pages(
+                context.write,
+                driver_pb2.GetMetadataAllocatedResponse,
+                lambda at, n: self._driver.get_allocated(ref, at, n),
+                start,
+                most,
+            )
+
+        await invoke(context, "GetMetadataAllocated", run)
+
+    async def GetMetadataDelta(  # type: ignore[override]  # noqa: N802 - a coroutine that writes
+        self, request: driver_pb2.GetMetadataDeltaRequest, context: Ctx
+    ) -> None:
+        async def run() -> None:
+            base, target, start, most = bw.delta_request(request)
+            await bw.stream_pages(
+                context.write,
+                driver_pb2.GetMetadataDeltaResponse,
+                lambda at, n: self._driver.get_delta(base, target, at, n),
+                start,
+                most,
+            )
+
+        await invoke(context, "GetMetadataDelta", run)
+
+    async def ReadSnapshot(  # type: ignore[override]  # noqa: N802 - a coroutine that writes
+        self, request: driver_pb2.ReadSnapshotRequest, context: Ctx
+    ) -> None:
+        async def run() -> None:
+            ref, start, size, chunk = bw.read_request(request)
+            await bw.stream_read(
+                context.write,
+                lambda at, n: self._driver.read_snapshot(ref, at, n),
+                start,
+                size,
+                chunk,
+            )
+
+        await invoke(context, "ReadSnapshot", run)
 
 
 _MIB = 1024 * 1024

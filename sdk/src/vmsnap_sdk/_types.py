@@ -61,6 +61,8 @@ class Capability(enum.Enum):
     POST_PROCESSING = 4
     LIST = 5
     CONFORMANCE_FIXTURE = 6
+    CHANGED_BLOCKS = 9
+    READ_SNAPSHOT = 10
 
 
 class QuiesceMethod(enum.Enum):

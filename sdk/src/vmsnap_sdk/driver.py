@@ -30,6 +30,7 @@ from vmsnap_sdk._types import (
     Volume,
     VolumeDecision,
 )
+from vmsnap_sdk.blocks import BlockPage, SnapshotRef
 
 
 def fixture_disk_name(name: str) -> str:
@@ -86,6 +87,27 @@ class StorageDriver(abc.ABC):
     async def list_snapshots(self, page: Page, vm_id: str = "") -> SnapshotPage:
         """Snapshots the array holds, tagged with the host's ids (CAPABILITY_LIST)."""
         raise Unimplemented("ListVMSnapshots is not offered by this driver")
+
+    # --- Changed blocks and snapshot reads (CAPABILITY_CHANGED_BLOCKS / _READ_SNAPSHOT)
+
+    async def get_allocated(
+        self, snapshot: SnapshotRef, starting_offset: int, max_results: int
+    ) -> BlockPage:
+        """One page of the ranges of ``snapshot`` that hold data: sorted, apart,
+        ending after ``starting_offset``, at most ``max_results`` of them
+        (vmsnap_sdk.blocks.ranges_problem states the rules)."""
+        raise Unimplemented("GetMetadataAllocated is not offered by this driver")
+
+    async def get_delta(
+        self, base: SnapshotRef, target: SnapshotRef, starting_offset: int, max_results: int
+    ) -> BlockPage:
+        """One page of the ranges whose bytes differ between two snapshots of one
+        volume (``base`` the older). Same rules as :meth:`get_allocated`."""
+        raise Unimplemented("GetMetadataDelta is not offered by this driver")
+
+    async def read_snapshot(self, snapshot: SnapshotRef, offset: int, length: int) -> bytes:
+        """``length`` bytes (at most 4 MiB) of the snapshot from ``offset``."""
+        raise Unimplemented("ReadSnapshot is not offered by this driver")
 
     # --- ConformanceFixture (test arrays only; CAPABILITY_CONFORMANCE_FIXTURE) ------
 

@@ -65,4 +65,8 @@ VARIANTS: dict[str, Starter] = {
     "crash_on_bad_input": raw(rewrite=wire.crash_on_bad_input),
     "no_details": raw(rewrite=wire.no_details),
     "wrong_codes": raw(rewrite=wire.wrong_codes),
+    "delta_omits_range": sdk(domain.DeltaOmitsRange),
+    "unsorted_ranges": sdk(domain.UnsortedRanges),
+    "ignores_page_size": sdk(domain.IgnoresPageSize),
+    "reads_live_volume": sdk(domain.ReadsLiveVolume),
 }

@@ -32,6 +32,7 @@ from vmsnap_sdk import (
     VolumeSnapshot,
     current_call,
 )
+from vmsnap_sdk.blocks import BlockPage, SnapshotRef
 from vmsnap_sdk.errors import FailedPrecondition, Internal, NotFound, Unimplemented
 
 ALL_CAPABILITIES = frozenset(Capability) - {Capability.UNSPECIFIED}
@@ -290,3 +291,45 @@ class DeadlineWrongCode(ReferenceDriver):
     async def delete_snapshot(self, vm_snapshot_id: str, snapshot: SnapshotResult | None) -> None:
         self.check_deadline()
         await super().delete_snapshot(vm_snapshot_id, snapshot)
+
+
+class DeltaOmitsRange(ReferenceDriver):
+    """Drops the last changed range of every delta page (a backup chain loses it)."""
+
+    async def get_delta(
+        self, base: SnapshotRef, target: SnapshotRef, starting_offset: int, max_results: int
+    ) -> BlockPage:
+        page = await super().get_delta(base, target, starting_offset, max_results)
+        return replace(page, ranges=page.ranges[:-1])
+
+
+class UnsortedRanges(ReferenceDriver):
+    """Answers ranges in reverse order, the first one twice (unsorted, overlapping)."""
+
+    async def get_delta(
+        self, base: SnapshotRef, target: SnapshotRef, starting_offset: int, max_results: int
+    ) -> BlockPage:
+        page = await super().get_delta(base, target, starting_offset, max_results)
+        return replace(page, ranges=tuple(reversed(page.ranges + page.ranges[:1])))
+
+    async def get_allocated(
+        self, snapshot: SnapshotRef, starting_offset: int, max_results: int
+    ) -> BlockPage:
+        page = await super().get_allocated(snapshot, starting_offset, max_results)
+        return replace(page, ranges=tuple(reversed(page.ranges + page.ranges[:1])))
+
+
+class IgnoresPageSize(ReferenceDriver):
+    """Answers every range in one page, whatever max_results says."""
+
+    async def get_delta(
+        self, base: SnapshotRef, target: SnapshotRef, starting_offset: int, max_results: int
+    ) -> BlockPage:
+        return await super().get_delta(base, target, starting_offset, 1000)
+
+
+class ReadsLiveVolume(ReferenceDriver):
+    """ReadSnapshot reads the volume as it is now, not the snapshot."""
+
+    async def read_snapshot(self, snapshot: SnapshotRef, offset: int, length: int) -> bytes:
+        return bytes(self.volume(snapshot.volume.locator)[offset : offset + length])

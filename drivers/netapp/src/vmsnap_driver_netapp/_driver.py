@@ -32,9 +32,11 @@ from vmsnap_driver_netapp._layout import (
     DONE_MARKER,
     MAX_PATH_BYTES,
     QUIESCED_MARKER,
+    ROOT,
     DiskFile,
     parse_locator,
 )
+from vmsnap_driver_netapp._snapread import FileReader
 from vmsnap_sdk import (
     VM,
     Capability,
@@ -56,6 +58,7 @@ from vmsnap_sdk import (
     VolumeSnapshot,
     fixture_disk_name,
 )
+from vmsnap_sdk.blocks import BlockPage, SnapshotRef
 from vmsnap_sdk.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -82,11 +85,19 @@ class NetAppDriver(StorageDriver):
         self._volumes: dict[tuple[str, str], FlexVol] = {}
         self._lock = KeyLocks()
         self._fixture = EmulatorFiles(config) if config.conformance_fixture else None
+        self._reader = FileReader(config)
 
     # --- identity and health -------------------------------------------------------
 
     async def get_info(self) -> DriverInfo:
-        capabilities = {Capability.REVERT, Capability.REVERT_UNDO, Capability.LIST}
+        # Snapshot reads and changed blocks use ONTAP's own file API (see _snapread).
+        capabilities = {
+            Capability.REVERT,
+            Capability.REVERT_UNDO,
+            Capability.LIST,
+            Capability.CHANGED_BLOCKS,
+            Capability.READ_SNAPSHOT,
+        }
         if self._fixture is not None:
             capabilities.add(Capability.CONFORMANCE_FIXTURE)
         labels = {"array": self.config.url}
@@ -391,6 +402,52 @@ class NetAppDriver(StorageDriver):
         return disk
 
     # --- helpers -------------------------------------------------------------------
+
+    # --- snapshot reads and changed blocks (file clones read over REST) -----------
+
+    async def _clone(self, field: str, ref: SnapshotRef) -> tuple[FlexVol, str, int]:
+        """The volume, path and size of a snapshot's clone (only clones under /.vmsnap)."""
+        disk = parse_locator(ref.volume.locator)
+        if disk is None:
+            raise InvalidArgument.for_field(
+                f"{field}.volume_snapshot.locator", "must be ontap://<svm>/<volume>/<path>"
+            )
+        path = ref.volume.handle
+        if not path.startswith(ROOT + "/") or ".." in path.split("/"):
+            raise InvalidArgument.for_field(
+                f"{field}.volume_snapshot.handle",
+                f"is no snapshot clone of this driver ({ROOT}/...)",
+            )
+        vol = await self._volume(disk)
+        size = await self.array.call(f"size of {path}", lambda: catalog.file_size(vol, path))
+        if size is None:
+            raise NotFound(f"snapshot clone {path} is gone from volume {vol.name}")
+        return vol, path, size
+
+    async def get_allocated(
+        self, snapshot: SnapshotRef, starting_offset: int, max_results: int
+    ) -> BlockPage:
+        vol, path, size = await self._clone("snapshot", snapshot)
+        return await self._reader.page(vol.uuid, path, None, size, starting_offset, max_results)
+
+    async def get_delta(
+        self, base: SnapshotRef, target: SnapshotRef, starting_offset: int, max_results: int
+    ) -> BlockPage:
+        vol, path, size = await self._clone("target", target)
+        base_vol, base_path, _ = await self._clone("base", base)
+        if base_vol.uuid != vol.uuid:
+            raise InvalidArgument.for_field("base", "is not a snapshot of the target's volume")
+        return await self._reader.page(
+            vol.uuid, path, base_path, size, starting_offset, max_results
+        )
+
+    async def read_snapshot(self, snapshot: SnapshotRef, offset: int, length: int) -> bytes:
+        vol, path, size = await self._clone("snapshot", snapshot)
+        if offset + length > size:
+            raise InvalidArgument.for_field(
+                "length", f"reads past the end of the disk ({size} bytes)"
+            )
+        return await self._reader.read(vol.uuid, path, offset, length)
 
     async def _volume(self, disk: DiskFile) -> FlexVol:
         key = (disk.svm, disk.volume)

@@ -44,11 +44,13 @@ from vmsnap_sdk import (
     VolumeSnapshot,
     fixture_disk_name,
 )
+from vmsnap_sdk.blocks import BlockMetadataType, BlockPage, BlockRange, SnapshotRef
 from vmsnap_sdk.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unimplemented,
     VMSnapError,
 )
 from vmsnap_sdk.toolkit import KeyLocks
@@ -87,6 +89,10 @@ class SolidFireDriver(StorageDriver):
         }
         if self._fixture is not None:
             capabilities.add(Capability.CONFORMANCE_FIXTURE)
+            # The real Element API has no changed-block call and reads snapshots only
+            # through StartBulkVolumeRead's whole-volume sessions: both capabilities
+            # use the emulator's block map, so they come with the emulator only.
+            capabilities.update({Capability.CHANGED_BLOCKS, Capability.READ_SNAPSHOT})
         labels = {"array": self.config.url, "api_version": self.config.api_version}
         if self._cluster:
             labels["cluster"] = self._cluster
@@ -327,13 +333,57 @@ class SolidFireDriver(StorageDriver):
             token = f"after:{int(items[-1][0].group_snapshot_id)}"
         return SnapshotPage(tuple(self._result(g, t, cluster) for g, t in items), token)
 
+    # --- changed blocks and snapshot reads (the emulator's block map) -------------
+
+    async def get_allocated(
+        self, snapshot: SnapshotRef, starting_offset: int, max_results: int
+    ) -> BlockPage:
+        fixture = self._blocks_or_raise()
+        snapshot_id = await self._snapshot_id("snapshot", snapshot)
+        answer = await fixture.blocks(snapshot_id, None, starting_offset, max_results)
+        return _block_page(answer)
+
+    async def get_delta(
+        self, base: SnapshotRef, target: SnapshotRef, starting_offset: int, max_results: int
+    ) -> BlockPage:
+        fixture = self._blocks_or_raise()
+        base_id = await self._snapshot_id("base", base)
+        target_id = await self._snapshot_id("target", target)
+        answer = await fixture.blocks(target_id, base_id, starting_offset, max_results)
+        return _block_page(answer)
+
+    async def read_snapshot(self, snapshot: SnapshotRef, offset: int, length: int) -> bytes:
+        fixture = self._blocks_or_raise()
+        return await fixture.read_snapshot(
+            await self._snapshot_id("snapshot", snapshot), offset, length
+        )
+
+    def _blocks_or_raise(self) -> EmulatorData:
+        if self._fixture is None:
+            raise Unimplemented(
+                "changed blocks and snapshot reads need the emulator's block map "
+                "(the driver runs with conformance_fixture against the emulator only)"
+            )
+        return self._fixture
+
+    async def _snapshot_id(self, field: str, ref: SnapshotRef) -> int:
+        """The Element snapshot id in a volume snapshot's handle (the member's id)."""
+        await self._fixture_volume(ref.volume.locator)
+        if not ref.volume.handle.isdigit():
+            raise InvalidArgument.for_field(
+                f"{field}.volume_snapshot.handle", "is no Element snapshot id (digits)"
+            )
+        return int(ref.volume.handle)
+
     # --- ConformanceFixture --------------------------------------------------------
 
     async def create_test_volume(self, name: str, size_bytes: int) -> Volume:
         fixture = self._fixture_or_raise()
         cluster = await self.cluster()
         volume_id, size = await fixture.create_volume(self.array, name, size_bytes)
-        return Volume(disk=fixture_disk_name(name), locator=locator(cluster, volume_id), size_bytes=size)
+        return Volume(
+            disk=fixture_disk_name(name), locator=locator(cluster, volume_id), size_bytes=size
+        )
 
     async def delete_test_volume(self, locator: str) -> None:
         fixture = self._fixture_or_raise()
@@ -407,6 +457,16 @@ class SolidFireDriver(StorageDriver):
             create_time=_parse_time(group.create_time),
             vm_id=tag.vm_id,
         )
+
+
+def _block_page(answer: Mapping[str, Any]) -> BlockPage:
+    return BlockPage(
+        ranges=tuple(BlockRange(int(o), int(n)) for o, n in answer["ranges"]),
+        block_size=int(answer["blockSize"]),
+        capacity_bytes=int(answer["totalSize"]),
+        kind=BlockMetadataType.VARIABLE_LENGTH,
+        done=not answer["more"],
+    )
 
 
 def _delete_group(group_id: int) -> Callable[[Any], object]:

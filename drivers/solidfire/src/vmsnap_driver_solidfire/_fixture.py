@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import requests
 
 from vmsnap_driver_solidfire._config import Config
 from vmsnap_driver_solidfire._errors import translate
-from vmsnap_sdk.errors import NotFound
+from vmsnap_sdk.errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from vmsnap_driver_solidfire._array import ElementArray
@@ -69,10 +70,12 @@ class EmulatorData:
         with contextlib.suppress(NotFound):
             await array.call(action, lambda sf: sf.purge_deleted_volume(volume_id=volume_id))
 
-    def _request(self, method: str, volume_id: int, params: dict[str, int], data: bytes) -> bytes:
+    def _request(
+        self, method: str, volume_id: int, params: dict[str, int], data: bytes, path: str = ""
+    ) -> bytes:
         response = requests.request(
             method,
-            f"{self.config.url}/emulator/volumes/{volume_id}/data",
+            f"{self.config.url}/emulator/{path or f'volumes/{volume_id}/data'}",
             auth=(self.config.user, self.config.password.reveal()),
             verify=self.config.verify_tls,
             timeout=self.config.call_timeout,
@@ -80,16 +83,25 @@ class EmulatorData:
             data=data or None,
         )
         if response.status_code == 404:
-            raise NotFound(f"test volume {volume_id} does not exist (or the array is no emulator)")
+            what = path.split("/data", maxsplit=1)[0] if path else f"test volume {volume_id}"
+            raise NotFound(f"{what} does not exist (or the array is no emulator)")
+        if response.status_code == 400:
+            raise InvalidArgument(_emulator_message(response))
         response.raise_for_status()
         return response.content
 
     async def _call(
-        self, action: str, method: str, volume_id: int, params: dict[str, int], data: bytes = b""
+        self,
+        action: str,
+        method: str,
+        volume_id: int,
+        params: dict[str, int],
+        data: bytes = b"",
+        path: str = "",
     ) -> bytes:
         try:
-            return await asyncio.to_thread(self._request, method, volume_id, params, data)
-        except NotFound:
+            return await asyncio.to_thread(self._request, method, volume_id, params, data, path)
+        except (NotFound, InvalidArgument):
             raise
         except Exception as exc:  # noqa: BLE001 - translated, never leaked
             raise translate(
@@ -105,3 +117,35 @@ class EmulatorData:
         return await self._call(
             f"read test volume {volume_id}", "GET", volume_id, {"offset": offset, "length": length}
         )
+
+    async def read_snapshot(self, snapshot_id: int, offset: int, length: int) -> bytes:
+        return await self._call(
+            f"read snapshot {snapshot_id}",
+            "GET",
+            0,
+            {"offset": offset, "length": length},
+            path=f"snapshots/{snapshot_id}/data",
+        )
+
+    async def blocks(
+        self, snapshot_id: int, base_id: int | None, start: int, limit: int
+    ) -> dict[str, Any]:
+        """The emulator's ranges of a snapshot: allocated, or changed since ``base_id``."""
+        params = {"start": start, "limit": limit}
+        if base_id is None:
+            path = f"snapshots/{snapshot_id}/allocated"
+        else:
+            path = f"snapshots/{snapshot_id}/delta"
+            params["base"] = base_id
+        raw = await self._call(
+            f"list blocks of snapshot {snapshot_id}", "GET", 0, params, path=path
+        )
+        answer: dict[str, Any] = json.loads(raw)
+        return answer
+
+
+def _emulator_message(response: requests.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"the emulator refused the request (HTTP {response.status_code})"

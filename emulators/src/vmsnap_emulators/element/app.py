@@ -8,6 +8,14 @@
   - ``GET /emulator/volumes/<id>/data?offset=N&length=M``: read volume bytes.
   - ``PUT /emulator/volumes/<id>/data?offset=N``: write the request body at ``offset``.
   - ``GET /emulator/snapshots/<id>/data?offset=N&length=M``: read a snapshot's bytes.
+  - ``GET /emulator/snapshots/<id>/allocated?start=N&limit=M``: the snapshot's ranges
+    that hold data; ``.../delta?base=<id>&start=N&limit=M``: the ranges that differ
+    from an older snapshot of the same volume. JSON ``{"blockSize", "totalSize",
+    "ranges": [[offset, length], ...], "more"}``: whole blocks, coalesced, sorted,
+    ending after ``start``, at most ``limit`` (1..10000). **No such call exists in
+    the real Element API** (its only bulk read, StartBulkVolumeRead, streams a
+    whole snapshot or an opaque "native" format to a script): this is the
+    emulator's own block map, for the changed-block contract's reference driver.
 
   Errors there are ``{"error": {"name", "message"}}`` with a 4xx status.
 """
@@ -32,6 +40,8 @@ MAX_RPC_BODY = 1 << 20
 MAX_DATA_BODY = 64 << 20
 _RPC_PATH = re.compile(r"^/json-rpc/(?P<version>[0-9]+(?:\.[0-9]+)?)/?$")
 _DATA_PATH = re.compile(r"^/emulator/(?P<kind>volumes|snapshots)/(?P<id>[0-9]+)/data$")
+_BLOCKS_PATH = re.compile(r"^/emulator/snapshots/(?P<id>[0-9]+)/(?P<what>allocated|delta)$")
+MAX_RANGES = 10000
 
 
 class ElementApp:
@@ -89,6 +99,9 @@ class ElementApp:
         m = _DATA_PATH.match(request.path)
         if m:
             return self._data(m.group("kind"), int(m.group("id")), request)
+        m = _BLOCKS_PATH.match(request.path)
+        if m and request.method == "GET":
+            return self._blocks(m.group("what"), int(m.group("id")), request)
         return _side_error(404, "xNotFound", f"No route for {request.method} {request.path}.")
 
     def _rpc(self, version: float, body: bytes) -> Response:
@@ -155,6 +168,54 @@ class ElementApp:
         except ValueError as exc:
             return _side_error(400, "xInvalidParameter", str(exc))
         return _side_error(405, "xMethodNotAllowed", f"{request.method} not allowed here.")
+
+    def _blocks(self, what: str, snapshot_id: int, request: Request) -> Response:
+        try:
+            start = int(request.query_one("start") or 0)
+            limit = int(request.query_one("limit") or 1000)
+            if start < 0 or not 1 <= limit <= MAX_RANGES:
+                raise ValueError(f"start must be >= 0 and limit 1..{MAX_RANGES}")
+            with self.state.lock:
+                snap = self.state.snapshot(snapshot_id)
+                layers = self.state.layers
+                if what == "allocated":
+                    blocks = layers.allocated_blocks(snap.layer)
+                else:
+                    base = self.state.snapshot(int(request.query_one("base") or "-1"))
+                    if base.volumeID != snap.volumeID:
+                        raise ValueError(
+                            f"snapshot {base.snapshotID} is of volume {base.volumeID}, "
+                            f"not of volume {snap.volumeID}"
+                        )
+                    blocks = layers.changed_blocks(base.layer, snap.layer)
+                size, bs = snap.totalSize, layers.block_size
+        except ElementError as exc:
+            return _side_error(404, exc.name, exc.message)
+        except ValueError as exc:
+            return _side_error(400, "xInvalidParameter", str(exc))
+        ranges = _coalesce(blocks, bs, size, start)
+        body = {
+            "blockSize": bs,
+            "totalSize": size,
+            "ranges": ranges[:limit],
+            "more": len(ranges) > limit,
+        }
+        return Response.json(200, body)
+
+
+def _coalesce(blocks: list[int], block_size: int, size: int, start: int) -> list[list[int]]:
+    """Sorted block indexes as [offset, length] extents ending after ``start``."""
+    out: list[list[int]] = []
+    for idx in blocks:
+        offset = idx * block_size
+        end = min(offset + block_size, size)
+        if end <= start:
+            continue
+        if out and out[-1][0] + out[-1][1] == offset:
+            out[-1][1] = end - out[-1][0]
+        else:
+            out.append([offset, end - offset])
+    return out
 
 
 def _side_error(status: int, name: str, message: str) -> Response:

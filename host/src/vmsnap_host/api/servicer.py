@@ -14,6 +14,7 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 
 from vmsnap_host.api import convert, errors
+from vmsnap_host.blocks import DiskBlocks
 from vmsnap_host.auth import access
 from vmsnap_host.auth.settings import AuthConfigError, project_name
 from vmsnap_host.manager import (
@@ -29,6 +30,7 @@ from vmsnap_host.registry import Health, Registry, vm_not_found
 from vmsnap_host.store import Store
 from vmsnap_host.store.writer import Step
 from vmsnap_sdk import VM, ClientTLS, Page, current_call
+from vmsnap_sdk import _blocks_wire as bw
 from vmsnap_sdk import _convert as cv
 from vmsnap_sdk import _validate as val
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
@@ -172,6 +174,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         self.store = store
         self.reconciler = reconciler
         self.peers = peers or PeerPolicy()
+        self.blocks = DiskBlocks(manager, registry)
 
     def _op(self, op: OperationRecord) -> pb.Operation:
         return convert.operation_to_pb(op, self.store.get_snapshot(op.vm_snapshot_id))
@@ -680,6 +683,54 @@ def _vm_exists(vm_id: str, where: str = "") -> AlreadyExists:
         f"VM {vm_id} already exists{where}; choose another id",
         reason=Reason.VM_ALREADY_EXISTS,
     )
+    # --- changed blocks and export (issue 15; read-only, role viewer) -------------
+    # Server streams: coroutines that write, so errors keep the one boundary (_call).
+
+    async def GetSnapshotDiskBlocks(  # type: ignore[override]  # noqa: N802 - writes
+        self, request: pb.GetSnapshotDiskBlocksRequest, context: Ctx
+    ) -> None:
+        async def run() -> None:
+            val.require_id("vm_snapshot_id", request.vm_snapshot_id)
+            val.require_text("disk", request.disk)
+            if request.since_vm_snapshot_id:
+                val.require_id("since_vm_snapshot_id", request.since_vm_snapshot_id)
+            start = bw.offset("starting_offset", request.starting_offset)
+            most = bw.max_results("max_results", request.max_results)
+            # Another project's snapshot is NOT_FOUND, like one that does not exist.
+            self._snapshot(request.vm_snapshot_id)
+            if request.since_vm_snapshot_id:
+                self._snapshot(request.since_vm_snapshot_id)
+            async for page in self.blocks.pages(
+                request.vm_snapshot_id, request.disk, request.since_vm_snapshot_id, start, most
+            ):
+                await context.write(
+                    pb.GetSnapshotDiskBlocksResponse(
+                        capacity_bytes=page.capacity_bytes,
+                        block_size_bytes=page.block_size,
+                        ranges=[
+                            pb.DiskRange(offset=r.offset, length=r.length) for r in page.ranges
+                        ],
+                    )
+                )
+
+        await _call(context, "GetSnapshotDiskBlocks", run)
+
+    async def ReadSnapshotDisk(  # type: ignore[override]  # noqa: N802 - writes
+        self, request: pb.ReadSnapshotDiskRequest, context: Ctx
+    ) -> None:
+        async def run() -> None:
+            val.require_id("vm_snapshot_id", request.vm_snapshot_id)
+            val.require_text("disk", request.disk)
+            offset = bw.offset("offset", request.offset)
+            length = bw.length("length", request.length)
+            chunk = bw.chunk_size("chunk_size", request.chunk_size)
+            self._snapshot(request.vm_snapshot_id)  # visible to the caller, else NOT_FOUND
+            async for at, data in self.blocks.read(
+                request.vm_snapshot_id, request.disk, offset, length, chunk
+            ):
+                await context.write(pb.ReadSnapshotDiskResponse(offset=at, data=data))
+
+        await _call(context, "ReadSnapshotDisk", run)
 
 
 def _tls_dict(tls: ClientTLS | None) -> dict[str, str]:

@@ -15,6 +15,7 @@ answers: every mutating call, and every refused one.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -58,6 +59,9 @@ ROLES: dict[str, Role] = {
     "Reconcile": Role.ADMIN,
     "ListFindings": Role.ADMIN,
     "ListAuditRecords": Role.ADMIN,
+    # Changed blocks and export (issue 15): reads of a snapshot's disks.
+    "GetSnapshotDiskBlocks": Role.VIEWER,
+    "ReadSnapshotDisk": Role.VIEWER,
 }
 
 #: RPCs that change something: each call is audited, whatever its result.
@@ -208,28 +212,56 @@ class AuthInterceptor(_Interceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
-            # A server stream (following operations, reading a disk): read-only RPCs,
-            # gated the same way; audited when refused.
-            streamer = cast(StreamBehavior, handler.unary_stream)
+            # A server stream (following operations, reading a disk): gated the same
+            # way; audited when refused or mutating. The wrapper has the inner
+            # handler's form: an async generator, or a coroutine that writes.
+            streamer = handler.unary_stream
 
-            async def stream(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
+            async def around(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any], body: Behavior
+            ) -> Any:
                 call = open_call(request, context)
                 token = access.begin(call)
                 try:
                     await admit(call, context)
                     try:
-                        async for item in streamer(request, context):
-                            yield item
+                        return await body(request, context)
                     finally:
                         if name in MUTATING or call.refused:
                             await gate.audit(call)
                 finally:
                     access.end(token)
 
+            if inspect.isasyncgenfunction(streamer):
+                generate = cast(StreamBehavior, streamer)
+
+                async def stream(
+                    request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                ) -> AsyncIterator[Any]:
+                    # The generator's body runs inside the call's access context.
+                    call = open_call(request, context)
+                    token = access.begin(call)
+                    try:
+                        await admit(call, context)
+                        try:
+                            async for item in generate(request, context):
+                                yield item
+                        finally:
+                            if name in MUTATING or call.refused:
+                                await gate.audit(call)
+                    finally:
+                        access.end(token)
+
+                handler_fn: Any = stream
+            else:
+                writes = cast(Behavior, streamer)
+
+                async def written(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                    return await around(request, context, writes)
+
+                handler_fn = written
             return grpc.unary_stream_rpc_method_handler(
-                stream,
+                handler_fn,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

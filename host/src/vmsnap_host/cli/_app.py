@@ -15,6 +15,7 @@ import typer
 from vmsnap_host.auth.authenticate import token_sha256
 from vmsnap_host.cli import _output as out
 from vmsnap_host.cli._demo import run_demo
+from vmsnap_host.cli._export import snapshot_export
 from vmsnap_host.cli._progress import follow
 from vmsnap_host.cli._up import run_up
 from vmsnap_host.client import (
@@ -49,6 +50,7 @@ auth_app = typer.Typer(help="Credentials for a host with authentication on.", no
 certs_app = typer.Typer(help="Certificates for a stack on mutual TLS.", no_args_is_help=True)
 app.add_typer(vm_app, name="vm")
 app.add_typer(snapshot_app, name="snapshot")
+snapshot_app.command("export")(snapshot_export)
 app.add_typer(drivers_app, name="drivers")
 app.add_typer(agents_app, name="agents")
 app.add_typer(operations_app, name="operations")

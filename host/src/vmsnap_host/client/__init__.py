@@ -31,6 +31,7 @@ from vmsnap_host.client._sync import SyncHostClient
 from vmsnap_host.client._types import (
     AgentStatus,
     AuditRecord,
+    DiskRanges,
     DriverStatus,
     Failure,
     Finding,
@@ -74,6 +75,7 @@ __all__ = [
     "ClientTLS",
     "Consistency",
     "DeadlineExceeded",
+    "DiskRanges",
     "DriverStatus",
     "FailedPrecondition",
     "Failure",

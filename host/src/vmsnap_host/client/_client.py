@@ -31,6 +31,7 @@ from vmsnap_host.client._address import default_address, default_token_file, sta
 from vmsnap_host.client._types import (
     AgentStatus,
     AuditRecord,
+    DiskRanges,
     DriverStatus,
     Finding,
     Operation,
@@ -41,10 +42,12 @@ from vmsnap_host.client._types import (
     VMSnapshot,
 )
 from vmsnap_sdk import VM, ClientTLS, open_channel
+from vmsnap_sdk._blocks_wire import iterate
 from vmsnap_sdk._client import call
 from vmsnap_sdk._convert import vm_from_pb, vm_to_pb
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
+from vmsnap_sdk.blocks import BlockRange
 from vmsnap_sdk.errors import InvalidArgument, Unavailable
 
 #: Longest single WaitOperation call; progress is reported between calls.
@@ -497,3 +500,59 @@ class HostClient:
         return UndefineResult(
             response.undefined, tuple(cv.operation(o) for o in response.delete_operations)
         )
+
+    # --- changed blocks and export (streams, read whole; no fail-over mid-stream) ---
+
+    async def disk_ranges(
+        self,
+        vm_snapshot_id: str,
+        disk: str,
+        *,
+        since: str = "",
+        starting_offset: int = 0,
+        max_results: int = 0,
+        timeout: float | None = None,
+    ) -> DiskRanges:
+        """The ranges of one disk of a READY snapshot that hold data, or with
+        ``since`` (an older snapshot of the same VM) the ranges that changed since."""
+        stream = self._stubs[self._current].GetSnapshotDiskBlocks(
+            pb.GetSnapshotDiskBlocksRequest(
+                vm_snapshot_id=vm_snapshot_id,
+                disk=disk,
+                since_vm_snapshot_id=since,
+                starting_offset=starting_offset,
+                max_results=max_results,
+            ),
+            timeout=self._t(timeout),
+        )
+        capacity = block = 0
+        ranges: list[BlockRange] = []
+        async for message in iterate(stream):
+            capacity, block = message.capacity_bytes, message.block_size_bytes
+            ranges.extend(BlockRange(r.offset, r.length) for r in message.ranges)
+        return DiskRanges(capacity_bytes=capacity, block_size=block, ranges=tuple(ranges))
+
+    async def read_snapshot_disk(
+        self,
+        vm_snapshot_id: str,
+        disk: str,
+        offset: int,
+        length: int,
+        *,
+        chunk_size: int = 0,
+        timeout: float | None = None,
+    ) -> bytes:
+        """``length`` bytes of one disk of a READY snapshot from ``offset`` (read
+        large disks in pieces: the answer is held in memory)."""
+        stream = self._stubs[self._current].ReadSnapshotDisk(
+            pb.ReadSnapshotDiskRequest(
+                vm_snapshot_id=vm_snapshot_id,
+                disk=disk,
+                offset=offset,
+                length=length,
+                chunk_size=chunk_size,
+            ),
+            timeout=self._t(timeout),
+        )
+        parts = [message.data async for message in iterate(stream)]
+        return b"".join(parts)

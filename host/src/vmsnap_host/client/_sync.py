@@ -162,3 +162,5 @@ class SyncHostClient:
     start_vm = _blocking(HostClient.start_vm)
     stop_vm = _blocking(HostClient.stop_vm)
     undefine_vm = _blocking(HostClient.undefine_vm)
+    disk_ranges = _blocking(HostClient.disk_ranges)
+    read_snapshot_disk = _blocking(HostClient.read_snapshot_disk)

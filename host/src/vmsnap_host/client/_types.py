@@ -16,6 +16,7 @@ import grpc
 
 from vmsnap_sdk import Consistency
 from vmsnap_sdk._errors import from_status
+from vmsnap_sdk.blocks import BlockRange
 from vmsnap_sdk.errors import VMSnapError
 
 
@@ -265,3 +266,16 @@ class Page(Generic[_T]):
 
     items: tuple[_T, ...]
     next_token: str = ""
+
+
+@dataclass(frozen=True)
+class DiskRanges:
+    """Ranges of one snapshot disk (allocated, or changed since an older snapshot)."""
+
+    capacity_bytes: int
+    block_size: int
+    ranges: tuple[BlockRange, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(r.length for r in self.ranges)

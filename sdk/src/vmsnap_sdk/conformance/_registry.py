@@ -27,6 +27,7 @@ CATEGORIES = (
     "revert",
     "delete",
     "list",
+    "blocks",
     "concurrency",
     "deadlines",
     "robustness",

@@ -1,6 +1,7 @@
 """The checks, one module per category; importing this package registers them all."""
 
 from vmsnap_sdk.conformance.checks import (
+    blocks,
     can_handle,
     capabilities,
     concurrency,
@@ -16,6 +17,7 @@ from vmsnap_sdk.conformance.checks import (
 )
 
 __all__ = [
+    "blocks",
     "can_handle",
     "capabilities",
     "concurrency",

@@ -287,6 +287,19 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: every catalog connection of this replica is busy (its pool wait
     ran out); nothing was done, retry.
     """
+    DRIVER_CAPABILITY_MISSING: _ErrorReason.ValueType  # 95
+    """-- Changed-block deltas and export (95..99).
+    FAILED_PRECONDITION: the disk's driver does not offer changed blocks
+    (CAPABILITY_CHANGED_BLOCKS) or snapshot reads (CAPABILITY_READ_SNAPSHOT).
+    """
+    DELTA_BASE_MISMATCH: _ErrorReason.ValueType  # 96
+    """FAILED_PRECONDITION: the base snapshot of a delta is not an older snapshot of
+    the same disk (same VM, same driver, same volume).
+    """
+    DISK_NOT_EXPORTABLE: _ErrorReason.ValueType  # 97
+    """FAILED_PRECONDITION: the disk's snapshot is a hypervisor-native one (or the
+    snapshot is not READY): its blocks cannot be read through a driver.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call or an operation failed: the `reason` of the google.rpc.ErrorInfo
@@ -515,6 +528,19 @@ UNAVAILABLE: the catalog's database cannot be reached; nothing was done.
 CATALOG_BUSY: ErrorReason.ValueType  # 70
 """UNAVAILABLE: every catalog connection of this replica is busy (its pool wait
 ran out); nothing was done, retry.
+"""
+DRIVER_CAPABILITY_MISSING: ErrorReason.ValueType  # 95
+"""-- Changed-block deltas and export (95..99).
+FAILED_PRECONDITION: the disk's driver does not offer changed blocks
+(CAPABILITY_CHANGED_BLOCKS) or snapshot reads (CAPABILITY_READ_SNAPSHOT).
+"""
+DELTA_BASE_MISMATCH: ErrorReason.ValueType  # 96
+"""FAILED_PRECONDITION: the base snapshot of a delta is not an older snapshot of
+the same disk (same VM, same driver, same volume).
+"""
+DISK_NOT_EXPORTABLE: ErrorReason.ValueType  # 97
+"""FAILED_PRECONDITION: the disk's snapshot is a hypervisor-native one (or the
+snapshot is not READY): its blocks cannot be read through a driver.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -94,6 +94,12 @@ class _CapabilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Capability
     """ListVMSnapshots is offered."""
     CAPABILITY_CONFORMANCE_FIXTURE: _Capability.ValueType  # 6
     """The ConformanceFixture service is offered on the same endpoint."""
+    CAPABILITY_CHANGED_BLOCKS: _Capability.ValueType  # 9
+    """7 and 8 are allocated to other features (clone, discover).
+    GetMetadataAllocated and GetMetadataDelta are offered.
+    """
+    CAPABILITY_READ_SNAPSHOT: _Capability.ValueType  # 10
+    """ReadSnapshot is offered."""
 
 class Capability(_Capability, metaclass=_CapabilityEnumTypeWrapper):
     """What a driver can do. An absent capability answers UNIMPLEMENTED."""
@@ -114,6 +120,12 @@ CAPABILITY_LIST: Capability.ValueType  # 5
 """ListVMSnapshots is offered."""
 CAPABILITY_CONFORMANCE_FIXTURE: Capability.ValueType  # 6
 """The ConformanceFixture service is offered on the same endpoint."""
+CAPABILITY_CHANGED_BLOCKS: Capability.ValueType  # 9
+"""7 and 8 are allocated to other features (clone, discover).
+GetMetadataAllocated and GetMetadataDelta are offered.
+"""
+CAPABILITY_READ_SNAPSHOT: Capability.ValueType  # 10
+"""ReadSnapshot is offered."""
 Global___Capability: _TypeAlias = Capability  # noqa: Y015
 
 class _Priority:
@@ -179,6 +191,30 @@ OPERATION_REVERT: Operation.ValueType  # 2
 OPERATION_DELETE: Operation.ValueType  # 3
 """DeleteVMSnapshot."""
 Global___Operation: _TypeAlias = Operation  # noqa: Y015
+
+class _BlockMetadataType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BlockMetadataTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BlockMetadataType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BLOCK_METADATA_TYPE_UNSPECIFIED: _BlockMetadataType.ValueType  # 0
+    """Never sent."""
+    BLOCK_METADATA_TYPE_FIXED_LENGTH: _BlockMetadataType.ValueType  # 1
+    """Every range is exactly block_size_bytes long, at a multiple of it."""
+    BLOCK_METADATA_TYPE_VARIABLE_LENGTH: _BlockMetadataType.ValueType  # 2
+    """Ranges are extents of any length (whole blocks, coalesced)."""
+
+class BlockMetadataType(_BlockMetadataType, metaclass=_BlockMetadataTypeEnumTypeWrapper):
+    """How the ranges of a block-metadata answer are cut (CSI's BlockMetadataType)."""
+
+BLOCK_METADATA_TYPE_UNSPECIFIED: BlockMetadataType.ValueType  # 0
+"""Never sent."""
+BLOCK_METADATA_TYPE_FIXED_LENGTH: BlockMetadataType.ValueType  # 1
+"""Every range is exactly block_size_bytes long, at a multiple of it."""
+BLOCK_METADATA_TYPE_VARIABLE_LENGTH: BlockMetadataType.ValueType  # 2
+"""Ranges are extents of any length (whole blocks, coalesced)."""
+Global___BlockMetadataType: _TypeAlias = BlockMetadataType  # noqa: Y015
 
 @_typing.final
 class Limits(_message.Message):
@@ -1108,3 +1144,265 @@ class ReadVolumeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReadVolumeResponse: _TypeAlias = ReadVolumeResponse  # noqa: Y015
+
+@_typing.final
+class BlockMetadata(_message.Message):
+    """One range of bytes of a volume."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BYTE_OFFSET_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    byte_offset: _builtins.int
+    """Offset from the start of the volume, in bytes (>= 0)."""
+    size_bytes: _builtins.int
+    """Length in bytes (> 0)."""
+    def __init__(
+        self,
+        *,
+        byte_offset: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["byte_offset", b"byte_offset", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockMetadata: _TypeAlias = BlockMetadata  # noqa: Y015
+
+@_typing.final
+class SnapshotRef(_message.Message):
+    """Which volume snapshot: the host's id and the volume's entry of the take's result."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    VOLUME_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    vm_snapshot_id: _builtins.str
+    """Required: the host's id of the VM snapshot (an id, as vm_snapshot_id)."""
+    @_builtins.property
+    def volume_snapshot(self) -> Global___VolumeSnapshot:
+        """Required: the volume's snapshot as TakeVMSnapshot returned it (disk,
+        locator and handle are required).
+        """
+
+    def __init__(
+        self,
+        *,
+        vm_snapshot_id: _builtins.str = ...,
+        volume_snapshot: Global___VolumeSnapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["volume_snapshot", b"volume_snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["vm_snapshot_id", b"vm_snapshot_id", "volume_snapshot", b"volume_snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotRef: _TypeAlias = SnapshotRef  # noqa: Y015
+
+@_typing.final
+class GetMetadataAllocatedRequest(_message.Message):
+    """Allocated ranges of one volume snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    STARTING_OFFSET_FIELD_NUMBER: _builtins.int
+    MAX_RESULTS_FIELD_NUMBER: _builtins.int
+    starting_offset: _builtins.int
+    """First byte of interest: 0 .. 2^50."""
+    max_results: _builtins.int
+    """Most ranges per response message: 0..10000 (0 = the driver's default, 1000)."""
+    @_builtins.property
+    def snapshot(self) -> Global___SnapshotRef:
+        """Required: the snapshot."""
+
+    def __init__(
+        self,
+        *,
+        snapshot: Global___SnapshotRef | None = ...,
+        starting_offset: _builtins.int = ...,
+        max_results: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_results", b"max_results", "snapshot", b"snapshot", "starting_offset", b"starting_offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMetadataAllocatedRequest: _TypeAlias = GetMetadataAllocatedRequest  # noqa: Y015
+
+@_typing.final
+class GetMetadataAllocatedResponse(_message.Message):
+    """One message of the stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_METADATA_TYPE_FIELD_NUMBER: _builtins.int
+    VOLUME_CAPACITY_BYTES_FIELD_NUMBER: _builtins.int
+    BLOCK_METADATA_FIELD_NUMBER: _builtins.int
+    BLOCK_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    block_metadata_type: Global___BlockMetadataType.ValueType
+    """How the ranges are cut."""
+    volume_capacity_bytes: _builtins.int
+    """Size of the volume at the snapshot, in bytes."""
+    block_size_bytes: _builtins.int
+    """The granularity of the ranges: every offset and size is a multiple of it
+    (except at the end of the volume). > 0.
+    """
+    @_builtins.property
+    def block_metadata(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlockMetadata]:
+        """Ranges, sorted, not overlapping (see the service)."""
+
+    def __init__(
+        self,
+        *,
+        block_metadata_type: Global___BlockMetadataType.ValueType = ...,
+        volume_capacity_bytes: _builtins.int = ...,
+        block_metadata: _abc.Iterable[Global___BlockMetadata] | None = ...,
+        block_size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_metadata", b"block_metadata", "block_metadata_type", b"block_metadata_type", "block_size_bytes", b"block_size_bytes", "volume_capacity_bytes", b"volume_capacity_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMetadataAllocatedResponse: _TypeAlias = GetMetadataAllocatedResponse  # noqa: Y015
+
+@_typing.final
+class GetMetadataDeltaRequest(_message.Message):
+    """Changed ranges between two snapshots of one volume."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    STARTING_OFFSET_FIELD_NUMBER: _builtins.int
+    MAX_RESULTS_FIELD_NUMBER: _builtins.int
+    starting_offset: _builtins.int
+    """First byte of interest: 0 .. 2^50."""
+    max_results: _builtins.int
+    """Most ranges per response message: 0..10000 (0 = the driver's default, 1000)."""
+    @_builtins.property
+    def base(self) -> Global___SnapshotRef:
+        """Required: the older snapshot."""
+
+    @_builtins.property
+    def target(self) -> Global___SnapshotRef:
+        """Required: the newer snapshot of the same volume."""
+
+    def __init__(
+        self,
+        *,
+        base: Global___SnapshotRef | None = ...,
+        target: Global___SnapshotRef | None = ...,
+        starting_offset: _builtins.int = ...,
+        max_results: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "max_results", b"max_results", "starting_offset", b"starting_offset", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMetadataDeltaRequest: _TypeAlias = GetMetadataDeltaRequest  # noqa: Y015
+
+@_typing.final
+class GetMetadataDeltaResponse(_message.Message):
+    """One message of the stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_METADATA_TYPE_FIELD_NUMBER: _builtins.int
+    VOLUME_CAPACITY_BYTES_FIELD_NUMBER: _builtins.int
+    BLOCK_METADATA_FIELD_NUMBER: _builtins.int
+    BLOCK_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    block_metadata_type: Global___BlockMetadataType.ValueType
+    """How the ranges are cut."""
+    volume_capacity_bytes: _builtins.int
+    """Size of the volume at the target snapshot, in bytes."""
+    block_size_bytes: _builtins.int
+    """The granularity of the ranges (> 0), as in GetMetadataAllocatedResponse."""
+    @_builtins.property
+    def block_metadata(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlockMetadata]:
+        """Ranges, sorted, not overlapping (see the service)."""
+
+    def __init__(
+        self,
+        *,
+        block_metadata_type: Global___BlockMetadataType.ValueType = ...,
+        volume_capacity_bytes: _builtins.int = ...,
+        block_metadata: _abc.Iterable[Global___BlockMetadata] | None = ...,
+        block_size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_metadata", b"block_metadata", "block_metadata_type", b"block_metadata_type", "block_size_bytes", b"block_size_bytes", "volume_capacity_bytes", b"volume_capacity_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMetadataDeltaResponse: _TypeAlias = GetMetadataDeltaResponse  # noqa: Y015
+
+@_typing.final
+class ReadSnapshotRequest(_message.Message):
+    """Read bytes of one volume snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    """Byte offset: 0 .. 2^50."""
+    length: _builtins.int
+    """Bytes to read: 1 .. 2^50, not past the volume's end."""
+    chunk_size: _builtins.int
+    """Bytes per response message: 0 (= 1 MiB) or 4 KiB .. 4 MiB."""
+    @_builtins.property
+    def snapshot(self) -> Global___SnapshotRef:
+        """Required: the snapshot."""
+
+    def __init__(
+        self,
+        *,
+        snapshot: Global___SnapshotRef | None = ...,
+        offset: _builtins.int = ...,
+        length: _builtins.int = ...,
+        chunk_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "length", b"length", "offset", b"offset", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadSnapshotRequest: _TypeAlias = ReadSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class ReadSnapshotResponse(_message.Message):
+    """One chunk."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    """Where the chunk starts in the volume."""
+    data: _builtins.bytes
+    """The bytes (chunk_size of them, the last chunk possibly fewer)."""
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadSnapshotResponse: _TypeAlias = ReadSnapshotResponse  # noqa: Y015

@@ -87,6 +87,21 @@ class StorageDriverStub:
                 request_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ListVMSnapshotsRequest.SerializeToString,
                 response_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ListVMSnapshotsResponse.FromString,
                 _registered_method=True)
+        self.GetMetadataAllocated = channel.unary_stream(
+                '/vmsnap.driver.v1.StorageDriver/GetMetadataAllocated',
+                request_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.GetMetadataAllocatedRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.GetMetadataAllocatedResponse.FromString,
+                _registered_method=True)
+        self.GetMetadataDelta = channel.unary_stream(
+                '/vmsnap.driver.v1.StorageDriver/GetMetadataDelta',
+                request_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.GetMetadataDeltaRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.GetMetadataDeltaResponse.FromString,
+                _registered_method=True)
+        self.ReadSnapshot = channel.unary_stream(
+                '/vmsnap.driver.v1.StorageDriver/ReadSnapshot',
+                request_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ReadSnapshotRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ReadSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class StorageDriverServicer:
@@ -196,6 +211,50 @@ class StorageDriverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMetadataAllocated(self, request, context):
+        """-- Changed blocks and snapshot reads (shaped like CSI's SnapshotMetadata
+        service: GetMetadataAllocated / GetMetadataDelta). Streams: each message holds
+        at most max_results ranges; ranges are sorted by byte_offset, never overlap,
+        have size_bytes > 0, lie within volume_capacity_bytes and end after
+        starting_offset (the first may begin before it when it contains it). The
+        stream ends after the last range. A caller resumes a broken stream with
+        starting_offset = the end of the last range it received.
+
+        Ranges of one volume snapshot that hold data (anything else reads as zeros).
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        NOT_FOUND            NOT_FOUND             the snapshot (or the volume) is gone
+        UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CHANGED_BLOCKS)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMetadataDelta(self, request, context):
+        """Ranges whose bytes differ between two snapshots of the same volume (base
+        older than target); bytes outside them are equal in both.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule, or the two are not
+        snapshots of the same volume
+        NOT_FOUND            NOT_FOUND             a snapshot (or the volume) is gone
+        UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CHANGED_BLOCKS)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadSnapshot(self, request, context):
+        """The bytes of one volume snapshot from offset, length bytes, in chunks of
+        chunk_size bytes (the last may be shorter), in order.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (past the volume's end)
+        NOT_FOUND            NOT_FOUND             the snapshot (or the volume) is gone
+        UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_READ_SNAPSHOT)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageDriverServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -238,6 +297,21 @@ def add_StorageDriverServicer_to_server(servicer, server):
                     servicer.ListVMSnapshots,
                     request_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ListVMSnapshotsRequest.FromString,
                     response_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ListVMSnapshotsResponse.SerializeToString,
+            ),
+            'GetMetadataAllocated': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetMetadataAllocated,
+                    request_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.GetMetadataAllocatedRequest.FromString,
+                    response_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.GetMetadataAllocatedResponse.SerializeToString,
+            ),
+            'GetMetadataDelta': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetMetadataDelta,
+                    request_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.GetMetadataDeltaRequest.FromString,
+                    response_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.GetMetadataDeltaResponse.SerializeToString,
+            ),
+            'ReadSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadSnapshot,
+                    request_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ReadSnapshotRequest.FromString,
+                    response_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ReadSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -469,6 +543,87 @@ class StorageDriver:
             '/vmsnap.driver.v1.StorageDriver/ListVMSnapshots',
             vmsnap_dot_driver_dot_v1_dot_driver__pb2.ListVMSnapshotsRequest.SerializeToString,
             vmsnap_dot_driver_dot_v1_dot_driver__pb2.ListVMSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMetadataAllocated(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vmsnap.driver.v1.StorageDriver/GetMetadataAllocated',
+            vmsnap_dot_driver_dot_v1_dot_driver__pb2.GetMetadataAllocatedRequest.SerializeToString,
+            vmsnap_dot_driver_dot_v1_dot_driver__pb2.GetMetadataAllocatedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMetadataDelta(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vmsnap.driver.v1.StorageDriver/GetMetadataDelta',
+            vmsnap_dot_driver_dot_v1_dot_driver__pb2.GetMetadataDeltaRequest.SerializeToString,
+            vmsnap_dot_driver_dot_v1_dot_driver__pb2.GetMetadataDeltaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vmsnap.driver.v1.StorageDriver/ReadSnapshot',
+            vmsnap_dot_driver_dot_v1_dot_driver__pb2.ReadSnapshotRequest.SerializeToString,
+            vmsnap_dot_driver_dot_v1_dot_driver__pb2.ReadSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

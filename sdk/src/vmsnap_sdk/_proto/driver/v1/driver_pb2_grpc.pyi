@@ -139,6 +139,38 @@ class StorageDriverStub:
       UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_LIST)
       INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
     """
+    GetMetadataAllocated: _aio.UnaryStreamMultiCallable[_driver_pb2.GetMetadataAllocatedRequest, _driver_pb2.GetMetadataAllocatedResponse]
+    """-- Changed blocks and snapshot reads (shaped like CSI's SnapshotMetadata
+    service: GetMetadataAllocated / GetMetadataDelta). Streams: each message holds
+    at most max_results ranges; ranges are sorted by byte_offset, never overlap,
+    have size_bytes > 0, lie within volume_capacity_bytes and end after
+    starting_offset (the first may begin before it when it contains it). The
+    stream ends after the last range. A caller resumes a broken stream with
+    starting_offset = the end of the last range it received.
+
+    Ranges of one volume snapshot that hold data (anything else reads as zeros).
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      NOT_FOUND            NOT_FOUND             the snapshot (or the volume) is gone
+      UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CHANGED_BLOCKS)
+    """
+    GetMetadataDelta: _aio.UnaryStreamMultiCallable[_driver_pb2.GetMetadataDeltaRequest, _driver_pb2.GetMetadataDeltaResponse]
+    """Ranges whose bytes differ between two snapshots of the same volume (base
+    older than target); bytes outside them are equal in both.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule, or the two are not
+                                                 snapshots of the same volume
+      NOT_FOUND            NOT_FOUND             a snapshot (or the volume) is gone
+      UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CHANGED_BLOCKS)
+    """
+    ReadSnapshot: _aio.UnaryStreamMultiCallable[_driver_pb2.ReadSnapshotRequest, _driver_pb2.ReadSnapshotResponse]
+    """The bytes of one volume snapshot from offset, length bytes, in chunks of
+    chunk_size bytes (the last may be shorter), in order.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (past the volume's end)
+      NOT_FOUND            NOT_FOUND             the snapshot (or the volume) is gone
+      UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_READ_SNAPSHOT)
+    """
 
 class StorageDriverServicer(metaclass=_abc_1.ABCMeta):
     """A vendor's storage driver. Every mutating call is idempotent on vm_snapshot_id.
@@ -261,6 +293,56 @@ class StorageDriverServicer(metaclass=_abc_1.ABCMeta):
           INVALID_ARGUMENT     INVALID_ARGUMENT      page_size, page_token or vm_id is wrong
           UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_LIST)
           INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
+        """
+
+    @_abc_1.abstractmethod
+    def GetMetadataAllocated(
+        self,
+        request: _driver_pb2.GetMetadataAllocatedRequest,
+        context: _aio.ServicerContext[_driver_pb2.GetMetadataAllocatedRequest, _abc.AsyncIterator[_driver_pb2.GetMetadataAllocatedResponse]],
+    ) -> _abc.AsyncIterator[_driver_pb2.GetMetadataAllocatedResponse]:
+        """-- Changed blocks and snapshot reads (shaped like CSI's SnapshotMetadata
+        service: GetMetadataAllocated / GetMetadataDelta). Streams: each message holds
+        at most max_results ranges; ranges are sorted by byte_offset, never overlap,
+        have size_bytes > 0, lie within volume_capacity_bytes and end after
+        starting_offset (the first may begin before it when it contains it). The
+        stream ends after the last range. A caller resumes a broken stream with
+        starting_offset = the end of the last range it received.
+
+        Ranges of one volume snapshot that hold data (anything else reads as zeros).
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          NOT_FOUND            NOT_FOUND             the snapshot (or the volume) is gone
+          UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CHANGED_BLOCKS)
+        """
+
+    @_abc_1.abstractmethod
+    def GetMetadataDelta(
+        self,
+        request: _driver_pb2.GetMetadataDeltaRequest,
+        context: _aio.ServicerContext[_driver_pb2.GetMetadataDeltaRequest, _abc.AsyncIterator[_driver_pb2.GetMetadataDeltaResponse]],
+    ) -> _abc.AsyncIterator[_driver_pb2.GetMetadataDeltaResponse]:
+        """Ranges whose bytes differ between two snapshots of the same volume (base
+        older than target); bytes outside them are equal in both.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule, or the two are not
+                                                     snapshots of the same volume
+          NOT_FOUND            NOT_FOUND             a snapshot (or the volume) is gone
+          UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CHANGED_BLOCKS)
+        """
+
+    @_abc_1.abstractmethod
+    def ReadSnapshot(
+        self,
+        request: _driver_pb2.ReadSnapshotRequest,
+        context: _aio.ServicerContext[_driver_pb2.ReadSnapshotRequest, _abc.AsyncIterator[_driver_pb2.ReadSnapshotResponse]],
+    ) -> _abc.AsyncIterator[_driver_pb2.ReadSnapshotResponse]:
+        """The bytes of one volume snapshot from offset, length bytes, in chunks of
+        chunk_size bytes (the last may be shorter), in order.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (past the volume's end)
+          NOT_FOUND            NOT_FOUND             the snapshot (or the volume) is gone
+          UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_READ_SNAPSHOT)
         """
 
 def add_StorageDriverServicer_to_server(servicer: StorageDriverServicer, server: _aio.Server) -> None: ...

@@ -2120,3 +2120,165 @@ class AuditRecord(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuditRecord: _TypeAlias = AuditRecord  # noqa: Y015
+
+@_typing.final
+class GetSnapshotDiskBlocksRequest(_message.Message):
+    """Ranges of one disk of a snapshot (allocated, or changed since an older one)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    SINCE_VM_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    STARTING_OFFSET_FIELD_NUMBER: _builtins.int
+    MAX_RESULTS_FIELD_NUMBER: _builtins.int
+    vm_snapshot_id: _builtins.str
+    """Required: the snapshot's id."""
+    disk: _builtins.str
+    """Required: the disk's name in the VM."""
+    since_vm_snapshot_id: _builtins.str
+    """Optional: an older READY snapshot of the same VM; the ranges are then those
+    that changed since it.
+    """
+    starting_offset: _builtins.int
+    """First byte of interest: 0 .. 2^50 (resume with the end of the last range)."""
+    max_results: _builtins.int
+    """Most ranges per response message: 0..10000 (0 = 1000)."""
+    def __init__(
+        self,
+        *,
+        vm_snapshot_id: _builtins.str = ...,
+        disk: _builtins.str = ...,
+        since_vm_snapshot_id: _builtins.str = ...,
+        starting_offset: _builtins.int = ...,
+        max_results: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "max_results", b"max_results", "since_vm_snapshot_id", b"since_vm_snapshot_id", "starting_offset", b"starting_offset", "vm_snapshot_id", b"vm_snapshot_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSnapshotDiskBlocksRequest: _TypeAlias = GetSnapshotDiskBlocksRequest  # noqa: Y015
+
+@_typing.final
+class DiskRange(_message.Message):
+    """A range of bytes of a disk."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    """Offset in bytes."""
+    length: _builtins.int
+    """Length in bytes (> 0)."""
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiskRange: _TypeAlias = DiskRange  # noqa: Y015
+
+@_typing.final
+class GetSnapshotDiskBlocksResponse(_message.Message):
+    """One message of the stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAPACITY_BYTES_FIELD_NUMBER: _builtins.int
+    BLOCK_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    RANGES_FIELD_NUMBER: _builtins.int
+    capacity_bytes: _builtins.int
+    """The disk's size at the snapshot, in bytes."""
+    block_size_bytes: _builtins.int
+    """Granularity of the ranges, in bytes."""
+    @_builtins.property
+    def ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiskRange]:
+        """Ranges, sorted, not overlapping."""
+
+    def __init__(
+        self,
+        *,
+        capacity_bytes: _builtins.int = ...,
+        block_size_bytes: _builtins.int = ...,
+        ranges: _abc.Iterable[Global___DiskRange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_size_bytes", b"block_size_bytes", "capacity_bytes", b"capacity_bytes", "ranges", b"ranges"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSnapshotDiskBlocksResponse: _TypeAlias = GetSnapshotDiskBlocksResponse  # noqa: Y015
+
+@_typing.final
+class ReadSnapshotDiskRequest(_message.Message):
+    """Read one disk of a snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    vm_snapshot_id: _builtins.str
+    """Required: the snapshot's id."""
+    disk: _builtins.str
+    """Required: the disk's name in the VM."""
+    offset: _builtins.int
+    """Byte offset: 0 .. 2^50."""
+    length: _builtins.int
+    """Bytes to read: 1 .. 2^50, not past the disk's end."""
+    chunk_size: _builtins.int
+    """Bytes per response message: 0 (= 1 MiB) or 4 KiB .. 4 MiB."""
+    def __init__(
+        self,
+        *,
+        vm_snapshot_id: _builtins.str = ...,
+        disk: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        length: _builtins.int = ...,
+        chunk_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "disk", b"disk", "length", b"length", "offset", b"offset", "vm_snapshot_id", b"vm_snapshot_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadSnapshotDiskRequest: _TypeAlias = ReadSnapshotDiskRequest  # noqa: Y015
+
+@_typing.final
+class ReadSnapshotDiskResponse(_message.Message):
+    """One chunk."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    """Where the chunk starts in the disk."""
+    data: _builtins.bytes
+    """The bytes."""
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadSnapshotDiskResponse: _TypeAlias = ReadSnapshotDiskResponse  # noqa: Y015

@@ -183,6 +183,16 @@ class VMSnapshotServiceStub:
                 request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListAuditRecordsRequest.SerializeToString,
                 response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListAuditRecordsResponse.FromString,
                 _registered_method=True)
+        self.GetSnapshotDiskBlocks = channel.unary_stream(
+                '/vmsnap.host.v1.VMSnapshotService/GetSnapshotDiskBlocks',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.GetSnapshotDiskBlocksRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.GetSnapshotDiskBlocksResponse.FromString,
+                _registered_method=True)
+        self.ReadSnapshotDisk = channel.unary_stream(
+                '/vmsnap.host.v1.VMSnapshotService/ReadSnapshotDisk',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ReadSnapshotDiskRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ReadSnapshotDiskResponse.FromString,
+                _registered_method=True)
 
 
 class VMSnapshotServiceServicer:
@@ -555,6 +565,40 @@ class VMSnapshotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSnapshotDiskBlocks(self, request, context):
+        """-- Changed-block deltas and export (issue 15). Read-only (role viewer).
+        Ranges of one disk of a READY snapshot: its allocated ranges, or with
+        since_vm_snapshot_id the ranges that changed since that older snapshot of
+        the same VM. Streamed and paged like the driver's GetMetadataDelta; the
+        host checks the driver's ranges (sorted, apart, inside the disk).
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        NOT_FOUND            NOT_FOUND             no such snapshot, or no such disk in it
+        FAILED_PRECONDITION  DISK_NOT_EXPORTABLE   the snapshot is not READY, or the disk's
+        snapshot is hypervisor-native
+        FAILED_PRECONDITION  DELTA_BASE_MISMATCH   since_vm_snapshot_id is not an older
+        snapshot of the same disk and driver
+        FAILED_PRECONDITION  DRIVER_CAPABILITY_MISSING  the driver has no CAPABILITY_CHANGED_BLOCKS
+        INTERNAL             DRIVER_CONTRACT_VIOLATION  the driver's ranges break the contract
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadSnapshotDisk(self, request, context):
+        """The bytes of one disk of a READY snapshot, streamed in chunks.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        NOT_FOUND            NOT_FOUND             no such snapshot, or no such disk in it
+        FAILED_PRECONDITION  DISK_NOT_EXPORTABLE   the snapshot is not READY, or the disk's
+        snapshot is hypervisor-native
+        FAILED_PRECONDITION  DRIVER_CAPABILITY_MISSING  the driver has no CAPABILITY_READ_SNAPSHOT
+        INTERNAL             DRIVER_CONTRACT_VIOLATION  the driver read fewer or more bytes
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VMSnapshotServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -672,6 +716,16 @@ def add_VMSnapshotServiceServicer_to_server(servicer, server):
                     servicer.ListAuditRecords,
                     request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListAuditRecordsRequest.FromString,
                     response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListAuditRecordsResponse.SerializeToString,
+            ),
+            'GetSnapshotDiskBlocks': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetSnapshotDiskBlocks,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.GetSnapshotDiskBlocksRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.GetSnapshotDiskBlocksResponse.SerializeToString,
+            ),
+            'ReadSnapshotDisk': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadSnapshotDisk,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ReadSnapshotDiskRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ReadSnapshotDiskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1329,6 +1383,60 @@ class VMSnapshotService:
             '/vmsnap.host.v1.VMSnapshotService/ListAuditRecords',
             vmsnap_dot_host_dot_v1_dot_host__pb2.ListAuditRecordsRequest.SerializeToString,
             vmsnap_dot_host_dot_v1_dot_host__pb2.ListAuditRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSnapshotDiskBlocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/GetSnapshotDiskBlocks',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.GetSnapshotDiskBlocksRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.GetSnapshotDiskBlocksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadSnapshotDisk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/ReadSnapshotDisk',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.ReadSnapshotDiskRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.ReadSnapshotDiskResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -303,6 +303,32 @@ class VMSnapshotServiceStub:
     Errors:
       INVALID_ARGUMENT     INVALID_ARGUMENT      page_size, page_token or a filter is wrong
     """
+    GetSnapshotDiskBlocks: _aio.UnaryStreamMultiCallable[_host_pb2.GetSnapshotDiskBlocksRequest, _host_pb2.GetSnapshotDiskBlocksResponse]
+    """-- Changed-block deltas and export (issue 15). Read-only (role viewer).
+    Ranges of one disk of a READY snapshot: its allocated ranges, or with
+    since_vm_snapshot_id the ranges that changed since that older snapshot of
+    the same VM. Streamed and paged like the driver's GetMetadataDelta; the
+    host checks the driver's ranges (sorted, apart, inside the disk).
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      NOT_FOUND            NOT_FOUND             no such snapshot, or no such disk in it
+      FAILED_PRECONDITION  DISK_NOT_EXPORTABLE   the snapshot is not READY, or the disk's
+                                                 snapshot is hypervisor-native
+      FAILED_PRECONDITION  DELTA_BASE_MISMATCH   since_vm_snapshot_id is not an older
+                                                 snapshot of the same disk and driver
+      FAILED_PRECONDITION  DRIVER_CAPABILITY_MISSING  the driver has no CAPABILITY_CHANGED_BLOCKS
+      INTERNAL             DRIVER_CONTRACT_VIOLATION  the driver's ranges break the contract
+    """
+    ReadSnapshotDisk: _aio.UnaryStreamMultiCallable[_host_pb2.ReadSnapshotDiskRequest, _host_pb2.ReadSnapshotDiskResponse]
+    """The bytes of one disk of a READY snapshot, streamed in chunks.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      NOT_FOUND            NOT_FOUND             no such snapshot, or no such disk in it
+      FAILED_PRECONDITION  DISK_NOT_EXPORTABLE   the snapshot is not READY, or the disk's
+                                                 snapshot is hypervisor-native
+      FAILED_PRECONDITION  DRIVER_CAPABILITY_MISSING  the driver has no CAPABILITY_READ_SNAPSHOT
+      INTERNAL             DRIVER_CONTRACT_VIOLATION  the driver read fewer or more bytes
+    """
 
 class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
     """The vmsnap host.
@@ -718,6 +744,44 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         result and when. Records are written durably before the call answers.
         Errors:
           INVALID_ARGUMENT     INVALID_ARGUMENT      page_size, page_token or a filter is wrong
+        """
+
+    @_abc_1.abstractmethod
+    def GetSnapshotDiskBlocks(
+        self,
+        request: _host_pb2.GetSnapshotDiskBlocksRequest,
+        context: _aio.ServicerContext[_host_pb2.GetSnapshotDiskBlocksRequest, _abc.AsyncIterator[_host_pb2.GetSnapshotDiskBlocksResponse]],
+    ) -> _abc.AsyncIterator[_host_pb2.GetSnapshotDiskBlocksResponse]:
+        """-- Changed-block deltas and export (issue 15). Read-only (role viewer).
+        Ranges of one disk of a READY snapshot: its allocated ranges, or with
+        since_vm_snapshot_id the ranges that changed since that older snapshot of
+        the same VM. Streamed and paged like the driver's GetMetadataDelta; the
+        host checks the driver's ranges (sorted, apart, inside the disk).
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          NOT_FOUND            NOT_FOUND             no such snapshot, or no such disk in it
+          FAILED_PRECONDITION  DISK_NOT_EXPORTABLE   the snapshot is not READY, or the disk's
+                                                     snapshot is hypervisor-native
+          FAILED_PRECONDITION  DELTA_BASE_MISMATCH   since_vm_snapshot_id is not an older
+                                                     snapshot of the same disk and driver
+          FAILED_PRECONDITION  DRIVER_CAPABILITY_MISSING  the driver has no CAPABILITY_CHANGED_BLOCKS
+          INTERNAL             DRIVER_CONTRACT_VIOLATION  the driver's ranges break the contract
+        """
+
+    @_abc_1.abstractmethod
+    def ReadSnapshotDisk(
+        self,
+        request: _host_pb2.ReadSnapshotDiskRequest,
+        context: _aio.ServicerContext[_host_pb2.ReadSnapshotDiskRequest, _abc.AsyncIterator[_host_pb2.ReadSnapshotDiskResponse]],
+    ) -> _abc.AsyncIterator[_host_pb2.ReadSnapshotDiskResponse]:
+        """The bytes of one disk of a READY snapshot, streamed in chunks.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          NOT_FOUND            NOT_FOUND             no such snapshot, or no such disk in it
+          FAILED_PRECONDITION  DISK_NOT_EXPORTABLE   the snapshot is not READY, or the disk's
+                                                     snapshot is hypervisor-native
+          FAILED_PRECONDITION  DRIVER_CAPABILITY_MISSING  the driver has no CAPABILITY_READ_SNAPSHOT
+          INTERNAL             DRIVER_CONTRACT_VIOLATION  the driver read fewer or more bytes
         """
 
 def add_VMSnapshotServiceServicer_to_server(servicer: VMSnapshotServiceServicer, server: _aio.Server) -> None: ...
