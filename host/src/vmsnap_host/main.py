@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from prometheus_client import REGISTRY
 
+from vmsnap_host import tracing
 from vmsnap_host.app import HostApp
 from vmsnap_host.config import Config, ConfigError, load
 from vmsnap_host.metrics import HostCollector
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = load(args.config) if args.config else Config()
     except ConfigError as exc:
         sys.exit(f"vmsnap-host: {exc}")
+    tracing.setup()  # before any gRPC server or channel exists
     try:
         asyncio.run(_serve(args, config))
     except CatalogUnavailable as exc:

@@ -91,6 +91,7 @@ def operation_to_pb(op: OperationRecord, snapshot: Snapshot | None) -> pb.Operat
         progress_percent=op.progress,
         step=op.step,
         request_id=op.request_id,
+        cancel_requested=op.cancel_requested and not op.done,
     )
     if (status := _status(op.error)) is not None:
         message.error.CopyFrom(status)

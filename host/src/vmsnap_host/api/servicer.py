@@ -36,6 +36,8 @@ DEFAULT_WAIT = 30.0
 MAX_WAIT = 600.0
 #: Longest time UndefineVM waits for the deletes of its VM's snapshots in one call.
 UNDEFINE_WAIT = 30.0
+#: Operations a WatchOperations with `since` sends first, at most (the newest).
+MAX_WATCH_INITIAL = 1000
 #: Findings of one Reconcile in its response (all are kept: ListFindings).
 MAX_RECONCILE_FINDINGS = 1000
 
@@ -254,6 +256,58 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             )
 
         return await _call(context, "ListOperations", run)
+
+    # --- live events and cancel (docs/design.md, "Live events and cancel") ---------
+
+    # A server-streaming handler written as a coroutine that writes its messages
+    # (grpc.aio takes both forms; the stubs name only the async-iterator one): so the
+    # stream runs inside the same error boundary as every other call.
+    async def WatchOperations(  # type: ignore[override]  # noqa: N802
+        self, request: pb.WatchOperationsRequest, context: Ctx
+    ) -> None:
+        async def run() -> None:
+            if request.vm_id:
+                val.require_id("vm_id", request.vm_id)
+            if request.operation_id:
+                val.require_id("operation_id", request.operation_id)
+            # Subscribed before the catalog is read: no change falls in between (one
+            # may come twice, as it stood and as it changed).
+            with self.manager.events.watch(request.vm_id, request.operation_id) as watcher:
+                initial: list[OperationRecord] = []
+                if request.operation_id:
+                    initial = [self.manager.get_operation(request.operation_id)]
+                elif request.HasField("since"):
+                    since = request.since.ToNanoseconds() / 1e9
+                    initial = self.store.operations_changed_since(
+                        request.vm_id, since, MAX_WATCH_INITIAL
+                    )
+                for op in initial:
+                    await context.write(
+                        pb.WatchOperationsResponse(operation=self._op(op), initial=True)
+                    )
+                    if request.operation_id and op.done:
+                        return
+                while True:
+                    change = await watcher.next()
+                    await context.write(
+                        pb.WatchOperationsResponse(
+                            operation=convert.operation_to_pb(change.operation, change.snapshot)
+                        )
+                    )
+                    if request.operation_id and change.operation.done:
+                        return
+
+        await _call(context, "WatchOperations", run)
+
+    async def CancelOperation(  # noqa: N802
+        self, request: pb.CancelOperationRequest, context: Ctx
+    ) -> pb.CancelOperationResponse:
+        async def run() -> pb.CancelOperationResponse:
+            val.require_id("operation_id", request.operation_id)
+            op = await self.manager.cancel_operation(request.operation_id)
+            return pb.CancelOperationResponse(operation=self._op(op))
+
+        return await _call(context, "CancelOperation", run)
 
     # --- drivers and agents -------------------------------------------------------
 

@@ -154,6 +154,8 @@ class Operation:
     create_time: datetime | None = None
     update_time: datetime | None = None
     vm_snapshot: VMSnapshot | None = None
+    #: A cancel was recorded and the work has not ended yet.
+    cancel_requested: bool = False
 
     @property
     def succeeded(self) -> bool:

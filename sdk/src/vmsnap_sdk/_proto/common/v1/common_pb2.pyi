@@ -278,6 +278,21 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: every catalog connection of this replica is busy (its pool wait
     ran out); nothing was done, retry.
     """
+    OPERATION_CANCELLED: _ErrorReason.ValueType  # 71
+    """-- Live events and cancel (issue 13).
+    CANCELLED: the operation was cancelled (CancelOperation) and rolled back or
+    settled as its error message says.
+    """
+    OPERATION_FINISHED: _ErrorReason.ValueType  # 72
+    """FAILED_PRECONDITION: the operation is finished already; nothing to cancel."""
+    OPERATION_NOT_CANCELLABLE: _ErrorReason.ValueType  # 73
+    """FAILED_PRECONDITION: this operation cannot be cancelled once it started (a
+    delete: its objects may be half gone); it is finished instead.
+    """
+    WATCH_TOO_SLOW: _ErrorReason.ValueType  # 74
+    """RESOURCE_EXHAUSTED: a WatchOperations stream fell too far behind and was
+    dropped; watch again with `since`.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call or an operation failed: the `reason` of the google.rpc.ErrorInfo
@@ -497,6 +512,21 @@ UNAVAILABLE: the catalog's database cannot be reached; nothing was done.
 CATALOG_BUSY: ErrorReason.ValueType  # 70
 """UNAVAILABLE: every catalog connection of this replica is busy (its pool wait
 ran out); nothing was done, retry.
+"""
+OPERATION_CANCELLED: ErrorReason.ValueType  # 71
+"""-- Live events and cancel (issue 13).
+CANCELLED: the operation was cancelled (CancelOperation) and rolled back or
+settled as its error message says.
+"""
+OPERATION_FINISHED: ErrorReason.ValueType  # 72
+"""FAILED_PRECONDITION: the operation is finished already; nothing to cancel."""
+OPERATION_NOT_CANCELLABLE: ErrorReason.ValueType  # 73
+"""FAILED_PRECONDITION: this operation cannot be cancelled once it started (a
+delete: its objects may be half gone); it is finished instead.
+"""
+WATCH_TOO_SLOW: ErrorReason.ValueType  # 74
+"""RESOURCE_EXHAUSTED: a WatchOperations stream fell too far behind and was
+dropped; watch again with `since`.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
