@@ -8,7 +8,7 @@ text). Validation errors name the field, as the SDK's do.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -26,7 +26,7 @@ from vmsnap_sdk import _convert as cv
 from vmsnap_sdk import _validate as val
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
-from vmsnap_sdk._server import invoke
+from vmsnap_sdk._server import invoke, invoke_stream
 from vmsnap_sdk.errors import InvalidArgument, NotFound, Reason, Unimplemented, VMSnapError
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -259,13 +259,10 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
 
     # --- live events and cancel (docs/design.md, "Live events and cancel") ---------
 
-    # A server-streaming handler written as a coroutine that writes its messages
-    # (grpc.aio takes both forms; the stubs name only the async-iterator one): so the
-    # stream runs inside the same error boundary as every other call.
-    async def WatchOperations(  # type: ignore[override]  # noqa: N802
+    async def WatchOperations(  # noqa: N802
         self, request: pb.WatchOperationsRequest, context: Ctx
-    ) -> None:
-        async def run() -> None:
+    ) -> AsyncIterator[pb.WatchOperationsResponse]:
+        async def run() -> AsyncIterator[pb.WatchOperationsResponse]:
             if request.vm_id:
                 val.require_id("vm_id", request.vm_id)
             if request.operation_id:
@@ -282,22 +279,26 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                         request.vm_id, since, MAX_WATCH_INITIAL
                     )
                 for op in initial:
-                    await context.write(
-                        pb.WatchOperationsResponse(operation=self._op(op), initial=True)
-                    )
+                    yield pb.WatchOperationsResponse(operation=self._op(op), initial=True)
                     if request.operation_id and op.done:
                         return
                 while True:
                     change = await watcher.next()
-                    await context.write(
-                        pb.WatchOperationsResponse(
-                            operation=convert.operation_to_pb(change.operation, change.snapshot)
-                        )
+                    yield pb.WatchOperationsResponse(
+                        operation=convert.operation_to_pb(change.operation, change.snapshot)
                     )
                     if request.operation_id and change.operation.done:
                         return
 
-        await _call(context, "WatchOperations", run)
+        async def guarded() -> AsyncIterator[pb.WatchOperationsResponse]:
+            try:
+                async for item in run():
+                    yield item
+            except VMSnapError as exc:
+                raise errors.public(exc) from exc
+
+        async for item in invoke_stream(context, "WatchOperations", guarded):
+            yield item
 
     async def CancelOperation(  # noqa: N802
         self, request: pb.CancelOperationRequest, context: Ctx
