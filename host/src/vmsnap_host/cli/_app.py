@@ -15,7 +15,7 @@ import typer
 from vmsnap_host.cli import _output as out
 from vmsnap_host.cli._demo import run_demo
 from vmsnap_host.cli._events import cancel as operations_cancel
-from vmsnap_host.cli._events import events_app
+from vmsnap_host.cli._events import events
 from vmsnap_host.cli._progress import follow
 from vmsnap_host.cli._up import run_up
 from vmsnap_host.client import (
@@ -50,7 +50,7 @@ app.add_typer(drivers_app, name="drivers")
 app.add_typer(agents_app, name="agents")
 app.add_typer(operations_app, name="operations")
 app.add_typer(findings_app, name="findings")
-app.add_typer(events_app, name="events")
+app.command("events")(events)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 

@@ -17,11 +17,6 @@ import typer
 from vmsnap_host.cli import _output as out
 from vmsnap_host.client import HostClient, Operation
 
-events_app = typer.Typer(
-    help="Operations as they change, pushed by the host (state, step, progress).",
-    invoke_without_command=True,
-)
-
 
 def line(op: Operation) -> str:
     """One change, one line: time, operation, type, VM, progress, step, outcome."""
@@ -45,22 +40,31 @@ def _emit(op: Operation, json_: bool) -> None:
         print(line(op), flush=True)
 
 
-@events_app.callback()
 def events(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep streaming changes as they happen.")
     ] = False,
-    vm: Annotated[str, typer.Option(help="Only this VM's operations.")] = "",
+    vm: Annotated[str, typer.Option(metavar="VM", help="Only this VM's operations.")] = "",
     operation: Annotated[
-        str, typer.Option(help="Only this operation (--follow ends when it is done).")
+        str,
+        typer.Option(metavar="OP", help="Only this operation (--follow ends when it is done)."),
     ] = "",
     since: Annotated[
-        float, typer.Option(help="First show operations changed in the last SECONDS.")
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="First show operations changed in the last SECONDS (default without "
+            "--follow: 300).",
+        ),
     ] = 0.0,
     json_: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """Operations as they change. Without --follow: the changes of the last --since
-    seconds (default 300) and exit."""
+    """Operations as they change (state, step, progress), pushed by the host.
+
+    With --follow: one line per change until Ctrl-C (or until --operation is
+    done). Without: the operations changed in the last --since seconds, as they
+    stand, then exit.
+    """
     from vmsnap_host.cli._app import run  # the app imports this module
 
     window = since if since > 0 else (0.0 if follow else 300.0)
@@ -88,7 +92,7 @@ def events(
 
 
 def cancel(
-    operation_id: Annotated[str, typer.Argument(help="The operation's id.")],
+    operation_id: Annotated[str, typer.Argument(metavar="OP", help="The operation's id.")],
     json_: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Cancel an operation: a queued one is dropped; a running take is rolled back

@@ -44,7 +44,7 @@ from vmsnap_sdk._convert import vm_from_pb, vm_to_pb
 from vmsnap_sdk._errors import from_rpc_error
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
-from vmsnap_sdk.errors import Unavailable, Unimplemented
+from vmsnap_sdk.errors import ResourceExhausted, Unavailable, Unimplemented
 
 #: Longest single WaitOperation call; progress is reported between calls.
 WAIT_SLICE = 2.0
@@ -350,7 +350,9 @@ class HostClient:
             done = await asyncio.wait_for(watch(), timeout)
         except TimeoutError:
             return last or await self.get_operation(operation_id)
-        except Unimplemented:
+        except (Unimplemented, ResourceExhausted):
+            # A host without WatchOperations, or this watcher dropped as too slow:
+            # wait the old way (the operation is not affected either way).
             return await self.wait(operation_id, timeout=timeout, on_progress=on_progress)
         return done or await self.get_operation(operation_id)
 
