@@ -85,6 +85,7 @@ async def test_cancel_drops_a_queued_operation_at_once(rig: Rig) -> None:
     dropped = await rig.manager.cancel_operation(queued.id)
     assert dropped.done and dropped.step == "cancelled"
     assert dropped.error is not None and dropped.error.reason == Reason.OPERATION_CANCELLED
+    assert dropped.error.message.endswith("before it started; nothing was done")
     snap = rig.store.get_snapshot(queued.vm_snapshot_id)
     assert snap is not None and snap.state is SnapshotState.ERROR
 

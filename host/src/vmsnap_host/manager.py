@@ -372,7 +372,7 @@ class Manager:
             snap = self.store.get_snapshot(op.vm_snapshot_id)
             if snap is not None and snap.state is not SnapshotState.ALLOCATED:
                 snap = None  # started: not droppable, the step check below agrees
-        error = error_info(cancelled())
+        error = error_info(cancelled(" before it started; nothing was done"))
         try:
             dropped = await self.store.write(self.store.w_drop_queued(op.id, error, snap))
         except StaleMove:

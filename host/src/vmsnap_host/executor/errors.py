@@ -21,10 +21,11 @@ class OperationFailed(Exception):
         self.error = error
 
 
-def cancelled() -> Cancelled:
-    """The cause an operation stopped by CancelOperation records."""
+def cancelled(detail: str = "") -> Cancelled:
+    """The cause an operation stopped by CancelOperation records (``detail``: what
+    became of it, when the caller knows already)."""
     return Cancelled(
-        "cancelled on request (CancelOperation)", reason=Reason.OPERATION_CANCELLED
+        f"cancelled on request (CancelOperation){detail}", reason=Reason.OPERATION_CANCELLED
     )
 
 
