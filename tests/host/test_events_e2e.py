@@ -208,6 +208,18 @@ def test_a_take_streams_its_steps_in_order_and_is_one_trace(sockdir: Path, tmp_p
         assert progress == sorted(progress) and progress[-1] == 100
         assert seen[-1]["error"] is None
 
+        # Without --follow: the operations changed lately, as they stand, then exit.
+        recent = subprocess.run(
+            [*_cli(c), "events", "--vm", "vm1", "--json"],
+            check=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        listed = [json.loads(line) for line in recent.stdout.splitlines()]
+        assert [(e["id"], e["step"]) for e in listed] == [(first.id, "done"), (op.id, "done")]
+
         # The blocking client: a watch of one operation ends after its final state.
         with SyncHostClient.connect(f"unix://{c.sock}/host.sock") as host:
             watched = list(host.watch_operations(operation_id=op.id))
