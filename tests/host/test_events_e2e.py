@@ -109,6 +109,14 @@ def test_ctrl_c_names_the_operation_and_cancel_rolls_the_take_back(
     listed = c.host.ListVMSnapshots(pb.ListVMSnapshotsRequest(vm_id="vm1"), timeout=5)
     assert [s.state for s in listed.vm_snapshots] == [pb.VM_SNAPSHOT_STATE_ERROR]
 
+    # Refusals name what to fix, with the contract's reasons.
+    with pytest.raises(grpc.RpcError) as unknown:
+        list(c.host.WatchOperations(pb.WatchOperationsRequest(operation_id="nope"), timeout=10))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as bad:
+        c.host.CancelOperation(pb.CancelOperationRequest(operation_id="no such id!"), timeout=10)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
     again = subprocess.run(
         [*command, "operations", "cancel", op_id],
         check=False,

@@ -101,9 +101,19 @@ class Broadcaster:
         return len(self._watchers)
 
     def changed(self, operation_ids: list[str]) -> None:
-        """Called by the store after a commit (on the event loop)."""
+        """Called by the store right after a commit, in the task that wrote: the
+        operation is read before that task can write it again, so each committed
+        state is seen, in order (read later, a fast take would skip ``queued``).
+        Only while someone watches; a failed read costs the watchers this change,
+        never the writer."""
         if not self._watchers:
             return  # nobody watches: no read at all
+        try:
+            self._offer_all(operation_ids)
+        except Exception:  # e.g. the catalog unreachable: the watchers miss this change
+            log.exception("operation events not sent")
+
+    def _offer_all(self, operation_ids: list[str]) -> None:
         for operation_id in dict.fromkeys(operation_ids):
             op = self.store.get_operation(operation_id)
             if op is None:

@@ -350,9 +350,10 @@ class HostClient:
             done = await asyncio.wait_for(watch(), timeout)
         except TimeoutError:
             return last or await self.get_operation(operation_id)
-        except (Unimplemented, ResourceExhausted):
-            # A host without WatchOperations, or this watcher dropped as too slow:
-            # wait the old way (the operation is not affected either way).
+        except (Unimplemented, ResourceExhausted, Unavailable):
+            # A host without WatchOperations, this watcher dropped as too slow, or the
+            # replica gone (another may have taken the operation over): wait the old
+            # way, with its fail-over (the operation is not affected either way).
             return await self.wait(operation_id, timeout=timeout, on_progress=on_progress)
         return done or await self.get_operation(operation_id)
 
