@@ -14,6 +14,7 @@ from tests.fakes.driver import FakeDriver, Options
 from tests.host.conftest import Rig, make_rig
 from vmsnap_host.events import Broadcaster
 from vmsnap_host.model import OperationRecord, SnapshotState
+from vmsnap_host.store import Store
 from vmsnap_sdk.errors import FailedPrecondition, Reason, ResourceExhausted
 
 A = "io.vmsnap.test.a"
@@ -157,3 +158,21 @@ async def test_a_slow_watcher_is_dropped_and_never_blocks_the_work(rig: Rig) -> 
             await asyncio.wait_for(slow.next(), 5)
     assert dropped.value.reason == Reason.WATCH_TOO_SLOW
     assert "since" in dropped.value.message
+
+
+async def test_a_watcher_sees_operations_another_replica_runs(rig: Rig) -> None:
+    """Replicas share the catalog: a replica's watchers see the operations another
+    runs through one poll of the catalog per replica (not per watcher)."""
+    await rig.define()
+    other = Store.open(f"sqlite:///{rig.path / 'host.db'}")
+    try:
+        replica_b = Broadcaster(other, owner="replica-b")
+        with replica_b.watch(vm_id="vm1") as watcher:
+            op = await rig.wait(await rig.create())  # run by this rig's replica ("test")
+            seen = [(await asyncio.wait_for(watcher.next(), 5)).operation]
+            while not seen[-1].done:
+                seen.append((await asyncio.wait_for(watcher.next(), 5)).operation)
+        assert {o.id for o in seen} == {op.id} and seen[-1].step == "done"
+        await replica_b.close()
+    finally:
+        other.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,6 +26,12 @@ log = logging.getLogger("vmsnap.host.events")
 
 #: Changes one watcher may be behind before it is dropped.
 QUEUE_BOUND = 256
+#: How often the one catalog poll per replica looks for changes of operations other
+#: replicas run (only while someone watches here).
+FOREIGN_POLL = 0.25
+#: How far back each poll looks again: replicas stamp update_time on their own
+#: clocks; a change is sent once all the same (remembered by its state).
+FOREIGN_OVERLAP = 2.0
 
 
 @dataclass(frozen=True)
@@ -79,10 +86,15 @@ class Watcher:
 class Broadcaster:
     """Fans committed operation changes out to the watchers of this process."""
 
-    def __init__(self, store: Store, bound: int = QUEUE_BOUND) -> None:
+    def __init__(self, store: Store, bound: int = QUEUE_BOUND, owner: str = "") -> None:
         self.store = store
         self.bound = bound
+        #: This replica's name: operations owned by another are polled (see _poll).
+        self.owner = owner
         self._watchers: set[Watcher] = set()
+        self._poller: asyncio.Task[None] | None = None
+        #: Last state sent of each open foreign operation (id → state key).
+        self._foreign: dict[str, tuple[object, ...]] = {}
         store.on_operation_change(self.changed)
 
     @contextlib.contextmanager
@@ -91,6 +103,8 @@ class Broadcaster:
         there already, so that no change falls in between)."""
         watcher = Watcher(vm_id, operation_id, self.bound)
         self._watchers.add(watcher)
+        if self.owner and (self._poller is None or self._poller.done()):
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
         try:
             yield watcher
         finally:
@@ -99,6 +113,13 @@ class Broadcaster:
     @property
     def watchers(self) -> int:
         return len(self._watchers)
+
+    async def close(self) -> None:
+        """Stop the foreign poll (the host is stopping)."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
 
     def changed(self, operation_ids: list[str]) -> None:
         """Called by the store right after a commit, in the task that wrote: the
@@ -113,22 +134,53 @@ class Broadcaster:
         except Exception:  # e.g. the catalog unreachable: the watchers miss this change
             log.exception("operation events not sent")
 
+    async def _poll(self) -> None:
+        """While anyone watches: one read every FOREIGN_POLL seconds for operations
+        other replicas run (their commits are not seen here), for every watcher at
+        once — never a poll per watcher."""
+        last = time.time()
+        while self._watchers:
+            await asyncio.sleep(FOREIGN_POLL)
+            now = time.time()
+            try:
+                changed = self.store.operations_changed_since(
+                    "", last - FOREIGN_OVERLAP, 1000
+                )
+            except Exception:  # the catalog unreachable: try again on the next tick
+                log.exception("foreign operation poll failed")
+                continue
+            last = now
+            for op in changed:
+                if op.owner == self.owner:
+                    continue  # this replica's own: sent as committed
+                key = (op.step, op.progress, op.done, op.cancel_requested)
+                if self._foreign.get(op.id) == key:
+                    continue
+                self._foreign[op.id] = key
+                self._offer(op)
+            # Forget finished ones that fell out of the overlap window.
+            seen = {op.id for op in changed}
+            for op_id in [i for i in self._foreign if i not in seen]:
+                del self._foreign[op_id]
+
+    def _offer(self, op: OperationRecord) -> None:
+        interested = [w for w in self._watchers if w.wants(op)]
+        if not interested:
+            return
+        change = Change(op, self.store.get_snapshot(op.vm_snapshot_id))
+        for watcher in interested:
+            watcher.offer(change)
+            if watcher.dropped:
+                log.warning(
+                    "slow watcher dropped",
+                    extra={"fields": {"vm": watcher.vm_id, "operation": op.id}},
+                )
+
     def _offer_all(self, operation_ids: list[str]) -> None:
         for operation_id in dict.fromkeys(operation_ids):
             op = self.store.get_operation(operation_id)
-            if op is None:
-                continue
-            interested = [w for w in self._watchers if w.wants(op)]
-            if not interested:
-                continue
-            change = Change(op, self.store.get_snapshot(op.vm_snapshot_id))
-            for watcher in interested:
-                watcher.offer(change)
-                if watcher.dropped:
-                    log.warning(
-                        "slow watcher dropped",
-                        extra={"fields": {"vm": watcher.vm_id, "operation": op.id}},
-                    )
+            if op is not None:
+                self._offer(op)
 
 
-__all__ = ["QUEUE_BOUND", "Broadcaster", "Change", "Watcher"]
+__all__ = ["FOREIGN_POLL", "QUEUE_BOUND", "Broadcaster", "Change", "Watcher"]

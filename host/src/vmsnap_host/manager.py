@@ -86,7 +86,7 @@ class Manager:
         self.decisions = DecisionCache(settings.can_handle_cache_seconds)
         self.executor = Executor(store, registry, settings, decisions=self.decisions)
         #: Live operation events for WatchOperations (fed by the store's commits).
-        self.events = Broadcaster(store)
+        self.events = Broadcaster(store, owner=owner)
         self._queues: dict[str, _VMQueue] = {}
         self._admission: dict[str, asyncio.Lock] = {}
         #: The task of every operation this process runs or has queued, by id.
@@ -684,6 +684,7 @@ class Manager:
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
 
     async def close(self) -> None:
+        await self.events.close()
         for task in list(self._tasks.values()):
             task.cancel()
         for task in list(self._tasks.values()):
