@@ -12,6 +12,7 @@ import pytest
 
 from tests.fakes.driver import FakeDriver, Options
 from tests.host.conftest import Rig, make_rig
+from vmsnap_host import metrics
 from vmsnap_host.events import Broadcaster
 from vmsnap_host.model import OperationRecord, SnapshotState
 from vmsnap_host.store import Store
@@ -149,6 +150,7 @@ async def test_a_watcher_sees_a_takes_steps_in_order(rig: Rig) -> None:
 
 async def test_a_slow_watcher_is_dropped_and_never_blocks_the_work(rig: Rig) -> None:
     await rig.define()
+    before = metrics.WATCHERS_DROPPED._value.get()
     small = Broadcaster(rig.store, bound=2)
     with small.watch() as slow:
         # Never read while a whole take commits its steps: the take is not held up.
@@ -158,6 +160,7 @@ async def test_a_slow_watcher_is_dropped_and_never_blocks_the_work(rig: Rig) -> 
             await asyncio.wait_for(slow.next(), 5)
     assert dropped.value.reason == Reason.WATCH_TOO_SLOW
     assert "since" in dropped.value.message
+    assert metrics.WATCHERS_DROPPED._value.get() == before + 1
 
 
 async def test_a_watcher_sees_operations_another_replica_runs(rig: Rig) -> None:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from vmsnap_host import metrics
 from vmsnap_host.model import OperationRecord, Snapshot
 from vmsnap_host.store import Store
 from vmsnap_sdk.errors import Reason, ResourceExhausted
@@ -169,8 +170,10 @@ class Broadcaster:
             return
         change = Change(op, self.store.get_snapshot(op.vm_snapshot_id))
         for watcher in interested:
+            was_dropped = watcher.dropped
             watcher.offer(change)
-            if watcher.dropped:
+            if watcher.dropped and not was_dropped:
+                metrics.WATCHERS_DROPPED.inc()
                 log.warning(
                     "slow watcher dropped",
                     extra={"fields": {"vm": watcher.vm_id, "operation": op.id}},
