@@ -1,4 +1,4 @@
-"""CancelOperation and live events, in process (docs/design.md, "Live events and cancel")."""
+"""CancelOperation and live events, in process (docs/design.md, "Live events, cancel and traces")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Live events, cancel and traces with real processes over unix sockets: the host,
 the sim agent, fake drivers, and the `vmsnap` CLI (in a pseudo-terminal for Ctrl-C).
-docs/design.md, "Live events and cancel" and "Traces"."""
+docs/design.md, "Live events, cancel and traces"."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ operation once (and its snapshot) and hands it to every watcher that wants it.
 No watcher polls the catalog, and none can slow the work: a watcher whose
 queue is full is dropped at once (it ends RESOURCE_EXHAUSTED, WATCH_TOO_SLOW,
 and can watch again with ``since``), the executor never waits for it.
-docs/design.md, "Live events and cancel".
+docs/design.md, "Live events, cancel and traces".
 """
 
 from __future__ import annotations

@@ -361,7 +361,7 @@ class Manager:
         return [op for i in ids if (op := self.store.get_operation(i)) is not None]
 
     async def cancel_operation(self, operation_id: str) -> OperationRecord:
-        """Cancel an operation (docs/design.md, "Live events and cancel"): a queued one
+        """Cancel an operation (docs/design.md, "Live events, cancel and traces"): a queued one
         is dropped now; a running take or revert is asked to stop, checked by its work
         at its next step (a compare-and-set in the catalog, any replica)."""
         op = self.get_operation(operation_id)

@@ -199,7 +199,7 @@ class KeptState:
 
 
 #: The journal entry of a recorded cancel request (its time): docs/design.md,
-#: "Live events and cancel".
+#: "Live events, cancel and traces".
 CANCEL_KEY = "cancel_requested"
 
 

@@ -1,4 +1,4 @@
-"""Traces of the host process (docs/design.md, "Traces").
+"""Traces of the host process (docs/design.md, "Live events, cancel and traces").
 
 Off unless the standard ``OTEL_*`` environment asks (:mod:`vmsnap_sdk.tracing`
 decides and instruments every gRPC server and client). The host adds one span

@@ -13,7 +13,7 @@ When on, every gRPC server and client of the process is instrumented
 (opentelemetry-instrumentation-grpc): a call carries its trace context in
 its metadata (W3C ``traceparent``), so one take is one trace across the host,
 the agent and the drivers. Nothing is imported while off: a process that does
-not trace pays nothing. docs/design.md, "Traces".
+not trace pays nothing. docs/design.md, "Live events, cancel and traces".
 """
 
 from __future__ import annotations

@@ -257,7 +257,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
 
         return await _call(context, "ListOperations", run)
 
-    # --- live events and cancel (docs/design.md, "Live events and cancel") ---------
+    # --- live events and cancel (docs/design.md, "Live events, cancel and traces") ---------
 
     async def WatchOperations(  # noqa: N802
         self, request: pb.WatchOperationsRequest, context: Ctx

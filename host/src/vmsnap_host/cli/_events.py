@@ -2,7 +2,7 @@
 
 Events are pushed by the host (WatchOperations) as each step is journaled; one
 line per change, or one JSON object per line with ``--json``.
-docs/design.md, "Live events and cancel".
+docs/design.md, "Live events, cancel and traces".
 """
 
 from __future__ import annotations

@@ -245,7 +245,7 @@ class Revert:
             return
         await self.settle(op, snap, first, known, vm=vm)
 
-    # --- cancel (docs/design.md, "Live events and cancel") ------------------------
+    # --- cancel (docs/design.md, "Live events, cancel and traces") ------------------------
 
     async def _unless_cancelled(self, op: OperationRecord, snap: Snapshot) -> None:
         """Nothing moved yet: a recorded cancel ends the revert untouched."""

@@ -887,7 +887,7 @@ class Store:
 
         return _Touches(operation_id, run)
 
-    # --- cancel (docs/design.md, "Live events and cancel") ---------------------------
+    # --- cancel (docs/design.md, "Live events, cancel and traces") ---------------------------
 
     def w_drop_queued(
         self, operation_id: str, error: ErrorInfo, snapshot: Snapshot | None

@@ -279,7 +279,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ran out); nothing was done, retry.
     """
     OPERATION_CANCELLED: _ErrorReason.ValueType  # 71
-    """-- Live events and cancel (issue 13).
+    """-- Live events, cancel and traces (issue 13).
     CANCELLED: the operation was cancelled (CancelOperation) and rolled back or
     settled as its error message says.
     """
@@ -514,7 +514,7 @@ CATALOG_BUSY: ErrorReason.ValueType  # 70
 ran out); nothing was done, retry.
 """
 OPERATION_CANCELLED: ErrorReason.ValueType  # 71
-"""-- Live events and cancel (issue 13).
+"""-- Live events, cancel and traces (issue 13).
 CANCELLED: the operation was cancelled (CancelOperation) and rolled back or
 settled as its error message says.
 """

@@ -524,7 +524,7 @@ class VMSnapshotServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchOperations(self, request, context):
-        """--- Live events and cancel (issue 13)
+        """--- Live events, cancel and traces (issue 13)
         Follow operations as they change (state, step, progress), pushed by the host
         as each step is journaled; no polling. First the matching operations changed
         at or after `since` (each as it stands now, `initial` true; none when `since`

@@ -282,7 +282,7 @@ class VMSnapshotServiceStub:
       INVALID_ARGUMENT     INVALID_ARGUMENT      page_size or page_token is wrong
     """
     WatchOperations: _aio.UnaryStreamMultiCallable[_host_pb2.WatchOperationsRequest, _host_pb2.WatchOperationsResponse]
-    """--- Live events and cancel (issue 13)
+    """--- Live events, cancel and traces (issue 13)
     Follow operations as they change (state, step, progress), pushed by the host
     as each step is journaled; no polling. First the matching operations changed
     at or after `since` (each as it stands now, `initial` true; none when `since`
@@ -713,7 +713,7 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.WatchOperationsRequest,
         context: _aio.ServicerContext[_host_pb2.WatchOperationsRequest, _abc.AsyncIterator[_host_pb2.WatchOperationsResponse]],
     ) -> _abc.AsyncIterator[_host_pb2.WatchOperationsResponse]:
-        """--- Live events and cancel (issue 13)
+        """--- Live events, cancel and traces (issue 13)
         Follow operations as they change (state, step, progress), pushed by the host
         as each step is journaled; no polling. First the matching operations changed
         at or after `since` (each as it stands now, `initial` true; none when `since`
