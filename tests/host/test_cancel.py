@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from tests.fakes.driver import FakeDriver, Options
 from tests.host.conftest import Rig, make_rig
 from vmsnap_host import metrics
-from vmsnap_host.events import Broadcaster
+from vmsnap_host.events import MAX_WATCHERS, Broadcaster
 from vmsnap_host.model import OperationRecord, SnapshotState
 from vmsnap_host.store import Store
 from vmsnap_sdk.errors import FailedPrecondition, Reason, ResourceExhausted
@@ -179,3 +180,15 @@ async def test_a_watcher_sees_operations_another_replica_runs(rig: Rig) -> None:
         await replica_b.close()
     finally:
         other.close()
+
+
+async def test_watchers_are_bounded(rig: Rig) -> None:
+    """Each stream holds one of the server's concurrent calls: past the bound a new
+    watcher is refused, the calls that do the work keep their slots."""
+    with contextlib.ExitStack() as stack:
+        for _ in range(MAX_WATCHERS):
+            stack.enter_context(rig.manager.events.watch())
+        with pytest.raises(ResourceExhausted, match="watchers already"):
+            stack.enter_context(rig.manager.events.watch())
+    with rig.manager.events.watch():
+        pass  # a slot is free again once one ends

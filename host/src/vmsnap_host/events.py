@@ -27,6 +27,9 @@ log = logging.getLogger("vmsnap.host.events")
 
 #: Changes one watcher may be behind before it is dropped.
 QUEUE_BOUND = 256
+#: Watchers one host serves at once: each stream holds one of the server's concurrent
+#: calls (256), which must stay free for the calls that do the work.
+MAX_WATCHERS = 64
 #: How often the one catalog poll per replica looks for changes of operations other
 #: replicas run (only while someone watches here).
 FOREIGN_POLL = 0.25
@@ -102,6 +105,12 @@ class Broadcaster:
     def watch(self, vm_id: str = "", operation_id: str = "") -> Iterator[Watcher]:
         """Subscribe for the block's duration (subscribe before reading what is
         there already, so that no change falls in between)."""
+        if len(self._watchers) >= MAX_WATCHERS:
+            raise ResourceExhausted(
+                f"this host serves {MAX_WATCHERS} watchers already (each holds one of its "
+                "concurrent calls); stop one, or watch another replica",
+                reason=Reason.RESOURCE_EXHAUSTED,
+            )
         watcher = Watcher(vm_id, operation_id, self.bound)
         self._watchers.add(watcher)
         if self.owner and (self._poller is None or self._poller.done()):
@@ -186,4 +195,4 @@ class Broadcaster:
                 self._offer(op)
 
 
-__all__ = ["FOREIGN_POLL", "QUEUE_BOUND", "Broadcaster", "Change", "Watcher"]
+__all__ = ["FOREIGN_POLL", "MAX_WATCHERS", "QUEUE_BOUND", "Broadcaster", "Change", "Watcher"]

@@ -536,6 +536,8 @@ class VMSnapshotServiceServicer:
         Errors:
         INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id or operation_id breaks its rule
         NOT_FOUND            OPERATION_NOT_FOUND   no operation has operation_id
+        RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    the host serves its maximum of
+        watchers (64) already
         RESOURCE_EXHAUSTED   WATCH_TOO_SLOW        this watcher fell too far behind
         and was dropped (the host never
         waits for a watcher): watch again

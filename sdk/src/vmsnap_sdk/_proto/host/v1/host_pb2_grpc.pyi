@@ -294,6 +294,8 @@ class VMSnapshotServiceStub:
     Errors:
       INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id or operation_id breaks its rule
       NOT_FOUND            OPERATION_NOT_FOUND   no operation has operation_id
+      RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    the host serves its maximum of
+                                                 watchers (64) already
       RESOURCE_EXHAUSTED   WATCH_TOO_SLOW        this watcher fell too far behind
                                                  and was dropped (the host never
                                                  waits for a watcher): watch again
@@ -725,6 +727,8 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors:
           INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id or operation_id breaks its rule
           NOT_FOUND            OPERATION_NOT_FOUND   no operation has operation_id
+          RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    the host serves its maximum of
+                                                     watchers (64) already
           RESOURCE_EXHAUSTED   WATCH_TOO_SLOW        this watcher fell too far behind
                                                      and was dropped (the host never
                                                      waits for a watcher): watch again
