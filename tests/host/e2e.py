@@ -60,6 +60,10 @@ class Cluster:
     channel: grpc.Channel | None = None
     #: Flags every process gets (e.g. --metrics-listen 127.0.0.1:0).
     common_flags: tuple[str, ...] = ()
+    #: The host's configuration (``{sock}`` is the socket directory).
+    config: str = CONFIG
+    #: Environment every process gets on top of the test's (e.g. OTEL_*).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def host(self) -> host_pb2_grpc.VMSnapshotServiceStub:
@@ -90,7 +94,7 @@ class Cluster:
 
     def start_host(self) -> None:
         config = self.work / "host.toml"
-        config.write_text(CONFIG.format(sock=self.sock))
+        config.write_text(self.config.format(sock=self.sock))
         self._start(
             "host",
             [
@@ -115,6 +119,7 @@ class Cluster:
         proc = Proc(
             [sys.executable, *args, *self.common_flags, "--listen", address],
             self.work / f"{name}.log",
+            env=self.env,
         )
         self.procs[name] = proc
         try:
@@ -182,8 +187,11 @@ def cluster(
     tmp_path: Path,
     driver_flags: dict[str, list[str]],
     common_flags: tuple[str, ...] = (),
+    *,
+    config: str = CONFIG,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Cluster]:
-    c = Cluster(sockdir, tmp_path, common_flags=common_flags)
+    c = Cluster(sockdir, tmp_path, common_flags=common_flags, config=config, env=env or {})
     try:
         c.start_agent()
         for letter in ("a", "b"):

@@ -86,6 +86,7 @@ def test_no_credentials_is_unauthenticated_and_health_stays_open(secured: Stack)
         (anonymous.ListDrivers, pb.ListDriversRequest()),
         # Server streams are gated like unary calls.
         (lambda r: list(anonymous.ReadSnapshotDisk(r)), pb.ReadSnapshotDiskRequest()),
+        (lambda r: list(anonymous.WatchOperations(r)), pb.WatchOperationsRequest()),
     ):
         code, reason, message = refused(call, request)
         assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
@@ -129,6 +130,12 @@ def test_a_project_sees_and_touches_only_its_own(secured: Stack) -> None:
         (alice.DeleteVMSnapshot, pb.DeleteVMSnapshotRequest(request_id="a-d", id=b_snap)),
         (alice.GetOperation, pb.GetOperationRequest(id=b_op.id)),
         (alice.WaitOperation, pb.WaitOperationRequest(id=b_op.id)),
+        (alice.CancelOperation, pb.CancelOperationRequest(operation_id=b_op.id)),
+        (
+            lambda r: list(alice.WatchOperations(r)),
+            pb.WatchOperationsRequest(operation_id=b_op.id),
+        ),
+        (lambda r: list(alice.WatchOperations(r)), pb.WatchOperationsRequest(vm_id="vm-b")),
         (
             lambda r: list(alice.GetSnapshotDiskBlocks(r)),
             pb.GetSnapshotDiskBlocksRequest(vm_snapshot_id=b_snap, disk="root"),

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from prometheus_client import REGISTRY
 
+from vmsnap_host import tracing
 from vmsnap_host.app import HostApp
 from vmsnap_host.config import Config, ConfigError, load
 from vmsnap_host.metrics import HostCollector
@@ -128,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"vmsnap-host: --listen {args.remote[0]} requires authentication: configure "
             "principals with tokens or certificates, or a JWT key, in [auth] of --config"
         )
+    tracing.setup()  # before any gRPC server or channel exists
     try:
         asyncio.run(_serve(args, config))
     except CatalogUnavailable as exc:

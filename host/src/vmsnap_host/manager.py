@@ -24,7 +24,9 @@ from dataclasses import dataclass, replace
 from vmsnap_host import metrics
 from vmsnap_host.config import Settings
 from vmsnap_host.decisions import DecisionCache
+from vmsnap_host.events import Broadcaster
 from vmsnap_host.executor import Executor
+from vmsnap_host.executor.errors import cancelled, error_info
 from vmsnap_host.model import (
     GroupKind,
     OperationRecord,
@@ -35,10 +37,12 @@ from vmsnap_host.model import (
 )
 from vmsnap_host.planner import plan_take
 from vmsnap_host.registry import Registry
+from vmsnap_host.state import StaleMove
 from vmsnap_host.store import Store
 from vmsnap_host.store.fence import Fence, fenced
 from vmsnap_host.store.store import Duplicate
 from vmsnap_host.store.writer import Step
+from vmsnap_host.tracing import operation_span
 from vmsnap_sdk import VM, Capability, VMState
 from vmsnap_sdk.errors import (
     Aborted,
@@ -112,6 +116,8 @@ class Manager:
         #: CanHandle answers reused across plans (DESIGN.md: CanHandle is pure).
         self.decisions = DecisionCache(settings.can_handle_cache_seconds)
         self.executor = Executor(store, registry, settings, decisions=self.decisions)
+        #: Live operation events for WatchOperations (fed by the store's commits).
+        self.events = Broadcaster(store, owner=owner)
         self._queues: dict[str, _VMQueue] = {}
         self._admission: dict[str, asyncio.Lock] = {}
         self._admission_users: dict[str, int] = {}  # holders and waiters of each admission lock
@@ -428,6 +434,46 @@ class Manager:
     def _operations(self, ids: list[str]) -> list[OperationRecord]:
         return [op for i in ids if (op := self.store.get_operation(i)) is not None]
 
+    async def cancel_operation(self, operation_id: str) -> OperationRecord:
+        """Cancel an operation (docs/design.md, "Live events, cancel and traces"): a queued one
+        is dropped now; a running take or revert is asked to stop, checked by its work
+        at its next step (a compare-and-set in the catalog, any replica)."""
+        op = self.get_operation(operation_id)
+        if op.done:
+            raise self._finished(op)
+        snap = None
+        if op.type is OperationType.CREATE:
+            snap = self.store.get_snapshot(op.vm_snapshot_id)
+            if snap is not None and snap.state is not SnapshotState.ALLOCATED:
+                snap = None  # started: not droppable, the step check below agrees
+        error = error_info(cancelled(" before it started; nothing was done"))
+        try:
+            dropped = await self.store.write(self.store.w_drop_queued(op.id, error, snap))
+        except StaleMove:
+            dropped = False  # the take moved its snapshot first: it runs
+        if dropped:
+            log.info("queued operation cancelled", extra={"fields": {"operation": op.id}})
+            return self.get_operation(op.id)
+        if op.type not in (OperationType.CREATE, OperationType.REVERT):
+            raise FailedPrecondition(
+                f"operation {op.id} is a {op.type.name.lower()} that has started; its "
+                "objects may be half gone, so it is finished, not cancelled: follow it "
+                f"with `vmsnap operations show {op.id}`",
+                reason=Reason.OPERATION_NOT_CANCELLABLE,
+            )
+        if not await self.store.write(self.store.w_request_cancel(op.id)):
+            raise self._finished(self.get_operation(op.id))
+        log.info("cancel requested", extra={"fields": {"operation": op.id}})
+        return self.get_operation(op.id)
+
+    @staticmethod
+    def _finished(op: OperationRecord) -> FailedPrecondition:
+        how = f"failed: {op.error.message}" if op.error is not None else "succeeded"
+        return FailedPrecondition(
+            f"operation {op.id} is finished already ({how}); there is nothing to cancel",
+            reason=Reason.OPERATION_FINISHED,
+        )
+
     # --- reads --------------------------------------------------------------------
 
     def _snapshot(self, snapshot_id: str) -> Snapshot:
@@ -616,7 +662,15 @@ class Manager:
                 await self._run_owned(op, fence, resume, vm)
             else:
                 async with queue.lock:
-                    await self._run_owned(op, fence, resume, vm)
+                    if not self._dropped(op):
+                        await self._run_owned(op, fence, resume, vm)
+                    elif fence:
+                        # Cancelled before it started, with the lease its admission
+                        # took: give the VM back at once.
+                        with contextlib.suppress(Exception):
+                            await self.store.write(
+                                self.store.w_release_lease(op.vm_id, self.owner, fence)
+                            )
             self._count_end(op, time.monotonic() - started)
         finally:
             queue.admitted -= 1
@@ -635,6 +689,15 @@ class Manager:
         metrics.OPERATIONS.labels(type=kind, outcome=outcome).inc()
         metrics.OPERATION_SECONDS.labels(type=kind).observe(seconds)
 
+    def _dropped(self, op: OperationRecord) -> bool:
+        """Whether a queued operation was finished before it started (cancelled). An
+        unreachable catalog says no: the work's own first write meets it and leaves
+        the operation open, as before."""
+        try:
+            return bool(self.store.operations_done([op.id]).get(op.id))
+        except VMSnapError:
+            return False
+
     def queue_depths(self) -> list[int]:
         """Operations running or waiting, per VM that has any (for the metrics)."""
         return [q.admitted for q in self._queues.values() if q.admitted]
@@ -650,6 +713,8 @@ class Manager:
                 self.store.w_acquire_lease(op.vm_id, self.owner, op.id, ttl)
             )
             if not fence:
+                if self._dropped(op):
+                    return
                 # Another operation (here or on another replica) holds the VM: wait
                 # until it is finished, or taken over and resolved.
                 await asyncio.sleep(min(_LEASE_RETRY, ttl / 3))
@@ -659,7 +724,7 @@ class Manager:
         try:
             # Every catalog write of this work (and of the tasks it starts) checks the
             # lease's token first: after a takeover, nothing of it lands.
-            with fenced(Fence(op.vm_id, self.owner, fence)):
+            with fenced(Fence(op.vm_id, self.owner, fence)), operation_span(op, resume=resume):
                 await self.executor.run(op, resume=resume, vm=vm)
         except VMSnapError as exc:
             # The catalog unreachable (nothing is done without its journal entry), or
@@ -706,6 +771,7 @@ class Manager:
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
 
     async def close(self) -> None:
+        await self.events.close()
         for task in list(self._tasks.values()):
             task.cancel()
         for task in list(self._tasks.values()):

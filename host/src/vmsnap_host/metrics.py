@@ -9,6 +9,7 @@ Counted where things happen (cheap, on the event loop)::
     vmsnap_peer_call_errors_total{kind, peer, method, code}
     vmsnap_vm_queue_depth_at_admission            operations already on the VM (histogram)
     vmsnap_reconciler_findings_total{kind}        findings reported by reconcile passes
+    vmsnap_watchers_dropped_total                 WatchOperations streams dropped as too slow
 
 Read at each scrape, on the event loop (:class:`HostCollector`)::
 
@@ -38,6 +39,11 @@ from vmsnap_sdk.metrics import LATENCY_BUCKETS
 
 log = logging.getLogger("vmsnap.host.metrics")
 
+WATCHERS_DROPPED = Counter(
+    "vmsnap_watchers_dropped_total",
+    "WatchOperations streams dropped because they fell too far behind (the host never "
+    "waits for a watcher).",
+)
 OPERATIONS = Counter(
     "vmsnap_operations_total",
     "Operations ended, by type (create, revert, delete) and outcome (succeeded, failed, "

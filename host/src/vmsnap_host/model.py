@@ -200,6 +200,11 @@ class KeptState:
         return Group(self.kind, self.owner, (), self.result)
 
 
+#: The journal entry of a recorded cancel request (its time): docs/design.md,
+#: "Live events, cancel and traces".
+CANCEL_KEY = "cancel_requested"
+
+
 @dataclass(frozen=True)
 class OperationRecord:
     """A long-running operation and its journal (what was done, for recovery)."""
@@ -220,3 +225,8 @@ class OperationRecord:
     project: str = ""
     create_time: datetime | None = None
     update_time: datetime | None = None
+
+    @property
+    def cancel_requested(self) -> bool:
+        """A CancelOperation was recorded (the journal entry ``cancel_requested``)."""
+        return CANCEL_KEY in self.journal

@@ -66,6 +66,15 @@ class OperationClosed(Exception):
         self.operation_id = operation_id
 
 
+class CancelRequested(Exception):
+    """A commit that must not land once the operation was asked to stop
+    (CancelOperation): refused, and the work rolls back or settles instead."""
+
+    def __init__(self, operation_id: str) -> None:
+        super().__init__(f"operation {operation_id} was cancelled; refused the write")
+        self.operation_id = operation_id
+
+
 class LeaseLost(Exception):
     """A write of an operation whose VM lease another replica holds now (the lease
     ran out and was taken over): refused, the work stops, the new owner resolves it."""
@@ -94,4 +103,12 @@ def sources(
     return only
 
 
-__all__ = ["MOVES", "IllegalMove", "LeaseLost", "OperationClosed", "StaleMove", "sources"]
+__all__ = [
+    "MOVES",
+    "CancelRequested",
+    "IllegalMove",
+    "LeaseLost",
+    "OperationClosed",
+    "StaleMove",
+    "sources",
+]

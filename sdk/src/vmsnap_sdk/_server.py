@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -80,6 +80,56 @@ async def invoke(
     code, message, trailers = to_grpc_status(error)
     await context.abort(code, message, trailers)
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+async def invoke_stream(
+    context: grpc.aio.ServicerContext[Any, Any],
+    method: str,
+    handler: Callable[[], AsyncIterator[_R]],
+) -> AsyncIterator[_R]:
+    """:func:`invoke` for a server-streaming handler (an async generator, the form
+    every interceptor, e.g. tracing's, expects): the same boundary, the same log
+    line and metrics once the stream ends."""
+    remaining = context.time_remaining()
+    metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    call = CallContext(
+        method=method,
+        peer=context.peer() or "",
+        deadline=time.monotonic() + remaining if remaining is not None else None,
+        metadata=metadata,
+    )
+    token = _set_call(call)
+    start = time.monotonic()
+    error: VMSnapError | None = None
+    try:
+        async for item in handler():
+            yield item
+    except VMSnapError as exc:
+        error = exc
+    except Exception as exc:  # noqa: BLE001 - the boundary: nothing unexpected leaks
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        log.error(
+            "unexpected exception in handler",
+            extra={"fields": {"method": method, "exc_type": type(exc).__name__, "frames": frames}},
+        )
+        error = Internal(INTERNAL_MESSAGE)
+    finally:
+        _reset_call(token)
+        elapsed = time.monotonic() - start
+        observe_rpc(method, error.code.name if error else "OK", elapsed)
+        log.info(
+            "rpc",
+            extra={
+                "fields": {
+                    "method": method,
+                    "code": error.code.name if error else "OK",
+                    "ms": round(elapsed * 1000, 2),
+                }
+            },
+        )
+    if error is not None:
+        code, message, trailers = to_grpc_status(error)
+        await context.abort(code, message, trailers)
 
 
 Registrar = Callable[[Any, grpc.aio.Server], None]

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
+from vmsnap_sdk import tracing
 from vmsnap_sdk._agent_service import AgentServicer
 from vmsnap_sdk._driver_service import DriverServicer, FixtureServicer
 from vmsnap_sdk._logging import configure_logging
@@ -115,7 +116,9 @@ async def serve_driver(
     metrics_listen: str | None = None,
 ) -> None:
     """Serve a driver until SIGTERM/SIGINT, then shut down gracefully
-    (``metrics_listen``: also serve ``/metrics`` there)."""
+    (``metrics_listen``: also serve ``/metrics`` there; traces when the ``OTEL_*``
+    environment asks, :mod:`vmsnap_sdk.tracing`)."""
+    tracing.setup(f"vmsnap-driver.{type(driver).__name__}")
     metrics = open_metrics(metrics_listen)
     server = await start_driver_server(
         driver,
@@ -142,7 +145,9 @@ async def serve_agent(
     metrics_listen: str | None = None,
 ) -> None:
     """Serve an agent until SIGTERM/SIGINT, then shut down gracefully
-    (``metrics_listen``: also serve ``/metrics`` there)."""
+    (``metrics_listen``: also serve ``/metrics`` there; traces when the ``OTEL_*``
+    environment asks, :mod:`vmsnap_sdk.tracing`)."""
+    tracing.setup(f"vmsnap-agent.{type(agent).__name__}")
     metrics = open_metrics(metrics_listen)
     server = await start_agent_server(
         agent, listen, tls=tls, grace_seconds=grace_seconds, max_concurrent_rpcs=max_concurrent_rpcs
@@ -178,6 +183,7 @@ def _run_until_stopped(main: Coroutine[Any, Any, None]) -> NoReturn:
         logging.getLogger("vmsnap.server").error("server failed", extra={"fields": fields})
         code = 1
     finally:
+        tracing.flush()  # the process ends below without atexit handlers
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

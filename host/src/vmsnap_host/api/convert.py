@@ -94,6 +94,7 @@ def operation_to_pb(op: OperationRecord, snapshot: Snapshot | None) -> pb.Operat
         step=op.step,
         request_id=op.request_id,
         project=op.project,
+        cancel_requested=op.cancel_requested and not op.done,
     )
     if (status := _status(op.error)) is not None:
         message.error.CopyFrom(status)

@@ -8,7 +8,7 @@ text). Validation errors name the field, as the SDK's do.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -35,7 +35,7 @@ from vmsnap_sdk import _convert as cv
 from vmsnap_sdk import _validate as val
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
-from vmsnap_sdk._server import invoke
+from vmsnap_sdk._server import invoke, invoke_stream
 from vmsnap_sdk.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -52,6 +52,8 @@ DEFAULT_WAIT = 30.0
 MAX_WAIT = 600.0
 #: Longest time UndefineVM waits for the deletes of its VM's snapshots in one call.
 UNDEFINE_WAIT = 30.0
+#: Operations a WatchOperations with `since` sends first, at most (the newest).
+MAX_WATCH_INITIAL = 1000
 #: Findings of one Reconcile in its response (all are kept: ListFindings).
 MAX_RECONCILE_FINDINGS = 1000
 
@@ -352,6 +354,66 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             )
 
         return await _call(context, "ListOperations", run)
+
+    # --- live events and cancel (docs/design.md, "Live events, cancel and traces") ---------
+
+    async def WatchOperations(  # noqa: N802
+        self, request: pb.WatchOperationsRequest, context: Ctx
+    ) -> AsyncIterator[pb.WatchOperationsResponse]:
+        async def run() -> AsyncIterator[pb.WatchOperationsResponse]:
+            if request.vm_id:
+                val.require_id("vm_id", request.vm_id)
+                self._vm_project(request.vm_id)  # another project's VM: NOT_FOUND
+            if request.operation_id:
+                val.require_id("operation_id", request.operation_id)
+                self._operation(request.operation_id)
+            # Subscribed before the catalog is read: no change falls in between (one
+            # may come twice, as it stood and as it changed).
+            with self.manager.events.watch(request.vm_id, request.operation_id) as watcher:
+                initial: list[OperationRecord] = []
+                if request.operation_id:
+                    initial = [self.manager.get_operation(request.operation_id)]
+                elif request.HasField("since"):
+                    since = request.since.ToNanoseconds() / 1e9
+                    initial = self.store.operations_changed_since(
+                        request.vm_id, since, MAX_WATCH_INITIAL
+                    )
+                for op in initial:
+                    if not access.sees(op.project):
+                        continue
+                    yield pb.WatchOperationsResponse(operation=self._op(op), initial=True)
+                    if request.operation_id and op.done:
+                        return
+                while True:
+                    change = await watcher.next()
+                    if not access.sees(change.operation.project):
+                        continue  # another project's: the caller never learns of it
+                    yield pb.WatchOperationsResponse(
+                        operation=convert.operation_to_pb(change.operation, change.snapshot)
+                    )
+                    if request.operation_id and change.operation.done:
+                        return
+
+        async def guarded() -> AsyncIterator[pb.WatchOperationsResponse]:
+            try:
+                async for item in run():
+                    yield item
+            except VMSnapError as exc:
+                raise errors.public(exc) from exc
+
+        async for item in invoke_stream(context, "WatchOperations", guarded):
+            yield item
+
+    async def CancelOperation(  # noqa: N802
+        self, request: pb.CancelOperationRequest, context: Ctx
+    ) -> pb.CancelOperationResponse:
+        async def run() -> pb.CancelOperationResponse:
+            val.require_id("operation_id", request.operation_id)
+            self._operation(request.operation_id)  # another project's: NOT_FOUND
+            op = await self.manager.cancel_operation(request.operation_id)
+            return pb.CancelOperationResponse(operation=self._op(op))
+
+        return await _call(context, "CancelOperation", run)
 
     # --- drivers and agents -------------------------------------------------------
 

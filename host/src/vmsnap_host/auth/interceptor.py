@@ -62,6 +62,9 @@ ROLES: dict[str, Role] = {
     # Changed blocks and export (issue 15): reads of a snapshot's disks.
     "GetSnapshotDiskBlocks": Role.VIEWER,
     "ReadSnapshotDisk": Role.VIEWER,
+    # Live events and cancel (issue 13).
+    "WatchOperations": Role.VIEWER,
+    "CancelOperation": Role.OPERATOR,
 }
 
 #: RPCs that change something: each call is audited, whatever its result.
@@ -79,6 +82,7 @@ MUTATING = frozenset(
         "RegisterAgent",
         "RemoveAgent",
         "Reconcile",
+        "CancelOperation",
     }
 )
 

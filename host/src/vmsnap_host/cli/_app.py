@@ -16,6 +16,8 @@ from vmsnap_host.auth.authenticate import token_sha256
 from vmsnap_host.cli import _output as out
 from vmsnap_host.cli._demo import run_demo
 from vmsnap_host.cli._export import snapshot_export
+from vmsnap_host.cli._events import cancel as operations_cancel
+from vmsnap_host.cli._events import events
 from vmsnap_host.cli._progress import follow
 from vmsnap_host.cli._up import run_up
 from vmsnap_host.client import (
@@ -58,6 +60,7 @@ app.add_typer(findings_app, name="findings")
 app.add_typer(audit_app, name="audit")
 app.add_typer(auth_app, name="auth")
 app.add_typer(certs_app, name="certs")
+app.command("events")(events)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -419,16 +422,50 @@ def _finish(op: Operation, json_: bool) -> None:
         fail(f"{op.error.code.name}: {op.error.message} (operation {op.id})")
 
 
+def hint_host() -> str:
+    """`` --host ADDRESS`` when one was given, for commands a hint shows."""
+    return f" --host {_state['host']}" if _state["host"] else ""
+
+
+def _interrupted(started: Operation | None) -> NoReturn:
+    """Ctrl-C while following: the operation goes on in the host; say how to follow
+    or cancel it, and exit 130 (128 + SIGINT)."""
+    cli = f"vmsnap{hint_host()}"
+    if started is None:
+        out.errors.print(
+            "interrupted before the host answered; if it accepted the request, "
+            f"`{cli} operations list --running` shows its operation",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        out.errors.print(
+            f"interrupted; operation {started.id} goes on in the host.\n"
+            f"  follow it: {cli} events --follow --operation {started.id}\n"
+            f"        or: {cli} operations show {started.id}\n"
+            f"  cancel it: {cli} operations cancel {started.id}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    raise typer.Exit(130)
+
+
 def _mutate(
     start: Callable[[HostClient], Awaitable[Operation]], no_wait: bool, timeout: float, json_: bool
 ) -> None:
-    async def work(host: HostClient) -> Operation:
-        started = await start(host)
-        if no_wait:
-            return started
-        return await follow(host, started, timeout, quiet=json_)
+    started: list[Operation] = []
 
-    op = run(work)
+    async def work(host: HostClient) -> Operation:
+        op = await start(host)
+        started.append(op)
+        if no_wait:
+            return op
+        return await follow(host, op, timeout, quiet=json_)
+
+    try:
+        op = run(work)
+    except KeyboardInterrupt:
+        _interrupted(started[0] if started else None)
     if no_wait:
         if json_:
             out.print_json(op)
@@ -437,10 +474,6 @@ def _mutate(
         return
     _finish(op, json_)
 
-
-#: How long `snapshot create` lets the host wait inside the Create call: most takes
-#: end within it (one round trip); a longer one is then followed with progress.
-CREATE_WAIT = 2.0
 
 _POLICIES = {
     "off": QuiescePolicy.OFF,
@@ -485,8 +518,9 @@ def snapshot_create(
             quiesce=_POLICIES[quiesce],
             parameters=parameters,
             request_id=request_id,
-            # One round trip for a quick take; a longer one is followed with progress.
-            wait=None if no_wait else min(CREATE_WAIT, timeout),
+            # Answered at once (the operation's id is known before any wait, so
+            # Ctrl-C can name it), then followed as the host pushes each step.
+            wait=None,
         ),
         no_wait,
         timeout,
@@ -629,6 +663,9 @@ def operations_list(
         out.print_json(page.items)
     else:
         out.console.print(out.operation_table(page.items))
+
+
+operations_app.command("cancel")(operations_cancel)
 
 
 @operations_app.command("show")

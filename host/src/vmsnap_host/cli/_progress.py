@@ -31,4 +31,5 @@ async def follow(
                 task, completed=op.progress_percent, description=op.step or op.type.name.lower()
             )
 
-        return await host.wait(started.id, timeout=timeout, on_progress=update)
+        # Pushed by the host as each step is journaled (WatchOperations).
+        return await host.follow(started.id, timeout=timeout, on_progress=update)

@@ -18,7 +18,8 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -45,10 +46,11 @@ from vmsnap_sdk import VM, ClientTLS, open_channel
 from vmsnap_sdk._blocks_wire import iterate
 from vmsnap_sdk._client import call
 from vmsnap_sdk._convert import vm_from_pb, vm_to_pb
+from vmsnap_sdk._errors import from_rpc_error
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
 from vmsnap_sdk.blocks import BlockRange
-from vmsnap_sdk.errors import InvalidArgument, Unavailable
+from vmsnap_sdk.errors import InvalidArgument, ResourceExhausted, Unavailable, Unimplemented
 
 #: Longest single WaitOperation call; progress is reported between calls.
 WAIT_SLICE = 2.0
@@ -335,6 +337,84 @@ class HostClient:
             # A host that answers at once while not done must not be called in a tight loop.
             if time.monotonic() - started < 0.05:
                 await asyncio.sleep(0.1)
+
+    async def watch_operations(
+        self,
+        vm_id: str = "",
+        *,
+        operation_id: str = "",
+        since: datetime | None = None,
+    ) -> AsyncIterator[Operation]:
+        """Operations as they change, pushed by the host (WatchOperations).
+
+        Yields each matching operation after every committed change (step,
+        progress, end): first those changed at or after ``since`` (or, with
+        ``operation_id``, that operation as it stands), then live. With
+        ``operation_id`` the iteration ends after that operation's final state;
+        otherwise it runs until the caller stops iterating. A watcher that fell
+        too far behind raises ResourceExhausted (WATCH_TOO_SLOW): watch again with
+        ``since`` set to the last ``update_time`` seen.
+        """
+        request = pb.WatchOperationsRequest(vm_id=vm_id, operation_id=operation_id)
+        if since is not None:
+            request.since.FromDatetime(since)
+        stream = self._stubs[self._current].WatchOperations(request)
+        try:
+            async for response in stream:
+                yield cv.operation(response.operation)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from exc
+        finally:
+            stream.cancel()
+
+    async def follow(
+        self,
+        operation_id: str,
+        *,
+        timeout: float | None = None,
+        on_progress: Callable[[Operation], None] | None = None,
+    ) -> Operation:
+        """Like :meth:`wait`, but pushed: ``on_progress`` sees each step as the host
+        journals it (WatchOperations), not every 2 s. Returns the operation when
+        done, or as it stands after ``timeout`` seconds (None: no limit). A host
+        without WatchOperations is waited on with :meth:`wait`."""
+        last: Operation | None = None
+
+        async def watch() -> Operation | None:
+            nonlocal last
+            async for op in self.watch_operations(operation_id=operation_id):
+                last = op
+                if on_progress is not None:
+                    on_progress(op)
+                if op.done:
+                    return op
+            return None
+
+        try:
+            done = await asyncio.wait_for(watch(), timeout)
+        except TimeoutError:
+            return last or await self.get_operation(operation_id)
+        except (Unimplemented, ResourceExhausted, Unavailable):
+            # A host without WatchOperations, this watcher dropped as too slow, or the
+            # replica gone (another may have taken the operation over): wait the old
+            # way, with its fail-over (the operation is not affected either way).
+            return await self.wait(operation_id, timeout=timeout, on_progress=on_progress)
+        return done or await self.get_operation(operation_id)
+
+    async def cancel_operation(
+        self, operation_id: str, *, timeout: float | None = None
+    ) -> Operation:
+        """Cancel an operation (CancelOperation): a queued one ends at once (done,
+        CANCELLED); a running take is rolled back and a running revert finished on
+        one side at its next step (``cancel_requested`` is true until then: follow
+        it). FailedPrecondition when it is finished already (OPERATION_FINISHED) or
+        is a delete that started (OPERATION_NOT_CANCELLABLE)."""
+        response = await self._call(
+            "CancelOperation",
+            pb.CancelOperationRequest(operation_id=operation_id),
+            self._t(timeout),
+        )
+        return cv.operation(response.operation)
 
     async def list_operations(
         self,

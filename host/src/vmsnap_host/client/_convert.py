@@ -97,6 +97,7 @@ def operation(m: pb.Operation) -> t.Operation:
         update_time=_time(m.update_time, m.HasField("update_time")),
         vm_snapshot=vm_snapshot(m.vm_snapshot) if m.HasField("vm_snapshot") else None,
         project=m.project,
+        cancel_requested=m.cancel_requested,
     )
 
 

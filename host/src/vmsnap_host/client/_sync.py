@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import queue
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from vmsnap_host.client._client import HostClient
+from vmsnap_host.client._types import Operation
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -164,3 +167,45 @@ class SyncHostClient:
     undefine_vm = _blocking(HostClient.undefine_vm)
     disk_ranges = _blocking(HostClient.disk_ranges)
     read_snapshot_disk = _blocking(HostClient.read_snapshot_disk)
+    cancel_operation = _blocking(HostClient.cancel_operation)
+    follow = _blocking(HostClient.follow)
+
+    def watch_operations(
+        self,
+        vm_id: str = "",
+        *,
+        operation_id: str = "",
+        since: datetime | None = None,
+    ) -> Iterator[Operation]:
+        """Blocking twin of :meth:`HostClient.watch_operations`: a generator of
+        operations as they change; stop iterating (or close it) to end the stream."""
+        if self._closed:
+            raise RuntimeError("this SyncHostClient is closed")
+        items: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+        async def pump() -> None:
+            try:
+                async for op in self._client.watch_operations(
+                    vm_id, operation_id=operation_id, since=since
+                ):
+                    items.put(("op", op))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                items.put(("error", exc))
+                return
+            items.put(("end", None))
+
+        future = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        try:
+            while True:
+                kind, value = items.get()
+                if kind == "op":
+                    yield value
+                elif kind == "error":
+                    if isinstance(value, asyncio.CancelledError):
+                        return
+                    raise value
+                else:
+                    return
+        finally:
+            # The caller stopped (or Ctrl-C): the stream on the loop ends too.
+            future.cancel()

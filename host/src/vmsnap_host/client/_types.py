@@ -159,6 +159,8 @@ class Operation:
     vm_snapshot: VMSnapshot | None = None
     #: The project of its VM ("" when none).
     project: str = ""
+    #: A cancel was recorded and the work has not ended yet.
+    cancel_requested: bool = False
 
     @property
     def succeeded(self) -> bool:

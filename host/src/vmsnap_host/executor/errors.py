@@ -8,7 +8,7 @@ import copy
 import logging
 
 from vmsnap_host.model import ErrorInfo, Group, GroupKind
-from vmsnap_sdk.errors import Internal, VMSnapError
+from vmsnap_sdk.errors import Cancelled, Internal, Reason, VMSnapError
 
 log = logging.getLogger("vmsnap.host.executor")
 
@@ -19,6 +19,14 @@ class OperationFailed(Exception):
     def __init__(self, error: VMSnapError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def cancelled(detail: str = "") -> Cancelled:
+    """The cause an operation stopped by CancelOperation records (``detail``: what
+    became of it, when the caller knows already)."""
+    return Cancelled(
+        f"cancelled on request (CancelOperation){detail}", reason=Reason.OPERATION_CANCELLED
+    )
 
 
 def error_info(error: VMSnapError) -> ErrorInfo:
@@ -62,6 +70,7 @@ def label(group: Group) -> str:
 
 __all__ = [
     "OperationFailed",
+    "cancelled",
     "as_error",
     "error_info",
     "label",

@@ -33,7 +33,14 @@ from typing import NoReturn, TypeVar
 from vmsnap_host import checks
 from vmsnap_host.config import Settings
 from vmsnap_host.executor.cleanup import Cleanup
-from vmsnap_host.executor.errors import OperationFailed, as_error, error_info, label, reworded
+from vmsnap_host.executor.errors import (
+    OperationFailed,
+    as_error,
+    cancelled,
+    error_info,
+    label,
+    reworded,
+)
 from vmsnap_host.executor.freeze import with_deadline
 from vmsnap_host.executor.groups import GroupCalls
 from vmsnap_host.model import (
@@ -45,7 +52,7 @@ from vmsnap_host.model import (
     SnapshotState,
 )
 from vmsnap_host.registry import Registry
-from vmsnap_host.state import LeaseLost, StaleMove
+from vmsnap_host.state import CancelRequested, LeaseLost, StaleMove
 from vmsnap_host.store import Store
 from vmsnap_sdk import VM, Capability, Consistency, VMState
 from vmsnap_sdk.errors import (
@@ -139,6 +146,7 @@ class Revert:
                         reason=Reason.VM_NOT_STOPPED,
                     ),
                 )
+            await self._unless_cancelled(op, snap)
             await self.store.write(
                 self.store.w_journal(op.id, "stopping the VM", 10, phase="stopping")
             )
@@ -146,7 +154,8 @@ class Revert:
                 agent.stop_vm(vm.id, False), self.settings.call_timeout_seconds, "StopVM"
             )
         if snap.include_memory or len(snap.groups) == 1:
-            await self.store.write(self.store.w_journal(op.id, "reverting", 50, phase="reverting"))
+            # One atomic revert: cancelled before it starts, or finished (forward).
+            await self._start_reverting(op, snap)
             await self.settle(op, snap, None, {}, vm=vm)
             return
         await self._run_many(op, snap, vm)
@@ -155,6 +164,7 @@ class Revert:
         kept_id = f"{snap.id}-keep-{op.id[:8]}"
         kept = [KeptState(kept_id, g.owner, g.kind, op.id, vm.id, snap.id) for g in snap.groups]
         undo = {g.owner for g in snap.groups if self._undo_capable(g)}
+        await self._unless_cancelled(op, snap)
         # Journal every kept state before any exists.
         await self.store.write(
             *(self.store.w_keep(k) for k in kept),
@@ -197,7 +207,7 @@ class Revert:
             cause = as_error(exc, f"keeping the current state on {label(group)}")
             await self._untouched(op, snap, cause, drop=kept)
         # From here on a crash leaves the disks on an unknown side: settle decides.
-        await self.store.write(self.store.w_journal(op.id, "reverting", 50, phase="reverting"))
+        await self._start_reverting(op, snap, drop=kept)
         reverts = await asyncio.gather(
             *(
                 self.calls.revert(g, snap.id, vm, undo_id=kept_id if g.owner in undo else "")
@@ -226,10 +236,34 @@ class Revert:
                 undos.append(replace(k, result=o))
         if undos:
             await self.store.write(*(self.store.w_kept_result(k) for k in undos))
+        if first is None and self.store.cancel_requested(op.id):
+            # Cancelled while the disks moved: finished on one side, back to the
+            # kept states when they all can be (settle decides, as after a failure).
+            first = cancelled()
         if first is None:
             await self._done(op, snap, "reverted")
             return
         await self.settle(op, snap, first, known, vm=vm)
+
+    # --- cancel (docs/design.md, "Live events, cancel and traces") ------------------------
+
+    async def _unless_cancelled(self, op: OperationRecord, snap: Snapshot) -> None:
+        """Nothing moved yet: a recorded cancel ends the revert untouched."""
+        if self.store.cancel_requested(op.id):
+            await self._untouched(op, snap, cancelled(), drop=self.store.kept_states(op.id))
+
+    async def _start_reverting(
+        self, op: OperationRecord, snap: Snapshot, *, drop: list[KeptState] | None = None
+    ) -> None:
+        """Journal the ``reverting`` phase, refused (compare-and-set, whichever replica
+        recorded it) once a cancel was recorded: then nothing was reverted."""
+        try:
+            await self.store.write(
+                self.store.w_refuse_cancelled(op.id),
+                self.store.w_journal(op.id, "reverting", 50, phase="reverting"),
+            )
+        except CancelRequested:
+            await self._untouched(op, snap, cancelled(), drop=drop)
 
     # --- ends ---------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from vmsnap_host.executor.cleanup import Cleanup
 from vmsnap_host.executor.errors import (
     OperationFailed,
     as_error,
+    cancelled,
     error_info,
     label,
     reworded,
@@ -38,6 +39,7 @@ from vmsnap_host.executor.groups import GroupCalls
 from vmsnap_host.model import GroupKind, OperationRecord, QuiescePolicy, Snapshot, SnapshotState
 from vmsnap_host.planner import needs_freeze
 from vmsnap_host.registry import Registry
+from vmsnap_host.state import CancelRequested
 from vmsnap_host.store import Store
 from vmsnap_host.store.writer import Step
 from vmsnap_sdk import VM, Consistency, QuiesceMethod, SnapshotResult, VMState
@@ -209,6 +211,11 @@ class Take:
                 failure = as_error(outcome, label(group))
         if failure is None and thaw_error is not None:
             failure = thaw_error
+        if failure is None and self.store.cancel_requested(op.id):
+            # CancelOperation while the groups were cut: rolled back like a failure
+            # (the calls in flight were let answer, so every object is known and
+            # deleted by the compensation).
+            failure = cancelled()
         results = {
             g.owner: o
             for g, o in zip(planned, outcomes, strict=False)
@@ -244,14 +251,19 @@ class Take:
             current=True,
         )
         # READY and current, no owed deletes, the operation finished: one
-        # transaction, a compare-and-set from CREATING.
-        await self.store.write(
-            *thaw_steps,
-            self.store.w_move(
-                snap.id, SnapshotState.READY, snapshot=ready, cleanup=[], current=True
-            ),
-            self.store.w_finish(op.id, None, "done"),
-        )
+        # transaction, a compare-and-set from CREATING, refused once a cancel was
+        # recorded (checked when it commits, whichever replica recorded it).
+        try:
+            await self.store.write(
+                *thaw_steps,
+                self.store.w_refuse_cancelled(op.id),
+                self.store.w_move(
+                    snap.id, SnapshotState.READY, snapshot=ready, cleanup=[], current=True
+                ),
+                self.store.w_finish(op.id, None, "done"),
+            )
+        except CancelRequested:
+            await self.fail(op, snap, cancelled(), warnings, extra=thaw_steps)
         return ready
 
     def _achieved(
@@ -300,6 +312,8 @@ class Take:
             snap = replace(snap, groups=tuple(groups))
             if all(g.ready for g in groups):
                 return snap
+            if self.store.cancel_requested(op.id):
+                raise cancelled()
             if time.monotonic() > give_up:
                 pending = ", ".join(g.owner for g in groups if not g.ready)
                 detail = f" (last error: {last.message})" if last else ""

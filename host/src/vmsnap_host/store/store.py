@@ -21,10 +21,12 @@ caller's ``await`` raises :class:`~vmsnap_host.state.StaleMove` or
 from __future__ import annotations
 
 import json
+import logging
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from vmsnap_host import state as lifecycle
 from vmsnap_host.model import (
+    CANCEL_KEY,
     ErrorInfo,
     Group,
     GroupKind,
@@ -83,6 +86,8 @@ from vmsnap_host.store.schema import (
 from vmsnap_host.store.writer import GroupCommitter, Step, transaction
 from vmsnap_sdk import Consistency
 from vmsnap_sdk.errors import Aborted, Reason, ResourceExhausted, Unavailable
+
+log = logging.getLogger("vmsnap.host.store")
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -343,12 +348,48 @@ def _kept_from_row(row: Row[Any]) -> KeptState:
     )
 
 
+#: The step of an operation no work has started yet (manager._new_op).
+_QUEUED = "queued"
+
+
+class _Touches:
+    """A write step that changes an operation: once its transaction is committed,
+    the store's listeners are told (live events), never before."""
+
+    __slots__ = ("body", "operation_id")
+
+    def __init__(self, operation_id: str, body: Step) -> None:
+        self.operation_id = operation_id
+        self.body = body
+
+    def __call__(self, conn: Connection) -> Any:
+        return self.body(conn)
+
+
 class Store:
     """The host's catalog. One instance per process; safe to share in one event loop."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = GroupCommitter(engine)
+        #: Told the ids of the operations a committed write changed (the events'
+        #: broadcaster): on the event loop, after the commit, never inside it.
+        self._listeners: list[Callable[[list[str]], None]] = []
+
+    def on_operation_change(self, listener: Callable[[list[str]], None]) -> None:
+        """Call ``listener`` with the ids of the operations each committed
+        :meth:`write` changed (journal, end, insert, cancel)."""
+        self._listeners.append(listener)
+
+    def _committed(self, steps: Sequence[Step]) -> None:
+        ids = [s.operation_id for s in steps if isinstance(s, _Touches)]
+        if not ids:
+            return
+        for listener in self._listeners:
+            try:
+                listener(ids)
+            except Exception:
+                log.exception("operation listener failed")
 
     @property
     def dialect(self) -> str:
@@ -447,10 +488,13 @@ class Store:
         if fence is not None:
             steps = (self.w_check_fence(fence), *steps)
         try:
-            return await self._writer.run(*steps)
+            result = await self._writer.run(*steps)
         except (DBAPIError, PoolTimeout) as exc:
             _raise_unavailable(exc)
             raise
+        if self._listeners:
+            self._committed(steps)
+        return result
 
     def write_blocking(self, *steps: Step) -> Any:
         """The same, for code without an event loop (tools, benchmarks, test set-up)."""
@@ -537,7 +581,7 @@ class Store:
             except IntegrityError as exc:
                 raise (_duplicate(exc) or exc) from exc
 
-        return step
+        return _Touches(operation.id, step)
 
     def w_move(
         self,
@@ -801,7 +845,7 @@ class Store:
             except IntegrityError as exc:
                 raise (_duplicate(exc) or exc) from exc
 
-        return step
+        return _Touches(op.id, step)
 
     def get_operation(self, operation_id: str) -> OperationRecord | None:
         with self._read() as conn:
@@ -834,7 +878,7 @@ class Store:
                 },
             )
 
-        return run
+        return _Touches(operation_id, run)
 
     def w_finish(self, operation_id: str, error: ErrorInfo | None, step: str) -> Step:
         """Finish an open operation (compare-and-set on done = false; raises
@@ -855,7 +899,95 @@ class Store:
             if finished.rowcount != 1:
                 raise lifecycle.OperationClosed(operation_id)
 
+        return _Touches(operation_id, run)
+
+    # --- cancel (docs/design.md, "Live events, cancel and traces") ---------------------------
+
+    def w_drop_queued(
+        self, operation_id: str, error: ErrorInfo, snapshot: Snapshot | None
+    ) -> Step:
+        """Finish an operation that has not started (its step is still ``queued``:
+        every operation's first write changes it, in the transaction of its first
+        compare-and-set) as cancelled, and move a take's ALLOCATED ``snapshot`` to
+        ERROR in the same transaction. True when dropped; False when it had started
+        or ended (nothing written)."""
+
+        def run(conn: Connection) -> bool:
+            dropped = conn.execute(
+                update(operations)
+                .where(
+                    operations.c.id == operation_id,
+                    operations.c.done.is_(False),
+                    operations.c.step == _QUEUED,
+                )
+                .values(
+                    done=True,
+                    progress=100,
+                    step="cancelled",
+                    update_time=time.time(),
+                    **_error_columns(error),
+                )
+            )
+            if dropped.rowcount != 1:
+                return False
+            if snapshot is not None:
+                failed = replace(
+                    snapshot, state=SnapshotState.ERROR, error=error, current=False
+                )
+                self.w_move(snapshot.id, SnapshotState.ERROR, snapshot=failed)(conn)
+            return True
+
+        return _Touches(operation_id, run)
+
+    def w_request_cancel(self, operation_id: str) -> Step:
+        """Record a cancel request in a running operation's journal (checked by
+        the work at its next step, :meth:`w_refuse_cancelled`). False when the
+        operation is finished (nothing written)."""
+
+        def run(conn: Connection) -> bool:
+            row = conn.execute(_JOURNAL_OF, {"b_id": operation_id}).first()
+            if row is None or row.done:
+                return False
+            journal = json.loads(row.journal_json)
+            journal[CANCEL_KEY] = time.time()
+            conn.execute(
+                update(operations)
+                .where(operations.c.id == operation_id)
+                .values(journal_json=json.dumps(journal), update_time=time.time())
+            )
+            return True
+
+        return _Touches(operation_id, run)
+
+    def w_refuse_cancelled(self, operation_id: str) -> Step:
+        """Refuse the transaction (CancelRequested) when the operation was asked to
+        stop: the compare-and-set that keeps a cancelled take from committing
+        READY, or a cancelled revert from starting to move disks."""
+
+        def run(conn: Connection) -> None:
+            row = conn.execute(_JOURNAL_OF, {"b_id": operation_id}).first()
+            if row is not None and CANCEL_KEY in json.loads(row.journal_json):
+                raise lifecycle.CancelRequested(operation_id)
+
         return run
+
+    def cancel_requested(self, operation_id: str) -> bool:
+        """Whether a cancel of the operation was recorded (one indexed read)."""
+        op = self.get_operation(operation_id)
+        return op is not None and CANCEL_KEY in op.journal
+
+    def operations_changed_since(
+        self, vm_id: str, since: float, limit: int
+    ) -> list[OperationRecord]:
+        """Operations (of one VM, or all) changed at or after ``since``, oldest change
+        first, at most ``limit`` (the newest ones)."""
+        query = select(operations).where(operations.c.update_time >= since)
+        if vm_id:
+            query = query.where(operations.c.vm_id == vm_id)
+        query = query.order_by(operations.c.update_time.desc()).limit(limit)
+        with self._read() as conn:
+            rows = [operation_from_row(row) for row in conn.execute(query)]
+        return rows[::-1]
 
     def list_operations(
         self,

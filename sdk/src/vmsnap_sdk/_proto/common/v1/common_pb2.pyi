@@ -300,6 +300,21 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION: the disk's snapshot is a hypervisor-native one (or the
     snapshot is not READY): its blocks cannot be read through a driver.
     """
+    OPERATION_CANCELLED: _ErrorReason.ValueType  # 71
+    """-- Live events, cancel and traces (issue 13).
+    CANCELLED: the operation was cancelled (CancelOperation) and rolled back or
+    settled as its error message says.
+    """
+    OPERATION_FINISHED: _ErrorReason.ValueType  # 72
+    """FAILED_PRECONDITION: the operation is finished already; nothing to cancel."""
+    OPERATION_NOT_CANCELLABLE: _ErrorReason.ValueType  # 73
+    """FAILED_PRECONDITION: this operation cannot be cancelled once it started (a
+    delete: its objects may be half gone); it is finished instead.
+    """
+    WATCH_TOO_SLOW: _ErrorReason.ValueType  # 74
+    """RESOURCE_EXHAUSTED: a WatchOperations stream fell too far behind and was
+    dropped; watch again with `since`.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call or an operation failed: the `reason` of the google.rpc.ErrorInfo
@@ -541,6 +556,21 @@ the same disk (same VM, same driver, same volume).
 DISK_NOT_EXPORTABLE: ErrorReason.ValueType  # 97
 """FAILED_PRECONDITION: the disk's snapshot is a hypervisor-native one (or the
 snapshot is not READY): its blocks cannot be read through a driver.
+"""
+OPERATION_CANCELLED: ErrorReason.ValueType  # 71
+"""-- Live events, cancel and traces (issue 13).
+CANCELLED: the operation was cancelled (CancelOperation) and rolled back or
+settled as its error message says.
+"""
+OPERATION_FINISHED: ErrorReason.ValueType  # 72
+"""FAILED_PRECONDITION: the operation is finished already; nothing to cancel."""
+OPERATION_NOT_CANCELLABLE: ErrorReason.ValueType  # 73
+"""FAILED_PRECONDITION: this operation cannot be cancelled once it started (a
+delete: its objects may be half gone); it is finished instead.
+"""
+WATCH_TOO_SLOW: ErrorReason.ValueType  # 74
+"""RESOURCE_EXHAUSTED: a WatchOperations stream fell too far behind and was
+dropped; watch again with `since`.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

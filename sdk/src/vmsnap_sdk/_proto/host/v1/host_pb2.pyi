@@ -413,6 +413,7 @@ class Operation(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     VM_SNAPSHOT_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Host-assigned id."""
     type: Global___OperationType.ValueType
@@ -431,6 +432,10 @@ class Operation(_message.Message):
     """The client's request id."""
     project: _builtins.str
     """The project of its VM ("" when none)."""
+    cancel_requested: _builtins.bool
+    """A CancelOperation was recorded and the work has not ended yet (it ends at
+    its next step: rolled back, or settled on one side).
+    """
     @_builtins.property
     def error(self) -> _status_pb2.Status:
         """How the work failed, when done and failed (unset otherwise): a code, a
@@ -469,10 +474,11 @@ class Operation(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         vm_snapshot: Global___VMSnapshot | None = ...,
         project: _builtins.str = ...,
+        cancel_requested: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "update_time", b"update_time", "vm_snapshot", b"vm_snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "done", b"done", "error", b"error", "id", b"id", "progress_percent", b"progress_percent", "project", b"project", "request_id", b"request_id", "step", b"step", "type", b"type", "update_time", b"update_time", "vm_id", b"vm_id", "vm_snapshot", b"vm_snapshot", "vm_snapshot_id", b"vm_snapshot_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "create_time", b"create_time", "done", b"done", "error", b"error", "id", b"id", "progress_percent", b"progress_percent", "project", b"project", "request_id", b"request_id", "step", b"step", "type", b"type", "update_time", b"update_time", "vm_id", b"vm_id", "vm_snapshot", b"vm_snapshot", "vm_snapshot_id", b"vm_snapshot_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2282,3 +2288,116 @@ class ReadSnapshotDiskResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReadSnapshotDiskResponse: _TypeAlias = ReadSnapshotDiskResponse  # noqa: Y015
+
+@_typing.final
+class WatchOperationsRequest(_message.Message):
+    """Which operations to follow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_ID_FIELD_NUMBER: _builtins.int
+    OPERATION_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    vm_id: _builtins.str
+    """Only this VM's operations (empty: every VM)."""
+    operation_id: _builtins.str
+    """Only this operation; the stream ends after its final state."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """First send the matching operations changed at or after this time, as they
+        stand (to resume a stream: the last update_time seen).
+        """
+
+    def __init__(
+        self,
+        *,
+        vm_id: _builtins.str = ...,
+        operation_id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation_id", b"operation_id", "since", b"since", "vm_id", b"vm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchOperationsRequest: _TypeAlias = WatchOperationsRequest  # noqa: Y015
+
+@_typing.final
+class WatchOperationsResponse(_message.Message):
+    """One operation as it changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_FIELD_NUMBER: _builtins.int
+    INITIAL_FIELD_NUMBER: _builtins.int
+    initial: _builtins.bool
+    """True for the states sent at the start (`since`, or the watched operation
+    as it stood), false for changes as they happen.
+    """
+    @_builtins.property
+    def operation(self) -> Global___Operation:
+        """The operation as it stands after the change (vm_snapshot included)."""
+
+    def __init__(
+        self,
+        *,
+        operation: Global___Operation | None = ...,
+        initial: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial", "operation", b"operation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchOperationsResponse: _TypeAlias = WatchOperationsResponse  # noqa: Y015
+
+@_typing.final
+class CancelOperationRequest(_message.Message):
+    """Cancel an operation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_ID_FIELD_NUMBER: _builtins.int
+    operation_id: _builtins.str
+    """Required; the operation's id (Operation.id)."""
+    def __init__(
+        self,
+        *,
+        operation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation_id", b"operation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelOperationRequest: _TypeAlias = CancelOperationRequest  # noqa: Y015
+
+@_typing.final
+class CancelOperationResponse(_message.Message):
+    """The operation after the cancel was recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def operation(self) -> Global___Operation:
+        """done = true when it was dropped at once (queued); otherwise
+        cancel_requested = true and it ends at its next step (WatchOperations or
+        WaitOperation to see how).
+        """
+
+    def __init__(
+        self,
+        *,
+        operation: Global___Operation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelOperationResponse: _TypeAlias = CancelOperationResponse  # noqa: Y015

@@ -193,6 +193,16 @@ class VMSnapshotServiceStub:
                 request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ReadSnapshotDiskRequest.SerializeToString,
                 response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ReadSnapshotDiskResponse.FromString,
                 _registered_method=True)
+        self.WatchOperations = channel.unary_stream(
+                '/vmsnap.host.v1.VMSnapshotService/WatchOperations',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.WatchOperationsRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.WatchOperationsResponse.FromString,
+                _registered_method=True)
+        self.CancelOperation = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/CancelOperation',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CancelOperationRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CancelOperationResponse.FromString,
+                _registered_method=True)
 
 
 class VMSnapshotServiceServicer:
@@ -599,6 +609,53 @@ class VMSnapshotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchOperations(self, request, context):
+        """--- Live events, cancel and traces (issue 13)
+        Follow operations as they change (state, step, progress), pushed by the host
+        as each step is journaled; no polling. First the matching operations changed
+        at or after `since` (each as it stands now, `initial` true; none when `since`
+        is unset, except the one named by operation_id), then every change as it is
+        committed. With operation_id the stream ends (OK) after that operation's
+        final state; otherwise it runs until the client cancels it. Changes are sent
+        by the replica that runs the operation: watch the replica the request was
+        sent to. Role: viewer.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id or operation_id breaks its rule
+        NOT_FOUND            OPERATION_NOT_FOUND   no operation has operation_id
+        RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    the host serves its maximum of
+        watchers (64) already
+        RESOURCE_EXHAUSTED   WATCH_TOO_SLOW        this watcher fell too far behind
+        and was dropped (the host never
+        waits for a watcher): watch again
+        with `since` = the last update_time
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelOperation(self, request, context):
+        """Cancel an operation. Queued (not started): dropped, it ends failed CANCELLED
+        (OPERATION_CANCELLED) and its snapshot, for a take, ERROR. Running take:
+        rolled back like a failed take (the VM thawed, nothing left on any array),
+        as soon as the calls in flight answered. Running revert: finished on one side
+        (put back as it was when its current state was kept, else brought to the
+        snapshot), the error says which. The request is recorded (Operation.
+        cancel_requested) and checked when the work runs, by whichever replica runs
+        it. Returns the operation as it stands (check done). Role: operator
+        (mutating).
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      operation_id breaks its rule
+        NOT_FOUND            OPERATION_NOT_FOUND   no operation has this id
+        FAILED_PRECONDITION  OPERATION_FINISHED    it is done already (succeeded or
+        failed): nothing to cancel
+        FAILED_PRECONDITION  OPERATION_NOT_CANCELLABLE a delete that started: its
+        objects may be half gone, it is
+        finished, not cancelled
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VMSnapshotServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -726,6 +783,16 @@ def add_VMSnapshotServiceServicer_to_server(servicer, server):
                     servicer.ReadSnapshotDisk,
                     request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ReadSnapshotDiskRequest.FromString,
                     response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ReadSnapshotDiskResponse.SerializeToString,
+            ),
+            'WatchOperations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchOperations,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.WatchOperationsRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.WatchOperationsResponse.SerializeToString,
+            ),
+            'CancelOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelOperation,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CancelOperationRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CancelOperationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1437,6 +1504,60 @@ class VMSnapshotService:
             '/vmsnap.host.v1.VMSnapshotService/ReadSnapshotDisk',
             vmsnap_dot_host_dot_v1_dot_host__pb2.ReadSnapshotDiskRequest.SerializeToString,
             vmsnap_dot_host_dot_v1_dot_host__pb2.ReadSnapshotDiskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchOperations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/WatchOperations',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.WatchOperationsRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.WatchOperationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/CancelOperation',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.CancelOperationRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.CancelOperationResponse.FromString,
             options,
             channel_credentials,
             insecure,

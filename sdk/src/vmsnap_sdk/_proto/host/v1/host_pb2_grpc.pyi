@@ -329,6 +329,45 @@ class VMSnapshotServiceStub:
       FAILED_PRECONDITION  DRIVER_CAPABILITY_MISSING  the driver has no CAPABILITY_READ_SNAPSHOT
       INTERNAL             DRIVER_CONTRACT_VIOLATION  the driver read fewer or more bytes
     """
+    WatchOperations: _aio.UnaryStreamMultiCallable[_host_pb2.WatchOperationsRequest, _host_pb2.WatchOperationsResponse]
+    """--- Live events, cancel and traces (issue 13)
+    Follow operations as they change (state, step, progress), pushed by the host
+    as each step is journaled; no polling. First the matching operations changed
+    at or after `since` (each as it stands now, `initial` true; none when `since`
+    is unset, except the one named by operation_id), then every change as it is
+    committed. With operation_id the stream ends (OK) after that operation's
+    final state; otherwise it runs until the client cancels it. Changes are sent
+    by the replica that runs the operation: watch the replica the request was
+    sent to. Role: viewer.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id or operation_id breaks its rule
+      NOT_FOUND            OPERATION_NOT_FOUND   no operation has operation_id
+      RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    the host serves its maximum of
+                                                 watchers (64) already
+      RESOURCE_EXHAUSTED   WATCH_TOO_SLOW        this watcher fell too far behind
+                                                 and was dropped (the host never
+                                                 waits for a watcher): watch again
+                                                 with `since` = the last update_time
+    """
+    CancelOperation: _aio.UnaryUnaryMultiCallable[_host_pb2.CancelOperationRequest, _host_pb2.CancelOperationResponse]
+    """Cancel an operation. Queued (not started): dropped, it ends failed CANCELLED
+    (OPERATION_CANCELLED) and its snapshot, for a take, ERROR. Running take:
+    rolled back like a failed take (the VM thawed, nothing left on any array),
+    as soon as the calls in flight answered. Running revert: finished on one side
+    (put back as it was when its current state was kept, else brought to the
+    snapshot), the error says which. The request is recorded (Operation.
+    cancel_requested) and checked when the work runs, by whichever replica runs
+    it. Returns the operation as it stands (check done). Role: operator
+    (mutating).
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      operation_id breaks its rule
+      NOT_FOUND            OPERATION_NOT_FOUND   no operation has this id
+      FAILED_PRECONDITION  OPERATION_FINISHED    it is done already (succeeded or
+                                                 failed): nothing to cancel
+      FAILED_PRECONDITION  OPERATION_NOT_CANCELLABLE a delete that started: its
+                                                 objects may be half gone, it is
+                                                 finished, not cancelled
+    """
 
 class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
     """The vmsnap host.
@@ -782,6 +821,57 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
                                                      snapshot is hypervisor-native
           FAILED_PRECONDITION  DRIVER_CAPABILITY_MISSING  the driver has no CAPABILITY_READ_SNAPSHOT
           INTERNAL             DRIVER_CONTRACT_VIOLATION  the driver read fewer or more bytes
+        """
+
+    @_abc_1.abstractmethod
+    def WatchOperations(
+        self,
+        request: _host_pb2.WatchOperationsRequest,
+        context: _aio.ServicerContext[_host_pb2.WatchOperationsRequest, _abc.AsyncIterator[_host_pb2.WatchOperationsResponse]],
+    ) -> _abc.AsyncIterator[_host_pb2.WatchOperationsResponse]:
+        """--- Live events, cancel and traces (issue 13)
+        Follow operations as they change (state, step, progress), pushed by the host
+        as each step is journaled; no polling. First the matching operations changed
+        at or after `since` (each as it stands now, `initial` true; none when `since`
+        is unset, except the one named by operation_id), then every change as it is
+        committed. With operation_id the stream ends (OK) after that operation's
+        final state; otherwise it runs until the client cancels it. Changes are sent
+        by the replica that runs the operation: watch the replica the request was
+        sent to. Role: viewer.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id or operation_id breaks its rule
+          NOT_FOUND            OPERATION_NOT_FOUND   no operation has operation_id
+          RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    the host serves its maximum of
+                                                     watchers (64) already
+          RESOURCE_EXHAUSTED   WATCH_TOO_SLOW        this watcher fell too far behind
+                                                     and was dropped (the host never
+                                                     waits for a watcher): watch again
+                                                     with `since` = the last update_time
+        """
+
+    @_abc_1.abstractmethod
+    def CancelOperation(
+        self,
+        request: _host_pb2.CancelOperationRequest,
+        context: _aio.ServicerContext[_host_pb2.CancelOperationRequest, _abc.Awaitable[_host_pb2.CancelOperationResponse]],
+    ) -> _abc.Awaitable[_host_pb2.CancelOperationResponse]:
+        """Cancel an operation. Queued (not started): dropped, it ends failed CANCELLED
+        (OPERATION_CANCELLED) and its snapshot, for a take, ERROR. Running take:
+        rolled back like a failed take (the VM thawed, nothing left on any array),
+        as soon as the calls in flight answered. Running revert: finished on one side
+        (put back as it was when its current state was kept, else brought to the
+        snapshot), the error says which. The request is recorded (Operation.
+        cancel_requested) and checked when the work runs, by whichever replica runs
+        it. Returns the operation as it stands (check done). Role: operator
+        (mutating).
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      operation_id breaks its rule
+          NOT_FOUND            OPERATION_NOT_FOUND   no operation has this id
+          FAILED_PRECONDITION  OPERATION_FINISHED    it is done already (succeeded or
+                                                     failed): nothing to cancel
+          FAILED_PRECONDITION  OPERATION_NOT_CANCELLABLE a delete that started: its
+                                                     objects may be half gone, it is
+                                                     finished, not cancelled
         """
 
 def add_VMSnapshotServiceServicer_to_server(servicer: VMSnapshotServiceServicer, server: _aio.Server) -> None: ...
