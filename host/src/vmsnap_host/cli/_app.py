@@ -9,7 +9,6 @@ To add a group: write ``_<group>.py`` with ``app = typer.Typer(...)`` and add on
 from __future__ import annotations
 
 import sys
-from importlib import metadata
 from typing import Annotated, Any
 
 import typer
@@ -49,6 +48,8 @@ _OUTPUTS = ("table", "wide", "json")
 
 def _version(value: bool) -> None:
     if value:
+        from importlib import metadata  # only here: it costs a noticeable part of start-up
+
         print(f"vmsnap {metadata.version('vmsnap-host')}")
         raise typer.Exit()
 

@@ -15,7 +15,11 @@ operations_app = typer.Typer(
     no_args_is_help=True,
     epilog="Example: vmsnap operations list --running",
 )
-findings_app = typer.Typer(help="What the reconciler found and did.", no_args_is_help=True)
+findings_app = typer.Typer(
+    help="What the reconciler found and did.",
+    no_args_is_help=True,
+    epilog="Example: vmsnap reconcile --dry-run && vmsnap findings list --limit 10",
+)
 
 
 @operations_app.command("list")
