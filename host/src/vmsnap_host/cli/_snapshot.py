@@ -87,7 +87,9 @@ async def resolved(host: HostClient, ref: str) -> str:
     try:
         return await resolve(host, ref)
     except Unresolved as exc:
-        fail(str(exc), Exit.USAGE if exc.ambiguous else Exit.NOT_FOUND)
+        if exc.ambiguous:
+            fail(str(exc), Exit.USAGE)
+        fail(f"NOT_FOUND: {exc}", Exit.NOT_FOUND)
 
 
 #: How long `snapshot create` lets the host wait inside the Create call: most takes
