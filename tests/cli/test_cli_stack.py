@@ -15,10 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import pytest
 
 from tests.cli.stack_support import Up, vmsnap
 from vmsnap_host.client import QuiescePolicy, SyncHostClient
 from vmsnap_sdk import VM, Volume
+
+# Each test runs a few CLI processes (about a second each, many on a machine
+# shared with parallel workers).
+pytestmark = pytest.mark.timeout(300)
 
 
 def _vm(up: Up, name: str = "", disks: int = 1) -> str:
