@@ -14,7 +14,7 @@ from tests.support.procs import ROOT
 from vmsnap_host.cli import _app
 from vmsnap_host.cli import _output as out
 from vmsnap_host.cli._argv import hoist
-from vmsnap_host.cli._common import EXIT_CODES, Exit
+from vmsnap_host.cli._common import EXIT_CODES, Exit, fail
 from vmsnap_host.cli._hints import COMMANDS, FLAGS, cli_words
 from vmsnap_host.cli._snapshot import _finish
 from vmsnap_host.cli._volume import parse_size
@@ -215,3 +215,11 @@ def test_readme_names_no_placeholder_the_shell_cannot_run() -> None:
     assert "SNAPSHOT_ID" not in block and "ID" not in re.sub(r"--\S+", "", block).split()
 
 
+
+
+def test_an_error_is_printed_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(typer.Exit) as stopped:
+        fail("register one (or the [[agents]] of the config file) [bold]", Exit.REFUSED)
+    assert stopped.value.exit_code == 4
+    err = capsys.readouterr().err
+    assert "[[agents]] of the config file) [bold]" in err

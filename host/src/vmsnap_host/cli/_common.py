@@ -18,6 +18,7 @@ from typing import Annotated, NoReturn, TypeVar
 
 import grpc
 import typer
+from rich.markup import escape
 
 from vmsnap_host.cli import _output as out
 from vmsnap_host.cli._hints import cli_words
@@ -114,8 +115,9 @@ def full_ids() -> bool:
 
 
 def fail(message: str, code: int = Exit.FAILED) -> NoReturn:
-    """One clear line on stderr, then exit with ``code``."""
-    out.errors.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    """One clear line on stderr, then exit with ``code``. The message is printed as
+    written: a host's ``[[agents]]`` is no Rich markup."""
+    out.errors.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(int(code))
 
 

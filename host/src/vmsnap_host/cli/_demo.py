@@ -434,7 +434,7 @@ async def _demo(address: str | None, hypervisor: str) -> int:
     if not running:
         if address:
             out.errors.print(f"[red]error:[/] UNAVAILABLE: no vmsnap host answers at {address}")
-            return 1
+            return 5  # the CLI's exit code for unavailable (_common.Exit)
         home = Path(tempfile.mkdtemp(prefix="vmsnap-demo-", dir="/tmp"))
         out.console.print(f"No vmsnap stack answers at {target}: starting one in {home} …")
         try:
