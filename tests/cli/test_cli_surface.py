@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import typer
@@ -18,6 +19,8 @@ from vmsnap_host.cli._common import EXIT_CODES, Exit, fail
 from vmsnap_host.cli._hints import COMMANDS, FLAGS, cli_words
 from vmsnap_host.cli._snapshot import _finish
 from vmsnap_host.cli._volume import parse_size
+from vmsnap_host.cli.stack import Layout
+from vmsnap_host.cli.stack._table import build
 from vmsnap_host.client import Operation, OperationType, VMSnapshot, VMSnapshotState
 
 _ROOT: list[object] = []
@@ -223,3 +226,19 @@ def test_an_error_is_printed_as_written(capsys: pytest.CaptureFixture[str]) -> N
     assert stopped.value.exit_code == 4
     err = capsys.readouterr().err
     assert "[[agents]] of the config file) [bold]" in err
+
+
+def test_the_stack_gives_every_grpc_process_a_kept_metrics_port(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    first = {c.name: c for c in build(layout, "sim")}
+    serving = {n for n, c in first.items() if c.role in ("storage driver", "hypervisor agent", "host")}
+    assert serving == {"driver-element", "driver-ontap", "agent", "host"}
+    for name, component in first.items():
+        if name in serving:
+            port = component.metrics.removeprefix("http://127.0.0.1:").removesuffix("/metrics")
+            assert component.current_command()[-2:] == ("--metrics-listen", f"127.0.0.1:{port}")
+        else:
+            assert not component.metrics
+            assert "--metrics-listen" not in component.current_command()
+    again = {c.name: c.metrics for c in build(layout, "sim")}
+    assert again == {n: c.metrics for n, c in first.items()}  # the same ports at the next start
