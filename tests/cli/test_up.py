@@ -211,7 +211,7 @@ def test_commands_against_the_stack(shared_up: Up) -> None:
     assert (again["name"], again["order"]) == (element["name"], element["order"])
 
     missing = vmsnap(home, "snapshot", "show", "no-such-snapshot", check=False)
-    assert missing.returncode == 1
+    assert missing.returncode == 3  # not found
     assert missing.stderr.strip().splitlines() == [missing.stderr.strip()]
     assert "NOT_FOUND" in missing.stderr
 
@@ -231,7 +231,7 @@ def test_no_password_is_printed_or_logged(shared_up: Up) -> None:
 
 def test_no_stack_is_one_clear_line(sockdir: Path) -> None:
     result = vmsnap(sockdir, "vm", "list", check=False)
-    assert result.returncode == 1
+    assert result.returncode == 5  # unavailable
     assert "UNAVAILABLE" in result.stderr
     assert "vmsnap up" in result.stderr
 
@@ -240,7 +240,7 @@ def test_host_flag_overrides(sockdir: Path) -> None:
     result = vmsnap(
         sockdir, "--host", f"unix://{sockdir}/elsewhere.sock", "drivers", "list", check=False
     )
-    assert result.returncode == 1
+    assert result.returncode == 5  # unavailable
     assert f"unix://{sockdir}/elsewhere.sock" in result.stderr
 
 

@@ -14,9 +14,9 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 
 from vmsnap_host.api import convert, errors
-from vmsnap_host.blocks import DiskBlocks
 from vmsnap_host.auth import access
 from vmsnap_host.auth.settings import AuthConfigError, project_name
+from vmsnap_host.blocks import DiskBlocks
 from vmsnap_host.manager import (
     Manager,
     operation_not_found,
@@ -229,9 +229,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_text("name", request.name)
             val.require_text("description", request.description, MAX_DESCRIPTION, required=False)
             val.require_map("parameters", request.parameters)
-            wait = (
-                _wait_seconds("wait", True, request.wait) if request.HasField("wait") else None
-            )
+            wait = _wait_seconds("wait", True, request.wait) if request.HasField("wait") else None
             project = self._vm_project(request.vm_id)
             self._request_id(request.request_id)
             op = await self.manager.create_snapshot(
@@ -711,7 +709,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         principal = access.caller()
         if asked and not principal.sees(asked):
             raise InvalidArgument.for_field(
-                "project", f"{asked} is not one of your projects ({', '.join(sorted(principal.projects))})"
+                "project",
+                f"{asked} is not one of your projects ({', '.join(sorted(principal.projects))})",
             )
         if not asked and not principal.all_projects:
             if len(principal.projects) != 1:
@@ -739,12 +738,6 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             raise _vm_exists(vm_id)
         return asked
 
-
-def _vm_exists(vm_id: str, where: str = "") -> AlreadyExists:
-    return AlreadyExists(
-        f"VM {vm_id} already exists{where}; choose another id",
-        reason=Reason.VM_ALREADY_EXISTS,
-    )
     # --- changed blocks and export (issue 15; read-only, role viewer) -------------
     # Server streams: coroutines that write, so errors keep the one boundary (_call).
 
@@ -793,6 +786,13 @@ def _vm_exists(vm_id: str, where: str = "") -> AlreadyExists:
                 await context.write(pb.ReadSnapshotDiskResponse(offset=at, data=data))
 
         await _call(context, "ReadSnapshotDisk", run)
+
+
+def _vm_exists(vm_id: str, where: str = "") -> AlreadyExists:
+    return AlreadyExists(
+        f"VM {vm_id} already exists{where}; choose another id",
+        reason=Reason.VM_ALREADY_EXISTS,
+    )
 
 
 def _tls_dict(tls: ClientTLS | None) -> dict[str, str]:

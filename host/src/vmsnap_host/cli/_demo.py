@@ -142,7 +142,9 @@ class Story:
         self.guest = any(a.hypervisor == "qemu" and a.health is Health.SERVING for a in agents)
         size = GUEST_DISK if self.guest else 1 << 20
         for driver in sorted(serving, key=lambda d: (d.order, d.name))[:2]:
-            client = DriverClient.connect(driver.address, tls=_fixture_tls(driver.address), timeout=30)
+            client = DriverClient.connect(
+                driver.address, tls=_fixture_tls(driver.address), timeout=30
+            )
             volume = await client.create_test_volume(f"demo-{self.tag}-{len(self.disks)}", size)
             disk = f"vd{'ab'[len(self.disks)]}"
             self.disks.append(Disk(Volume(disk, volume.locator, volume.size_bytes), driver, client))
@@ -444,7 +446,7 @@ async def _demo(address: str | None, hypervisor: str) -> int:
     if not running:
         if address:
             out.errors.print(f"[red]error:[/] UNAVAILABLE: no vmsnap host answers at {address}")
-            return 1
+            return 5  # the CLI's exit code for unavailable (_common.Exit)
         home = Path(tempfile.mkdtemp(prefix="vmsnap-demo-", dir="/tmp"))
         out.console.print(f"No vmsnap stack answers at {target}: starting one in {home} …")
         try:

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from vmsnap_host.cli import _output as out
+from vmsnap_host.cli._common import hint_host, run
 from vmsnap_host.client import HostClient, Operation
 
 
@@ -65,7 +66,6 @@ def events(
     done). Without: the operations changed in the last --since seconds, as they
     stand, then exit.
     """
-    from vmsnap_host.cli._app import run  # the app imports this module
 
     window = since if since > 0 else (0.0 if follow else 300.0)
     start = datetime.now(UTC) - timedelta(seconds=window) if window else None
@@ -97,7 +97,6 @@ def cancel(
 ) -> None:
     """Cancel an operation: a queued one is dropped; a running take is rolled back
     (nothing left on any array), a running revert finished on one side."""
-    from vmsnap_host.cli._app import hint_host, run
 
     op = run(lambda host: host.cancel_operation(operation_id))
     if json_:

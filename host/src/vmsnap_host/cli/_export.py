@@ -21,6 +21,7 @@ from rich.progress import (
 )
 
 from vmsnap_host.cli import _output as out
+from vmsnap_host.cli._common import fail, run
 from vmsnap_host.client import HostClient
 from vmsnap_host.exporter import Exporter, ExportError, Manifest
 
@@ -48,8 +49,6 @@ def snapshot_export(
     the blocks that changed, whose backing file is the older export. Rebuild a disk
     with `qemu-img convert -O raw DIR/SNAPSHOT.DISK.qcow2 disk.raw`.
     """
-    # Imported here: _app imports this module to register the command.
-    from vmsnap_host.cli._app import fail, run
 
     with Progress(
         TextColumn("{task.description}"),

@@ -28,9 +28,19 @@ from vmsnap_sdk import VM
 
 console = Console()
 errors = Console(stderr=True)
-if not console.is_terminal and console.width < 120:
-    # Piped or captured (CI logs, `make demo | tee`): wide enough for the tables.
-    console = Console(width=120)
+if not console.is_terminal:
+    # Piped or captured (`| grep`, CI logs, `make demo | tee`): never cut or wrap a
+    # cell; an id in a pipe must be whole. Tables are only as wide as their content.
+    console = Console(width=max(console.width, 1000))
+
+#: Characters of an id a table shows on a terminal (``-o wide``/``--no-trunc``: all);
+#: commands accept any unique prefix, so the short form can be typed back.
+SHORT_ID = 12
+
+
+def short(value: str, full: bool) -> str:
+    """An id as a table shows it."""
+    return value if full or len(value) <= SHORT_ID else value[:SHORT_ID]
 
 
 def jsonable(value: Any) -> Any:
@@ -75,11 +85,16 @@ def vm_table(vms: Sequence[VM]) -> Table:
     return table
 
 
-def snapshot_table(snapshots: Sequence[VMSnapshot]) -> Table:
-    table = Table("id", "vm", "name", "state", "consistency", "memory", "current", "created")
+def snapshot_table(
+    snapshots: Sequence[VMSnapshot], *, full: bool = True, wide: bool = False
+) -> Table:
+    """``wide`` adds the parent, the freeze window and the description."""
+    columns = ["id", "vm", "name", "state", "consistency", "memory", "current", "created"]
+    table = Table(*columns, *(["parent", "freeze", "description"] if wide else []))
+    table.columns[0].no_wrap = True
     for s in snapshots:
-        table.add_row(
-            s.id,
+        row = [
+            short(s.id, full),
             s.vm_id,
             s.name,
             s.state.name,
@@ -87,7 +102,11 @@ def snapshot_table(snapshots: Sequence[VMSnapshot]) -> Table:
             "yes" if s.include_memory else "",
             "*" if s.current else "",
             _when(s.create_time),
-        )
+        ]
+        if wide:
+            freeze = f"{(s.freeze_seconds or 0.0) * 1000:.0f} ms" if s.freeze_start_time else "-"
+            row += [s.parent_id or "-", freeze, s.description]
+        table.add_row(*row)
     return table
 
 
@@ -133,17 +152,23 @@ def show_snapshot(s: VMSnapshot) -> None:
         console.print(group_table(s.groups))
 
 
-def operation_table(operations: Sequence[Operation]) -> Table:
+def operation_table(
+    operations: Sequence[Operation], *, full: bool = True, wide: bool = False
+) -> Table:
+    """``wide`` shows the whole error."""
     table = Table("id", "type", "vm", "snapshot", "done", "progress", "step", "error", "created")
-    table.columns[7].max_width = 48
-    table.columns[7].overflow = "ellipsis"
-    table.columns[7].no_wrap = True
+    table.columns[0].no_wrap = True
+    table.columns[3].no_wrap = True
+    if not wide:
+        table.columns[7].max_width = 48
+        table.columns[7].overflow = "ellipsis"
+        table.columns[7].no_wrap = True
     for op in operations:
         table.add_row(
-            op.id,
+            short(op.id, full),
             op.type.name,
             op.vm_id,
-            op.vm_snapshot_id,
+            short(op.vm_snapshot_id, full),
             "yes" if op.done else "no",
             f"{op.progress_percent}%",
             op.step,
@@ -196,7 +221,14 @@ def finding_table(findings: Sequence[Finding], *, with_time: bool = False) -> Ta
 
 def audit_table(records: Sequence[AuditRecord]) -> Table:
     table = Table(
-        "time", "principal", "project", "method", "target", "request", "result", "detail",
+        "time",
+        "principal",
+        "project",
+        "method",
+        "target",
+        "request",
+        "result",
+        "detail",
         title="audit",
     )
     for r in records:

@@ -18,9 +18,16 @@ from vmsnap_host.client import vmsnap_home
 def stack_table(stack: Stack) -> Table:
     pids = stack.pids()
     addresses = stack.addresses()
-    table = Table("component", "role", "address", "pid", "what", title="vmsnap stack")
+    table = Table("component", "role", "address", "metrics", "pid", "what", title="vmsnap stack")
     for c in stack.components:
-        table.add_row(c.name, c.role, addresses[c.name], str(pids.get(c.name, "-")), c.description)
+        table.add_row(
+            c.name,
+            c.role,
+            addresses[c.name],
+            c.metrics or "-",
+            str(pids.get(c.name, "-")),
+            c.description,
+        )
     return table
 
 

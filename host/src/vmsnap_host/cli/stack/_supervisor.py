@@ -327,6 +327,7 @@ class Stack:
                     "name": c.component.name,
                     "role": c.component.role,
                     "address": c.component.current_address(),
+                    "metrics": c.component.metrics,
                     "pid": c.process.pid if c.process is not None else None,
                     "restarts": c.restarts,
                 }

@@ -29,7 +29,7 @@ import shutil
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vmsnap_sdk import ClientTLS
@@ -67,6 +67,8 @@ class Component:
     follows: str | None = None
     #: How to reach it when it serves TLS (``vmsnap up --tls``); None: plaintext.
     tls: ClientTLS | None = field(default=None, compare=False)
+    #: Its Prometheus ``/metrics`` URL (loopback), when it serves one.
+    metrics: str = ""
 
     def current_command(self) -> tuple[str, ...]:
         return self.argv() if self.argv is not None else self.command
@@ -174,6 +176,11 @@ class Layout:
         """JSON written by ``vmsnap up``: its pid and each child's pid and address."""
         return self.run / "stack.json"
 
+    @property
+    def metrics_ports(self) -> Path:
+        """The ``/metrics`` port of each process, kept across starts while free."""
+        return self.home / "metrics-ports.json"
+
     def socket(self, name: str) -> str:
         path = self.run / f"{name}.sock"
         if len(str(path)) > MAX_SOCKET_PATH:
@@ -224,6 +231,67 @@ def listen_info(data: Path) -> dict[str, object]:
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+#: The roles whose processes serve ``/metrics`` (``--metrics-listen``): every gRPC
+#: server of the stack; emulators and PostgreSQL are not vmsnap's.
+METRICS_ROLES = ("storage driver", "hypervisor agent", "host")
+
+
+def metrics_ports(layout: Layout, names: Sequence[str]) -> dict[str, int]:
+    """A loopback port per process for ``/metrics``: the one of the last start while it
+    is free (a Prometheus configured once keeps scraping), else a new free one.
+
+    Chosen once per start of the stack, never at a restart of one process: a
+    restarted driver's command must not change because its own old port is busy.
+    """
+    path = layout.metrics_ports
+    try:
+        saved = {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        saved = {}
+    ports = {n: saved[n] if n in saved and _port_free(saved[n]) else _free_port() for n in names}
+    if ports != saved:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(ports))
+    return ports
+
+
+def _appended(
+    base: Callable[[], tuple[str, ...]], extra: tuple[str, ...]
+) -> Callable[[], tuple[str, ...]]:
+    def argv() -> tuple[str, ...]:
+        return (*base(), *extra)
+
+    return argv
+
+
+def with_metrics(layout: Layout, components: Sequence[Component]) -> list[Component]:
+    """``components`` with ``--metrics-listen 127.0.0.1:PORT`` on every gRPC server."""
+    serving = [c.name for c in components if c.role in METRICS_ROLES]
+    ports = metrics_ports(layout, serving)
+    result = []
+    for c in components:
+        if c.name not in ports:
+            result.append(c)
+            continue
+        flag = ("--metrics-listen", f"127.0.0.1:{ports[c.name]}")
+        argv = None if c.argv is None else _appended(c.argv, flag)
+        result.append(
+            replace(
+                c,
+                command=(*c.command, *flag),
+                argv=argv,
+                metrics=f"http://127.0.0.1:{ports[c.name]}/metrics",
+            )
+        )
+    return result
 
 
 def _listen_port(data: Path) -> int:
@@ -486,8 +554,8 @@ def build(
     if hypervisor == "qemu":  # real guests need the arrays' bytes: see _qemu.py
         from vmsnap_host.cli.stack._qemu import qemu_components
 
-        return [*database, *qemu_components(layout, durable), *hosts]
-    return [*database, *components, agent, *hosts]
+        return with_metrics(layout, [*database, *qemu_components(layout, durable), *hosts])
+    return with_metrics(layout, [*database, *components, agent, *hosts])
 
 
 #: The VM lease of replicas in the stack: a killed replica's operation is taken
