@@ -61,6 +61,7 @@ class Capability(enum.Enum):
     POST_PROCESSING = 4
     LIST = 5
     CONFORMANCE_FIXTURE = 6
+    CLONE_VOLUMES = 7
 
 
 class QuiesceMethod(enum.Enum):
@@ -208,6 +209,26 @@ class RevertResult:
     """Result of a revert: the undo snapshot, when one was kept."""
 
     undo: SnapshotResult | None = None
+
+
+@dataclass(frozen=True)
+class CloneTarget:
+    """One new volume of a clone: the snapshot's disk, and the new volume's name."""
+
+    disk: str
+    name: str
+
+
+@dataclass(frozen=True)
+class CloneRequest:
+    """Arguments of CloneVolumes, validated by the SDK before the driver sees them."""
+
+    clone_id: str
+    vm_snapshot_id: str
+    snapshot: SnapshotResult
+    new_vm_id: str
+    targets: tuple[CloneTarget, ...]
+    parameters: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

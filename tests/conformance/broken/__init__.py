@@ -65,4 +65,8 @@ VARIANTS: dict[str, Starter] = {
     "crash_on_bad_input": raw(rewrite=wire.crash_on_bad_input),
     "no_details": raw(rewrite=wire.no_details),
     "wrong_codes": raw(rewrite=wire.wrong_codes),
+    "clone_shares": sdk(domain.CloneShares),
+    "clone_not_idempotent": sdk(domain.CloneNotIdempotent),
+    "clone_delete_noop": sdk(domain.CloneDeleteNoop),
+    "clone_unclaimed": sdk(domain.CloneUnclaimed),
 }

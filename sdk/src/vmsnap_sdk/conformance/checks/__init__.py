@@ -3,6 +3,7 @@
 from vmsnap_sdk.conformance.checks import (
     can_handle,
     capabilities,
+    clone,
     concurrency,
     deadlines,
     delete,
@@ -18,6 +19,7 @@ from vmsnap_sdk.conformance.checks import (
 __all__ = [
     "can_handle",
     "capabilities",
+    "clone",
     "concurrency",
     "deadlines",
     "delete",
