@@ -83,7 +83,11 @@ async def find(array: ElementArray, clone_id: str, action: str) -> list[ClonedVo
         if tag is not None and tag.clone_id == clone_id:
             found.append(
                 ClonedVolume(
-                    int(volume.volume_id), int(volume.total_size or 0), str(volume.name), tag, deleted
+                    int(volume.volume_id),
+                    int(volume.total_size or 0),
+                    str(volume.name),
+                    tag,
+                    deleted,
                 )
             )
     return found
@@ -95,9 +99,7 @@ async def wait_async(array: ElementArray, handle: int, action: str, timeout: flo
     end = time.monotonic() + timeout
     delay = 0.02
     while True:
-        result = await array.call(
-            action, lambda sf: sf.get_async_result(handle, keep_result=True)
-        )
+        result = await array.call(action, lambda sf: sf.get_async_result(handle, keep_result=True))
         status = result.get("status") if isinstance(result, Mapping) else None
         if status == "complete":
             error = result.get("error")

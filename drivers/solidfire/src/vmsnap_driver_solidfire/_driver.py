@@ -451,7 +451,9 @@ class SolidFireDriver(StorageDriver):
         fixture = self._fixture_or_raise()
         cluster = await self.cluster()
         volume_id, size = await fixture.create_volume(self.array, name, size_bytes)
-        return Volume(disk=fixture_disk_name(name), locator=locator(cluster, volume_id), size_bytes=size)
+        return Volume(
+            disk=fixture_disk_name(name), locator=locator(cluster, volume_id), size_bytes=size
+        )
 
     async def delete_test_volume(self, locator: str) -> None:
         fixture = self._fixture_or_raise()

@@ -165,9 +165,7 @@ async def clone_volumes(s: Session) -> None:
     snapshot = _unknown_snapshot(s)
     clone_id = s.new_id("clone")
     advertised = s.has(Capability.CLONE_VOLUMES)
-    call_ = s.clone(
-        snapshot, clone_id, targets=[("vda", "no-such-clone")], register=advertised
-    )
+    call_ = s.clone(snapshot, clone_id, targets=[("vda", "no-such-clone")], register=advertised)
     if advertised:
         await expect_code(call_, NOT_FOUND, INVALID, what="advertised clone of an unknown snapshot")
     else:

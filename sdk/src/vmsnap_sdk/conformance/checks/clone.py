@@ -60,8 +60,7 @@ async def reads_snapshot(s: Session) -> None:
 
 @check(
     "clone.independent",
-    "Writes to a clone never reach its source, nor the other way; the clone outlives "
-    "its snapshot",
+    "Writes to a clone never reach its source, nor the other way; the clone outlives its snapshot",
     requires=CLONE,
 )
 async def independent(s: Session) -> None:
