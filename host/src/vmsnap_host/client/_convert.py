@@ -95,6 +95,7 @@ def operation(m: pb.Operation) -> t.Operation:
         create_time=_time(m.create_time, m.HasField("create_time")),
         update_time=_time(m.update_time, m.HasField("update_time")),
         vm_snapshot=vm_snapshot(m.vm_snapshot) if m.HasField("vm_snapshot") else None,
+        new_vm_id=m.new_vm_id,
     )
 
 

@@ -162,3 +162,4 @@ class SyncHostClient:
     start_vm = _blocking(HostClient.start_vm)
     stop_vm = _blocking(HostClient.stop_vm)
     undefine_vm = _blocking(HostClient.undefine_vm)
+    create_vm_from_snapshot = _blocking(HostClient.create_vm_from_snapshot)

@@ -50,6 +50,8 @@ class OperationType(enum.Enum):
     DELETE = 3
     #: An UndefineVM, recorded done when the VM was undefined.
     UNDEFINE_VM = 4
+    #: A new VM cloned from a snapshot (Operation.new_vm_id).
+    CLONE = 5
 
 
 class GroupKind(enum.Enum):
@@ -154,6 +156,8 @@ class Operation:
     create_time: datetime | None = None
     update_time: datetime | None = None
     vm_snapshot: VMSnapshot | None = None
+    #: CLONE: the new VM's id.
+    new_vm_id: str = ""
 
     @property
     def succeeded(self) -> bool:
