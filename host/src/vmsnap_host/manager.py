@@ -270,6 +270,15 @@ class Manager:
                     "be cloned",
                     reason=Reason.SNAPSHOT_STATE,
                 )
+            try:
+                await self.registry.find_vm(new_vm_id)
+            except NotFound:
+                pass
+            else:
+                raise AlreadyExists(
+                    f"VM {new_vm_id} is already defined; choose another id for the new VM",
+                    reason=Reason.VM_ID_IN_USE,
+                )
             for g in snap.groups:
                 if g.kind is GroupKind.HYPERVISOR:
                     raise FailedPrecondition(
@@ -297,15 +306,6 @@ class Manager:
                     f"agent {agent_name} is not registered; name a registered agent "
                     "(ListAgents) or leave agent empty for the snapshot's own",
                     reason=Reason.AGENT_NOT_FOUND,
-                )
-            try:
-                await self.registry.find_vm(new_vm_id)
-            except NotFound:
-                pass
-            else:
-                raise AlreadyExists(
-                    f"VM {new_vm_id} is already defined; choose another id for the new VM",
-                    reason=Reason.VM_ID_IN_USE,
                 )
             self._check_queue(snap.vm_id)
             op = self._new_op(
