@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.host.e2e import Cluster, cluster, eventually
+from vmsnap_agent.sim._disks import disk_path
 from vmsnap_host.client import (
     AlreadyExists,
     FailedPrecondition,
@@ -66,8 +67,9 @@ def test_a_failed_second_clone_deletes_the_first_and_defines_no_vm(second_fails:
             host.create_vm_from_snapshot("no-such-snapshot", "copy")
         _define(c, "mixed", hypervisor_disk=True)
         native = host.wait(host.create_vm_snapshot("mixed", "s1").id, timeout=30)
+        # A hypervisor-native disk is copied by its own agent: the new VM goes there.
         with pytest.raises(FailedPrecondition) as unsupported:
-            host.create_vm_from_snapshot(native.vm_snapshot_id, "copy")
+            host.create_vm_from_snapshot(native.vm_snapshot_id, "copy", agent="elsewhere")
         assert unsupported.value.reason == "CLONE_UNSUPPORTED"
         assert "vdc" in unsupported.value.message
         assert c.driver_state("a")["clones"] == {}
@@ -115,3 +117,30 @@ def test_a_host_killed_mid_clone_rolls_it_back_on_start(second_hangs: Cluster) -
             assert c.driver_state(letter)["clones"] == {}, letter
         with pytest.raises(NotFound):
             host.get_vm("copy")
+
+
+@pytest.fixture
+def both_clone(sockdir: Path, tmp_path: Path) -> Iterator[Cluster]:
+    yield from cluster(sockdir, tmp_path, {"a": [CLONING], "b": [CLONING]})
+
+
+def test_a_hypervisor_native_disk_is_copied_by_the_agent(both_clone: Cluster) -> None:
+    c = both_clone
+    state = c.work / "agent"
+    with _client(c) as host:
+        _define(c, "mixed", hypervisor_disk=True)
+        source = disk_path(state, "file:///var/lib/vms/3.img")
+        assert source is not None
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_bytes(b"A" * 4096)
+        taken = host.wait(host.create_vm_snapshot("mixed", "s1").id, timeout=30)
+        assert taken.succeeded, taken
+        source.write_bytes(b"B" * 4096)
+        done = host.wait(host.create_vm_from_snapshot(taken.vm_snapshot_id, "copy").id, timeout=30)
+        assert done.succeeded, done
+        copy = {v.disk: v.locator for v in host.get_vm("copy").volumes}
+        assert copy["vda"].startswith("a://clones/") and copy["vdb"].startswith("b://clones/")
+        copied = disk_path(state, copy["vdc"])
+        assert copied is not None and copied != source
+        assert copied.read_bytes() == b"A" * 4096
+        assert source.read_bytes() == b"B" * 4096

@@ -279,14 +279,25 @@ class Manager:
                     f"VM {new_vm_id} is already defined; choose another id for the new VM",
                     reason=Reason.VM_ID_IN_USE,
                 )
+            agent_name = agent or snap.agent
             for g in snap.groups:
                 if g.kind is GroupKind.HYPERVISOR:
-                    raise FailedPrecondition(
-                        f"disks {', '.join(g.disks)} of snapshot {snapshot_id} are hypervisor-"
-                        f"native snapshots on agent {g.owner}; copying those into a new VM is "
-                        "not offered yet: only snapshots whose disks are all on drivers clone",
-                        reason=Reason.CLONE_UNSUPPORTED,
-                    )
+                    owner = self.registry.agent_entry(g.owner)
+                    if owner is not None and owner.info and not owner.info.copy_native_disks:
+                        raise FailedPrecondition(
+                            f"disks {', '.join(g.disks)} of snapshot {snapshot_id} are "
+                            f"native snapshots on agent {g.owner}, which cannot copy them "
+                            "(copy_native_disks is false)",
+                            reason=Reason.CLONE_UNSUPPORTED,
+                        )
+                    if agent_name != g.owner:
+                        raise FailedPrecondition(
+                            f"disks {', '.join(g.disks)} of snapshot {snapshot_id} are copied "
+                            f"by agent {g.owner} onto its own hypervisor: define the new VM "
+                            f"there (agent {g.owner}, or leave agent empty)",
+                            reason=Reason.CLONE_UNSUPPORTED,
+                        )
+                    continue
                 # Unknown capabilities (the driver not checked yet): the call decides.
                 known = self.registry.driver_entry(g.owner)
                 if (
@@ -300,7 +311,6 @@ class Manager:
                         "cloned into a new VM",
                         reason=Reason.CLONE_UNSUPPORTED,
                     )
-            agent_name = agent or snap.agent
             if self.registry.agent_entry(agent_name) is None:
                 raise NotFound(
                     f"agent {agent_name} is not registered; name a registered agent "

@@ -260,6 +260,8 @@ class AgentInfo:
     contract_versions: tuple[str, ...] = ("v1",)
     quiesce_methods: frozenset[QuiesceMethod] = frozenset()
     memory_snapshots: bool = False
+    #: CopyNativeDisks / DeleteCopiedDisks are offered (clone to a new VM).
+    copy_native_disks: bool = False
 
 
 @dataclass(frozen=True)

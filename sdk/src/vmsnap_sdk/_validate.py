@@ -113,6 +113,26 @@ def require_range(field: str, value: int, low: int, high: int) -> int:
     return value
 
 
+def require_disk_copies(field: str, disks: Sequence[CloneTarget]) -> None:
+    """1..256 disks, each once, each with a valid new name (CopyNativeDisks)."""
+    if not disks:
+        raise InvalidArgument.for_field(field, "at least one disk is required")
+    if len(disks) > MAX_VOLUMES:
+        raise InvalidArgument.for_field(field, f"has {len(disks)} disks; at most {MAX_VOLUMES}")
+    seen: set[str] = set()
+    for i, d in enumerate(disks):
+        if not DISK_PATTERN.match(d.disk) or d.disk in seen:
+            raise InvalidArgument.for_field(
+                f"{field}[{i}].disk", "must be a disk name ([a-z0-9_-], 1..63), each once"
+            )
+        seen.add(d.disk)
+        if not CLONE_NAME_PATTERN.match(d.name):
+            raise InvalidArgument.for_field(
+                f"{field}[{i}].name",
+                "must be 1..63 chars of [A-Za-z0-9-], starting with a letter or digit",
+            )
+
+
 def require_clone_targets(
     field: str, targets: Sequence[CloneTarget], snapshot: SnapshotResult
 ) -> None:

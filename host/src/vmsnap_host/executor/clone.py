@@ -52,6 +52,11 @@ def clone_id(operation_id: str, index: int) -> str:
     return f"{operation_id[:24]}-{index}"
 
 
+def copy_id(operation_id: str, index: int) -> str:
+    """The copy id of the operation's ``index``-th hypervisor group."""
+    return f"{operation_id[:24]}-n{index}"
+
+
 def target_name(new_vm_id: str, disk: str) -> str:
     """The new volume's name on its array: ``<new VM>-<disk>`` in [A-Za-z0-9-], ≤ 63."""
     return _NOT_NAME.sub("-", f"{new_vm_id}-{disk}")[:63]
@@ -93,11 +98,18 @@ class CloneVM:
                 reason=Reason.VM_ID_IN_USE,
             )
         groups = [g for g in snap.groups if g.kind is GroupKind.DRIVER]
+        native = [g for g in snap.groups if g.kind is GroupKind.HYPERVISOR]
         owners = [g.owner for g in groups]
-        # Journaled before the first CloneVolumes: after a crash, recovery knows
-        # every driver that may hold volumes of this clone.
+        # Journaled before the first CloneVolumes (CopyNativeDisks): after a crash,
+        # recovery knows every driver (agent) that may hold volumes of this clone.
         await self.store.write(
-            self.store.w_journal(op.id, f"cloning {len(groups)} groups", 10, clone_drivers=owners)
+            self.store.w_journal(
+                op.id,
+                f"cloning {len(groups)} groups",
+                10,
+                clone_drivers=owners,
+                copy_agents=[g.owner for g in native],
+            )
         )
         parameters = {str(k): str(v) for k, v in dict(op.params.get("parameters", {})).items()}
         cloned: dict[str, Volume] = {}
@@ -129,6 +141,20 @@ class CloneVM:
                     volumes={d: v.locator for d, v in cloned.items()},
                 )
             )
+        for index, group in enumerate(native):
+            # Hypervisor-native disks: copied by the agent that holds the snapshot
+            # (admission made sure the new VM is defined on it).
+            targets = tuple(CloneTarget(d, target_name(new_vm_id, d)) for d in group.disks)
+            made = await with_deadline(
+                self.registry.agent(group.owner).copy_native_disks(
+                    copy_id(op.id, index), snap.vm_id, snap.id, targets
+                ),
+                self.settings.take_timeout_seconds,
+                f"CopyNativeDisks on agent {group.owner}",
+            )
+            sources = [v.locator for v in group.result.volume_snapshots] if group.result else []
+            for volume in checks.check_clone_result(group.owner, group.disks, sources, made):
+                cloned[volume.disk] = volume
         source = await self._source_vm(snap)
         disks = [d for g in snap.groups for d in g.disks]
         if source is not None:
@@ -220,6 +246,13 @@ class CloneVM:
                 lambda: agent.undefine_vm(str(op.params["new_vm_id"])),
                 f"UndefineVM {op.params['new_vm_id']} on agent {op.params['agent']}",
             )
+        for index, owner in enumerate(journal.get("copy_agents", [])):
+            cid = copy_id(op.id, index)
+            agent_name = str(owner)
+            await self._retry(
+                lambda a=agent_name, c=cid: self.registry.agent(a).delete_copied_disks(c),
+                f"DeleteCopiedDisks {cid} on agent {agent_name}",
+            )
         for index, owner in enumerate(journal.get("clone_drivers", [])):
             cid = clone_id(op.id, index)
             driver_name = str(owner)
@@ -240,4 +273,4 @@ class CloneVM:
                 await asyncio.sleep(0.1 * 2**attempt)
 
 
-__all__ = ["CloneVM", "clone_id", "target_name"]
+__all__ = ["CloneVM", "clone_id", "copy_id", "target_name"]
