@@ -93,7 +93,8 @@ async def test_clone_reads_the_snapshot_and_the_source_keeps_its_writes(
         assert snap.state is VMSnapshotState.READY
 
         # The CLI's `vm clone`, from the same snapshot, to another VM.
-        cli = subprocess.run(
+        cli = await asyncio.to_thread(
+            subprocess.run,
             [
                 sys.executable,
                 "-m",

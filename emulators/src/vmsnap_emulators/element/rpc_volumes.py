@@ -6,7 +6,7 @@ from typing import Any
 
 from . import errors
 from .errors import ElementError
-from .model import now_iso
+from .model import Snapshot, Volume, now_iso
 from .params import Params
 from .rpc import rpc
 from .state import ElementState
@@ -236,7 +236,7 @@ def clone_multiple_volumes(state: ElementState, p: Params) -> dict[str, Any]:
         if group is not None
         else {}
     )
-    sources = []
+    sources: list[tuple[Volume, Snapshot | None, Params]] = []
     for i, item in enumerate(items):
         volume_id = item.int_req("volumeID")
         src = state.volume(volume_id)
