@@ -136,8 +136,15 @@ def test_a_hypervisor_native_disk_is_copied_by_the_agent(both_clone: Cluster) ->
         taken = host.wait(host.create_vm_snapshot("mixed", "s1").id, timeout=30)
         assert taken.succeeded, taken
         source.write_bytes(b"B" * 4096)
-        done = host.wait(host.create_vm_from_snapshot(taken.vm_snapshot_id, "copy").id, timeout=30)
+        op = host.create_vm_from_snapshot(taken.vm_snapshot_id, "copy", request_id="clone-1")
+        done = host.wait(op.id, timeout=30)
         assert done.succeeded, done
+        # A retry is the same operation; the request id for another clone is refused.
+        again = host.create_vm_from_snapshot(taken.vm_snapshot_id, "copy", request_id="clone-1")
+        assert again.id == op.id and again.done
+        with pytest.raises(AlreadyExists) as reused:
+            host.create_vm_from_snapshot(taken.vm_snapshot_id, "copy-2", request_id="clone-1")
+        assert reused.value.reason == "REQUEST_ID_REUSED"
         copy = {v.disk: v.locator for v in host.get_vm("copy").volumes}
         assert copy["vda"].startswith("a://clones/") and copy["vdb"].startswith("b://clones/")
         copied = disk_path(state, copy["vdc"])
