@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from vmsnap_sdk import (
     VM,
     Capability,
+    CloneRequest,
     Consistency,
     DriverInfo,
     Limits,
@@ -68,6 +69,8 @@ class ReferenceDriver(StorageDriver):
         self.locks: dict[str, asyncio.Lock] = {}
         self.id_locks: dict[str, asyncio.Lock] = {}
         self.counter = itertools.count(1)
+        #: clone_id → (what was asked, the new volumes): a retry answers the same.
+        self.clones: dict[str, tuple[tuple[object, ...], list[Volume]]] = {}
 
     async def get_info(self) -> DriverInfo:
         return DriverInfo(
@@ -236,6 +239,36 @@ class ReferenceDriver(StorageDriver):
         if offset + length > len(data):
             raise InvalidArgument.for_field("length", "reads past the end of the volume")
         return data[offset : offset + length]
+    # --- clones -------------------------------------------------------------------
+
+    async def clone_volumes(self, request: CloneRequest) -> Sequence[Volume]:
+        key = (request.vm_snapshot_id, request.new_vm_id, request.targets)
+        async with self.lock(f"clone:{request.clone_id}", self.id_locks):
+            existing = self.clones.get(request.clone_id)
+            if existing is not None:
+                if existing[0] != key:
+                    raise AlreadyExists(
+                        f"clone {request.clone_id} was made from another snapshot or targets",
+                        reason="CLONE_ID_REUSED",
+                    )
+                return existing[1]
+            snap = self.find(request.vm_snapshot_id)
+            by_disk = {v.disk: v.locator for v in snap.result.volume_snapshots}
+            made = []
+            for target in request.targets:
+                locator = f"{SCHEME}://pool/{target.name}.{request.clone_id}"
+                # A copy of the snapshot's bytes: independent of source and snapshot.
+                data = snap.data[by_disk[target.disk]]
+                self.volumes[locator] = bytearray(data)
+                made.append(Volume(target.disk, locator, len(data)))
+            self.clones[request.clone_id] = (key, made)
+            return made
+
+    async def delete_cloned_volumes(self, clone_id: str) -> None:
+        async with self.lock(f"clone:{clone_id}", self.id_locks):
+            _, made = self.clones.pop(clone_id, (None, []))
+            for volume in made:
+                self.volumes.pop(volume.locator, None)
 
     # --- fixture ------------------------------------------------------------------
 

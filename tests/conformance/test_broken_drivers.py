@@ -24,6 +24,7 @@ from vmsnap_sdk.conformance import all_checks, run_suite
 BAD_INPUT = {
     "blocks.bounds_invalid",
     "blocks.read_bounds_invalid",
+    "clone.missing_id_invalid",
     "can_handle.duplicate_disk_invalid",
     "can_handle.empty_request_invalid",
     "can_handle.operation_required",
@@ -77,8 +78,14 @@ EXPECTED: dict[str, set[str]] = {
         "capabilities.revert_undo",
         "capabilities.post_processing",
         "capabilities.get_unknown",
+        "capabilities.clone_volumes",
     },
-    "underclaims": {"capabilities.revert", "capabilities.list", "capabilities.fixture"},
+    "underclaims": {
+        "capabilities.revert",
+        "capabilities.list",
+        "capabilities.fixture",
+        "capabilities.clone_volumes",
+    },
     "claims_everything": {
         "can_handle.unknown_volume_cant_handle",
         "can_handle.claims_own_volumes",
@@ -164,6 +171,10 @@ EXPECTED: dict[str, set[str]] = {
     },
     "ignores_page_size": {"blocks.delta_paged"},
     "reads_live_volume": {"blocks.read_returns_snapshot_bytes"},
+    "clone_shares": {"clone.reads_snapshot", "clone.independent"},
+    "clone_not_idempotent": {"clone.retry_same_volumes", "clone.same_id_other_targets"},
+    "clone_delete_noop": {"clone.delete_removes"},
+    "clone_unclaimed": {"clone.claimed"},
 }
 
 

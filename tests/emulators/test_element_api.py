@@ -395,3 +395,43 @@ def test_modify_volume_and_account_views(
     assert vid in [v.volume_id for v in mine]
     name = element_sdk.get_account_by_id(account_id).account.username
     assert vid in element_sdk.get_account_by_name(name).account.volumes
+
+
+def test_clone_multiple_volumes_from_a_group_snapshot(
+    element_emulator: EmulatorProcess, element_sdk: Any, account_id: int
+) -> None:
+    from solidfire.models import CloneMultipleVolumeParams
+
+    vids = [element_sdk.create_volume(_name("vol"), account_id, MiB).volume_id for _ in range(2)]
+    for i, vid in enumerate(vids):
+        element_emulator.write_volume(vid, 0, f"A{i}".encode() * 100)
+    group = element_sdk.create_group_snapshot(vids).group_snapshot_id
+    for i, vid in enumerate(vids):
+        element_emulator.write_volume(vid, 0, f"B{i}".encode() * 100)
+    result = element_sdk.clone_multiple_volumes(
+        [
+            CloneMultipleVolumeParams(volume_id=vid, name=_name("c"), attributes={"k": i})
+            for i, vid in enumerate(vids)
+        ],
+        group_snapshot_id=group,
+    )
+    pairs = {m.src_volume_id: m.volume_id for m in result.members}
+    assert set(pairs) == set(vids) and result.group_clone_id >= 1
+    done = element_sdk.get_async_result(result.async_handle)
+    assert done["status"] == "complete" and done["resultType"] == "CloneMultiple"
+    for i, vid in enumerate(vids):
+        clone = pairs[vid]
+        assert element_emulator.read_volume(clone, 0, 200) == f"A{i}".encode() * 100
+        assert element_emulator.read_volume(vid, 0, 200) == f"B{i}".encode() * 100
+        # Independent both ways: copy-on-write, not shared.
+        element_emulator.write_volume(clone, 0, b"CC")
+        assert element_emulator.read_volume(vid, 0, 2) == f"B{i}".encode()
+    (listed,) = element_sdk.list_volumes(volume_ids=[pairs[vids[1]]]).volumes
+    assert listed.attributes == {"k": 1}
+    # The group's members only, as on the array.
+    other = element_sdk.create_volume(_name("vol"), account_id, MiB).volume_id
+    with pytest.raises(ApiServerError) as exc:
+        element_sdk.clone_multiple_volumes(
+            [CloneMultipleVolumeParams(volume_id=other)], group_snapshot_id=group
+        )
+    assert _error(exc) == "xInvalidParameter"

@@ -2,7 +2,7 @@
 
     python -m tests.fakes.driver --listen unix:///tmp/a.sock --name io.vmsnap.test.a \
         --scheme a --state /tmp/a.json [--behaviour ok|fail-final|fail-transient|hang|barrier]
-        [--fail-on take|revert|delete] [--barrier DIR --peers N] [--capabilities ...]
+        [--fail-on take|revert|delete|clone] [--barrier DIR --peers N] [--capabilities ...]
 
 It claims volumes whose locator scheme is ``--scheme`` (at ``--priority``).
 Every call is appended to the JSON state file with the snapshots it holds, so a
@@ -13,7 +13,10 @@ a parallel fan-out without measuring time. ``hang``: a take records the
 snapshot (the cut happened) and then never answers; with ``--fail-on revert``,
 the first revert is made and never answered. ``fail-after``: the first
 revert does its work, then answers UNAVAILABLE (the outcome is unknown to the
-caller); later calls answer normally.
+caller); later calls answer normally. With CLONE_VOLUMES in ``--capabilities``
+CloneVolumes makes ``<scheme>://clones/<clone_id>/<disk>`` volumes (kept in the
+state file under "clones"); ``--fail-on clone`` fails it, or with ``hang``
+makes the clone and never answers.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 from vmsnap_sdk import (
     VM,
     Capability,
+    CloneRequest,
     Consistency,
     DriverInfo,
     Operation,
@@ -78,10 +82,12 @@ class FakeDriver(StorageDriver):
         self.snapshots: dict[str, dict[str, Any]] = {}
         self.reverted: list[str] = []
         self.polls: dict[str, int] = {}
+        self.clones: dict[str, list[list[str]]] = {}
         if options.state is not None and options.state.exists():
             data = json.loads(options.state.read_text())
             self.calls, self.snapshots = data["calls"], data["snapshots"]
             self.reverted = data.get("reverted", [])
+            self.clones = data.get("clones", {})
 
     def _record(self, method: str, snapshot_id: str = "") -> None:
         self.calls.append([method, snapshot_id])
@@ -93,7 +99,12 @@ class FakeDriver(StorageDriver):
         tmp = self.o.state.with_suffix(".tmp")
         tmp.write_text(
             json.dumps(
-                {"calls": self.calls, "snapshots": self.snapshots, "reverted": self.reverted}
+                {
+                    "calls": self.calls,
+                    "snapshots": self.snapshots,
+                    "reverted": self.reverted,
+                    "clones": self.clones,
+                }
             )
         )
         os.replace(tmp, self.o.state)
@@ -211,6 +222,26 @@ class FakeDriver(StorageDriver):
         ids = sorted(self.snapshots)
         return SnapshotPage(tuple(self._result(i) for i in ids))
 
+    async def clone_volumes(self, request: CloneRequest) -> Sequence[Volume]:
+        self._record("clone", request.clone_id)
+        if request.vm_snapshot_id not in self.snapshots:
+            raise NotFound(f"{request.vm_snapshot_id} unknown")
+        self._fail("clone")
+        made = [
+            [t.disk, f"{self.o.scheme}://clones/{request.clone_id}/{t.disk}"]
+            for t in request.targets
+        ]
+        self.clones[request.clone_id] = made
+        self._save()
+        if self.o.behaviour == "hang" and self.o.fail_on == "clone":
+            await asyncio.Event().wait()
+        return [Volume(disk, locator) for disk, locator in made]
+
+    async def delete_cloned_volumes(self, clone_id: str) -> None:
+        self._record("delete_clones", clone_id)
+        self.clones.pop(clone_id, None)
+        self._save()
+
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="io.vmsnap.test.a")
@@ -221,7 +252,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         default="ok",
         choices=["ok", "fail-final", "fail-transient", "fail-after", "hang", "barrier"],
     )
-    parser.add_argument("--fail-on", default="take", choices=["take", "revert", "delete"])
+    parser.add_argument(
+        "--fail-on", default="take", choices=["take", "revert", "delete", "clone"]
+    )
     parser.add_argument("--barrier", type=Path)
     parser.add_argument("--peers", type=int, default=2)
     parser.add_argument("--priority", default="PLUGIN", choices=[p.name for p in Priority])

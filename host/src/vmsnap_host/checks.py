@@ -86,6 +86,8 @@ NATIVE_ECHOES_ID = "native.echoes_id"
 NATIVE_COVERS_DISKS = "native.covers_requested_disks"
 NATIVE_SIZE_LIMITS = "native.size_limits"
 INFO_SIZE_LIMITS = "info.size_limits"
+CLONE_COVERS_TARGETS = "clone.one_volume_per_target"
+CLONE_NEW_VOLUMES = "clone.new_volumes"
 
 # Peer-sent text quoted in a message (a disk name, a handle) is cut to this, and
 # a peer's name (or "name at address") to _PEER.
@@ -409,3 +411,30 @@ __all__ = [
     "check_take_result",
     "cut",
 ]
+
+
+def check_clone_result(
+    driver: str, targets: Sequence[str], sources: Sequence[str], volumes: Sequence[Volume]
+) -> list[Volume]:
+    """Check CloneVolumes' answer before the host defines a VM with it: one valid
+    volume per target disk (in target order), each a new volume — never a source
+    volume, never twice the same (the new VM would write into the source)."""
+    _check_disk_set(
+        driver, targets, [v.disk for v in volumes], CLONE_COVERS_TARGETS, "the clone", "driver"
+    )
+    locators = [v.locator for v in volumes]
+    shared = sorted(set(locators) & set(sources))
+    if shared or len(set(locators)) != len(locators):
+        raise _violation(
+            driver,
+            CLONE_NEW_VOLUMES,
+            f"the clone's volumes {_names(shared or locators)} are not new, distinct volumes",
+        )
+    for v in volumes:
+        scheme, sep, rest = v.locator.partition("://")
+        if not sep or not scheme or not rest or len(v.locator) > 1024 or v.size_bytes < 0:
+            raise _violation(
+                driver, CLONE_NEW_VOLUMES, f"the clone of {v.disk} has no valid locator or size"
+            )
+    by_disk = {v.disk: v for v in volumes}
+    return [by_disk[d] for d in targets]

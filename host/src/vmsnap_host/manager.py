@@ -296,7 +296,115 @@ class Manager:
                     )
                     self._start(op)
             except Duplicate as exc:
-                return self._duplicate(exc, request_id, OperationType.REVERT, snap.vm_id, snapshot_id)
+                return self._duplicate(
+                    exc, request_id, OperationType.REVERT, snap.vm_id, snapshot_id
+                )
+            return op
+
+    async def create_vm_from_snapshot(
+        self,
+        request_id: str,
+        snapshot_id: str,
+        new_vm_id: str,
+        *,
+        agent: str,
+        name: str,
+        parameters: Mapping[str, str],
+    ) -> OperationRecord:
+        """Start a CLONE operation: a new VM from a READY snapshot (executor.clone).
+
+        Queued on the *source* VM: a delete of the snapshot waits behind it, so the
+        snapshot stays READY while its volumes are cloned."""
+        snap = self._snapshot(snapshot_id)
+        async with self._admit(snap.vm_id):
+            existing = self._replay(request_id, OperationType.CLONE, snap.vm_id, snapshot_id)
+            if existing is not None:
+                if existing.params.get("new_vm_id") != new_vm_id:
+                    raise AlreadyExists(
+                        f"request_id {request_id} was already used to clone snapshot "
+                        f"{snapshot_id} as VM {existing.params.get('new_vm_id')}; use a new "
+                        "request_id",
+                        reason=Reason.REQUEST_ID_REUSED,
+                    )
+                return existing
+            if snap.state is not SnapshotState.READY:
+                raise FailedPrecondition(
+                    f"snapshot {snapshot_id} is {snap.state.name}; only a READY snapshot can "
+                    "be cloned",
+                    reason=Reason.SNAPSHOT_STATE,
+                )
+            try:
+                await self.registry.find_vm(new_vm_id)
+            except NotFound:
+                pass
+            else:
+                raise AlreadyExists(
+                    f"VM {new_vm_id} is already defined; choose another id for the new VM",
+                    reason=Reason.VM_ID_IN_USE,
+                )
+            agent_name = agent or snap.agent
+            for g in snap.groups:
+                if g.kind is GroupKind.HYPERVISOR:
+                    owner = self.registry.agent_entry(g.owner)
+                    if owner is not None and owner.info and not owner.info.copy_native_disks:
+                        raise FailedPrecondition(
+                            f"disks {', '.join(g.disks)} of snapshot {snapshot_id} are "
+                            f"native snapshots on agent {g.owner}, which cannot copy them "
+                            "(copy_native_disks is false)",
+                            reason=Reason.CLONE_UNSUPPORTED,
+                        )
+                    if agent_name != g.owner:
+                        raise FailedPrecondition(
+                            f"disks {', '.join(g.disks)} of snapshot {snapshot_id} are copied "
+                            f"by agent {g.owner} onto its own hypervisor: define the new VM "
+                            f"there (agent {g.owner}, or leave agent empty)",
+                            reason=Reason.CLONE_UNSUPPORTED,
+                        )
+                    continue
+                # Unknown capabilities (the driver not checked yet): the call decides.
+                known = self.registry.driver_entry(g.owner)
+                if (
+                    known is not None
+                    and known.info is not None
+                    and Capability.CLONE_VOLUMES not in known.info.capabilities
+                ):
+                    raise FailedPrecondition(
+                        f"driver {g.owner} does not offer CAPABILITY_CLONE_VOLUMES; the "
+                        f"disks {', '.join(g.disks)} of snapshot {snapshot_id} cannot be "
+                        "cloned into a new VM",
+                        reason=Reason.CLONE_UNSUPPORTED,
+                    )
+            if self.registry.agent_entry(agent_name) is None:
+                raise NotFound(
+                    f"agent {agent_name} is not registered; name a registered agent "
+                    "(ListAgents) or leave agent empty for the snapshot's own",
+                    reason=Reason.AGENT_NOT_FOUND,
+                )
+            self._check_queue(snap.vm_id)
+            op = self._new_op(
+                OperationType.CLONE,
+                request_id,
+                snap.vm_id,
+                snapshot_id,
+                {
+                    "new_vm_id": new_vm_id,
+                    "agent": agent_name,
+                    "name": name or new_vm_id,
+                    "parameters": dict(parameters),
+                },
+                # The new VM joins the source's project (issue 12) when defined.
+                project=snap.project,
+            )
+            try:
+                async with self._admitting_op(op):
+                    await self.store.write(
+                        self._admit_step(snap.vm_id), self.store.w_insert_operation(op)
+                    )
+                    self._start(op)
+            except Duplicate as exc:
+                return self._duplicate(
+                    exc, request_id, OperationType.CLONE, snap.vm_id, snapshot_id
+                )
             return op
 
     async def delete_snapshot(self, request_id: str, snapshot_id: str) -> OperationRecord:

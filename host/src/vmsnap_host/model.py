@@ -50,6 +50,8 @@ class OperationType(enum.Enum):
     #: Recorded done when UndefineVM removed the VM: it makes the request_id
     #: idempotent (never queued or run by the executor).
     UNDEFINE_VM = 4
+    #: CreateVMFromSnapshot: a new VM (params new_vm_id) cloned from vm_snapshot_id.
+    CLONE = 5
 
 
 class GroupKind(enum.Enum):

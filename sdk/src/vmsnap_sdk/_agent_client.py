@@ -16,6 +16,7 @@ from vmsnap_sdk._tls import ClientTLS, open_channel
 from vmsnap_sdk._types import (
     VM,
     AgentInfo,
+    CloneTarget,
     Consistency,
     NativeSnapshot,
     Page,
@@ -24,6 +25,7 @@ from vmsnap_sdk._types import (
     QuiesceResult,
     UnquiesceResult,
     VMPage,
+    Volume,
 )
 from vmsnap_sdk.agent import HypervisorAgent
 
@@ -190,6 +192,34 @@ class AgentClient(HypervisorAgent):
         await call(
             self._stub.DeleteNativeSnapshot,
             pb.DeleteNativeSnapshotRequest(vm_id=vm_id, snapshot_id=snapshot_id),
+            self._t(timeout),
+        )
+
+    async def copy_native_disks(
+        self,
+        copy_id: str,
+        vm_id: str,
+        snapshot_id: str,
+        disks: Sequence[CloneTarget],
+        *,
+        timeout: float | None = None,
+    ) -> list[Volume]:
+        response = await call(
+            self._stub.CopyNativeDisks,
+            pb.CopyNativeDisksRequest(
+                copy_id=copy_id,
+                vm_id=vm_id,
+                snapshot_id=snapshot_id,
+                disks=[pb.DiskCopy(disk=d.disk, name=d.name) for d in disks],
+            ),
+            self._t(timeout),
+        )
+        return [cv.volume_from_pb(v) for v in response.volumes]
+
+    async def delete_copied_disks(self, copy_id: str, *, timeout: float | None = None) -> None:
+        await call(
+            self._stub.DeleteCopiedDisks,
+            pb.DeleteCopiedDisksRequest(copy_id=copy_id),
             self._t(timeout),
         )
 

@@ -10,12 +10,12 @@ from google.protobuf import duration_pb2
 
 from vmsnap_sdk import _convert as cv
 from vmsnap_sdk import _validate as val
-from vmsnap_sdk._errors import InvalidArgument, Unimplemented
+from vmsnap_sdk._errors import Internal, InvalidArgument, Unimplemented
 from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.hypervisor.v1 import hypervisor_pb2 as pb
 from vmsnap_sdk._proto.hypervisor.v1 import hypervisor_pb2_grpc
 from vmsnap_sdk._server import invoke
-from vmsnap_sdk._types import Page, QuiesceMethod
+from vmsnap_sdk._types import CloneTarget, Page, QuiesceMethod
 from vmsnap_sdk.agent import HypervisorAgent
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -254,3 +254,34 @@ class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
             return pb.ListNativeSnapshotsResponse(snapshots=[cv.native_to_pb(s) for s in snapshots])
 
         return await invoke(context, "ListNativeSnapshots", run)
+
+    async def CopyNativeDisks(  # noqa: N802
+        self, request: pb.CopyNativeDisksRequest, context: Ctx
+    ) -> pb.CopyNativeDisksResponse:
+        async def run() -> pb.CopyNativeDisksResponse:
+            val.require_id("copy_id", request.copy_id)
+            val.require_id("vm_id", request.vm_id)
+            val.require_id("snapshot_id", request.snapshot_id)
+            disks = tuple(CloneTarget(d.disk, d.name) for d in request.disks)
+            val.require_disk_copies("disks", disks)
+            volumes = list(
+                await self._agent.copy_native_disks(
+                    request.copy_id, request.vm_id, request.snapshot_id, disks
+                )
+            )
+            if [v.disk for v in volumes] != [d.disk for d in disks]:
+                raise Internal("the agent's CopyNativeDisks answer is not one disk per request")
+            val.require_volumes("volumes", volumes)
+            return pb.CopyNativeDisksResponse(volumes=[cv.volume_to_pb(v) for v in volumes])
+
+        return await invoke(context, "CopyNativeDisks", run)
+
+    async def DeleteCopiedDisks(  # noqa: N802
+        self, request: pb.DeleteCopiedDisksRequest, context: Ctx
+    ) -> pb.DeleteCopiedDisksResponse:
+        async def run() -> pb.DeleteCopiedDisksResponse:
+            val.require_id("copy_id", request.copy_id)
+            await self._agent.delete_copied_disks(request.copy_id)
+            return pb.DeleteCopiedDisksResponse()
+
+        return await invoke(context, "DeleteCopiedDisks", run)

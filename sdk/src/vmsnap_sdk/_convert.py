@@ -200,6 +200,7 @@ def agent_info_to_pb(info: t.AgentInfo) -> hypervisor_pb2.GetAgentInfoResponse:
             hypervisor_pb2.QuiesceMethod.ValueType(q.value) for q in info.quiesce_methods
         ),
         memory_snapshots=info.memory_snapshots,
+        copy_native_disks=info.copy_native_disks,
     )
 
 
@@ -212,6 +213,7 @@ def agent_info_from_pb(m: hypervisor_pb2.GetAgentInfoResponse) -> t.AgentInfo:
         quiesce_methods=frozenset(_enum(t.QuiesceMethod, q) for q in m.quiesce_methods)
         - {t.QuiesceMethod.UNSPECIFIED},
         memory_snapshots=m.memory_snapshots,
+        copy_native_disks=m.copy_native_disks,
     )
 
 

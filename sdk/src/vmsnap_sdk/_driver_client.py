@@ -19,6 +19,7 @@ from vmsnap_sdk._proto.driver.v1 import driver_pb2, driver_pb2_grpc
 from vmsnap_sdk._tls import ClientTLS, open_channel
 from vmsnap_sdk._types import (
     VM,
+    CloneRequest,
     DriverInfo,
     Operation,
     Page,
@@ -155,6 +156,27 @@ class DriverClient(StorageDriver):
         return SnapshotPage(
             snapshots=tuple(cv.result_from_pb(r) for r in response.vm_snapshots),
             next_token=response.next_page_token,
+        )
+
+    async def clone_volumes(
+        self, request: CloneRequest, *, timeout: float | None = None
+    ) -> list[Volume]:
+        message = driver_pb2.CloneVolumesRequest(
+            clone_id=request.clone_id,
+            vm_snapshot_id=request.vm_snapshot_id,
+            snapshot=cv.result_to_pb(request.snapshot),
+            new_vm_id=request.new_vm_id,
+            targets=[driver_pb2.CloneTarget(disk=t.disk, name=t.name) for t in request.targets],
+            parameters=dict(request.parameters),
+        )
+        response = await call(self._stub.CloneVolumes, message, self._t(timeout))
+        return [cv.volume_from_pb(v) for v in response.volumes]
+
+    async def delete_cloned_volumes(self, clone_id: str, *, timeout: float | None = None) -> None:
+        await call(
+            self._stub.DeleteClonedVolumes,
+            driver_pb2.DeleteClonedVolumesRequest(clone_id=clone_id),
+            self._t(timeout),
         )
 
     async def create_test_volume(

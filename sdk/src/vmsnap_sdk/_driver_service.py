@@ -22,7 +22,16 @@ from vmsnap_sdk._errors import Internal, InvalidArgument
 from vmsnap_sdk._proto.driver.v1 import driver_pb2, driver_pb2_grpc
 from vmsnap_sdk._reasons import Reason
 from vmsnap_sdk._server import invoke
-from vmsnap_sdk._types import Consistency, Operation, Page, RevertRequest, TakeRequest, Volume
+from vmsnap_sdk._types import (
+    CloneRequest,
+    CloneTarget,
+    Consistency,
+    Operation,
+    Page,
+    RevertRequest,
+    TakeRequest,
+    Volume,
+)
 from vmsnap_sdk.driver import StorageDriver
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -248,6 +257,68 @@ class DriverServicer(driver_pb2_grpc.StorageDriverServicer):
             )
 
         await invoke(context, "ReadSnapshot", run)
+    async def CloneVolumes(  # noqa: N802
+        self, request: driver_pb2.CloneVolumesRequest, context: Ctx
+    ) -> driver_pb2.CloneVolumesResponse:
+        async def run() -> driver_pb2.CloneVolumesResponse:
+            val.require_id("clone_id", request.clone_id)
+            val.require_id("vm_snapshot_id", request.vm_snapshot_id)
+            val.require_id("new_vm_id", request.new_vm_id)
+            if not request.HasField("snapshot"):
+                raise InvalidArgument.for_field("snapshot", "is required (what the take returned)")
+            snapshot = cv.result_from_pb(request.snapshot)
+            targets = tuple(CloneTarget(t.disk, t.name) for t in request.targets)
+            val.require_clone_targets("targets", targets, snapshot)
+            val.require_map("parameters", request.parameters)
+            clone = CloneRequest(
+                clone_id=request.clone_id,
+                vm_snapshot_id=request.vm_snapshot_id,
+                snapshot=snapshot,
+                new_vm_id=request.new_vm_id,
+                targets=targets,
+                parameters=dict(request.parameters),
+            )
+            volumes = list(await self._driver.clone_volumes(clone))
+            _valid_clones("CloneVolumes", targets, volumes)
+            return driver_pb2.CloneVolumesResponse(volumes=[cv.volume_to_pb(v) for v in volumes])
+
+        return await invoke(context, "CloneVolumes", run)
+
+    async def DeleteClonedVolumes(  # noqa: N802
+        self, request: driver_pb2.DeleteClonedVolumesRequest, context: Ctx
+    ) -> driver_pb2.DeleteClonedVolumesResponse:
+        async def run() -> driver_pb2.DeleteClonedVolumesResponse:
+            val.require_id("clone_id", request.clone_id)
+            await self._driver.delete_cloned_volumes(request.clone_id)
+            return driver_pb2.DeleteClonedVolumesResponse()
+
+        return await invoke(context, "DeleteClonedVolumes", run)
+
+
+def _valid_clones(method: str, targets: tuple[CloneTarget, ...], volumes: list[Volume]) -> None:
+    """One valid volume per target, in target order: the host defines the new VM with them."""
+    problem = None
+    if [v.disk for v in volumes] != [t.disk for t in targets]:
+        problem = (
+            f"volumes for disks {[v.disk for v in volumes]}, not one per target "
+            f"{[t.disk for t in targets]} in target order"
+        )
+    else:
+        try:
+            val.require_volumes("volumes", volumes)
+        except InvalidArgument as exc:
+            problem = exc.message
+    if problem is None:
+        return
+    log.error(
+        "the driver's answer is not a valid input; refused",
+        extra={"fields": {"method": method, "problem": problem}},
+    )
+    raise Internal(
+        f"the driver's {method} answer is not a valid set of volumes: {problem}; "
+        "the SDK refused to send it",
+        reason=Reason.ANSWER_INVALID,
+    )
 
 
 _MIB = 1024 * 1024

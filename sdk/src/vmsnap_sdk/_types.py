@@ -63,6 +63,7 @@ class Capability(enum.Enum):
     CONFORMANCE_FIXTURE = 6
     CHANGED_BLOCKS = 9
     READ_SNAPSHOT = 10
+    CLONE_VOLUMES = 7
 
 
 class QuiesceMethod(enum.Enum):
@@ -213,6 +214,26 @@ class RevertResult:
 
 
 @dataclass(frozen=True)
+class CloneTarget:
+    """One new volume of a clone: the snapshot's disk, and the new volume's name."""
+
+    disk: str
+    name: str
+
+
+@dataclass(frozen=True)
+class CloneRequest:
+    """Arguments of CloneVolumes, validated by the SDK before the driver sees them."""
+
+    clone_id: str
+    vm_snapshot_id: str
+    snapshot: SnapshotResult
+    new_vm_id: str
+    targets: tuple[CloneTarget, ...]
+    parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Page:
     """Paging arguments of a list call."""
 
@@ -241,6 +262,8 @@ class AgentInfo:
     contract_versions: tuple[str, ...] = ("v1",)
     quiesce_methods: frozenset[QuiesceMethod] = frozenset()
     memory_snapshots: bool = False
+    #: CopyNativeDisks / DeleteCopiedDisks are offered (clone to a new VM).
+    copy_native_disks: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from vmsnap_sdk._errors import InvalidArgument
-from vmsnap_sdk._types import Volume
+from vmsnap_sdk._types import CloneTarget, SnapshotResult, Volume
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DISK_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -27,6 +27,9 @@ MAX_MAP_VALUE = 4096
 MAX_PAGE_SIZE = 1000
 MAX_TOKEN = 1024
 MAX_IO_BYTES = 4 * 1024 * 1024
+#: A clone's new volume name: what every reference array accepts as a volume or
+#: file name (Element: letters, digits and dashes, at most 64).
+CLONE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
 
 
 def require_id(field: str, value: str) -> str:
@@ -108,3 +111,53 @@ def require_range(field: str, value: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise InvalidArgument.for_field(field, f"must be between {low} and {high}; got {value}")
     return value
+
+
+def require_disk_copies(field: str, disks: Sequence[CloneTarget]) -> None:
+    """1..256 disks, each once, each with a valid new name (CopyNativeDisks)."""
+    if not disks:
+        raise InvalidArgument.for_field(field, "at least one disk is required")
+    if len(disks) > MAX_VOLUMES:
+        raise InvalidArgument.for_field(field, f"has {len(disks)} disks; at most {MAX_VOLUMES}")
+    seen: set[str] = set()
+    for i, d in enumerate(disks):
+        if not DISK_PATTERN.match(d.disk) or d.disk in seen:
+            raise InvalidArgument.for_field(
+                f"{field}[{i}].disk", "must be a disk name ([a-z0-9_-], 1..63), each once"
+            )
+        seen.add(d.disk)
+        if not CLONE_NAME_PATTERN.match(d.name):
+            raise InvalidArgument.for_field(
+                f"{field}[{i}].name",
+                "must be 1..63 chars of [A-Za-z0-9-], starting with a letter or digit",
+            )
+
+
+def require_clone_targets(
+    field: str, targets: Sequence[CloneTarget], snapshot: SnapshotResult
+) -> None:
+    """1..256 targets, each a disk of the snapshot once, each with a valid name."""
+    if not targets:
+        raise InvalidArgument.for_field(field, "at least one target is required")
+    if len(targets) > MAX_VOLUMES:
+        raise InvalidArgument.for_field(field, f"has {len(targets)} targets; at most {MAX_VOLUMES}")
+    disks = snapshot.disks
+    seen: set[str] = set()
+    for i, target in enumerate(targets):
+        if not DISK_PATTERN.match(target.disk):
+            raise InvalidArgument.for_field(
+                f"{field}[{i}].disk", "must be 1..63 chars of [a-z0-9_-], e.g. vda"
+            )
+        if target.disk in seen:
+            raise InvalidArgument.for_field(f"{field}[{i}].disk", f"{target.disk!r} appears twice")
+        if target.disk not in disks:
+            raise InvalidArgument.for_field(
+                f"{field}[{i}].disk",
+                f"{target.disk!r} is not a disk of the snapshot ({', '.join(sorted(disks))})",
+            )
+        seen.add(target.disk)
+        if not CLONE_NAME_PATTERN.match(target.name):
+            raise InvalidArgument.for_field(
+                f"{field}[{i}].name",
+                "must be 1..63 chars of [A-Za-z0-9-], starting with a letter or digit",
+            )

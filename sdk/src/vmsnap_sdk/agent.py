@@ -15,6 +15,7 @@ from vmsnap_sdk._errors import Unimplemented
 from vmsnap_sdk._types import (
     VM,
     AgentInfo,
+    CloneTarget,
     NativeSnapshot,
     Page,
     QuiesceInfo,
@@ -22,6 +23,7 @@ from vmsnap_sdk._types import (
     QuiesceResult,
     UnquiesceResult,
     VMPage,
+    Volume,
 )
 
 
@@ -106,3 +108,14 @@ class HypervisorAgent(abc.ABC):
     @abc.abstractmethod
     async def list_native_snapshots(self, vm_id: str) -> Sequence[NativeSnapshot]:
         """Native snapshots of a VM (all VMs when vm_id is empty)."""
+
+    async def copy_native_disks(
+        self, copy_id: str, vm_id: str, snapshot_id: str, disks: Sequence[CloneTarget]
+    ) -> Sequence[Volume]:
+        """New disks holding a native snapshot's bytes, one per ``disks`` entry in
+        order (AgentInfo.copy_native_disks). Idempotent on ``copy_id``."""
+        raise Unimplemented("CopyNativeDisks is not offered by this agent")
+
+    async def delete_copied_disks(self, copy_id: str) -> None:
+        """Delete the disks made for ``copy_id`` (idempotent)."""
+        raise Unimplemented("DeleteCopiedDisks is not offered by this agent")

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from vmsnap_sdk._errors import Unimplemented
 from vmsnap_sdk._types import (
     VM,
+    CloneRequest,
     DriverInfo,
     Operation,
     Page,
@@ -108,6 +109,19 @@ class StorageDriver(abc.ABC):
     async def read_snapshot(self, snapshot: SnapshotRef, offset: int, length: int) -> bytes:
         """``length`` bytes (at most 4 MiB) of the snapshot from ``offset``."""
         raise Unimplemented("ReadSnapshot is not offered by this driver")
+    # --- clone to a new VM (CAPABILITY_CLONE_VOLUMES) --------------------------------
+
+    async def clone_volumes(self, request: CloneRequest) -> Sequence[Volume]:
+        """New volumes from the snapshot, one per target in target order: ``disk``
+        the target's disk, ``locator`` a volume this driver claims. Each is
+        independent of the snapshot and its source (writes go to one only).
+        Idempotent on ``clone_id``: tag what you create with it; the same id with
+        another snapshot or other targets must raise AlreadyExists."""
+        raise Unimplemented("CloneVolumes is not offered by this driver")
+
+    async def delete_cloned_volumes(self, clone_id: str) -> None:
+        """Delete every volume made for ``clone_id`` (found by its tags). Unknown is fine."""
+        raise Unimplemented("DeleteClonedVolumes is not offered by this driver")
 
     # --- ConformanceFixture (test arrays only; CAPABILITY_CONFORMANCE_FIXTURE) ------
 

@@ -69,4 +69,8 @@ VARIANTS: dict[str, Starter] = {
     "unsorted_ranges": sdk(domain.UnsortedRanges),
     "ignores_page_size": sdk(domain.IgnoresPageSize),
     "reads_live_volume": sdk(domain.ReadsLiveVolume),
+    "clone_shares": sdk(domain.CloneShares),
+    "clone_not_idempotent": sdk(domain.CloneNotIdempotent),
+    "clone_delete_noop": sdk(domain.CloneDeleteNoop),
+    "clone_unclaimed": sdk(domain.CloneUnclaimed),
 }

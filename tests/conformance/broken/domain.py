@@ -15,6 +15,7 @@ from tests.conformance.reference_driver import ReferenceDriver, Snap
 from vmsnap_sdk import (
     VM,
     Capability,
+    CloneRequest,
     Consistency,
     DriverInfo,
     Limits,
@@ -72,6 +73,9 @@ class Overclaims(ReferenceDriver):
 
     async def take_snapshot(self, request: TakeRequest) -> SnapshotResult:
         return replace(await super().take_snapshot(request), ready=False)
+
+    async def clone_volumes(self, request: CloneRequest) -> Sequence[Volume]:
+        raise Unimplemented("no clone after all")
 
 
 class Underclaims(ReferenceDriver):
@@ -333,3 +337,51 @@ class ReadsLiveVolume(ReferenceDriver):
 
     async def read_snapshot(self, snapshot: SnapshotRef, offset: int, length: int) -> bytes:
         return bytes(self.volume(snapshot.volume.locator)[offset : offset + length])
+class CloneShares(ReferenceDriver):
+    """A "clone" that is the source volume under a second name: no copy at all."""
+
+    async def clone_volumes(self, request: CloneRequest) -> Sequence[Volume]:
+        snap = self.find(request.vm_snapshot_id)
+        by_disk = {v.disk: v.locator for v in snap.result.volume_snapshots}
+        made = []
+        for target in request.targets:
+            locator = f"ref://pool/{target.name}.{request.clone_id}"
+            self.volumes[locator] = self.volumes[by_disk[target.disk]]  # the same bytes
+            made.append(Volume(target.disk, locator, len(self.volumes[locator])))
+        return made
+
+
+class CloneNotIdempotent(ReferenceDriver):
+    """Every CloneVolumes makes a new set, whatever the clone_id."""
+
+    async def clone_volumes(self, request: CloneRequest) -> Sequence[Volume]:
+        self.clones.pop(request.clone_id, None)
+        made = await super().clone_volumes(request)
+        n = next(self.counter)
+        renamed = []
+        for volume in made:
+            locator = f"{volume.locator}.{n}"
+            self.volumes[locator] = self.volumes.pop(volume.locator)
+            renamed.append(replace(volume, locator=locator))
+        self.clones.pop(request.clone_id, None)
+        return renamed
+
+
+class CloneDeleteNoop(ReferenceDriver):
+    """DeleteClonedVolumes answers OK and removes nothing."""
+
+    async def delete_cloned_volumes(self, clone_id: str) -> None:
+        return None
+
+
+class CloneUnclaimed(ReferenceDriver):
+    """Clones land under a scheme its own CanHandle does not claim."""
+
+    async def clone_volumes(self, request: CloneRequest) -> Sequence[Volume]:
+        made = await super().clone_volumes(request)
+        moved = []
+        for volume in made:
+            locator = volume.locator.replace("ref://", "copy://", 1)
+            self.volumes.setdefault(locator, self.volumes[volume.locator])
+            moved.append(replace(volume, locator=locator))
+        return moved

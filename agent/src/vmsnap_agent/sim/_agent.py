@@ -46,6 +46,7 @@ from vmsnap_agent.sim._store import (
 from vmsnap_sdk import (
     VM,
     AgentInfo,
+    CloneTarget,
     Consistency,
     HypervisorAgent,
     NativeSnapshot,
@@ -84,6 +85,8 @@ VM_FROZEN = "VM_FROZEN"
 VM_NOT_RUNNING = "VM_NOT_RUNNING"
 VM_NOT_STOPPED = "VM_NOT_STOPPED"
 SNAPSHOT_DATA_MISSING = "SNAPSHOT_DATA_MISSING"
+#: Under the disks directory: the copies CopyNativeDisks made, one directory per copy id.
+COPIES_DIR = "vmsnap-copies"
 
 
 @dataclass(frozen=True)
@@ -374,6 +377,7 @@ class SimAgent(HypervisorAgent):
                 }
             ),
             memory_snapshots=True,
+            copy_native_disks=True,
         )
 
     async def describe_vm(self, vm_id: str) -> VM:
@@ -703,6 +707,66 @@ class SimAgent(HypervisorAgent):
             },
         )
         return _native(snapshot)
+
+    # --- clone to a new VM: copies of a native snapshot's disks ------------------
+
+    @staticmethod
+    def _copy_locator(copy_id: str, name: str) -> str:
+        # A file disk like any other (file:///...): the new VM's native snapshots
+        # keep its bytes. The directory names the copy: found again by its id.
+        return f"{_disks.FILE_SCHEME}/{COPIES_DIR}/{copy_id}/{name}"
+
+    async def copy_native_disks(
+        self, copy_id: str, vm_id: str, snapshot_id: str, disks: Sequence[CloneTarget]
+    ) -> Sequence[Volume]:
+        async with self._lock(vm_id):
+            snapshot = self._store.state.snapshots.get(vm_id, {}).get(snapshot_id)
+            if snapshot is None:
+                raise NotFound(
+                    f"VM {vm_id} has no native snapshot {snapshot_id}", reason="SNAPSHOT_NOT_FOUND"
+                )
+            record = self._get(vm_id)
+            locators = {v.disk: v.locator for v in record.volumes}
+            made = []
+            for i, target in enumerate(disks):
+                if target.disk not in snapshot.disks:
+                    raise InvalidArgument.for_field(
+                        f"disks[{i}].disk",
+                        f"{target.disk!r} is not a disk of native snapshot {snapshot_id}",
+                    )
+                if not _disks.holds_bytes(locators.get(target.disk, "")):
+                    raise FailedPrecondition(
+                        f"native snapshot {snapshot_id} keeps no bytes of disk {target.disk} "
+                        f"({locators.get(target.disk)}): nothing to copy",
+                        reason=SNAPSHOT_DATA_MISSING,
+                    )
+                source = self._copies.copy_of(vm_id, snapshot_id, target.disk)
+                locator = self._copy_locator(copy_id, target.name)
+                path = _disks.disk_path(self._copies.state_dir, locator)
+                assert path is not None
+                if not path.exists():  # a retry keeps what the new VM may have written
+                    if not source.exists():
+                        raise FailedPrecondition(
+                            f"the saved data of disk {target.disk} in native snapshot "
+                            f"{snapshot_id} is gone",
+                            reason=SNAPSHOT_DATA_MISSING,
+                        )
+                    try:
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        await asyncio.to_thread(_disks.copy_durably, source, path)
+                    except OSError as exc:
+                        raise _io_error(f"copying disk {target.disk} of {snapshot_id}", exc) from exc
+                made.append(Volume(target.disk, locator, path.stat().st_size))
+            log.info(
+                "native disks copied",
+                extra={"fields": {"copy_id": copy_id, "vm_id": vm_id, "snapshot_id": snapshot_id}},
+            )
+            return made
+
+    async def delete_copied_disks(self, copy_id: str) -> None:
+        path = _disks.disk_path(self._copies.state_dir, self._copy_locator(copy_id, "x"))
+        assert path is not None
+        await asyncio.to_thread(_disks.remove_tree, path.parent)
 
     async def revert_native_snapshot(self, vm_id: str, snapshot_id: str) -> VM:
         async with self._lock(vm_id):

@@ -171,10 +171,10 @@ class NativeCopies:
         return self.snapshot_dir(vm_id, snapshot_id) / vm_key(disk)
 
     def remove_snapshot(self, vm_id: str, snapshot_id: str) -> None:
-        _remove_tree(self.snapshot_dir(vm_id, snapshot_id))
+        remove_tree(self.snapshot_dir(vm_id, snapshot_id))
 
     def remove_vm(self, vm_id: str) -> None:
-        _remove_tree(self.root / vm_key(vm_id))
+        remove_tree(self.root / vm_key(vm_id))
 
     def keep_only(self, wanted: dict[str, set[str]]) -> None:
         """Remove every copy not in ``wanted`` (VM key → snapshot keys): what a
@@ -184,14 +184,14 @@ class NativeCopies:
         for vm_dir in self.root.iterdir():
             keep = wanted.get(vm_dir.name)
             if keep is None:
-                _remove_tree(vm_dir)
+                remove_tree(vm_dir)
                 continue
             for snap_dir in vm_dir.iterdir():
                 if snap_dir.name not in keep:
-                    _remove_tree(snap_dir)
+                    remove_tree(snap_dir)
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     if not path.exists():
         return
     shutil.rmtree(path, ignore_errors=True)

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 
 from vmsnap_driver_netapp import _catalog as catalog
+from vmsnap_driver_netapp import _clones as clones
 from vmsnap_driver_netapp._array import OntapArray
 from vmsnap_driver_netapp._catalog import FlexVol, Found
 from vmsnap_driver_netapp._config import Config
@@ -40,6 +41,7 @@ from vmsnap_driver_netapp._snapread import FileReader
 from vmsnap_sdk import (
     VM,
     Capability,
+    CloneRequest,
     Consistency,
     DriverInfo,
     Operation,
@@ -97,6 +99,7 @@ class NetAppDriver(StorageDriver):
             Capability.LIST,
             Capability.CHANGED_BLOCKS,
             Capability.READ_SNAPSHOT,
+            Capability.CLONE_VOLUMES,
         }
         if self._fixture is not None:
             capabilities.add(Capability.CONFORMANCE_FIXTURE)
@@ -365,6 +368,112 @@ class NetAppDriver(StorageDriver):
         chosen = ids[: page.size]
         token = f"after:{chosen[-1]}" if len(ids) > page.size else ""
         return SnapshotPage(tuple(self._result(found[i]) for i in chosen), token)
+
+    # --- clone to a new VM -----------------------------------------------------------
+
+    async def clone_volumes(self, request: CloneRequest) -> Sequence[Volume]:
+        _check_id("clone_id", request.clone_id)
+        _check_id("new_vm_id", request.new_vm_id)
+        action = f"clone snapshot {request.vm_snapshot_id} as {request.clone_id}"
+        async with self._lock(f"clone:{request.clone_id}"):
+            found = await self._find(request.vm_snapshot_id, action)
+            if found is None or not found.clones:
+                raise NotFound(
+                    f"{action}: no snapshot {request.vm_snapshot_id} on {self.config.url}"
+                )
+            by_disk = {c.disk: c for c in found.clones}
+            volumes = {(await self._volume(by_disk[t.disk].source)) for t in request.targets}
+            names = {t.disk: t.name for t in request.targets}
+            existing = [
+                (vol, held)
+                for vol in volumes
+                if (
+                    held := await self.array.call(
+                        action, partial(clones.scan, vol, request.clone_id)
+                    )
+                )
+                is not None
+            ]
+            for _vol, held in existing:
+                same = (
+                    held.vm_snapshot_id in ("", request.vm_snapshot_id)
+                    and held.vm_id in ("", request.new_vm_id)
+                    and all(names.get(d) == f[0] for d, f in held.files.items())
+                )
+                if not same:
+                    raise AlreadyExists(
+                        f"clone {request.clone_id} exists on {self.config.url} from snapshot "
+                        f"{held.vm_snapshot_id or '?'} for VM {held.vm_id or '?'} with disks "
+                        f"{sorted(held.files)}; use a new clone_id",
+                        reason="CLONE_ID_REUSED",
+                    )
+            held_disks = {d for _v, held in existing for d in held.files}
+            for vol in volumes:
+                await self.array.call(
+                    action,
+                    partial(
+                        clones.start,
+                        vol,
+                        request.clone_id,
+                        request.vm_snapshot_id,
+                        request.new_vm_id,
+                    ),
+                )
+            jobs = []
+            for target in request.targets:
+                if target.disk in held_disks:
+                    continue
+                snap_file = by_disk[target.disk]
+                vol = await self._volume(snap_file.source)
+                jobs.append(
+                    self.array.call(
+                        action,
+                        partial(
+                            clones.clone_one,
+                            vol,
+                            request.clone_id,
+                            target.disk,
+                            target.name,
+                            snap_file.path,
+                        ),
+                    )
+                )
+            await asyncio.gather(*jobs)
+            made: dict[str, tuple[FlexVol, int, str]] = {}
+            for vol in volumes:
+                await self.array.call(action, partial(clones.finish, vol, request.clone_id))
+                held = await self.array.call(action, partial(clones.scan, vol, request.clone_id))
+                for disk, (_name, path, size) in (held.files if held else {}).items():
+                    made[disk] = (vol, size, path)
+            missing = [t.disk for t in request.targets if t.disk not in made]
+            if missing:  # pragma: no cover - the clones were just made
+                raise NotFound(f"{action}: the clones of {missing} vanished while being made")
+            log.info(
+                "disk files cloned",
+                extra={"fields": {"clone_id": request.clone_id, "disks": sorted(made)}},
+            )
+            return [
+                Volume(
+                    disk=t.disk,
+                    locator=DiskFile(
+                        made[t.disk][0].svm, made[t.disk][0].name, made[t.disk][2]
+                    ).locator,
+                    size_bytes=made[t.disk][1],
+                )
+                for t in request.targets
+            ]
+
+    async def delete_cloned_volumes(self, clone_id: str) -> None:
+        _check_id("clone_id", clone_id)
+        action = f"delete clone {clone_id}"
+        svms = await self.svms()
+        async with self._lock(f"clone:{clone_id}"):
+            for vol in await self.array.call(action, partial(catalog.list_volumes, svms)):
+                if await self.array.call(action, partial(clones.remove, vol, clone_id)):
+                    log.info(
+                        "cloned disk files deleted",
+                        extra={"fields": {"clone_id": clone_id, "volume": vol.name}},
+                    )
 
     # --- ConformanceFixture --------------------------------------------------------
 

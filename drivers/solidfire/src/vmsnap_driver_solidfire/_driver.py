@@ -18,6 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from solidfire.models import CloneMultipleVolumeParams
+
+from vmsnap_driver_solidfire import _clones as clones
 from vmsnap_driver_solidfire._array import ElementArray
 from vmsnap_driver_solidfire._config import Config
 from vmsnap_driver_solidfire._fixture import EmulatorData
@@ -25,6 +28,7 @@ from vmsnap_driver_solidfire._tags import Tag, locator, parse_locator
 from vmsnap_sdk import (
     VM,
     Capability,
+    CloneRequest,
     Consistency,
     DriverInfo,
     Limits,
@@ -86,6 +90,7 @@ class SolidFireDriver(StorageDriver):
             Capability.REVERT_UNDO,
             Capability.CONSISTENT_GROUP,
             Capability.LIST,
+            Capability.CLONE_VOLUMES,
         }
         if self._fixture is not None:
             capabilities.add(Capability.CONFORMANCE_FIXTURE)
@@ -374,6 +379,118 @@ class SolidFireDriver(StorageDriver):
                 f"{field}.volume_snapshot.handle", "is no Element snapshot id (digits)"
             )
         return int(ref.volume.handle)
+    # --- clone to a new VM -----------------------------------------------------------
+
+    async def clone_volumes(self, request: CloneRequest) -> Sequence[Volume]:
+        cluster = await self.cluster()
+        action = f"clone snapshot {request.vm_snapshot_id} as {request.clone_id}"
+        async with self._lock(f"clone:{request.clone_id}"):
+            existing = [
+                c for c in await clones.find(self.array, request.clone_id, action) if not c.deleted
+            ]
+            wanted = {t.disk for t in request.targets}
+            if existing:
+                have = {c.tag.disk for c in existing}
+                same = all(
+                    c.tag.vm_snapshot_id == request.vm_snapshot_id
+                    and c.tag.vm_id == request.new_vm_id
+                    for c in existing
+                )
+                if not same or not have <= wanted:
+                    raise AlreadyExists(
+                        f"clone {request.clone_id} exists on cluster {cluster} from snapshot "
+                        f"{existing[0].tag.vm_snapshot_id} for VM {existing[0].tag.vm_id} "
+                        f"with disks {sorted(have)}; use a new clone_id",
+                        reason="CLONE_ID_REUSED",
+                    )
+                names = {t.disk: t.name for t in request.targets}
+                if have == wanted and all(names[c.tag.disk] == c.name for c in existing):
+                    return self._clone_result(request, existing, cluster)
+                if have == wanted:
+                    raise AlreadyExists(
+                        f"clone {request.clone_id} exists on cluster {cluster} with other "
+                        "volume names; use a new clone_id",
+                        reason="CLONE_ID_REUSED",
+                    )
+                # Fewer than asked: left by an interrupted call; made again whole, at
+                # the group's instant.
+                await self._delete_clones(existing, action)
+            found = await self._find(request.vm_snapshot_id, action)
+            if not found:
+                raise NotFound(
+                    f"{action}: no snapshot {request.vm_snapshot_id} on cluster {cluster}"
+                )
+            group, tag = found[0]
+            volume_of = {disk: volume_id for volume_id, disk in tag.disks.items()}
+            params = [
+                CloneMultipleVolumeParams(
+                    volume_id=volume_of[t.disk],
+                    name=t.name,
+                    attributes=clones.CloneTag(
+                        request.clone_id, request.vm_snapshot_id, request.new_vm_id, t.disk
+                    ).attributes(),
+                )
+                for t in request.targets
+            ]
+            group_id = int(group.group_snapshot_id)
+            result = await self.array.call(
+                action,
+                lambda sf: sf.clone_multiple_volumes(params, group_snapshot_id=group_id),
+            )
+            await clones.wait_async(
+                self.array, int(result.async_handle), action, self.config.call_timeout
+            )
+            made = await clones.find(self.array, request.clone_id, action)
+            log.info(
+                "volumes cloned",
+                extra={
+                    "fields": {
+                        "clone_id": request.clone_id,
+                        "vm_snapshot_id": request.vm_snapshot_id,
+                        "group_clone_id": result.group_clone_id,
+                    }
+                },
+            )
+            return self._clone_result(request, [c for c in made if not c.deleted], cluster)
+
+    async def delete_cloned_volumes(self, clone_id: str) -> None:
+        action = f"delete clone {clone_id}"
+        async with self._lock(f"clone:{clone_id}"):
+            await self._delete_clones(await clones.find(self.array, clone_id, action), action)
+
+    async def _delete_clones(self, found: Sequence[clones.ClonedVolume], action: str) -> None:
+        for volume in found:
+            volume_id = volume.volume_id
+            if not volume.deleted:
+                with contextlib.suppress(NotFound):
+                    await self.array.call(action, _volume_call("delete_volume", volume_id))
+            # Purged at once: a compensated clone leaves nothing on the cluster.
+            with contextlib.suppress(NotFound):
+                await self.array.call(action, _volume_call("purge_deleted_volume", volume_id))
+            log.info(
+                "cloned volume deleted",
+                extra={"fields": {"clone_id": volume.tag.clone_id, "volume": volume_id}},
+            )
+
+    @staticmethod
+    def _clone_result(
+        request: CloneRequest, made: Sequence[clones.ClonedVolume], cluster: str
+    ) -> list[Volume]:
+        by_disk = {c.tag.disk: c for c in made}
+        missing = [t.disk for t in request.targets if t.disk not in by_disk]
+        if missing:
+            raise NotFound(
+                f"the clones of disks {missing} ({request.clone_id}) vanished from "
+                f"cluster {cluster} while being made"
+            )
+        return [
+            Volume(
+                disk=t.disk,
+                locator=locator(cluster, by_disk[t.disk].volume_id),
+                size_bytes=by_disk[t.disk].size,
+            )
+            for t in request.targets
+        ]
 
     # --- ConformanceFixture --------------------------------------------------------
 
@@ -471,6 +588,10 @@ def _block_page(answer: Mapping[str, Any]) -> BlockPage:
 
 def _delete_group(group_id: int) -> Callable[[Any], object]:
     return lambda sf: sf.delete_group_snapshot(group_snapshot_id=group_id, save_members=False)
+
+
+def _volume_call(method: str, volume_id: int) -> Callable[[Any], object]:
+    return lambda sf: getattr(sf, method)(volume_id)
 
 
 def _snapshot_name(vm_snapshot_id: str) -> str:

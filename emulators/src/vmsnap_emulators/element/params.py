@@ -112,6 +112,12 @@ class Params:
             raise self._type_error(name, "array of integers")
         return list(value)
 
+    def dict_list_req(self, name: str) -> list[dict[str, Any]]:
+        value = self._get(name, True)
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self._type_error(name, "array of objects")
+        return list(value)
+
     def ignore(self, *names: str) -> None:
         """Accept parameters that the emulator takes but has no behaviour for."""
         self.used.update(names)

@@ -6,7 +6,7 @@ from typing import Any
 
 from . import errors
 from .errors import ElementError
-from .model import now_iso
+from .model import Snapshot, Volume, now_iso
 from .params import Params
 from .rpc import rpc
 from .state import ElementState
@@ -202,3 +202,73 @@ def clone_volume(state: ElementState, p: Params) -> dict[str, Any]:
         "volume": _volume(state, vol.volumeID),
         "curve": vol.qos.get("curve", {}),
     }
+
+
+def _clone_param(item: dict[str, Any], i: int) -> Params:
+    """One entry of CloneMultipleVolumes' ``volumes`` (CloneMultipleVolumeParams)."""
+    p = Params(item)
+    p.int_req("volumeID")
+    unknown = set(item) - {"volumeID", "access", "name", "newAccountID", "newSize", "attributes"}
+    if unknown:
+        raise errors.invalid(f"volumes[{i}] has unknown members {sorted(unknown)}.")
+    return p
+
+
+@rpc("CloneMultipleVolumes")
+def clone_multiple_volumes(state: ElementState, p: Params) -> dict[str, Any]:
+    """Clones of several volumes at one instant, or of a group snapshot's members.
+
+    As on the array: with ``groupSnapshotID`` every listed volume must be a member of
+    that group and its clone is made from the member snapshot; without it the clones
+    share one point in time of the current volumes (the state lock covers them all).
+    A clone shares the source's blocks (copy-on-write): writes to either side never
+    reach the other.
+    """
+    items = [_clone_param(item, i) for i, item in enumerate(p.dict_list_req("volumes"))]
+    if not items:
+        raise errors.invalid("volumes must list at least one volume.")
+    default_access = _access(p)
+    default_account = p.int_opt("newAccountID")
+    group_id = p.int_opt("groupSnapshotID")
+    group = state.group(group_id) if group_id is not None else None
+    members = (
+        {state.snapshots[sid].volumeID: state.snapshots[sid] for sid in group.members}
+        if group is not None
+        else {}
+    )
+    sources: list[tuple[Volume, Snapshot | None, Params]] = []
+    for i, item in enumerate(items):
+        volume_id = item.int_req("volumeID")
+        src = state.volume(volume_id)
+        if group is not None and volume_id not in members:
+            raise errors.invalid(
+                f"VolumeID {volume_id} is not a member of GroupSnapshotID {group_id}."
+            )
+        if volume_id in [s.volumeID for s, _, _ in sources]:
+            raise errors.invalid(f"volumes[{i}]: VolumeID {volume_id} is listed twice.")
+        sources.append((src, members.get(volume_id), item))
+    # One point in time without a group snapshot: freeze every source first.
+    pairs = []
+    for src, snap, item in sources:
+        account = item.int_opt("newAccountID")
+        account = default_account if account is None else account
+        access = _access(item) or default_access or src.access
+        vol = state.clone_volume(
+            src,
+            snap,
+            item.str_opt("name", max_len=64) or src.name,
+            src.accountID if account is None else account,
+            item.int_opt("newSize"),
+            access,
+            item.dict_opt("attributes") or {},
+        )
+        pairs.append({"volumeID": vol.volumeID, "srcVolumeID": src.volumeID})
+    state.next_ids.setdefault("groupClone", 1)
+    group_clone_id = state.next_ids["groupClone"]
+    state.next_ids["groupClone"] = group_clone_id + 1
+    res = state.add_async(
+        "CloneMultiple",
+        {"groupCloneID": group_clone_id, "members": pairs},
+        {"groupCloneID": group_clone_id},
+    )
+    return {"asyncHandle": res.asyncHandle, "groupCloneID": group_clone_id, "members": pairs}

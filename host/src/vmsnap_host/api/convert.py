@@ -10,7 +10,14 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import status_pb2
 
 from vmsnap_host.api import errors
-from vmsnap_host.model import ErrorInfo, Group, GroupKind, OperationRecord, Snapshot
+from vmsnap_host.model import (
+    ErrorInfo,
+    Group,
+    GroupKind,
+    OperationRecord,
+    OperationType,
+    Snapshot,
+)
 from vmsnap_host.reconcile import Finding
 from vmsnap_host.registry import AgentEntry, DriverEntry
 from vmsnap_sdk import Capability, QuiesceMethod
@@ -95,6 +102,7 @@ def operation_to_pb(op: OperationRecord, snapshot: Snapshot | None) -> pb.Operat
         request_id=op.request_id,
         project=op.project,
         cancel_requested=op.cancel_requested and not op.done,
+        new_vm_id=str(op.params.get("new_vm_id", "")) if op.type is OperationType.CLONE else "",
     )
     if (status := _status(op.error)) is not None:
         message.error.CopyFrom(status)

@@ -307,6 +307,36 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
 
         return await _call(context, "DeleteVMSnapshot", run)
 
+    # --- clone to a new VM ---------------------------------------------------------
+
+    async def CreateVMFromSnapshot(  # noqa: N802
+        self, request: pb.CreateVMFromSnapshotRequest, context: Ctx
+    ) -> pb.CreateVMFromSnapshotResponse:
+        async def run() -> pb.CreateVMFromSnapshotResponse:
+            val.require_id("request_id", request.request_id)
+            val.require_id("snapshot_id", request.snapshot_id)
+            val.require_id("new_vm_id", request.new_vm_id)
+            if request.agent:
+                val.require_text("agent", request.agent, 128)
+            val.require_text("new_vm_name", request.new_vm_name, required=False)
+            val.require_map("parameters", request.parameters)
+            wait = _wait_seconds("wait", True, request.wait) if request.HasField("wait") else None
+            self._snapshot(request.snapshot_id)  # another project's: NOT_FOUND
+            self._request_id(request.request_id)
+            op = await self.manager.create_vm_from_snapshot(
+                request.request_id,
+                request.snapshot_id,
+                request.new_vm_id,
+                agent=request.agent,
+                name=request.new_vm_name,
+                parameters=dict(request.parameters),
+            )
+            if wait and not op.done:
+                op = await self.manager.wait_operation(op.id, wait)
+            return pb.CreateVMFromSnapshotResponse(operation=self._op(op))
+
+        return await _call(context, "CreateVMFromSnapshot", run)
+
     # --- operations ---------------------------------------------------------------
 
     async def GetOperation(  # noqa: N802

@@ -65,6 +65,8 @@ ROLES: dict[str, Role] = {
     # Live events and cancel (issue 13).
     "WatchOperations": Role.VIEWER,
     "CancelOperation": Role.OPERATOR,
+    # Clone to a new VM (issue 14).
+    "CreateVMFromSnapshot": Role.OPERATOR,
 }
 
 #: RPCs that change something: each call is audited, whatever its result.
@@ -83,6 +85,7 @@ MUTATING = frozenset(
         "RemoveAgent",
         "Reconcile",
         "CancelOperation",
+        "CreateVMFromSnapshot",
     }
 )
 

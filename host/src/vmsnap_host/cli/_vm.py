@@ -172,3 +172,8 @@ def vm_undefine(
         out.console.print(
             f"VM {vm_id} undefined" + (f" ({deleted} snapshots deleted)" if deleted else "")
         )
+
+
+from vmsnap_host.cli._clone import vm_clone  # noqa: E402 - registered below
+
+app.command("clone")(vm_clone)

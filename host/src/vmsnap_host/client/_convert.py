@@ -98,6 +98,7 @@ def operation(m: pb.Operation) -> t.Operation:
         vm_snapshot=vm_snapshot(m.vm_snapshot) if m.HasField("vm_snapshot") else None,
         project=m.project,
         cancel_requested=m.cancel_requested,
+        new_vm_id=m.new_vm_id,
     )
 
 

@@ -209,3 +209,4 @@ class SyncHostClient:
         finally:
             # The caller stopped (or Ctrl-C): the stream on the loop ends too.
             future.cancel()
+    create_vm_from_snapshot = _blocking(HostClient.create_vm_from_snapshot)

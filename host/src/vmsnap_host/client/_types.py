@@ -51,6 +51,8 @@ class OperationType(enum.Enum):
     DELETE = 3
     #: An UndefineVM, recorded done when the VM was undefined.
     UNDEFINE_VM = 4
+    #: A new VM cloned from a snapshot (Operation.new_vm_id).
+    CLONE = 5
 
 
 class GroupKind(enum.Enum):
@@ -161,6 +163,8 @@ class Operation:
     project: str = ""
     #: A cancel was recorded and the work has not ended yet.
     cancel_requested: bool = False
+    #: CLONE: the new VM's id.
+    new_vm_id: str = ""
 
     @property
     def succeeded(self) -> bool:

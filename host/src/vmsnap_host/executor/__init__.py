@@ -2,6 +2,7 @@
 
 - :mod:`.take` — quiesce → parallel take → thaw → check → READY, or compensate;
 - :mod:`.revert` — all or nothing across groups, across failures and crashes;
+- :mod:`.clone` — a new VM from a snapshot, compensated on failure or restart;
 - :mod:`.cleanup` — owed deletes, the delete operation, kept revert states;
 - :mod:`.freeze` — the freeze lifecycle (lease, renewals, a thaw that is sure);
 - :mod:`.groups` — calls to one group's owner, every result checked;
@@ -20,6 +21,7 @@ import logging
 from vmsnap_host.config import Settings
 from vmsnap_host.decisions import DecisionCache
 from vmsnap_host.executor.cleanup import Cleanup
+from vmsnap_host.executor.clone import CloneVM
 from vmsnap_host.executor.errors import OperationFailed, as_error, error_info
 from vmsnap_host.executor.freeze import FreezeKeeper
 from vmsnap_host.executor.groups import GroupCalls, native_result
@@ -56,6 +58,7 @@ class Executor:
             store, registry, settings, self.calls, self.cleanup, self.freezes, decisions
         )
         self.revert = Revert(store, registry, settings, self.calls, self.cleanup)
+        self.clone = CloneVM(store, registry, settings)
 
     async def run(self, op: OperationRecord, *, resume: bool = False, vm: VM | None = None) -> None:
         """Run (or, after a crash, resume) one operation to a defined end. Returns
@@ -69,7 +72,12 @@ class Executor:
                 error = NotFound(f"VM snapshot {op.vm_snapshot_id} does not exist any more")
                 await self.store.write(self.store.w_finish(op.id, error_info(error), "failed"))
                 return
-            if op.type is OperationType.CREATE:
+            if op.type is OperationType.CLONE:
+                if resume:
+                    await self.clone.roll_back(op)
+                else:
+                    await self.clone.run(op, snap)
+            elif op.type is OperationType.CREATE:
                 if resume:
                     await self.roll_back_take(op)
                 else:
@@ -97,6 +105,17 @@ class Executor:
             )
         except asyncio.CancelledError:
             raise
+        except VMSnapError as exc:
+            if op.type is not OperationType.CLONE:
+                await self._end_unexpected(op, as_error(exc, f"{op.type.name.lower()} operation"))
+                return
+            # A clone's compensation could not finish (a driver or the agent down):
+            # left open, so that the next reconcile tick resumes it (roll_back) until
+            # nothing of it is left.
+            log.warning(
+                "clone compensation unfinished; retried",
+                extra={"fields": {"operation": op.id, "why": exc.message}},
+            )
         except Exception as exc:  # noqa: BLE001 - a bug must not leave the operation open
             await self._end_unexpected(op, as_error(exc, f"{op.type.name.lower()} operation"))
 

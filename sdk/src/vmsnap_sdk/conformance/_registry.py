@@ -26,6 +26,7 @@ CATEGORIES = (
     "take",
     "revert",
     "delete",
+    "clone",
     "list",
     "blocks",
     "concurrency",

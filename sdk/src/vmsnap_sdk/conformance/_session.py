@@ -359,6 +359,52 @@ class Session:
             "RevertVMSnapshot", self.driver.RevertVMSnapshot, request, self.rpc_timeout
         )
 
+    async def clone(
+        self,
+        snapshot: driver_pb2.VMSnapshotResult,
+        clone_id: str,
+        *,
+        targets: Sequence[tuple[str, str]] = (),
+        new_vm_id: str = "",
+        register: bool = True,
+    ) -> list[common_pb2.Volume]:
+        """CloneVolumes of ``snapshot`` (every disk, named after the clone id unless
+        ``targets`` (disk, name) are given), registered for cleanup before the call
+        (unless ``register`` is false: a driver without the capability cannot delete)."""
+        if register:
+            self.register_clone(clone_id)
+        if not targets:
+            targets = [
+                (v.disk, f"{clone_id.replace('.', '-').replace('_', '-')}-{v.disk}"[:63])
+                for v in snapshot.volume_snapshots
+            ]
+        request = driver_pb2.CloneVolumesRequest(
+            clone_id=clone_id,
+            vm_snapshot_id=snapshot.vm_snapshot_id,
+            snapshot=snapshot,
+            new_vm_id=new_vm_id or f"{self.vm_id}-clone",
+            targets=[driver_pb2.CloneTarget(disk=d, name=n) for d, n in targets],
+            parameters=dict(self.params.parameters),
+        )
+        response = await call("CloneVolumes", self.driver.CloneVolumes, request, self.rpc_timeout)
+        return list(response.volumes)
+
+    def register_clone(self, clone_id: str) -> None:
+        """Delete the clone's volumes at cleanup (by its id alone, as the host does)."""
+
+        async def undo() -> None:
+            await self.delete_clone(clone_id)
+
+        self.resources.add(f"clone {clone_id}", undo)
+
+    async def delete_clone(self, clone_id: str) -> None:
+        await call(
+            "DeleteClonedVolumes",
+            self.driver.DeleteClonedVolumes,
+            driver_pb2.DeleteClonedVolumesRequest(clone_id=clone_id),
+            self.rpc_timeout,
+        )
+
     async def list_page(
         self, page_size: int = 0, page_token: str = "", vm_id: str = ""
     ) -> driver_pb2.ListVMSnapshotsResponse:

@@ -155,3 +155,18 @@ async def consistent_group(s: Session) -> None:
         "consistency CRASH or better without a freeze",
         common_pb2.Consistency.Name(result.consistency),
     )
+
+
+@check(
+    "capabilities.clone_volumes",
+    "CAPABILITY_CLONE_VOLUMES advertised ⇔ CloneVolumes is served (else UNIMPLEMENTED)",
+)
+async def clone_volumes(s: Session) -> None:
+    snapshot = _unknown_snapshot(s)
+    clone_id = s.new_id("clone")
+    advertised = s.has(Capability.CLONE_VOLUMES)
+    call_ = s.clone(snapshot, clone_id, targets=[("vda", "no-such-clone")], register=advertised)
+    if advertised:
+        await expect_code(call_, NOT_FOUND, INVALID, what="advertised clone of an unknown snapshot")
+    else:
+        await expect_code(call_, UNIMPLEMENTED, what="clone without CAPABILITY_CLONE_VOLUMES")

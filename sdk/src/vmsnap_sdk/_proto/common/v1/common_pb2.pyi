@@ -315,6 +315,21 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """RESOURCE_EXHAUSTED: a WatchOperations stream fell too far behind and was
     dropped; watch again with `since`.
     """
+    CLONE_UNSUPPORTED: _ErrorReason.ValueType  # 85
+    """-- Clone to a new VM (CreateVMFromSnapshot, CloneVolumes).
+    FAILED_PRECONDITION: a driver of the snapshot does not offer
+    CAPABILITY_CLONE_VOLUMES, or the agent cannot copy a hypervisor-native disk.
+    """
+    CLONE_ID_REUSED: _ErrorReason.ValueType  # 86
+    """ALREADY_EXISTS: CloneVolumes with a clone_id used for another snapshot or
+    other targets.
+    """
+    CLONE_TARGET_EXISTS: _ErrorReason.ValueType  # 87
+    """ALREADY_EXISTS: a clone's target name is taken by a volume that is not of
+    this clone.
+    """
+    VM_ID_IN_USE: _ErrorReason.ValueType  # 88
+    """ALREADY_EXISTS: CreateVMFromSnapshot's new VM id is defined on an agent."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call or an operation failed: the `reason` of the google.rpc.ErrorInfo
@@ -572,6 +587,21 @@ WATCH_TOO_SLOW: ErrorReason.ValueType  # 74
 """RESOURCE_EXHAUSTED: a WatchOperations stream fell too far behind and was
 dropped; watch again with `since`.
 """
+CLONE_UNSUPPORTED: ErrorReason.ValueType  # 85
+"""-- Clone to a new VM (CreateVMFromSnapshot, CloneVolumes).
+FAILED_PRECONDITION: a driver of the snapshot does not offer
+CAPABILITY_CLONE_VOLUMES, or the agent cannot copy a hypervisor-native disk.
+"""
+CLONE_ID_REUSED: ErrorReason.ValueType  # 86
+"""ALREADY_EXISTS: CloneVolumes with a clone_id used for another snapshot or
+other targets.
+"""
+CLONE_TARGET_EXISTS: ErrorReason.ValueType  # 87
+"""ALREADY_EXISTS: a clone's target name is taken by a volume that is not of
+this clone.
+"""
+VM_ID_IN_USE: ErrorReason.ValueType  # 88
+"""ALREADY_EXISTS: CreateVMFromSnapshot's new VM id is defined on an agent."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

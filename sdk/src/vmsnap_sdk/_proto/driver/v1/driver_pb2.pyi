@@ -100,6 +100,8 @@ class _CapabilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Capability
     """
     CAPABILITY_READ_SNAPSHOT: _Capability.ValueType  # 10
     """ReadSnapshot is offered."""
+    CAPABILITY_CLONE_VOLUMES: _Capability.ValueType  # 7
+    """CloneVolumes and DeleteClonedVolumes are offered: new volumes from a snapshot."""
 
 class Capability(_Capability, metaclass=_CapabilityEnumTypeWrapper):
     """What a driver can do. An absent capability answers UNIMPLEMENTED."""
@@ -126,6 +128,8 @@ GetMetadataAllocated and GetMetadataDelta are offered.
 """
 CAPABILITY_READ_SNAPSHOT: Capability.ValueType  # 10
 """ReadSnapshot is offered."""
+CAPABILITY_CLONE_VOLUMES: Capability.ValueType  # 7
+"""CloneVolumes and DeleteClonedVolumes are offered: new volumes from a snapshot."""
 Global___Capability: _TypeAlias = Capability  # noqa: Y015
 
 class _Priority:
@@ -1406,3 +1410,170 @@ class ReadSnapshotResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReadSnapshotResponse: _TypeAlias = ReadSnapshotResponse  # noqa: Y015
+
+@_typing.final
+class CloneTarget(_message.Message):
+    """One new volume to make from a snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISK_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    disk: _builtins.str
+    """Required: a disk of the snapshot (VolumeSnapshot.disk); each disk once."""
+    name: _builtins.str
+    """Required: the new volume's name on the array, 1..63 chars of [A-Za-z0-9-]
+    starting with a letter or digit (the host makes it from the new VM's id and
+    the disk). Unique for the array's purpose is the driver's job: it may place
+    the volume under a directory or prefix of its own.
+    """
+    def __init__(
+        self,
+        *,
+        disk: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloneTarget: _TypeAlias = CloneTarget  # noqa: Y015
+
+@_typing.final
+class CloneVolumesRequest(_message.Message):
+    """Make new volumes from a snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CLONE_ID_FIELD_NUMBER: _builtins.int
+    VM_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    NEW_VM_ID_FIELD_NUMBER: _builtins.int
+    TARGETS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    clone_id: _builtins.str
+    """Required: the idempotency key (an id, as vm_snapshot_id); the driver tags
+    the new volumes with it.
+    """
+    vm_snapshot_id: _builtins.str
+    """Required: the host's id of the snapshot to clone from."""
+    new_vm_id: _builtins.str
+    """Required: the VM the new volumes are for (an id), for tags on the array."""
+    @_builtins.property
+    def snapshot(self) -> Global___VMSnapshotResult:
+        """What the take returned (handles, group handle, metadata)."""
+
+    @_builtins.property
+    def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___CloneTarget]:
+        """The volumes to make: 1..256, each a disk of the snapshot, each disk once."""
+
+    @_builtins.property
+    def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Driver-specific parameters: at most 64 entries, keys 1..256 chars, values
+        at most 4096 chars.
+        """
+
+    def __init__(
+        self,
+        *,
+        clone_id: _builtins.str = ...,
+        vm_snapshot_id: _builtins.str = ...,
+        snapshot: Global___VMSnapshotResult | None = ...,
+        new_vm_id: _builtins.str = ...,
+        targets: _abc.Iterable[Global___CloneTarget] | None = ...,
+        parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clone_id", b"clone_id", "new_vm_id", b"new_vm_id", "parameters", b"parameters", "snapshot", b"snapshot", "targets", b"targets", "vm_snapshot_id", b"vm_snapshot_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloneVolumesRequest: _TypeAlias = CloneVolumesRequest  # noqa: Y015
+
+@_typing.final
+class CloneVolumesResponse(_message.Message):
+    """The new volumes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOLUMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def volumes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Volume]:
+        """Exactly one per target, in target order: disk is the target's disk, locator
+        a volume this driver claims (PRIORITY_PLUGIN or above), size_bytes its size.
+        """
+
+    def __init__(
+        self,
+        *,
+        volumes: _abc.Iterable[_common_pb2.Volume] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["volumes", b"volumes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloneVolumesResponse: _TypeAlias = CloneVolumesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteClonedVolumesRequest(_message.Message):
+    """Delete the volumes of a clone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLONE_ID_FIELD_NUMBER: _builtins.int
+    clone_id: _builtins.str
+    """Required: the clone_id CloneVolumes was called with."""
+    def __init__(
+        self,
+        *,
+        clone_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clone_id", b"clone_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteClonedVolumesRequest: _TypeAlias = DeleteClonedVolumesRequest  # noqa: Y015
+
+@_typing.final
+class DeleteClonedVolumesResponse(_message.Message):
+    """Result of DeleteClonedVolumes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteClonedVolumesResponse: _TypeAlias = DeleteClonedVolumesResponse  # noqa: Y015

@@ -102,6 +102,16 @@ class StorageDriverStub:
                 request_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ReadSnapshotRequest.SerializeToString,
                 response_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ReadSnapshotResponse.FromString,
                 _registered_method=True)
+        self.CloneVolumes = channel.unary_unary(
+                '/vmsnap.driver.v1.StorageDriver/CloneVolumes',
+                request_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.CloneVolumesRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.CloneVolumesResponse.FromString,
+                _registered_method=True)
+        self.DeleteClonedVolumes = channel.unary_unary(
+                '/vmsnap.driver.v1.StorageDriver/DeleteClonedVolumes',
+                request_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.DeleteClonedVolumesRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.DeleteClonedVolumesResponse.FromString,
+                _registered_method=True)
 
 
 class StorageDriverServicer:
@@ -255,6 +265,41 @@ class StorageDriverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CloneVolumes(self, request, context):
+        """-- Clone to a new VM (CAPABILITY_CLONE_VOLUMES).
+        New volumes made from a snapshot's volume snapshots, one per target: each
+        an independent volume (copy-on-write or copied) whose writes never reach the
+        snapshot or its source volume, and the other way round. Idempotent on
+        clone_id: the driver tags what it creates with it, so a retry returns the
+        same volumes (never a second set) and DeleteClonedVolumes finds them by the
+        id alone; the same clone_id with another snapshot or other targets is
+        ALREADY_EXISTS.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        NOT_FOUND            NOT_FOUND             the snapshot (or a volume snapshot) is gone
+        ALREADY_EXISTS       CLONE_ID_REUSED       the same clone_id with other arguments
+        ALREADY_EXISTS       CLONE_TARGET_EXISTS   a target name is taken by a volume not of this clone
+        RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space for the new volumes
+        ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
+        UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CLONE_VOLUMES)
+        INTERNAL             ANSWER_INVALID        the answer is no valid set of volumes (SDK)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteClonedVolumes(self, request, context):
+        """Delete every volume CloneVolumes made for clone_id: how the host compensates
+        a clone that failed. Idempotent: an unknown clone_id is OK, not NOT_FOUND.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      clone_id breaks its rule
+        ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
+        UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CLONE_VOLUMES)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageDriverServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -312,6 +357,16 @@ def add_StorageDriverServicer_to_server(servicer, server):
                     servicer.ReadSnapshot,
                     request_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ReadSnapshotRequest.FromString,
                     response_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ReadSnapshotResponse.SerializeToString,
+            ),
+            'CloneVolumes': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloneVolumes,
+                    request_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.CloneVolumesRequest.FromString,
+                    response_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.CloneVolumesResponse.SerializeToString,
+            ),
+            'DeleteClonedVolumes': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteClonedVolumes,
+                    request_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.DeleteClonedVolumesRequest.FromString,
+                    response_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.DeleteClonedVolumesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -624,6 +679,60 @@ class StorageDriver:
             '/vmsnap.driver.v1.StorageDriver/ReadSnapshot',
             vmsnap_dot_driver_dot_v1_dot_driver__pb2.ReadSnapshotRequest.SerializeToString,
             vmsnap_dot_driver_dot_v1_dot_driver__pb2.ReadSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloneVolumes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.driver.v1.StorageDriver/CloneVolumes',
+            vmsnap_dot_driver_dot_v1_dot_driver__pb2.CloneVolumesRequest.SerializeToString,
+            vmsnap_dot_driver_dot_v1_dot_driver__pb2.CloneVolumesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteClonedVolumes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.driver.v1.StorageDriver/DeleteClonedVolumes',
+            vmsnap_dot_driver_dot_v1_dot_driver__pb2.DeleteClonedVolumesRequest.SerializeToString,
+            vmsnap_dot_driver_dot_v1_dot_driver__pb2.DeleteClonedVolumesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -171,6 +171,33 @@ class StorageDriverStub:
       NOT_FOUND            NOT_FOUND             the snapshot (or the volume) is gone
       UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_READ_SNAPSHOT)
     """
+    CloneVolumes: _aio.UnaryUnaryMultiCallable[_driver_pb2.CloneVolumesRequest, _driver_pb2.CloneVolumesResponse]
+    """-- Clone to a new VM (CAPABILITY_CLONE_VOLUMES).
+    New volumes made from a snapshot's volume snapshots, one per target: each
+    an independent volume (copy-on-write or copied) whose writes never reach the
+    snapshot or its source volume, and the other way round. Idempotent on
+    clone_id: the driver tags what it creates with it, so a retry returns the
+    same volumes (never a second set) and DeleteClonedVolumes finds them by the
+    id alone; the same clone_id with another snapshot or other targets is
+    ALREADY_EXISTS.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      NOT_FOUND            NOT_FOUND             the snapshot (or a volume snapshot) is gone
+      ALREADY_EXISTS       CLONE_ID_REUSED       the same clone_id with other arguments
+      ALREADY_EXISTS       CLONE_TARGET_EXISTS   a target name is taken by a volume not of this clone
+      RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space for the new volumes
+      ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
+      UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CLONE_VOLUMES)
+      INTERNAL             ANSWER_INVALID        the answer is no valid set of volumes (SDK)
+    """
+    DeleteClonedVolumes: _aio.UnaryUnaryMultiCallable[_driver_pb2.DeleteClonedVolumesRequest, _driver_pb2.DeleteClonedVolumesResponse]
+    """Delete every volume CloneVolumes made for clone_id: how the host compensates
+    a clone that failed. Idempotent: an unknown clone_id is OK, not NOT_FOUND.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      clone_id breaks its rule
+      ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
+      UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CLONE_VOLUMES)
+    """
 
 class StorageDriverServicer(metaclass=_abc_1.ABCMeta):
     """A vendor's storage driver. Every mutating call is idempotent on vm_snapshot_id.
@@ -343,6 +370,45 @@ class StorageDriverServicer(metaclass=_abc_1.ABCMeta):
           INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (past the volume's end)
           NOT_FOUND            NOT_FOUND             the snapshot (or the volume) is gone
           UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_READ_SNAPSHOT)
+        """
+
+    @_abc_1.abstractmethod
+    def CloneVolumes(
+        self,
+        request: _driver_pb2.CloneVolumesRequest,
+        context: _aio.ServicerContext[_driver_pb2.CloneVolumesRequest, _abc.Awaitable[_driver_pb2.CloneVolumesResponse]],
+    ) -> _abc.Awaitable[_driver_pb2.CloneVolumesResponse]:
+        """-- Clone to a new VM (CAPABILITY_CLONE_VOLUMES).
+        New volumes made from a snapshot's volume snapshots, one per target: each
+        an independent volume (copy-on-write or copied) whose writes never reach the
+        snapshot or its source volume, and the other way round. Idempotent on
+        clone_id: the driver tags what it creates with it, so a retry returns the
+        same volumes (never a second set) and DeleteClonedVolumes finds them by the
+        id alone; the same clone_id with another snapshot or other targets is
+        ALREADY_EXISTS.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          NOT_FOUND            NOT_FOUND             the snapshot (or a volume snapshot) is gone
+          ALREADY_EXISTS       CLONE_ID_REUSED       the same clone_id with other arguments
+          ALREADY_EXISTS       CLONE_TARGET_EXISTS   a target name is taken by a volume not of this clone
+          RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space for the new volumes
+          ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
+          UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CLONE_VOLUMES)
+          INTERNAL             ANSWER_INVALID        the answer is no valid set of volumes (SDK)
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteClonedVolumes(
+        self,
+        request: _driver_pb2.DeleteClonedVolumesRequest,
+        context: _aio.ServicerContext[_driver_pb2.DeleteClonedVolumesRequest, _abc.Awaitable[_driver_pb2.DeleteClonedVolumesResponse]],
+    ) -> _abc.Awaitable[_driver_pb2.DeleteClonedVolumesResponse]:
+        """Delete every volume CloneVolumes made for clone_id: how the host compensates
+        a clone that failed. Idempotent: an unknown clone_id is OK, not NOT_FOUND.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      clone_id breaks its rule
+          ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
+          UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CLONE_VOLUMES)
         """
 
 def add_StorageDriverServicer_to_server(servicer: StorageDriverServicer, server: _aio.Server) -> None: ...

@@ -127,6 +127,8 @@ class _OperationTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Operati
     """UndefineVM: recorded, done, when the VM was undefined (its snapshots'
     deletes are OPERATION_TYPE_DELETE operations of their own).
     """
+    OPERATION_TYPE_CLONE: _OperationType.ValueType  # 5
+    """CreateVMFromSnapshot: a new VM cloned from a snapshot (Operation.new_vm_id)."""
 
 class OperationType(_OperationType, metaclass=_OperationTypeEnumTypeWrapper):
     """Kind of long-running operation."""
@@ -143,6 +145,8 @@ OPERATION_TYPE_UNDEFINE_VM: OperationType.ValueType  # 4
 """UndefineVM: recorded, done, when the VM was undefined (its snapshots'
 deletes are OPERATION_TYPE_DELETE operations of their own).
 """
+OPERATION_TYPE_CLONE: OperationType.ValueType  # 5
+"""CreateVMFromSnapshot: a new VM cloned from a snapshot (Operation.new_vm_id)."""
 Global___OperationType: _TypeAlias = OperationType  # noqa: Y015
 
 class _GroupKind:
@@ -414,6 +418,7 @@ class Operation(_message.Message):
     VM_SNAPSHOT_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
     CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
+    NEW_VM_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Host-assigned id."""
     type: Global___OperationType.ValueType
@@ -436,6 +441,8 @@ class Operation(_message.Message):
     """A CancelOperation was recorded and the work has not ended yet (it ends at
     its next step: rolled back, or settled on one side).
     """
+    new_vm_id: _builtins.str
+    """OPERATION_TYPE_CLONE: the id of the new VM (defined once the operation succeeded)."""
     @_builtins.property
     def error(self) -> _status_pb2.Status:
         """How the work failed, when done and failed (unset otherwise): a code, a
@@ -475,10 +482,11 @@ class Operation(_message.Message):
         vm_snapshot: Global___VMSnapshot | None = ...,
         project: _builtins.str = ...,
         cancel_requested: _builtins.bool = ...,
+        new_vm_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "update_time", b"update_time", "vm_snapshot", b"vm_snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "create_time", b"create_time", "done", b"done", "error", b"error", "id", b"id", "progress_percent", b"progress_percent", "project", b"project", "request_id", b"request_id", "step", b"step", "type", b"type", "update_time", b"update_time", "vm_id", b"vm_id", "vm_snapshot", b"vm_snapshot", "vm_snapshot_id", b"vm_snapshot_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "create_time", b"create_time", "done", b"done", "error", b"error", "id", b"id", "new_vm_id", b"new_vm_id", "progress_percent", b"progress_percent", "project", b"project", "request_id", b"request_id", "step", b"step", "type", b"type", "update_time", b"update_time", "vm_id", b"vm_id", "vm_snapshot", b"vm_snapshot", "vm_snapshot_id", b"vm_snapshot_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2401,3 +2409,105 @@ class CancelOperationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelOperationResponse: _TypeAlias = CancelOperationResponse  # noqa: Y015
+
+@_typing.final
+class CreateVMFromSnapshotRequest(_message.Message):
+    """Make a new VM from a snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    NEW_VM_ID_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    NEW_VM_NAME_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Required; as CreateVMSnapshotRequest.request_id. A retry with the same
+    snapshot_id and new_vm_id returns the first request's operation.
+    """
+    snapshot_id: _builtins.str
+    """Required: the READY VM snapshot to clone from."""
+    new_vm_id: _builtins.str
+    """Required: the new VM's id (1..128 chars of [A-Za-z0-9._-], starting with a
+    letter or digit), defined on no registered agent.
+    """
+    agent: _builtins.str
+    """Optional: the agent to define the new VM on (default: the snapshot's agent)."""
+    new_vm_name: _builtins.str
+    """Optional: the new VM's name (at most 255 chars; default: new_vm_id)."""
+    @_builtins.property
+    def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Optional parameters passed to the drivers' CloneVolumes: at most 64 entries,
+        keys 1..256 chars, values at most 4096 chars.
+        """
+
+    @_builtins.property
+    def wait(self) -> _duration_pb2.Duration:
+        """Optional: answer once the operation is done or this long has passed, as in
+        CreateVMSnapshotRequest.wait (0 .. 600 s).
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        snapshot_id: _builtins.str = ...,
+        new_vm_id: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        new_vm_name: _builtins.str = ...,
+        parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        wait: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["wait", b"wait"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "new_vm_id", b"new_vm_id", "new_vm_name", b"new_vm_name", "parameters", b"parameters", "request_id", b"request_id", "snapshot_id", b"snapshot_id", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateVMFromSnapshotRequest: _TypeAlias = CreateVMFromSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class CreateVMFromSnapshotResponse(_message.Message):
+    """The operation: started, or done when the request asked to wait."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def operation(self) -> Global___Operation:
+        """Operation to get or wait on (type CLONE)."""
+
+    def __init__(
+        self,
+        *,
+        operation: Global___Operation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateVMFromSnapshotResponse: _TypeAlias = CreateVMFromSnapshotResponse  # noqa: Y015

@@ -203,6 +203,11 @@ class VMSnapshotServiceStub:
                 request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CancelOperationRequest.SerializeToString,
                 response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CancelOperationResponse.FromString,
                 _registered_method=True)
+        self.CreateVMFromSnapshot = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/CreateVMFromSnapshot',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CreateVMFromSnapshotRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CreateVMFromSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class VMSnapshotServiceServicer:
@@ -656,6 +661,42 @@ class VMSnapshotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateVMFromSnapshot(self, request, context):
+        """-- Clone to a new VM.
+        Start making a new VM from a READY snapshot; the call returns its operation
+        (type CLONE; vm_id the source VM, new_vm_id the new one). Each disk of the
+        new VM is a new volume its driver clones from the snapshot
+        (CAPABILITY_CLONE_VOLUMES); the source VM and the snapshot are untouched.
+        The new VM is defined STOPPED on the agent. A failure (or a host restart)
+        deletes every cloned volume and leaves no new VM. A retry with the same
+        request_id returns the same operation. Role: operator (mutating).
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        NOT_FOUND            SNAPSHOT_NOT_FOUND    no VM snapshot has this id
+        NOT_FOUND            AGENT_NOT_FOUND       agent names no registered agent
+        ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+        ALREADY_EXISTS       VM_ID_IN_USE          new_vm_id is defined on a registered agent
+        FAILED_PRECONDITION  SNAPSHOT_STATE        the snapshot is not READY
+        FAILED_PRECONDITION  CLONE_UNSUPPORTED     a driver of the snapshot does not clone
+        (no CAPABILITY_CLONE_VOLUMES), or a disk is
+        on the hypervisor strategy
+        FAILED_PRECONDITION  NO_AGENT              no agent is registered
+        ABORTED              VM_QUEUE_FULL         too many operations run or wait on the VM
+        UNAVAILABLE          AGENT_NOT_SERVING     the agent is down
+        Operation.error (every cloned volume deleted, no new VM left):
+        ALREADY_EXISTS       VM_ID_IN_USE          new_vm_id was defined meanwhile
+        ALREADY_EXISTS       CLONE_TARGET_EXISTS   a new volume's name is taken on the array
+        RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space on an array
+        ABORTED              HOST_RESTARTED        the host restarted; the clone was rolled back
+        UNAVAILABLE          DRIVER_NOT_SERVING    a driver of the snapshot is not serving
+        UNAVAILABLE          DRIVER_NOT_REGISTERED a driver of the snapshot was removed
+        UNAVAILABLE          AGENT_NOT_SERVING     the agent is not serving
+        INTERNAL             DRIVER_CONTRACT_VIOLATION a driver's answer broke the contract
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VMSnapshotServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -793,6 +834,11 @@ def add_VMSnapshotServiceServicer_to_server(servicer, server):
                     servicer.CancelOperation,
                     request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CancelOperationRequest.FromString,
                     response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CancelOperationResponse.SerializeToString,
+            ),
+            'CreateVMFromSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVMFromSnapshot,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CreateVMFromSnapshotRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CreateVMFromSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1558,6 +1604,33 @@ class VMSnapshotService:
             '/vmsnap.host.v1.VMSnapshotService/CancelOperation',
             vmsnap_dot_host_dot_v1_dot_host__pb2.CancelOperationRequest.SerializeToString,
             vmsnap_dot_host_dot_v1_dot_host__pb2.CancelOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateVMFromSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/CreateVMFromSnapshot',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.CreateVMFromSnapshotRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.CreateVMFromSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

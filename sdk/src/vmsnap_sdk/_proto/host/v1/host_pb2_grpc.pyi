@@ -368,6 +368,38 @@ class VMSnapshotServiceStub:
                                                  objects may be half gone, it is
                                                  finished, not cancelled
     """
+    CreateVMFromSnapshot: _aio.UnaryUnaryMultiCallable[_host_pb2.CreateVMFromSnapshotRequest, _host_pb2.CreateVMFromSnapshotResponse]
+    """-- Clone to a new VM.
+    Start making a new VM from a READY snapshot; the call returns its operation
+    (type CLONE; vm_id the source VM, new_vm_id the new one). Each disk of the
+    new VM is a new volume its driver clones from the snapshot
+    (CAPABILITY_CLONE_VOLUMES); the source VM and the snapshot are untouched.
+    The new VM is defined STOPPED on the agent. A failure (or a host restart)
+    deletes every cloned volume and leaves no new VM. A retry with the same
+    request_id returns the same operation. Role: operator (mutating).
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      NOT_FOUND            SNAPSHOT_NOT_FOUND    no VM snapshot has this id
+      NOT_FOUND            AGENT_NOT_FOUND       agent names no registered agent
+      ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+      ALREADY_EXISTS       VM_ID_IN_USE          new_vm_id is defined on a registered agent
+      FAILED_PRECONDITION  SNAPSHOT_STATE        the snapshot is not READY
+      FAILED_PRECONDITION  CLONE_UNSUPPORTED     a driver of the snapshot does not clone
+                                                 (no CAPABILITY_CLONE_VOLUMES), or a disk is
+                                                 on the hypervisor strategy
+      FAILED_PRECONDITION  NO_AGENT              no agent is registered
+      ABORTED              VM_QUEUE_FULL         too many operations run or wait on the VM
+      UNAVAILABLE          AGENT_NOT_SERVING     the agent is down
+    Operation.error (every cloned volume deleted, no new VM left):
+      ALREADY_EXISTS       VM_ID_IN_USE          new_vm_id was defined meanwhile
+      ALREADY_EXISTS       CLONE_TARGET_EXISTS   a new volume's name is taken on the array
+      RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space on an array
+      ABORTED              HOST_RESTARTED        the host restarted; the clone was rolled back
+      UNAVAILABLE          DRIVER_NOT_SERVING    a driver of the snapshot is not serving
+      UNAVAILABLE          DRIVER_NOT_REGISTERED a driver of the snapshot was removed
+      UNAVAILABLE          AGENT_NOT_SERVING     the agent is not serving
+      INTERNAL             DRIVER_CONTRACT_VIOLATION a driver's answer broke the contract
+    """
 
 class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
     """The vmsnap host.
@@ -872,6 +904,44 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
           FAILED_PRECONDITION  OPERATION_NOT_CANCELLABLE a delete that started: its
                                                      objects may be half gone, it is
                                                      finished, not cancelled
+        """
+
+    @_abc_1.abstractmethod
+    def CreateVMFromSnapshot(
+        self,
+        request: _host_pb2.CreateVMFromSnapshotRequest,
+        context: _aio.ServicerContext[_host_pb2.CreateVMFromSnapshotRequest, _abc.Awaitable[_host_pb2.CreateVMFromSnapshotResponse]],
+    ) -> _abc.Awaitable[_host_pb2.CreateVMFromSnapshotResponse]:
+        """-- Clone to a new VM.
+        Start making a new VM from a READY snapshot; the call returns its operation
+        (type CLONE; vm_id the source VM, new_vm_id the new one). Each disk of the
+        new VM is a new volume its driver clones from the snapshot
+        (CAPABILITY_CLONE_VOLUMES); the source VM and the snapshot are untouched.
+        The new VM is defined STOPPED on the agent. A failure (or a host restart)
+        deletes every cloned volume and leaves no new VM. A retry with the same
+        request_id returns the same operation. Role: operator (mutating).
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          NOT_FOUND            SNAPSHOT_NOT_FOUND    no VM snapshot has this id
+          NOT_FOUND            AGENT_NOT_FOUND       agent names no registered agent
+          ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+          ALREADY_EXISTS       VM_ID_IN_USE          new_vm_id is defined on a registered agent
+          FAILED_PRECONDITION  SNAPSHOT_STATE        the snapshot is not READY
+          FAILED_PRECONDITION  CLONE_UNSUPPORTED     a driver of the snapshot does not clone
+                                                     (no CAPABILITY_CLONE_VOLUMES), or a disk is
+                                                     on the hypervisor strategy
+          FAILED_PRECONDITION  NO_AGENT              no agent is registered
+          ABORTED              VM_QUEUE_FULL         too many operations run or wait on the VM
+          UNAVAILABLE          AGENT_NOT_SERVING     the agent is down
+        Operation.error (every cloned volume deleted, no new VM left):
+          ALREADY_EXISTS       VM_ID_IN_USE          new_vm_id was defined meanwhile
+          ALREADY_EXISTS       CLONE_TARGET_EXISTS   a new volume's name is taken on the array
+          RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space on an array
+          ABORTED              HOST_RESTARTED        the host restarted; the clone was rolled back
+          UNAVAILABLE          DRIVER_NOT_SERVING    a driver of the snapshot is not serving
+          UNAVAILABLE          DRIVER_NOT_REGISTERED a driver of the snapshot was removed
+          UNAVAILABLE          AGENT_NOT_SERVING     the agent is not serving
+          INTERNAL             DRIVER_CONTRACT_VIOLATION a driver's answer broke the contract
         """
 
 def add_VMSnapshotServiceServicer_to_server(servicer: VMSnapshotServiceServicer, server: _aio.Server) -> None: ...

@@ -87,6 +87,7 @@ class GetAgentInfoResponse(_message.Message):
     CONTRACT_VERSIONS_FIELD_NUMBER: _builtins.int
     QUIESCE_METHODS_FIELD_NUMBER: _builtins.int
     MEMORY_SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    COPY_NATIVE_DISKS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the agent (unique among the host's agents), e.g. "sim-1"."""
     hypervisor: _builtins.str
@@ -95,6 +96,8 @@ class GetAgentInfoResponse(_message.Message):
     """Agent version (semver)."""
     memory_snapshots: _builtins.bool
     """True when native snapshots can include memory."""
+    copy_native_disks: _builtins.bool
+    """True when CopyNativeDisks and DeleteCopiedDisks are offered."""
     @_builtins.property
     def contract_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Contract versions spoken, e.g. ["v1"]."""
@@ -112,10 +115,11 @@ class GetAgentInfoResponse(_message.Message):
         contract_versions: _abc.Iterable[_builtins.str] | None = ...,
         quiesce_methods: _abc.Iterable[Global___QuiesceMethod.ValueType] | None = ...,
         memory_snapshots: _builtins.bool = ...,
+        copy_native_disks: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract_versions", b"contract_versions", "hypervisor", b"hypervisor", "memory_snapshots", b"memory_snapshots", "name", b"name", "quiesce_methods", b"quiesce_methods", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract_versions", b"contract_versions", "copy_native_disks", b"copy_native_disks", "hypervisor", b"hypervisor", "memory_snapshots", b"memory_snapshots", "name", b"name", "quiesce_methods", b"quiesce_methods", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -947,3 +951,130 @@ class ListNativeSnapshotsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListNativeSnapshotsResponse: _TypeAlias = ListNativeSnapshotsResponse  # noqa: Y015
+
+@_typing.final
+class DiskCopy(_message.Message):
+    """One disk of a native snapshot to copy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISK_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    disk: _builtins.str
+    """Required: a disk of the snapshot; each disk once."""
+    name: _builtins.str
+    """Required: the new disk's name, 1..63 chars of [A-Za-z0-9-] starting with a
+    letter or digit.
+    """
+    def __init__(
+        self,
+        *,
+        disk: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiskCopy: _TypeAlias = DiskCopy  # noqa: Y015
+
+@_typing.final
+class CopyNativeDisksRequest(_message.Message):
+    """Copy disks of a native snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COPY_ID_FIELD_NUMBER: _builtins.int
+    VM_ID_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    DISKS_FIELD_NUMBER: _builtins.int
+    copy_id: _builtins.str
+    """Required: the idempotency key (an id); the agent tags the copies with it."""
+    vm_id: _builtins.str
+    """Required: the VM the snapshot belongs to."""
+    snapshot_id: _builtins.str
+    """Required: the native snapshot's id."""
+    @_builtins.property
+    def disks(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiskCopy]:
+        """The disks to copy: 1..256."""
+
+    def __init__(
+        self,
+        *,
+        copy_id: _builtins.str = ...,
+        vm_id: _builtins.str = ...,
+        snapshot_id: _builtins.str = ...,
+        disks: _abc.Iterable[Global___DiskCopy] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["copy_id", b"copy_id", "disks", b"disks", "snapshot_id", b"snapshot_id", "vm_id", b"vm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CopyNativeDisksRequest: _TypeAlias = CopyNativeDisksRequest  # noqa: Y015
+
+@_typing.final
+class CopyNativeDisksResponse(_message.Message):
+    """The new disks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOLUMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def volumes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Volume]:
+        """One per requested disk, in request order: disk as requested, a new locator."""
+
+    def __init__(
+        self,
+        *,
+        volumes: _abc.Iterable[_common_pb2.Volume] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["volumes", b"volumes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CopyNativeDisksResponse: _TypeAlias = CopyNativeDisksResponse  # noqa: Y015
+
+@_typing.final
+class DeleteCopiedDisksRequest(_message.Message):
+    """Delete copied disks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COPY_ID_FIELD_NUMBER: _builtins.int
+    copy_id: _builtins.str
+    """Required: the copy_id CopyNativeDisks was called with."""
+    def __init__(
+        self,
+        *,
+        copy_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["copy_id", b"copy_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCopiedDisksRequest: _TypeAlias = DeleteCopiedDisksRequest  # noqa: Y015
+
+@_typing.final
+class DeleteCopiedDisksResponse(_message.Message):
+    """Result of DeleteCopiedDisks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCopiedDisksResponse: _TypeAlias = DeleteCopiedDisksResponse  # noqa: Y015

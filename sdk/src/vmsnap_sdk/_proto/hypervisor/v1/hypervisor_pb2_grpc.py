@@ -122,6 +122,16 @@ class HypervisorAgentStub:
                 request_serializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.ListNativeSnapshotsRequest.SerializeToString,
                 response_deserializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.ListNativeSnapshotsResponse.FromString,
                 _registered_method=True)
+        self.CopyNativeDisks = channel.unary_unary(
+                '/vmsnap.hypervisor.v1.HypervisorAgent/CopyNativeDisks',
+                request_serializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.CopyNativeDisksRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.CopyNativeDisksResponse.FromString,
+                _registered_method=True)
+        self.DeleteCopiedDisks = channel.unary_unary(
+                '/vmsnap.hypervisor.v1.HypervisorAgent/DeleteCopiedDisks',
+                request_serializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.DeleteCopiedDisksRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.DeleteCopiedDisksResponse.FromString,
+                _registered_method=True)
 
 
 class HypervisorAgentServicer:
@@ -308,6 +318,34 @@ class HypervisorAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CopyNativeDisks(self, request, context):
+        """-- Clone to a new VM (GetAgentInfoResponse.copy_native_disks).
+        Copy disks of a native snapshot into new disks of this hypervisor (the
+        disks of a VM the host makes from the snapshot): each an independent copy
+        of the snapshot's bytes. Idempotent on copy_id: a retry returns the same
+        disks; DeleteCopiedDisks finds them by the id alone.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        NOT_FOUND            SNAPSHOT_NOT_FOUND    the VM has no native snapshot of this id
+        FAILED_PRECONDITION  SNAPSHOT_DATA_MISSING the snapshot keeps no bytes of a disk
+        RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space for the copies
+        UNIMPLEMENTED        UNIMPLEMENTED         not offered (copy_native_disks false)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCopiedDisks(self, request, context):
+        """Delete the disks CopyNativeDisks made for copy_id (the host's compensation
+        of a failed clone). Idempotent: an unknown copy_id is OK.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      copy_id breaks its rule
+        UNIMPLEMENTED        UNIMPLEMENTED         not offered (copy_native_disks false)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HypervisorAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -385,6 +423,16 @@ def add_HypervisorAgentServicer_to_server(servicer, server):
                     servicer.ListNativeSnapshots,
                     request_deserializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.ListNativeSnapshotsRequest.FromString,
                     response_serializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.ListNativeSnapshotsResponse.SerializeToString,
+            ),
+            'CopyNativeDisks': grpc.unary_unary_rpc_method_handler(
+                    servicer.CopyNativeDisks,
+                    request_deserializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.CopyNativeDisksRequest.FromString,
+                    response_serializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.CopyNativeDisksResponse.SerializeToString,
+            ),
+            'DeleteCopiedDisks': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCopiedDisks,
+                    request_deserializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.DeleteCopiedDisksRequest.FromString,
+                    response_serializer=vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.DeleteCopiedDisksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -805,6 +853,60 @@ class HypervisorAgent:
             '/vmsnap.hypervisor.v1.HypervisorAgent/ListNativeSnapshots',
             vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.ListNativeSnapshotsRequest.SerializeToString,
             vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.ListNativeSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CopyNativeDisks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.hypervisor.v1.HypervisorAgent/CopyNativeDisks',
+            vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.CopyNativeDisksRequest.SerializeToString,
+            vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.CopyNativeDisksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCopiedDisks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.hypervisor.v1.HypervisorAgent/DeleteCopiedDisks',
+            vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.DeleteCopiedDisksRequest.SerializeToString,
+            vmsnap_dot_hypervisor_dot_v1_dot_hypervisor__pb2.DeleteCopiedDisksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -141,6 +141,26 @@ class HypervisorAgentStub:
     Errors:
       INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
     """
+    CopyNativeDisks: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.CopyNativeDisksRequest, _hypervisor_pb2.CopyNativeDisksResponse]
+    """-- Clone to a new VM (GetAgentInfoResponse.copy_native_disks).
+    Copy disks of a native snapshot into new disks of this hypervisor (the
+    disks of a VM the host makes from the snapshot): each an independent copy
+    of the snapshot's bytes. Idempotent on copy_id: a retry returns the same
+    disks; DeleteCopiedDisks finds them by the id alone.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      NOT_FOUND            SNAPSHOT_NOT_FOUND    the VM has no native snapshot of this id
+      FAILED_PRECONDITION  SNAPSHOT_DATA_MISSING the snapshot keeps no bytes of a disk
+      RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space for the copies
+      UNIMPLEMENTED        UNIMPLEMENTED         not offered (copy_native_disks false)
+    """
+    DeleteCopiedDisks: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.DeleteCopiedDisksRequest, _hypervisor_pb2.DeleteCopiedDisksResponse]
+    """Delete the disks CopyNativeDisks made for copy_id (the host's compensation
+    of a failed clone). Idempotent: an unknown copy_id is OK.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      copy_id breaks its rule
+      UNIMPLEMENTED        UNIMPLEMENTED         not offered (copy_native_disks false)
+    """
 
 class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
     """A hypervisor agent.
@@ -354,6 +374,38 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         """Native snapshots of a VM, or of every VM (empty vm_id).
         Errors:
           INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+        """
+
+    @_abc_1.abstractmethod
+    def CopyNativeDisks(
+        self,
+        request: _hypervisor_pb2.CopyNativeDisksRequest,
+        context: _aio.ServicerContext[_hypervisor_pb2.CopyNativeDisksRequest, _abc.Awaitable[_hypervisor_pb2.CopyNativeDisksResponse]],
+    ) -> _abc.Awaitable[_hypervisor_pb2.CopyNativeDisksResponse]:
+        """-- Clone to a new VM (GetAgentInfoResponse.copy_native_disks).
+        Copy disks of a native snapshot into new disks of this hypervisor (the
+        disks of a VM the host makes from the snapshot): each an independent copy
+        of the snapshot's bytes. Idempotent on copy_id: a retry returns the same
+        disks; DeleteCopiedDisks finds them by the id alone.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          NOT_FOUND            SNAPSHOT_NOT_FOUND    the VM has no native snapshot of this id
+          FAILED_PRECONDITION  SNAPSHOT_DATA_MISSING the snapshot keeps no bytes of a disk
+          RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED    no space for the copies
+          UNIMPLEMENTED        UNIMPLEMENTED         not offered (copy_native_disks false)
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteCopiedDisks(
+        self,
+        request: _hypervisor_pb2.DeleteCopiedDisksRequest,
+        context: _aio.ServicerContext[_hypervisor_pb2.DeleteCopiedDisksRequest, _abc.Awaitable[_hypervisor_pb2.DeleteCopiedDisksResponse]],
+    ) -> _abc.Awaitable[_hypervisor_pb2.DeleteCopiedDisksResponse]:
+        """Delete the disks CopyNativeDisks made for copy_id (the host's compensation
+        of a failed clone). Idempotent: an unknown copy_id is OK.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      copy_id breaks its rule
+          UNIMPLEMENTED        UNIMPLEMENTED         not offered (copy_native_disks false)
         """
 
 def add_HypervisorAgentServicer_to_server(servicer: HypervisorAgentServicer, server: _aio.Server) -> None: ...
