@@ -19,11 +19,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from vmsnap_host import metrics
 from vmsnap_host.config import Settings
 from vmsnap_host.decisions import DecisionCache
 from vmsnap_host.executor import Executor
+from vmsnap_host.executor.errors import error_info
+from vmsnap_host.executor.freeze_api import FreezeState
 from vmsnap_host.model import (
     GroupKind,
     OperationRecord,
@@ -233,7 +236,9 @@ class Manager:
                     )
                     self._start(op)
             except Duplicate as exc:
-                return self._duplicate(exc, request_id, OperationType.REVERT, snap.vm_id, snapshot_id)
+                return self._duplicate(
+                    exc, request_id, OperationType.REVERT, snap.vm_id, snapshot_id
+                )
             return op
 
     async def delete_snapshot(self, request_id: str, snapshot_id: str) -> OperationRecord:
@@ -354,6 +359,91 @@ class Manager:
     def _operations(self, ids: list[str]) -> list[OperationRecord]:
         return [op for i in ids if (op := self.store.get_operation(i)) is not None]
 
+    # --- freezes for third-party tools (docs/design.md, "Freeze API") ------------
+
+    def _check_not_frozen(self, vm_id: str) -> None:
+        """A take, revert or delete while a caller's freeze holds the VM is refused,
+        not queued: the freeze may be renewed for as long as its caller wants."""
+        for _, op in self.store.list_operations(vm_id, None, 20, True):
+            if op.type is OperationType.FREEZE:
+                expires = op.journal.get("expires_at")
+                until = (
+                    f" (its lease lapses at {datetime.fromtimestamp(float(expires), UTC):%H:%M:%S} "
+                    "UTC unless renewed)"
+                    if expires
+                    else ""
+                )
+                raise Aborted(
+                    f"VM {vm_id} is frozen for a third-party tool by operation {op.id}{until}; "
+                    "retry once it is thawed",
+                    reason=Reason.VM_FROZEN,
+                )
+
+    async def freeze_vm(
+        self, request_id: str, vm_id: str, lease: float, policy: QuiescePolicy
+    ) -> FreezeState:
+        """FreezeVM: journal a FREEZE operation holding the VM's lease, freeze, and
+        start holding it (until ThawVM or the lease lapses)."""
+        api = self.executor.freeze_api
+        async with self._admit(vm_id):
+            existing = self.store.operation_by_request(request_id)
+            if existing is not None:
+                return api.replay(existing, vm_id)
+            agent_name, method = await api.check_vm(vm_id, policy)
+            api.refuse_if_busy(vm_id)
+            queue = self._queues.get(vm_id)
+            if queue is not None and queue.admitted:
+                raise Aborted(
+                    f"VM {vm_id} has operations running or queued; retry when they are done",
+                    reason=Reason.VM_BUSY,
+                )
+            op = self._new_op(
+                OperationType.FREEZE,
+                request_id,
+                vm_id,
+                "",
+                {"lease_seconds": lease, "quiesce": policy.name},
+            )
+            op = replace(op, journal={"token": api.new_token(op.id), "agent": agent_name})
+            try:
+                async with self._admitting_op(op):
+                    # Nothing open on the VM (across replicas: the catalog counts) and
+                    # its lease, in the commit that journals the freeze.
+                    fence = await self.store.write(
+                        self.store.w_admit(vm_id, max_open=1, max_live=None),
+                        self.store.w_insert_operation(op),
+                        self.store.w_acquire_lease(
+                            vm_id, self.owner, op.id, self.settings.lease_seconds
+                        ),
+                    )
+                    if not fence:
+                        busy = Aborted(
+                            f"another replica runs an operation on VM {vm_id}; retry when it "
+                            "is done",
+                            reason=Reason.VM_BUSY,
+                        )
+                        await self.store.write(
+                            self.store.w_finish(op.id, error_info(busy), "not frozen")
+                        )
+                        raise busy
+                    try:
+                        state = await api.quiesce(op, agent_name, method, lease, policy)
+                    finally:
+                        # Holding (or, when the freeze failed, releasing) the lease.
+                        self._start(op, fence=int(fence))
+            except Duplicate:
+                existing = self.store.operation_by_request(request_id)
+                if existing is None:
+                    raise
+                return api.replay(existing, vm_id)
+            return state
+
+    async def renew_freeze(self, token: str, lease: float) -> datetime:
+        return await self.executor.freeze_api.renew(token, lease)
+
+    async def thaw_vm(self, token: str) -> float:
+        return await self.executor.freeze_api.thaw(token)
+
     # --- reads --------------------------------------------------------------------
 
     def _snapshot(self, snapshot_id: str) -> Snapshot:
@@ -452,6 +542,7 @@ class Manager:
         raise exc
 
     def _check_queue(self, vm_id: str) -> None:
+        self._check_not_frozen(vm_id)
         queue = self._queues.get(vm_id)
         if queue is not None and queue.admitted >= 1 + self.settings.queue_bound:
             raise Aborted(

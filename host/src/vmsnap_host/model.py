@@ -50,6 +50,11 @@ class OperationType(enum.Enum):
     #: Recorded done when UndefineVM removed the VM: it makes the request_id
     #: idempotent (never queued or run by the executor).
     UNDEFINE_VM = 4
+    #: FreezeVM: open while the freeze holds the VM (and its lease), run by
+    #: :meth:`vmsnap_host.executor.freeze_api.FreezeAPI.hold`.
+    FREEZE = 5
+    #: AdoptSnapshot: recorded done with the snapshot it made (never run).
+    ADOPT = 6
 
 
 class GroupKind(enum.Enum):

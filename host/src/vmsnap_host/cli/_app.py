@@ -14,6 +14,7 @@ import typer
 
 from vmsnap_host.cli import _output as out
 from vmsnap_host.cli._demo import run_demo
+from vmsnap_host.cli._freeze import freeze_app
 from vmsnap_host.cli._progress import follow
 from vmsnap_host.cli._up import run_up
 from vmsnap_host.client import (
@@ -48,6 +49,7 @@ app.add_typer(drivers_app, name="drivers")
 app.add_typer(agents_app, name="agents")
 app.add_typer(operations_app, name="operations")
 app.add_typer(findings_app, name="findings")
+vm_app.add_typer(freeze_app)  # vmsnap vm freeze (cli/_freeze.py)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 

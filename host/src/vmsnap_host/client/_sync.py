@@ -162,3 +162,8 @@ class SyncHostClient:
     start_vm = _blocking(HostClient.start_vm)
     stop_vm = _blocking(HostClient.stop_vm)
     undefine_vm = _blocking(HostClient.undefine_vm)
+    freeze_vm = _blocking(HostClient.freeze_vm)
+    renew_freeze = _blocking(HostClient.renew_freeze)
+    thaw_vm = _blocking(HostClient.thaw_vm)
+    discover_snapshots = _blocking(HostClient.discover_snapshots)
+    adopt_snapshot = _blocking(HostClient.adopt_snapshot)
