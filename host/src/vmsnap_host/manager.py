@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from vmsnap_host import metrics
+from vmsnap_host.adopt import Adopter
 from vmsnap_host.config import Settings
 from vmsnap_host.decisions import DecisionCache
 from vmsnap_host.executor import Executor
@@ -84,6 +85,7 @@ class Manager:
         #: CanHandle answers reused across plans (DESIGN.md: CanHandle is pure).
         self.decisions = DecisionCache(settings.can_handle_cache_seconds)
         self.executor = Executor(store, registry, settings, decisions=self.decisions)
+        self.adopter = Adopter(store, registry, settings.can_handle_timeout_seconds)
         self._queues: dict[str, _VMQueue] = {}
         self._admission: dict[str, asyncio.Lock] = {}
         #: The task of every operation this process runs or has queued, by id.
@@ -437,6 +439,45 @@ class Manager:
                     raise
                 return api.replay(existing, vm_id)
             return state
+
+    # --- adopting array snapshots made elsewhere (docs/design.md, "Adopt") --------
+
+    async def adopt_snapshot(
+        self, request_id: str, vm_id: str, set_id: str, name: str, description: str
+    ) -> Snapshot:
+        """AdoptSnapshot: a READY snapshot of a discovered set, recorded with a done
+        ADOPT operation in one commit (nothing runs on any array)."""
+        async with self._admit(vm_id):
+            existing = self._replay(request_id, OperationType.ADOPT, vm_id, name)
+            if existing is not None:
+                return self._snapshot(existing.vm_snapshot_id)
+            self._check_not_frozen(vm_id)
+            if self.store.find_by_name(vm_id, name) is not None:
+                raise AlreadyExists(
+                    f"VM {vm_id} already has a snapshot named {name!r}; choose another name",
+                    reason=Reason.NAME_IN_USE,
+                )
+            snap, op = await self.adopter.prepare(
+                request_id, vm_id, set_id, name, description, self.owner
+            )
+            try:
+                # The live-snapshot bound is checked again by the catalog (replicas).
+                await self.store.write(
+                    self.store.w_admit(
+                        vm_id,
+                        max_open=1 + self.settings.queue_bound,
+                        max_live=self.settings.max_snapshots_per_vm,
+                    ),
+                    self.store.w_create(snap, op),
+                )
+            except Duplicate as exc:
+                existing = self._duplicate(exc, request_id, OperationType.ADOPT, vm_id, name)
+                return self._snapshot(existing.vm_snapshot_id)
+            log.info(
+                "snapshot adopted",
+                extra={"fields": {"vm": vm_id, "snapshot": snap.id, "set": set_id}},
+            )
+            return self._snapshot(snap.id)
 
     async def renew_freeze(self, token: str, lease: float) -> datetime:
         return await self.executor.freeze_api.renew(token, lease)

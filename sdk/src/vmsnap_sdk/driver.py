@@ -27,6 +27,7 @@ from vmsnap_sdk._types import (
     SnapshotPage,
     SnapshotResult,
     TakeRequest,
+    UnmanagedPage,
     Volume,
     VolumeDecision,
 )
@@ -86,6 +87,15 @@ class StorageDriver(abc.ABC):
     async def list_snapshots(self, page: Page, vm_id: str = "") -> SnapshotPage:
         """Snapshots the array holds, tagged with the host's ids (CAPABILITY_LIST)."""
         raise Unimplemented("ListVMSnapshots is not offered by this driver")
+
+    async def list_unmanaged_snapshots(
+        self, volumes: Sequence[Volume], page: Page
+    ) -> UnmanagedPage:
+        """Snapshots of some of ``volumes`` that no vmsnap host made, each array
+        object once, none with a member outside ``volumes``; read only
+        (CAPABILITY_LIST_UNMANAGED). Revert and delete must then accept the
+        :meth:`UnmanagedSnapshot.as_result` of an entry."""
+        raise Unimplemented("ListUnmanagedSnapshots is not offered by this driver")
 
     # --- ConformanceFixture (test arrays only; CAPABILITY_CONFORMANCE_FIXTURE) ------
 

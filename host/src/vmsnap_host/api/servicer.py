@@ -13,6 +13,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
+from vmsnap_host.adopt import DiscoveredSet
 from vmsnap_host.api import convert, errors
 from vmsnap_host.config import ConfigError, check_address, tls_from_mapping
 from vmsnap_host.executor.freeze_api import MAX_LEASE, MIN_LEASE
@@ -563,7 +564,11 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.DiscoverSnapshotsResponse:
         async def run() -> pb.DiscoverSnapshotsResponse:
             val.require_id("vm_id", request.vm_id)
-            raise Unimplemented("not yet")
+            found = await self.manager.adopter.discover(request.vm_id)
+            return pb.DiscoverSnapshotsResponse(
+                sets=[_discovered(s) for s in found.sets],
+                unsupported_drivers=list(found.unsupported_drivers),
+            )
 
         return await _call(context, "DiscoverSnapshots", run)
 
@@ -572,9 +577,41 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.AdoptSnapshotResponse:
         async def run() -> pb.AdoptSnapshotResponse:
             val.require_id("request_id", request.request_id)
-            raise Unimplemented("not yet")
+            val.require_id("vm_id", request.vm_id)
+            val.require_text("set_id", request.set_id, 1200)
+            val.require_text("name", request.name)
+            val.require_text("description", request.description, MAX_DESCRIPTION, required=False)
+            snap = await self.manager.adopt_snapshot(
+                request.request_id,
+                request.vm_id,
+                request.set_id,
+                request.name,
+                request.description,
+            )
+            return pb.AdoptSnapshotResponse(vm_snapshot=convert.snapshot_to_pb(snap))
 
         return await _call(context, "AdoptSnapshot", run)
+
+
+def _discovered(s: DiscoveredSet) -> pb.DiscoveredSet:
+    u = s.snapshot
+    message = pb.DiscoveredSet(
+        id=s.id,
+        driver=s.driver,
+        object_id=u.id,
+        name=u.name,
+        volumes=[
+            pb.DiscoveredVolume(
+                disk=v.disk, locator=v.locator, handle=v.handle, size_bytes=v.size_bytes
+            )
+            for v in u.volume_snapshots
+        ],
+        complete=s.complete,
+        consistency=common_pb2.Consistency.ValueType(s.consistency.value),
+    )
+    if u.create_time is not None:
+        message.create_time.FromDatetime(u.create_time)
+    return message
 
 
 def _lease(field: str, present: bool, value: Any) -> float:
