@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from vmsnap_host.cli import _output as out
+from vmsnap_host.cli._adopt import adopt_app
 from vmsnap_host.cli._demo import run_demo
 from vmsnap_host.cli._freeze import freeze_app
 from vmsnap_host.cli._progress import follow
@@ -50,6 +51,7 @@ app.add_typer(agents_app, name="agents")
 app.add_typer(operations_app, name="operations")
 app.add_typer(findings_app, name="findings")
 vm_app.add_typer(freeze_app)  # vmsnap vm freeze (cli/_freeze.py)
+snapshot_app.add_typer(adopt_app)  # vmsnap snapshot discover|adopt (cli/_adopt.py)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
