@@ -35,6 +35,7 @@ from vmsnap_sdk import (
     SnapshotResult,
     StorageDriver,
     TakeRequest,
+    UnmanagedPage,
     Volume,
     VolumeDecision,
     VolumeSnapshot,
@@ -190,6 +191,13 @@ class ReferenceDriver(StorageDriver):
         chunk = remaining[: page.size]
         token = encode_token(chunk[-1]) if len(remaining) > page.size else ""
         return SnapshotPage(tuple(self.current(self.snapshots[i]) for i in chunk), token)
+
+    async def list_unmanaged_snapshots(
+        self, volumes: Sequence[Volume], page: Page
+    ) -> UnmanagedPage:
+        # Every snapshot of this pool is the host's: nothing to adopt, ever.
+        decode_token(page.token)
+        return UnmanagedPage(())
 
     # --- fixture ------------------------------------------------------------------
 

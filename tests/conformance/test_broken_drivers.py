@@ -75,8 +75,14 @@ EXPECTED: dict[str, set[str]] = {
         "capabilities.revert_undo",
         "capabilities.post_processing",
         "capabilities.get_unknown",
+        "capabilities.list_unmanaged",
     },
-    "underclaims": {"capabilities.revert", "capabilities.list", "capabilities.fixture"},
+    "underclaims": {
+        "capabilities.revert",
+        "capabilities.list",
+        "capabilities.fixture",
+        "capabilities.list_unmanaged",
+    },
     "claims_everything": {
         "can_handle.unknown_volume_cant_handle",
         "can_handle.claims_own_volumes",
@@ -154,6 +160,8 @@ EXPECTED: dict[str, set[str]] = {
         "capabilities.get_unknown",
         "errors.not_found_error_info",
     },
+    "lists_managed": {"unmanaged.excludes_managed", "unmanaged.only_given_volumes"},
+    "unmanaged_side_effects": {"unmanaged.read_only"},
 }
 
 

@@ -90,6 +90,9 @@ def test_freeze_renew_thaw_round_trip_excludes_snapshots(shared: Cluster) -> Non
     op = c.host.GetOperation(pb.GetOperationRequest(id=frozen.operation_id), timeout=5).operation
     assert op.done and not op.HasField("error") and op.type == pb.OPERATION_TYPE_FREEZE
 
+    # At once, the VM can be frozen again (the freeze's lease passes on).
+    second = _freeze(c, "f3", 3.0, "rt")
+    c.host.ThawVM(pb.ThawVMRequest(token=second.token), timeout=10)
     # The VM is free again: a take runs.
     taken = c.wait(c.create("rt", "after"))
     assert not taken.HasField("error"), taken.error

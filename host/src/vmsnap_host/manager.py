@@ -392,13 +392,11 @@ class Manager:
             if existing is not None:
                 return api.replay(existing, vm_id)
             agent_name, method = await api.check_vm(vm_id, policy)
+            # The catalog says what is open (admission commits under this lock); a
+            # finished operation whose task is still releasing the VM's lease here is
+            # no obstacle: the lease goes to the freeze in its commit (the old task's
+            # release carries the old fencing token and removes nothing).
             api.refuse_if_busy(vm_id)
-            queue = self._queues.get(vm_id)
-            if queue is not None and queue.admitted:
-                raise Aborted(
-                    f"VM {vm_id} has operations running or queued; retry when they are done",
-                    reason=Reason.VM_BUSY,
-                )
             op = self._new_op(
                 OperationType.FREEZE,
                 request_id,

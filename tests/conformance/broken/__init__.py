@@ -65,4 +65,6 @@ VARIANTS: dict[str, Starter] = {
     "crash_on_bad_input": raw(rewrite=wire.crash_on_bad_input),
     "no_details": raw(rewrite=wire.no_details),
     "wrong_codes": raw(rewrite=wire.wrong_codes),
+    "lists_managed": sdk(domain.ListsManaged),
+    "unmanaged_side_effects": sdk(domain.UnmanagedSideEffects),
 }

@@ -27,6 +27,7 @@ CATEGORIES = (
     "revert",
     "delete",
     "list",
+    "unmanaged",
     "concurrency",
     "deadlines",
     "robustness",

@@ -13,6 +13,7 @@ from vmsnap_sdk.conformance.checks import (
     revert,
     robustness,
     take,
+    unmanaged,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "revert",
     "robustness",
     "take",
+    "unmanaged",
 ]
