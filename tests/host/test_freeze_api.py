@@ -132,6 +132,34 @@ def test_a_freeze_nobody_renews_lapses_and_thaw_says_so(shared: Cluster) -> None
     assert op.done and op.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
 
 
+def test_a_freeze_outlives_a_host_restart_within_its_lease(shared: Cluster) -> None:
+    """The host restarts while a caller's freeze holds: recovery holds it on (the
+    caller may still renew), and the caller's token renews and thaws it."""
+    c = shared
+    c.define_vm("restart")
+    frozen = _freeze(c, "r1", 20.0, "restart")
+    c.procs["host"].signal(signal.SIGKILL)
+    c.start_host()
+    assert c.frozen("restart")
+    renew = pb.RenewFreezeRequest(token=frozen.token)
+    renew.lease.FromSeconds(20)
+    eventually(lambda: _renewed(c, renew), 10, "the restarted host to serve RenewFreeze")
+    c.host.ThawVM(pb.ThawVMRequest(token=frozen.token), timeout=10)
+    assert not c.frozen("restart")
+    op = c.host.GetOperation(pb.GetOperationRequest(id=frozen.operation_id), timeout=5).operation
+    assert op.done and not op.HasField("error"), op
+
+
+def _renewed(c: Cluster, request: pb.RenewFreezeRequest) -> bool:
+    try:
+        c.host.RenewFreeze(request, timeout=5)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+            return False
+        raise
+    return True
+
+
 def _cli(c: Cluster, tmp_path: Path, lease: str, script: str, name: str, vm_id: str) -> Proc:
     return Proc(
         [
