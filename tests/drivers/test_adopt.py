@@ -183,6 +183,17 @@ async def test_a_group_snapshot_made_on_the_array_is_discovered_adopted_and_reve
         # The driver's own listing still shows only what vmsnap tagged.
         tagged = await sf.list_snapshots(Page(size=100), vm_id="vm1")
         assert [r.vm_snapshot_id for r in tagged.snapshots] == [take.operation.vm_snapshot_id]
+
+        # Deleting the adopted snapshot deletes that group on the array, and no other.
+        delete = await host.DeleteVMSnapshot(
+            pb.DeleteVMSnapshotRequest(request_id="d1", id=adopted.id), timeout=10
+        )
+        request = pb.WaitOperationRequest(id=delete.operation.id)
+        request.timeout.FromSeconds(30)
+        done = (await host.WaitOperation(request, timeout=40)).operation
+        assert done.done and not done.HasField("error"), done
+        names = sorted(g.name for g in sdk.list_group_snapshots().group_snapshots)
+        assert "backup-tool-nightly" not in names and "spans-another-vm" in names, names
     finally:
         await channel.close(None)
         await sf.close()
