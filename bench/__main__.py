@@ -175,6 +175,19 @@ def _freeze(quick: bool, report: Report, floor: Floor) -> None:
         "x",
         note="baseline: quiesce, take A, take B, unquiesce",
     )
+    api = freeze.measure_freeze_api(quick)
+    report.add(
+        "freeze_api_round_trip_ms",
+        api.api_ms,
+        "ms",
+        note="FreezeVM + ThawVM through the host (sim agent, overlay), median",
+    )
+    report.add(
+        "freeze_api_agent_ms",
+        api.agent_ms,
+        "ms",
+        note="baseline: Quiesce + Unquiesce on the agent directly, median",
+    )
 
 
 def _catalog(quick: bool, report: Report, floor: Floor) -> None:

@@ -36,6 +36,7 @@ from vmsnap_sdk import (
     SnapshotResult,
     StorageDriver,
     TakeRequest,
+    UnmanagedPage,
     Volume,
     VolumeDecision,
     VolumeSnapshot,
@@ -269,6 +270,12 @@ class ReferenceDriver(StorageDriver):
             _, made = self.clones.pop(clone_id, (None, []))
             for volume in made:
                 self.volumes.pop(volume.locator, None)
+    async def list_unmanaged_snapshots(
+        self, volumes: Sequence[Volume], page: Page
+    ) -> UnmanagedPage:
+        # Every snapshot of this pool is the host's: nothing to adopt, ever.
+        decode_token(page.token)
+        return UnmanagedPage(())
 
     # --- fixture ------------------------------------------------------------------
 

@@ -79,12 +79,14 @@ EXPECTED: dict[str, set[str]] = {
         "capabilities.post_processing",
         "capabilities.get_unknown",
         "capabilities.clone_volumes",
+        "capabilities.list_unmanaged",
     },
     "underclaims": {
         "capabilities.revert",
         "capabilities.list",
         "capabilities.fixture",
         "capabilities.clone_volumes",
+        "capabilities.list_unmanaged",
     },
     "claims_everything": {
         "can_handle.unknown_volume_cant_handle",
@@ -175,6 +177,8 @@ EXPECTED: dict[str, set[str]] = {
     "clone_not_idempotent": {"clone.retry_same_volumes", "clone.same_id_other_targets"},
     "clone_delete_noop": {"clone.delete_removes"},
     "clone_unclaimed": {"clone.claimed"},
+    "lists_managed": {"unmanaged.excludes_managed", "unmanaged.only_given_volumes"},
+    "unmanaged_side_effects": {"unmanaged.read_only"},
 }
 
 

@@ -79,6 +79,7 @@ async def test_identity_capabilities_and_probe(client: DriverClient) -> None:
         Capability.REVERT_UNDO,
         Capability.CONSISTENT_GROUP,
         Capability.LIST,
+        Capability.LIST_UNMANAGED,
         Capability.CONFORMANCE_FIXTURE,
     }
     assert info.limits.max_snapshots_per_volume == 32

@@ -20,13 +20,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from vmsnap_host import metrics
+from vmsnap_host.adopt import Adopter
 from vmsnap_host.config import Settings
 from vmsnap_host.decisions import DecisionCache
 from vmsnap_host.events import Broadcaster
 from vmsnap_host.executor import Executor
 from vmsnap_host.executor.errors import cancelled, error_info
+from vmsnap_host.executor.freeze_api import FreezeState
 from vmsnap_host.model import (
     GroupKind,
     OperationRecord,
@@ -118,6 +121,7 @@ class Manager:
         self.executor = Executor(store, registry, settings, decisions=self.decisions)
         #: Live operation events for WatchOperations (fed by the store's commits).
         self.events = Broadcaster(store, owner=owner)
+        self.adopter = Adopter(store, registry, settings.can_handle_timeout_seconds)
         self._queues: dict[str, _VMQueue] = {}
         self._admission: dict[str, asyncio.Lock] = {}
         self._admission_users: dict[str, int] = {}  # holders and waiters of each admission lock
@@ -581,6 +585,143 @@ class Manager:
             f"operation {op.id} is finished already ({how}); there is nothing to cancel",
             reason=Reason.OPERATION_FINISHED,
         )
+    # --- freezes for third-party tools (docs/design.md, "Freeze API") ------------
+
+    def _check_not_frozen(self, vm_id: str) -> None:
+        """A take, revert or delete while a caller's freeze holds the VM is refused,
+        not queued: the freeze may be renewed for as long as its caller wants."""
+        for _, op in self.store.list_operations(vm_id, None, 20, True):
+            if op.type is OperationType.FREEZE:
+                expires = op.journal.get("expires_at")
+                until = (
+                    f" (its lease lapses at {datetime.fromtimestamp(float(expires), UTC):%H:%M:%S} "
+                    "UTC unless renewed)"
+                    if expires
+                    else ""
+                )
+                raise Aborted(
+                    f"VM {vm_id} is frozen for a third-party tool by operation {op.id}{until}; "
+                    "retry once it is thawed",
+                    reason=Reason.VM_FROZEN,
+                )
+
+    async def freeze_vm(
+        self,
+        request_id: str,
+        vm_id: str,
+        lease: float,
+        policy: QuiescePolicy,
+        *,
+        project: str = "",
+    ) -> FreezeState:
+        """FreezeVM: journal a FREEZE operation holding the VM's lease, freeze, and
+        start holding it (until ThawVM or the lease lapses)."""
+        api = self.executor.freeze_api
+        async with self._admit(vm_id):
+            existing = self.store.operation_by_request(request_id)
+            if existing is not None:
+                return api.replay(existing, vm_id)
+            agent_name, method = await api.check_vm(vm_id, policy)
+            # The catalog says what is open (admission commits under this lock); a
+            # finished operation whose task is still releasing the VM's lease here is
+            # no obstacle: the lease goes to the freeze in its commit (the old task's
+            # release carries the old fencing token and removes nothing).
+            api.refuse_if_busy(vm_id)
+            op = self._new_op(
+                OperationType.FREEZE,
+                request_id,
+                vm_id,
+                "",
+                {"lease_seconds": lease, "quiesce": policy.name},
+                project=project,
+            )
+            op = replace(op, journal={"token": api.new_token(op.id), "agent": agent_name})
+            try:
+                async with self._admitting_op(op):
+                    # Nothing open on the VM (across replicas: the catalog counts) and
+                    # its lease, in the commit that journals the freeze.
+                    fence = await self.store.write(
+                        self.store.w_admit(vm_id, max_open=1, max_live=None),
+                        self.store.w_insert_operation(op),
+                        self.store.w_acquire_lease(
+                            vm_id, self.owner, op.id, self.settings.lease_seconds
+                        ),
+                    )
+                    if not fence:
+                        busy = Aborted(
+                            f"another replica runs an operation on VM {vm_id}; retry when it "
+                            "is done",
+                            reason=Reason.VM_BUSY,
+                        )
+                        await self.store.write(
+                            self.store.w_finish(op.id, error_info(busy), "not frozen")
+                        )
+                        raise busy
+                    try:
+                        state = await api.quiesce(op, agent_name, method, lease, policy)
+                    finally:
+                        # Holding (or, when the freeze failed, releasing) the lease.
+                        self._start(op, fence=int(fence))
+            except Duplicate:
+                existing = self.store.operation_by_request(request_id)
+                if existing is None:
+                    raise
+                return api.replay(existing, vm_id)
+            return state
+
+    # --- adopting array snapshots made elsewhere (docs/design.md, "Adopt") --------
+
+    async def adopt_snapshot(
+        self,
+        request_id: str,
+        vm_id: str,
+        set_id: str,
+        name: str,
+        description: str,
+        *,
+        project: str = "",
+    ) -> Snapshot:
+        """AdoptSnapshot: a READY snapshot of a discovered set, recorded with a done
+        ADOPT operation in one commit (nothing runs on any array)."""
+        async with self._admit(vm_id):
+            existing = self._replay(request_id, OperationType.ADOPT, vm_id, name)
+            if existing is not None:
+                return self._snapshot(existing.vm_snapshot_id)
+            self._check_not_frozen(vm_id)
+            if self.store.find_by_name(vm_id, name) is not None:
+                raise AlreadyExists(
+                    f"VM {vm_id} already has a snapshot named {name!r}; choose another name",
+                    reason=Reason.NAME_IN_USE,
+                )
+            snap, op = await self.adopter.prepare(
+                request_id, vm_id, set_id, name, description, self.owner
+            )
+            # The VM's project (issue 12), as for a snapshot the host took.
+            snap, op = replace(snap, project=project), replace(op, project=project)
+            try:
+                # The live-snapshot bound is checked again by the catalog (replicas).
+                await self.store.write(
+                    self.store.w_admit(
+                        vm_id,
+                        max_open=1 + self.settings.queue_bound,
+                        max_live=self.settings.max_snapshots_per_vm,
+                    ),
+                    self.store.w_create(snap, op),
+                )
+            except Duplicate as exc:
+                existing = self._duplicate(exc, request_id, OperationType.ADOPT, vm_id, name)
+                return self._snapshot(existing.vm_snapshot_id)
+            log.info(
+                "snapshot adopted",
+                extra={"fields": {"vm": vm_id, "snapshot": snap.id, "set": set_id}},
+            )
+            return self._snapshot(snap.id)
+
+    async def renew_freeze(self, token: str, lease: float) -> datetime:
+        return await self.executor.freeze_api.renew(token, lease)
+
+    async def thaw_vm(self, token: str) -> float:
+        return await self.executor.freeze_api.thaw(token)
 
     # --- reads --------------------------------------------------------------------
 
@@ -690,6 +831,7 @@ class Manager:
         raise exc
 
     def _check_queue(self, vm_id: str) -> None:
+        self._check_not_frozen(vm_id)
         queue = self._queues.get(vm_id)
         if queue is not None and queue.admitted >= 1 + self.settings.queue_bound:
             raise Aborted(

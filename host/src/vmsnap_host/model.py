@@ -52,6 +52,11 @@ class OperationType(enum.Enum):
     UNDEFINE_VM = 4
     #: CreateVMFromSnapshot: a new VM (params new_vm_id) cloned from vm_snapshot_id.
     CLONE = 5
+    #: FreezeVM: open while the freeze holds the VM (and its lease), run by
+    #: :meth:`vmsnap_host.executor.freeze_api.FreezeAPI.hold`.
+    FREEZE = 6
+    #: AdoptSnapshot: recorded done with the snapshot it made (never run).
+    ADOPT = 7
 
 
 class GroupKind(enum.Enum):

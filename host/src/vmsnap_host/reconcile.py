@@ -59,6 +59,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from vmsnap_host import metrics
+from vmsnap_host.adopt import ADOPTED_FROM
 from vmsnap_host.config import Settings
 from vmsnap_host.model import GroupKind, Snapshot, SnapshotState
 from vmsnap_host.registry import Health, Registry
@@ -568,6 +569,10 @@ class Reconciler:
     ) -> None:
         by_peer = {(lst.kind, lst.peer): lst for lst in listings if lst.complete}
         for snap in ready:
+            if ADOPTED_FROM in snap.parameters:
+                # Adopted objects carry no host tag, so ListVMSnapshots never lists
+                # them: their absence there says nothing (not checked yet).
+                continue
             gone: list[str] = []
             losers: set[str] = set()
             verified = True

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from vmsnap_host.manager import Manager
-from vmsnap_host.model import OperationRecord
+from vmsnap_host.model import OperationRecord, OperationType
 from vmsnap_host.replicas import Replicas
 
 log = logging.getLogger("vmsnap.host.recovery")
@@ -89,14 +89,17 @@ class Recovery:
                 extra={"fields": {"operation": op.id, "type": op.type.name, "step": op.step}},
             )
             task = self.manager.resume(mine)
-            if task is not None:
+            # A caller's freeze is held until thawed or lapsed: never waited for here
+            # (the host must serve, or its caller could not renew or thaw it).
+            if task is not None and op.type is not OperationType.FREEZE:
                 tasks.append(task)
         return tasks
 
     async def resolve_on_start(self) -> None:
-        """Resolve every unfinished operation this host may own, and wait for them."""
-        await self._resume_open()
-        await self.manager.idle()
+        """Resolve every unfinished operation this host may own, and wait for them
+        (FREEZE operations go on holding in the background)."""
+        tasks = await self._resume_open()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def resolve_open(self) -> None:
         """Pick up operations open but not running here (left open on purpose, or

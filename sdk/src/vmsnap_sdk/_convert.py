@@ -265,3 +265,40 @@ def quiesce_info_from_pb(m: hypervisor_pb2.Quiesce) -> t.QuiesceInfo:
         start_time=ts_from_pb(m.start_time, m.HasField("start_time")),
         expire_time=ts_from_pb(m.expire_time, m.HasField("expire_time")),
     )
+
+
+def unmanaged_to_pb(u: t.UnmanagedSnapshot) -> driver_pb2.UnmanagedSnapshot:
+    message = driver_pb2.UnmanagedSnapshot(
+        id=u.id,
+        name=u.name,
+        volume_snapshots=[
+            driver_pb2.VolumeSnapshot(
+                disk=v.disk, locator=v.locator, handle=v.handle, size_bytes=v.size_bytes
+            )
+            for v in u.volume_snapshots
+        ],
+        consistent_group=u.consistent_group,
+        group_handle=u.group_handle,
+        metadata=dict(u.metadata),
+    )
+    stamp = ts_to_pb(u.create_time)
+    if stamp is not None:
+        message.create_time.CopyFrom(stamp)
+    return message
+
+
+def unmanaged_from_pb(m: driver_pb2.UnmanagedSnapshot) -> t.UnmanagedSnapshot:
+    return t.UnmanagedSnapshot(
+        id=m.id,
+        name=m.name,
+        volume_snapshots=tuple(
+            t.VolumeSnapshot(
+                disk=v.disk, locator=v.locator, handle=v.handle, size_bytes=v.size_bytes
+            )
+            for v in m.volume_snapshots
+        ),
+        create_time=ts_from_pb(m.create_time, m.HasField("create_time")),
+        consistent_group=m.consistent_group,
+        group_handle=m.group_handle,
+        metadata=dict(m.metadata),
+    )

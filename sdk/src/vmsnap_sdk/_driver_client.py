@@ -29,6 +29,7 @@ from vmsnap_sdk._types import (
     SnapshotPage,
     SnapshotResult,
     TakeRequest,
+    UnmanagedPage,
     Volume,
     VolumeDecision,
 )
@@ -177,6 +178,22 @@ class DriverClient(StorageDriver):
             self._stub.DeleteClonedVolumes,
             driver_pb2.DeleteClonedVolumesRequest(clone_id=clone_id),
             self._t(timeout),
+        )
+    async def list_unmanaged_snapshots(
+        self, volumes: Sequence[Volume], page: Page, *, timeout: float | None = None
+    ) -> UnmanagedPage:
+        response = await call(
+            self._stub.ListUnmanagedSnapshots,
+            driver_pb2.ListUnmanagedSnapshotsRequest(
+                volumes=[cv.volume_to_pb(v) for v in volumes],
+                page_size=page.size,
+                page_token=page.token,
+            ),
+            self._t(timeout),
+        )
+        return UnmanagedPage(
+            snapshots=tuple(cv.unmanaged_from_pb(u) for u in response.snapshots),
+            next_token=response.next_page_token,
         )
 
     async def create_test_volume(

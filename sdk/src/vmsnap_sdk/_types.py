@@ -64,6 +64,8 @@ class Capability(enum.Enum):
     CHANGED_BLOCKS = 9
     READ_SNAPSHOT = 10
     CLONE_VOLUMES = 7
+    #: ListUnmanagedSnapshots, and revert/delete of what it listed once adopted.
+    LIST_UNMANAGED = 8
 
 
 class QuiesceMethod(enum.Enum):
@@ -246,6 +248,48 @@ class SnapshotPage:
     """A page of snapshots."""
 
     snapshots: tuple[SnapshotResult, ...]
+    next_token: str = ""
+
+
+@dataclass(frozen=True)
+class UnmanagedSnapshot:
+    """A snapshot on the array that no vmsnap host made (ListUnmanagedSnapshots).
+
+    ``id`` is the array's id of the object (a group snapshot, or one volume's
+    snapshot); ``volume_snapshots`` has one entry per member, each a requested
+    volume (its disk and locator as given); ``consistent_group`` is True when the
+    array cut every member at one instant. Once adopted, the host hands a
+    :class:`SnapshotResult` made of these fields (with its own vm_snapshot_id)
+    to revert and delete: ``metadata`` must let the driver find the object again.
+    """
+
+    id: str
+    volume_snapshots: tuple[VolumeSnapshot, ...]
+    name: str = ""
+    create_time: datetime | None = None
+    consistent_group: bool = False
+    group_handle: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def as_result(self, vm_snapshot_id: str, vm_id: str = "") -> SnapshotResult:
+        """The result the host stores when it adopts this snapshot."""
+        return SnapshotResult(
+            vm_snapshot_id=vm_snapshot_id,
+            volume_snapshots=self.volume_snapshots,
+            ready=True,
+            consistency=Consistency.CRASH if self.consistent_group else Consistency.UNSPECIFIED,
+            group_handle=self.group_handle,
+            metadata=dict(self.metadata),
+            create_time=self.create_time,
+            vm_id=vm_id,
+        )
+
+
+@dataclass(frozen=True)
+class UnmanagedPage:
+    """A page of unmanaged snapshots."""
+
+    snapshots: tuple[UnmanagedSnapshot, ...]
     next_token: str = ""
 
 

@@ -28,6 +28,7 @@ from vmsnap_sdk._types import (
     SnapshotPage,
     SnapshotResult,
     TakeRequest,
+    UnmanagedPage,
     Volume,
     VolumeDecision,
 )
@@ -122,6 +123,14 @@ class StorageDriver(abc.ABC):
     async def delete_cloned_volumes(self, clone_id: str) -> None:
         """Delete every volume made for ``clone_id`` (found by its tags). Unknown is fine."""
         raise Unimplemented("DeleteClonedVolumes is not offered by this driver")
+    async def list_unmanaged_snapshots(
+        self, volumes: Sequence[Volume], page: Page
+    ) -> UnmanagedPage:
+        """Snapshots of some of ``volumes`` that no vmsnap host made, each array
+        object once, none with a member outside ``volumes``; read only
+        (CAPABILITY_LIST_UNMANAGED). Revert and delete must then accept the
+        :meth:`UnmanagedSnapshot.as_result` of an entry."""
+        raise Unimplemented("ListUnmanagedSnapshots is not offered by this driver")
 
     # --- ConformanceFixture (test arrays only; CAPABILITY_CONFORMANCE_FIXTURE) ------
 

@@ -56,12 +56,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from vmsnap_sdk._types import DriverInfo, NativeSnapshot, SnapshotResult, VolumeDecision
+from vmsnap_sdk._types import (
+    DriverInfo,
+    NativeSnapshot,
+    SnapshotResult,
+    UnmanagedSnapshot,
+    VolumeDecision,
+)
 
 MAX_HANDLE_BYTES = 1024
 MAX_GROUP_HANDLE_BYTES = 1024
 MAX_LOCATOR_BYTES = 1024
 MAX_DISK = 63
+#: An unmanaged snapshot's name, as the array shows it.
+MAX_NAME = 255
 MAX_ID = 128
 MAX_VOLUMES = 256
 
@@ -170,6 +178,21 @@ def result_problem(result: SnapshotResult) -> str | None:
         max_key_bytes=MAX_METADATA_KEY_BYTES,
         max_total_bytes=MAX_METADATA_BYTES,
     )
+
+
+def unmanaged_problem(snapshots: Sequence[UnmanagedSnapshot], next_token: str) -> str | None:
+    """The first size limit a page of ListUnmanagedSnapshots breaks."""
+    if len(snapshots) > MAX_PAGE_RESULTS:
+        return f"snapshots has {len(snapshots)} entries; at most {MAX_PAGE_RESULTS}"
+    for i, u in enumerate(snapshots):
+        problem = (
+            _size(f"snapshots[{i}].id", u.id, MAX_HANDLE_BYTES)
+            or _text(f"snapshots[{i}].name", u.name, MAX_NAME)
+            or result_problem(u.as_result("x"))
+        )
+        if problem:
+            return problem if problem.startswith("snapshots") else f"snapshots[{i}].{problem}"
+    return _size("next_page_token", next_token, MAX_PAGE_TOKEN)
 
 
 def decisions_problem(decisions: Sequence[VolumeDecision]) -> str | None:

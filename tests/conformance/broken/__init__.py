@@ -73,4 +73,6 @@ VARIANTS: dict[str, Starter] = {
     "clone_not_idempotent": sdk(domain.CloneNotIdempotent),
     "clone_delete_noop": sdk(domain.CloneDeleteNoop),
     "clone_unclaimed": sdk(domain.CloneUnclaimed),
+    "lists_managed": sdk(domain.ListsManaged),
+    "unmanaged_side_effects": sdk(domain.UnmanagedSideEffects),
 }

@@ -28,6 +28,8 @@ from vmsnap_sdk import (
     SnapshotPage,
     SnapshotResult,
     TakeRequest,
+    UnmanagedPage,
+    UnmanagedSnapshot,
     Volume,
     VolumeDecision,
     VolumeSnapshot,
@@ -71,11 +73,45 @@ class Overclaims(ReferenceDriver):
     async def get_snapshot(self, vm_snapshot_id: str) -> SnapshotResult:
         raise Unimplemented("no get after all")
 
+    async def list_unmanaged_snapshots(
+        self, volumes: Sequence[Volume], page: Page
+    ) -> UnmanagedPage:
+        raise Unimplemented("no unmanaged listing after all")
+
     async def take_snapshot(self, request: TakeRequest) -> SnapshotResult:
         return replace(await super().take_snapshot(request), ready=False)
 
     async def clone_volumes(self, request: CloneRequest) -> Sequence[Volume]:
         raise Unimplemented("no clone after all")
+
+
+class ListsManaged(ReferenceDriver):
+    """Offers its own (tagged) snapshots for adoption, whatever the volumes asked."""
+
+    async def list_unmanaged_snapshots(
+        self, volumes: Sequence[Volume], page: Page
+    ) -> UnmanagedPage:
+        return UnmanagedPage(
+            tuple(
+                UnmanagedSnapshot(
+                    id=snap.result.vm_snapshot_id,
+                    volume_snapshots=snap.result.volume_snapshots,
+                    consistent_group=True,
+                )
+                for snap in self.snapshots.values()
+            )
+        )
+
+
+class UnmanagedSideEffects(ReferenceDriver):
+    """ "Adopts" on discovery: listing unmanaged snapshots deletes one of its own."""
+
+    async def list_unmanaged_snapshots(
+        self, volumes: Sequence[Volume], page: Page
+    ) -> UnmanagedPage:
+        if self.snapshots:
+            self.snapshots.pop(sorted(self.snapshots)[-1])
+        return UnmanagedPage(())
 
 
 class Underclaims(ReferenceDriver):

@@ -42,6 +42,8 @@ from vmsnap_sdk import (
     SnapshotResult,
     StorageDriver,
     TakeRequest,
+    UnmanagedPage,
+    UnmanagedSnapshot,
     VMState,
     Volume,
     VolumeDecision,
@@ -66,6 +68,9 @@ log = logging.getLogger("vmsnap.driver.solidfire")
 DRIVER_NAME = "com.netapp.solidfire"
 #: Element keeps at most 32 snapshots per volume.
 MAX_SNAPSHOTS_PER_VOLUME = 32
+#: Metadata key of a group snapshot listed by ListUnmanagedSnapshots: once adopted,
+#: revert and delete find it by its handle and UUID (it carries no tag).
+ADOPTED = "adopted"
 #: Kept small so that the disks map fits the cluster's 1000-byte attribute limit.
 MAX_VOLUMES_PER_SNAPSHOT = 16
 
@@ -91,6 +96,7 @@ class SolidFireDriver(StorageDriver):
             Capability.CONSISTENT_GROUP,
             Capability.LIST,
             Capability.CLONE_VOLUMES,
+            Capability.LIST_UNMANAGED,
         }
         if self._fixture is not None:
             capabilities.add(Capability.CONFORMANCE_FIXTURE)
@@ -271,7 +277,9 @@ class SolidFireDriver(StorageDriver):
                 "undo_vm_snapshot_id", "is required with save_current_state"
             )
         async with self._lock(request.vm_snapshot_id):
-            found = await self._find(request.vm_snapshot_id, action)
+            found = await self._find(request.vm_snapshot_id, action) or await self._adopted(
+                request.vm_snapshot_id, request.snapshot, request.vm.id, cluster, action
+            )
             if not found:
                 raise NotFound(
                     f"{action}: no snapshot {request.vm_snapshot_id} on cluster {cluster}"
@@ -309,8 +317,13 @@ class SolidFireDriver(StorageDriver):
         action = f"delete snapshot {vm_snapshot_id}"
         async with self._lock(vm_snapshot_id):
             # By tag, not by the handles: after a failed take the host has none, and
-            # a handle alone could name a group that is not ours.
-            for group, _tag in await self._find(vm_snapshot_id, action):
+            # a handle alone could name a group that is not ours. An adopted group has
+            # no tag: it is found by the handle *and* the UUID it was listed with.
+            found = await self._find(vm_snapshot_id, action)
+            if not found and snapshot is not None:
+                cluster = await self.cluster()
+                found = await self._adopted(vm_snapshot_id, snapshot, "", cluster, action)
+            for group, _tag in found:
                 group_id = int(group.group_snapshot_id)
                 # NOT_FOUND: deleted meanwhile, the outcome the caller wants.
                 with contextlib.suppress(NotFound):
@@ -490,6 +503,100 @@ class SolidFireDriver(StorageDriver):
                 size_bytes=by_disk[t.disk].size,
             )
             for t in request.targets
+        ]
+
+    # --- adopt: group snapshots no vmsnap host made ---------------------------------
+
+    async def list_unmanaged_snapshots(
+        self, volumes: Sequence[Volume], page: Page
+    ) -> UnmanagedPage:
+        """Untagged group snapshots whose members are all among ``volumes``
+        (ListGroupSnapshots only: nothing on the cluster changes). Snapshots of a
+        single volume outside any group are not listed (not offered yet)."""
+        cluster = await self.cluster()
+        after = _parse_token(page.token)
+        wanted: dict[int, Volume] = {}
+        for v in volumes:
+            parsed = parse_locator(v.locator)
+            if parsed is not None and parsed.cluster == cluster:
+                wanted[parsed.volume_id] = v
+        if not wanted:
+            return UnmanagedPage(())
+        ids = sorted(wanted)
+        groups = await self.array.call(
+            "list unmanaged snapshots",
+            lambda sf: sf.list_group_snapshots(volumes=ids).group_snapshots,
+        )
+        chosen = []
+        for group in groups:
+            members = [int(m.volume_id) for m in group.members]
+            if (
+                int(group.group_snapshot_id) <= after
+                or Tag.from_attributes(group.attributes) is not None
+                or not members
+                or not set(members) <= set(wanted)
+            ):
+                continue
+            chosen.append(group)
+        chosen.sort(key=lambda g: int(g.group_snapshot_id))
+        items = chosen[: page.size]
+        token = f"after:{int(items[-1].group_snapshot_id)}" if len(chosen) > page.size else ""
+        return UnmanagedPage(tuple(self._unmanaged(g, wanted, cluster) for g in items), token)
+
+    def _unmanaged(
+        self, group: Any, wanted: Mapping[int, Volume], cluster: str
+    ) -> UnmanagedSnapshot:
+        rank = {vid: i for i, vid in enumerate(wanted)}
+        members = sorted(group.members, key=lambda m: rank[int(m.volume_id)])
+        return UnmanagedSnapshot(
+            id=str(group.group_snapshot_id),
+            name=str(group.name or "")[:255],
+            create_time=_parse_time(group.create_time),
+            volume_snapshots=tuple(
+                VolumeSnapshot(
+                    disk=wanted[int(m.volume_id)].disk,
+                    locator=wanted[int(m.volume_id)].locator,
+                    handle=str(m.snapshot_id),
+                    size_bytes=int(m.total_size or 0),
+                )
+                for m in members
+            ),
+            consistent_group=True,
+            group_handle=str(group.group_snapshot_id),
+            metadata={
+                "cluster": cluster,
+                "group_snapshot_uuid": str(group.group_snapshot_uuid),
+                ADOPTED: "group",
+            },
+        )
+
+    async def _adopted(
+        self,
+        vm_snapshot_id: str,
+        snapshot: SnapshotResult,
+        vm_id: str,
+        cluster: str,
+        action: str,
+    ) -> list[tuple[Any, Tag]]:
+        """The group an adopted snapshot names (its handle and UUID as listed),
+        still untagged; with a tag made up from the stored result."""
+        if snapshot.metadata.get(ADOPTED) != "group" or not snapshot.group_handle.isdigit():
+            return []
+        group_id = int(snapshot.group_handle)
+        groups = await self.array.call(
+            action, lambda sf: sf.list_group_snapshots(group_snapshot_id=group_id).group_snapshots
+        )
+        disks: dict[int, str] = {}
+        for v in snapshot.volume_snapshots:
+            parsed = parse_locator(v.locator)
+            if parsed is not None:
+                disks[parsed.volume_id] = v.disk
+        return [
+            (g, Tag(vm_snapshot_id, vm_id or snapshot.vm_id, "adopted", disks))
+            for g in groups
+            if int(g.group_snapshot_id) == group_id
+            and str(g.group_snapshot_uuid) == snapshot.metadata.get("group_snapshot_uuid")
+            and Tag.from_attributes(g.attributes) is None
         ]
 
     # --- ConformanceFixture --------------------------------------------------------

@@ -13,10 +13,12 @@ from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
+from vmsnap_host.adopt import DiscoveredSet
 from vmsnap_host.api import convert, errors
 from vmsnap_host.auth import access
 from vmsnap_host.auth.settings import AuthConfigError, project_name
 from vmsnap_host.blocks import DiskBlocks
+from vmsnap_host.executor.freeze_api import MAX_LEASE, MIN_LEASE
 from vmsnap_host.manager import (
     Manager,
     operation_not_found,
@@ -33,6 +35,7 @@ from vmsnap_sdk import VM, ClientTLS, Page, current_call
 from vmsnap_sdk import _blocks_wire as bw
 from vmsnap_sdk import _convert as cv
 from vmsnap_sdk import _validate as val
+from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
 from vmsnap_sdk._server import invoke, invoke_stream
@@ -823,6 +826,133 @@ def _vm_exists(vm_id: str, where: str = "") -> AlreadyExists:
         f"VM {vm_id} already exists{where}; choose another id",
         reason=Reason.VM_ALREADY_EXISTS,
     )
+    # --- freeze API for third-party tools (docs/design.md, "Freeze API") ---------
+    # Roles: FreezeVM, RenewFreeze and ThawVM need operator; all three mutate
+    # (audited).
+
+    async def FreezeVM(  # noqa: N802
+        self, request: pb.FreezeVMRequest, context: Ctx
+    ) -> pb.FreezeVMResponse:
+        async def run() -> pb.FreezeVMResponse:
+            val.require_id("request_id", request.request_id)
+            val.require_id("vm_id", request.vm_id)
+            lease = _lease("lease", request.HasField("lease"), request.lease)
+            project = self._vm_project(request.vm_id)
+            self._request_id(request.request_id)
+            state = await self.manager.freeze_vm(
+                request.request_id,
+                request.vm_id,
+                lease,
+                _quiesce(request.quiesce),
+                project=project,
+            )
+            response = pb.FreezeVMResponse(
+                token=state.token,
+                consistency=common_pb2.Consistency.ValueType(state.consistency.value),
+                operation_id=state.operation_id,
+                method=f"QUIESCE_METHOD_{state.method.name}",
+                message=state.message,
+            )
+            response.expire_time.FromDatetime(state.expire_time)
+            return response
+
+        return await _call(context, "FreezeVM", run)
+
+    async def RenewFreeze(  # noqa: N802
+        self, request: pb.RenewFreezeRequest, context: Ctx
+    ) -> pb.RenewFreezeResponse:
+        async def run() -> pb.RenewFreezeResponse:
+            val.require_text("token", request.token, 256)
+            lease = _lease("lease", request.HasField("lease"), request.lease)
+            expires = await self.manager.renew_freeze(request.token, lease)
+            response = pb.RenewFreezeResponse()
+            response.expire_time.FromDatetime(expires)
+            return response
+
+        return await _call(context, "RenewFreeze", run)
+
+    async def ThawVM(self, request: pb.ThawVMRequest, context: Ctx) -> pb.ThawVMResponse:  # noqa: N802
+        async def run() -> pb.ThawVMResponse:
+            val.require_text("token", request.token, 256)
+            frozen = await self.manager.thaw_vm(request.token)
+            response = pb.ThawVMResponse()
+            response.frozen.FromNanoseconds(int(frozen * 1e9))
+            return response
+
+        return await _call(context, "ThawVM", run)
+
+    # --- adopting array snapshots made elsewhere (docs/design.md, "Adopt") -------
+    # Roles: DiscoverSnapshots needs viewer (reads; changes nothing on any array);
+    # AdoptSnapshot needs operator and mutates (audited).
+
+    async def DiscoverSnapshots(  # noqa: N802
+        self, request: pb.DiscoverSnapshotsRequest, context: Ctx
+    ) -> pb.DiscoverSnapshotsResponse:
+        async def run() -> pb.DiscoverSnapshotsResponse:
+            val.require_id("vm_id", request.vm_id)
+            self._vm_project(request.vm_id)  # another project's VM: NOT_FOUND
+            found = await self.manager.adopter.discover(request.vm_id)
+            return pb.DiscoverSnapshotsResponse(
+                sets=[_discovered(s) for s in found.sets],
+                unsupported_drivers=list(found.unsupported_drivers),
+            )
+
+        return await _call(context, "DiscoverSnapshots", run)
+
+    async def AdoptSnapshot(  # noqa: N802
+        self, request: pb.AdoptSnapshotRequest, context: Ctx
+    ) -> pb.AdoptSnapshotResponse:
+        async def run() -> pb.AdoptSnapshotResponse:
+            val.require_id("request_id", request.request_id)
+            val.require_id("vm_id", request.vm_id)
+            val.require_text("set_id", request.set_id, 1200)
+            val.require_text("name", request.name)
+            val.require_text("description", request.description, MAX_DESCRIPTION, required=False)
+            project = self._vm_project(request.vm_id)  # another project's VM: NOT_FOUND
+            self._request_id(request.request_id)
+            snap = await self.manager.adopt_snapshot(
+                request.request_id,
+                request.vm_id,
+                request.set_id,
+                request.name,
+                request.description,
+                project=project,
+            )
+            return pb.AdoptSnapshotResponse(vm_snapshot=convert.snapshot_to_pb(snap))
+
+        return await _call(context, "AdoptSnapshot", run)
+
+
+def _discovered(s: DiscoveredSet) -> pb.DiscoveredSet:
+    u = s.snapshot
+    message = pb.DiscoveredSet(
+        id=s.id,
+        driver=s.driver,
+        object_id=u.id,
+        name=u.name,
+        volumes=[
+            pb.DiscoveredVolume(
+                disk=v.disk, locator=v.locator, handle=v.handle, size_bytes=v.size_bytes
+            )
+            for v in u.volume_snapshots
+        ],
+        complete=s.complete,
+        consistency=common_pb2.Consistency.ValueType(s.consistency.value),
+    )
+    if u.create_time is not None:
+        message.create_time.FromDatetime(u.create_time)
+    return message
+
+
+def _lease(field: str, present: bool, value: Any) -> float:
+    if not present:
+        raise InvalidArgument.for_field(field, "is required (how long the freeze may hold)")
+    seconds = value.ToNanoseconds() / 1e9
+    if not MIN_LEASE <= seconds <= MAX_LEASE:
+        raise InvalidArgument.for_field(
+            field, f"must be {MIN_LEASE:.0f} s .. {MAX_LEASE:.0f} s, not {seconds:g} s"
+        )
+    return float(seconds)
 
 
 def _tls_dict(tls: ClientTLS | None) -> dict[str, str]:

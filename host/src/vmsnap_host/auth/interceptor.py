@@ -67,6 +67,13 @@ ROLES: dict[str, Role] = {
     "CancelOperation": Role.OPERATOR,
     # Clone to a new VM (issue 14).
     "CreateVMFromSnapshot": Role.OPERATOR,
+    # Freeze for backup tools and adopt (issue 14). RenewFreeze and ThawVM name the
+    # freeze by its token, which only the caller that froze the VM was given.
+    "FreezeVM": Role.OPERATOR,
+    "RenewFreeze": Role.OPERATOR,
+    "ThawVM": Role.OPERATOR,
+    "DiscoverSnapshots": Role.VIEWER,
+    "AdoptSnapshot": Role.OPERATOR,
 }
 
 #: RPCs that change something: each call is audited, whatever its result.
@@ -86,6 +93,10 @@ MUTATING = frozenset(
         "Reconcile",
         "CancelOperation",
         "CreateVMFromSnapshot",
+        "FreezeVM",
+        "RenewFreeze",
+        "ThawVM",
+        "AdoptSnapshot",
     }
 )
 

@@ -14,6 +14,7 @@ from vmsnap_host.cli._common import Exit, fail, want_json
 from vmsnap_host.cli._snapshot import _mutate, resolved
 from vmsnap_host.client import HostClient, Operation
 
+
 def vm_clone(
     snapshot_id: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="The READY snapshot: id, unique id prefix or VM/NAME.")],
     new_vm_id: Annotated[str, typer.Argument(help="Id of the new VM (defined on no agent).")],

@@ -268,3 +268,7 @@ def snapshot_show(snapshot: SnapshotArg, json_: JsonOption = False) -> None:
 from vmsnap_host.cli._export import snapshot_export  # noqa: E402 - registered below
 
 app.command("export")(snapshot_export)
+
+from vmsnap_host.cli._adopt import adopt_app  # noqa: E402 - registered below
+
+app.add_typer(adopt_app)  # vmsnap snapshot discover | adopt

@@ -177,3 +177,7 @@ def vm_undefine(
 from vmsnap_host.cli._clone import vm_clone  # noqa: E402 - registered below
 
 app.command("clone")(vm_clone)
+
+from vmsnap_host.cli._freeze import freeze_app  # noqa: E402 - registered below
+
+app.add_typer(freeze_app)  # vmsnap vm freeze VM --lease 10s -- COMMAND

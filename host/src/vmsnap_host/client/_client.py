@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,9 +32,11 @@ from vmsnap_host.client._address import default_address, default_token_file, sta
 from vmsnap_host.client._types import (
     AgentStatus,
     AuditRecord,
+    Discovery,
     DiskRanges,
     DriverStatus,
     Finding,
+    FreezeInfo,
     Operation,
     Page,
     QuiescePolicy,
@@ -666,3 +668,72 @@ class HostClient:
         )
         parts = [message.data async for message in iterate(stream)]
         return b"".join(parts)
+    # --- freeze API for third-party tools -------------------------------------------
+
+    async def freeze_vm(
+        self,
+        vm_id: str,
+        lease_seconds: float,
+        *,
+        quiesce: QuiescePolicy = QuiescePolicy.BEST_EFFORT,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> FreezeInfo:
+        """Freeze a RUNNING VM for your own cut. The VM's agent thaws it by itself
+        ``lease_seconds`` after the freeze (or the last renewal): renew it with
+        :meth:`renew_freeze` well before ``expire_time``, thaw it with :meth:`thaw_vm`."""
+        request = pb.FreezeVMRequest(
+            request_id=_request_id(request_id),
+            vm_id=vm_id,
+            quiesce=pb.QuiescePolicy.ValueType(quiesce.value),
+        )
+        request.lease.CopyFrom(cv.duration(lease_seconds))
+        return cv.freeze(await self._call("FreezeVM", request, self._t(timeout)))
+
+    async def renew_freeze(
+        self, token: str, lease_seconds: float, *, timeout: float | None = None
+    ) -> datetime:
+        """Extend a freeze's lease from now; the new expiry. FailedPrecondition
+        (reason FREEZE_EXPIRED) when it lapsed: the VM was thawed."""
+        request = pb.RenewFreezeRequest(token=token)
+        request.lease.CopyFrom(cv.duration(lease_seconds))
+        response = await self._call("RenewFreeze", request, self._t(timeout))
+        expire: datetime = response.expire_time.ToDatetime(tzinfo=UTC)
+        return expire
+
+    async def thaw_vm(self, token: str, *, timeout: float | None = None) -> float:
+        """Thaw a freeze; how long the VM was frozen (seconds). FailedPrecondition
+        (reason FREEZE_EXPIRED) when its lease had lapsed: writes may have resumed."""
+        response = await self._call("ThawVM", pb.ThawVMRequest(token=token), self._t(timeout))
+        return float(response.frozen.ToNanoseconds() / 1e9)
+
+    # --- adopting array snapshots made elsewhere ------------------------------------
+
+    async def discover_snapshots(self, vm_id: str, *, timeout: float | None = None) -> Discovery:
+        """Array snapshots of the VM's volumes that no vmsnap host made (changes
+        nothing on any array)."""
+        response = await self._call(
+            "DiscoverSnapshots", pb.DiscoverSnapshotsRequest(vm_id=vm_id), self._t(timeout)
+        )
+        return cv.discovery(response)
+
+    async def adopt_snapshot(
+        self,
+        vm_id: str,
+        set_id: str,
+        name: str,
+        *,
+        description: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> VMSnapshot:
+        """Make a discovered set (DiscoveredSet.id) a READY VM snapshot."""
+        request = pb.AdoptSnapshotRequest(
+            request_id=_request_id(request_id),
+            vm_id=vm_id,
+            set_id=set_id,
+            name=name,
+            description=description,
+        )
+        response = await self._call("AdoptSnapshot", request, self._t(timeout))
+        return cv.vm_snapshot(response.vm_snapshot)

@@ -177,3 +177,36 @@ def duration(seconds: float) -> duration_pb2.Duration:
     value = duration_pb2.Duration()
     value.FromNanoseconds(int(seconds * 1e9))
     return value
+
+
+def freeze(m: pb.FreezeVMResponse) -> t.FreezeInfo:
+    return t.FreezeInfo(
+        token=m.token,
+        operation_id=m.operation_id,
+        consistency=_enum(Consistency, m.consistency),
+        expire_time=m.expire_time.ToDatetime(tzinfo=UTC),
+        method=m.method,
+        message=m.message,
+    )
+
+
+def discovery(m: pb.DiscoverSnapshotsResponse) -> t.Discovery:
+    return t.Discovery(
+        sets=tuple(
+            t.DiscoveredSet(
+                id=s.id,
+                driver=s.driver,
+                object_id=s.object_id,
+                name=s.name,
+                create_time=_time(s.create_time, s.HasField("create_time")),
+                volumes=tuple(
+                    t.DiscoveredVolume(v.disk, v.locator, v.handle, v.size_bytes)
+                    for v in s.volumes
+                ),
+                complete=s.complete,
+                consistency=_enum(Consistency, s.consistency),
+            )
+            for s in m.sets
+        ),
+        unsupported_drivers=tuple(m.unsupported_drivers),
+    )

@@ -210,3 +210,8 @@ class SyncHostClient:
             # The caller stopped (or Ctrl-C): the stream on the loop ends too.
             future.cancel()
     create_vm_from_snapshot = _blocking(HostClient.create_vm_from_snapshot)
+    freeze_vm = _blocking(HostClient.freeze_vm)
+    renew_freeze = _blocking(HostClient.renew_freeze)
+    thaw_vm = _blocking(HostClient.thaw_vm)
+    discover_snapshots = _blocking(HostClient.discover_snapshots)
+    adopt_snapshot = _blocking(HostClient.adopt_snapshot)

@@ -53,6 +53,10 @@ class OperationType(enum.Enum):
     UNDEFINE_VM = 4
     #: A new VM cloned from a snapshot (Operation.new_vm_id).
     CLONE = 5
+    #: A FreezeVM: open while the freeze holds.
+    FREEZE = 6
+    #: An AdoptSnapshot, recorded done.
+    ADOPT = 7
 
 
 class GroupKind(enum.Enum):
@@ -285,3 +289,44 @@ class DiskRanges:
     @property
     def total_bytes(self) -> int:
         return sum(r.length for r in self.ranges)
+class FreezeInfo:
+    """A freeze in force (FreezeVM): renew it before ``expire_time``, thaw it."""
+
+    token: str
+    operation_id: str
+    consistency: Consistency
+    expire_time: datetime
+    method: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class DiscoveredVolume:
+    """One disk's snapshot in a discovered set."""
+
+    disk: str
+    locator: str
+    handle: str
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class DiscoveredSet:
+    """Array snapshots no vmsnap host made, that can become one VM snapshot."""
+
+    id: str
+    driver: str
+    object_id: str
+    name: str
+    create_time: datetime | None
+    volumes: tuple[DiscoveredVolume, ...]
+    complete: bool
+    consistency: Consistency
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """DiscoverSnapshots: the sets, and drivers that cannot list theirs."""
+
+    sets: tuple[DiscoveredSet, ...]
+    unsupported_drivers: tuple[str, ...] = ()

@@ -5,6 +5,7 @@
 - :mod:`.clone` — a new VM from a snapshot, compensated on failure or restart;
 - :mod:`.cleanup` — owed deletes, the delete operation, kept revert states;
 - :mod:`.freeze` — the freeze lifecycle (lease, renewals, a thaw that is sure);
+- :mod:`.freeze_api` — freezes held for third-party tools (FreezeVM, RenewFreeze, ThawVM);
 - :mod:`.groups` — calls to one group's owner, every result checked;
 - :mod:`.errors` — what an operation records, context that keeps details.
 
@@ -24,6 +25,7 @@ from vmsnap_host.executor.cleanup import Cleanup
 from vmsnap_host.executor.clone import CloneVM
 from vmsnap_host.executor.errors import OperationFailed, as_error, error_info
 from vmsnap_host.executor.freeze import FreezeKeeper
+from vmsnap_host.executor.freeze_api import FreezeAPI
 from vmsnap_host.executor.groups import GroupCalls, native_result
 from vmsnap_host.executor.revert import Revert, Unsettled
 from vmsnap_host.executor.take import Take
@@ -59,6 +61,7 @@ class Executor:
         )
         self.revert = Revert(store, registry, settings, self.calls, self.cleanup)
         self.clone = CloneVM(store, registry, settings)
+        self.freeze_api = FreezeAPI(store, registry, settings.call_timeout_seconds)
 
     async def run(self, op: OperationRecord, *, resume: bool = False, vm: VM | None = None) -> None:
         """Run (or, after a crash, resume) one operation to a defined end. Returns
@@ -66,6 +69,16 @@ class Executor:
         an owner, a revert that cannot reach either side now): those are picked up
         again on the reconcile interval. ``vm``: a take's VM as its admission just
         described it (else the take describes it)."""
+        if op.type is OperationType.FREEZE:
+            # A third party's freeze: held until thawed or lapsed (no snapshot).
+            try:
+                await self.freeze_api.hold(op, resume=resume)
+            except (StaleMove, OperationClosed, LeaseLost) as exc:
+                log.warning(
+                    "stale freeze work stopped",
+                    extra={"fields": {"operation": op.id, "why": str(exc)}},
+                )
+            return
         snap = self.store.get_snapshot(op.vm_snapshot_id)
         try:
             if snap is None:

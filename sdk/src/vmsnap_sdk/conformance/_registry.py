@@ -29,6 +29,7 @@ CATEGORIES = (
     "clone",
     "list",
     "blocks",
+    "unmanaged",
     "concurrency",
     "deadlines",
     "robustness",

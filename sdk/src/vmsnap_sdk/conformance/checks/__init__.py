@@ -15,6 +15,7 @@ from vmsnap_sdk.conformance.checks import (
     revert,
     robustness,
     take,
+    unmanaged,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "revert",
     "robustness",
     "take",
+    "unmanaged",
 ]

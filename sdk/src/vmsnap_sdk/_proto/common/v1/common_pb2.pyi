@@ -330,6 +330,22 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     VM_ID_IN_USE: _ErrorReason.ValueType  # 88
     """ALREADY_EXISTS: CreateVMFromSnapshot's new VM id is defined on an agent."""
+    FREEZE_EXPIRED: _ErrorReason.ValueType  # 80
+    """-- The freeze API for third-party tools, and adopting array snapshots (80..84).
+    FAILED_PRECONDITION: RenewFreeze or ThawVM of a freeze whose lease lapsed: the
+    agent thawed the VM then, so its writes may have resumed (a cut made after that
+    may not be consistent).
+    """
+    FREEZE_NOT_FOUND: _ErrorReason.ValueType  # 81
+    """NOT_FOUND: no freeze has this token."""
+    VM_BUSY: _ErrorReason.ValueType  # 82
+    """ABORTED: FreezeVM while an operation runs or waits on the VM; retry when it ends."""
+    DISCOVERED_SET_NOT_FOUND: _ErrorReason.ValueType  # 83
+    """NOT_FOUND: AdoptSnapshot of a set id that DiscoverSnapshots does not list (now)."""
+    SET_INCOMPLETE: _ErrorReason.ValueType  # 84
+    """FAILED_PRECONDITION: the discovered set does not hold every disk of the VM, or a
+    driver of the VM's disks cannot list unmanaged snapshots.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call or an operation failed: the `reason` of the google.rpc.ErrorInfo
@@ -602,6 +618,22 @@ this clone.
 """
 VM_ID_IN_USE: ErrorReason.ValueType  # 88
 """ALREADY_EXISTS: CreateVMFromSnapshot's new VM id is defined on an agent."""
+FREEZE_EXPIRED: ErrorReason.ValueType  # 80
+"""-- The freeze API for third-party tools, and adopting array snapshots (80..84).
+FAILED_PRECONDITION: RenewFreeze or ThawVM of a freeze whose lease lapsed: the
+agent thawed the VM then, so its writes may have resumed (a cut made after that
+may not be consistent).
+"""
+FREEZE_NOT_FOUND: ErrorReason.ValueType  # 81
+"""NOT_FOUND: no freeze has this token."""
+VM_BUSY: ErrorReason.ValueType  # 82
+"""ABORTED: FreezeVM while an operation runs or waits on the VM; retry when it ends."""
+DISCOVERED_SET_NOT_FOUND: ErrorReason.ValueType  # 83
+"""NOT_FOUND: AdoptSnapshot of a set id that DiscoverSnapshots does not list (now)."""
+SET_INCOMPLETE: ErrorReason.ValueType  # 84
+"""FAILED_PRECONDITION: the discovered set does not hold every disk of the VM, or a
+driver of the VM's disks cannot list unmanaged snapshots.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

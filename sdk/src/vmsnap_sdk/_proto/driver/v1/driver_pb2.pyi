@@ -102,6 +102,8 @@ class _CapabilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Capability
     """ReadSnapshot is offered."""
     CAPABILITY_CLONE_VOLUMES: _Capability.ValueType  # 7
     """CloneVolumes and DeleteClonedVolumes are offered: new volumes from a snapshot."""
+    CAPABILITY_LIST_UNMANAGED: _Capability.ValueType  # 8
+    """ListUnmanagedSnapshots is offered, and revert and delete of what it listed."""
 
 class Capability(_Capability, metaclass=_CapabilityEnumTypeWrapper):
     """What a driver can do. An absent capability answers UNIMPLEMENTED."""
@@ -130,6 +132,8 @@ CAPABILITY_READ_SNAPSHOT: Capability.ValueType  # 10
 """ReadSnapshot is offered."""
 CAPABILITY_CLONE_VOLUMES: Capability.ValueType  # 7
 """CloneVolumes and DeleteClonedVolumes are offered: new volumes from a snapshot."""
+CAPABILITY_LIST_UNMANAGED: Capability.ValueType  # 8
+"""ListUnmanagedSnapshots is offered, and revert and delete of what it listed."""
 Global___Capability: _TypeAlias = Capability  # noqa: Y015
 
 class _Priority:
@@ -1577,3 +1581,137 @@ class DeleteClonedVolumesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteClonedVolumesResponse: _TypeAlias = DeleteClonedVolumesResponse  # noqa: Y015
+
+@_typing.final
+class ListUnmanagedSnapshotsRequest(_message.Message):
+    """List the unmanaged snapshots of some volumes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOLUMES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Most results per page: 0..1000 (0 = the driver's default, 100)."""
+    page_token: _builtins.str
+    """Token from a previous response (at most 1024 chars); empty for the first page."""
+    @_builtins.property
+    def volumes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Volume]:
+        """The volumes (a VM's disks this driver claims): 1..256, each disk once."""
+
+    def __init__(
+        self,
+        *,
+        volumes: _abc.Iterable[_common_pb2.Volume] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "volumes", b"volumes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnmanagedSnapshotsRequest: _TypeAlias = ListUnmanagedSnapshotsRequest  # noqa: Y015
+
+@_typing.final
+class UnmanagedSnapshot(_message.Message):
+    """A snapshot on the array that no vmsnap host made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    VOLUME_SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    CONSISTENT_GROUP_FIELD_NUMBER: _builtins.int
+    GROUP_HANDLE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The array's id of the object (1..1024 bytes), unique among the entries."""
+    name: _builtins.str
+    """The array's name of it (at most 255 chars)."""
+    consistent_group: _builtins.bool
+    """True when the array cut every member at one instant (a consistency group)."""
+    group_handle: _builtins.str
+    """The array's handle of the group snapshot, when it is one (at most 1024 bytes)."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the array cut it."""
+
+    @_builtins.property
+    def volume_snapshots(self) -> _containers.RepeatedCompositeFieldContainer[Global___VolumeSnapshot]:
+        """One entry per member, each a requested volume (disk and locator as given)."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Opaque driver data the host stores and hands back on revert and delete once
+        adopted (the limits of VMSnapshotResult.metadata).
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        volume_snapshots: _abc.Iterable[Global___VolumeSnapshot] | None = ...,
+        consistent_group: _builtins.bool = ...,
+        group_handle: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistent_group", b"consistent_group", "create_time", b"create_time", "group_handle", b"group_handle", "id", b"id", "metadata", b"metadata", "name", b"name", "volume_snapshots", b"volume_snapshots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnmanagedSnapshot: _TypeAlias = UnmanagedSnapshot  # noqa: Y015
+
+@_typing.final
+class ListUnmanagedSnapshotsResponse(_message.Message):
+    """One page of unmanaged snapshots."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last."""
+    @_builtins.property
+    def snapshots(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnmanagedSnapshot]:
+        """Each object once across all pages."""
+
+    def __init__(
+        self,
+        *,
+        snapshots: _abc.Iterable[Global___UnmanagedSnapshot] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "snapshots", b"snapshots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnmanagedSnapshotsResponse: _TypeAlias = ListUnmanagedSnapshotsResponse  # noqa: Y015

@@ -112,6 +112,11 @@ class StorageDriverStub:
                 request_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.DeleteClonedVolumesRequest.SerializeToString,
                 response_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.DeleteClonedVolumesResponse.FromString,
                 _registered_method=True)
+        self.ListUnmanagedSnapshots = channel.unary_unary(
+                '/vmsnap.driver.v1.StorageDriver/ListUnmanagedSnapshots',
+                request_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ListUnmanagedSnapshotsRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ListUnmanagedSnapshotsResponse.FromString,
+                _registered_method=True)
 
 
 class StorageDriverServicer:
@@ -295,6 +300,27 @@ class StorageDriverServicer:
         INVALID_ARGUMENT     INVALID_ARGUMENT      clone_id breaks its rule
         ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
         UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CLONE_VOLUMES)
+        -- Adopt (CAPABILITY_LIST_UNMANAGED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUnmanagedSnapshots(self, request, context):
+        """Snapshots the array holds of some of the given volumes that no vmsnap host
+        made (they carry no host tag), so that the host can adopt them. Read only:
+        it changes nothing on the array. One entry per array object (a group
+        snapshot, or one volume's snapshot outside any group), each once across all
+        pages, only with the given volumes among its members (an object with a
+        member outside them is left out: adopting it would revert a volume the VM
+        does not have). Once the host adopted one, it passes the VMSnapshotResult it
+        built from the entry (handles, group_handle, metadata, with its own
+        vm_snapshot_id) to RevertVMSnapshot and DeleteVMSnapshot: the driver must
+        find the object from that alone, since it carries no tag.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      volumes, page_size or page_token is wrong
+        UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_LIST_UNMANAGED)
+        INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -367,6 +393,11 @@ def add_StorageDriverServicer_to_server(servicer, server):
                     servicer.DeleteClonedVolumes,
                     request_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.DeleteClonedVolumesRequest.FromString,
                     response_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.DeleteClonedVolumesResponse.SerializeToString,
+            ),
+            'ListUnmanagedSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnmanagedSnapshots,
+                    request_deserializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ListUnmanagedSnapshotsRequest.FromString,
+                    response_serializer=vmsnap_dot_driver_dot_v1_dot_driver__pb2.ListUnmanagedSnapshotsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -733,6 +764,33 @@ class StorageDriver:
             '/vmsnap.driver.v1.StorageDriver/DeleteClonedVolumes',
             vmsnap_dot_driver_dot_v1_dot_driver__pb2.DeleteClonedVolumesRequest.SerializeToString,
             vmsnap_dot_driver_dot_v1_dot_driver__pb2.DeleteClonedVolumesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnmanagedSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.driver.v1.StorageDriver/ListUnmanagedSnapshots',
+            vmsnap_dot_driver_dot_v1_dot_driver__pb2.ListUnmanagedSnapshotsRequest.SerializeToString,
+            vmsnap_dot_driver_dot_v1_dot_driver__pb2.ListUnmanagedSnapshotsResponse.FromString,
             options,
             channel_credentials,
             insecure,

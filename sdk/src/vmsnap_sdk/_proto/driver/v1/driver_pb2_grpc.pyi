@@ -197,6 +197,23 @@ class StorageDriverStub:
       INVALID_ARGUMENT     INVALID_ARGUMENT      clone_id breaks its rule
       ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
       UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CLONE_VOLUMES)
+    -- Adopt (CAPABILITY_LIST_UNMANAGED).
+    """
+    ListUnmanagedSnapshots: _aio.UnaryUnaryMultiCallable[_driver_pb2.ListUnmanagedSnapshotsRequest, _driver_pb2.ListUnmanagedSnapshotsResponse]
+    """Snapshots the array holds of some of the given volumes that no vmsnap host
+    made (they carry no host tag), so that the host can adopt them. Read only:
+    it changes nothing on the array. One entry per array object (a group
+    snapshot, or one volume's snapshot outside any group), each once across all
+    pages, only with the given volumes among its members (an object with a
+    member outside them is left out: adopting it would revert a volume the VM
+    does not have). Once the host adopted one, it passes the VMSnapshotResult it
+    built from the entry (handles, group_handle, metadata, with its own
+    vm_snapshot_id) to RevertVMSnapshot and DeleteVMSnapshot: the driver must
+    find the object from that alone, since it carries no tag.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      volumes, page_size or page_token is wrong
+      UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_LIST_UNMANAGED)
+      INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
     """
 
 class StorageDriverServicer(metaclass=_abc_1.ABCMeta):
@@ -409,6 +426,29 @@ class StorageDriverServicer(metaclass=_abc_1.ABCMeta):
           INVALID_ARGUMENT     INVALID_ARGUMENT      clone_id breaks its rule
           ABORTED              CONCURRENT_OPERATION  another operation on a volume runs; retry
           UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_CLONE_VOLUMES)
+        -- Adopt (CAPABILITY_LIST_UNMANAGED).
+        """
+
+    @_abc_1.abstractmethod
+    def ListUnmanagedSnapshots(
+        self,
+        request: _driver_pb2.ListUnmanagedSnapshotsRequest,
+        context: _aio.ServicerContext[_driver_pb2.ListUnmanagedSnapshotsRequest, _abc.Awaitable[_driver_pb2.ListUnmanagedSnapshotsResponse]],
+    ) -> _abc.Awaitable[_driver_pb2.ListUnmanagedSnapshotsResponse]:
+        """Snapshots the array holds of some of the given volumes that no vmsnap host
+        made (they carry no host tag), so that the host can adopt them. Read only:
+        it changes nothing on the array. One entry per array object (a group
+        snapshot, or one volume's snapshot outside any group), each once across all
+        pages, only with the given volumes among its members (an object with a
+        member outside them is left out: adopting it would revert a volume the VM
+        does not have). Once the host adopted one, it passes the VMSnapshotResult it
+        built from the entry (handles, group_handle, metadata, with its own
+        vm_snapshot_id) to RevertVMSnapshot and DeleteVMSnapshot: the driver must
+        find the object from that alone, since it carries no tag.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      volumes, page_size or page_token is wrong
+          UNIMPLEMENTED        UNIMPLEMENTED         not offered (no CAPABILITY_LIST_UNMANAGED)
+          INTERNAL             ANSWER_OVER_LIMITS    the answer broke the size limits (SDK)
         """
 
 def add_StorageDriverServicer_to_server(servicer: StorageDriverServicer, server: _aio.Server) -> None: ...

@@ -129,6 +129,12 @@ class _OperationTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Operati
     """
     OPERATION_TYPE_CLONE: _OperationType.ValueType  # 5
     """CreateVMFromSnapshot: a new VM cloned from a snapshot (Operation.new_vm_id)."""
+    OPERATION_TYPE_FREEZE: _OperationType.ValueType  # 6
+    """FreezeVM: open while the freeze holds; done when it was thawed (no error) or
+    its lease lapsed (error FREEZE_EXPIRED, or HOST_RESTARTED).
+    """
+    OPERATION_TYPE_ADOPT: _OperationType.ValueType  # 7
+    """AdoptSnapshot: recorded, done, with the snapshot it made."""
 
 class OperationType(_OperationType, metaclass=_OperationTypeEnumTypeWrapper):
     """Kind of long-running operation."""
@@ -147,6 +153,12 @@ deletes are OPERATION_TYPE_DELETE operations of their own).
 """
 OPERATION_TYPE_CLONE: OperationType.ValueType  # 5
 """CreateVMFromSnapshot: a new VM cloned from a snapshot (Operation.new_vm_id)."""
+OPERATION_TYPE_FREEZE: OperationType.ValueType  # 6
+"""FreezeVM: open while the freeze holds; done when it was thawed (no error) or
+its lease lapsed (error FREEZE_EXPIRED, or HOST_RESTARTED).
+"""
+OPERATION_TYPE_ADOPT: OperationType.ValueType  # 7
+"""AdoptSnapshot: recorded, done, with the snapshot it made."""
 Global___OperationType: _TypeAlias = OperationType  # noqa: Y015
 
 class _GroupKind:
@@ -2511,3 +2523,395 @@ class CreateVMFromSnapshotResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateVMFromSnapshotResponse: _TypeAlias = CreateVMFromSnapshotResponse  # noqa: Y015
+
+@_typing.final
+class FreezeVMRequest(_message.Message):
+    """Freeze a VM for a third-party tool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VM_ID_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    QUIESCE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Required; an id, unique per request: a retry with the same one returns the
+    same freeze (ALREADY_EXISTS, REQUEST_ID_REUSED for another VM).
+    """
+    vm_id: _builtins.str
+    """Required; the VM's id. It must be RUNNING."""
+    quiesce: Global___QuiescePolicy.ValueType
+    """Guest quiesce policy; unset is BEST_EFFORT (a guest freeze when the agent
+    can, else overlays: crash consistent). OFF: overlays only.
+    """
+    @_builtins.property
+    def lease(self) -> _duration_pb2.Duration:
+        """Required: how long the freeze holds without a RenewFreeze, 1 s .. 10 min.
+        The VM's agent thaws it by itself when the lease lapses.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        vm_id: _builtins.str = ...,
+        lease: _duration_pb2.Duration | None = ...,
+        quiesce: Global___QuiescePolicy.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "quiesce", b"quiesce", "request_id", b"request_id", "vm_id", b"vm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreezeVMRequest: _TypeAlias = FreezeVMRequest  # noqa: Y015
+
+@_typing.final
+class FreezeVMResponse(_message.Message):
+    """A freeze in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    OPERATION_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """Token for RenewFreeze and ThawVM (a secret: whoever has it can thaw)."""
+    consistency: _common_pb2.Consistency.ValueType
+    """Consistency the freeze achieved (CRASH for overlays alone)."""
+    operation_id: _builtins.str
+    """The FREEZE operation that holds the VM (ListOperations shows it)."""
+    method: _builtins.str
+    """The agent's quiesce method, as a vmsnap_sdk._proto.hypervisor.v1.QuiesceMethod name."""
+    message: _builtins.str
+    """What the agent said, e.g. why a best-effort guest freeze fell back."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the lease lapses unless renewed (the host's clock)."""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        consistency: _common_pb2.Consistency.ValueType = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        operation_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "expire_time", b"expire_time", "message", b"message", "method", b"method", "operation_id", b"operation_id", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreezeVMResponse: _TypeAlias = FreezeVMResponse  # noqa: Y015
+
+@_typing.final
+class RenewFreezeRequest(_message.Message):
+    """Extend a freeze."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """Required: the token FreezeVM returned (1..256 chars)."""
+    @_builtins.property
+    def lease(self) -> _duration_pb2.Duration:
+        """Required: the new lease from now, 1 s .. 10 min."""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        lease: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewFreezeRequest: _TypeAlias = RenewFreezeRequest  # noqa: Y015
+
+@_typing.final
+class RenewFreezeResponse(_message.Message):
+    """The renewed freeze."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the lease lapses now unless renewed again."""
+
+    def __init__(
+        self,
+        *,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewFreezeResponse: _TypeAlias = RenewFreezeResponse  # noqa: Y015
+
+@_typing.final
+class ThawVMRequest(_message.Message):
+    """Thaw a freeze."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """Required: the token FreezeVM returned (1..256 chars)."""
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ThawVMRequest: _TypeAlias = ThawVMRequest  # noqa: Y015
+
+@_typing.final
+class ThawVMResponse(_message.Message):
+    """The thawed freeze."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROZEN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def frozen(self) -> _duration_pb2.Duration:
+        """How long the VM was frozen."""
+
+    def __init__(
+        self,
+        *,
+        frozen: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["frozen", b"frozen"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frozen", b"frozen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ThawVMResponse: _TypeAlias = ThawVMResponse  # noqa: Y015
+
+@_typing.final
+class DiscoverSnapshotsRequest(_message.Message):
+    """Discover unmanaged array snapshots of a VM's volumes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_ID_FIELD_NUMBER: _builtins.int
+    vm_id: _builtins.str
+    """Required; the VM's id."""
+    def __init__(
+        self,
+        *,
+        vm_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["vm_id", b"vm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscoverSnapshotsRequest: _TypeAlias = DiscoverSnapshotsRequest  # noqa: Y015
+
+@_typing.final
+class DiscoveredVolume(_message.Message):
+    """One disk's snapshot in a discovered set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISK_FIELD_NUMBER: _builtins.int
+    LOCATOR_FIELD_NUMBER: _builtins.int
+    HANDLE_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    disk: _builtins.str
+    """The VM's disk."""
+    locator: _builtins.str
+    """Its volume's locator."""
+    handle: _builtins.str
+    """The array's handle of the volume's snapshot."""
+    size_bytes: _builtins.int
+    """Bytes the snapshot uses or references (0 = unknown)."""
+    def __init__(
+        self,
+        *,
+        disk: _builtins.str = ...,
+        locator: _builtins.str = ...,
+        handle: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "handle", b"handle", "locator", b"locator", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscoveredVolume: _TypeAlias = DiscoveredVolume  # noqa: Y015
+
+@_typing.final
+class DiscoveredSet(_message.Message):
+    """Array snapshots that can become one VM snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DRIVER_FIELD_NUMBER: _builtins.int
+    OBJECT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    VOLUMES_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Id to pass to AdoptSnapshot: "<driver>/<the array object's id>"."""
+    driver: _builtins.str
+    """The driver that listed it."""
+    object_id: _builtins.str
+    """The array's id of the object (a group snapshot's id, a snapshot's id)."""
+    name: _builtins.str
+    """The array's name of it."""
+    complete: _builtins.bool
+    """True when it holds every disk of the VM (only such a set can be adopted)."""
+    consistency: _common_pb2.Consistency.ValueType
+    """CRASH when the array cut its volumes at one instant (a group snapshot),
+    UNSPECIFIED when nothing says so.
+    """
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the array cut it."""
+
+    @_builtins.property
+    def volumes(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiscoveredVolume]:
+        """The VM's disks it holds."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        driver: _builtins.str = ...,
+        object_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        volumes: _abc.Iterable[Global___DiscoveredVolume] | None = ...,
+        complete: _builtins.bool = ...,
+        consistency: _common_pb2.Consistency.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "consistency", b"consistency", "create_time", b"create_time", "driver", b"driver", "id", b"id", "name", b"name", "object_id", b"object_id", "volumes", b"volumes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscoveredSet: _TypeAlias = DiscoveredSet  # noqa: Y015
+
+@_typing.final
+class DiscoverSnapshotsResponse(_message.Message):
+    """The VM's discovered sets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETS_FIELD_NUMBER: _builtins.int
+    UNSUPPORTED_DRIVERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sets(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiscoveredSet]:
+        """Newest first."""
+
+    @_builtins.property
+    def unsupported_drivers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Drivers of the VM's disks that cannot list unmanaged snapshots (no
+        CAPABILITY_LIST_UNMANAGED): their disks are in no set.
+        """
+
+    def __init__(
+        self,
+        *,
+        sets: _abc.Iterable[Global___DiscoveredSet] | None = ...,
+        unsupported_drivers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sets", b"sets", "unsupported_drivers", b"unsupported_drivers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscoverSnapshotsResponse: _TypeAlias = DiscoverSnapshotsResponse  # noqa: Y015
+
+@_typing.final
+class AdoptSnapshotRequest(_message.Message):
+    """Adopt a discovered set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VM_ID_FIELD_NUMBER: _builtins.int
+    SET_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Required; an id, unique per request: a retry with the same one returns the
+    same snapshot.
+    """
+    vm_id: _builtins.str
+    """Required; the VM's id."""
+    set_id: _builtins.str
+    """Required: DiscoveredSet.id."""
+    name: _builtins.str
+    """Required: the new snapshot's name (1..255 chars, unique among the VM's live ones)."""
+    description: _builtins.str
+    """Optional free text, at most 1024 chars."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        vm_id: _builtins.str = ...,
+        set_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "request_id", b"request_id", "set_id", b"set_id", "vm_id", b"vm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdoptSnapshotRequest: _TypeAlias = AdoptSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class AdoptSnapshotResponse(_message.Message):
+    """The adopted snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def vm_snapshot(self) -> Global___VMSnapshot:
+        """READY."""
+
+    def __init__(
+        self,
+        *,
+        vm_snapshot: Global___VMSnapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["vm_snapshot", b"vm_snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["vm_snapshot", b"vm_snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdoptSnapshotResponse: _TypeAlias = AdoptSnapshotResponse  # noqa: Y015

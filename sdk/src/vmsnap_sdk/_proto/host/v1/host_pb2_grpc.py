@@ -208,6 +208,31 @@ class VMSnapshotServiceStub:
                 request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CreateVMFromSnapshotRequest.SerializeToString,
                 response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CreateVMFromSnapshotResponse.FromString,
                 _registered_method=True)
+        self.FreezeVM = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/FreezeVM',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.FreezeVMRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.FreezeVMResponse.FromString,
+                _registered_method=True)
+        self.RenewFreeze = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/RenewFreeze',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.RenewFreezeRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.RenewFreezeResponse.FromString,
+                _registered_method=True)
+        self.ThawVM = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/ThawVM',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ThawVMRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ThawVMResponse.FromString,
+                _registered_method=True)
+        self.DiscoverSnapshots = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/DiscoverSnapshots',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.DiscoverSnapshotsRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.DiscoverSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.AdoptSnapshot = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/AdoptSnapshot',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.AdoptSnapshotRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.AdoptSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class VMSnapshotServiceServicer:
@@ -692,6 +717,94 @@ class VMSnapshotServiceServicer:
         UNAVAILABLE          DRIVER_NOT_REGISTERED a driver of the snapshot was removed
         UNAVAILABLE          AGENT_NOT_SERVING     the agent is not serving
         INTERNAL             DRIVER_CONTRACT_VIOLATION a driver's answer broke the contract
+        -- Freeze API for third-party tools (issue 14): a backup tool freezes a VM,
+        cuts what it wants, and thaws it. The freeze holds under a lease that the
+        VM's agent enforces on its own: if the caller stops renewing (it crashed) or
+        the host goes down, the agent thaws the VM when the lease lapses. While a
+        freeze holds, CreateVMSnapshot, RevertVMSnapshot and DeleteVMSnapshot of the
+        VM are refused (ABORTED, VM_FROZEN); they do not wait.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FreezeVM(self, request, context):
+        """Freeze a VM for a caller's cut; answers once the VM is frozen. A retry with
+        the same request_id returns the same freeze (while it holds) or its end.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+        NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+        ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+        FAILED_PRECONDITION  FREEZE_EXPIRED        a retry: the freeze of this request_id lapsed
+        FAILED_PRECONDITION  VM_STATE              the VM is not RUNNING
+        FAILED_PRECONDITION  NO_QUIESCE_METHOD     the agent offers no method for this policy
+        FAILED_PRECONDITION  QUIESCE_FAILED        a REQUIRED guest freeze failed
+        ABORTED              VM_BUSY               an operation runs or waits on the VM
+        ABORTED              VM_FROZEN             another freeze holds the VM
+        UNAVAILABLE          AGENT_NOT_SERVING     the VM's agent is down
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewFreeze(self, request, context):
+        """Extend a freeze's lease from now.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      token or lease breaks its rule
+        NOT_FOUND            FREEZE_NOT_FOUND      no freeze has this token
+        FAILED_PRECONDITION  FREEZE_EXPIRED        the lease lapsed (the VM thawed); or the
+        freeze was thawed (the message says which)
+        UNAVAILABLE          AGENT_NOT_SERVING     the VM's agent did not answer; retry
+        before the lease lapses
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ThawVM(self, request, context):
+        """Thaw a freeze. Idempotent while it was thawed by ThawVM.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      token breaks its rule
+        NOT_FOUND            FREEZE_NOT_FOUND      no freeze has this token
+        FAILED_PRECONDITION  FREEZE_EXPIRED        the lease had lapsed: the agent thawed the VM
+        then and writes may have resumed since
+        UNAVAILABLE          AGENT_NOT_SERVING     the VM's agent did not answer; retry (the
+        lease thaws the VM if nobody can)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiscoverSnapshots(self, request, context):
+        """-- Adopt array snapshots made elsewhere (issue 14). Drivers with
+        CAPABILITY_LIST_UNMANAGED list the snapshots of the VM's volumes that no vmsnap
+        host made; discovery changes nothing on any array.
+
+        The sets of unmanaged array snapshots of a VM's volumes, one per array
+        object (a group snapshot, or a single volume's snapshot), newest first.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+        NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+        UNAVAILABLE          DRIVER_NOT_SERVING    a driver of the VM's disks is down
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdoptSnapshot(self, request, context):
+        """Turn a discovered set into a READY VM snapshot of the catalog (its consistency
+        CRASH when one array cut every disk at one instant, else UNSPECIFIED). The
+        array snapshot is the catalog's from then on: reverting to the new snapshot
+        rolls back to it, deleting it deletes it on the array.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule
+        NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+        NOT_FOUND            DISCOVERED_SET_NOT_FOUND discovery does not list this set (now)
+        ALREADY_EXISTS       NAME_IN_USE           the VM has a live snapshot of this name
+        ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+        FAILED_PRECONDITION  SET_INCOMPLETE        the set does not hold every disk of the VM
+        ABORTED              VM_FROZEN             a freeze holds the VM
+        RESOURCE_EXHAUSTED   TOO_MANY_SNAPSHOTS    the VM has the most live snapshots allowed
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -839,6 +952,31 @@ def add_VMSnapshotServiceServicer_to_server(servicer, server):
                     servicer.CreateVMFromSnapshot,
                     request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CreateVMFromSnapshotRequest.FromString,
                     response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CreateVMFromSnapshotResponse.SerializeToString,
+            ),
+            'FreezeVM': grpc.unary_unary_rpc_method_handler(
+                    servicer.FreezeVM,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.FreezeVMRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.FreezeVMResponse.SerializeToString,
+            ),
+            'RenewFreeze': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewFreeze,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.RenewFreezeRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.RenewFreezeResponse.SerializeToString,
+            ),
+            'ThawVM': grpc.unary_unary_rpc_method_handler(
+                    servicer.ThawVM,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ThawVMRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ThawVMResponse.SerializeToString,
+            ),
+            'DiscoverSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscoverSnapshots,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.DiscoverSnapshotsRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.DiscoverSnapshotsResponse.SerializeToString,
+            ),
+            'AdoptSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdoptSnapshot,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.AdoptSnapshotRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.AdoptSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1631,6 +1769,141 @@ class VMSnapshotService:
             '/vmsnap.host.v1.VMSnapshotService/CreateVMFromSnapshot',
             vmsnap_dot_host_dot_v1_dot_host__pb2.CreateVMFromSnapshotRequest.SerializeToString,
             vmsnap_dot_host_dot_v1_dot_host__pb2.CreateVMFromSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FreezeVM(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/FreezeVM',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.FreezeVMRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.FreezeVMResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewFreeze(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/RenewFreeze',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.RenewFreezeRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.RenewFreezeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ThawVM(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/ThawVM',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.ThawVMRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.ThawVMResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscoverSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/DiscoverSnapshots',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.DiscoverSnapshotsRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.DiscoverSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdoptSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/AdoptSnapshot',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.AdoptSnapshotRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.AdoptSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -399,6 +399,74 @@ class VMSnapshotServiceStub:
       UNAVAILABLE          DRIVER_NOT_REGISTERED a driver of the snapshot was removed
       UNAVAILABLE          AGENT_NOT_SERVING     the agent is not serving
       INTERNAL             DRIVER_CONTRACT_VIOLATION a driver's answer broke the contract
+    -- Freeze API for third-party tools (issue 14): a backup tool freezes a VM,
+    cuts what it wants, and thaws it. The freeze holds under a lease that the
+    VM's agent enforces on its own: if the caller stops renewing (it crashed) or
+    the host goes down, the agent thaws the VM when the lease lapses. While a
+    freeze holds, CreateVMSnapshot, RevertVMSnapshot and DeleteVMSnapshot of the
+    VM are refused (ABORTED, VM_FROZEN); they do not wait.
+    """
+    FreezeVM: _aio.UnaryUnaryMultiCallable[_host_pb2.FreezeVMRequest, _host_pb2.FreezeVMResponse]
+    """Freeze a VM for a caller's cut; answers once the VM is frozen. A retry with
+    the same request_id returns the same freeze (while it holds) or its end.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+      ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+      FAILED_PRECONDITION  FREEZE_EXPIRED        a retry: the freeze of this request_id lapsed
+      FAILED_PRECONDITION  VM_STATE              the VM is not RUNNING
+      FAILED_PRECONDITION  NO_QUIESCE_METHOD     the agent offers no method for this policy
+      FAILED_PRECONDITION  QUIESCE_FAILED        a REQUIRED guest freeze failed
+      ABORTED              VM_BUSY               an operation runs or waits on the VM
+      ABORTED              VM_FROZEN             another freeze holds the VM
+      UNAVAILABLE          AGENT_NOT_SERVING     the VM's agent is down
+    """
+    RenewFreeze: _aio.UnaryUnaryMultiCallable[_host_pb2.RenewFreezeRequest, _host_pb2.RenewFreezeResponse]
+    """Extend a freeze's lease from now.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      token or lease breaks its rule
+      NOT_FOUND            FREEZE_NOT_FOUND      no freeze has this token
+      FAILED_PRECONDITION  FREEZE_EXPIRED        the lease lapsed (the VM thawed); or the
+                                                 freeze was thawed (the message says which)
+      UNAVAILABLE          AGENT_NOT_SERVING     the VM's agent did not answer; retry
+                                                 before the lease lapses
+    """
+    ThawVM: _aio.UnaryUnaryMultiCallable[_host_pb2.ThawVMRequest, _host_pb2.ThawVMResponse]
+    """Thaw a freeze. Idempotent while it was thawed by ThawVM.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      token breaks its rule
+      NOT_FOUND            FREEZE_NOT_FOUND      no freeze has this token
+      FAILED_PRECONDITION  FREEZE_EXPIRED        the lease had lapsed: the agent thawed the VM
+                                                 then and writes may have resumed since
+      UNAVAILABLE          AGENT_NOT_SERVING     the VM's agent did not answer; retry (the
+                                                 lease thaws the VM if nobody can)
+    """
+    DiscoverSnapshots: _aio.UnaryUnaryMultiCallable[_host_pb2.DiscoverSnapshotsRequest, _host_pb2.DiscoverSnapshotsResponse]
+    """-- Adopt array snapshots made elsewhere (issue 14). Drivers with
+    CAPABILITY_LIST_UNMANAGED list the snapshots of the VM's volumes that no vmsnap
+    host made; discovery changes nothing on any array.
+
+    The sets of unmanaged array snapshots of a VM's volumes, one per array
+    object (a group snapshot, or a single volume's snapshot), newest first.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+      NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+      UNAVAILABLE          DRIVER_NOT_SERVING    a driver of the VM's disks is down
+    """
+    AdoptSnapshot: _aio.UnaryUnaryMultiCallable[_host_pb2.AdoptSnapshotRequest, _host_pb2.AdoptSnapshotResponse]
+    """Turn a discovered set into a READY VM snapshot of the catalog (its consistency
+    CRASH when one array cut every disk at one instant, else UNSPECIFIED). The
+    array snapshot is the catalog's from then on: reverting to the new snapshot
+    rolls back to it, deleting it deletes it on the array.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule
+      NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+      NOT_FOUND            DISCOVERED_SET_NOT_FOUND discovery does not list this set (now)
+      ALREADY_EXISTS       NAME_IN_USE           the VM has a live snapshot of this name
+      ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+      FAILED_PRECONDITION  SET_INCOMPLETE        the set does not hold every disk of the VM
+      ABORTED              VM_FROZEN             a freeze holds the VM
+      RESOURCE_EXHAUSTED   TOO_MANY_SNAPSHOTS    the VM has the most live snapshots allowed
     """
 
 class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -942,6 +1010,104 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
           UNAVAILABLE          DRIVER_NOT_REGISTERED a driver of the snapshot was removed
           UNAVAILABLE          AGENT_NOT_SERVING     the agent is not serving
           INTERNAL             DRIVER_CONTRACT_VIOLATION a driver's answer broke the contract
+        -- Freeze API for third-party tools (issue 14): a backup tool freezes a VM,
+        cuts what it wants, and thaws it. The freeze holds under a lease that the
+        VM's agent enforces on its own: if the caller stops renewing (it crashed) or
+        the host goes down, the agent thaws the VM when the lease lapses. While a
+        freeze holds, CreateVMSnapshot, RevertVMSnapshot and DeleteVMSnapshot of the
+        VM are refused (ABORTED, VM_FROZEN); they do not wait.
+        """
+
+    @_abc_1.abstractmethod
+    def FreezeVM(
+        self,
+        request: _host_pb2.FreezeVMRequest,
+        context: _aio.ServicerContext[_host_pb2.FreezeVMRequest, _abc.Awaitable[_host_pb2.FreezeVMResponse]],
+    ) -> _abc.Awaitable[_host_pb2.FreezeVMResponse]:
+        """Freeze a VM for a caller's cut; answers once the VM is frozen. A retry with
+        the same request_id returns the same freeze (while it holds) or its end.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+          ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+          FAILED_PRECONDITION  FREEZE_EXPIRED        a retry: the freeze of this request_id lapsed
+          FAILED_PRECONDITION  VM_STATE              the VM is not RUNNING
+          FAILED_PRECONDITION  NO_QUIESCE_METHOD     the agent offers no method for this policy
+          FAILED_PRECONDITION  QUIESCE_FAILED        a REQUIRED guest freeze failed
+          ABORTED              VM_BUSY               an operation runs or waits on the VM
+          ABORTED              VM_FROZEN             another freeze holds the VM
+          UNAVAILABLE          AGENT_NOT_SERVING     the VM's agent is down
+        """
+
+    @_abc_1.abstractmethod
+    def RenewFreeze(
+        self,
+        request: _host_pb2.RenewFreezeRequest,
+        context: _aio.ServicerContext[_host_pb2.RenewFreezeRequest, _abc.Awaitable[_host_pb2.RenewFreezeResponse]],
+    ) -> _abc.Awaitable[_host_pb2.RenewFreezeResponse]:
+        """Extend a freeze's lease from now.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      token or lease breaks its rule
+          NOT_FOUND            FREEZE_NOT_FOUND      no freeze has this token
+          FAILED_PRECONDITION  FREEZE_EXPIRED        the lease lapsed (the VM thawed); or the
+                                                     freeze was thawed (the message says which)
+          UNAVAILABLE          AGENT_NOT_SERVING     the VM's agent did not answer; retry
+                                                     before the lease lapses
+        """
+
+    @_abc_1.abstractmethod
+    def ThawVM(
+        self,
+        request: _host_pb2.ThawVMRequest,
+        context: _aio.ServicerContext[_host_pb2.ThawVMRequest, _abc.Awaitable[_host_pb2.ThawVMResponse]],
+    ) -> _abc.Awaitable[_host_pb2.ThawVMResponse]:
+        """Thaw a freeze. Idempotent while it was thawed by ThawVM.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      token breaks its rule
+          NOT_FOUND            FREEZE_NOT_FOUND      no freeze has this token
+          FAILED_PRECONDITION  FREEZE_EXPIRED        the lease had lapsed: the agent thawed the VM
+                                                     then and writes may have resumed since
+          UNAVAILABLE          AGENT_NOT_SERVING     the VM's agent did not answer; retry (the
+                                                     lease thaws the VM if nobody can)
+        """
+
+    @_abc_1.abstractmethod
+    def DiscoverSnapshots(
+        self,
+        request: _host_pb2.DiscoverSnapshotsRequest,
+        context: _aio.ServicerContext[_host_pb2.DiscoverSnapshotsRequest, _abc.Awaitable[_host_pb2.DiscoverSnapshotsResponse]],
+    ) -> _abc.Awaitable[_host_pb2.DiscoverSnapshotsResponse]:
+        """-- Adopt array snapshots made elsewhere (issue 14). Drivers with
+        CAPABILITY_LIST_UNMANAGED list the snapshots of the VM's volumes that no vmsnap
+        host made; discovery changes nothing on any array.
+
+        The sets of unmanaged array snapshots of a VM's volumes, one per array
+        object (a group snapshot, or a single volume's snapshot), newest first.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id breaks its rule
+          NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+          UNAVAILABLE          DRIVER_NOT_SERVING    a driver of the VM's disks is down
+        """
+
+    @_abc_1.abstractmethod
+    def AdoptSnapshot(
+        self,
+        request: _host_pb2.AdoptSnapshotRequest,
+        context: _aio.ServicerContext[_host_pb2.AdoptSnapshotRequest, _abc.Awaitable[_host_pb2.AdoptSnapshotResponse]],
+    ) -> _abc.Awaitable[_host_pb2.AdoptSnapshotResponse]:
+        """Turn a discovered set into a READY VM snapshot of the catalog (its consistency
+        CRASH when one array cut every disk at one instant, else UNSPECIFIED). The
+        array snapshot is the catalog's from then on: reverting to the new snapshot
+        rolls back to it, deleting it deletes it on the array.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule
+          NOT_FOUND            VM_NOT_FOUND          no registered agent has the VM
+          NOT_FOUND            DISCOVERED_SET_NOT_FOUND discovery does not list this set (now)
+          ALREADY_EXISTS       NAME_IN_USE           the VM has a live snapshot of this name
+          ALREADY_EXISTS       REQUEST_ID_REUSED     the request_id was used for another request
+          FAILED_PRECONDITION  SET_INCOMPLETE        the set does not hold every disk of the VM
+          ABORTED              VM_FROZEN             a freeze holds the VM
+          RESOURCE_EXHAUSTED   TOO_MANY_SNAPSHOTS    the VM has the most live snapshots allowed
         """
 
 def add_VMSnapshotServiceServicer_to_server(servicer: VMSnapshotServiceServicer, server: _aio.Server) -> None: ...
