@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from vmsnap_host.api.servicer import HostServicer
 from vmsnap_host.config import Config
 from vmsnap_host.manager import Manager
 from vmsnap_host.metrics import Sample
+from vmsnap_host.policies.catalog import PolicyCatalog
+from vmsnap_host.policies.scheduler import Scheduler
 from vmsnap_host.reconcile import Reconciler
 from vmsnap_host.recovery import Recovery
 from vmsnap_host.registry import Health, Registry
@@ -53,10 +56,15 @@ class HostApp:
         self.recovery = Recovery(
             self.manager, sweep=self.reconciler.run_once, replicas=self.replicas
         )
+        # Snapshot policies: claimed and run on the leading replica only.
+        self.policies = PolicyCatalog(self.store)
+        self.scheduler = Scheduler(self.policies, self.manager, leader=self.replicas.lead)
         self.server = Server(listen, tls=tls, grace_seconds=grace_seconds)
         self.server.add_service(
             HOST_SERVICE,
-            HostServicer(self.manager, self.registry, self.store, self.reconciler),
+            HostServicer(
+                self.manager, self.registry, self.store, self.reconciler, policies=self.policies
+            ),
             host_pb2_grpc.add_VMSnapshotServiceServicer_to_server,
         )
         self._loops: list[asyncio.Task[None]] = []
@@ -86,6 +94,7 @@ class HostApp:
             asyncio.create_task(self.registry.run_health_loop(settings.health_interval_seconds)),
             asyncio.create_task(self.recovery.run(settings.reconcile_interval_seconds)),
             asyncio.create_task(self._follow_registrations(settings.reconcile_interval_seconds)),
+            asyncio.create_task(self.scheduler.run()),
         ]
         return await self.server.start()
 
@@ -159,7 +168,12 @@ class HostApp:
             ("agent", a.name or a.address, a.health is Health.SERVING)
             for a in self.registry.agents()
         ]
-        return Sample(peers, self.manager.queue_depths(), self.store.count_by_state())
+        return Sample(
+            peers,
+            self.manager.queue_depths(),
+            self.store.count_by_state(),
+            self.policies.newest_ages(time.time()),
+        )
 
     async def stop(self, grace_seconds: float | None = None) -> None:
         await self.server.stop(grace_seconds)

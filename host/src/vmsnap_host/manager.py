@@ -102,7 +102,11 @@ class Manager:
         include_memory: bool,
         quiesce: QuiescePolicy,
         parameters: Mapping[str, str],
+        policy_id: str = "",
+        policy_name: str = "",
     ) -> OperationRecord:
+        """``policy_id``/``policy_name``: the snapshot policy making it (its retention
+        deletes only snapshots recorded with its id)."""
         async with self._admit(vm_id):
             existing = self._replay(request_id, OperationType.CREATE, vm_id, name)
             if existing is not None:
@@ -157,6 +161,8 @@ class Manager:
                 groups=plan.groups,
                 warnings=plan.warnings,
                 parameters=dict(parameters),
+                policy_id=policy_id,
+                policy_name=policy_name,
             )
             op = self._new_op(OperationType.CREATE, request_id, vm_id, snap.id, {"name": name})
             # Journal before any side effect: the snapshot and its operation are durable

@@ -173,6 +173,9 @@ class Snapshot:
     parameters: dict[str, str] = field(default_factory=dict)
     #: Why this READY snapshot cannot restore any more ("" while its objects exist).
     missing: str = ""
+    #: The snapshot policy that made it ("" for a CreateVMSnapshot call) and its name.
+    policy_id: str = ""
+    policy_name: str = ""
     create_time: datetime | None = None
     update_time: datetime | None = None
 

@@ -278,6 +278,8 @@ def snapshot_from_row(row: Row[Any]) -> Snapshot:
         warnings=tuple(json.loads(row.warnings_json)),
         parameters=dict(json.loads(row.parameters_json)),
         missing=row.missing or "",
+        policy_id=row.policy_id or "",
+        policy_name=row.policy_name or "",
         create_time=_ts(row.create_time),
         update_time=_ts(row.update_time),
     )
@@ -321,6 +323,8 @@ def _snapshot_columns(s: Snapshot) -> dict[str, Any]:
         "warnings_json": json.dumps(list(s.warnings)),
         "parameters_json": json.dumps(s.parameters),
         "missing": s.missing,
+        "policy_id": s.policy_id,
+        "policy_name": s.policy_name,
         **_error_columns(s.error),
     }
 

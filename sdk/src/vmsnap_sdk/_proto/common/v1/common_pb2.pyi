@@ -278,6 +278,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: every catalog connection of this replica is busy (its pool wait
     ran out); nothing was done, retry.
     """
+    POLICY_NOT_FOUND: _ErrorReason.ValueType  # 75
+    """-- Snapshot policies (71-74: events).
+    NOT_FOUND: no snapshot policy has this name.
+    """
+    POLICY_NAME_IN_USE: _ErrorReason.ValueType  # 76
+    """ALREADY_EXISTS: a snapshot policy has this name already."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call or an operation failed: the `reason` of the google.rpc.ErrorInfo
@@ -498,6 +504,12 @@ CATALOG_BUSY: ErrorReason.ValueType  # 70
 """UNAVAILABLE: every catalog connection of this replica is busy (its pool wait
 ran out); nothing was done, retry.
 """
+POLICY_NOT_FOUND: ErrorReason.ValueType  # 75
+"""-- Snapshot policies (71-74: events).
+NOT_FOUND: no snapshot policy has this name.
+"""
+POLICY_NAME_IN_USE: ErrorReason.ValueType  # 76
+"""ALREADY_EXISTS: a snapshot policy has this name already."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
