@@ -14,10 +14,12 @@ import typer
 
 from vmsnap_host.cli import _output as out
 from vmsnap_host.cli._demo import run_demo
+from vmsnap_host.cli._policy import parse_labels, policy_app
 from vmsnap_host.cli._progress import follow
 from vmsnap_host.cli._up import run_up
 from vmsnap_host.client import (
     HostClient,
+    LabeledVM,
     Operation,
     QuiescePolicy,
     UndefineResult,
@@ -48,6 +50,7 @@ app.add_typer(drivers_app, name="drivers")
 app.add_typer(agents_app, name="agents")
 app.add_typer(operations_app, name="operations")
 app.add_typer(findings_app, name="findings")
+app.add_typer(policy_app, name="policy")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -214,6 +217,9 @@ def vm_define(
     name: Annotated[str, typer.Option(help="Display name.")] = "",
     memory: Annotated[int, typer.Option(help="Memory in MiB.")] = 1024,
     agent: Annotated[str, typer.Option(help="Agent to define it on (when several).")] = "",
+    label: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE kept by the host; repeat per label.")
+    ] = None,
     json_: JsonOption = False,
 ) -> None:
     """Define a VM on a hypervisor agent."""
@@ -223,34 +229,53 @@ def vm_define(
         memory_mib=memory,
         volumes=tuple(_parse_disk(d) for d in disk),
     )
-    defined = run(lambda host: host.define_vm(vm, agent=agent))
-    _show_vm(defined, json_)
+    labels, _ = parse_labels(label or [], allow_remove=False)
+    defined = run(lambda host: host.define_vm(vm, agent=agent, labels=labels))
+    _show_vm(defined, json_, labels)
 
 
-def _show_vms(vms: list[VM], json_: bool) -> None:
+def _show_vms(vms: list[LabeledVM], json_: bool) -> None:
     if json_:
-        out.print_json(vms)
+        out.print_json([{**out.jsonable(v.vm), "labels": v.labels} for v in vms])
     else:
-        out.console.print(out.vm_table(vms))
+        out.console.print(out.vm_table([v.vm for v in vms], {v.vm.id: v.labels for v in vms}))
 
 
-def _show_vm(vm: VM, json_: bool) -> None:
+def _show_vm(vm: VM, json_: bool, labels: dict[str, str] | None = None) -> None:
     if json_:
-        out.print_json(vm)
+        out.print_json(vm if labels is None else {**out.jsonable(vm), "labels": labels})
     else:
-        out.console.print(out.vm_table([vm]))
+        out.console.print(out.vm_table([vm], None if labels is None else {vm.id: labels}))
 
 
 @vm_app.command("list")
 def vm_list(json_: JsonOption = False) -> None:
-    """VMs of all agents."""
-    _show_vms(run(lambda host: host.list_vms()), json_)
+    """VMs of all agents, with their labels."""
+    _show_vms(run(lambda host: host.list_labeled_vms()), json_)
 
 
 @vm_app.command("show")
 def vm_show(vm_id: str, json_: JsonOption = False) -> None:
-    """One VM with its state and disks."""
-    _show_vm(run(lambda host: host.get_vm(vm_id)), json_)
+    """One VM with its state, disks and labels."""
+    labeled = run(lambda host: host.get_labeled_vm(vm_id))
+    _show_vm(labeled.vm, json_, labeled.labels)
+
+
+@vm_app.command("label")
+def vm_label(
+    vm_id: Annotated[str, typer.Argument(help="VM id.")],
+    changes: Annotated[
+        list[str], typer.Argument(help="KEY=VALUE to set, KEY- to remove (as kubectl label).")
+    ],
+    json_: JsonOption = False,
+) -> None:
+    """Set or remove labels of a VM (policy selectors match them)."""
+    labels, remove = parse_labels(changes, allow_remove=True)
+    now = run(lambda host: host.set_vm_labels(vm_id, labels, remove=remove))
+    if json_:
+        out.print_json(now)
+    else:
+        out.console.print(f"{vm_id}: {out.labels_text(now) or '(no labels)'}")
 
 
 @vm_app.command("start")
