@@ -194,7 +194,8 @@ class Scheduler:
                 extra={"fields": {"policy": policy.name, "vm": run.vm_id, "error": message}},
             )
             metrics.POLICY_RUNS.labels(policy=policy.name, outcome="failed").inc()
-            metrics.POLICY_FAILURES.labels(policy=policy.name, reason=reason or "UNKNOWN").inc()
+            # Positional: the label's value is a reason name already raised elsewhere.
+            metrics.POLICY_FAILURES.labels(policy.name, reason or "-").inc()
 
     async def retain(self, policy: Policy, vm_id: str) -> list[str]:
         """Delete what the policy no longer keeps on this VM; returns the ids whose

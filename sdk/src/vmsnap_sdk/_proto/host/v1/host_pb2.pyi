@@ -1504,7 +1504,7 @@ class DefineVMRequest(_message.Message):
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels of the VM, kept in the host's catalog (see SetVMLabels for the rules);
-        replace any the id had.
+        when not empty they replace those the VM id had (labels outlive UndefineVM).
         """
 
     def __init__(
