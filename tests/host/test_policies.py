@@ -24,6 +24,7 @@ from vmsnap_host.policies.model import (
     SUCCEEDED,
     Policy,
     Retention,
+    check_policy,
     parse_schedule,
     run_request_id,
     snapshot_name,
@@ -324,3 +325,78 @@ async def test_a_run_refused_for_good_is_failed_with_its_cause(prig: Rig) -> Non
     [run] = catalog.runs(policy.id)
     assert run.outcome == FAILED and "no-such-vm" in run.error_message
     assert run.outcome != RUNNING
+
+
+async def test_only_the_leading_replica_claims_runs(prig: Rig) -> None:
+    await prig.define("vm1")
+    catalog = PolicyCatalog(prig.store)
+    leading = False
+
+    async def lead() -> bool:
+        return leading
+
+    clock = Clock(T0 + 1)
+    sched = Scheduler(catalog, prig.manager, leader=lead, clock=clock)
+    policy = await _create(catalog, _policy("p"), clock())
+    clock.now = T0 + 10
+    await sched.tick_once()
+    assert catalog.runs(policy.id) == [] and catalog.get("p").next_run == T0 + 10  # type: ignore[union-attr]
+    leading = True
+    await _settle(sched, prig)
+    assert [r.outcome for r in catalog.runs(policy.id)] == [SUCCEEDED]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"selector": {"env": "prod"}}, "policy.vm_id", "exactly one"),
+        ({"vm_id": ""}, "policy.vm_id", "exactly one"),
+        ({"retention": Retention()}, "retention", "keeps nothing"),
+        ({"retention": Retention(keep_last=1001)}, "retention.keep_last", "0..1000"),
+        ({"name": "-bad"}, "policy.name", "letter or digit"),
+        ({"vm_id": "", "selector": {"bad key": "x"}}, "policy.selector", "key"),
+        ({"time_zone": "Nowhere/City"}, "policy.time_zone", "IANA"),
+    ],
+)
+def test_a_policy_breaking_a_rule_is_refused_naming_the_field(
+    change: dict[str, object], field: str, words: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        check_policy(replace(_policy("ok"), **change))  # type: ignore[arg-type]
+    [(named, why)] = caught.value.field_violations
+    assert named == field and words in why
+
+
+def test_a_catalog_of_revision_0003_upgrades_with_its_snapshots_made_by_hand(
+    tmp_path: Path,
+) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    from vmsnap_host.store import Store
+    from vmsnap_host.store.store import MIGRATIONS
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0003")
+        conn.execute(
+            text(
+                "INSERT INTO vm_snapshots (id, vm_id, name, description, state, agent, "
+                "include_memory, quiesce, consistency, groups_json, parent_id, is_current, "
+                "warnings_json, parameters_json, cleanup_json, missing, create_time, "
+                "update_time) VALUES ('old1', 'vm1', 'old', '', 'READY', 'sim-1', false, "
+                "'OFF', 'CRASH', '[]', '', true, '[]', '{}', '[]', '', 1, 1)"
+            )
+        )
+    engine.dispose()
+    store = Store.open(url)
+    try:
+        old = store.get_snapshot("old1")
+        assert old is not None and old.policy_id == "" and old.policy_name == ""
+    finally:
+        store.close()

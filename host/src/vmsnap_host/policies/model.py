@@ -72,10 +72,12 @@ def zone(name: str, field_name: str = "time_zone") -> ZoneInfo:
         ) from None
 
 
-def parse_schedule(text: str, time_zone: str = "", field_name: str = "schedule") -> Schedule:
+def parse_schedule(
+    text: str, time_zone: str = "", field_name: str = "schedule", zone_field: str = "time_zone"
+) -> Schedule:
     """A schedule, or INVALID_ARGUMENT naming the field and what is accepted."""
     text = text.strip()
-    tz = zone(time_zone)
+    tz = zone(time_zone, zone_field)
     if not text or len(text) > MAX_SCHEDULE:
         raise InvalidArgument.for_field(
             field_name, f"is required, at most {MAX_SCHEDULE} chars: a cron expression or @every"
@@ -183,7 +185,7 @@ def check_policy(policy: Policy) -> None:
         )
     if policy.selector:
         check_labels("policy.selector", policy.selector, most=MAX_SELECTOR)
-    parse_schedule(policy.schedule, policy.time_zone, "policy.schedule")
+    parse_schedule(policy.schedule, policy.time_zone, "policy.schedule", "policy.time_zone")
     policy.retention.check()
 
 
