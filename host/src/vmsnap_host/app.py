@@ -56,9 +56,11 @@ class HostApp:
         self.recovery = Recovery(
             self.manager, sweep=self.reconciler.run_once, replicas=self.replicas
         )
-        # Snapshot policies: claimed and run on the leading replica only.
+        # Snapshot policies: claimed and run on the leading replica only. The scheduler
+        # reads the lock's state that each reconcile tick refreshes (Replicas.lead):
+        # the lock's connection is used from one thread at a time.
         self.policies = PolicyCatalog(self.store)
-        self.scheduler = Scheduler(self.policies, self.manager, leader=self.replicas.lead)
+        self.scheduler = Scheduler(self.policies, self.manager, leader=self._leading)
         self.server = Server(listen, tls=tls, grace_seconds=grace_seconds)
         self.server.add_service(
             HOST_SERVICE,
@@ -97,6 +99,9 @@ class HostApp:
             asyncio.create_task(self.scheduler.run()),
         ]
         return await self.server.start()
+
+    async def _leading(self) -> bool:
+        return self.replicas.leading
 
     async def _register_all(self) -> None:
         for endpoint in self.config.drivers:
