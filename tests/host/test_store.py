@@ -24,13 +24,14 @@ def test_migrations_run_once_on_either_backend(db_url: str) -> None:
     store.close()
     store = Store.open(db_url)  # a second start migrates nothing
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
     indexes = {i["name"] for i in inspect(store.engine).get_indexes("vm_snapshots")}
     assert {
         "ix_vm_snapshots_vm_seq",
         "ix_vm_snapshots_vm_name",
         "ux_vm_snapshots_live_name",
         "ux_vm_snapshots_current",
+        "ix_vm_snapshots_policy",
     } <= indexes
     store.close()
 

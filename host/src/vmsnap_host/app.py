@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from vmsnap_host.auth.interceptor import AuthInterceptor, Gate
 from vmsnap_host.config import Config
 from vmsnap_host.manager import Manager
 from vmsnap_host.metrics import Sample
+from vmsnap_host.policies.catalog import PolicyCatalog
+from vmsnap_host.policies.scheduler import Scheduler
 from vmsnap_host.reconcile import Reconciler
 from vmsnap_host.recovery import Recovery
 from vmsnap_host.registry import Health, Registry
@@ -58,6 +61,11 @@ class HostApp:
         self.recovery = Recovery(
             self.manager, sweep=self.reconciler.run_once, replicas=self.replicas
         )
+        # Snapshot policies: claimed and run on the leading replica only. The scheduler
+        # reads the lock's state that each reconcile tick refreshes (Replicas.lead):
+        # the lock's connection is used from one thread at a time.
+        self.policies = PolicyCatalog(self.store)
+        self.scheduler = Scheduler(self.policies, self.manager, leader=self._leading)
         auth = config.auth
         authenticator = Authenticator(auth) if auth.required or require_auth else None
         self.gate = Gate(self.store, authenticator)
@@ -70,7 +78,9 @@ class HostApp:
         self.server.add_service(
             HOST_SERVICE,
             HostServicer(
-                self.manager, self.registry, self.store, self.reconciler, peers=config.peers
+                self.manager, self.registry, self.store, self.reconciler,
+                peers=config.peers,
+                policies=self.policies,
             ),
             host_pb2_grpc.add_VMSnapshotServiceServicer_to_server,
         )
@@ -101,8 +111,12 @@ class HostApp:
             asyncio.create_task(self.registry.run_health_loop(settings.health_interval_seconds)),
             asyncio.create_task(self.recovery.run(settings.reconcile_interval_seconds)),
             asyncio.create_task(self._follow_registrations(settings.reconcile_interval_seconds)),
+            asyncio.create_task(self.scheduler.run()),
         ]
         return await self.server.start()
+
+    async def _leading(self) -> bool:
+        return self.replicas.leading
 
     async def _register_all(self) -> None:
         for endpoint in self.config.drivers:
@@ -174,7 +188,12 @@ class HostApp:
             ("agent", a.name or a.address, a.health is Health.SERVING)
             for a in self.registry.agents()
         ]
-        return Sample(peers, self.manager.queue_depths(), self.store.count_by_state())
+        return Sample(
+            peers,
+            self.manager.queue_depths(),
+            self.store.count_by_state(),
+            self.policies.newest_ages(time.time()),
+        )
 
     async def stop(self, grace_seconds: float | None = None) -> None:
         await self.server.stop(grace_seconds)

@@ -145,7 +145,11 @@ class Manager:
         quiesce: QuiescePolicy,
         parameters: Mapping[str, str],
         project: str = "",
+        policy_id: str = "",
+        policy_name: str = "",
     ) -> OperationRecord:
+        """``policy_id``/``policy_name``: the snapshot policy making it (its retention
+        deletes only snapshots recorded with its id)."""
         digest = _request_digest(
             {
                 "description": description,
@@ -209,6 +213,8 @@ class Manager:
                 warnings=plan.warnings,
                 parameters=dict(parameters),
                 project=project,
+                policy_id=policy_id,
+                policy_name=policy_name,
             )
             op = self._new_op(
                 OperationType.CREATE,

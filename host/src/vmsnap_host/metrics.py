@@ -10,6 +10,9 @@ Counted where things happen (cheap, on the event loop)::
     vmsnap_vm_queue_depth_at_admission            operations already on the VM (histogram)
     vmsnap_reconciler_findings_total{kind}        findings reported by reconcile passes
     vmsnap_watchers_dropped_total                 WatchOperations streams dropped as too slow
+    vmsnap_policy_runs_total{policy, outcome}     policy runs (one per VM) ended: succeeded, failed
+    vmsnap_policy_run_failures_total{policy, reason}  failed policy runs by ErrorReason
+    vmsnap_policy_retention_deleted_total{policy} snapshots a policy's retention deleted
 
 Read at each scrape, on the event loop (:class:`HostCollector`)::
 
@@ -18,6 +21,8 @@ Read at each scrape, on the event loop (:class:`HostCollector`)::
     vmsnap_vms_busy                               VMs with an operation running or waiting
     vmsnap_vm_queue_depth_max                     the longest queue of one VM
     vmsnap_catalog_snapshots{state}               catalog size by state
+    vmsnap_policy_newest_snapshot_age_seconds{policy}  age of the newest READY snapshot
+                                                  of the policy on its stalest VM
 
 No label takes a VM or snapshot id: at 10k VMs a per-VM series would be 10k
 series per metric, most of them 0 (docs/design.md, "Metrics").
@@ -82,6 +87,22 @@ FINDINGS = Counter(
     "Findings reported by reconcile passes, by kind (one seen again on a later pass counts again).",
     ["kind"],
 )
+POLICY_RUNS = Counter(
+    "vmsnap_policy_runs_total",
+    "Snapshot policy runs ended (one per VM and scheduled time), by policy and outcome "
+    "(succeeded, failed).",
+    ["policy", "outcome"],
+)
+POLICY_FAILURES = Counter(
+    "vmsnap_policy_run_failures_total",
+    "Failed snapshot policy runs, by policy and ErrorReason.",
+    ["policy", "reason"],
+)
+POLICY_DELETED = Counter(
+    "vmsnap_policy_retention_deleted_total",
+    "Snapshots a policy's retention started deleting, by policy.",
+    ["policy"],
+)
 
 
 @dataclass
@@ -91,6 +112,8 @@ class Sample:
     peers: list[tuple[str, str, bool]] = field(default_factory=list)
     queue_depths: list[int] = field(default_factory=list)
     catalog: dict[str, int] = field(default_factory=dict)
+    #: Policy name → age in seconds of its stalest VM's newest snapshot.
+    policy_ages: dict[str, float] = field(default_factory=dict)
 
 
 class HostCollector(Collector):
@@ -148,4 +171,12 @@ class HostCollector(Collector):
         )
         for state, count in sorted(sample.catalog.items()):
             catalog.add_metric([state], float(count))
-        return [up, queued, busy, deepest, catalog]
+        ages = GaugeMetricFamily(
+            "vmsnap_policy_newest_snapshot_age_seconds",
+            "Per snapshot policy: age of the newest READY snapshot it made, on the VM "
+            "where that is oldest (per policy, not per VM: bounded series).",
+            labels=["policy"],
+        )
+        for name, age in sorted(sample.policy_ages.items()):
+            ages.add_metric([name], age)
+        return [up, queued, busy, deepest, catalog, ages]

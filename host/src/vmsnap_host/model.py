@@ -182,6 +182,9 @@ class Snapshot:
     missing: str = ""
     #: The project of its VM when it was taken ("" = none; issue 12).
     project: str = ""
+    #: The snapshot policy that made it ("" for a CreateVMSnapshot call) and its name.
+    policy_id: str = ""
+    policy_name: str = ""
     create_time: datetime | None = None
     update_time: datetime | None = None
 

@@ -74,6 +74,8 @@ def snapshot_to_pb(s: Snapshot) -> pb.VMSnapshot:
         warnings=list(s.warnings),
         missing=s.missing,
         project=s.project,
+        policy_id=s.policy_id,
+        policy_name=s.policy_name,
     )
     if (frozen := _ts(s.freeze_start)) is not None:
         message.freeze_start_time.CopyFrom(frozen)

@@ -8,6 +8,7 @@ text). Validation errors name the field, as the SDK's do.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
@@ -27,6 +28,9 @@ from vmsnap_host.manager import (
 )
 from vmsnap_host.model import OperationRecord, QuiescePolicy, Snapshot
 from vmsnap_host.peers import PeerPolicy, PolicyError
+from vmsnap_host.api import policies as pconv
+from vmsnap_host.policies import model as pmodel
+from vmsnap_host.policies.catalog import PolicyCatalog
 from vmsnap_host.reconcile import Finding, Reconciler
 from vmsnap_host.registry import Health, Registry, vm_not_found
 from vmsnap_host.store import Store
@@ -173,6 +177,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         store: Store,
         reconciler: Reconciler | None = None,
         peers: PeerPolicy | None = None,
+        *,
+        policies: PolicyCatalog | None = None,
     ) -> None:
         self.manager = manager
         self.registry = registry
@@ -180,6 +186,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         self.reconciler = reconciler
         self.peers = peers or PeerPolicy()
         self.blocks = DiskBlocks(manager, registry)
+        self.policies = policies or PolicyCatalog(store)
 
     def _op(self, op: OperationRecord) -> pb.Operation:
         return convert.operation_to_pb(op, self.store.get_snapshot(op.vm_snapshot_id))
@@ -571,6 +578,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_id("vm.id", vm.id)
             val.require_volumes("vm.volumes", vm.volumes)
             project = await self._define_project(vm.id, _project("project", request.project))
+            labels = dict(request.labels)
+            pmodel.check_labels("labels", labels)
             agents = self.registry.agents()
             if request.agent:
                 name = request.agent
@@ -587,7 +596,13 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             defined = await self.registry.agent(name).define_vm(vm)
             if project and self.store.vm_project(vm.id) != project:
                 await self.store.write(self.store.w_set_vm_project(vm.id, project))
-            return pb.DefineVMResponse(vm=cv.vm_to_pb(defined), project=project)
+            if labels:
+                # Labels live in the catalog (agents know nothing of them): set once
+                # the agent accepted the VM; a retried define sets the same again.
+                await self.store.write(self.policies.w_set_labels(vm.id, labels, replace=True))
+            return pb.DefineVMResponse(
+                vm=cv.vm_to_pb(defined), project=project, labels=self.policies.labels(vm.id)
+            )
 
         return await _call(context, "DefineVM", run)
 
@@ -596,7 +611,9 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_id("vm_id", request.vm_id)
             project = self._vm_project(request.vm_id)
             _, vm = await self.registry.find_vm(request.vm_id)
-            return pb.GetVMResponse(vm=cv.vm_to_pb(vm), project=project)
+            return pb.GetVMResponse(
+                vm=cv.vm_to_pb(vm), project=project, labels=self.policies.labels(vm.id)
+            )
 
         return await _call(context, "GetVM", run)
 
@@ -617,7 +634,13 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             if access.visible_projects() is not None:
                 projects = self.store.vm_project_map([v.id for v in vms])
                 vms = [v for v in vms if access.sees(projects.get(v.id, ""))]
-            return pb.ListVMsResponse(vms=[cv.vm_to_pb(v) for v in vms])
+            labels = self.policies.all_labels()
+            return pb.ListVMsResponse(
+                vms=[cv.vm_to_pb(v) for v in vms],
+                labels={
+                    v.id: pb.VMLabels(labels=labels[v.id]) for v in vms if v.id in labels
+                },
+            )
 
         return await _call(context, "ListVMs", run)
 
@@ -821,11 +844,6 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         await _call(context, "ReadSnapshotDisk", run)
 
 
-def _vm_exists(vm_id: str, where: str = "") -> AlreadyExists:
-    return AlreadyExists(
-        f"VM {vm_id} already exists{where}; choose another id",
-        reason=Reason.VM_ALREADY_EXISTS,
-    )
     # --- freeze API for third-party tools (docs/design.md, "Freeze API") ---------
     # Roles: FreezeVM, RenewFreeze and ThawVM need operator; all three mutate
     # (audited).
@@ -923,6 +941,117 @@ def _vm_exists(vm_id: str, where: str = "") -> AlreadyExists:
         return await _call(context, "AdoptSnapshot", run)
 
 
+    # --- snapshot policies and VM labels (issue 14) -------------------------------
+
+    async def CreatePolicy(  # noqa: N802
+        self, request: pb.CreatePolicyRequest, context: Ctx
+    ) -> pb.CreatePolicyResponse:
+        async def run() -> pb.CreatePolicyResponse:
+            policy = pconv.policy_from_pb(request.policy)
+            if policy.vm_id:
+                self._vm_project(policy.vm_id)  # another project's VM: NOT_FOUND
+            elif access.visible_projects() is not None:
+                # A selector matches VMs of every project: only a caller who sees
+                # them all (admin) may snapshot by selector.
+                raise InvalidArgument.for_field(
+                    "policy.selector",
+                    "matches VMs of every project: only an admin may create a selector "
+                    "policy; give policy.vm_id (vmsnap policy create NAME --vm VM)",
+                )
+            first = policy.parsed().next_after(time.time())
+            stored = await self.policies.create(policy, first)
+            return pb.CreatePolicyResponse(policy=pconv.policy_to_pb(stored))
+
+        return await _call(context, "CreatePolicy", run)
+
+    async def GetPolicy(  # noqa: N802
+        self, request: pb.GetPolicyRequest, context: Ctx
+    ) -> pb.GetPolicyResponse:
+        async def run() -> pb.GetPolicyResponse:
+            _policy_name(request.name)
+            policy = self.policies.require(request.name)
+            return pb.GetPolicyResponse(
+                policy=pconv.policy_to_pb(policy),
+                runs=[pconv.run_to_pb(r) for r in self.policies.runs(policy.id)],
+            )
+
+        return await _call(context, "GetPolicy", run)
+
+    async def ListPolicies(  # noqa: N802
+        self, request: pb.ListPoliciesRequest, context: Ctx
+    ) -> pb.ListPoliciesResponse:
+        async def run() -> pb.ListPoliciesResponse:
+            size = val.page_size("page_size", request.page_size)
+            after = _page_token("page_token", request.page_token) or 0
+            rows = self.policies.page(after, size + 1)
+            page = rows[:size]
+            return pb.ListPoliciesResponse(
+                policies=[pconv.policy_to_pb(p) for _, p in page],
+                next_page_token=_token(page[-1][0]) if len(rows) > size else "",
+            )
+
+        return await _call(context, "ListPolicies", run)
+
+    async def PausePolicy(  # noqa: N802
+        self, request: pb.PausePolicyRequest, context: Ctx
+    ) -> pb.PausePolicyResponse:
+        async def run() -> pb.PausePolicyResponse:
+            _policy_name(request.name)
+            policy = await self.policies.set_paused(request.name, True, None)
+            return pb.PausePolicyResponse(policy=pconv.policy_to_pb(policy))
+
+        return await _call(context, "PausePolicy", run)
+
+    async def ResumePolicy(  # noqa: N802
+        self, request: pb.ResumePolicyRequest, context: Ctx
+    ) -> pb.ResumePolicyResponse:
+        async def run() -> pb.ResumePolicyResponse:
+            _policy_name(request.name)
+            policy = self.policies.require(request.name)
+            if policy.paused:
+                # The next time after now: runs missed while paused are not made up.
+                nxt = policy.parsed().next_after(time.time())
+                policy = await self.policies.set_paused(request.name, False, nxt)
+            return pb.ResumePolicyResponse(policy=pconv.policy_to_pb(policy))
+
+        return await _call(context, "ResumePolicy", run)
+
+    async def DeletePolicy(  # noqa: N802
+        self, request: pb.DeletePolicyRequest, context: Ctx
+    ) -> pb.DeletePolicyResponse:
+        async def run() -> pb.DeletePolicyResponse:
+            _policy_name(request.name)
+            await self.policies.delete(request.name)
+            return pb.DeletePolicyResponse()
+
+        return await _call(context, "DeletePolicy", run)
+
+    async def SetVMLabels(  # noqa: N802
+        self, request: pb.SetVMLabelsRequest, context: Ctx
+    ) -> pb.SetVMLabelsResponse:
+        async def run() -> pb.SetVMLabelsResponse:
+            val.require_id("vm_id", request.vm_id)
+            self._vm_project(request.vm_id)  # another project's VM: NOT_FOUND
+            labels = dict(request.labels)
+            pmodel.check_labels("labels", labels)
+            for key in request.remove_keys:
+                pmodel.check_label_key("remove_keys", key)
+            after = {
+                k: v for k, v in self.policies.labels(request.vm_id).items()
+                if k not in request.remove_keys
+            } | labels
+            if len(after) > pmodel.MAX_LABELS:
+                raise InvalidArgument.for_field(
+                    "labels", f"the VM would have {len(after)} labels; at most {pmodel.MAX_LABELS}"
+                )
+            await self.store.write(
+                self.policies.w_set_labels(request.vm_id, labels, list(request.remove_keys))
+            )
+            return pb.SetVMLabelsResponse(labels=self.policies.labels(request.vm_id))
+
+        return await _call(context, "SetVMLabels", run)
+
+
 def _discovered(s: DiscoveredSet) -> pb.DiscoveredSet:
     u = s.snapshot
     message = pb.DiscoveredSet(
@@ -953,6 +1082,20 @@ def _lease(field: str, present: bool, value: Any) -> float:
             field, f"must be {MIN_LEASE:.0f} s .. {MAX_LEASE:.0f} s, not {seconds:g} s"
         )
     return float(seconds)
+
+
+def _policy_name(name: str) -> None:
+    if not pmodel.NAME.match(name):
+        raise InvalidArgument.for_field(
+            "name", "must be 1..63 chars of [A-Za-z0-9._-], starting with a letter or digit"
+        )
+
+
+def _vm_exists(vm_id: str, where: str = "") -> AlreadyExists:
+    return AlreadyExists(
+        f"VM {vm_id} already exists{where}; choose another id",
+        reason=Reason.VM_ALREADY_EXISTS,
+    )
 
 
 def _tls_dict(tls: ClientTLS | None) -> dict[str, str]:

@@ -74,6 +74,14 @@ ROLES: dict[str, Role] = {
     "ThawVM": Role.OPERATOR,
     "DiscoverSnapshots": Role.VIEWER,
     "AdoptSnapshot": Role.OPERATOR,
+    # Snapshot policies and VM labels (issue 14).
+    "CreatePolicy": Role.OPERATOR,
+    "GetPolicy": Role.VIEWER,
+    "ListPolicies": Role.VIEWER,
+    "PausePolicy": Role.OPERATOR,
+    "ResumePolicy": Role.OPERATOR,
+    "DeletePolicy": Role.OPERATOR,
+    "SetVMLabels": Role.OPERATOR,
 }
 
 #: RPCs that change something: each call is audited, whatever its result.
@@ -97,6 +105,11 @@ MUTATING = frozenset(
         "RenewFreeze",
         "ThawVM",
         "AdoptSnapshot",
+        "CreatePolicy",
+        "PausePolicy",
+        "ResumePolicy",
+        "DeletePolicy",
+        "SetVMLabels",
     }
 )
 

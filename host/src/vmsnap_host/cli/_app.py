@@ -17,6 +17,7 @@ from typer.core import TyperArgument, TyperOption
 from vmsnap_host.cli import (
     _operations,
     _peers,
+    _policy,
     _security,
     _snapshot,
     _stack_commands,
@@ -55,6 +56,7 @@ app.command("events")(events)
 app.add_typer(_security.audit_app, name="audit")
 app.add_typer(_security.auth_app, name="auth")
 app.add_typer(_security.certs_app, name="certs")
+app.add_typer(_policy.policy_app, name="policy")
 
 _OUTPUTS = ("table", "wide", "json")
 

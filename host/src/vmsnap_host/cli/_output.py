@@ -77,11 +77,23 @@ def _health(value: Health) -> str:
     )
 
 
-def vm_table(vms: Sequence[VM]) -> Table:
-    table = Table("id", "name", "state", "agent", "memory", "disks", title="VMs")
+def labels_text(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def vm_table(vms: Sequence[VM], labels: Mapping[str, Mapping[str, str]] | None = None) -> Table:
+    table = Table("id", "name", "state", "agent", "memory", "disks", "labels", title="VMs")
     for vm in vms:
         disks = "\n".join(f"{v.disk} → {v.locator}" for v in vm.volumes)
-        table.add_row(vm.id, vm.name, vm.state.name, vm.agent, f"{vm.memory_mib} MiB", disks)
+        table.add_row(
+            vm.id,
+            vm.name,
+            vm.state.name,
+            vm.agent,
+            f"{vm.memory_mib} MiB",
+            disks,
+            labels_text((labels or {}).get(vm.id, {})),
+        )
     return table
 
 
@@ -89,7 +101,7 @@ def snapshot_table(
     snapshots: Sequence[VMSnapshot], *, full: bool = True, wide: bool = False
 ) -> Table:
     """``wide`` adds the parent, the freeze window and the description."""
-    columns = ["id", "vm", "name", "state", "consistency", "memory", "current", "created"]
+    columns = ["id", "vm", "name", "state", "consistency", "memory", "current", "policy", "created"]
     table = Table(*columns, *(["parent", "freeze", "description"] if wide else []))
     table.columns[0].no_wrap = True
     for s in snapshots:
@@ -101,6 +113,7 @@ def snapshot_table(
             s.consistency.name,
             "yes" if s.include_memory else "",
             "*" if s.current else "",
+            s.policy_name,
             _when(s.create_time),
         ]
         if wide:
@@ -140,6 +153,10 @@ def show_snapshot(s: VMSnapshot) -> None:
         f"memory {'included' if s.include_memory else 'not included'}"
     )
     console.print(f"  {freeze_text(s)}")
+    if s.policy_id:
+        console.print(f"  made by policy {s.policy_name} ({s.policy_id})")
+    else:
+        console.print("  made by hand (no policy: no retention deletes it)")
     if s.parent_id:
         console.print(f"  parent {s.parent_id}{', current' if s.current else ''}")
     for warning in s.warnings:

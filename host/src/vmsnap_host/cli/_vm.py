@@ -10,7 +10,8 @@ import typer
 
 from vmsnap_host.cli import _output as out
 from vmsnap_host.cli._common import Exit, JsonOption, fail, run, want_json
-from vmsnap_host.client import HostClient, UndefineResult
+from vmsnap_host.cli._policy import parse_labels
+from vmsnap_host.client import HostClient, LabeledVM, UndefineResult
 from vmsnap_sdk import VM, Volume
 
 app = typer.Typer(
@@ -43,18 +44,18 @@ def _parse_disk(spec: str) -> Volume:
     return Volume(disk=disk, locator=locator, size_bytes=size, format=fmt)
 
 
-def _show_vms(vms: list[VM], json_: bool) -> None:
+def _show_vms(vms: list[LabeledVM], json_: bool) -> None:
     if want_json(json_):
-        out.print_json(vms)
+        out.print_json([{**out.jsonable(v.vm), "labels": v.labels} for v in vms])
     else:
-        out.console.print(out.vm_table(vms))
+        out.console.print(out.vm_table([v.vm for v in vms], {v.vm.id: v.labels for v in vms}))
 
 
-def _show_vm(vm: VM, json_: bool) -> None:
+def _show_vm(vm: VM, json_: bool, labels: dict[str, str] | None = None) -> None:
     if want_json(json_):
-        out.print_json(vm)
+        out.print_json(vm if labels is None else {**out.jsonable(vm), "labels": labels})
     else:
-        out.console.print(out.vm_table([vm]))
+        out.console.print(out.vm_table([vm], None if labels is None else {vm.id: labels}))
 
 
 @app.command("define")
@@ -75,6 +76,10 @@ def vm_define(
     agent: Annotated[
         str, typer.Option(metavar="AGENT", help="Agent to define it on (when several).")
     ] = "",
+    label: Annotated[
+        list[str] | None,
+        typer.Option(metavar="KEY=VALUE", help="A label kept by the host; repeat per label."),
+    ] = None,
     project: Annotated[
         str,
         typer.Option(metavar="PROJECT", help="Project it belongs to (default: your only project)."),
@@ -91,20 +96,24 @@ def vm_define(
         memory_mib=memory,
         volumes=tuple(_parse_disk(d) for d in disk),
     )
-    defined = run(lambda host: host.define_vm(vm, agent=agent, project=project))
-    _show_vm(defined, json_)
+    labels, _ = parse_labels(label or [], allow_remove=False)
+    defined = run(
+        lambda host: host.define_vm(vm, agent=agent, project=project, labels=labels)
+    )
+    _show_vm(defined, json_, labels)
 
 
 @app.command("list")
 def vm_list(json_: JsonOption = False) -> None:
     """VMs of all agents."""
-    _show_vms(run(lambda host: host.list_vms()), json_)
+    _show_vms(run(lambda host: host.list_labeled_vms()), json_)
 
 
 @app.command("show")
 def vm_show(vm_id: VmArg, json_: JsonOption = False) -> None:
     """One VM with its state and disks."""
-    _show_vm(run(lambda host: host.get_vm(vm_id)), json_)
+    labeled = run(lambda host: host.get_labeled_vm(vm_id))
+    _show_vm(labeled.vm, json_, labeled.labels)
 
 
 @app.command("start")
@@ -181,3 +190,26 @@ app.command("clone")(vm_clone)
 from vmsnap_host.cli._freeze import freeze_app  # noqa: E402 - registered below
 
 app.add_typer(freeze_app)  # vmsnap vm freeze VM --lease 10s -- COMMAND
+
+
+@app.command("label")
+def vm_label(
+    vm_id: VmArg,
+    changes: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="KEY=VALUE|KEY-", help="KEY=VALUE to set, KEY- to remove (as kubectl label)."
+        ),
+    ],
+    json_: JsonOption = False,
+) -> None:
+    """Set or remove labels of a VM (policy selectors match them).
+
+    Example: vmsnap vm label web tier=db backup=nightly old-
+    """
+    labels, remove = parse_labels(changes, allow_remove=True)
+    now = run(lambda host: host.set_vm_labels(vm_id, labels, remove=remove))
+    if want_json(json_):
+        out.print_json(now)
+    else:
+        out.console.print(f"{vm_id}: {out.labels_text(now) or '(no labels)'}")

@@ -37,10 +37,12 @@ from vmsnap_host.client._types import (
     DriverStatus,
     Finding,
     FreezeInfo,
+    LabeledVM,
     Operation,
     Page,
     QuiescePolicy,
     ReconcileReport,
+    SnapshotPolicy,
     UndefineResult,
     VMSnapshot,
 )
@@ -562,15 +564,21 @@ class HostClient:
     # --- VMs (passed through to their agents) -----------------------------------------
 
     async def define_vm(
-        self, vm: VM, *, agent: str = "", project: str = "", timeout: float | None = None
+        self,
+        vm: VM,
+        *,
+        agent: str = "",
+        project: str = "",
+        labels: Mapping[str, str] | None = None,
+        timeout: float | None = None,
     ) -> VM:
         """Define a VM on an agent (``agent`` may be empty when only one is registered),
-        in ``project`` (empty: the caller's only project; see DefineVMRequest.project)."""
-        response = await self._call(
-            "DefineVM",
-            pb.DefineVMRequest(agent=agent, vm=vm_to_pb(vm), project=project),
-            self._t(timeout),
+        in ``project`` (empty: the caller's only project; see DefineVMRequest.project),
+        with ``labels`` kept by the host (replacing any the VM id had)."""
+        request = pb.DefineVMRequest(
+            agent=agent, vm=vm_to_pb(vm), project=project, labels=dict(labels or {})
         )
+        response = await self._call("DefineVM", request, self._t(timeout))
         return vm_from_pb(response.vm)
 
     async def get_vm(self, vm_id: str, *, timeout: float | None = None) -> VM:
@@ -582,6 +590,114 @@ class HostClient:
         """Every VM the registered agents know."""
         response = await self._call("ListVMs", pb.ListVMsRequest(), self._t(timeout))
         return [vm_from_pb(v) for v in response.vms]
+
+    async def get_labeled_vm(self, vm_id: str, *, timeout: float | None = None) -> LabeledVM:
+        """The VM (as :meth:`get_vm`) with its labels."""
+        response = await self._call("GetVM", pb.GetVMRequest(vm_id=vm_id), self._t(timeout))
+        return LabeledVM(vm_from_pb(response.vm), dict(response.labels))
+
+    async def list_labeled_vms(self, *, timeout: float | None = None) -> list[LabeledVM]:
+        """Every VM (as :meth:`list_vms`) with its labels."""
+        response = await self._call("ListVMs", pb.ListVMsRequest(), self._t(timeout))
+        return [
+            LabeledVM(
+                vm_from_pb(v),
+                dict(response.labels[v.id].labels) if v.id in response.labels else {},
+            )
+            for v in response.vms
+        ]
+
+    async def set_vm_labels(
+        self,
+        vm_id: str,
+        labels: Mapping[str, str] | None = None,
+        *,
+        remove: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> dict[str, str]:
+        """Remove the ``remove`` keys, then set ``labels``; returns all the VM's labels."""
+        request = pb.SetVMLabelsRequest(
+            vm_id=vm_id, labels=dict(labels or {}), remove_keys=list(remove)
+        )
+        response = await self._call("SetVMLabels", request, self._t(timeout))
+        return dict(response.labels)
+
+    # --- snapshot policies --------------------------------------------------------------
+
+    async def create_policy(
+        self,
+        name: str,
+        *,
+        schedule: str,
+        vm_id: str = "",
+        selector: Mapping[str, str] | None = None,
+        keep_last: int = 0,
+        keep_daily: int = 0,
+        keep_weekly: int = 0,
+        quiesce: QuiescePolicy = QuiescePolicy.BEST_EFFORT,
+        time_zone: str = "",
+        timeout: float | None = None,
+    ) -> SnapshotPolicy:
+        """Create a snapshot policy for one VM (``vm_id``) or the VMs whose labels match
+        ``selector``; ``schedule`` is a cron expression or ``@every 30s``. The same
+        definition again returns the stored policy."""
+        message = pb.SnapshotPolicy(
+            name=name,
+            schedule=schedule,
+            vm_id=vm_id,
+            selector=dict(selector or {}),
+            time_zone=time_zone,
+            retention=pb.Retention(
+                keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly
+            ),
+            quiesce=pb.QuiescePolicy.ValueType(quiesce.value),
+        )
+        response = await self._call(
+            "CreatePolicy", pb.CreatePolicyRequest(policy=message), self._t(timeout)
+        )
+        return cv.policy(response.policy)
+
+    async def get_policy(self, name: str, *, timeout: float | None = None) -> SnapshotPolicy:
+        """A policy with its most recent runs (``runs``, newest first)."""
+        response = await self._call("GetPolicy", pb.GetPolicyRequest(name=name), self._t(timeout))
+        return cv.policy(response.policy, response.runs)
+
+    async def list_policies(
+        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> Page[SnapshotPolicy]:
+        """One page of policies, oldest first."""
+        request = pb.ListPoliciesRequest(page_size=page_size, page_token=page_token)
+        response = await self._call("ListPolicies", request, self._t(timeout))
+        return Page(tuple(cv.policy(p) for p in response.policies), response.next_page_token)
+
+    async def all_policies(self, *, timeout: float | None = None) -> list[SnapshotPolicy]:
+        """Every policy (all pages)."""
+        out: list[SnapshotPolicy] = []
+        token = ""
+        while True:
+            page = await self.list_policies(page_size=1000, page_token=token, timeout=timeout)
+            out.extend(page.items)
+            token = page.next_token
+            if not token:
+                return out
+
+    async def pause_policy(self, name: str, *, timeout: float | None = None) -> SnapshotPolicy:
+        """Stop a policy's runs until :meth:`resume_policy` (idempotent)."""
+        response = await self._call(
+            "PausePolicy", pb.PausePolicyRequest(name=name), self._t(timeout)
+        )
+        return cv.policy(response.policy)
+
+    async def resume_policy(self, name: str, *, timeout: float | None = None) -> SnapshotPolicy:
+        """Run a paused policy again from its next scheduled time (idempotent)."""
+        response = await self._call(
+            "ResumePolicy", pb.ResumePolicyRequest(name=name), self._t(timeout)
+        )
+        return cv.policy(response.policy)
+
+    async def delete_policy(self, name: str, *, timeout: float | None = None) -> None:
+        """Delete a policy; its snapshots stay (idempotent)."""
+        await self._call("DeletePolicy", pb.DeletePolicyRequest(name=name), self._t(timeout))
 
     async def start_vm(self, vm_id: str, *, timeout: float | None = None) -> VM:
         """Start a defined VM; returns it as it is now."""

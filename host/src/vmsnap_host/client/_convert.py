@@ -5,6 +5,7 @@ The only module of the client besides ``_client`` that touches generated code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import grpc
@@ -79,6 +80,8 @@ def vm_snapshot(m: pb.VMSnapshot) -> t.VMSnapshot:
         warnings=tuple(m.warnings),
         missing=m.missing,
         project=m.project,
+        policy_id=m.policy_id,
+        policy_name=m.policy_name,
     )
 
 
@@ -209,4 +212,37 @@ def discovery(m: pb.DiscoverSnapshotsResponse) -> t.Discovery:
             for s in m.sets
         ),
         unsupported_drivers=tuple(m.unsupported_drivers),
+    )
+
+
+def policy_run(m: pb.PolicyRun) -> t.PolicyRun:
+    return t.PolicyRun(
+        vm_id=m.vm_id,
+        scheduled_time=_time(m.scheduled_time, m.HasField("scheduled_time")),
+        outcome=m.outcome,
+        operation_id=m.operation_id,
+        vm_snapshot_id=m.vm_snapshot_id,
+        error_message=m.error_message,
+        missed_count=m.missed_count,
+        deleted_snapshot_ids=tuple(m.deleted_snapshot_ids),
+    )
+
+
+def policy(m: pb.SnapshotPolicy, runs: Sequence[pb.PolicyRun] = ()) -> t.SnapshotPolicy:
+    return t.SnapshotPolicy(
+        name=m.name,
+        schedule=m.schedule,
+        vm_id=m.vm_id,
+        selector=dict(m.selector),
+        time_zone=m.time_zone,
+        keep_last=m.retention.keep_last,
+        keep_daily=m.retention.keep_daily,
+        keep_weekly=m.retention.keep_weekly,
+        quiesce=_enum(t.QuiescePolicy, m.quiesce),
+        paused=m.paused,
+        next_run_time=_time(m.next_run_time, m.HasField("next_run_time")),
+        last_run_time=_time(m.last_run_time, m.HasField("last_run_time")),
+        create_time=_time(m.create_time, m.HasField("create_time")),
+        id=m.id,
+        runs=tuple(policy_run(r) for r in runs),
     )

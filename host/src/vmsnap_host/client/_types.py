@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 
 import grpc
 
-from vmsnap_sdk import Consistency
+from vmsnap_sdk import VM, Consistency
 from vmsnap_sdk._errors import from_status
 from vmsnap_sdk.blocks import BlockRange
 from vmsnap_sdk.errors import VMSnapError
@@ -145,6 +145,9 @@ class VMSnapshot:
     missing: str = ""
     #: The project of its VM when it was taken ("" when none).
     project: str = ""
+    #: The snapshot policy that made it ("" for a manual snapshot) and its name.
+    policy_id: str = ""
+    policy_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,53 @@ class UndefineResult:
     undefined: bool
     #: The operations deleting the VM's snapshots (with delete_snapshots).
     delete_operations: tuple[Operation, ...] = ()
+
+
+@dataclass(frozen=True)
+class LabeledVM:
+    """A VM and its labels (kept by the host, matched by policy selectors)."""
+
+    vm: VM
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyRun:
+    """One VM's part of one run of a snapshot policy."""
+
+    vm_id: str
+    scheduled_time: datetime | None
+    #: PENDING, RUNNING, SUCCEEDED or FAILED.
+    outcome: str
+    operation_id: str = ""
+    vm_snapshot_id: str = ""
+    error_message: str = ""
+    #: Scheduled times the host was down for, folded into this run.
+    missed_count: int = 0
+    #: Snapshots of the policy its retention deleted after this run.
+    deleted_snapshot_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SnapshotPolicy:
+    """A schedule, its VMs (one, or a label selector) and its retention."""
+
+    name: str
+    schedule: str
+    vm_id: str = ""
+    selector: dict[str, str] = field(default_factory=dict)
+    time_zone: str = ""
+    keep_last: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    quiesce: QuiescePolicy = QuiescePolicy.UNSPECIFIED
+    paused: bool = False
+    next_run_time: datetime | None = None
+    last_run_time: datetime | None = None
+    create_time: datetime | None = None
+    id: str = ""
+    #: Its most recent runs, newest first (get_policy only).
+    runs: tuple[PolicyRun, ...] = ()
 
 
 _T = TypeVar("_T")

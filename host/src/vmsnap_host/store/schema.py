@@ -61,12 +61,17 @@ vm_snapshots = Table(
     # The project of its VM when it was taken (issue 12): a caller sees it only
     # in its projects, even after the VM id is reused in another project.
     Column("project", String(128), nullable=False, default=""),
+    # The snapshot policy that made it ("" for a CreateVMSnapshot call): its
+    # retention deletes only rows with its own id (docs/design.md, "Policies").
+    Column("policy_id", String(64), nullable=False, default=""),
+    Column("policy_name", String(64), nullable=False, default=""),
     Column("create_time", Float, nullable=False),
     Column("update_time", Float, nullable=False),
     Index("ix_vm_snapshots_vm_seq", "vm_id", "seq"),
     Index("ix_vm_snapshots_vm_name", "vm_id", "name"),
     Index("ix_vm_snapshots_state", "state"),
     Index("ix_vm_snapshots_parent", "parent_id"),
+    Index("ix_vm_snapshots_policy", "policy_id", "vm_id"),
     # A name is taken by a snapshot that exists or is being made or reverted. The
     # predicate holds only states a row never re-enters once it left them (ERROR
     # and EXPUNGING rows keep their names out of it), so no move can violate it.
@@ -226,4 +231,62 @@ audit_records = Table(
     Column("peer", String(255), nullable=False, default=""),
     Index("ix_audit_principal", "principal", "seq"),
     Index("ix_audit_project", "project", "seq"),
+)
+
+# Snapshot policies (docs/design.md, "Policies"). ``next_run`` is the claim: a run
+# is taken by the one compare-and-set that moves it forward (NULL while paused).
+policies = Table(
+    "policies",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("vm_id", String(128), nullable=False, default=""),
+    Column("selector_json", Text, nullable=False, default="{}"),
+    Column("schedule", String(128), nullable=False),
+    Column("time_zone", String(64), nullable=False, default=""),
+    Column("keep_last", Integer, nullable=False, default=0),
+    Column("keep_daily", Integer, nullable=False, default=0),
+    Column("keep_weekly", Integer, nullable=False, default=0),
+    Column("quiesce", String(16), nullable=False),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("next_run", Float, nullable=True),
+    Column("last_run", Float, nullable=True),
+    Column("create_time", Float, nullable=False),
+    Column("update_time", Float, nullable=False),
+)
+
+# One VM's part of one policy run: inserted in the claim's transaction (so a crash
+# after the claim leaves a PENDING row that the next leader finishes), then the
+# create operation's id and outcome. ``request_id`` is the create's, derived from
+# policy, VM and scheduled time: unique, so a run is never made twice.
+policy_runs = Table(
+    "policy_runs",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("policy_id", String(64), nullable=False),
+    Column("vm_id", String(128), nullable=False),
+    Column("scheduled", Float, nullable=False),
+    Column("request_id", String(128), nullable=False, unique=True),
+    Column("outcome", String(16), nullable=False),  # PENDING, RUNNING, SUCCEEDED, FAILED
+    Column("operation_id", String(64), nullable=False, default=""),
+    Column("vm_snapshot_id", String(64), nullable=False, default=""),
+    Column("error_message", Text, nullable=False, default=""),
+    Column("missed", Integer, nullable=False, default=0),
+    Column("deleted_json", Text, nullable=False, default="[]"),
+    Column("create_time", Float, nullable=False),
+    Column("update_time", Float, nullable=False),
+    Index("ix_policy_runs_policy_seq", "policy_id", "seq"),
+    Index("ix_policy_runs_outcome", "outcome"),
+)
+
+# VM labels, kept by the host (agents know nothing of them); policy selectors
+# match them.
+vm_labels = Table(
+    "vm_labels",
+    metadata,
+    Column("vm_id", String(128), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("value", String(64), nullable=False, default=""),
+    Index("ix_vm_labels_key_value", "key", "value"),
 )

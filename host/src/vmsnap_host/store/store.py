@@ -286,6 +286,8 @@ def snapshot_from_row(row: Row[Any]) -> Snapshot:
         parameters=dict(json.loads(row.parameters_json)),
         missing=row.missing or "",
         project=row.project or "",
+        policy_id=row.policy_id or "",
+        policy_name=row.policy_name or "",
         create_time=_ts(row.create_time),
         update_time=_ts(row.update_time),
     )
@@ -331,6 +333,8 @@ def _snapshot_columns(s: Snapshot) -> dict[str, Any]:
         "parameters_json": json.dumps(s.parameters),
         "missing": s.missing,
         "project": s.project,
+        "policy_id": s.policy_id,
+        "policy_name": s.policy_name,
         **_error_columns(s.error),
     }
 

@@ -346,6 +346,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION: the discovered set does not hold every disk of the VM, or a
     driver of the VM's disks cannot list unmanaged snapshots.
     """
+    POLICY_NOT_FOUND: _ErrorReason.ValueType  # 75
+    """-- Snapshot policies (71-74: events).
+    NOT_FOUND: no snapshot policy has this name.
+    """
+    POLICY_NAME_IN_USE: _ErrorReason.ValueType  # 76
+    """ALREADY_EXISTS: a snapshot policy has this name already."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call or an operation failed: the `reason` of the google.rpc.ErrorInfo
@@ -634,6 +640,12 @@ SET_INCOMPLETE: ErrorReason.ValueType  # 84
 """FAILED_PRECONDITION: the discovered set does not hold every disk of the VM, or a
 driver of the VM's disks cannot list unmanaged snapshots.
 """
+POLICY_NOT_FOUND: ErrorReason.ValueType  # 75
+"""-- Snapshot policies (71-74: events).
+NOT_FOUND: no snapshot policy has this name.
+"""
+POLICY_NAME_IN_USE: ErrorReason.ValueType  # 76
+"""ALREADY_EXISTS: a snapshot policy has this name already."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

@@ -168,6 +168,41 @@ class VMSnapshotServiceStub:
                 request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.UndefineVMRequest.SerializeToString,
                 response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.UndefineVMResponse.FromString,
                 _registered_method=True)
+        self.CreatePolicy = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/CreatePolicy',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CreatePolicyRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CreatePolicyResponse.FromString,
+                _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/GetPolicy',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.GetPolicyRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.GetPolicyResponse.FromString,
+                _registered_method=True)
+        self.ListPolicies = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/ListPolicies',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListPoliciesRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListPoliciesResponse.FromString,
+                _registered_method=True)
+        self.PausePolicy = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/PausePolicy',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.PausePolicyRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.PausePolicyResponse.FromString,
+                _registered_method=True)
+        self.ResumePolicy = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/ResumePolicy',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ResumePolicyRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ResumePolicyResponse.FromString,
+                _registered_method=True)
+        self.DeletePolicy = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/DeletePolicy',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.DeletePolicyRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.DeletePolicyResponse.FromString,
+                _registered_method=True)
+        self.SetVMLabels = channel.unary_unary(
+                '/vmsnap.host.v1.VMSnapshotService/SetVMLabels',
+                request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.SetVMLabelsRequest.SerializeToString,
+                response_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.SetVMLabelsResponse.FromString,
+                _registered_method=True)
         self.Reconcile = channel.unary_unary(
                 '/vmsnap.host.v1.VMSnapshotService/Reconcile',
                 request_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ReconcileRequest.SerializeToString,
@@ -570,6 +605,86 @@ class VMSnapshotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreatePolicy(self, request, context):
+        """--- Snapshot policies and VM labels (issue 14) ---
+        Create a snapshot policy: a schedule, the VMs it snapshots (one VM, or every
+        VM whose labels match a selector) and a retention rule that deletes only the
+        snapshots this policy made. A retry with the same definition returns the
+        stored policy. Role: operator (mutating).
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it:
+        a schedule croniter cannot read, an unknown
+        time zone, no retention, vm_id and selector
+        both or neither)
+        ALREADY_EXISTS       POLICY_NAME_IN_USE    a policy has this name with another definition
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicy(self, request, context):
+        """A policy by name, with its most recent runs. Role: viewer.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+        NOT_FOUND            POLICY_NOT_FOUND      no policy has this name
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPolicies(self, request, context):
+        """Policies, by name, paged. Role: viewer.
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      page_size or page_token is wrong
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PausePolicy(self, request, context):
+        """Stop a policy's runs (and its retention) until ResumePolicy. Idempotent.
+        Role: operator (mutating).
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+        NOT_FOUND            POLICY_NOT_FOUND      no policy has this name
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumePolicy(self, request, context):
+        """Run a paused policy again: its next run is the schedule's next time after
+        now (runs missed while paused are not made up). Idempotent.
+        Role: operator (mutating).
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+        NOT_FOUND            POLICY_NOT_FOUND      no policy has this name
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePolicy(self, request, context):
+        """Delete a policy. Its snapshots stay (they keep VMSnapshot.policy_id; no
+        retention deletes them any more). Idempotent: an unknown name succeeds.
+        Role: operator (mutating).
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetVMLabels(self, request, context):
+        """Set and remove labels of a VM (kept in the host's catalog, matched by policy
+        selectors). Role: operator (mutating).
+        Errors:
+        INVALID_ARGUMENT     INVALID_ARGUMENT      a key or value breaks its rule
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Reconcile(self, request, context):
         """Compare what every driver and agent holds with the catalog, now, and repair:
         orphans older than the grace period deleted, READY snapshots whose objects
@@ -912,6 +1027,41 @@ def add_VMSnapshotServiceServicer_to_server(servicer, server):
                     servicer.UndefineVM,
                     request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.UndefineVMRequest.FromString,
                     response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.UndefineVMResponse.SerializeToString,
+            ),
+            'CreatePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePolicy,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CreatePolicyRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.CreatePolicyResponse.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.GetPolicyRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.GetPolicyResponse.SerializeToString,
+            ),
+            'ListPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicies,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListPoliciesRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ListPoliciesResponse.SerializeToString,
+            ),
+            'PausePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PausePolicy,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.PausePolicyRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.PausePolicyResponse.SerializeToString,
+            ),
+            'ResumePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumePolicy,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ResumePolicyRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.ResumePolicyResponse.SerializeToString,
+            ),
+            'DeletePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePolicy,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.DeletePolicyRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.DeletePolicyResponse.SerializeToString,
+            ),
+            'SetVMLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVMLabels,
+                    request_deserializer=vmsnap_dot_host_dot_v1_dot_host__pb2.SetVMLabelsRequest.FromString,
+                    response_serializer=vmsnap_dot_host_dot_v1_dot_host__pb2.SetVMLabelsResponse.SerializeToString,
             ),
             'Reconcile': grpc.unary_unary_rpc_method_handler(
                     servicer.Reconcile,
@@ -1553,6 +1703,195 @@ class VMSnapshotService:
             '/vmsnap.host.v1.VMSnapshotService/UndefineVM',
             vmsnap_dot_host_dot_v1_dot_host__pb2.UndefineVMRequest.SerializeToString,
             vmsnap_dot_host_dot_v1_dot_host__pb2.UndefineVMResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/CreatePolicy',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.CreatePolicyRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.CreatePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/GetPolicy',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.GetPolicyRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.GetPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/ListPolicies',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.ListPoliciesRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.ListPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PausePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/PausePolicy',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.PausePolicyRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.PausePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/ResumePolicy',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.ResumePolicyRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.ResumePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/DeletePolicy',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.DeletePolicyRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.DeletePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetVMLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmsnap.host.v1.VMSnapshotService/SetVMLabels',
+            vmsnap_dot_host_dot_v1_dot_host__pb2.SetVMLabelsRequest.SerializeToString,
+            vmsnap_dot_host_dot_v1_dot_host__pb2.SetVMLabelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -280,6 +280,58 @@ class VMSnapshotServiceStub:
       FAILED_PRECONDITION  NO_AGENT              no agent is registered
       UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
     """
+    CreatePolicy: _aio.UnaryUnaryMultiCallable[_host_pb2.CreatePolicyRequest, _host_pb2.CreatePolicyResponse]
+    """--- Snapshot policies and VM labels (issue 14) ---
+    Create a snapshot policy: a schedule, the VMs it snapshots (one VM, or every
+    VM whose labels match a selector) and a retention rule that deletes only the
+    snapshots this policy made. A retry with the same definition returns the
+    stored policy. Role: operator (mutating).
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it:
+                                                 a schedule croniter cannot read, an unknown
+                                                 time zone, no retention, vm_id and selector
+                                                 both or neither)
+      ALREADY_EXISTS       POLICY_NAME_IN_USE    a policy has this name with another definition
+    """
+    GetPolicy: _aio.UnaryUnaryMultiCallable[_host_pb2.GetPolicyRequest, _host_pb2.GetPolicyResponse]
+    """A policy by name, with its most recent runs. Role: viewer.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+      NOT_FOUND            POLICY_NOT_FOUND      no policy has this name
+    """
+    ListPolicies: _aio.UnaryUnaryMultiCallable[_host_pb2.ListPoliciesRequest, _host_pb2.ListPoliciesResponse]
+    """Policies, by name, paged. Role: viewer.
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      page_size or page_token is wrong
+    """
+    PausePolicy: _aio.UnaryUnaryMultiCallable[_host_pb2.PausePolicyRequest, _host_pb2.PausePolicyResponse]
+    """Stop a policy's runs (and its retention) until ResumePolicy. Idempotent.
+    Role: operator (mutating).
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+      NOT_FOUND            POLICY_NOT_FOUND      no policy has this name
+    """
+    ResumePolicy: _aio.UnaryUnaryMultiCallable[_host_pb2.ResumePolicyRequest, _host_pb2.ResumePolicyResponse]
+    """Run a paused policy again: its next run is the schedule's next time after
+    now (runs missed while paused are not made up). Idempotent.
+    Role: operator (mutating).
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+      NOT_FOUND            POLICY_NOT_FOUND      no policy has this name
+    """
+    DeletePolicy: _aio.UnaryUnaryMultiCallable[_host_pb2.DeletePolicyRequest, _host_pb2.DeletePolicyResponse]
+    """Delete a policy. Its snapshots stay (they keep VMSnapshot.policy_id; no
+    retention deletes them any more). Idempotent: an unknown name succeeds.
+    Role: operator (mutating).
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+    """
+    SetVMLabels: _aio.UnaryUnaryMultiCallable[_host_pb2.SetVMLabelsRequest, _host_pb2.SetVMLabelsResponse]
+    """Set and remove labels of a VM (kept in the host's catalog, matched by policy
+    selectors). Role: operator (mutating).
+    Errors:
+      INVALID_ARGUMENT     INVALID_ARGUMENT      a key or value breaks its rule
+    """
     Reconcile: _aio.UnaryUnaryMultiCallable[_host_pb2.ReconcileRequest, _host_pb2.ReconcileResponse]
     """Compare what every driver and agent holds with the catalog, now, and repair:
     orphans older than the grace period deleted, READY snapshots whose objects
@@ -842,6 +894,100 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
           FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
           FAILED_PRECONDITION  NO_AGENT              no agent is registered
           UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
+        """
+
+    @_abc_1.abstractmethod
+    def CreatePolicy(
+        self,
+        request: _host_pb2.CreatePolicyRequest,
+        context: _aio.ServicerContext[_host_pb2.CreatePolicyRequest, _abc.Awaitable[_host_pb2.CreatePolicyResponse]],
+    ) -> _abc.Awaitable[_host_pb2.CreatePolicyResponse]:
+        """--- Snapshot policies and VM labels (issue 14) ---
+        Create a snapshot policy: a schedule, the VMs it snapshots (one VM, or every
+        VM whose labels match a selector) and a retention rule that deletes only the
+        snapshots this policy made. A retry with the same definition returns the
+        stored policy. Role: operator (mutating).
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it:
+                                                     a schedule croniter cannot read, an unknown
+                                                     time zone, no retention, vm_id and selector
+                                                     both or neither)
+          ALREADY_EXISTS       POLICY_NAME_IN_USE    a policy has this name with another definition
+        """
+
+    @_abc_1.abstractmethod
+    def GetPolicy(
+        self,
+        request: _host_pb2.GetPolicyRequest,
+        context: _aio.ServicerContext[_host_pb2.GetPolicyRequest, _abc.Awaitable[_host_pb2.GetPolicyResponse]],
+    ) -> _abc.Awaitable[_host_pb2.GetPolicyResponse]:
+        """A policy by name, with its most recent runs. Role: viewer.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+          NOT_FOUND            POLICY_NOT_FOUND      no policy has this name
+        """
+
+    @_abc_1.abstractmethod
+    def ListPolicies(
+        self,
+        request: _host_pb2.ListPoliciesRequest,
+        context: _aio.ServicerContext[_host_pb2.ListPoliciesRequest, _abc.Awaitable[_host_pb2.ListPoliciesResponse]],
+    ) -> _abc.Awaitable[_host_pb2.ListPoliciesResponse]:
+        """Policies, by name, paged. Role: viewer.
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      page_size or page_token is wrong
+        """
+
+    @_abc_1.abstractmethod
+    def PausePolicy(
+        self,
+        request: _host_pb2.PausePolicyRequest,
+        context: _aio.ServicerContext[_host_pb2.PausePolicyRequest, _abc.Awaitable[_host_pb2.PausePolicyResponse]],
+    ) -> _abc.Awaitable[_host_pb2.PausePolicyResponse]:
+        """Stop a policy's runs (and its retention) until ResumePolicy. Idempotent.
+        Role: operator (mutating).
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+          NOT_FOUND            POLICY_NOT_FOUND      no policy has this name
+        """
+
+    @_abc_1.abstractmethod
+    def ResumePolicy(
+        self,
+        request: _host_pb2.ResumePolicyRequest,
+        context: _aio.ServicerContext[_host_pb2.ResumePolicyRequest, _abc.Awaitable[_host_pb2.ResumePolicyResponse]],
+    ) -> _abc.Awaitable[_host_pb2.ResumePolicyResponse]:
+        """Run a paused policy again: its next run is the schedule's next time after
+        now (runs missed while paused are not made up). Idempotent.
+        Role: operator (mutating).
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+          NOT_FOUND            POLICY_NOT_FOUND      no policy has this name
+        """
+
+    @_abc_1.abstractmethod
+    def DeletePolicy(
+        self,
+        request: _host_pb2.DeletePolicyRequest,
+        context: _aio.ServicerContext[_host_pb2.DeletePolicyRequest, _abc.Awaitable[_host_pb2.DeletePolicyResponse]],
+    ) -> _abc.Awaitable[_host_pb2.DeletePolicyResponse]:
+        """Delete a policy. Its snapshots stay (they keep VMSnapshot.policy_id; no
+        retention deletes them any more). Idempotent: an unknown name succeeds.
+        Role: operator (mutating).
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      name breaks its rule
+        """
+
+    @_abc_1.abstractmethod
+    def SetVMLabels(
+        self,
+        request: _host_pb2.SetVMLabelsRequest,
+        context: _aio.ServicerContext[_host_pb2.SetVMLabelsRequest, _abc.Awaitable[_host_pb2.SetVMLabelsResponse]],
+    ) -> _abc.Awaitable[_host_pb2.SetVMLabelsResponse]:
+        """Set and remove labels of a VM (kept in the host's catalog, matched by policy
+        selectors). Role: operator (mutating).
+        Errors:
+          INVALID_ARGUMENT     INVALID_ARGUMENT      a key or value breaks its rule
         """
 
     @_abc_1.abstractmethod
