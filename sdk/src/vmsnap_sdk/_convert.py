@@ -191,6 +191,7 @@ def agent_info_to_pb(info: t.AgentInfo) -> hypervisor_pb2.GetAgentInfoResponse:
             hypervisor_pb2.QuiesceMethod.ValueType(q.value) for q in info.quiesce_methods
         ),
         memory_snapshots=info.memory_snapshots,
+        memory_with_array_disks=info.memory_with_array_disks,
     )
 
 
@@ -203,6 +204,7 @@ def agent_info_from_pb(m: hypervisor_pb2.GetAgentInfoResponse) -> t.AgentInfo:
         quiesce_methods=frozenset(_enum(t.QuiesceMethod, q) for q in m.quiesce_methods)
         - {t.QuiesceMethod.UNSPECIFIED},
         memory_snapshots=m.memory_snapshots,
+        memory_with_array_disks=m.memory_with_array_disks,
     )
 
 
@@ -214,6 +216,8 @@ def native_to_pb(s: t.NativeSnapshot) -> hypervisor_pb2.NativeSnapshot:
         include_memory=s.include_memory,
         size_bytes=s.size_bytes,
     )
+    if s.memory_state is not None:
+        message.memory_state.CopyFrom(memory_state_to_pb(s.memory_state))
     stamp = ts_to_pb(s.create_time)
     if stamp is not None:
         message.create_time.CopyFrom(stamp)
@@ -228,6 +232,23 @@ def native_from_pb(m: hypervisor_pb2.NativeSnapshot) -> t.NativeSnapshot:
         include_memory=m.include_memory,
         create_time=ts_from_pb(m.create_time, m.HasField("create_time")),
         size_bytes=m.size_bytes,
+        memory_state=memory_state_from_pb(m.memory_state) if m.HasField("memory_state") else None,
+    )
+
+
+def memory_state_to_pb(s: t.MemoryState) -> hypervisor_pb2.MemoryState:
+    message = hypervisor_pb2.MemoryState(location=s.location, size_bytes=s.size_bytes)
+    message.paused.FromNanoseconds(round(s.paused_seconds * 1e9))
+    message.save_duration.FromNanoseconds(round(s.save_seconds * 1e9))
+    return message
+
+
+def memory_state_from_pb(m: hypervisor_pb2.MemoryState) -> t.MemoryState:
+    return t.MemoryState(
+        location=m.location,
+        size_bytes=m.size_bytes,
+        paused_seconds=m.paused.ToNanoseconds() / 1e9,
+        save_seconds=m.save_duration.ToNanoseconds() / 1e9,
     )
 
 
