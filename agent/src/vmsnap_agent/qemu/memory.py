@@ -172,9 +172,9 @@ async def load(qmp: QmpSession, path: Path) -> None:
     """Feed a QEMU started with ``-incoming defer`` the saved state; it runs on."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        await qmp.execute("migrate-set-capabilities", {"capabilities": [
-            {"capability": "events", "state": True}
-        ]})
+        await qmp.execute(
+            "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]}
+        )
         await qmp.send_fd(fd, FD_NAME)
         async with asyncio.timeout(MIGRATION_TIMEOUT):
             await qmp.execute("migrate-incoming", {"uri": f"fd:{FD_NAME}"})

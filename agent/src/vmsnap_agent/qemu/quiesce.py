@@ -52,6 +52,7 @@ from .model import (
     QuiesceRecord,
     VmSpec,
 )
+from .native import holds_bytes
 from .process import VmPaths, format_node, node_key, overlay_node
 from .qmp import QmpSession
 from .statefile import write_json_atomic
@@ -185,7 +186,8 @@ async def pause_and_save(
     cut at the pause; on failure the VM is resumed and the state file deleted."""
     assert ctx.qmp is not None
     qmp = ctx.qmp
-    record.cut_disks = plan_cut(ctx.spec)
+    # Only the disks whose bytes a native snapshot keeps: the arrays cut the others.
+    record.cut_disks = [d.name for d in ctx.spec.disks if holds_bytes(d)]
     record.cut_tag = f"{CUT_PREFIX}{record.token}" if record.cut_disks else ""
     record.memory_path = str(ctx.paths.root / "memory" / f"{record.token}{memory.SUFFIX}")
     # Before anything happens: a restarted agent resumes the VM and deletes the file.
@@ -205,6 +207,8 @@ async def pause_and_save(
     record.paused_at = saved.paused_at
     record.frozen_at = saved.paused_at
     record.memory_save_s = saved.save_seconds
+    # The lease guards the pause, not the live copy before it: it runs from here.
+    record.expires_at = time.time() + (record.expires_at - record.started_at)
     # RAM and devices as they were: a revert resumes every process where it was.
     record.consistency = Consistency.APPLICATION
     await ctx.save(record)

@@ -78,6 +78,8 @@ def vm_snapshot(m: pb.VMSnapshot) -> t.VMSnapshot:
         update_time=_time(m.update_time, m.HasField("update_time")),
         warnings=tuple(m.warnings),
         missing=m.missing,
+        memory_state_bytes=m.memory_state_bytes,
+        memory_state_location=m.memory_state_location,
     )
 
 

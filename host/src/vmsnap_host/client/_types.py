@@ -136,6 +136,10 @@ class VMSnapshot:
     #: Why this READY snapshot cannot restore (a driver or agent lost its
     #: objects, found by the reconciler); "" while it is whole.
     missing: str = ""
+    #: A memory snapshot with disks on arrays: the saved RAM and device state's
+    #: size and where it lives (a file on the agent's machine); 0 and "" otherwise.
+    memory_state_bytes: int = 0
+    memory_state_location: str = ""
 
 
 @dataclass(frozen=True)
