@@ -581,11 +581,6 @@ class SimAgent(HypervisorAgent):
         self, record: VMRecord, method: QuiesceMethod, best_effort: bool
     ) -> tuple[QuiesceMethod, Consistency, str]:
         """The method applied, the consistency achieved and a warning, or an error."""
-        if record.state == "STOPPED":
-            # Nothing runs, nothing writes: the disks are as the last stop left
-            # them, clean after a shutdown, as after a power cut after a forced stop.
-            consistency = Consistency.APPLICATION if record.clean_shutdown else Consistency.CRASH
-            return method, consistency, ""
         if method is QuiesceMethod.PAUSE_AND_SAVE_MEMORY:
             if record.state != "RUNNING":
                 raise FailedPrecondition(
@@ -593,6 +588,11 @@ class SimAgent(HypervisorAgent):
                     reason=VM_NOT_RUNNING,
                 )
             return method, Consistency.APPLICATION, ""
+        if record.state == "STOPPED":
+            # Nothing runs, nothing writes: the disks are as the last stop left
+            # them, clean after a shutdown, as after a power cut after a forced stop.
+            consistency = Consistency.APPLICATION if record.clean_shutdown else Consistency.CRASH
+            return method, consistency, ""
         if method is QuiesceMethod.OVERLAY:
             return method, Consistency.CRASH, ""
         guest = GuestTraits.of(record.name)
