@@ -339,7 +339,7 @@ class Story:
             # guest's next counts come from its RAM as saved: above that, below the count
             # before the revert. A rebooted guest would start again at 1.
             at_cut, _, _ = await self._guest_disk()
-            resumed = await self._wait_guest_count(at_cut)
+            resumed = await self._wait_guest_change(at_cut)
             check(
                 self.counts["start"] <= at_cut < resumed < self.counts["later"],
                 f"the guest counts {resumed} after the revert (vda held {at_cut}); from its "
@@ -467,6 +467,19 @@ class Story:
         while True:
             count, _, _ = await self._guest_disk()
             if count > above:
+                return count
+            check(
+                time.monotonic() < deadline,
+                f"the guest wrote nothing on vda within {GUEST_WRITES_TIMEOUT:.0f} s",
+            )
+            await asyncio.sleep(1.0)
+
+    async def _wait_guest_change(self, old: int) -> int:
+        """The first count on vda other than ``old`` (a rebooted guest's would be small)."""
+        deadline = time.monotonic() + GUEST_WRITES_TIMEOUT
+        while True:
+            count, _, _ = await self._guest_disk()
+            if count != old:
                 return count
             check(
                 time.monotonic() < deadline,
