@@ -77,7 +77,8 @@ async def test_pause_save_adopt_revert(hv: QemuHypervisor, workdir: Path) -> Non
     assert await hv.take_native_snapshot("pm", "s1", ["vda"], include_memory=True) == snap
     assert await hv.unquiesce(q.token) is not None
     assert await _status(hv, "pm") == "running"
-    assert _size(Path(snap.memory_path)) > 0 and _size(state) < 0  # adopted: renamed
+    # Adopted: the snapshot owns the file now (kept where it was saved).
+    assert snap.memory_path == q.memory_path and _size(state) == q.memory_bytes
 
     # Change everything: RAM (the counter runs on), the local disk, the array disk.
     at_snapshot = await _counter(hv, "pm")

@@ -34,9 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
-import os
 import re
 import shutil
 import time
@@ -669,12 +667,17 @@ class QemuHypervisor:
                 f"the memory state of quiesce {record.token} is already snapshot "
                 f"{record.adopted_by}"
             )
-        digest = hashlib.sha256(snapshot_id.encode()).hexdigest()[:24]
-        final = self._memory_dir(vm_id) / f"snap-{digest}{memory.SUFFIX}"
         paused_s = max(0.0, time.time() - (record.paused_at or time.time()))
+        if record.cut_tag:
+            # Before the index: a cut without its index entry is dropped at unquiesce.
+            aliases = self._aliases(vm_id)
+            aliases[snapshot_id] = record.cut_tag
+            await asyncio.to_thread(write_json_atomic, self._aliases_path(vm_id), aliases)
         index = self._memory_index(vm_id)
         index[snapshot_id] = {
-            "file": str(final),
+            # The file stays where the quiesce saved it (fsynced): adopting it is this
+            # one durable index write, the commit point (no rename to half-do).
+            "file": record.memory_path,
             "size": record.memory_bytes,
             "disks": list(record.cut_disks),
             "created_at": record.paused_at or time.time(),
@@ -682,16 +685,8 @@ class QemuHypervisor:
             "paused_s": round(paused_s, 6),
             "save_s": round(record.memory_save_s, 6),
         }
-        if record.cut_tag:
-            aliases = self._aliases(vm_id)
-            aliases[snapshot_id] = record.cut_tag
-            await asyncio.to_thread(write_json_atomic, self._aliases_path(vm_id), aliases)
-        if await asyncio.to_thread(os.path.exists, record.memory_path):
-            await asyncio.to_thread(os.replace, record.memory_path, final)
-        # Index and quiesce record durable before the answer (the file was fsynced).
         await self._save_memory_index(vm_id, index)
         record.adopted_by = snapshot_id
-        record.memory_path = str(final)
         await asyncio.to_thread(write_json_atomic, self._paths(vm_id).quiesce, record.to_json())
         taken = await self._find_native(vm_id, snapshot_id)
         if taken is None:

@@ -34,6 +34,7 @@ from typing import Any
 
 from .errors import QmpCommandError, VmStateError
 from .qmp import QmpSession
+from .statefile import read_json
 
 #: A whole save (live copy included) or load may take this long.
 MIGRATION_TIMEOUT = 300.0
@@ -59,6 +60,17 @@ class Saved:
     paused_at: float
     #: The whole save, live copy included.
     save_seconds: float
+
+
+def index_path(vm_root: Path) -> Path:
+    """Snapshot id -> its state file (and figures): the states native snapshots own."""
+    return vm_root / "memory" / "index.json"
+
+
+def adopted(vm_root: Path, state: str) -> bool:
+    """Whether a native snapshot owns this state file (then its quiesce must not delete it)."""
+    data = read_json(index_path(vm_root)) or {}
+    return any(isinstance(e, dict) and e.get("file") == state for e in data.values())
 
 
 def _unlink(path: str) -> None:

@@ -436,8 +436,11 @@ async def unquiesce(ctx: QuiesceContext, record: QuiesceRecord) -> None:
         record.thawed_at = time.time()
         record.vm_paused = False
         await ctx.save(record)
-    if record.memory_path and not record.adopted_by:
-        # A state nobody adopted (the take failed): nothing may stay behind.
+    if record.memory_path and not (
+        record.adopted_by or memory.adopted(ctx.paths.root, record.memory_path)
+    ):
+        # A state nobody adopted (the take failed): nothing may stay behind. (The
+        # index is the adoption's commit point: one listed there is a snapshot's.)
         await memory.remove(record.memory_path)
     if record.overlays:
         if ctx.qmp is not None:
