@@ -2,7 +2,7 @@
 
 ``measure_memory(quick)`` boots the test guest (a local qcow2 disk and a raw disk
 standing for an array's) with 256, 512 and 1024 MiB of RAM (256 and 512 when
-quick), fills half of it with non-zero bytes in a tmpfs (``yes``: pages the
+quick), fills half of it with non-zero bytes in a tmpfs (text: pages the
 migration stream cannot skip as zero), and saves the device and RAM state to a
 file the way ``QUIESCE_METHOD_PAUSE_AND_SAVE_MEMORY`` does
 (:mod:`vmsnap_agent.qemu.memory`), then resumes at once (no array in between: the
@@ -79,8 +79,14 @@ async def _measure(work: Path, sizes: tuple[int, ...], samples: int) -> tuple[di
                 async with hv.guest_agent(vm_id) as ga:
                     code, _, err = await ga.exec_command(
                         "/bin/sh",
-                        ["-c", f"yes vmsnap | head -c {mib // 2 * MiB} > /run/fill"],
-                        timeout=300,
+                        # 1 MiB of text, then copies of it (cat moves big blocks).
+                        [
+                            "-c",
+                            "yes vmsnap | head -c 1048576 > /run/one && i=0 && "
+                            f"while [ $i -lt {mib // 2} ]; do cat /run/one; i=$((i + 1)); "
+                            "done > /run/fill",
+                        ],
+                        timeout=600,
                     )
                 assert code == 0, err
                 qmp = hv.qmp(vm_id)
