@@ -201,6 +201,37 @@ async def test_memory_snapshot_with_array_disks(rig: Rig) -> None:
         assert snap.id in driver.reverted
 
 
+async def test_a_failing_driver_in_a_memory_take_resumes_the_vm_and_leaves_nothing(
+    tmp_path: Path, db_url: str
+) -> None:
+    rig = await make_rig(
+        tmp_path,
+        Options(name="io.vmsnap.test.a", scheme="a"),
+        Options(name="io.vmsnap.test.b", scheme="b", behaviour="fail-final"),
+        db=db_url,
+    )
+    try:
+        await rig.define()
+        op = await rig.wait(await rig.create("m", memory=True))
+        snap = rig.store.get_snapshot(op.vm_snapshot_id)
+        assert snap is not None and snap.state is SnapshotState.ERROR
+        assert op.error is not None and "io.vmsnap.test.b" in op.error.message
+        assert not rig.frozen()  # resumed
+        before = rig.agent.guest_ram_counter("vm1")
+        await asyncio.sleep(0.3)
+        after = rig.agent.guest_ram_counter("vm1")
+        assert before is not None and after is not None and after > before  # it runs on
+        for driver in rig.drivers.values():
+            assert ["delete", snap.id] in driver.calls, driver.calls
+            assert snap.id not in driver.snapshots
+        assert await rig.agent.list_native_snapshots("vm1") == []  # no state kept
+        assert rig.store.get_cleanup(snap.id) == []
+    finally:
+        await rig.manager.close()
+        await rig.agent.close()
+        rig.store.close()
+
+
 async def test_memory_snapshot_hypervisor_only_vm(rig: Rig) -> None:
     await rig.define("vm3", volumes=(Volume("vda", "file:///x.img"),))
     op = await rig.wait(await rig.create("m", "vm3", memory=True))
