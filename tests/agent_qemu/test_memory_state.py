@@ -63,6 +63,7 @@ async def test_pause_save_adopt_revert(hv: QemuHypervisor, workdir: Path) -> Non
     await asyncio.sleep(0.3)
     before = await _counter(hv, "pm")
     assert before is not None and before > 0
+    await _sh(hv, "pm", "echo before > /run/ram-marker")
 
     q = await hv.quiesce("pm", QuiesceMethod.PAUSE_MEMORY, 60, operation_id="op-1")
     assert await _status(hv, "pm") != "running"  # paused until unquiesce
@@ -83,11 +84,16 @@ async def test_pause_save_adopt_revert(hv: QemuHypervisor, workdir: Path) -> Non
     # Change everything: RAM (the counter runs on), the local disk, the array disk.
     at_snapshot = await _counter(hv, "pm")
     assert at_snapshot is not None
-    await asyncio.sleep(0.5)
     await _sh(hv, "pm", "printf LATER | dd of=/dev/vda bs=512 seek=2048 conv=notrunc,fsync")
     await _sh(hv, "pm", "printf LATER | dd of=/dev/vdb bs=512 seek=8 conv=notrunc,fsync")
+    await _sh(hv, "pm", "echo later > /run/ram-marker")
+    # Far enough ahead (5 s of counting) that the read after the revert, however slow
+    # on a loaded machine, still finds the count below it.
     later = await _counter(hv, "pm")
-    assert later is not None and later > at_snapshot
+    while later is not None and later < at_snapshot + 100:
+        await asyncio.sleep(0.5)
+        later = await _counter(hv, "pm")
+    assert later is not None
 
     # Revert: the "array" restores its disk (VM stopped first), then the agent.
     await hv.stop_vm("pm", force=True)
@@ -95,6 +101,7 @@ async def test_pause_save_adopt_revert(hv: QemuHypervisor, workdir: Path) -> Non
     info = await hv.revert_native_snapshot("pm", "s1")
     assert info.state is VmState.RUNNING
     back = await _counter(hv, "pm")
+    assert (await _sh(hv, "pm", "cat /run/ram-marker 2>/dev/null || true")).strip() == "before"
     # The loop resumed from RAM as saved: from the value at the pause, not from
     # zero (a reboot) and not from "later" (no revert).
     assert back is not None and before <= back < later, (before, back, later)

@@ -115,6 +115,12 @@ async def _until(
             stops.append(t)
 
 
+async def _flush_until_stopped(fd: int, stops: list[float]) -> None:
+    while not stops:
+        await asyncio.to_thread(os.fdatasync, fd)
+        await asyncio.sleep(0.1)
+
+
 async def save(
     qmp: QmpSession,
     path: Path,
@@ -147,7 +153,14 @@ async def save(
                 await qmp.execute("stop")
                 stops.append(time.time())
             await qmp.execute("migrate", {"uri": f"fd:{FD_NAME}"})
-            await _until(qmp, ev, {"pre-switchover"}, stops)
+            # Flush what the live copy wrote while the guest still runs: the fsync
+            # that must precede the resume then has only the last pages to write.
+            flusher = asyncio.create_task(_flush_until_stopped(fd, stops))
+            try:
+                await _until(qmp, ev, {"pre-switchover"}, stops)
+            finally:
+                stops.append(stops[0] if stops else time.time())  # ends the flusher
+                flusher.cancel()
             # The VM is stopped, its disks still active: the local disks' cut now.
             await at_pause()
             await qmp.execute("migrate-continue", {"state": "pre-switchover"})
