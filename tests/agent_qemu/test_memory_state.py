@@ -53,7 +53,7 @@ async def _define(hv: QemuHypervisor, workdir: Path, vm_id: str) -> Path:
         ],
     )
     await hv.start_vm(vm_id)
-    await hv.wait_guest_agent(vm_id)
+    await hv.wait_guest_agent(vm_id, timeout=120)  # TCG on a loaded machine
     await _sh(hv, vm_id, ram_counter.START)
     return array
 
