@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import catalog, create, emulator, freeze, qemu, replicas, scale
+from bench import catalog, create, emulator, freeze, memory, qemu, replicas, scale
 from bench.floor import Floor, measure_floor, measure_fsync
 from bench.report import Report
 from bench.stats import median, percentile
@@ -30,6 +30,7 @@ SECTIONS = (
     "replicas",
     "emulator",
     "qemu",
+    "memory",
     "peer_libvirt",
 )
 
@@ -264,6 +265,18 @@ def _qemu(quick: bool, report: Report, floor: Floor) -> None:
             report.add(name, value, "ms", note="per quiesce method (bench/qemu.py)")
 
 
+def _memory(quick: bool, report: Report, floor: Floor) -> None:
+    """The pause window of a memory snapshot against the guest's RAM size."""
+    figures, note = memory.measure_memory(quick)
+    for name, value in sorted(figures.items()):
+        if name == "memory_background_snapshot":
+            report.add(name, value, "bool", note=note)
+        elif name.endswith("_state_mib"):
+            report.add(name, value, "MiB", note="state file written (bench/memory.py)")
+        else:
+            report.add(name, value, "ms", note="half the RAM filled (bench/memory.py)")
+
+
 def _peer_libvirt(quick: bool, report: Report, floor: Floor) -> None:
     """libvirt's quiesced atomic disk-only snapshot + commit/pivot of the same guest."""
     import shutil
@@ -294,6 +307,7 @@ RUNNERS: dict[str, Callable[[bool, Report, Floor], None]] = {
     "replicas": _replicas,
     "emulator": _emulator,
     "qemu": _qemu,
+    "memory": _memory,
     "peer_libvirt": _peer_libvirt,
 }
 SKIP_NAMES = {
@@ -309,6 +323,7 @@ SKIP_NAMES = {
     "catalog": ["catalog_list_p99_ms", "catalog_get_p99_ms", "restart_resolve_s"],
     "emulator": ["element_snapshot_size_ratio"],
     "qemu": ["qemu_freeze_ms", "qemu_freeze_with_drivers_ms"],
+    "memory": ["memory_256mib_live_pause_ms"],
 }
 
 

@@ -52,8 +52,29 @@ async def test_info(agent: AgentClient) -> None:
         QuiesceMethod.OVERLAY,
         QuiesceMethod.GUEST_FREEZE,
         QuiesceMethod.GUEST_FREEZE_AND_OVERLAY,
+        QuiesceMethod.PAUSE_AND_SAVE_MEMORY,
     }
-    assert info.memory_snapshots
+    assert info.memory_snapshots and info.memory_with_array_disks
+
+
+async def test_pause_and_save_memory_over_the_contract(agent: AgentClient) -> None:
+    """The sim mimics QEMU's pause+memory: the state rides in the quiesce answer and
+    in the memory snapshot taken meanwhile; a disk-only one is refused then."""
+    await agent.define_vm(a_vm("vm-p"))
+    await agent.start_vm("vm-p")
+    q = await agent.quiesce("vm-p", QuiesceMethod.PAUSE_AND_SAVE_MEMORY, 10, True, "op-p")
+    assert q.memory_state is not None and q.consistency is Consistency.APPLICATION
+    with pytest.raises(FailedPrecondition):
+        await agent.take_native_snapshot("vm-p", "disk-only", [], False)
+    snap = await agent.take_native_snapshot("vm-p", "with-ram", [], True)
+    assert snap.include_memory and snap.memory_state is not None
+    assert (await agent.unquiesce(q.token)).thawed_now
+    listed = await agent.list_native_snapshots("vm-p")
+    assert [s.memory_state is not None for s in listed] == [True]
+    await agent.stop_vm("vm-p", True)
+    with pytest.raises(FailedPrecondition):  # a stopped VM has no RAM to save
+        await agent.quiesce("vm-p", QuiesceMethod.PAUSE_AND_SAVE_MEMORY, 10, True, "op-q")
+    assert (await agent.revert_native_snapshot("vm-p", "with-ram")).state is VMState.RUNNING
 
 
 async def test_define_start_stop_undefine(agent: AgentClient) -> None:

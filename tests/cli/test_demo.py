@@ -45,3 +45,12 @@ def test_demo_uses_a_running_stack(shared_up: Up) -> None:
     result = vmsnap(shared_up.home, "demo")
     assert "Using the vmsnap stack at" in result.stdout
     assert "demo passed" in result.stdout
+
+
+def test_demo_memory_on_a_running_stack(shared_up: Up) -> None:
+    """``--memory``: RAM and the disks of two arrays in one snapshot, reverted to RUNNING
+    (the sim agent: its paused VM and saved state; QEMU's guest in tests/e2e_qemu)."""
+    result = vmsnap(shared_up.home, "demo", "--memory")
+    assert "demo passed" in result.stdout, result.stdout
+    for step in ("Take a VM snapshot with its memory", "paused", "RAM state", "RUNNING again"):
+        assert step in result.stdout, result.stdout

@@ -102,11 +102,6 @@ def test_every_sanity_check_has_its_code_and_says_what_to_fix(plain: Cluster) ->
             grpc.StatusCode.FAILED_PRECONDITION,
             "start it",
         ),
-        (
-            lambda: c.create("vm1", "m", include_memory=True),
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "include_memory=false",
-        ),
         (lambda: c.create("vm1", "s", quiesce=7), grpc.StatusCode.INVALID_ARGUMENT, "quiesce"),
     ]
     for call, code, text in cases:

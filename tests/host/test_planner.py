@@ -100,14 +100,16 @@ async def entries(*fakes: Fake) -> list[DriverEntry]:
     return registry.drivers()
 
 
-def agent(memory: bool = True) -> AgentEntry:
+def agent(memory: bool = True, with_arrays: bool = False) -> AgentEntry:
     return Peer(
         AGENT,
         "local:sim-1",
         None,
         cast(Any, None),
         name="sim-1",
-        info=AgentInfo("sim-1", "sim", "0.0.1", memory_snapshots=memory),
+        info=AgentInfo(
+            "sim-1", "sim", "0.0.1", memory_snapshots=memory, memory_with_array_disks=with_arrays
+        ),
         health=Health.SERVING,
     )
 
@@ -119,11 +121,12 @@ async def plan(
     *,
     memory: bool = False,
     memory_supported: bool = True,
+    with_arrays: bool = False,
 ) -> Plan:
     return await plan_take(
         vm,
         drivers,
-        agent(memory_supported),
+        agent(memory_supported, with_arrays),
         owners or {},
         include_memory=memory,
         options={},
@@ -291,6 +294,22 @@ async def test_memory_rules() -> None:
         await plan(VM1, await entries(Fake("io.a", "a")), memory=True)
 
 
+async def test_memory_with_array_disks_plans_drivers_and_the_hypervisor() -> None:
+    """An agent that saves RAM to a file beside the disks: the drivers keep their disks,
+    the hypervisor group holds the RAM (and the local disks), a pause is the freeze."""
+    p = await plan(VM1, await entries(Fake("io.a", "a")), memory=True, with_arrays=True)
+    assert layout(p) == [("io.a", ("vda", "vdb")), ("sim-1", ("vdc",))]
+    assert needs_freeze(p.groups, QuiescePolicy.OFF, VMState.RUNNING, {}, include_memory=True)
+    arrays_only = VM(id="v", volumes=(A1,))
+    p = await plan(arrays_only, await entries(Fake("io.a", "a")), memory=True, with_arrays=True)
+    assert layout(p) == [("io.a", ("vda",)), ("sim-1", ())]  # the RAM alone
+    native = await plan(VM(id="v", volumes=(FILE,)), [], memory=True, with_arrays=True)
+    # Hypervisor alone: QEMU pauses inside its own snapshot, no separate freeze.
+    assert not needs_freeze(
+        native.groups, QuiescePolicy.OFF, VMState.RUNNING, {}, include_memory=True
+    )
+
+
 # --- freeze and settings ------------------------------------------------------------------
 
 
@@ -302,8 +321,14 @@ async def test_freeze_only_when_needed() -> None:
     assert not needs_freeze(one, QuiescePolicy.OFF, VMState.RUNNING, caps)  # consistent group
     assert needs_freeze(one, QuiescePolicy.OFF, VMState.RUNNING, {"x.example.a": frozenset()})
     assert needs_freeze(one, QuiescePolicy.BEST_EFFORT, VMState.RUNNING, caps)
-    # A memory snapshot is saved with the VM paused by the hypervisor: never frozen first.
-    assert not needs_freeze(one, QuiescePolicy.REQUIRED, VMState.RUNNING, caps, include_memory=True)
+    # A memory snapshot is never guest-frozen first (it would come back frozen): the
+    # hypervisor alone pauses inside its own save; with arrays, the "freeze" is the
+    # pause with the RAM saved (the take picks PAUSE_AND_SAVE_MEMORY).
+    native = tuple(g for g in p.groups if g.kind is GroupKind.HYPERVISOR)
+    assert not needs_freeze(
+        native, QuiescePolicy.REQUIRED, VMState.RUNNING, caps, include_memory=True
+    )
+    assert needs_freeze(one, QuiescePolicy.REQUIRED, VMState.RUNNING, caps, include_memory=True)
     assert not needs_freeze(p.groups, QuiescePolicy.REQUIRED, VMState.STOPPED, caps)
 
 

@@ -536,3 +536,19 @@ def test_the_grace_period_is_a_bounded_setting() -> None:
     assert parse({"host": {"orphan_grace_seconds": 0}}).settings.orphan_grace_seconds == 0
     with pytest.raises(ConfigError, match=r"host\.orphan_grace_seconds: must be a number in 0\.\."):
         parse({"host": {"orphan_grace_seconds": -1}})
+
+
+async def test_an_orphaned_memory_state_is_deleted(bench: Bench) -> None:
+    """A memory snapshot's saved RAM (adopted during a pause) whose take failed and
+    whose compensation never reached the agent: deleted after the grace period."""
+    failed = await bench.plant(SnapshotState.ERROR)
+    await bench.vm()
+    q = await bench.agent.quiesce("vm1", QuiesceMethod.PAUSE_AND_SAVE_MEMORY, 30, True, "op-m")
+    taken = await bench.agent.take_native_snapshot("vm1", failed, [], True)
+    assert taken.memory_state is not None
+    await bench.agent.unquiesce(q.token)
+    await bench.reconciler.run_once()
+    bench.clock.now += GRACE + 10
+    report = await bench.reconciler.run_once()
+    assert failed in found(report, Kind.ORPHAN, Action.DELETED)
+    assert failed not in await bench.natives()

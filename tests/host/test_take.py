@@ -3,7 +3,9 @@ drivers in process."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from tests.fakes.driver import Options
 from tests.host.conftest import Rig, make_rig
 from vmsnap_host.model import GroupKind, QuiescePolicy, SnapshotState
-from vmsnap_sdk import Consistency, Volume
+from vmsnap_sdk import Consistency, SnapshotResult, TakeRequest, VMState, Volume
 from vmsnap_sdk.errors import (
     Aborted,
     AlreadyExists,
@@ -153,15 +155,90 @@ async def test_best_effort_records_the_fallback_and_required_fails(rig: Rig) -> 
     assert not rig.frozen("vm2")
 
 
-async def test_memory_snapshot_is_hypervisor_only(rig: Rig) -> None:
+async def test_memory_snapshot_with_array_disks(rig: Rig) -> None:
+    """RAM + disks on arrays: the VM paused with its RAM saved while the drivers cut;
+    revert brings the disks and the RAM back, the VM RUNNING (fails on main: refused
+    with FAILED_PRECONDITION, "hypervisor-only")."""
     await rig.define()
-    with pytest.raises(FailedPrecondition, match="hypervisor-only"):
-        await rig.create(memory=True)
+    paused_during_cut: list[bool] = []
+    for driver in rig.drivers.values():
+        take = driver.take_snapshot
+
+        async def watched(request: TakeRequest, take: Any = take) -> SnapshotResult:
+            freeze = rig.agent._vms["vm1"].freeze
+            paused_during_cut.append(freeze is not None and freeze.saved_ram >= 0)
+            return cast(SnapshotResult, await take(request))
+
+        driver.take_snapshot = watched  # type: ignore[method-assign]
+    await asyncio.sleep(0.3)
+    op = await rig.wait(await rig.create("m", memory=True))
+    assert op.error is None, op.error
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.READY and snap.include_memory
+    assert [(g.kind, g.disks) for g in snap.groups] == [
+        (GroupKind.DRIVER, ("vda",)),
+        (GroupKind.DRIVER, ("vdb",)),
+        (GroupKind.HYPERVISOR, ("vdc",)),
+    ]
+    assert paused_during_cut == [True, True]  # every array cut inside the pause
+    assert snap.consistency is Consistency.APPLICATION
+    assert snap.freeze_seconds is not None and snap.freeze_seconds >= 0  # the pause window
+    native = snap.groups[2].result
+    assert native is not None and native.metadata["memory_state_location"].startswith("sim://")
+    assert not rig.frozen()  # resumed
+    saved = rig.agent._store.state.snapshots["vm1"][snap.id].ram_counter
+    assert saved >= 0
+
+    await asyncio.sleep(0.5)  # the guest runs on: its RAM counter moves
+    later = rig.agent.guest_ram_counter("vm1")
+    assert later is not None and later > saved
+    op = await rig.wait(await rig.manager.revert_snapshot("rev-m", snap.id, stop_vm=False))
+    assert op.error is None, op.error
+    assert (await rig.agent.describe_vm("vm1")).state is VMState.RUNNING
+    back = rig.agent.guest_ram_counter("vm1")
+    assert back is not None and saved <= back < later
+    for driver in rig.drivers.values():
+        assert snap.id in driver.reverted
+
+
+async def test_a_failing_driver_in_a_memory_take_resumes_the_vm_and_leaves_nothing(
+    tmp_path: Path, db_url: str
+) -> None:
+    rig = await make_rig(
+        tmp_path,
+        Options(name="io.vmsnap.test.a", scheme="a"),
+        Options(name="io.vmsnap.test.b", scheme="b", behaviour="fail-final"),
+        db=db_url,
+    )
+    try:
+        await rig.define()
+        op = await rig.wait(await rig.create("m", memory=True))
+        snap = rig.store.get_snapshot(op.vm_snapshot_id)
+        assert snap is not None and snap.state is SnapshotState.ERROR
+        assert op.error is not None and "io.vmsnap.test.b" in op.error.message
+        assert not rig.frozen()  # resumed
+        before = rig.agent.guest_ram_counter("vm1")
+        await asyncio.sleep(0.3)
+        after = rig.agent.guest_ram_counter("vm1")
+        assert before is not None and after is not None and after > before  # it runs on
+        for driver in rig.drivers.values():
+            assert ["delete", snap.id] in driver.calls, driver.calls
+            assert snap.id not in driver.snapshots
+        assert await rig.agent.list_native_snapshots("vm1") == []  # no state kept
+        assert rig.store.get_cleanup(snap.id) == []
+    finally:
+        await rig.manager.close()
+        await rig.agent.close()
+        rig.store.close()
+
+
+async def test_memory_snapshot_hypervisor_only_vm(rig: Rig) -> None:
     await rig.define("vm3", volumes=(Volume("vda", "file:///x.img"),))
     op = await rig.wait(await rig.create("m", "vm3", memory=True))
     snap = rig.store.get_snapshot(op.vm_snapshot_id)
     assert snap is not None and snap.state is SnapshotState.READY and snap.include_memory
     assert [g.kind for g in snap.groups] == [GroupKind.HYPERVISOR]
+    assert snap.freeze_seconds is None  # QEMU/sim pause inside the native take
 
 
 async def test_sanity_checks_have_their_codes(rig: Rig) -> None:

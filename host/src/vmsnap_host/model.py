@@ -148,6 +148,12 @@ class Group:
         )
 
 
+#: Keys of a hypervisor group's result metadata for a memory state kept in a file
+#: beside the disks (a memory snapshot with disks on arrays).
+MEMORY_STATE_LOCATION = "memory_state_location"
+MEMORY_STATE_BYTES = "memory_state_bytes"
+
+
 @dataclass(frozen=True)
 class ErrorInfo:
     """Why something failed: a gRPC code number, a message, a machine reason."""

@@ -240,11 +240,14 @@ async def plan_take(
             + ": register the driver for that array",
             reason=Reason.NO_STRATEGY,
         )
-    if include_memory and taken:
+    if include_memory and taken and not (agent.info and agent.info.memory_with_array_disks):
+        # An agent that can pause the VM and save its memory to a file lets the
+        # drivers cut their disks meanwhile; an older one cannot.
         claimed = sorted(f"{d} by {e.name}" for d, (e, _) in taken.items())
         raise FailedPrecondition(
-            "a memory snapshot is hypervisor-only, but these disks are claimed by storage "
-            f"drivers: {', '.join(claimed)}; take a disk-only snapshot (include_memory=false)",
+            f"agent {agent.name} keeps memory only in hypervisor-native snapshots, but these "
+            f"disks are claimed by storage drivers: {', '.join(claimed)}; upgrade the agent "
+            "(memory_with_array_disks) or take a disk-only snapshot (include_memory=false)",
             reason=Reason.MEMORY_NEEDS_HYPERVISOR,
         )
 
@@ -278,10 +281,11 @@ def needs_freeze(
     if vm_state is not VMState.RUNNING:
         return False  # nothing writes to the disks of a stopped VM
     if include_memory:
-        # One hypervisor group (plan_take's rule): the hypervisor pauses the VM while
-        # it saves RAM and disks together, and a guest frozen first would be saved
-        # frozen (and come back frozen on revert).
-        return False
+        # Hypervisor alone: it pauses the VM while it saves RAM and disks together.
+        # With arrays: the VM paused with its RAM saved (never a guest freeze: the
+        # guest would be saved frozen, and come back frozen on revert) while the
+        # drivers cut.
+        return any(g.kind is GroupKind.DRIVER for g in groups)
     if policy is not QuiescePolicy.OFF or len(groups) > 1:
         return True  # the guest asked for, or two owners cannot cut at one instant
     if not groups:

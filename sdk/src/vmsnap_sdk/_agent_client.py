@@ -122,6 +122,9 @@ class AgentClient(HypervisorAgent):
             consistency=cv._enum(Consistency, response.consistency),
             method=cv._enum(QuiesceMethod, response.method),
             warning=response.warning,
+            memory_state=cv.memory_state_from_pb(response.memory_state)
+            if response.HasField("memory_state")
+            else None,
         )
 
     async def renew_quiesce(

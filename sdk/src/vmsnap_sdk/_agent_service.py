@@ -129,7 +129,8 @@ class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
             val.require_id("vm_id", request.vm_id)
             if request.method == pb.QUIESCE_METHOD_UNSPECIFIED:
                 raise InvalidArgument.for_field(
-                    "method", "is required (OVERLAY, GUEST_FREEZE or GUEST_FREEZE_AND_OVERLAY)"
+                    "method", "is required (OVERLAY, GUEST_FREEZE, GUEST_FREEZE_AND_OVERLAY or "
+                    "PAUSE_AND_SAVE_MEMORY)"
                 )
             lease = _lease("lease", request.lease)
             if request.operation_id:
@@ -147,6 +148,8 @@ class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
                 method=pb.QuiesceMethod.ValueType(result.method.value),
                 warning=result.warning,
             )
+            if result.memory_state is not None:
+                response.memory_state.CopyFrom(cv.memory_state_to_pb(result.memory_state))
             response.expire_time.FromDatetime(result.expire_time)
             return response
 

@@ -201,6 +201,7 @@ def agent_info_to_pb(info: t.AgentInfo) -> hypervisor_pb2.GetAgentInfoResponse:
         ),
         memory_snapshots=info.memory_snapshots,
         copy_native_disks=info.copy_native_disks,
+        memory_with_array_disks=info.memory_with_array_disks,
     )
 
 
@@ -214,6 +215,7 @@ def agent_info_from_pb(m: hypervisor_pb2.GetAgentInfoResponse) -> t.AgentInfo:
         - {t.QuiesceMethod.UNSPECIFIED},
         memory_snapshots=m.memory_snapshots,
         copy_native_disks=m.copy_native_disks,
+        memory_with_array_disks=m.memory_with_array_disks,
     )
 
 
@@ -225,6 +227,8 @@ def native_to_pb(s: t.NativeSnapshot) -> hypervisor_pb2.NativeSnapshot:
         include_memory=s.include_memory,
         size_bytes=s.size_bytes,
     )
+    if s.memory_state is not None:
+        message.memory_state.CopyFrom(memory_state_to_pb(s.memory_state))
     stamp = ts_to_pb(s.create_time)
     if stamp is not None:
         message.create_time.CopyFrom(stamp)
@@ -239,6 +243,23 @@ def native_from_pb(m: hypervisor_pb2.NativeSnapshot) -> t.NativeSnapshot:
         include_memory=m.include_memory,
         create_time=ts_from_pb(m.create_time, m.HasField("create_time")),
         size_bytes=m.size_bytes,
+        memory_state=memory_state_from_pb(m.memory_state) if m.HasField("memory_state") else None,
+    )
+
+
+def memory_state_to_pb(s: t.MemoryState) -> hypervisor_pb2.MemoryState:
+    message = hypervisor_pb2.MemoryState(location=s.location, size_bytes=s.size_bytes)
+    message.paused.FromNanoseconds(round(s.paused_seconds * 1e9))
+    message.save_duration.FromNanoseconds(round(s.save_seconds * 1e9))
+    return message
+
+
+def memory_state_from_pb(m: hypervisor_pb2.MemoryState) -> t.MemoryState:
+    return t.MemoryState(
+        location=m.location,
+        size_bytes=m.size_bytes,
+        paused_seconds=m.paused.ToNanoseconds() / 1e9,
+        save_seconds=m.save_duration.ToNanoseconds() / 1e9,
     )
 
 

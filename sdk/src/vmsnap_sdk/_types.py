@@ -75,6 +75,9 @@ class QuiesceMethod(enum.Enum):
     OVERLAY = 1
     GUEST_FREEZE = 2
     GUEST_FREEZE_AND_OVERLAY = 3
+    #: Pause the VM and save its device and RAM state to a file (memory snapshots
+    #: with disks on arrays): the disks are stable until the thaw resumes it.
+    PAUSE_AND_SAVE_MEMORY = 4
 
 
 @dataclass(frozen=True)
@@ -308,6 +311,20 @@ class AgentInfo:
     memory_snapshots: bool = False
     #: CopyNativeDisks / DeleteCopiedDisks are offered (clone to a new VM).
     copy_native_disks: bool = False
+    #: A memory snapshot may span disks on arrays (PAUSE_AND_SAVE_MEMORY offered).
+    memory_with_array_disks: bool = False
+
+
+@dataclass(frozen=True)
+class MemoryState:
+    """A VM's saved device and RAM state, in a file on the agent's machine."""
+
+    location: str
+    size_bytes: int = 0
+    #: How long the VM was paused while it was saved.
+    paused_seconds: float = 0.0
+    #: How long the whole save took (live copy included).
+    save_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -319,6 +336,8 @@ class QuiesceResult:
     consistency: Consistency
     method: QuiesceMethod
     warning: str = ""
+    #: The saved state (PAUSE_AND_SAVE_MEMORY only).
+    memory_state: MemoryState | None = None
 
 
 @dataclass(frozen=True)
@@ -355,6 +374,8 @@ class NativeSnapshot:
     include_memory: bool = False
     create_time: datetime | None = None
     size_bytes: int = 0
+    #: The device and RAM state when kept in a file beside the disks.
+    memory_state: MemoryState | None = None
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from vmsnap_sdk import (
     VM,
     AgentInfo,
     HypervisorAgent,
+    MemoryState,
     NativeSnapshot,
     Page,
     QuiesceInfo,
@@ -72,6 +73,7 @@ _METHODS = {
     QuiesceMethod.OVERLAY: m.QuiesceMethod.OVERLAY,
     QuiesceMethod.GUEST_FREEZE: m.QuiesceMethod.GUEST,
     QuiesceMethod.GUEST_FREEZE_AND_OVERLAY: m.QuiesceMethod.OVERLAY_GUEST,
+    QuiesceMethod.PAUSE_AND_SAVE_MEMORY: m.QuiesceMethod.PAUSE_MEMORY,
 }
 _SDK_METHODS = {v: k for k, v in _METHODS.items()}
 
@@ -155,6 +157,7 @@ class QemuAgent(HypervisorAgent):
             version=__version__,
             quiesce_methods=frozenset(_METHODS),
             memory_snapshots=True,
+            memory_with_array_disks=True,
         )
 
     async def describe_vm(self, vm_id: str) -> VM:
@@ -234,6 +237,14 @@ class QemuAgent(HypervisorAgent):
             consistency=SdkConsistency[res.consistency.name],
             method=_SDK_METHODS[res.method],
             warning=warning,
+            memory_state=MemoryState(
+                location=f"file://{res.memory_path}",
+                size_bytes=res.memory_bytes,
+                paused_seconds=max(0.0, time.time() - (res.paused_at or time.time())),
+                save_seconds=res.memory_save_s,
+            )
+            if res.memory_path
+            else None,
         )
 
     async def renew_quiesce(self, token: str, lease_seconds: float) -> datetime:
@@ -251,7 +262,8 @@ class QemuAgent(HypervisorAgent):
             return UnquiesceResult(frozen_for_seconds=0.0, thawed_now=False)
         # How long the disks were held stable (the guest itself may have been frozen
         # for milliseconds only, see quiesce.py).
-        longest = max(time.time() - d.started_at for d in done)
+        # For pause+memory: how long the VM was paused (the live copy ran before).
+        longest = max(time.time() - (d.paused_at or d.started_at) for d in done)
         return UnquiesceResult(frozen_for_seconds=max(0.0, longest), thawed_now=True)
 
     async def list_quiesces(self, vm_id: str = "") -> Sequence[QuiesceInfo]:
@@ -280,6 +292,14 @@ class QemuAgent(HypervisorAgent):
             include_memory=snap.include_memory,
             create_time=_dt(snap.created_at),
             size_bytes=snap.vm_state_size,
+            memory_state=MemoryState(
+                location=f"file://{snap.memory_path}",
+                size_bytes=snap.vm_state_size,
+                paused_seconds=snap.memory_paused_s,
+                save_seconds=snap.memory_save_s,
+            )
+            if snap.memory_path
+            else None,
         )
 
     async def take_native_snapshot(

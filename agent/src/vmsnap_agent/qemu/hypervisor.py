@@ -42,7 +42,7 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
-from . import native, process
+from . import memory, native, process
 from . import quiesce as q
 from .errors import (
     GuestAgentError,
@@ -309,8 +309,11 @@ class QemuHypervisor:
             self._not_frozen(vm_id, "undefine")
             shutil.rmtree(paths.root)
 
-    async def start_vm(self, vm_id: str, *, loadvm: str | None = None) -> VmInfo:
-        """Boot the VM (no-op when running). ``loadvm`` resumes a memory snapshot instead."""
+    async def start_vm(
+        self, vm_id: str, *, loadvm: str | None = None, incoming: Path | None = None
+    ) -> VmInfo:
+        """Boot the VM (no-op when running). ``loadvm`` resumes a memory snapshot instead;
+        ``incoming`` starts it from a saved state file (memory.py)."""
         async with self._lock(vm_id):
             spec = self._spec(vm_id)
             paths = self._paths(vm_id)
@@ -327,7 +330,19 @@ class QemuHypervisor:
                 await self._session(vm_id).close()
                 await self._shared_ga(vm_id).close()
                 argv = process.build_argv(spec, paths, guest, loadvm)
+                if incoming is not None:
+                    argv += ["-incoming", "defer"]
                 await process.launch(argv, paths)
+                if incoming is not None:
+                    try:
+                        await memory.load(self._session(vm_id), incoming)
+                    except BaseException:
+                        pid = process.running_pid(paths)
+                        if pid is not None:
+                            await self._stop_process(vm_id, pid, True)
+                        await self._session(vm_id).close()
+                        process.cleanup_runtime_files(paths)
+                        raise
         return await self.describe_vm(vm_id)
 
     async def stop_vm(self, vm_id: str, force: bool = False) -> VmInfo:
@@ -455,6 +470,11 @@ class QemuHypervisor:
                 raise VmBusy(f"{vm_id} is already quiesced ({existing.token})")
             token = f"q-{uuid.uuid4().hex}"
             ctx = self._context(vm_id)
+            if ctx.qmp is None and method is QuiesceMethod.PAUSE_MEMORY:
+                raise VmStateError(
+                    f"{vm_id} is stopped: saving its memory needs it RUNNING",
+                    reason="VM_NOT_RUNNING",
+                )
             if ctx.qmp is None:
                 clean = self._paths(vm_id).clean_stop.exists()
                 record = await q.quiesce_stopped(
@@ -586,12 +606,92 @@ class QemuHypervisor:
         else:
             tagged = await native.list_offline(spec.disks)
         by_tag = {tag: sid for sid, tag in self._aliases(vm_id).items()}
-        return [
+        found = [
             dataclasses.replace(s, snapshot_id=by_tag.get(s.snapshot_id, s.snapshot_id))
             for s in tagged
             # A cut nobody adopted is the quiesce's own business (gone at unquiesce).
             if s.snapshot_id in by_tag or not s.snapshot_id.startswith(q.CUT_PREFIX)
         ]
+        states = self._memory_index(vm_id)
+        merged = [self._with_state(s, states[s.snapshot_id]) if s.snapshot_id in states else s
+                  for s in found]
+        listed = {s.snapshot_id for s in found}
+        # A memory snapshot of a VM without local disks is its state file alone.
+        merged += [
+            self._with_state(NativeSnapshot(sid, (), True, float(str(e["created_at"]))), e)
+            for sid, e in states.items()
+            if sid not in listed and not e["disks"]
+        ]
+        return sorted(merged, key=lambda s: s.created_at)
+
+    # -- memory states (memory snapshots with disks on arrays) ---------------------------
+
+    def _memory_dir(self, vm_id: str) -> Path:
+        return self._paths(vm_id).root / "memory"
+
+    def _memory_index(self, vm_id: str) -> dict[str, dict[str, object]]:
+        """Snapshot id -> its adopted state file (file, size, disks, figures)."""
+        data = read_json(self._memory_dir(vm_id) / "index.json") or {}
+        return {str(k): dict(v) for k, v in data.items() if isinstance(v, dict)}
+
+    async def _save_memory_index(self, vm_id: str, index: dict[str, dict[str, object]]) -> None:
+        await asyncio.to_thread(write_json_atomic, self._memory_dir(vm_id) / "index.json", index)
+
+    @staticmethod
+    def _with_state(snap: NativeSnapshot, entry: dict[str, object]) -> NativeSnapshot:
+        return dataclasses.replace(
+            snap,
+            include_memory=True,
+            vm_state_size=int(str(entry["size"])),
+            memory_path=str(entry["file"]),
+            memory_paused_s=float(str(entry.get("paused_s", 0.0))),
+            memory_save_s=float(str(entry.get("save_s", 0.0))),
+        )
+
+    async def _adopt_memory(
+        self, vm_id: str, snapshot_id: str, names: list[str] | None, include_memory: bool
+    ) -> NativeSnapshot:
+        """A memory snapshot asked for during a pause+memory quiesce: the saved state
+        (renamed to the snapshot) and the local disks' cut of the same instant."""
+        record = self._load_quiesce(vm_id)
+        assert record is not None
+        wanted = sorted(names if names is not None else record.cut_disks)
+        if not include_memory or wanted != sorted(record.cut_disks) or not record.memory_bytes:
+            raise VmFrozen(
+                f"cannot snapshot {vm_id}: paused with its memory saved ({record.token}); only "
+                f"a memory snapshot of the local disks cut then ({record.cut_disks}) can be "
+                "taken meanwhile"
+            )
+        if record.adopted_by not in ("", snapshot_id):
+            raise SnapshotConflict(
+                f"the memory state of quiesce {record.token} is already snapshot "
+                f"{record.adopted_by}"
+            )
+        paused_s = max(0.0, time.time() - (record.paused_at or time.time()))
+        if record.cut_tag:
+            # Before the index: a cut without its index entry is dropped at unquiesce.
+            aliases = self._aliases(vm_id)
+            aliases[snapshot_id] = record.cut_tag
+            await asyncio.to_thread(write_json_atomic, self._aliases_path(vm_id), aliases)
+        index = self._memory_index(vm_id)
+        index[snapshot_id] = {
+            # The file stays where the quiesce saved it (fsynced): adopting it is this
+            # one durable index write, the commit point (no rename to half-do).
+            "file": record.memory_path,
+            "size": record.memory_bytes,
+            "disks": list(record.cut_disks),
+            "created_at": record.paused_at or time.time(),
+            # The pause so far; unquiesce knows the whole window.
+            "paused_s": round(paused_s, 6),
+            "save_s": round(record.memory_save_s, 6),
+        }
+        await self._save_memory_index(vm_id, index)
+        record.adopted_by = snapshot_id
+        await asyncio.to_thread(write_json_atomic, self._paths(vm_id).quiesce, record.to_json())
+        taken = await self._find_native(vm_id, snapshot_id)
+        if taken is None:
+            raise QmpCommandError(f"memory snapshot {snapshot_id} of {vm_id} not found")
+        return taken
 
     async def _adopt_cut(
         self, vm_id: str, snapshot_id: str, chosen: list[str], include_memory: bool
@@ -639,9 +739,18 @@ class QemuHypervisor:
         async with self._lock(vm_id):
             spec = self._spec(vm_id)
             running = self._running(vm_id)
+            states = self._memory_index(vm_id)
+            if snapshot_id in states:  # a retry: the adopted state is the answer
+                found = await self._find_native(vm_id, snapshot_id)
+                if found is not None:
+                    if not include_memory:
+                        raise SnapshotConflict(f"{snapshot_id} exists with memory")
+                    return found
             if include_memory and not running:
                 raise VmStateError("a memory snapshot needs a RUNNING VM", reason="VM_NOT_RUNNING")
             frozen = self._load_quiesce(vm_id) if running else None
+            if frozen is not None and frozen.method is QuiesceMethod.PAUSE_MEMORY:
+                return await self._adopt_memory(vm_id, snapshot_id, disks, include_memory)
             if frozen is not None and (include_memory or not frozen.cut_tag):
                 self._not_frozen(vm_id, "snapshot")  # nothing to adopt: VmFrozen
             chosen = native.select_disks(spec.disks, disks)
@@ -670,6 +779,8 @@ class QemuHypervisor:
     async def revert_native_snapshot(self, vm_id: str, snapshot_id: str) -> VmInfo:
         """Revert: a memory snapshot resumes RUNNING at the saved instant; a disk-only
         snapshot needs the VM STOPPED."""
+        if snapshot_id in self._memory_index(vm_id):
+            return await self._revert_from_state(vm_id, snapshot_id)
         async with self._lock(vm_id):
             snap = await self._find_native(vm_id, snapshot_id)
             if snap is None:
@@ -690,11 +801,37 @@ class QemuHypervisor:
             return await self.start_vm(vm_id, loadvm=snapshot_id)
         return await self.describe_vm(vm_id)
 
+    async def _revert_from_state(self, vm_id: str, snapshot_id: str) -> VmInfo:
+        """Local disks back to the cut, then the VM started from the state file: it
+        runs on from the saved instant. Whatever runs now is stopped first (its
+        state is what the revert discards); the arrays' disks are the caller's
+        (reverted by their drivers before this)."""
+        self._not_frozen(vm_id, "revert")
+        entry = self._memory_index(vm_id)[snapshot_id]
+        path = Path(str(entry["file"]))
+        if not await asyncio.to_thread(path.exists):
+            raise VmStateError(
+                f"the memory state of {snapshot_id} is gone ({path})",
+                reason="SNAPSHOT_DATA_MISSING",
+            )
+        await self.stop_vm(vm_id, force=True)
+        async with self._lock(vm_id):
+            self._not_frozen(vm_id, "revert")
+            disks = [str(d) for d in entry["disks"]]  # type: ignore[attr-defined]
+            if disks:
+                tag = self._aliases(vm_id).get(snapshot_id, snapshot_id)
+                spec = self._spec(vm_id)
+                await native.offline("-a", tag, [d for d in spec.disks if d.name in disks])
+        return await self.start_vm(vm_id, incoming=path)
+
     async def delete_native_snapshot(self, vm_id: str, snapshot_id: str) -> None:
         """Delete; an unknown snapshot is OK (idempotent)."""
         async with self._lock(vm_id):
             snap = await self._find_native(vm_id, snapshot_id)
             if snap is None:
+                return
+            if snap.memory_path and not snap.disks:
+                await self._drop_memory(vm_id, snapshot_id)
                 return
             tagged = self._tagged(vm_id, snap)
             if self._running(vm_id):
@@ -707,3 +844,14 @@ class QemuHypervisor:
             aliases = self._aliases(vm_id)
             if aliases.pop(snapshot_id, None) is not None:
                 await asyncio.to_thread(write_json_atomic, self._aliases_path(vm_id), aliases)
+            if snap.memory_path:
+                await self._drop_memory(vm_id, snapshot_id)
+
+    async def _drop_memory(self, vm_id: str, snapshot_id: str) -> None:
+        """The state file, then its index entry (a crash between leaves an entry whose
+        file is gone: deleted again, idempotently)."""
+        index = self._memory_index(vm_id)
+        entry = index.pop(snapshot_id, None)
+        if entry is not None:
+            await memory.remove(str(entry["file"]))
+            await self._save_memory_index(vm_id, index)

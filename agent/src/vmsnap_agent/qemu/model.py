@@ -40,6 +40,9 @@ class QuiesceMethod(enum.StrEnum):
     GUEST = "guest"
     # freeze → overlay → thaw: file-system-consistent stable bases, short freeze.
     OVERLAY_GUEST = "overlay+guest"
+    # Pause the VM and save its device + RAM state to a file (memory.py); local qcow2
+    # disks are cut at the same instant; the VM stays paused until unquiesce.
+    PAUSE_MEMORY = "pause+memory"
 
 
 class Consistency(enum.StrEnum):
@@ -213,6 +216,11 @@ class QuiesceResult:
     # The caller's operation id: a retried quiesce with it gets this same result.
     operation_id: str = ""
     vm_id: str = ""
+    # pause+memory: the saved state file and its size (adopted by a native snapshot).
+    memory_path: str = ""
+    memory_bytes: int = 0
+    paused_at: float | None = None
+    memory_save_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -222,6 +230,11 @@ class NativeSnapshot:
     include_memory: bool
     created_at: float
     vm_state_size: int = 0
+    # A memory snapshot whose state is a file beside the disks (memory.py): its path,
+    # and the pause and whole save it took.
+    memory_path: str = ""
+    memory_paused_s: float = 0.0
+    memory_save_s: float = 0.0
 
 
 @dataclass
@@ -257,6 +270,14 @@ class QuiesceRecord:
     cut_tag: str = ""
     cut_disks: list[str] = field(default_factory=list)
     adopted_by: str = ""
+    # pause+memory: the VM paused by this quiesce (resumed by unquiesce), the state
+    # file (recorded before the save begins, so that a restarted agent deletes a
+    # half-written one), its size, when the pause began and how long the save took.
+    vm_paused: bool = False
+    memory_path: str = ""
+    memory_bytes: int = 0
+    paused_at: float | None = None
+    memory_save_s: float = 0.0
 
     def result(self) -> QuiesceResult:
         return QuiesceResult(
@@ -270,6 +291,10 @@ class QuiesceRecord:
             started_at=self.started_at,
             operation_id=self.operation_id,
             vm_id=self.vm_id,
+            memory_path=self.memory_path,
+            memory_bytes=self.memory_bytes,
+            paused_at=self.paused_at,
+            memory_save_s=self.memory_save_s,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -291,6 +316,11 @@ class QuiesceRecord:
             "cut_tag": self.cut_tag,
             "cut_disks": self.cut_disks,
             "adopted_by": self.adopted_by,
+            "vm_paused": self.vm_paused,
+            "memory_path": self.memory_path,
+            "memory_bytes": self.memory_bytes,
+            "paused_at": self.paused_at,
+            "memory_save_s": self.memory_save_s,
         }
 
     @classmethod
@@ -313,4 +343,9 @@ class QuiesceRecord:
             cut_tag=d.get("cut_tag", ""),
             cut_disks=list(d.get("cut_disks", [])),
             adopted_by=d.get("adopted_by", ""),
+            vm_paused=d.get("vm_paused", False),
+            memory_path=d.get("memory_path", ""),
+            memory_bytes=d.get("memory_bytes", 0),
+            paused_at=d.get("paused_at"),
+            memory_save_s=d.get("memory_save_s", 0.0),
         )

@@ -17,7 +17,9 @@ next poll (the commit of an unquiesce waited up to 2 x 50 ms for polls).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from qemu.qmp import (
@@ -116,6 +118,25 @@ class QmpSession:
                     except TimeoutError:
                         pass
                     listener.clear()
+
+    async def send_fd(self, fd: int, name: str) -> None:
+        """Pass a file descriptor to QEMU (SCM_RIGHTS) under ``name`` (``getfd``): how
+        a migration reads or writes a file the agent opened."""
+        client = await self._ensure()
+        try:
+            client.send_fd_scm(fd)
+        except (QMPError, OSError) as exc:
+            raise QmpCommandError(f"getfd {name}: cannot pass the file: {exc}") from exc
+        await self.execute("getfd", {"fdname": name})
+
+    @contextlib.asynccontextmanager
+    async def listening(self, *names: str) -> AsyncIterator[EventListener]:
+        """Events of these names, from now until the block ends (register before the
+        command that causes them, so that none is missed)."""
+        client = await self._ensure()
+        listener = EventListener(names)
+        with client.listen(listener):
+            yield listener
 
     async def finish_job(self, job_id: str, timeout: float) -> None:
         """Wait for a job created with auto-dismiss off to conclude; raise on its error."""

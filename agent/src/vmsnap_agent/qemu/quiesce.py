@@ -41,6 +41,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import memory
 from .errors import GuestAgentUnavailable, QmpCommandError
 from .guest_agent import GuestAgentClient
 from .model import (
@@ -51,6 +52,7 @@ from .model import (
     QuiesceRecord,
     VmSpec,
 )
+from .native import holds_bytes
 from .process import VmPaths, format_node, node_key, overlay_node
 from .qmp import QmpSession
 from .statefile import write_json_atomic
@@ -174,6 +176,45 @@ async def quiesce_stopped(
     return record
 
 
+async def pause_and_save(
+    ctx: QuiesceContext,
+    record: QuiesceRecord,
+    *,
+    live: bool = True,
+) -> QuiesceRecord:
+    """``pause+memory``: the VM paused, its state saved (memory.py), local qcow2 disks
+    cut at the pause; on failure the VM is resumed and the state file deleted."""
+    assert ctx.qmp is not None
+    qmp = ctx.qmp
+    # Only the disks whose bytes a native snapshot keeps: the arrays cut the others.
+    record.cut_disks = [d.name for d in ctx.spec.disks if holds_bytes(d)]
+    record.cut_tag = f"{CUT_PREFIX}{record.token}" if record.cut_disks else ""
+    record.memory_path = str(ctx.paths.root / "memory" / f"{record.token}{memory.SUFFIX}")
+    # Before anything happens: a restarted agent resumes the VM and deletes the file.
+    record.vm_paused = True
+    await ctx.save(record)
+
+    async def cut() -> None:
+        if record.cut_disks:
+            await _overlay_transaction(qmp, [], record.cut_tag, record.cut_disks)
+
+    try:
+        saved = await memory.save(qmp, Path(record.memory_path), cut, live=live)
+    except BaseException:
+        await unquiesce(ctx, record)
+        raise
+    record.memory_bytes = saved.size_bytes
+    record.paused_at = saved.paused_at
+    record.frozen_at = saved.paused_at
+    record.memory_save_s = saved.save_seconds
+    # The lease guards the pause, not the live copy before it: it runs from here.
+    record.expires_at = time.time() + (record.expires_at - record.started_at)
+    # RAM and devices as they were: a revert resumes every process where it was.
+    record.consistency = Consistency.APPLICATION
+    await ctx.save(record)
+    return record
+
+
 async def quiesce(
     ctx: QuiesceContext,
     token: str,
@@ -183,6 +224,21 @@ async def quiesce(
 ) -> QuiesceRecord:
     """Quiesce a running VM; on failure everything done so far is undone before raising."""
     assert ctx.qmp is not None
+    if method is QuiesceMethod.PAUSE_MEMORY:
+        now = time.time()
+        return await pause_and_save(
+            ctx,
+            QuiesceRecord(
+                token=token,
+                vm_id=ctx.spec.vm_id,
+                method=method,
+                consistency=Consistency.CRASH,
+                expires_at=now + lease_seconds,
+                started_at=now,
+                operation_id=operation_id,
+                stable_paths=stable_paths(ctx.spec),
+            ),
+        )
     with_overlays = method in (QuiesceMethod.OVERLAY, QuiesceMethod.OVERLAY_GUEST)
     with_guest = method in (QuiesceMethod.GUEST, QuiesceMethod.OVERLAY_GUEST)
     record = QuiesceRecord(
@@ -374,6 +430,18 @@ async def unquiesce(ctx: QuiesceContext, record: QuiesceRecord) -> None:
             # (guest_frozen set) so that a later call retries the thaw.
             log.error("cannot thaw %s: %s", ctx.spec.vm_id, exc)
             thaw_error = exc
+    if record.vm_paused:
+        if ctx.qmp is not None:
+            await memory.resume(ctx.qmp)
+        record.thawed_at = time.time()
+        record.vm_paused = False
+        await ctx.save(record)
+    if record.memory_path and not (
+        record.adopted_by or memory.adopted(ctx.paths.root, record.memory_path)
+    ):
+        # A state nobody adopted (the take failed): nothing may stay behind. (The
+        # index is the adoption's commit point: one listed there is a snapshot's.)
+        await memory.remove(record.memory_path)
     if record.overlays:
         if ctx.qmp is not None:
             await _commit_live(ctx.qmp, record.overlays)

@@ -49,6 +49,7 @@ from vmsnap_sdk import (
     CloneTarget,
     Consistency,
     HypervisorAgent,
+    MemoryState,
     NativeSnapshot,
     Page,
     QuiesceInfo,
@@ -157,7 +158,29 @@ def _native(record: SnapshotRecord) -> NativeSnapshot:
         include_memory=record.include_memory,
         create_time=_dt(record.create_time),
         size_bytes=record.size_bytes,
+        memory_state=MemoryState(location=record.memory_location, size_bytes=record.size_bytes)
+        if record.memory_location
+        else None,
     )
+
+
+#: The simulated guest's RAM counter ticks this often per second while it runs.
+RAM_TICKS_PER_SECOND = 10
+
+
+def ram_counter(record: VMRecord, now: float | None = None) -> int | None:
+    """The simulated guest's RAM counter now (None while the VM is stopped)."""
+    if record.state != "RUNNING":
+        return None
+    if not record.ram_since:  # paused (or saved by a memory pause)
+        return record.ram_base
+    elapsed = (now if now is not None else _now()) - record.ram_since
+    return record.ram_base + int(max(0.0, elapsed) * RAM_TICKS_PER_SECOND)
+
+
+def _set_ram(record: VMRecord, value: int, running: bool) -> None:
+    record.ram_base = value
+    record.ram_since = _now() if running else 0.0
 
 
 class SimAgent(HypervisorAgent):
@@ -374,10 +397,12 @@ class SimAgent(HypervisorAgent):
                     QuiesceMethod.OVERLAY,
                     QuiesceMethod.GUEST_FREEZE,
                     QuiesceMethod.GUEST_FREEZE_AND_OVERLAY,
+                    QuiesceMethod.PAUSE_AND_SAVE_MEMORY,
                 }
             ),
             memory_snapshots=True,
             copy_native_disks=True,
+            memory_with_array_disks=True,
         )
 
     async def describe_vm(self, vm_id: str) -> VM:
@@ -467,6 +492,7 @@ class SimAgent(HypervisorAgent):
             self._not_frozen(record, "start")
             self._ensure_disks(record)
             record.state = "RUNNING"
+            _set_ram(record, 0, running=True)  # a boot: the guest's RAM starts empty
             self._store.save_vm(vm_id)
             log.info("started", extra={"fields": {"vm_id": vm_id}})
         return _vm(record, self.name)
@@ -482,6 +508,7 @@ class SimAgent(HypervisorAgent):
         if record.state != "STOPPED":
             self._not_frozen(record, "stop")
             record.state = "STOPPED"
+            _set_ram(record, 0, running=False)  # RAM is lost with the VM
             record.clean_shutdown = not force
             self._store.save_vm(vm_id)
             log.info("stopped", extra={"fields": {"vm_id": vm_id, "force": force}})
@@ -532,6 +559,11 @@ class SimAgent(HypervisorAgent):
             frozen_at=now,
             expire_at=now + lease_seconds,
         )
+        if applied is QuiesceMethod.PAUSE_AND_SAVE_MEMORY:
+            # Paused: the counter stops; its value is the saved RAM.
+            saved = ram_counter(record, now) or 0
+            _set_ram(record, saved, running=False)
+            record.freeze.saved_ram = saved
         self._frozen[record.freeze.token] = record
         self._store.save_vm(vm_id)
         self._wake.set()
@@ -553,6 +585,13 @@ class SimAgent(HypervisorAgent):
         self, record: VMRecord, method: QuiesceMethod, best_effort: bool
     ) -> tuple[QuiesceMethod, Consistency, str]:
         """The method applied, the consistency achieved and a warning, or an error."""
+        if method is QuiesceMethod.PAUSE_AND_SAVE_MEMORY:
+            if record.state != "RUNNING":
+                raise FailedPrecondition(
+                    f"saving the memory of VM {record.id} needs it RUNNING; it is {record.state}",
+                    reason=VM_NOT_RUNNING,
+                )
+            return method, Consistency.APPLICATION, ""
         if record.state == "STOPPED":
             # Nothing runs, nothing writes: the disks are as the last stop left
             # them, clean after a shutdown, as after a power cut after a forced stop.
@@ -581,14 +620,19 @@ class SimAgent(HypervisorAgent):
             "guest agent did not answer: nothing was frozen, crash consistent at best",
         )
 
-    @staticmethod
-    def _result(freeze: FreezeRecord, warning: str) -> QuiesceResult:
+    def _result(self, freeze: FreezeRecord, warning: str) -> QuiesceResult:
         return QuiesceResult(
             token=freeze.token,
             expire_time=_dt(freeze.expire_at),
             consistency=Consistency[freeze.consistency],
             method=QuiesceMethod[freeze.method],
             warning=warning,
+            memory_state=MemoryState(
+                location=f"sim://{self.name}/pause/{freeze.token}",
+                paused_seconds=max(0.0, _now() - freeze.frozen_at),
+            )
+            if freeze.saved_ram >= 0
+            else None,
         )
 
     async def renew_quiesce(self, token: str, lease_seconds: float) -> datetime:
@@ -623,6 +667,8 @@ class SimAgent(HypervisorAgent):
         assert record.freeze is not None
         frozen_for = max(0.0, _now() - record.freeze.frozen_at)
         operation_id = record.freeze.operation_id
+        if record.freeze.saved_ram >= 0 and record.state == "RUNNING":
+            _set_ram(record, record.ram_base, running=True)  # resumed: it ticks on
         del self._frozen[record.freeze.token]
         record.freeze = None
         self._store.save_vm(record.id)
@@ -669,6 +715,10 @@ class SimAgent(HypervisorAgent):
                     f"disks[{i}]", f"{disk!r} is not a disk of VM {vm_id} ({', '.join(known)})"
                 )
         chosen = [d for d in known if d in disks] if disks else known
+        if not disks and record.freeze is not None and record.freeze.saved_ram >= 0:
+            # Paused with the memory saved: "all" is every disk whose bytes a native
+            # snapshot holds; the arrays' drivers cut the others.
+            chosen = [v.disk for v in record.volumes if _disks.holds_bytes(v.locator)]
         snaps = self._store.state.snapshots.get(vm_id, {})
         existing = snaps.get(snapshot_id)
         if existing is not None:
@@ -682,6 +732,22 @@ class SimAgent(HypervisorAgent):
                 f"a memory snapshot needs VM {vm_id} RUNNING; it is {record.state}",
                 reason=VM_NOT_RUNNING,
             )
+        paused = record.freeze is not None and record.freeze.saved_ram >= 0
+        if paused and not include_memory:
+            raise FailedPrecondition(
+                f"VM {vm_id} is paused with its memory saved; only a memory snapshot can be "
+                "taken meanwhile",
+                reason=VM_FROZEN,
+            )
+        if paused:
+            assert record.freeze is not None
+            if record.freeze.adopted_by not in ("", snapshot_id):
+                raise AlreadyExists(
+                    f"the memory saved by freeze {record.freeze.token} is already snapshot "
+                    f"{record.freeze.adopted_by}"
+                )
+            record.freeze.adopted_by = snapshot_id
+            self._store.save_vm(vm_id)
         size = sum(v.size_bytes for v in record.volumes if v.disk in chosen)
         files = self._file_disks(record, chosen)
         try:
@@ -697,6 +763,9 @@ class SimAgent(HypervisorAgent):
             include_memory=include_memory,
             create_time=_now(),
             size_bytes=size + (record.memory_mib * MIB if include_memory else 0),
+            ram_counter=(ram_counter(record) or 0) if include_memory else -1,
+            # Saved by a pause: the state is kept beside the disks (a file, on QEMU).
+            memory_location=f"sim://{self.name}/{vm_id}/{snapshot_id}" if paused else "",
         )
         self._store.state.snapshots.setdefault(vm_id, {})[snapshot_id] = snapshot
         self._store.save_snapshots(vm_id)
@@ -808,6 +877,9 @@ class SimAgent(HypervisorAgent):
             disks=[disk for disk, _, _ in files],
             state="RUNNING" if snapshot.include_memory else "STOPPED",
         )
+        if snapshot.include_memory:
+            # The guest's RAM as saved: the counter goes on from there.
+            _set_ram(record, max(0, snapshot.ram_counter), running=True)
         self._store.save_vm(vm_id)
         await self._store.flush()  # the commit point is durable before any disk moves
         self._finish_revert(record)
@@ -825,6 +897,10 @@ class SimAgent(HypervisorAgent):
                 await self._store.flush()
                 log.info("native snapshot deleted", extra={"fields": {"snapshot_id": snapshot_id}})
             await asyncio.to_thread(self._copies.remove_snapshot, vm_id, snapshot_id)
+
+    def guest_ram_counter(self, vm_id: str) -> int | None:
+        """The simulated guest's RAM-only counter (None while the VM is stopped)."""
+        return ram_counter(self._get(vm_id))
 
     async def list_native_snapshots(self, vm_id: str) -> Sequence[NativeSnapshot]:
         groups = self._store.state.snapshots

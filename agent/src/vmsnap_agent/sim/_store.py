@@ -85,6 +85,9 @@ class FreezeRecord:
     operation_id: str
     frozen_at: float
     expire_at: float
+    # PAUSE_AND_SAVE_MEMORY: the guest's RAM counter as saved at the pause (-1: none).
+    saved_ram: int = -1
+    adopted_by: str = ""
 
 
 @dataclass
@@ -112,6 +115,10 @@ class SnapshotRecord:
     include_memory: bool
     create_time: float
     size_bytes: int = 0
+    # A memory snapshot: the guest's RAM counter it saved (-1: none); "state" says
+    # whether it was saved by a pause (kept beside the disks, like a state file).
+    ram_counter: int = -1
+    memory_location: str = ""
 
 
 @dataclass
@@ -135,6 +142,11 @@ class VMRecord:
     clean_shutdown: bool = True
     freeze: FreezeRecord | None = None
     reverting: PendingRevert | None = None
+    # The simulated guest's RAM: a counter that ticks 10 times a second while the
+    # VM runs unpaused (ram_base at ram_since); lost at a stop, back with a memory
+    # snapshot's revert. What a test reads to prove a memory snapshot.
+    ram_base: int = 0
+    ram_since: float = 0.0
 
 
 def _vm_to_json(vm: VMRecord) -> dict[str, Any]:
@@ -157,6 +169,8 @@ def _vm_from_json(raw: dict[str, Any]) -> VMRecord:
         clean_shutdown=raw.get("clean_shutdown", True),
         freeze=FreezeRecord(**freeze) if freeze else None,
         reverting=PendingRevert(**raw["reverting"]) if raw.get("reverting") else None,
+        ram_base=raw.get("ram_base", 0),
+        ram_since=raw.get("ram_since", 0.0),
     )
 
 

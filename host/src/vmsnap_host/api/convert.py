@@ -11,6 +11,8 @@ from google.rpc import status_pb2
 
 from vmsnap_host.api import errors
 from vmsnap_host.model import (
+    MEMORY_STATE_BYTES,
+    MEMORY_STATE_LOCATION,
     ErrorInfo,
     Group,
     GroupKind,
@@ -77,6 +79,11 @@ def snapshot_to_pb(s: Snapshot) -> pb.VMSnapshot:
         policy_id=s.policy_id,
         policy_name=s.policy_name,
     )
+    for g in s.groups:
+        metadata = g.result.metadata if g.result is not None else {}
+        if MEMORY_STATE_LOCATION in metadata:
+            message.memory_state_location = metadata[MEMORY_STATE_LOCATION]
+            message.memory_state_bytes = int(metadata.get(MEMORY_STATE_BYTES, "0") or 0)
     if (frozen := _ts(s.freeze_start)) is not None:
         message.freeze_start_time.CopyFrom(frozen)
     if s.freeze_seconds is not None:

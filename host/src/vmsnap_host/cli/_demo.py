@@ -57,6 +57,9 @@ READY_TIMEOUT = 60.0
 GUEST_DISK = 16 << 20
 GUEST_WRITES_TIMEOUT = 90.0
 CHUNK = 1 << 20
+#: --memory: how far the guest counts before the snapshot, and after it before the
+#: revert (5 counts a second).
+MEMORY_COUNT = 40
 
 
 class StepFailed(Exception):
@@ -87,6 +90,8 @@ class Story:
     #: A real guest (the QEMU agent) writes on vda; the counts it left.
     guest: bool = False
     counts: dict[str, int] = field(default_factory=dict)
+    #: ``--memory``: the snapshot includes the VM's RAM (disks on arrays all the same).
+    memory: bool = False
 
     @property
     def vm_id(self) -> str:
@@ -109,6 +114,9 @@ class Story:
         out.console.print(f"   [green]✓[/] {detail}", highlight=False)
 
     async def run(self) -> None:
+        if self.memory:
+            await self.run_memory()
+            return
         await self.step(1, "The stack: drivers and agent, as the host sees them", self.look)
         await self.step(2, "Define a VM with disks on two vendors and a local disk", self.define)
         await self.step(3, "Start it and write data onto its array disks", self.start)
@@ -117,6 +125,17 @@ class Story:
         await self.step(6, "Stop the VM (a disk-only revert needs it stopped)", self.stop)
         await self.step(7, "Revert the VM to the snapshot", self.revert)
         await self.step(8, "Delete the snapshot", self.delete)
+
+    async def run_memory(self) -> None:
+        """The memory story: RAM and disks on two arrays and a local disk, one snapshot."""
+        await self.step(1, "The stack: drivers and agent, as the host sees them", self.look)
+        await self.step(2, "Define a VM with disks on two vendors and a local disk", self.define)
+        await self.step(3, "Start it and write data onto its array disks", self.start)
+        await self.step(4, "Take a VM snapshot with its memory", self.take_memory)
+        await self.step(5, "Change the data (the guest runs on)", self.change)
+        await self.step(6, "Revert the running VM to the snapshot", self.revert_memory)
+        await self.step(7, "Delete the snapshot", self.delete)
+        await self.step(8, "Stop the VM", self.stop_at_end)
 
     # --- the steps ---------------------------------------------------------------
 
@@ -191,7 +210,9 @@ class Story:
             d.volume.disk for d in self.array_disks
         )
         if self.guest:
-            self.counts["start"] = await self._wait_guest_count(0)
+            # With --memory, far enough that a rebooted guest could not count as high
+            # in the seconds the revert's check takes (its count lives in its RAM).
+            self.counts["start"] = await self._wait_guest_count(MEMORY_COUNT if self.memory else 0)
             written += f"; the guest's counter on vda reached {self.counts['start']}"
         return written
 
@@ -255,6 +276,90 @@ class Story:
             f"READY in {len(snapshot.groups)} groups, {out.freeze_text(snapshot)}, "
             f"{snapshot.consistency.name} consistent"
         )
+
+    async def take_memory(self) -> str:
+        started = await self.host.create_vm_snapshot(
+            self.vm_id, "with-memory", description="vmsnap demo --memory", include_memory=True
+        )
+        op = await self._operation(started, "the take")
+        snapshot = op.vm_snapshot or await self.host.get_vm_snapshot(op.vm_snapshot_id)
+        self.snapshot = snapshot
+        out.show_snapshot(snapshot)
+        check(snapshot.state is VMSnapshotState.READY, f"the snapshot is {snapshot.state.name}")
+        check(snapshot.include_memory, "the snapshot does not include the memory")
+        owners = {d.volume.disk: g for g in snapshot.groups for d in self.disks if d.volume.disk in g.disks}
+        for disk in self.array_disks:
+            group = owners.get(disk.volume.disk)
+            check(
+                group is not None and group.kind is GroupKind.DRIVER,
+                f"{disk.volume.disk} should be cut by its driver while the VM is paused",
+            )
+        check(
+            snapshot.freeze_seconds is not None,
+            "the pause window (the VM paused while the arrays cut) was not recorded",
+        )
+        check(
+            snapshot.memory_state_bytes > 0 and bool(snapshot.memory_state_location),
+            "the saved RAM state is not recorded with the snapshot",
+        )
+        check(
+            snapshot.consistency is Consistency.APPLICATION,
+            f"a memory snapshot resumes every process: APPLICATION, not {snapshot.consistency.name}",
+        )
+        vm = await self.host.get_vm(self.vm_id)
+        check(vm.state is VMState.RUNNING, f"the VM is {vm.state.name} after the take, not resumed")
+        pause = (snapshot.freeze_seconds or 0.0) * 1000
+        return (
+            f"READY; the VM was paused {pause:.0f} ms while both arrays cut; RAM state "
+            f"{snapshot.memory_state_bytes / (1 << 20):.1f} MiB at {snapshot.memory_state_location}"
+        )
+
+    async def revert_memory(self) -> str:
+        assert self.snapshot is not None
+        if self.guest:
+            # The count the guest had reached before the revert (it keeps counting).
+            # Far past the snapshot's count: its RAM count plus the few seconds the
+            # check below needs (ext4 commits every 5 s) stay below it.
+            self.counts["later"] = await self._wait_guest_count(
+                self.counts["start"] + 4 * MEMORY_COUNT
+            )
+        started = await self.host.revert_vm_snapshot(self.snapshot.id)
+        await self._operation(started, "the revert")
+        vm = await self.host.get_vm(self.vm_id)
+        check(
+            vm.state is VMState.RUNNING,
+            f"a memory snapshot reverts to RUNNING, the VM is {vm.state.name}",
+        )
+        restored = []
+        for disk in self.array_disks:
+            assert disk.client is not None
+            data = self.pattern(disk, "original")
+            got = await disk.client.read_volume(disk.volume.locator, 0, len(data))
+            check(got == data, f"{disk.volume.disk} holds {got[:40]!r}…, not the original data")
+            restored.append(disk.volume.disk)
+        done = f"RUNNING again; original data back on {', '.join(restored)}"
+        if self.guest:
+            # vda as the array restored it holds the count of the snapshot instant; the
+            # guest's next counts come from its RAM as saved: above that, below the count
+            # before the revert. A rebooted guest would start again at 1.
+            at_cut, _, _ = await self._guest_disk()
+            resumed = await self._wait_guest_change(at_cut)
+            check(
+                self.counts["start"] <= at_cut < resumed < self.counts["later"],
+                f"the guest counts {resumed} after the revert (vda held {at_cut}); from its "
+                f"restored RAM it should go on from the snapshot's count, above "
+                f"{self.counts['start']} and below the {self.counts['later']} it had reached",
+            )
+            done += (
+                f"; the guest went on counting from its restored RAM: {at_cut} → {resumed} "
+                f"(it had reached {self.counts['later']} before the revert)"
+            )
+        return done
+
+    async def stop_at_end(self) -> str:
+        vm = await self.host.stop_vm(self.vm_id, force=True)
+        check(vm.state is VMState.STOPPED, f"the VM is {vm.state.name} after stop")
+        return "STOPPED"
 
     async def change(self) -> str:
         for disk in self.array_disks:
@@ -373,6 +478,19 @@ class Story:
             )
             await asyncio.sleep(1.0)
 
+    async def _wait_guest_change(self, old: int) -> int:
+        """The first count on vda other than ``old`` (a rebooted guest's would be small)."""
+        deadline = time.monotonic() + GUEST_WRITES_TIMEOUT
+        while True:
+            count, _, _ = await self._guest_disk()
+            if count != old:
+                return count
+            check(
+                time.monotonic() < deadline,
+                f"the guest wrote nothing on vda within {GUEST_WRITES_TIMEOUT:.0f} s",
+            )
+            await asyncio.sleep(1.0)
+
     async def close(self) -> None:
         for disk in self.array_disks:
             assert disk.client is not None
@@ -424,17 +542,17 @@ def _fixture_tls(address: str) -> ClientTLS | None:
     return None
 
 
-def run_demo(address: str | None, hypervisor: str) -> int:
+def run_demo(address: str | None, hypervisor: str, memory: bool = False) -> int:
     """The exit code of ``vmsnap demo``."""
     try:
-        return asyncio.run(_demo(address, hypervisor))
+        return asyncio.run(_demo(address, hypervisor, memory))
     except (KeyboardInterrupt, asyncio.CancelledError):
         # Interrupted: the stack the demo started was stopped on the way out.
         out.errors.print("demo interrupted")
         return 130
 
 
-async def _demo(address: str | None, hypervisor: str) -> int:
+async def _demo(address: str | None, hypervisor: str, memory: bool = False) -> int:
     main = asyncio.current_task()
     assert main is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
@@ -471,7 +589,7 @@ async def _demo(address: str | None, hypervisor: str) -> int:
     ok = False
     try:
         async with HostClient.connect(address if stack is None else target) as host:
-            story = Story(host)
+            story = Story(host, memory=memory)
             try:
                 await story.run()
                 ok = True

@@ -143,6 +143,9 @@ def freeze_text(s: VMSnapshot) -> str:
             return "the VM was not frozen"
         return "no freeze was needed"
     seconds = s.freeze_seconds or 0.0
+    if s.memory_state_location:
+        # Memory with disks on arrays: the VM was paused (RAM saved) while they cut.
+        return f"paused at {_when(s.freeze_start_time)} for {seconds * 1000:.0f} ms"
     return f"frozen at {_when(s.freeze_start_time)} for {seconds * 1000:.0f} ms"
 
 
@@ -157,6 +160,11 @@ def show_snapshot(s: VMSnapshot) -> None:
         console.print(f"  made by policy {s.policy_name} ({s.policy_id})")
     else:
         console.print("  made by hand (no policy: no retention deletes it)")
+    if s.memory_state_location:
+        console.print(
+            f"  RAM state {s.memory_state_bytes / (1 << 20):.1f} MiB at {s.memory_state_location}",
+            highlight=False,
+        )
     if s.parent_id:
         console.print(f"  parent {s.parent_id}{', current' if s.current else ''}")
     for warning in s.warnings:

@@ -89,6 +89,14 @@ def demo(
             "guest writes on its disks).",
         ),
     ] = "sim",
+    memory: Annotated[
+        bool,
+        typer.Option(
+            "--memory",
+            help="Include the VM's RAM: paused with its memory saved while the arrays cut, "
+            "reverted back to RUNNING.",
+        ),
+    ] = False,
 ) -> None:
     """Tell the story of one VM snapshot across two vendors and a local disk; exit 0 if all went right."""
-    sys.exit(run_demo(options.host, hypervisor))
+    sys.exit(run_demo(options.host, hypervisor, memory))

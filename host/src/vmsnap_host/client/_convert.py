@@ -82,6 +82,8 @@ def vm_snapshot(m: pb.VMSnapshot) -> t.VMSnapshot:
         project=m.project,
         policy_id=m.policy_id,
         policy_name=m.policy_name,
+        memory_state_bytes=m.memory_state_bytes,
+        memory_state_location=m.memory_state_location,
     )
 
 

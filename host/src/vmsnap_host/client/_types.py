@@ -148,6 +148,10 @@ class VMSnapshot:
     #: The snapshot policy that made it ("" for a manual snapshot) and its name.
     policy_id: str = ""
     policy_name: str = ""
+    #: A memory snapshot with disks on arrays: the saved RAM and device state's
+    #: size and where it lives (a file on the agent's machine); 0 and "" otherwise.
+    memory_state_bytes: int = 0
+    memory_state_location: str = ""
 
 
 @dataclass(frozen=True)

@@ -104,9 +104,13 @@ class FreezeKeeper:
         lease = self.settings.quiesce_lease_seconds
         best_effort = policy is not QuiescePolicy.REQUIRED
         started, sent = datetime.now(UTC), time.monotonic()
+        saves_memory = method is QuiesceMethod.PAUSE_AND_SAVE_MEMORY
+        # Saving the memory copies the whole RAM before the pause: the call may take
+        # longer than the lease, which the agent starts when the VM is paused.
+        timeout = lease + (self.settings.take_timeout_seconds if saves_memory else 0.0)
         try:
             result = await with_deadline(
-                agent.quiesce(vm_id, method, lease, best_effort, operation_id), lease, "Quiesce"
+                agent.quiesce(vm_id, method, lease, best_effort, operation_id), timeout, "Quiesce"
             )
         except FailedPrecondition as exc:
             if policy is QuiescePolicy.REQUIRED:
@@ -117,6 +121,8 @@ class FreezeKeeper:
                     reason=exc.reason or Reason.QUIESCE_FAILED,
                 ) from exc
             raise
+        if saves_memory:
+            sent = time.monotonic()  # the agent's lease began when the VM paused
         freeze = Freeze(
             agent=agent,
             agent_name=agent_name,

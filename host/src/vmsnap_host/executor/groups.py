@@ -13,7 +13,7 @@ import asyncio
 from vmsnap_host import checks
 from vmsnap_host.config import Settings
 from vmsnap_host.executor.freeze import with_deadline
-from vmsnap_host.model import Group, GroupKind
+from vmsnap_host.model import MEMORY_STATE_BYTES, MEMORY_STATE_LOCATION, Group, GroupKind
 from vmsnap_host.registry import Registry
 from vmsnap_sdk import (
     VM,
@@ -37,12 +37,20 @@ def native_result(
     for disk in native.disks:
         volume = vm.volume(disk)
         volumes.append(VolumeSnapshot(disk, volume.locator if volume else "", native.snapshot_id))
+    metadata = {}
+    if native.memory_state is not None:
+        # Recorded with the snapshot: where the saved RAM lives and how big it is.
+        metadata = {
+            MEMORY_STATE_LOCATION: native.memory_state.location,
+            MEMORY_STATE_BYTES: str(native.memory_state.size_bytes),
+        }
     return SnapshotResult(
         vm_snapshot_id=snapshot_id,
         volume_snapshots=tuple(volumes),
         ready=True,
         consistency=consistency,
         vm_id=vm.id,
+        metadata=metadata,
     )
 
 

@@ -153,6 +153,17 @@ class Revert:
             vm = await with_deadline(
                 agent.stop_vm(vm.id, False), self.settings.call_timeout_seconds, "StopVM"
             )
+        arrays = any(g.kind is GroupKind.DRIVER for g in snap.groups)
+        if snap.include_memory and arrays and vm.state is not VMState.STOPPED:
+            # The arrays replace the disks' bytes: QEMU must not have them open. A
+            # memory revert discards the running state anyway (the VM comes back
+            # RUNNING from the saved RAM), so no --stop-vm is asked for.
+            await self.store.write(
+                self.store.w_journal(op.id, "stopping the VM", 10, phase="stopping")
+            )
+            vm = await with_deadline(
+                agent.stop_vm(vm.id, True), self.settings.call_timeout_seconds, "StopVM"
+            )
         if snap.include_memory or len(snap.groups) == 1:
             # One atomic revert: cancelled before it starts, or finished (forward).
             await self._start_reverting(op, snap)
@@ -408,13 +419,24 @@ class Revert:
     async def _forward(self, snap: Snapshot, vm: VM, known: Mapping[str, Outcome]) -> None:
         """Every group not known reverted goes (again) to the snapshot: idempotent."""
         todo = [g for g in snap.groups if known.get(g.owner) is not Outcome.REVERTED]
-        outcomes = await asyncio.gather(
-            *(self._retrying(partial(self.calls.revert, g, snap.id, vm)) for g in todo),
-            return_exceptions=True,
+        # A memory snapshot's hypervisor group starts the VM from the saved RAM: every
+        # array disk must be back first (the drivers in parallel, then the agent).
+        waves = (
+            [
+                [g for g in todo if g.kind is GroupKind.DRIVER],
+                [g for g in todo if g.kind is not GroupKind.DRIVER],
+            ]
+            if snap.include_memory
+            else [todo]
         )
-        for g, o in zip(todo, outcomes, strict=True):
-            if isinstance(o, BaseException):
-                raise as_error(o, label(g))
+        for wave in waves:
+            outcomes = await asyncio.gather(
+                *(self._retrying(partial(self.calls.revert, g, snap.id, vm)) for g in wave),
+                return_exceptions=True,
+            )
+            for g, o in zip(wave, outcomes, strict=True):
+                if isinstance(o, BaseException):
+                    raise as_error(o, label(g))
 
     async def _retrying(self, call: Callable[[], Awaitable[_T]]) -> _T:
         """Retry what a retry can help, for up to the take timeout."""

@@ -73,6 +73,17 @@ class Take:
 
     def _quiesce_method(self, snap: Snapshot) -> QuiesceMethod:
         entry = self.registry.agent_entry(snap.agent)
+        if snap.include_memory:
+            # Memory with array disks: the only "freeze" is the pause with the RAM
+            # saved (the planner checked that the agent offers it).
+            offered_memory = bool(entry and entry.info and entry.info.memory_with_array_disks)
+            if not offered_memory:
+                raise FailedPrecondition(
+                    f"agent {snap.agent} cannot pause the VM and save its memory while "
+                    "storage drivers cut its disks; take a disk-only snapshot",
+                    reason=Reason.MEMORY_NEEDS_HYPERVISOR,
+                )
+            return QuiesceMethod.PAUSE_AND_SAVE_MEMORY
         offered = (entry.info.quiesce_methods if entry and entry.info else frozenset()) or (
             frozenset(QuiesceMethod) - {QuiesceMethod.UNSPECIFIED}
         )

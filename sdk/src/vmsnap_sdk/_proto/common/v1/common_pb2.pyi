@@ -352,6 +352,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     POLICY_NAME_IN_USE: _ErrorReason.ValueType  # 76
     """ALREADY_EXISTS: a snapshot policy has this name already."""
+    MEMORY_SAVE_FAILED: _ErrorReason.ValueType  # 90
+    """-- Memory snapshots with array-backed disks (90..94).
+    INTERNAL: QEMU could not save the VM's device and RAM state to its state file
+    (the VM was resumed; nothing was kept).
+    """
+    MEMORY_LOAD_FAILED: _ErrorReason.ValueType  # 91
+    """FAILED_PRECONDITION: the VM could not be started from a memory snapshot's
+    state file (the file is damaged or does not match the VM's definition).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call or an operation failed: the `reason` of the google.rpc.ErrorInfo
@@ -646,6 +655,15 @@ NOT_FOUND: no snapshot policy has this name.
 """
 POLICY_NAME_IN_USE: ErrorReason.ValueType  # 76
 """ALREADY_EXISTS: a snapshot policy has this name already."""
+MEMORY_SAVE_FAILED: ErrorReason.ValueType  # 90
+"""-- Memory snapshots with array-backed disks (90..94).
+INTERNAL: QEMU could not save the VM's device and RAM state to its state file
+(the VM was resumed; nothing was kept).
+"""
+MEMORY_LOAD_FAILED: ErrorReason.ValueType  # 91
+"""FAILED_PRECONDITION: the VM could not be started from a memory snapshot's
+state file (the file is damaged or does not match the VM's definition).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

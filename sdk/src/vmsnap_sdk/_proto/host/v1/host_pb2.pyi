@@ -326,6 +326,8 @@ class VMSnapshot(_message.Message):
     PROJECT_FIELD_NUMBER: _builtins.int
     POLICY_ID_FIELD_NUMBER: _builtins.int
     POLICY_NAME_FIELD_NUMBER: _builtins.int
+    MEMORY_STATE_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_STATE_LOCATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Host-assigned id."""
     vm_id: _builtins.str
@@ -359,6 +361,12 @@ class VMSnapshot(_message.Message):
     """
     policy_name: _builtins.str
     """That policy's name when it made the snapshot."""
+    memory_state_bytes: _builtins.int
+    """Size in bytes of the saved device and RAM state of a memory snapshot whose
+    state lives in a file beside the disks (disks on arrays); 0 otherwise.
+    """
+    memory_state_location: _builtins.str
+    """Where that state lives (a file on the agent's machine), empty otherwise."""
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___SnapshotGroup]:
         """The plan and what each group returned."""
@@ -411,10 +419,12 @@ class VMSnapshot(_message.Message):
         project: _builtins.str = ...,
         policy_id: _builtins.str = ...,
         policy_name: _builtins.str = ...,
+        memory_state_bytes: _builtins.int = ...,
+        memory_state_location: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "freeze_duration", b"freeze_duration", "freeze_start_time", b"freeze_start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "create_time", b"create_time", "current", b"current", "description", b"description", "error", b"error", "freeze_duration", b"freeze_duration", "freeze_start_time", b"freeze_start_time", "groups", b"groups", "id", b"id", "include_memory", b"include_memory", "missing", b"missing", "name", b"name", "parent_id", b"parent_id", "policy_id", b"policy_id", "policy_name", b"policy_name", "project", b"project", "quiesce", b"quiesce", "state", b"state", "update_time", b"update_time", "vm_id", b"vm_id", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "create_time", b"create_time", "current", b"current", "description", b"description", "error", b"error", "freeze_duration", b"freeze_duration", "freeze_start_time", b"freeze_start_time", "groups", b"groups", "id", b"id", "include_memory", b"include_memory", "memory_state_bytes", b"memory_state_bytes", "memory_state_location", b"memory_state_location", "missing", b"missing", "name", b"name", "parent_id", b"parent_id", "policy_id", b"policy_id", "policy_name", b"policy_name", "project", b"project", "quiesce", b"quiesce", "state", b"state", "update_time", b"update_time", "vm_id", b"vm_id", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -42,6 +42,16 @@ class _QuiesceMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Quiesce
     """Guest filesystem freeze through the guest agent (with its application hook)."""
     QUIESCE_METHOD_GUEST_FREEZE_AND_OVERLAY: _QuiesceMethod.ValueType  # 3
     """Guest freeze, then overlays: filesystem-consistent stable base images."""
+    QUIESCE_METHOD_PAUSE_AND_SAVE_MEMORY: _QuiesceMethod.ValueType  # 4
+    """Pause the VM and save its device and RAM state to a state file on the agent's
+    machine (writable local qcow2 disks get an internal snapshot at the same
+    instant). The VM stays paused, so every disk is stable, until Unquiesce
+    resumes it (or the lease ends). A TakeNativeSnapshot with include_memory
+    during it adopts the saved state (and the local disks' cut) under its
+    snapshot_id; a state nobody adopted is deleted at Unquiesce. Consistency
+    APPLICATION: a revert resumes the guest's processes where they were. Offered
+    when GetAgentInfoResponse.memory_with_array_disks is true.
+    """
 
 class QuiesceMethod(_QuiesceMethod, metaclass=_QuiesceMethodEnumTypeWrapper):
     """How to freeze a VM."""
@@ -56,6 +66,16 @@ QUIESCE_METHOD_GUEST_FREEZE: QuiesceMethod.ValueType  # 2
 """Guest filesystem freeze through the guest agent (with its application hook)."""
 QUIESCE_METHOD_GUEST_FREEZE_AND_OVERLAY: QuiesceMethod.ValueType  # 3
 """Guest freeze, then overlays: filesystem-consistent stable base images."""
+QUIESCE_METHOD_PAUSE_AND_SAVE_MEMORY: QuiesceMethod.ValueType  # 4
+"""Pause the VM and save its device and RAM state to a state file on the agent's
+machine (writable local qcow2 disks get an internal snapshot at the same
+instant). The VM stays paused, so every disk is stable, until Unquiesce
+resumes it (or the lease ends). A TakeNativeSnapshot with include_memory
+during it adopts the saved state (and the local disks' cut) under its
+snapshot_id; a state nobody adopted is deleted at Unquiesce. Consistency
+APPLICATION: a revert resumes the guest's processes where they were. Offered
+when GetAgentInfoResponse.memory_with_array_disks is true.
+"""
 Global___QuiesceMethod: _TypeAlias = QuiesceMethod  # noqa: Y015
 
 @_typing.final
@@ -88,6 +108,7 @@ class GetAgentInfoResponse(_message.Message):
     QUIESCE_METHODS_FIELD_NUMBER: _builtins.int
     MEMORY_SNAPSHOTS_FIELD_NUMBER: _builtins.int
     COPY_NATIVE_DISKS_FIELD_NUMBER: _builtins.int
+    MEMORY_WITH_ARRAY_DISKS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the agent (unique among the host's agents), e.g. "sim-1"."""
     hypervisor: _builtins.str
@@ -98,6 +119,11 @@ class GetAgentInfoResponse(_message.Message):
     """True when native snapshots can include memory."""
     copy_native_disks: _builtins.bool
     """True when CopyNativeDisks and DeleteCopiedDisks are offered."""
+    memory_with_array_disks: _builtins.bool
+    """True when a memory snapshot may span disks on storage arrays: the agent offers
+    QUIESCE_METHOD_PAUSE_AND_SAVE_MEMORY, and a native memory snapshot may cover
+    only some disks (the others are cut by their drivers while the VM is paused).
+    """
     @_builtins.property
     def contract_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Contract versions spoken, e.g. ["v1"]."""
@@ -116,10 +142,11 @@ class GetAgentInfoResponse(_message.Message):
         quiesce_methods: _abc.Iterable[Global___QuiesceMethod.ValueType] | None = ...,
         memory_snapshots: _builtins.bool = ...,
         copy_native_disks: _builtins.bool = ...,
+        memory_with_array_disks: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract_versions", b"contract_versions", "copy_native_disks", b"copy_native_disks", "hypervisor", b"hypervisor", "memory_snapshots", b"memory_snapshots", "name", b"name", "quiesce_methods", b"quiesce_methods", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract_versions", b"contract_versions", "copy_native_disks", b"copy_native_disks", "hypervisor", b"hypervisor", "memory_snapshots", b"memory_snapshots", "memory_with_array_disks", b"memory_with_array_disks", "name", b"name", "quiesce_methods", b"quiesce_methods", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -470,6 +497,7 @@ class QuiesceResponse(_message.Message):
     CONSISTENCY_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
     WARNING_FIELD_NUMBER: _builtins.int
+    MEMORY_STATE_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     """Token for RenewQuiesce and Unquiesce."""
     consistency: _common_pb2.Consistency.ValueType
@@ -482,6 +510,10 @@ class QuiesceResponse(_message.Message):
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """When the agent thaws by itself unless renewed."""
 
+    @_builtins.property
+    def memory_state(self) -> Global___MemoryState:
+        """The saved device and RAM state (QUIESCE_METHOD_PAUSE_AND_SAVE_MEMORY only)."""
+
     def __init__(
         self,
         *,
@@ -490,10 +522,11 @@ class QuiesceResponse(_message.Message):
         consistency: _common_pb2.Consistency.ValueType = ...,
         method: Global___QuiesceMethod.ValueType = ...,
         warning: _builtins.str = ...,
+        memory_state: Global___MemoryState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "memory_state", b"memory_state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "expire_time", b"expire_time", "method", b"method", "token", b"token", "warning", b"warning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "expire_time", b"expire_time", "memory_state", b"memory_state", "method", b"method", "token", b"token", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -715,6 +748,7 @@ class NativeSnapshot(_message.Message):
     INCLUDE_MEMORY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_STATE_FIELD_NUMBER: _builtins.int
     snapshot_id: _builtins.str
     """The host's id."""
     vm_id: _builtins.str
@@ -731,6 +765,13 @@ class NativeSnapshot(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was taken."""
 
+    @_builtins.property
+    def memory_state(self) -> Global___MemoryState:
+        """Where the device and RAM state lives when it is kept outside the disks (a
+        memory snapshot taken during QUIESCE_METHOD_PAUSE_AND_SAVE_MEMORY); unset
+        otherwise. Deleted with the snapshot.
+        """
+
     def __init__(
         self,
         *,
@@ -740,10 +781,11 @@ class NativeSnapshot(_message.Message):
         include_memory: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         size_bytes: _builtins.int = ...,
+        memory_state: Global___MemoryState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "memory_state", b"memory_state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "disks", b"disks", "include_memory", b"include_memory", "size_bytes", b"size_bytes", "snapshot_id", b"snapshot_id", "vm_id", b"vm_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "disks", b"disks", "include_memory", b"include_memory", "memory_state", b"memory_state", "size_bytes", b"size_bytes", "snapshot_id", b"snapshot_id", "vm_id", b"vm_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1078,3 +1120,43 @@ class DeleteCopiedDisksResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteCopiedDisksResponse: _TypeAlias = DeleteCopiedDisksResponse  # noqa: Y015
+
+@_typing.final
+class MemoryState(_message.Message):
+    """A VM's saved device and RAM state, kept in a file on the agent's machine."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    SAVE_DURATION_FIELD_NUMBER: _builtins.int
+    location: _builtins.str
+    """Where it lives, e.g. "file:///var/lib/vmsnap/vms/vm1/memory/snap.state"."""
+    size_bytes: _builtins.int
+    """Its size in bytes."""
+    @_builtins.property
+    def paused(self) -> _duration_pb2.Duration:
+        """How long the VM was paused while it was saved (the device state and the
+        last RAM pages; the bulk is copied while the guest still runs).
+        """
+
+    @_builtins.property
+    def save_duration(self) -> _duration_pb2.Duration:
+        """How long the whole save took, live copy included."""
+
+    def __init__(
+        self,
+        *,
+        location: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        paused: _duration_pb2.Duration | None = ...,
+        save_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["paused", b"paused", "save_duration", b"save_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "paused", b"paused", "save_duration", b"save_duration", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryState: _TypeAlias = MemoryState  # noqa: Y015

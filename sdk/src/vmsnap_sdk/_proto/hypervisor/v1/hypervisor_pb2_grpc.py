@@ -231,7 +231,9 @@ class HypervisorAgentServicer:
         Errors:
         INVALID_ARGUMENT     INVALID_ARGUMENT      method unset, or lease out of its range
         NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
-        FAILED_PRECONDITION  VM_NOT_RUNNING        a guest freeze needs the VM RUNNING
+        FAILED_PRECONDITION  VM_NOT_RUNNING        a guest freeze (or PAUSE_AND_SAVE_MEMORY) needs
+        the VM RUNNING
+        INTERNAL             MEMORY_SAVE_FAILED    QEMU could not save the memory (the VM was resumed)
         FAILED_PRECONDITION  GUEST_AGENT_UNAVAILABLE the guest agent does not answer
         (best_effort false)
         FAILED_PRECONDITION  GUEST_AGENT_ERROR     the guest's freeze failed (best_effort false)
@@ -294,6 +296,7 @@ class HypervisorAgentServicer:
         NOT_FOUND            SNAPSHOT_NOT_FOUND    the VM has no native snapshot of this id
         FAILED_PRECONDITION  VM_NOT_STOPPED        a disk-only snapshot needs the VM STOPPED
         FAILED_PRECONDITION  SNAPSHOT_DATA_MISSING the snapshot's saved data is gone
+        FAILED_PRECONDITION  MEMORY_LOAD_FAILED    the VM could not start from the saved memory state
         FAILED_PRECONDITION  VM_FROZEN             a freeze holds the VM
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
