@@ -295,6 +295,31 @@ class DriverServicer(driver_pb2_grpc.StorageDriverServicer):
         return await invoke(context, "DeleteClonedVolumes", run)
 
 
+    async def ListUnmanagedSnapshots(  # noqa: N802
+        self, request: driver_pb2.ListUnmanagedSnapshotsRequest, context: Ctx
+    ) -> driver_pb2.ListUnmanagedSnapshotsResponse:
+        async def run() -> driver_pb2.ListUnmanagedSnapshotsResponse:
+            volumes = [cv.volume_from_pb(v) for v in request.volumes]
+            val.require_volumes("volumes", volumes)
+            size = val.page_size("page_size", request.page_size)
+            token = val.require_token("page_token", request.page_token)
+            page = await self._driver.list_unmanaged_snapshots(
+                volumes, Page(size=size, token=token)
+            )
+            _within_limits(
+                "ListUnmanagedSnapshots", limits.unmanaged_problem(page.snapshots, page.next_token)
+            )
+            return driver_pb2.ListUnmanagedSnapshotsResponse(
+                snapshots=[cv.unmanaged_to_pb(u) for u in page.snapshots],
+                next_page_token=page.next_token,
+            )
+
+        return await invoke(context, "ListUnmanagedSnapshots", run)
+
+
+_MIB = 1024 * 1024
+
+
 def _valid_clones(method: str, targets: tuple[CloneTarget, ...], volumes: list[Volume]) -> None:
     """One valid volume per target, in target order: the host defines the new VM with them."""
     problem = None
@@ -319,29 +344,6 @@ def _valid_clones(method: str, targets: tuple[CloneTarget, ...], volumes: list[V
         "the SDK refused to send it",
         reason=Reason.ANSWER_INVALID,
     )
-    async def ListUnmanagedSnapshots(  # noqa: N802
-        self, request: driver_pb2.ListUnmanagedSnapshotsRequest, context: Ctx
-    ) -> driver_pb2.ListUnmanagedSnapshotsResponse:
-        async def run() -> driver_pb2.ListUnmanagedSnapshotsResponse:
-            volumes = [cv.volume_from_pb(v) for v in request.volumes]
-            val.require_volumes("volumes", volumes)
-            size = val.page_size("page_size", request.page_size)
-            token = val.require_token("page_token", request.page_token)
-            page = await self._driver.list_unmanaged_snapshots(
-                volumes, Page(size=size, token=token)
-            )
-            _within_limits(
-                "ListUnmanagedSnapshots", limits.unmanaged_problem(page.snapshots, page.next_token)
-            )
-            return driver_pb2.ListUnmanagedSnapshotsResponse(
-                snapshots=[cv.unmanaged_to_pb(u) for u in page.snapshots],
-                next_page_token=page.next_token,
-            )
-
-        return await invoke(context, "ListUnmanagedSnapshots", run)
-
-
-_MIB = 1024 * 1024
 
 
 class FixtureServicer(driver_pb2_grpc.ConformanceFixtureServicer):

@@ -16,6 +16,7 @@ import grpc
 
 from vmsnap_host.adopt import DiscoveredSet
 from vmsnap_host.api import convert, errors
+from vmsnap_host.api import policies as pconv
 from vmsnap_host.auth import access
 from vmsnap_host.auth.settings import AuthConfigError, project_name
 from vmsnap_host.blocks import DiskBlocks
@@ -28,7 +29,6 @@ from vmsnap_host.manager import (
 )
 from vmsnap_host.model import OperationRecord, QuiescePolicy, Snapshot
 from vmsnap_host.peers import PeerPolicy, PolicyError
-from vmsnap_host.api import policies as pconv
 from vmsnap_host.policies import model as pmodel
 from vmsnap_host.policies.catalog import PolicyCatalog
 from vmsnap_host.reconcile import Finding, Reconciler

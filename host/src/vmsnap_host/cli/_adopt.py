@@ -59,7 +59,7 @@ def snapshot_adopt(
     json_: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Make a discovered set a READY VM snapshot (revert and delete then work on it)."""
-    from vmsnap_host.cli import _app
+    from vmsnap_host.cli import _common as _app
     from vmsnap_host.cli import _output as out
 
     snapshot = _app.run(

@@ -28,13 +28,13 @@ _QUIESCE = {
 
 
 def _run(work: Callable[[HostClient], Awaitable[_T]]) -> _T:
-    from vmsnap_host.cli import _app  # the app registers this module: import late
+    from vmsnap_host.cli import _common as _app
 
     return _app.run(work)
 
 
 def _fail(message: str) -> NoReturn:
-    from vmsnap_host.cli import _app
+    from vmsnap_host.cli import _common as _app
 
     _app.fail(message)
 

@@ -392,7 +392,7 @@ class HostClient:
         request = pb.WatchOperationsRequest(vm_id=vm_id, operation_id=operation_id)
         if since is not None:
             request.since.FromDatetime(since)
-        stream = self._stubs[self._current].WatchOperations(request)
+        stream = self._stubs[self._current].WatchOperations(request, metadata=self._metadata)
         try:
             async for response in stream:
                 yield cv.operation(response.operation)
@@ -752,6 +752,7 @@ class HostClient:
                 max_results=max_results,
             ),
             timeout=self._t(timeout),
+            metadata=self._metadata,
         )
         capacity = block = 0
         ranges: list[BlockRange] = []
@@ -781,6 +782,7 @@ class HostClient:
                 chunk_size=chunk_size,
             ),
             timeout=self._t(timeout),
+            metadata=self._metadata,
         )
         parts = [message.data async for message in iterate(stream)]
         return b"".join(parts)

@@ -343,6 +343,9 @@ class DiskRanges:
     @property
     def total_bytes(self) -> int:
         return sum(r.length for r in self.ranges)
+
+
+@dataclass(frozen=True)
 class FreezeInfo:
     """A freeze in force (FreezeVM): renew it before ``expire_time``, thaw it."""
 
