@@ -141,11 +141,37 @@ def _scale(quick: bool, report: Report, floor: Floor) -> None:
     r = scale.measure_scale(quick)
     for c, rate in r.rates.items():
         report.add(f"scale_c{c}_ops_per_s", rate, "ops/s", note=f"{c} VMs in parallel, /dev/shm")
+        report.add(f"scale_c{c}_p50_ms", r.p50_ms[c], "ms", note=f"{c} VMs in parallel")
+        report.add(
+            f"scale_c{c}_cpu_ms_per_create",
+            r.cpu_ms[c],
+            "ms",
+            note="CPU of host + agent + 2 drivers per create",
+        )
     report.add(
         f"scale_{r.vms_defined}vms_c64_ops_per_s",
         r.rate_many_vms,
         "ops/s",
         note=f"64 in parallel with {r.vms_defined} VMs defined",
+    )
+    report.add(f"scale_{r.vms_defined}vms_c64_p50_ms", r.p50_ms_many_vms, "ms")
+    report.add(
+        f"scale_{r.vms_defined}vms_c64_cpu_ms_per_create",
+        r.cpu_ms_many_vms,
+        "ms",
+        note="CPU of host + agent + 2 drivers per create",
+    )
+    report.add(
+        "scale_cpu_growth_c256",
+        r.cpu_ms[256] / r.cpu_ms[1],
+        "x",
+        note="CPU per create at 256 in parallel ÷ at 1 (how cost grows with concurrency)",
+    )
+    report.add(
+        "scale_cpu_growth_many_vms",
+        r.cpu_ms_many_vms / r.cpu_ms[64],
+        "x",
+        note=f"CPU per create at 64 in parallel: {r.vms_defined} VMs defined ÷ 256",
     )
     report.add(
         "host_rss_mib_per_10k_ops",
