@@ -15,7 +15,17 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import catalog, create, emulator, freeze, memory, qemu, replicas, scale
+from bench import (
+    catalog,
+    create,
+    emulator,
+    freeze,
+    memory,
+    peer_libvirt,
+    qemu,
+    replicas,
+    scale,
+)
 from bench.floor import Floor, measure_floor, measure_fsync
 from bench.report import Report
 from bench.stats import median, percentile
@@ -142,11 +152,37 @@ def _scale(quick: bool, report: Report, floor: Floor) -> None:
     r = scale.measure_scale(quick)
     for c, rate in r.rates.items():
         report.add(f"scale_c{c}_ops_per_s", rate, "ops/s", note=f"{c} VMs in parallel, /dev/shm")
+        report.add(f"scale_c{c}_p50_ms", r.p50_ms[c], "ms", note=f"{c} VMs in parallel")
+        report.add(
+            f"scale_c{c}_cpu_ms_per_create",
+            r.cpu_ms[c],
+            "ms",
+            note="CPU of host + agent + 2 drivers per create",
+        )
     report.add(
         f"scale_{r.vms_defined}vms_c64_ops_per_s",
         r.rate_many_vms,
         "ops/s",
         note=f"64 in parallel with {r.vms_defined} VMs defined",
+    )
+    report.add(f"scale_{r.vms_defined}vms_c64_p50_ms", r.p50_ms_many_vms, "ms")
+    report.add(
+        f"scale_{r.vms_defined}vms_c64_cpu_ms_per_create",
+        r.cpu_ms_many_vms,
+        "ms",
+        note="CPU of host + agent + 2 drivers per create",
+    )
+    report.add(
+        "scale_cpu_growth_c256",
+        r.cpu_ms[256] / r.cpu_ms[1],
+        "x",
+        note="CPU per create at 256 in parallel ÷ at 1 (how cost grows with concurrency)",
+    )
+    report.add(
+        "scale_cpu_growth_many_vms",
+        r.cpu_ms_many_vms / r.cpu_ms[64],
+        "x",
+        note=f"CPU per create at 64 in parallel: {r.vms_defined} VMs defined ÷ 256",
     )
     report.add(
         "host_rss_mib_per_10k_ops",
@@ -260,9 +296,25 @@ def _qemu(quick: bool, report: Report, floor: Floor) -> None:
         "ms",
         note="3-disk VM through the host: freeze window recorded on the snapshot, median",
     )
+    goals = {"qemu_freeze_overlay_ms": "<= 50"}  # issue 16's acceptance
     for name, value in sorted(r.figures.items()):
         if name not in ("qemu_freeze_ms", "qemu_freeze_with_drivers_ms"):
-            report.add(name, value, "ms", note="per quiesce method (bench/qemu.py)")
+            report.add(
+                name,
+                value,
+                "ms",
+                goal=goals.get(name, ""),
+                note="per quiesce method (bench/qemu.py)",
+            )
+    ga, guest = r.figures.get("qemu_ga_freeze_thaw_ms"), r.figures.get("qemu_freeze_guest_ms")
+    if ga is not None and guest is not None:
+        report.add(
+            "qemu_freeze_guest_over_ga_ms",
+            guest - ga,
+            "ms",
+            goal="<= 50",
+            note="qemu_freeze_guest_ms - qemu_ga_freeze_thaw_ms: what the agent adds to qemu-ga",
+        )
 
 
 def _memory(quick: bool, report: Report, floor: Floor) -> None:
@@ -279,22 +331,53 @@ def _memory(quick: bool, report: Report, floor: Floor) -> None:
 
 def _peer_libvirt(quick: bool, report: Report, floor: Floor) -> None:
     """libvirt's quiesced atomic disk-only snapshot + commit/pivot of the same guest."""
-    import shutil
-    import subprocess
-
-    if shutil.which("libvirtd") is None or shutil.which("virsh") is None:
-        raise qemu.Skipped(
-            "libvirt is not installed (apt-get install libvirt-daemon-system python3-libvirt)"
-        )
-    probe = subprocess.run(
-        ["/usr/bin/python3", "-c", "import libvirt"], capture_output=True, check=False
-    )
-    if probe.returncode != 0:
-        raise qemu.Skipped("python3-libvirt is not installed (apt-get install python3-libvirt)")
-    raise qemu.Skipped(
-        "libvirt is installed, but booting the test guest under libvirtd is not written yet "
-        "(issue 16: left); no ratio vmsnap ÷ libvirt in this run"
-    )
+    r = peer_libvirt.measure_peer(quick)
+    f = r.figures
+    peer = f"one-disk guest, {r.versions}, session libvirtd"
+    notes = {
+        "peer_libvirt_boot_s": ("s", "", "the guest under libvirt: define → qemu-ga answers"),
+        "peer_libvirt_snapshot_ms": (
+            "ms",
+            "",
+            "virDomainSnapshotCreateXML QUIESCE|DISK_ONLY|ATOMIC|NO_METADATA",
+        ),
+        "peer_libvirt_commit_pivot_ms": ("ms", "", "active block commit, then pivot"),
+        "peer_libvirt_take_merge_ms": ("ms", "", f"snapshot + commit/pivot ({peer})"),
+        "peer_vmsnap_take_merge_ms": (
+            "ms",
+            "",
+            "CreateVMSnapshot(wait) through the host, quiesce REQUIRED, 1.5 s idle before",
+        ),
+        "peer_take_merge_ratio": ("x", "<= 1", "vmsnap ÷ libvirt, whole take + merge back"),
+        "peer_libvirt_frozen_ms": (
+            "ms",
+            "",
+            "freeze answered → thaw sent, from libvirtd's qemu_agent debug log",
+        ),
+        "peer_libvirt_hook_frozen_ms": (
+            "ms",
+            "",
+            "the guest's fsfreeze hook stamps (10 ms resolution; hook run included)",
+        ),
+    }
+    for name, value in f.items():
+        if name in notes:
+            unit, goal, note = notes[name]
+        elif name.startswith("peer_frozen_ratio_"):
+            method = name.removeprefix("peer_frozen_ratio_")
+            unit, goal = "x", "<= 1"
+            note = f"vmsnap ({method}) ÷ libvirt, freeze answered → thaw sent"
+        elif name.startswith("peer_hook_frozen_ratio_"):
+            method = name.removeprefix("peer_hook_frozen_ratio_")
+            unit, goal = "x", "<= 1"
+            note = f"vmsnap ({method}) ÷ libvirt, from the guest hook's stamps"
+        elif name.startswith("peer_vmsnap_frozen_"):
+            unit, goal, note = "ms", "", "freeze answered → thaw sent, from the agent's log"
+        elif name.startswith("peer_vmsnap_hook_frozen_"):
+            unit, goal, note = "ms", "", "the guest's fsfreeze hook stamps"
+        else:
+            unit, goal, note = "ms", "", "the agent alone, Quiesce → Unquiesce round trip"
+        report.add(name, value, unit, goal=goal, note=note)
 
 
 RUNNERS: dict[str, Callable[[bool, Report, Floor], None]] = {
@@ -324,6 +407,7 @@ SKIP_NAMES = {
     "emulator": ["element_snapshot_size_ratio"],
     "qemu": ["qemu_freeze_ms", "qemu_freeze_with_drivers_ms"],
     "memory": ["memory_256mib_live_pause_ms"],
+    "peer_libvirt": ["peer_take_merge_ratio", "peer_frozen_ratio_take"],
 }
 
 

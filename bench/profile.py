@@ -47,13 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("--ops", type=int, default=1500, help="creates at concurrency 64")
     parser.add_argument("--out", type=Path, default=ROOT / "profiles")
+    parser.add_argument(
+        "--c1-only",
+        action="store_true",
+        help="only --ops creates at concurrency 1 (files <process>-c1-cprofile.txt)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with stack.workdir(base="/dev/shm" if Path("/dev/shm").is_dir() else "/tmp") as tmp:
         stack.WRAP = _wrap(tmp)
         try:
+            concurrencies = (1,) if args.c1_only else (1, 64)
+            totals = {1: args.ops} if args.c1_only else {1: 100, 64: args.ops}
             results = create.measure_create(
-                quick=True, concurrencies=(1, 64), base=str(tmp), totals={1: 100, 64: args.ops}
+                quick=True, concurrencies=concurrencies, base=str(tmp), totals=totals
             )
         finally:
             stack.WRAP = None
@@ -66,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         for prof in sorted(tmp.rglob("*.prof")):
             text = summarize(prof)
-            (args.out / f"{prof.stem}.txt").write_text(text)
-            print(f"wrote {args.out / prof.stem}.txt")
+            stem = f"{prof.stem}-c1-cprofile" if args.c1_only else prof.stem
+            (args.out / f"{stem}.txt").write_text(text)
+            print(f"wrote {args.out / stem}.txt")
     return 0
 
 

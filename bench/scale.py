@@ -18,13 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import create, stack
+from bench.stats import median
 
 
 @dataclass
 class ScaleResult:
     #: concurrency → creates/s
     rates: dict[int, float] = field(default_factory=dict)
+    #: concurrency → median create latency (ms)
+    p50_ms: dict[int, float] = field(default_factory=dict)
+    #: concurrency → CPU ms per create, every process of the stack summed
+    cpu_ms: dict[int, float] = field(default_factory=dict)
     rate_many_vms: float = 0.0
+    p50_ms_many_vms: float = 0.0
+    cpu_ms_many_vms: float = 0.0
     vms_defined: int = 0
     #: host RSS growth per 10,000 creates (MiB), and the RSS at the end (MiB)
     rss_mib_per_10k: float = 0.0
@@ -77,18 +84,33 @@ def measure_scale(quick: bool) -> ScaleResult:
             host = stack.start_host(tmp, config)
             procs.append(host)
             pid = host.popen.pid
+            pids = [p.popen.pid for p in procs]
+
+            def cpu() -> float:
+                return sum(create._cpu_seconds(p) for p in pids)
+
             rss_before = _rss_mib(pid)
             done = 0
             for c in concurrencies:
                 total = max(c * per_worker, 100 if quick else 400)
-                _, rate = asyncio.run(create._run(host.address, vms, c, total))
+                before = cpu()
+                latencies, rate = asyncio.run(create._run(host.address, vms, c, total))
+                result.cpu_ms[c] = (cpu() - before) * 1000 / (total + c)
                 result.rates[c] = rate
+                result.p50_ms[c] = median(latencies)
                 done += total + c
             asyncio.run(_define_more(agent.address, len(vms), many - len(vms)))
             result.vms_defined = many
-            spread = vms[:: max(1, len(vms) // 64)][:64]  # 64 VMs among the many
+            # 64 VMs among the many, the newest included (the host has not seen them).
+            everyone = [create.vm_for(i).id for i in range(many)]
+            spread = everyone[:: max(1, many // 64)][:64]
             total = 400 if quick else 2_000
-            _, result.rate_many_vms = asyncio.run(create._run(host.address, spread, 64, total))
+            before = cpu()
+            latencies, result.rate_many_vms = asyncio.run(
+                create._run(host.address, spread, 64, total)
+            )
+            result.cpu_ms_many_vms = (cpu() - before) * 1000 / (total + 64)
+            result.p50_ms_many_vms = median(latencies)
             done += total + 64
             rss_after = _rss_mib(pid)
             result.operations = done

@@ -92,3 +92,23 @@ def test_entry_point_help() -> None:
     ).stdout
     assert "--quick" in out
     assert "--json" in out
+
+
+def test_peer_frozen_windows_from_the_hook_and_libvirtd_logs() -> None:
+    from bench.peer_libvirt import hook_windows, libvirt_windows
+
+    hook = "freeze 100.50 90.0\nthaw 100.62 90.1\nfreeze 101.00 91.0\nthaw 101.03 91.0\n"
+    assert hook_windows(hook) == pytest.approx([120.0, 30.0])
+    sent = "debug : qemuAgentCommandFull:1 : Send command "
+    log = "\n".join(
+        [
+            f'2026-11-30 07:21:10.000+0000: 7: {sent}\'{{"execute":"guest-sync"}}\' for write',
+            "2026-11-30 07:21:10.010+0000: 7: debug : qemuAgentIOProcessLine:2 : Line [{}]",
+            f'2026-11-30 07:21:10.020+0000: 7: {sent}\'{{"execute":"guest-fsfreeze-freeze"}}\'',
+            "2026-11-30 07:21:10.100+0000: 7: debug : qemuAgentIOProcessLine:2 : Line [{1}]",
+            "2026-11-30 07:21:10.150+0000: 7: info : other:3 : something else",
+            f'2026-11-30 07:21:10.193+0000: 7: {sent}\'{{"execute":"guest-fsfreeze-thaw"}}\'',
+        ]
+    )
+    # The freeze's reply read → the thaw sent; the sync before it does not count.
+    assert libvirt_windows(log) == pytest.approx([93.0])
