@@ -20,6 +20,9 @@ Contract choices specific to QEMU:
   restore its bytes: a writable qcow2 image of a ``file://`` locator
   (:func:`native.holds_bytes`); an array's disk (NBD export, file on an array's
   export) is false even when QEMU could write an internal snapshot into it.
+* CopyNativeDisks writes new qcow2 images from the snapshot's internal
+  snapshots into the agent's state directory (``copies.py``) and answers
+  ``file://`` locators: the new VM must be defined on this agent.
 * Freezes are listed (ListQuiesces) until fully undone, overlays committed
   included; Unquiesce by ``operation_id`` resolves every one its quiesce made.
 """
@@ -36,6 +39,7 @@ from vmsnap_agent import __version__
 from vmsnap_sdk import (
     VM,
     AgentInfo,
+    CloneTarget,
     HypervisorAgent,
     MemoryState,
     NativeSnapshot,
@@ -56,6 +60,7 @@ from vmsnap_sdk.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
     VMSnapError,
 )
@@ -90,6 +95,8 @@ _ERRORS: tuple[tuple[type[e.QemuAgentError], type[VMSnapError]], ...] = (
     (e.VmStateError, FailedPrecondition),
     (e.GuestAgentUnavailable, FailedPrecondition),
     (e.GuestAgentError, FailedPrecondition),
+    (e.CopyConflict, AlreadyExists),
+    (e.NoSpace, ResourceExhausted),
     (e.QmpCommandError, Internal),
 )
 
@@ -157,6 +164,7 @@ class QemuAgent(HypervisorAgent):
             version=__version__,
             quiesce_methods=frozenset(_METHODS),
             memory_snapshots=True,
+            copy_native_disks=True,
             memory_with_array_disks=True,
         )
 
@@ -331,3 +339,21 @@ class QemuAgent(HypervisorAgent):
                     continue
                 found += [self._native(vm.vm_id, s) for s in snaps]
             return found
+
+    # --- clone to a new VM -------------------------------------------------------
+
+    async def copy_native_disks(
+        self, copy_id: str, vm_id: str, snapshot_id: str, disks: Sequence[CloneTarget]
+    ) -> Sequence[Volume]:
+        with _contract_errors():
+            made = await self.hv.copy_native_disks(
+                copy_id, vm_id, snapshot_id, [(t.disk, t.name) for t in disks]
+            )
+        return [
+            Volume(c.disk, c.path.as_uri(), c.size_bytes, "qcow2", native_snapshot=True)
+            for c in made
+        ]
+
+    async def delete_copied_disks(self, copy_id: str) -> None:
+        with _contract_errors():
+            await self.hv.delete_copied_disks(copy_id)

@@ -98,3 +98,15 @@ class QuiesceNotFound(QemuAgentError):
     """renew_quiesce of a token that is not active (expired or never issued) (NOT_FOUND)."""
 
     default_reason = "QUIESCE_NOT_FOUND"
+
+
+class CopyConflict(QemuAgentError):
+    """A copy id already names copies of another snapshot or other disks (ALREADY_EXISTS)."""
+
+    default_reason = "CLONE_ID_REUSED"
+
+
+class NoSpace(QemuAgentError):
+    """The agent's state directory has no room for a copy (RESOURCE_EXHAUSTED)."""
+
+    default_reason = "RESOURCE_EXHAUSTED"

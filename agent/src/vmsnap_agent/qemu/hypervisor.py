@@ -9,6 +9,7 @@ State layout (everything the agent needs after a restart)::
                          overlays/       qcow2 overlays while quiesced
                          native-aliases.json  native snapshot id -> qcow2 tag (adopted cuts)
                          clean-stop      present after a graceful stop
+    state_dir/copies/<copy_id>/          disks copied from native snapshots (copies.py)
     state_dir/run/<hash of vm_id>/qmp.sock   QMP (short path: sun_path is 108 bytes)
                                  qga.sock   host side of qemu-ga's virtio-serial port
 
@@ -44,6 +45,7 @@ from types import TracebackType
 
 from . import memory, native, process
 from . import quiesce as q
+from .copies import CopiedDisk, CopySource, DiskCopies
 from .errors import (
     GuestAgentError,
     GuestAgentUnavailable,
@@ -131,6 +133,9 @@ class QemuHypervisor:
         #: One kept-open qemu-ga connection per VM (a thaw makes no new connection).
         self._ga: dict[str, SharedGuestAgent] = {}
         self._watchdogs: dict[str, asyncio.Task[None]] = {}
+        self._copies = DiskCopies(self._state_dir / "copies")
+        #: (vm_id, snapshot_id) -> copies reading it now: its delete waits for them.
+        self._copying: dict[tuple[str, str], int] = {}
 
     # -- lifecycle of the agent object ------------------------------------------------
 
@@ -830,6 +835,12 @@ class QemuHypervisor:
             snap = await self._find_native(vm_id, snapshot_id)
             if snap is None:
                 return
+            if self._copying.get((vm_id, snapshot_id)):
+                raise VmBusy(
+                    f"native snapshot {snapshot_id} of {vm_id} is being copied to a new VM's "
+                    "disks; retry when the copy has finished",
+                    reason="SNAPSHOT_BUSY",
+                )
             if snap.memory_path and not snap.disks:
                 await self._drop_memory(vm_id, snapshot_id)
                 return
@@ -855,3 +866,55 @@ class QemuHypervisor:
         if entry is not None:
             await memory.remove(str(entry["file"]))
             await self._save_memory_index(vm_id, index)
+
+    # -- copies of native snapshots (clone to a new VM) ---------------------------------
+
+    async def copy_native_disks(
+        self, copy_id: str, vm_id: str, snapshot_id: str, targets: list[tuple[str, str]]
+    ) -> list[CopiedDisk]:
+        """Copy disks of a native snapshot into new qcow2 images: ``targets`` are
+        (disk, new name) pairs; the answer is in their order (see copies.py).
+
+        The VM's lock is held only to find the snapshot, not during the copy (it may
+        take minutes, and a quiesce's lease watchdog needs the lock to thaw on time);
+        deleting the snapshot meanwhile is refused instead.
+        """
+        async with self._lock(vm_id):
+            spec = self._spec(vm_id)
+            snap = await self._find_native(vm_id, snapshot_id)
+            if snap is None:
+                raise SnapshotNotFound(f"VM {vm_id} has no native snapshot {snapshot_id}")
+            tag = self._tagged(vm_id, snap).snapshot_id
+            by_name = {d.name: d for d in spec.disks}
+            sources = []
+            for i, (disk, name) in enumerate(targets):
+                if disk not in snap.disks:
+                    raise InvalidSpec(
+                        f"disks[{i}].disk: {disk!r} is not a disk of native snapshot "
+                        f"{snapshot_id} (its disks: {list(snap.disks)})"
+                    )
+                d = by_name.get(disk)
+                if d is None or not native.holds_bytes(d):
+                    raise VmStateError(
+                        f"native snapshot {snapshot_id} keeps no bytes of disk {disk} "
+                        f"({d.locator if d else 'no longer a disk of the VM'}): nothing to copy",
+                        reason="SNAPSHOT_DATA_MISSING",
+                    )
+                sources.append(CopySource(disk, name, d.path, tag))
+            key = (vm_id, snapshot_id)
+            self._copying[key] = self._copying.get(key, 0) + 1
+        try:
+            made = await self._copies.copy(copy_id, vm_id, snapshot_id, sources)
+        finally:
+            self._copying[key] -= 1
+            if not self._copying[key]:
+                del self._copying[key]
+        log.info(
+            "native disks copied",
+            extra={"fields": {"copy_id": copy_id, "vm_id": vm_id, "snapshot_id": snapshot_id}},
+        )
+        return made
+
+    async def delete_copied_disks(self, copy_id: str) -> None:
+        """Remove what copy_native_disks made for ``copy_id``; unknown is OK."""
+        await self._copies.delete(copy_id)
