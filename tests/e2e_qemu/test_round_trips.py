@@ -7,6 +7,7 @@ in an ONTAP volume) plus a local qcow2 disk, driven by the reference drivers.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import unquote, urlparse
 
 import grpc
 import pytest
@@ -71,6 +72,28 @@ def _read_local(stack: QemuStack, image: str, length: int) -> bytes:
     return data
 
 
+async def _clone_holds_the_snapshot(
+    stack: QemuStack, host: HostClient, snapshot_id: str, low: int, high: int
+) -> None:
+    """CreateVMFromSnapshot: the Element and ONTAP disks cloned by their drivers, the
+    local qcow2 disk copied by the QEMU agent from its internal snapshot."""
+    op = await done(host, await host.create_vm_from_snapshot(snapshot_id, "rt-clone"))
+    assert op.succeeded, op.error
+    clone = await host.get_vm("rt-clone")
+    assert clone.state is VMState.STOPPED
+    new = {v.disk: v.locator for v in clone.volumes}
+    assert new["vda"].startswith("element://") and new["vdb"].startswith("ontap://"), new
+    assert new["vdc"].startswith("file:///"), new
+    image = stack.element_image(new["vda"], stack.work / "rt-clone-vda.img")
+    clean, report = fsck(image)
+    assert clean, report
+    assert low <= int(read_ext4_file(image, "counter")) <= high
+    ontap = stack.ontap_export / new["vdb"].split("/", 3)[3]
+    assert read_ext4_file(ontap, "marker") == "before\n"
+    assert _read_local(stack, unquote(urlparse(new["vdc"]).path), 12) == b"LOCAL-BEFORE"
+    await host.undefine_vm("rt-clone")
+
+
 async def test_quiesced_snapshot_round_trip_then_crash_consistent(
     stack: QemuStack, host: HostClient
 ) -> None:
@@ -100,10 +123,17 @@ async def test_quiesced_snapshot_round_trip_then_crash_consistent(
     await wait_counter(stack, "rt", high + 3)
     await guest_sh(stack, "rt", "echo after > /mnt/vdb/marker && sync")
     await _local_marker(stack, "rt", "LOCAL-AFTER!")
+
+    # --- clone to a new VM while the source runs and writes: every disk as at the take --
+    await _clone_holds_the_snapshot(stack, host, snap.id, low, high)
+
     assert (await host.stop_vm("rt")).state is VMState.STOPPED
     later = stack.element_image(disks.element, stack.work / "rt-later.img")
     at_stop = int(read_ext4_file(later, "counter"))
     assert at_stop > high
+    # The source kept its later data through the clone.
+    assert read_ext4_file(disks.ontap, "marker") == "after\n"
+    assert _read_local(stack, str(disks.local), 12) == b"LOCAL-AFTER!"
 
     op = await done(host, await host.revert_vm_snapshot(snap.id))
     assert op.succeeded, op.error
