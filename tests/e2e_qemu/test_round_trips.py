@@ -6,6 +6,7 @@ in an ONTAP volume) plus a local qcow2 disk, driven by the reference drivers.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from urllib.parse import unquote, urlparse
 
@@ -125,7 +126,9 @@ async def test_quiesced_snapshot_round_trip_then_crash_consistent(
     await _local_marker(stack, "rt", "LOCAL-AFTER!")
 
     # --- clone to a new VM while the source runs and writes: every disk as at the take --
+    began = time.monotonic()
     await _clone_holds_the_snapshot(stack, host, snap.id, low, high)
+    print(f"clone and its checks: {time.monotonic() - began:.1f} s")
 
     assert (await host.stop_vm("rt")).state is VMState.STOPPED
     later = stack.element_image(disks.element, stack.work / "rt-later.img")
