@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from vmsnap_agent.qemu import DiskFormat, DiskSpec, QemuHypervisor, VmBusy
+from vmsnap_agent.qemu import DiskFormat, DiskSpec, QemuHypervisor, SnapshotNotFound, VmBusy
 from vmsnap_agent.qemu.agent import QemuAgent
 from vmsnap_agent.qemu.copies import DiskCopies
 from vmsnap_agent.qemu.locators import LocatorMap
@@ -203,6 +203,10 @@ async def test_snapshot_delete_waits_for_a_running_copy(
     release.set()
     (made,) = await copying
     await hv.delete_native_snapshot("stopped", "s")
+    # A retry whose answer was lost still gets it once the snapshot is gone.
+    assert await hv.copy_native_disks("k", "stopped", "s", [("d", "n")]) == [made]
+    with pytest.raises(SnapshotNotFound):
+        await hv.copy_native_disks("k2", "stopped", "s", [("d", "n")])
     # The copy has the snapshot's bytes (compare: guest-visible contents only).
     compare = _qemu(
         "qemu-img", "compare", "-U", "-f", "qcow2", "-F", "qcow2", "-s",

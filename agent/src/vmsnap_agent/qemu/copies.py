@@ -75,6 +75,11 @@ async def _qemu_img(*args: str) -> str:
     return out.decode()
 
 
+async def _virtual_size(image: Path) -> int:
+    info = json.loads(await _qemu_img("info", "-f", "qcow2", "--output=json", str(image)))
+    return int(info["virtual-size"])
+
+
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
     try:
@@ -124,6 +129,26 @@ class DiskCopies:
                 )
             return [await self._copy_one(where, s) for s in sources]
 
+    async def finished(
+        self, copy_id: str, vm_id: str, snapshot_id: str, targets: list[tuple[str, str]]
+    ) -> list[CopiedDisk] | None:
+        """The copies of an earlier identical request, when all are complete (a retry
+        whose snapshot has been deleted since still gets its answer); else None."""
+        async with self._locks.setdefault(copy_id, asyncio.Lock()):
+            where = self._dir(copy_id)
+            manifest = await asyncio.to_thread(read_json, where / MANIFEST)
+            wanted = {
+                "vm_id": vm_id,
+                "snapshot_id": snapshot_id,
+                "disks": [[disk, name] for disk, name in targets],
+            }
+            if manifest != wanted:
+                return None
+            finals = [(disk, where / f"{name}.qcow2") for disk, name in targets]
+            if not all(await asyncio.to_thread(lambda: [p.exists() for _, p in finals])):
+                return None
+            return [CopiedDisk(disk, path, await _virtual_size(path)) for disk, path in finals]
+
     async def _copy_one(self, where: Path, source: CopySource) -> CopiedDisk:
         final = where / f"{source.name}.qcow2"
         if not await asyncio.to_thread(final.exists):
@@ -139,8 +164,7 @@ class DiskCopies:
             except BaseException:
                 await asyncio.to_thread(tmp.unlink, missing_ok=True)
                 raise
-        info = json.loads(await _qemu_img("info", "-f", "qcow2", "--output=json", str(final)))
-        return CopiedDisk(source.disk, final, int(info["virtual-size"]))
+        return CopiedDisk(source.disk, final, await _virtual_size(final))
 
     async def delete(self, copy_id: str) -> None:
         """Remove the copies of ``copy_id``; an unknown id is OK."""

@@ -883,6 +883,9 @@ class QemuHypervisor:
             spec = self._spec(vm_id)
             snap = await self._find_native(vm_id, snapshot_id)
             if snap is None:
+                done = await self._copies.finished(copy_id, vm_id, snapshot_id, targets)
+                if done is not None:
+                    return done
                 raise SnapshotNotFound(f"VM {vm_id} has no native snapshot {snapshot_id}")
             tag = self._tagged(vm_id, snap).snapshot_id
             by_name = {d.name: d for d in spec.disks}
