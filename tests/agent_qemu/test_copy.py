@@ -142,6 +142,11 @@ async def test_copy_reads_the_snapshot_and_is_idempotent(
     with pytest.raises(AlreadyExists):
         await client.copy_native_disks("c1", "src", "s1", [CloneTarget("local", "other")])
 
+    # A memory snapshot's disks are internal snapshots too (with the RAM beside them).
+    await client.take_native_snapshot("src", "m1", ["local", "array"], True)
+    (from_memory,) = await client.copy_native_disks("c3", "src", "m1", target)
+    assert _image_read(_path(from_memory.locator), workdir) == B
+
     # What cannot be copied, and why.
     with pytest.raises(FailedPrecondition) as failed:
         await client.copy_native_disks("c2", "src", "s1", [CloneTarget("array", "x")])
@@ -166,8 +171,10 @@ async def test_copy_reads_the_snapshot_and_is_idempotent(
     await client.undefine_vm("clone")
 
     await client.delete_copied_disks("c1")
+    await client.delete_copied_disks("c3")
     assert not copy.exists() and not copy.parent.exists()
-    assert not list(copy.parent.parent.iterdir())  # nothing half-deleted left behind
+    # Nothing half-deleted left behind; the refused copies (c2) never made a directory.
+    assert not list(copy.parent.parent.iterdir())
     await client.delete_copied_disks("c1")  # idempotent
     await client.delete_copied_disks("never-made")
     await client.stop_vm("src", True)
