@@ -65,6 +65,8 @@ def events(
     With --follow: one line per change until Ctrl-C (or until --operation is
     done). Without: the operations changed in the last --since seconds, as they
     stand, then exit.
+
+    Example: vmsnap events --follow --vm web
     """
 
     window = since if since > 0 else (0.0 if follow else 300.0)

@@ -37,6 +37,19 @@ COMMANDS = {
     "RemoveAgent": "vmsnap agents remove",
     "Reconcile": "vmsnap reconcile",
     "ListFindings": "vmsnap findings list",
+    "CancelOperation": "vmsnap operations cancel",
+    "WatchOperations": "vmsnap events --follow",
+    "FreezeVM": "vmsnap vm freeze",
+    "RenewFreeze": "vmsnap vm freeze",
+    "ThawVM": "vmsnap vm freeze",
+    "DiscoverSnapshots": "vmsnap snapshot discover",
+    "AdoptSnapshot": "vmsnap snapshot adopt",
+    "CreateVMFromSnapshot": "vmsnap vm clone",
+    "CreatePolicy": "vmsnap policy create",
+    "ListPolicies": "vmsnap policy list",
+    "GetPolicy": "vmsnap policy show",
+    "SetVMLabels": "vmsnap vm label",
+    "ListAuditRecords": "vmsnap audit list",
 }
 
 #: Request fields a hint may name (as ``field=value`` or ``field (--flag)``), and the flag.

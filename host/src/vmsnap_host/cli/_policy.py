@@ -15,7 +15,8 @@ _T = TypeVar("_T")
 
 policy_app = typer.Typer(
     help="Snapshot policies: a schedule, its VMs, and a retention that deletes only its own "
-    "snapshots.",
+    "snapshots.\n\nExample: vmsnap policy create nightly --vm web --schedule '0 3 * * *' "
+    "--keep-last 7",
     no_args_is_help=True,
 )
 
