@@ -159,6 +159,7 @@ class SyncHostClient:
     remove_agent = _blocking(HostClient.remove_agent)
     reconcile = _blocking(HostClient.reconcile)
     list_findings = _blocking(HostClient.list_findings)
+    list_audit_records = _blocking(HostClient.list_audit_records)
     define_vm = _blocking(HostClient.define_vm)
     get_vm = _blocking(HostClient.get_vm)
     list_vms = _blocking(HostClient.list_vms)
