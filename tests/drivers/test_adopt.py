@@ -263,7 +263,7 @@ async def test_adopting_a_set_that_misses_a_disk_is_refused(
             capture_output=True,
             text=True,
         )
-        assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr
+        assert refused.returncode == 4 and "FAILED_PRECONDITION" in refused.stderr
     finally:
         await channel.close(None)
         await sf.close()

@@ -78,6 +78,9 @@ async def test_identity_capabilities_and_probe(client: DriverClient) -> None:
         Capability.REVERT_UNDO,
         Capability.LIST,
         Capability.CONFORMANCE_FIXTURE,
+        Capability.CLONE_VOLUMES,
+        Capability.CHANGED_BLOCKS,
+        Capability.READ_SNAPSHOT,
     }
     assert Capability.CONSISTENT_GROUP not in info.capabilities
     probe = await client.probe()

@@ -81,6 +81,9 @@ async def test_identity_capabilities_and_probe(client: DriverClient) -> None:
         Capability.LIST,
         Capability.LIST_UNMANAGED,
         Capability.CONFORMANCE_FIXTURE,
+        Capability.CLONE_VOLUMES,
+        Capability.CHANGED_BLOCKS,
+        Capability.READ_SNAPSHOT,
     }
     assert info.limits.max_snapshots_per_volume == 32
     probe = await client.probe()

@@ -85,9 +85,9 @@ def test_projects_over_the_cli(secure_up: Path) -> None:
     mine = vmsnap(secure_up, "vm", "list", "--json", token="demo-a")
     assert [v["id"] for v in json.loads(mine.stdout)] == ["vm-demo-a"]
     theirs = vmsnap(secure_up, "vm", "show", "vm-demo-a", token="demo-b")
-    assert theirs.returncode == 1 and "NOT_FOUND" in theirs.stderr
+    assert theirs.returncode == 3 and "NOT_FOUND" in theirs.stderr
     denied = vmsnap(secure_up, "drivers", "list", token="demo-b")
-    assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr
+    assert denied.returncode == 4 and "PERMISSION_DENIED" in denied.stderr
     admin = vmsnap(secure_up, "audit", "list", "--refused", "--json")  # the admin token by default
     assert admin.returncode == 0, admin.stderr
     refusals = json.loads(admin.stdout)
@@ -102,7 +102,7 @@ def test_projects_over_the_cli(secure_up: Path) -> None:
 
 def test_a_plaintext_client_is_refused(secure_up: Path) -> None:
     plain = vmsnap(secure_up, "--host", f"unix://{secure_up}/run/host.sock", "vm", "list")
-    assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr
+    assert plain.returncode == 5 and "UNAVAILABLE" in plain.stderr
 
 
 def test_the_demo_passes_on_mutual_tls_with_authentication(secure_up: Path) -> None:
