@@ -99,7 +99,7 @@ def test_up_with_qemu_then_demo(home: Path) -> None:
 
 def test_qemu_stack_keeps_its_ports_across_starts(home: Path) -> None:
     """VMs hold the NBD port in their disks' urls: a home's stack reuses its ports."""
-    from vmsnap_host.cli.stack._table import Layout, build
+    from vmsnap_stack._table import Layout, build
 
     first = build(Layout(home), "qemu")
     again = build(Layout(home), "qemu")

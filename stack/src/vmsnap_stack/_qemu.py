@@ -32,7 +32,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from vmsnap_host.cli.stack._table import Component, Layout, executable
+from vmsnap_stack._table import Component, Layout, executable
 
 ELEMENT_CLUSTER = "vmsnap-element"
 ONTAP_SVM = "svm0"

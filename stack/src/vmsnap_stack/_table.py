@@ -433,7 +433,7 @@ MAX_REPLICAS = 9
 
 def _postgres(layout: Layout, durable: bool) -> Component:
     """The catalog's PostgreSQL server, in the foreground under the supervisor."""
-    from vmsnap_host.pgcluster import PgCluster, PgClusterError
+    from vmsnap_stack.pgcluster import PgCluster, PgClusterError
 
     cluster = PgCluster(layout.postgres)
 
@@ -468,7 +468,7 @@ def _postgres(layout: Layout, durable: bool) -> Component:
 def catalog_url(layout: Layout, db: str) -> str:
     """The ``--db`` the stack's hosts get."""
     if db == "postgres":
-        from vmsnap_host.pgcluster import PgCluster
+        from vmsnap_stack.pgcluster import PgCluster
 
         return PgCluster(layout.postgres).url("vmsnap")
     return str(layout.database)
@@ -552,7 +552,7 @@ def build(
     )
     hosts = _hosts(layout, replicas, db)
     if hypervisor == "qemu":  # real guests need the arrays' bytes: see _qemu.py
-        from vmsnap_host.cli.stack._qemu import qemu_components
+        from vmsnap_stack._qemu import qemu_components
 
         return with_metrics(layout, [*database, *qemu_components(layout, durable), *hosts])
     return with_metrics(layout, [*database, *components, agent, *hosts])
