@@ -9,11 +9,15 @@ whatever other tests imported.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from vmsnap_stack import Layout
+from vmsnap_stack._table import build
 
 #: The only vmsnap packages the host distribution imports: it reaches agents and
 #: drivers over gRPC, and the stack (with the emulators) is another distribution.
@@ -93,3 +97,52 @@ def test_help_lists_up_and_demo_without_vmsnap_stack(tmp_path: Path) -> None:
     result = _vmsnap_without_stack("--help", home=tmp_path)
     assert result.returncode == 0, result.stderr
     assert " up " in result.stdout and " demo " in result.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_qemu_stack_is_the_sim_table_with_nbd_and_a_locator_map(tmp_path: Path) -> None:
+    """One component table: the same names, user, password files and ports for both
+    hypervisors; QEMU adds the Element emulator's NBD export and the agent's map."""
+    sim = {c.name: c for c in build(Layout(tmp_path / "s"), "sim")}
+    qemu = {c.name: c for c in build(Layout(tmp_path / "q"), "qemu")}
+    assert list(sim) == list(qemu)
+    for name in ("emulator-element", "emulator-ontap", "driver-element", "driver-ontap"):
+        for hypervisor, c, home in (("sim", sim[name], "s"), ("qemu", qemu[name], "q")):
+            argv = c.current_command()
+            array = name.rpartition("-")[2]
+            assert argv[argv.index("--user") + 1] == "vmsnap", (hypervisor, argv)
+            assert argv[argv.index("--password-file") + 1] == str(
+                tmp_path / home / "secrets" / f"{array}.password"
+            )
+    assert "--nbd-listen" in qemu["emulator-element"].current_command()
+    assert "--nbd-listen" not in sim["emulator-element"].current_command()
+    assert "--nbd-listen" not in qemu["emulator-ontap"].current_command()
+    assert "--map" not in sim["agent"].current_command()
+
+
+def test_the_qemu_stack_keeps_the_emulators_ports_and_maps_them(tmp_path: Path) -> None:
+    """VMs hold the NBD port in their disks' urls: a home's stack starts the Element
+    emulator on the ports of its last start (``listen.json``) and maps them."""
+    layout = Layout(tmp_path)
+    https, nbd = _free_port(), _free_port()
+    element = layout.array_data("element")
+    element.mkdir(parents=True)
+    (element / "listen.json").write_text(json.dumps({"port": https, "nbd": {"port": nbd}}))
+    stack = {c.name: c for c in build(layout, "qemu")}
+    emulator = stack["emulator-element"].current_command()
+    assert emulator[emulator.index("--listen") + 1] == f"127.0.0.1:{https}"
+    assert emulator[emulator.index("--nbd-listen") + 1] == f"127.0.0.1:{nbd}"
+    agent = stack["agent"].current_command()
+    maps = [agent[i + 1] for i, a in enumerate(agent) if a == "--map"]
+    assert maps == [
+        f"element://vmsnap-element/=nbd://127.0.0.1:{nbd}/",
+        f"ontap://svm0/={tmp_path}/arrays/ontap/export/svm0/",
+        f"file:///var/lib/vmsnap/={tmp_path}/disks/",
+    ]
+    # A restarted emulator on another port restarts the agent with the new map.
+    assert stack["agent"].follows == "emulator-element"
