@@ -9,6 +9,7 @@ whatever other tests imported.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -67,8 +68,14 @@ def _vmsnap_without_stack(*args: str, home: Path) -> subprocess.CompletedProcess
         text=True,
         timeout=60,
         check=False,
-        env={"PATH": "/usr/bin:/bin", "VMSNAP_HOME": str(home), "COLUMNS": "200"},
+        env=_env(home),
     )
+
+
+def _env(home: Path) -> dict[str, str]:
+    """This environment with an empty home of the test's own and no stack to find."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMSNAP_")}
+    return {**env, "VMSNAP_HOME": str(home), "COLUMNS": "200"}
 
 
 @pytest.mark.parametrize(
