@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The emulators with their [test] extra: their tests drive them through the vendors' SDKs.
-PACKAGES := $(shell for d in sdk host agent emulators drivers/netapp drivers/solidfire; do [ -f $$d/pyproject.toml ] && echo "-e './$$d$$([ $$d = emulators ] && echo '[test]')'"; done)
+PACKAGES := $(shell for d in sdk host agent emulators drivers/netapp drivers/solidfire stack; do [ -f $$d/pyproject.toml ] && echo "-e './$$d$$([ $$d = emulators ] && echo '[test]')'"; done)
 
 .PHONY: venv demo up test lint typecheck protos proto-check unit clean
 

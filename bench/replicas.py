@@ -25,8 +25,8 @@ from bench.catalog import _reads, fill
 from bench.create import create_and_wait, define_vms
 from bench.qemu import Skipped
 from bench.stats import median, percentile
-from vmsnap_host.pgcluster import PgCluster, find_bindir
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
+from vmsnap_stack.pgcluster import PgCluster, find_bindir
 
 CONCURRENCY = 16
 

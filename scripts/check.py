@@ -31,6 +31,7 @@ SOURCES = [
         "emulators/src",
         "drivers/netapp/src",
         "drivers/solidfire/src",
+        "stack/src",
         "sdk/examples",
         "scripts",
         "bench",

@@ -1,7 +1,7 @@
 """The harness's own process control: start the stack, SIGKILL one process, restart it.
 
 The components (commands, sockets, readiness checks) are the embedded stack's
-own (``vmsnap_host.cli.stack._table.build``), so the harness runs exactly what
+own (``vmsnap_stack._table.build``), so the harness runs exactly what
 ``vmsnap up`` runs; the supervision is not, because ``vmsnap up`` restarts a
 crashed child on its own schedule while the harness decides when each process
 dies and for how long it stays down.
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from tests.chaos.knobs import Knobs
-from vmsnap_host.cli.stack import Component, Layout, health_serving
-from vmsnap_host.cli.stack._table import build
+from vmsnap_stack import Component, Layout, health_serving
+from vmsnap_stack._table import build
 
 # Runs in the child before the real command: SIGTERM when the harness dies, and
 # exit at once if it died before the request was made. Same as ``vmsnap up``.

@@ -45,10 +45,10 @@ from tests.chaos.knobs import DEFAULT, Knobs
 from tests.chaos.processes import Cluster, StartFailed
 from tests.chaos.report import Report
 from tests.chaos.workload import ControlPlane, OpRecord, Outcome, Progress, VMModel, Workload
-from vmsnap_host.cli.stack import Layout
 from vmsnap_host.client import Health, HostClient, Operation, VMSnapshot, VMSnapshotState
 from vmsnap_sdk import VM, AgentClient, DriverClient, Page
 from vmsnap_sdk.errors import TransientError, VMSnapError
+from vmsnap_stack import Layout
 
 #: The stack's driver components and the disk each VM gets on them.
 ARRAY_DISKS = (("vda", "element", "driver-element"), ("vdb", "ontap", "driver-ontap"))

@@ -19,7 +19,6 @@ from tests.chaos.freezes import FreezeSource
 from tests.chaos.killer import plan_kills
 from tests.chaos.knobs import DEFAULT
 from tests.chaos.processes import Child
-from vmsnap_host.cli.stack import Component
 from vmsnap_host.client import (
     GroupKind,
     Operation,
@@ -29,6 +28,7 @@ from vmsnap_host.client import (
     VMSnapshotState,
 )
 from vmsnap_host.config import parse
+from vmsnap_stack import Component
 
 A, B, C = b"a" * 8, b"b" * 8, b"c" * 8
 

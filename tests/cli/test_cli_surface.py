@@ -19,9 +19,9 @@ from vmsnap_host.cli._common import EXIT_CODES, Exit, fail
 from vmsnap_host.cli._hints import COMMANDS, FLAGS, cli_words
 from vmsnap_host.cli._snapshot import _finish
 from vmsnap_host.cli._volume import parse_size
-from vmsnap_host.cli.stack import Layout
-from vmsnap_host.cli.stack._table import build
 from vmsnap_host.client import Operation, OperationType, VMSnapshot, VMSnapshotState
+from vmsnap_stack import Layout
+from vmsnap_stack._table import build
 
 _ROOT: list[object] = []
 

@@ -95,17 +95,3 @@ def test_up_with_qemu_then_demo(home: Path) -> None:
         assert up.stop(60) == 0, up.output()
     # The demo's VM ended STOPPED; the stack stopped every child it ran.
     assert processes_under(home) == [], processes_under(home)
-
-
-def test_qemu_stack_keeps_its_ports_across_starts(home: Path) -> None:
-    """VMs hold the NBD port in their disks' urls: a home's stack reuses its ports."""
-    from vmsnap_host.cli.stack._table import Layout, build
-
-    first = build(Layout(home), "qemu")
-    again = build(Layout(home), "qemu")
-    assert [c.command for c in first] == [c.command for c in again]
-    agent = next(c for c in first if c.name == "agent")
-    maps = [a for a in agent.command if a.startswith(("element://", "ontap://", "file://"))]
-    assert any(m.startswith("element://vmsnap-element/=nbd://127.0.0.1:") for m in maps), maps
-    assert f"ontap://svm0/={home}/arrays/ontap/export/svm0/" in maps
-    assert f"file:///var/lib/vmsnap/={home}/disks/" in maps

@@ -14,8 +14,8 @@ import pytest
 from tests.fakes.driver import Options
 from tests.host.conftest import make_rig
 from tests.support.postgres import MISSING, skip_or_fail
-from vmsnap_host.pgcluster import PgCluster, find_bindir
 from vmsnap_host.store.store import CatalogUnavailable
+from vmsnap_stack.pgcluster import PgCluster, find_bindir
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import pytest
 
 from tests.security.harness import Stack, code_and_reason, stack
 from tests.support.certs import CA
-from vmsnap_host import certs
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
+from vmsnap_stack import certs
 
 #: One stack for the module: its tests run on one xdist worker, after each other.
 pytestmark = pytest.mark.xdist_group("security-pins")

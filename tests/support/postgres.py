@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from vmsnap_host.pgcluster import PgCluster, PgClusterError, find_bindir
+from vmsnap_stack.pgcluster import PgCluster, PgClusterError, find_bindir
 
 BACKENDS = ("sqlite", "postgresql")
 MISSING = (

@@ -1,7 +1,8 @@
 """The ``vmsnap`` command line (Typer + Rich).
 
-``vmsnap up`` runs the embedded stack, ``vmsnap demo`` tells one snapshot's
-story end to end, ``volume`` makes test volumes on its emulated arrays, and
+``vmsnap up`` runs the embedded stack and ``vmsnap demo`` tells one snapshot's
+story end to end (both from ``vmsnap-stack``, imported only when they run),
+``volume`` makes test volumes on its emulated arrays, and
 ``vm``, ``snapshot``, ``drivers``, ``agents`` and ``operations`` drive a running
 host through :mod:`vmsnap_host.client`. Every command finds the local stack
 without flags (``--host`` overrides; global options go anywhere on the line);

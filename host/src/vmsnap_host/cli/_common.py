@@ -52,7 +52,11 @@ class Exit(IntEnum):
 EXIT_CODES: tuple[tuple[Exit, str], ...] = (
     (Exit.OK, "done"),
     (Exit.FAILED, "failed: the operation ended in error, or an internal error"),
-    (Exit.USAGE, "usage: a bad command line, an argument the host refused, an ambiguous id prefix"),
+    (
+        Exit.USAGE,
+        "usage: a bad command line, an argument the host refused, an ambiguous id prefix, "
+        "up/demo without vmsnap-stack installed",
+    ),
     (Exit.NOT_FOUND, "not found: no such VM, snapshot, operation, driver or agent"),
     (Exit.REFUSED, "refused: the state does not allow it (VM running, name in use, limit, …)"),
     (

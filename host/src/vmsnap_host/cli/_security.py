@@ -73,17 +73,19 @@ def certs_init(
 ) -> None:
     """Make a development CA and a certificate for every process of the stack
     (host, drivers, agent) and the CLI's client certificate, in $VMSNAP_HOME/certs."""
-    from vmsnap_host.cli.stack import Layout, Stack, certs_dir, ensure_certs
+    from vmsnap_host.cli._stack_commands import load_stack
 
-    layout = Layout((home or vmsnap_home()).expanduser().resolve())
-    directory = certs_dir(layout)
+    # The certificates are named after the stack's components (vmsnap-stack).
+    stack = load_stack("certs init")
+    layout = stack.Layout((home or vmsnap_home()).expanduser().resolve())
+    directory = stack.certs_dir(layout)
     existed = {p.name for p in directory.glob("*.crt")} if directory.exists() else set()
     if force:
         import shutil
 
         shutil.rmtree(directory, ignore_errors=True)
         existed = set()
-    ensure_certs(layout, Stack(layout).components)
+    stack.ensure_certs(layout, stack.Stack(layout).components)
     made = sorted(p.name for p in directory.glob("*.crt") if p.name not in existed)
     out.console.print(
         f"certificates in {directory}: "

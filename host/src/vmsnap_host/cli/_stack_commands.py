@@ -1,17 +1,38 @@
-"""``vmsnap up`` and ``vmsnap demo``: the embedded stack's commands."""
+"""``vmsnap up`` and ``vmsnap demo``: the embedded stack's commands.
+
+The stack itself (array emulators, reference drivers, agent, supervisor) is the
+``vmsnap-stack`` distribution; this host distribution imports no emulator, so
+the commands import :mod:`vmsnap_stack` only when they run and say how to
+install it when it is missing.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated
 
 import typer
 
-from vmsnap_host.cli._common import options
-from vmsnap_host.cli._demo import run_demo
-from vmsnap_host.cli._up import run_up
+from vmsnap_host.cli._common import Exit, fail, options
 from vmsnap_host.client import vmsnap_home
+
+#: The one line a command of the stack prints when ``vmsnap-stack`` is not installed.
+MISSING = "`vmsnap {command}` runs the embedded stack, which is not installed: pip install vmsnap-stack"
+
+
+def load_stack(command: str) -> ModuleType:
+    """:mod:`vmsnap_stack`, imported now (never when the CLI starts), or a usage
+    failure that names the distribution to install."""
+    try:
+        import vmsnap_stack
+    except ImportError as exc:
+        # Only the stack's own absence: a broken dependency inside it is a bug to show.
+        if exc.name != "vmsnap_stack":
+            raise
+        fail(MISSING.format(command=command), Exit.USAGE)
+    return vmsnap_stack
 
 
 def up(
@@ -68,8 +89,9 @@ def up(
 
     Example: vmsnap up --home /tmp/vs   (then, elsewhere: VMSNAP_HOME=/tmp/vs vmsnap demo)
     """
+    stack = load_stack("up")
     sys.exit(
-        run_up(
+        stack.run_up(
             (home or vmsnap_home()).expanduser().resolve(),
             hypervisor,
             replicas,
@@ -99,4 +121,4 @@ def demo(
     ] = False,
 ) -> None:
     """Tell the story of one VM snapshot across two vendors and a local disk; exit 0 if all went right."""
-    sys.exit(run_demo(options.host, hypervisor, memory))
+    sys.exit(load_stack("demo").run_demo(options.host, hypervisor, memory))

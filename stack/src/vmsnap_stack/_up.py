@@ -11,8 +11,10 @@ from pathlib import Path
 from rich.table import Table
 
 from vmsnap_host.cli import _output as out
-from vmsnap_host.cli.stack import Layout, Security, Stack, StackError, certs_dir, token_path
 from vmsnap_host.client import vmsnap_home
+from vmsnap_stack._security import Security, certs_dir, token_path
+from vmsnap_stack._supervisor import Stack, StackError
+from vmsnap_stack._table import Layout
 
 
 def stack_table(stack: Stack) -> Table:

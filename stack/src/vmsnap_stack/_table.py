@@ -15,6 +15,13 @@ later start (read back from its ``listen.json``) while that port is free; the
 driver's ``--url`` is computed from ``listen.json`` at each spawn, and the
 supervisor restarts a driver whose command changed because its emulator came
 back on another port.
+
+``--hypervisor qemu`` runs the same table with two differences, both for real
+guests that read and write the arrays' bytes: the Element emulator also exports
+its volumes over NBD (``--nbd-listen``, its port pinned the same way, from
+``listen.json``'s ``nbd.port``: VMs hold it in their disks' urls), and the agent
+is ``vmsnap-agent --hypervisor qemu`` with a locator map computed at each spawn
+(:func:`qemu_maps`), restarted like a driver when its emulator's port changed.
 """
 
 from __future__ import annotations
@@ -97,6 +104,12 @@ class DriverEntry:
     emulator_arguments: tuple[str, ...] = ()
 
 
+#: The Element cluster and ONTAP SVM the emulators serve (the locators' authorities).
+ELEMENT_CLUSTER = "vmsnap-element"
+ONTAP_SVM = "svm0"
+#: Local qcow2 disks of a QEMU guest: this prefix maps to ``$VMSNAP_HOME/disks/``.
+LOCAL_DISKS = "file:///var/lib/vmsnap/"
+
 #: The storage drivers of the embedded stack, in tie-break order.
 DRIVERS: tuple[DriverEntry, ...] = (
     DriverEntry(
@@ -105,8 +118,8 @@ DRIVERS: tuple[DriverEntry, ...] = (
         "vmsnap_driver_solidfire",
         array="element",
         emulator_kind="element",
-        arguments=("--cluster", "vmsnap-element"),
-        emulator_arguments=("--cluster", "vmsnap-element"),
+        arguments=("--cluster", ELEMENT_CLUSTER),
+        emulator_arguments=("--cluster", ELEMENT_CLUSTER),
     ),
     DriverEntry(
         "driver-ontap",
@@ -114,8 +127,8 @@ DRIVERS: tuple[DriverEntry, ...] = (
         "vmsnap_driver_netapp",
         array="ontap",
         emulator_kind="ontap",
-        arguments=("--svm", "svm0", "--job-poll-interval", "0.1"),
-        emulator_arguments=("--svm", "svm0", "--cluster", "vmsnap-ontap"),
+        arguments=("--svm", ONTAP_SVM, "--job-poll-interval", "0.1"),
+        emulator_arguments=("--svm", ONTAP_SVM, "--cluster", "vmsnap-ontap"),
     ),
 )
 
@@ -315,6 +328,18 @@ def pinned_port(data: Path) -> int:
     return port if port and _port_free(port) else 0
 
 
+def _nbd_port(data: Path) -> int:
+    nbd = listen_info(data).get("nbd")
+    port = nbd.get("port") if isinstance(nbd, dict) else None
+    return port if isinstance(port, int) else 0
+
+
+def pinned_nbd_port(data: Path) -> int:
+    """The Element emulator's NBD port of its last start when free now, else 0."""
+    port = _nbd_port(data)
+    return port if port and _port_free(port) else 0
+
+
 def _runs_on(pid: object, data: Path) -> bool:
     """Whether ``pid`` is a live (not zombie) emulator of ``data``.
 
@@ -353,11 +378,14 @@ def _emulator_ready(data: Path) -> Callable[[], Awaitable[bool]]:
     return ready
 
 
-def _emulator(layout: Layout, d: DriverEntry, durable: bool) -> Component:
+def _emulator(layout: Layout, d: DriverEntry, durable: bool, nbd: bool = False) -> Component:
+    """``nbd``: export the volumes over NBD too (Element, for QEMU guests)."""
     data = layout.array_data(d.array)
     password = layout.password_file(d.array)
+    nbd = nbd and d.emulator_kind == "element"
 
     def argv(port: int | None = None) -> tuple[str, ...]:
+        nbd_port = pinned_nbd_port(data) if port is None else port
         return (
             *python_module("vmsnap_emulators"),
             d.emulator_kind,
@@ -370,6 +398,7 @@ def _emulator(layout: Layout, d: DriverEntry, durable: bool) -> Component:
             "--password-file",
             str(password),
             *(() if durable else ("--no-fsync",)),
+            *(("--nbd-listen", f"127.0.0.1:{nbd_port}") if nbd else ()),
             *d.emulator_arguments,
         )
 
@@ -384,7 +413,8 @@ def _emulator(layout: Layout, d: DriverEntry, durable: bool) -> Component:
     return Component(
         name=f"emulator-{d.array}",
         role="array emulator",
-        description=f"{d.emulator_kind} API emulator, data in {data}",
+        description=f"{d.emulator_kind} API emulator, data in {data}"
+        + (", volumes over NBD" if nbd else ""),
         command=argv(0),
         address=f"https://127.0.0.1 ({data})",
         ready=_emulator_ready(data),
@@ -433,7 +463,7 @@ MAX_REPLICAS = 9
 
 def _postgres(layout: Layout, durable: bool) -> Component:
     """The catalog's PostgreSQL server, in the foreground under the supervisor."""
-    from vmsnap_host.pgcluster import PgCluster, PgClusterError
+    from vmsnap_stack.pgcluster import PgCluster, PgClusterError
 
     cluster = PgCluster(layout.postgres)
 
@@ -468,7 +498,7 @@ def _postgres(layout: Layout, durable: bool) -> Component:
 def catalog_url(layout: Layout, db: str) -> str:
     """The ``--db`` the stack's hosts get."""
     if db == "postgres":
-        from vmsnap_host.pgcluster import PgCluster
+        from vmsnap_stack.pgcluster import PgCluster
 
         return PgCluster(layout.postgres).url("vmsnap")
     return str(layout.database)
@@ -530,14 +560,34 @@ def build(
         )
     database = [_postgres(layout, durable)] if db == "postgres" else []
     components = [
-        *(_emulator(layout, d, durable) for d in DRIVERS),
+        *(_emulator(layout, d, durable, nbd=hypervisor == "qemu") for d in DRIVERS),
         *(_driver(layout, d) for d in DRIVERS),
     ]
-    agent = Component(
-        name="agent",
-        role="hypervisor agent",
-        description=f"{hypervisor} hypervisor, state in {layout.agent_state}",
-        command=(
+    hosts = _hosts(layout, replicas, db)
+    return with_metrics(layout, [*database, *components, _agent(layout, hypervisor), *hosts])
+
+
+def qemu_maps(layout: Layout, nbd_port: int | None = None) -> tuple[str, ...]:
+    """The QEMU agent's locator map (``--map PREFIX=TARGET``): Element volumes over
+    the emulator's NBD export, ONTAP files in its export directory, local disks
+    under ``$VMSNAP_HOME/disks``. ``nbd_port`` None: the one in ``listen.json``."""
+    element = layout.array_data("element")
+    ontap_export = layout.array_data("ontap") / "export" / ONTAP_SVM
+    port = _nbd_port(element) if nbd_port is None else nbd_port
+    return (
+        f"element://{ELEMENT_CLUSTER}/=nbd://127.0.0.1:{port}/",
+        f"ontap://{ONTAP_SVM}/={ontap_export}/",
+        f"{LOCAL_DISKS}={layout.home / 'disks'}/",
+    )
+
+
+def _agent(layout: Layout, hypervisor: str) -> Component:
+    """The hypervisor agent; QEMU's gets the locator map, computed at each spawn."""
+    qemu = hypervisor == "qemu"
+
+    def argv(nbd_port: int | None = None) -> tuple[str, ...]:
+        maps = qemu_maps(layout, nbd_port) if qemu else ()
+        return (
             *executable("vmsnap-agent", "vmsnap_agent.cli"),
             "--hypervisor",
             hypervisor,
@@ -547,15 +597,20 @@ def build(
             str(layout.agent_state),
             "--name",
             f"{hypervisor}-1",
-        ),
-        address=layout.socket("agent"),
-    )
-    hosts = _hosts(layout, replicas, db)
-    if hypervisor == "qemu":  # real guests need the arrays' bytes: see _qemu.py
-        from vmsnap_host.cli.stack._qemu import qemu_components
+            *(arg for m in maps for arg in ("--map", m)),
+        )
 
-        return with_metrics(layout, [*database, *qemu_components(layout, durable), *hosts])
-    return with_metrics(layout, [*database, *components, agent, *hosts])
+    accel = " (TCG unless VMSNAP_QEMU_ACCEL=kvm)" if qemu else ""
+    return Component(
+        name="agent",
+        role="hypervisor agent",
+        description=f"{hypervisor} hypervisor{accel}, state in {layout.agent_state}",
+        command=argv(0) if qemu else argv(),
+        address=layout.socket("agent"),
+        argv=argv if qemu else None,
+        # A new NBD port changes the map: restarted when the Element emulator was.
+        follows="emulator-element" if qemu else None,
+    )
 
 
 #: The VM lease of replicas in the stack: a killed replica's operation is taken

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from vmsnap_host import certs
-from vmsnap_host.cli.stack._table import Component, Layout
 from vmsnap_sdk import ClientTLS
+from vmsnap_stack import certs
+from vmsnap_stack._table import Component, Layout
 
 #: (name, role, projects) of the principals ``--auth`` makes.
 PRINCIPALS: tuple[tuple[str, str, tuple[str, ...]], ...] = (

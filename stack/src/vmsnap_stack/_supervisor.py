@@ -34,9 +34,9 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from vmsnap_host.cli.stack import _security as sec
-from vmsnap_host.cli.stack._table import Component, Layout, build, host_config
 from vmsnap_sdk import ClientTLS, open_channel
+from vmsnap_stack import _security as sec
+from vmsnap_stack._table import Component, Layout, build, host_config
 
 Events = Callable[[str], None]
 

@@ -32,7 +32,6 @@ from pathlib import Path
 
 from vmsnap_host.cli import _output as out
 from vmsnap_host.cli._progress import follow
-from vmsnap_host.cli.stack import Layout, Stack, StackError
 from vmsnap_host.client import (
     Consistency,
     DriverStatus,
@@ -49,6 +48,8 @@ from vmsnap_host.client import (
 from vmsnap_host.client._address import stack_tls
 from vmsnap_sdk import VM, ClientTLS, DriverClient, Page, VMState, Volume
 from vmsnap_sdk.errors import NotFound, VMSnapError
+from vmsnap_stack._supervisor import Stack, StackError
+from vmsnap_stack._table import Layout
 
 FIXTURE = "CONFORMANCE_FIXTURE"
 OPERATION_TIMEOUT = 120.0
