@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # The emulators with their [test] extra: their tests drive them through the vendors' SDKs.
 PACKAGES := $(shell for d in sdk host agent emulators drivers/netapp drivers/solidfire stack; do [ -f $$d/pyproject.toml ] && echo "-e './$$d$$([ $$d = emulators ] && echo '[test]')'"; done)
 
-.PHONY: venv demo up test lint typecheck protos proto-check unit clean
+.PHONY: venv demo up test test-all lint typecheck protos proto-check unit clean
 
 venv: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ protos: venv
 
 test: venv
 	$(PY) scripts/check.py
+
+# Also the long acceptance runs (pytest marker "ondemand") that CI leaves out.
+test-all: venv
+	VMSNAP_ALL_TESTS=1 $(PY) scripts/check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

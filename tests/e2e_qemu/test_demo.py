@@ -58,6 +58,7 @@ STORY = (
 )
 
 
+@pytest.mark.ondemand  # the same stack as test_up_with_qemu_then_demo: `make test-all`
 def test_demo_on_qemu_starts_its_own_stack_and_leaves_nothing(home: Path) -> None:
     result = vmsnap(home, "demo", "--hypervisor", "qemu")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -32,6 +32,8 @@ from vmsnap_sdk._proto.host.v1 import host_pb2
 from vmsnap_sdk._proto.hypervisor.v1 import hypervisor_pb2
 
 #: Answers that mean a bug or a hang, for a request that parses.
+#: A follow-forever stream is hung up after this long (then the process must serve).
+STREAM_TIMEOUT = 1.0
 BAD = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
 #: Per call: far more than any RPC of the stack needs on a made-up request.
 CALL_TIMEOUT = 10.0
@@ -64,16 +66,41 @@ class Target:
         return sum(self.codes.values())
 
     def call(self, method: d.MethodDescriptor, request: Message) -> grpc.StatusCode:
+        path = f"/{method.containing_service.full_name}/{method.name}"
+        if method.server_streaming:
+            return self._stream(path, request)
         rpc = self.channel.unary_unary(
-            f"/{method.containing_service.full_name}/{method.name}",
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=None,
+            path, request_serializer=lambda m: m.SerializeToString(), response_deserializer=None
         )
         try:
             rpc(request, timeout=CALL_TIMEOUT)
             code = grpc.StatusCode.OK
         except grpc.RpcError as exc:
             code = exc.code()  # type: ignore[attr-defined]
+        self.codes[code.name] += 1
+        return code
+
+    def _stream(self, path: str, request: Message) -> grpc.StatusCode:
+        """A server stream: read a few messages, then hang up. A stream that follows
+        changes (WatchOperations) may stay open and silent: its deadline is no hang
+        as long as the process still answers its health check."""
+        rpc = self.channel.unary_stream(
+            path, request_serializer=lambda m: m.SerializeToString(), response_deserializer=None
+        )
+        stream = rpc(request, timeout=STREAM_TIMEOUT)
+        try:
+            for n, _ in enumerate(stream):
+                if n >= 3:
+                    stream.cancel()  # type: ignore[attr-defined]
+                    break
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            if code == grpc.StatusCode.CANCELLED:
+                code = grpc.StatusCode.OK  # we hung up
+            elif code == grpc.StatusCode.DEADLINE_EXCEEDED and self.serving():
+                self.codes["STREAM_LEFT_OPEN"] += 1
+                return grpc.StatusCode.OK
         self.codes[code.name] += 1
         return code
 

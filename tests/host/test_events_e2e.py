@@ -124,7 +124,7 @@ def test_ctrl_c_names_the_operation_and_cancel_rolls_the_take_back(
         capture_output=True,
         text=True,
     )
-    assert again.returncode == 1
+    assert again.returncode == 4  # refused: FAILED_PRECONDITION (vmsnap --help, exit codes)
     assert "FAILED_PRECONDITION" in again.stderr and "finished already" in again.stderr
 
 

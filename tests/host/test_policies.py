@@ -261,8 +261,20 @@ async def test_a_crash_between_claim_and_create_makes_the_run_once(prig: Rig) ->
     # The claim committed, then the host died: a PENDING run and no snapshot.
     [run] = await prig.store.write(catalog.w_claim(policy, T0 + 10, T0 + 20, 0))
     assert [r.outcome for r in catalog.open_runs()] == [PENDING]
-    # …and worse: it had sent the create (same derived request id) before dying.
-    sent = await prig.create(snapshot_name("p", T0 + 10), request_id=run.request_id)
+    # …and worse: it had sent the create (same derived request id, same arguments:
+    # a request id reused with other arguments is refused) before dying.
+    when = datetime.fromtimestamp(T0 + 10, UTC).isoformat()
+    sent = await prig.manager.create_snapshot(
+        run.request_id,
+        "vm1",
+        snapshot_name("p", T0 + 10),
+        description=f"policy p, scheduled {when}",
+        include_memory=False,
+        quiesce=policy.quiesce,
+        parameters={},
+        policy_id=policy.id,
+        policy_name=policy.name,
+    )
     await prig.wait(sent)
     # The next leader drives the run: the create replays, no second snapshot.
     restarted = Scheduler(catalog, prig.manager, clock=clock)

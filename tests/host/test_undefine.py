@@ -98,7 +98,7 @@ def test_vmsnap_vm_undefine(plain: Cluster, tmp_path: Path) -> None:
     c.wait(c.create("vm3", "s1"))
 
     refused = vmsnap(tmp_path, "--host", host, "vm", "undefine", "vm3", check=False)
-    assert refused.returncode == 1
+    assert refused.returncode == 4  # refused (vmsnap --help, exit codes)
     assert "FAILED_PRECONDITION" in refused.stderr and "--delete-snapshots" in refused.stderr
     assert "vm3" in c.agent_state()["vms"]
 

@@ -34,6 +34,7 @@ def test_no_protobuf_type_in_the_vendor_facing_api() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ondemand  # pip installs into a fresh venv: `make test-all`
 def test_the_sdk_installs_alone_into_an_empty_venv(tmp_path: Path) -> None:
     """`pip install ./sdk` gives a working vmsnap_sdk and no host."""
     env_dir = tmp_path / "venv"

@@ -412,7 +412,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 if request.operation_id:
                     initial = [self.manager.get_operation(request.operation_id)]
                 elif request.HasField("since"):
-                    since = request.since.ToNanoseconds() / 1e9
+                    since = _since("since", request.since)
                     initial = self.store.operations_changed_since(
                         request.vm_id, since, MAX_WATCH_INITIAL
                     )
@@ -1089,6 +1089,16 @@ def _policy_name(name: str) -> None:
         raise InvalidArgument.for_field(
             "name", "must be 1..63 chars of [A-Za-z0-9._-], starting with a letter or digit"
         )
+
+
+def _since(field: str, value: Any) -> float:
+    """A Timestamp field as seconds since the epoch; INVALID_ARGUMENT when it is not
+    a valid Timestamp (nanos 0..999999999, years 1..9999)."""
+    if not 0 <= value.nanos < 1_000_000_000 or not -62135596800 <= value.seconds <= 253402300799:
+        raise InvalidArgument.for_field(
+            field, "is not a valid timestamp (nanos 0..999999999, years 1..9999)"
+        )
+    return float(value.seconds) + float(value.nanos) / 1e9
 
 
 def _vm_exists(vm_id: str, where: str = "") -> AlreadyExists:
