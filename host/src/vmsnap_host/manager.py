@@ -727,7 +727,14 @@ class Manager:
         return await self.executor.freeze_api.renew(token, lease)
 
     async def thaw_vm(self, token: str) -> float:
-        return await self.executor.freeze_api.thaw(token)
+        frozen = await self.executor.freeze_api.thaw(token)
+        # The freeze's task gives the VM's queue back when it ends: wait for that
+        # (briefly), so a take sent right after ThawVM answered is not refused.
+        task = self._tasks.get(token.partition(".")[0])
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(task), timeout=2.0)
+        return frozen
 
     # --- reads --------------------------------------------------------------------
 

@@ -98,6 +98,9 @@ class FreezeAPI:
     """The three RPCs, and the work a FREEZE operation does while it holds."""
 
     def __init__(self, store: Store, registry: Registry, call_timeout: float) -> None:
+        #: Per held freeze: set by ThawVM to end the hold at once; set when it ended.
+        self._wakers: dict[str, asyncio.Event] = {}
+        self._ended: dict[str, asyncio.Event] = {}
         self.store = store
         self.registry = registry
         self.call_timeout = call_timeout
@@ -306,6 +309,16 @@ class FreezeAPI:
             ended = self.store.get_operation(op.id)
             if ended is not None and ended.error is not None:
                 raise _expired(ended) from None
+        # Wake the holding task now (not at its next poll) and let it end, so the
+        # VM's queue is free when ThawVM answers: a take sent right after is not
+        # refused as queued behind a finished freeze.
+        waker = self._wakers.get(op.id)
+        if waker is not None:
+            waker.set()
+            hold_ended = self._ended.get(op.id)
+            if hold_ended is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(hold_ended.wait()), timeout=2.0)
         log.info(
             "VM thawed by its caller",
             extra={"fields": {"vm": op.vm_id, "frozen_seconds": result.frozen_for_seconds}},
@@ -317,6 +330,16 @@ class FreezeAPI:
     async def hold(self, op: OperationRecord, *, resume: bool) -> None:
         """The FREEZE operation's work, run by the manager holding the VM's lease:
         until ThawVM ended it, or its lease lapsed."""
+        waker = self._wakers.setdefault(op.id, asyncio.Event())
+        ended = self._ended.setdefault(op.id, asyncio.Event())
+        try:
+            await self._hold(op, waker)
+        finally:
+            self._wakers.pop(op.id, None)
+            self._ended.pop(op.id, None)
+            ended.set()
+
+    async def _hold(self, op: OperationRecord, waker: asyncio.Event) -> None:
         while True:
             record = self.store.get_operation(op.id)
             if record is None or record.done:
@@ -346,7 +369,9 @@ class FreezeAPI:
                 )
                 await self._end(record, _lapsed(record, expires_at, how), "expired")
                 return
-            await asyncio.sleep(min(left, POLL))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waker.wait(), timeout=min(left, POLL))
+            waker.clear()
 
     async def _thaw_quietly(self, agent_name: str, token: str, operation_id: str) -> str:
         """Make sure the agent thawed; what happened, in words."""
