@@ -219,6 +219,9 @@ def test_jwt_bearer_tokens(secured: Stack, keys: tuple[ec.EllipticCurvePrivateKe
         body = {"aud": "vmsnap", "exp": now + 300, **claims}
         return Caller(secured.stub(), jwt.encode(body, signer, algorithm="ES256"))
 
+    # bob's VM (made here when this test runs before the one that defines it).
+    if "vm-b" not in {v.id for v in secured.as_("root").ListVMs(pb.ListVMsRequest()).vms}:
+        secured.as_("bob").DefineVM(pb.DefineVMRequest(vm=vm("vm-b")))
     # A subject that names a principal acts as it; another takes its role from claims.
     assert [v.id for v in token({"sub": "bob"}).ListVMs(pb.ListVMsRequest()).vms] == ["vm-b"]
     viewer = token({"sub": "dash", "vmsnap_role": "viewer", "vmsnap_projects": ["proj-b"]})
