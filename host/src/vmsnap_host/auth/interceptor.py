@@ -221,21 +221,27 @@ class AuthInterceptor(_Interceptor):
             )
             return call
 
+        async def around(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any], body: Behavior
+        ) -> Any:
+            """``body`` inside the call's access context: admitted, then audited."""
+            call = open_call(request, context)
+            token = access.begin(call)
+            try:
+                await admit(call, context)
+                try:
+                    return await body(request, context)
+                finally:
+                    if name in MUTATING or call.refused:
+                        await gate.audit(call)
+            finally:
+                access.end(token)
+
         if handler.unary_unary is not None:
             inner = cast(Behavior, handler.unary_unary)
 
             async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                call = open_call(request, context)
-                token = access.begin(call)
-                try:
-                    await admit(call, context)
-                    try:
-                        return await inner(request, context)
-                    finally:
-                        if name in MUTATING or call.refused:
-                            await gate.audit(call)
-                finally:
-                    access.end(token)
+                return await around(request, context, inner)
 
             return grpc.unary_unary_rpc_method_handler(
                 behavior,
@@ -247,21 +253,6 @@ class AuthInterceptor(_Interceptor):
             # way; audited when refused or mutating. The wrapper has the inner
             # handler's form: an async generator, or a coroutine that writes.
             streamer = handler.unary_stream
-
-            async def around(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any], body: Behavior
-            ) -> Any:
-                call = open_call(request, context)
-                token = access.begin(call)
-                try:
-                    await admit(call, context)
-                    try:
-                        return await body(request, context)
-                    finally:
-                        if name in MUTATING or call.refused:
-                            await gate.audit(call)
-                finally:
-                    access.end(token)
 
             if inspect.isasyncgenfunction(streamer):
                 generate = cast(StreamBehavior, streamer)
