@@ -78,7 +78,10 @@ class HostApp:
         self.server.add_service(
             HOST_SERVICE,
             HostServicer(
-                self.manager, self.registry, self.store, self.reconciler,
+                self.manager,
+                self.registry,
+                self.store,
+                self.reconciler,
                 peers=config.peers,
                 policies=self.policies,
             ),

@@ -126,8 +126,7 @@ def tls_from_mapping(where: str, data: object) -> ClientTLS | None:
         return None
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{where}: must be a table with ca_file, cert_file, key_file, server_name, "
-            "pin_sha256"
+            f"{where}: must be a table with ca_file, cert_file, key_file, server_name, pin_sha256"
         )
     unknown = set(data) - {"ca_file", "cert_file", "key_file", "server_name", "pin_sha256"}
     if unknown:
@@ -168,7 +167,9 @@ def _peers(data: object) -> PeerPolicy:
         lists[key] = value
     try:
         networks = (
-            LOOPBACK if lists["networks"] is None else parse_networks("peers.networks", lists["networks"])
+            LOOPBACK
+            if lists["networks"] is None
+            else parse_networks("peers.networks", lists["networks"])
         )
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None

@@ -153,9 +153,7 @@ class Broadcaster:
             await asyncio.sleep(FOREIGN_POLL)
             now = time.time()
             try:
-                changed = self.store.operations_changed_since(
-                    "", last - FOREIGN_OVERLAP, 1000
-                )
+                changed = self.store.operations_changed_since("", last - FOREIGN_OVERLAP, 1000)
             except Exception:  # the catalog unreachable: try again on the next tick
                 log.exception("foreign operation poll failed")
                 continue

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -42,7 +42,7 @@ from vmsnap_host.planner import plan_take
 from vmsnap_host.registry import Registry
 from vmsnap_host.state import StaleMove
 from vmsnap_host.store import Store
-from vmsnap_host.store.fence import Fence, fenced
+from vmsnap_host.store.fence import Fence, LeaseEnd, fenced
 from vmsnap_host.store.store import Duplicate
 from vmsnap_host.store.writer import Step
 from vmsnap_host.tracing import operation_span
@@ -53,7 +53,6 @@ from vmsnap_sdk.errors import (
     FailedPrecondition,
     NotFound,
     Reason,
-    ResourceExhausted,
     VMSnapError,
 )
 
@@ -102,6 +101,21 @@ def request_id_reused(request_id: str, detail: str = "") -> AlreadyExists:
     )
 
 
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """Steps a caller commits with an operation's admission (the API call's audit
+    record: one commit less per call, docs/design.md "Calls on a take's path"), and
+    what to call once that admission has committed (not called when the request
+    is answered without writing: a replay, a refusal)."""
+
+    steps: Sequence[Step] = ()
+    committed: Callable[[], None] = _nothing
+
+
 @dataclass
 class _VMQueue:
     lock: asyncio.Lock
@@ -147,9 +161,11 @@ class Manager:
         project: str = "",
         policy_id: str = "",
         policy_name: str = "",
+        also: Admitted = Admitted(),
     ) -> OperationRecord:
         """``policy_id``/``policy_name``: the snapshot policy making it (its retention
-        deletes only snapshots recorded with its id)."""
+        deletes only snapshots recorded with its id). ``also``: steps committed
+        with the admission (the call's audit record)."""
         digest = _request_digest(
             {
                 "description": description,
@@ -176,20 +192,9 @@ class Manager:
                     "it, or take a disk-only snapshot (include_memory=false)",
                     reason=Reason.VM_STATE,
                 )
-            if self.store.find_by_name(vm_id, name) is not None:
-                raise AlreadyExists(
-                    f"VM {vm_id} already has a snapshot named {name!r}; choose another name "
-                    "or delete that snapshot",
-                    reason=Reason.NAME_IN_USE,
-                )
-            live = self.store.count_live(vm_id)
-            if live >= self.settings.max_snapshots_per_vm:
-                raise ResourceExhausted(
-                    f"VM {vm_id} has {live} snapshots, the maximum is "
-                    f"{self.settings.max_snapshots_per_vm}; delete old ones first (or raise "
-                    "host.max_snapshots_per_vm)",
-                    reason=Reason.TOO_MANY_SNAPSHOTS,
-                )
+            # A name in use and the bound on live snapshots are not read here: the
+            # admission's transaction refuses both (the live-name index: AlreadyExists
+            # NAME_IN_USE; w_admit: RESOURCE_EXHAUSTED), as it must across replicas.
             plan = await plan_take(
                 vm,
                 self.registry.drivers(),
@@ -228,6 +233,7 @@ class Manager:
             # before the VM is touched. The bounds and the uniqueness rules are checked
             # again in that transaction, by the catalog: other replicas admit too.
             steps = [
+                *also.steps,
                 self._admit_step(vm_id, max_live=self.settings.max_snapshots_per_vm),
                 self.store.w_create(snap, op),
             ]
@@ -244,6 +250,7 @@ class Manager:
             try:
                 async with self._admitting_op(op):
                     fence = await self.store.write(*steps)
+                    also.committed()
                     # Started at once, the take reuses this description of the VM (one
                     # DescribeVM per take); a take that waits behind another operation
                     # describes the VM again when it runs (that operation may change it).
@@ -253,7 +260,7 @@ class Manager:
             return op
 
     async def revert_snapshot(
-        self, request_id: str, snapshot_id: str, stop_vm: bool
+        self, request_id: str, snapshot_id: str, stop_vm: bool, *, also: Admitted = Admitted()
     ) -> OperationRecord:
         snap = self._snapshot(snapshot_id)
         digest = _request_digest({"stop_vm": stop_vm})
@@ -302,8 +309,9 @@ class Manager:
             try:
                 async with self._admitting_op(op):
                     await self.store.write(
-                        self._admit_step(snap.vm_id), self.store.w_insert_operation(op)
+                        *also.steps, self._admit_step(snap.vm_id), self.store.w_insert_operation(op)
                     )
+                    also.committed()
                     self._start(op)
             except Duplicate as exc:
                 return self._duplicate(
@@ -417,12 +425,16 @@ class Manager:
                 )
             return op
 
-    async def delete_snapshot(self, request_id: str, snapshot_id: str) -> OperationRecord:
+    async def delete_snapshot(
+        self, request_id: str, snapshot_id: str, *, also: Admitted = Admitted()
+    ) -> OperationRecord:
         snap = self._snapshot(snapshot_id)
         async with self._admit(snap.vm_id):
-            return await self._delete(request_id, snap)
+            return await self._delete(request_id, snap, also)
 
-    async def _delete(self, request_id: str, snap: Snapshot) -> OperationRecord:
+    async def _delete(
+        self, request_id: str, snap: Snapshot, also: Admitted = Admitted()
+    ) -> OperationRecord:
         """Start a delete (or replay it); the caller holds the VM's admission lock."""
         existing = self._replay(request_id, OperationType.DELETE, snap.vm_id, snap.id)
         if existing is not None:
@@ -448,7 +460,8 @@ class Manager:
             steps = []
         try:
             async with self._admitting_op(op):
-                await self.store.write(*steps, self.store.w_insert_operation(op))
+                await self.store.write(*also.steps, *steps, self.store.w_insert_operation(op))
+                also.committed()
                 if not op.done:
                     self._start(op)
         except Duplicate as exc:
@@ -591,25 +604,26 @@ class Manager:
             f"operation {op.id} is finished already ({how}); there is nothing to cancel",
             reason=Reason.OPERATION_FINISHED,
         )
+
     # --- freezes for third-party tools (docs/design.md, "Freeze API") ------------
 
     def _check_not_frozen(self, vm_id: str) -> None:
         """A take, revert or delete while a caller's freeze holds the VM is refused,
         not queued: the freeze may be renewed for as long as its caller wants."""
-        for _, op in self.store.list_operations(vm_id, None, 20, True):
-            if op.type is OperationType.FREEZE:
-                expires = op.journal.get("expires_at")
-                until = (
-                    f" (its lease lapses at {datetime.fromtimestamp(float(expires), UTC):%H:%M:%S} "
-                    "UTC unless renewed)"
-                    if expires
-                    else ""
-                )
-                raise Aborted(
-                    f"VM {vm_id} is frozen for a third-party tool by operation {op.id}{until}; "
-                    "retry once it is thawed",
-                    reason=Reason.VM_FROZEN,
-                )
+        op = self.store.open_freeze(vm_id)
+        if op is not None:
+            expires = op.journal.get("expires_at")
+            until = (
+                f" (its lease lapses at {datetime.fromtimestamp(float(expires), UTC):%H:%M:%S} "
+                "UTC unless renewed)"
+                if expires
+                else ""
+            )
+            raise Aborted(
+                f"VM {vm_id} is frozen for a third-party tool by operation {op.id}{until}; "
+                "retry once it is thawed",
+                reason=Reason.VM_FROZEN,
+            )
 
     async def freeze_vm(
         self,
@@ -925,7 +939,10 @@ class Manager:
                 await self._run_owned(op, fence, resume, vm)
             else:
                 async with queue.lock:
-                    if not self._dropped(op):
+                    # Started at once with the lease its admission took (``fence``): no
+                    # cancel can have dropped it (were one to, the take's first
+                    # compare-and-set from ALLOCATED refuses it).
+                    if fence or not self._dropped(op):
                         await self._run_owned(op, fence, resume, vm)
                     elif fence:
                         # Cancelled before it started, with the lease its admission
@@ -943,11 +960,10 @@ class Manager:
     def _count_end(self, op: OperationRecord, seconds: float) -> None:
         """Metrics of an operation that ran to its end (or was left open on purpose);
         a cancelled one (the host stopping) is resumed later and counted then."""
-        record = self.store.get_operation(op.id)
-        if record is None or not record.done:
-            outcome = "open"
-        else:
-            outcome = "failed" if record.error is not None else "succeeded"
+        ended = self.store.operation_outcome(op.id)
+        outcome = "open"
+        if ended is not None and ended[0]:
+            outcome = "failed" if ended[1] else "succeeded"
         kind = op.type.name.lower()
         metrics.OPERATIONS.labels(type=kind, outcome=outcome).inc()
         metrics.OPERATION_SECONDS.labels(type=kind).observe(seconds)
@@ -983,11 +999,15 @@ class Manager:
                 await asyncio.sleep(min(_LEASE_RETRY, ttl / 3))
         work = asyncio.current_task()
         assert work is not None
-        renew = asyncio.create_task(self._renew_lease(op, fence, ttl, work))
+        # The write that finishes a take releases the lease too (store.fence): a
+        # take does nothing after it. (A revert and a delete drop kept states and
+        # owed objects after theirs, under the lease.)
+        end = LeaseEnd(op.id if op.type is OperationType.CREATE and not resume else "")
+        renew = asyncio.create_task(self._renew_lease(op, fence, ttl, work, end))
         try:
             # Every catalog write of this work (and of the tasks it starts) checks the
             # lease's token first: after a takeover, nothing of it lands.
-            with fenced(Fence(op.vm_id, self.owner, fence)), operation_span(op, resume=resume):
+            with fenced(Fence(op.vm_id, self.owner, fence, end)), operation_span(op, resume=resume):
                 await self.executor.run(op, resume=resume, vm=vm)
         except VMSnapError as exc:
             # The catalog unreachable (nothing is done without its journal entry), or
@@ -1001,16 +1021,24 @@ class Manager:
             renew.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renew
-            with contextlib.suppress(Exception):
-                await self.store.write(self.store.w_release_lease(op.vm_id, self.owner, fence))
+            if not end.released:
+                with contextlib.suppress(Exception):
+                    await self.store.write(self.store.w_release_lease(op.vm_id, self.owner, fence))
         # Waiters need not wait for the lease to be released.
         await self._notify()
 
     async def _renew_lease(
-        self, op: OperationRecord, fence: int, ttl: float, work: asyncio.Task[object]
+        self,
+        op: OperationRecord,
+        fence: int,
+        ttl: float,
+        work: asyncio.Task[object],
+        end: LeaseEnd,
     ) -> None:
         while True:
             await asyncio.sleep(ttl / 3)
+            if end.released:
+                return  # finished: the lease went with the operation's last write
             try:
                 held = await self.store.write(
                     self.store.w_renew_lease(op.vm_id, self.owner, fence, ttl)
@@ -1018,6 +1046,8 @@ class Manager:
             except Exception:
                 log.exception("lease renewal failed", extra={"fields": {"vm": op.vm_id}})
                 continue
+            if not held and end.released:
+                return  # the last write released it meanwhile
             if not held:
                 # Another owner took the VM (our lease ran out): stop this work. The
                 # executor thaws on the way out; the new owner resolves the operation.

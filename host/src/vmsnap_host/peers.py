@@ -51,7 +51,9 @@ LOOPBACK: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("127.0.0.0/8"),
     ipaddress.ip_network("::1/128"),
 )
-_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 _PIN = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -76,9 +78,7 @@ class PeerPolicy:
         if not isinstance(address, str) or not address:
             raise PolicyError(f"{where}: is required (unix:///path.sock or 127.0.0.1:PORT)")
         if len(address) > MAX_ADDRESS or _control(address):
-            raise PolicyError(
-                f"{where}: at most {MAX_ADDRESS} chars without control characters"
-            )
+            raise PolicyError(f"{where}: at most {MAX_ADDRESS} chars without control characters")
         if address.startswith("unix:"):
             return self._unix(where, address)
         host, sep, port = address.rpartition(":")
@@ -110,7 +110,9 @@ class PeerPolicy:
     def _unix(where: str, address: str) -> str:
         path = address.removeprefix("unix://") if address.startswith("unix://") else address[5:]
         if not path.startswith("/"):
-            raise PolicyError(f"{where}: a unix socket needs an absolute path (unix:///abs/path.sock)")
+            raise PolicyError(
+                f"{where}: a unix socket needs an absolute path (unix:///abs/path.sock)"
+            )
         if len(path.encode()) > MAX_SOCKET_PATH:
             raise PolicyError(f"{where}: a unix socket path is at most {MAX_SOCKET_PATH} bytes")
         return address
@@ -225,7 +227,7 @@ async def peer_certificate(address: str, tls: ClientTLS, timeout: float = 5.0) -
 
 
 async def check_pin(address: str, tls: ClientTLS | None) -> str:
-    """"" when the peer's certificate matches its pin (or none is pinned), else why not."""
+    """ "" when the peer's certificate matches its pin (or none is pinned), else why not."""
     if tls is None or not tls.pin_sha256:
         return ""
     try:

@@ -80,9 +80,7 @@ class LeaseLost(Exception):
     ran out and was taken over): refused, the work stops, the new owner resolves it."""
 
     def __init__(self, vm_id: str, owner: str, fence: int) -> None:
-        super().__init__(
-            f"{owner} lost the lease of VM {vm_id} (fence {fence}); refused the write"
-        )
+        super().__init__(f"{owner} lost the lease of VM {vm_id} (fence {fence}); refused the write")
         self.vm_id = vm_id
         self.owner = owner
         self.fence = fence

@@ -22,6 +22,7 @@ from vmsnap_host.auth.settings import AuthConfigError, project_name
 from vmsnap_host.blocks import DiskBlocks
 from vmsnap_host.executor.freeze_api import MAX_LEASE, MIN_LEASE
 from vmsnap_host.manager import (
+    Admitted,
     Manager,
     operation_not_found,
     request_id_reused,
@@ -169,6 +170,13 @@ async def _call(context: Ctx, method: str, handler: Callable[[], Awaitable[_R]])
     return await invoke(context, method, guarded)
 
 
+def _audited_with_admission() -> Admitted:
+    """The call's audit record, committed with the operation's admission: the call
+    is then audited as admitted (OK), whatever a ``wait`` in it later answers."""
+    steps, committed = access.audit_with()
+    return Admitted(steps, committed)
+
+
 class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     def __init__(
         self,
@@ -251,6 +259,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 quiesce=_quiesce(request.quiesce),
                 parameters=dict(request.parameters),
                 project=project,
+                also=_audited_with_admission(),
             )
             if wait and not op.done:
                 op = await self.manager.wait_operation(op.id, wait)
@@ -299,7 +308,9 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_id("id", request.id)
             self._snapshot(request.id)
             self._request_id(request.request_id)
-            op = await self.manager.revert_snapshot(request.request_id, request.id, request.stop_vm)
+            op = await self.manager.revert_snapshot(
+                request.request_id, request.id, request.stop_vm, also=_audited_with_admission()
+            )
             return pb.RevertVMSnapshotResponse(operation=self._op(op))
 
         return await _call(context, "RevertVMSnapshot", run)
@@ -312,7 +323,9 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_id("id", request.id)
             self._snapshot(request.id)
             self._request_id(request.request_id)
-            op = await self.manager.delete_snapshot(request.request_id, request.id)
+            op = await self.manager.delete_snapshot(
+                request.request_id, request.id, also=_audited_with_admission()
+            )
             return pb.DeleteVMSnapshotResponse(operation=self._op(op))
 
         return await _call(context, "DeleteVMSnapshot", run)
@@ -637,9 +650,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             labels = self.policies.all_labels()
             return pb.ListVMsResponse(
                 vms=[cv.vm_to_pb(v) for v in vms],
-                labels={
-                    v.id: pb.VMLabels(labels=labels[v.id]) for v in vms if v.id in labels
-                },
+                labels={v.id: pb.VMLabels(labels=labels[v.id]) for v in vms if v.id in labels},
             )
 
         return await _call(context, "ListVMs", run)
@@ -843,7 +854,6 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
 
         await _call(context, "ReadSnapshotDisk", run)
 
-
     # --- freeze API for third-party tools (docs/design.md, "Freeze API") ---------
     # Roles: FreezeVM, RenewFreeze and ThawVM need operator; all three mutate
     # (audited).
@@ -939,7 +949,6 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             return pb.AdoptSnapshotResponse(vm_snapshot=convert.snapshot_to_pb(snap))
 
         return await _call(context, "AdoptSnapshot", run)
-
 
     # --- snapshot policies and VM labels (issue 14) -------------------------------
 
@@ -1037,7 +1046,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             for key in request.remove_keys:
                 pmodel.check_label_key("remove_keys", key)
             after = {
-                k: v for k, v in self.policies.labels(request.vm_id).items()
+                k: v
+                for k, v in self.policies.labels(request.vm_id).items()
                 if k not in request.remove_keys
             } | labels
             if len(after) > pmodel.MAX_LABELS:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from vmsnap_host.auth.principal import LOCAL, Principal
 from vmsnap_sdk.errors import VMSnapError
@@ -33,6 +34,9 @@ class Call:
     detail: str = ""
     #: Writes this call's audit record (set by the interceptor); once only.
     recorder: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
+    #: Builds this call's audit record as a catalog write step, as the call stands
+    #: (set by the interceptor for audited calls): see :func:`audit_with`.
+    audit_step: Callable[[], Any] | None = field(default=None, repr=False)
     audited: bool = False
 
 
@@ -102,6 +106,28 @@ def hidden(error: VMSnapError, project: str, what: str) -> VMSnapError:
     return error
 
 
+def _nothing() -> None:
+    return None
+
+
+def audit_with() -> tuple[list[Any], Callable[[], None]]:
+    """The current call's audit record as a write step, for a handler to commit in
+    the transaction of its own first write (an admission: one fsync less per
+    call), and what to call once that transaction has committed. The record says
+    the call was admitted (OK): a call that ends otherwise without that write
+    committing is audited on its way out as before. Nothing outside an audited
+    call, or once audited."""
+    call = _CURRENT.get()
+    if call is None or call.audited or call.audit_step is None:
+        return [], _nothing
+    step = call.audit_step()
+
+    def committed() -> None:
+        call.audited = True
+
+    return [step], committed
+
+
 def failed(error: VMSnapError) -> None:
     """Record how the current call ended (its code and message)."""
     call = _CURRENT.get()
@@ -114,6 +140,7 @@ def failed(error: VMSnapError) -> None:
 
 __all__ = [
     "Call",
+    "audit_with",
     "begin",
     "caller",
     "current",

@@ -53,9 +53,7 @@ class Authenticator:
         self.settings = settings
         self._jwt_keys = load_jwt_keys(settings.jwt) if settings.jwt else []
 
-    def authenticate(
-        self, metadata: Mapping[str, str], certificate: Sequence[str]
-    ) -> Principal:
+    def authenticate(self, metadata: Mapping[str, str], certificate: Sequence[str]) -> Principal:
         """``metadata``: the call's metadata; ``certificate``: the verified client
         certificate's identities ("CN=..." and SAN values), empty without one."""
         header = metadata.get("authorization", "")
@@ -63,9 +61,7 @@ class Authenticator:
             scheme, _, token = header.partition(" ")
             token = token.strip()
             if scheme.lower() != "bearer" or not token:
-                raise Unauthenticated(
-                    "the authorization metadata must be 'Bearer <token>'"
-                )
+                raise Unauthenticated("the authorization metadata must be 'Bearer <token>'")
             if len(token) > MAX_TOKEN:
                 raise Unauthenticated(f"the bearer token is longer than {MAX_TOKEN} chars")
             if token.count(".") == 2 and self.settings.jwt is not None:

@@ -26,6 +26,7 @@ from vmsnap_host.auth import access
 from vmsnap_host.auth.authenticate import Authenticator
 from vmsnap_host.auth.principal import LOCAL, Principal, Role
 from vmsnap_host.store import Store
+from vmsnap_host.store.writer import Step
 from vmsnap_sdk import limits
 from vmsnap_sdk._errors import to_grpc_status
 from vmsnap_sdk.errors import PermissionDenied, Unauthenticated, VMSnapError
@@ -136,26 +137,29 @@ class Gate:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         return self.authenticator.authenticate(metadata, certificate_identities(context))
 
+    def audit_step(self, call: access.Call) -> Step:
+        """The write step of ``call``'s audit record, as the call stands now."""
+        principal = call.principal
+        return self.store.w_audit(
+            principal=principal.name if principal else "",
+            via=principal.via if principal else "",
+            project=call.project,
+            method=call.method,
+            target=limits.cut(call.target, 1024),
+            request_id=call.request_id[:128],
+            result=call.result,
+            refused=call.refused,
+            detail=limits.cut(call.detail, 1024),
+            peer=call.peer[:255],
+        )
+
     async def audit(self, call: access.Call) -> None:
         if call.audited:
             return
         call.audited = True
         principal = call.principal
         try:
-            await self.store.write(
-                self.store.w_audit(
-                    principal=principal.name if principal else "",
-                    via=principal.via if principal else "",
-                    project=call.project,
-                    method=call.method,
-                    target=limits.cut(call.target, 1024),
-                    request_id=call.request_id[:128],
-                    result=call.result,
-                    refused=call.refused,
-                    detail=limits.cut(call.detail, 1024),
-                    peer=call.peer[:255],
-                )
-            )
+            await self.store.write(self.audit_step(call))
         except Exception:
             # The call's work is done; losing its record must be loud, not silent.
             log.exception(
@@ -219,6 +223,8 @@ class AuthInterceptor(_Interceptor):
             call.recorder = lambda: (
                 gate.audit(call) if (name in MUTATING or call.refused) else _nothing()
             )
+            if name in MUTATING:
+                call.audit_step = lambda: gate.audit_step(call)
             return call
 
         async def around(

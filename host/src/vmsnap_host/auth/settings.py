@@ -39,7 +39,18 @@ _HASH = re.compile(r"^[0-9a-f]{64}$")
 _PROJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: JWT algorithms allowed at most: asymmetric ones (a shared secret would sit in
 #: the host's configuration), never "none".
-ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+ASYMMETRIC = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
 
 
 class AuthConfigError(ValueError):
@@ -77,7 +88,7 @@ class AuthSettings:
 def project_name(where: str, value: object) -> str:
     if not isinstance(value, str) or not (value == ALL or _PROJECT.match(value)):
         raise AuthConfigError(
-            f"{where}: {value!r} is not a project (1..128 chars of [A-Za-z0-9._-], or \"*\")"
+            f'{where}: {value!r} is not a project (1..128 chars of [A-Za-z0-9._-], or "*")'
         )
     return value
 

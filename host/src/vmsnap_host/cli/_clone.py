@@ -16,7 +16,12 @@ from vmsnap_host.client import HostClient, Operation
 
 
 def vm_clone(
-    snapshot_id: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="The READY snapshot: id, unique id prefix or VM/NAME.")],
+    snapshot_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="SNAPSHOT", help="The READY snapshot: id, unique id prefix or VM/NAME."
+        ),
+    ],
     new_vm_id: Annotated[str, typer.Argument(help="Id of the new VM (defined on no agent).")],
     *,
     agent: Annotated[
@@ -30,7 +35,9 @@ def vm_clone(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Print the operation id and return at once.")
     ] = False,
-    timeout: Annotated[float, typer.Option(help="Longest wait for the operation, seconds.")] = 600.0,
+    timeout: Annotated[
+        float, typer.Option(help="Longest wait for the operation, seconds.")
+    ] = 600.0,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Make a new VM from a snapshot: its disks are new volumes cloned by their

@@ -139,7 +139,11 @@ def snapshot_create(
     *,
     description: Annotated[str, typer.Option(metavar="TEXT", help="Free text.")] = "",
     memory: Annotated[
-        bool, typer.Option("--memory", help="Include the RAM (with disks on arrays the VM is paused while they cut).")
+        bool,
+        typer.Option(
+            "--memory",
+            help="Include the RAM (with disks on arrays the VM is paused while they cut).",
+        ),
     ] = False,
     quiesce: Annotated[
         str, typer.Option(metavar="off|best-effort|required", help="Freeze the guest first?")

@@ -19,7 +19,9 @@ from vmsnap_host.cli._common import Exit, fail, options
 from vmsnap_host.client import vmsnap_home
 
 #: The one line a command of the stack prints when ``vmsnap-stack`` is not installed.
-MISSING = "`vmsnap {command}` runs the embedded stack, which is not installed: pip install vmsnap-stack"
+MISSING = (
+    "`vmsnap {command}` runs the embedded stack, which is not installed: pip install vmsnap-stack"
+)
 
 
 def load_stack(command: str) -> ModuleType:

@@ -97,9 +97,7 @@ def vm_define(
         volumes=tuple(_parse_disk(d) for d in disk),
     )
     labels, _ = parse_labels(label or [], allow_remove=False)
-    defined = run(
-        lambda host: host.define_vm(vm, agent=agent, project=project, labels=labels)
-    )
+    defined = run(lambda host: host.define_vm(vm, agent=agent, project=project, labels=labels))
     _show_vm(defined, json_, labels)
 
 

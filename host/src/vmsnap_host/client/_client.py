@@ -61,6 +61,7 @@ WAIT_SLICE = 2.0
 #: Longest token file read (a JWT stays far below).
 MAX_TOKEN_FILE = 16384
 
+
 def read_token(path: str | Path) -> str:
     """The token in a file (surrounding whitespace dropped); a clear error if unusable."""
     try:
@@ -786,6 +787,7 @@ class HostClient:
         )
         parts = [message.data async for message in iterate(stream)]
         return b"".join(parts)
+
     # --- freeze API for third-party tools -------------------------------------------
 
     async def freeze_vm(

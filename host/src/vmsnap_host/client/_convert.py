@@ -205,8 +205,7 @@ def discovery(m: pb.DiscoverSnapshotsResponse) -> t.Discovery:
                 name=s.name,
                 create_time=_time(s.create_time, s.HasField("create_time")),
                 volumes=tuple(
-                    t.DiscoveredVolume(v.disk, v.locator, v.handle, v.size_bytes)
-                    for v in s.volumes
+                    t.DiscoveredVolume(v.disk, v.locator, v.handle, v.size_bytes) for v in s.volumes
                 ),
                 complete=s.complete,
                 consistency=_enum(Consistency, s.consistency),

@@ -210,6 +210,7 @@ class SyncHostClient:
         finally:
             # The caller stopped (or Ctrl-C): the stream on the loop ends too.
             future.cancel()
+
     create_vm_from_snapshot = _blocking(HostClient.create_vm_from_snapshot)
     freeze_vm = _blocking(HostClient.freeze_vm)
     renew_freeze = _blocking(HostClient.renew_freeze)

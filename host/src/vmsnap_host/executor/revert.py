@@ -389,7 +389,9 @@ class Revert:
                 continue
             k = kept.get(g.owner)
             if k is None:
-                raise FailedPrecondition(f"no kept state for {label(g)}", reason=Reason.NO_KEPT_STATE)
+                raise FailedPrecondition(
+                    f"no kept state for {label(g)}", reason=Reason.NO_KEPT_STATE
+                )
             if k.result is None and g.kind is GroupKind.DRIVER:
                 if forward_tried:
                     raise FailedPrecondition(
@@ -402,7 +404,8 @@ class Revert:
                 if found is None:
                     if outcome is Outcome.REVERTED:
                         raise FailedPrecondition(
-                            f"{label(g)} reverted without keeping its undo", reason=Reason.NO_KEPT_STATE
+                            f"{label(g)} reverted without keeping its undo",
+                            reason=Reason.NO_KEPT_STATE,
                         )
                     continue
                 k = replace(k, result=found)

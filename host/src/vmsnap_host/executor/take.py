@@ -222,11 +222,10 @@ class Take:
                 failure = as_error(outcome, label(group))
         if failure is None and thaw_error is not None:
             failure = thaw_error
-        if failure is None and self.store.cancel_requested(op.id):
-            # CancelOperation while the groups were cut: rolled back like a failure
-            # (the calls in flight were let answer, so every object is known and
-            # deleted by the compensation).
-            failure = cancelled()
+        # A CancelOperation recorded while the groups were cut is not read here: the
+        # READY write below refuses it when it commits (w_refuse_cancelled, whichever
+        # replica recorded it) and the take is rolled back like a failure; the calls
+        # in flight were let answer, so every object is known to the compensation.
         results = {
             g.owner: o
             for g, o in zip(planned, outcomes, strict=False)
@@ -252,13 +251,13 @@ class Take:
                 await self.fail(op, snap, exc, warnings)
 
         achieved = self._achieved(snap, freeze, vm.state, warnings)
-        current = self.store.current_snapshot(snap.vm_id)
+        current = self.store.current_snapshot_id(snap.vm_id)
         ready = replace(
             snap,
             state=SnapshotState.READY,
             consistency=achieved,
             warnings=tuple(dict.fromkeys(warnings)),
-            parent_id=current.id if current and current.id != snap.id else "",
+            parent_id=current if current != snap.id else "",
             current=True,
         )
         # READY and current, no owed deletes, the operation finished: one

@@ -15,7 +15,24 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+class LeaseEnd:
+    """The lease of one operation's run, released by the write that finishes it.
+
+    The manager releases a VM's lease once its operation's work returns. Most
+    operations end in one write that finishes them (``Store.w_finish``); while
+    this is attached to the fence, :meth:`Store.write` adds the release to that
+    transaction (one commit less per operation, docs/design.md "Calls on a take's
+    path") and sets :attr:`released`, so the manager neither releases it again
+    nor renews it."""
+
+    __slots__ = ("operation_id", "released")
+
+    def __init__(self, operation_id: str) -> None:
+        self.operation_id = operation_id
+        self.released = False
 
 
 @dataclass(frozen=True)
@@ -23,6 +40,8 @@ class Fence:
     vm_id: str
     owner: str
     token: int
+    #: Set by the manager around an operation's run (None: released by the caller).
+    end: LeaseEnd | None = field(default=None, compare=False)
 
 
 _CURRENT: ContextVar[Fence | None] = ContextVar("vmsnap_fence", default=None)
@@ -42,4 +61,4 @@ def current_fence() -> Fence | None:
     return _CURRENT.get()
 
 
-__all__ = ["Fence", "current_fence", "fenced"]
+__all__ = ["Fence", "LeaseEnd", "current_fence", "fenced"]

@@ -20,6 +20,7 @@ caller's ``await`` raises :class:`~vmsnap_host.state.StaleMove` or
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -162,6 +163,93 @@ _FENCE_OF = (
     # it, so every write made under the old token lands before the new one exists.
     .with_for_update()
 )
+_VM_OF_SNAPSHOT = select(vm_snapshots.c.vm_id).where(vm_snapshots.c.id == bindparam("b_id"))
+_RELEASE_FENCED = vm_leases.delete().where(
+    vm_leases.c.vm_id == bindparam("b_vm"),
+    vm_leases.c.owner == bindparam("b_owner"),
+    vm_leases.c.fence == bindparam("b_fence"),
+)
+_INSERT_AUDIT = audit_records.insert()
+_OPEN_FREEZE = (
+    select(operations)
+    .where(
+        operations.c.vm_id == bindparam("b_vm"),
+        operations.c.done.is_(False),
+        operations.c.type == OperationType.FREEZE.name,
+    )
+    .order_by(operations.c.seq.desc())
+    .limit(1)
+)
+_OUTCOME_OF = select(operations.c.done, operations.c.error_code).where(
+    operations.c.id == bindparam("b_id")
+)
+_CURRENT_ID = select(vm_snapshots.c.id).where(
+    vm_snapshots.c.vm_id == bindparam("b_vm"), vm_snapshots.c.is_current.is_(True)
+)
+_OWNERS_OF = select(volume_owners.c.locator, volume_owners.c.driver).where(
+    volume_owners.c.locator.in_(bindparam("b_locators", expanding=True))
+)
+_PROJECT_OF_VM = select(vm_projects.c.project).where(vm_projects.c.vm_id == bindparam("b_vm"))
+
+
+# Statements of the hot path that depend on the dialect (the database's clock, the
+# upsert's form) are built once per dialect with bound parameters, not per call:
+# building and caching a new statement object for every write cost more CPU than
+# running it (docs/design.md, "CPU and freeze time").
+@functools.cache
+def _acquire_lease_stmt(dialect: str) -> Any:
+    now = _db_now_of(dialect)
+    lease = vm_leases.c
+    expire = now + bindparam("b_ttl", type_=Float)
+    open_op = exists().where(operations.c.id == lease.operation_id, operations.c.done.is_(False))
+    stmt = _upsert_of(dialect, vm_leases).values(
+        vm_id=bindparam("b_vm"),
+        owner=bindparam("b_owner"),
+        operation_id=bindparam("b_op"),
+        expire_time=expire,
+        fence=1,
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[lease.vm_id],
+        set_={
+            "owner": bindparam("b_owner"),
+            "operation_id": bindparam("b_op"),
+            "expire_time": expire,
+            "fence": lease.fence + 1,
+        },
+        where=and_(
+            or_(lease.owner == bindparam("b_owner"), lease.expire_time <= now),
+            or_(lease.operation_id == bindparam("b_op"), ~open_op),
+        ),
+    ).returning(lease.fence)
+
+
+@functools.cache
+def _renew_lease_stmt(dialect: str) -> Any:
+    return (
+        update(vm_leases)
+        .where(
+            vm_leases.c.vm_id == bindparam("b_vm"),
+            vm_leases.c.owner == bindparam("b_owner"),
+            vm_leases.c.fence == bindparam("b_fence"),
+        )
+        .values(expire_time=_db_now_of(dialect) + bindparam("b_ttl", type_=Float))
+    )
+
+
+@functools.cache
+def _set_owner_stmt(dialect: str) -> Any:
+    stmt = _upsert_of(dialect, volume_owners).values(
+        locator=bindparam("b_locator"),
+        driver=bindparam("b_driver"),
+        update_time=bindparam("b_time"),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[volume_owners.c.locator],
+        set_={"driver": bindparam("b_driver"), "update_time": bindparam("b_time")},
+    )
+
+
 #: Namespaces of the PostgreSQL advisory locks vmsnap takes (two-int form: the
 #: namespace, then a key), so that they cannot meet another application's.
 ADMISSION_LOCKS = 0x766D7301
@@ -215,14 +303,22 @@ def redacted(url: str) -> str:
 def _db_now(conn: Connection) -> ColumnElement[float]:
     """The database's clock in epoch seconds: leases and heartbeats of replicas on
     several machines are compared on one clock, never on each replica's own."""
-    if conn.dialect.name == "postgresql":
+    return _db_now_of(conn.dialect.name)
+
+
+def _db_now_of(dialect: str) -> ColumnElement[float]:
+    if dialect == "postgresql":
         return cast(func.extract("epoch", func.clock_timestamp()), Float)
     return cast((func.julianday("now") - literal(2440587.5)) * literal(86400.0), Float)
 
 
 def _upsert(conn: Connection, table: Any) -> Any:
     """INSERT … ON CONFLICT of the connection's dialect (both offer the same API)."""
-    if conn.dialect.name == "postgresql":
+    return _upsert_of(conn.dialect.name, table)
+
+
+def _upsert_of(dialect: str, table: Any) -> Any:
+    if dialect == "postgresql":
         return pg_dialect.insert(table)
     return sqlite_dialect.insert(table)
 
@@ -360,11 +456,14 @@ class _Touches:
     """A write step that changes an operation: once its transaction is committed,
     the store's listeners are told (live events), never before."""
 
-    __slots__ = ("body", "operation_id")
+    __slots__ = ("body", "finishes", "operation_id")
 
-    def __init__(self, operation_id: str, body: Step) -> None:
+    def __init__(self, operation_id: str, body: Step, *, finishes: bool = False) -> None:
         self.operation_id = operation_id
         self.body = body
+        #: Whether the step finishes the operation (done = true): the lease of a
+        #: fenced run of that operation is released in the same transaction.
+        self.finishes = finishes
 
     def __call__(self, conn: Connection) -> Any:
         return self.body(conn)
@@ -469,9 +568,7 @@ class Store:
         config.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as conn:
             if self.dialect == "postgresql":
-                conn.execute(
-                    text("SELECT pg_advisory_xact_lock(:ns, 0)"), {"ns": ADMISSION_LOCKS}
-                )
+                conn.execute(text("SELECT pg_advisory_xact_lock(:ns, 0)"), {"ns": ADMISSION_LOCKS})
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
@@ -489,13 +586,30 @@ class Store:
         replica that lost the lease is refused (LeaseLost) with nothing written.
         An unreachable database raises CatalogUnavailable (UNAVAILABLE)."""
         fence = current_fence()
+        releases = False
         if fence is not None:
-            steps = (self.w_check_fence(fence), *steps)
+            end = fence.end
+            releases = (
+                end is not None
+                and not end.released
+                and any(
+                    isinstance(s, _Touches) and s.finishes and s.operation_id == end.operation_id
+                    for s in steps
+                )
+            )
+            # The operation ends in this transaction: its lease with it (before the
+            # caller's steps, so the last step's result stays the write's result).
+            release = (
+                (self.w_release_lease(fence.vm_id, fence.owner, fence.token),) if releases else ()
+            )
+            steps = (self.w_check_fence(fence), *release, *steps)
         try:
             result = await self._writer.run(*steps)
         except (DBAPIError, PoolTimeout) as exc:
             _raise_unavailable(exc)
             raise
+        if releases and fence is not None and fence.end is not None:
+            fence.end.released = True
         if self._listeners:
             self._committed(steps)
         return result
@@ -570,9 +684,7 @@ class Store:
         def step(conn: Connection) -> None:
             now = time.time()
             try:
-                conn.execute(
-                    _INSERT_OPERATION, self._operation_columns(operation, now)
-                )
+                conn.execute(_INSERT_OPERATION, self._operation_columns(operation, now))
                 conn.execute(
                     _INSERT_SNAPSHOT,
                     {
@@ -616,9 +728,7 @@ class Store:
 
         def step(conn: Connection) -> None:
             if current:
-                vm_id = conn.execute(
-                    select(vm_snapshots.c.vm_id).where(vm_snapshots.c.id == snapshot_id)
-                ).scalar()
+                vm_id = conn.execute(_VM_OF_SNAPSHOT, {"b_id": snapshot_id}).scalar()
                 if vm_id is not None:
                     conn.execute(_UNSET_CURRENT, {"b_vm": vm_id})
             moved = conn.execute(
@@ -803,6 +913,23 @@ class Store:
             row = conn.execute(_LIVE_BY_NAME, {"b_vm": vm_id, "b_name": name}).first()
         return snapshot_from_row(row) if row else None
 
+    def current_snapshot_id(self, vm_id: str) -> str:
+        """The id of the VM's current snapshot ("" when none): one column, no record."""
+        with self._read() as conn:
+            return str(conn.execute(_CURRENT_ID, {"b_vm": vm_id}).scalar() or "")
+
+    def open_freeze(self, vm_id: str) -> OperationRecord | None:
+        """The VM's unfinished FREEZE operation (a third party's freeze), if any."""
+        with self._read() as conn:
+            row = conn.execute(_OPEN_FREEZE, {"b_vm": vm_id}).first()
+        return operation_from_row(row) if row else None
+
+    def operation_outcome(self, operation_id: str) -> tuple[bool, bool] | None:
+        """(done, failed) of an operation; None when unknown (for the metrics)."""
+        with self._read() as conn:
+            row = conn.execute(_OUTCOME_OF, {"b_id": operation_id}).first()
+        return (bool(row.done), row.error_code is not None) if row else None
+
     def current_snapshot(self, vm_id: str) -> Snapshot | None:
         with self._read() as conn:
             row = conn.execute(_CURRENT, {"b_vm": vm_id}).first()
@@ -903,13 +1030,11 @@ class Store:
             if finished.rowcount != 1:
                 raise lifecycle.OperationClosed(operation_id)
 
-        return _Touches(operation_id, run)
+        return _Touches(operation_id, run, finishes=True)
 
     # --- cancel (docs/design.md, "Live events, cancel and traces") ---------------------------
 
-    def w_drop_queued(
-        self, operation_id: str, error: ErrorInfo, snapshot: Snapshot | None
-    ) -> Step:
+    def w_drop_queued(self, operation_id: str, error: ErrorInfo, snapshot: Snapshot | None) -> Step:
         """Finish an operation that has not started (its step is still ``queued``:
         every operation's first write changes it, in the transaction of its first
         compare-and-set) as cancelled, and move a take's ALLOCATED ``snapshot`` to
@@ -935,9 +1060,7 @@ class Store:
             if dropped.rowcount != 1:
                 return False
             if snapshot is not None:
-                failed = replace(
-                    snapshot, state=SnapshotState.ERROR, error=error, current=False
-                )
+                failed = replace(snapshot, state=SnapshotState.ERROR, error=error, current=False)
                 self.w_move(snapshot.id, SnapshotState.ERROR, snapshot=failed)(conn)
             return True
 
@@ -1047,35 +1170,10 @@ class Store:
         replica never hold the VM together."""
 
         def step(conn: Connection) -> int:
-            now = _db_now(conn)
-            lease = vm_leases.c
-            open_op = exists().where(
-                operations.c.id == lease.operation_id, operations.c.done.is_(False)
-            )
-            stmt = (
-                _upsert(conn, vm_leases)
-                .values(
-                    vm_id=vm_id,
-                    owner=owner,
-                    operation_id=operation_id,
-                    expire_time=now + ttl,
-                    fence=1,
-                )
-            )
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[lease.vm_id],
-                set_={
-                    "owner": owner,
-                    "operation_id": operation_id,
-                    "expire_time": now + ttl,
-                    "fence": lease.fence + 1,
-                },
-                where=and_(
-                    or_(lease.owner == owner, lease.expire_time <= now),
-                    or_(lease.operation_id == operation_id, ~open_op),
-                ),
-            ).returning(lease.fence)
-            fence = conn.execute(stmt).scalar()
+            fence = conn.execute(
+                _acquire_lease_stmt(conn.dialect.name),
+                {"b_vm": vm_id, "b_owner": owner, "b_op": operation_id, "b_ttl": float(ttl)},
+            ).scalar()
             return int(fence or 0)
 
         return step
@@ -1086,13 +1184,8 @@ class Store:
 
         def step(conn: Connection) -> bool:
             renewed = conn.execute(
-                update(vm_leases)
-                .where(
-                    vm_leases.c.vm_id == vm_id,
-                    vm_leases.c.owner == owner,
-                    vm_leases.c.fence == fence,
-                )
-                .values(expire_time=_db_now(conn) + ttl)
+                _renew_lease_stmt(conn.dialect.name),
+                {"b_vm": vm_id, "b_owner": owner, "b_fence": fence, "b_ttl": float(ttl)},
             )
             return bool(renewed.rowcount == 1)
 
@@ -1103,13 +1196,7 @@ class Store:
             if fence is None:
                 conn.execute(_RELEASE_LEASE, {"b_vm": vm_id, "b_owner": owner})
                 return
-            conn.execute(
-                vm_leases.delete().where(
-                    vm_leases.c.vm_id == vm_id,
-                    vm_leases.c.owner == owner,
-                    vm_leases.c.fence == fence,
-                )
-            )
+            conn.execute(_RELEASE_FENCED, {"b_vm": vm_id, "b_owner": owner, "b_fence": fence})
 
         return step
 
@@ -1245,16 +1332,9 @@ class Store:
 
         def step(conn: Connection) -> None:
             now = time.time()
+            stmt = _set_owner_stmt(conn.dialect.name)
             for locator, driver in sorted(owners.items()):
-                stmt = _upsert(conn, volume_owners).values(
-                    locator=locator, driver=driver, update_time=now
-                )
-                conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=[volume_owners.c.locator],
-                        set_={"driver": driver, "update_time": now},
-                    )
-                )
+                conn.execute(stmt, {"b_locator": locator, "b_driver": driver, "b_time": now})
 
         return step
 
@@ -1271,9 +1351,7 @@ class Store:
         if not locators:
             return {}
         with self._read() as conn:
-            rows = conn.execute(
-                select(volume_owners).where(volume_owners.c.locator.in_(list(locators)))
-            )
+            rows = conn.execute(_OWNERS_OF, {"b_locators": list(locators)})
             return {r.locator: r.driver for r in rows}
 
     # --- reconciler findings ------------------------------------------------------
@@ -1349,15 +1427,12 @@ class Store:
                 for r in conn.execute(query)
             ]
 
-
     # --- projects of VMs (issue 12) ------------------------------------------------
 
     def vm_project(self, vm_id: str) -> str | None:
         """The project of a VM, or None when it has none."""
         with self._read() as conn:
-            row = conn.execute(
-                select(vm_projects.c.project).where(vm_projects.c.vm_id == vm_id)
-            ).first()
+            row = conn.execute(_PROJECT_OF_VM, {"b_vm": vm_id}).first()
         return row.project if row else None
 
     def vm_project_map(self, vm_ids: Sequence[str]) -> dict[str, str]:
@@ -1379,9 +1454,7 @@ class Store:
         def step(conn: Connection) -> None:
             now = time.time()
             conn.execute(vm_projects.delete().where(vm_projects.c.vm_id == vm_id))
-            conn.execute(
-                vm_projects.insert().values(vm_id=vm_id, project=project, update_time=now)
-            )
+            conn.execute(vm_projects.insert().values(vm_id=vm_id, project=project, update_time=now))
             conn.execute(
                 update(vm_snapshots)
                 .where(vm_snapshots.c.vm_id == vm_id, vm_snapshots.c.project == "")
@@ -1410,7 +1483,7 @@ class Store:
         """Append one audit record (columns of ``audit_records``; time now)."""
 
         def step(conn: Connection) -> None:
-            conn.execute(audit_records.insert().values(time=time.time(), **record))
+            conn.execute(_INSERT_AUDIT, {"time": time.time(), **record})
 
         return step
 
@@ -1436,6 +1509,8 @@ class Store:
         query = query.order_by(audit_records.c.seq.desc()).limit(limit)
         with self._read() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
+
+
 def _first_line(exc: BaseException) -> str:
     """The driver's own first line (psycopg and sqlite3 never put a password in it)."""
     orig = getattr(exc, "orig", None) or exc
