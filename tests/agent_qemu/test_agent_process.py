@@ -37,6 +37,9 @@ def _agent(workdir: Path, log: str) -> tuple[Proc, str]:
             "qemu-test",
             "--guest-agent-timeout",
             "2",
+            # The test's probe talks to qemu-ga beside the agent (one client at a time).
+            "--guest-agent-idle-close",
+            "1",
         ],
         workdir / log,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -111,8 +112,13 @@ async def test_guest_freeze_runs_hook(hv: QemuHypervisor, workdir: Path) -> None
     # one's sync (qemu-ga polls every 100 ms while no host client is attached; #16).
     assert hv._ga["gf"].connects == connects
 
+    # Idle longer than the agent used to keep a connection (1 s): by default it stays
+    # open for the agent's life, as libvirt's does, so a periodic take's freeze makes
+    # no new connection either.
+    await asyncio.sleep(1.5)
     # freeze → overlay → thaw: the guest is already thawed when quiesce returns.
     res = await hv.quiesce("gf", QuiesceMethod.OVERLAY_GUEST, lease_seconds=120)
+    assert hv._ga["gf"].connects == connects
     # The stable base was cut while ext4 was frozen (journal flushed): it is clean
     # for fsck, though the guest's writer keeps writing (to the overlay).
     clean, report = fsck_clean(data)

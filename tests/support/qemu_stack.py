@@ -70,6 +70,9 @@ class StackOptions:
     ontap_job_delay: float = 0.0
     #: How long a silent qemu-ga is waited for.
     guest_agent_timeout: float = 2.0
+    #: The agent closes an unused qemu-ga connection after this long (None: kept
+    #: open, the agent's default): tests reach the guest through qemu-ga beside it.
+    guest_agent_idle_close: float | None = 1.0
 
 
 class QemuStack:
@@ -213,6 +216,11 @@ class QemuStack:
                 "qemu-e2e",
                 "--guest-agent-timeout",
                 str(self.options.guest_agent_timeout),
+                *(
+                    ["--guest-agent-idle-close", str(self.options.guest_agent_idle_close)]
+                    if self.options.guest_agent_idle_close is not None
+                    else []
+                ),
                 *maps,
             ],
             self.address("agent"),

@@ -16,11 +16,14 @@ reply: that is :class:`GuestAgentUnavailable`.
 fresh connection's first sync waits up to ~100 ms for qemu-ga, which polls its
 port that often while no host client is attached — a thaw on a new connection
 kept the guest frozen that much longer (issue 16). It reconnects (and resyncs)
-only after the connection broke or may hold an unread reply. QEMU serves one
-client on the port at a time, so an idle connection is closed after
-``IDLE_CLOSE`` seconds (other tools, a test's probe, can reach qemu-ga then),
-except while the guest is frozen (:meth:`SharedGuestAgent.hold`): the thaw
-always finds the connection open.
+only after the connection broke or may hold an unread reply. By default the
+connection stays open for the agent's life, as libvirt keeps its own: a
+periodic take then never pays a new connection's sync (docs/design.md, "CPU and
+freeze time"). QEMU serves one client on the port at a time, so a deployment
+where another tool (a test's probe) talks to qemu-ga beside the agent sets an
+idle close (``vmsnap-agent --guest-agent-idle-close SECONDS``); a held
+connection (:meth:`SharedGuestAgent.hold`, the guest is frozen) is never closed
+for idleness: the thaw always finds it open.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ from .errors import GuestAgentError, GuestAgentUnavailable
 # A live guest answers the sync in milliseconds even under TCG; seconds mean no agent.
 DEFAULT_SYNC_TIMEOUT = 3.0
 DEFAULT_COMMAND_TIMEOUT = 30.0
-#: An unused connection is closed after this long (unless held for a thaw); well
-#: under DEFAULT_SYNC_TIMEOUT, so another client's sync waits it out.
-IDLE_CLOSE = 1.0
+#: How long an unused connection stays open: None, for the agent's life (the
+#: default, as libvirt does); a number of seconds lets another client reach
+#: qemu-ga between calls (keep it under that client's sync timeout); 0 closes it
+#: after each use.
+IDLE_CLOSE: float | None = None
 
 
 class GuestAgentClient:
@@ -205,7 +210,7 @@ class SharedGuestAgent:
         self,
         socket_path: str,
         sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
-        idle_close: float = IDLE_CLOSE,
+        idle_close: float | None = IDLE_CLOSE,
     ) -> None:
         self._path = socket_path
         self._sync_timeout = sync_timeout
@@ -229,7 +234,12 @@ class SharedGuestAgent:
         if self._idle is not None:
             self._idle.cancel()
         self._idle = None
-        if self._client is not None and not self._held and not self._lock.locked():
+        if (
+            self._idle_close is not None
+            and self._client is not None
+            and not self._held
+            and not self._lock.locked()
+        ):
             self._idle = asyncio.get_running_loop().call_later(self._idle_close, self._expire)
 
     def _expire(self) -> None:
@@ -246,7 +256,7 @@ class SharedGuestAgent:
             async with self._lock, self._session(sync_timeout) as client:
                 yield client
         finally:
-            if self._idle_close <= 0 and not self._held:
+            if self._idle_close is not None and self._idle_close <= 0 and not self._held:
                 await self.close()  # a short-lived user: nothing to keep open
             else:
                 self._arm()

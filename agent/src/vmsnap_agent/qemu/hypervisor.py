@@ -113,15 +113,16 @@ class QemuHypervisor:
         guest: GuestImage | None = None,
         guest_sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
         freeze_timeout: float = q.FREEZE_TIMEOUT,
-        guest_agent_idle_close: float = IDLE_CLOSE,
+        guest_agent_idle_close: float | None = IDLE_CLOSE,
     ) -> None:
         """``guest`` defaults to the cached test guest, built on the first start_vm.
 
         ``guest_sync_timeout`` bounds how long a silent guest agent is waited for
         before :class:`GuestAgentUnavailable`; ``freeze_timeout`` bounds one
         fsfreeze (including the guest's hook). ``guest_agent_idle_close``: how long
-        an unused qemu-ga connection stays open (0: closed after each use, for a
-        short-lived user beside the agent process, such as a test's probe).
+        an unused qemu-ga connection stays open (None: for the agent's life; 0:
+        closed after each use, for a short-lived user beside the agent process,
+        such as a test's probe).
         """
         self._state_dir = Path(state_dir).resolve()
         self._guest = guest
@@ -618,8 +619,10 @@ class QemuHypervisor:
             if s.snapshot_id in by_tag or not s.snapshot_id.startswith(q.CUT_PREFIX)
         ]
         states = self._memory_index(vm_id)
-        merged = [self._with_state(s, states[s.snapshot_id]) if s.snapshot_id in states else s
-                  for s in found]
+        merged = [
+            self._with_state(s, states[s.snapshot_id]) if s.snapshot_id in states else s
+            for s in found
+        ]
         listed = {s.snapshot_id for s in found}
         # A memory snapshot of a VM without local disks is its state file alone.
         merged += [

@@ -36,13 +36,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long a silent qemu-ga is waited for before a guest freeze fails",
     )
+    parser.add_argument(
+        "--guest-agent-idle-close",
+        type=_non_negative,
+        default=None,
+        metavar="SECONDS",
+        help="close an unused qemu-ga connection after SECONDS (default: kept open, as "
+        "libvirt does, so a freeze never waits for a new connection; QEMU serves one "
+        "client on the port at a time: set this when another tool talks to qemu-ga)",
+    )
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(f"must be 0..86400 seconds, not {text}")
+    return value
 
 
 async def create(args: argparse.Namespace) -> tuple[QemuAgent, Callable[[], Awaitable[None]]]:
     """The agent, re-attached to its VMs (expired leases resolved), and its closer."""
     # qemu.qmp logs every closed QMP connection at INFO; a VM that quits closes one.
     logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
-    hv = QemuHypervisor(Path(args.state), guest_sync_timeout=args.guest_agent_timeout)
+    hv = QemuHypervisor(
+        Path(args.state),
+        guest_sync_timeout=args.guest_agent_timeout,
+        guest_agent_idle_close=args.guest_agent_idle_close,
+    )
     await hv.open()
     agent = QemuAgent(
         hv,
