@@ -106,18 +106,40 @@ class QmpSession:
         )
         async with asyncio.timeout(timeout):
             with client.listen(listener):
+                # query-jobs decides at the start (events before the listener was
+                # registered are not seen) and at least every JOB_RECHECK_INTERVAL;
+                # between those, each event's own status decides, so a job passing
+                # created → running → ready costs no query per step (issue 16). A
+                # concluded job is read again: only query-jobs carries its error.
+                job = await self._job_or_raise(job_id)
                 while True:
-                    job = await self.job_status(job_id)
-                    if job is None:
-                        raise QmpCommandError(f"job {job_id} disappeared")
-                    if job["status"] in statuses or job["status"] in ("concluded", "null"):
+                    status = job["status"]
+                    if status in ("concluded", "null") and "error" not in job and job.get(
+                        "from_event"
+                    ):
+                        job = await self._job_or_raise(job_id)
+                        status = job["status"]
+                    if status in statuses or status in ("concluded", "null"):
+                        job.pop("from_event", None)
                         return job
                     try:
                         async with asyncio.timeout(JOB_RECHECK_INTERVAL):
-                            await listener.get()
+                            message = await listener.get()
                     except TimeoutError:
-                        pass
-                    listener.clear()
+                        job = await self._job_or_raise(job_id)
+                        continue
+                    data = message.get("data") if hasattr(message, "get") else None
+                    event_status = data.get("status") if isinstance(data, dict) else None
+                    if isinstance(event_status, str):
+                        job = {"id": job_id, "status": event_status, "from_event": True}
+                    else:
+                        job = await self._job_or_raise(job_id)
+
+    async def _job_or_raise(self, job_id: str) -> dict[str, Any]:
+        job = await self.job_status(job_id)
+        if job is None:
+            raise QmpCommandError(f"job {job_id} disappeared")
+        return job
 
     async def send_fd(self, fd: int, name: str) -> None:
         """Pass a file descriptor to QEMU (SCM_RIGHTS) under ``name`` (``getfd``): how

@@ -333,10 +333,11 @@ async def _graph_nodes(qmp: QmpSession) -> set[str]:
 async def _commit_live(qmp: QmpSession, overlays: list[OverlayRecord]) -> None:
     """Active commit of every overlay still in the graph, all jobs in parallel."""
     nodes = await _graph_nodes(qmp)
+    running = {job.get("id") for job in await qmp.execute("query-jobs")}
     jobs: list[str] = []
     for o in overlays:
         job_id = f"commit-{node_key(o.disk)}"
-        if await qmp.job_status(job_id) is not None:
+        if job_id in running:
             jobs.append(job_id)  # started by us before a restart: follow it
         elif o.overlay_node in nodes:
             await qmp.execute(
@@ -351,14 +352,23 @@ async def _commit_live(qmp: QmpSession, overlays: list[OverlayRecord]) -> None:
                 },
             )
             jobs.append(job_id)
-    for job_id in jobs:
+
+    async def finish(job_id: str) -> None:
         job = await qmp.wait_job(job_id, {"ready"}, COMMIT_TIMEOUT)
         if job["status"] == "ready":
             # Pivot the device back onto the base; the overlay node then has no
             # user left and QEMU closes it.
             await qmp.execute("block-job-complete", {"device": job_id})
-    for job_id in jobs:
         await qmp.finish_job(job_id, COMMIT_TIMEOUT)
+
+    # Each disk's commit is followed on its own (QMP answers the calls of one
+    # connection in any order), so the waits overlap: one disk's pivot does not wait
+    # for another's ready. Every job is seen to its end before the first error is
+    # raised: none is left running behind a failure.
+    outcomes = await asyncio.gather(*(finish(j) for j in jobs), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _existing(overlays: list[OverlayRecord]) -> list[OverlayRecord]:
@@ -449,14 +459,16 @@ async def unquiesce(ctx: QuiesceContext, record: QuiesceRecord) -> None:
             await _commit_offline(record.overlays)
         _delete_files(record.overlays)
         record.overlays = []
-        await ctx.save(record)
     if record.cut_tag:
         # After the commit: the bases are roots again. Adopted cuts stay (renamed by alias).
         unused = [] if record.adopted_by else record.cut_disks
         await _drop_cut(ctx, record.cut_tag, unused)
         record.cut_tag, record.cut_disks = "", []
-        await ctx.save(record)
+    # The record is not saved between these steps: each is idempotent (a commit of an
+    # overlay gone from the graph is skipped, a missing file or cut is fine), so a
+    # crash in between repeats them from the record as it was; it is removed below.
     if thaw_error is not None:
+        await ctx.save(record)  # kept: a later call retries the thaw
         raise thaw_error
     # A stopped VM has no frozen guest any more: the record is done.
     ctx.paths.quiesce.unlink(missing_ok=True)
