@@ -26,11 +26,11 @@ from tests.fakes.driver import Options
 from tests.host.conftest import FAST, Rig, make_rig
 from tests.host.e2e import Cluster, cluster
 from vmsnap_host.model import OperationRecord, SnapshotState
-from vmsnap_sdk import Volume
+from vmsnap_sdk import RevertRequest, RevertResult, Volume
 from vmsnap_sdk._errors import from_rpc_error, from_status
 from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
-from vmsnap_sdk.errors import FailedPrecondition, Reason
+from vmsnap_sdk.errors import FailedPrecondition, Reason, Unavailable
 
 A, B = "io.vmsnap.test.a", "io.vmsnap.test.b"
 #: Short retries and reconcile ticks: a revert that does not end fails the test
@@ -130,6 +130,41 @@ async def test_a_revert_across_groups_with_one_snapshot_gone_puts_every_disk_bac
         await rig.recovery.reconcile_once()
         assert not rig.store.kept_states()
         assert not [i for d in rig.drivers.values() for i in d.snapshots if "-keep-" in i]
+
+
+async def test_with_a_snapshot_gone_and_a_driver_down_the_way_back_is_waited_for(
+    tmp_path: Path, db_url: str
+) -> None:
+    """b's snapshot is gone and a, reverted, is unreachable when it should be put
+    back: the revert stays open (never forward, never given up on UNAVAILABLE),
+    and once a answers every disk is put back and the snapshot is ERROR."""
+    async with _rig(tmp_path, db_url) as rig:
+        await rig.define(running=False)
+        sid = await _ready(rig, "vm1")
+        del rig.drivers[B].snapshots[sid]
+        a = rig.drivers[A]
+        real = a.revert_snapshot
+        down = [False]
+
+        async def flaky(request: RevertRequest) -> RevertResult:
+            if down[0]:
+                raise Unavailable("array a not reachable (test)")
+            result = await real(request)
+            down[0] = request.vm_snapshot_id == sid  # down right after the revert
+            return result
+
+        a.revert_snapshot = flaky  # type: ignore[method-assign]
+        op = await rig.manager.revert_snapshot("rv", sid, stop_vm=True)
+        waited = await rig.manager.wait_operation(op.id, 1.5)
+        assert not waited.done, waited
+        held = rig.store.get_snapshot(sid)
+        assert held is not None and held.state is SnapshotState.REVERTING
+        assert a.reverted == [sid]  # not put back yet
+        down[0] = False
+        done = await _bounded(rig, op)
+        _lost(rig, done, sid, B)
+        assert "put back as it was before the revert" in done.error.message  # type: ignore[union-attr]
+        assert a.reverted[0] == sid and "-keep-" in a.reverted[-1]
 
 
 async def test_a_memory_revert_whose_native_snapshot_is_gone_ends(
