@@ -26,7 +26,7 @@ from tests.fakes.driver import Options
 from tests.host.conftest import FAST, Rig, make_rig
 from tests.host.e2e import Cluster, cluster
 from vmsnap_host.model import OperationRecord, SnapshotState
-from vmsnap_sdk import RevertRequest, RevertResult, Volume
+from vmsnap_sdk import RevertRequest, RevertResult, VMState, Volume
 from vmsnap_sdk._errors import from_rpc_error, from_status
 from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
@@ -179,6 +179,23 @@ async def test_a_memory_revert_whose_native_snapshot_is_gone_ends(
         done = await _bounded(rig, await rig.manager.revert_snapshot("rv", sid, stop_vm=False))
         _lost(rig, done, sid, "sim-1")
         await _refused_at_once(rig, sid)
+
+
+async def test_a_memory_revert_across_arrays_with_one_snapshot_gone_says_which_disks_moved(
+    tmp_path: Path, db_url: str
+) -> None:
+    """A memory revert keeps no undo: a moved to the snapshot before b answered that
+    its snapshot is gone. It cannot be put back, so the revert says so (never
+    silently half reverted), leaves the VM stopped and does not load the memory."""
+    async with _rig(tmp_path, db_url) as rig:
+        await rig.define()
+        sid = await _ready(rig, "vm1", "m", memory=True)
+        del rig.drivers[B].snapshots[sid]
+        done = await _bounded(rig, await rig.manager.revert_snapshot("rv", sid, stop_vm=False))
+        _lost(rig, done, sid, B)
+        assert "disk vda was reverted to the snapshot" in done.error.message  # type: ignore[union-attr]
+        assert rig.drivers[A].reverted == [sid]
+        assert (await rig.agent.describe_vm("vm1")).state is VMState.STOPPED
 
 
 async def test_a_revert_with_its_driver_down_is_retried_and_settles_when_it_is_back(

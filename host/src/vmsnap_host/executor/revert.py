@@ -467,9 +467,12 @@ class Revert:
         at = [g for g in snap.groups if g.owner in moved or known.get(g.owner) is Outcome.REVERTED]
         if not at:
             return "nothing was reverted, the VM's disks are as they were"
-        disks = ", ".join(d for g in at for d in g.disks)
+        disks = [d for g in at for d in g.disks]
+        moved_disks = (
+            f"disk {disks[0]} was" if len(disks) == 1 else f"disks {', '.join(disks)} were"
+        )
         return (
-            f"disks {disks} were reverted to the snapshot and cannot be put back (a memory "
+            f"{moved_disks} reverted to the snapshot and cannot be put back (a memory "
             f"revert keeps no undo), the others are as they were; VM {vm.id} was left "
             "stopped: check its disks before starting it"
         )
