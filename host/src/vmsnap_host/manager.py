@@ -55,6 +55,7 @@ from vmsnap_sdk.errors import (
     Reason,
     VMSnapError,
 )
+from vmsnap_sdk.limits import cut
 
 log = logging.getLogger("vmsnap.host.manager")
 
@@ -271,9 +272,11 @@ class Manager:
             if existing is not None:
                 return existing
             if snap.state is not SnapshotState.READY:
+                # An ERROR snapshot says why (e.g. a revert found its data gone).
+                why = f" ({cut(snap.error.message, 600)})" if snap.error is not None else ""
                 raise FailedPrecondition(
-                    f"snapshot {snapshot_id} is {snap.state.name}; only a READY snapshot can "
-                    "be reverted to",
+                    f"snapshot {snapshot_id} is {snap.state.name}{why}; only a READY snapshot "
+                    "can be reverted to",
                     reason=Reason.SNAPSHOT_STATE,
                 )
             self._check_queue(snap.vm_id)

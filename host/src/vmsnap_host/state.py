@@ -17,6 +17,9 @@ Snapshot states and allowed moves::
         └──► ERROR ◄─┘           ▼
                └──────────► EXPUNGING ──► REMOVED
 
+and REVERTING ──► ERROR: a revert found the snapshot's own data gone on its
+owner (SNAPSHOT_LOST, executor/revert.py), so the snapshot can no longer restore.
+
 An operation is open until it is finished once: finishing is a compare-and-set
 on ``done = false`` (``Store.w_finish``), and every journal write of an
 operation is refused once it is done, so a stale worker can neither reopen nor
@@ -38,7 +41,7 @@ MOVES: Mapping[SnapshotState, frozenset[SnapshotState]] = {
     S.REVERTING: frozenset({S.READY}),
     S.EXPUNGING: frozenset({S.READY, S.ERROR}),
     S.REMOVED: frozenset({S.EXPUNGING}),
-    S.ERROR: frozenset({S.ALLOCATED, S.CREATING}),
+    S.ERROR: frozenset({S.ALLOCATED, S.CREATING, S.REVERTING}),
 }
 
 

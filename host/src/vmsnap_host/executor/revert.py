@@ -58,15 +58,19 @@ from vmsnap_sdk import VM, Capability, Consistency, VMState
 from vmsnap_sdk.errors import (
     Aborted,
     FailedPrecondition,
+    NotFound,
     Reason,
     TransientError,
     Unavailable,
     VMSnapError,
 )
+from vmsnap_sdk.limits import cut
 
 log = logging.getLogger("vmsnap.host.revert")
 
 _T = TypeVar("_T")
+
+_PUT_BACK = "every disk was put back as it was before the revert"
 
 
 class Outcome(enum.Enum):
@@ -79,6 +83,26 @@ class Outcome(enum.Enum):
 
 class Unsettled(Exception):
     """Neither side can be reached now; the operation stays open and is retried."""
+
+
+#: Reasons of a NOT_FOUND that are not about the snapshot's data (the VM or its
+#: agent is unknown): no proof that the snapshot is gone.
+_NOT_THE_DATA = frozenset({Reason.VM_NOT_FOUND, Reason.AGENT_NOT_FOUND})
+
+
+def data_gone(error: VMSnapError) -> bool:
+    """A definitive answer from a group's owner that the snapshot's own data is gone
+    (deleted behind the host's back): NOT_FOUND from the revert to the snapshot
+    ("the snapshot (or a volume) is gone", driver.proto), or the agent's
+    SNAPSHOT_DATA_MISSING. Never a transient code: UNAVAILABLE or
+    DEADLINE_EXCEEDED say nothing about the data, and are retried."""
+    if isinstance(error, NotFound):
+        return error.reason not in _NOT_THE_DATA
+    return error.reason == Reason.SNAPSHOT_DATA_MISSING
+
+
+def _retry_helps(error: VMSnapError) -> bool:
+    return not error.final or isinstance(error, Aborted)
 
 
 class Revert:
@@ -227,11 +251,14 @@ class Revert:
             return_exceptions=True,
         )
         known: dict[str, Outcome] = {}
+        gone: dict[str, str] = {}
         undos: list[KeptState] = []
         first: VMSnapError | None = None
         for g, k, o in zip(snap.groups, kept, reverts, strict=True):
             if isinstance(o, BaseException):
                 error = as_error(o, f"revert on {label(g)}")
+                if data_gone(error):
+                    gone[g.owner] = error.message
                 # A final code means the owner changed nothing (a host-side bug is
                 # INTERNAL: the call never reached the owner intact).
                 # A contract violation is an answer: the call did happen on the owner.
@@ -254,7 +281,7 @@ class Revert:
         if first is None:
             await self._done(op, snap, "reverted")
             return
-        await self.settle(op, snap, first, known, vm=vm)
+        await self.settle(op, snap, first, known, vm=vm, gone=gone)
 
     # --- cancel (docs/design.md, "Live events, cancel and traces") ------------------------
 
@@ -320,27 +347,39 @@ class Revert:
         known: Mapping[str, Outcome],
         *,
         vm: VM | None = None,
+        gone: Mapping[str, str] | None = None,
     ) -> None:
         """Bring every group to one side and record which; raises OperationFailed
-        when the VM is not at the snapshot, Unsettled when no side is reachable now."""
+        when the VM is not at the snapshot, Unsettled when no side is reachable now.
+        ``gone``: owners that answered that the snapshot's data is gone (what each
+        said); then forward can never land (see :meth:`_lost`)."""
         if vm is None:
             vm = await with_deadline(
                 self.registry.agent(snap.agent).describe_vm(snap.vm_id),
                 self.settings.call_timeout_seconds,
                 "DescribeVM",
             )
-        await self.store.write(self.store.w_journal(op.id, "bringing every disk to one side", 70))
+        # Journaled: a later settle (a crash, a tick after Unsettled) knows it too.
+        lost: dict[str, str] = {**dict(op.journal.get("gone") or {}), **(gone or {})}
+        await self.store.write(
+            self.store.w_journal(
+                op.id, "bringing every disk to one side", 70, **({"gone": lost} if lost else {})
+            )
+        )
         kept = {k.owner: k for k in self.store.kept_states(op.id)}
         # Once forward was tried, a group may be at the snapshot with no record of it
         # (a forward revert keeps no undo): "no undo" no longer means "unchanged".
         forward_tried = op.journal.get("phase") == "forward"
         back_error: VMSnapError | None = None
-        if cause is not None and kept:
+        if (cause is not None or lost) and kept:
             try:
                 await self._back(snap, vm, kept, known, forward_tried=forward_tried)
             except VMSnapError as exc:
                 back_error = exc
             else:
+                if lost:
+                    await self._lost(op, snap, lost, _PUT_BACK)
+                assert cause is not None
                 message = f"revert failed ({cause.message}); every disk was put back as it was before the revert"
                 error = reworded(cause, message)
                 await self.store.write(
@@ -350,26 +389,134 @@ class Revert:
                 )
                 await self._drop(op.id)
                 raise OperationFailed(error)
+        if lost and back_error is not None:
+            # Forward can never land: only the way back is left.
+            await self._back_later_or_lost(op, snap, lost, back_error)
         # The side is journaled before any group moves towards it.
         await self.store.write(
             self.store.w_journal(op.id, "bringing every disk to the snapshot", 80, phase="forward")
         )
-        try:
-            # A failed attempt to go back may have put some groups back already: then
-            # what was known reverted is not any more, and every group goes forward.
-            await self._forward(snap, vm, known if back_error is None else {})
-        except VMSnapError as exc:
-            parts = [f"revert: {exc.message}"]
-            if back_error is not None:
-                parts.append(f"putting the disks back failed too ({back_error.message})")
-            reason = "; ".join(parts)
+        # A failed attempt to go back may have put some groups back already: then
+        # what was known reverted is not any more, and every group goes forward.
+        before = known if back_error is None else {}
+        errors, moved = await self._forward(snap, vm, before)
+        if not errors:
+            await self._done(op, snap, "reverted" if cause is None else "reverted after a retry")
+            return
+        found = {o: e.message for o, e in errors.items() if data_gone(e)}
+        if found:
+            lost.update(found)
+            await self.store.write(
+                self.store.w_journal(op.id, "the snapshot's data is gone", 85, gone=lost)
+            )
+            if kept:
+                # Some groups may have gone forward before one answered that its data
+                # is gone: back again, counting only kept states that are known.
+                after = {
+                    **before,
+                    **dict.fromkeys(moved, Outcome.REVERTED),
+                    **dict.fromkeys(found, Outcome.UNTOUCHED),
+                }
+                try:
+                    await self._back(snap, vm, kept, after, forward_tried=True)
+                except VMSnapError as exc:
+                    await self._back_later_or_lost(op, snap, lost, exc)
+                await self._lost(op, snap, lost, _PUT_BACK)
+            # No kept states (one group, or a memory revert): nothing to go back to.
+            # Once every other group has answered, the disks' side is known.
+            if not any(_retry_helps(e) for o, e in errors.items() if o not in lost):
+                await self._lost(op, snap, lost, self._where(snap, before, moved, vm))
+        parts = [f"revert: {next(iter(errors.values())).message}"]
+        if back_error is not None:
+            parts.append(f"putting the disks back failed too ({back_error.message})")
+        reason = "; ".join(parts)
+        await self.store.write(
+            self.store.w_journal(
+                op.id, f"waiting to bring every disk to one side ({reason}); retried", 75
+            )
+        )
+        raise Unsettled(reason)
+
+    async def _back_later_or_lost(
+        self, op: OperationRecord, snap: Snapshot, lost: Mapping[str, str], back_error: VMSnapError
+    ) -> NoReturn:
+        """The snapshot's data is gone and putting the disks back failed: wait for
+        the way back while a retry can help (Unsettled), else give up and say so."""
+        if _retry_helps(back_error):
+            reason = (
+                f"the snapshot's data is gone on {', '.join(sorted(lost))}; putting the disks "
+                f"back failed ({back_error.message})"
+            )
             await self.store.write(
                 self.store.w_journal(
-                    op.id, f"waiting to bring every disk to one side ({reason}); retried", 75
+                    op.id, f"waiting to put every disk back ({reason}); retried", 75
                 )
             )
-            raise Unsettled(reason) from exc
-        await self._done(op, snap, "reverted" if cause is None else "reverted after a retry")
+            raise Unsettled(reason)
+        await self._lost(
+            op,
+            snap,
+            lost,
+            f"the disks could not be put back either ({back_error.message}): they may not all "
+            "be on one side, check them before starting the VM",
+        )
+
+    @staticmethod
+    def _where(snap: Snapshot, known: Mapping[str, Outcome], moved: set[str], vm: VM) -> str:
+        """Where the disks are after a revert without kept states gave up."""
+        at = [g for g in snap.groups if g.owner in moved or known.get(g.owner) is Outcome.REVERTED]
+        if not at:
+            return "nothing was reverted, the VM's disks are as they were"
+        disks = [d for g in at for d in g.disks]
+        moved_disks = (
+            f"disk {disks[0]} was" if len(disks) == 1 else f"disks {', '.join(disks)} were"
+        )
+        return (
+            f"{moved_disks} reverted to the snapshot and cannot be put back (a memory "
+            f"revert keeps no undo), the others are as they were; VM {vm.id} was left "
+            "stopped: check its disks before starting it"
+        )
+
+    async def _lost(
+        self, op: OperationRecord, snap: Snapshot, gone: Mapping[str, str], side: str
+    ) -> NoReturn:
+        """Give up: the snapshot's own data is gone on an owner, so no retry can
+        bring the VM to it. The revert fails saying what is gone and where the disks
+        are (``side``); the snapshot is ERROR and out of the tree (its children and
+        the current pointer go to its parent, as a delete does), so that a later
+        revert is refused at once. Always raises OperationFailed."""
+        what = cut("; ".join(gone[o] for o in sorted(gone)), 600)
+        todo = "delete it (DeleteVMSnapshot) and take a new one (CreateVMSnapshot)"
+        error = FailedPrecondition(
+            f"snapshot {snap.id} can no longer be reverted to: its data is gone ({what}); "
+            f"{side}; the snapshot is ERROR now: {todo}",
+            reason=Reason.SNAPSHOT_LOST,
+        )
+        # What the snapshot says of itself (shown by GetVMSnapshot, and when a later
+        # revert is refused).
+        itself = reworded(
+            error, f"its data is gone ({what}): it can no longer be reverted to; {todo}"
+        )
+        now = self.store.get_snapshot(snap.id) or snap
+        await self.store.write(
+            self.store.w_detach(now),
+            self.store.w_move(
+                snap.id,
+                SnapshotState.ERROR,
+                only=frozenset({SnapshotState.REVERTING}),
+                snapshot=replace(
+                    now, state=SnapshotState.ERROR, error=error_info(itself), current=False
+                ),
+            ),
+            self.store.w_journal(op.id, "the snapshot's data is gone", 95, phase="lost"),
+            self.store.w_finish(op.id, error_info(error), "failed; the snapshot's data is gone"),
+        )
+        log.warning(
+            "revert gave up: the snapshot's data is gone",
+            extra={"fields": {"operation": op.id, "snapshot": snap.id, "gone": sorted(gone)}},
+        )
+        await self._drop(op.id)
+        raise OperationFailed(error)
 
     async def _back(
         self,
@@ -419,8 +566,12 @@ class Revert:
             if isinstance(o, BaseException):
                 raise as_error(o, f"putting back {label(g)}")
 
-    async def _forward(self, snap: Snapshot, vm: VM, known: Mapping[str, Outcome]) -> None:
-        """Every group not known reverted goes (again) to the snapshot: idempotent."""
+    async def _forward(
+        self, snap: Snapshot, vm: VM, known: Mapping[str, Outcome]
+    ) -> tuple[dict[str, VMSnapError], set[str]]:
+        """Every group not known reverted goes (again) to the snapshot: idempotent.
+        Returns the errors of the groups that did not get there (none: every group is
+        at the snapshot) and the owners that did in this attempt."""
         todo = [g for g in snap.groups if known.get(g.owner) is not Outcome.REVERTED]
         # A memory snapshot's hypervisor group starts the VM from the saved RAM: every
         # array disk must be back first (the drivers in parallel, then the agent).
@@ -432,14 +583,21 @@ class Revert:
             if snap.include_memory
             else [todo]
         )
+        errors: dict[str, VMSnapError] = {}
+        moved: set[str] = set()
         for wave in waves:
+            if errors:
+                break  # the next wave only once every group of this one is there
             outcomes = await asyncio.gather(
                 *(self._retrying(partial(self.calls.revert, g, snap.id, vm)) for g in wave),
                 return_exceptions=True,
             )
             for g, o in zip(wave, outcomes, strict=True):
                 if isinstance(o, BaseException):
-                    raise as_error(o, label(g))
+                    errors[g.owner] = as_error(o, label(g))
+                else:
+                    moved.add(g.owner)
+        return errors, moved
 
     async def _retrying(self, call: Callable[[], Awaitable[_T]]) -> _T:
         """Retry what a retry can help, for up to the take timeout."""
@@ -489,4 +647,4 @@ class Revert:
         await self.settle(op, snap, cause, {})
 
 
-__all__ = ["Outcome", "Revert", "Unsettled"]
+__all__ = ["Outcome", "Revert", "Unsettled", "data_gone"]

@@ -361,6 +361,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION: the VM could not be started from a memory snapshot's
     state file (the file is damaged or does not match the VM's definition).
     """
+    SNAPSHOT_LOST: _ErrorReason.ValueType  # 98
+    """-- Reverting to a snapshot whose data is gone.
+    FAILED_PRECONDITION: a revert found the snapshot's own data gone on its driver
+    or agent (a definitive NOT_FOUND, or SNAPSHOT_DATA_MISSING: deleted behind the
+    host's back); the disks were left on one side as the message says and the
+    snapshot is ERROR now: it can no longer restore; delete it and take a new one.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call or an operation failed: the `reason` of the google.rpc.ErrorInfo
@@ -663,6 +670,13 @@ INTERNAL: QEMU could not save the VM's device and RAM state to its state file
 MEMORY_LOAD_FAILED: ErrorReason.ValueType  # 91
 """FAILED_PRECONDITION: the VM could not be started from a memory snapshot's
 state file (the file is damaged or does not match the VM's definition).
+"""
+SNAPSHOT_LOST: ErrorReason.ValueType  # 98
+"""-- Reverting to a snapshot whose data is gone.
+FAILED_PRECONDITION: a revert found the snapshot's own data gone on its driver
+or agent (a definitive NOT_FOUND, or SNAPSHOT_DATA_MISSING: deleted behind the
+host's back); the disks were left on one side as the message says and the
+snapshot is ERROR now: it can no longer restore; delete it and take a new one.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

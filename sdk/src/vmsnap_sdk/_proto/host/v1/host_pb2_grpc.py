@@ -381,9 +381,11 @@ class VMSnapshotServiceServicer:
         ABORTED              VM_QUEUE_FULL         too many operations run or wait on the VM
         UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
         Operation.error (the message says whether the disks were put back as before
-        the revert; the snapshot stays READY):
+        the revert; the snapshot stays READY, but for SNAPSHOT_LOST):
         FAILED_PRECONDITION  VM_NOT_STOPPED        the VM was started before the revert ran
         FAILED_PRECONDITION  SNAPSHOT_STATE        the snapshot changed before the revert ran
+        FAILED_PRECONDITION  SNAPSHOT_LOST         the snapshot's data is gone on its driver or
+        agent; it is ERROR now (delete it)
         FAILED_PRECONDITION  NO_KEPT_STATE         a group's kept state is missing
         ABORTED              HOST_RESTARTED        the host restarted; recovery settled it
         UNAVAILABLE          DRIVER_NOT_SERVING    a driver of the snapshot is not serving
