@@ -47,7 +47,9 @@ def nbd_export(workdir: Path) -> Iterator[tuple[str, Path]]:
         os.kill(int(pidfile.read_text()), signal.SIGTERM)
 
 
-async def test_overlay_over_nbd_disk(hv: QemuHypervisor, nbd_export: tuple[str, Path]) -> None:
+# nbd_export before hv: fixtures are torn down in reverse, so the VM is stopped
+# while its NBD server still answers (else QEMU's stop waits on the dead export).
+async def test_overlay_over_nbd_disk(nbd_export: tuple[str, Path], hv: QemuHypervisor) -> None:
     url, image = nbd_export
     await hv.define_vm("nbd", 256, [DiskSpec(LONG, url, locator="element://c1/42")])
     await hv.start_vm("nbd")

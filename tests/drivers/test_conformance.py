@@ -40,19 +40,10 @@ async def test_driver_passes_the_conformance_suite(vendor: str, tmp_path: Path) 
             assert result.detail.startswith("the driver does not advertise CAPABILITY_"), result
             capability = result.detail.rsplit("CAPABILITY_", 1)[1].split()[0].rstrip(".:,")
             assert f"CAPABILITY_{capability}" not in report.driver["capabilities"], result
-
-
-@pytest.mark.parametrize("vendor", ["solidfire", "netapp"])
-async def test_driver_passes_the_clone_checks(vendor: str, tmp_path: Path) -> None:
-    """CAPABILITY_CLONE_VOLUMES on both reference drivers: every clone check runs
-    (none skipped) and passes against the emulator's real bytes."""
-    with (
-        start_emulator(EMULATOR[vendor], tmp_path / "array", durable=False) as emu,
-        run_driver(vendor, emu, *ARGS[vendor]) as driver,
-    ):
-        report = await run_suite(driver.address, only=("clone", "capabilities.clone_volumes"))
+    # CAPABILITY_CLONE_VOLUMES on both reference drivers: every clone check ran (none
+    # skipped) and passed against the emulator's real bytes. (The same report as the
+    # whole suite's: a second run of only the clone checks proved nothing more.)
     assert "CAPABILITY_CLONE_VOLUMES" in report.driver["capabilities"]
     clone_checks = {c.id for c in all_checks() if c.category == "clone"}
     ran = {r.id: r.status for r in report.checks}
-    assert set(ran) >= clone_checks | {"capabilities.clone_volumes"}
-    assert set(ran.values()) == {"passed"}, _failures(report) or ran
+    assert {ran.get(i) for i in clone_checks | {"capabilities.clone_volumes"}} == {"passed"}, ran

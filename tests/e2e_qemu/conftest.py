@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 from tests.support.qemu_stack import (
@@ -43,6 +44,15 @@ def start_stack(options: StackOptions) -> Iterator[QemuStack]:
         stack.stop()
         assert not processes_under(work), processes_under(work)
         assert not work.exists()
+
+
+@pytest.fixture(scope="package")
+def lease30_stack() -> Iterator[QemuStack]:
+    """One stack with a 30 s lease for every module that needs no other options
+    (test_round_trips, test_memory): a stack start costs seconds of boot-free
+    set-up. Their tests use VM ids and file names of their own, and the stack is
+    checked for leftovers when the last of them is done."""
+    yield from start_stack(StackOptions(lease_seconds=30))
 
 
 def processes_under(work: Path) -> list[str]:

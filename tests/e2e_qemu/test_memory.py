@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import ram_counter
-from tests.support.qemu_stack import QemuStack, StackOptions, read_ext4_file
+from tests.support.qemu_stack import QemuStack, read_ext4_file
 from vmsnap_host.client import HostClient, VMSnapshotState
 from vmsnap_sdk import Consistency, VMState
 
-from .conftest import done, guest_sh, start_stack, three_disks, vm_of, wait_guest
+from .conftest import done, guest_sh, three_disks, vm_of, wait_guest
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(300)]
 
@@ -28,8 +27,8 @@ LOCAL_OFFSET = 16 << 20
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[QemuStack]:
-    yield from start_stack(StackOptions(lease_seconds=30))
+def stack(lease30_stack: QemuStack) -> QemuStack:
+    return lease30_stack
 
 
 async def _counter(stack: QemuStack, vm_id: str) -> int:

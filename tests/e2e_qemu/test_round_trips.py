@@ -7,7 +7,6 @@ in an ONTAP volume) plus a local qcow2 disk, driven by the reference drivers.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from urllib.parse import unquote, urlparse
 
 import grpc
@@ -15,7 +14,6 @@ import pytest
 
 from tests.support.qemu_stack import (
     QemuStack,
-    StackOptions,
     fsck,
     make_ext4,
     read_ext4_file,
@@ -29,7 +27,6 @@ from .conftest import (
     counter,
     done,
     guest_sh,
-    start_stack,
     three_disks,
     vm_of,
     wait_console,
@@ -44,8 +41,8 @@ LOCAL_OFFSET = 16 << 20
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[QemuStack]:
-    yield from start_stack(StackOptions(lease_seconds=30))
+def stack(lease30_stack: QemuStack) -> QemuStack:
+    return lease30_stack
 
 
 async def _local_marker(stack: QemuStack, vm_id: str, text: str) -> None:

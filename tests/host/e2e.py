@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -200,3 +202,16 @@ def cluster(
         yield c
     finally:
         c.close()
+
+
+def module_cluster(
+    tmp_path_factory: Any, name: str, driver_flags: dict[str, list[str]] | None = None
+) -> Iterator[Cluster]:
+    """A cluster for a module's tests that leave it as they found it, each with VMs
+    (and request ids) of its own: starting the four processes is most of a test's
+    time. ``tmp_path_factory`` is pytest's; the sockets go to a short /tmp dir."""
+    sock = Path(tempfile.mkdtemp(prefix="vs-", dir="/tmp"))
+    try:
+        yield from cluster(sock, tmp_path_factory.mktemp(name), driver_flags or {})
+    finally:
+        shutil.rmtree(sock, ignore_errors=True)

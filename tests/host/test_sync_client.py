@@ -7,18 +7,17 @@ from __future__ import annotations
 import concurrent.futures
 import inspect
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.host.e2e import Cluster, cluster
+from tests.host.e2e import Cluster, module_cluster
 from vmsnap_host import client
 from vmsnap_host.client import HostClient, NotFound, SyncHostClient, VMSnapshotState
 
 
-@pytest.fixture
-def running(sockdir: Path, tmp_path: Path) -> Iterator[Cluster]:
-    yield from cluster(sockdir, tmp_path, {})
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    yield from module_cluster(tmp_path_factory, "sync-client")
 
 
 def test_the_blocking_client_from_plain_code_and_from_threads(running: Cluster) -> None:

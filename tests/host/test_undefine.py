@@ -17,15 +17,15 @@ import pytest
 from tests.cli.stack_support import vmsnap
 from tests.fakes.driver import Options
 from tests.host.conftest import make_rig
-from tests.host.e2e import Cluster, cluster
+from tests.host.e2e import Cluster, module_cluster
 from vmsnap_sdk._errors import from_rpc_error
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk.errors import NotFound
 
 
-@pytest.fixture
-def plain(sockdir: Path, tmp_path: Path) -> Iterator[Cluster]:
-    yield from cluster(sockdir, tmp_path, {})
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    yield from module_cluster(tmp_path_factory, "undefine")
 
 
 def _refused(call: object) -> tuple[grpc.StatusCode, str, str]:
