@@ -112,3 +112,20 @@ def test_peer_frozen_windows_from_the_hook_and_libvirtd_logs() -> None:
     )
     # The freeze's reply read → the thaw sent; the sync before it does not count.
     assert libvirt_windows(log) == pytest.approx([93.0])
+
+
+def test_thread_cpu_counts_the_calling_threads_work() -> None:
+    """bench.cpu_threads reads each thread's CPU from /proc: work done by this
+    (main) thread shows on its own id, and only grows."""
+    import os
+    import time
+
+    from bench.cpu_threads import thread_cpu
+
+    before = thread_cpu(os.getpid())
+    assert os.getpid() in before
+    end = time.process_time() + 0.1
+    while time.process_time() < end:
+        pass
+    after = thread_cpu(os.getpid())
+    assert after[os.getpid()] - before[os.getpid()] >= 0.05
