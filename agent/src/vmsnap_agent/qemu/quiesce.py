@@ -25,10 +25,11 @@ Application consistency: qemu-ga runs its fsfreeze hook before freezing and fail
 the freeze if the hook fails, but does not say whether a hook is configured. The
 vmsnap guest convention is a hook log at :data:`HOOK_LOG` (the hook appends
 "freeze <uptime>"/"thaw <uptime>" and keeps the last lines; a guest with the hook
-creates it at boot). With ``overlay+guest`` the agent reads it before and after
-(the guest is thawed again), so a new "freeze" line proves the hook ran. With ``guest`` the log cannot be read
-while frozen (qemu-ga disables guest-file-* then), so its presence before the
-freeze, plus the successful freeze, stand for the proof.
+creates it at boot). Its presence before the freeze, plus the successful freeze,
+stand for the proof, with every method: qemu-ga fails the freeze when a configured
+hook fails. (``overlay+guest`` read the log again after the thaw to see a new
+"freeze" line; that added three qemu-ga round trips to every take for what the
+freeze's success already says, and was dropped in issue 16.)
 """
 
 from __future__ import annotations
@@ -83,12 +84,6 @@ class QuiesceContext:
         """Durable before the caller goes on; written (and fsynced) off the event loop.
         Calls on one VM are serialised by its lock, so saves land in order."""
         await asyncio.to_thread(write_json_atomic, self.paths.quiesce, record.to_json())
-
-
-def _last_freeze(log_bytes: bytes | None) -> bytes | None:
-    """The hook's last "freeze <uptime>" line: unique per run (the guest trims the log)."""
-    lines = [ln for ln in (log_bytes or b"").splitlines() if ln.startswith(b"freeze")]
-    return lines[-1] if lines else None
 
 
 def stable_paths(spec: VmSpec) -> list[str]:
@@ -268,14 +263,14 @@ async def quiesce(
 
     error: BaseException | None = None
     hook_installed = False
-    log_before: bytes | None = None
-    last_after: bytes | None = None
     # Connect (and sync) before anything is recorded: an absent agent costs nothing.
     # The connection stays open after the quiesce: the thaw needs no new one.
     async with ctx.guest_agent() as ga:
-        # The hook log is read before the freeze and after the thaw, never while frozen.
-        log_before = await ga.read_file(HOOK_LOG)
-        hook_installed = log_before is not None
+        # The hook log is read once, before the freeze (never while frozen, nor after
+        # the thaw: three qemu-ga round trips each). Its presence says the guest runs
+        # the hook; qemu-ga runs a configured hook inside guest-fsfreeze-freeze and
+        # fails the freeze when the hook fails, so a freeze that succeeded ran it.
+        hook_installed = await ga.read_file(HOOK_LOG) is not None
         record.guest_frozen = True
         await ctx.save(record)
         try:
@@ -295,21 +290,13 @@ async def quiesce(
                 record.thawed_at = time.time()
                 record.guest_frozen = False
                 ctx.hold_guest_agent(False)
-                last_after = _last_freeze(await ga.read_file(HOOK_LOG))
         except BaseException as exc:  # noqa: BLE001 - undone below, then re-raised
             error = exc
     if error is not None:
         # Outside the session: the undo's thaw takes the (single-client) channel.
         await unquiesce(ctx, record)
         raise error
-    if method is QuiesceMethod.GUEST:
-        record.consistency = Consistency.APPLICATION if hook_installed else Consistency.FILESYSTEM
-    else:
-        record.consistency = (
-            Consistency.APPLICATION
-            if hook_installed and last_after not in (None, _last_freeze(log_before))
-            else Consistency.FILESYSTEM
-        )
+    record.consistency = Consistency.APPLICATION if hook_installed else Consistency.FILESYSTEM
     await ctx.save(record)
     return record
 
