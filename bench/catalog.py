@@ -223,10 +223,7 @@ def measure_catalog(
 
         procs: list[stack.Proc] = []
         try:
-            agent = stack.start_agent(tmp)
-            procs.append(agent)
-            drivers = [stack.start_driver(tmp, "a"), stack.start_driver(tmp, "b")]
-            procs += drivers
+            agent, drivers = stack.start_agent_and_drivers(tmp, procs)
             asyncio.run(define_vms(agent.address, 1))
             config = stack.HostConfig(drivers=[d.address for d in drivers], agents=[agent.address])
             # Baseline: the same start with nothing in flight.

@@ -69,10 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     with stack.workdir(base=args.base) as tmp:
         procs: list[stack.Proc] = []
         try:
-            agent = stack.start_agent(tmp)
-            procs.append(agent)
-            drivers = [stack.start_driver(tmp, "a"), stack.start_driver(tmp, "b")]
-            procs += drivers
+            agent, drivers = stack.start_agent_and_drivers(tmp, procs)
             vms = asyncio.run(create.define_vms(agent.address, 1))
             host = stack.start_host(
                 tmp,

@@ -142,10 +142,7 @@ def measure_create(
     with stack.workdir(base=base) as tmp:
         procs: list[stack.Proc] = []
         try:
-            agent = stack.start_agent(tmp)
-            procs.append(agent)
-            drivers = [stack.start_driver(tmp, "a"), stack.start_driver(tmp, "b")]
-            procs += drivers
+            agent, drivers = stack.start_agent_and_drivers(tmp, procs)
             vms = asyncio.run(define_vms(agent.address, max(concurrencies)))
             config = stack.HostConfig(
                 drivers=[d.address for d in drivers],

@@ -68,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     with stack.workdir() as tmp:
         procs: list[stack.Proc] = []
         try:
-            agent = stack.start_agent(tmp)
-            drivers = [stack.start_driver(tmp, "a"), stack.start_driver(tmp, "b")]
-            procs += [agent, *drivers]
+            agent, drivers = stack.start_agent_and_drivers(tmp, procs)
             vms = asyncio.run(create.define_vms(agent.address, 1))
             config = stack.HostConfig(
                 drivers=[d.address for d in drivers],

@@ -133,6 +133,17 @@ def start_driver(directory: Path, scheme: str, *, delay_ms: float = 0.0, name: s
     )
 
 
+def start_agent_and_drivers(directory: Path, procs: list[Proc]) -> tuple[Proc, list[Proc]]:
+    """The create benchmarks' peers: a sim agent and two no-op drivers (schemes ``a``
+    and ``b``), each appended to ``procs`` as soon as it serves (the caller stops
+    them all, in reverse, however the start ends)."""
+    agent = start_agent(directory)
+    procs.append(agent)
+    drivers = [start_driver(directory, "a"), start_driver(directory, "b")]
+    procs += drivers
+    return agent, drivers
+
+
 def read_counts(directory: Path, driver: Proc) -> dict[str, int]:
     """Ask a no-op driver for its call counts so far (SIGUSR1, then read the file)."""
     path = directory / f"{driver.name}.counts.json"
