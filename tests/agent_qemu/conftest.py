@@ -25,7 +25,11 @@ import pytest_asyncio
 
 from tests.support.tools import require
 from vmsnap_agent.qemu import GuestImage, QemuHypervisor, build_guest_image
+from vmsnap_agent.qemu.agent import QemuAgent
+from vmsnap_agent.qemu.locators import LocatorMap
 from vmsnap_agent.qemu.process import VmPaths, running_pid
+from vmsnap_sdk import AgentClient
+from vmsnap_sdk.serve import start_agent_server
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +74,18 @@ async def hv(guest_image: GuestImage, workdir: Path) -> AsyncIterator[QemuHyperv
                     await asyncio.wait_for(cleaner.stop_vm(vm.vm_id, force=True), 60)
         finally:
             kill_leftover_vms(state)
+
+
+@pytest_asyncio.fixture
+async def client(hv: QemuHypervisor, workdir: Path) -> AsyncIterator[AgentClient]:
+    """The agent served over a unix socket, as the host calls it, and a client of it.
+    element://c1/<n> volumes are files of one directory here (over NBD in real life)."""
+    locators = LocatorMap.parse([f"element://c1/={workdir}/element/"])
+    address = f"unix://{workdir}/agent.sock"
+    server = await start_agent_server(QemuAgent(hv, "qemu-test", locators), address)
+    agent = AgentClient.connect(address, timeout=60)
+    try:
+        yield agent
+    finally:
+        await agent.close()
+        await server.stop(0)

@@ -7,7 +7,6 @@ import asyncio
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -15,9 +14,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from vmsnap_agent.qemu import DiskFormat, DiskSpec, QemuHypervisor, SnapshotNotFound, VmBusy
-from vmsnap_agent.qemu.agent import QemuAgent
 from vmsnap_agent.qemu.copies import DiskCopies
-from vmsnap_agent.qemu.locators import LocatorMap
 from vmsnap_sdk import VM, AgentClient, CloneTarget, Volume
 from vmsnap_sdk.errors import (
     AlreadyExists,
@@ -25,7 +22,6 @@ from vmsnap_sdk.errors import (
     InvalidArgument,
     NotFound,
 )
-from vmsnap_sdk.serve import start_agent_server
 
 from .guestlib import make_qcow2
 
@@ -34,19 +30,6 @@ pytestmark = pytest.mark.asyncio
 OFFSET = 1 << 20  # where the guest writes its marker on /dev/vda
 A = b"vmsnap-before-A"
 B = b"vmsnap-after--B"
-
-
-@pytest.fixture
-async def client(hv: QemuHypervisor, workdir: Path) -> AsyncIterator[AgentClient]:
-    locators = LocatorMap.parse([f"element://c1/={workdir}/element/"])
-    address = f"unix://{workdir}/agent.sock"
-    server = await start_agent_server(QemuAgent(hv, "qemu-copy", locators), address)
-    agent = AgentClient.connect(address, timeout=60)
-    try:
-        yield agent
-    finally:
-        await agent.close()
-        await server.stop(0)
 
 
 async def _guest_write(hv: QemuHypervisor, vm_id: str, data: bytes) -> None:

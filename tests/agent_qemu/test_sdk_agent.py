@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from vmsnap_agent.qemu import QemuHypervisor
-from vmsnap_agent.qemu.agent import QemuAgent
-from vmsnap_agent.qemu.locators import LocatorMap
 from vmsnap_sdk import VM, AgentClient, Consistency, Page, QuiesceMethod, VMState, Volume
 from vmsnap_sdk.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
-from vmsnap_sdk.serve import start_agent_server
 
 from .guestlib import make_ext4, make_qcow2, wait_console
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture
-async def client(hv: QemuHypervisor, workdir: Path) -> AsyncIterator[AgentClient]:
-    # element://c1/<n> volumes are files of one directory here (over NBD in real life).
-    locators = LocatorMap.parse([f"element://c1/={workdir}/element/"])
-    address = f"unix://{workdir}/agent.sock"
-    server = await start_agent_server(QemuAgent(hv, "qemu-test", locators), address)
-    agent = AgentClient.connect(address, timeout=60)
-    try:
-        yield agent
-    finally:
-        await agent.close()
-        await server.stop(0)
 
 
 async def test_contract_round_trip(client: AgentClient, hv: QemuHypervisor, workdir: Path) -> None:
