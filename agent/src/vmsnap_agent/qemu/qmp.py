@@ -112,28 +112,24 @@ class QmpSession:
                 # created → running → ready costs no query per step (issue 16). A
                 # concluded job is read again: only query-jobs carries its error.
                 job = await self._job_or_raise(job_id)
+                from_event = False  # ``job`` is an event's status, not query-jobs' record
                 while True:
-                    status = job["status"]
-                    if status in ("concluded", "null") and "error" not in job and job.get(
-                        "from_event"
-                    ):
-                        job = await self._job_or_raise(job_id)
-                        status = job["status"]
-                    if status in statuses or status in ("concluded", "null"):
-                        job.pop("from_event", None)
+                    if from_event and job["status"] in ("concluded", "null"):
+                        job, from_event = await self._job_or_raise(job_id), False
+                    if job["status"] in statuses or job["status"] in ("concluded", "null"):
                         return job
                     try:
                         async with asyncio.timeout(JOB_RECHECK_INTERVAL):
                             message = await listener.get()
                     except TimeoutError:
-                        job = await self._job_or_raise(job_id)
+                        job, from_event = await self._job_or_raise(job_id), False
                         continue
                     data = message.get("data") if hasattr(message, "get") else None
-                    event_status = data.get("status") if isinstance(data, dict) else None
-                    if isinstance(event_status, str):
-                        job = {"id": job_id, "status": event_status, "from_event": True}
+                    status = data.get("status") if isinstance(data, dict) else None
+                    if isinstance(status, str):
+                        job, from_event = {"id": job_id, "status": status}, True
                     else:
-                        job = await self._job_or_raise(job_id)
+                        job, from_event = await self._job_or_raise(job_id), False
 
     async def _job_or_raise(self, job_id: str) -> dict[str, Any]:
         job = await self.job_status(job_id)

@@ -903,10 +903,6 @@ class Store:
         with self._read() as conn:
             return {str(state): int(count) for state, count in conn.execute(query)}
 
-    def count_live(self, vm_id: str) -> int:
-        with self._read() as conn:
-            return int(conn.execute(_COUNT_LIVE, {"b_vm": vm_id}).scalar_one())
-
     def find_by_name(self, vm_id: str, name: str) -> Snapshot | None:
         """A snapshot of that VM with that name that still counts (not REMOVED/ERROR)."""
         with self._read() as conn:
