@@ -9,7 +9,9 @@ disk, with the guest writer running, and measures:
 * ``qemu_freeze_<method>_ms`` — the agent alone: ``Quiesce`` then ``Unquiesce`` at
   once (no driver in between), for each method (``overlay``, ``guest``,
   ``overlay_guest``): the floor of a freeze on this hypervisor (overlay
-  transaction, guest fsfreeze round trips, commit of what the overlays caught).
+  transaction, guest fsfreeze round trips, commit of what the overlays caught),
+  each after 0.5 s idle as a periodic take starts (the agent's spare overlays are
+  made by then; a quiesce right after an unquiesce creates its overlays inline).
 * ``qemu_freeze_with_drivers_<method>_ms`` — a full VM snapshot through the
   host's API (``CreateVMSnapshot``), the freeze window the host records: quiesce,
   the parallel takes on both arrays and the native cut, thaw. The host picks
@@ -62,6 +64,8 @@ METHODS = {
     "overlay_guest": QuiesceMethod.GUEST_FREEZE_AND_OVERLAY,
 }
 HOST_POLICIES = {"overlay": QuiescePolicy.OFF, "overlay_guest": QuiescePolicy.REQUIRED}
+#: Seconds idle before each agent-alone sample (periodic takes are seconds apart).
+IDLE_S = 0.5
 
 
 class Skipped(Exception):
@@ -104,6 +108,9 @@ async def _measure(stack: QemuStack, samples: int) -> dict[str, float]:
         for name, method in METHODS.items():
             windows = []
             for _ in range(samples):
+                # Idle first, as before a periodic take: the agent makes its spare
+                # overlays after each unquiesce (spares.py), in about 0.1-0.3 s.
+                await asyncio.sleep(IDLE_S)
                 started = time.perf_counter()
                 q = await agent.quiesce(VM_ID, method, 30, False, "")
                 await agent.unquiesce(q.token)

@@ -161,3 +161,62 @@ async def test_quiesce_guards_and_retries(hv: QemuHypervisor, workdir: Path) -> 
         await hv.start_vm("guard")
     await hv.unquiesce(res.token)
     await hv.start_vm("guard")
+
+
+async def test_unquiesce_finishes_commit_jobs_an_earlier_agent_left(
+    hv: QemuHypervisor, workdir: Path
+) -> None:
+    """An agent that died mid-commit leaves jobs behind: one READY, never completed;
+    one concluded and never dismissed (how commits ran before issue 16). The next
+    unquiesce completes the first; the second, whose overlay is gone already, is
+    dismissed when its job id is next needed."""
+    scratch = await _start(hv, workdir, "jobs")
+    res = await hv.quiesce("jobs", QuiesceMethod.OVERLAY, lease_seconds=120)
+    overlays = [Path(d.active_path) for d in (await hv.describe_vm("jobs")).disks]
+    await qemu_io(hv, "jobs", "scratch", "write -P 0x77 8192 4096")
+    qmp = hv.qmp("jobs")
+
+    async def status(job_id: str) -> str | None:
+        found = [j["status"] for j in await qmp.execute("query-jobs") if j["id"] == job_id]
+        return found[0] if found else None
+
+    async def reaches(job_id: str, wanted: str) -> None:
+        async def there() -> bool:
+            return await status(job_id) == wanted
+
+        await wait_until(there)
+
+    # The data disk's commit: READY, left there (the pivot was never asked for).
+    await qmp.execute(
+        "block-commit", {"job-id": "commit-data", "device": "ov-data", "base-node": "d-data"}
+    )
+    await reaches("commit-data", "ready")
+    # The scratch disk's commit: completed, concluded, not dismissed.
+    await qmp.execute(
+        "block-commit",
+        {
+            "job-id": "commit-scratch",
+            "device": "ov-scratch",
+            "base-node": "d-scratch",
+            "auto-dismiss": False,
+        },
+    )
+    await reaches("commit-scratch", "ready")
+    await qmp.execute("block-job-complete", {"device": "commit-scratch"})
+    await reaches("commit-scratch", "concluded")
+
+    assert await hv.unquiesce(res.token) is not None
+    assert await status("commit-data") is None
+    nodes = await qmp.execute("query-named-block-nodes", {"flat": True})
+    assert not [n for n in nodes if n["node-name"].startswith("ov-")]
+    assert read_at(scratch, 8192, 4096) == b"\x77" * 4096
+    assert not any(p.exists() for p in overlays)
+    assert hv.list_quiesces("jobs") == []
+
+    # The next commit of scratch meets the concluded job's id: dismissed, redone.
+    assert await status("commit-scratch") == "concluded"
+    again = await hv.quiesce("jobs", QuiesceMethod.OVERLAY, lease_seconds=120)
+    await qemu_io(hv, "jobs", "scratch", "write -P 0x78 8192 4096")
+    assert await hv.unquiesce(again.token) is not None
+    assert await qmp.execute("query-jobs") == []
+    assert read_at(scratch, 8192, 4096) == b"\x78" * 4096

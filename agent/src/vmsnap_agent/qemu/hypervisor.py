@@ -76,6 +76,7 @@ from .model import (
 )
 from .process import VmPaths
 from .qmp import QmpSession
+from .spares import SpareOverlays
 from .statefile import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ class QemuHypervisor:
         self._ga: dict[str, SharedGuestAgent] = {}
         self._watchdogs: dict[str, asyncio.Task[None]] = {}
         self._copies = DiskCopies(self._state_dir / "copies")
+        #: Overlay files made ahead of each VM's next quiesce (spares.py).
+        self._spares = SpareOverlays()
         #: (vm_id, snapshot_id) -> copies reading it now: its delete waits for them.
         self._copying: dict[tuple[str, str], int] = {}
 
@@ -159,6 +162,7 @@ class QemuHypervisor:
 
     async def close(self) -> None:
         """Stop watching (VMs keep running, quiesces stay persisted) and drop connections."""
+        await self._spares.close()
         for task in self._watchdogs.values():
             task.cancel()
         for task in list(self._watchdogs.values()):
@@ -235,13 +239,15 @@ class QemuHypervisor:
 
     def _context(self, vm_id: str) -> q.QuiesceContext:
         paths = self._paths(vm_id)
+        pid = process.running_pid(paths)
         return q.QuiesceContext(
             spec=self._spec(vm_id),
             paths=paths,
-            qmp=self._session(vm_id) if self._running(vm_id) else None,
+            qmp=self._session(vm_id) if pid is not None else None,
             guest_agent=self._shared_ga(vm_id).session,
             hold_guest_agent=self._shared_ga(vm_id).hold,
             freeze_timeout=self._freeze_timeout,
+            claim_spare=lambda disk: self._spares.claim(vm_id, pid, disk),
         )
 
     def guest_agent(
@@ -313,6 +319,7 @@ class QemuHypervisor:
             if self._running(vm_id):
                 raise VmStateError(f"{vm_id} is running", reason="VM_NOT_STOPPED")
             self._not_frozen(vm_id, "undefine")
+            await self._spares.drop(vm_id, paths.spares)
             shutil.rmtree(paths.root)
 
     async def start_vm(
@@ -328,6 +335,8 @@ class QemuHypervisor:
                 # bases lack; they are folded in by unquiesce or the lease's end.
                 self._not_frozen(vm_id, "start")
                 paths.clean_stop.unlink(missing_ok=True)
+                # Spares of a QEMU that died under us are not trusted by the next one.
+                await self._spares.drop(vm_id, paths.spares)
                 guest = None
                 if spec.boot is BootMode.TEST_GUEST:
                     if self._guest is None:
@@ -370,6 +379,7 @@ class QemuHypervisor:
                     paths.clean_stop.touch()
             await self._session(vm_id).close()
             await self._shared_ga(vm_id).close()
+            await self._spares.drop(vm_id, paths.spares)
             process.cleanup_runtime_files(paths)
         return await self.describe_vm(vm_id)
 
@@ -527,7 +537,12 @@ class QemuHypervisor:
             record = self._load_quiesce(record.vm_id)
             if record is None or record.token != token:
                 return None
-            await q.unquiesce(self._context(record.vm_id), record)
+            ctx = self._context(record.vm_id)
+            await q.unquiesce(ctx, record)
+            pid = process.running_pid(ctx.paths)
+            if ctx.qmp is not None and pid is not None:
+                # Off the caller's path: the next quiesce finds its overlays made.
+                self._spares.refill(ctx.spec.vm_id, pid, ctx.qmp, ctx.spec, ctx.paths.spares)
         self._unwatch(token)
         _log_event("unquiesced", record)
         return record.result()

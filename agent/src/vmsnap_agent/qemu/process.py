@@ -87,6 +87,12 @@ class VmPaths:
     def overlays(self) -> Path:
         return self.root / "overlays"
 
+    @property
+    def spares(self) -> Path:
+        """Overlay files made ahead of a quiesce (spares.py); same file system as
+        ``overlays``, where a quiesce renames them."""
+        return self.root / "spares"
+
     def check_socket_lengths(self) -> None:
         for p in (self.qmp, self.qga):
             if len(str(p)) > _MAX_SOCKET_PATH:

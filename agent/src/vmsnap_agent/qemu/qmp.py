@@ -46,6 +46,13 @@ def _event_job(message: Any) -> Any:
     return data.get("id") if isinstance(data, dict) else None
 
 
+def error_class(exc: BaseException) -> str:
+    """QEMU's class of the error that rejected a command (``DeviceNotFound``,
+    ``GenericError``, ...), or "" for anything else (a lost connection)."""
+    cause = exc.__cause__
+    return str(cause.error_class) if isinstance(cause, ExecuteError) else ""
+
+
 class QmpSession:
     def __init__(self, socket_path: str, name: str) -> None:
         self._path = socket_path

@@ -35,12 +35,17 @@ freeze's success already says, and was dropped in issue 16.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from qemu.qmp import EventListener
 
 from . import memory
 from .errors import GuestAgentUnavailable, QmpCommandError
@@ -55,7 +60,7 @@ from .model import (
 )
 from .native import holds_bytes
 from .process import VmPaths, format_node, node_key, overlay_node
-from .qmp import QmpSession
+from .qmp import JOB_RECHECK_INTERVAL, QmpSession, error_class
 from .statefile import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -80,10 +85,57 @@ class QuiesceContext:
     # needs no new connection), or let it close when idle.
     hold_guest_agent: Callable[[bool], None] = lambda held: None
 
-    async def save(self, record: QuiesceRecord) -> None:
+    # The spare overlay (spares.py) made for this disk, now the quiesce's; None: none.
+    claim_spare: Callable[[str], Path | None] = lambda disk: None
+
+    async def save(
+        self, record: QuiesceRecord, place: Sequence[tuple[Path, Path]] = ()
+    ) -> set[str]:
         """Durable before the caller goes on; written (and fsynced) off the event loop.
-        Calls on one VM are serialised by its lock, so saves land in order."""
-        await asyncio.to_thread(write_json_atomic, self.paths.quiesce, record.to_json())
+        Calls on one VM are serialised by its lock, so saves land in order.
+
+        ``place``: spare overlays moved to their recorded paths once the record is
+        durable (a crash in between leaves a recorded path with no file, which the
+        undo skips). Returns the paths placed."""
+        return await asyncio.to_thread(_save_and_place, self.paths, record.to_json(), place)
+
+
+def _claim_spares(ctx: QuiesceContext, record: QuiesceRecord) -> list[tuple[Path, Path]]:
+    """(spare, overlay path) for each overlay with a spare ready; claimed just before
+    the save that places them, so a failure earlier leaves none unplaced."""
+    place = []
+    for o in record.overlays:
+        spare = ctx.claim_spare(o.disk)
+        if spare is not None:
+            place.append((spare, Path(o.overlay_path)))
+    return place
+
+
+def _save_and_place(
+    paths: VmPaths, data: dict[str, object], place: Sequence[tuple[Path, Path]]
+) -> set[str]:
+    try:
+        write_json_atomic(paths.quiesce, data)
+    except BaseException:
+        for spare, _ in place:  # claimed, never placed: nothing may stay behind
+            spare.unlink(missing_ok=True)
+        raise
+    placed: set[str] = set()
+    for spare, target in place:
+        try:
+            os.rename(spare, target)
+        except OSError as exc:  # gone: that disk's overlay is created in the transaction
+            log.warning("spare overlay %s unusable: %s", spare, exc)
+        else:
+            placed.add(str(target))
+    if placed:
+        # The renames are durable before QEMU writes the guest's data into the files.
+        dfd = os.open(paths.overlays, os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return placed
 
 
 def stable_paths(spec: VmSpec) -> list[str]:
@@ -121,7 +173,9 @@ async def _overlay_transaction(
     overlays: list[OverlayRecord],
     cut_tag: str = "",
     cut_disks: Sequence[str] = (),
+    existing: Collection[str] = (),
 ) -> None:
+    """``existing``: overlay paths already made (spares.py), opened rather than created."""
     # The cut snapshots come first: their nodes are still the roots they must be.
     actions: list[dict[str, object]] = [
         {
@@ -138,7 +192,7 @@ async def _overlay_transaction(
                 "snapshot-file": o.overlay_path,
                 "snapshot-node-name": o.overlay_node,
                 "format": "qcow2",
-                "mode": "absolute-paths",
+                "mode": "existing" if o.overlay_path in existing else "absolute-paths",
             },
         }
         for o in overlays
@@ -250,12 +304,13 @@ async def quiesce(
     if with_overlays:
         record.cut_disks = plan_cut(ctx.spec)
         record.cut_tag = f"{CUT_PREFIX}{token}" if record.cut_disks else ""
-    if with_overlays:
         ctx.paths.overlays.mkdir(parents=True, exist_ok=True)
     if not with_guest:
-        await ctx.save(record)
+        existing = await ctx.save(record, _claim_spares(ctx, record))
         try:
-            await _overlay_transaction(ctx.qmp, record.overlays, record.cut_tag, record.cut_disks)
+            await _overlay_transaction(
+                ctx.qmp, record.overlays, record.cut_tag, record.cut_disks, existing
+            )
         except BaseException:
             await unquiesce(ctx, record)
             raise
@@ -272,7 +327,7 @@ async def quiesce(
         # fails the freeze when the hook fails, so a freeze that succeeded ran it.
         hook_installed = await ga.read_file(HOOK_LOG) is not None
         record.guest_frozen = True
-        await ctx.save(record)
+        existing = await ctx.save(record, _claim_spares(ctx, record))
         try:
             # On failure or timeout (some file systems may be frozen, or the freeze
             # may still complete in the guest) the undo below thaws, through a
@@ -283,7 +338,7 @@ async def quiesce(
             record.freeze_answered_at = time.time()
             if method is QuiesceMethod.OVERLAY_GUEST:
                 await _overlay_transaction(
-                    ctx.qmp, record.overlays, record.cut_tag, record.cut_disks
+                    ctx.qmp, record.overlays, record.cut_tag, record.cut_disks, existing
                 )
                 record.thaw_sent_at = time.time()
                 await ga.execute("guest-fsfreeze-thaw", timeout=ctx.freeze_timeout)
@@ -318,44 +373,156 @@ async def _graph_nodes(qmp: QmpSession) -> set[str]:
 
 
 async def _commit_live(qmp: QmpSession, overlays: list[OverlayRecord]) -> None:
-    """Active commit of every overlay still in the graph, all jobs in parallel."""
-    nodes = await _graph_nodes(qmp)
-    running = {job.get("id") for job in await qmp.execute("query-jobs")}
-    jobs: list[str] = []
-    for o in overlays:
-        job_id = f"commit-{node_key(o.disk)}"
-        if job_id in running:
-            jobs.append(job_id)  # started by us before a restart: follow it
-        elif o.overlay_node in nodes:
-            await qmp.execute(
-                "block-commit",
-                {
-                    "job-id": job_id,
-                    "device": o.overlay_node,
-                    "base-node": o.base_node,
-                    # Keep the concluded job around so we (or a restarted agent)
-                    # can read its error before dismissing it.
-                    "auto-dismiss": False,
-                },
+    """Active commit of every overlay still in the graph, all jobs in parallel.
+
+    Each job is followed by its own events: BLOCK_JOB_READY → ``block-job-complete``
+    (the pivot back onto the base; the overlay node then has no user and QEMU closes
+    it) → BLOCK_JOB_COMPLETED, which carries the error of a failed job. The jobs are
+    started with auto-dismiss, so nothing is left to dismiss; a restarted agent needs
+    no job's record either: an overlay node still in the graph is what remains to
+    commit (a failed commit leaves it there, a finished one removes it). The
+    ``block-commit`` commands are sent together (QEMU answers them in order, without
+    a round trip each). ``query-jobs`` is read only when a job id is in use (a job a
+    previous agent started) and when no event came for JOB_RECHECK_INTERVAL (a safety
+    net). Every job is seen to its end before the first error is raised: none is left
+    running.
+    """
+    async with qmp.listening(*_JOB_EVENTS) as events:
+        follow: dict[str, str] = {}  # job id -> "running" | "ready"
+        errors: list[str] = []
+        # Started at once, without reading the graph or the jobs first: an overlay
+        # node gone from the graph (DeviceNotFound) is committed already. Any other
+        # refusal may be a job an earlier agent started on the node (QEMU then says
+        # "Need a root block node" or "Job ID ... already in use"): only then are the
+        # jobs read, to follow such a job, or dismiss an ended one and start again.
+        pending = list(overlays)
+        for attempt in range(2):
+            outcomes = await asyncio.gather(
+                *(_start_commit(qmp, o) for o in pending), return_exceptions=True
             )
-            jobs.append(job_id)
+            refused: list[tuple[OverlayRecord, BaseException]] = []
+            for o, outcome in zip(pending, outcomes, strict=True):
+                if outcome is None:
+                    follow[_commit_job_id(o)] = "running"
+                elif isinstance(outcome, QmpCommandError) and (
+                    error_class(outcome) == "DeviceNotFound"
+                ):
+                    pass  # not in the graph: nothing left to commit
+                elif isinstance(outcome, BaseException):
+                    refused.append((o, outcome))
+            if not refused:
+                break
+            jobs = await _commit_jobs(qmp) if not attempt else {}
+            pending = []
+            for o, exc in refused:
+                job_id = _commit_job_id(o)
+                status = jobs.get(job_id)
+                if attempt or (status is None and not isinstance(exc, QmpCommandError)):
+                    errors.append(f"{job_id}: {exc}")
+                elif status in (None, "concluded", "null"):
+                    # No job (it may have ended meanwhile), or an earlier agent's job
+                    # without auto-dismiss that ended while nobody watched: start again.
+                    if status is not None:
+                        with contextlib.suppress(QmpCommandError):
+                            await qmp.execute("job-dismiss", {"id": job_id})
+                    pending.append(o)
+                else:
+                    follow[job_id] = "ready" if status == "ready" else "running"
+            if not pending:
+                break
+        unseen = await _follow_commits(qmp, events, follow, errors)
+        if unseen:
+            nodes = await _graph_nodes(qmp)
+            errors += [
+                f"{_commit_job_id(o)}: ended without its pivot"
+                for o in overlays
+                if _commit_job_id(o) in unseen and o.overlay_node in nodes
+            ]
+    if errors:
+        raise QmpCommandError(f"commit of overlays failed: {'; '.join(errors)}")
 
-    async def finish(job_id: str) -> None:
-        job = await qmp.wait_job(job_id, {"ready"}, COMMIT_TIMEOUT)
-        if job["status"] == "ready":
-            # Pivot the device back onto the base; the overlay node then has no
-            # user left and QEMU closes it.
-            await qmp.execute("block-job-complete", {"device": job_id})
-        await qmp.finish_job(job_id, COMMIT_TIMEOUT)
 
-    # Each disk's commit is followed on its own (QMP answers the calls of one
-    # connection in any order), so the waits overlap: one disk's pivot does not wait
-    # for another's ready. Every job is seen to its end before the first error is
-    # raised: none is left running behind a failure.
-    outcomes = await asyncio.gather(*(finish(j) for j in jobs), return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
+_JOB_EVENTS = ("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
+
+
+def _commit_job_id(o: OverlayRecord) -> str:
+    return f"commit-{node_key(o.disk)}"
+
+
+async def _start_commit(qmp: QmpSession, o: OverlayRecord) -> None:
+    await qmp.execute(
+        "block-commit",
+        {
+            "job-id": _commit_job_id(o),
+            "device": o.overlay_node,
+            "base-node": o.base_node,
+            "auto-dismiss": True,
+        },
+    )
+
+
+async def _commit_jobs(qmp: QmpSession) -> dict[str, str]:
+    """Status of every commit job QEMU knows, by id."""
+    return {
+        str(job.get("id")): str(job.get("status"))
+        for job in await qmp.execute("query-jobs")
+        if str(job.get("id", "")).startswith("commit-")
+    }
+
+
+async def _follow_commits(
+    qmp: QmpSession, events: EventListener, follow: dict[str, str], errors: list[str]
+) -> set[str]:
+    """Complete each job once READY; return when none of ``follow`` is left, with the
+    jobs that ended without their BLOCK_JOB_COMPLETED being seen."""
+    unseen: set[str] = set()
+    completing: dict[str, asyncio.Task[object]] = {}
+    async with asyncio.timeout(COMMIT_TIMEOUT):
+        while follow or completing:
+            for job_id, status in follow.items():
+                if status == "ready" and job_id not in completing:
+                    completing[job_id] = asyncio.ensure_future(
+                        qmp.execute("block-job-complete", {"device": job_id})
+                    )
+            for job_id, task in list(completing.items()):
+                if task.done():
+                    del completing[job_id]
+                    if task.exception() is not None and job_id in follow:
+                        # Not ready after all (or gone): query-jobs decides below.
+                        follow[job_id] = "running"
+            if not follow:
+                if completing:
+                    await asyncio.wait(completing.values())
+                continue
+            try:
+                async with asyncio.timeout(JOB_RECHECK_INTERVAL):
+                    message = await events.get()
+            except TimeoutError:
+                jobs = await _commit_jobs(qmp)
+                for job_id in list(follow):
+                    now = jobs.get(job_id)
+                    if now is None or now in ("concluded", "null"):
+                        # Ended unseen: the graph says whether it pivoted.
+                        del follow[job_id]
+                        unseen.add(job_id)
+                    elif now == "ready":
+                        follow[job_id] = "ready"
+                continue
+            raw = message.get("data")
+            data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            job_id = str(data.get("device", ""))
+            if job_id not in follow:
+                continue
+            event = message.get("event")
+            if event == "BLOCK_JOB_READY":
+                follow[job_id] = "ready"
+            else:
+                del follow[job_id]
+                if event == "BLOCK_JOB_CANCELLED":
+                    errors.append(f"{job_id}: cancelled")
+                elif data.get("error"):
+                    errors.append(f"{job_id}: {data['error']}")
+    return unseen
 
 
 def _existing(overlays: list[OverlayRecord]) -> list[OverlayRecord]:
@@ -444,7 +611,7 @@ async def unquiesce(ctx: QuiesceContext, record: QuiesceRecord) -> None:
             await _commit_live(ctx.qmp, record.overlays)
         else:
             await _commit_offline(record.overlays)
-        _delete_files(record.overlays)
+        await asyncio.to_thread(_delete_files, record.overlays)
         record.overlays = []
     if record.cut_tag:
         # After the commit: the bases are roots again. Adopted cuts stay (renamed by alias).
