@@ -6,6 +6,7 @@ in an ONTAP volume) plus a local qcow2 disk, driven by the reference drivers.
 
 from __future__ import annotations
 
+import json
 import time
 from urllib.parse import unquote, urlparse
 
@@ -176,8 +177,26 @@ async def test_quiesced_snapshot_round_trip_then_crash_consistent(
     await host.stop_vm("rt", force=True)
 
 
+def _agent_methods(stack: QemuStack) -> list[str]:
+    """The method of every quiesce the agent undid, in order (its "unquiesced" lines)."""
+    methods = []
+    for line in (stack.work / "agent.log").read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict) or entry.get("msg") != "unquiesced":
+            continue
+        fields = entry.get("fields", entry)
+        if isinstance(fields, dict) and "method" in fields:
+            methods.append(str(fields["method"]))
+    return methods
+
+
 async def test_memory_snapshot_round_trip(stack: QemuStack, host: HostClient) -> None:
-    """All disks local: the hypervisor-only plan may include RAM (a tmpfs marker comes back)."""
+    """All disks local: the hypervisor-only plan may include RAM (a tmpfs marker comes back).
+    A quiesced disk-only take of the same VM freezes the guest alone (the native
+    snapshot cuts every disk at once: no overlay to make and commit) and restores."""
     disk = stack.work / "mem-vda.qcow2"
     await host.define_vm(
         VM(
@@ -190,6 +209,18 @@ async def test_memory_snapshot_round_trip(stack: QemuStack, host: HostClient) ->
     await host.start_vm("mem")
     try:
         await wait_guest(stack, "mem")
+        await _local_disk_marker(stack, "mem", "before")
+        before = len(_agent_methods(stack))
+        op = await done(
+            host, await host.create_vm_snapshot("mem", "disk", quiesce=QuiescePolicy.REQUIRED)
+        )
+        assert op.succeeded, op.error
+        disk_snap = await host.get_vm_snapshot(op.vm_snapshot_id)
+        assert [g.kind for g in disk_snap.groups] == [GroupKind.HYPERVISOR]
+        assert disk_snap.consistency >= Consistency.FILESYSTEM, disk_snap
+        assert _agent_methods(stack)[before:] == ["guest"]
+        await _local_disk_marker(stack, "mem", "after!")
+
         await guest_sh(stack, "mem", "echo one > /run/marker")
         op = await done(host, await host.create_vm_snapshot("mem", "ram", include_memory=True))
         assert op.succeeded, op.error
@@ -204,6 +235,29 @@ async def test_memory_snapshot_round_trip(stack: QemuStack, host: HostClient) ->
         assert (await guest_sh(stack, "mem", "cat /run/marker")).strip() == "one"
     finally:
         await host.stop_vm("mem", force=True)
+    op = await done(host, await host.revert_vm_snapshot(disk_snap.id))
+    assert op.succeeded, op.error
+    assert _read_local_at(str(disk), 0, 6) == b"before"
+
+
+async def _local_disk_marker(stack: QemuStack, vm_id: str, text: str) -> None:
+    await guest_sh(
+        stack, vm_id, f"printf '{text}' | dd of=/dev/vda bs=512 conv=notrunc 2>/dev/null && sync"
+    )
+
+
+def _read_local_at(image: str, offset: int, length: int) -> bytes:
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = f"{tmp}/disk.raw"
+        subprocess.run(
+            ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", image, raw], check=True, timeout=60
+        )
+        with open(raw, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
 
 
 async def test_guest_without_agent(stack: QemuStack, host: HostClient) -> None:

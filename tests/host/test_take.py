@@ -241,6 +241,27 @@ async def test_memory_snapshot_hypervisor_only_vm(rig: Rig) -> None:
     assert snap.freeze_seconds is None  # QEMU/sim pause inside the native take
 
 
+async def test_a_native_only_plan_freezes_the_guest_alone(rig: Rig) -> None:
+    """One native snapshot cuts every disk at one instant by itself: a quiesced take
+    whose plan is only the agent's freezes the guest without overlays (they would only
+    add their creation and their commit); a plan with arrays keeps the overlays."""
+    await rig.define(
+        "vm4", volumes=(Volume("vda", "file:///x.img"), Volume("vdb", "file:///y.img"))
+    )
+    op = await rig.wait(await rig.create("g", "vm4", quiesce=QuiescePolicy.REQUIRED))
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.READY, op.error
+    assert [g.kind for g in snap.groups] == [GroupKind.HYPERVISOR]
+    assert snap.consistency >= Consistency.FILESYSTEM
+    record = rig.store.get_operation(op.id)
+    assert record is not None and record.journal["quiesce_method"] == "GUEST_FREEZE"
+
+    await rig.define()
+    op = await rig.wait(await rig.create("o", quiesce=QuiescePolicy.REQUIRED))
+    record = rig.store.get_operation(op.id)
+    assert record is not None and record.journal["quiesce_method"] == "GUEST_FREEZE_AND_OVERLAY"
+
+
 async def test_sanity_checks_have_their_codes(rig: Rig) -> None:
     with pytest.raises(NotFound, match="DefineVM"):
         await rig.create(vm_id="nope")

@@ -774,7 +774,11 @@ class QemuHypervisor:
             frozen = self._load_quiesce(vm_id) if running else None
             if frozen is not None and frozen.method is QuiesceMethod.PAUSE_MEMORY:
                 return await self._adopt_memory(vm_id, snapshot_id, disks, include_memory)
-            if frozen is not None and (include_memory or not frozen.cut_tag):
+            # A guest-only freeze holds no overlay: the disks are still the roots and
+            # the guest writes nothing, so a disk-only snapshot is taken as usual (how
+            # the host takes a plan that is only this agent's native snapshot).
+            guest_only = frozen is not None and frozen.method is QuiesceMethod.GUEST
+            if frozen is not None and (include_memory or not (frozen.cut_tag or guest_only)):
                 self._not_frozen(vm_id, "snapshot")  # nothing to adopt: VmFrozen
             chosen = native.select_disks(spec.disks, disks)
             if include_memory:
@@ -785,7 +789,7 @@ class QemuHypervisor:
                 if (sorted(existing.disks), existing.include_memory) != wanted:
                     raise SnapshotConflict(f"{snapshot_id} exists with other disks or memory")
                 return existing
-            if running and self._load_quiesce(vm_id) is not None:
+            if frozen is not None and not guest_only:
                 return await self._adopt_cut(
                     vm_id, snapshot_id, [d.name for d in chosen], include_memory
                 )

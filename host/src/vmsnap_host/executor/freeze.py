@@ -64,8 +64,18 @@ class Freeze:
 
 
 def choose_method(
-    policy: QuiescePolicy, offered: frozenset[QuiesceMethod], agent: str
+    policy: QuiescePolicy,
+    offered: frozenset[QuiesceMethod],
+    agent: str,
+    *,
+    native_only: bool = False,
 ) -> QuiesceMethod:
+    """The freeze for ``policy`` among the agent's methods. ``native_only``: the plan
+    is the agent's own native snapshot alone, which cuts every disk at one instant by
+    itself; overlays would add only their creation and their commit to the take, so a
+    guest freeze is the guest freeze alone when the agent offers it."""
+    if native_only and policy is not QuiescePolicy.OFF and QuiesceMethod.GUEST_FREEZE in offered:
+        return QuiesceMethod.GUEST_FREEZE
     if policy is QuiescePolicy.OFF:
         if QuiesceMethod.OVERLAY in offered:
             return QuiesceMethod.OVERLAY

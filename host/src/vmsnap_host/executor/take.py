@@ -87,7 +87,8 @@ class Take:
         offered = (entry.info.quiesce_methods if entry and entry.info else frozenset()) or (
             frozenset(QuiesceMethod) - {QuiesceMethod.UNSPECIFIED}
         )
-        return choose_method(snap.quiesce, offered, snap.agent)
+        native_only = all(g.kind is GroupKind.HYPERVISOR for g in snap.groups)
+        return choose_method(snap.quiesce, offered, snap.agent, native_only=native_only)
 
     async def run(self, op: OperationRecord, snap: Snapshot, vm: VM | None = None) -> Snapshot:
         """Take a planned snapshot: READY, or ERROR and OperationFailed raised.
