@@ -135,6 +135,8 @@ class QemuHypervisor:
         #: One kept-open qemu-ga connection per VM (a thaw makes no new connection).
         self._ga: dict[str, SharedGuestAgent] = {}
         self._watchdogs: dict[str, asyncio.Task[None]] = {}
+        #: token -> VM of every freeze this object watches (see _find_token).
+        self._held: dict[str, str] = {}
         self._copies = DiskCopies(self._state_dir / "copies")
         #: Overlay files made ahead of each VM's next quiesce (spares.py).
         self._spares = SpareOverlays()
@@ -231,6 +233,13 @@ class QemuHypervisor:
         return QuiesceRecord.from_json(data) if data else None
 
     def _find_token(self, token: str) -> QuiesceRecord | None:
+        # A held freeze is known by its watchdog: one file read, not one per VM (an
+        # unquiesce's thaw comes after this). An unknown token is looked for everywhere.
+        held = self._held.get(token)
+        if held is not None:
+            record = self._load_quiesce(held)
+            if record is not None and record.token == token:
+                return record
         for vm_id in self._vm_ids():
             record = self._load_quiesce(vm_id)
             if record is not None and record.token == token:
@@ -577,12 +586,14 @@ class QemuHypervisor:
             raise VmFrozen(f"cannot {doing} {vm_id}: quiesced ({record.token}) until unquiesce")
 
     def _watch(self, record: QuiesceRecord) -> None:
+        self._held[record.token] = record.vm_id
         if record.token not in self._watchdogs:
             self._watchdogs[record.token] = asyncio.create_task(
                 self._lease_watchdog(record.vm_id, record.token), name=f"lease-{record.token}"
             )
 
     def _unwatch(self, token: str) -> None:
+        self._held.pop(token, None)
         task = self._watchdogs.pop(token, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -796,6 +807,17 @@ class QemuHypervisor:
             # A stopped VM's quiesce holds no overlay: qemu-img may snapshot its files.
             if running:
                 await native.take_live(self._session(vm_id), snapshot_id, chosen, include_memory)
+                if not include_memory:
+                    # One QMP transaction made it on every chosen disk or on none: it is
+                    # what was asked (no second graph read while a guest may be frozen).
+                    # created_at is this clock's second; a later list reads qcow2's own
+                    # stamp of the same instant.
+                    return NativeSnapshot(
+                        snapshot_id=snapshot_id,
+                        disks=tuple(d.name for d in chosen),
+                        include_memory=False,
+                        created_at=float(int(time.time())),
+                    )
             else:
                 await native.offline("-c", snapshot_id, chosen)
             taken = await self._find_native(vm_id, snapshot_id)
