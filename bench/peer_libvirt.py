@@ -22,8 +22,10 @@ Per sample:
   back); the guest frozen window from libvirtd's own debug log (the qemu-ga
   freeze's reply read → the thaw command sent);
 * vmsnap: a quiesced ``CreateVMSnapshot`` with ``wait`` through the host (quiesce
-  REQUIRED: freeze, overlay + native cut in one transaction, thaw, the take,
-  Unquiesce's commit) timed by the client after 1.5 s idle, as a periodic take
+  REQUIRED; the plan is the agent's native snapshot alone, so the host asks for
+  ``GUEST_FREEZE_AND_CUT``: freeze, native cut, thaw, then the take adopting the
+  cut and an Unquiesce with nothing to commit) timed by the client after 1.5 s
+  idle, as a periodic take
   starts (the agent keeps its qemu-ga connection open, as libvirtd does; this run
   lets it close after 4 s idle, only so that the bench can read the guest's hook
   log through qemu-ga at the end); then the agent

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from vmsnap_agent.qemu import (
+    Consistency,
     DiskFormat,
     DiskSpec,
     QemuHypervisor,
@@ -87,3 +88,34 @@ async def test_unadopted_cut_is_dropped(hv: QemuHypervisor, workdir: Path) -> No
     tags = [s["name"] for n in graph for s in n.get("image", {}).get("snapshots", [])]
     assert tags == []
     await hv.stop_vm("drop", force=True)
+
+
+async def test_guest_cut_freezes_the_guest_for_the_cut_alone(
+    hv: QemuHypervisor, workdir: Path
+) -> None:
+    """``guest+cut`` (a plan that is a native snapshot alone): freeze, cut, thaw at
+    once; no overlay, so nothing to commit; the native snapshot adopts the cut."""
+    local = make_qcow2(workdir / "local.qcow2")
+    await hv.define_vm("gc", 256, [DiskSpec("vdb", str(local), format=DiskFormat.QCOW2)])
+    await hv.start_vm("gc")
+    await hv.wait_guest_agent("gc")
+    await qemu_io(hv, "gc", "vdb", f"write -P 0x11 {OFFSET} 4096")
+
+    res = await hv.quiesce("gc", QuiesceMethod.GUEST_CUT, lease_seconds=60)
+    assert res.consistency in (Consistency.FILESYSTEM, Consistency.APPLICATION)
+    async with hv.guest_agent("gc") as ga:  # thawed as soon as the cut was made
+        assert await ga.execute("guest-fsfreeze-status") == "thawed"
+    info = await hv.describe_vm("gc")
+    assert [d.active_path for d in info.disks] == [str(local)]  # no overlay
+    await qemu_io(hv, "gc", "vdb", f"write -P 0x22 {OFFSET} 4096")  # into the disk itself
+    with pytest.raises(VmFrozen):  # only the cut can be taken meanwhile
+        await hv.take_native_snapshot("gc", "m", include_memory=True)
+    snap = await hv.take_native_snapshot("gc", "s1", ["vdb"])
+    assert snap.disks == ("vdb",)
+    await hv.unquiesce(res.token)
+    assert [s.snapshot_id for s in await hv.list_native_snapshots("gc")] == ["s1"]
+
+    await hv.stop_vm("gc", force=True)
+    assert _qcow2_bytes(local, workdir) == b"\x22" * 4096
+    await hv.revert_native_snapshot("gc", "s1")
+    assert _qcow2_bytes(local, workdir) == b"\x11" * 4096  # the cut's bytes

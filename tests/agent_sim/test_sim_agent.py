@@ -53,6 +53,7 @@ async def test_info(agent: AgentClient) -> None:
         QuiesceMethod.GUEST_FREEZE,
         QuiesceMethod.GUEST_FREEZE_AND_OVERLAY,
         QuiesceMethod.PAUSE_AND_SAVE_MEMORY,
+        QuiesceMethod.GUEST_FREEZE_AND_CUT,
     }
     assert info.memory_snapshots and info.memory_with_array_disks
 

@@ -195,8 +195,8 @@ def _agent_methods(stack: QemuStack) -> list[str]:
 
 async def test_memory_snapshot_round_trip(stack: QemuStack, host: HostClient) -> None:
     """All disks local: the hypervisor-only plan may include RAM (a tmpfs marker comes back).
-    A quiesced disk-only take of the same VM freezes the guest alone (the native
-    snapshot cuts every disk at once: no overlay to make and commit) and restores."""
+    A quiesced disk-only take of the same VM freezes the guest for the native cut
+    alone (it cuts every disk at once: no overlay to make and commit) and restores."""
     disk = stack.work / "mem-vda.qcow2"
     await host.define_vm(
         VM(
@@ -218,7 +218,7 @@ async def test_memory_snapshot_round_trip(stack: QemuStack, host: HostClient) ->
         disk_snap = await host.get_vm_snapshot(op.vm_snapshot_id)
         assert [g.kind for g in disk_snap.groups] == [GroupKind.HYPERVISOR]
         assert disk_snap.consistency >= Consistency.FILESYSTEM, disk_snap
-        assert _agent_methods(stack)[before:] == ["guest"]
+        assert _agent_methods(stack)[before:] == ["guest+cut"]
         await _local_disk_marker(stack, "mem", "after!")
 
         await guest_sh(stack, "mem", "echo one > /run/marker")

@@ -12,8 +12,9 @@ import pytest
 
 from tests.fakes.driver import Options
 from tests.host.conftest import Rig, make_rig
+from vmsnap_host.executor.freeze import choose_method
 from vmsnap_host.model import GroupKind, QuiescePolicy, SnapshotState
-from vmsnap_sdk import Consistency, SnapshotResult, TakeRequest, VMState, Volume
+from vmsnap_sdk import Consistency, QuiesceMethod, SnapshotResult, TakeRequest, VMState, Volume
 from vmsnap_sdk.errors import (
     Aborted,
     AlreadyExists,
@@ -243,8 +244,9 @@ async def test_memory_snapshot_hypervisor_only_vm(rig: Rig) -> None:
 
 async def test_a_native_only_plan_freezes_the_guest_alone(rig: Rig) -> None:
     """One native snapshot cuts every disk at one instant by itself: a quiesced take
-    whose plan is only the agent's freezes the guest without overlays (they would only
-    add their creation and their commit); a plan with arrays keeps the overlays."""
+    whose plan is only the agent's freezes the guest for the agent's native cut, without
+    overlays (they would only add their creation and their commit); a plan with arrays
+    keeps the overlays."""
     await rig.define(
         "vm4", volumes=(Volume("vda", "file:///x.img"), Volume("vdb", "file:///y.img"))
     )
@@ -254,12 +256,29 @@ async def test_a_native_only_plan_freezes_the_guest_alone(rig: Rig) -> None:
     assert [g.kind for g in snap.groups] == [GroupKind.HYPERVISOR]
     assert snap.consistency >= Consistency.FILESYSTEM
     record = rig.store.get_operation(op.id)
-    assert record is not None and record.journal["quiesce_method"] == "GUEST_FREEZE"
+    assert record is not None and record.journal["quiesce_method"] == "GUEST_FREEZE_AND_CUT"
 
     await rig.define()
     op = await rig.wait(await rig.create("o", quiesce=QuiescePolicy.REQUIRED))
     record = rig.store.get_operation(op.id)
     assert record is not None and record.journal["quiesce_method"] == "GUEST_FREEZE_AND_OVERLAY"
+
+
+def test_the_freeze_of_a_native_only_plan_is_the_shortest_the_agent_offers() -> None:
+    every = frozenset(QuiesceMethod) - {QuiesceMethod.UNSPECIFIED}
+    without_cut = every - {QuiesceMethod.GUEST_FREEZE_AND_CUT}
+    for policy in (QuiescePolicy.REQUIRED, QuiescePolicy.BEST_EFFORT):
+        assert choose_method(policy, every, "a", native_only=True) is (
+            QuiesceMethod.GUEST_FREEZE_AND_CUT
+        )
+        assert choose_method(policy, without_cut, "a", native_only=True) is (
+            QuiesceMethod.GUEST_FREEZE
+        )
+        # Arrays in the plan: overlays keep their bases stable while they cut.
+        assert choose_method(policy, every, "a") is QuiesceMethod.GUEST_FREEZE_AND_OVERLAY
+    # No guest freeze asked: the native snapshot alone needs no freeze at all; asked
+    # for one anyway, the overlay (crash consistent) as before.
+    assert choose_method(QuiescePolicy.OFF, every, "a", native_only=True) is QuiesceMethod.OVERLAY
 
 
 async def test_sanity_checks_have_their_codes(rig: Rig) -> None:

@@ -129,8 +129,9 @@ class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
             val.require_id("vm_id", request.vm_id)
             if request.method == pb.QUIESCE_METHOD_UNSPECIFIED:
                 raise InvalidArgument.for_field(
-                    "method", "is required (OVERLAY, GUEST_FREEZE, GUEST_FREEZE_AND_OVERLAY or "
-                    "PAUSE_AND_SAVE_MEMORY)"
+                    "method",
+                    "is required (OVERLAY, GUEST_FREEZE, GUEST_FREEZE_AND_OVERLAY, "
+                    "PAUSE_AND_SAVE_MEMORY or GUEST_FREEZE_AND_CUT)",
                 )
             lease = _lease("lease", request.lease)
             if request.operation_id:

@@ -78,6 +78,9 @@ class QuiesceMethod(enum.Enum):
     #: Pause the VM and save its device and RAM state to a file (memory snapshots
     #: with disks on arrays): the disks are stable until the thaw resumes it.
     PAUSE_AND_SAVE_MEMORY = 4
+    #: Guest freeze, a native cut of the agent's own disks, thaw at once; only a
+    #: native snapshot of the cut disks during it is consistent (no overlays).
+    GUEST_FREEZE_AND_CUT = 5
 
 
 @dataclass(frozen=True)

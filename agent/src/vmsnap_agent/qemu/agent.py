@@ -79,6 +79,7 @@ _METHODS = {
     QuiesceMethod.GUEST_FREEZE: m.QuiesceMethod.GUEST,
     QuiesceMethod.GUEST_FREEZE_AND_OVERLAY: m.QuiesceMethod.OVERLAY_GUEST,
     QuiesceMethod.PAUSE_AND_SAVE_MEMORY: m.QuiesceMethod.PAUSE_MEMORY,
+    QuiesceMethod.GUEST_FREEZE_AND_CUT: m.QuiesceMethod.GUEST_CUT,
 }
 _SDK_METHODS = {v: k for k, v in _METHODS.items()}
 

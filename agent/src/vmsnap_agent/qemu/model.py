@@ -43,6 +43,9 @@ class QuiesceMethod(enum.StrEnum):
     # Pause the VM and save its device + RAM state to a file (memory.py); local qcow2
     # disks are cut at the same instant; the VM stays paused until unquiesce.
     PAUSE_MEMORY = "pause+memory"
+    # freeze → cut the local qcow2 disks (internal snapshots) → thaw: no overlays,
+    # for a native snapshot alone (it adopts the cut); nothing to commit after.
+    GUEST_CUT = "guest+cut"
 
 
 class Consistency(enum.StrEnum):

@@ -10,6 +10,10 @@ Methods (see :class:`~.model.QuiesceMethod`):
 * ``guest`` — ``guest-fsfreeze-freeze`` through qemu-ga. The disks stay as they
   are, the guest writes nothing until the thaw; the guest is frozen for the whole
   lease, so this is the method with the longest freeze.
+* ``guest+cut`` — freeze, the cut alone (internal snapshots of the local qcow2
+  disks, one transaction), thaw at once: for a plan that is a native snapshot
+  alone, which adopts the cut. No overlay to make or commit; the other disks keep
+  changing after the thaw.
 * ``overlay+guest`` — freeze, overlay transaction, thaw at once. The overlay cut
   happens while the file systems are frozen, so the stable bases are file-system
   consistent, yet the guest is frozen only for the few milliseconds of the
@@ -289,7 +293,11 @@ async def quiesce(
             ),
         )
     with_overlays = method in (QuiesceMethod.OVERLAY, QuiesceMethod.OVERLAY_GUEST)
-    with_guest = method in (QuiesceMethod.GUEST, QuiesceMethod.OVERLAY_GUEST)
+    with_guest = method in (
+        QuiesceMethod.GUEST,
+        QuiesceMethod.OVERLAY_GUEST,
+        QuiesceMethod.GUEST_CUT,
+    )
     record = QuiesceRecord(
         token=token,
         vm_id=ctx.spec.vm_id,
@@ -301,9 +309,10 @@ async def quiesce(
         stable_paths=stable_paths(ctx.spec),
         overlays=plan_overlays(ctx.spec, token, ctx.paths) if with_overlays else [],
     )
-    if with_overlays:
+    if with_overlays or method is QuiesceMethod.GUEST_CUT:
         record.cut_disks = plan_cut(ctx.spec)
         record.cut_tag = f"{CUT_PREFIX}{token}" if record.cut_disks else ""
+    if with_overlays:
         ctx.paths.overlays.mkdir(parents=True, exist_ok=True)
     if not with_guest:
         existing = await ctx.save(record, _claim_spares(ctx, record))
@@ -336,10 +345,11 @@ async def quiesce(
             ctx.hold_guest_agent(True)
             await ga.execute("guest-fsfreeze-freeze", timeout=ctx.freeze_timeout)
             record.freeze_answered_at = time.time()
-            if method is QuiesceMethod.OVERLAY_GUEST:
-                await _overlay_transaction(
-                    ctx.qmp, record.overlays, record.cut_tag, record.cut_disks, existing
-                )
+            if method in (QuiesceMethod.OVERLAY_GUEST, QuiesceMethod.GUEST_CUT):
+                if record.overlays or record.cut_disks:
+                    await _overlay_transaction(
+                        ctx.qmp, record.overlays, record.cut_tag, record.cut_disks, existing
+                    )
                 record.thaw_sent_at = time.time()
                 await ga.execute("guest-fsfreeze-thaw", timeout=ctx.freeze_timeout)
                 record.thawed_at = time.time()

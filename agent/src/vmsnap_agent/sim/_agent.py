@@ -398,6 +398,9 @@ class SimAgent(HypervisorAgent):
                     QuiesceMethod.GUEST_FREEZE,
                     QuiesceMethod.GUEST_FREEZE_AND_OVERLAY,
                     QuiesceMethod.PAUSE_AND_SAVE_MEMORY,
+                    # A native snapshot during any freeze holds the frozen instant
+                    # here: the "cut" is the snapshot itself.
+                    QuiesceMethod.GUEST_FREEZE_AND_CUT,
                 }
             ),
             memory_snapshots=True,
@@ -824,7 +827,9 @@ class SimAgent(HypervisorAgent):
                         path.parent.mkdir(parents=True, exist_ok=True)
                         await asyncio.to_thread(_disks.copy_durably, source, path)
                     except OSError as exc:
-                        raise _io_error(f"copying disk {target.disk} of {snapshot_id}", exc) from exc
+                        raise _io_error(
+                            f"copying disk {target.disk} of {snapshot_id}", exc
+                        ) from exc
                 made.append(Volume(target.disk, locator, path.stat().st_size))
             log.info(
                 "native disks copied",

@@ -72,10 +72,13 @@ def choose_method(
 ) -> QuiesceMethod:
     """The freeze for ``policy`` among the agent's methods. ``native_only``: the plan
     is the agent's own native snapshot alone, which cuts every disk at one instant by
-    itself; overlays would add only their creation and their commit to the take, so a
-    guest freeze is the guest freeze alone when the agent offers it."""
-    if native_only and policy is not QuiescePolicy.OFF and QuiesceMethod.GUEST_FREEZE in offered:
-        return QuiesceMethod.GUEST_FREEZE
+    itself; overlays would add only their creation and their commit to the take. So
+    the guest is frozen for the agent's native cut alone (GUEST_FREEZE_AND_CUT: thawed
+    as soon as the cut is made) or else for the take (GUEST_FREEZE), when offered."""
+    if native_only and policy is not QuiescePolicy.OFF:
+        for method in (QuiesceMethod.GUEST_FREEZE_AND_CUT, QuiesceMethod.GUEST_FREEZE):
+            if method in offered:
+                return method
     if policy is QuiescePolicy.OFF:
         if QuiesceMethod.OVERLAY in offered:
             return QuiesceMethod.OVERLAY

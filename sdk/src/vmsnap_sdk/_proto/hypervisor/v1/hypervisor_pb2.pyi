@@ -52,6 +52,16 @@ class _QuiesceMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Quiesce
     APPLICATION: a revert resumes the guest's processes where they were. Offered
     when GetAgentInfoResponse.memory_with_array_disks is true.
     """
+    QUIESCE_METHOD_GUEST_FREEZE_AND_CUT: _QuiesceMethod.ValueType  # 5
+    """Guest freeze, then a native cut of the agent's own disks (one internal
+    snapshot of every writable local qcow2 disk, in one transaction), then thaw
+    at once: the guest is frozen only for the cut, and there is nothing to
+    commit afterwards. No overlays: the disks keep changing after the thaw, so
+    only a disk-only TakeNativeSnapshot of exactly the cut disks during the
+    quiesce is consistent (it adopts the cut). For a plan that is the agent's
+    native snapshot alone; a plan with arrays uses GUEST_FREEZE_AND_OVERLAY.
+    Unquiesce deletes a cut nobody adopted. Consistency as GUEST_FREEZE.
+    """
 
 class QuiesceMethod(_QuiesceMethod, metaclass=_QuiesceMethodEnumTypeWrapper):
     """How to freeze a VM."""
@@ -75,6 +85,16 @@ during it adopts the saved state (and the local disks' cut) under its
 snapshot_id; a state nobody adopted is deleted at Unquiesce. Consistency
 APPLICATION: a revert resumes the guest's processes where they were. Offered
 when GetAgentInfoResponse.memory_with_array_disks is true.
+"""
+QUIESCE_METHOD_GUEST_FREEZE_AND_CUT: QuiesceMethod.ValueType  # 5
+"""Guest freeze, then a native cut of the agent's own disks (one internal
+snapshot of every writable local qcow2 disk, in one transaction), then thaw
+at once: the guest is frozen only for the cut, and there is nothing to
+commit afterwards. No overlays: the disks keep changing after the thaw, so
+only a disk-only TakeNativeSnapshot of exactly the cut disks during the
+quiesce is consistent (it adopts the cut). For a plan that is the agent's
+native snapshot alone; a plan with arrays uses GUEST_FREEZE_AND_OVERLAY.
+Unquiesce deletes a cut nobody adopted. Consistency as GUEST_FREEZE.
 """
 Global___QuiesceMethod: _TypeAlias = QuiesceMethod  # noqa: Y015
 
