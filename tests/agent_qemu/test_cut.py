@@ -8,6 +8,7 @@ more, so QEMU cannot snapshot it; the agent cut it in the overlay transaction.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from vmsnap_agent.qemu import (
     SnapshotConflict,
     VmFrozen,
 )
+from vmsnap_agent.qemu.process import VmPaths
 
 from .guestlib import make_qcow2, make_raw, qemu_io, read_at
 
@@ -87,6 +89,17 @@ async def test_unadopted_cut_is_dropped(hv: QemuHypervisor, workdir: Path) -> No
     graph = await hv.qmp("drop").execute("query-named-block-nodes", {"flat": True})
     tags = [s["name"] for n in graph for s in n.get("image", {}).get("snapshots", [])]
     assert tags == []
+
+    # An adoption whose alias is durable (its commit point) keeps the cut, even when
+    # the agent died before anything else was written: the snapshot it answered, or
+    # would answer on a retry, must not lose its data at unquiesce. (Before issue 16
+    # the quiesce record's adopted_by, written after the alias, decided: dropped.)
+    res = await hv.quiesce("drop", QuiesceMethod.OVERLAY, lease_seconds=60)
+    paths = VmPaths.for_vm((workdir / "state").resolve(), "drop")
+    cut_tag = json.loads(paths.quiesce.read_text())["cut_tag"]
+    (paths.root / "native-aliases.json").write_text(json.dumps({"s9": cut_tag}))
+    await hv.unquiesce(res.token)
+    assert [s.snapshot_id for s in await hv.list_native_snapshots("drop")] == ["s9"]
     await hv.stop_vm("drop", force=True)
 
 

@@ -256,6 +256,7 @@ class QemuHypervisor:
             guest_agent=self._shared_ga(vm_id).session,
             hold_guest_agent=self._shared_ga(vm_id).hold,
             freeze_timeout=self._freeze_timeout,
+            cut_adopted=lambda tag: tag in self._aliases(vm_id).values(),
             claim_spare=lambda disk: self._spares.claim(vm_id, pid, disk),
         )
 
@@ -728,30 +729,44 @@ class QemuHypervisor:
         return taken
 
     async def _adopt_cut(
-        self, vm_id: str, snapshot_id: str, chosen: list[str], include_memory: bool
+        self,
+        vm_id: str,
+        snapshot_id: str,
+        chosen: list[str],
+        include_memory: bool,
+        record: QuiesceRecord,
     ) -> NativeSnapshot:
-        """A disk-only native snapshot asked for while quiesced: the quiesce's cut."""
-        record = self._load_quiesce(vm_id)
-        assert record is not None
+        """A disk-only native snapshot asked for while quiesced: the quiesce's cut.
+
+        One graph read answers a retry (or an id in use) and shows the cut is there
+        (a quiesce interrupted before its transaction recorded a cut it never made);
+        one durable write of the aliases file is the adoption's commit point: a
+        cut an alias names is kept at unquiesce, whatever the record says."""
+        spec = self._spec(vm_id)
+        tagged = {
+            s.snapshot_id: s for s in await native.list_live(self._session(vm_id), spec.disks)
+        }
+        aliases = self._aliases(vm_id)
+        mine = tagged.get(aliases.get(snapshot_id, snapshot_id))
+        if mine is not None:  # a retry, or the id of another snapshot
+            if (sorted(mine.disks), mine.include_memory) != (sorted(chosen), include_memory):
+                raise SnapshotConflict(f"{snapshot_id} exists with other disks or memory")
+            return dataclasses.replace(mine, snapshot_id=snapshot_id)
         if include_memory or not record.cut_tag or sorted(chosen) != sorted(record.cut_disks):
             raise VmFrozen(
                 f"cannot snapshot {vm_id}: quiesced ({record.token}) until unquiesce; only a "
                 f"disk-only snapshot of the disks cut at the quiesce ({record.cut_disks}) can "
                 "be taken meanwhile"
             )
-        if record.adopted_by not in ("", snapshot_id):
-            raise SnapshotConflict(
-                f"the cut of quiesce {record.token} is already snapshot {record.adopted_by}"
-            )
-        aliases = self._aliases(vm_id)
+        owner = next((sid for sid, tag in aliases.items() if tag == record.cut_tag), "")
+        if owner:
+            raise SnapshotConflict(f"the cut of quiesce {record.token} is already snapshot {owner}")
+        cut = tagged.get(record.cut_tag)
+        if cut is None:
+            raise QmpCommandError(f"cut {record.cut_tag} of {vm_id} not found")
         aliases[snapshot_id] = record.cut_tag
         await asyncio.to_thread(write_json_atomic, self._aliases_path(vm_id), aliases)
-        record.adopted_by = snapshot_id
-        await asyncio.to_thread(write_json_atomic, self._paths(vm_id).quiesce, record.to_json())
-        taken = await self._find_native(vm_id, snapshot_id)
-        if taken is None:
-            raise QmpCommandError(f"cut {record.cut_tag} of {vm_id} not found")
-        return taken
+        return dataclasses.replace(cut, snapshot_id=snapshot_id)
 
     async def _find_native(self, vm_id: str, snapshot_id: str) -> NativeSnapshot | None:
         for s in await self.list_native_snapshots(vm_id):
@@ -794,16 +809,16 @@ class QemuHypervisor:
             chosen = native.select_disks(spec.disks, disks)
             if include_memory:
                 native.check_memory_covers_all(spec.disks, chosen)
+            if frozen is not None and not guest_only:
+                return await self._adopt_cut(
+                    vm_id, snapshot_id, [d.name for d in chosen], include_memory, frozen
+                )
             existing = await self._find_native(vm_id, snapshot_id)
             if existing is not None:
                 wanted = (sorted(d.name for d in chosen), include_memory)
                 if (sorted(existing.disks), existing.include_memory) != wanted:
                     raise SnapshotConflict(f"{snapshot_id} exists with other disks or memory")
                 return existing
-            if frozen is not None and not guest_only:
-                return await self._adopt_cut(
-                    vm_id, snapshot_id, [d.name for d in chosen], include_memory
-                )
             # A stopped VM's quiesce holds no overlay: qemu-img may snapshot its files.
             if running:
                 await native.take_live(self._session(vm_id), snapshot_id, chosen, include_memory)

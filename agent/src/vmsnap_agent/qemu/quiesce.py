@@ -89,6 +89,8 @@ class QuiesceContext:
     # needs no new connection), or let it close when idle.
     hold_guest_agent: Callable[[bool], None] = lambda held: None
 
+    # Whether a native snapshot adopted the cut of this tag (its alias is durable).
+    cut_adopted: Callable[[str], bool] = lambda tag: False
     # The spare overlay (spares.py) made for this disk, now the quiesce's; None: none.
     claim_spare: Callable[[str], Path | None] = lambda disk: None
 
@@ -625,7 +627,9 @@ async def unquiesce(ctx: QuiesceContext, record: QuiesceRecord) -> None:
         record.overlays = []
     if record.cut_tag:
         # After the commit: the bases are roots again. Adopted cuts stay (renamed by alias).
-        unused = [] if record.adopted_by else record.cut_disks
+        # The aliases file is a cut's adoption commit point (hypervisor._adopt_cut).
+        adopted = record.adopted_by or ctx.cut_adopted(record.cut_tag)
+        unused = [] if adopted else record.cut_disks
         await _drop_cut(ctx, record.cut_tag, unused)
         record.cut_tag, record.cut_disks = "", []
     # The record is not saved between these steps: each is idempotent (a commit of an
