@@ -160,6 +160,15 @@ class GuestAgentClient:
             raise GuestAgentError(f"{command}: {err.get('class')}: {err.get('desc')}")
         return reply.get("return")
 
+    async def file_exists(self, path: str) -> bool:
+        """Whether the guest can open this file for reading (two round trips: open, close)."""
+        try:
+            handle = await self.execute("guest-file-open", {"path": path, "mode": "r"})
+        except GuestAgentError:
+            return False
+        await self.execute("guest-file-close", {"handle": handle})
+        return True
+
     async def read_file(self, path: str, max_bytes: int = 1 << 20) -> bytes | None:
         """Whole content of a small guest file, or None when it cannot be opened."""
         try:

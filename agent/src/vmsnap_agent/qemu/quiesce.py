@@ -332,11 +332,11 @@ async def quiesce(
     # Connect (and sync) before anything is recorded: an absent agent costs nothing.
     # The connection stays open after the quiesce: the thaw needs no new one.
     async with ctx.guest_agent() as ga:
-        # The hook log is read once, before the freeze (never while frozen, nor after
-        # the thaw: three qemu-ga round trips each). Its presence says the guest runs
-        # the hook; qemu-ga runs a configured hook inside guest-fsfreeze-freeze and
+        # The hook log is looked for once, before the freeze (never while frozen, nor
+        # after the thaw; opened and closed, its content unread). Its presence says the
+        # guest runs the hook; qemu-ga runs a configured hook inside guest-fsfreeze-freeze and
         # fails the freeze when the hook fails, so a freeze that succeeded ran it.
-        hook_installed = await ga.read_file(HOOK_LOG) is not None
+        hook_installed = await ga.file_exists(HOOK_LOG)
         record.guest_frozen = True
         existing = await ctx.save(record, _claim_spares(ctx, record))
         try:
