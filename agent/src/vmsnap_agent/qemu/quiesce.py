@@ -368,7 +368,9 @@ async def quiesce(
     return record
 
 
-async def _thaw(ctx: QuiesceContext, record: QuiesceRecord) -> None:
+async def _thaw(ctx: QuiesceContext, record: QuiesceRecord, *, save: bool) -> None:
+    """``save``: record the thaw (when more undo steps follow: a retry of those then
+    needs no qemu-ga); a record removed next is not written first."""
     async with ctx.guest_agent() as ga:
         # Thawing a thawed guest answers 0: harmless, which keeps undo idempotent.
         record.thaw_sent_at = record.thaw_sent_at or time.time()
@@ -376,7 +378,8 @@ async def _thaw(ctx: QuiesceContext, record: QuiesceRecord) -> None:
     record.guest_frozen = False
     record.thawed_at = record.thawed_at or time.time()
     ctx.hold_guest_agent(False)
-    await ctx.save(record)
+    if save:
+        await ctx.save(record)
 
 
 async def _graph_nodes(qmp: QmpSession) -> set[str]:
@@ -600,7 +603,8 @@ async def unquiesce(ctx: QuiesceContext, record: QuiesceRecord) -> None:
     thaw_error: GuestAgentUnavailable | None = None
     if record.guest_frozen and ctx.qmp is not None:
         try:
-            await _thaw(ctx, record)
+            more = bool(record.overlays or record.cut_tag or record.vm_paused or record.memory_path)
+            await _thaw(ctx, record, save=more)
         except GuestAgentUnavailable as exc:
             # Keep going so at least the overlays are committed; the record stays
             # (guest_frozen set) so that a later call retries the thaw.
