@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+from prometheus_client import CollectorRegistry
+
 from tests.support.procs import wait_serving
+from vmsnap_sdk.metrics import check_address, start_metrics_server
 from vmsnap_stack import Layout, Stack
 
 #: Holds the given loopback ports (listening) until its stdin closes.
@@ -115,3 +120,24 @@ async def test_a_stack_starts_while_another_process_holds_the_ports_it_picked() 
         finally:
             await stack.stop()
             shutil.rmtree(home, ignore_errors=True)
+
+
+def test_metrics_listen_fd_serves_on_a_listening_loopback_socket_only() -> None:
+    """``--metrics-listen fd:N`` (what the stack passes down): served on that socket;
+    one that does not listen, or stdio's numbers, are refused saying why."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        fd = os.dup(held.fileno())
+        with pytest.raises(ValueError, match="not a listening TCP socket"):
+            start_metrics_server(f"fd:{fd}", CollectorRegistry())
+        os.close(fd)  # refused, so left to its owner
+        held.listen()
+        server = start_metrics_server(f"fd:{os.dup(held.fileno())}", CollectorRegistry())
+        try:
+            assert server.url == f"http://127.0.0.1:{held.getsockname()[1]}/metrics"
+            _scrape(server.url)
+        finally:
+            server.close()
+    for wrong in ("fd:2", "fd:x"):
+        with pytest.raises(ValueError, match="expected fd:N"):
+            check_address(wrong)
