@@ -398,6 +398,7 @@ class Stack:
         for child in running:
             _signal_group(child, signal.SIGTERM)
         waits = [c.process.wait() for c in running if c.process is not None]
+        killed: list[str] = []
         try:
             await asyncio.wait_for(asyncio.gather(*waits), self.grace_seconds)
         except TimeoutError:
@@ -405,7 +406,16 @@ class Stack:
                 if child.process is not None and child.process.returncode is None:
                     self._emit(f"{child.component.name} ignored SIGTERM; killing it")
                     _signal_group(child, signal.SIGKILL)
+                    killed.append(child.component.name)
             await asyncio.gather(*(c.process.wait() for c in running if c.process is not None))
+        if running:
+            # Said every time: a child that needs SIGKILL is a defect to see, not a
+            # stop that is merely slow.
+            self._emit(
+                "every process exited on SIGTERM"
+                if not killed
+                else f"killed after the {self.grace_seconds:.0f} s grace: {', '.join(killed)}"
+            )
         for child in self._children:
             # Whatever a child left in its group goes too.
             _signal_group(child, signal.SIGKILL)
