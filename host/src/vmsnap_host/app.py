@@ -87,6 +87,8 @@ class HostApp:
             ),
             host_pb2_grpc.add_VMSnapshotServiceServicer_to_server,
         )
+        # Streams and waits end as the stop begins, not after the grace period.
+        self.server.on_stopping(self.manager.begin_stop)
         self._loops: list[asyncio.Task[None]] = []
         #: Addresses from the configuration file (never removed by the sync below).
         self._configured: dict[str, set[str]] = {"driver": set(), "agent": set()}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from vmsnap_host import metrics
 from vmsnap_host.model import OperationRecord, Snapshot
 from vmsnap_host.store import Store
-from vmsnap_sdk.errors import Reason, ResourceExhausted
+from vmsnap_sdk.errors import Reason, ResourceExhausted, VMSnapError
 
 log = logging.getLogger("vmsnap.host.events")
 
@@ -47,15 +47,17 @@ class Change:
 
 
 class Watcher:
-    """One subscriber: the changes it wants, in commit order, until dropped."""
+    """One subscriber: the changes it wants, in commit order, until dropped or ended."""
 
     def __init__(self, vm_id: str, operation_id: str, bound: int) -> None:
         self.vm_id = vm_id
         self.operation_id = operation_id
         self.bound = bound
-        # None is the "dropped" mark, put after the queue was emptied.
-        self._queue: asyncio.Queue[Change | None] = asyncio.Queue(bound)
+        # None is the "dropped" mark, put after the queue was emptied; an error is
+        # the end (the host stopping), raised once the changes before it were read.
+        self._queue: asyncio.Queue[Change | VMSnapError | None] = asyncio.Queue(bound + 1)
         self.dropped = False
+        self.ended = False
 
     def wants(self, op: OperationRecord) -> bool:
         if self.operation_id and op.id != self.operation_id:
@@ -64,18 +66,27 @@ class Watcher:
 
     def offer(self, change: Change) -> None:
         """Queue a change without waiting; a full queue drops the watcher."""
-        if self.dropped:
+        if self.dropped or self.ended:
             return
-        try:
-            self._queue.put_nowait(change)
-        except asyncio.QueueFull:
+        if self._queue.qsize() >= self.bound:  # one place is kept for the end
             self.dropped = True
             while not self._queue.empty():
                 self._queue.get_nowait()
             self._queue.put_nowait(None)
+            return
+        self._queue.put_nowait(change)
+
+    def end(self, error: VMSnapError) -> None:
+        """End the watch after the changes queued so far: :meth:`next` raises
+        ``error`` then (a dropped watcher ends as dropped)."""
+        if self.dropped or self.ended:
+            return
+        self.ended = True
+        self._queue.put_nowait(error)
 
     async def next(self) -> Change:
-        """The next change; raises ResourceExhausted once the watcher was dropped."""
+        """The next change; raises ResourceExhausted once the watcher was dropped,
+        and the end's error once it was ended."""
         change = await self._queue.get()
         if change is None:
             raise ResourceExhausted(
@@ -84,6 +95,8 @@ class Watcher:
                 "`since` set to the last update_time received",
                 reason=Reason.WATCH_TOO_SLOW,
             )
+        if isinstance(change, VMSnapError):
+            raise change
         return change
 
 
@@ -99,12 +112,16 @@ class Broadcaster:
         self._poller: asyncio.Task[None] | None = None
         #: Last state sent of each open foreign operation (id → state key).
         self._foreign: dict[str, tuple[object, ...]] = {}
+        #: Why every watch ends now (the host is stopping); None while it serves.
+        self._ending: VMSnapError | None = None
         store.on_operation_change(self.changed)
 
     @contextlib.contextmanager
     def watch(self, vm_id: str = "", operation_id: str = "") -> Iterator[Watcher]:
         """Subscribe for the block's duration (subscribe before reading what is
         there already, so that no change falls in between)."""
+        if self._ending is not None:
+            raise self._ending
         if len(self._watchers) >= MAX_WATCHERS:
             raise ResourceExhausted(
                 f"this host serves {MAX_WATCHERS} watchers already (each holds one of its "
@@ -123,6 +140,14 @@ class Broadcaster:
     @property
     def watchers(self) -> int:
         return len(self._watchers)
+
+    def end_all(self, error: VMSnapError) -> None:
+        """End every watch, and refuse new ones, with ``error`` (the host is
+        stopping: a stream that runs until its client cancels it would otherwise
+        hold the server's graceful stop for the whole grace period)."""
+        self._ending = error
+        for watcher in list(self._watchers):
+            watcher.end(error)
 
     async def close(self) -> None:
         """Stop the foreign poll (the host is stopping)."""

@@ -34,7 +34,7 @@ from vmsnap_host.config import Config, ConfigError, load
 from vmsnap_host.metrics import HostCollector
 from vmsnap_host.store.store import CatalogUnavailable, database_url
 from vmsnap_sdk import configure_logging
-from vmsnap_sdk.metrics import parse_address
+from vmsnap_sdk.metrics import check_address
 from vmsnap_sdk.serve import add_server_arguments, open_metrics, server_tls_from_args
 
 
@@ -75,7 +75,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(str(exc))
     if args.metrics_listen:
         try:
-            parse_address(args.metrics_listen)
+            check_address(args.metrics_listen)
         except ValueError as exc:
             parser.error(str(exc))
     args.remote = [a for a in args.listen if not _loopback_or_unix(a)]

@@ -53,6 +53,7 @@ from vmsnap_sdk.errors import (
     FailedPrecondition,
     NotFound,
     Reason,
+    Unavailable,
     VMSnapError,
 )
 from vmsnap_sdk.limits import cut
@@ -146,6 +147,8 @@ class Manager:
         #: yet: recovery must not take them for abandoned ones in that window.
         self._admitting: set[str] = set()
         self._changed = asyncio.Condition()
+        #: Set when the host begins to stop: waits answer at once (see begin_stop).
+        self._stopping = asyncio.Event()
 
     # --- requests -----------------------------------------------------------------
 
@@ -770,23 +773,54 @@ class Manager:
             raise operation_not_found(operation_id)
         return op
 
+    @property
+    def stopping(self) -> bool:
+        """The host began to stop (:meth:`begin_stop`)."""
+        return self._stopping.is_set()
+
+    async def begin_stop(self) -> None:
+        """The host begins to stop: every wait answers now with the operation as it
+        stands, and every WatchOperations stream ends UNAVAILABLE (watch again with
+        ``since``). Calls that only wait would otherwise hold the server's graceful
+        stop for its whole grace period, and the supervisor would kill the host
+        (docs/design.md, "Stopping: calls that wait end at once"). The operations
+        themselves go on until :meth:`close`."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self.events.end_all(
+            Unavailable(
+                "this host is stopping; watch again (another replica, or this one once it "
+                "is back) with `since` set to the last update_time received",
+                reason=Reason.UNAVAILABLE,
+            )
+        )
+        await self._notify()
+
     async def wait_operation(self, operation_id: str, timeout: float) -> OperationRecord:
         """Until the operation is done or ``timeout`` passed, whichever replica runs
         it: one that runs here wakes the waiter; any other is polled in the catalog
-        (every ``_POLL`` seconds: a bounded load, one indexed read per waiter)."""
+        (every ``_POLL`` seconds: a bounded load, one indexed read per waiter). When
+        the host begins to stop, at once: the operation as it stands."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
         while True:
             task = self._tasks.get(operation_id)
             left = give_up - loop.time()
-            if task is not None and left > 0:
+            if task is not None and left > 0 and not self.stopping:
                 # Run here: wait for its own end, not for every operation's (no herd
                 # of waiters re-reading the catalog at each end), then read it once.
                 # Re-read at least every second all the same.
-                await asyncio.wait({task}, timeout=min(left, 1.0))
+                stop = asyncio.ensure_future(self._stopping.wait())
+                try:
+                    await asyncio.wait(
+                        {task, stop}, timeout=min(left, 1.0), return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    stop.cancel()
             op = self.get_operation(operation_id)
             left = give_up - loop.time()
-            if op.done or left <= 0:
+            if op.done or left <= 0 or self.stopping:
                 return op
             if operation_id in self._tasks:
                 continue

@@ -2,8 +2,9 @@
 
 Every server process of vmsnap takes ``--listen ADDRESS`` in gRPC address
 syntax (``unix:///run/x.sock``, ``127.0.0.1:PORT``; port 0 picks one). On
-SIGTERM or SIGINT the server reports NOT_SERVING, refuses new calls and lets
-calls in flight finish within the grace period.
+SIGTERM or SIGINT the server reports NOT_SERVING, refuses new calls, ends the
+calls that would only wait (:meth:`Server.on_stopping`) and lets calls in flight
+finish within the grace period.
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ class Server:
         self._services: list[str] = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         self.addresses: list[str] = []
         self._stopped = asyncio.Event()
+        self._on_stopping: list[Callable[[], Awaitable[None]]] = []
 
     def add_service(self, full_name: str, servicer: object, registrar: Registrar) -> None:
         """Add a servicer (``registrar`` is the generated ``add_XServicer_to_server``)."""
@@ -192,9 +194,20 @@ class Server:
         )
         return self.addresses
 
+    def on_stopping(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await ``callback`` when the server begins to stop, once it reports
+        NOT_SERVING and before it waits for the calls in flight: the place to end
+        calls that would otherwise hold the stop for the whole grace period (a
+        stream that runs until the client cancels it, a long poll). It may be
+        called more than once."""
+        self._on_stopping.append(callback)
+
     async def stop(self, grace_seconds: float | None = None) -> None:
-        """Report NOT_SERVING, refuse new calls, let calls in flight finish."""
+        """Report NOT_SERVING, refuse new calls, end the calls that only wait (see
+        :meth:`on_stopping`), let calls in flight finish."""
         await self._health.enter_graceful_shutdown()
+        for callback in self._on_stopping:
+            await callback()
         grace = self.grace_seconds if grace_seconds is None else grace_seconds
         log.info("shutting down", extra={"fields": {"grace_seconds": grace}})
         await self._server.stop(grace)

@@ -218,7 +218,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics-listen",
         metavar="ADDRESS",
         help="serve Prometheus /metrics there: PORT or 127.0.0.1:PORT (loopback only; "
-        "off by default)",
+        "off by default), or fd:N, a listening socket a supervisor passed down",
     )
 
 

@@ -13,7 +13,10 @@ once, without backoff, when a restarted component comes back serving and that
 command changed (an emulator that could not get its old port back). Stopping sends SIGTERM to every group (the host first,
 so that it stops calling the others), waits for a grace period, then SIGKILLs
 what is left. ``run/stack.json`` lists the pids for operators and tests, and a
-lock on ``run/stack.lock`` keeps two stacks from sharing one home.
+lock on ``run/stack.lock`` keeps two stacks from sharing one home. Each
+process's ``/metrics`` socket is bound here at start, held while the stack runs
+and passed down (``--metrics-listen fd:N``), so that no other process can take
+its port (:func:`vmsnap_stack._table.listen_metrics`).
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -36,7 +40,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vmsnap_sdk import ClientTLS, open_channel
 from vmsnap_stack import _security as sec
-from vmsnap_stack._table import Component, Layout, build, host_config
+from vmsnap_stack._table import (
+    Component,
+    Layout,
+    build,
+    host_config,
+    listen_metrics,
+    save_metrics_ports,
+)
 
 Events = Callable[[str], None]
 
@@ -112,6 +123,8 @@ class Stack:
         self._stopping = False
         self._watchers: list[asyncio.Task[None]] = []
         self._lock_fd: int | None = None
+        #: Each process's /metrics socket, bound by the stack (see _bind_metrics).
+        self._metrics: dict[str, socket.socket] = {}
 
     @property
     def host_address(self) -> str:
@@ -148,6 +161,7 @@ class Stack:
                 f"(see {self.layout.stack_file}); stop it first or use another --home"
             ) from None
         self._stop_orphans()
+        self._bind_metrics()
         for component in self.components:
             if component.prepare is not None:
                 component.prepare()
@@ -167,6 +181,33 @@ class Stack:
         self.layout.config.write_text(
             host_config(drivers, agents, replicas=self.replicas, peer_tls=peer_tls, extra=extra)
         )
+
+    def _bind_metrics(self) -> None:
+        """Bind every process's ``/metrics`` socket now (the planned port, else one
+        the kernel picks) and hold it until the stack stops: the children serve on
+        the socket they are passed, so another process that took a planned port
+        after it was planned costs a new port, never a failed start, and a
+        restarted child serves on its port again."""
+        bound: dict[str, int] = {}
+        for child in self._children:
+            c = child.component
+            if not c.metrics_port:
+                continue
+            sock = listen_metrics(c.metrics_port)
+            self._metrics[c.name] = sock
+            port = int(sock.getsockname()[1])
+            if port != c.metrics_port:
+                self._emit(f"{c.name}: /metrics port {c.metrics_port} is taken; using {port}")
+                child.component = replace(c, metrics_port=port)
+            bound[c.name] = port
+        self.components = [child.component for child in self._children]
+        if bound:
+            save_metrics_ports(self.layout, bound)
+
+    def _command(self, child: _Child) -> tuple[str, ...]:
+        """The child's command now, serving /metrics on the socket the stack holds."""
+        sock = self._metrics.get(child.component.name)
+        return child.component.current_command(f"fd:{sock.fileno()}" if sock else "")
 
     def _stop_orphans(self) -> None:
         """Stop the children of a previous ``vmsnap up`` of this home that was killed.
@@ -217,13 +258,15 @@ class Stack:
     async def _spawn(self, child: _Child) -> None:
         if child.log is None:
             child.log = (self.layout.logs / f"{child.component.name}.log").open("ab")
-        child.argv = child.component.current_command()
+        child.argv = self._command(child)
+        sock = self._metrics.get(child.component.name)
         child.process = await asyncio.create_subprocess_exec(
             *_bound_to_us(child.argv),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=child.log,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=(sock.fileno(),) if sock else (),
         )
         child.started_at = time.monotonic()
 
@@ -296,7 +339,7 @@ class Stack:
                 continue
             if process is None or process.returncode is not None:
                 continue
-            if child.component.current_command() != child.argv:
+            if self._command(child) != child.argv:
                 self._emit(
                     f"{child.component.name}: {restarted.component.name} now serves on "
                     f"{restarted.component.current_address()}; restarting "
@@ -355,6 +398,7 @@ class Stack:
         for child in running:
             _signal_group(child, signal.SIGTERM)
         waits = [c.process.wait() for c in running if c.process is not None]
+        killed: list[str] = []
         try:
             await asyncio.wait_for(asyncio.gather(*waits), self.grace_seconds)
         except TimeoutError:
@@ -362,13 +406,25 @@ class Stack:
                 if child.process is not None and child.process.returncode is None:
                     self._emit(f"{child.component.name} ignored SIGTERM; killing it")
                     _signal_group(child, signal.SIGKILL)
+                    killed.append(child.component.name)
             await asyncio.gather(*(c.process.wait() for c in running if c.process is not None))
+        if running:
+            # Said every time: a child that needs SIGKILL is a defect to see, not a
+            # stop that is merely slow.
+            self._emit(
+                "every process exited on SIGTERM"
+                if not killed
+                else f"killed after the {self.grace_seconds:.0f} s grace: {', '.join(killed)}"
+            )
         for child in self._children:
             # Whatever a child left in its group goes too.
             _signal_group(child, signal.SIGKILL)
             if child.log is not None:
                 child.log.close()
                 child.log = None
+        for sock in self._metrics.values():
+            sock.close()
+        self._metrics.clear()
         self.layout.stack_file.unlink(missing_ok=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
 import os
@@ -35,7 +36,7 @@ import secrets
 import shutil
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -74,11 +75,22 @@ class Component:
     follows: str | None = None
     #: How to reach it when it serves TLS (``vmsnap up --tls``); None: plaintext.
     tls: ClientTLS | None = field(default=None, compare=False)
-    #: Its Prometheus ``/metrics`` URL (loopback), when it serves one.
-    metrics: str = ""
+    #: Its Prometheus ``/metrics`` port (loopback), when it serves one (0: none).
+    metrics_port: int = 0
 
-    def current_command(self) -> tuple[str, ...]:
-        return self.argv() if self.argv is not None else self.command
+    @property
+    def metrics(self) -> str:
+        """Its ``/metrics`` URL ("" when it serves none)."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else ""
+
+    def current_command(self, metrics_listen: str = "") -> tuple[str, ...]:
+        """The command to spawn now. With a ``metrics_port`` it ends with
+        ``--metrics-listen``: ``metrics_listen`` when given (the supervisor's
+        ``fd:N``, a socket it holds), else ``127.0.0.1:PORT``."""
+        base = self.argv() if self.argv is not None else self.command
+        if not self.metrics_port:
+            return base
+        return (*base, "--metrics-listen", metrics_listen or f"127.0.0.1:{self.metrics_port}")
 
     def current_address(self) -> str:
         return self.endpoint() if self.endpoint is not None else self.address
@@ -261,8 +273,9 @@ def metrics_ports(layout: Layout, names: Sequence[str]) -> dict[str, int]:
     """A loopback port per process for ``/metrics``: the one of the last start while it
     is free (a Prometheus configured once keeps scraping), else a new free one.
 
-    Chosen once per start of the stack, never at a restart of one process: a
-    restarted driver's command must not change because its own old port is busy.
+    A plan only: another process may take a port before it is bound. The
+    supervisor binds each with :func:`listen_metrics` (another port when it was
+    taken) and saves what it bound (:func:`save_metrics_ports`).
     """
     path = layout.metrics_ports
     try:
@@ -271,40 +284,46 @@ def metrics_ports(layout: Layout, names: Sequence[str]) -> dict[str, int]:
         saved = {}
     ports = {n: saved[n] if n in saved and _port_free(saved[n]) else _free_port() for n in names}
     if ports != saved:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(ports))
+        save_metrics_ports(layout, ports)
     return ports
 
 
-def _appended(
-    base: Callable[[], tuple[str, ...]], extra: tuple[str, ...]
-) -> Callable[[], tuple[str, ...]]:
-    def argv() -> tuple[str, ...]:
-        return (*base(), *extra)
+def save_metrics_ports(layout: Layout, ports: Mapping[str, int]) -> None:
+    """Keep each process's ``/metrics`` port for the next start."""
+    layout.metrics_ports.parent.mkdir(parents=True, exist_ok=True)
+    layout.metrics_ports.write_text(json.dumps(dict(ports)))
 
-    return argv
+
+def listen_metrics(port: int) -> socket.socket:
+    """A listening loopback socket for one process's ``/metrics``: on ``port`` when
+    it is free, else on one the kernel picks.
+
+    The supervisor binds it and passes it down (``--metrics-listen fd:N``) rather
+    than let the child bind the port it was told: the bind is the check, so no
+    other process (another stack on the machine) can take the port in between,
+    and the supervisor holds it while the stack runs, across restarts of the child.
+    """
+    for candidate in (port, 0) if port else (0,):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            # As HTTPServer does: a port whose last listener is in TIME_WAIT is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", candidate))
+            sock.listen(64)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE and candidate:
+                continue
+            raise
+        return sock
+    raise AssertionError("unreachable: binding port 0 either works or raises")
 
 
 def with_metrics(layout: Layout, components: Sequence[Component]) -> list[Component]:
-    """``components`` with ``--metrics-listen 127.0.0.1:PORT`` on every gRPC server."""
+    """``components`` with a ``/metrics`` port planned for every gRPC server."""
     serving = [c.name for c in components if c.role in METRICS_ROLES]
     ports = metrics_ports(layout, serving)
-    result = []
-    for c in components:
-        if c.name not in ports:
-            result.append(c)
-            continue
-        flag = ("--metrics-listen", f"127.0.0.1:{ports[c.name]}")
-        argv = None if c.argv is None else _appended(c.argv, flag)
-        result.append(
-            replace(
-                c,
-                command=(*c.command, *flag),
-                argv=argv,
-                metrics=f"http://127.0.0.1:{ports[c.name]}/metrics",
-            )
-        )
-    return result
+    return [replace(c, metrics_port=ports[c.name]) if c.name in ports else c for c in components]
 
 
 def _listen_port(data: Path) -> int:

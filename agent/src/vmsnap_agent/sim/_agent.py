@@ -86,6 +86,8 @@ VM_FROZEN = "VM_FROZEN"
 VM_NOT_RUNNING = "VM_NOT_RUNNING"
 VM_NOT_STOPPED = "VM_NOT_STOPPED"
 SNAPSHOT_DATA_MISSING = "SNAPSHOT_DATA_MISSING"
+VM_NOT_FOUND = "VM_NOT_FOUND"
+SNAPSHOT_NOT_FOUND = "SNAPSHOT_NOT_FOUND"
 #: Under the disks directory: the copies CopyNativeDisks made, one directory per copy id.
 COPIES_DIR = "vmsnap-copies"
 
@@ -278,7 +280,9 @@ class SimAgent(HypervisorAgent):
         self._thaw_expired()
         record = self._vms.get(vm_id)
         if record is None:
-            raise NotFound(f"VM {vm_id} is not defined on agent {self.name}")
+            # The contract's reason (hypervisor.proto): the host tells "the VM is
+            # gone" from "the snapshot is gone" by it.
+            raise NotFound(f"VM {vm_id} is not defined on agent {self.name}", reason=VM_NOT_FOUND)
         return record
 
     def _by_token(self, token: str) -> VMRecord | None:
@@ -852,7 +856,9 @@ class SimAgent(HypervisorAgent):
         record = self._get(vm_id)
         snapshot = self._store.state.snapshots.get(vm_id, {}).get(snapshot_id)
         if snapshot is None:
-            raise NotFound(f"VM {vm_id} has no native snapshot {snapshot_id}")
+            raise NotFound(
+                f"VM {vm_id} has no native snapshot {snapshot_id}", reason=SNAPSHOT_NOT_FOUND
+            )
         self._not_frozen(record, "revert")
         if not snapshot.include_memory and record.state != "STOPPED":
             raise FailedPrecondition(

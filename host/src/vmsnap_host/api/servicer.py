@@ -694,8 +694,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                     request.request_id, request.vm_id, delete_snapshots=request.delete_snapshots
                 )
                 pending = [op for op in ops if not op.done]
-                if undefined or loop.time() >= give_up:
-                    break
+                if undefined or loop.time() >= give_up or self.manager.stopping:
+                    break  # stopping: the caller calls again (the same request_id)
                 if pending:
                     await self.manager.wait_operation(
                         pending[0].id, max(0.0, give_up - loop.time())

@@ -26,7 +26,7 @@ from vmsnap_sdk import (
     Volume,
     VolumeSnapshot,
 )
-from vmsnap_sdk.errors import Aborted, Internal, NotFound, TransientError
+from vmsnap_sdk.errors import Aborted, Internal, NotFound, Reason, TransientError
 
 
 def native_result(
@@ -174,11 +174,19 @@ class GroupCalls:
             try:
                 if group.kind is GroupKind.HYPERVISOR:
                     agent = self.registry.agent(group.owner)
-                    await with_deadline(
-                        agent.delete_native_snapshot(vm_id, snapshot_id),
-                        timeout,
-                        f"native delete on agent {group.owner}",
-                    )
+                    try:
+                        await with_deadline(
+                            agent.delete_native_snapshot(vm_id, snapshot_id),
+                            timeout,
+                            f"native delete on agent {group.owner}",
+                        )
+                    except NotFound as exc:
+                        # The agent does not have the VM (the QEMU agent answers so):
+                        # it holds none of its native snapshots, nothing is left to
+                        # delete there. Leftovers in disk files that come back with
+                        # the VM are orphans to the reconciler.
+                        if exc.reason != Reason.VM_NOT_FOUND:
+                            raise
                 else:
                     driver = self.registry.driver(group.owner)
                     await with_deadline(

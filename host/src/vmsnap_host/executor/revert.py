@@ -17,6 +17,11 @@ and it is true.
 The contract makes this decidable for the array undo: a driver makes the undo
 snapshot before it changes any volume, so "no undo exists" means "not
 reverted" (driver.proto, RevertVMSnapshotRequest.save_current_state).
+
+Two definitive answers end a revert that no retry can finish: the snapshot's own
+data is gone (:meth:`Revert._lost`, SNAPSHOT_LOST), or the VM is gone from its
+agent (:meth:`Revert._vm_gone`, VM_NOT_FOUND). Both first bring the disks on
+arrays to a side the message names (docs/design.md, "Revert").
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import NoReturn, TypeVar
@@ -54,7 +59,7 @@ from vmsnap_host.model import (
 from vmsnap_host.registry import Registry
 from vmsnap_host.state import CancelRequested, LeaseLost, StaleMove
 from vmsnap_host.store import Store
-from vmsnap_sdk import VM, Capability, Consistency, VMState
+from vmsnap_sdk import VM, Capability, Consistency, VMState, Volume
 from vmsnap_sdk.errors import (
     Aborted,
     FailedPrecondition,
@@ -71,6 +76,7 @@ log = logging.getLogger("vmsnap.host.revert")
 _T = TypeVar("_T")
 
 _PUT_BACK = "every disk was put back as it was before the revert"
+_AS_THEY_WERE = "nothing was reverted, the VM's disks are as they were"
 
 
 class Outcome(enum.Enum):
@@ -101,8 +107,40 @@ def data_gone(error: VMSnapError) -> bool:
     return error.reason == Reason.SNAPSHOT_DATA_MISSING
 
 
+def vm_gone(error: VMSnapError) -> bool:
+    """The agent's definitive answer that it does not have the VM (any more):
+    NOT_FOUND / VM_NOT_FOUND ("the VM is not defined on this agent",
+    hypervisor.proto). Only an answer of the snapshot's agent counts (DescribeVM,
+    StopVM, the hypervisor group's calls); UNAVAILABLE or DEADLINE_EXCEEDED say
+    nothing about the VM, and are retried."""
+    return isinstance(error, NotFound) and error.reason == Reason.VM_NOT_FOUND
+
+
 def _retry_helps(error: VMSnapError) -> bool:
     return not error.final or isinstance(error, Aborted)
+
+
+def _disks(names: list[str]) -> str:
+    """The subject of a side: 'disk vda was' or 'disks vda, vdb were'."""
+    return f"disk {names[0]} was" if len(names) == 1 else f"disks {', '.join(names)} were"
+
+
+def _agent_side(names: list[str], agent: str, outcome: Outcome) -> str:
+    """Where the disks an agent holds are, once it does not have their VM."""
+    one = len(names) == 1
+    which = f"disk {names[0]}" if one else f"disks {', '.join(names)}"
+    if outcome is Outcome.UNTOUCHED:
+        return f"{which} on agent {agent} {'was' if one else 'were'} not reverted"
+    if outcome is Outcome.REVERTED:
+        return (
+            f"{which} on agent {agent} {'was' if one else 'were'} reverted to the snapshot and "
+            f"cannot be put back without the VM"
+        )
+    return (
+        f"{which} on agent {agent} may have been reverted to the snapshot (the agent cannot "
+        f"tell without the VM): check {'it' if one else 'them'} before using "
+        f"{'it' if one else 'them'} again"
+    )
 
 
 class Revert:
@@ -155,6 +193,23 @@ class Revert:
             await self.settle(op, snap, as_error(exc, "revert"), {})
 
     async def _run(self, op: OperationRecord, snap: Snapshot, stop_vm: bool) -> None:
+        try:
+            vm = await self._stopped(op, snap, stop_vm)
+        except NotFound as exc:
+            if vm_gone(exc):
+                # Nothing moved yet: the VM went before the revert began.
+                await self._vm_gone(op, snap, exc.message, _AS_THEY_WERE)
+            raise
+        if snap.include_memory or len(snap.groups) == 1:
+            # One atomic revert: cancelled before it starts, or finished (forward).
+            await self._start_reverting(op, snap)
+            untouched = dict.fromkeys((g.owner for g in snap.groups), Outcome.UNTOUCHED)
+            await self.settle(op, snap, None, untouched, vm=vm)
+            return
+        await self._run_many(op, snap, vm)
+
+    async def _stopped(self, op: OperationRecord, snap: Snapshot, stop_vm: bool) -> VM:
+        """The VM as its agent describes it, stopped when the revert needs it so."""
         agent = self.registry.agent(snap.agent)
         vm = await with_deadline(
             agent.describe_vm(snap.vm_id), self.settings.call_timeout_seconds, "DescribeVM"
@@ -188,12 +243,7 @@ class Revert:
             vm = await with_deadline(
                 agent.stop_vm(vm.id, True), self.settings.call_timeout_seconds, "StopVM"
             )
-        if snap.include_memory or len(snap.groups) == 1:
-            # One atomic revert: cancelled before it starts, or finished (forward).
-            await self._start_reverting(op, snap)
-            await self.settle(op, snap, None, {}, vm=vm)
-            return
-        await self._run_many(op, snap, vm)
+        return vm
 
     async def _run_many(self, op: OperationRecord, snap: Snapshot, vm: VM) -> None:
         kept_id = f"{snap.id}-keep-{op.id[:8]}"
@@ -238,9 +288,13 @@ class Revert:
             if isinstance(o, BaseException)
         ]
         if failed:
-            group, exc = failed[0]
-            cause = as_error(exc, f"keeping the current state on {label(group)}")
-            await self._untouched(op, snap, cause, drop=kept)
+            causes = [
+                (g, as_error(exc, f"keeping the current state on {label(g)}")) for g, exc in failed
+            ]
+            for g, cause in causes:
+                if g.kind is not GroupKind.DRIVER and vm_gone(cause):
+                    await self._vm_gone(op, snap, cause.message, _AS_THEY_WERE)
+            await self._untouched(op, snap, causes[0][1], drop=kept)
         # From here on a crash leaves the disks on an unknown side: settle decides.
         await self._start_reverting(op, snap, drop=kept)
         reverts = await asyncio.gather(
@@ -252,6 +306,7 @@ class Revert:
         )
         known: dict[str, Outcome] = {}
         gone: dict[str, str] = {}
+        vm_answer = ""
         undos: list[KeptState] = []
         first: VMSnapError | None = None
         for g, k, o in zip(snap.groups, kept, reverts, strict=True):
@@ -259,6 +314,8 @@ class Revert:
                 error = as_error(o, f"revert on {label(g)}")
                 if data_gone(error):
                     gone[g.owner] = error.message
+                if g.kind is not GroupKind.DRIVER and vm_gone(error):
+                    vm_answer = error.message
                 # A final code means the owner changed nothing (a host-side bug is
                 # INTERNAL: the call never reached the owner intact).
                 # A contract violation is an answer: the call did happen on the owner.
@@ -281,7 +338,7 @@ class Revert:
         if first is None:
             await self._done(op, snap, "reverted")
             return
-        await self.settle(op, snap, first, known, vm=vm, gone=gone)
+        await self.settle(op, snap, first, known, vm=vm, gone=gone, vm_answer=vm_answer)
 
     # --- cancel (docs/design.md, "Live events, cancel and traces") ------------------------
 
@@ -348,17 +405,28 @@ class Revert:
         *,
         vm: VM | None = None,
         gone: Mapping[str, str] | None = None,
+        vm_answer: str = "",
     ) -> None:
         """Bring every group to one side and record which; raises OperationFailed
         when the VM is not at the snapshot, Unsettled when no side is reachable now.
         ``gone``: owners that answered that the snapshot's data is gone (what each
-        said); then forward can never land (see :meth:`_lost`)."""
-        if vm is None:
-            vm = await with_deadline(
-                self.registry.agent(snap.agent).describe_vm(snap.vm_id),
-                self.settings.call_timeout_seconds,
-                "DescribeVM",
-            )
+        said); then forward can never land (see :meth:`_lost`). ``vm_answer``: the
+        agent answered that it does not have the VM (what it said); then neither side
+        can be reached through the agent (see :meth:`_without_vm`)."""
+        if vm is None and not vm_answer:
+            try:
+                vm = await with_deadline(
+                    self.registry.agent(snap.agent).describe_vm(snap.vm_id),
+                    self.settings.call_timeout_seconds,
+                    "DescribeVM",
+                )
+            except NotFound as exc:
+                if not vm_gone(exc):
+                    raise
+                vm_answer = exc.message
+        if vm_answer:
+            await self._without_vm(op, snap, vm_answer, known, vm)
+        assert vm is not None
         # Journaled: a later settle (a crash, a tick after Unsettled) knows it too.
         lost: dict[str, str] = {**dict(op.journal.get("gone") or {}), **(gone or {})}
         await self.store.write(
@@ -403,6 +471,14 @@ class Revert:
         if not errors:
             await self._done(op, snap, "reverted" if cause is None else "reverted after a retry")
             return
+        on_agent = {g.owner for g in snap.groups if g.kind is not GroupKind.DRIVER}
+        answer = next((e.message for o, e in errors.items() if o in on_agent and vm_gone(e)), "")
+        if answer:
+            # The agent's own groups did not move in this attempt; what an earlier
+            # one did is what ``before`` knows.
+            await self._without_vm(
+                op, snap, answer, {**before, **dict.fromkeys(moved, Outcome.REVERTED)}, vm
+            )
         found = {o: e.message for o, e in errors.items() if data_gone(e)}
         if found:
             lost.update(found)
@@ -460,6 +536,143 @@ class Revert:
             f"the disks could not be put back either ({back_error.message}): they may not all "
             "be on one side, check them before starting the VM",
         )
+
+    async def _without_vm(
+        self,
+        op: OperationRecord,
+        snap: Snapshot,
+        answer: str,
+        known: Mapping[str, Outcome],
+        vm: VM | None,
+    ) -> NoReturn:
+        """The agent answered that it does not have the VM: no retry can move the
+        disks it holds, nor start the VM. The disks on arrays are brought to one side
+        without it — back to their kept states when the revert kept them, else
+        forward to the snapshot (the only side a retry reaches: an atomic revert
+        keeps no undo) — waiting while a retry can help (Unsettled); then the revert
+        ends NOT_FOUND / VM_NOT_FOUND naming where every disk is (:meth:`_vm_gone`)."""
+        arrays = [g for g in snap.groups if g.kind is GroupKind.DRIVER]
+        on_agent = [g for g in snap.groups if g.kind is not GroupKind.DRIVER]
+        # What the agent's groups did is journaled by the settle that knew it: a
+        # later one (a tick after Unsettled, a restart) starts knowing nothing.
+        outcome = Outcome[str(dict(op.journal.get("vm_gone") or {}).get("agent") or "UNKNOWN")]
+        for g in on_agent:
+            outcome = known.get(g.owner, outcome)
+        await self.store.write(
+            self.store.w_journal(
+                op.id,
+                "the VM is gone from its agent",
+                80,
+                vm_gone={"answer": cut(answer, 600), "agent": outcome.name},
+            )
+        )
+        # The drivers' calls take the VM; the agent cannot describe it any more, and
+        # it runs nowhere through that agent.
+        vm = vm or self._vm_of(snap)
+        sides: list[str] = []
+        at_snapshot = False
+        kept = {k.owner: k for k in self.store.kept_states(op.id)}
+        if arrays and kept:
+            try:
+                await self._back(
+                    snap,
+                    vm,
+                    kept,
+                    known,
+                    forward_tried=op.journal.get("phase") == "forward",
+                    only=arrays,
+                )
+            except VMSnapError as exc:
+                await self._unless_final(op, snap, exc)
+                sides.append(
+                    f"the disks on arrays could not all be put back ({exc.message}): they may "
+                    "not all be on one side, check them before using them again"
+                )
+            else:
+                disks = ", ".join(d for g in arrays for d in g.disks)
+                sides.append(
+                    f"every disk on an array ({disks}) was put back as it was before the revert"
+                )
+        elif arrays:
+            errors, moved = await self._forward(snap, vm, known, only=arrays)
+            for error in errors.values():
+                await self._unless_final(op, snap, error)
+            at = [
+                d
+                for g in arrays
+                if g.owner in moved or known.get(g.owner) is Outcome.REVERTED
+                for d in g.disks
+            ]
+            if at:
+                sides.append(f"{_disks(at)} reverted to the snapshot")
+            if errors:
+                first = next(iter(errors.values()))
+                sides.append(
+                    f"the other disks on arrays could not be reverted ({first.message}): they "
+                    "are not all on one side, check them before using them again"
+                )
+            at_snapshot = not on_agent and not errors
+        agent_disks = [d for g in on_agent for d in g.disks]
+        if agent_disks:
+            sides.append(_agent_side(agent_disks, snap.agent, outcome))
+        if snap.include_memory:
+            sides.append("the memory state was not loaded")
+        await self._vm_gone(op, snap, answer, "; ".join(sides), current=at_snapshot)
+
+    async def _unless_final(self, op: OperationRecord, snap: Snapshot, error: VMSnapError) -> None:
+        """Settling without the VM failed: wait while a retry can help (Unsettled)."""
+        if not _retry_helps(error):
+            return
+        reason = (
+            f"VM {snap.vm_id} is gone from agent {snap.agent}; bringing the disks on arrays "
+            f"to one side failed ({error.message})"
+        )
+        await self.store.write(self.store.w_journal(op.id, f"waiting: {reason}; retried", 75))
+        raise Unsettled(reason)
+
+    @staticmethod
+    def _vm_of(snap: Snapshot) -> VM:
+        """The VM as the catalog knows it, for the drivers' calls: its disks on arrays
+        (from the snapshot's stored results) and STOPPED (its agent does not have it)."""
+        volumes = tuple(
+            Volume(v.disk, v.locator)
+            for g in snap.groups
+            if g.result is not None
+            for v in g.result.volume_snapshots
+        )
+        return VM(
+            id=snap.vm_id, name=snap.vm_id, state=VMState.STOPPED, volumes=volumes, agent=snap.agent
+        )
+
+    async def _vm_gone(
+        self, op: OperationRecord, snap: Snapshot, answer: str, side: str, *, current: bool = False
+    ) -> NoReturn:
+        """Give up: the VM is gone from its agent. The revert fails NOT_FOUND /
+        VM_NOT_FOUND saying what is gone, where the disks are (``side``) and what to
+        do; the snapshot is READY again (its data is not known to be gone), current
+        when every disk is at it. Always raises OperationFailed."""
+        todo = (
+            f"define the VM again on agent {snap.agent} with the same disks (DefineVM) and "
+            "revert again, or delete the snapshot (DeleteVMSnapshot)"
+        )
+        if any(g.kind is not GroupKind.DRIVER for g in snap.groups):
+            todo += f"; its part on agent {snap.agent} may have gone with the VM"
+        error = NotFound(
+            f"VM {snap.vm_id} is gone from agent {snap.agent} (it answered: {cut(answer, 300)}); "
+            f"{side or _AS_THEY_WERE}; snapshot {snap.id} is READY: {todo}",
+            reason=Reason.VM_NOT_FOUND,
+        )
+        await self.store.write(
+            self.store.w_move(snap.id, SnapshotState.READY, current=True if current else None),
+            self.store.w_journal(op.id, "the VM is gone from its agent", 95, phase="vm_gone"),
+            self.store.w_finish(op.id, error_info(error), "failed; the VM is gone from its agent"),
+        )
+        log.warning(
+            "revert gave up: the VM is gone from its agent",
+            extra={"fields": {"operation": op.id, "snapshot": snap.id, "vm": snap.vm_id}},
+        )
+        await self._drop(op.id)
+        raise OperationFailed(error)
 
     @staticmethod
     def _where(snap: Snapshot, known: Mapping[str, Outcome], moved: set[str], vm: VM) -> str:
@@ -526,11 +739,12 @@ class Revert:
         known: Mapping[str, Outcome],
         *,
         forward_tried: bool,
+        only: Sequence[Group] | None = None,
     ) -> None:
-        """Every group that may have changed goes back to its kept state (decided for
-        every group before any moves)."""
+        """Every group (of ``only``, default all) that may have changed goes back to
+        its kept state (decided for every group before any moves)."""
         back: list[tuple[Group, KeptState]] = []
-        for g in snap.groups:
+        for g in snap.groups if only is None else only:
             outcome = known.get(g.owner, Outcome.UNKNOWN)
             if outcome is Outcome.UNTOUCHED:
                 continue
@@ -567,12 +781,22 @@ class Revert:
                 raise as_error(o, f"putting back {label(g)}")
 
     async def _forward(
-        self, snap: Snapshot, vm: VM, known: Mapping[str, Outcome]
+        self,
+        snap: Snapshot,
+        vm: VM,
+        known: Mapping[str, Outcome],
+        *,
+        only: Sequence[Group] | None = None,
     ) -> tuple[dict[str, VMSnapError], set[str]]:
-        """Every group not known reverted goes (again) to the snapshot: idempotent.
-        Returns the errors of the groups that did not get there (none: every group is
-        at the snapshot) and the owners that did in this attempt."""
-        todo = [g for g in snap.groups if known.get(g.owner) is not Outcome.REVERTED]
+        """Every group (of ``only``, default all) not known reverted goes (again) to
+        the snapshot: idempotent. Returns the errors of the groups that did not get
+        there (none: every group is at the snapshot) and the owners that did in this
+        attempt."""
+        todo = [
+            g
+            for g in (snap.groups if only is None else only)
+            if known.get(g.owner) is not Outcome.REVERTED
+        ]
         # A memory snapshot's hypervisor group starts the VM from the saved RAM: every
         # array disk must be back first (the drivers in parallel, then the agent).
         waves = (
@@ -647,4 +871,4 @@ class Revert:
         await self.settle(op, snap, cause, {})
 
 
-__all__ = ["Outcome", "Revert", "Unsettled", "data_gone"]
+__all__ = ["Outcome", "Revert", "Unsettled", "data_gone", "vm_gone"]

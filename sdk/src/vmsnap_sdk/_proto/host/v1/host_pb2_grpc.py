@@ -763,9 +763,11 @@ class VMSnapshotServiceServicer:
         at or after `since` (each as it stands now, `initial` true; none when `since`
         is unset, except the one named by operation_id), then every change as it is
         committed. With operation_id the stream ends (OK) after that operation's
-        final state; otherwise it runs until the client cancels it. Changes are sent
-        by the replica that runs the operation: watch the replica the request was
-        sent to. Role: viewer.
+        final state; otherwise it runs until the client cancels it, or until the host
+        stops: then it ends UNAVAILABLE once the changes before were sent (watch again,
+        on another replica or once it is back, with `since`). Changes are sent by the
+        replica that runs the operation: watch the replica the request was sent to.
+        Role: viewer.
         Errors:
         INVALID_ARGUMENT     INVALID_ARGUMENT      vm_id or operation_id breaks its rule
         NOT_FOUND            OPERATION_NOT_FOUND   no operation has operation_id

@@ -128,6 +128,7 @@ class HypervisorAgentStub:
     """Revert to a native snapshot.
     Errors:
       INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+      NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
       NOT_FOUND            SNAPSHOT_NOT_FOUND    the VM has no native snapshot of this id
       FAILED_PRECONDITION  VM_NOT_STOPPED        a disk-only snapshot needs the VM STOPPED
       FAILED_PRECONDITION  SNAPSHOT_DATA_MISSING the snapshot's saved data is gone
@@ -353,6 +354,7 @@ class HypervisorAgentServicer(metaclass=_abc_1.ABCMeta):
         """Revert to a native snapshot.
         Errors:
           INVALID_ARGUMENT     INVALID_ARGUMENT      a field breaks its rule (BadRequest names it)
+          NOT_FOUND            VM_NOT_FOUND          the VM is not defined on this agent
           NOT_FOUND            SNAPSHOT_NOT_FOUND    the VM has no native snapshot of this id
           FAILED_PRECONDITION  VM_NOT_STOPPED        a disk-only snapshot needs the VM STOPPED
           FAILED_PRECONDITION  SNAPSHOT_DATA_MISSING the snapshot's saved data is gone
