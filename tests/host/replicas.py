@@ -97,9 +97,10 @@ def replicas(
 ) -> Iterator[Replicas]:
     c = Replicas(sockdir, tmp_path, db=db, settings=settings)
     try:
-        c.start_agent()
-        for letter in ("a", "b"):
-            c.start_driver(letter, *(driver_flags or {}).get(letter, []))
+        with c.together():
+            c.start_agent()
+            for letter in ("a", "b"):
+                c.start_driver(letter, *(driver_flags or {}).get(letter, []))
         for i in range(1, count + 1):
             c.start_replica(f"host-{i}")
         yield c
