@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from tests.support.procs import Proc, wait_serving
+from tests.support.procs import Proc, stop_all, wait_serving
 from vmsnap_agent.sim import load_state
 from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
@@ -203,8 +203,7 @@ class Cluster:
     def close(self) -> None:
         if self.channel is not None:
             self.channel.close()
-        for proc in self.procs.values():
-            proc.stop(5)
+        stop_all(list(self.procs.values()), 5)
 
 
 def cluster(
