@@ -11,10 +11,13 @@ PACKAGES := $(shell for d in sdk host agent emulators drivers/netapp drivers/sol
 
 venv: $(VENV)/.installed
 
+# uv, not pip, installs the workspace: ~15-30 s instead of ~90 s of CI's 15 minutes
+# (it downloads in parallel and builds the editables at once). pip only installs uv,
+# and stays in the venv for whatever a user adds by hand.
 $(VENV)/.installed: constraints.txt requirements-dev.txt $(wildcard */pyproject.toml drivers/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -r requirements-dev.txt $(PACKAGES)
+	$(PY) -m pip install -q -c constraints.txt uv
+	$(VENV)/bin/uv pip install -q --python $(PY) -c constraints.txt -r requirements-dev.txt $(PACKAGES)
 	$(PY) scripts/proto_deps.py >/dev/null  # .deps/googleapis for `buf lint proto`
 	touch $@
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 
 from tests.host.e2e import Cluster
-from tests.support.procs import Proc, wait_serving
+from tests.support.procs import Proc
 from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
 
 #: Short leases: a stopped replica's work is taken over within seconds.
@@ -64,10 +64,10 @@ class Replicas(Cluster):
             self.work / f"{name}.log",
         )
         self.procs[name] = proc
-        try:
-            wait_serving(address)
-        except TimeoutError:
-            raise AssertionError(f"{name} did not start:\n{proc.output()}") from None
+        if self._starting is not None:  # in together(): waited for at its end
+            self._starting.append((name, address, proc))
+        else:
+            self._wait(name, address, proc)
         if name not in self.channels:
             self.channels[name] = grpc.insecure_channel(address)
         if self.channel is None:
@@ -97,11 +97,14 @@ def replicas(
 ) -> Iterator[Replicas]:
     c = Replicas(sockdir, tmp_path, db=db, settings=settings)
     try:
-        c.start_agent()
-        for letter in ("a", "b"):
-            c.start_driver(letter, *(driver_flags or {}).get(letter, []))
-        for i in range(1, count + 1):
-            c.start_replica(f"host-{i}")
+        with c.together():
+            c.start_agent()
+            for letter in ("a", "b"):
+                c.start_driver(letter, *(driver_flags or {}).get(letter, []))
+        # Together, as replicas of one catalog may start (they take turns migrating).
+        with c.together():
+            for i in range(1, count + 1):
+                c.start_replica(f"host-{i}")
         yield c
     finally:
         c.close()

@@ -3,6 +3,8 @@ started with --metrics-listen, a snapshot taken, /metrics scraped."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import subprocess
 import sys
 import urllib.request
@@ -10,10 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.host.e2e import Cluster, cluster, eventually
 from tests.support.procs import ROOT
+from vmsnap_host.metrics import HostCollector, Sample
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 
 
@@ -140,3 +144,25 @@ def test_metrics_listen_refuses_a_non_loopback_address(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "loopback only" in done.stderr
+
+
+async def test_registering_the_host_collector_takes_no_sample(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The host registers its collector from its event loop, and a sample is taken
+    on that loop: a sample asked for at registration (prometheus_client's
+    auto-describe) waited for the loop it blocked, 2 s of every host start with
+    --metrics-listen, and logged 'metrics sample skipped'."""
+    taken: list[Sample] = []
+
+    def sample() -> Sample:
+        taken.append(Sample())
+        return taken[-1]
+
+    registry = CollectorRegistry(auto_describe=True)
+    with caplog.at_level(logging.WARNING):
+        registry.register(HostCollector(asyncio.get_running_loop(), sample, timeout=0.5))
+    assert "metrics sample skipped" not in caplog.text
+    # A scrape (from the HTTP server's thread) still takes one.
+    families = await asyncio.to_thread(lambda: list(registry.collect()))
+    assert taken and {f.name for f in families} >= {"vmsnap_peer_up"}

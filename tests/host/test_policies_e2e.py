@@ -50,9 +50,10 @@ class PolicyCluster(Cluster):
 def stack(sockdir: Path, tmp_path: Path) -> Iterator[PolicyCluster]:
     c = PolicyCluster(sockdir, tmp_path, common_flags=("--metrics-listen", "127.0.0.1:0"))
     try:
-        c.start_agent()
-        for letter in ("a", "b"):
-            c.start_driver(letter)
+        with c.together():
+            c.start_agent()
+            for letter in ("a", "b"):
+                c.start_driver(letter)
         c.start_host()
         yield c
     finally:

@@ -36,6 +36,45 @@ def test_migrations_run_once_on_either_backend(db_url: str) -> None:
     store.close()
 
 
+def test_head_revision_is_alembics_head() -> None:
+    """A catalog at HEAD_REVISION is opened without running Alembic: the constant
+    must move with every new migration, or a catalog one behind would not migrate."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from vmsnap_host.store.store import HEAD_REVISION, MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_heads() == [HEAD_REVISION]
+
+
+def test_a_catalog_one_revision_behind_is_migrated(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from vmsnap_host.store.store import MIGRATIONS
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    store = Store.open(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:  # as a host one release older left it
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0004")
+    assert "ix_vm_snapshots_policy" not in {
+        i["name"] for i in inspect(store.engine).get_indexes("vm_snapshots")
+    }
+    store.close()
+    store = Store.open(url)
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+    assert "ix_vm_snapshots_policy" in {
+        i["name"] for i in inspect(store.engine).get_indexes("vm_snapshots")
+    }
+    store.close()
+
+
 def test_sqlite_runs_with_wal_and_full_sync(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
     with store.engine.connect() as conn:

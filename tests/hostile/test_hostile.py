@@ -109,8 +109,9 @@ def base(sockdir: Path, tmp_path: Path) -> Iterator[Cluster]:
     """Agent and good driver running; the test starts the hostile one and the host."""
     c = Cluster(sockdir, tmp_path)
     try:
-        c.start_agent()
-        c.start_driver("a")
+        with c.together():
+            c.start_agent()
+            c.start_driver("a")
         yield c
     finally:
         c.close()

@@ -68,6 +68,10 @@ class Proc:
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
         self.signal(signal.SIGTERM)
+        return self.reap(timeout)
+
+    def reap(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for the exit (SIGKILL after), close the log."""
         try:
             code = self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -79,6 +83,16 @@ class Proc:
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
         self.popen.wait()
+
+
+def stop_all(procs: Sequence[Proc], timeout: float = 10.0) -> None:
+    """:meth:`Proc.stop` for several at once: SIGTERM to all, then one shared
+    ``timeout`` (in turn, each one slow to stop added its own timeout)."""
+    for proc in procs:
+        proc.signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        proc.reap(max(0.0, deadline - time.monotonic()))
 
 
 def python_proc(module_or_script: Sequence[str], log: Path) -> Proc:

@@ -130,6 +130,13 @@ class HostCollector(Collector):
         self._sample = sample
         self._timeout = timeout
 
+    def describe(self) -> Iterable[Metric]:
+        """Nothing, so that registering does not collect: prometheus_client takes a
+        sample of a collector without describe() to learn its names, and the host
+        registers this one on the event loop that a sample waits for (2 s of every
+        start, then 'metrics sample skipped')."""
+        return []
+
     def collect(self) -> Iterable[Metric]:
         async def take() -> Sample:
             return self._sample()

@@ -18,8 +18,6 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jwt
-
 from vmsnap_host.auth.principal import Principal, Role
 from vmsnap_host.auth.settings import AuthSettings, JwtSettings, project_name
 from vmsnap_sdk.errors import Unauthenticated
@@ -36,6 +34,10 @@ def token_sha256(token: str) -> str:
 
 def load_jwt_keys(settings: JwtSettings) -> list[Any]:
     """The verification keys of a JWKS document or a PEM public key file."""
+    # PyJWT and cryptography only for a host that trusts JWTs: importing them costs
+    # every host and `vmsnap` start ~0.1 s, and most run without.
+    import jwt
+
     text = settings.key_file.read_text()
     if text.lstrip().startswith("{"):
         document = json.loads(text)
@@ -88,6 +90,8 @@ class Authenticator:
         )
 
     def _jwt(self, token: str, settings: JwtSettings) -> Principal:
+        import jwt  # loaded with the keys (load_jwt_keys)
+
         claims: dict[str, Any] | None = None
         for key in self._jwt_keys:
             try:

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from vmsnap_host.auth.authenticate import token_sha256
 from vmsnap_host.cli import _output as out
 from vmsnap_host.cli._common import JsonOption, fail, run, want_json
 from vmsnap_host.client import read_token, vmsnap_home
@@ -54,6 +53,10 @@ def auth_hash_token(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="A file holding the token.")],
 ) -> None:
     """Print the SHA-256 of a token, for token_sha256 in [[auth.principals]]."""
+    # Here, not at the top: the module imports PyJWT and cryptography, which no
+    # other command needs (each `vmsnap` start would pay ~0.1 s for them).
+    from vmsnap_host.auth.authenticate import token_sha256
+
     try:
         token = read_token(file)
     except VMSnapError as exc:
