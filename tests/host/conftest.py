@@ -48,6 +48,12 @@ class Rig:
     def __post_init__(self) -> None:
         self.recovery = Recovery(self.manager)
 
+    async def close(self) -> None:
+        await self.manager.close()
+        await self.agent.close()
+        await self.registry.close()
+        self.store.close()
+
     async def define(
         self, vm_id: str = "vm1", volumes: tuple[Volume, ...] = THREE_DISKS, running: bool = True
     ) -> VM:
@@ -114,7 +120,4 @@ async def rig(tmp_path: Path, db_url: str) -> AsyncIterator[Rig]:
         db=db_url,
     )
     yield r
-    await r.manager.close()
-    await r.agent.close()
-    await r.registry.close()
-    r.store.close()
+    await r.close()

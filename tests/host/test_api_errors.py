@@ -87,10 +87,7 @@ async def test_a_failed_take_reports_the_peer_reason_in_operation_error(tmp_path
         assert isinstance(raised, ResourceExhausted)
         assert raised.metadata["peer_reason"] == "FAKE_ARRAY_FULL"
     finally:
-        await rig.manager.close()
-        await rig.agent.close()
-        await rig.registry.close()
-        rig.store.close()
+        await rig.close()
 
 
 class _Aborted(Exception):
@@ -139,10 +136,7 @@ async def test_capabilities_and_quiesce_methods_are_enum_value_names(tmp_path: P
         driver = convert.driver_to_pb(rig.registry.drivers()[0])
         agent = convert.agent_to_pb(rig.registry.agents()[0])
     finally:
-        await rig.manager.close()
-        await rig.agent.close()
-        await rig.registry.close()
-        rig.store.close()
+        await rig.close()
     assert list(driver.capabilities) == [
         "CAPABILITY_CONSISTENT_GROUP",
         "CAPABILITY_LIST",

@@ -49,10 +49,7 @@ class Gate:
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     r = await make_rig(tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"))
     yield r
-    await r.manager.close()
-    await r.agent.close()
-    await r.registry.close()
-    r.store.close()
+    await r.close()
 
 
 async def test_cancel_rolls_a_running_take_back(rig: Rig) -> None:

@@ -64,7 +64,4 @@ async def test_no_side_effect_while_the_catalog_is_unreachable(
         second = await rig.wait(await rig.create("s2"))
         assert second.error is None, second.error
     finally:
-        await rig.manager.close()
-        await rig.agent.close()
-        await rig.registry.close()
-        rig.store.close()
+        await rig.close()

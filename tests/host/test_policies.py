@@ -55,10 +55,7 @@ async def prig(tmp_path: Path, db_url: str) -> AsyncIterator[Rig]:
         db=db_url,
     )
     yield r
-    await r.manager.close()
-    await r.agent.close()
-    await r.registry.close()
-    r.store.close()
+    await r.close()
 
 
 def _policy(name: str, schedule: str = "@every 10s", **kw: object) -> Policy:

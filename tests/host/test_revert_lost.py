@@ -12,65 +12,28 @@ docs/design.md, "Revert".
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.fakes.driver import Options
-from tests.host.conftest import FAST, Rig, make_rig
+from tests.host.conftest import Rig
 from tests.host.e2e import Cluster, cluster
+from tests.host.revert_rig import (
+    A,
+    B,
+    bounded,
+    one_disk_snapshot,
+    ready,
+    revert_rig,
+)
 from vmsnap_host.model import OperationRecord, SnapshotState
 from vmsnap_sdk import RevertRequest, RevertResult, VMState, Volume
 from vmsnap_sdk._errors import from_rpc_error, from_status
-from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk.errors import FailedPrecondition, Reason, Unavailable
-
-A, B = "io.vmsnap.test.a", "io.vmsnap.test.b"
-#: Short retries and reconcile ticks: a revert that does not end fails the test
-#: within seconds instead of hanging it.
-QUICK = replace(FAST, take_timeout_seconds=0.5, call_timeout_seconds=1.0)
-TICK = 0.1
-BOUND = 5.0
-
-
-@asynccontextmanager
-async def _rig(tmp_path: Path, db_url: str) -> AsyncIterator[Rig]:
-    rig = await make_rig(
-        tmp_path,
-        Options(name=A, scheme="a"),
-        Options(name=B, scheme="b"),
-        settings=QUICK,
-        db=db_url,
-    )
-    ticks = asyncio.create_task(rig.recovery.run(TICK))
-    try:
-        yield rig
-    finally:
-        ticks.cancel()
-        await asyncio.gather(ticks, return_exceptions=True)
-        await rig.manager.close()
-        await rig.agent.close()
-        await rig.registry.close()
-        rig.store.close()
-
-
-async def _ready(rig: Rig, vm_id: str, name: str = "s1", *, memory: bool = False) -> str:
-    op = await rig.wait(await rig.create(name, vm_id, memory=memory))
-    assert op.error is None, op.error
-    return op.vm_snapshot_id
-
-
-async def _bounded(rig: Rig, op: OperationRecord) -> OperationRecord:
-    done = await rig.manager.wait_operation(op.id, BOUND)
-    assert done.done, f"the revert did not end within {BOUND} s: step {done.step!r}"
-    return done
 
 
 def _lost(rig: Rig, done: OperationRecord, sid: str, owner: str) -> None:
@@ -98,11 +61,11 @@ async def test_a_revert_to_a_snapshot_whose_array_snapshot_is_gone_ends(
 ) -> None:
     """One group (every disk on array a): its snapshot was deleted on the array.
     Fails on main: the operation never ends."""
-    async with _rig(tmp_path, db_url) as rig:
+    async with revert_rig(tmp_path, db_url) as rig:
         await rig.define("vm2", volumes=(Volume("vda", "a://pool/9"),), running=False)
-        sid = await _ready(rig, "vm2")
+        sid = await ready(rig, "vm2")
         del rig.drivers[A].snapshots[sid]  # deleted behind the host's back
-        done = await _bounded(rig, await rig.manager.revert_snapshot("rv", sid, stop_vm=True))
+        done = await bounded(rig, await rig.manager.revert_snapshot("rv", sid, stop_vm=True))
         _lost(rig, done, sid, A)
         assert "nothing was reverted" in done.error.message  # type: ignore[union-attr]
         await _refused_at_once(rig, sid)
@@ -116,11 +79,11 @@ async def test_a_revert_across_groups_with_one_snapshot_gone_puts_every_disk_bac
     """Three groups (a, b, the hypervisor): b's snapshot is gone. a and the agent
     were reverted, then put back to the states kept before; the snapshot is ERROR.
     Fails on main: the snapshot stayed READY, so every later revert did it again."""
-    async with _rig(tmp_path, db_url) as rig:
+    async with revert_rig(tmp_path, db_url) as rig:
         await rig.define(running=False)
-        sid = await _ready(rig, "vm1")
+        sid = await ready(rig, "vm1")
         del rig.drivers[B].snapshots[sid]
-        done = await _bounded(rig, await rig.manager.revert_snapshot("rv", sid, stop_vm=True))
+        done = await bounded(rig, await rig.manager.revert_snapshot("rv", sid, stop_vm=True))
         _lost(rig, done, sid, B)
         assert "put back as it was before the revert" in done.error.message  # type: ignore[union-attr]
         a = rig.drivers[A]
@@ -138,9 +101,9 @@ async def test_with_a_snapshot_gone_and_a_driver_down_the_way_back_is_waited_for
     """b's snapshot is gone and a, reverted, is unreachable when it should be put
     back: the revert stays open (never forward, never given up on UNAVAILABLE),
     and once a answers every disk is put back and the snapshot is ERROR."""
-    async with _rig(tmp_path, db_url) as rig:
+    async with revert_rig(tmp_path, db_url) as rig:
         await rig.define(running=False)
-        sid = await _ready(rig, "vm1")
+        sid = await ready(rig, "vm1")
         del rig.drivers[B].snapshots[sid]
         a = rig.drivers[A]
         real = a.revert_snapshot
@@ -161,7 +124,7 @@ async def test_with_a_snapshot_gone_and_a_driver_down_the_way_back_is_waited_for
         assert held is not None and held.state is SnapshotState.REVERTING
         assert a.reverted == [sid]  # not put back yet
         down[0] = False
-        done = await _bounded(rig, op)
+        done = await bounded(rig, op)
         _lost(rig, done, sid, B)
         assert "put back as it was before the revert" in done.error.message  # type: ignore[union-attr]
         assert a.reverted[0] == sid and "-keep-" in a.reverted[-1]
@@ -172,11 +135,11 @@ async def test_a_memory_revert_whose_native_snapshot_is_gone_ends(
 ) -> None:
     """A memory snapshot (one hypervisor group, no undo): the agent lost it.
     Fails on main: the operation never ends."""
-    async with _rig(tmp_path, db_url) as rig:
+    async with revert_rig(tmp_path, db_url) as rig:
         await rig.define("vm3", volumes=(Volume("vda", "file:///x.img"),))
-        sid = await _ready(rig, "vm3", "m", memory=True)
+        sid = await ready(rig, "vm3", "m", memory=True)
         await rig.agent.delete_native_snapshot("vm3", sid)
-        done = await _bounded(rig, await rig.manager.revert_snapshot("rv", sid, stop_vm=False))
+        done = await bounded(rig, await rig.manager.revert_snapshot("rv", sid, stop_vm=False))
         _lost(rig, done, sid, "sim-1")
         await _refused_at_once(rig, sid)
 
@@ -187,11 +150,11 @@ async def test_a_memory_revert_across_arrays_with_one_snapshot_gone_says_which_d
     """A memory revert keeps no undo: a moved to the snapshot before b answered that
     its snapshot is gone. It cannot be put back, so the revert says so (never
     silently half reverted), leaves the VM stopped and does not load the memory."""
-    async with _rig(tmp_path, db_url) as rig:
+    async with revert_rig(tmp_path, db_url) as rig:
         await rig.define()
-        sid = await _ready(rig, "vm1", "m", memory=True)
+        sid = await ready(rig, "vm1", "m", memory=True)
         del rig.drivers[B].snapshots[sid]
-        done = await _bounded(rig, await rig.manager.revert_snapshot("rv", sid, stop_vm=False))
+        done = await bounded(rig, await rig.manager.revert_snapshot("rv", sid, stop_vm=False))
         _lost(rig, done, sid, B)
         assert "disk vda was reverted to the snapshot" in done.error.message  # type: ignore[union-attr]
         assert rig.drivers[A].reverted == [sid]
@@ -203,9 +166,9 @@ async def test_a_revert_with_its_driver_down_is_retried_and_settles_when_it_is_b
 ) -> None:
     """UNAVAILABLE is no answer about the data: the revert stays open (retried on
     every tick) and lands once the driver is back; the snapshot stays READY."""
-    async with _rig(tmp_path, db_url) as rig:
+    async with revert_rig(tmp_path, db_url) as rig:
         await rig.define("vm2", volumes=(Volume("vda", "a://pool/9"),), running=False)
-        sid = await _ready(rig, "vm2")
+        sid = await ready(rig, "vm2")
         a = rig.drivers[A]
         a.o.behaviour, a.o.fail_on = "fail-transient", "revert"
         op = await rig.manager.revert_snapshot("rv", sid, stop_vm=True)
@@ -214,7 +177,7 @@ async def test_a_revert_with_its_driver_down_is_retried_and_settles_when_it_is_b
         held = rig.store.get_snapshot(sid)
         assert held is not None and held.state is SnapshotState.REVERTING
         a.o.behaviour = "ok"  # the array is back
-        done = await _bounded(rig, op)
+        done = await bounded(rig, op)
         assert done.error is None, done.error
         assert a.reverted[-1] == sid
         snap = rig.store.get_snapshot(sid)
@@ -236,16 +199,7 @@ def test_revert_vm_snapshot_of_a_snapshot_deleted_on_the_array_answers(plain: Cl
     snapshot is ERROR and a second revert is refused at once. Fails on main: the
     operation never ends."""
     c = plain
-    vm = common_pb2.VM(
-        id="vm1",
-        name="vm1",
-        memory_mib=64,
-        volumes=[common_pb2.Volume(disk="vda", locator="a://pool/1")],
-    )
-    c.host.DefineVM(pb.DefineVMRequest(vm=vm), timeout=10)
-    op = c.wait(c.create("vm1", "s1"))
-    assert not op.HasField("error"), op.error
-    sid = op.vm_snapshot_id
+    sid = one_disk_snapshot(c)
     c.procs["a"].stop(5)
     state = c.work / "a.json"
     held = json.loads(state.read_text())

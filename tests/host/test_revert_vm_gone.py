@@ -14,64 +14,29 @@ the VM is gone".
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.fakes.driver import Options
-from tests.host.conftest import FAST, Rig, make_rig
+from tests.host.conftest import Rig
 from tests.host.e2e import CONFIG, Cluster, cluster, eventually
+from tests.host.revert_rig import (
+    BOUND,
+    A,
+    B,
+    bounded,
+    one_disk_snapshot,
+    ready,
+    revert_rig,
+)
 from vmsnap_host.model import OperationRecord, SnapshotState
 from vmsnap_sdk import VM, RevertRequest, RevertResult, Volume
 from vmsnap_sdk._errors import from_status
-from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 from vmsnap_sdk._proto.hypervisor.v1 import hypervisor_pb2, hypervisor_pb2_grpc
 from vmsnap_sdk.errors import NotFound, Reason, Unavailable
-
-A, B = "io.vmsnap.test.a", "io.vmsnap.test.b"
-#: Short retries and reconcile ticks: a revert that does not end fails the test
-#: within seconds instead of hanging it.
-QUICK = replace(FAST, take_timeout_seconds=0.5, call_timeout_seconds=1.0)
-TICK = 0.1
-BOUND = 5.0
-
-
-@asynccontextmanager
-async def _rig(tmp_path: Path, db_url: str) -> AsyncIterator[Rig]:
-    rig = await make_rig(
-        tmp_path,
-        Options(name=A, scheme="a"),
-        Options(name=B, scheme="b"),
-        settings=QUICK,
-        db=db_url,
-    )
-    ticks = asyncio.create_task(rig.recovery.run(TICK))
-    try:
-        yield rig
-    finally:
-        ticks.cancel()
-        await asyncio.gather(ticks, return_exceptions=True)
-        await rig.manager.close()
-        await rig.agent.close()
-        await rig.registry.close()
-        rig.store.close()
-
-
-async def _ready(rig: Rig, vm_id: str, name: str = "s1", *, memory: bool = False) -> str:
-    op = await rig.wait(await rig.create(name, vm_id, memory=memory))
-    assert op.error is None, op.error
-    return op.vm_snapshot_id
-
-
-async def _bounded(rig: Rig, op: OperationRecord) -> OperationRecord:
-    done = await rig.manager.wait_operation(op.id, BOUND)
-    assert done.done, f"the revert did not end within {BOUND} s: step {done.step!r}"
-    return done
 
 
 async def _waiting(rig: Rig, op: OperationRecord) -> None:
@@ -105,13 +70,13 @@ async def test_a_revert_whose_vm_was_undefined_before_it_ran_ends_untouched(
     """Admitted while the VM existed, undefined on the agent before the revert ran.
     Fails on main: it ends ABORTED "the host restarted" (one tick later), which is
     not what happened."""
-    async with _rig(tmp_path, db_url) as rig:
+    async with revert_rig(tmp_path, db_url) as rig:
         await rig.define("vm2", volumes=(Volume("vda", "a://pool/9"),), running=False)
-        sid = await _ready(rig, "vm2")
+        sid = await ready(rig, "vm2")
         op = await rig.manager.revert_snapshot("rv", sid, stop_vm=True)
         # Before the revert's task runs (the sim undefines without yielding).
         await rig.agent.undefine_vm("vm2")
-        message = _vm_gone(rig, await _bounded(rig, op), sid, "vm2")
+        message = _vm_gone(rig, await bounded(rig, op), sid, "vm2")
         assert "nothing was reverted" in message
         assert rig.drivers[A].reverted == []
         snap = rig.store.get_snapshot(sid)
@@ -129,9 +94,9 @@ async def test_a_revert_left_waiting_ends_when_its_vm_is_gone(tmp_path: Path, db
     only side a retry can reach without the agent) and the revert ends saying so.
     Fails on main: the settle step's DescribeVM NOT_FOUND escapes on every tick,
     the operation never ends."""
-    async with _rig(tmp_path, db_url) as rig:
+    async with revert_rig(tmp_path, db_url) as rig:
         await rig.define("vm2", volumes=(Volume("vda", "a://pool/9"),), running=False)
-        sid = await _ready(rig, "vm2")
+        sid = await ready(rig, "vm2")
         a = rig.drivers[A]
         a.o.behaviour, a.o.fail_on = "fail-transient", "revert"
         op = await rig.manager.revert_snapshot("rv", sid, stop_vm=True)
@@ -140,7 +105,7 @@ async def test_a_revert_left_waiting_ends_when_its_vm_is_gone(tmp_path: Path, db
         waited = await rig.manager.wait_operation(op.id, 1.0)
         assert not waited.done, waited  # the array is still down: not given up
         a.o.behaviour = "ok"
-        message = _vm_gone(rig, await _bounded(rig, op), sid, "vm2")
+        message = _vm_gone(rig, await bounded(rig, op), sid, "vm2")
         assert "disk vda was reverted to the snapshot" in message
         assert a.reverted[-1] == sid
         snap = rig.store.get_snapshot(sid)
@@ -157,9 +122,9 @@ async def test_a_revert_across_groups_whose_vm_is_gone_puts_the_arrays_back(
     Fails on main: the sim's NOT_FOUND is taken for the snapshot's data being gone
     (SNAPSHOT_LOST, the snapshot ERROR); with the agent contract's VM_NOT_FOUND the
     revert was retried for ever."""
-    async with _rig(tmp_path, db_url) as rig:
+    async with revert_rig(tmp_path, db_url) as rig:
         await rig.define(running=False)
-        sid = await _ready(rig, "vm1")
+        sid = await ready(rig, "vm1")
         agent = rig.agent
         native_revert = agent.revert_native_snapshot
 
@@ -184,7 +149,7 @@ async def test_a_revert_across_groups_whose_vm_is_gone_puts_the_arrays_back(
         held = rig.store.get_snapshot(sid)
         assert held is not None and held.state is SnapshotState.REVERTING
         down[0] = False
-        message = _vm_gone(rig, await _bounded(rig, op), sid, "vm1")
+        message = _vm_gone(rig, await bounded(rig, op), sid, "vm1")
         assert "every disk on an array (vda, vdb) was put back" in message
         assert "disk vdc on agent sim-1 was not reverted" in message
         for d in (A, B):
@@ -204,10 +169,10 @@ async def test_a_memory_revert_across_arrays_whose_vm_is_gone_names_the_moved_di
     the agent answered that the VM is gone. The revert says which disks moved and
     that the memory was not loaded (never a silent half revert).
     Fails on main: taken for the snapshot's data being gone (SNAPSHOT_LOST)."""
-    async with _rig(tmp_path, db_url) as rig:
+    async with revert_rig(tmp_path, db_url) as rig:
         await rig.define()
-        sid = await _ready(rig, "vm1", "m", memory=True)
-        later = await _ready(rig, "vm1", "s2")  # the current one
+        sid = await ready(rig, "vm1", "m", memory=True)
+        later = await ready(rig, "vm1", "s2")  # the current one
         agent = rig.agent
         native_revert = agent.revert_native_snapshot
 
@@ -216,7 +181,7 @@ async def test_a_memory_revert_across_arrays_whose_vm_is_gone_names_the_moved_di
             return await native_revert(vm_id, snapshot_id)
 
         agent.revert_native_snapshot = undefined_first  # type: ignore[method-assign]
-        done = await _bounded(rig, await rig.manager.revert_snapshot("rv", sid, stop_vm=False))
+        done = await bounded(rig, await rig.manager.revert_snapshot("rv", sid, stop_vm=False))
         message = _vm_gone(rig, done, sid, "vm1")
         assert "disks vda, vdb were reverted to the snapshot" in message
         assert "the memory state was not loaded" in message
@@ -233,9 +198,9 @@ async def test_a_kept_native_state_of_a_vm_gone_counts_as_deleted(
     QEMU agent does, for a VM it no longer has) holds nothing to delete: the
     snapshot's delete finishes instead of waiting for ever.
     Fails on main: the delete waits for the agent on every tick."""
-    async with _rig(tmp_path, db_url) as rig:
+    async with revert_rig(tmp_path, db_url) as rig:
         await rig.define(running=False)
-        sid = await _ready(rig, "vm1")
+        sid = await ready(rig, "vm1")
         await rig.agent.undefine_vm("vm1")
 
         async def unknown_vm(vm_id: str, snapshot_id: str) -> None:
@@ -273,16 +238,7 @@ def test_revert_vm_snapshot_whose_vm_was_undefined_on_its_agent_answers(
     a comes back. The operation ends NOT_FOUND / VM_NOT_FOUND within seconds.
     Fails on main: the operation never ends."""
     c = flaky_a
-    vm = common_pb2.VM(
-        id="vm1",
-        name="vm1",
-        memory_mib=64,
-        volumes=[common_pb2.Volume(disk="vda", locator="a://pool/1")],
-    )
-    c.host.DefineVM(pb.DefineVMRequest(vm=vm), timeout=10)
-    op = c.wait(c.create("vm1", "s1"))
-    assert not op.HasField("error"), op.error
-    sid = op.vm_snapshot_id
+    sid = one_disk_snapshot(c)
     revert = c.host.RevertVMSnapshot(
         pb.RevertVMSnapshotRequest(request_id="rv1", id=sid, stop_vm=True), timeout=10
     ).operation

@@ -38,10 +38,7 @@ async def counted(tmp_path: Path) -> AsyncIterator[tuple[Rig, Counter[str]]]:
     for name, driver in rig.drivers.items():
         driver.can_handle = _count(counts, name, driver.can_handle)  # type: ignore[method-assign]
     yield rig, counts
-    await rig.manager.close()
-    await rig.agent.close()
-    await rig.registry.close()
-    rig.store.close()
+    await rig.close()
 
 
 async def _take(rig: Rig, name: str, **kwargs: Any) -> None:
@@ -128,10 +125,7 @@ async def test_a_failed_take_forgets_the_answers_it_was_planned_from(tmp_path: P
         await rig.wait(await rig.create("s2"))
         assert counts[A] == counts[B] == 2
     finally:
-        await rig.manager.close()
-        await rig.agent.close()
-        await rig.registry.close()
-        rig.store.close()
+        await rig.close()
 
 
 async def test_cache_off_asks_on_every_take(tmp_path: Path) -> None:
@@ -150,7 +144,4 @@ async def test_cache_off_asks_on_every_take(tmp_path: Path) -> None:
         await _take(rig, "s2")
         assert counts[A] == counts[B] == 2
     finally:
-        await rig.manager.close()
-        await rig.agent.close()
-        await rig.registry.close()
-        rig.store.close()
+        await rig.close()

@@ -29,13 +29,6 @@ async def _ready(rig: Rig, name: str = "s1") -> str:
     return op.vm_snapshot_id
 
 
-async def _close(rig: Rig) -> None:
-    await rig.manager.close()
-    await rig.agent.close()
-    await rig.registry.close()
-    rig.store.close()
-
-
 async def test_a_revert_queued_behind_a_delete_does_not_bring_the_snapshot_back(
     tmp_path: Path,
     db_url: str,
@@ -63,7 +56,7 @@ async def test_a_revert_queued_behind_a_delete_does_not_bring_the_snapshot_back(
         snap = rig.store.get_snapshot(sid)
         assert snap is not None and snap.state is SnapshotState.REMOVED
     finally:
-        await _close(rig)
+        await rig.close()
 
 
 async def test_an_unexpected_exception_in_a_revert_ends_it_on_one_side(
@@ -90,7 +83,7 @@ async def test_an_unexpected_exception_in_a_revert_ends_it_on_one_side(
         assert not rig.store.kept_states()
         assert not [i for d in rig.drivers.values() for i in d.snapshots if "-keep-" in i]
     finally:
-        await _close(rig)
+        await rig.close()
 
 
 async def test_a_group_whose_revert_outcome_is_unknown_is_put_back_too(
@@ -116,7 +109,7 @@ async def test_a_group_whose_revert_outcome_is_unknown_is_put_back_too(
         assert not rig.store.kept_states()
         assert not [i for d in rig.drivers.values() for i in d.snapshots if "-keep-" in i]
     finally:
-        await _close(rig)
+        await rig.close()
 
 
 async def test_kept_states_whose_delete_failed_are_retried_until_gone(
@@ -141,7 +134,7 @@ async def test_kept_states_whose_delete_failed_are_retried_until_gone(
         assert not [i for i in b.snapshots if "-keep-" in i]
         assert not rig.store.kept_states()
     finally:
-        await _close(rig)
+        await rig.close()
 
 
 async def test_a_revert_interrupted_with_an_owner_down_is_settled_when_it_is_back(
@@ -212,7 +205,7 @@ async def test_a_revert_interrupted_with_an_owner_down_is_settled_when_it_is_bac
         await rig.recovery.reconcile_once()
         assert not rig.store.kept_states()
     finally:
-        await _close(rig)
+        await rig.close()
 
 
 async def test_the_thaw_is_retried_through_an_agent_blip(tmp_path: Path, db_url: str) -> None:
@@ -239,7 +232,7 @@ async def test_the_thaw_is_retried_through_an_agent_blip(tmp_path: Path, db_url:
         assert not rig.frozen(), "the VM is still frozen after its take ended"
         assert op.error is None, op.error
     finally:
-        await _close(rig)
+        await rig.close()
 
 
 async def test_one_unavailable_while_polling_post_processing_does_not_undo_the_cut(
@@ -271,7 +264,7 @@ async def test_one_unavailable_while_polling_post_processing_does_not_undo_the_c
         snap = rig.store.get_snapshot(op.vm_snapshot_id)
         assert snap is not None and snap.state is SnapshotState.READY
     finally:
-        await _close(rig)
+        await rig.close()
 
 
 async def test_a_lost_vm_lease_stops_the_work_and_thaws(tmp_path: Path, db_url: str) -> None:
@@ -304,7 +297,7 @@ async def test_a_lost_vm_lease_stops_the_work_and_thaws(tmp_path: Path, db_url: 
         left = rig.store.get_operation(op.id)
         assert left is not None and not left.done  # the new owner resolves it
     finally:
-        await _close(rig)
+        await rig.close()
 
 
 async def test_a_non_vmsnap_exception_in_a_take_ends_it_in_error_with_nothing_left(
@@ -332,7 +325,7 @@ async def test_a_non_vmsnap_exception_in_a_take_ends_it_in_error_with_nothing_le
         assert not rig.frozen()
         assert all(not d.snapshots for d in rig.drivers.values())
     finally:
-        await _close(rig)
+        await rig.close()
 
 
 async def test_a_take_interrupted_before_its_token_was_journaled_is_thawed_by_operation_id(
@@ -401,7 +394,7 @@ async def test_a_revert_that_cannot_go_back_everywhere_goes_forward_everywhere(
         assert b.reverted[-1] == sid
         assert local.read_bytes() == b"at the snapshot"
     finally:
-        await _close(rig)
+        await rig.close()
 
 
 async def test_a_revert_resumed_after_going_forward_keeps_going_forward(
@@ -461,7 +454,7 @@ async def test_a_revert_resumed_after_going_forward_keeps_going_forward(
         assert rig.drivers[A].reverted[-1] == sid
         assert rig.drivers[B].reverted[-1] == sid
     finally:
-        await _close(rig)
+        await rig.close()
 
 
 async def test_an_operation_being_admitted_is_not_resolved_as_abandoned(
@@ -502,4 +495,4 @@ async def test_an_operation_being_admitted_is_not_resolved_as_abandoned(
         delete = await rig.wait(await rig.manager.delete_snapshot("del", sid))
         assert delete.error is None, delete.error
     finally:
-        await _close(rig)
+        await rig.close()

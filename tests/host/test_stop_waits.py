@@ -26,10 +26,7 @@ A, B = "io.vmsnap.test.a", "io.vmsnap.test.b"
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     r = await make_rig(tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"))
     yield r
-    await r.manager.close()
-    await r.agent.close()
-    await r.registry.close()
-    r.store.close()
+    await r.close()
 
 
 async def test_a_wait_answers_the_operation_as_it_stands_when_the_host_begins_to_stop(

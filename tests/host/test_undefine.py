@@ -134,7 +134,4 @@ async def test_undefine_passes_start_the_deletes_the_vms_queue_admits(tmp_path: 
         with pytest.raises(NotFound):
             await rig.agent.describe_vm("vm1")
     finally:
-        await rig.manager.close()
-        await rig.agent.close()
-        await rig.registry.close()
-        rig.store.close()
+        await rig.close()
