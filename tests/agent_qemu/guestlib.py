@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from vmsnap_agent.qemu import QemuHypervisor
 from vmsnap_agent.qemu.process import device_id
@@ -30,6 +32,18 @@ def make_qcow2(path: Path, size_mib: int = 64) -> Path:
         ["qemu-img", "create", "-q", "-f", "qcow2", str(path), f"{size_mib}M"], check=True
     )
     return path
+
+
+def qemu_img_info(path: Path) -> dict[str, Any]:
+    """``qemu-img info`` of an image (``-U``: QEMU may hold it open)."""
+    out = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    info: dict[str, Any] = json.loads(out)
+    return info
 
 
 def sha256(path: Path) -> str:

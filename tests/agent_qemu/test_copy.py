@@ -4,7 +4,6 @@ the contract: the SDK's gRPC server and AgentClient, in process."""
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,7 +22,7 @@ from vmsnap_sdk.errors import (
     NotFound,
 )
 
-from .guestlib import make_qcow2
+from .guestlib import make_qcow2, qemu_img_info
 
 pytestmark = pytest.mark.asyncio
 
@@ -67,17 +66,6 @@ def _image_read(path: Path, workdir: Path) -> bytes:
     return data
 
 
-def _info(path: Path) -> dict[str, object]:
-    out = subprocess.run(
-        ["qemu-img", "info", "-U", "--output=json", str(path)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    info: dict[str, object] = json.loads(out)
-    return info
-
-
 def _path(locator: str) -> Path:
     assert locator.startswith("file:///")
     return Path(unquote(urlparse(locator).path))
@@ -112,7 +100,7 @@ async def test_copy_reads_the_snapshot_and_is_idempotent(
     assert copy.is_file() and copy != source
     assert _image_read(copy, workdir) == A
     assert await _guest_read(hv, "src") == B
-    info = _info(copy)  # independent: no backing file, none of the source's snapshots
+    info = qemu_img_info(copy)  # independent: no backing file, none of the source's snapshots
     assert "backing-filename" not in info and not info.get("snapshots")
     assert not list(copy.parent.glob(".*.tmp"))
 

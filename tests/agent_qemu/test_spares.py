@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,18 +20,20 @@ from vmsnap_agent.qemu import DiskSpec, QemuHypervisor, QuiesceMethod, VmState
 from vmsnap_agent.qemu.process import VmPaths
 from vmsnap_agent.qemu.spares import SpareOverlays, _Generation
 
-from .guestlib import make_ext4, make_qcow2, make_raw, qemu_io, read_at, wait_until
+from .guestlib import (
+    make_ext4,
+    make_qcow2,
+    make_raw,
+    qemu_img_info,
+    qemu_io,
+    read_at,
+    wait_until,
+)
 
 
 def _header(path: Path) -> tuple[str, str, int]:
     """(backing file, backing format, virtual size) as written in a qcow2 header."""
-    out = subprocess.run(
-        ["qemu-img", "info", "-U", "--output=json", str(path)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    info = json.loads(out)
+    info = qemu_img_info(path)
     return info["backing-filename"], info["backing-filename-format"], info["virtual-size"]
 
 
