@@ -15,6 +15,7 @@ snapshot really keeps the bytes of is :func:`holds_bytes`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from typing import Any
@@ -68,11 +69,18 @@ def _job_id(kind: str, snapshot_id: str) -> str:
     return f"{kind}-{hashlib.sha256(snapshot_id.encode()).hexdigest()[:16]}"
 
 
-async def _qemu_img(*args: str) -> str:
+async def qemu_img(*args: str) -> str:
+    """Run ``qemu-img``; its stdout, or QmpCommandError with its stderr. A caller's
+    cancellation (a timeout) kills it: none is left running."""
     proc = await asyncio.create_subprocess_exec(
         "qemu-img", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, err = await proc.communicate()
+    try:
+        out, err = await proc.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
     if proc.returncode != 0:
         raise QmpCommandError(f"qemu-img {' '.join(args)}: {err.decode().strip()}")
     return out.decode()
@@ -113,7 +121,7 @@ async def list_offline(disks: tuple[DiskSpec, ...]) -> list[NativeSnapshot]:
     per_disk: dict[str, list[dict[str, Any]]] = {}
     for d in disks:
         if d.format is DiskFormat.QCOW2:
-            info = json.loads(await _qemu_img("info", "-f", "qcow2", "--output=json", d.path))
+            info = json.loads(await qemu_img("info", "-f", "qcow2", "--output=json", d.path))
             per_disk[d.name] = list(info.get("snapshots", []))
     return _merge(per_disk)
 
@@ -163,4 +171,4 @@ async def delete_live(qmp: QmpSession, snapshot: NativeSnapshot) -> None:
 async def offline(op: str, snapshot_id: str, disks: list[DiskSpec]) -> None:
     """qemu-img snapshot -c (create), -a (apply) or -d (delete) on every disk."""
     for d in disks:
-        await _qemu_img("snapshot", op, snapshot_id, d.path)
+        await qemu_img("snapshot", op, snapshot_id, d.path)

@@ -419,11 +419,7 @@ async def _commit_live(qmp: QmpSession, overlays: list[OverlayRecord]) -> None:
             for o, outcome in zip(pending, outcomes, strict=True):
                 if outcome is None:
                     follow[_commit_job_id(o)] = "running"
-                elif isinstance(outcome, QmpCommandError) and (
-                    error_class(outcome) == "DeviceNotFound"
-                ):
-                    pass  # not in the graph: nothing left to commit
-                elif isinstance(outcome, BaseException):
+                elif not _left_the_graph(outcome):
                     refused.append((o, outcome))
             if not refused:
                 break
@@ -458,6 +454,11 @@ async def _commit_live(qmp: QmpSession, overlays: list[OverlayRecord]) -> None:
 
 
 _JOB_EVENTS = ("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
+
+
+def _left_the_graph(refusal: BaseException) -> bool:
+    """QEMU refused a commit because the overlay node is gone: committed already."""
+    return isinstance(refusal, QmpCommandError) and error_class(refusal) == "DeviceNotFound"
 
 
 def _commit_job_id(o: OverlayRecord) -> str:

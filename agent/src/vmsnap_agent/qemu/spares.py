@@ -34,7 +34,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import QmpCommandError
 from .model import VmSpec
+from .native import qemu_img
 from .process import format_node, node_key
 from .qmp import QmpSession
 
@@ -140,34 +142,28 @@ async def _make(where: Path, disk: str, node: dict[str, object] | None) -> Path 
         return None
     final = where / f"{node_key(disk)}-{uuid.uuid4().hex[:12]}.qcow2"
     tmp = final.with_name(f".{final.name}.tmp")
-    proc = await asyncio.create_subprocess_exec(
-        "qemu-img",
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-u",
-        "-b",
-        str(node["file"]),
-        "-F",
-        str(node["drv"]),
-        str(tmp),
-        str(int(image["virtual-size"])),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
     try:
         async with asyncio.timeout(CREATE_TIMEOUT):
-            _, err = await proc.communicate()
+            await qemu_img(
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-u",
+                "-b",
+                str(node["file"]),
+                "-F",
+                str(node["drv"]),
+                str(tmp),
+                str(int(image["virtual-size"])),
+            )
+    except QmpCommandError as exc:
+        tmp.unlink(missing_ok=True)
+        log.warning("cannot make spare overlay %s: %s", final.name, exc)
+        return None
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
         tmp.unlink(missing_ok=True)
         raise
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        log.warning("qemu-img create %s: %s", final.name, err.decode(errors="replace").strip())
-        return None
     # Renamed complete: a file under its final name is always a whole image.
     tmp.rename(final)
     return final
