@@ -12,6 +12,10 @@ disk, with the guest writer running, and measures:
   transaction, guest fsfreeze round trips, commit of what the overlays caught),
   each after 0.5 s idle as a periodic take starts (the agent's spare overlays are
   made by then; a quiesce right after an unquiesce creates its overlays inline).
+  Nothing is taken in between, so the Quiesce says ``no_native_snapshot`` (as the
+  host's does for an array-only plan); ``qemu_freeze_overlay_cut_ms`` is the
+  overlay freeze that also cuts the local disk for a native snapshot (a plan with
+  arrays and a local disk), made and dropped unused here.
 * ``qemu_freeze_with_drivers_<method>_ms`` — a full VM snapshot through the
   host's API (``CreateVMSnapshot``), the freeze window the host records: quiesce,
   the parallel takes on both arrays and the native cut, thaw. The host picks
@@ -63,6 +67,12 @@ METHODS = {
     "guest": QuiesceMethod.GUEST_FREEZE,
     "overlay_guest": QuiesceMethod.GUEST_FREEZE_AND_OVERLAY,
 }
+#: The agent-alone samples: (figure name, method, whether the local disk is cut for a
+#: native snapshot, as when the host's plan has one beside the arrays).
+SAMPLED = [
+    *((name, method, False) for name, method in METHODS.items()),
+    ("overlay_cut", QuiesceMethod.OVERLAY, True),
+]
 HOST_POLICIES = {"overlay": QuiescePolicy.OFF, "overlay_guest": QuiescePolicy.REQUIRED}
 #: Seconds idle before each agent-alone sample (periodic takes are seconds apart).
 IDLE_S = 0.5
@@ -105,14 +115,18 @@ async def _measure(stack: QemuStack, samples: int) -> dict[str, float]:
         await host.start_vm(VM_ID)
         await wait_guest(stack, VM_ID)
         figures["qemu_ga_freeze_thaw_ms"] = await _ga_floor(stack, samples)
-        for name, method in METHODS.items():
+        for name, method, cut in SAMPLED:
             windows = []
             for _ in range(samples):
                 # Idle first, as before a periodic take: the agent makes its spare
                 # overlays after each unquiesce (spares.py), in about 0.1-0.3 s.
                 await asyncio.sleep(IDLE_S)
                 started = time.perf_counter()
-                q = await agent.quiesce(VM_ID, method, 30, False, "")
+                # No native snapshot follows (nothing is taken in between): said so,
+                # as the host does for a plan without one; "_cut" prepares it anyway.
+                q = await agent.quiesce(
+                    VM_ID, method, 30, False, "", no_native_snapshot=not cut
+                )
                 await agent.unquiesce(q.token)
                 windows.append((time.perf_counter() - started) * 1000)
             figures[f"qemu_freeze_{name}_ms"] = statistics.median(windows)

@@ -103,6 +103,30 @@ async def test_unadopted_cut_is_dropped(hv: QemuHypervisor, workdir: Path) -> No
     await hv.stop_vm("drop", force=True)
 
 
+async def test_a_freeze_with_no_native_snapshot_makes_no_cut(
+    hv: QemuHypervisor, workdir: Path
+) -> None:
+    """QuiesceRequest.no_native_snapshot (an array-only plan): no internal snapshot of
+    the local disk inside the freeze, none to drop after it, and a native snapshot
+    asked under that freeze is refused with what to do instead."""
+    local = make_qcow2(workdir / "local.qcow2")
+    await hv.define_vm("nocut", 256, [DiskSpec("vdb", str(local), format=DiskFormat.QCOW2)])
+    await hv.start_vm("nocut")
+    res = await hv.quiesce("nocut", QuiesceMethod.OVERLAY, lease_seconds=60, cut=False)
+    graph = await hv.qmp("nocut").execute("query-named-block-nodes", {"flat": True})
+    assert [s["name"] for n in graph for s in n.get("image", {}).get("snapshots", [])] == []
+    with pytest.raises(VmFrozen, match="no_native_snapshot"):
+        await hv.take_native_snapshot("nocut", "s1", ["vdb"])
+    await hv.unquiesce(res.token)
+    assert await hv.list_native_snapshots("nocut") == []
+    # The default still cuts, so a take under the freeze adopts it.
+    res = await hv.quiesce("nocut", QuiesceMethod.OVERLAY, lease_seconds=60)
+    assert (await hv.take_native_snapshot("nocut", "s2", ["vdb"])).disks == ("vdb",)
+    await hv.unquiesce(res.token)
+    assert [s.snapshot_id for s in await hv.list_native_snapshots("nocut")] == ["s2"]
+    await hv.stop_vm("nocut", force=True)
+
+
 async def test_guest_cut_freezes_the_guest_for_the_cut_alone(
     hv: QemuHypervisor, workdir: Path
 ) -> None:

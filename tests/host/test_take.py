@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from tests.fakes.driver import Options
-from tests.host.conftest import Rig, make_rig
+from tests.host.conftest import THREE_DISKS, Rig, make_rig
 from vmsnap_host.executor.freeze import choose_method
 from vmsnap_host.model import GroupKind, QuiescePolicy, SnapshotState
 from vmsnap_sdk import Consistency, QuiesceMethod, SnapshotResult, TakeRequest, VMState, Volume
@@ -262,6 +262,35 @@ async def test_a_native_only_plan_freezes_the_guest_alone(rig: Rig) -> None:
     op = await rig.wait(await rig.create("o", quiesce=QuiescePolicy.REQUIRED))
     record = rig.store.get_operation(op.id)
     assert record is not None and record.journal["quiesce_method"] == "GUEST_FREEZE_AND_OVERLAY"
+
+
+async def test_the_agent_is_told_when_no_native_snapshot_follows_the_freeze(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every disk on an array: nothing is taken natively under the freeze, so the
+    agent is told (QuiesceRequest.no_native_snapshot) and the QEMU agent makes no cut
+    of local disks inside it. A plan with a native group still gets the preparation."""
+    hints: list[bool] = []
+    quiesce = rig.agent.quiesce
+
+    async def recording(*args: Any, **kwargs: Any) -> Any:
+        hints.append(bool(kwargs.get("no_native_snapshot")))
+        return await quiesce(*args, **kwargs)
+
+    monkeypatch.setattr(rig.agent, "quiesce", recording)
+    await rig.define("arrays", volumes=THREE_DISKS[:2])
+    op = await rig.wait(await rig.create("a", "arrays", quiesce=QuiescePolicy.REQUIRED))
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.READY, op.error
+    assert GroupKind.HYPERVISOR not in [g.kind for g in snap.groups]
+    assert hints == [True]
+
+    await rig.define()  # two arrays and a local disk: the native group adopts a cut
+    op = await rig.wait(await rig.create("m", quiesce=QuiescePolicy.REQUIRED))
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.READY, op.error
+    assert GroupKind.HYPERVISOR in [g.kind for g in snap.groups]
+    assert hints == [True, False]
 
 
 def test_the_freeze_of_a_native_only_plan_is_the_shortest_the_agent_offers() -> None:

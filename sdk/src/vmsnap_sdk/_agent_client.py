@@ -103,6 +103,7 @@ class AgentClient(HypervisorAgent):
         best_effort: bool,
         operation_id: str,
         *,
+        no_native_snapshot: bool = False,
         timeout: float | None = None,
     ) -> QuiesceResult:
         response = await call(
@@ -113,6 +114,7 @@ class AgentClient(HypervisorAgent):
                 lease=_duration(lease_seconds),
                 best_effort=best_effort,
                 operation_id=operation_id,
+                no_native_snapshot=no_native_snapshot,
             ),
             self._t(timeout),
         )

@@ -45,6 +45,9 @@ class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
         # An agent written before thaw-by-operation overrides unquiesce(token)
         # alone: it gets UNIMPLEMENTED for that form, not a TypeError.
         self._thaws_by_operation = "operation_id" in inspect.signature(agent.unquiesce).parameters
+        # Likewise an agent written before the no_native_snapshot hint: it is not
+        # given the hint (ignoring it is correct: it only allows less work).
+        self._takes_hint = "no_native_snapshot" in inspect.signature(agent.quiesce).parameters
 
     async def GetAgentInfo(  # noqa: N802
         self, request: pb.GetAgentInfoRequest, context: Ctx
@@ -136,12 +139,18 @@ class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
             lease = _lease("lease", request.lease)
             if request.operation_id:
                 val.require_id("operation_id", request.operation_id)
+            hint = (
+                {"no_native_snapshot": True}
+                if request.no_native_snapshot and self._takes_hint
+                else {}
+            )
             result = await self._agent.quiesce(
                 request.vm_id,
                 cv._enum(QuiesceMethod, request.method),
                 lease,
                 request.best_effort,
                 request.operation_id,
+                **hint,
             )
             response = pb.QuiesceResponse(
                 token=result.token,

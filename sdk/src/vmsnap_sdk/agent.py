@@ -66,8 +66,15 @@ class HypervisorAgent(abc.ABC):
         lease_seconds: float,
         best_effort: bool,
         operation_id: str,
+        *,
+        no_native_snapshot: bool = False,
     ) -> QuiesceResult:
-        """Freeze under a lease; thaw by yourself when it runs out."""
+        """Freeze under a lease; thaw by yourself when it runs out.
+
+        ``no_native_snapshot``: the caller takes no native snapshot under this
+        freeze, so nothing need be prepared for one inside it (a hint: ignoring it
+        is correct; refusing a later take_native_snapshot under the freeze with
+        FailedPrecondition(VM_FROZEN) is allowed)."""
 
     @abc.abstractmethod
     async def renew_quiesce(self, token: str, lease_seconds: float) -> datetime:

@@ -225,20 +225,28 @@ class QemuAgent(HypervisorAgent):
         lease_seconds: float,
         best_effort: bool,
         operation_id: str,
+        *,
+        no_native_snapshot: bool = False,
     ) -> QuiesceResult:
         if method not in _METHODS:
             raise InvalidArgument.for_field("method", f"unsupported quiesce method {method.name}")
         warning = ""
         with _contract_errors():
             try:
-                res = await self.hv.quiesce(vm_id, _METHODS[method], lease_seconds, operation_id)
+                res = await self.hv.quiesce(
+                    vm_id, _METHODS[method], lease_seconds, operation_id, cut=not no_native_snapshot
+                )
             except e.GuestAgentUnavailable as exc:
                 if not best_effort:
                     raise
                 warning = f"guest agent did not answer ({exc}): overlays only, crash consistent"
                 log.warning("quiesce fallback", extra={"fields": {"vm_id": vm_id}})
                 res = await self.hv.quiesce(
-                    vm_id, m.QuiesceMethod.OVERLAY, lease_seconds, operation_id
+                    vm_id,
+                    m.QuiesceMethod.OVERLAY,
+                    lease_seconds,
+                    operation_id,
+                    cut=not no_native_snapshot,
                 )
         return QuiesceResult(
             token=res.token,

@@ -476,8 +476,15 @@ class QemuHypervisor:
         method: QuiesceMethod | str,
         lease_seconds: float,
         operation_id: str = "",
+        *,
+        cut: bool = True,
     ) -> QuiesceResult:
         """Make the VM's disks stable until unquiesce or the end of the lease.
+
+        ``cut``: make the cut a disk-only native snapshot taken under this freeze
+        adopts (overlay methods and guest+cut); False when the caller takes none
+        (QuiesceRequest.no_native_snapshot): one internal snapshot per local disk
+        less inside the freeze, none to drop after it.
 
         A retry with the same non-empty ``operation_id`` returns the quiesce it
         already holds; any other second quiesce is :class:`VmBusy`. A stopped VM
@@ -509,7 +516,7 @@ class QemuHypervisor:
                 self._watch(record)
                 return record.result()
             try:
-                record = await q.quiesce(ctx, token, method, lease_seconds, operation_id)
+                record = await q.quiesce(ctx, token, method, lease_seconds, operation_id, cut=cut)
             except BaseException:
                 # The undo may have left something (a guest that would not thaw):
                 # the lease watchdog keeps trying.
@@ -805,6 +812,13 @@ class QemuHypervisor:
             # the host takes a plan that is only this agent's native snapshot).
             guest_only = frozen is not None and frozen.method is QuiesceMethod.GUEST
             if frozen is not None and (include_memory or not (frozen.cut_tag or guest_only)):
+                if not include_memory:
+                    raise VmFrozen(
+                        f"cannot snapshot {vm_id}: quiesced ({frozen.token}) with no cut of "
+                        "its local disks to adopt (none is a local qcow2 disk, or the Quiesce "
+                        "said no_native_snapshot); unquiesce first, or quiesce without "
+                        "no_native_snapshot"
+                    )
                 self._not_frozen(vm_id, "snapshot")  # nothing to adopt: VmFrozen
             chosen = native.select_disks(spec.disks, disks)
             if include_memory:

@@ -276,8 +276,11 @@ async def quiesce(
     method: QuiesceMethod,
     lease_seconds: float,
     operation_id: str = "",
+    *,
+    cut: bool = True,
 ) -> QuiesceRecord:
-    """Quiesce a running VM; on failure everything done so far is undone before raising."""
+    """Quiesce a running VM; on failure everything done so far is undone before raising.
+    ``cut``: False when no native snapshot will be taken under it (no cut to make)."""
     assert ctx.qmp is not None
     if method is QuiesceMethod.PAUSE_MEMORY:
         now = time.time()
@@ -311,7 +314,7 @@ async def quiesce(
         stable_paths=stable_paths(ctx.spec),
         overlays=plan_overlays(ctx.spec, token, ctx.paths) if with_overlays else [],
     )
-    if with_overlays or method is QuiesceMethod.GUEST_CUT:
+    if cut and (with_overlays or method is QuiesceMethod.GUEST_CUT):
         record.cut_disks = plan_cut(ctx.spec)
         record.cut_tag = f"{CUT_PREFIX}{token}" if record.cut_disks else ""
     if with_overlays:

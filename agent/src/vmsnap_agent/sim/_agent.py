@@ -530,7 +530,11 @@ class SimAgent(HypervisorAgent):
         lease_seconds: float,
         best_effort: bool,
         operation_id: str,
+        *,
+        no_native_snapshot: bool = False,
     ) -> QuiesceResult:
+        # no_native_snapshot: nothing to skip here (a simulated native snapshot costs
+        # no cut inside the freeze), so a take under the freeze is still allowed.
         async with self._lock(vm_id):
             try:
                 return self._quiesce(vm_id, method, lease_seconds, best_effort, operation_id)

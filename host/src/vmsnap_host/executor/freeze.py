@@ -113,7 +113,13 @@ class FreezeKeeper:
         operation_id: str,
         policy: QuiescePolicy,
         method: QuiesceMethod,
+        *,
+        native_snapshot: bool = True,
     ) -> Freeze:
+        """``native_snapshot``: whether the take calls TakeNativeSnapshot under this
+        freeze; when it does not (every disk on an array) the agent is told so
+        (QuiesceRequest.no_native_snapshot) and prepares nothing for one inside
+        the freeze (the QEMU agent: no cut of its local disks)."""
         lease = self.settings.quiesce_lease_seconds
         best_effort = policy is not QuiescePolicy.REQUIRED
         started, sent = datetime.now(UTC), time.monotonic()
@@ -123,7 +129,16 @@ class FreezeKeeper:
         timeout = lease + (self.settings.take_timeout_seconds if saves_memory else 0.0)
         try:
             result = await with_deadline(
-                agent.quiesce(vm_id, method, lease, best_effort, operation_id), timeout, "Quiesce"
+                agent.quiesce(
+                    vm_id,
+                    method,
+                    lease,
+                    best_effort,
+                    operation_id,
+                    no_native_snapshot=not native_snapshot,
+                ),
+                timeout,
+                "Quiesce",
             )
         except FailedPrecondition as exc:
             if policy is QuiescePolicy.REQUIRED:

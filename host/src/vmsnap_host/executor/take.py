@@ -159,7 +159,13 @@ class Take:
         try:
             if method is not None:
                 freeze = await self.freezes.freeze(
-                    agent, snap.agent, vm.id, op.id, snap.quiesce, method
+                    agent,
+                    snap.agent,
+                    vm.id,
+                    op.id,
+                    snap.quiesce,
+                    method,
+                    native_snapshot=any(g.kind is GroupKind.HYPERVISOR for g in planned),
                 )
                 if freeze.result.warning:
                     warnings.append(

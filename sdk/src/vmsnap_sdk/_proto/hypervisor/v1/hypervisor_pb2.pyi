@@ -471,6 +471,7 @@ class QuiesceRequest(_message.Message):
     LEASE_FIELD_NUMBER: _builtins.int
     BEST_EFFORT_FIELD_NUMBER: _builtins.int
     OPERATION_ID_FIELD_NUMBER: _builtins.int
+    NO_NATIVE_SNAPSHOT_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
     """Required: the VM's id."""
     method: Global___QuiesceMethod.ValueType
@@ -485,6 +486,13 @@ class QuiesceRequest(_message.Message):
     letter or digit), recorded with the freeze (across agent restarts): ListQuiesces
     shows it and Unquiesce can thaw by it.
     """
+    no_native_snapshot: _builtins.bool
+    """The caller takes no native snapshot (TakeNativeSnapshot) under this freeze: the
+    agent need not prepare one inside the freeze (the QEMU agent then makes no cut
+    of its local disks, a shorter freeze; an array-only plan sets it). An agent may
+    refuse a TakeNativeSnapshot under such a freeze with FAILED_PRECONDITION (reason
+    VM_FROZEN). Unset (false): the agent prepares as it chooses (v0.1 behaviour).
+    """
     @_builtins.property
     def lease(self) -> _duration_pb2.Duration:
         """Required: how long the freeze may last without a renewal, 100 ms .. 10 min."""
@@ -497,10 +505,11 @@ class QuiesceRequest(_message.Message):
         lease: _duration_pb2.Duration | None = ...,
         best_effort: _builtins.bool = ...,
         operation_id: _builtins.str = ...,
+        no_native_snapshot: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_effort", b"best_effort", "lease", b"lease", "method", b"method", "operation_id", b"operation_id", "vm_id", b"vm_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_effort", b"best_effort", "lease", b"lease", "method", b"method", "no_native_snapshot", b"no_native_snapshot", "operation_id", b"operation_id", "vm_id", b"vm_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
