@@ -48,6 +48,45 @@ async def test_two_drivers_and_an_unclaimed_disk_make_one_ready_snapshot(rig: Ri
     assert "PLUGIN" in snap.groups[0].claims[0].describe()
 
 
+async def test_a_take_started_at_once_commits_its_first_step_with_its_admission(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an idle VM the admission's transaction takes the VM's lease and, granted,
+    moves the snapshot to CREATING with its owed deletes and freeze method: three
+    durable commits per take (admission, token, READY), not four."""
+    await rig.define()
+    commits = 0
+    write = rig.store.write
+
+    async def counting(*steps: Any) -> Any:
+        nonlocal commits
+        commits += 1
+        return await write(*steps)
+
+    monkeypatch.setattr(rig.store, "write", counting)
+    op = await rig.wait(await rig.create())
+    assert op.error is None
+    assert commits == 3
+
+    # The lease held elsewhere (another replica runs something on the VM): the
+    # admission commits the snapshot ALLOCATED and queued, nothing of the take, and
+    # the take runs once the lease is free.
+    rig.store.write_blocking(rig.store.w_acquire_lease("vm1", "replica-b", "op-b", 60))
+    op = await rig.create("s2")
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.ALLOCATED
+    record = rig.store.get_operation(op.id)
+    assert record is not None and record.step == "queued"
+    await asyncio.sleep(0.3)
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.ALLOCATED  # still waiting
+    rig.store.write_blocking(rig.store.w_release_lease("vm1", "replica-b"))
+    op = await rig.wait(op)
+    assert op.error is None
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.READY
+
+
 async def test_second_snapshot_has_the_first_as_parent(rig: Rig) -> None:
     await rig.define()
     first = await rig.wait(await rig.create("s1"))

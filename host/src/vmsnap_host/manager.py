@@ -30,6 +30,7 @@ from vmsnap_host.events import Broadcaster
 from vmsnap_host.executor import Executor
 from vmsnap_host.executor.errors import cancelled, error_info
 from vmsnap_host.executor.freeze_api import FreezeState
+from vmsnap_host.executor.take import Prepared
 from vmsnap_host.model import (
     GroupKind,
     OperationRecord,
@@ -46,7 +47,7 @@ from vmsnap_host.store.fence import Fence, LeaseEnd, fenced
 from vmsnap_host.store.store import Duplicate
 from vmsnap_host.store.writer import Step
 from vmsnap_host.tracing import operation_span
-from vmsnap_sdk import VM, Capability, VMState
+from vmsnap_sdk import Capability, VMState
 from vmsnap_sdk.errors import (
     Aborted,
     AlreadyExists,
@@ -243,22 +244,34 @@ class Manager:
             ]
             queue = self._queues.get(vm_id)
             idle = queue is None or queue.admitted == 0
+            prepared: Prepared | None = None
             if idle:
+                with contextlib.suppress(VMSnapError):
+                    # Refused here, the take fails it when it runs (ERROR, recorded).
+                    prepared = self.executor.take.prepare(op, snap, vm)
                 # Nothing runs or waits on this VM here: take its lease in the same
-                # commit (one fsync less on the path of every create).
+                # commit (one fsync less on the path of every create), and when the
+                # lease is granted, the take's first write too (CREATING, owed
+                # deletes, owners, freeze method: one more; docs/design.md, "Take").
                 steps.append(
                     self.store.w_acquire_lease(
-                        vm_id, self.owner, op.id, self.settings.lease_seconds
+                        vm_id,
+                        self.owner,
+                        op.id,
+                        self.settings.lease_seconds,
+                        then=prepared.steps if prepared is not None else (),
                     )
                 )
             try:
                 async with self._admitting_op(op):
-                    fence = await self.store.write(*steps)
+                    committed = await self.store.write(*steps)
+                    fence = int(committed or 0) if idle else 0
                     also.committed()
                     # Started at once, the take reuses this description of the VM (one
-                    # DescribeVM per take); a take that waits behind another operation
-                    # describes the VM again when it runs (that operation may change it).
-                    self._start(op, fence=int(fence or 0) if idle else 0, vm=vm if idle else None)
+                    # DescribeVM per take) and its committed first write; a take that
+                    # waits behind another operation describes the VM again when it
+                    # runs (that operation may change it).
+                    self._start(op, fence=fence, prepared=prepared if fence else None)
             except Duplicate as exc:
                 return self._duplicate(exc, request_id, OperationType.CREATE, vm_id, name)
             return op
@@ -933,12 +946,12 @@ class Manager:
         *,
         fence: int = 0,
         resume: bool = False,
-        vm: VM | None = None,
+        prepared: Prepared | None = None,
     ) -> asyncio.Task[None]:
         queue = self._queues.setdefault(op.vm_id, _VMQueue(asyncio.Lock()))
         metrics.QUEUE_DEPTH.observe(queue.admitted)
         queue.admitted += 1
-        task = asyncio.create_task(self._run(op, queue, fence, resume, vm))
+        task = asyncio.create_task(self._run(op, queue, fence, resume, prepared))
         self._tasks[op.id] = task
         return task
 
@@ -965,7 +978,12 @@ class Manager:
         return frozenset(self._tasks) | frozenset(self._admitting)
 
     async def _run(
-        self, op: OperationRecord, queue: _VMQueue, fence: int, resume: bool, vm: VM | None
+        self,
+        op: OperationRecord,
+        queue: _VMQueue,
+        fence: int,
+        resume: bool,
+        prepared: Prepared | None,
     ) -> None:
         started = time.monotonic()
         try:
@@ -973,14 +991,14 @@ class Manager:
                 # Not behind this replica's queue: what it resolves may be what the
                 # queue waits for (a VM's lease stays with its operation until that is
                 # finished, store.w_acquire_lease). The lease keeps it apart from the rest.
-                await self._run_owned(op, fence, resume, vm)
+                await self._run_owned(op, fence, resume, prepared)
             else:
                 async with queue.lock:
                     # Started at once with the lease its admission took (``fence``): no
                     # cancel can have dropped it (were one to, the take's first
                     # compare-and-set from ALLOCATED refuses it).
                     if fence or not self._dropped(op):
-                        await self._run_owned(op, fence, resume, vm)
+                        await self._run_owned(op, fence, resume, prepared)
                     elif fence:
                         # Cancelled before it started, with the lease its admission
                         # took: give the VM back at once.
@@ -1019,10 +1037,10 @@ class Manager:
         return [q.admitted for q in self._queues.values() if q.admitted]
 
     async def _run_owned(
-        self, op: OperationRecord, fence: int, resume: bool, vm: VM | None = None
+        self, op: OperationRecord, fence: int, resume: bool, prepared: Prepared | None = None
     ) -> None:
-        """Run holding the VM's lease (``fence``: taken already at admission; ``vm``:
-        the VM as admission described it, when the operation started at once)."""
+        """Run holding the VM's lease (``fence``: taken already at admission;
+        ``prepared``: a take's first write, committed with that admission)."""
         ttl = self.settings.lease_seconds
         while not fence:
             fence = await self.store.write(
@@ -1045,7 +1063,7 @@ class Manager:
             # Every catalog write of this work (and of the tasks it starts) checks the
             # lease's token first: after a takeover, nothing of it lands.
             with fenced(Fence(op.vm_id, self.owner, fence, end)), operation_span(op, resume=resume):
-                await self.executor.run(op, resume=resume, vm=vm)
+                await self.executor.run(op, resume=resume, prepared=prepared)
         except VMSnapError as exc:
             # The catalog unreachable (nothing is done without its journal entry), or
             # a peer down while the executor ended the operation: it stays open and is

@@ -28,12 +28,11 @@ from vmsnap_host.executor.freeze import FreezeKeeper
 from vmsnap_host.executor.freeze_api import FreezeAPI
 from vmsnap_host.executor.groups import GroupCalls, native_result
 from vmsnap_host.executor.revert import Revert, Unsettled
-from vmsnap_host.executor.take import Take
+from vmsnap_host.executor.take import Prepared, Take
 from vmsnap_host.model import OperationRecord, OperationType, SnapshotState
 from vmsnap_host.registry import Registry
 from vmsnap_host.state import LeaseLost, OperationClosed, StaleMove
 from vmsnap_host.store import Store
-from vmsnap_sdk import VM
 from vmsnap_sdk.errors import Aborted, NotFound, Reason, VMSnapError
 
 log = logging.getLogger("vmsnap.host.executor")
@@ -63,12 +62,14 @@ class Executor:
         self.clone = CloneVM(store, registry, settings)
         self.freeze_api = FreezeAPI(store, registry, settings.call_timeout_seconds)
 
-    async def run(self, op: OperationRecord, *, resume: bool = False, vm: VM | None = None) -> None:
+    async def run(
+        self, op: OperationRecord, *, resume: bool = False, prepared: Prepared | None = None
+    ) -> None:
         """Run (or, after a crash, resume) one operation to a defined end. Returns
         when the operation is finished, or left open on purpose (a delete waiting for
         an owner, a revert that cannot reach either side now): those are picked up
-        again on the reconcile interval. ``vm``: a take's VM as its admission just
-        described it (else the take describes it)."""
+        again on the reconcile interval. ``prepared``: a take's first write as its
+        admission built (and, when it started at once, committed) it."""
         if op.type is OperationType.FREEZE:
             # A third party's freeze: held until thawed or lapsed (no snapshot).
             try:
@@ -94,7 +95,7 @@ class Executor:
                 if resume:
                     await self.roll_back_take(op)
                 else:
-                    await self.take.run(op, snap, vm)
+                    await self.take.run(op, snap, prepared)
             elif op.type is OperationType.REVERT:
                 if resume:
                     await self.revert.resume(op, snap)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import NoReturn
 
 from vmsnap_host import metrics
@@ -50,6 +50,20 @@ from vmsnap_sdk.errors import (
     TransientError,
     VMSnapError,
 )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A take's checks done and its first durable write built (Take.prepare). A take
+    that starts at once commits ``steps`` with its admission and the VM's lease (one
+    commit less on its path; docs/design.md, "Take")."""
+
+    vm: VM
+    #: The snapshot as CREATING, as ``steps`` write it.
+    snap: Snapshot
+    method: QuiesceMethod | None
+    warnings: tuple[str, ...]
+    steps: tuple[Step, ...]
 
 
 class Take:
@@ -90,21 +104,24 @@ class Take:
         native_only = all(g.kind is GroupKind.HYPERVISOR for g in snap.groups)
         return choose_method(snap.quiesce, offered, snap.agent, native_only=native_only)
 
-    async def run(self, op: OperationRecord, snap: Snapshot, vm: VM | None = None) -> Snapshot:
+    async def run(
+        self, op: OperationRecord, snap: Snapshot, prepared: Prepared | None = None
+    ) -> Snapshot:
         """Take a planned snapshot: READY, or ERROR and OperationFailed raised.
-        ``vm``: the VM as admission described it just before (else described now)."""
+        ``prepared``: the first write as admission built it, committed with the
+        admission when ``snap`` is CREATING already (else described and written now)."""
         try:
-            return await self._run(op, snap, vm)
+            return await self._run(op, snap, prepared)
         except VMSnapError as exc:
             # Failed before any side effect (the VM's state, no quiesce method).
             await self.fail(op, snap, exc, list(snap.warnings))
 
-    async def _run(self, op: OperationRecord, snap: Snapshot, vm: VM | None) -> Snapshot:
-        agent = self.registry.agent(snap.agent)
-        if vm is None or vm.id != snap.vm_id:
-            vm = await with_deadline(
-                agent.describe_vm(snap.vm_id), self.settings.call_timeout_seconds, "DescribeVM"
-            )
+    def prepare(self, op: OperationRecord, snap: Snapshot, vm: VM) -> Prepared:
+        """The checks and the first durable write of a take of ``snap`` on ``vm`` (as
+        just described): CREATING (compare-and-set from ALLOCATED), every planned
+        group owed a delete until READY, the volumes' owners, the freeze method
+        (recovery thaws by operation id if the host dies before the token is
+        journaled). Raises what makes the take fail before any side effect."""
         if vm.state not in (VMState.RUNNING, VMState.STOPPED):
             raise FailedPrecondition(
                 f"VM {vm.id} is {vm.state.name} now; it must be RUNNING or STOPPED",
@@ -134,23 +151,43 @@ class Take:
             if (volume := vm.volume(d)) is not None
         }
         creating = replace(snap, state=SnapshotState.CREATING)
-        # One durable write before any side effect: CREATING (compare-and-set from
-        # ALLOCATED), every planned group owed a delete until READY, the volumes'
-        # owners, the freeze method (recovery thaws by operation id if the host dies
-        # before the token is journaled).
-        await self.store.write(
-            self.store.w_move(snap.id, SnapshotState.CREATING, snapshot=creating, cleanup=planned),
-            self.store.w_set_owners(owners),
-            self.store.w_journal(
-                op.id,
-                "quiescing" if method is not None else f"taking {len(planned)} groups",
-                15 if method is not None else 30,
-                freeze_needed=freeze_needed,
-                called=[g.owner for g in planned],
-                **({"quiesce_method": method.name} if method is not None else {}),
+        return Prepared(
+            vm=vm,
+            snap=creating,
+            method=method,
+            warnings=tuple(warnings),
+            steps=(
+                self.store.w_move(
+                    snap.id, SnapshotState.CREATING, snapshot=creating, cleanup=planned
+                ),
+                self.store.w_set_owners(owners),
+                self.store.w_journal(
+                    op.id,
+                    "quiescing" if method is not None else f"taking {len(planned)} groups",
+                    15 if method is not None else 30,
+                    freeze_needed=freeze_needed,
+                    called=[g.owner for g in planned],
+                    **({"quiesce_method": method.name} if method is not None else {}),
+                ),
             ),
         )
-        snap = creating
+
+    async def _run(
+        self, op: OperationRecord, snap: Snapshot, prepared: Prepared | None
+    ) -> Snapshot:
+        agent = self.registry.agent(snap.agent)
+        if prepared is None or snap.state is not SnapshotState.CREATING:
+            vm = prepared.vm if prepared is not None else None
+            if vm is None or vm.id != snap.vm_id:
+                vm = await with_deadline(
+                    agent.describe_vm(snap.vm_id), self.settings.call_timeout_seconds, "DescribeVM"
+                )
+            prepared = self.prepare(op, snap, vm)
+            # One durable write before any side effect (see prepare).
+            await self.store.write(*prepared.steps)
+        vm, snap, method = prepared.vm, prepared.snap, prepared.method
+        warnings = list(prepared.warnings)
+        planned = list(snap.groups)
 
         freeze: Freeze | None = None
         outcomes: list[SnapshotResult | BaseException] = []

@@ -1172,9 +1172,18 @@ class Store:
 
     # --- per-VM leases ------------------------------------------------------------
 
-    def w_acquire_lease(self, vm_id: str, owner: str, operation_id: str, ttl: float) -> Step:
+    def w_acquire_lease(
+        self,
+        vm_id: str,
+        owner: str,
+        operation_id: str,
+        ttl: float,
+        *,
+        then: Sequence[Step] = (),
+    ) -> Step:
         """Own the VM for ``ttl`` seconds; the step returns the new fencing token
-        (> 0), or 0 when refused. One statement (INSERT … ON CONFLICT DO UPDATE …
+        (> 0), or 0 when refused. ``then``: steps run in the same transaction only
+        when the lease is granted (the first write of the work it fences). One statement (INSERT … ON CONFLICT DO UPDATE …
         WHERE), so two replicas cannot both win. Granted when the VM has no lease,
         or when its lease is this owner's or ran out *and* the lease's operation is
         this one or finished. A lease stays with its operation until that is
@@ -1187,6 +1196,9 @@ class Store:
                 _acquire_lease_stmt(conn.dialect.name),
                 {"b_vm": vm_id, "b_owner": owner, "b_op": operation_id, "b_ttl": float(ttl)},
             ).scalar()
+            if fence:
+                for then_step in then:
+                    then_step(conn)
             return int(fence or 0)
 
         return step
