@@ -59,7 +59,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.qemu import Skipped
+from bench.qemu import Skipped, deployed
 from bench.stats import median
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -303,7 +303,8 @@ def measure_peer(quick: bool) -> PeerResult:
     peer = Libvirt(guest.kernel, guest.initrd, cmdline)
     # The agent's default keeps its qemu-ga connection for good; 4 s idle (longer
     # than the 1.5 s between samples) lets the bench's own probe in at the end.
-    with QemuStack(options=StackOptions(lease_seconds=30, guest_agent_idle_close=4.0)) as stack:
+    options = deployed(StackOptions(lease_seconds=30, guest_agent_idle_close=4.0))
+    with QemuStack(options=options) as stack:
         try:
             peer.start()
             boot = peer.call("boot")
