@@ -80,7 +80,9 @@ class Executor:
                     extra={"fields": {"operation": op.id, "why": str(exc)}},
                 )
             return
-        snap = self.store.get_snapshot(op.vm_snapshot_id)
+        # A take started at once: admission just committed its snapshot (CREATING,
+        # under this lease) and handed it over; no read.
+        snap = prepared.snap if prepared is not None else self.store.get_snapshot(op.vm_snapshot_id)
         try:
             if snap is None:
                 error = NotFound(f"VM snapshot {op.vm_snapshot_id} does not exist any more")

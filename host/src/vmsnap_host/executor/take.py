@@ -106,12 +106,13 @@ class Take:
 
     async def run(
         self, op: OperationRecord, snap: Snapshot, prepared: Prepared | None = None
-    ) -> Snapshot:
-        """Take a planned snapshot: READY, or ERROR and OperationFailed raised.
+    ) -> None:
+        """Take a planned snapshot: READY in the catalog, or ERROR and OperationFailed
+        raised.
         ``prepared``: the first write as admission built it, committed with the
         admission when ``snap`` is CREATING already (else described and written now)."""
         try:
-            return await self._run(op, snap, prepared)
+            await self._run(op, snap, prepared)
         except VMSnapError as exc:
             # Failed before any side effect (the VM's state, no quiesce method).
             await self.fail(op, snap, exc, list(snap.warnings))
@@ -174,7 +175,7 @@ class Take:
 
     async def _run(
         self, op: OperationRecord, snap: Snapshot, prepared: Prepared | None
-    ) -> Snapshot:
+    ) -> None:
         agent = self.registry.agent(snap.agent)
         if prepared is None or snap.state is not SnapshotState.CREATING:
             vm = prepared.vm if prepared is not None else None
@@ -295,13 +296,11 @@ class Take:
                 await self.fail(op, snap, exc, warnings)
 
         achieved = self._achieved(snap, freeze, vm.state, warnings)
-        current = self.store.current_snapshot_id(snap.vm_id)
         ready = replace(
             snap,
             state=SnapshotState.READY,
             consistency=achieved,
             warnings=tuple(dict.fromkeys(warnings)),
-            parent_id=current if current != snap.id else "",
             current=True,
         )
         # READY and current, no owed deletes, the operation finished: one
@@ -311,14 +310,19 @@ class Take:
             await self.store.write(
                 *thaw_steps,
                 self.store.w_refuse_cancelled(op.id),
+                # The parent: the VM's current snapshot, read in this transaction.
                 self.store.w_move(
-                    snap.id, SnapshotState.READY, snapshot=ready, cleanup=[], current=True
+                    snap.id,
+                    SnapshotState.READY,
+                    snapshot=ready,
+                    cleanup=[],
+                    current=True,
+                    parent_from_current=True,
                 ),
                 self.store.w_finish(op.id, None, "done"),
             )
         except CancelRequested:
             await self.fail(op, snap, cancelled(), warnings, extra=thaw_steps)
-        return ready
 
     def _achieved(
         self, snap: Snapshot, freeze: Freeze | None, vm_state: VMState, warnings: list[str]

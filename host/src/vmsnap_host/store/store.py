@@ -725,11 +725,14 @@ class Store:
         snapshot: Snapshot | None = None,
         cleanup: Sequence[Group] | None = None,
         current: bool | None = None,
+        parent_from_current: bool = False,
     ) -> Step:
         """Move a snapshot to ``to`` if it is in an allowed from-state (compare-and-set;
         :data:`vmsnap_host.state.MOVES`, narrowed by ``only``), writing every field of
         ``snapshot`` too when given. Raises StaleMove when the row was not in a
-        from-state. ``current=True`` makes it the VM's current snapshot."""
+        from-state. ``current=True`` makes it the VM's current snapshot;
+        ``parent_from_current`` (with it) sets its parent to the snapshot that was
+        current, read in the same transaction (a new take's parent)."""
         allowed = lifecycle.sources(to, only)
         columns: dict[str, Any] = {}
         if snapshot is not None:
@@ -744,13 +747,17 @@ class Store:
         from_names = [s.name for s in allowed]
 
         def step(conn: Connection) -> None:
+            values = columns
             if current:
                 vm_id = conn.execute(_VM_OF_SNAPSHOT, {"b_id": snapshot_id}).scalar()
                 if vm_id is not None:
+                    if parent_from_current:
+                        was = conn.execute(_CURRENT_ID, {"b_vm": vm_id}).scalar() or ""
+                        values = {**columns, "parent_id": "" if was == snapshot_id else was}
                     conn.execute(_UNSET_CURRENT, {"b_vm": vm_id})
             moved = conn.execute(
                 _MOVE_SNAPSHOT,
-                {"b_id": snapshot_id, "b_from": from_names, **columns, "update_time": time.time()},
+                {"b_id": snapshot_id, "b_from": from_names, **values, "update_time": time.time()},
             )
             if moved.rowcount != 1:
                 raise lifecycle.StaleMove(snapshot_id, to, allowed)
