@@ -4,8 +4,8 @@ ruff, mypy --strict on our code (not the generated code), the proto checks
 (generated code up to date, buf lint, buf breaking against the previous commit,
 the newest release tag vX.Y.Z when the clone has tags, and the last release's
 image in proto/releases), then pytest in parallel
-(pytest-xdist, ``-n auto``; pass ``-n 0`` to run in one process). Extra arguments
-go to pytest.
+(pytest-xdist, one worker more than the cores; pass ``-n 0`` to run in one
+process). Extra arguments go to pytest.
 """
 
 from __future__ import annotations
@@ -164,7 +164,11 @@ def main() -> None:
         args = ["-m", "not ondemand", *args]
     if not any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in args):
         # In parallel (pytest-xdist); QEMU tests share one worker (tests/conftest.py).
-        args = ["-n", "auto", "--dist", "loadgroup", "--durations=15", *args]
+        # One worker more than the cores: most tests wait on processes, sockets,
+        # leases and guests, and with one worker per core (``-n auto``) a third
+        # of the two cores stayed idle (docs/design.md, CI time).
+        workers = len(os.sched_getaffinity(0)) + 1
+        args = ["-n", str(workers), "--dist", "loadgroup", "--durations=15", *args]
     run("pytest", [sys.executable, "-m", "pytest", *args], env=env)
 
 
