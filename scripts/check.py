@@ -167,9 +167,10 @@ def main() -> None:
         args = ["-m", "not ondemand", *args]
     if not any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in args):
         # In parallel (pytest-xdist); QEMU tests share one worker (tests/conftest.py).
-        # One worker more than the cores: most tests wait on processes, sockets,
-        # leases and guests, and with one worker per core (``-n auto``) a third
-        # of the two cores stayed idle (docs/design.md, CI time).
+        # One worker more than the cores: many tests wait on processes, sockets,
+        # leases and guests; with one worker per core the two cores were 80 %
+        # busy and pytest took 740 s, with three 94 % and 653 s (docs/design.md,
+        # CI time).
         workers = len(os.sched_getaffinity(0)) + 1
         args = ["-n", str(workers), "--dist", "loadgroup", "--durations=15", *args]
     run("pytest", [sys.executable, "-m", "pytest", *args], env=env)
