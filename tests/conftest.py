@@ -20,7 +20,7 @@ def sockdir() -> Iterator[Path]:
 
 
 #: Folders whose tests boot QEMU guests: under pytest-xdist (``make test`` runs
-#: ``-n auto --dist loadgroup``) they share one worker, one after another, so a
+#: ``-n <cores + 1> --dist loadgroup``) they share one worker, one after another, so a
 #: guest's freeze and lease timings are not squeezed by another guest booting on
 #: the same cores; every other test runs on the other workers.
 SERIAL_GROUPS = {"agent_qemu": "qemu", "e2e_qemu": "qemu"}
