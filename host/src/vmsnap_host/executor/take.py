@@ -62,7 +62,6 @@ class Prepared:
     #: The snapshot as CREATING, as ``steps`` write it.
     snap: Snapshot
     method: QuiesceMethod | None
-    warnings: tuple[str, ...]
     steps: tuple[Step, ...]
 
 
@@ -108,9 +107,9 @@ class Take:
         self, op: OperationRecord, snap: Snapshot, prepared: Prepared | None = None
     ) -> None:
         """Take a planned snapshot: READY in the catalog, or ERROR and OperationFailed
-        raised.
-        ``prepared``: the first write as admission built it, committed with the
-        admission when ``snap`` is CREATING already (else described and written now)."""
+        raised. ``prepared``: the first write, committed with the admission (``snap``
+        is its CREATING snapshot); without it the VM is described and it is written
+        now."""
         try:
             await self._run(op, snap, prepared)
         except VMSnapError as exc:
@@ -142,7 +141,6 @@ class Take:
             snap.groups, snap.quiesce, vm.state, capabilities, include_memory=snap.include_memory
         )
         method = self._quiesce_method(snap) if freeze_needed else None
-        warnings = list(snap.warnings)
         planned = list(snap.groups)
         owners = {
             volume.locator: g.owner
@@ -156,7 +154,6 @@ class Take:
             vm=vm,
             snap=creating,
             method=method,
-            warnings=tuple(warnings),
             steps=(
                 self.store.w_move(
                     snap.id, SnapshotState.CREATING, snapshot=creating, cleanup=planned
@@ -177,17 +174,15 @@ class Take:
         self, op: OperationRecord, snap: Snapshot, prepared: Prepared | None
     ) -> None:
         agent = self.registry.agent(snap.agent)
-        if prepared is None or snap.state is not SnapshotState.CREATING:
-            vm = prepared.vm if prepared is not None else None
-            if vm is None or vm.id != snap.vm_id:
-                vm = await with_deadline(
-                    agent.describe_vm(snap.vm_id), self.settings.call_timeout_seconds, "DescribeVM"
-                )
+        if prepared is None:
+            vm = await with_deadline(
+                agent.describe_vm(snap.vm_id), self.settings.call_timeout_seconds, "DescribeVM"
+            )
             prepared = self.prepare(op, snap, vm)
             # One durable write before any side effect (see prepare).
             await self.store.write(*prepared.steps)
         vm, snap, method = prepared.vm, prepared.snap, prepared.method
-        warnings = list(prepared.warnings)
+        warnings = list(snap.warnings)
         planned = list(snap.groups)
 
         freeze: Freeze | None = None

@@ -933,11 +933,6 @@ class Store:
             row = conn.execute(_LIVE_BY_NAME, {"b_vm": vm_id, "b_name": name}).first()
         return snapshot_from_row(row) if row else None
 
-    def current_snapshot_id(self, vm_id: str) -> str:
-        """The id of the VM's current snapshot ("" when none): one column, no record."""
-        with self._read() as conn:
-            return str(conn.execute(_CURRENT_ID, {"b_vm": vm_id}).scalar() or "")
-
     def open_freeze(self, vm_id: str) -> OperationRecord | None:
         """The VM's unfinished FREEZE operation (a third party's freeze), if any."""
         with self._read() as conn:
@@ -1190,10 +1185,10 @@ class Store:
     ) -> Step:
         """Own the VM for ``ttl`` seconds; the step returns the new fencing token
         (> 0), or 0 when refused. ``then``: steps run in the same transaction only
-        when the lease is granted (the first write of the work it fences). One statement (INSERT … ON CONFLICT DO UPDATE …
-        WHERE), so two replicas cannot both win. Granted when the VM has no lease,
-        or when its lease is this owner's or ran out *and* the lease's operation is
-        this one or finished. A lease stays with its operation until that is
+        when the lease is granted (the first write of the work it fences). One
+        statement (INSERT … ON CONFLICT DO UPDATE … WHERE), so two replicas cannot
+        both win. Granted when the VM has no lease, or when its lease is this
+        owner's or ran out *and* the lease's operation is this one or finished. A lease stays with its operation until that is
         finished: one abandoned by a dead replica is resolved by whoever takes it
         over before anything else runs on the VM, and two operations of one
         replica never hold the VM together."""
