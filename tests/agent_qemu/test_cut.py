@@ -156,3 +156,51 @@ async def test_guest_cut_freezes_the_guest_for_the_cut_alone(
     assert _qcow2_bytes(local, workdir) == b"\x22" * 4096
     await hv.revert_native_snapshot("gc", "s1")
     assert _qcow2_bytes(local, workdir) == b"\x11" * 4096  # the cut's bytes
+
+
+async def test_a_native_snapshot_asked_for_with_the_quiesce_is_its_cut_in_one_call(
+    hv: QemuHypervisor, workdir: Path
+) -> None:
+    """QuiesceRequest.native_snapshot with guest+cut: the cut is adopted as the
+    snapshot in the Quiesce, which then ends at once (released: guest thawed, no
+    record left, nothing to unquiesce); the snapshot holds the cut's bytes and
+    restores them. A retry of the operation's Quiesce answers the same snapshot and
+    leaves no second cut behind."""
+    local = make_qcow2(workdir / "local.qcow2")
+    await hv.define_vm("one", 256, [DiskSpec("vdb", str(local), format=DiskFormat.QCOW2)])
+    await hv.start_vm("one")
+    await hv.wait_guest_agent("one")
+    await qemu_io(hv, "one", "vdb", f"write -P 0x11 {OFFSET} 4096")
+
+    res = await hv.quiesce(
+        "one", QuiesceMethod.GUEST_CUT, 60, "op-1", native_snapshot=("s1", ["vdb"])
+    )
+    assert res.released and res.native is not None
+    assert res.native.snapshot_id == "s1" and res.native.disks == ("vdb",)
+    assert res.consistency in (Consistency.FILESYSTEM, Consistency.APPLICATION)
+    assert hv.list_quiesces("one") == []  # nothing held
+    async with hv.guest_agent("one") as ga:
+        assert await ga.execute("guest-fsfreeze-status") == "thawed"
+    assert (await hv.unquiesce(res.token)) is None  # an Unquiesce finds nothing to do
+    assert [s.snapshot_id for s in await hv.list_native_snapshots("one")] == ["s1"]
+
+    again = await hv.quiesce(
+        "one", QuiesceMethod.GUEST_CUT, 60, "op-1", native_snapshot=("s1", ["vdb"])
+    )
+    assert again.released and again.native is not None and again.native.snapshot_id == "s1"
+    graph = await hv.qmp("one").execute("query-named-block-nodes", {"flat": True})
+    tags = {s["name"] for n in graph for s in n.get("image", {}).get("snapshots", [])}
+    assert len(tags) == 1  # the retry's own cut was dropped
+
+    # Disks it cannot cut at the freeze (none named vdz): answered without a
+    # snapshot and held as usual, so the caller's TakeNativeSnapshot reports why.
+    held = await hv.quiesce("one", QuiesceMethod.GUEST_CUT, 60, native_snapshot=("s2", ["vdz"]))
+    assert held.native is None and not held.released
+    assert [q.token for q in hv.list_quiesces("one")] == [held.token]
+    await hv.unquiesce(held.token)
+    assert [s.snapshot_id for s in await hv.list_native_snapshots("one")] == ["s1"]
+
+    await qemu_io(hv, "one", "vdb", f"write -P 0x22 {OFFSET} 4096")
+    await hv.stop_vm("one", force=True)
+    await hv.revert_native_snapshot("one", "s1")
+    assert _qcow2_bytes(local, workdir) == b"\x11" * 4096  # the cut's bytes

@@ -19,6 +19,9 @@ class Knobs:
     # --- the workload ---------------------------------------------------------------
     #: VMs, each with one Element disk, one ONTAP disk and one local file:// disk.
     vms: int = 4
+    #: Of those, how many have the local disk alone (a plan that is the agent's
+    #: native snapshot alone: the guest+cut freeze whose Quiesce takes it, released).
+    local_only_vms: int = 1
     #: Size of each array test volume.
     disk_bytes: int = 1 << 20
     #: Each disk gets a fresh random pattern of this size at two offsets before a take.

@@ -203,7 +203,9 @@ async def _define_vms(
     for i in range(knobs.vms):
         vm_id = f"chaos-{i}"
         disks = []
-        for disk, kind, driver in ARRAY_DISKS:
+        # The last ones are local alone when the run has more than one VM.
+        local_only = knobs.vms > 1 and i >= knobs.vms - knobs.local_only_vms
+        for disk, kind, driver in [] if local_only else ARRAY_DISKS:
             locator = await io.create(driver, f"{vm_id}-{disk}")
             disks.append(Disk(disk, locator, kind, driver=driver))
         local = f"file:///var/lib/vmsnap/{vm_id}/root.qcow2"

@@ -4,6 +4,7 @@ drivers in process."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -330,6 +331,99 @@ async def test_the_agent_is_told_when_no_native_snapshot_follows_the_freeze(
     assert snap is not None and snap.state is SnapshotState.READY, op.error
     assert GroupKind.HYPERVISOR in [g.kind for g in snap.groups]
     assert hints == [True, False]
+
+
+def _count_agent_calls(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    for name in ("take_native_snapshot", "unquiesce", "renew_quiesce"):
+        method = getattr(rig.agent, name)
+
+        def counting(method: Any = method, name: str = name) -> Any:
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                calls.append(name)
+                return await method(*args, **kwargs)
+
+            return call
+
+        monkeypatch.setattr(rig.agent, name, counting())
+    return calls
+
+
+async def test_the_native_snapshot_is_asked_for_in_the_quiesce(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One call for a quiesced native snapshot, as libvirt's: the agent takes it
+    inside the freeze and answers it in the Quiesce, so no TakeNativeSnapshot
+    follows; a guest+cut freeze it then released needs no Unquiesce either. With
+    arrays beside the local disk the Unquiesce still commits the overlays."""
+    calls = _count_agent_calls(rig, monkeypatch)
+    await rig.define(
+        "vm4", volumes=(Volume("vda", "file:///x.img"), Volume("vdb", "file:///y.img"))
+    )
+    op = await rig.wait(await rig.create("g", "vm4", quiesce=QuiescePolicy.REQUIRED))
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.READY, op.error
+    assert [g.kind for g in snap.groups] == [GroupKind.HYPERVISOR]
+    assert snap.consistency >= Consistency.FILESYSTEM
+    assert snap.freeze_seconds is not None
+    assert calls == []
+    assert not rig.frozen("vm4")
+    (native,) = await rig.agent.list_native_snapshots("vm4")
+    assert native.snapshot_id == snap.id and sorted(native.disks) == ["vda", "vdb"]
+
+    await rig.define()  # two arrays and a local disk
+    op = await rig.wait(await rig.create("m", quiesce=QuiescePolicy.REQUIRED))
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.READY, op.error
+    assert calls == ["unquiesce"]
+    assert not rig.frozen()
+    assert [n.snapshot_id for n in await rig.agent.list_native_snapshots("vm1")] == [snap.id]
+
+
+async def test_an_agent_that_takes_nothing_in_the_quiesce_gets_the_calls_as_before(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent written before QuiesceRequest.native_snapshot (it answers no
+    snapshot, and never released): TakeNativeSnapshot and Unquiesce follow. One that
+    says released without the snapshot is not believed: its freeze is thawed."""
+    quiesce = rig.agent.quiesce
+
+    async def of_version_one(*args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("native_snapshot", None)
+        return replace(await quiesce(*args, **kwargs), released=True)
+
+    monkeypatch.setattr(rig.agent, "quiesce", of_version_one)
+    calls = _count_agent_calls(rig, monkeypatch)
+    await rig.define("vm4", volumes=(Volume("vda", "file:///x.img"),))
+    op = await rig.wait(await rig.create("g", "vm4", quiesce=QuiescePolicy.REQUIRED))
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.READY, op.error
+    assert calls == ["take_native_snapshot", "unquiesce"]
+    assert not rig.frozen("vm4")
+
+
+async def test_a_native_snapshot_taken_in_the_quiesce_is_deleted_when_the_take_fails(
+    tmp_path: Path, db_url: str
+) -> None:
+    """All or nothing: the agent's snapshot came with the Quiesce, an array then
+    fails; the take rolls back and deletes it too (nothing left behind)."""
+    rig = await make_rig(
+        tmp_path,
+        Options(name="io.vmsnap.test.a", scheme="a"),
+        Options(name="io.vmsnap.test.b", scheme="b", behaviour="fail-final"),
+        db=db_url,
+    )
+    try:
+        await rig.define()
+        op = await rig.wait(await rig.create("q", quiesce=QuiescePolicy.REQUIRED))
+        snap = rig.store.get_snapshot(op.vm_snapshot_id)
+        assert snap is not None and snap.state is SnapshotState.ERROR
+        assert GroupKind.HYPERVISOR in [g.kind for g in snap.groups]
+        assert not rig.frozen()
+        assert await rig.agent.list_native_snapshots("vm1") == []
+        assert rig.store.get_cleanup(snap.id) == []
+    finally:
+        await rig.close()
 
 
 def test_the_freeze_of_a_native_only_plan_is_the_shortest_the_agent_offers() -> None:

@@ -19,6 +19,7 @@ from vmsnap_sdk._types import (
     CloneTarget,
     Consistency,
     NativeSnapshot,
+    NativeSnapshotAtFreeze,
     Page,
     QuiesceInfo,
     QuiesceMethod,
@@ -104,20 +105,21 @@ class AgentClient(HypervisorAgent):
         operation_id: str,
         *,
         no_native_snapshot: bool = False,
+        native_snapshot: NativeSnapshotAtFreeze | None = None,
         timeout: float | None = None,
     ) -> QuiesceResult:
-        response = await call(
-            self._stub.Quiesce,
-            pb.QuiesceRequest(
-                vm_id=vm_id,
-                method=pb.QuiesceMethod.ValueType(method.value),
-                lease=_duration(lease_seconds),
-                best_effort=best_effort,
-                operation_id=operation_id,
-                no_native_snapshot=no_native_snapshot,
-            ),
-            self._t(timeout),
+        request = pb.QuiesceRequest(
+            vm_id=vm_id,
+            method=pb.QuiesceMethod.ValueType(method.value),
+            lease=_duration(lease_seconds),
+            best_effort=best_effort,
+            operation_id=operation_id,
+            no_native_snapshot=no_native_snapshot,
         )
+        if native_snapshot is not None:
+            request.native_snapshot.snapshot_id = native_snapshot.snapshot_id
+            request.native_snapshot.disks.extend(native_snapshot.disks)
+        response = await call(self._stub.Quiesce, request, self._t(timeout))
         return QuiesceResult(
             token=response.token,
             expire_time=response.expire_time.ToDatetime(tzinfo=UTC),
@@ -127,6 +129,10 @@ class AgentClient(HypervisorAgent):
             memory_state=cv.memory_state_from_pb(response.memory_state)
             if response.HasField("memory_state")
             else None,
+            native_snapshot=cv.native_from_pb(response.native_snapshot)
+            if response.HasField("native_snapshot")
+            else None,
+            released=response.released,
         )
 
     async def renew_quiesce(

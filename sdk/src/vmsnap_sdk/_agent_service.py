@@ -15,7 +15,7 @@ from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.hypervisor.v1 import hypervisor_pb2 as pb
 from vmsnap_sdk._proto.hypervisor.v1 import hypervisor_pb2_grpc
 from vmsnap_sdk._server import invoke
-from vmsnap_sdk._types import CloneTarget, Page, QuiesceMethod
+from vmsnap_sdk._types import CloneTarget, NativeSnapshotAtFreeze, Page, QuiesceMethod
 from vmsnap_sdk.agent import HypervisorAgent
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -37,6 +37,30 @@ def _seconds_to_pb(seconds: float) -> duration_pb2.Duration:
     return duration
 
 
+def _native_at_freeze(request: pb.QuiesceRequest) -> NativeSnapshotAtFreeze | None:
+    """QuiesceRequest.native_snapshot, checked (None when unset)."""
+    if not request.HasField("native_snapshot"):
+        return None
+    if request.no_native_snapshot:
+        raise InvalidArgument.for_field(
+            "native_snapshot", "cannot be asked for with no_native_snapshot; set one of the two"
+        )
+    if request.method == pb.QUIESCE_METHOD_PAUSE_AND_SAVE_MEMORY:
+        raise InvalidArgument.for_field(
+            "native_snapshot",
+            "is disk-only: under PAUSE_AND_SAVE_MEMORY take the memory snapshot with "
+            "TakeNativeSnapshot(include_memory=true)",
+        )
+    asked = request.native_snapshot
+    val.require_id("native_snapshot.snapshot_id", asked.snapshot_id)
+    for i, disk in enumerate(asked.disks):
+        if not val.DISK_PATTERN.match(disk):
+            raise InvalidArgument.for_field(
+                f"native_snapshot.disks[{i}]", "must be a disk name such as vda"
+            )
+    return NativeSnapshotAtFreeze(asked.snapshot_id, tuple(asked.disks))
+
+
 class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
     """Serves a :class:`HypervisorAgent` over vmsnap.hypervisor.v1.HypervisorAgent."""
 
@@ -47,7 +71,11 @@ class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
         self._thaws_by_operation = "operation_id" in inspect.signature(agent.unquiesce).parameters
         # Likewise an agent written before the no_native_snapshot hint: it is not
         # given the hint (ignoring it is correct: it only allows less work).
-        self._takes_hint = "no_native_snapshot" in inspect.signature(agent.quiesce).parameters
+        quiesce = inspect.signature(agent.quiesce).parameters
+        self._takes_hint = "no_native_snapshot" in quiesce
+        # And one written before a native snapshot could be asked for with the
+        # quiesce: not given it, it answers none and the caller takes it apart.
+        self._takes_native = "native_snapshot" in quiesce
 
     async def GetAgentInfo(  # noqa: N802
         self, request: pb.GetAgentInfoRequest, context: Ctx
@@ -139,11 +167,14 @@ class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
             lease = _lease("lease", request.lease)
             if request.operation_id:
                 val.require_id("operation_id", request.operation_id)
-            hint = (
+            hint: dict[str, Any] = (
                 {"no_native_snapshot": True}
                 if request.no_native_snapshot and self._takes_hint
                 else {}
             )
+            native = _native_at_freeze(request)
+            if native is not None and self._takes_native:
+                hint["native_snapshot"] = native
             result = await self._agent.quiesce(
                 request.vm_id,
                 cv._enum(QuiesceMethod, request.method),
@@ -157,9 +188,13 @@ class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
                 consistency=common_pb2.Consistency.ValueType(result.consistency.value),
                 method=pb.QuiesceMethod.ValueType(result.method.value),
                 warning=result.warning,
+                # Released only with the snapshot that let it end (the contract).
+                released=result.released and result.native_snapshot is not None,
             )
             if result.memory_state is not None:
                 response.memory_state.CopyFrom(cv.memory_state_to_pb(result.memory_state))
+            if result.native_snapshot is not None and native is not None:
+                response.native_snapshot.CopyFrom(cv.native_to_pb(result.native_snapshot))
             response.expire_time.FromDatetime(result.expire_time)
             return response
 

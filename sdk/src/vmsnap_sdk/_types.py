@@ -341,6 +341,21 @@ class QuiesceResult:
     warning: str = ""
     #: The saved state (PAUSE_AND_SAVE_MEMORY only).
     memory_state: MemoryState | None = None
+    #: The native snapshot asked for with the quiesce (``native_snapshot=``), taken
+    #: inside the freeze; None when the agent did not take it.
+    native_snapshot: NativeSnapshot | None = None
+    #: The freeze is over and left nothing to undo: no renewal or unquiesce needed.
+    released: bool = False
+
+
+@dataclass(frozen=True)
+class NativeSnapshotAtFreeze:
+    """A disk-only native snapshot asked for with a quiesce (take_native_snapshot's
+    arguments, include_memory false): taken inside the freeze, in the same call."""
+
+    snapshot_id: str
+    #: Disk names (empty = all).
+    disks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from vmsnap_sdk._types import (
     AgentInfo,
     CloneTarget,
     NativeSnapshot,
+    NativeSnapshotAtFreeze,
     Page,
     QuiesceInfo,
     QuiesceMethod,
@@ -68,13 +69,23 @@ class HypervisorAgent(abc.ABC):
         operation_id: str,
         *,
         no_native_snapshot: bool = False,
+        native_snapshot: NativeSnapshotAtFreeze | None = None,
     ) -> QuiesceResult:
         """Freeze under a lease; thaw by yourself when it runs out.
 
         ``no_native_snapshot``: the caller takes no native snapshot under this
         freeze, so nothing need be prepared for one inside it (a hint: ignoring it
         is correct; refusing a later take_native_snapshot under the freeze with
-        FailedPrecondition(VM_FROZEN) is allowed)."""
+        FailedPrecondition(VM_FROZEN) is allowed).
+
+        ``native_snapshot``: the disk-only native snapshot the caller would take
+        under this freeze. Taking it inside the freeze and answering it in
+        ``QuiesceResult.native_snapshot`` saves the caller its take_native_snapshot
+        call; ignoring it is correct (the caller then calls take_native_snapshot).
+        With GUEST_FREEZE_AND_CUT, an agent that took it and holds nothing else may
+        end the freeze in the same call and answer ``released=True``. Never given
+        with ``no_native_snapshot`` or PAUSE_AND_SAVE_MEMORY (the adapter refuses
+        those). The adapter passes it only to an agent whose quiesce accepts it."""
 
     @abc.abstractmethod
     async def renew_quiesce(self, token: str, lease_seconds: float) -> datetime:

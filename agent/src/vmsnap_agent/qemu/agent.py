@@ -43,6 +43,7 @@ from vmsnap_sdk import (
     HypervisorAgent,
     MemoryState,
     NativeSnapshot,
+    NativeSnapshotAtFreeze,
     Page,
     QuiesceInfo,
     QuiesceMethod,
@@ -227,14 +228,25 @@ class QemuAgent(HypervisorAgent):
         operation_id: str,
         *,
         no_native_snapshot: bool = False,
+        native_snapshot: NativeSnapshotAtFreeze | None = None,
     ) -> QuiesceResult:
         if method not in _METHODS:
             raise InvalidArgument.for_field("method", f"unsupported quiesce method {method.name}")
         warning = ""
+        at_freeze = (
+            (native_snapshot.snapshot_id, list(native_snapshot.disks) or None)
+            if native_snapshot is not None
+            else None
+        )
         with _contract_errors():
             try:
                 res = await self.hv.quiesce(
-                    vm_id, _METHODS[method], lease_seconds, operation_id, cut=not no_native_snapshot
+                    vm_id,
+                    _METHODS[method],
+                    lease_seconds,
+                    operation_id,
+                    cut=not no_native_snapshot,
+                    native_snapshot=at_freeze,
                 )
             except e.GuestAgentUnavailable as exc:
                 if not best_effort:
@@ -247,6 +259,7 @@ class QemuAgent(HypervisorAgent):
                     lease_seconds,
                     operation_id,
                     cut=not no_native_snapshot,
+                    native_snapshot=at_freeze,
                 )
         return QuiesceResult(
             token=res.token,
@@ -262,6 +275,8 @@ class QemuAgent(HypervisorAgent):
             )
             if res.memory_path
             else None,
+            native_snapshot=self._native(vm_id, res.native) if res.native is not None else None,
+            released=res.released,
         )
 
     async def renew_quiesce(self, token: str, lease_seconds: float) -> datetime:

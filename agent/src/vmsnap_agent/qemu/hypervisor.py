@@ -50,6 +50,7 @@ from .errors import (
     GuestAgentError,
     GuestAgentUnavailable,
     InvalidSpec,
+    QemuAgentError,
     QmpCommandError,
     QuiesceNotFound,
     SnapshotConflict,
@@ -478,6 +479,7 @@ class QemuHypervisor:
         operation_id: str = "",
         *,
         cut: bool = True,
+        native_snapshot: tuple[str, list[str] | None] | None = None,
     ) -> QuiesceResult:
         """Make the VM's disks stable until unquiesce or the end of the lease.
 
@@ -485,6 +487,10 @@ class QemuHypervisor:
         adopts (overlay methods and guest+cut); False when the caller takes none
         (QuiesceRequest.no_native_snapshot): one internal snapshot per local disk
         less inside the freeze, none to drop after it.
+
+        ``native_snapshot``: (snapshot id, disks or None for all), the disk-only
+        native snapshot the caller would take under this freeze: the cut is
+        adopted as it in this call (:meth:`_take_at_freeze`).
 
         A retry with the same non-empty ``operation_id`` returns the quiesce it
         already holds; any other second quiesce is :class:`VmBusy`. A stopped VM
@@ -499,6 +505,8 @@ class QemuHypervisor:
             existing = self._load_quiesce(vm_id)
             if existing is not None:
                 if operation_id and existing.operation_id == operation_id:
+                    if native_snapshot is not None:
+                        return await self._take_at_freeze(existing, *native_snapshot)
                     return existing.result()
                 raise VmBusy(f"{vm_id} is already quiesced ({existing.token})")
             token = f"q-{uuid.uuid4().hex}"
@@ -515,8 +523,13 @@ class QemuHypervisor:
                 )
                 self._watch(record)
                 return record.result()
+            # A guest+cut quiesce with the native snapshot asked for is removed once
+            # the cut is adopted: its end is saved only if it is kept (_take_at_freeze).
+            one_call = native_snapshot is not None and method is QuiesceMethod.GUEST_CUT
             try:
-                record = await q.quiesce(ctx, token, method, lease_seconds, operation_id, cut=cut)
+                record = await q.quiesce(
+                    ctx, token, method, lease_seconds, operation_id, cut=cut, save_end=not one_call
+                )
             except BaseException:
                 # The undo may have left something (a guest that would not thaw):
                 # the lease watchdog keeps trying.
@@ -524,9 +537,48 @@ class QemuHypervisor:
                 if leftover is not None:
                     self._watch(leftover)
                 raise
+            if native_snapshot is not None:
+                return await self._take_at_freeze(record, *native_snapshot)
             self._watch(record)
             _log_event("quiesced", record)
             return record.result()
+
+    async def _take_at_freeze(
+        self, record: QuiesceRecord, snapshot_id: str, disks: list[str] | None
+    ) -> QuiesceResult:
+        """The quiesce's cut adopted as the disk-only native snapshot asked for with
+        it (what take_native_snapshot would do next, one round trip less), under the
+        VM's lock. A guest+cut quiesce then holds nothing more (the guest thawed at
+        the cut, no overlay): it is undone here and answered released, one more
+        round trip less. When the cut cannot be adopted (no cut, other disks, the id
+        in use) the quiesce is answered as usual, without a snapshot: the caller's
+        take_native_snapshot then meets the error and reports it."""
+        vm_id = record.vm_id
+        taken: NativeSnapshot | None = None
+        try:
+            if record.cut_tag and snapshot_id not in self._memory_index(vm_id):
+                chosen = native.select_disks(self._spec(vm_id).disks, disks)
+                taken = await self._adopt_cut(
+                    vm_id, snapshot_id, [d.name for d in chosen], False, record
+                )
+        except QemuAgentError as exc:
+            log.info(
+                "native snapshot not taken at the freeze",
+                extra={"fields": {"vm_id": vm_id, "snapshot_id": snapshot_id, "error": str(exc)}},
+            )
+        if taken is None or record.method is not QuiesceMethod.GUEST_CUT or record.guest_frozen:
+            if record.method is QuiesceMethod.GUEST_CUT:
+                await self._context(vm_id).save(record)  # kept: its end saved after all
+            self._watch(record)
+            _log_event("quiesced", record)
+            return dataclasses.replace(record.result(), native=taken)
+        # The aliases file names the cut (the adoption's commit point): the undo
+        # keeps it, and removes the record; a retry finds the snapshot by its alias.
+        _log_event("quiesced", record)
+        await q.unquiesce(self._context(vm_id), record)
+        self._unwatch(record.token)
+        _log_event("unquiesced", record)  # released: the same lines as with an Unquiesce
+        return dataclasses.replace(record.result(), native=taken, released=True)
 
     async def renew_quiesce(self, token: str, lease_seconds: float) -> QuiesceResult:
         if not 0 < lease_seconds <= MAX_LEASE_SECONDS:

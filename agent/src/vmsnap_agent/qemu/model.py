@@ -224,6 +224,10 @@ class QuiesceResult:
     memory_bytes: int = 0
     paused_at: float | None = None
     memory_save_s: float = 0.0
+    # The native snapshot asked for with the quiesce, taken inside its freeze (the
+    # cut adopted), and whether the quiesce then ended at once (nothing else held).
+    native: NativeSnapshot | None = None
+    released: bool = False
 
 
 @dataclass(frozen=True)

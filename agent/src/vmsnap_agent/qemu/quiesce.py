@@ -278,9 +278,14 @@ async def quiesce(
     operation_id: str = "",
     *,
     cut: bool = True,
+    save_end: bool = True,
 ) -> QuiesceRecord:
     """Quiesce a running VM; on failure everything done so far is undone before raising.
-    ``cut``: False when no native snapshot will be taken under it (no cut to make)."""
+    ``cut``: False when no native snapshot will be taken under it (no cut to make).
+    ``save_end``: False leaves the end of a guest freeze (its consistency, the
+    thaw) in the returned record alone, when the caller saves it or removes the
+    record next: the saved one still says the guest may be frozen (an undo thaws
+    again, which is harmless) and CRASH consistency (never more than was reached)."""
     assert ctx.qmp is not None
     if method is QuiesceMethod.PAUSE_MEMORY:
         now = time.time()
@@ -367,7 +372,8 @@ async def quiesce(
         await unquiesce(ctx, record)
         raise error
     record.consistency = Consistency.APPLICATION if hook_installed else Consistency.FILESYSTEM
-    await ctx.save(record)
+    if save_end:
+        await ctx.save(record)
     return record
 
 

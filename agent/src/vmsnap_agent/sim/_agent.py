@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,6 +51,7 @@ from vmsnap_sdk import (
     HypervisorAgent,
     MemoryState,
     NativeSnapshot,
+    NativeSnapshotAtFreeze,
     Page,
     QuiesceInfo,
     QuiesceMethod,
@@ -68,6 +69,7 @@ from vmsnap_sdk.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    VMSnapError,
 )
 
 log = logging.getLogger("vmsnap_agent.sim")
@@ -532,15 +534,41 @@ class SimAgent(HypervisorAgent):
         operation_id: str,
         *,
         no_native_snapshot: bool = False,
+        native_snapshot: NativeSnapshotAtFreeze | None = None,
     ) -> QuiesceResult:
         # no_native_snapshot: nothing to skip here (a simulated native snapshot costs
         # no cut inside the freeze), so a take under the freeze is still allowed.
         async with self._lock(vm_id):
             try:
-                return self._quiesce(vm_id, method, lease_seconds, best_effort, operation_id)
+                result = self._quiesce(vm_id, method, lease_seconds, best_effort, operation_id)
+                if native_snapshot is not None:
+                    result = await self._take_at_freeze(vm_id, result, native_snapshot)
+                return result
             finally:
                 # Durable before the answer (written off the event loop).
                 await self._store.flush()
+
+    async def _take_at_freeze(
+        self, vm_id: str, result: QuiesceResult, asked: NativeSnapshotAtFreeze
+    ) -> QuiesceResult:
+        """The native snapshot asked for with the quiesce, taken inside its freeze; a
+        freeze that only cut (GUEST_FREEZE_AND_CUT) then ends at once (released).
+        When it cannot be taken here the answer has none: the caller's own
+        take_native_snapshot then meets the error and reports it."""
+        try:
+            snap = await self._take(vm_id, asked.snapshot_id, asked.disks, False)
+        except VMSnapError as exc:
+            log.info(
+                "native snapshot not taken at the freeze",
+                extra={"fields": {"vm_id": vm_id, "error": exc.message}},
+            )
+            return result
+        released = result.method is QuiesceMethod.GUEST_FREEZE_AND_CUT
+        if released:
+            record = self._get(vm_id)
+            if record.freeze is not None and record.freeze.token == result.token:
+                self._thaw(record)
+        return replace(result, native_snapshot=snap, released=released)
 
     def _quiesce(
         self,

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from vmsnap_host.config import Settings
 from vmsnap_host.model import QuiescePolicy
-from vmsnap_sdk import HypervisorAgent, QuiesceMethod, QuiesceResult
+from vmsnap_sdk import HypervisorAgent, NativeSnapshotAtFreeze, QuiesceMethod, QuiesceResult
 from vmsnap_sdk.errors import Aborted, DeadlineExceeded, FailedPrecondition, Reason, VMSnapError
 
 log = logging.getLogger("vmsnap.host.freeze")
@@ -61,6 +61,13 @@ class Freeze:
 
     def seconds_left(self) -> float:
         return self.ends_by - _LEASE_MARGIN - time.monotonic()
+
+    @property
+    def released(self) -> bool:
+        """The agent ended the freeze in the Quiesce (QuiesceResponse.released); only
+        with the native snapshot that let it end (else an Unquiesce still follows:
+        an agent's ``released`` alone ends no freeze)."""
+        return self.result.released and self.result.native_snapshot is not None
 
 
 def choose_method(
@@ -115,11 +122,17 @@ class FreezeKeeper:
         method: QuiesceMethod,
         *,
         native_snapshot: bool = True,
+        at_freeze: NativeSnapshotAtFreeze | None = None,
     ) -> Freeze:
         """``native_snapshot``: whether the take calls TakeNativeSnapshot under this
         freeze; when it does not (every disk on an array) the agent is told so
         (QuiesceRequest.no_native_snapshot) and prepares nothing for one inside
-        the freeze (the QEMU agent: no cut of its local disks)."""
+        the freeze (the QEMU agent: no cut of its local disks).
+
+        ``at_freeze``: the native snapshot asked for in the Quiesce itself
+        (QuiesceRequest.native_snapshot); the answer's ``native_snapshot`` is it,
+        when the agent took it. A freeze the agent answers ``released`` (it ended
+        at the cut, nothing held) needs no renewal and no Unquiesce."""
         lease = self.settings.quiesce_lease_seconds
         best_effort = policy is not QuiescePolicy.REQUIRED
         started, sent = datetime.now(UTC), time.monotonic()
@@ -136,6 +149,7 @@ class FreezeKeeper:
                     best_effort,
                     operation_id,
                     no_native_snapshot=not native_snapshot,
+                    native_snapshot=at_freeze,
                 ),
                 timeout,
                 "Quiesce",
@@ -161,6 +175,12 @@ class FreezeKeeper:
             started_mono=sent,
             ends_by=sent + lease + _LEASE_MARGIN,
         )
+        if freeze.released:
+            # Over already, by the agent's word with the snapshot that ended it.
+            freeze.thawed = True
+            freeze.frozen_seconds = time.monotonic() - sent
+            freeze.ended = "thawed at the cut (the agent took the native snapshot in the Quiesce)"
+            return freeze
         freeze.renewals = asyncio.create_task(self._renew(freeze))
         return freeze
 
@@ -192,6 +212,8 @@ class FreezeKeeper:
     async def thaw(self, freeze: Freeze) -> VMSnapError | None:
         """Thaw, retrying until the agent confirms or its lease surely ended. Returns
         None when the freeze held to the end, else why the cut may not be consistent."""
+        if freeze.released:
+            return None
         if freeze.renewals is not None:
             freeze.renewals.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -71,15 +71,20 @@ class GroupCalls:
         quiesced: bool,
         consistency: Consistency,
         deadline: float,
+        taken: NativeSnapshot | None = None,
     ) -> SnapshotResult:
-        """Take one group's snapshot under ``snapshot_id``; the result is checked."""
+        """Take one group's snapshot under ``snapshot_id``; the result is checked.
+        ``taken``: the agent's native snapshot, already taken in its Quiesce (checked
+        here all the same)."""
         if group.kind is GroupKind.HYPERVISOR:
-            agent = self.registry.agent(group.owner)
-            native = await with_deadline(
-                agent.take_native_snapshot(vm.id, snapshot_id, group.disks, include_memory),
-                deadline,
-                f"native snapshot on agent {group.owner}",
-            )
+            native = taken
+            if native is None:
+                agent = self.registry.agent(group.owner)
+                native = await with_deadline(
+                    agent.take_native_snapshot(vm.id, snapshot_id, group.disks, include_memory),
+                    deadline,
+                    f"native snapshot on agent {group.owner}",
+                )
             checks.check_native(group.owner, snapshot_id, group.disks, native, vm_id=vm.id)
             level = Consistency.APPLICATION if include_memory else consistency
             return native_result(snapshot_id, native, vm, level)

@@ -42,7 +42,14 @@ from vmsnap_host.registry import Registry
 from vmsnap_host.state import CancelRequested
 from vmsnap_host.store import Store
 from vmsnap_host.store.writer import Step
-from vmsnap_sdk import VM, Consistency, QuiesceMethod, SnapshotResult, VMState
+from vmsnap_sdk import (
+    VM,
+    Consistency,
+    NativeSnapshotAtFreeze,
+    QuiesceMethod,
+    SnapshotResult,
+    VMState,
+)
 from vmsnap_sdk.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -185,6 +192,18 @@ class Take:
         warnings = list(snap.warnings)
         planned = list(snap.groups)
 
+        # The agent's native snapshot is asked for in the Quiesce itself (one call,
+        # as libvirt's quiesced snapshot): an agent that takes it inside the freeze
+        # answers it there, and it is not asked for again (docs/design.md, "Freeze").
+        native_group = next((g for g in planned if g.kind is GroupKind.HYPERVISOR), None)
+        at_freeze = (
+            NativeSnapshotAtFreeze(snap.id, tuple(native_group.disks))
+            if native_group is not None
+            and native_group.owner == snap.agent
+            and not snap.include_memory
+            and method not in (None, QuiesceMethod.PAUSE_AND_SAVE_MEMORY)
+            else None
+        )
         freeze: Freeze | None = None
         outcomes: list[SnapshotResult | BaseException] = []
         failure: VMSnapError | None = None
@@ -198,7 +217,8 @@ class Take:
                     op.id,
                     snap.quiesce,
                     method,
-                    native_snapshot=any(g.kind is GroupKind.HYPERVISOR for g in planned),
+                    native_snapshot=native_group is not None,
+                    at_freeze=at_freeze,
                 )
                 if freeze.result.warning:
                     warnings.append(
@@ -211,6 +231,7 @@ class Take:
             # freeze happened before it could be written either way, and recovery
             # can thaw by operation id without it. Overlapping keeps an fsync out of
             # the freeze window.
+            # (A freeze the agent released in the Quiesce holds nothing to thaw.)
             token_saved = (
                 asyncio.ensure_future(
                     self.store.write(
@@ -222,9 +243,10 @@ class Take:
                         )
                     )
                 )
-                if freeze is not None
+                if freeze is not None and not freeze.released
                 else None
             )
+            taken = freeze.result.native_snapshot if freeze is not None else None
             outcomes = list(
                 await asyncio.gather(
                     *(
@@ -238,6 +260,7 @@ class Take:
                             quiesced=freeze is not None,
                             consistency=consistency,
                             deadline=deadline,
+                            taken=taken if g is native_group else None,
                         )
                         for g in planned
                     ),

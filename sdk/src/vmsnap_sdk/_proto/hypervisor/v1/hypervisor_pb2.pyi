@@ -472,6 +472,7 @@ class QuiesceRequest(_message.Message):
     BEST_EFFORT_FIELD_NUMBER: _builtins.int
     OPERATION_ID_FIELD_NUMBER: _builtins.int
     NO_NATIVE_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    NATIVE_SNAPSHOT_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
     """Required: the VM's id."""
     method: Global___QuiesceMethod.ValueType
@@ -497,6 +498,18 @@ class QuiesceRequest(_message.Message):
     def lease(self) -> _duration_pb2.Duration:
         """Required: how long the freeze may last without a renewal, 100 ms .. 10 min."""
 
+    @_builtins.property
+    def native_snapshot(self) -> Global___NativeSnapshotAtFreeze:
+        """Optional: the disk-only native snapshot the caller would take under this freeze
+        (TakeNativeSnapshot with these arguments and include_memory false), asked for in
+        the same call, as libvirt's quiesced snapshot is one call. An agent that takes it
+        inside this freeze answers it in QuiesceResponse.native_snapshot, and the caller
+        makes no TakeNativeSnapshot; an agent that does not (an answer without
+        native_snapshot: an older agent, or disks it cannot cut at the freeze) leaves the
+        caller to call TakeNativeSnapshot as before. Exclusive with no_native_snapshot,
+        and not with PAUSE_AND_SAVE_MEMORY (INVALID_ARGUMENT).
+        """
+
     def __init__(
         self,
         *,
@@ -506,14 +519,43 @@ class QuiesceRequest(_message.Message):
         best_effort: _builtins.bool = ...,
         operation_id: _builtins.str = ...,
         no_native_snapshot: _builtins.bool = ...,
+        native_snapshot: Global___NativeSnapshotAtFreeze | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "native_snapshot", b"native_snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_effort", b"best_effort", "lease", b"lease", "method", b"method", "no_native_snapshot", b"no_native_snapshot", "operation_id", b"operation_id", "vm_id", b"vm_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_effort", b"best_effort", "lease", b"lease", "method", b"method", "native_snapshot", b"native_snapshot", "no_native_snapshot", b"no_native_snapshot", "operation_id", b"operation_id", "vm_id", b"vm_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QuiesceRequest: _TypeAlias = QuiesceRequest  # noqa: Y015
+
+@_typing.final
+class NativeSnapshotAtFreeze(_message.Message):
+    """A disk-only native snapshot asked for with a Quiesce."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    DISKS_FIELD_NUMBER: _builtins.int
+    snapshot_id: _builtins.str
+    """Required: the host's id, as TakeNativeSnapshotRequest.snapshot_id (idempotent on it)."""
+    @_builtins.property
+    def disks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Disk names to include (empty = all), as TakeNativeSnapshotRequest.disks."""
+
+    def __init__(
+        self,
+        *,
+        snapshot_id: _builtins.str = ...,
+        disks: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disks", b"disks", "snapshot_id", b"snapshot_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NativeSnapshotAtFreeze: _TypeAlias = NativeSnapshotAtFreeze  # noqa: Y015
 
 @_typing.final
 class QuiesceResponse(_message.Message):
@@ -527,6 +569,8 @@ class QuiesceResponse(_message.Message):
     METHOD_FIELD_NUMBER: _builtins.int
     WARNING_FIELD_NUMBER: _builtins.int
     MEMORY_STATE_FIELD_NUMBER: _builtins.int
+    NATIVE_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     """Token for RenewQuiesce and Unquiesce."""
     consistency: _common_pb2.Consistency.ValueType
@@ -535,6 +579,12 @@ class QuiesceResponse(_message.Message):
     """The method actually applied (differs from the request after a best-effort fallback)."""
     warning: _builtins.str
     """Why the achieved consistency is lower than asked, when it is."""
+    released: _builtins.bool
+    """The freeze is already over and leaves nothing to undo: the guest is thawed, the
+    agent holds no record of it, and no RenewQuiesce or Unquiesce is needed (an
+    Unquiesce of the token answers thawed_now false). Set only when native_snapshot
+    is, with a method that thaws at the cut (GUEST_FREEZE_AND_CUT).
+    """
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """When the agent thaws by itself unless renewed."""
@@ -542,6 +592,13 @@ class QuiesceResponse(_message.Message):
     @_builtins.property
     def memory_state(self) -> Global___MemoryState:
         """The saved device and RAM state (QUIESCE_METHOD_PAUSE_AND_SAVE_MEMORY only)."""
+
+    @_builtins.property
+    def native_snapshot(self) -> Global___NativeSnapshot:
+        """The native snapshot QuiesceRequest.native_snapshot asked for, taken inside this
+        freeze (as TakeNativeSnapshotResponse.snapshot); unset when the agent did not take
+        it (the caller then calls TakeNativeSnapshot).
+        """
 
     def __init__(
         self,
@@ -552,10 +609,12 @@ class QuiesceResponse(_message.Message):
         method: Global___QuiesceMethod.ValueType = ...,
         warning: _builtins.str = ...,
         memory_state: Global___MemoryState | None = ...,
+        native_snapshot: Global___NativeSnapshot | None = ...,
+        released: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "memory_state", b"memory_state"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "memory_state", b"memory_state", "native_snapshot", b"native_snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "expire_time", b"expire_time", "memory_state", b"memory_state", "method", b"method", "token", b"token", "warning", b"warning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "expire_time", b"expire_time", "memory_state", b"memory_state", "method", b"method", "native_snapshot", b"native_snapshot", "released", b"released", "token", b"token", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
