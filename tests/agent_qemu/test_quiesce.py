@@ -15,6 +15,7 @@ from vmsnap_agent.qemu import (
     QuiesceMethod,
     VmBusy,
 )
+from vmsnap_agent.qemu.process import VmPaths
 from vmsnap_agent.qemu.quiesce import HOOK_LOG
 
 from .guestlib import (
@@ -149,3 +150,39 @@ async def test_absent_guest_agent_is_reported(hv: QemuHypervisor, workdir: Path)
     res = await hv.quiesce("noga", QuiesceMethod.OVERLAY, lease_seconds=60)
     assert res.consistency is Consistency.CRASH
     await hv.unquiesce(res.token)
+
+
+async def test_a_guest_agent_lost_while_the_record_is_saved_leaves_nothing(
+    hv: QemuHypervisor, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook-log check runs beside the record's save: when qemu-ga goes away
+    there (connected, then no answer), the saved record and the spare overlays it
+    placed are undone without a thaw (nothing was frozen), so the next quiesce is
+    not refused as busy and the disks are their bases."""
+    from vmsnap_agent.qemu.guest_agent import GuestAgentClient
+
+    disk = make_ext4(workdir / "lost.img")
+    await hv.define_vm("lost", 256, [DiskSpec("a", str(disk))])
+    await hv.start_vm("lost")
+    await hv.wait_guest_agent("lost")
+
+    async def gone(self: GuestAgentClient, *args: object, **kwargs: object) -> object:
+        raise GuestAgentUnavailable("qemu-ga stopped answering")
+
+    with monkeypatch.context() as patch:
+        # Every command, the check's and any thaw's: an undo that tried to thaw
+        # would fail and keep the record.
+        patch.setattr(GuestAgentClient, "execute", gone)
+        for method in (QuiesceMethod.GUEST, QuiesceMethod.OVERLAY_GUEST):
+            await asyncio.sleep(0.5)  # the spare overlays are made
+            with pytest.raises(GuestAgentUnavailable):
+                await hv.quiesce("lost", method, lease_seconds=60)
+            info = await hv.describe_vm("lost")
+            assert info.quiesce_token is None and hv.list_quiesces("lost") == []
+            assert info.disks[0].active_path == str(disk)
+            overlays = VmPaths.for_vm(workdir / "state", "lost").overlays
+            assert not overlays.exists() or list(overlays.iterdir()) == []
+    res = await hv.quiesce("lost", QuiesceMethod.GUEST, lease_seconds=60)
+    assert res.consistency in (Consistency.FILESYSTEM, Consistency.APPLICATION)
+    await hv.unquiesce(res.token)
+    await hv.stop_vm("lost", force=True)

@@ -40,6 +40,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -506,7 +507,9 @@ class QemuHypervisor:
             if existing is not None:
                 if operation_id and existing.operation_id == operation_id:
                     if native_snapshot is not None:
-                        return await self._take_at_freeze(existing, *native_snapshot)
+                        adopted: list[NativeSnapshot] = []
+                        await self._adopter(vm_id, *native_snapshot, adopted)(existing)
+                        return await self._end_at_freeze(existing, adopted)
                     return existing.result()
                 raise VmBusy(f"{vm_id} is already quiesced ({existing.token})")
             token = f"q-{uuid.uuid4().hex}"
@@ -526,9 +529,19 @@ class QemuHypervisor:
             # A guest+cut quiesce with the native snapshot asked for is removed once
             # the cut is adopted: its end is saved only if it is kept (_take_at_freeze).
             one_call = native_snapshot is not None and method is QuiesceMethod.GUEST_CUT
+            taken: list[NativeSnapshot] = []
             try:
                 record = await q.quiesce(
-                    ctx, token, method, lease_seconds, operation_id, cut=cut, save_end=not one_call
+                    ctx,
+                    token,
+                    method,
+                    lease_seconds,
+                    operation_id,
+                    cut=cut,
+                    save_end=not one_call,
+                    at_cut=self._adopter(vm_id, *native_snapshot, taken)
+                    if native_snapshot is not None
+                    else None,
                 )
             except BaseException:
                 # The undo may have left something (a guest that would not thaw):
@@ -538,38 +551,53 @@ class QemuHypervisor:
                     self._watch(leftover)
                 raise
             if native_snapshot is not None:
-                return await self._take_at_freeze(record, *native_snapshot)
+                return await self._end_at_freeze(record, taken)
             self._watch(record)
             _log_event("quiesced", record)
             return record.result()
 
-    async def _take_at_freeze(
-        self, record: QuiesceRecord, snapshot_id: str, disks: list[str] | None
-    ) -> QuiesceResult:
+    def _adopter(
+        self, vm_id: str, snapshot_id: str, disks: list[str] | None, into: list[NativeSnapshot]
+    ) -> Callable[[QuiesceRecord], Awaitable[None]]:
         """The quiesce's cut adopted as the disk-only native snapshot asked for with
-        it (what take_native_snapshot would do next, one round trip less), under the
-        VM's lock. A guest+cut quiesce then holds nothing more (the guest thawed at
-        the cut, no overlay): it is undone here and answered released, one more
-        round trip less. When the cut cannot be adopted (no cut, other disks, the id
-        in use) the quiesce is answered as usual, without a snapshot: the caller's
+        it (what take_native_snapshot would do next, one round trip less), added to
+        ``into``; run by the quiesce beside the guest's thaw, under the VM's lock.
+        When the cut cannot be adopted (no cut, other disks, the id in use) nothing
+        is added: the quiesce is answered without a snapshot, and the caller's
         take_native_snapshot then meets the error and reports it."""
-        vm_id = record.vm_id
-        taken: NativeSnapshot | None = None
-        try:
-            if record.cut_tag and snapshot_id not in self._memory_index(vm_id):
-                chosen = native.select_disks(self._spec(vm_id).disks, disks)
-                taken = await self._adopt_cut(
-                    vm_id, snapshot_id, [d.name for d in chosen], False, record
+
+        async def adopt(record: QuiesceRecord) -> None:
+            try:
+                if record.cut_tag and snapshot_id not in self._memory_index(vm_id):
+                    chosen = native.select_disks(self._spec(vm_id).disks, disks)
+                    into.append(
+                        await self._adopt_cut(
+                            vm_id, snapshot_id, [d.name for d in chosen], False, record
+                        )
+                    )
+            except QemuAgentError as exc:
+                log.info(
+                    "native snapshot not taken at the freeze",
+                    extra={
+                        "fields": {"vm_id": vm_id, "snapshot_id": snapshot_id, "error": str(exc)}
+                    },
                 )
-        except QemuAgentError as exc:
-            log.info(
-                "native snapshot not taken at the freeze",
-                extra={"fields": {"vm_id": vm_id, "snapshot_id": snapshot_id, "error": str(exc)}},
-            )
+
+        return adopt
+
+    async def _end_at_freeze(
+        self, record: QuiesceRecord, adopted: list[NativeSnapshot]
+    ) -> QuiesceResult:
+        """The answer of a quiesce that was asked for a native snapshot. A guest+cut
+        quiesce whose cut was adopted holds nothing more (the guest thawed at the
+        cut, no overlay): it is undone here and answered released, one more round
+        trip less."""
+        vm_id = record.vm_id
+        taken = adopted[0] if adopted else None
         if taken is None or record.method is not QuiesceMethod.GUEST_CUT or record.guest_frozen:
+            self._watch(record)  # first: its lease ends it even if the save below fails
             if record.method is QuiesceMethod.GUEST_CUT:
                 await self._context(vm_id).save(record)  # kept: its end saved after all
-            self._watch(record)
             _log_event("quiesced", record)
             return dataclasses.replace(record.result(), native=taken)
         # The aliases file names the cut (the adoption's commit point): the undo

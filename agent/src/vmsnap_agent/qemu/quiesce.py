@@ -43,7 +43,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,13 +279,18 @@ async def quiesce(
     *,
     cut: bool = True,
     save_end: bool = True,
+    at_cut: Callable[[QuiesceRecord], Awaitable[None]] | None = None,
 ) -> QuiesceRecord:
     """Quiesce a running VM; on failure everything done so far is undone before raising.
     ``cut``: False when no native snapshot will be taken under it (no cut to make).
     ``save_end``: False leaves the end of a guest freeze (its consistency, the
     thaw) in the returned record alone, when the caller saves it or removes the
     record next: the saved one still says the guest may be frozen (an undo thaws
-    again, which is harmless) and CRASH consistency (never more than was reached)."""
+    again, which is harmless) and CRASH consistency (never more than was reached).
+    ``at_cut``: run once the cut is made (a native snapshot adopting it), beside
+    the thaw when the guest thaws here (its work then hides behind the guest's,
+    the guest's frozen window unchanged), else after the transaction. It keeps
+    its own failures (it must not raise for them)."""
     assert ctx.qmp is not None
     if method is QuiesceMethod.PAUSE_MEMORY:
         now = time.time()
@@ -333,6 +338,8 @@ async def quiesce(
         except BaseException:
             await unquiesce(ctx, record)
             raise
+        if at_cut is not None and record.cut_tag:
+            await at_cut(record)
         return record
 
     error: BaseException | None = None
@@ -340,18 +347,25 @@ async def quiesce(
     # Connect (and sync) before anything is recorded: an absent agent costs nothing.
     # The connection stays open after the quiesce: the thaw needs no new one.
     async with ctx.guest_agent() as ga:
-        # The hook log is looked for once, before the freeze (never while frozen, nor
-        # after the thaw; opened and closed, its content unread). Its presence says the
-        # guest runs the hook; qemu-ga runs a configured hook inside guest-fsfreeze-freeze and
-        # fails the freeze when the hook fails, so a freeze that succeeded ran it.
-        hook_installed = await ga.file_exists(HOOK_LOG)
-        record.guest_frozen = True
-        existing = await ctx.save(record, _claim_spares(ctx, record))
+        record.guest_frozen = True  # saved so before the freeze is sent
+        saving = asyncio.ensure_future(ctx.save(record, _claim_spares(ctx, record)))
+        freeze_sent = False
         try:
+            # The hook log is looked for once, before the freeze (never while frozen, nor
+            # after the thaw; opened and closed, its content unread), while the record
+            # is saved (a qemu-ga round trip and an fsync side by side). Its presence says
+            # the guest runs the hook; qemu-ga runs a configured hook inside
+            # guest-fsfreeze-freeze and fails the freeze when the hook fails, so a freeze
+            # that succeeded ran it.
+            try:
+                hook_installed = await ga.file_exists(HOOK_LOG)
+            finally:
+                existing = await saving  # landed (or failed) before anything else
             # On failure or timeout (some file systems may be frozen, or the freeze
             # may still complete in the guest) the undo below thaws, through a
             # resynchronised connection when this one broke.
             record.frozen_at = time.time()
+            freeze_sent = True
             ctx.hold_guest_agent(True)
             await ga.execute("guest-fsfreeze-freeze", timeout=ctx.freeze_timeout)
             record.freeze_answered_at = time.time()
@@ -361,12 +375,26 @@ async def quiesce(
                         ctx.qmp, record.overlays, record.cut_tag, record.cut_disks, existing
                     )
                 record.thaw_sent_at = time.time()
-                await ga.execute("guest-fsfreeze-thaw", timeout=ctx.freeze_timeout)
-                record.thawed_at = time.time()
-                record.guest_frozen = False
-                ctx.hold_guest_agent(False)
+
+                async def thaw() -> None:
+                    await ga.execute("guest-fsfreeze-thaw", timeout=ctx.freeze_timeout)
+                    record.thawed_at = time.time()
+                    record.guest_frozen = False
+                    ctx.hold_guest_agent(False)
+
+                if at_cut is not None and record.cut_tag:
+                    # The thaw is sent first; both are awaited whatever happens to
+                    # either (an undo never runs beside a late adoption).
+                    done = await asyncio.gather(thaw(), at_cut(record), return_exceptions=True)
+                    for outcome in done:
+                        if isinstance(outcome, BaseException):
+                            raise outcome
+                else:
+                    await thaw()
         except BaseException as exc:  # noqa: BLE001 - undone below, then re-raised
             error = exc
+            if not freeze_sent:
+                record.guest_frozen = False  # nothing to thaw: the undo needs no qemu-ga
     if error is not None:
         # Outside the session: the undo's thaw takes the (single-client) channel.
         await unquiesce(ctx, record)
