@@ -295,6 +295,11 @@ def test_a_native_snapshot_has_the_id_the_vm_and_exactly_the_disks() -> None:
     for disks in (("vdc",), ("vdc", "vdd", "vde"), ("vdc", "vdc", "vdd"), ()):
         error = violation(lambda d=disks: c.check_native(A, SID, ["vdc", "vdd"], native(disks=d)))
         assert error.rule == c.NATIVE_COVERS_DISKS
+    error = violation(
+        lambda: c.check_native(A, SID, ["vdc", "vdd"], native(), include_memory=True)
+    )
+    assert error.rule == c.NATIVE_MEMORY_AS_ASKED
+    assert c.check_native(A, SID, ["vdc", "vdd"], native(), include_memory=False) is not None
     error = violation(lambda: c.check_native(A, SID, ["vdc"], native(disks=("v" * 10**6,))))
     assert error.rule == c.NATIVE_SIZE_LIMITS and len(error.message) <= limits.MAX_MESSAGE
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,9 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.host.e2e import Cluster, cluster, eventually
+from tests.host.e2e import CONFIG, Cluster, cluster, eventually
 from vmsnap_sdk._errors import from_rpc_error
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
+from vmsnap_sdk._proto.host.v1 import host_pb2_grpc
 
 
 @pytest.fixture
@@ -187,6 +189,43 @@ def test_host_killed_mid_take_agent_thaws_and_restart_resolves(hanging_a: Cluste
     assert c.agent_state()["snapshots"].get("vm1", {}) == {}
     running = c.host.ListOperations(pb.ListOperationsRequest(only_running=True), timeout=5)
     assert list(running.operations) == []
+
+
+@pytest.fixture
+def slow_a(sockdir: Path, tmp_path: Path) -> Iterator[Cluster]:
+    """Driver a hangs, and the take may last 30 s: an operation that stays running."""
+    config = CONFIG.replace("quiesce_lease_seconds = 2", "quiesce_lease_seconds = 60").replace(
+        "take_timeout_seconds = 5", "take_timeout_seconds = 30"
+    )
+    yield from cluster(sockdir, tmp_path, {"a": ["--behaviour", "hang"]}, config=config)
+
+
+def test_the_host_serves_hundreds_of_waiting_calls_at_once(slow_a: Cluster) -> None:
+    """A control plane keeps hundreds of calls waiting (a Create with wait, a
+    WaitOperation, a watch): 300 waits on a take in flight are each answered with
+    the operation as it stands, none RESOURCE_EXHAUSTED (a server of 256 calls at
+    once refused the bench's 256 creates with wait)."""
+    c = slow_a
+    c.define_vm("vm1")
+    op = c.create("vm1", "s1")
+
+    async def waits() -> list[grpc.StatusCode | bool]:
+        async with grpc.aio.insecure_channel(f"unix://{c.sock}/host.sock") as channel:
+            stub = host_pb2_grpc.VMSnapshotServiceStub(channel)
+
+            async def one() -> grpc.StatusCode | bool:
+                request = pb.WaitOperationRequest(id=op.id)
+                request.timeout.FromSeconds(2)
+                try:
+                    reply = await stub.WaitOperation(request, timeout=20)
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code()
+                return reply.operation.done
+
+            return list(await asyncio.gather(*(one() for _ in range(300))))
+
+    answers = asyncio.run(waits())
+    assert answers == [False] * 300, {str(a) for a in answers}
 
 
 def test_registration_and_vm_passthrough(plain: Cluster) -> None:

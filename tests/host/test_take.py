@@ -15,7 +15,15 @@ from tests.fakes.driver import Options
 from tests.host.conftest import THREE_DISKS, Rig, make_rig
 from vmsnap_host.executor.freeze import choose_method
 from vmsnap_host.model import GroupKind, QuiescePolicy, SnapshotState
-from vmsnap_sdk import Consistency, QuiesceMethod, SnapshotResult, TakeRequest, VMState, Volume
+from vmsnap_sdk import (
+    Consistency,
+    NativeSnapshot,
+    QuiesceMethod,
+    SnapshotResult,
+    TakeRequest,
+    VMState,
+    Volume,
+)
 from vmsnap_sdk.errors import (
     Aborted,
     AlreadyExists,
@@ -402,6 +410,43 @@ async def test_an_agent_that_takes_nothing_in_the_quiesce_gets_the_calls_as_befo
     assert not rig.frozen("vm4")
 
 
+async def test_a_snapshot_or_release_the_host_did_not_ask_for_is_not_believed(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A misbehaving agent answers a disk-only snapshot and `released` to a memory
+    take's freeze (nothing was asked for), then a snapshot of another id to a
+    native-only take: the host believes neither. The memory snapshot is taken and
+    the VM resumed by the calls as before; the wrong answer fails its take with the
+    broken rule, the freeze is thawed by an Unquiesce all the same, and the
+    snapshot the agent did take is deleted (nothing left behind)."""
+    quiesce = rig.agent.quiesce
+    bogus = NativeSnapshot(snapshot_id="not-asked", vm_id="vm4", disks=("vda",))
+
+    async def lying(*args: Any, **kwargs: Any) -> Any:
+        return replace(await quiesce(*args, **kwargs), native_snapshot=bogus, released=True)
+
+    monkeypatch.setattr(rig.agent, "quiesce", lying)
+    calls = _count_agent_calls(rig, monkeypatch)
+    await rig.define()  # arrays beside the local disk: the memory is saved at a pause
+    op = await rig.wait(await rig.create("m", memory=True))
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.READY, op.error
+    assert snap.include_memory
+    assert calls == ["take_native_snapshot", "unquiesce"]
+    assert not rig.frozen()
+
+    calls.clear()
+    await rig.define("vm4", volumes=(Volume("vda", "file:///x.img"),))
+    op = await rig.wait(await rig.create("g", "vm4", quiesce=QuiescePolicy.REQUIRED))
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.ERROR
+    assert op.error is not None and "native.echoes_id" in op.error.message, op.error
+    assert calls == ["unquiesce"]
+    assert not rig.frozen("vm4")
+    assert snap.id not in [n.snapshot_id for n in await rig.agent.list_native_snapshots("vm4")]
+    assert rig.store.get_cleanup(snap.id) == []
+
+
 async def test_a_native_snapshot_taken_in_the_quiesce_is_deleted_when_the_take_fails(
     tmp_path: Path, db_url: str
 ) -> None:
@@ -414,8 +459,11 @@ async def test_a_native_snapshot_taken_in_the_quiesce_is_deleted_when_the_take_f
         db=db_url,
     )
     try:
-        await rig.define()
-        op = await rig.wait(await rig.create("q", quiesce=QuiescePolicy.REQUIRED))
+        with pytest.MonkeyPatch.context() as patch:
+            calls = _count_agent_calls(rig, patch)
+            await rig.define()
+            op = await rig.wait(await rig.create("q", quiesce=QuiescePolicy.REQUIRED))
+        assert "take_native_snapshot" not in calls  # it came with the Quiesce
         snap = rig.store.get_snapshot(op.vm_snapshot_id)
         assert snap is not None and snap.state is SnapshotState.ERROR
         assert GroupKind.HYPERVISOR in [g.kind for g in snap.groups]

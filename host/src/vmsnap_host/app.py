@@ -73,6 +73,7 @@ class HostApp:
             listen,
             tls=tls,
             grace_seconds=grace_seconds,
+            max_concurrent_rpcs=config.settings.max_concurrent_rpcs,
             interceptors=[AuthInterceptor(self.gate)],
         )
         self.server.add_service(

@@ -30,6 +30,7 @@ revert.undo_covers_volumes         the undo has the undo id and covers exactly t
                                    reverted volumes (its result passes the take rules)
 native.echoes_id                   the native snapshot has the requested id and VM
 native.covers_requested_disks      exactly the requested disks, each once
+native.memory_as_asked             memory included exactly when it was asked for
 native.size_limits                 ids and disk names within the limits
 info.size_limits                   GetDriverInfo's name, versions, labels within limits
 =================================  =====================================================
@@ -84,6 +85,7 @@ REVERT_UNDO_IFF_ASKED = "revert.undo_iff_asked"
 REVERT_UNDO_COVERS = "revert.undo_covers_volumes"
 NATIVE_ECHOES_ID = "native.echoes_id"
 NATIVE_COVERS_DISKS = "native.covers_requested_disks"
+NATIVE_MEMORY_AS_ASKED = "native.memory_as_asked"
 NATIVE_SIZE_LIMITS = "native.size_limits"
 INFO_SIZE_LIMITS = "info.size_limits"
 CLONE_COVERS_TARGETS = "clone.one_volume_per_target"
@@ -344,11 +346,14 @@ def check_native(
     native: NativeSnapshot,
     *,
     vm_id: str = "",
+    include_memory: bool | None = None,
 ) -> NativeSnapshot:
-    """Check a hypervisor agent's native snapshot (TakeNativeSnapshot's answer).
+    """Check a hypervisor agent's native snapshot (TakeNativeSnapshot's answer, or
+    the one a Quiesce answered).
 
     ``disks`` are the disks the host asked for; when it asked for all of them
-    (an empty list on the wire), pass the VM's disks.
+    (an empty list on the wire), pass the VM's disks. ``include_memory``: what
+    was asked (None: not checked).
     """
     problem = native_problem(native)
     if problem:
@@ -370,6 +375,14 @@ def check_native(
             "agent",
         )
     _check_disk_set(agent, disks, native.disks, NATIVE_COVERS_DISKS, "the native snapshot", "agent")
+    if include_memory is not None and native.include_memory != include_memory:
+        raise _violation(
+            agent,
+            NATIVE_MEMORY_AS_ASKED,
+            f"the native snapshot {'includes' if native.include_memory else 'lacks'} the "
+            f"memory; the host asked for {'it' if include_memory else 'the disks alone'}",
+            "agent",
+        )
     return native
 
 
@@ -393,6 +406,7 @@ __all__ = [
     "INFO_SIZE_LIMITS",
     "NATIVE_COVERS_DISKS",
     "NATIVE_ECHOES_ID",
+    "NATIVE_MEMORY_AS_ASKED",
     "NATIVE_SIZE_LIMITS",
     "REVERT_UNDO_COVERS",
     "REVERT_UNDO_IFF_ASKED",

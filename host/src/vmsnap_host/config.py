@@ -83,6 +83,11 @@ class Settings:
     #: (:mod:`vmsnap_host.reconcile`). Its create time when the peer reports one,
     #: else how long passes have seen it orphaned. 0 deletes at the first pass.
     orphan_grace_seconds: float = 300.0
+    #: Calls the host's gRPC server runs at once; past it a call is answered
+    #: RESOURCE_EXHAUSTED. A Create that waits for its result, a WaitOperation and
+    #: a WatchOperations stream each hold one while they wait: a control plane
+    #: with hundreds of takes in flight needs more than a driver's 256.
+    max_concurrent_rpcs: int = 1024
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "post_processing_timeout_seconds": (0, 86_400),
     "reconcile_interval_seconds": (0.05, 3600),
     "orphan_grace_seconds": (0, 7 * 86_400),
+    "max_concurrent_rpcs": (16, 100_000),
 }
 
 
@@ -233,7 +239,8 @@ def parse(data: dict[str, Any]) -> Config:
             or not low <= value <= high
         ):
             raise ConfigError(f"host.{key}: must be a number in {low:g}..{high:g}")
-        values[key] = int(value) if key in ("max_snapshots_per_vm", "queue_bound") else float(value)
+        integral = ("max_snapshots_per_vm", "queue_bound", "max_concurrent_rpcs")
+        values[key] = int(value) if key in integral else float(value)
     policy = _peers(data.get("peers"))
     try:
         auth = parse_auth(data.get("auth"))

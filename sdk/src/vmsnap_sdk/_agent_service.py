@@ -188,8 +188,12 @@ class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
                 consistency=common_pb2.Consistency.ValueType(result.consistency.value),
                 method=pb.QuiesceMethod.ValueType(result.method.value),
                 warning=result.warning,
-                # Released only with the snapshot that let it end (the contract).
-                released=result.released and result.native_snapshot is not None,
+                # Released only with the snapshot asked for that let it end, at
+                # the cut (the contract).
+                released=result.released
+                and native is not None
+                and result.native_snapshot is not None
+                and result.method is QuiesceMethod.GUEST_FREEZE_AND_CUT,
             )
             if result.memory_state is not None:
                 response.memory_state.CopyFrom(cv.memory_state_to_pb(result.memory_state))

@@ -79,7 +79,7 @@ from .model import (
 from .process import VmPaths
 from .qmp import QmpSession
 from .spares import SpareOverlays
-from .statefile import read_json, write_json_atomic
+from .statefile import read_json, to_the_end, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -491,7 +491,7 @@ class QemuHypervisor:
 
         ``native_snapshot``: (snapshot id, disks or None for all), the disk-only
         native snapshot the caller would take under this freeze: the cut is
-        adopted as it in this call (:meth:`_take_at_freeze`).
+        adopted as it in this call (:meth:`_adopter`, :meth:`_end_at_freeze`).
 
         A retry with the same non-empty ``operation_id`` returns the quiesce it
         already holds; any other second quiesce is :class:`VmBusy`. A stopped VM
@@ -527,7 +527,7 @@ class QemuHypervisor:
                 self._watch(record)
                 return record.result()
             # A guest+cut quiesce with the native snapshot asked for is removed once
-            # the cut is adopted: its end is saved only if it is kept (_take_at_freeze).
+            # the cut is adopted: its end is saved only if it is kept (_end_at_freeze).
             one_call = native_snapshot is not None and method is QuiesceMethod.GUEST_CUT
             taken: list[NativeSnapshot] = []
             try:
@@ -602,7 +602,9 @@ class QemuHypervisor:
             return dataclasses.replace(record.result(), native=taken)
         # The aliases file names the cut (the adoption's commit point): the undo
         # keeps it, and removes the record; a retry finds the snapshot by its alias.
+        # Watched first: should the undo fail, the lease ends what is left.
         _log_event("quiesced", record)
+        self._watch(record)
         await q.unquiesce(self._context(vm_id), record)
         self._unwatch(record.token)
         _log_event("unquiesced", record)  # released: the same lines as with an Unquiesce
@@ -852,7 +854,7 @@ class QemuHypervisor:
         if cut is None:
             raise QmpCommandError(f"cut {record.cut_tag} of {vm_id} not found")
         aliases[snapshot_id] = record.cut_tag
-        await asyncio.to_thread(write_json_atomic, self._aliases_path(vm_id), aliases)
+        await to_the_end(write_json_atomic, self._aliases_path(vm_id), aliases)
         return dataclasses.replace(cut, snapshot_id=snapshot_id)
 
     async def _find_native(self, vm_id: str, snapshot_id: str) -> NativeSnapshot | None:

@@ -65,7 +65,7 @@ from .model import (
 from .native import holds_bytes
 from .process import VmPaths, format_node, node_key, overlay_node
 from .qmp import JOB_RECHECK_INTERVAL, QmpSession, error_class
-from .statefile import write_json_atomic
+from .statefile import to_the_end, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class QuiesceContext:
         ``place``: spare overlays moved to their recorded paths once the record is
         durable (a crash in between leaves a recorded path with no file, which the
         undo skips). Returns the paths placed."""
-        return await asyncio.to_thread(_save_and_place, self.paths, record.to_json(), place)
+        return await to_the_end(_save_and_place, self.paths, record.to_json(), place)
 
 
 def _claim_spares(ctx: QuiesceContext, record: QuiesceRecord) -> list[tuple[Path, Path]]:
@@ -335,11 +335,11 @@ async def quiesce(
             await _overlay_transaction(
                 ctx.qmp, record.overlays, record.cut_tag, record.cut_disks, existing
             )
+            if at_cut is not None and record.cut_tag:
+                await at_cut(record)
         except BaseException:
             await unquiesce(ctx, record)
             raise
-        if at_cut is not None and record.cut_tag:
-            await at_cut(record)
         return record
 
     error: BaseException | None = None

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -33,3 +37,15 @@ def read_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a JSON object")
     return data
+
+
+async def to_the_end(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` in a thread. A caller cancelled meanwhile still waits for it to
+    end before the cancellation goes on: a durable write then has landed (or
+    failed) before the caller's undo reads or removes what it wrote, never after."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise

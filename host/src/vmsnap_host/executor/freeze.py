@@ -16,10 +16,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from vmsnap_host import checks
 from vmsnap_host.config import Settings
 from vmsnap_host.model import QuiescePolicy
 from vmsnap_sdk import HypervisorAgent, NativeSnapshotAtFreeze, QuiesceMethod, QuiesceResult
@@ -58,16 +59,49 @@ class Freeze:
     #: What really ended the freeze, in words (for the record).
     ended: str = ""
     frozen_seconds: float = 0.0
+    #: Why the native snapshot the Quiesce answered is not believed (it fails the
+    #: checks of a TakeNativeSnapshot answer): the take fails with it.
+    problem: VMSnapError | None = None
 
     def seconds_left(self) -> float:
         return self.ends_by - _LEASE_MARGIN - time.monotonic()
 
     @property
     def released(self) -> bool:
-        """The agent ended the freeze in the Quiesce (QuiesceResponse.released); only
-        with the native snapshot that let it end (else an Unquiesce still follows:
-        an agent's ``released`` alone ends no freeze)."""
+        """The agent ended the freeze in the Quiesce (QuiesceResponse.released), as
+        believed (:func:`_believed`): no renewal, no Unquiesce."""
         return self.result.released and self.result.native_snapshot is not None
+
+
+def _believed(
+    result: QuiesceResult, at_freeze: NativeSnapshotAtFreeze | None, agent: str, vm_id: str
+) -> tuple[QuiesceResult, VMSnapError | None]:
+    """What of a Quiesce's answer the host believes. A native snapshot only when one
+    was asked for and it passes the checks of a TakeNativeSnapshot answer (the id,
+    the VM, exactly the disks, no memory); ``released`` only with it, and only for
+    GUEST_FREEZE_AND_CUT (the one method that holds nothing after its cut): else an
+    Unquiesce follows as always. A snapshot that fails the checks is returned as the
+    problem: the take fails with it, and the freeze is thawed all the same."""
+    native = result.native_snapshot if at_freeze is not None else None
+    problem: VMSnapError | None = None
+    if native is not None and at_freeze is not None:
+        try:
+            checks.check_native(
+                agent,
+                at_freeze.snapshot_id,
+                at_freeze.disks,
+                native,
+                vm_id=vm_id,
+                include_memory=False,
+            )
+        except VMSnapError as exc:
+            problem, native = exc, None
+    released = (
+        result.released
+        and native is not None
+        and result.method is QuiesceMethod.GUEST_FREEZE_AND_CUT
+    )
+    return replace(result, native_snapshot=native, released=released), problem
 
 
 def choose_method(
@@ -165,6 +199,7 @@ class FreezeKeeper:
             raise
         if saves_memory:
             sent = time.monotonic()  # the agent's lease began when the VM paused
+        result, problem = _believed(result, at_freeze, agent_name, vm_id)
         freeze = Freeze(
             agent=agent,
             agent_name=agent_name,
@@ -174,6 +209,7 @@ class FreezeKeeper:
             started=started,
             started_mono=sent,
             ends_by=sent + lease + _LEASE_MARGIN,
+            problem=problem,
         )
         if freeze.released:
             # Over already, by the agent's word with the snapshot that ended it.

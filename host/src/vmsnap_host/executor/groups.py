@@ -85,7 +85,14 @@ class GroupCalls:
                     deadline,
                     f"native snapshot on agent {group.owner}",
                 )
-            checks.check_native(group.owner, snapshot_id, group.disks, native, vm_id=vm.id)
+            checks.check_native(
+                group.owner,
+                snapshot_id,
+                group.disks,
+                native,
+                vm_id=vm.id,
+                include_memory=include_memory,
+            )
             level = Consistency.APPLICATION if include_memory else consistency
             return native_result(snapshot_id, native, vm, level)
         driver = self.registry.driver(group.owner)

@@ -225,6 +225,8 @@ class Take:
                         f"quiesce: {freeze.result.warning} "
                         f"(achieved {freeze.result.consistency.name})"
                     )
+                if freeze.problem is not None:
+                    raise freeze.problem  # thawed below; its snapshot is owed a delete
             deadline = self.freezes.take_deadline(freeze)
             consistency = freeze.result.consistency if freeze else Consistency.CRASH
             # The token is journaled beside the takes rather than before them: the
