@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,6 @@ from vmsnap_agent.qemu import (
     QuiesceMethod,
     VmBusy,
 )
-from vmsnap_agent.qemu.process import VmPaths
 from vmsnap_agent.qemu.quiesce import HOOK_LOG
 
 from .guestlib import (
@@ -152,37 +152,46 @@ async def test_absent_guest_agent_is_reported(hv: QemuHypervisor, workdir: Path)
     await hv.unquiesce(res.token)
 
 
-async def test_a_guest_agent_lost_while_the_record_is_saved_leaves_nothing(
+async def test_the_hook_log_is_asked_with_the_freeze_and_closed_after_the_thaw(
     hv: QemuHypervisor, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The hook-log check runs beside the record's save: when qemu-ga goes away
-    there (connected, then no answer), the saved record and the spare overlays it
-    placed are undone without a thaw (nothing was frozen), so the next quiesce is
-    not refused as busy and the disks are their bases."""
+    """The hook log's presence is asked in the freeze's own write (one qemu-ga round
+    trip for both), and its handle is closed once the guest is thawed (qemu-ga
+    refuses a close while frozen), off the caller's path: every handle opened is
+    closed, each after a thaw, and the consistency says the hook ran."""
     from vmsnap_agent.qemu.guest_agent import GuestAgentClient
 
-    disk = make_ext4(workdir / "lost.img")
-    await hv.define_vm("lost", 256, [DiskSpec("a", str(disk))])
-    await hv.start_vm("lost")
-    await hv.wait_guest_agent("lost")
+    disk = make_ext4(workdir / "hooked.img")
+    await hv.define_vm("hooked", 256, [DiskSpec("a", str(disk))])
+    await hv.start_vm("hooked")
+    await hv.wait_guest_agent("hooked")
+    sent: list[tuple[str, object]] = []
+    opened: list[int] = []
+    each = GuestAgentClient.execute_each
 
-    async def gone(self: GuestAgentClient, *args: object, **kwargs: object) -> object:
-        raise GuestAgentUnavailable("qemu-ga stopped answering")
+    async def spying(
+        self: GuestAgentClient, commands: Any, timeout: float = 30.0
+    ) -> list[object]:
+        outcomes = await each(self, commands, timeout)
+        for (command, arguments), outcome in zip(commands, outcomes, strict=True):
+            sent.append((command, (arguments or {}).get("handle")))
+            if command == "guest-file-open" and isinstance(outcome, int):
+                opened.append(outcome)
+        return outcomes
 
-    with monkeypatch.context() as patch:
-        # Every command, the check's and any thaw's: an undo that tried to thaw
-        # would fail and keep the record.
-        patch.setattr(GuestAgentClient, "execute", gone)
-        for method in (QuiesceMethod.GUEST, QuiesceMethod.OVERLAY_GUEST):
-            await asyncio.sleep(0.5)  # the spare overlays are made
-            with pytest.raises(GuestAgentUnavailable):
-                await hv.quiesce("lost", method, lease_seconds=60)
-            info = await hv.describe_vm("lost")
-            assert info.quiesce_token is None and hv.list_quiesces("lost") == []
-            assert info.disks[0].active_path == str(disk)
-            overlays = VmPaths.for_vm(workdir / "state", "lost").overlays
-            assert not overlays.exists() or list(overlays.iterdir()) == []
-    res = await hv.quiesce("lost", QuiesceMethod.GUEST, lease_seconds=60)
-    assert res.consistency in (Consistency.FILESYSTEM, Consistency.APPLICATION)
-    await hv.unquiesce(res.token)
-    await hv.stop_vm("lost", force=True)
+    monkeypatch.setattr(GuestAgentClient, "execute_each", spying)
+    for method in (QuiesceMethod.GUEST, QuiesceMethod.OVERLAY_GUEST, QuiesceMethod.GUEST):
+        res = await hv.quiesce("hooked", method, lease_seconds=60)
+        assert res.consistency is Consistency.APPLICATION
+        await hv.unquiesce(res.token)
+    async def all_closed() -> bool:
+        return {h for c, h in sent if c == "guest-file-close"} >= set(opened)
+
+    await wait_until(all_closed, timeout=10)
+    assert len(opened) == 3
+    for handle in opened:
+        closed_at = sent.index(("guest-file-close", handle))
+        assert ("guest-fsfreeze-thaw", None) in sent[:closed_at]  # closed once thawed
+        frozen_at = max(i for i, (c, _) in enumerate(sent[:closed_at]) if c.startswith("guest-fs"))
+        assert sent[frozen_at][0] == "guest-fsfreeze-thaw"
+    await hv.stop_vm("hooked", force=True)

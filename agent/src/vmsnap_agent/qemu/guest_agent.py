@@ -33,7 +33,7 @@ import base64
 import contextlib
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -129,36 +129,57 @@ class GuestAgentClient:
         timeout: float = DEFAULT_COMMAND_TIMEOUT,
     ) -> Any:
         """Run one command; raise GuestAgentError on an error reply."""
+        (outcome,) = await self.execute_each([(command, arguments)], timeout)
+        if isinstance(outcome, GuestAgentError):
+            raise outcome
+        return outcome
+
+    async def execute_each(
+        self,
+        commands: Sequence[tuple[str, dict[str, Any] | None]],
+        timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    ) -> list[Any]:
+        """Send the commands in one write and read their replies in order: one round
+        trip for all (qemu-ga runs them one after another, each to its end). Each
+        outcome is the command's return, or its :class:`GuestAgentError` (an error
+        reply); :class:`GuestAgentUnavailable` is raised for the lot."""
         if self._reader is None:
             raise GuestAgentUnavailable("not connected")
-        msg: dict[str, Any] = {"execute": command}
-        if arguments:
-            msg["arguments"] = arguments
-        self._send(msg)
+        for command, arguments in commands:
+            msg: dict[str, Any] = {"execute": command}
+            if arguments:
+                msg["arguments"] = arguments
+            self._send(msg)
         self.in_flight = True
+        names = ", ".join(c for c, _ in commands)
+        lines: list[bytes] = []
         try:
             async with asyncio.timeout(timeout):
                 assert self._writer is not None
                 await self._writer.drain()
-                while True:
+                while len(lines) < len(commands):
                     line = (await self._reader.readline()).lstrip(b"\xff")
                     if not line:
-                        raise GuestAgentUnavailable(f"guest agent closed the channel on {command}")
+                        raise GuestAgentUnavailable(f"guest agent closed the channel on {names}")
                     if line.strip():
-                        break
+                        lines.append(line)
             self.in_flight = False
         except (TimeoutError, OSError) as exc:
             # A late reply would be read as the answer to the next command: this
             # connection is unusable now; a new one resyncs.
             await self.close()
-            raise GuestAgentUnavailable(
-                f"guest agent: no reply to {command} in {timeout}s"
-            ) from exc
-        reply = json.loads(line)
-        if "error" in reply:
-            err = reply["error"]
-            raise GuestAgentError(f"{command}: {err.get('class')}: {err.get('desc')}")
-        return reply.get("return")
+            raise GuestAgentUnavailable(f"guest agent: no reply to {names} in {timeout}s") from exc
+        outcomes: list[Any] = []
+        for (command, _), line in zip(commands, lines, strict=True):
+            reply = json.loads(line)
+            if "error" in reply:
+                err = reply["error"]
+                outcomes.append(
+                    GuestAgentError(f"{command}: {err.get('class')}: {err.get('desc')}")
+                )
+            else:
+                outcomes.append(reply.get("return"))
+        return outcomes
 
     async def file_exists(self, path: str) -> bool:
         """Whether the guest can open this file for reading (two round trips: open, close)."""
@@ -229,6 +250,9 @@ class SharedGuestAgent:
         self._held = False
         self._idle: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[None] | None = None
+        #: File handles to close once the guest is thawed (:meth:`defer_close`).
+        self._deferred: list[int] = []
+        self._closing_handles: asyncio.Task[None] | None = None
         #: Connections made so far (a test proves a thaw makes none).
         self.connects = 0
 
@@ -238,6 +262,27 @@ class SharedGuestAgent:
         self._held = held
         if not held:
             self._arm()
+            if self._deferred and (self._closing_handles is None or self._closing_handles.done()):
+                self._closing_handles = asyncio.ensure_future(self._close_deferred())
+
+    def defer_close(self, handle: int) -> None:
+        """A guest file handle to close once the guest is thawed (qemu-ga refuses a
+        close while frozen), in the background: off every caller's path."""
+        self._deferred.append(handle)
+
+    async def _close_deferred(self) -> None:
+        async with self._lock:
+            if self._held or not self._deferred:
+                return  # frozen again meanwhile: the next thaw closes them
+            handles, self._deferred = self._deferred, []
+            try:
+                async with self._session(None) as client:
+                    for handle in handles:
+                        with contextlib.suppress(GuestAgentError):  # already closed
+                            await client.execute("guest-file-close", {"handle": handle})
+            except GuestAgentUnavailable:
+                pass  # qemu-ga went away: its handles went with it
+        self._arm()
 
     def _arm(self) -> None:
         if self._idle is not None:
@@ -298,5 +343,9 @@ class SharedGuestAgent:
 
     async def close(self) -> None:
         """Close the connection (the VM stopped, or the agent closes)."""
+        if self._closing_handles is not None and not self._closing_handles.done():
+            self._closing_handles.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._closing_handles
         async with self._lock:
             await self._drop()

@@ -257,6 +257,7 @@ class QemuHypervisor:
             qmp=self._session(vm_id) if pid is not None else None,
             guest_agent=self._shared_ga(vm_id).session,
             hold_guest_agent=self._shared_ga(vm_id).hold,
+            defer_close=self._shared_ga(vm_id).defer_close,
             freeze_timeout=self._freeze_timeout,
             cut_adopted=lambda tag: tag in self._aliases(vm_id).values(),
             claim_spare=lambda disk: self._spares.claim(vm_id, pid, disk),

@@ -52,7 +52,7 @@ from typing import Any
 from qemu.qmp import EventListener
 
 from . import memory
-from .errors import GuestAgentUnavailable, QmpCommandError
+from .errors import GuestAgentError, GuestAgentUnavailable, QmpCommandError
 from .guest_agent import GuestAgentClient
 from .model import (
     Consistency,
@@ -85,6 +85,8 @@ class QuiesceContext:
     guest_agent: GuestAgentFactory
     # Bound on one guest-fsfreeze-freeze/thaw (the hook may flush a database).
     freeze_timeout: float = FREEZE_TIMEOUT
+    # A guest file handle to close once the guest is thawed (the hook log's).
+    defer_close: Callable[[int], None] = lambda handle: None
     # Keep the qemu-ga connection open while the guest is frozen (the thaw then
     # needs no new connection), or let it close when idle.
     hold_guest_agent: Callable[[bool], None] = lambda held: None
@@ -347,27 +349,33 @@ async def quiesce(
     # Connect (and sync) before anything is recorded: an absent agent costs nothing.
     # The connection stays open after the quiesce: the thaw needs no new one.
     async with ctx.guest_agent() as ga:
-        record.guest_frozen = True  # saved so before the freeze is sent
-        saving = asyncio.ensure_future(ctx.save(record, _claim_spares(ctx, record)))
-        freeze_sent = False
+        record.guest_frozen = True
+        existing = await ctx.save(record, _claim_spares(ctx, record))  # before anything is sent
         try:
-            # The hook log is looked for once, before the freeze (never while frozen, nor
-            # after the thaw; opened and closed, its content unread), while the record
-            # is saved (a qemu-ga round trip and an fsync side by side). Its presence says
-            # the guest runs the hook; qemu-ga runs a configured hook inside
-            # guest-fsfreeze-freeze and fails the freeze when the hook fails, so a freeze
-            # that succeeded ran it.
-            try:
-                hook_installed = await ga.file_exists(HOOK_LOG)
-            finally:
-                existing = await saving  # landed (or failed) before anything else
             # On failure or timeout (some file systems may be frozen, or the freeze
             # may still complete in the guest) the undo below thaws, through a
             # resynchronised connection when this one broke.
             record.frozen_at = time.time()
-            freeze_sent = True
             ctx.hold_guest_agent(True)
-            await ga.execute("guest-fsfreeze-freeze", timeout=ctx.freeze_timeout)
+            # The hook log is looked for in the freeze's own write: qemu-ga opens it
+            # and answers before it starts the freeze (never while frozen; its content
+            # unread), one round trip for both. Its presence says the guest runs the
+            # hook; qemu-ga runs a configured hook inside guest-fsfreeze-freeze and
+            # fails the freeze when the hook fails, so a freeze that succeeded ran it.
+            # The handle is closed once the guest is thawed, off the caller's path
+            # (qemu-ga refuses a close while frozen).
+            opened, frozen = await ga.execute_each(
+                [
+                    ("guest-file-open", {"path": HOOK_LOG, "mode": "r"}),
+                    ("guest-fsfreeze-freeze", None),
+                ],
+                timeout=ctx.freeze_timeout,
+            )
+            if not isinstance(opened, GuestAgentError):
+                hook_installed = True
+                ctx.defer_close(int(opened))
+            if isinstance(frozen, GuestAgentError):
+                raise frozen
             record.freeze_answered_at = time.time()
             if method in (QuiesceMethod.OVERLAY_GUEST, QuiesceMethod.GUEST_CUT):
                 if record.overlays or record.cut_disks:
@@ -393,8 +401,6 @@ async def quiesce(
                     await thaw()
         except BaseException as exc:  # noqa: BLE001 - undone below, then re-raised
             error = exc
-            if not freeze_sent:
-                record.guest_frozen = False  # nothing to thaw: the undo needs no qemu-ga
     if error is not None:
         # Outside the session: the undo's thaw takes the (single-client) channel.
         await unquiesce(ctx, record)
