@@ -8,6 +8,7 @@ more, so QEMU cannot snapshot it; the agent cut it in the overlay transaction.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from pathlib import Path
@@ -18,11 +19,13 @@ from vmsnap_agent.qemu import (
     Consistency,
     DiskFormat,
     DiskSpec,
+    GuestImage,
     QemuHypervisor,
     QuiesceMethod,
     SnapshotConflict,
     VmFrozen,
 )
+from vmsnap_agent.qemu import quiesce as quiesce_module
 from vmsnap_agent.qemu.process import VmPaths
 
 from .guestlib import make_qcow2, make_raw, qemu_io, read_at
@@ -204,3 +207,48 @@ async def test_a_native_snapshot_asked_for_with_the_quiesce_is_its_cut_in_one_ca
     await hv.stop_vm("one", force=True)
     await hv.revert_native_snapshot("one", "s1")
     assert _qcow2_bytes(local, workdir) == b"\x11" * 4096  # the cut's bytes
+
+
+async def test_an_agent_killed_after_the_adoption_keeps_the_snapshot(
+    hv: QemuHypervisor, workdir: Path, guest_image: GuestImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent dies in a released guest+cut Quiesce after the cut's adoption (its
+    commit point) and before the record's removal, whose end was never saved (the
+    record says "maybe frozen"). The restarted agent ends the quiesce when its
+    lease is over (a thaw of a thawed guest is harmless) and keeps the adopted
+    cut: the snapshot the host was about to be told of is there, nothing else."""
+    local = make_qcow2(workdir / "local.qcow2")
+    await hv.define_vm("dies", 256, [DiskSpec("vdb", str(local), format=DiskFormat.QCOW2)])
+    await hv.start_vm("dies")
+    await hv.wait_guest_agent("dies")
+    await qemu_io(hv, "dies", "vdb", f"write -P 0x33 {OFFSET} 4096")
+
+    class Killed(Exception):
+        pass
+
+    async def dies(*args: object) -> None:
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(quiesce_module, "unquiesce", dies)
+        with pytest.raises(Killed):
+            await hv.quiesce(
+                "dies", QuiesceMethod.GUEST_CUT, 1, "op-9", native_snapshot=("s1", ["vdb"])
+            )
+    (left,) = hv.list_quiesces("dies")
+    assert left.consistency is Consistency.CRASH  # its end unsaved: never more than reached
+    await hv.close()  # the agent process is gone; QEMU runs on
+    await asyncio.sleep(1.5)  # past the lease, nobody watching
+
+    async with QemuHypervisor(workdir / "state", guest=guest_image) as again:
+        assert again.list_quiesces("dies") == []  # open() ended the expired quiesce
+        assert [s.snapshot_id for s in await again.list_native_snapshots("dies")] == ["s1"]
+        async with again.guest_agent("dies") as ga:
+            assert await ga.execute("guest-fsfreeze-status") == "thawed"
+        graph = await again.qmp("dies").execute("query-named-block-nodes", {"flat": True})
+        tags = {s["name"] for n in graph for s in n.get("image", {}).get("snapshots", [])}
+        assert len(tags) == 1  # the adopted cut alone
+        await qemu_io(again, "dies", "vdb", f"write -P 0x44 {OFFSET} 4096")
+        await again.stop_vm("dies", force=True)
+        await again.revert_native_snapshot("dies", "s1")
+        assert _qcow2_bytes(local, workdir) == b"\x33" * 4096
