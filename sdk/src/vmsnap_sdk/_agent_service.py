@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 import grpc
@@ -53,12 +54,15 @@ def _native_at_freeze(request: pb.QuiesceRequest) -> NativeSnapshotAtFreeze | No
         )
     asked = request.native_snapshot
     val.require_id("native_snapshot.snapshot_id", asked.snapshot_id)
-    for i, disk in enumerate(asked.disks):
-        if not val.DISK_PATTERN.match(disk):
-            raise InvalidArgument.for_field(
-                f"native_snapshot.disks[{i}]", "must be a disk name such as vda"
-            )
+    _require_disk_names("native_snapshot.disks", asked.disks)
     return NativeSnapshotAtFreeze(asked.snapshot_id, tuple(asked.disks))
+
+
+def _require_disk_names(field: str, disks: Sequence[str]) -> None:
+    """Each a disk name (vmsnap.common.v1.Volume.disk's rule), as TakeNativeSnapshot's."""
+    for i, disk in enumerate(disks):
+        if not val.DISK_PATTERN.match(disk):
+            raise InvalidArgument.for_field(f"{field}[{i}]", "must be a disk name such as vda")
 
 
 class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
@@ -262,11 +266,7 @@ class AgentServicer(hypervisor_pb2_grpc.HypervisorAgentServicer):
         async def run() -> pb.TakeNativeSnapshotResponse:
             val.require_id("vm_id", request.vm_id)
             val.require_id("snapshot_id", request.snapshot_id)
-            for i, disk in enumerate(request.disks):
-                if not val.DISK_PATTERN.match(disk):
-                    raise InvalidArgument.for_field(
-                        f"disks[{i}]", "must be a disk name such as vda"
-                    )
+            _require_disk_names("disks", request.disks)
             snapshot = await self._agent.take_native_snapshot(
                 request.vm_id, request.snapshot_id, tuple(request.disks), request.include_memory
             )

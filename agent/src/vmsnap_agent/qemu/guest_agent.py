@@ -181,15 +181,6 @@ class GuestAgentClient:
                 outcomes.append(reply.get("return"))
         return outcomes
 
-    async def file_exists(self, path: str) -> bool:
-        """Whether the guest can open this file for reading (two round trips: open, close)."""
-        try:
-            handle = await self.execute("guest-file-open", {"path": path, "mode": "r"})
-        except GuestAgentError:
-            return False
-        await self.execute("guest-file-close", {"handle": handle})
-        return True
-
     async def read_file(self, path: str, max_bytes: int = 1 << 20) -> bytes | None:
         """Whole content of a small guest file, or None when it cannot be opened."""
         try:
@@ -275,13 +266,12 @@ class SharedGuestAgent:
             if self._held or not self._deferred:
                 return  # frozen again meanwhile: the next thaw closes them
             handles, self._deferred = self._deferred, []
-            try:
+            # A qemu-ga gone away took its handles with it; one already closed is fine.
+            with contextlib.suppress(GuestAgentUnavailable):
                 async with self._session(None) as client:
                     for handle in handles:
-                        with contextlib.suppress(GuestAgentError):  # already closed
+                        with contextlib.suppress(GuestAgentError):
                             await client.execute("guest-file-close", {"handle": handle})
-            except GuestAgentUnavailable:
-                pass  # qemu-ga went away: its handles went with it
         self._arm()
 
     def _arm(self) -> None:

@@ -69,8 +69,9 @@ class Freeze:
     @property
     def released(self) -> bool:
         """The agent ended the freeze in the Quiesce (QuiesceResponse.released), as
-        believed (:func:`_believed`): no renewal, no Unquiesce."""
-        return self.result.released and self.result.native_snapshot is not None
+        believed (:func:`_believed` keeps it only with the snapshot that ended it):
+        no renewal, no Unquiesce."""
+        return self.result.released
 
 
 def _believed(

@@ -74,8 +74,9 @@ class GroupCalls:
         taken: NativeSnapshot | None = None,
     ) -> SnapshotResult:
         """Take one group's snapshot under ``snapshot_id``; the result is checked.
-        ``taken``: the agent's native snapshot, already taken in its Quiesce (checked
-        here all the same)."""
+        ``taken``: the agent's native snapshot, already taken in its Quiesce and
+        checked with the same arguments when the freeze believed it
+        (``freeze._believed``)."""
         if group.kind is GroupKind.HYPERVISOR:
             native = taken
             if native is None:
@@ -85,14 +86,14 @@ class GroupCalls:
                     deadline,
                     f"native snapshot on agent {group.owner}",
                 )
-            checks.check_native(
-                group.owner,
-                snapshot_id,
-                group.disks,
-                native,
-                vm_id=vm.id,
-                include_memory=include_memory,
-            )
+                checks.check_native(
+                    group.owner,
+                    snapshot_id,
+                    group.disks,
+                    native,
+                    vm_id=vm.id,
+                    include_memory=include_memory,
+                )
             level = Consistency.APPLICATION if include_memory else consistency
             return native_result(snapshot_id, native, vm, level)
         driver = self.registry.driver(group.owner)
