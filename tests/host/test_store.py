@@ -24,7 +24,7 @@ def test_migrations_run_once_on_either_backend(db_url: str) -> None:
     store.close()
     store = Store.open(db_url)  # a second start migrates nothing
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
     indexes = {i["name"] for i in inspect(store.engine).get_indexes("vm_snapshots")}
     assert {
         "ix_vm_snapshots_vm_seq",
@@ -32,6 +32,7 @@ def test_migrations_run_once_on_either_backend(db_url: str) -> None:
         "ux_vm_snapshots_live_name",
         "ux_vm_snapshots_current",
         "ix_vm_snapshots_policy",
+        "ix_vm_snapshots_vm_shown",
     } <= indexes
     store.close()
 
@@ -61,15 +62,15 @@ def test_a_catalog_one_revision_behind_is_migrated(tmp_path: Path) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     with store.engine.begin() as conn:  # as a host one release older left it
         config.attributes["connection"] = conn
-        command.downgrade(config, "0004")
-    assert "ix_vm_snapshots_policy" not in {
+        command.downgrade(config, "0005")
+    assert "ix_vm_snapshots_vm_shown" not in {
         i["name"] for i in inspect(store.engine).get_indexes("vm_snapshots")
     }
     store.close()
     store = Store.open(url)
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
-    assert "ix_vm_snapshots_policy" in {
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+    assert "ix_vm_snapshots_vm_shown" in {
         i["name"] for i in inspect(store.engine).get_indexes("vm_snapshots")
     }
     store.close()
