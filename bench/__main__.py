@@ -25,6 +25,7 @@ from bench import (
     qemu,
     replicas,
     scale,
+    skeleton,
 )
 from bench.floor import Floor, measure_floor, measure_fsync
 from bench.report import Report
@@ -34,6 +35,7 @@ SECTIONS = (
     "floor",
     "create",
     "create_mem",
+    "skeleton",
     "scale",
     "freeze",
     "catalog",
@@ -122,6 +124,60 @@ def _create(quick: bool, report: Report, floor: Floor) -> None:
     )
 
 
+def _skeleton(quick: bool, report: Report, floor: Floor) -> None:
+    """A create's shape with no logic (bench/skeleton.py), on disk and in /dev/shm as
+    ``create`` and ``create_mem`` run: the goal's ratios for Python's floor of the
+    design, and vmsnap's figures over it when those sections ran."""
+    bases = [("skeleton", "/tmp")]
+    if Path("/dev/shm").is_dir():
+        bases.append(("skeleton_mem", "/dev/shm"))
+    for prefix, base in bases:
+        results = {r.concurrency: r for r in skeleton.measure(quick, base=base)}
+        one, many = results[1], results[64]
+        p50 = median(one.latencies_ms)
+        where = "on disk (/tmp)" if base == "/tmp" else "in /dev/shm"
+        report.add(f"{prefix}_c1_p50_ms", p50, "ms", note=f"concurrency 1, state {where}")
+        report.add(f"{prefix}_c64_ops_per_s", many.ops_per_s, "ops/s", note="concurrency 64")
+        report.add(
+            f"{prefix}_cpu_ms_per_create",
+            one.cpu_ms_per_op,
+            "ms",
+            note="its four processes together, concurrency 1",
+        )
+        report.add(
+            f"{prefix}_latency_ratio",
+            p50 / (floor.latency_ms * create.RPCS_CRITICAL_BEFORE),
+            "x",
+            note="latency_ratio of the skeleton: Python's floor for this design",
+        )
+        report.add(
+            f"{prefix}_throughput_ratio",
+            many.ops_per_s / (floor.rate_rps / create.RPCS_PER_OP_BEFORE),
+            "x",
+            note="throughput_ratio of the skeleton",
+        )
+        ours, p50_name, rate_name = (
+            ("create", "create_c1_p50_ms", "create_c64_ops_per_s")
+            if prefix == "skeleton"
+            else ("create_mem", "create_mem_p50_ms", "create_mem_ops_per_s")
+        )
+        vmsnap_p50 = report.metrics.get(p50_name)
+        vmsnap_rate = report.metrics.get(rate_name)
+        if vmsnap_p50 is not None and vmsnap_rate is not None:
+            report.add(
+                f"{ours}_over_{prefix}_p50",
+                vmsnap_p50.value / p50,
+                "x",
+                note=f"vmsnap's create p50 ÷ the skeleton's, concurrency 1, state {where}",
+            )
+            report.add(
+                f"{prefix}_over_{ours}_rate",
+                many.ops_per_s / vmsnap_rate.value,
+                "x",
+                note="the skeleton's creates/s ÷ vmsnap's, concurrency 64",
+            )
+
+
 def _create_in_memory(quick: bool, report: Report, floor: Floor) -> None:
     """The same create benchmark with the catalog and the agent's state in /dev/shm:
     what the stack costs when an fsync is free (an upper bound for a fast disk)."""
@@ -183,6 +239,19 @@ def _scale(quick: bool, report: Report, floor: Floor) -> None:
         r.cpu_ms_many_vms / r.cpu_ms[64],
         "x",
         note=f"CPU per create at 64 in parallel: {r.vms_defined} VMs defined ÷ 256",
+    )
+    report.add(
+        "scale_history_c1_p50_ms",
+        r.p50_ms_history,
+        "ms",
+        note=f"one at a time on a VM with {r.history} removed snapshots",
+    )
+    report.add("scale_no_history_c1_p50_ms", r.p50_ms_no_history, "ms", note="on a new VM")
+    report.add(
+        "scale_cpu_growth_history",
+        r.cpu_ms_history / r.cpu_ms_no_history,
+        "x",
+        note=f"CPU per create, a VM with {r.history} removed snapshots ÷ a new VM (alternated)",
     )
     report.add(
         "host_rss_mib_per_10k_ops",
@@ -384,6 +453,7 @@ RUNNERS: dict[str, Callable[[bool, Report, Floor], None]] = {
     "floor": _floor,
     "create": _create,
     "create_mem": _create_in_memory,
+    "skeleton": _skeleton,
     "scale": _scale,
     "freeze": _freeze,
     "catalog": _catalog,

@@ -55,7 +55,9 @@ def measure_memory(quick: bool) -> tuple[dict[str, float], str]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-async def _measure(work: Path, sizes: tuple[int, ...], samples: int) -> tuple[dict[str, float], str]:
+async def _measure(
+    work: Path, sizes: tuple[int, ...], samples: int
+) -> tuple[dict[str, float], str]:
     figures: dict[str, float] = {}
     note = ""
     async with QemuHypervisor(work / "state", guest=build_guest_image()) as hv:

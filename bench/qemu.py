@@ -140,9 +140,7 @@ async def _measure(stack: QemuStack, samples: int) -> dict[str, float]:
                 started = time.perf_counter()
                 # No native snapshot follows (nothing is taken in between): said so,
                 # as the host does for a plan without one; "_cut" prepares it anyway.
-                q = await agent.quiesce(
-                    VM_ID, method, 30, False, "", no_native_snapshot=not cut
-                )
+                q = await agent.quiesce(VM_ID, method, 30, False, "", no_native_snapshot=not cut)
                 await agent.unquiesce(q.token)
                 windows.append((time.perf_counter() - started) * 1000)
             figures[f"qemu_freeze_{name}_ms"] = statistics.median(windows)

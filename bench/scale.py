@@ -7,7 +7,10 @@ disk on each driver (a two-group plan: each take freezes). ``c`` workers each
 take snapshots of their own VM in a loop; then 10,000 VMs are defined (10k rows
 the host's caches and the agent keep) and c = 64 runs again over 64 of them.
 The host's RSS is read before and after the measured creates and reported per
-10,000 operations.
+10,000 operations. Last, creates one at a time on a VM with 10,000 removed
+snapshots in its history (a year of hourly policy runs; rows written into the
+catalog before the host starts) beside a VM with none, alternately: what a
+create costs as a VM's history grows.
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ class ScaleResult:
     rss_mib_per_10k: float = 0.0
     rss_mib_end: float = 0.0
     operations: int = 0
+    #: removed snapshots in the old VM's history; c = 1 creates on it and on a new
+    #: VM, taken alternately: median latency (ms) and CPU per create (ms)
+    history: int = 0
+    p50_ms_history: float = 0.0
+    p50_ms_no_history: float = 0.0
+    cpu_ms_history: float = 0.0
+    cpu_ms_no_history: float = 0.0
 
 
 def _rss_mib(pid: int) -> float:
@@ -62,6 +72,36 @@ async def _define_more(agent_address: str, start: int, count: int) -> None:
         await agent.close()
 
 
+def _write_history(db: Path, vm_id: str, removed: int) -> None:
+    """``removed`` REMOVED snapshots of ``vm_id`` in the catalog at ``db`` (migrated
+    here, before the host opens it), as years of taking and deleting leave them."""
+    import time
+
+    from vmsnap_host.model import Snapshot, SnapshotState
+    from vmsnap_host.store import Store
+    from vmsnap_host.store import store as catalog
+
+    store = Store.open_sqlite(db)
+    try:
+        now = time.time()
+        rows = []
+        for i in range(removed):
+            snap = Snapshot(
+                id=f"{vm_id}-old-{i}",
+                vm_id=vm_id,
+                name=f"hourly-{i}",
+                state=SnapshotState.REMOVED,
+                agent="sim-1",
+            )
+            row = catalog._snapshot_columns(snap)
+            row.update(cleanup_json="[]", create_time=now, update_time=now)
+            rows.append(row)
+        with store.engine.begin() as conn:
+            conn.execute(catalog._INSERT_SNAPSHOT, rows)
+    finally:
+        store.close()
+
+
 def measure_scale(quick: bool) -> ScaleResult:
     concurrencies = (1, 16, 64, 256)
     per_worker = 4 if quick else 20
@@ -73,6 +113,11 @@ def measure_scale(quick: bool) -> ScaleResult:
         try:
             agent, drivers = stack.start_agent_and_drivers(tmp, procs)
             vms = asyncio.run(create.define_vms(agent.address, max(concurrencies)))
+            # Two VMs beyond the many: one with a long history, one with none.
+            asyncio.run(_define_more(agent.address, many, 2))
+            old, new = create.vm_for(many).id, create.vm_for(many + 1).id
+            result.history = 10_000
+            _write_history(tmp / "host.db", old, result.history)
             config = stack.HostConfig(
                 drivers=[d.address for d in drivers],
                 agents=[agent.address],
@@ -110,6 +155,19 @@ def measure_scale(quick: bool) -> ScaleResult:
             result.p50_ms_many_vms = median(latencies)
             done += total + 64
             rss_after = _rss_mib(pid)
+            samples: dict[str, list[float]] = {old: [], new: []}
+            cpu_ms: dict[str, float] = {old: 0.0, new: 0.0}
+            rounds, per_round = (3, 20) if quick else (6, 40)
+            for _ in range(rounds):
+                for vm in (old, new):
+                    before = cpu()
+                    latencies, _rate = asyncio.run(create._run(host.address, [vm], 1, per_round))
+                    cpu_ms[vm] += (cpu() - before) * 1000 / (per_round + 1)
+                    samples[vm] += latencies
+            result.p50_ms_history = median(samples[old])
+            result.p50_ms_no_history = median(samples[new])
+            result.cpu_ms_history = cpu_ms[old] / rounds
+            result.cpu_ms_no_history = cpu_ms[new] / rounds
             result.operations = done
             result.rss_mib_end = rss_after
             result.rss_mib_per_10k = (rss_after - rss_before) * 10_000 / done

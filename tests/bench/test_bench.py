@@ -129,3 +129,23 @@ def test_thread_cpu_counts_the_calling_threads_work() -> None:
         pass
     after = thread_cpu(os.getpid())
     assert after[os.getpid()] - before[os.getpid()] >= 0.05
+
+
+def test_the_skeleton_makes_a_creates_calls_and_durable_writes(tmp_path: Path) -> None:
+    """The skeleton is the floor only if it does what a create must: every create
+    through it reaches the agent and both drivers and leaves its three commits."""
+    import asyncio
+    import contextlib
+    import sqlite3
+
+    from bench import create, skeleton
+
+    with skeleton._processes(tmp_path) as (host, _procs):
+        latencies, _rate = asyncio.run(create._run(host, ["vm-1", "vm-2"], 2, 6))
+    assert len(latencies) == 6
+    with contextlib.closing(sqlite3.connect(tmp_path / "catalog.db")) as db:
+        rows = db.execute("SELECT what FROM rows").fetchall()
+    creates = 6 + 2  # and the warm-up create of each VM
+    assert len(rows) == skeleton.COMMITS * creates
+    assert sorted({r[0] for r in rows}) == ["creating", "freeze token", "ready"]
+    assert (tmp_path / "vm-1.freeze").exists()
