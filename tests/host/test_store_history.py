@@ -68,7 +68,7 @@ def _create_path(store: Store, n: int) -> None:
         request_id=f"r-{n}",
     )
     w = store.write_blocking
-    w(store.w_admit(VM, max_open=10, max_live=64), store.w_create(snap, op))
+    w(store.w_admit(VM, max_open=10, max_live=100_000), store.w_create(snap, op))
     w(store.w_move(snap.id, SnapshotState.CREATING))
     w(store.w_move(snap.id, SnapshotState.READY, current=True, parent_from_current=True))
     w(store.w_finish(op.id, None, "done"))
