@@ -149,3 +149,26 @@ def test_the_skeleton_makes_a_creates_calls_and_durable_writes(tmp_path: Path) -
     assert len(rows) == skeleton.COMMITS * creates
     assert sorted({r[0] for r in rows}) == ["creating", "freeze token", "ready"]
     assert (tmp_path / "vm-1.freeze").exists()
+
+
+def test_the_sections_the_readme_names_exist() -> None:
+    """The README's and bench/README's `--only` lists name real sections (argparse
+    refuses an unknown one before it reads --help)."""
+    import re
+
+    from bench.__main__ import SECTIONS
+
+    text = (ROOT / "README.md").read_text() + (ROOT / "bench" / "README.md").read_text()
+    named = {
+        word
+        for found in re.findall(r"bench (?:--quick )?--only ((?:[a-z_]+ ?)+)", text)
+        for word in found.split()
+    }
+    assert "skeleton" in named
+    assert named <= set(SECTIONS), named - set(SECTIONS)
+    subprocess.run(
+        [sys.executable, "-m", "bench", "--only", *sorted(named), "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
