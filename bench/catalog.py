@@ -37,7 +37,7 @@ from vmsnap_host.model import (
 )
 from vmsnap_host.store import Store
 from vmsnap_host.store.schema import operations, vm_snapshots
-from vmsnap_host.store.store import _snapshot_columns
+from vmsnap_host.store.store import snapshot_row
 from vmsnap_sdk import Consistency, Priority, SnapshotResult, VolumeSnapshot
 from vmsnap_sdk._proto.host.v1 import host_pb2, host_pb2_grpc
 
@@ -104,14 +104,7 @@ def fill(db: Path | str, snapshots: int, vms: int, batch: int = 5000) -> list[tu
                     groups=_groups(sid, vm, True),
                     current=n + vms >= snapshots,
                 )
-                rows.append(
-                    {
-                        **_snapshot_columns(snap),
-                        "cleanup_json": "[]",
-                        "create_time": now,
-                        "update_time": now,
-                    }
-                )
+                rows.append(snapshot_row(snap, now))
                 ids.append((snap.vm_id, sid))
                 if len(rows) >= batch:
                     conn.execute(vm_snapshots.insert(), rows)
@@ -141,14 +134,7 @@ def journal_in_flight(db: Path, count: int) -> None:
                     groups=_groups(sid, i, False),
                 )
                 groups_json = json.dumps([g.to_json() for g in snap.groups])
-                snaps.append(
-                    {
-                        **_snapshot_columns(snap),
-                        "cleanup_json": groups_json,
-                        "create_time": now,
-                        "update_time": now,
-                    }
-                )
+                snaps.append(snapshot_row(snap, now, cleanup_json=groups_json))
                 op = OperationRecord(
                     id=uuid.uuid4().hex,
                     type=OperationType.CREATE,

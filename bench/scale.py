@@ -93,9 +93,7 @@ def _write_history(db: Path, vm_id: str, removed: int) -> None:
                 state=SnapshotState.REMOVED,
                 agent="sim-1",
             )
-            row = catalog._snapshot_columns(snap)
-            row.update(cleanup_json="[]", create_time=now, update_time=now)
-            rows.append(row)
+            rows.append(catalog.snapshot_row(snap, now))
         with store.engine.begin() as conn:
             conn.execute(catalog._INSERT_SNAPSHOT, rows)
     finally:

@@ -32,6 +32,7 @@ import queue
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -272,8 +273,6 @@ def _processes(directory: Path) -> Iterator[tuple[str, list[subprocess.Popen[str
 
 def measure(quick: bool, base: str = "/tmp") -> list[SkeletonResult]:
     """Creates at concurrency 1 and 64 through the skeleton, as ``create`` drives vmsnap."""
-    import tempfile
-
     results = []
     with (
         tempfile.TemporaryDirectory(prefix="vsb-skel-", dir=base) as tmp,

@@ -37,7 +37,7 @@ def _history(store: Store, removed: int) -> None:
             snap = Snapshot(
                 id=f"{vm}-s{i}", vm_id=vm, name=f"n{i}", state=SnapshotState.REMOVED, agent="sim-1"
             )
-            rows.append(store_module._snapshot_columns(snap))
+            rows.append(store_module.snapshot_row(snap, now))
     current = Snapshot(
         id=f"{VM}-ready",
         vm_id=VM,
@@ -46,9 +46,7 @@ def _history(store: Store, removed: int) -> None:
         agent="sim-1",
         current=True,
     )
-    rows.append(store_module._snapshot_columns(current))
-    for row in rows:
-        row.update(cleanup_json="[]", create_time=now, update_time=now)
+    rows.append(store_module.snapshot_row(current, now))
     with store.engine.begin() as conn:
         conn.execute(store_module._INSERT_SNAPSHOT, rows)
         if store.dialect == "postgresql":

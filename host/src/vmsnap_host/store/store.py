@@ -123,11 +123,14 @@ _LIVE_BY_NAME = select(vm_snapshots).where(
     vm_snapshots.c.name == bindparam("b_name"),
     vm_snapshots.c.state.not_in(_DEAD),
 )
-_COUNT_LIVE = select(func.count()).where(
+# A VM's live snapshots: neither REMOVED nor ERROR.
+_LIVE_OF_VM = (
     vm_snapshots.c.vm_id == bindparam("b_vm"),
     _SHOWN,
     vm_snapshots.c.state != SnapshotState.ERROR.name,
 )
+_COUNT_LIVE = select(func.count()).where(*_LIVE_OF_VM)
+_LIVE_SNAPSHOTS = select(vm_snapshots).where(*_LIVE_OF_VM)
 _CURRENT = select(vm_snapshots).where(vm_snapshots.c.vm_id == bindparam("b_vm"), _IS_CURRENT)
 _UPDATE_SNAPSHOT = update(vm_snapshots).where(vm_snapshots.c.id == bindparam("b_id"))
 # The compare-and-set of every state change (and of every save of a snapshot that
@@ -454,6 +457,17 @@ def _snapshot_columns(s: Snapshot) -> dict[str, Any]:
     }
 
 
+def snapshot_row(s: Snapshot, now: float, cleanup_json: str = "[]") -> dict[str, Any]:
+    """Every column of a new ``vm_snapshots`` row for ``s`` (w_create's insert; tools
+    and benchmarks that bulk-insert a catalog use it too)."""
+    return {
+        **_snapshot_columns(s),
+        "cleanup_json": cleanup_json,
+        "create_time": now,
+        "update_time": now,
+    }
+
+
 def _kept_from_row(row: Row[Any]) -> KeptState:
     result = Group.from_json(json.loads(row.result_json)).result if row.result_json else None
     return KeptState(
@@ -709,15 +723,7 @@ class Store:
             now = time.time()
             try:
                 conn.execute(_INSERT_OPERATION, self._operation_columns(operation, now))
-                conn.execute(
-                    _INSERT_SNAPSHOT,
-                    {
-                        **_snapshot_columns(snapshot),
-                        "cleanup_json": "[]",
-                        "create_time": now,
-                        "update_time": now,
-                    },
-                )
+                conn.execute(_INSERT_SNAPSHOT, snapshot_row(snapshot, now))
             except IntegrityError as exc:
                 raise (_duplicate(exc) or exc) from exc
 
@@ -900,13 +906,10 @@ class Store:
 
     def live_snapshots(self, vm_id: str) -> list[Snapshot]:
         """Every snapshot of a VM that is not REMOVED or ERROR."""
-        query = select(vm_snapshots).where(
-            vm_snapshots.c.vm_id == vm_id,
-            _SHOWN,
-            vm_snapshots.c.state != SnapshotState.ERROR.name,
-        )
         with self._read() as conn:
-            return [snapshot_from_row(row) for row in conn.execute(query)]
+            return [
+                snapshot_from_row(row) for row in conn.execute(_LIVE_SNAPSHOTS, {"b_vm": vm_id})
+            ]
 
     def snapshot_states(self, snapshot_ids: Sequence[str]) -> dict[str, SnapshotState]:
         """The state of each of these snapshots that the catalog has a record of."""
