@@ -95,7 +95,7 @@ def _write_history(db: Path, vm_id: str, removed: int) -> None:
             )
             rows.append(catalog.snapshot_row(snap, now))
         with store.engine.begin() as conn:
-            conn.execute(catalog._INSERT_SNAPSHOT, rows)
+            conn.execute(catalog._INSERT_SNAPSHOT.statement, rows)
     finally:
         store.close()
 

@@ -34,6 +34,7 @@ from vmsnap_host.model import (
 from vmsnap_host.reconcile import Action, Kind, Reconciler, Report
 from vmsnap_host.registry import Registry
 from vmsnap_host.store import Store
+from vmsnap_host.store import store as store_module
 from vmsnap_sdk import (
     VM,
     Capability,
@@ -400,6 +401,32 @@ async def test_a_snapshot_that_became_ready_during_the_listing_is_not_marked(
     bench.a.list_snapshots = listed  # type: ignore[method-assign]
     # READY before the next listing and still not on the array: now it is judged.
     assert found(await bench.reconciler.run_once(), Kind.MISSING, Action.MARKED) == [sid]
+
+
+async def test_a_pass_reads_the_catalogs_ready_snapshots_once(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pass runs every reconcile_interval_seconds over the whole catalog: each READY
+    # snapshot parsed twice per pass (before the listing, and after it) doubled
+    # what a catalog of many snapshots costs the host every ten seconds.
+    for _ in range(20):
+        sid = new_id()
+        await bench.plant(
+            SnapshotState.READY, snapshot_id=sid, groups=(group(GroupKind.DRIVER, A, sid),)
+        )
+        await bench.put(bench.a, sid)
+    parsed = 0
+    real = store_module.snapshot_from_row
+
+    def counting(row: Any) -> Snapshot:
+        nonlocal parsed
+        parsed += 1
+        return real(row)
+
+    monkeypatch.setattr(store_module, "snapshot_from_row", counting)
+    report = await bench.reconciler.run_once()
+    assert report.of_kind(Kind.MISSING) == []
+    assert parsed == 20
 
 
 # --- freezes -----------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def _history(store: Store, removed: int) -> None:
     )
     rows.append(store_module.snapshot_row(current, now))
     with store.engine.begin() as conn:
-        conn.execute(store_module._INSERT_SNAPSHOT, rows)
+        conn.execute(store_module._INSERT_SNAPSHOT.statement, rows)
         if store.dialect == "postgresql":
             conn.execute(text("ANALYZE vm_snapshots"))
 
@@ -119,11 +119,11 @@ def test_a_creates_catalog_work_does_not_grow_with_the_vms_history(tmp_path: Pat
 
 
 _HOT = {
-    "live count": (store_module._COUNT_LIVE, {"b_vm": VM}),
-    "current": (store_module._CURRENT, {"b_vm": VM}),
-    "current id": (store_module._CURRENT_ID, {"b_vm": VM}),
-    "unset current": (store_module._UNSET_CURRENT, {"b_vm": VM}),
-    "listing": (store_module._LIST_VM, {"b_vm": VM, "b_after": 0, "b_limit": 100}),
+    "live count": (store_module._COUNT_LIVE.statement, {"b_vm": VM}),
+    "current": (store_module._CURRENT.statement, {"b_vm": VM}),
+    "current id": (store_module._CURRENT_ID.statement, {"b_vm": VM}),
+    "unset current": (store_module._UNSET_CURRENT.statement, {"b_vm": VM}),
+    "listing": (store_module._LIST_VM.statement, {"b_vm": VM, "b_after": 0, "b_limit": 100}),
 }
 
 

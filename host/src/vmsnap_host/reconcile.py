@@ -266,7 +266,7 @@ class Reconciler:
         # READY before the listing: only these can be judged missing (a snapshot
         # that became READY during the listing may have been cut after its peer
         # was listed).
-        ready_before = {s.id for s in await asyncio.to_thread(self._ready)}
+        ready_before = await asyncio.to_thread(self.store.snapshot_ids_in, [SnapshotState.READY])
         listings = await self._list_peers(findings)
         # --- the catalog, read after every listing -----------------------------
         ids: set[str] = set()

@@ -177,9 +177,7 @@ class Take:
             ),
         )
 
-    async def _run(
-        self, op: OperationRecord, snap: Snapshot, prepared: Prepared | None
-    ) -> None:
+    async def _run(self, op: OperationRecord, snap: Snapshot, prepared: Prepared | None) -> None:
         agent = self.registry.agent(snap.agent)
         if prepared is None:
             vm = await with_deadline(

@@ -71,6 +71,7 @@ from vmsnap_host.model import (
     SnapshotState,
 )
 from vmsnap_host.store.fence import Fence, current_fence
+from vmsnap_host.store.prepared import PreparedStatement
 from vmsnap_host.store.schema import (
     CURRENT_PREDICATE,
     SHOWN_PREDICATE,
@@ -115,13 +116,19 @@ _DEAD = [SnapshotState.REMOVED.name, SnapshotState.ERROR.name]
 # years keeps a create's statements as cheap as a new one's.
 _SHOWN = text(f"vm_snapshots.{SHOWN_PREDICATE}")
 _IS_CURRENT = text(f"vm_snapshots.{CURRENT_PREDICATE}")
-_SNAPSHOT_BY_ID = select(vm_snapshots).where(vm_snapshots.c.id == bindparam("b_id"))
-_OPERATION_BY_ID = select(operations).where(operations.c.id == bindparam("b_id"))
-_OPERATION_BY_REQUEST = select(operations).where(operations.c.request_id == bindparam("b_rid"))
-_LIVE_BY_NAME = select(vm_snapshots).where(
-    vm_snapshots.c.vm_id == bindparam("b_vm"),
-    vm_snapshots.c.name == bindparam("b_name"),
-    vm_snapshots.c.state.not_in(_DEAD),
+_SNAPSHOT_BY_ID = PreparedStatement(
+    select(vm_snapshots).where(vm_snapshots.c.id == bindparam("b_id"))
+)
+_OPERATION_BY_ID = PreparedStatement(select(operations).where(operations.c.id == bindparam("b_id")))
+_OPERATION_BY_REQUEST = PreparedStatement(
+    select(operations).where(operations.c.request_id == bindparam("b_rid"))
+)
+_LIVE_BY_NAME = PreparedStatement(
+    select(vm_snapshots).where(
+        vm_snapshots.c.vm_id == bindparam("b_vm"),
+        vm_snapshots.c.name == bindparam("b_name"),
+        vm_snapshots.c.state.not_in(_DEAD),
+    )
 )
 # A VM's live snapshots: neither REMOVED nor ERROR.
 _LIVE_OF_VM = (
@@ -129,37 +136,45 @@ _LIVE_OF_VM = (
     _SHOWN,
     vm_snapshots.c.state != SnapshotState.ERROR.name,
 )
-_COUNT_LIVE = select(func.count()).where(*_LIVE_OF_VM)
-_LIVE_SNAPSHOTS = select(vm_snapshots).where(*_LIVE_OF_VM)
-_CURRENT = select(vm_snapshots).where(vm_snapshots.c.vm_id == bindparam("b_vm"), _IS_CURRENT)
+_COUNT_LIVE = PreparedStatement(select(func.count()).where(*_LIVE_OF_VM))
+_LIVE_SNAPSHOTS = PreparedStatement(select(vm_snapshots).where(*_LIVE_OF_VM))
+_CURRENT = PreparedStatement(
+    select(vm_snapshots).where(vm_snapshots.c.vm_id == bindparam("b_vm"), _IS_CURRENT)
+)
 _UPDATE_SNAPSHOT = update(vm_snapshots).where(vm_snapshots.c.id == bindparam("b_id"))
 # The compare-and-set of every state change (and of every save of a snapshot that
 # an operation owns): applied only while the row is in one of ``b_from``.
-_MOVE_SNAPSHOT = update(vm_snapshots).where(
-    vm_snapshots.c.id == bindparam("b_id"),
-    vm_snapshots.c.state.in_(bindparam("b_from", expanding=True)),
+_MOVE_SNAPSHOT = PreparedStatement(
+    update(vm_snapshots).where(
+        vm_snapshots.c.id == bindparam("b_id"),
+        vm_snapshots.c.state.in_(bindparam("b_from", expanding=True)),
+    )
 )
-_OPEN_OPERATION = update(operations).where(
-    operations.c.id == bindparam("b_id"), operations.c.done.is_(False)
+_OPEN_OPERATION = PreparedStatement(
+    update(operations).where(operations.c.id == bindparam("b_id"), operations.c.done.is_(False))
 )
-_UNSET_CURRENT = (
+_UNSET_CURRENT = PreparedStatement(
     update(vm_snapshots)
     .where(vm_snapshots.c.vm_id == bindparam("b_vm"), _IS_CURRENT)
     .values(is_current=False)
 )
-_JOURNAL_OF = (
+_JOURNAL_OF = PreparedStatement(
     select(operations.c.journal_json, operations.c.done)
     .where(operations.c.id == bindparam("b_id"))
     # Read-modify-write of the journal: the row stays locked until commit.
     .with_for_update()
 )
-_UPDATE_OPERATION = update(operations).where(operations.c.id == bindparam("b_id"))
-_LEASE_OF = select(vm_leases).where(vm_leases.c.vm_id == bindparam("b_vm"))
-_RELEASE_LEASE = vm_leases.delete().where(
-    vm_leases.c.vm_id == bindparam("b_vm"), vm_leases.c.owner == bindparam("b_owner")
+_UPDATE_OPERATION = PreparedStatement(
+    update(operations).where(operations.c.id == bindparam("b_id"))
+)
+_LEASE_OF = PreparedStatement(select(vm_leases).where(vm_leases.c.vm_id == bindparam("b_vm")))
+_RELEASE_LEASE = PreparedStatement(
+    vm_leases.delete().where(
+        vm_leases.c.vm_id == bindparam("b_vm"), vm_leases.c.owner == bindparam("b_owner")
+    )
 )
 # One VM's live snapshots, a page after a sequence number (ListVMSnapshots).
-_LIST_VM = (
+_LIST_VM = PreparedStatement(
     select(vm_snapshots)
     .where(
         vm_snapshots.c.seq > bindparam("b_after"),
@@ -169,12 +184,14 @@ _LIST_VM = (
     .order_by(vm_snapshots.c.seq)
     .limit(bindparam("b_limit"))
 )
-_INSERT_SNAPSHOT = vm_snapshots.insert()
-_INSERT_OPERATION = operations.insert()
-_COUNT_OPEN = select(func.count()).where(
-    operations.c.vm_id == bindparam("b_vm"), operations.c.done.is_(False)
+_INSERT_SNAPSHOT = PreparedStatement(vm_snapshots.insert())
+_INSERT_OPERATION = PreparedStatement(operations.insert())
+_COUNT_OPEN = PreparedStatement(
+    select(func.count()).where(
+        operations.c.vm_id == bindparam("b_vm"), operations.c.done.is_(False)
+    )
 )
-_FENCE_OF = (
+_FENCE_OF = PreparedStatement(
     select(vm_leases.c.fence)
     .where(
         vm_leases.c.vm_id == bindparam("b_vm"),
@@ -185,14 +202,18 @@ _FENCE_OF = (
     # it, so every write made under the old token lands before the new one exists.
     .with_for_update()
 )
-_VM_OF_SNAPSHOT = select(vm_snapshots.c.vm_id).where(vm_snapshots.c.id == bindparam("b_id"))
-_RELEASE_FENCED = vm_leases.delete().where(
-    vm_leases.c.vm_id == bindparam("b_vm"),
-    vm_leases.c.owner == bindparam("b_owner"),
-    vm_leases.c.fence == bindparam("b_fence"),
+_VM_OF_SNAPSHOT = PreparedStatement(
+    select(vm_snapshots.c.vm_id).where(vm_snapshots.c.id == bindparam("b_id"))
 )
-_INSERT_AUDIT = audit_records.insert()
-_OPEN_FREEZE = (
+_RELEASE_FENCED = PreparedStatement(
+    vm_leases.delete().where(
+        vm_leases.c.vm_id == bindparam("b_vm"),
+        vm_leases.c.owner == bindparam("b_owner"),
+        vm_leases.c.fence == bindparam("b_fence"),
+    )
+)
+_INSERT_AUDIT = PreparedStatement(audit_records.insert())
+_OPEN_FREEZE = PreparedStatement(
     select(operations)
     .where(
         operations.c.vm_id == bindparam("b_vm"),
@@ -202,16 +223,26 @@ _OPEN_FREEZE = (
     .order_by(operations.c.seq.desc())
     .limit(1)
 )
-_OUTCOME_OF = select(operations.c.done, operations.c.error_code).where(
-    operations.c.id == bindparam("b_id")
+_OUTCOME_OF = PreparedStatement(
+    select(operations.c.done, operations.c.error_code).where(operations.c.id == bindparam("b_id"))
 )
-_CURRENT_ID = select(vm_snapshots.c.id).where(
-    vm_snapshots.c.vm_id == bindparam("b_vm"), _IS_CURRENT
+_CURRENT_ID = PreparedStatement(
+    select(vm_snapshots.c.id).where(vm_snapshots.c.vm_id == bindparam("b_vm"), _IS_CURRENT)
 )
-_OWNERS_OF = select(volume_owners.c.locator, volume_owners.c.driver).where(
-    volume_owners.c.locator.in_(bindparam("b_locators", expanding=True))
+_OWNERS_OF = PreparedStatement(
+    select(volume_owners.c.locator, volume_owners.c.driver).where(
+        volume_owners.c.locator.in_(bindparam("b_locators", expanding=True))
+    )
 )
-_PROJECT_OF_VM = select(vm_projects.c.project).where(vm_projects.c.vm_id == bindparam("b_vm"))
+_SNAPSHOTS_IN = PreparedStatement(
+    select(vm_snapshots).where(vm_snapshots.c.state.in_(bindparam("b_states", expanding=True)))
+)
+_SNAPSHOT_IDS_IN = PreparedStatement(
+    select(vm_snapshots.c.id).where(vm_snapshots.c.state.in_(bindparam("b_states", expanding=True)))
+)
+_PROJECT_OF_VM = PreparedStatement(
+    select(vm_projects.c.project).where(vm_projects.c.vm_id == bindparam("b_vm"))
+)
 
 
 # Statements of the hot path that depend on the dialect (the database's clock, the
@@ -219,7 +250,7 @@ _PROJECT_OF_VM = select(vm_projects.c.project).where(vm_projects.c.vm_id == bind
 # building and caching a new statement object for every write cost more CPU than
 # running it (docs/design.md, "CPU and freeze time").
 @functools.cache
-def _acquire_lease_stmt(dialect: str) -> Any:
+def _acquire_lease_stmt(dialect: str) -> PreparedStatement:
     now = _db_now_of(dialect)
     lease = vm_leases.c
     expire = now + bindparam("b_ttl", type_=Float)
@@ -231,7 +262,7 @@ def _acquire_lease_stmt(dialect: str) -> Any:
         expire_time=expire,
         fence=1,
     )
-    return stmt.on_conflict_do_update(
+    stmt = stmt.on_conflict_do_update(
         index_elements=[lease.vm_id],
         set_={
             "owner": bindparam("b_owner"),
@@ -244,11 +275,12 @@ def _acquire_lease_stmt(dialect: str) -> Any:
             or_(lease.operation_id == bindparam("b_op"), ~open_op),
         ),
     ).returning(lease.fence)
+    return PreparedStatement(stmt)
 
 
 @functools.cache
-def _renew_lease_stmt(dialect: str) -> Any:
-    return (
+def _renew_lease_stmt(dialect: str) -> PreparedStatement:
+    return PreparedStatement(
         update(vm_leases)
         .where(
             vm_leases.c.vm_id == bindparam("b_vm"),
@@ -260,15 +292,17 @@ def _renew_lease_stmt(dialect: str) -> Any:
 
 
 @functools.cache
-def _set_owner_stmt(dialect: str) -> Any:
+def _set_owner_stmt(dialect: str) -> PreparedStatement:
     stmt = _upsert_of(dialect, volume_owners).values(
         locator=bindparam("b_locator"),
         driver=bindparam("b_driver"),
         update_time=bindparam("b_time"),
     )
-    return stmt.on_conflict_do_update(
-        index_elements=[volume_owners.c.locator],
-        set_={"driver": bindparam("b_driver"), "update_time": bindparam("b_time")},
+    return PreparedStatement(
+        stmt.on_conflict_do_update(
+            index_elements=[volume_owners.c.locator],
+            set_={"driver": bindparam("b_driver"), "update_time": bindparam("b_time")},
+        )
     )
 
 
@@ -674,8 +708,8 @@ class Store:
         owner and token; locks the lease row until commit."""
 
         def step(conn: Connection) -> None:
-            row = conn.execute(
-                _FENCE_OF, {"b_vm": fence.vm_id, "b_owner": fence.owner, "b_fence": fence.token}
+            row = _FENCE_OF.execute(
+                conn, {"b_vm": fence.vm_id, "b_owner": fence.owner, "b_fence": fence.token}
             ).first()
             if row is None:
                 raise lifecycle.LeaseLost(fence.vm_id, fence.owner, fence.token)
@@ -696,7 +730,7 @@ class Store:
                     text("SELECT pg_advisory_xact_lock(:ns, :key)"),
                     {"ns": ADMISSION_LOCKS, "key": _lock_key(vm_id)},
                 )
-            running = int(conn.execute(_COUNT_OPEN, {"b_vm": vm_id}).scalar_one())
+            running = int(_COUNT_OPEN.execute(conn, {"b_vm": vm_id}).scalar_one())
             if running >= max_open:
                 raise Aborted(
                     f"VM {vm_id} already has {running} operations running or queued (the "
@@ -704,7 +738,7 @@ class Store:
                     reason=Reason.VM_QUEUE_FULL,
                 )
             if max_live is not None:
-                live = int(conn.execute(_COUNT_LIVE, {"b_vm": vm_id}).scalar_one())
+                live = int(_COUNT_LIVE.execute(conn, {"b_vm": vm_id}).scalar_one())
                 if live >= max_live:
                     raise ResourceExhausted(
                         f"VM {vm_id} has {live} snapshots, the maximum is {max_live}; delete "
@@ -722,8 +756,8 @@ class Store:
         def step(conn: Connection) -> None:
             now = time.time()
             try:
-                conn.execute(_INSERT_OPERATION, self._operation_columns(operation, now))
-                conn.execute(_INSERT_SNAPSHOT, snapshot_row(snapshot, now))
+                _INSERT_OPERATION.execute(conn, self._operation_columns(operation, now))
+                _INSERT_SNAPSHOT.execute(conn, snapshot_row(snapshot, now))
             except IntegrityError as exc:
                 raise (_duplicate(exc) or exc) from exc
 
@@ -762,14 +796,14 @@ class Store:
         def step(conn: Connection) -> None:
             values = columns
             if current:
-                vm_id = conn.execute(_VM_OF_SNAPSHOT, {"b_id": snapshot_id}).scalar()
+                vm_id = _VM_OF_SNAPSHOT.execute(conn, {"b_id": snapshot_id}).scalar()
                 if vm_id is not None:
                     if parent_from_current:
-                        was = conn.execute(_CURRENT_ID, {"b_vm": vm_id}).scalar() or ""
+                        was = _CURRENT_ID.execute(conn, {"b_vm": vm_id}).scalar() or ""
                         values = {**columns, "parent_id": "" if was == snapshot_id else was}
-                    conn.execute(_UNSET_CURRENT, {"b_vm": vm_id})
-            moved = conn.execute(
-                _MOVE_SNAPSHOT,
+                    _UNSET_CURRENT.execute(conn, {"b_vm": vm_id})
+            moved = _MOVE_SNAPSHOT.execute(
+                conn,
                 {"b_id": snapshot_id, "b_from": from_names, **values, "update_time": time.time()},
             )
             if moved.rowcount != 1:
@@ -784,8 +818,8 @@ class Store:
         expect = snapshot.state
 
         def step(conn: Connection) -> None:
-            saved = conn.execute(
-                _MOVE_SNAPSHOT,
+            saved = _MOVE_SNAPSHOT.execute(
+                conn,
                 {
                     "b_id": snapshot.id,
                     "b_from": [expect.name],
@@ -802,7 +836,7 @@ class Store:
         """Make one READY snapshot (or none, with "") the VM's current one."""
 
         def step(conn: Connection) -> None:
-            conn.execute(_UNSET_CURRENT, {"b_vm": vm_id})
+            _UNSET_CURRENT.execute(conn, {"b_vm": vm_id})
             if snapshot_id:
                 conn.execute(
                     update(vm_snapshots)
@@ -874,7 +908,7 @@ class Store:
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
         with self._read() as conn:
-            row = conn.execute(_SNAPSHOT_BY_ID, {"b_id": snapshot_id}).first()
+            row = _SNAPSHOT_BY_ID.execute(conn, {"b_id": snapshot_id}).first()
         return snapshot_from_row(row) if row else None
 
     def list_snapshots(
@@ -889,8 +923,8 @@ class Store:
         only those of ``projects`` when given."""
         if vm_id and not show_removed and projects is None:  # the common case, prebuilt
             with self._read() as conn:
-                rows = conn.execute(
-                    _LIST_VM, {"b_after": after_seq, "b_vm": vm_id, "b_limit": limit}
+                rows = _LIST_VM.execute(
+                    conn, {"b_after": after_seq, "b_vm": vm_id, "b_limit": limit}
                 )
                 return [(row.seq, snapshot_from_row(row)) for row in rows]
         query = select(vm_snapshots).where(vm_snapshots.c.seq > after_seq)
@@ -908,7 +942,7 @@ class Store:
         """Every snapshot of a VM that is not REMOVED or ERROR."""
         with self._read() as conn:
             return [
-                snapshot_from_row(row) for row in conn.execute(_LIVE_SNAPSHOTS, {"b_vm": vm_id})
+                snapshot_from_row(row) for row in _LIVE_SNAPSHOTS.execute(conn, {"b_vm": vm_id})
             ]
 
     def snapshot_states(self, snapshot_ids: Sequence[str]) -> dict[str, SnapshotState]:
@@ -926,9 +960,16 @@ class Store:
         return out
 
     def snapshots_in(self, states: Sequence[SnapshotState]) -> list[Snapshot]:
-        query = select(vm_snapshots).where(vm_snapshots.c.state.in_([s.name for s in states]))
         with self._read() as conn:
-            return [snapshot_from_row(row) for row in conn.execute(query)]
+            rows = _SNAPSHOTS_IN.execute(conn, {"b_states": [s.name for s in states]})
+            return [snapshot_from_row(row) for row in rows]
+
+    def snapshot_ids_in(self, states: Sequence[SnapshotState]) -> set[str]:
+        """The ids of the snapshots in ``states`` (a reconciler pass's first read:
+        ids only, a catalog's worth of rows without parsing one)."""
+        with self._read() as conn:
+            rows = _SNAPSHOT_IDS_IN.execute(conn, {"b_states": [s.name for s in states]})
+            return {row[0] for row in rows}
 
     def count_by_state(self) -> dict[str, int]:
         """How many snapshots the catalog holds in each state (metrics)."""
@@ -939,24 +980,24 @@ class Store:
     def find_by_name(self, vm_id: str, name: str) -> Snapshot | None:
         """A snapshot of that VM with that name that still counts (not REMOVED/ERROR)."""
         with self._read() as conn:
-            row = conn.execute(_LIVE_BY_NAME, {"b_vm": vm_id, "b_name": name}).first()
+            row = _LIVE_BY_NAME.execute(conn, {"b_vm": vm_id, "b_name": name}).first()
         return snapshot_from_row(row) if row else None
 
     def open_freeze(self, vm_id: str) -> OperationRecord | None:
         """The VM's unfinished FREEZE operation (a third party's freeze), if any."""
         with self._read() as conn:
-            row = conn.execute(_OPEN_FREEZE, {"b_vm": vm_id}).first()
+            row = _OPEN_FREEZE.execute(conn, {"b_vm": vm_id}).first()
         return operation_from_row(row) if row else None
 
     def operation_outcome(self, operation_id: str) -> tuple[bool, bool] | None:
         """(done, failed) of an operation; None when unknown (for the metrics)."""
         with self._read() as conn:
-            row = conn.execute(_OUTCOME_OF, {"b_id": operation_id}).first()
+            row = _OUTCOME_OF.execute(conn, {"b_id": operation_id}).first()
         return (bool(row.done), row.error_code is not None) if row else None
 
     def current_snapshot(self, vm_id: str) -> Snapshot | None:
         with self._read() as conn:
-            row = conn.execute(_CURRENT, {"b_vm": vm_id}).first()
+            row = _CURRENT.execute(conn, {"b_vm": vm_id}).first()
         return snapshot_from_row(row) if row else None
 
     def get_cleanup(self, snapshot_id: str) -> list[Group]:
@@ -996,7 +1037,7 @@ class Store:
     def w_insert_operation(self, op: OperationRecord) -> Step:
         def step(conn: Connection) -> None:
             try:
-                conn.execute(_INSERT_OPERATION, self._operation_columns(op, time.time()))
+                _INSERT_OPERATION.execute(conn, self._operation_columns(op, time.time()))
             except IntegrityError as exc:
                 raise (_duplicate(exc) or exc) from exc
 
@@ -1004,12 +1045,12 @@ class Store:
 
     def get_operation(self, operation_id: str) -> OperationRecord | None:
         with self._read() as conn:
-            row = conn.execute(_OPERATION_BY_ID, {"b_id": operation_id}).first()
+            row = _OPERATION_BY_ID.execute(conn, {"b_id": operation_id}).first()
         return operation_from_row(row) if row else None
 
     def operation_by_request(self, request_id: str) -> OperationRecord | None:
         with self._read() as conn:
-            row = conn.execute(_OPERATION_BY_REQUEST, {"b_rid": request_id}).first()
+            row = _OPERATION_BY_REQUEST.execute(conn, {"b_rid": request_id}).first()
         return operation_from_row(row) if row else None
 
     def w_journal(self, operation_id: str, step: str, progress: int, **entries: Any) -> Step:
@@ -1017,13 +1058,13 @@ class Store:
         refused (OperationClosed) once the operation is finished."""
 
         def run(conn: Connection) -> None:
-            row = conn.execute(_JOURNAL_OF, {"b_id": operation_id}).first()
+            row = _JOURNAL_OF.execute(conn, {"b_id": operation_id}).first()
             if row is None or row.done:
                 raise lifecycle.OperationClosed(operation_id)
             journal = json.loads(row.journal_json)
             journal.update(entries)
-            conn.execute(
-                _UPDATE_OPERATION,
+            _UPDATE_OPERATION.execute(
+                conn,
                 {
                     "b_id": operation_id,
                     "step": step[:_MAX_STEP],
@@ -1040,8 +1081,8 @@ class Store:
         OperationClosed when it was finished already)."""
 
         def run(conn: Connection) -> None:
-            finished = conn.execute(
-                _OPEN_OPERATION,
+            finished = _OPEN_OPERATION.execute(
+                conn,
                 {
                     "b_id": operation_id,
                     "done": True,
@@ -1096,7 +1137,7 @@ class Store:
         operation is finished (nothing written)."""
 
         def run(conn: Connection) -> bool:
-            row = conn.execute(_JOURNAL_OF, {"b_id": operation_id}).first()
+            row = _JOURNAL_OF.execute(conn, {"b_id": operation_id}).first()
             if row is None or row.done:
                 return False
             journal = json.loads(row.journal_json)
@@ -1116,7 +1157,7 @@ class Store:
         READY, or a cancelled revert from starting to move disks."""
 
         def run(conn: Connection) -> None:
-            row = conn.execute(_JOURNAL_OF, {"b_id": operation_id}).first()
+            row = _JOURNAL_OF.execute(conn, {"b_id": operation_id}).first()
             if row is not None and CANCEL_KEY in json.loads(row.journal_json):
                 raise lifecycle.CancelRequested(operation_id)
 
@@ -1203,10 +1244,14 @@ class Store:
         replica never hold the VM together."""
 
         def step(conn: Connection) -> int:
-            fence = conn.execute(
-                _acquire_lease_stmt(conn.dialect.name),
-                {"b_vm": vm_id, "b_owner": owner, "b_op": operation_id, "b_ttl": float(ttl)},
-            ).scalar()
+            fence = (
+                _acquire_lease_stmt(conn.dialect.name)
+                .execute(
+                    conn,
+                    {"b_vm": vm_id, "b_owner": owner, "b_op": operation_id, "b_ttl": float(ttl)},
+                )
+                .scalar()
+            )
             if fence:
                 for then_step in then:
                     then_step(conn)
@@ -1219,8 +1264,8 @@ class Store:
         when it was lost (expired and taken, or released)."""
 
         def step(conn: Connection) -> bool:
-            renewed = conn.execute(
-                _renew_lease_stmt(conn.dialect.name),
+            renewed = _renew_lease_stmt(conn.dialect.name).execute(
+                conn,
                 {"b_vm": vm_id, "b_owner": owner, "b_fence": fence, "b_ttl": float(ttl)},
             )
             return bool(renewed.rowcount == 1)
@@ -1230,15 +1275,15 @@ class Store:
     def w_release_lease(self, vm_id: str, owner: str, fence: int | None = None) -> Step:
         def step(conn: Connection) -> None:
             if fence is None:
-                conn.execute(_RELEASE_LEASE, {"b_vm": vm_id, "b_owner": owner})
+                _RELEASE_LEASE.execute(conn, {"b_vm": vm_id, "b_owner": owner})
                 return
-            conn.execute(_RELEASE_FENCED, {"b_vm": vm_id, "b_owner": owner, "b_fence": fence})
+            _RELEASE_FENCED.execute(conn, {"b_vm": vm_id, "b_owner": owner, "b_fence": fence})
 
         return step
 
     def lease_owner(self, vm_id: str) -> tuple[str, float] | None:
         with self._read() as conn:
-            row = conn.execute(_LEASE_OF, {"b_vm": vm_id}).first()
+            row = _LEASE_OF.execute(conn, {"b_vm": vm_id}).first()
         return (row.owner, row.expire_time) if row else None
 
     def lease_holder(self, vm_id: str) -> str | None:
@@ -1370,7 +1415,7 @@ class Store:
             now = time.time()
             stmt = _set_owner_stmt(conn.dialect.name)
             for locator, driver in sorted(owners.items()):
-                conn.execute(stmt, {"b_locator": locator, "b_driver": driver, "b_time": now})
+                stmt.execute(conn, {"b_locator": locator, "b_driver": driver, "b_time": now})
 
         return step
 
@@ -1387,7 +1432,7 @@ class Store:
         if not locators:
             return {}
         with self._read() as conn:
-            rows = conn.execute(_OWNERS_OF, {"b_locators": list(locators)})
+            rows = _OWNERS_OF.execute(conn, {"b_locators": list(locators)})
             return {r.locator: r.driver for r in rows}
 
     # --- reconciler findings ------------------------------------------------------
@@ -1468,7 +1513,7 @@ class Store:
     def vm_project(self, vm_id: str) -> str | None:
         """The project of a VM, or None when it has none."""
         with self._read() as conn:
-            row = conn.execute(_PROJECT_OF_VM, {"b_vm": vm_id}).first()
+            row = _PROJECT_OF_VM.execute(conn, {"b_vm": vm_id}).first()
         return row.project if row else None
 
     def vm_project_map(self, vm_ids: Sequence[str]) -> dict[str, str]:
@@ -1519,7 +1564,7 @@ class Store:
         """Append one audit record (columns of ``audit_records``; time now)."""
 
         def step(conn: Connection) -> None:
-            conn.execute(_INSERT_AUDIT, {"time": time.time(), **record})
+            _INSERT_AUDIT.execute(conn, {"time": time.time(), **record})
 
         return step
 
