@@ -4,6 +4,7 @@ after a change (issue 16). Counted on the real manager with in-process peers."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -16,6 +17,7 @@ from tests.fakes.driver import Options
 from tests.host.conftest import FAST, Rig, make_rig
 from vmsnap_host.model import QuiescePolicy
 from vmsnap_host.registry import Health, Registry
+from vmsnap_host.store.prepared import PreparedStatement
 from vmsnap_sdk import Capability, Volume
 
 A = "io.vmsnap.test.a"
@@ -143,5 +145,33 @@ async def test_cache_off_asks_on_every_take(tmp_path: Path) -> None:
         await _take(rig, "s1")
         await _take(rig, "s2")
         assert counts[A] == counts[B] == 2
+    finally:
+        await rig.close()
+
+
+async def test_a_create_runs_a_bounded_number_of_catalog_statements(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog's statements of a create that starts at once and ends READY,
+    counted at the DBAPI: each costs CPU in the host's one GIL. 28 before the
+    READY move took the VM from the snapshot it writes (it read it again) and the
+    metrics took the outcome from the finishing write (they read it again)."""
+    rig = await make_rig(tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"))
+    try:
+        await rig.define()
+        await _take(rig, "warm")  # the CanHandle answers cached, as in steady state
+        sql: list[str] = []
+        real = PreparedStatement.execute
+
+        def counting(self: PreparedStatement, conn: Any, params: Any = None) -> Any:
+            sql.append(str(self.statement).split("\n", 1)[0])
+            return real(self, conn, params)
+
+        monkeypatch.setattr(PreparedStatement, "execute", counting)
+        op = await rig.wait(await rig.create("s1"))
+        await asyncio.sleep(0.05)  # the run's end (metrics) is after the waiter's wake
+        assert op.error is None
+        assert not any("FROM vm_snapshots \nWHERE vm_snapshots.id" in s for s in sql), sql
+        assert len(sql) <= 26, "\n".join(sql)
     finally:
         await rig.close()

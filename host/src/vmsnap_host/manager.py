@@ -167,10 +167,14 @@ class Manager:
         policy_id: str = "",
         policy_name: str = "",
         also: Admitted = Admitted(),
+        seen: Callable[[OperationRecord], None] | None = None,
     ) -> OperationRecord:
         """``policy_id``/``policy_name``: the snapshot policy making it (its retention
         deletes only snapshots recorded with its id). ``also``: steps committed
-        with the admission (the call's audit record)."""
+        with the admission (the call's audit record). ``seen``: called with the
+        operation an earlier request with this ``request_id`` made, before it is
+        compared or returned (the API refuses another project's: one read of the
+        request id per create, under the VM's admission lock)."""
         digest = _request_digest(
             {
                 "description": description,
@@ -180,7 +184,9 @@ class Manager:
             }
         )
         async with self._admit(vm_id):
-            existing = self._replay(request_id, OperationType.CREATE, vm_id, name, digest)
+            existing = self._replay(
+                request_id, OperationType.CREATE, vm_id, name, digest, seen=seen
+            )
             if existing is not None:
                 return existing
             self._check_queue(vm_id)
@@ -273,7 +279,9 @@ class Manager:
                     # runs (that operation may change it).
                     self._start(op, fence=fence, prepared=prepared if fence else None)
             except Duplicate as exc:
-                return self._duplicate(exc, request_id, OperationType.CREATE, vm_id, name)
+                return self._duplicate(
+                    exc, request_id, OperationType.CREATE, vm_id, name, seen=seen
+                )
             return op
 
     async def revert_snapshot(
@@ -873,13 +881,18 @@ class Manager:
         vm_id: str,
         target: str,
         digest: str = "",
+        *,
+        seen: Callable[[OperationRecord], None] | None = None,
     ) -> OperationRecord | None:
         """The operation of an earlier request with this request_id, when it was the
         same request; ALREADY_EXISTS when it was another (another type, target or
-        arguments: ``digest`` against the one kept, when the first request kept one)."""
+        arguments: ``digest`` against the one kept, when the first request kept one).
+        ``seen`` is told of that operation first (it may refuse it)."""
         op = self.store.operation_by_request(request_id)
         if op is None:
             return None
+        if seen is not None:
+            seen(op)
         same_target = op.vm_snapshot_id == target or op.params.get("name") == target
         kept = op.params.get("request", "")
         if op.type is not kind or op.vm_id != vm_id or not same_target:
@@ -892,11 +905,18 @@ class Manager:
         return self.store.w_admit(vm_id, max_open=1 + self.settings.queue_bound, max_live=max_live)
 
     def _duplicate(
-        self, exc: Duplicate, request_id: str, kind: OperationType, vm_id: str, target: str
+        self,
+        exc: Duplicate,
+        request_id: str,
+        kind: OperationType,
+        vm_id: str,
+        target: str,
+        *,
+        seen: Callable[[OperationRecord], None] | None = None,
     ) -> OperationRecord:
         """The catalog refused an insert another request (on this replica or another)
         made first: the same request_id is a retry, else the name is taken."""
-        existing = self._replay(request_id, kind, vm_id, target)
+        existing = self._replay(request_id, kind, vm_id, target, seen=seen)
         if existing is not None:
             return existing
         if exc.what == "name":

@@ -177,6 +177,13 @@ def _audited_with_admission() -> Admitted:
     return Admitted(steps, committed)
 
 
+def _request_seen(op: OperationRecord) -> None:
+    """Refuse, without saying what for, a request_id another project used."""
+    if not access.sees(op.project):
+        rid = op.request_id
+        raise access.hidden(request_id_reused(rid), op.project, f"request_id {rid}")
+
+
 class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     def __init__(
         self,
@@ -231,10 +238,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         """A request_id another project used is refused without saying what for."""
         access.note(request_id=request_id)
         op = self.store.operation_by_request(request_id)
-        if op is not None and not access.sees(op.project):
-            raise access.hidden(
-                request_id_reused(request_id), op.project, f"request_id {request_id}"
-            )
+        if op is not None:
+            _request_seen(op)
 
     # --- snapshots ----------------------------------------------------------------
 
@@ -249,7 +254,9 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_map("parameters", request.parameters)
             wait = _wait_seconds("wait", True, request.wait) if request.HasField("wait") else None
             project = self._vm_project(request.vm_id)
-            self._request_id(request.request_id)
+            # The request id is read once, by the manager under the VM's admission
+            # lock; another project's is refused there, as _request_id does.
+            access.note(request_id=request.request_id)
             op = await self.manager.create_snapshot(
                 request.request_id,
                 request.vm_id,
@@ -260,6 +267,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 parameters=dict(request.parameters),
                 project=project,
                 also=_audited_with_admission(),
+                seen=_request_seen,
             )
             if wait and not op.done:
                 op = await self.manager.wait_operation(op.id, wait)

@@ -515,6 +515,8 @@ def _kept_from_row(row: Row[Any]) -> KeptState:
     )
 
 
+#: Outcomes of operations this process finished, kept for the metrics' read.
+_ENDED_KEPT = 4096
 #: The step of an operation no work has started yet (manager._new_op).
 _QUEUED = "queued"
 
@@ -523,14 +525,18 @@ class _Touches:
     """A write step that changes an operation: once its transaction is committed,
     the store's listeners are told (live events), never before."""
 
-    __slots__ = ("body", "finishes", "operation_id")
+    __slots__ = ("body", "failed", "finishes", "operation_id")
 
-    def __init__(self, operation_id: str, body: Step, *, finishes: bool = False) -> None:
+    def __init__(
+        self, operation_id: str, body: Step, *, finishes: bool = False, failed: bool | None = None
+    ) -> None:
         self.operation_id = operation_id
         self.body = body
         #: Whether the step finishes the operation (done = true): the lease of a
         #: fenced run of that operation is released in the same transaction.
         self.finishes = finishes
+        #: How it finishes it, when the step says (failed or not).
+        self.failed = failed
 
     def __call__(self, conn: Connection) -> Any:
         return self.body(conn)
@@ -545,6 +551,9 @@ class Store:
         #: Told the ids of the operations a committed write changed (the events'
         #: broadcaster): on the event loop, after the commit, never inside it.
         self._listeners: list[Callable[[list[str]], None]] = []
+        #: operation id → failed, for operations this process finished (a finished
+        #: operation never changes): :meth:`operation_outcome` without a read.
+        self._ended: dict[str, bool] = {}
 
     def on_operation_change(self, listener: Callable[[list[str]], None]) -> None:
         """Call ``listener`` with the ids of the operations each committed
@@ -682,6 +691,11 @@ class Store:
             raise
         if releases and fence is not None and fence.end is not None:
             fence.end.released = True
+        for step in steps:
+            if isinstance(step, _Touches) and step.failed is not None:
+                self._ended[step.operation_id] = step.failed
+                if len(self._ended) > _ENDED_KEPT:
+                    del self._ended[next(iter(self._ended))]
         if self._listeners:
             self._committed(steps)
         return result
@@ -793,10 +807,13 @@ class Store:
             columns["is_current"] = current
         from_names = [s.name for s in allowed]
 
+        # A snapshot's VM never changes: the caller's copy names it (one read less).
+        known_vm = snapshot.vm_id if snapshot is not None else None
+
         def step(conn: Connection) -> None:
             values = columns
             if current:
-                vm_id = _VM_OF_SNAPSHOT.execute(conn, {"b_id": snapshot_id}).scalar()
+                vm_id = known_vm or _VM_OF_SNAPSHOT.execute(conn, {"b_id": snapshot_id}).scalar()
                 if vm_id is not None:
                     if parent_from_current:
                         was = _CURRENT_ID.execute(conn, {"b_vm": vm_id}).scalar() or ""
@@ -991,6 +1008,9 @@ class Store:
 
     def operation_outcome(self, operation_id: str) -> tuple[bool, bool] | None:
         """(done, failed) of an operation; None when unknown (for the metrics)."""
+        failed = self._ended.pop(operation_id, None)
+        if failed is not None:
+            return True, failed
         with self._read() as conn:
             row = _OUTCOME_OF.execute(conn, {"b_id": operation_id}).first()
         return (bool(row.done), row.error_code is not None) if row else None
@@ -1095,7 +1115,7 @@ class Store:
             if finished.rowcount != 1:
                 raise lifecycle.OperationClosed(operation_id)
 
-        return _Touches(operation_id, run, finishes=True)
+        return _Touches(operation_id, run, finishes=True, failed=error is not None)
 
     # --- cancel (docs/design.md, "Live events, cancel and traces") ---------------------------
 
