@@ -95,6 +95,8 @@ async def test_contract_round_trip(client: AgentClient, hv: QemuHypervisor, work
     await client.undefine_vm("web-1.example")
     with pytest.raises(NotFound):
         await client.describe_vm("web-1.example")
+    # Idempotent: the VM is gone, and its snapshots with it (the sim agent's answer).
+    await client.delete_native_snapshot("web-1.example", "n1")
 
 
 async def test_best_effort_falls_back_to_overlay(

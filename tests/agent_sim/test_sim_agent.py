@@ -284,6 +284,7 @@ async def test_native_snapshots(agent: AgentClient) -> None:
 
     await agent.delete_native_snapshot("vm-n", "disk-1")
     await agent.delete_native_snapshot("vm-n", "disk-1")  # idempotent
+    await agent.delete_native_snapshot("no-such-vm", "disk-1")  # a VM that is gone holds none
     assert [s.snapshot_id for s in await agent.list_native_snapshots("")] == ["mem-1"]
 
 

@@ -986,9 +986,13 @@ class QemuHypervisor:
         return await self.start_vm(vm_id, incoming=path)
 
     async def delete_native_snapshot(self, vm_id: str, snapshot_id: str) -> None:
-        """Delete; an unknown snapshot is OK (idempotent)."""
+        """Delete; an unknown snapshot is OK (idempotent), an unknown VM's too: it
+        holds none (the contract's answer, and the sim agent's)."""
         async with self._lock(vm_id):
-            snap = await self._find_native(vm_id, snapshot_id)
+            try:
+                snap = await self._find_native(vm_id, snapshot_id)
+            except VmNotFound:
+                return
             if snap is None:
                 return
             if self._copying.get((vm_id, snapshot_id)):
