@@ -59,7 +59,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.qemu import Skipped, deployed
+from bench.qemu import Skipped, deployed, frozen_by_token
 from bench.stats import median
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -275,23 +275,6 @@ def _kill_pidfile(path: Path) -> None:
         os.kill(pid, signal.SIGTERM)
 
 
-def _agent_frozen_by_token(log: Path) -> dict[str, float]:
-    """guest_surely_frozen_ms of each quiesce in the agent's log, by token."""
-    found: dict[str, float] = {}
-    for line in log.read_text(errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            entry = json.loads(line)
-            if not isinstance(entry, dict):
-                continue
-            fields = entry.get("fields")
-            if not isinstance(fields, dict):
-                fields = entry
-            value, token = fields.get("guest_surely_frozen_ms"), fields.get("token")
-            if isinstance(value, int | float) and isinstance(token, str):
-                found[token] = float(value)
-    return found
-
-
 def measure_peer(quick: bool) -> PeerResult:
     check()
     from tests.support.qemu_stack import QemuStack, StackOptions, make_ext4
@@ -400,7 +383,7 @@ async def _measure(stack: Any, peer: Libvirt, image: Path, samples: int) -> Peer
     # alone with each method; libvirt's once. The warm-up is dropped.
     vm_hooks = vm_hooks[-3 * samples :]
     lv_hooks = lv_hooks[-samples:]
-    by_token = _agent_frozen_by_token(stack.work / "agent.log")
+    by_token = frozen_by_token(stack.work / "agent.log")
     known = {t for ts in tokens.values() for t in ts}
     take_tokens = [t for t in by_token if t not in known][-samples:]
     vm_frozen = {

@@ -187,22 +187,31 @@ async def _ga_floor(stack: QemuStack, samples: int) -> float:
     return statistics.median(pairs)
 
 
-def _guest_frozen(stack: QemuStack, samples: int) -> list[float]:
-    """The last ``samples`` guest frozen windows the agent logged (freeze answered →
-    thaw sent), in ms."""
-    log = Path(stack.work) / "agent.log"
-    found = []
+def frozen_by_token(log: Path) -> dict[str, float]:
+    """guest_surely_frozen_ms of each quiesce in the agent's log, by quiesce token,
+    in the order the quiesces were logged. A quiesce whose guest thawed within it
+    logs the value on its "quiesced" and its "unquiesced" line: one sample."""
+    found: dict[str, float] = {}
     for line in log.read_text(errors="replace").splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
             continue
-        value = entry.get("guest_surely_frozen_ms") if isinstance(entry, dict) else None
-        if value is None and isinstance(entry, dict):
-            value = (entry.get("fields") or {}).get("guest_surely_frozen_ms")
-        if isinstance(value, int | float):
-            found.append(float(value))
-    return found[-samples:]
+        if not isinstance(entry, dict):
+            continue
+        fields = entry.get("fields")
+        if not isinstance(fields, dict):
+            fields = entry
+        value, token = fields.get("guest_surely_frozen_ms"), fields.get("token")
+        if isinstance(value, int | float) and isinstance(token, str):
+            found.setdefault(token, float(value))
+    return found
+
+
+def _guest_frozen(stack: QemuStack, samples: int) -> list[float]:
+    """The last ``samples`` guest frozen windows the agent logged (freeze answered →
+    thaw sent), in ms, one per quiesce."""
+    return list(frozen_by_token(Path(stack.work) / "agent.log").values())[-samples:]
 
 
 if __name__ == "__main__":

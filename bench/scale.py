@@ -80,6 +80,7 @@ def _write_history(db: Path, vm_id: str, removed: int) -> None:
     from vmsnap_host.model import Snapshot, SnapshotState
     from vmsnap_host.store import Store
     from vmsnap_host.store import store as catalog
+    from vmsnap_host.store.schema import vm_snapshots
 
     store = Store.open_sqlite(db)
     try:
@@ -95,7 +96,7 @@ def _write_history(db: Path, vm_id: str, removed: int) -> None:
             )
             rows.append(catalog.snapshot_row(snap, now))
         with store.engine.begin() as conn:
-            conn.execute(catalog._INSERT_SNAPSHOT.statement, rows)
+            conn.execute(vm_snapshots.insert(), rows)
     finally:
         store.close()
 
