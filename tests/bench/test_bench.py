@@ -114,6 +114,31 @@ def test_peer_frozen_windows_from_the_hook_and_libvirtd_logs() -> None:
     assert libvirt_windows(log) == pytest.approx([93.0])
 
 
+def test_one_guest_frozen_window_per_quiesce(tmp_path: Path) -> None:
+    from bench.qemu import frozen_by_token
+
+    def line(event: str, token: str, ms: float) -> str:
+        fields = {"token": token, "guest_surely_frozen_ms": ms}
+        return json.dumps({"message": event, "fields": fields})
+
+    # The guest thawed within each quiesce: its quiesced and unquiesced lines both
+    # carry the window. A line that is not JSON, or has no token, is not a sample.
+    log = tmp_path / "agent.log"
+    log.write_text(
+        "\n".join(
+            [
+                line("quiesced", "q-1", 41.0),
+                "not json",
+                line("unquiesced", "q-1", 41.0),
+                line("quiesced", "q-2", 39.5),
+                json.dumps({"fields": {"guest_surely_frozen_ms": 1.0}}),
+                line("unquiesced", "q-2", 39.5),
+            ]
+        )
+    )
+    assert list(frozen_by_token(log).items()) == [("q-1", 41.0), ("q-2", 39.5)]
+
+
 def test_thread_cpu_counts_the_calling_threads_work() -> None:
     """bench.cpu_threads reads each thread's CPU from /proc: work done by this
     (main) thread shows on its own id, and only grows."""

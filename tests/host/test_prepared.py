@@ -111,3 +111,18 @@ def test_a_column_without_a_constant_default_must_be_given(store: Store) -> None
     del row["create_time"]  # no default at all: the database refuses it
     with pytest.raises(IntegrityError), store.engine.begin() as conn:
         PreparedStatement(operations.insert()).execute(conn, row)
+
+
+def test_iterate_gives_the_rows_execute_gives(store: Store) -> None:
+    insert = PreparedStatement(operations.insert())
+    with store.engine.begin() as conn:
+        for n in range(55):  # more than one batch
+            insert.execute(conn, _row(n, done=n % 3 == 0))
+    ids = [f"op-{n}" for n in range(60)]
+    prepared = PreparedStatement(_IN)
+    with store.engine.connect() as conn:
+        streamed = list(prepared.iterate(conn, {"b_ids": ids}))
+        fetched = prepared.execute(conn, {"b_ids": ids}).all()
+    assert len(streamed) == 55
+    assert sorted(streamed) == sorted(fetched)
+    assert all(type(r.done) is bool for r in streamed)

@@ -978,14 +978,14 @@ class Store:
 
     def snapshots_in(self, states: Sequence[SnapshotState]) -> list[Snapshot]:
         with self._read() as conn:
-            rows = _SNAPSHOTS_IN.execute(conn, {"b_states": [s.name for s in states]})
+            rows = _SNAPSHOTS_IN.iterate(conn, {"b_states": [s.name for s in states]})
             return [snapshot_from_row(row) for row in rows]
 
     def snapshot_ids_in(self, states: Sequence[SnapshotState]) -> set[str]:
         """The ids of the snapshots in ``states`` (a reconciler pass's first read:
         ids only, a catalog's worth of rows without parsing one)."""
         with self._read() as conn:
-            rows = _SNAPSHOT_IDS_IN.execute(conn, {"b_states": [s.name for s in states]})
+            rows = _SNAPSHOT_IDS_IN.iterate(conn, {"b_states": [s.name for s in states]})
             return {row[0] for row in rows}
 
     def count_by_state(self) -> dict[str, int]:
