@@ -21,6 +21,7 @@ names as attributes. Statements that are not hot keep ``Connection.execute``.
 from __future__ import annotations
 
 import collections
+import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -183,22 +184,11 @@ class PreparedStatement:
 
     def execute(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Result:
         """Run on ``conn`` (in its transaction) with ``params`` by bind name."""
-        params = params or {}
-        dialect = conn.dialect
-        plan = self._plan(dialect, params)
-        values = plan.values(params)
-        cursor = None
-        try:
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            cursor.execute(plan.sql, values)
+        with self._cursor(conn, params) as (plan, cursor):
             rows = []
             if cursor.description is not None:
                 rows = list(map(plan.convert(cursor), cursor.fetchall()))
-            result = Result(rows, cursor.rowcount)
-            cursor.close()
-        except dialect.loaded_dbapi.Error as exc:
-            conn._handle_dbapi_exception(exc, plan.sql, values, cursor, None)
-        return result
+            return Result(rows, cursor.rowcount)
 
     def iterate(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Iterator[Any]:
         """The rows of a query a few at a time, each converted as it is read: for
@@ -208,17 +198,26 @@ class PreparedStatement:
         catalog read's p99 in the bench's ``catalog`` section was 196 ms with every
         row fetched at once, 56 ms with 500 at a time, 12 ms with 20 (16 ms through
         ``Connection.execute``)."""
+        with self._cursor(conn, params) as (plan, cursor):
+            convert = plan.convert(cursor)
+            while batch := cursor.fetchmany(_BATCH):
+                yield from map(convert, batch)
+
+    @contextlib.contextmanager
+    def _cursor(
+        self, conn: Connection, params: Mapping[str, Any] | None
+    ) -> Iterator[tuple[_Plan, Any]]:
+        """The statement run on a DBAPI cursor of ``conn``; a DBAPI error raised
+        while it runs or is read is raised as SQLAlchemy raises it (and a lost
+        connection invalidated)."""
         params = params or {}
-        dialect = conn.dialect
-        plan = self._plan(dialect, params)
+        plan = self._plan(conn.dialect, params)
         values = plan.values(params)
         cursor = None
         try:
             cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             cursor.execute(plan.sql, values)
-            convert = plan.convert(cursor)
-            while batch := cursor.fetchmany(_BATCH):
-                yield from map(convert, batch)
+            yield plan, cursor
             cursor.close()
-        except dialect.loaded_dbapi.Error as exc:
+        except conn.dialect.loaded_dbapi.Error as exc:
             conn._handle_dbapi_exception(exc, plan.sql, values, cursor, None)
