@@ -161,26 +161,17 @@ class PreparedStatement:
         self._plans: dict[tuple[Any, ...], _Plan] = {}
 
     def _plan(self, dialect: Dialect, params: Mapping[str, Any]) -> _Plan:
-        key: tuple[Any, ...] = (dialect.name, tuple(params) if self._dml else None)
+        # The SQL depends on the dialect, an INSERT's or UPDATE's columns, and the
+        # length of each list given for an expanding IN.
+        lists = tuple((k, len(v)) for k, v in params.items() if isinstance(v, list | tuple))
+        key = (dialect.name, tuple(params) if self._dml else None, lists)
         plan = self._plans.get(key)
-        if plan is not None and not plan.expanding:
-            return plan
-        if plan is not None:
-            lengths = tuple(len(params[n]) for n in plan.expanding)
-            found = self._plans.get((*key, lengths))
-            if found is not None:
-                return found
-        compiled = self.statement.compile(
-            dialect=dialect, column_keys=list(params) if self._dml else None
-        )
-        made = _Plan(compiled, dialect, params)
-        if made.expanding:
-            lengths = tuple(len(params[n]) for n in made.expanding)
-            self._plans.setdefault(key, made)
-            self._plans[(*key, lengths)] = made
-        else:
-            self._plans[key] = made
-        return made
+        if plan is None:
+            compiled = self.statement.compile(
+                dialect=dialect, column_keys=list(params) if self._dml else None
+            )
+            plan = self._plans[key] = _Plan(compiled, dialect, params)
+        return plan
 
     def execute(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Result:
         """Run on ``conn`` (in its transaction) with ``params`` by bind name."""
