@@ -528,3 +528,56 @@ async def test_the_queue_is_bounded(tmp_path: Path, db_url: str) -> None:
         await rig.manager.close()
         await rig.agent.close()
         rig.store.close()
+
+
+async def test_a_take_longer_than_a_third_of_its_leases_renews_both(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The freeze's lease at the agent and the VM's lease in the catalog are renewed
+    every third of their length (vmsnap_host/renewer.py), and no more once the take
+    ended; a take shorter than that renews neither."""
+    from tests.host.conftest import FAST
+
+    settings = replace(FAST, quiesce_lease_seconds=0.6, lease_seconds=0.6, take_timeout_seconds=3.0)
+    rig = await make_rig(
+        tmp_path,
+        Options(name="io.vmsnap.test.a", scheme="a"),
+        Options(name="io.vmsnap.test.b", scheme="b"),
+        settings=settings,
+        db=db_url,
+    )
+    try:
+        await rig.define()
+        calls = _count_agent_calls(rig, monkeypatch)
+        renewed: list[str] = []
+        real_renew = rig.store.w_renew_lease
+
+        def counting_renew(*args: Any) -> Any:
+            renewed.append(args[0])
+            return real_renew(*args)
+
+        monkeypatch.setattr(rig.store, "w_renew_lease", counting_renew)
+        op = await rig.wait(await rig.create("quick"))
+        assert op.error is None, op.error
+        assert calls.count("renew_quiesce") == 0 and renewed == []
+
+        b = rig.drivers["io.vmsnap.test.b"]
+        real_take = b.take_snapshot
+
+        async def slow(request: TakeRequest) -> SnapshotResult:
+            await asyncio.sleep(0.45)  # past 0.2 s, a third of both leases
+            return await real_take(request)
+
+        monkeypatch.setattr(b, "take_snapshot", slow)
+        op = await rig.wait(await rig.create("slow"))
+        assert op.error is None, op.error
+        snap = rig.store.get_snapshot(op.vm_snapshot_id)
+        assert snap is not None and snap.state is SnapshotState.READY
+        assert calls.count("renew_quiesce") >= 1
+        assert renewed and set(renewed) == {"vm1"}
+        seen = (calls.count("renew_quiesce"), len(renewed))
+        await asyncio.sleep(0.5)
+        assert (calls.count("renew_quiesce"), len(renewed)) == seen  # none after the take
+        assert not rig.frozen()
+    finally:
+        await rig.close()

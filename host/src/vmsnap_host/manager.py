@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ from vmsnap_host.model import (
 )
 from vmsnap_host.planner import plan_take
 from vmsnap_host.registry import Registry
+from vmsnap_host.renewer import Renewer
 from vmsnap_host.state import StaleMove
 from vmsnap_host.store import Store
 from vmsnap_host.store.fence import Fence, LeaseEnd, fenced
@@ -150,6 +152,9 @@ class Manager:
         self._changed = asyncio.Condition()
         #: Set when the host begins to stop: waits answer at once (see begin_stop).
         self._stopping = asyncio.Event()
+        #: Done when the host begins to stop: what a wait waits on beside its
+        #: operation (one future for every waiter, made on the loop at first use).
+        self._stopped: asyncio.Future[None] | None = None
 
     # --- requests -----------------------------------------------------------------
 
@@ -809,6 +814,8 @@ class Manager:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
         self.events.end_all(
             Unavailable(
                 "this host is stopping; watch again (another replica, or this one once it "
@@ -832,13 +839,11 @@ class Manager:
                 # Run here: wait for its own end, not for every operation's (no herd
                 # of waiters re-reading the catalog at each end), then read it once.
                 # Re-read at least every second all the same.
-                stop = asyncio.ensure_future(self._stopping.wait())
-                try:
-                    await asyncio.wait(
-                        {task, stop}, timeout=min(left, 1.0), return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    stop.cancel()
+                await asyncio.wait(
+                    {task, self._stop_signal(loop)},
+                    timeout=min(left, 1.0),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             op = self.get_operation(operation_id)
             left = give_up - loop.time()
             if op.done or left <= 0 or self.stopping:
@@ -850,6 +855,14 @@ class Manager:
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), min(left, _POLL))
+
+    def _stop_signal(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        stopped = self._stopped
+        if stopped is None or stopped.get_loop() is not loop:
+            stopped = self._stopped = loop.create_future()
+            if self._stopping.is_set():
+                stopped.set_result(None)
+        return stopped
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -1078,7 +1091,7 @@ class Manager:
         # take does nothing after it. (A revert and a delete drop kept states and
         # owed objects after theirs, under the lease.)
         end = LeaseEnd(op.id if op.type is OperationType.CREATE and not resume else "")
-        renew = asyncio.create_task(self._renew_lease(op, fence, ttl, work, end))
+        renew = Renewer(ttl / 3, functools.partial(self._renew_lease, op, fence, ttl, work, end))
         try:
             # Every catalog write of this work (and of the tasks it starts) checks the
             # lease's token first: after a takeover, nothing of it lands.
@@ -1093,9 +1106,7 @@ class Manager:
                 extra={"fields": {"operation": op.id, "error": exc.message}},
             )
         finally:
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renew
+            await renew.stop()
             if not end.released:
                 with contextlib.suppress(Exception):
                     await self.store.write(self.store.w_release_lease(op.vm_id, self.owner, fence))
@@ -1109,29 +1120,30 @@ class Manager:
         ttl: float,
         work: asyncio.Task[object],
         end: LeaseEnd,
-    ) -> None:
-        while True:
-            await asyncio.sleep(ttl / 3)
-            if end.released:
-                return  # finished: the lease went with the operation's last write
-            try:
-                held = await self.store.write(
-                    self.store.w_renew_lease(op.vm_id, self.owner, fence, ttl)
-                )
-            except Exception:
-                log.exception("lease renewal failed", extra={"fields": {"vm": op.vm_id}})
-                continue
-            if not held and end.released:
-                return  # the last write released it meanwhile
-            if not held:
-                # Another owner took the VM (our lease ran out): stop this work. The
-                # executor thaws on the way out; the new owner resolves the operation.
-                log.error(
-                    "VM lease lost; stopping the operation",
-                    extra={"fields": {"vm": op.vm_id, "operation": op.id}},
-                )
-                work.cancel()
-                return
+    ) -> bool:
+        """One renewal of the VM's lease (a :class:`Renewer` calls it every ttl/3);
+        whether to go on."""
+        if end.released:
+            return False  # finished: the lease went with the operation's last write
+        try:
+            held = await self.store.write(
+                self.store.w_renew_lease(op.vm_id, self.owner, fence, ttl)
+            )
+        except Exception:
+            log.exception("lease renewal failed", extra={"fields": {"vm": op.vm_id}})
+            return True
+        if not held and end.released:
+            return False  # the last write released it meanwhile
+        if not held:
+            # Another owner took the VM (our lease ran out): stop this work. The
+            # executor thaws on the way out; the new owner resolves the operation.
+            log.error(
+                "VM lease lost; stopping the operation",
+                extra={"fields": {"vm": op.vm_id, "operation": op.id}},
+            )
+            work.cancel()
+            return False
+        return True
 
     async def idle(self) -> None:
         """Wait until every operation started so far has ended (or left itself open)."""

@@ -12,7 +12,7 @@ token — by operation id: the agent records which operation holds each freeze.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable
@@ -23,6 +23,7 @@ from typing import TypeVar
 from vmsnap_host import checks
 from vmsnap_host.config import Settings
 from vmsnap_host.model import QuiescePolicy
+from vmsnap_host.renewer import Renewer
 from vmsnap_sdk import HypervisorAgent, NativeSnapshotAtFreeze, QuiesceMethod, QuiesceResult
 from vmsnap_sdk.errors import Aborted, DeadlineExceeded, FailedPrecondition, Reason, VMSnapError
 
@@ -35,8 +36,13 @@ _LEASE_MARGIN = 1.0
 
 
 async def with_deadline(call: Awaitable[_T], seconds: float, what: str) -> _T:
+    """``call`` within ``seconds``, else DeadlineExceeded (the call is cancelled).
+
+    ``asyncio.timeout`` runs the call in the caller's task: ``wait_for`` made a
+    task of it, a few loop turns more for each of a take's calls."""
     try:
-        return await asyncio.wait_for(call, max(seconds, 0.01))
+        async with asyncio.timeout(max(seconds, 0.01)):
+            return await call
     except TimeoutError as exc:
         raise DeadlineExceeded(f"{what}: no answer within {seconds:.1f} s") from exc
 
@@ -54,7 +60,7 @@ class Freeze:
     started_mono: float
     #: Monotonic time by which the agent has surely thawed by itself.
     ends_by: float
-    renewals: asyncio.Task[None] | None = None
+    renewals: Renewer | None = None
     thawed: bool = False
     #: What really ended the freeze, in words (for the record).
     ended: str = ""
@@ -218,26 +224,25 @@ class FreezeKeeper:
             freeze.frozen_seconds = time.monotonic() - sent
             freeze.ended = "thawed at the cut (the agent took the native snapshot in the Quiesce)"
             return freeze
-        freeze.renewals = asyncio.create_task(self._renew(freeze))
+        freeze.renewals = Renewer(lease / 3, functools.partial(self._renew, freeze))
         return freeze
 
-    async def _renew(self, freeze: Freeze) -> None:
-        while True:
-            await asyncio.sleep(freeze.lease / 3)
-            sent = time.monotonic()
-            try:
-                await with_deadline(
-                    freeze.agent.renew_quiesce(freeze.result.token, freeze.lease),
-                    freeze.lease / 3,
-                    "RenewQuiesce",
-                )
-            except VMSnapError as exc:
-                log.warning(
-                    "freeze lease renewal failed",
-                    extra={"fields": {"operation": freeze.operation_id, "error": str(exc)}},
-                )
-                continue
-            freeze.ends_by = max(freeze.ends_by, sent + freeze.lease + _LEASE_MARGIN)
+    async def _renew(self, freeze: Freeze) -> bool:
+        sent = time.monotonic()
+        try:
+            await with_deadline(
+                freeze.agent.renew_quiesce(freeze.result.token, freeze.lease),
+                freeze.lease / 3,
+                "RenewQuiesce",
+            )
+        except VMSnapError as exc:
+            log.warning(
+                "freeze lease renewal failed",
+                extra={"fields": {"operation": freeze.operation_id, "error": str(exc)}},
+            )
+            return True
+        freeze.ends_by = max(freeze.ends_by, sent + freeze.lease + _LEASE_MARGIN)
+        return True
 
     def take_deadline(self, freeze: Freeze | None) -> float:
         """How long the groups may take: inside the lease when frozen (a take still
@@ -252,9 +257,7 @@ class FreezeKeeper:
         if freeze.released:
             return None
         if freeze.renewals is not None:
-            freeze.renewals.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await freeze.renewals
+            await freeze.renewals.stop()
         delay = 0.05
         last: VMSnapError | None = None
         while True:

@@ -20,9 +20,12 @@ caller's ``await`` raises :class:`~vmsnap_host.state.StaleMove` or
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -554,6 +557,14 @@ class Store:
         #: operation id → failed, for operations this process finished (a finished
         #: operation never changes): :meth:`operation_outcome` without a read.
         self._ended: dict[str, bool] = {}
+        #: SQLite: the event loop thread's read connection, kept checked out (thread
+        #: id, connection). A pool checkout and return cost more than most of the
+        #: loop's reads; a SELECT outside a write starts no SQLite transaction, so
+        #: the connection holds no snapshot between reads. PostgreSQL reads use the
+        #: pool (its pre-ping replaces a connection the server dropped).
+        self._loop_reader: tuple[int, Connection] | None = None
+        self._keep_reader = engine.dialect.name == "sqlite"
+        self._reader_lock = threading.Lock()
 
     def on_operation_change(self, listener: Callable[[list[str]], None]) -> None:
         """Call ``listener`` with the ids of the operations each committed
@@ -655,6 +666,11 @@ class Store:
 
     def close(self) -> None:
         self._writer.close()
+        with self._reader_lock:
+            self._keep_reader = False
+            kept, self._loop_reader = self._loop_reader, None
+        if kept is not None:
+            kept[1].close()
         self.engine.dispose()
 
     async def write(self, *steps: Step) -> Any:
@@ -710,12 +726,50 @@ class Store:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
+        kept = self._kept_reader()
+        if kept is None:
+            try:
+                with self.engine.connect() as conn:
+                    yield conn
+            except (DBAPIError, PoolTimeout) as exc:
+                _raise_unavailable(exc)
+                raise
+            return
         try:
-            with self.engine.connect() as conn:
-                yield conn
+            yield kept
         except (DBAPIError, PoolTimeout) as exc:
+            self._drop_reader(kept)
             _raise_unavailable(exc)
             raise
+        finally:
+            if kept.in_transaction():
+                kept.rollback()  # SQLAlchemy's bookkeeping: no SQLite transaction is open
+
+    def _kept_reader(self) -> Connection | None:
+        """The loop thread's kept read connection (opened on its first read), or None
+        off that thread, off an event loop, and on PostgreSQL."""
+        if not self._keep_reader or asyncio._get_running_loop() is None:
+            return None
+        ident = threading.get_ident()
+        kept = self._loop_reader
+        if kept is None:
+            with self._reader_lock:
+                if self._loop_reader is None and self._keep_reader:
+                    try:
+                        self._loop_reader = (ident, self.engine.connect())
+                    except (DBAPIError, PoolTimeout) as exc:
+                        _raise_unavailable(exc)
+                        raise
+                kept = self._loop_reader
+        return kept[1] if kept is not None and kept[0] == ident else None
+
+    def _drop_reader(self, conn: Connection) -> None:
+        with self._reader_lock:
+            if self._loop_reader is not None and self._loop_reader[1] is conn:
+                self._loop_reader = None
+        with contextlib.suppress(Exception):
+            conn.invalidate()
+            conn.close()
 
     def w_check_fence(self, fence: Fence) -> Step:
         """Refuse the transaction (LeaseLost) unless the VM's lease still has this

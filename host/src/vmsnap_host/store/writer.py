@@ -106,7 +106,9 @@ class GroupCommitter:
         future: asyncio.Future[Any] = loop.create_future()
         self._ensure_thread()
         self._queue.put(_Job(steps, loop, future))
-        return await asyncio.shield(future)
+        # A cancelled caller cancels only this future: the steps still commit (they
+        # are queued), and _Job.resolve skips a future that is done.
+        return await future
 
     def _ensure_thread(self) -> None:
         with self._lock:
