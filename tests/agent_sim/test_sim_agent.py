@@ -247,6 +247,26 @@ async def test_renew_extends_the_lease(agent: AgentClient, sim: SimProc) -> None
     assert (await agent.unquiesce(result.token)).thawed_now
 
 
+async def test_a_shorter_lease_given_later_runs_out_first(
+    agent: AgentClient, sim: SimProc
+) -> None:
+    """The agent sleeps until the first lease runs out; a lease that runs out
+    sooner, given while it sleeps (a new freeze, or a renewal that shortens one),
+    wakes it (sim/_agent.py, _wake_reaper)."""
+    for vm_id in ("vm-long", "vm-short", "vm-cut"):
+        await agent.define_vm(a_vm(vm_id))
+        await agent.start_vm(vm_id)
+    long = await agent.quiesce("vm-long", QuiesceMethod.OVERLAY, 60, False, "op-long")
+    cut = await agent.quiesce("vm-cut", QuiesceMethod.OVERLAY, 60, False, "op-cut")
+    await asyncio.sleep(0.05)  # the agent is asleep until the 60 s leases run out
+    await agent.quiesce("vm-short", QuiesceMethod.OVERLAY, 0.3, False, "op-short")
+    await agent.renew_quiesce(cut.token, 0.3)  # shortened
+    await wait_until_thawed(sim.state, "vm-short", timeout=3)
+    await wait_until_thawed(sim.state, "vm-cut", timeout=3)
+    assert frozen(sim.state, "vm-long")
+    assert (await agent.unquiesce(long.token)).thawed_now
+
+
 # --- native snapshots -------------------------------------------------------------------
 
 

@@ -60,6 +60,7 @@ from vmsnap_sdk.errors import (
     VMSnapError,
 )
 from vmsnap_sdk.limits import cut
+from vmsnap_sdk.metrics import child
 
 log = logging.getLogger("vmsnap.host.manager")
 
@@ -1053,8 +1054,8 @@ class Manager:
         if ended is not None and ended[0]:
             outcome = "failed" if ended[1] else "succeeded"
         kind = op.type.name.lower()
-        metrics.OPERATIONS.labels(type=kind, outcome=outcome).inc()
-        metrics.OPERATION_SECONDS.labels(type=kind).observe(seconds)
+        child(metrics.OPERATIONS, kind, outcome).inc()
+        child(metrics.OPERATION_SECONDS, kind).observe(seconds)
 
     def _dropped(self, op: OperationRecord) -> bool:
         """Whether a queued operation was finished before it started (cancelled). An

@@ -63,6 +63,7 @@ from vmsnap_sdk.errors import (
     Unavailable,
     VMSnapError,
 )
+from vmsnap_sdk.metrics import child
 
 log = logging.getLogger("vmsnap.host.registry")
 
@@ -275,9 +276,9 @@ def _forward(interface: type, name: str) -> Callable[..., Awaitable[Any]]:
             raise
         finally:
             labels = (peer.kind.word, peer.name or peer.address, name)
-            metrics.PEER_CALL_SECONDS.labels(*labels).observe(time.monotonic() - start)
+            child(metrics.PEER_CALL_SECONDS, *labels).observe(time.monotonic() - start)
             if code != "OK":
-                metrics.PEER_CALL_ERRORS.labels(*labels, code).inc()
+                child(metrics.PEER_CALL_ERRORS, *labels, code).inc()
 
     return call
 

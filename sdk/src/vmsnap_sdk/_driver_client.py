@@ -179,6 +179,7 @@ class DriverClient(StorageDriver):
             driver_pb2.DeleteClonedVolumesRequest(clone_id=clone_id),
             self._t(timeout),
         )
+
     async def list_unmanaged_snapshots(
         self, volumes: Sequence[Volume], page: Page, *, timeout: float | None = None
     ) -> UnmanagedPage:

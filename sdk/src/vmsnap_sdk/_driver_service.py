@@ -257,6 +257,7 @@ class DriverServicer(driver_pb2_grpc.StorageDriverServicer):
             )
 
         await invoke(context, "ReadSnapshot", run)
+
     async def CloneVolumes(  # noqa: N802
         self, request: driver_pb2.CloneVolumesRequest, context: Ctx
     ) -> driver_pb2.CloneVolumesResponse:
@@ -293,7 +294,6 @@ class DriverServicer(driver_pb2_grpc.StorageDriverServicer):
             return driver_pb2.DeleteClonedVolumesResponse()
 
         return await invoke(context, "DeleteClonedVolumes", run)
-
 
     async def ListUnmanagedSnapshots(  # noqa: N802
         self, request: driver_pb2.ListUnmanagedSnapshotsRequest, context: Ctx

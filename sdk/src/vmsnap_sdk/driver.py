@@ -110,6 +110,7 @@ class StorageDriver(abc.ABC):
     async def read_snapshot(self, snapshot: SnapshotRef, offset: int, length: int) -> bytes:
         """``length`` bytes (at most 4 MiB) of the snapshot from ``offset``."""
         raise Unimplemented("ReadSnapshot is not offered by this driver")
+
     # --- clone to a new VM (CAPABILITY_CLONE_VOLUMES) --------------------------------
 
     async def clone_volumes(self, request: CloneRequest) -> Sequence[Volume]:
@@ -123,6 +124,7 @@ class StorageDriver(abc.ABC):
     async def delete_cloned_volumes(self, clone_id: str) -> None:
         """Delete every volume made for ``clone_id`` (found by its tags). Unknown is fine."""
         raise Unimplemented("DeleteClonedVolumes is not offered by this driver")
+
     async def list_unmanaged_snapshots(
         self, volumes: Sequence[Volume], page: Page
     ) -> UnmanagedPage:

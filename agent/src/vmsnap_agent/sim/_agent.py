@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -208,6 +209,9 @@ class SimAgent(HypervisorAgent):
         }
         self._wake = asyncio.Event()
         self._reaper: asyncio.Task[None] | None = None
+        #: When the reaper wakes by itself next (it sleeps until the first lease
+        #: runs out): a new lease wakes it only when it runs out before that.
+        self._reap_at = 0.0
         # Leases that ran out while the agent was down are resolved before the
         # first call can see them, and so are the disk copies a crash cut short.
         self._thaw_expired()
@@ -242,10 +246,21 @@ class SimAgent(HypervisorAgent):
                 await self._store.flush()
             except OSError:
                 log.exception("saving the state after a lease ran out failed; retried")
+            # No await from here to the sleep: a lease given after this line wakes
+            # the reaper (_wake_reaper) if it runs out first.
             expiries = [vm.freeze.expire_at for vm in self._frozen.values() if vm.freeze]
-            timeout = max(0.0, min(expiries) - _now()) + 0.01 if expiries else None
+            self._reap_at = min(expiries) if expiries else math.inf
+            timeout = max(0.0, self._reap_at - _now()) + 0.01 if expiries else None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    def _wake_reaper(self, expire_at: float) -> None:
+        """A lease that runs out at ``expire_at`` was given: wake the reaper if it
+        would sleep past it. A thaw or a lease made longer needs no wake: the reaper
+        then wakes early, finds nothing to thaw and sleeps again."""
+        if expire_at < self._reap_at:
+            self._wake.set()
 
     def _thaw_expired(self) -> None:
         now = _now()
@@ -605,7 +620,7 @@ class SimAgent(HypervisorAgent):
             record.freeze.saved_ram = saved
         self._frozen[record.freeze.token] = record
         self._store.save_vm(vm_id)
-        self._wake.set()
+        self._wake_reaper(record.freeze.expire_at)
         log.info(
             "frozen",
             extra={
@@ -680,7 +695,7 @@ class SimAgent(HypervisorAgent):
             raise NotFound(f"no freeze with token {token}: unknown or already thawed")
         record.freeze.expire_at = _now() + lease_seconds
         self._store.save_vm(record.id)
-        self._wake.set()
+        self._wake_reaper(record.freeze.expire_at)  # a shorter lease than before, too
         await self._store.flush()
         return _dt(record.freeze.expire_at)
 
@@ -711,7 +726,6 @@ class SimAgent(HypervisorAgent):
         del self._frozen[record.freeze.token]
         record.freeze = None
         self._store.save_vm(record.id)
-        self._wake.set()
         log.info(
             "thawed",
             extra={
