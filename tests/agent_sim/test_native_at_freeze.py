@@ -90,9 +90,19 @@ async def test_the_snapshot_comes_back_in_the_quiesce(client: AgentClient) -> No
     ("method", "flag", "asked", "field"),
     [
         (QuiesceMethod.GUEST_FREEZE_AND_CUT, True, NativeSnapshotAtFreeze("s1"), "native_snapshot"),
-        (QuiesceMethod.PAUSE_AND_SAVE_MEMORY, False, NativeSnapshotAtFreeze("s1"), "native_snapshot"),
+        (
+            QuiesceMethod.PAUSE_AND_SAVE_MEMORY,
+            False,
+            NativeSnapshotAtFreeze("s1"),
+            "native_snapshot",
+        ),
         (QuiesceMethod.GUEST_FREEZE_AND_CUT, False, NativeSnapshotAtFreeze("-x"), "snapshot_id"),
-        (QuiesceMethod.GUEST_FREEZE_AND_CUT, False, NativeSnapshotAtFreeze("s1", ("V D",)), "disks"),
+        (
+            QuiesceMethod.GUEST_FREEZE_AND_CUT,
+            False,
+            NativeSnapshotAtFreeze("s1", ("V D",)),
+            "disks",
+        ),
     ],
 )
 async def test_bad_requests_are_refused_before_anything_is_frozen(

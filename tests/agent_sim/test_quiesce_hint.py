@@ -68,8 +68,6 @@ async def test_the_hint_reaches_an_agent_that_takes_it(tmp_path: Path, sockdir: 
     assert agent.hints == [True, False]
 
 
-async def test_an_agent_of_version_one_is_not_given_the_hint(
-    tmp_path: Path, sockdir: Path
-) -> None:
+async def test_an_agent_of_version_one_is_not_given_the_hint(tmp_path: Path, sockdir: Path) -> None:
     # Ignoring the hint is correct (it only allows less work): no TypeError → INTERNAL.
     await _freeze_twice(AgentOfVersionOne(tmp_path / "state"), f"unix://{sockdir}/old.sock")

@@ -247,9 +247,7 @@ async def test_renew_extends_the_lease(agent: AgentClient, sim: SimProc) -> None
     assert (await agent.unquiesce(result.token)).thawed_now
 
 
-async def test_a_shorter_lease_given_later_runs_out_first(
-    agent: AgentClient, sim: SimProc
-) -> None:
+async def test_a_shorter_lease_given_later_runs_out_first(agent: AgentClient, sim: SimProc) -> None:
     """The agent sleeps until the first lease runs out; a lease that runs out
     sooner, given while it sleeps (a new freeze, or a renewal that shortens one),
     wakes it (sim/_agent.py, _wake_reaper)."""

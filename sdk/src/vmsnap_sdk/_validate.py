@@ -18,6 +18,9 @@ DRIVER_NAME_PATTERN = re.compile(
     r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$"
 )
 
+#: What require_text refuses: the C0 control characters (below U+0020).
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
 MAX_VOLUMES = 256
 MAX_LOCATOR = 1024
 MAX_NAME = 255
@@ -47,7 +50,7 @@ def require_text(field: str, value: str, max_len: int = MAX_NAME, required: bool
         raise InvalidArgument.for_field(field, "is required")
     if len(value) > max_len:
         raise InvalidArgument.for_field(field, f"is {len(value)} chars; at most {max_len}")
-    if any(ord(c) < 32 for c in value):
+    if _CONTROL.search(value):
         raise InvalidArgument.for_field(field, "must not contain control characters")
     return value
 
