@@ -31,6 +31,7 @@ from vmsnap_sdk import (
     Volume,
     VolumeDecision,
     VolumeSnapshot,
+    event_loop,
     serve_driver,
 )
 
@@ -100,7 +101,9 @@ def main() -> None:
     parser.add_argument("--scheme", required=True)
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--counts", default="")
-    asyncio.run(_serve(parser.parse_args()))
+    event_loop.add_argument(parser)  # as every SDK server: uvloop when installed
+    args = parser.parse_args()
+    event_loop.run(_serve(args), args.event_loop)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from google.protobuf import duration_pb2
 
 from bench import create
 from bench.stats import median
+from vmsnap_sdk import event_loop
 from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.driver.v1 import driver_pb2, driver_pb2_grpc
 from vmsnap_sdk._proto.host.v1 import host_pb2, host_pb2_grpc
@@ -299,11 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("dir", type=Path)
     serve.add_argument("--agent", default="")
     serve.add_argument("--drivers", nargs=2, default=[])
+    # The same loop as vmsnap's servers (uvloop when installed): the skeleton stays
+    # the same processes and calls with nothing else.
+    event_loop.add_argument(serve)
     run = sub.add_parser("run", help="measure creates through the skeleton and print them")
     run.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        asyncio.run(_serve(args.role, args.address, args.dir, args.agent, args.drivers))
+        event_loop.run(
+            _serve(args.role, args.address, args.dir, args.agent, args.drivers), args.event_loop
+        )
         return 0
     for r in measure(args.quick):
         print(

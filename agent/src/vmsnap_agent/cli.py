@@ -10,14 +10,13 @@ a clear message instead of a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from vmsnap_sdk import configure_logging, serve_agent
-from vmsnap_sdk.serve import add_server_arguments, server_tls_from_args
+from vmsnap_sdk import configure_logging, event_loop, serve_agent
+from vmsnap_sdk.serve import add_server_arguments, loop_or_exit, server_tls_from_args
 
 #: Hypervisor kind → module implementing it (imported only when chosen).
 KINDS: dict[str, str] = {
@@ -79,7 +78,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     kind.add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    asyncio.run(_serve(kind, args))
+    # A kind that needs asyncio's own loop says so (the QEMU agent: SCM_RIGHTS on
+    # its QMP socket, which uvloop's transports do not expose).
+    choice = args.event_loop
+    needs = getattr(kind, "EVENT_LOOP", "")
+    if needs and choice not in ("auto", needs):
+        sys.exit(
+            f"vmsnap-agent: --hypervisor {known.hypervisor} runs on the {needs} event loop "
+            f"(--event-loop {choice} was asked; pass --event-loop {needs} or auto)"
+        )
+    loop_or_exit(needs or choice)  # exits saying what to pass when it cannot be had
+    event_loop.run(_serve(kind, args), needs or choice)
 
 
 if __name__ == "__main__":

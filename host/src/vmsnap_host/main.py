@@ -33,9 +33,14 @@ from vmsnap_host.app import HostApp
 from vmsnap_host.config import Config, ConfigError, load
 from vmsnap_host.metrics import HostCollector
 from vmsnap_host.store.store import CatalogUnavailable, database_url
-from vmsnap_sdk import configure_logging
+from vmsnap_sdk import configure_logging, event_loop
 from vmsnap_sdk.metrics import check_address
-from vmsnap_sdk.serve import add_server_arguments, open_metrics, server_tls_from_args
+from vmsnap_sdk.serve import (
+    add_server_arguments,
+    loop_or_exit,
+    open_metrics,
+    server_tls_from_args,
+)
 
 
 def _loopback_or_unix(address: str) -> bool:
@@ -129,9 +134,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"vmsnap-host: --listen {args.remote[0]} requires authentication: configure "
             "principals with tokens or certificates, or a JWT key, in [auth] of --config"
         )
+    loop_or_exit(args.event_loop)  # exits saying what to pass when it cannot be had
     tracing.setup()  # before any gRPC server or channel exists
     try:
-        asyncio.run(_serve(args, config))
+        event_loop.run(_serve(args, config), args.event_loop)
     except CatalogUnavailable as exc:
         sys.exit(f"vmsnap-host: {exc.message}")
 

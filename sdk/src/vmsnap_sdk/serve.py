@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
-from vmsnap_sdk import tracing
+from vmsnap_sdk import event_loop, tracing
 from vmsnap_sdk._agent_service import AgentServicer
 from vmsnap_sdk._driver_service import DriverServicer, FixtureServicer
 from vmsnap_sdk._logging import configure_logging
@@ -160,7 +160,17 @@ async def serve_agent(
             metrics.close()
 
 
-def _run_until_stopped(main: Coroutine[Any, Any, None]) -> NoReturn:
+def loop_or_exit(choice: str) -> event_loop.LoopFactory:
+    """The event loop ``--event-loop`` names, or exit saying what to pass instead."""
+    try:
+        return event_loop.loop_factory(choice)
+    except ValueError as exc:
+        sys.exit(str(exc))
+
+
+def _run_until_stopped(
+    main: Coroutine[Any, Any, None], factory: event_loop.LoopFactory
+) -> NoReturn:
     """Run a server's main coroutine, then end the process at once.
 
     ``asyncio.run`` would, after the server stopped, join the default executor's
@@ -171,7 +181,7 @@ def _run_until_stopped(main: Coroutine[Any, Any, None]) -> NoReturn:
     grace is abandoned, as after SIGKILL; the contract's idempotent calls and the
     host's compensation are made for exactly that.
     """
-    loop = asyncio.new_event_loop()
+    loop = factory()
     asyncio.set_event_loop(loop)
     code = 0
     try:
@@ -220,6 +230,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve Prometheus /metrics there: PORT or 127.0.0.1:PORT (loopback only; "
         "off by default), or fd:N, a listening socket a supervisor passed down",
     )
+    event_loop.add_argument(parser)
 
 
 def server_tls_from_args(args: argparse.Namespace) -> ServerTLS | None:
@@ -257,6 +268,7 @@ def run_driver(
 ) -> None:
     """Parse the standard flags (plus ``extra_arguments``), build the driver, serve it."""
     args = _parse_server_args(description, argv, extra_arguments)
+    loop = loop_or_exit(args.event_loop)
     _run_until_stopped(
         serve_driver(
             factory(args),
@@ -265,7 +277,8 @@ def run_driver(
             grace_seconds=args.grace,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             metrics_listen=args.metrics_listen,
-        )
+        ),
+        loop,
     )
 
 
@@ -278,6 +291,7 @@ def run_agent(
 ) -> None:
     """Parse the standard flags (plus ``extra_arguments``), build the agent, serve it."""
     args = _parse_server_args(description, argv, extra_arguments)
+    loop = loop_or_exit(args.event_loop)
     _run_until_stopped(
         serve_agent(
             factory(args),
@@ -286,5 +300,6 @@ def run_agent(
             grace_seconds=args.grace,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             metrics_listen=args.metrics_listen,
-        )
+        ),
+        loop,
     )

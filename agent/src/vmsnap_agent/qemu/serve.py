@@ -13,6 +13,10 @@ from .hypervisor import QemuHypervisor
 from .locators import LocatorMap
 from .model import BootMode
 
+#: The QEMU agent passes file descriptors to QEMU over its QMP socket (SCM_RIGHTS:
+#: memory snapshots), which uvloop's transports do not expose: asyncio's own loop.
+EVENT_LOOP = "asyncio"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
