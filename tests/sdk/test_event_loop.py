@@ -82,45 +82,26 @@ def test_a_driver_process_runs_on_the_loop_asked(
         proc.stop()
 
 
-def test_a_bad_event_loop_flag_exits_saying_what_to_pass(tmp_path: Path) -> None:
+def _refused(*argv: str) -> str:
+    """Run a server's command line that must exit at once; its stderr."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "sdk/examples/minimal_driver.py"),
-            "--listen",
-            f"unix://{tmp_path}/x.sock",
-            "--event-loop",
-            "tokio",
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, *argv], check=False, capture_output=True, text=True, timeout=60
     )
-    assert done.returncode != 0
-    assert "expected one of auto, uvloop, asyncio" in done.stderr
+    assert done.returncode != 0, done.stdout
+    return done.stderr
+
+
+def test_a_bad_event_loop_flag_exits_saying_what_to_pass(tmp_path: Path) -> None:
+    driver = str(ROOT / "sdk/examples/minimal_driver.py")
+    said = _refused(driver, "--listen", f"unix://{tmp_path}/x.sock", "--event-loop", "tokio")
+    assert "expected one of auto, uvloop, asyncio" in said
 
 
 def test_the_qemu_agent_refuses_uvloop_and_says_why(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vmsnap_agent.cli",
-            "--hypervisor",
-            "qemu",
-            "--listen",
-            f"unix://{tmp_path}/a.sock",
-            "--state",
-            str(tmp_path / "state"),
-            "--event-loop",
-            "uvloop",
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    said = _refused(
+        *("-m", "vmsnap_agent.cli", "--hypervisor", "qemu"),
+        *("--listen", f"unix://{tmp_path}/a.sock", "--state", str(tmp_path / "state")),
+        *("--event-loop", "uvloop"),
     )
-    assert done.returncode != 0
-    assert "runs on the asyncio event loop" in done.stderr
-    assert "--event-loop asyncio" in done.stderr
+    assert "runs on the asyncio event loop" in said
+    assert "--event-loop asyncio" in said
