@@ -31,9 +31,13 @@ from vmsnap_sdk import (
     Volume,
     VolumeDecision,
     VolumeSnapshot,
-    event_loop,
     serve_driver,
 )
+
+try:
+    from vmsnap_sdk import event_loop
+except ImportError:  # an SDK older than the event-loop flag: `bench.compare` runs other trees'
+    event_loop = None  # type: ignore[assignment]
 
 
 class NoopDriver(StorageDriver):
@@ -101,6 +105,9 @@ def main() -> None:
     parser.add_argument("--scheme", required=True)
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--counts", default="")
+    if event_loop is None:
+        asyncio.run(_serve(parser.parse_args()))
+        return
     event_loop.add_argument(parser)  # as every SDK server: uvloop when installed
     args = parser.parse_args()
     event_loop.run(_serve(args), args.event_loop)
