@@ -53,7 +53,7 @@ RPC_SECONDS = Histogram(
 
 
 _M = TypeVar("_M", Counter, Histogram)
-_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+_children: dict[tuple[Counter | Histogram, tuple[str, ...]], Any] = {}
 
 
 def child(metric: _M, *values: str) -> _M:
@@ -61,8 +61,9 @@ def child(metric: _M, *values: str) -> _M:
     checks and converts its arguments and takes a lock on every call, several
     times what the observation costs, on every RPC of every server. For labels
     from bounded sets (methods, codes, peers, operation types) whose children
-    are never removed."""
-    key = (id(metric), values)
+    are never removed. Keyed by the metric itself (kept alive here), not its
+    ``id()``, which a later metric could reuse."""
+    key = (metric, values)
     found = _children.get(key)
     if found is None:
         found = _children[key] = metric.labels(*values)
