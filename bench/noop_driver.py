@@ -110,7 +110,7 @@ def main() -> None:
         return
     event_loop.add_argument(parser)  # as every SDK server: uvloop when installed
     args = parser.parse_args()
-    event_loop.run(_serve(args), args.event_loop)
+    event_loop.run(_serve(args), event_loop.loop_factory(args.event_loop))
 
 
 if __name__ == "__main__":

@@ -308,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         event_loop.run(
-            _serve(args.role, args.address, args.dir, args.agent, args.drivers), args.event_loop
+            _serve(args.role, args.address, args.dir, args.agent, args.drivers),
+            event_loop.loop_factory(args.event_loop),
         )
         return 0
     for r in measure(args.quick):

@@ -87,8 +87,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"vmsnap-agent: --hypervisor {known.hypervisor} runs on the {needs} event loop "
             f"(--event-loop {choice} was asked; pass --event-loop {needs} or auto)"
         )
-    loop_or_exit(needs or choice)  # exits saying what to pass when it cannot be had
-    event_loop.run(_serve(kind, args), needs or choice)
+    loop = loop_or_exit(needs or choice)  # exits saying what to pass when it cannot be had
+    event_loop.run(_serve(kind, args), loop)
 
 
 if __name__ == "__main__":

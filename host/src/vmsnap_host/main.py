@@ -134,10 +134,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"vmsnap-host: --listen {args.remote[0]} requires authentication: configure "
             "principals with tokens or certificates, or a JWT key, in [auth] of --config"
         )
-    loop_or_exit(args.event_loop)  # exits saying what to pass when it cannot be had
+    loop = loop_or_exit(args.event_loop)  # exits saying what to pass when it cannot be had
     tracing.setup()  # before any gRPC server or channel exists
     try:
-        event_loop.run(_serve(args, config), args.event_loop)
+        event_loop.run(_serve(args, config), loop)
     except CatalogUnavailable as exc:
         sys.exit(f"vmsnap-host: {exc.message}")
 

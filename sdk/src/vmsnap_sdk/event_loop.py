@@ -66,15 +66,10 @@ def loop_factory(choice: str = "auto") -> LoopFactory:
     return factory
 
 
-def name_of(loop: asyncio.AbstractEventLoop) -> str:
-    """``uvloop`` or ``asyncio``: what a process reports it runs on."""
-    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
-
-
-def run(main: Coroutine[Any, Any, _T], choice: str = "auto") -> _T:
-    """``asyncio.run(main)`` on the loop ``choice`` names (for asyncio's, exactly
-    ``asyncio.run``: the loop is also set as the thread's current loop)."""
-    factory = loop_factory(choice)
+def run(main: Coroutine[Any, Any, _T], factory: LoopFactory) -> _T:
+    """``asyncio.run(main)`` on the loop ``factory`` makes (:func:`loop_factory`;
+    for asyncio's, exactly ``asyncio.run``: the loop is also set as the thread's
+    current loop)."""
     if factory is asyncio.new_event_loop:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=factory) as runner:
@@ -86,10 +81,10 @@ def add_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--event-loop",
         default=default_choice(),
-        metavar="{auto,uvloop,asyncio}",
+        metavar="{" + ",".join(CHOICES) + "}",
         help=f"the event loop: uvloop when installed (auto, the default; {ENV} sets it), "
         "or asyncio's own",
     )
 
 
-__all__ = ["CHOICES", "ENV", "add_argument", "default_choice", "loop_factory", "name_of", "run"]
+__all__ = ["CHOICES", "ENV", "LoopFactory", "add_argument", "default_choice", "loop_factory", "run"]
