@@ -1,12 +1,14 @@
 """This tree's create path against another tree's, alternately, in one run:
-``python -m bench.compare BASE [--runs N] [--creates N] [--base-dir DIR]``.
+``python -m bench.compare BASE [--runs N] [--creates N] [--concurrency C]
+[--base-dir DIR]``.
 
 ``BASE`` is another checkout of vmsnap (``git worktree add /tmp/base <commit>``).
 Each run starts the create benchmark's stack (sim agent, two no-op drivers, the
 host) once with BASE's code first on ``PYTHONPATH`` and once with this tree's,
-alternating, and measures creates at concurrency 64 (``--creates`` of them after
-one warm-up create per VM) as ``create_c64`` does: creates/s, p50 and the CPU
-each process used per create. The machine is shared and noisy, so the runs
+alternating, and measures creates at ``--concurrency`` (64: as ``create_c64``
+does; 1: as ``create_c1`` does, the latency goal's figure), ``--creates`` of
+them after one warm-up create per VM: creates/s, p50 and the CPU each process
+used per create. The machine is shared and noisy, so the runs
 alternate and the report gives medians and this tree ÷ BASE.
 
 The bench's own code (this module, bench.create, bench.stack) is this tree's in
@@ -31,7 +33,8 @@ _ONE = """
 import json, sys
 from bench import create
 from bench.stats import median
-(r,) = create.measure_create(True, concurrencies=(64,), base=sys.argv[1], totals={64: int(sys.argv[2])})
+c = int(sys.argv[3])
+(r,) = create.measure_create(True, concurrencies=(c,), base=sys.argv[1], totals={c: int(sys.argv[2])})
 print(json.dumps({"ops_per_s": r.ops_per_s, "p50_ms": median(r.latencies_ms), "cpu": r.cpu_ms_per_op}))
 """
 
@@ -40,11 +43,11 @@ def _paths(tree: Path) -> str:
     return os.pathsep.join([*(str(tree / p) for p in _PACKAGES), str(ROOT)])
 
 
-def measure(tree: Path, creates: int, base_dir: str) -> dict[str, float]:
+def measure(tree: Path, creates: int, base_dir: str, concurrency: int = 64) -> dict[str, float]:
     """One run of the create benchmark on ``tree``'s code."""
     env = {**os.environ, "PYTHONPATH": _paths(tree)}
     out = subprocess.run(
-        [sys.executable, "-c", _ONE, base_dir, str(creates)],
+        [sys.executable, "-c", _ONE, base_dir, str(creates), str(concurrency)],
         env=env,
         cwd=ROOT,
         check=True,
@@ -57,12 +60,14 @@ def measure(tree: Path, creates: int, base_dir: str) -> dict[str, float]:
     return flat
 
 
-def compare(base: Path, runs: int, creates: int, base_dir: str) -> dict[str, dict[str, float]]:
+def compare(
+    base: Path, runs: int, creates: int, base_dir: str, concurrency: int = 64
+) -> dict[str, dict[str, float]]:
     """Medians per tree (``base``, ``this``) of ``runs`` alternating runs."""
     seen: dict[str, list[dict[str, float]]] = {"base": [], "this": []}
     for i in range(runs):
         for name, tree in (("base", base), ("this", ROOT)):
-            row = measure(tree, creates, base_dir)
+            row = measure(tree, creates, base_dir, concurrency)
             seen[name].append(row)
             print(f"run {i + 1} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()))
     return {name: {k: median([r[k] for r in rows]) for k in rows[0]} for name, rows in seen.items()}
@@ -73,12 +78,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("base", type=Path, help="another vmsnap checkout")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--creates", type=int, default=960)
+    parser.add_argument(
+        "--concurrency", type=int, default=64, help="creates in flight (1: the latency goal's)"
+    )
     parser.add_argument("--base-dir", default="/tmp", help="where catalogs live (/dev/shm: RAM)")
     args = parser.parse_args(argv)
     if not (args.base / "host" / "src" / "vmsnap_host").is_dir():
         parser.error(f"{args.base} is not a vmsnap checkout (no host/src/vmsnap_host)")
-    medians = compare(args.base.resolve(), args.runs, args.creates, args.base_dir)
-    print(f"\nmedians of {args.runs} alternating runs (c=64, {args.creates} creates each):")
+    if not 1 <= args.concurrency <= 256:
+        parser.error(f"--concurrency must be between 1 and 256, not {args.concurrency}")
+    medians = compare(
+        args.base.resolve(), args.runs, args.creates, args.base_dir, args.concurrency
+    )
+    print(
+        f"\nmedians of {args.runs} alternating runs "
+        f"(c={args.concurrency}, {args.creates} creates each):"
+    )
     print(f"{'':24} {'base':>10} {'this':>10} {'this/base':>10}")
     for key in medians["this"]:
         b, t = medians["base"][key], medians["this"][key]

@@ -10,9 +10,10 @@ bench can say how much of a create is Python's and the design's, and how much is
 vmsnap's own work (the catalog, fencing, checks, conversions, metrics, audit):
 
 - a **host** answering ``CreateVMSnapshot`` (with its wait): ``DescribeVM`` to the
-  agent, a durable commit (the CREATING row, before the freeze), ``Quiesce``, a
-  durable commit (the freeze token, before the takes), ``TakeVMSnapshot`` to both
-  drivers in parallel, ``Unquiesce``, a durable commit (READY), the answer. The
+  agent, a durable commit (the CREATING row, before the freeze), ``Quiesce``,
+  ``TakeVMSnapshot`` to both drivers in parallel, ``Unquiesce``, a durable commit
+  (READY), the answer (the freeze token is not journaled: recovery thaws by
+  operation id). The
   commits are SQLite inserts (WAL, ``synchronous=FULL``) made by one writer
   thread that commits whatever is queued together, as the host's catalog does;
 - an **agent** answering ``DescribeVM`` from memory, and ``Quiesce`` and
@@ -54,9 +55,8 @@ from vmsnap_sdk._proto.host.v1 import host_pb2, host_pb2_grpc
 from vmsnap_sdk._proto.hypervisor.v1 import hypervisor_pb2, hypervisor_pb2_grpc
 
 #: Durable commits the skeleton host makes per create (the host's catalog makes
-#: the same number: admission with CREATING, the freeze token beside the takes,
-#: READY with the operation's end).
-COMMITS = 3
+#: the same number: admission with CREATING, READY with the operation's end).
+COMMITS = 2
 
 
 class _GroupCommit:
@@ -130,7 +130,6 @@ class _Host(host_pb2_grpc.VMSnapshotServiceServicer):
                 lease=duration_pb2.Duration(seconds=30),
             )
         )
-        await self.db.commit("freeze token")
         await asyncio.gather(
             *(
                 self.drivers[v.locator.partition(":")[0]].TakeVMSnapshot(

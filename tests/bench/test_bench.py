@@ -158,7 +158,7 @@ def test_thread_cpu_counts_the_calling_threads_work() -> None:
 
 def test_the_skeleton_makes_a_creates_calls_and_durable_writes(tmp_path: Path) -> None:
     """The skeleton is the floor only if it does what a create must: every create
-    through it reaches the agent and both drivers and leaves its three commits."""
+    through it reaches the agent and both drivers and leaves its two commits."""
     import asyncio
     import contextlib
     import sqlite3
@@ -172,7 +172,7 @@ def test_the_skeleton_makes_a_creates_calls_and_durable_writes(tmp_path: Path) -
         rows = db.execute("SELECT what FROM rows").fetchall()
     creates = 6 + 2  # and the warm-up create of each VM
     assert len(rows) == skeleton.COMMITS * creates
-    assert sorted({r[0] for r in rows}) == ["creating", "freeze token", "ready"]
+    assert sorted({r[0] for r in rows}) == ["creating", "ready"]
     assert (tmp_path / "vm-1.freeze").exists()
 
 

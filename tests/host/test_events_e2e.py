@@ -212,7 +212,7 @@ def test_a_take_streams_its_steps_in_order_and_is_one_trace(sockdir: Path, tmp_p
             out.close()
         steps = [e["step"] for e in seen]
         # Started at once: its first step commits with its admission (never queued).
-        assert steps == ["quiescing", "taking 3 groups", "done"], steps
+        assert steps == ["quiescing and taking 3 groups", "done"], steps
         progress = [int(str(e["progress_percent"])) for e in seen]
         assert progress == sorted(progress) and progress[-1] == 100
         assert seen[-1]["error"] is None

@@ -126,9 +126,12 @@ async def test_delete_with_a_driver_down_expunges_in_the_background(
         rig.store.close()
 
 
-async def test_restart_rolls_back_an_interrupted_take(rig: Rig) -> None:
-    """What a crash leaves: a CREATING snapshot, a journaled freeze token, cuts on
-    the drivers. Recovery thaws, deletes everywhere, and records ERROR."""
+@pytest.mark.parametrize("journaled", ["method", "token"])
+async def test_restart_rolls_back_an_interrupted_take(rig: Rig, journaled: str) -> None:
+    """What a crash leaves: a CREATING snapshot, the freeze method journaled (a take
+    journals no token since session 12: recovery thaws by operation id; a journal
+    an older host wrote has the token), cuts on the drivers. Recovery thaws,
+    deletes everywhere, and records ERROR."""
     await rig.define()
     vm = await rig.agent.describe_vm("vm1")
     sid = await _ready(rig, "template")
@@ -150,7 +153,8 @@ async def test_restart_rolls_back_an_interrupted_take(rig: Rig) -> None:
     from vmsnap_sdk import QuiesceMethod
 
     q = await rig.agent.quiesce("vm1", QuiesceMethod.OVERLAY, 30, True, "op-crashed")
-    await rig.store.write(rig.store.w_journal(op.id, "taking 3 groups", 30, quiesce_token=q.token))
+    saved = {"quiesce_token": q.token} if journaled == "token" else {"quiesce_method": "OVERLAY"}
+    await rig.store.write(rig.store.w_journal(op.id, "quiescing and taking 3 groups", 15, **saved))
     for d in rig.drivers.values():
         await d.take_snapshot(
             __import__("vmsnap_sdk").TakeRequest("crashed1", vm, (vm.volumes[0],))

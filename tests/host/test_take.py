@@ -61,8 +61,9 @@ async def test_a_take_started_at_once_commits_its_first_step_with_its_admission(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On an idle VM the admission's transaction takes the VM's lease and, granted,
-    moves the snapshot to CREATING with its owed deletes and freeze method: three
-    durable commits per take (admission, token, READY), not four."""
+    moves the snapshot to CREATING with its owed deletes and freeze method: two
+    durable commits per take (admission, READY), and no freeze token commit
+    (recovery thaws by operation id)."""
     await rig.define()
     commits = 0
     write = rig.store.write
@@ -75,7 +76,7 @@ async def test_a_take_started_at_once_commits_its_first_step_with_its_admission(
     monkeypatch.setattr(rig.store, "write", counting)
     op = await rig.wait(await rig.create())
     assert op.error is None
-    assert commits == 3
+    assert commits == 2
 
     # The lease held elsewhere (another replica runs something on the VM): the
     # admission commits the snapshot ALLOCATED and queued, nothing of the take, and

@@ -168,7 +168,11 @@ class Take:
                 self.store.w_set_owners(owners),
                 self.store.w_journal(
                     op.id,
-                    "quiescing" if method is not None else f"taking {len(planned)} groups",
+                    # One step for the freeze and the cut: the freeze token is not
+                    # journaled (recovery thaws by operation id; "Take", step 2).
+                    f"quiescing and taking {len(planned)} groups"
+                    if method is not None
+                    else f"taking {len(planned)} groups",
                     15 if method is not None else 30,
                     freeze_needed=freeze_needed,
                     called=[g.owner for g in planned],
@@ -227,25 +231,6 @@ class Take:
                     raise freeze.problem  # thawed below; its snapshot is owed a delete
             deadline = self.freezes.take_deadline(freeze)
             consistency = freeze.result.consistency if freeze else Consistency.CRASH
-            # The token is journaled beside the takes rather than before them: the
-            # freeze happened before it could be written either way, and recovery
-            # can thaw by operation id without it. Overlapping keeps an fsync out of
-            # the freeze window.
-            # (A freeze the agent released in the Quiesce holds nothing to thaw.)
-            token_saved = (
-                asyncio.ensure_future(
-                    self.store.write(
-                        self.store.w_journal(
-                            op.id,
-                            f"taking {len(planned)} groups",
-                            30,
-                            quiesce_token=freeze.result.token,
-                        )
-                    )
-                )
-                if freeze is not None and not freeze.released
-                else None
-            )
             taken = freeze.result.native_snapshot if freeze is not None else None
             outcomes = list(
                 await asyncio.gather(
@@ -267,8 +252,6 @@ class Take:
                     return_exceptions=True,
                 )
             )
-            if token_saved is not None:
-                await token_saved
         except VMSnapError as exc:
             failure = exc
         finally:
@@ -297,7 +280,7 @@ class Take:
         groups = [g.with_result(results.get(g.owner)) for g in planned]
         snap = replace(snap, groups=tuple(groups))
         thaw_steps = (
-            [self.store.w_journal(op.id, "thawed", 60, quiesce_token="", thaw=freeze.ended)]
+            [self.store.w_journal(op.id, "thawed", 60, thaw=freeze.ended)]
             if freeze is not None
             else []
         )
