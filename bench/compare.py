@@ -87,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.base} is not a vmsnap checkout (no host/src/vmsnap_host)")
     if not 1 <= args.concurrency <= 256:
         parser.error(f"--concurrency must be between 1 and 256, not {args.concurrency}")
-    medians = compare(
-        args.base.resolve(), args.runs, args.creates, args.base_dir, args.concurrency
-    )
+    medians = compare(args.base.resolve(), args.runs, args.creates, args.base_dir, args.concurrency)
     print(
         f"\nmedians of {args.runs} alternating runs "
         f"(c={args.concurrency}, {args.creates} creates each):"
