@@ -13,11 +13,12 @@ vmsnap's own work (the catalog, fencing, checks, conversions, metrics, audit):
   agent, a durable commit (the CREATING row, before the freeze), ``Quiesce``,
   ``TakeVMSnapshot`` to both drivers in parallel, ``Unquiesce``, a durable commit
   (READY), the answer (the freeze token is not journaled: recovery thaws by
-  operation id). The
-  commits are SQLite inserts (WAL, ``synchronous=FULL``) made by one writer
-  thread that commits whatever is queued together, as the host's catalog does;
+  operation id). The commits are SQLite inserts (WAL, ``synchronous=FULL``) made
+  by one writer thread that commits whatever is queued together, as the host's
+  catalog does;
 - an **agent** answering ``DescribeVM`` from memory, and ``Quiesce`` and
-  ``Unquiesce`` after a small file write + fsync (its freeze record) in a thread;
+  ``Unquiesce`` after a small file write (its freeze record, not fsynced: a
+  freeze ends with the machine, as the sim agent's) in a thread;
 - two **drivers** answering ``TakeVMSnapshot`` with one snapshot per volume.
 
 The handlers use the generated stubs straight, with no SDK layer, interceptor or
@@ -156,7 +157,6 @@ class _Agent(hypervisor_pb2_grpc.HypervisorAgentServicer):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, what.encode())
-            os.fsync(fd)
         finally:
             os.close(fd)
 

@@ -391,7 +391,9 @@ async def test_a_change_of_one_vm_rewrites_that_vm_only(agent: AgentClient, sim:
 
     held = await agent.quiesce("vm-busy", QuiesceMethod.OVERLAY, 60, False, "op-busy")
     assert frozen(sim.state, "vm-busy")
-    assert stamp(busy) != busy_before  # the change itself is on disk
+    # The freeze is on disk in its own file; the VM's file is not rewritten for it.
+    freeze = sim.state / "freezes" / "vm-busy.json"
+    assert freeze.exists() and stamp(busy) == busy_before
     await agent.renew_quiesce(held.token, 120)
     await agent.take_native_snapshot("vm-busy", "snap-busy", [], True)
     assert (await agent.unquiesce(held.token)).thawed_now
@@ -405,6 +407,7 @@ async def test_a_change_of_one_vm_rewrites_that_vm_only(agent: AgentClient, sim:
     assert not (sim.state / "state.json").exists()
     assert sorted(p.name for p in (sim.state / "vms").iterdir()) == ["vm-busy.json", "vm-idle.json"]
     assert [p.name for p in (sim.state / "snapshots").iterdir()] == ["vm-idle.json"]
+    assert list((sim.state / "freezes").iterdir()) == []  # thawed: no freeze file
 
 
 async def test_reads_write_nothing(agent: AgentClient, sim: SimProc) -> None:

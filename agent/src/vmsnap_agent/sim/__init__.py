@@ -14,10 +14,11 @@ Conventions a test or a demo can rely on:
   guest freezes its filesystems but has no application hook (FILESYSTEM instead
   of APPLICATION). Example name: ``"db-1 sim.guest_agent=false"``.
 * **Is a VM frozen right now?** The VM's state stays RUNNING or STOPPED (a
-  filesystem freeze does not pause vCPUs); the freeze is the ``freeze`` entry of
-  the VM in ``DIR/vms/<vm id>.json`` (null when thawed), replaced atomically on
-  every change of that VM (layout in ``_store``). Read it with :func:`frozen` (or
-  :func:`freeze_of` for the details), everything with :func:`load_state`.
+  filesystem freeze does not pause vCPUs); the freeze is ``DIR/freezes/<vm
+  id>.json`` (absent when thawed), replaced atomically, and never fsynced, on
+  every freeze, renewal and thaw of that VM (layout in ``_store``). Read it with
+  :func:`frozen` (or :func:`freeze_of` for the details), everything with
+  :func:`load_state`.
 * A freeze on a **stopped** VM succeeds with every method: nothing writes, so the
   consistency is APPLICATION after a clean stop and CRASH after a forced one.
 * **Leases**: the agent thaws a VM when its lease runs out, while running (a
@@ -39,7 +40,7 @@ Conventions a test or a demo can rely on:
   a frozen VM is ABORTED unless it repeats the same ``operation_id`` (then it
   returns the same token).
 * **Freezes by operation**: each freeze keeps the ``operation_id`` of its
-  Quiesce (in the VM's file, so across restarts); ListQuiesces lists them and
+  Quiesce (in its freeze file, so across restarts); ListQuiesces lists them and
   Unquiesce with an ``operation_id`` thaws every freeze of that operation.
 """
 

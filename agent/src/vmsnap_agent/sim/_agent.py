@@ -282,9 +282,7 @@ class SimAgent(HypervisorAgent):
                     }
                 },
             )
-            del self._frozen[vm.freeze.token]
-            vm.freeze = None
-            self._store.save_vm(vm.id)
+            self._release(vm)
 
     # --- helpers ---------------------------------------------------------------
 
@@ -618,8 +616,9 @@ class SimAgent(HypervisorAgent):
             saved = ram_counter(record, now) or 0
             _set_ram(record, saved, running=False)
             record.freeze.saved_ram = saved
+            self._store.save_vm(vm_id)
         self._frozen[record.freeze.token] = record
-        self._store.save_vm(vm_id)
+        self._store.save_freeze(vm_id)
         self._wake_reaper(record.freeze.expire_at)
         log.info(
             "frozen",
@@ -694,7 +693,7 @@ class SimAgent(HypervisorAgent):
         if record is None or record.freeze is None:
             raise NotFound(f"no freeze with token {token}: unknown or already thawed")
         record.freeze.expire_at = _now() + lease_seconds
-        self._store.save_vm(record.id)
+        self._store.save_freeze(record.id)
         self._wake_reaper(record.freeze.expire_at)  # a shorter lease than before, too
         await self._store.flush()
         return _dt(record.freeze.expire_at)
@@ -721,11 +720,7 @@ class SimAgent(HypervisorAgent):
         assert record.freeze is not None
         frozen_for = max(0.0, _now() - record.freeze.frozen_at)
         operation_id = record.freeze.operation_id
-        if record.freeze.saved_ram >= 0 and record.state == "RUNNING":
-            _set_ram(record, record.ram_base, running=True)  # resumed: it ticks on
-        del self._frozen[record.freeze.token]
-        record.freeze = None
-        self._store.save_vm(record.id)
+        self._release(record)
         log.info(
             "thawed",
             extra={
@@ -737,6 +732,17 @@ class SimAgent(HypervisorAgent):
             },
         )
         return frozen_for
+
+    def _release(self, record: VMRecord) -> None:
+        """End the VM's freeze in memory and in its freeze file (a paused VM
+        resumes: its RAM counter ticks on, in the VM's file)."""
+        assert record.freeze is not None
+        if record.freeze.saved_ram >= 0 and record.state == "RUNNING":
+            _set_ram(record, record.ram_base, running=True)
+            self._store.save_vm(record.id)
+        del self._frozen[record.freeze.token]
+        record.freeze = None
+        self._store.save_freeze(record.id)
 
     async def list_quiesces(self, vm_id: str = "") -> Sequence[QuiesceInfo]:
         self._ensure_reaper()
@@ -800,7 +806,7 @@ class SimAgent(HypervisorAgent):
                     f"{record.freeze.adopted_by}"
                 )
             record.freeze.adopted_by = snapshot_id
-            self._store.save_vm(vm_id)
+            self._store.save_freeze(vm_id)
         size = sum(v.size_bytes for v in record.volumes if v.disk in chosen)
         files = self._file_disks(record, chosen)
         try:

@@ -11,14 +11,15 @@ components read it to see what the "hypervisor" is doing (read it with
           "id": ..., "name": ..., "memory_mib": ..., "state": "STOPPED" | "RUNNING",
           "clean_shutdown": true,
           "volumes": [{"disk": "vda", "locator": "...", "size_bytes": 0, "format": "raw"}],
-          "freeze": null | {            # null <=> the VM is thawed right now
-            "token": ..., "method": "OVERLAY" | "GUEST_FREEZE" | ...,
-            "consistency": "CRASH" | ..., "operation_id": ...,
-            "frozen_at": <unix seconds>, "expire_at": <unix seconds>
-          },
+          "freeze": null,               # written null: the freeze is in freezes/
           "reverting": null | {         # a revert of file disks past its commit point
             "snapshot_id": ..., "disks": ["vdb"], "state": "STOPPED" | "RUNNING"
           }}}
+    freezes/<key>.json     the freeze in force on one VM (absent <=> thawed):
+      {"version": 2, "vm_id": ...,
+       "freeze": {"token": ..., "method": "OVERLAY" | "GUEST_FREEZE" | ...,
+                  "consistency": "CRASH" | ..., "operation_id": ...,
+                  "frozen_at": <unix seconds>, "expire_at": <unix seconds>, ...}}
     snapshots/<key>.json   the native snapshots of one VM (absent when it has none):
       {"version": 2, "vm_id": ..., "snapshots": {"<snapshot id>": {native snapshot record}}}
     disks/, native/        the bytes of file:// disks and their native copies (``_disks``)
@@ -36,6 +37,16 @@ the new file, never half of one, and every acknowledged change. The directory
 is fsynced when a file is created or removed (a VM defined or undefined, its
 first or last native snapshot), not when one is replaced: after a power cut (not
 a SIGKILL) a replaced file may come back as its previous version.
+
+A freeze is the running guest's state, not the VM's: a freeze, renewal or thaw
+writes only the VM's freeze file, renamed into place (or removed) before the
+call is answered but never fsynced (docs/design.md, "Freeze records are runtime
+state"). A SIGKILL of the agent loses nothing (the kernel keeps what was
+written); a crash of the machine ends every freeze with the guests it ran, so a
+freeze file it left behind is stale at best, torn at worst. The agent drops a
+freeze file it cannot read at start-up (with a warning), and a stale one's
+lease has run out (thawed at start-up). A VM file written by an older agent
+with its freeze inside is moved to a freeze file at start-up.
 
 Undefining a VM removes its VM file, then its snapshot file; a snapshot file
 left without a VM file (a crash in between) is deleted at start-up.
@@ -67,6 +78,7 @@ log = logging.getLogger("vmsnap_agent.sim")
 STATE_FILE = "state.json"
 VMS_DIR = "vms"
 SNAPSHOTS_DIR = "snapshots"
+FREEZES_DIR = "freezes"
 VERSION = 2
 OLD_VERSION = 1
 
@@ -153,7 +165,7 @@ def _vm_to_json(vm: VMRecord) -> dict[str, Any]:
     # vars() instead of asdict(): no deep copy, this is on every freeze and thaw.
     data = dict(vars(vm))
     data["volumes"] = [vars(v) for v in vm.volumes]
-    data["freeze"] = vars(vm.freeze) if vm.freeze is not None else None
+    data["freeze"] = None  # in its own file (_freeze_to_json)
     data["reverting"] = vars(vm.reverting) if vm.reverting is not None else None
     return data
 
@@ -172,6 +184,23 @@ def _vm_from_json(raw: dict[str, Any]) -> VMRecord:
         ram_base=raw.get("ram_base", 0),
         ram_since=raw.get("ram_since", 0.0),
     )
+
+
+def _freeze_to_json(vm: VMRecord) -> dict[str, Any]:
+    assert vm.freeze is not None
+    return {"version": VERSION, "vm_id": vm.id, "freeze": vars(vm.freeze)}
+
+
+def _freeze_from_file(path: Path, vm_id: str) -> FreezeRecord | None:
+    """The freeze a file records for ``vm_id``; None when there is none. Raises
+    ValueError (or KeyError, TypeError) for a file a machine crash tore."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    if data.get("version") != VERSION or data.get("vm_id") != vm_id:
+        raise ValueError(f"not a freeze record of VM {vm_id}: {path}")
+    return FreezeRecord(**data["freeze"])
 
 
 def _snapshots_from_json(raw: dict[str, Any]) -> dict[str, SnapshotRecord]:
@@ -220,15 +249,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file + fsync + rename (the caller fsyncs the directory when it must)."""
+def _write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Temp file + fsync + rename (the caller fsyncs the directory when it must);
+    without ``durable``, no fsync: readers and a SIGKILLed agent still see the old
+    or the new file, a machine crash may leave either, or neither, or a torn one."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
@@ -252,13 +284,27 @@ def _files(directory: Path) -> list[Path]:
     return [directory / n for n in names if n.endswith(".json") and not n.startswith(".")]
 
 
+def _with_freeze(state_dir: Path, vm: VMRecord) -> VMRecord:
+    """``vm`` with the freeze its freeze file records (a VM file an older agent
+    wrote keeps the freeze inside, and no freeze file). A torn freeze file reads
+    as no freeze: only a machine crash tears one, and it ended the freeze."""
+    try:
+        freeze = _freeze_from_file(state_dir / FREEZES_DIR / f"{vm_key(vm.id)}.json", vm.id)
+    except (ValueError, KeyError, TypeError):
+        vm.freeze = None
+        return vm
+    if freeze is not None:
+        vm.freeze = freeze
+    return vm
+
+
 def load_vm(state_dir: Path | str, vm_id: str) -> VMRecord | None:
-    """One VM as last recorded (reads its file only), or None."""
+    """One VM as last recorded (reads its files only), or None."""
     state_dir = Path(state_dir)
     if (state_dir / STATE_FILE).exists():  # not converted yet: no agent started on it
         return load_state(state_dir).vms.get(vm_id)
     data = _read_json(state_dir / VMS_DIR / f"{vm_key(vm_id)}.json")
-    return _vm_from_json(data["vm"]) if data is not None else None
+    return _with_freeze(state_dir, _vm_from_json(data["vm"])) if data is not None else None
 
 
 def load_state(state_dir: Path | str) -> State:
@@ -278,7 +324,7 @@ def load_state(state_dir: Path | str) -> State:
     for path in _files(state_dir / VMS_DIR):
         data = _read_json(path)
         if data is not None:  # None: undefined since the listing
-            vm = _vm_from_json(data["vm"])
+            vm = _with_freeze(state_dir, _vm_from_json(data["vm"]))
             state.vms[vm.id] = vm
     for path in _files(state_dir / SNAPSHOTS_DIR):
         data = _read_json(path)
@@ -295,9 +341,10 @@ class Store:
         self.dir = state_dir
         self.vms_dir = state_dir / VMS_DIR
         self.snapshots_dir = state_dir / SNAPSHOTS_DIR
+        self.freezes_dir = state_dir / FREEZES_DIR
         state_dir.mkdir(parents=True, exist_ok=True)
         created = False
-        for d in (self.vms_dir, self.snapshots_dir):
+        for d in (self.vms_dir, self.snapshots_dir, self.freezes_dir):
             if not d.is_dir():
                 d.mkdir()
                 created = True
@@ -313,6 +360,7 @@ class Store:
         self._vm_files = {vm_key(v) for v in self.state.vms}
         self._snapshot_files = {vm_key(v) for v in self.state.snapshots}
         self._drop_orphans()
+        self._settle_freezes()
         # Files are written and fsynced in one writer thread, never on the event
         # loop: in the order they were asked (the last save of a VM lands last).
         self._writer = concurrent.futures.ThreadPoolExecutor(1, "sim-state-writer")
@@ -373,6 +421,27 @@ class Store:
             self._write, self.snapshots_dir, key, _dumps(data).encode("utf-8"), self._snapshot_files
         )
 
+    def save_freeze(self, vm_id: str) -> None:
+        """Make the VM's freeze file what memory holds (removed when it is thawed):
+        written by the writer thread after every save asked before, not fsynced
+        (see the module's docstring); after :meth:`flush`, a SIGKILL loses nothing."""
+        key = vm_key(vm_id)
+        vm = self.state.vms.get(vm_id)
+        if vm is None or vm.freeze is None:
+            self._submit(self._unfreeze, self.freezes_dir / f"{key}.json")
+            return
+        data = _dumps(_freeze_to_json(vm)).encode("utf-8")
+        self._submit(self._write_freeze, self.freezes_dir / f"{key}.json", data)
+
+    @staticmethod
+    def _write_freeze(path: Path, data: bytes) -> None:
+        _write_atomic(path, data, durable=False)
+
+    @staticmethod
+    def _unfreeze(path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
     @staticmethod
     def _write(directory: Path, key: str, data: bytes, existing: set[str]) -> None:
         _write_atomic(directory / f"{key}.json", data)
@@ -393,7 +462,7 @@ class Store:
 
     def _tidy(self) -> None:
         """Remove temporary files a crash left behind (those of disks: ``SimAgent``)."""
-        for d in (self.dir, self.vms_dir, self.snapshots_dir):
+        for d in (self.dir, self.vms_dir, self.snapshots_dir, self.freezes_dir):
             for name in os.listdir(d):
                 if name.startswith(".") and name.endswith(".tmp"):
                     with contextlib.suppress(FileNotFoundError):
@@ -439,6 +508,38 @@ class Store:
             "converted the state to one file per VM",
             extra={"fields": {"vms": len(self.state.vms), "from": STATE_FILE}},
         )
+
+    def _settle_freezes(self) -> None:
+        """Freeze files whose VM is gone, or that a machine crash tore, are removed
+        (the crash ended those freezes); a freeze an older agent kept in the VM's
+        file moves to a freeze file, and the VM's file is written without it."""
+        keys = {vm_key(v): v for v in self.state.vms}
+        for path in _files(self.freezes_dir):
+            vm_id = keys.get(path.stem)
+            try:
+                kept = vm_id is not None and _freeze_from_file(path, vm_id) is not None
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning(
+                    "a freeze record could not be read: left by a machine crash, which "
+                    "ended the freeze; removed",
+                    extra={"fields": {"path": str(path), "error": str(exc)}},
+                )
+                kept = False
+            if not kept:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        for vm in self.state.vms.values():
+            if vm.freeze is None:
+                continue
+            key = vm_key(vm.id)
+            path = self.freezes_dir / f"{key}.json"
+            if path.exists():
+                continue
+            # Written by an older agent: the freeze file first, then the VM's file
+            # without it (a crash in between leaves both: the freeze file wins).
+            _write_atomic(path, _dumps(_freeze_to_json(vm)).encode("utf-8"), durable=False)
+            data = {"version": VERSION, "vm": _vm_to_json(vm)}
+            _write_atomic(self.vms_dir / f"{key}.json", _dumps(data).encode("utf-8"))
 
     def _drop_orphans(self) -> None:
         """Delete snapshot files whose VM is gone (an undefine cut short)."""
