@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from vmsnap_host.model import ErrorInfo, OperationRecord, OperationType, Snapshot, SnapshotState
 from vmsnap_host.state import LeaseLost
 from vmsnap_host.store import Store
-from vmsnap_host.store.fence import Fence, fenced
+from vmsnap_host.store.fence import Fence, LeaseEnd, fenced
 from vmsnap_host.store.schema import vm_snapshots
 from vmsnap_host.store.store import CatalogUnavailable, Duplicate, database_url, redacted
 from vmsnap_sdk.errors import Aborted, ResourceExhausted
@@ -110,9 +110,26 @@ async def test_every_write_of_an_operation_checks_its_fence(db_url: str) -> None
             await store.write(store.w_move("s1", SnapshotState.CREATING))
         with pytest.raises(LeaseLost):
             await asyncio.create_task(store.write(store.w_finish("o-s1", None, "done")))
+    # The finishing write of a run whose lease ends with it: the release is the
+    # fence check (one DELETE); the stale token deletes nothing and lands nothing.
+    ending = LeaseEnd("o-s1")
+    with fenced(Fence("vm1", "replica-a", fence_a, end=ending)), pytest.raises(LeaseLost):
+        await store.write(store.w_finish("o-s1", None, "done", journal={"thaw": "thawed"}))
+    assert not ending.released
+    assert store.lease_owner("vm1") is not None
+    assert store.lease_owner("vm1")[0] == "replica-b"  # type: ignore[index]
     snap, op = store.get_snapshot("s1"), store.get_operation("o-s1")
     assert snap is not None and snap.state is SnapshotState.ALLOCATED  # nothing landed
     assert op is not None and not op.done and op.step == "taking"
+    assert "thaw" not in op.journal
+    # The holder's finishing write releases its lease in the same transaction.
+    ending = LeaseEnd("o-s1")
+    with fenced(Fence("vm1", "replica-b", fence_a + 1, end=ending)):
+        await store.write(store.w_finish("o-s1", None, "done", journal={"thaw": "thawed"}))
+    assert ending.released and store.lease_owner("vm1") is None
+    op = store.get_operation("o-s1")
+    assert op is not None and op.done and op.journal["thaw"] == "thawed"
+    assert op.journal["quiesce_method"] == "FS"  # the journal's other entries kept
     store.close()
 
 

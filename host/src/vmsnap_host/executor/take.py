@@ -306,11 +306,12 @@ class Take:
         )
         # READY and current, no owed deletes, the operation finished: one
         # transaction, a compare-and-set from CREATING, refused once a cancel was
-        # recorded (checked when it commits, whichever replica recorded it).
+        # recorded (checked when it commits, whichever replica recorded it). The
+        # thaw is journaled by the finishing UPDATE itself (w_finish's journal).
+        thawed = {"thaw": freeze.ended} if freeze is not None and thaw_steps else None
         try:
             await self.store.write(
-                *thaw_steps,
-                self.store.w_refuse_cancelled(op.id),
+                self.store.w_finish(op.id, None, "done", journal=thawed, refuse_cancelled=True),
                 # The parent: the VM's current snapshot, read in this transaction.
                 self.store.w_move(
                     snap.id,
@@ -320,7 +321,6 @@ class Take:
                     current=True,
                     parent_from_current=True,
                 ),
-                self.store.w_finish(op.id, None, "done"),
             )
         except CancelRequested:
             await self.fail(op, snap, cancelled(), warnings, extra=thaw_steps)

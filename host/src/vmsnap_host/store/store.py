@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -139,7 +139,6 @@ _LIVE_OF_VM = (
     _SHOWN,
     vm_snapshots.c.state != SnapshotState.ERROR.name,
 )
-_COUNT_LIVE = PreparedStatement(select(func.count()).where(*_LIVE_OF_VM))
 _LIVE_SNAPSHOTS = PreparedStatement(select(vm_snapshots).where(*_LIVE_OF_VM))
 _CURRENT = PreparedStatement(
     select(vm_snapshots).where(vm_snapshots.c.vm_id == bindparam("b_vm"), _IS_CURRENT)
@@ -192,6 +191,17 @@ _INSERT_OPERATION = PreparedStatement(operations.insert())
 _COUNT_OPEN = PreparedStatement(
     select(func.count()).where(
         operations.c.vm_id == bindparam("b_vm"), operations.c.done.is_(False)
+    )
+)
+# Admission's two bounds in one statement: the VM's unfinished operations and its
+# live snapshots.
+_COUNT_BOUNDS = PreparedStatement(
+    select(
+        select(func.count())
+        .where(operations.c.vm_id == bindparam("b_vm"), operations.c.done.is_(False))
+        .scalar_subquery()
+        .label("running"),
+        select(func.count()).where(*_LIVE_OF_VM).scalar_subquery().label("live"),
     )
 )
 _FENCE_OF = PreparedStatement(
@@ -695,11 +705,10 @@ class Store:
                 )
             )
             # The operation ends in this transaction: its lease with it (before the
-            # caller's steps, so the last step's result stays the write's result).
-            release = (
-                (self.w_release_lease(fence.vm_id, fence.owner, fence.token),) if releases else ()
-            )
-            steps = (self.w_check_fence(fence), *release, *steps)
+            # caller's steps, so the last step's result stays the write's result),
+            # the fence checked by the release itself.
+            first = self.w_end_lease(fence) if releases else self.w_check_fence(fence)
+            steps = (first, *steps)
         try:
             result = await self._writer.run(*steps)
         except (DBAPIError, PoolTimeout) as exc:
@@ -784,6 +793,21 @@ class Store:
 
         return step
 
+    def w_end_lease(self, fence: Fence) -> Step:
+        """:meth:`w_check_fence` and the lease's release in one statement: the
+        DELETE matches only while the lease has this owner and token (LeaseLost
+        otherwise), and holds the row's lock until commit as the check's
+        ``FOR UPDATE`` does."""
+
+        def step(conn: Connection) -> None:
+            gone = _RELEASE_FENCED.execute(
+                conn, {"b_vm": fence.vm_id, "b_owner": fence.owner, "b_fence": fence.token}
+            )
+            if gone.rowcount != 1:
+                raise lifecycle.LeaseLost(fence.vm_id, fence.owner, fence.token)
+
+        return step
+
     def w_admit(self, vm_id: str, *, max_open: int, max_live: int | None) -> Step:
         """The per-VM bounds, checked in the transaction that inserts the new
         operation, across every replica: at most ``max_open`` unfinished operations
@@ -798,21 +822,23 @@ class Store:
                     text("SELECT pg_advisory_xact_lock(:ns, :key)"),
                     {"ns": ADMISSION_LOCKS, "key": _lock_key(vm_id)},
                 )
-            running = int(_COUNT_OPEN.execute(conn, {"b_vm": vm_id}).scalar_one())
+            if max_live is None:
+                running, live = int(_COUNT_OPEN.execute(conn, {"b_vm": vm_id}).scalar_one()), 0
+            else:
+                counts = _COUNT_BOUNDS.execute(conn, {"b_vm": vm_id}).first()
+                running, live = int(counts.running), int(counts.live)
             if running >= max_open:
                 raise Aborted(
                     f"VM {vm_id} already has {running} operations running or queued (the "
                     f"bound is {max_open} across the host's replicas); retry when they finish",
                     reason=Reason.VM_QUEUE_FULL,
                 )
-            if max_live is not None:
-                live = int(_COUNT_LIVE.execute(conn, {"b_vm": vm_id}).scalar_one())
-                if live >= max_live:
-                    raise ResourceExhausted(
-                        f"VM {vm_id} has {live} snapshots, the maximum is {max_live}; delete "
-                        "old ones first (or raise host.max_snapshots_per_vm)",
-                        reason=Reason.TOO_MANY_SNAPSHOTS,
-                    )
+            if max_live is not None and live >= max_live:
+                raise ResourceExhausted(
+                    f"VM {vm_id} has {live} snapshots, the maximum is {max_live}; delete "
+                    "old ones first (or raise host.max_snapshots_per_vm)",
+                    reason=Reason.TOO_MANY_SNAPSHOTS,
+                )
 
         return step
 
@@ -1150,22 +1176,41 @@ class Store:
 
         return _Touches(operation_id, run)
 
-    def w_finish(self, operation_id: str, error: ErrorInfo | None, step: str) -> Step:
+    def w_finish(
+        self,
+        operation_id: str,
+        error: ErrorInfo | None,
+        step: str,
+        *,
+        journal: Mapping[str, Any] | None = None,
+        refuse_cancelled: bool = False,
+    ) -> Step:
         """Finish an open operation (compare-and-set on done = false; raises
-        OperationClosed when it was finished already)."""
+        OperationClosed when it was finished already). ``journal``: entries added
+        to its journal in the same UPDATE (as :meth:`w_journal` would, without its
+        statements); ``refuse_cancelled``: refused (CancelRequested) when a cancel
+        was recorded, as :meth:`w_refuse_cancelled` is, on the same read."""
 
         def run(conn: Connection) -> None:
-            finished = _OPEN_OPERATION.execute(
-                conn,
-                {
-                    "b_id": operation_id,
-                    "done": True,
-                    "progress": 100,
-                    "step": step[:_MAX_STEP],
-                    "update_time": time.time(),
-                    **_error_columns(error),
-                },
-            )
+            params = {
+                "b_id": operation_id,
+                "done": True,
+                "progress": 100,
+                "step": step[:_MAX_STEP],
+                "update_time": time.time(),
+                **_error_columns(error),
+            }
+            if journal or refuse_cancelled:
+                row = _JOURNAL_OF.execute(conn, {"b_id": operation_id}).first()
+                if row is None or row.done:
+                    raise lifecycle.OperationClosed(operation_id)
+                entries = json.loads(row.journal_json)
+                if refuse_cancelled and CANCEL_KEY in entries:
+                    raise lifecycle.CancelRequested(operation_id)
+                if journal:
+                    entries.update(journal)
+                    params["journal_json"] = json.dumps(entries)
+            finished = _OPEN_OPERATION.execute(conn, params)
             if finished.rowcount != 1:
                 raise lifecycle.OperationClosed(operation_id)
 
