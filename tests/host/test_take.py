@@ -30,6 +30,7 @@ from vmsnap_sdk.errors import (
     FailedPrecondition,
     NotFound,
     ResourceExhausted,
+    Unavailable,
 )
 
 
@@ -340,6 +341,40 @@ async def test_the_agent_is_told_when_no_native_snapshot_follows_the_freeze(
     assert snap is not None and snap.state is SnapshotState.READY, op.error
     assert GroupKind.HYPERVISOR in [g.kind for g in snap.groups]
     assert hints == [True, False]
+
+
+@pytest.mark.parametrize("agent_back_after", [0.0, 0.4])
+async def test_a_quiesce_whose_answer_is_lost_is_thawed_before_the_take_ends(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, agent_back_after: float
+) -> None:
+    """The agent froze the VM, then died before its answer reached the host (seen
+    by the chaos harness): the take fails, and thaws by operation id before it
+    ends, retried while the agent is away, not left for the lease or the
+    reconciler. The VM is thawed when the operation is seen ended."""
+    quiesce, unquiesce = rig.agent.quiesce, rig.agent.unquiesce
+    away_until = asyncio.get_running_loop().time() + agent_back_after
+    thaws: list[str] = []
+
+    async def froze_then_lost(*args: Any, **kwargs: Any) -> Any:
+        await quiesce(*args, **kwargs)
+        raise Unavailable("Stream removed (Socket closed)")
+
+    async def back_later(token: str, operation_id: str = "") -> Any:
+        thaws.append(operation_id)
+        if asyncio.get_running_loop().time() < away_until:
+            raise Unavailable("the agent restarts")
+        return await unquiesce(token, operation_id=operation_id)
+
+    monkeypatch.setattr(rig.agent, "quiesce", froze_then_lost)
+    monkeypatch.setattr(rig.agent, "unquiesce", back_later)
+    await rig.define()
+    op = await rig.wait(await rig.create())
+    assert op.done and op.error is not None
+    assert not rig.frozen()
+    assert thaws and set(thaws) == {op.id}
+    assert (len(thaws) > 1) == (agent_back_after > 0)
+    snap = rig.store.get_snapshot(op.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.ERROR
 
 
 def _count_agent_calls(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -25,7 +25,15 @@ from vmsnap_host.config import Settings
 from vmsnap_host.model import QuiescePolicy
 from vmsnap_host.renewer import Renewer
 from vmsnap_sdk import HypervisorAgent, NativeSnapshotAtFreeze, QuiesceMethod, QuiesceResult
-from vmsnap_sdk.errors import Aborted, DeadlineExceeded, FailedPrecondition, Reason, VMSnapError
+from vmsnap_sdk.errors import (
+    Aborted,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    Reason,
+    TransientError,
+    VMSnapError,
+)
 
 log = logging.getLogger("vmsnap.host.freeze")
 
@@ -147,6 +155,13 @@ def choose_method(
     )
 
 
+def _outcome_unknown(exc: VMSnapError) -> bool:
+    """Whether a call failed without the peer's answer (it may have acted): a
+    transient error (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, UNKNOWN) or
+    INTERNAL. Any other status is the peer's answer that it did not."""
+    return isinstance(exc, TransientError | Internal)
+
+
 class FreezeKeeper:
     """Quiesce, renew and thaw through one agent, so that no freeze outlives its take."""
 
@@ -204,6 +219,13 @@ class FreezeKeeper:
                     reason=exc.reason or Reason.QUIESCE_FAILED,
                 ) from exc
             raise
+        except BaseException as exc:
+            if not isinstance(exc, VMSnapError) or _outcome_unknown(exc):
+                # No answer (the agent died after freezing, the call timed out or was
+                # cancelled): the agent may hold a freeze for this operation. Thaw it
+                # before the take ends, as a thaw is retried (docs/design.md, "Freeze").
+                await self._thaw_unanswered(agent, agent_name, operation_id, sent + lease)
+            raise
         if saves_memory:
             sent = time.monotonic()  # the agent's lease began when the VM paused
         result, problem = _believed(result, at_freeze, agent_name, vm_id)
@@ -226,6 +248,39 @@ class FreezeKeeper:
             return freeze
         freeze.renewals = Renewer(lease / 3, functools.partial(self._renew, freeze))
         return freeze
+
+    async def _thaw_unanswered(
+        self, agent: HypervisorAgent, agent_name: str, operation_id: str, lease_end: float
+    ) -> None:
+        """Unquiesce by operation id after a Quiesce whose outcome is unknown: retried
+        until the agent answers or the lease it may have given has surely ended (it
+        thawed by itself then). Thawing nothing is an answer too."""
+        ends_by = lease_end + _LEASE_MARGIN
+        delay = 0.05
+        while True:
+            try:
+                await with_deadline(
+                    agent.unquiesce("", operation_id=operation_id),
+                    self.settings.call_timeout_seconds,
+                    "Unquiesce",
+                )
+                return
+            except VMSnapError as exc:
+                left = ends_by - time.monotonic()
+                if not _outcome_unknown(exc) or left <= 0:
+                    log.warning(
+                        "thaw by operation id after an unanswered Quiesce not confirmed",
+                        extra={
+                            "fields": {
+                                "agent": agent_name,
+                                "operation": operation_id,
+                                "error": str(exc),
+                            }
+                        },
+                    )
+                    return
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, 1.0)
 
     async def _renew(self, freeze: Freeze) -> bool:
         sent = time.monotonic()
