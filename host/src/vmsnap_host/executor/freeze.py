@@ -224,7 +224,10 @@ class FreezeKeeper:
                 # No answer (the agent died after freezing, the call timed out or was
                 # cancelled): the agent may hold a freeze for this operation. Thaw it
                 # before the take ends, as a thaw is retried (docs/design.md, "Freeze").
-                await self._thaw_unanswered(agent, agent_name, operation_id, sent + lease)
+                # The agent may have started its lease at any moment until now.
+                await self._thaw_unanswered(
+                    agent, agent_name, operation_id, time.monotonic() + lease
+                )
             raise
         if saves_memory:
             sent = time.monotonic()  # the agent's lease began when the VM paused
