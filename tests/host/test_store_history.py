@@ -119,7 +119,7 @@ def test_a_creates_catalog_work_does_not_grow_with_the_vms_history(tmp_path: Pat
 
 
 _HOT = {
-    "live count": (store_module._COUNT_LIVE.statement, {"b_vm": VM}),
+    "admission bounds": (store_module._COUNT_BOUNDS.statement, {"b_vm": VM}),
     "current": (store_module._CURRENT.statement, {"b_vm": VM}),
     "current id": (store_module._CURRENT_ID.statement, {"b_vm": VM}),
     "unset current": (store_module._UNSET_CURRENT.statement, {"b_vm": VM}),

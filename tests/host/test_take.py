@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from tests.fakes.driver import Options
-from tests.host.conftest import THREE_DISKS, Rig, make_rig
+from tests.host.conftest import FAST, THREE_DISKS, Rig, make_rig
 from vmsnap_host.executor.freeze import choose_method
 from vmsnap_host.model import GroupKind, QuiescePolicy, SnapshotState
 from vmsnap_sdk import (
@@ -29,6 +29,7 @@ from vmsnap_sdk.errors import (
     AlreadyExists,
     FailedPrecondition,
     NotFound,
+    Reason,
     ResourceExhausted,
     Unavailable,
 )
@@ -375,6 +376,31 @@ async def test_a_quiesce_whose_answer_is_lost_is_thawed_before_the_take_ends(
     assert (len(thaws) > 1) == (agent_back_after > 0)
     snap = rig.store.get_snapshot(op.vm_snapshot_id)
     assert snap is not None and snap.state is SnapshotState.ERROR
+
+
+async def test_a_quiesce_refused_before_it_was_sent_fails_at_once(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry refuses to call an agent that is not serving: the Quiesce never
+    left the host, so nothing is thawed by operation id and the take fails at once,
+    not after the lease."""
+    thaws: list[str] = []
+
+    async def not_serving(*args: Any, **kwargs: Any) -> Any:
+        raise Unavailable("agent sim-1 is not serving", reason=Reason.AGENT_NOT_SERVING)
+
+    async def counting(token: str, operation_id: str = "") -> Any:
+        thaws.append(operation_id)
+        raise AssertionError("no thaw for a Quiesce that was never sent")
+
+    monkeypatch.setattr(rig.agent, "quiesce", not_serving)
+    monkeypatch.setattr(rig.agent, "unquiesce", counting)
+    await rig.define()
+    started = asyncio.get_running_loop().time()
+    op = await rig.wait(await rig.create())
+    assert op.done and op.error is not None and "not serving" in op.error.message
+    assert thaws == []
+    assert asyncio.get_running_loop().time() - started < FAST.quiesce_lease_seconds
 
 
 def _count_agent_calls(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -158,7 +158,11 @@ def choose_method(
 def _outcome_unknown(exc: VMSnapError) -> bool:
     """Whether a call failed without the peer's answer (it may have acted): a
     transient error (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, UNKNOWN) or
-    INTERNAL. Any other status is the peer's answer that it did not."""
+    INTERNAL. Any other status is the peer's answer that it did not; so is the
+    registry's refusal to send to an agent that is not serving (AGENT_NOT_SERVING:
+    the call never left the host)."""
+    if exc.reason == Reason.AGENT_NOT_SERVING:
+        return False
     return isinstance(exc, TransientError | Internal)
 
 
