@@ -513,21 +513,21 @@ class Store:
         """Freeze files whose VM is gone, or that a machine crash tore, are removed
         (the crash ended those freezes); a freeze an older agent kept in the VM's
         file moves to a freeze file, and the VM's file is written without it."""
-        keys = {vm_key(v): v for v in self.state.vms}
+        # The loaded state says which files hold a freeze: a VM whose freeze file
+        # exists but gave no freeze (load_state's _with_freeze) has a torn one.
+        vms = {vm_key(v): vm for v, vm in self.state.vms.items()}
         for path in _files(self.freezes_dir):
-            vm_id = keys.get(path.stem)
-            try:
-                kept = vm_id is not None and _freeze_from_file(path, vm_id) is not None
-            except (ValueError, KeyError, TypeError) as exc:
+            vm = vms.get(path.stem)
+            if vm is not None and vm.freeze is not None:
+                continue
+            if vm is not None:
                 log.warning(
                     "a freeze record could not be read: left by a machine crash, which "
                     "ended the freeze; removed",
-                    extra={"fields": {"path": str(path), "error": str(exc)}},
+                    extra={"fields": {"path": str(path)}},
                 )
-                kept = False
-            if not kept:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         for vm in self.state.vms.values():
             if vm.freeze is None:
                 continue

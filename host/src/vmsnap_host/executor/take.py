@@ -279,18 +279,15 @@ class Take:
         }
         groups = [g.with_result(results.get(g.owner)) for g in planned]
         snap = replace(snap, groups=tuple(groups))
-        thaw_steps = (
-            [self.store.w_journal(op.id, "thawed", 60, thaw=freeze.ended)]
-            if freeze is not None
-            else []
-        )
+        # How the freeze ended, journaled with the next write (None once written).
+        thawed = {"thaw": freeze.ended} if freeze is not None else None
         if failure is not None:
-            await self.fail(op, snap, failure, warnings, extra=thaw_steps)
+            await self.fail(op, snap, failure, warnings, extra=self._thaw_steps(op, thawed))
 
         if not all(g.ready for g in snap.groups):
             # Post-processing goes on after the thaw: keep the results before polling.
-            await self.store.write(*thaw_steps, self.store.w_save(snap))
-            thaw_steps = []
+            await self.store.write(*self._thaw_steps(op, thawed), self.store.w_save(snap))
+            thawed = None
             try:
                 snap = await self._await_ready(op, snap)
             except VMSnapError as exc:
@@ -308,7 +305,6 @@ class Take:
         # transaction, a compare-and-set from CREATING, refused once a cancel was
         # recorded (checked when it commits, whichever replica recorded it). The
         # thaw is journaled by the finishing UPDATE itself (w_finish's journal).
-        thawed = {"thaw": freeze.ended} if freeze is not None and thaw_steps else None
         try:
             await self.store.write(
                 self.store.w_finish(op.id, None, "done", journal=thawed, refuse_cancelled=True),
@@ -323,7 +319,11 @@ class Take:
                 ),
             )
         except CancelRequested:
-            await self.fail(op, snap, cancelled(), warnings, extra=thaw_steps)
+            await self.fail(op, snap, cancelled(), warnings, extra=self._thaw_steps(op, thawed))
+
+    def _thaw_steps(self, op: OperationRecord, thawed: dict[str, str] | None) -> list[Step]:
+        """The thaw journaled as a step of its own (a write other than READY's)."""
+        return [self.store.w_journal(op.id, "thawed", 60, **thawed)] if thawed else []
 
     def _achieved(
         self, snap: Snapshot, freeze: Freeze | None, vm_state: VMState, warnings: list[str]

@@ -420,6 +420,16 @@ def _error(row: Row[Any]) -> ErrorInfo | None:
     return ErrorInfo(row.error_code, row.error_message or "", row.error_reason or "")
 
 
+def _open_journal(conn: Connection, operation_id: str) -> dict[str, Any]:
+    """The journal of an open operation, its row locked until commit (read to be
+    merged and written back); OperationClosed when it is finished or unknown."""
+    row = _JOURNAL_OF.execute(conn, {"b_id": operation_id}).first()
+    if row is None or row.done:
+        raise lifecycle.OperationClosed(operation_id)
+    journal: dict[str, Any] = json.loads(row.journal_json)
+    return journal
+
+
 def _error_columns(error: ErrorInfo | None) -> dict[str, Any]:
     if error is None:
         return {"error_code": None, "error_message": None, "error_reason": None}
@@ -1158,10 +1168,7 @@ class Store:
         refused (OperationClosed) once the operation is finished."""
 
         def run(conn: Connection) -> None:
-            row = _JOURNAL_OF.execute(conn, {"b_id": operation_id}).first()
-            if row is None or row.done:
-                raise lifecycle.OperationClosed(operation_id)
-            journal = json.loads(row.journal_json)
+            journal = _open_journal(conn, operation_id)
             journal.update(entries)
             _UPDATE_OPERATION.execute(
                 conn,
@@ -1201,10 +1208,7 @@ class Store:
                 **_error_columns(error),
             }
             if journal or refuse_cancelled:
-                row = _JOURNAL_OF.execute(conn, {"b_id": operation_id}).first()
-                if row is None or row.done:
-                    raise lifecycle.OperationClosed(operation_id)
-                entries = json.loads(row.journal_json)
+                entries = _open_journal(conn, operation_id)
                 if refuse_cancelled and CANCEL_KEY in entries:
                     raise lifecycle.CancelRequested(operation_id)
                 if journal:
