@@ -68,7 +68,7 @@ def _create(quick: bool, report: Report, floor: Floor) -> None:
         "create_rpcs_critical_path",
         create.RPCS_CRITICAL,
         "rpcs",
-        note="Create(wait), DescribeVM, Quiesce, Take‖, Unquiesce "
+        note="Create(wait), Quiesce, Take‖, Unquiesce; DescribeVM beside a commit "
         f"(before issue 16: {create.RPCS_CRITICAL_BEFORE})",
     )
     drivers = results[1].driver_calls_per_op

@@ -23,14 +23,16 @@ from vmsnap_sdk._proto.host.v1 import host_pb2, host_pb2_grpc
 
 # The RPCs of one create, by who calls whom (see README "Counting RPCs"):
 #   client → host    CreateVMSnapshot with wait (answers when done)         1
-#   host → agent     DescribeVM (once: admission's description is reused by
-#                    a take that starts at once), Quiesce, Unquiesce        3
+#   host → agent     DescribeVM (once: beside the admission's commit when the
+#                    VM's last description is known, reused by a take that
+#                    starts at once), Quiesce, Unquiesce                    3
 #   host → drivers   TakeVMSnapshot x 2 (parallel); CanHandle x 2 only
 #                    when no cached answer is valid (first take of a VM)    2
 RPCS_PER_OP = 6
-# On the critical path (parallel calls count once): Create → DescribeVM →
-# Quiesce → Take ‖ Take → Unquiesce → Create's reply.
-RPCS_CRITICAL = 5
+# On the critical path (parallel calls count once): Create → Quiesce →
+# Take ‖ Take → Unquiesce → Create's reply; DescribeVM runs beside the
+# admission's commit (5 before session 13, when it ran before it).
+RPCS_CRITICAL = 4
 #: What the same create cost before issue 16 (a DescribeVM at admission and at
 #: execution, CanHandle on every take, Create then WaitOperation): the budget
 #: the issue's goal was priced on.

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from vmsnap_host import metrics
 from vmsnap_host.adopt import Adopter
@@ -41,7 +42,7 @@ from vmsnap_host.model import (
     SnapshotState,
 )
 from vmsnap_host.planner import plan_take
-from vmsnap_host.registry import Registry
+from vmsnap_host.registry import AgentEntry, Registry
 from vmsnap_host.renewer import Renewer
 from vmsnap_host.state import StaleMove
 from vmsnap_host.store import Store
@@ -49,7 +50,7 @@ from vmsnap_host.store.fence import Fence, LeaseEnd, fenced
 from vmsnap_host.store.store import Duplicate
 from vmsnap_host.store.writer import Step
 from vmsnap_host.tracing import operation_span
-from vmsnap_sdk import Capability, VMState
+from vmsnap_sdk import VM, Capability, VMState
 from vmsnap_sdk.errors import (
     Aborted,
     AlreadyExists,
@@ -105,6 +106,13 @@ def request_id_reused(request_id: str, detail: str = "") -> AlreadyExists:
         "request_id",
         reason=Reason.REQUEST_ID_REUSED,
     )
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Done callback of a future nobody awaits: its error is read (not logged as
+    never retrieved)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _nothing() -> None:
@@ -196,99 +204,117 @@ class Manager:
             if existing is not None:
                 return existing
             self._check_queue(vm_id)
-            agent_entry, vm = await self.registry.find_vm(vm_id)
-            if vm.state not in (VMState.RUNNING, VMState.STOPPED):
-                raise FailedPrecondition(
-                    f"VM {vm_id} is {vm.state.name}; snapshots need it RUNNING or STOPPED: "
-                    "start or stop it first",
-                    reason=Reason.VM_STATE,
-                )
-            if include_memory and vm.state is not VMState.RUNNING:
-                raise FailedPrecondition(
-                    f"VM {vm_id} is {vm.state.name}; a memory snapshot needs it RUNNING: start "
-                    "it, or take a disk-only snapshot (include_memory=false)",
-                    reason=Reason.VM_STATE,
-                )
-            # A name in use and the bound on live snapshots are not read here: the
-            # admission's transaction refuses both (the live-name index: AlreadyExists
-            # NAME_IN_USE; w_admit: RESOURCE_EXHAUSTED), as it must across replicas.
-            plan = await plan_take(
-                vm,
-                self.registry.drivers(),
-                agent_entry,
-                self.store.volume_owners([v.locator for v in vm.volumes]),
-                include_memory=include_memory,
-                options=parameters,
-                can_handle_timeout=self.settings.can_handle_timeout_seconds,
-                cache=self.decisions,
-            )
-            snap = Snapshot(
-                id=uuid.uuid4().hex,
-                vm_id=vm_id,
-                name=name,
-                state=SnapshotState.ALLOCATED,
-                agent=agent_entry.name,
-                description=description,
-                include_memory=include_memory,
-                quiesce=quiesce,
-                groups=plan.groups,
-                warnings=plan.warnings,
-                parameters=dict(parameters),
-                project=project,
-                policy_id=policy_id,
-                policy_name=policy_name,
-            )
-            op = self._new_op(
-                OperationType.CREATE,
-                request_id,
-                vm_id,
-                snap.id,
-                {"name": name, "request": digest},
-                project=project,
-            )
-            # Journal before any side effect: the snapshot and its operation are durable
-            # before the VM is touched. The bounds and the uniqueness rules are checked
-            # again in that transaction, by the catalog: other replicas admit too.
-            steps = [
-                *also.steps,
-                self._admit_step(vm_id, max_live=self.settings.max_snapshots_per_vm),
-                self.store.w_create(snap, op),
-            ]
             queue = self._queues.get(vm_id)
             idle = queue is None or queue.admitted == 0
-            prepared: Prepared | None = None
-            if idle:
-                with contextlib.suppress(VMSnapError):
-                    # Refused here, the take fails it when it runs (ERROR, recorded).
-                    prepared = self.executor.take.prepare(op, snap, vm)
-                # Nothing runs or waits on this VM here: take its lease in the same
-                # commit (one fsync less on the path of every create), and when the
-                # lease is granted, the take's first write too (CREATING, owed
-                # deletes, owners, freeze method: one more; docs/design.md, "Take").
-                steps.append(
-                    self.store.w_acquire_lease(
-                        vm_id,
-                        self.owner,
-                        op.id,
-                        self.settings.lease_seconds,
-                        then=prepared.steps if prepared is not None else (),
-                    )
-                )
+            # A take that starts at once plans on the VM's last description (a RUNNING
+            # VM's) and asks its agent for a fresh one while the admission commits;
+            # the take compares the two before it touches anything (Take.run;
+            # docs/design.md, "Admission on the last description").
+            guess = self.registry.last_described(vm_id) if idle else None
+            fresh: asyncio.Future[tuple[AgentEntry, VM]] | None = None
+            if guess is not None:
+                agent_entry, vm = guess
+                fresh = asyncio.ensure_future(self.registry.find_vm(vm_id))
+            else:
+                agent_entry, vm = await self.registry.find_vm(vm_id)
             try:
-                async with self._admitting_op(op):
-                    committed = await self.store.write(*steps)
-                    fence = int(committed or 0) if idle else 0
-                    also.committed()
-                    # Started at once, the take reuses this description of the VM (one
-                    # DescribeVM per take) and its committed first write; a take that
-                    # waits behind another operation describes the VM again when it
-                    # runs (that operation may change it).
-                    self._start(op, fence=fence, prepared=prepared if fence else None)
-            except Duplicate as exc:
-                return self._duplicate(
-                    exc, request_id, OperationType.CREATE, vm_id, name, seen=seen
+                if vm.state not in (VMState.RUNNING, VMState.STOPPED):
+                    raise FailedPrecondition(
+                        f"VM {vm_id} is {vm.state.name}; snapshots need it RUNNING or STOPPED: "
+                        "start or stop it first",
+                        reason=Reason.VM_STATE,
+                    )
+                if include_memory and vm.state is not VMState.RUNNING:
+                    raise FailedPrecondition(
+                        f"VM {vm_id} is {vm.state.name}; a memory snapshot needs it RUNNING: start "
+                        "it, or take a disk-only snapshot (include_memory=false)",
+                        reason=Reason.VM_STATE,
+                    )
+                # A name in use and the bound on live snapshots are not read here: the
+                # admission's transaction refuses both (the live-name index: AlreadyExists
+                # NAME_IN_USE; w_admit: RESOURCE_EXHAUSTED), as it must across replicas.
+                plan = await plan_take(
+                    vm,
+                    self.registry.drivers(),
+                    agent_entry,
+                    self.store.volume_owners([v.locator for v in vm.volumes]),
+                    include_memory=include_memory,
+                    options=parameters,
+                    can_handle_timeout=self.settings.can_handle_timeout_seconds,
+                    cache=self.decisions,
                 )
-            return op
+                snap = Snapshot(
+                    id=uuid.uuid4().hex,
+                    vm_id=vm_id,
+                    name=name,
+                    state=SnapshotState.ALLOCATED,
+                    agent=agent_entry.name,
+                    description=description,
+                    include_memory=include_memory,
+                    quiesce=quiesce,
+                    groups=plan.groups,
+                    warnings=plan.warnings,
+                    parameters=dict(parameters),
+                    project=project,
+                    policy_id=policy_id,
+                    policy_name=policy_name,
+                )
+                op = self._new_op(
+                    OperationType.CREATE,
+                    request_id,
+                    vm_id,
+                    snap.id,
+                    {"name": name, "request": digest},
+                    project=project,
+                )
+                # Journal before any side effect: the snapshot and its operation are durable
+                # before the VM is touched. The bounds and the uniqueness rules are checked
+                # again in that transaction, by the catalog: other replicas admit too.
+                steps = [
+                    *also.steps,
+                    self._admit_step(vm_id, max_live=self.settings.max_snapshots_per_vm),
+                    self.store.w_create(snap, op),
+                ]
+                prepared: Prepared | None = None
+                if idle:
+                    with contextlib.suppress(VMSnapError):
+                        # Refused here, the take fails it when it runs (ERROR, recorded).
+                        prepared = self.executor.take.prepare(op, snap, vm, fresh=fresh)
+                    # Nothing runs or waits on this VM here: take its lease in the same
+                    # commit (one fsync less on the path of every create), and when the
+                    # lease is granted, the take's first write too (CREATING, owed
+                    # deletes, owners, freeze method: one more; docs/design.md, "Take").
+                    steps.append(
+                        self.store.w_acquire_lease(
+                            vm_id,
+                            self.owner,
+                            op.id,
+                            self.settings.lease_seconds,
+                            then=prepared.steps if prepared is not None else (),
+                        )
+                    )
+                try:
+                    async with self._admitting_op(op):
+                        committed = await self.store.write(*steps)
+                        fence = int(committed or 0) if idle else 0
+                        also.committed()
+                        # Started at once, the take reuses this description of the VM (one
+                        # DescribeVM per take) and its committed first write; a take that
+                        # waits behind another operation describes the VM again when it
+                        # runs (that operation may change it).
+                        self._start(op, fence=fence, prepared=prepared if fence else None)
+                        if fence and prepared is not None:
+                            fresh = None  # the take has it
+                except Duplicate as exc:
+                    return self._duplicate(
+                        exc, request_id, OperationType.CREATE, vm_id, name, seen=seen
+                    )
+                return op
+            finally:
+                if fresh is not None:
+                    # Not handed to a take: nobody waits for its answer.
+                    fresh.cancel()
+                    fresh.add_done_callback(_retrieved)
 
     async def revert_snapshot(
         self, request_id: str, snapshot_id: str, stop_vm: bool, *, also: Admitted = Admitted()

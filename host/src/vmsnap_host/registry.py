@@ -54,6 +54,7 @@ from vmsnap_sdk import (
     DriverInfo,
     HypervisorAgent,
     StorageDriver,
+    VMState,
 )
 from vmsnap_sdk.errors import (
     FailedPrecondition,
@@ -355,6 +356,10 @@ async def _close(peer: Peer[Any, Any]) -> None:
         await peer.channel.close(None)
 
 
+#: How many VMs' last descriptions a registry keeps (the least recently found go).
+DESCRIPTIONS_KEPT = 100_000
+
+
 class Registry:
     """Every driver and agent the host knows, with their last health check."""
 
@@ -363,6 +368,10 @@ class Registry:
         self._drivers: dict[str, DriverEntry] = {}  # by address
         self._agents: dict[str, AgentEntry] = {}  # by address
         self._vm_agent: dict[str, str] = {}  # vm id → agent address (a cache)
+        #: The last description of each RUNNING VM found (find_vm's), oldest first:
+        #: admission plans a take on it while a fresh one is asked for beside the
+        #: admission's commit (docs/design.md, "Admission on the last description").
+        self._described: dict[str, VM] = {}
         self._pending: set[asyncio.Task[Any]] = set()
 
     def _table(self, kind: PeerKind[P, I]) -> dict[str, Peer[P, I]]:
@@ -486,6 +495,9 @@ class Registry:
                 del table[key]
                 if kind is AGENT:
                     self._vm_agent = {vm: a for vm, a in self._vm_agent.items() if a != key}
+                    self._described = {
+                        vm: d for vm, d in self._described.items() if vm in self._vm_agent
+                    }
                 await _close(entry)
                 return entry
         return None
@@ -636,6 +648,30 @@ class Registry:
     def agent_entry(self, name: str) -> AgentEntry | None:
         return next((e for e in self._agents.values() if e.name == name), None)
 
+    def last_described(self, vm_id: str) -> tuple[AgentEntry, VM] | None:
+        """The last description find_vm got of a VM that was RUNNING, with its agent,
+        while that agent is serving; None otherwise. A guess: whoever plans on it
+        must check it against a fresh description before touching the VM."""
+        vm = self._described.get(vm_id)
+        entry = self._agents.get(self._vm_agent.get(vm_id, ""))
+        if vm is None or entry is None or entry.health is not Health.SERVING:
+            return None
+        return entry, vm
+
+    def forget_description(self, vm_id: str) -> None:
+        """Drop a VM's last description (it is known to be wrong, or gone)."""
+        self._described.pop(vm_id, None)
+
+    def _remember(self, vm: VM) -> None:
+        self._described.pop(vm.id, None)
+        if vm.state is not VMState.RUNNING:
+            # Only a RUNNING VM passes every admission check: a guess of another
+            # state could refuse a create that the VM as it is now allows.
+            return
+        self._described[vm.id] = vm
+        if len(self._described) > DESCRIPTIONS_KEPT:
+            del self._described[next(iter(self._described))]
+
     async def find_vm(self, vm_id: str) -> tuple[AgentEntry, VM]:
         """The agent that runs a VM, and the VM as it describes it now."""
         cached = self._vm_agent.get(vm_id)
@@ -656,6 +692,7 @@ class Registry:
             except NotFound:
                 continue
             self._vm_agent[vm_id] = entry.address
+            self._remember(vm)
             return entry, vm
         if down:
             raise Unavailable(

@@ -37,8 +37,8 @@ from vmsnap_host.executor.errors import (
 from vmsnap_host.executor.freeze import Freeze, FreezeKeeper, choose_method, with_deadline
 from vmsnap_host.executor.groups import GroupCalls
 from vmsnap_host.model import GroupKind, OperationRecord, QuiescePolicy, Snapshot, SnapshotState
-from vmsnap_host.planner import needs_freeze
-from vmsnap_host.registry import Registry
+from vmsnap_host.planner import needs_freeze, plan_take
+from vmsnap_host.registry import AgentEntry, Registry
 from vmsnap_host.state import CancelRequested
 from vmsnap_host.store import Store
 from vmsnap_host.store.writer import Step
@@ -70,6 +70,10 @@ class Prepared:
     snap: Snapshot
     method: QuiesceMethod | None
     steps: tuple[Step, ...]
+    #: When ``vm`` is the VM's last known description (a guess): its agent's fresh
+    #: one, asked for while the admission committed. The take compares them before
+    #: any side effect (Take._check_guess).
+    fresh: asyncio.Future[tuple[AgentEntry, VM]] | None = None
 
 
 class Take:
@@ -123,12 +127,22 @@ class Take:
             # Failed before any side effect (the VM's state, no quiesce method).
             await self.fail(op, snap, exc, list(snap.warnings))
 
-    def prepare(self, op: OperationRecord, snap: Snapshot, vm: VM) -> Prepared:
+    def prepare(
+        self,
+        op: OperationRecord,
+        snap: Snapshot,
+        vm: VM,
+        *,
+        fresh: asyncio.Future[tuple[AgentEntry, VM]] | None = None,
+        replanned: bool = False,
+    ) -> Prepared:
         """The checks and the first durable write of a take of ``snap`` on ``vm`` (as
-        just described): CREATING (compare-and-set from ALLOCATED), every planned
-        group owed a delete until READY, the volumes' owners, the freeze method
-        (recovery thaws by operation id if the host dies before the token is
-        journaled). Raises what makes the take fail before any side effect."""
+        just described, or last described: ``fresh``, see Prepared): CREATING
+        (compare-and-set from ALLOCATED), every planned group owed a delete until
+        READY, the volumes' owners, the freeze method (recovery thaws by operation
+        id). ``replanned``: ``snap`` is CREATING already and planned again; the
+        write replaces its plan. Raises what makes the take fail before any side
+        effect."""
         if vm.state not in (VMState.RUNNING, VMState.STOPPED):
             raise FailedPrecondition(
                 f"VM {vm.id} is {vm.state.name} now; it must be RUNNING or STOPPED",
@@ -157,14 +171,22 @@ class Take:
             if (volume := vm.volume(d)) is not None
         }
         creating = replace(snap, state=SnapshotState.CREATING)
+        first = (
+            (self.store.w_save(creating), self.store.w_set_cleanup(snap.id, planned))
+            if replanned
+            else (
+                self.store.w_move(
+                    snap.id, SnapshotState.CREATING, snapshot=creating, cleanup=planned
+                ),
+            )
+        )
         return Prepared(
             vm=vm,
             snap=creating,
             method=method,
+            fresh=fresh,
             steps=(
-                self.store.w_move(
-                    snap.id, SnapshotState.CREATING, snapshot=creating, cleanup=planned
-                ),
+                *first,
                 self.store.w_set_owners(owners),
                 self.store.w_journal(
                     op.id,
@@ -182,15 +204,26 @@ class Take:
         )
 
     async def _run(self, op: OperationRecord, snap: Snapshot, prepared: Prepared | None) -> None:
-        agent = self.registry.agent(snap.agent)
         if prepared is None:
             vm = await with_deadline(
-                agent.describe_vm(snap.vm_id), self.settings.call_timeout_seconds, "DescribeVM"
+                self.registry.agent(snap.agent).describe_vm(snap.vm_id),
+                self.settings.call_timeout_seconds,
+                "DescribeVM",
             )
+            entry = self.registry.agent_entry(snap.agent)
+            if entry is not None and _disks(vm) != _planned_disks(snap):
+                # Planned at admission on another set of disks (the VM changed since).
+                snap = await self._replanned(snap, entry, vm)
             prepared = self.prepare(op, snap, vm)
             # One durable write before any side effect (see prepare).
             await self.store.write(*prepared.steps)
+        elif prepared.fresh is not None:
+            try:
+                prepared = await self._check_guess(op, prepared)
+            except VMSnapError as exc:
+                await self.fail(op, prepared.snap, exc, list(prepared.snap.warnings), called=False)
         vm, snap, method = prepared.vm, prepared.snap, prepared.method
+        agent = self.registry.agent(snap.agent)
         warnings = list(snap.warnings)
         planned = list(snap.groups)
 
@@ -321,6 +354,37 @@ class Take:
         except CancelRequested:
             await self.fail(op, snap, cancelled(), warnings, extra=self._thaw_steps(op, thawed))
 
+    async def _check_guess(self, op: OperationRecord, prepared: Prepared) -> Prepared:
+        """Admission planned on the VM's last known description; its fresh one, asked
+        for while the admission committed, decides before any side effect: the same,
+        and the take goes on as prepared; changed (state, disks, agent), and the take
+        is planned again on it and that plan written first (docs/design.md,
+        "Admission on the last description")."""
+        assert prepared.fresh is not None
+        entry, vm = await with_deadline(
+            prepared.fresh, self.settings.call_timeout_seconds, "DescribeVM"
+        )
+        if entry.name == prepared.snap.agent and _same_vm(vm, prepared.vm):
+            return replace(prepared, fresh=None)
+        snap = await self._replanned(prepared.snap, entry, vm)
+        redone = self.prepare(op, snap, vm, replanned=True)
+        await self.store.write(*redone.steps)
+        return redone
+
+    async def _replanned(self, snap: Snapshot, entry: AgentEntry, vm: VM) -> Snapshot:
+        """``snap`` planned again on ``vm`` as ``entry`` describes it now."""
+        plan = await plan_take(
+            vm,
+            self.registry.drivers(),
+            entry,
+            self.store.volume_owners([v.locator for v in vm.volumes]),
+            include_memory=snap.include_memory,
+            options=snap.parameters,
+            can_handle_timeout=self.settings.can_handle_timeout_seconds,
+            cache=self.decisions,
+        )
+        return replace(snap, agent=entry.name, groups=plan.groups, warnings=plan.warnings)
+
     def _thaw_steps(self, op: OperationRecord, thawed: dict[str, str] | None) -> list[Step]:
         """The thaw journaled as a step of its own (a write other than READY's)."""
         return [self.store.w_journal(op.id, "thawed", 60, **thawed)] if thawed else []
@@ -392,14 +456,17 @@ class Take:
         warnings: list[str],
         *,
         extra: Sequence[Step] = (),
+        called: bool = True,
     ) -> NoReturn:
         """Compensate (the VM is thawed already) and record ERROR; always raises
-        OperationFailed. Every planned group is owed a delete, whatever it answered."""
+        OperationFailed. Every planned group is owed a delete, whatever it answered
+        (none when ``called`` is False: the take failed before calling any)."""
         if self.decisions is not None:
             # The plan came from cached answers, maybe stale ones: ask again next time.
             self.decisions.forget_vm(snap.vm_id)
+        self.registry.forget_description(snap.vm_id)
         # Nothing was called before CREATING was committed.
-        owed = list(snap.groups) if snap.state is SnapshotState.CREATING else []
+        owed = list(snap.groups) if called and snap.state is SnapshotState.CREATING else []
         await self.store.write(
             *extra,
             self.store.w_set_cleanup(snap.id, owed),
@@ -427,6 +494,22 @@ class Take:
             self.store.w_finish(op.id, error_info(error), "failed"),
         )
         raise OperationFailed(error)
+
+
+def _disks(vm: VM) -> frozenset[str]:
+    return frozenset(v.disk for v in vm.volumes)
+
+
+def _planned_disks(snap: Snapshot) -> frozenset[str]:
+    return frozenset(d for g in snap.groups for d in g.disks)
+
+
+def _same_vm(a: VM, b: VM) -> bool:
+    """The same VM for a take's plan (``native_snapshot`` included: it decides
+    whether the hypervisor may take a disk)."""
+    return a == b and [v.native_snapshot for v in a.volumes] == [
+        v.native_snapshot for v in b.volumes
+    ]
 
 
 __all__ = ["Take"]
