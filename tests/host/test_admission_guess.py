@@ -17,6 +17,7 @@ import pytest
 
 from tests.fakes.driver import Options
 from tests.host.conftest import FAST, THREE_DISKS, Rig, make_rig
+from vmsnap_host.manager import _VMQueue
 from vmsnap_host.model import GroupKind, SnapshotState
 from vmsnap_sdk import Consistency, VMState, Volume
 
@@ -150,3 +151,31 @@ async def test_a_stopped_vm_is_described_before_its_admission(tmp_path: Path) ->
         assert guess is not None and guess[1].state is VMState.RUNNING
     finally:
         await rig.close()
+
+
+async def test_a_queued_take_is_planned_again_when_the_vm_disks_changed(
+    counted: tuple[Rig, Counter[str]],
+) -> None:
+    """A take that waited behind another operation describes the VM when it runs:
+    a disk added meanwhile is planned and cut too (it used to cut the disks
+    planned at admission only)."""
+    rig, counts = counted
+    counts.clear()
+    queue = _VMQueue(asyncio.Lock(), admitted=1)  # another operation holds the VM here
+    rig.manager._queues["vm1"] = queue
+    await queue.lock.acquire()
+    op = await rig.create("s2")
+    assert rig.store.get_snapshot(op.vm_snapshot_id).state is SnapshotState.ALLOCATED  # type: ignore[union-attr]
+    await rig.agent.stop_vm("vm1", force=False)
+    await rig.agent.undefine_vm("vm1")
+    await rig.define(volumes=(*THREE_DISKS, Volume("vdd", "b://pool/4")))
+    queue.admitted -= 1
+    queue.lock.release()
+    done = await rig.wait(op)
+    assert done.error is None, done.error
+    snap = rig.store.get_snapshot(done.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.READY
+    assert {d for g in snap.groups for d in g.disks} == {"vda", "vdb", "vdc", "vdd"}
+    b_group = next(g for g in snap.groups if g.owner == B)
+    assert b_group.result is not None and b_group.result.disks == {"vdb", "vdd"}
+    assert counts["describe"] == 2  # admission (no guess: not idle) and the take when it ran
