@@ -13,10 +13,21 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect, select, text
 
-from vmsnap_host.model import ErrorInfo, OperationRecord, OperationType, Snapshot, SnapshotState
+from vmsnap_host.model import (
+    Claim,
+    ErrorInfo,
+    Group,
+    GroupKind,
+    OperationRecord,
+    OperationType,
+    Snapshot,
+    SnapshotState,
+)
 from vmsnap_host.state import IllegalMove, OperationClosed, StaleMove
 from vmsnap_host.store import Store
 from vmsnap_host.store.schema import vm_snapshots
+from vmsnap_host.store.store import Started
+from vmsnap_sdk import Priority
 
 
 def test_migrations_run_once_on_either_backend(db_url: str) -> None:
@@ -210,6 +221,55 @@ def test_a_snapshot_and_its_operation_are_written_together(db_url: str) -> None:
     got = store.get_operation("o1")
     assert got is not None and got.journal == {"quiesce_token": "q-1", "called": ["a"]}
     assert [o.id for o in store.unfinished_operations()] == ["o1"]
+    store.close()
+
+
+def test_a_take_started_at_once_is_inserted_as_its_first_write_leaves_it(db_url: str) -> None:
+    """w_create_leased: the lease granted, the snapshot is CREATING with its groups
+    owed a delete, the operation at its first step with its journal, the owners
+    recorded, as w_create then the first write would leave them; the lease refused
+    (another replica holds the VM), ALLOCATED and queued, nothing else."""
+    store = Store.open(db_url)
+    w = store.write_blocking
+    group = Group(GroupKind.DRIVER, "io.vmsnap.test.a", (Claim("vda", Priority.PLUGIN, "a"),))
+
+    def admit(n: int, owner: str) -> int:
+        snap = Snapshot(
+            id=f"s{n}", vm_id="vm1", name=f"n{n}", state=SnapshotState.ALLOCATED, agent="sim-1"
+        )
+        op = OperationRecord(
+            id=f"o{n}",
+            type=OperationType.CREATE,
+            vm_id="vm1",
+            vm_snapshot_id=f"s{n}",
+            request_id=f"r{n}",
+            step="queued",
+        )
+        creating = replace(snap, state=SnapshotState.CREATING, groups=(group,))
+        started = Started(
+            snapshot=creating,
+            cleanup=(group,),
+            owners={f"a://pool/{n}": "io.vmsnap.test.a"},
+            step="quiescing and taking 1 groups",
+            progress=15,
+            journal={"freeze_needed": True, "called": ["io.vmsnap.test.a"]},
+        )
+        return int(w(store.w_create_leased(snap, op, owner, 30.0, started)))
+
+    assert admit(1, "replica-a") > 0
+    snap, op = store.get_snapshot("s1"), store.get_operation("o1")
+    assert snap is not None and snap.state is SnapshotState.CREATING and snap.groups == (group,)
+    assert store.get_cleanup("s1") == [group]
+    assert op is not None and op.step == "quiescing and taking 1 groups" and op.progress == 15
+    assert op.journal == {"freeze_needed": True, "called": ["io.vmsnap.test.a"]}
+    assert store.volume_owners(["a://pool/1"]) == {"a://pool/1": "io.vmsnap.test.a"}
+
+    assert admit(2, "replica-b") == 0  # o1 is open and holds the VM
+    snap, op = store.get_snapshot("s2"), store.get_operation("o2")
+    assert snap is not None and snap.state is SnapshotState.ALLOCATED and snap.groups == ()
+    assert store.get_cleanup("s2") == []
+    assert op is not None and op.step == "queued" and op.journal == {}
+    assert store.volume_owners(["a://pool/2"]) == {}
     store.close()
 
 

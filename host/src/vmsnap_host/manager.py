@@ -273,7 +273,6 @@ class Manager:
                 steps = [
                     *also.steps,
                     self._admit_step(vm_id, max_live=self.settings.max_snapshots_per_vm),
-                    self.store.w_create(snap, op),
                 ]
                 prepared: Prepared | None = None
                 if idle:
@@ -282,17 +281,20 @@ class Manager:
                         prepared = self.executor.take.prepare(op, snap, vm, fresh=fresh)
                     # Nothing runs or waits on this VM here: take its lease in the same
                     # commit (one fsync less on the path of every create), and when the
-                    # lease is granted, the take's first write too (CREATING, owed
-                    # deletes, owners, freeze method: one more; docs/design.md, "Take").
+                    # lease is granted, insert the rows as the take's first write leaves
+                    # them (CREATING, owed deletes, owners, freeze method: one more;
+                    # docs/design.md, "Take").
                     steps.append(
-                        self.store.w_acquire_lease(
-                            vm_id,
+                        self.store.w_create_leased(
+                            snap,
+                            op,
                             self.owner,
-                            op.id,
                             self.settings.lease_seconds,
-                            then=prepared.steps if prepared is not None else (),
+                            prepared.started if prepared is not None else None,
                         )
                     )
+                else:
+                    steps.append(self.store.w_create(snap, op))
                 try:
                     async with self._admitting_op(op):
                         committed = await self.store.write(*steps)

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vmsnap_host import checks
-from vmsnap_host.decisions import DecisionCache, decision_key
+from vmsnap_host.decisions import DecisionCache, Key, decision_key
 from vmsnap_host.model import Claim, Group, GroupKind, QuiescePolicy
 from vmsnap_host.registry import AgentEntry, DriverEntry, Health, guarded
 from vmsnap_sdk import (
@@ -82,22 +82,27 @@ def _native(volume: Volume) -> bool:
     return bool(getattr(volume, "native_snapshot", False))
 
 
+def _known(entry: DriverEntry, key: Key | None, cache: DecisionCache | None) -> _Answer | None:
+    """A driver's answer without a call (not serving, or cached), else None."""
+    if entry.health is not Health.SERVING or entry.info is None:
+        return _Answer(entry, None, f"not serving: {_cut(entry.message)}")
+    if cache is not None and key is not None:
+        known = cache.get(entry.address, entry.generation, key)
+        if known is not None:
+            return _Answer(entry, known)
+    return None
+
+
 async def _ask(
     entry: DriverEntry,
     vm: VM,
     options: Mapping[str, str],
     timeout: float,
     cache: DecisionCache | None,
+    key: Key | None,
 ) -> _Answer:
-    """One driver's CanHandle (or its cached answer); never raises (but for
+    """One driver's CanHandle (``_known`` had no answer); never raises (but for
     cancellation)."""
-    if entry.health is not Health.SERVING or entry.info is None:
-        return _Answer(entry, None, f"not serving: {_cut(entry.message)}")
-    key = decision_key(vm, Operation.TAKE, options) if cache is not None else None
-    if cache is not None and key is not None:
-        known = cache.get(entry.address, entry.generation, key)
-        if known is not None:
-            return _Answer(entry, known)
     generation = entry.generation  # the state this answer is asked in
     try:
         async with asyncio.timeout(timeout):
@@ -157,9 +162,19 @@ async def plan_take(
             reason=Reason.MEMORY_UNSUPPORTED,
         )
     ordered = sorted(drivers, key=lambda e: (e.order, e.name, e.address))
-    answers = await asyncio.gather(
-        *(_ask(e, vm, options, can_handle_timeout, cache) for e in ordered)
+    key = decision_key(vm, Operation.TAKE, options) if cache is not None else None
+    # Answers known without a call first: a take whose every answer is cached plans
+    # without a task or a loop turn (most takes of a VM after its first).
+    known = [_known(e, key, cache) for e in ordered]
+    asking = [e for e, a in zip(ordered, known, strict=True) if a is None]
+    asked = iter(
+        await asyncio.gather(
+            *(_ask(e, vm, options, can_handle_timeout, cache, key) for e in asking)
+        )
+        if asking
+        else ()
     )
+    answers = [a if a is not None else next(asked) for a in known]
     answered = [a for a in answers if a.decisions is not None]
     unreachable = [a for a in answers if a.decisions is None]
     by_name = {a.entry.name: a for a in answers if a.entry.name}

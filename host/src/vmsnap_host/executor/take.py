@@ -41,6 +41,7 @@ from vmsnap_host.planner import needs_freeze, plan_take
 from vmsnap_host.registry import AgentEntry, Registry
 from vmsnap_host.state import CancelRequested
 from vmsnap_host.store import Store
+from vmsnap_host.store.store import Started
 from vmsnap_host.store.writer import Step
 from vmsnap_sdk import (
     VM,
@@ -62,14 +63,15 @@ from vmsnap_sdk.errors import (
 @dataclass(frozen=True)
 class Prepared:
     """A take's checks done and its first durable write built (Take.prepare). A take
-    that starts at once commits ``steps`` with its admission and the VM's lease (one
-    commit less on its path; docs/design.md, "Take")."""
+    that starts at once has its admission insert its rows as ``started`` leaves them,
+    with the VM's lease (one commit less on its path, and three statements;
+    docs/design.md, "Take"); another writes ``started`` when it runs (Take.first_write)."""
 
     vm: VM
-    #: The snapshot as CREATING, as ``steps`` write it.
+    #: The snapshot as CREATING, as the first write leaves it.
     snap: Snapshot
     method: QuiesceMethod | None
-    steps: tuple[Step, ...]
+    started: Started
     #: When ``vm`` is the VM's last known description (a guess): its agent's fresh
     #: one, asked for while the admission committed. The take compares them before
     #: any side effect (Take._check_guess).
@@ -134,15 +136,12 @@ class Take:
         vm: VM,
         *,
         fresh: asyncio.Future[tuple[AgentEntry, VM]] | None = None,
-        replanned: bool = False,
     ) -> Prepared:
         """The checks and the first durable write of a take of ``snap`` on ``vm`` (as
         just described, or last described: ``fresh``, see Prepared): CREATING
         (compare-and-set from ALLOCATED), every planned group owed a delete until
         READY, the volumes' owners, the freeze method (recovery thaws by operation
-        id). ``replanned``: ``snap`` is CREATING already and planned again; the
-        write replaces its plan. Raises what makes the take fail before any side
-        effect."""
+        id). Raises what makes the take fail before any side effect."""
         if vm.state not in (VMState.RUNNING, VMState.STOPPED):
             raise FailedPrecondition(
                 f"VM {vm.id} is {vm.state.name} now; it must be RUNNING or STOPPED",
@@ -171,37 +170,51 @@ class Take:
             if (volume := vm.volume(d)) is not None
         }
         creating = replace(snap, state=SnapshotState.CREATING)
-        first = (
-            (self.store.w_save(creating), self.store.w_set_cleanup(snap.id, planned))
-            if replanned
-            else (
-                self.store.w_move(
-                    snap.id, SnapshotState.CREATING, snapshot=creating, cleanup=planned
-                ),
-            )
-        )
         return Prepared(
             vm=vm,
             snap=creating,
             method=method,
             fresh=fresh,
-            steps=(
-                *first,
-                self.store.w_set_owners(owners),
-                self.store.w_journal(
-                    op.id,
-                    # One step for the freeze and the cut: the freeze token is not
-                    # journaled (recovery thaws by operation id; "Take", step 2).
-                    f"quiescing and taking {len(planned)} groups"
-                    if method is not None
-                    else f"taking {len(planned)} groups",
-                    15 if method is not None else 30,
-                    freeze_needed=freeze_needed,
-                    called=[g.owner for g in planned],
+            started=Started(
+                snapshot=creating,
+                cleanup=tuple(planned),
+                owners=owners,
+                # One step for the freeze and the cut: the freeze token is not
+                # journaled (recovery thaws by operation id; "Take", step 2).
+                step=f"quiescing and taking {len(planned)} groups"
+                if method is not None
+                else f"taking {len(planned)} groups",
+                progress=15 if method is not None else 30,
+                journal={
+                    "freeze_needed": freeze_needed,
+                    "called": [g.owner for g in planned],
                     **({"quiesce_method": method.name} if method is not None else {}),
-                ),
+                },
             ),
         )
+
+    def first_write(
+        self, op: OperationRecord, prepared: Prepared, *, replanned: bool = False
+    ) -> list[Step]:
+        """``prepared.started`` as write steps on the existing rows: CREATING by a
+        compare-and-set from ALLOCATED (from CREATING when ``replanned``: a new plan
+        replaces the one written)."""
+        started = prepared.started
+        creating, planned = started.snapshot, list(started.cleanup)
+        first = (
+            [self.store.w_save(creating), self.store.w_set_cleanup(creating.id, planned)]
+            if replanned
+            else [
+                self.store.w_move(
+                    creating.id, SnapshotState.CREATING, snapshot=creating, cleanup=planned
+                )
+            ]
+        )
+        return [
+            *first,
+            self.store.w_set_owners(dict(started.owners)),
+            self.store.w_journal(op.id, started.step, started.progress, **started.journal),
+        ]
 
     async def _run(self, op: OperationRecord, snap: Snapshot, prepared: Prepared | None) -> None:
         if prepared is None:
@@ -216,7 +229,7 @@ class Take:
                 snap = await self._replanned(snap, entry, vm)
             prepared = self.prepare(op, snap, vm)
             # One durable write before any side effect (see prepare).
-            await self.store.write(*prepared.steps)
+            await self.store.write(*self.first_write(op, prepared))
         elif prepared.fresh is not None:
             try:
                 prepared = await self._check_guess(op, prepared)
@@ -367,8 +380,8 @@ class Take:
         if entry.name == prepared.snap.agent and _same_vm(vm, prepared.vm):
             return replace(prepared, fresh=None)
         snap = await self._replanned(prepared.snap, entry, vm)
-        redone = self.prepare(op, snap, vm, replanned=True)
-        await self.store.write(*redone.steps)
+        redone = self.prepare(op, snap, vm)
+        await self.store.write(*self.first_write(op, redone, replanned=True))
         return redone
 
     async def _replanned(self, snap: Snapshot, entry: AgentEntry, vm: VM) -> Snapshot:

@@ -30,7 +30,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -291,6 +291,17 @@ def _acquire_lease_stmt(dialect: str) -> PreparedStatement:
     return PreparedStatement(stmt)
 
 
+def _lease_fence(conn: Connection, vm_id: str, owner: str, operation_id: str, ttl: float) -> int:
+    """Run the lease's acquire statement (Store.w_acquire_lease): the new fencing
+    token, or 0 when refused."""
+    fence = (
+        _acquire_lease_stmt(conn.dialect.name)
+        .execute(conn, {"b_vm": vm_id, "b_owner": owner, "b_op": operation_id, "b_ttl": float(ttl)})
+        .scalar()
+    )
+    return int(fence or 0)
+
+
 @functools.cache
 def _renew_lease_stmt(dialect: str) -> PreparedStatement:
     return PreparedStatement(
@@ -542,6 +553,23 @@ def _kept_from_row(row: Row[Any]) -> KeptState:
 _ENDED_KEPT = 4096
 #: The step of an operation no work has started yet (manager._new_op).
 _QUEUED = "queued"
+
+
+@dataclass(frozen=True)
+class Started:
+    """A take's first write as data (``Take.prepare``), for the admission that
+    inserts its rows so (``Store.w_create_leased``)."""
+
+    #: The snapshot as CREATING.
+    snapshot: Snapshot
+    #: Every planned group: owed a delete until READY.
+    cleanup: tuple[Group, ...]
+    #: locator → driver, for the volumes the plan gave to drivers.
+    owners: Mapping[str, str]
+    #: The operation's step, progress and journal entries.
+    step: str
+    progress: int
+    journal: Mapping[str, Any]
 
 
 class _Touches:
@@ -864,6 +892,52 @@ class Store:
                 _INSERT_SNAPSHOT.execute(conn, snapshot_row(snapshot, now))
             except IntegrityError as exc:
                 raise (_duplicate(exc) or exc) from exc
+
+        return _Touches(operation.id, step)
+
+    def w_create_leased(
+        self,
+        snapshot: Snapshot,
+        operation: OperationRecord,
+        owner: str,
+        ttl: float,
+        started: Started | None = None,
+    ) -> Step:
+        """w_create with the VM's lease asked first, in the same transaction (as
+        w_acquire_lease: one statement, granted to one replica); the step returns the
+        new fencing token, or 0 when refused. Granted, and ``started`` given (a
+        take's first write, ``Take.prepare``), the rows are inserted as that write
+        leaves them: the snapshot CREATING with every planned group owed a delete,
+        the operation at its first step with its journal, the volumes' owners
+        recorded. The same rows as w_create, then w_move, w_set_owners and
+        w_journal, three statements fewer (docs/design.md, "Fewer statements per
+        create"). Refused, the snapshot is ALLOCATED and the operation queued, as
+        w_create leaves them."""
+
+        def step(conn: Connection) -> int:
+            fence = _lease_fence(conn, operation.vm_id, owner, operation.id, ttl)
+            now = time.time()
+            op_row = self._operation_columns(operation, now)
+            snap_row = snapshot_row(snapshot, now)
+            if fence and started is not None:
+                op_row.update(
+                    step=started.step[:_MAX_STEP],
+                    progress=started.progress,
+                    journal_json=json.dumps({**operation.journal, **started.journal}),
+                )
+                snap_row = snapshot_row(
+                    started.snapshot,
+                    now,
+                    json.dumps([g.to_json() for g in started.cleanup]),
+                )
+            try:
+                _INSERT_OPERATION.execute(conn, op_row)
+                _INSERT_SNAPSHOT.execute(conn, snap_row)
+            except IntegrityError as exc:
+                raise (_duplicate(exc) or exc) from exc
+            if fence and started is not None and started.owners:
+                self.w_set_owners(dict(started.owners))(conn)
+            return fence
 
         return _Touches(operation.id, step)
 
@@ -1347,38 +1421,19 @@ class Store:
 
     # --- per-VM leases ------------------------------------------------------------
 
-    def w_acquire_lease(
-        self,
-        vm_id: str,
-        owner: str,
-        operation_id: str,
-        ttl: float,
-        *,
-        then: Sequence[Step] = (),
-    ) -> Step:
+    def w_acquire_lease(self, vm_id: str, owner: str, operation_id: str, ttl: float) -> Step:
         """Own the VM for ``ttl`` seconds; the step returns the new fencing token
-        (> 0), or 0 when refused. ``then``: steps run in the same transaction only
-        when the lease is granted (the first write of the work it fences). One
-        statement (INSERT … ON CONFLICT DO UPDATE … WHERE), so two replicas cannot
-        both win. Granted when the VM has no lease, or when its lease is this
-        owner's or ran out *and* the lease's operation is this one or finished. A lease stays with its operation until that is
+        (> 0), or 0 when refused. One statement (INSERT … ON CONFLICT DO UPDATE …
+        WHERE), so two replicas cannot both win. Granted when the VM has no lease,
+        or when its lease is this owner's or ran out *and* the lease's operation is
+        this one or finished. A lease stays with its operation until that is
         finished: one abandoned by a dead replica is resolved by whoever takes it
         over before anything else runs on the VM, and two operations of one
-        replica never hold the VM together."""
+        replica never hold the VM together. (A new take's admission asks for it
+        with its inserts: w_create_leased.)"""
 
         def step(conn: Connection) -> int:
-            fence = (
-                _acquire_lease_stmt(conn.dialect.name)
-                .execute(
-                    conn,
-                    {"b_vm": vm_id, "b_owner": owner, "b_op": operation_id, "b_ttl": float(ttl)},
-                )
-                .scalar()
-            )
-            if fence:
-                for then_step in then:
-                    then_step(conn)
-            return int(fence or 0)
+            return _lease_fence(conn, vm_id, owner, operation_id, ttl)
 
         return step
 
