@@ -215,6 +215,10 @@ class Manager:
             if guess is not None:
                 agent_entry, vm = guess
                 fresh = asyncio.ensure_future(self.registry.find_vm(vm_id))
+                # One loop turn: the call is sent now, and its wire time overlaps the
+                # plan and the commit (sent at the commit's start, its sending and the
+                # writer thread's statements took turns at the GIL).
+                await asyncio.sleep(0)
             else:
                 agent_entry, vm = await self.registry.find_vm(vm_id)
             try:
