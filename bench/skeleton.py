@@ -3,14 +3,16 @@
     python -m bench.skeleton serve ROLE ADDRESS DIR [--agent A] [--drivers B C]
 
 The floor (``floor.py``) is one bare health check. A create is more than eight of
-those even with no vmsnap code on its path: four processes, five critical RPCs
+those even with no vmsnap code on its path: four processes, five RPCs (four in
+sequence once the VM's DescribeVM runs beside the admission's commit)
 with Python handlers and real messages, and the durable writes DESIGN.md puts
 before each side effect. This module runs that shape with nothing else, so the
 bench can say how much of a create is Python's and the design's, and how much is
 vmsnap's own work (the catalog, fencing, checks, conversions, metrics, audit):
 
 - a **host** answering ``CreateVMSnapshot`` (with its wait): ``DescribeVM`` to the
-  agent, a durable commit (the CREATING row, before the freeze), ``Quiesce``,
+  agent (beside the commit once the VM was described, as the host's admission on
+  the last description), a durable commit (the CREATING row, before the freeze), ``Quiesce``,
   ``TakeVMSnapshot`` to both drivers in parallel, ``Unquiesce``, a durable commit
   (READY), the answer (the freeze token is not journaled: recovery thaws by
   operation id). The commits are SQLite inserts (WAL, ``synchronous=FULL``) made
@@ -112,6 +114,7 @@ def _vm(vm_id: str) -> common_pb2.VM:
 class _Host(host_pb2_grpc.VMSnapshotServiceServicer):
     def __init__(self, directory: Path, agent: str, drivers: list[str]) -> None:
         self.db = _GroupCommit(directory / "catalog.db")
+        self.described: set[str] = set()  # VMs described once (the host keeps them)
         self.agent = hypervisor_pb2_grpc.HypervisorAgentStub(grpc.aio.insecure_channel(agent))
         self.drivers = {
             scheme: driver_pb2_grpc.StorageDriverStub(grpc.aio.insecure_channel(address))
@@ -122,8 +125,18 @@ class _Host(host_pb2_grpc.VMSnapshotServiceServicer):
         self, request: host_pb2.CreateVMSnapshotRequest, context: Any
     ) -> host_pb2.CreateVMSnapshotResponse:
         snapshot_id = uuid.uuid4().hex
-        vm = (await self.agent.DescribeVM(hypervisor_pb2.DescribeVMRequest(vm_id=request.vm_id))).vm
-        await self.db.commit("creating")
+        describe = self.agent.DescribeVM(hypervisor_pb2.DescribeVMRequest(vm_id=request.vm_id))
+        if request.vm_id in self.described:
+            # As the host's admission on the VM's last description: the DescribeVM
+            # runs beside the commit, the take waits for it before the freeze.
+            fresh = asyncio.ensure_future(describe)
+            await asyncio.sleep(0)
+            await self.db.commit("creating")
+            vm = (await fresh).vm
+        else:
+            vm = (await describe).vm
+            await self.db.commit("creating")
+        self.described.add(vm.id)
         freeze = await self.agent.Quiesce(
             hypervisor_pb2.QuiesceRequest(
                 vm_id=vm.id,

@@ -28,6 +28,7 @@ from vmsnap_host.store import Store
 from vmsnap_host.store.schema import vm_snapshots
 from vmsnap_host.store.store import Started
 from vmsnap_sdk import Priority
+from vmsnap_sdk.errors import Aborted
 
 
 def test_migrations_run_once_on_either_backend(db_url: str) -> None:
@@ -270,6 +271,36 @@ def test_a_take_started_at_once_is_inserted_as_its_first_write_leaves_it(db_url:
     assert store.get_cleanup("s2") == []
     assert op is not None and op.step == "queued" and op.journal == {}
     assert store.volume_owners(["a://pool/2"]) == {}
+    store.close()
+
+
+def test_admission_refuses_a_vm_a_third_partys_freeze_holds(db_url: str) -> None:
+    """w_admit refuses work on a VM with an open FREEZE operation in the admitting
+    transaction itself (whichever replica admitted the freeze), with every bound:
+    ABORTED VM_FROZEN naming the freeze and when its lease lapses. Another open
+    operation is only counted."""
+    store = Store.open(db_url)
+    w = store.write_blocking
+    admit_take = store.w_admit("vm1", max_open=2, max_live=10)
+    admit_other = store.w_admit("vm1", max_open=2, max_live=None)
+    w(store.w_insert_operation(OperationRecord("o1", OperationType.CREATE, "vm1", "s1", "r1")))
+    w(admit_take)
+    w(admit_other)
+    w(
+        store.w_insert_operation(
+            OperationRecord(
+                "f1", OperationType.FREEZE, "vm1", "", "r2", journal={"expires_at": 1_900_000_000}
+            )
+        )
+    )
+    for admit in (admit_take, admit_other):
+        with pytest.raises(Aborted) as caught:
+            w(admit)
+        assert caught.value.reason == "VM_FROZEN"
+        assert "operation f1" in caught.value.message and "lapses at" in caught.value.message
+    w(store.w_admit("vm2", max_open=2, max_live=10))  # another VM is not held
+    w(store.w_finish("f1", None, "thawed"))
+    w(admit_take)
     store.close()
 
 

@@ -121,8 +121,8 @@ def test_a_creates_catalog_work_does_not_grow_with_the_vms_history(tmp_path: Pat
 _HOT = {
     "admission bounds": (store_module._COUNT_BOUNDS.statement, {"b_vm": VM}),
     "current": (store_module._CURRENT.statement, {"b_vm": VM}),
-    "current id": (store_module._CURRENT_ID.statement, {"b_vm": VM}),
     "unset current": (store_module._UNSET_CURRENT.statement, {"b_vm": VM}),
+    "unset current, naming it": (store_module._UNSET_CURRENT_WAS.statement, {"b_vm": VM}),
     "listing": (store_module._LIST_VM.statement, {"b_vm": VM, "b_after": 0, "b_limit": 100}),
 }
 

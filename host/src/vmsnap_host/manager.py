@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from vmsnap_host import metrics
@@ -47,7 +47,7 @@ from vmsnap_host.renewer import Renewer
 from vmsnap_host.state import StaleMove
 from vmsnap_host.store import Store
 from vmsnap_host.store.fence import Fence, LeaseEnd, fenced
-from vmsnap_host.store.store import Duplicate
+from vmsnap_host.store.store import Duplicate, frozen_refusal
 from vmsnap_host.store.writer import Step
 from vmsnap_host.tracing import operation_span
 from vmsnap_sdk import VM, Capability, VMState
@@ -677,18 +677,7 @@ class Manager:
         not queued: the freeze may be renewed for as long as its caller wants."""
         op = self.store.open_freeze(vm_id)
         if op is not None:
-            expires = op.journal.get("expires_at")
-            until = (
-                f" (its lease lapses at {datetime.fromtimestamp(float(expires), UTC):%H:%M:%S} "
-                "UTC unless renewed)"
-                if expires
-                else ""
-            )
-            raise Aborted(
-                f"VM {vm_id} is frozen for a third-party tool by operation {op.id}{until}; "
-                "retry once it is thawed",
-                reason=Reason.VM_FROZEN,
-            )
+            raise frozen_refusal(vm_id, op)
 
     async def freeze_vm(
         self,
@@ -974,7 +963,8 @@ class Manager:
         raise exc
 
     def _check_queue(self, vm_id: str) -> None:
-        self._check_not_frozen(vm_id)
+        # A third party's freeze is refused by the admission's transaction
+        # (Store.w_admit), across replicas: no read of it here.
         queue = self._queues.get(vm_id)
         if queue is not None and queue.admitted >= 1 + self.settings.queue_bound:
             raise Aborted(

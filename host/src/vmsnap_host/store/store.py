@@ -102,6 +102,23 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 HEAD_REVISION = "0006"
 
 
+def frozen_refusal(vm_id: str, freeze: OperationRecord) -> Aborted:
+    """The answer to work asked on a VM that a third party's freeze holds: refused,
+    not queued, since the freeze may be renewed for as long as its caller wants."""
+    expires = freeze.journal.get("expires_at")
+    until = (
+        f" (its lease lapses at {datetime.fromtimestamp(float(expires), UTC):%H:%M:%S} "
+        "UTC unless renewed)"
+        if expires
+        else ""
+    )
+    return Aborted(
+        f"VM {vm_id} is frozen for a third-party tool by operation {freeze.id}{until}; "
+        "retry once it is thawed",
+        reason=Reason.VM_FROZEN,
+    )
+
+
 def _revision(conn: Connection) -> str | None:
     """The catalog's Alembic revision; None for an empty database."""
     if not inspect(conn).has_table("alembic_version"):
@@ -188,19 +205,22 @@ _LIST_VM = PreparedStatement(
 )
 _INSERT_SNAPSHOT = PreparedStatement(vm_snapshots.insert())
 _INSERT_OPERATION = PreparedStatement(operations.insert())
-_COUNT_OPEN = PreparedStatement(
-    select(func.count()).where(
-        operations.c.vm_id == bindparam("b_vm"), operations.c.done.is_(False)
-    )
+_OPEN_OF_VM = (operations.c.vm_id == bindparam("b_vm"), operations.c.done.is_(False))
+_RUNNING = select(func.count()).where(*_OPEN_OF_VM).scalar_subquery().label("running")
+#: Open FREEZE operations (a third party's freeze holds the VM).
+_FROZEN = (
+    select(func.count())
+    .where(*_OPEN_OF_VM, operations.c.type == OperationType.FREEZE.name)
+    .scalar_subquery()
+    .label("frozen")
 )
-# Admission's two bounds in one statement: the VM's unfinished operations and its
-# live snapshots.
+# Admission's checks in one statement: the VM's unfinished operations, whether a
+# third party's freeze holds it, and (for a take) its live snapshots.
+_COUNT_OPEN = PreparedStatement(select(_RUNNING, _FROZEN))
 _COUNT_BOUNDS = PreparedStatement(
     select(
-        select(func.count())
-        .where(operations.c.vm_id == bindparam("b_vm"), operations.c.done.is_(False))
-        .scalar_subquery()
-        .label("running"),
+        _RUNNING,
+        _FROZEN,
         select(func.count()).where(*_LIVE_OF_VM).scalar_subquery().label("live"),
     )
 )
@@ -239,8 +259,13 @@ _OPEN_FREEZE = PreparedStatement(
 _OUTCOME_OF = PreparedStatement(
     select(operations.c.done, operations.c.error_code).where(operations.c.id == bindparam("b_id"))
 )
-_CURRENT_ID = PreparedStatement(
-    select(vm_snapshots.c.id).where(vm_snapshots.c.vm_id == bindparam("b_vm"), _IS_CURRENT)
+#: _UNSET_CURRENT, answering the id of the snapshot that was current (at most one:
+#: ux_vm_snapshots_current).
+_UNSET_CURRENT_WAS = PreparedStatement(
+    update(vm_snapshots)
+    .where(vm_snapshots.c.vm_id == bindparam("b_vm"), _IS_CURRENT)
+    .values(is_current=False)
+    .returning(vm_snapshots.c.id)
 )
 _OWNERS_OF = PreparedStatement(
     select(volume_owners.c.locator, volume_owners.c.driver).where(
@@ -848,7 +873,8 @@ class Store:
 
     def w_admit(self, vm_id: str, *, max_open: int, max_live: int | None) -> Step:
         """The per-VM bounds, checked in the transaction that inserts the new
-        operation, across every replica: at most ``max_open`` unfinished operations
+        operation, across every replica: no third party's freeze holding the VM
+        (frozen_refusal, ABORTED), at most ``max_open`` unfinished operations
         (running, queued or left open) else ABORTED, at most ``max_live`` live
         snapshots else RESOURCE_EXHAUSTED. On PostgreSQL the VM's admissions take
         turns (a transaction-scoped advisory lock), so two replicas cannot both
@@ -861,10 +887,16 @@ class Store:
                     {"ns": ADMISSION_LOCKS, "key": _lock_key(vm_id)},
                 )
             if max_live is None:
-                running, live = int(_COUNT_OPEN.execute(conn, {"b_vm": vm_id}).scalar_one()), 0
+                counts = _COUNT_OPEN.execute(conn, {"b_vm": vm_id}).first()
+                live = 0
             else:
                 counts = _COUNT_BOUNDS.execute(conn, {"b_vm": vm_id}).first()
-                running, live = int(counts.running), int(counts.live)
+                live = int(counts.live)
+            running = int(counts.running)
+            if counts.frozen:
+                freeze = _OPEN_FREEZE.execute(conn, {"b_vm": vm_id}).first()
+                if freeze is not None:
+                    raise frozen_refusal(vm_id, operation_from_row(freeze))
             if running >= max_open:
                 raise Aborted(
                     f"VM {vm_id} already has {running} operations running or queued (the "
@@ -980,9 +1012,11 @@ class Store:
                 vm_id = known_vm or _VM_OF_SNAPSHOT.execute(conn, {"b_id": snapshot_id}).scalar()
                 if vm_id is not None:
                     if parent_from_current:
-                        was = _CURRENT_ID.execute(conn, {"b_vm": vm_id}).scalar() or ""
+                        # The current one unset and named in one statement: the parent.
+                        was = _UNSET_CURRENT_WAS.execute(conn, {"b_vm": vm_id}).scalar() or ""
                         values = {**columns, "parent_id": "" if was == snapshot_id else was}
-                    _UNSET_CURRENT.execute(conn, {"b_vm": vm_id})
+                    else:
+                        _UNSET_CURRENT.execute(conn, {"b_vm": vm_id})
             moved = _MOVE_SNAPSHOT.execute(
                 conn,
                 {"b_id": snapshot_id, "b_from": from_names, **values, "update_time": time.time()},
