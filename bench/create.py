@@ -8,6 +8,7 @@ driver groups and must freeze (two arrays cannot cut at one instant).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -15,8 +16,10 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf import duration_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import stack
+from bench.floor import echo_server
 from bench.stats import median, percentile
 from vmsnap_sdk import VM, AgentClient, QuiesceMethod, Volume
 from vmsnap_sdk._proto.host.v1 import host_pb2, host_pb2_grpc
@@ -50,6 +53,8 @@ class CreateResult:
     agent_describe_ms: float = 0.0  # straight to the agent, same run
     agent_freeze_thaw_ms: float = 0.0
     cpu_ms_per_op: dict[str, float] = field(default_factory=dict)  # by process
+    #: Floor round trips made between the creates (measure_create's floor_beside).
+    floor_ms: list[float] = field(default_factory=list)
 
 
 def vm_for(i: int) -> VM:
@@ -108,27 +113,58 @@ async def create_and_wait(
     return op
 
 
+#: Floor round trips made before each create when the floor is measured beside the
+#: creates (``measure_create(floor_beside=True)``, concurrency 1).
+FLOOR_BESIDE = 3
+
+
 async def _run(
-    address: str, vms: list[str], concurrency: int, total: int
+    address: str,
+    vms: list[str],
+    concurrency: int,
+    total: int,
+    floor_address: str = "",
+    floor_ms: list[float] | None = None,
 ) -> tuple[list[float], float]:
-    async with grpc.aio.insecure_channel(address) as channel:
+    """``floor_address``: the floor's bare server; at concurrency 1 the client makes
+    FLOOR_BESIDE round trips to it before each create and keeps their times in
+    ``floor_ms`` (outside the creates' timing; the create rate is then of the
+    creates' own time)."""
+    async with contextlib.AsyncExitStack() as stack:
+        channel = await stack.enter_async_context(grpc.aio.insecure_channel(address))
         stub = host_pb2_grpc.VMSnapshotServiceStub(channel)
+        health = None
+        if floor_address and concurrency == 1 and floor_ms is not None:
+            floor_channel = await stack.enter_async_context(
+                grpc.aio.insecure_channel(floor_address)
+            )
+            health = health_pb2_grpc.HealthStub(floor_channel)
+            for _ in range(50):  # warm-up, as the floor's
+                await health.Check(health_pb2.HealthCheckRequest())
         for vm in vms[:concurrency]:  # warm-up: one create per VM used
             await create_and_wait(stub, vm)
         latencies: list[float] = []
         remaining = total
+        busy = 0.0
 
         async def worker(vm: str) -> None:
-            nonlocal remaining
+            nonlocal remaining, busy
             while remaining > 0:
                 remaining -= 1
+                if health is not None and floor_ms is not None:
+                    for _ in range(FLOOR_BESIDE):
+                        begin = time.perf_counter()
+                        await health.Check(health_pb2.HealthCheckRequest())
+                        floor_ms.append((time.perf_counter() - begin) * 1000)
                 start = time.perf_counter()
                 await create_and_wait(stub, vm)
-                latencies.append((time.perf_counter() - start) * 1000)
+                took = time.perf_counter() - start
+                busy += took
+                latencies.append(took * 1000)
 
         start = time.perf_counter()
         await asyncio.gather(*(worker(vm) for vm in vms[:concurrency]))
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start if health is None else busy
     return latencies, total / elapsed
 
 
@@ -137,11 +173,18 @@ def measure_create(
     concurrencies: tuple[int, ...] = (1, 64),
     base: str = "/tmp",
     totals: dict[int, int] | None = None,
+    floor_beside: bool = False,
 ) -> list[CreateResult]:
     """Start agent, two drivers and the host; measure create+wait at each concurrency.
-    ``base``: where the catalog and the agent's state live (/dev/shm: no fsync cost)."""
+    ``base``: where the catalog and the agent's state live (/dev/shm: no fsync cost).
+    ``floor_beside``: at concurrency 1, the floor's round trips measured between the
+    creates too (``CreateResult.floor_ms``: the latency goal's baseline taken in the
+    same seconds as the creates, so that a busy or quiet moment of a shared machine
+    falls on both)."""
     results = []
-    with stack.workdir(base=base) as tmp:
+    with contextlib.ExitStack() as cleanup:
+        floor_address = cleanup.enter_context(echo_server()) if floor_beside else ""
+        tmp = cleanup.enter_context(stack.workdir(base=base))
         procs: list[stack.Proc] = []
         try:
             agent, drivers = stack.start_agent_and_drivers(tmp, procs)
@@ -166,7 +209,10 @@ def measure_create(
                 }
                 cpu_before = {k: _cpu_seconds(p.popen.pid) for k, p in named.items()}
                 client_before = CLIENT_CALLS[0]
-                latencies, rate = asyncio.run(_run(host.address, vms, concurrency, total))
+                floor_ms: list[float] = []
+                latencies, rate = asyncio.run(
+                    _run(host.address, vms, concurrency, total, floor_address, floor_ms)
+                )
                 client_calls = CLIENT_CALLS[0] - client_before
                 cpu = {
                     k: (_cpu_seconds(p.popen.pid) - cpu_before[k]) * 1000 / (total + concurrency)
@@ -189,6 +235,7 @@ def measure_create(
                         describe,
                         pair,
                         cpu,
+                        floor_ms,
                     )
                 )
         finally:
@@ -199,7 +246,8 @@ def measure_create(
 
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

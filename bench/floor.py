@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +50,10 @@ async def _measure(address: str, sequential: int, concurrent: int, concurrency: 
     return Floor(latency_ms=median(samples), rate_rps=concurrent / elapsed)
 
 
-def measure_floor(quick: bool, concurrency: int = 64) -> Floor:
-    """Start the bare server process and measure round trips against it."""
+@contextlib.contextmanager
+def echo_server() -> Iterator[str]:
+    """The bare server process (``bench.echo_server``) for as long as the block runs;
+    its address."""
     with tempfile.TemporaryDirectory(prefix="vsb-", dir="/tmp") as tmp:
         address = f"unix://{Path(tmp) / 'floor.sock'}"
         proc = subprocess.Popen(
@@ -60,11 +64,19 @@ def measure_floor(quick: bool, concurrency: int = 64) -> Floor:
         try:
             assert proc.stdout is not None
             proc.stdout.readline()
-            n = 300 if quick else 2000
-            return asyncio.run(_measure(address, n, n * 2, concurrency))
+            yield address
         finally:
             proc.terminate()
             proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def measure_floor(quick: bool, concurrency: int = 64) -> Floor:
+    """Start the bare server process and measure round trips against it."""
+    with echo_server() as address:
+        n = 300 if quick else 2000
+        return asyncio.run(_measure(address, n, n * 2, concurrency))
 
 
 def measure_fsync(samples: int = 100, directory: str = "/tmp") -> float:

@@ -197,3 +197,17 @@ def test_the_sections_the_readme_names_exist() -> None:
         capture_output=True,
         check=True,
     )
+
+
+def test_the_latency_goals_floor_is_measured_beside_the_creates() -> None:
+    """latency_ratio's baseline: the floor's round trips made between the c=1 creates
+    (FLOOR_BESIDE before each), so that the machine's busy and quiet moments fall on
+    both; the creates themselves are timed alone."""
+    from bench import create
+
+    (result,) = create.measure_create(True, concurrencies=(1,), totals={1: 8}, floor_beside=True)
+    assert len(result.latencies_ms) == 8
+    assert len(result.floor_ms) == 8 * create.FLOOR_BESIDE
+    assert all(0 < ms < min(result.latencies_ms) for ms in result.floor_ms)
+    (alone,) = create.measure_create(True, concurrencies=(1,), totals={1: 2})
+    assert alone.floor_ms == []
