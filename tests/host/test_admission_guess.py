@@ -8,6 +8,7 @@ disks added, gone) is planned again, or the take fails, before any freeze or cut
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -76,14 +77,18 @@ async def test_the_next_take_is_admitted_while_its_vm_is_described(
 
 
 async def test_a_vm_stopped_since_is_taken_as_stopped_without_a_freeze(
-    counted: tuple[Rig, Counter[str]],
+    counted: tuple[Rig, Counter[str]], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The last description says RUNNING, the VM is STOPPED now: the take is planned
-    again on the fresh description, freezes nothing, and records a stopped VM's
-    consistency."""
+    again on the fresh description (and says so in the host's log), freezes
+    nothing, and records a stopped VM's consistency."""
     rig, counts = counted
     await rig.agent.stop_vm("vm1", force=False)  # behind the host's back
-    done = await rig.wait(await rig.create("s2"))
+    with caplog.at_level(logging.INFO, logger="vmsnap.host.take"):
+        done = await rig.wait(await rig.create("s2"))
+    planned_again = [r for r in caplog.records if "planned again" in r.getMessage()]
+    assert len(planned_again) == 1
+    assert planned_again[0].fields["state"] == "RUNNING -> STOPPED"  # type: ignore[attr-defined]
     assert done.error is None, done.error
     snap = rig.store.get_snapshot(done.vm_snapshot_id)
     assert snap is not None and snap.state is SnapshotState.READY

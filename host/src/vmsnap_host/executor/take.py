@@ -17,6 +17,7 @@ transaction.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -58,6 +59,8 @@ from vmsnap_sdk.errors import (
     TransientError,
     VMSnapError,
 )
+
+log = logging.getLogger("vmsnap.host.take")
 
 
 @dataclass(frozen=True)
@@ -379,6 +382,18 @@ class Take:
         )
         if entry.name == prepared.snap.agent and _same_vm(vm, prepared.vm):
             return replace(prepared, fresh=None)
+        log.info(
+            "VM changed since its last description: the take is planned again",
+            extra={
+                "fields": {
+                    "operation": op.id,
+                    "vm_id": vm.id,
+                    "agent": f"{prepared.snap.agent} -> {entry.name}",
+                    "state": f"{prepared.vm.state.name} -> {vm.state.name}",
+                    "disks": f"{len(prepared.vm.volumes)} -> {len(vm.volumes)}",
+                }
+            },
+        )
         snap = await self._replanned(prepared.snap, entry, vm)
         redone = self.prepare(op, snap, vm)
         await self.store.write(*self.first_write(op, redone, replanned=True))
