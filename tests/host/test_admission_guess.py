@@ -184,3 +184,24 @@ async def test_a_queued_take_is_planned_again_when_the_vm_disks_changed(
     b_group = next(g for g in snap.groups if g.owner == B)
     assert b_group.result is not None and b_group.result.disks == {"vdb", "vdd"}
     assert counts["describe"] == 2  # admission (no guess: not idle) and the take when it ran
+
+
+async def test_a_create_refused_on_the_last_description_is_planned_on_the_vm_as_it_is(
+    counted: tuple[Rig, Counter[str]],
+) -> None:
+    """The last description has a disk whose driver is gone, and the VM has lost that
+    disk since: the plan on the guess is refused (UNAVAILABLE, the owner unreachable),
+    so the create plans on the VM as its agent describes it now, and succeeds. It
+    must not refuse on a guess, nor keep refusing on it."""
+    rig, _ = counted
+    await rig.agent.stop_vm("vm1", force=False)
+    await rig.agent.undefine_vm("vm1")
+    await rig.define(volumes=(THREE_DISKS[0], THREE_DISKS[2]))  # vdb (driver b) detached
+    await rig.registry.remove_driver(B)
+    done = await rig.wait(await rig.create("s2"))
+    assert done.error is None, done.error
+    snap = rig.store.get_snapshot(done.vm_snapshot_id)
+    assert snap is not None and snap.state is SnapshotState.READY
+    assert {d for g in snap.groups for d in g.disks} == {"vda", "vdc"}
+    guess = rig.registry.last_described("vm1")
+    assert guess is not None and len(guess[1].volumes) == 2

@@ -41,7 +41,7 @@ from vmsnap_host.model import (
     Snapshot,
     SnapshotState,
 )
-from vmsnap_host.planner import plan_take
+from vmsnap_host.planner import Plan, plan_take
 from vmsnap_host.registry import AgentEntry, Registry
 from vmsnap_host.renewer import Renewer
 from vmsnap_host.state import StaleMove
@@ -222,31 +222,26 @@ class Manager:
             else:
                 agent_entry, vm = await self.registry.find_vm(vm_id)
             try:
-                if vm.state not in (VMState.RUNNING, VMState.STOPPED):
-                    raise FailedPrecondition(
-                        f"VM {vm_id} is {vm.state.name}; snapshots need it RUNNING or STOPPED: "
-                        "start or stop it first",
-                        reason=Reason.VM_STATE,
+                try:
+                    plan = await self._plan_create(
+                        agent_entry, vm, include_memory=include_memory, parameters=parameters
                     )
-                if include_memory and vm.state is not VMState.RUNNING:
-                    raise FailedPrecondition(
-                        f"VM {vm_id} is {vm.state.name}; a memory snapshot needs it RUNNING: start "
-                        "it, or take a disk-only snapshot (include_memory=false)",
-                        reason=Reason.VM_STATE,
+                except VMSnapError:
+                    if fresh is None:
+                        raise
+                    # Refused on the last description: the VM may have changed since (a
+                    # disk whose driver is gone, detached). Refuse or plan on the VM as
+                    # its agent describes it now, never on the guess.
+                    asked, fresh = fresh, None
+                    try:
+                        # (find_vm keeps this one as the VM's last description.)
+                        agent_entry, vm = await asked
+                    except VMSnapError:
+                        self.registry.forget_description(vm_id)
+                        raise
+                    plan = await self._plan_create(
+                        agent_entry, vm, include_memory=include_memory, parameters=parameters
                     )
-                # A name in use and the bound on live snapshots are not read here: the
-                # admission's transaction refuses both (the live-name index: AlreadyExists
-                # NAME_IN_USE; w_admit: RESOURCE_EXHAUSTED), as it must across replicas.
-                plan = await plan_take(
-                    vm,
-                    self.registry.drivers(),
-                    agent_entry,
-                    self.store.volume_owners([v.locator for v in vm.volumes]),
-                    include_memory=include_memory,
-                    options=parameters,
-                    can_handle_timeout=self.settings.can_handle_timeout_seconds,
-                    cache=self.decisions,
-                )
                 snap = Snapshot(
                     id=uuid.uuid4().hex,
                     vm_id=vm_id,
@@ -321,6 +316,41 @@ class Manager:
                     # Not handed to a take: nobody waits for its answer.
                     fresh.cancel()
                     fresh.add_done_callback(_retrieved)
+
+    async def _plan_create(
+        self,
+        agent_entry: AgentEntry,
+        vm: VM,
+        *,
+        include_memory: bool,
+        parameters: Mapping[str, str],
+    ) -> Plan:
+        """A create's checks of the VM's state and its plan, on ``vm`` as described."""
+        if vm.state not in (VMState.RUNNING, VMState.STOPPED):
+            raise FailedPrecondition(
+                f"VM {vm.id} is {vm.state.name}; snapshots need it RUNNING or STOPPED: "
+                "start or stop it first",
+                reason=Reason.VM_STATE,
+            )
+        if include_memory and vm.state is not VMState.RUNNING:
+            raise FailedPrecondition(
+                f"VM {vm.id} is {vm.state.name}; a memory snapshot needs it RUNNING: start "
+                "it, or take a disk-only snapshot (include_memory=false)",
+                reason=Reason.VM_STATE,
+            )
+        # A name in use and the bound on live snapshots are not read here: the
+        # admission's transaction refuses both (the live-name index: AlreadyExists
+        # NAME_IN_USE; w_admit: RESOURCE_EXHAUSTED), as it must across replicas.
+        return await plan_take(
+            vm,
+            self.registry.drivers(),
+            agent_entry,
+            self.store.volume_owners([v.locator for v in vm.volumes]),
+            include_memory=include_memory,
+            options=parameters,
+            can_handle_timeout=self.settings.can_handle_timeout_seconds,
+            cache=self.decisions,
+        )
 
     async def revert_snapshot(
         self, request_id: str, snapshot_id: str, stop_vm: bool, *, also: Admitted = Admitted()
