@@ -205,3 +205,23 @@ async def test_a_create_refused_on_the_last_description_is_planned_on_the_vm_as_
     assert {d for g in snap.groups for d in g.disks} == {"vda", "vdc"}
     guess = rig.registry.last_described("vm1")
     assert guess is not None and len(guess[1].volumes) == 2
+
+
+def test_the_registry_keeps_a_bounded_number_of_running_vms_descriptions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Last descriptions are kept for RUNNING VMs only, at most DESCRIPTIONS_KEPT,
+    the least recently found dropped first."""
+    from vmsnap_host import registry as registry_module
+    from vmsnap_host.registry import Registry
+    from vmsnap_sdk import VM
+
+    monkeypatch.setattr(registry_module, "DESCRIPTIONS_KEPT", 2)
+    reg = Registry()
+    for n in (1, 2, 3):
+        reg._remember(VM(id=f"vm{n}", state=VMState.RUNNING))
+    reg._remember(VM(id="vm2", state=VMState.RUNNING))  # found again: the newest
+    reg._remember(VM(id="vm4", state=VMState.RUNNING))
+    assert list(reg._described) == ["vm2", "vm4"]
+    reg._remember(VM(id="vm2", state=VMState.STOPPED))
+    assert list(reg._described) == ["vm4"]

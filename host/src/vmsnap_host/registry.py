@@ -357,7 +357,7 @@ async def _close(peer: Peer[Any, Any]) -> None:
 
 
 #: How many VMs' last descriptions a registry keeps (the least recently found go).
-DESCRIPTIONS_KEPT = 100_000
+DESCRIPTIONS_KEPT = 20_000  # about 1 KiB each
 
 
 class Registry:
