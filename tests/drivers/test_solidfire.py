@@ -7,6 +7,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -309,3 +310,66 @@ async def test_concurrent_retries_of_one_take_make_one_snapshot(client: DriverCl
     assert [s.vm_snapshot_id for s in listed.snapshots] == [take.vm_snapshot_id]
     await client.delete_snapshot(take.vm_snapshot_id, None)
     assert (await client.list_snapshots(Page(size=1000), vm_id=vm.id)).snapshots == ()
+
+
+async def test_a_take_abandoned_at_its_deadline_is_not_made_twice_by_its_retry() -> None:
+    """A take whose caller's deadline passes while the array still creates its group
+    snapshot: the retry waits for that creation to end and answers it, instead of
+    finding nothing yet and creating a second group snapshot (Element names need
+    not be unique). Seen once in CI as the conformance check
+    deadlines.short_take_converges listing one snapshot twice."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from vmsnap_driver_solidfire._array import ElementArray
+    from vmsnap_driver_solidfire._config import Config
+    from vmsnap_driver_solidfire._driver import SolidFireDriver
+    from vmsnap_sdk._context import CallContext, _reset_call, _set_call
+    from vmsnap_sdk.errors import DeadlineExceeded
+    from vmsnap_sdk.toolkit.secrets import Secret
+
+    gate = threading.Event()
+    groups: list[Any] = []
+
+    class Element:
+        """The two Element calls a take makes, the create held until ``gate``."""
+
+        def list_group_snapshots(self, **_: Any) -> Any:
+            return SimpleNamespace(group_snapshots=list(groups))
+
+        def create_group_snapshot(self, volumes: list[int], name: str, attributes: Any) -> Any:
+            gate.wait(10)
+            group = SimpleNamespace(
+                group_snapshot_id=len(groups) + 1,
+                group_snapshot_uuid=f"uuid-{len(groups) + 1}",
+                create_time="2026-12-01T12:00:00Z",
+                name=name,
+                attributes=attributes,
+                members=[
+                    SimpleNamespace(volume_id=v, snapshot_id=100 + v, total_size=1 << 20)
+                    for v in volumes
+                ],
+            )
+            groups.append(group)
+            return SimpleNamespace(group_snapshot_id=group.group_snapshot_id, group_snapshot=group)
+
+    config = Config(host="element.invalid", port=443, user="u", password=Secret("p"), cluster="c1")
+    array = ElementArray(config)
+    array._connect = Element  # type: ignore[method-assign]
+    driver = SolidFireDriver(config, array=array)
+    vols = (Volume("vda", "element://c1/1"), Volume("vdb", "element://c1/2"))
+    take = TakeRequest("snap-1", VM(id="vm-1", volumes=vols), vols, quiesced=True)
+
+    token = _set_call(CallContext("TakeVMSnapshot", deadline=time.monotonic() + 0.05))
+    try:
+        with pytest.raises(DeadlineExceeded):
+            await driver.take_snapshot(take)
+    finally:
+        _reset_call(token)
+    retry = asyncio.ensure_future(driver.take_snapshot(take))
+    await asyncio.sleep(0.2)  # the retry is in; the first creation is still running
+    gate.set()
+    result = await asyncio.wait_for(retry, 10)
+    assert len(groups) == 1, [g.group_snapshot_id for g in groups]
+    assert [s.handle for s in result.volume_snapshots] == ["101", "102"]

@@ -10,6 +10,7 @@ array comes up recovers by itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -64,18 +65,25 @@ class ElementArray:
                 self._client = client
             return self._client
 
-    async def call(self, action: str, fn: Callable[[Any], _T]) -> _T:
+    async def call(
+        self,
+        action: str,
+        fn: Callable[[Any], _T],
+        *,
+        abandoned: Callable[[asyncio.Future[Any]], None] | None = None,
+    ) -> _T:
         """Run ``fn(element)`` in a worker thread; vendor errors come out translated.
 
         ``action`` says what the call is for ("take snapshot vm1-s1"): it opens
-        the error message the host and the operator will read.
+        the error message the host and the operator will read. ``abandoned``: see
+        ``BlockingCalls.run``.
         """
 
         def run() -> _T:
             return fn(self._connect())
 
         try:
-            return await self._calls.run(run, what=action)
+            return await self._calls.run(run, what=action, abandoned=abandoned)
         except DeadlineExceeded:
             raise
         except Exception as exc:  # noqa: BLE001 - translated, never leaked

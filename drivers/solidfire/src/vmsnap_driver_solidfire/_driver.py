@@ -12,7 +12,9 @@ a new group snapshot: the undo the host asks for.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -48,10 +50,12 @@ from vmsnap_sdk import (
     Volume,
     VolumeDecision,
     VolumeSnapshot,
+    current_call,
     fixture_disk_name,
 )
 from vmsnap_sdk.blocks import BlockMetadataType, BlockPage, BlockRange, SnapshotRef
 from vmsnap_sdk.errors import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -85,6 +89,10 @@ class SolidFireDriver(StorageDriver):
         # One take/revert/delete per vm_snapshot_id at a time in this process, so
         # that two concurrent retries cannot both create a group snapshot.
         self._lock = KeyLocks()
+        #: Group snapshot creations whose caller stopped waiting (its deadline) while
+        #: the array call went on, by vm_snapshot_id: a retry waits for the array's
+        #: answer before it looks, or it would create a second group snapshot.
+        self._abandoned: dict[str, asyncio.Future[Any]] = {}
         self._fixture = EmulatorData(config) if config.conformance_fixture else None
 
     # --- identity and health -------------------------------------------------------
@@ -195,6 +203,7 @@ class SolidFireDriver(StorageDriver):
         )
         action = f"take snapshot {request.vm_snapshot_id}"
         async with self._lock(request.vm_snapshot_id):
+            await self._settled(request.vm_snapshot_id, action)
             existing = await self._find(request.vm_snapshot_id, action)
             if existing:
                 group, found = existing[0]
@@ -213,6 +222,7 @@ class SolidFireDriver(StorageDriver):
                     name=_snapshot_name(request.vm_snapshot_id),
                     attributes=tag.attributes(),
                 ),
+                abandoned=functools.partial(self._abandon, request.vm_snapshot_id),
             )
             log.info(
                 "group snapshot created",
@@ -225,6 +235,33 @@ class SolidFireDriver(StorageDriver):
                 },
             )
             return self._result(result.group_snapshot, tag, cluster, request.volumes)
+
+    def _abandon(self, vm_snapshot_id: str, creation: asyncio.Future[Any]) -> None:
+        self._abandoned[vm_snapshot_id] = creation
+
+        def ended(_: asyncio.Future[Any]) -> None:
+            if self._abandoned.get(vm_snapshot_id) is creation:
+                del self._abandoned[vm_snapshot_id]
+
+        creation.add_done_callback(ended)
+
+    async def _settled(self, vm_snapshot_id: str, action: str) -> None:
+        """Wait, within the caller's deadline, for an earlier attempt's group snapshot
+        creation that its caller abandoned (Element names need not be unique: were
+        this attempt to look before that one lands, it would make a second group
+        snapshot). Still running at the deadline: ABORTED, retry."""
+        creation = self._abandoned.get(vm_snapshot_id)
+        if creation is None or creation.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(creation), current_call().time_remaining())
+        except TimeoutError:
+            raise Aborted(
+                f"{action}: an earlier attempt's group snapshot is still being created on "
+                "the array; retry"
+            ) from None
+        except Exception:  # noqa: BLE001 - its outcome is the array's, read by _find
+            pass
 
     def _volume_ids(self, volumes: Sequence[Volume], cluster: str) -> dict[int, str]:
         """volume id → disk, in request order; every volume must be on this cluster."""
@@ -392,6 +429,7 @@ class SolidFireDriver(StorageDriver):
                 f"{field}.volume_snapshot.handle", "is no Element snapshot id (digits)"
             )
         return int(ref.volume.handle)
+
     # --- clone to a new VM -----------------------------------------------------------
 
     async def clone_volumes(self, request: CloneRequest) -> Sequence[Volume]:

@@ -51,9 +51,18 @@ class BlockingCalls:
         """Vendor calls running now (threads still in the vendor's code)."""
         return self._busy
 
-    async def run(self, fn: Callable[[], _T], *, what: str = "array call") -> _T:
+    async def run(
+        self,
+        fn: Callable[[], _T],
+        *,
+        what: str = "array call",
+        abandoned: Callable[[asyncio.Future[Any]], None] | None = None,
+    ) -> _T:
         """``fn()`` in a worker thread. DEADLINE_EXCEEDED (naming ``what``) when the
-        caller's deadline passes first."""
+        caller's deadline passes first. ``abandoned``: told the thread's future when
+        the caller stops waiting for it (its deadline, or the call cancelled) while
+        the vendor call goes on: a driver that must not start the same change again
+        before that one ends (a retry that would make a second object) waits for it."""
         call = current_call()
         left = call.time_remaining()
         if left is not None and left <= 0:
@@ -84,9 +93,17 @@ class BlockingCalls:
         except TimeoutError:
             # The thread goes on to the end of its HTTP request; its outcome is dropped.
             thread.add_done_callback(_drop)
+            if abandoned is not None:
+                abandoned(thread)
             raise DeadlineExceeded(
                 f"{what}: no answer from the array before the caller's deadline"
             ) from None
+        except asyncio.CancelledError:
+            if not thread.done():
+                thread.add_done_callback(_drop)
+                if abandoned is not None:
+                    abandoned(thread)
+            raise
 
 
 def _drop(future: asyncio.Future[Any]) -> None:
