@@ -3,9 +3,11 @@ and fake drivers as objects (no sockets), for fast tests of the logic."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,6 +90,17 @@ class Rig:
 
     def frozen(self, vm_id: str = "vm1") -> bool:
         return self.agent._vms[vm_id].freeze is not None
+
+
+def count_calls(counts: Counter[str], name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` (async), counting each call in ``counts[name]``: put in its place
+    on a rig's agent or driver to count the calls a test makes it answer."""
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        counts[name] += 1
+        return await method(*args, **kwargs)
+
+    return counted
 
 
 async def make_rig(

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fakes.driver import Options
-from tests.host.conftest import FAST, THREE_DISKS, Rig, make_rig
+from tests.host.conftest import FAST, THREE_DISKS, Rig, count_calls, make_rig
 from vmsnap_host.manager import _VMQueue
 from vmsnap_host.model import GroupKind, SnapshotState
 from vmsnap_sdk import Consistency, VMState, Volume
@@ -26,23 +26,15 @@ A = "io.vmsnap.test.a"
 B = "io.vmsnap.test.b"
 
 
-def _count(counts: Counter[str], name: str, method: Callable[..., Any]) -> Callable[..., Any]:
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        counts[name] += 1
-        return await method(*args, **kwargs)
-
-    return counted
-
-
 @pytest.fixture
 async def counted(tmp_path: Path) -> AsyncIterator[tuple[Rig, Counter[str]]]:
     rig = await make_rig(tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"))
     counts: Counter[str] = Counter()
-    rig.agent.describe_vm = _count(counts, "describe", rig.agent.describe_vm)  # type: ignore[method-assign]
-    rig.agent.quiesce = _count(counts, "quiesce", rig.agent.quiesce)  # type: ignore[method-assign]
+    rig.agent.describe_vm = count_calls(counts, "describe", rig.agent.describe_vm)  # type: ignore[method-assign]
+    rig.agent.quiesce = count_calls(counts, "quiesce", rig.agent.quiesce)  # type: ignore[method-assign]
     for name, driver in rig.drivers.items():
-        driver.take_snapshot = _count(counts, f"take {name}", driver.take_snapshot)  # type: ignore[method-assign]
-        driver.delete_snapshot = _count(counts, f"delete {name}", driver.delete_snapshot)  # type: ignore[method-assign]
+        driver.take_snapshot = count_calls(counts, f"take {name}", driver.take_snapshot)  # type: ignore[method-assign]
+        driver.delete_snapshot = count_calls(counts, f"delete {name}", driver.delete_snapshot)  # type: ignore[method-assign]
     await rig.define()
     first = await rig.wait(await rig.create("s1"))
     assert first.error is None, first.error

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.driver import Options
-from tests.host.conftest import FAST, Rig, make_rig
+from tests.host.conftest import FAST, Rig, count_calls, make_rig
 from vmsnap_host.model import QuiescePolicy
 from vmsnap_host.registry import Health, Registry
 from vmsnap_host.store.prepared import PreparedStatement
@@ -24,21 +24,13 @@ A = "io.vmsnap.test.a"
 B = "io.vmsnap.test.b"
 
 
-def _count(counts: Counter[str], name: str, method: Callable[..., Any]) -> Callable[..., Any]:
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        counts[name] += 1
-        return await method(*args, **kwargs)
-
-    return counted
-
-
 @pytest.fixture
 async def counted(tmp_path: Path) -> AsyncIterator[tuple[Rig, Counter[str]]]:
     rig = await make_rig(tmp_path, Options(name=A, scheme="a"), Options(name=B, scheme="b"))
     counts: Counter[str] = Counter()
-    rig.agent.describe_vm = _count(counts, "describe", rig.agent.describe_vm)  # type: ignore[method-assign]
+    rig.agent.describe_vm = count_calls(counts, "describe", rig.agent.describe_vm)  # type: ignore[method-assign]
     for name, driver in rig.drivers.items():
-        driver.can_handle = _count(counts, name, driver.can_handle)  # type: ignore[method-assign]
+        driver.can_handle = count_calls(counts, name, driver.can_handle)  # type: ignore[method-assign]
     yield rig, counts
     await rig.close()
 
@@ -119,7 +111,7 @@ async def test_a_failed_take_forgets_the_answers_it_was_planned_from(tmp_path: P
     )
     counts: Counter[str] = Counter()
     for name, driver in rig.drivers.items():
-        driver.can_handle = _count(counts, name, driver.can_handle)  # type: ignore[method-assign]
+        driver.can_handle = count_calls(counts, name, driver.can_handle)  # type: ignore[method-assign]
     try:
         await rig.define()
         failed = await rig.wait(await rig.create("s1"))
@@ -139,7 +131,7 @@ async def test_cache_off_asks_on_every_take(tmp_path: Path) -> None:
     )
     counts: Counter[str] = Counter()
     for name, driver in rig.drivers.items():
-        driver.can_handle = _count(counts, name, driver.can_handle)  # type: ignore[method-assign]
+        driver.can_handle = count_calls(counts, name, driver.can_handle)  # type: ignore[method-assign]
     try:
         await rig.define()
         await _take(rig, "s1")

@@ -41,7 +41,7 @@ from vmsnap_host.model import (
     Snapshot,
     SnapshotState,
 )
-from vmsnap_host.planner import Plan, plan_take
+from vmsnap_host.planner import Plan
 from vmsnap_host.registry import AgentEntry, Registry
 from vmsnap_host.renewer import Renewer
 from vmsnap_host.state import StaleMove
@@ -341,15 +341,8 @@ class Manager:
         # A name in use and the bound on live snapshots are not read here: the
         # admission's transaction refuses both (the live-name index: AlreadyExists
         # NAME_IN_USE; w_admit: RESOURCE_EXHAUSTED), as it must across replicas.
-        return await plan_take(
-            vm,
-            self.registry.drivers(),
-            agent_entry,
-            self.store.volume_owners([v.locator for v in vm.volumes]),
-            include_memory=include_memory,
-            options=parameters,
-            can_handle_timeout=self.settings.can_handle_timeout_seconds,
-            cache=self.decisions,
+        return await self.executor.take.plan(
+            agent_entry, vm, include_memory=include_memory, options=parameters
         )
 
     async def revert_snapshot(

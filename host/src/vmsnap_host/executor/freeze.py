@@ -15,7 +15,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -24,7 +24,13 @@ from vmsnap_host import checks
 from vmsnap_host.config import Settings
 from vmsnap_host.model import QuiescePolicy
 from vmsnap_host.renewer import Renewer
-from vmsnap_sdk import HypervisorAgent, NativeSnapshotAtFreeze, QuiesceMethod, QuiesceResult
+from vmsnap_sdk import (
+    HypervisorAgent,
+    NativeSnapshotAtFreeze,
+    QuiesceMethod,
+    QuiesceResult,
+    UnquiesceResult,
+)
 from vmsnap_sdk.errors import (
     Aborted,
     DeadlineExceeded,
@@ -262,32 +268,43 @@ class FreezeKeeper:
         """Unquiesce by operation id after a Quiesce whose outcome is unknown: retried
         until the agent answers or the lease it may have given has surely ended (it
         thawed by itself then). Thawing nothing is an answer too."""
-        ends_by = lease_end + _LEASE_MARGIN
+        _, error = await self._unquiesce_retried(
+            lambda: agent.unquiesce("", operation_id=operation_id),
+            lease_end + _LEASE_MARGIN,
+            retry=_outcome_unknown,
+        )
+        if error is not None:
+            log.warning(
+                "thaw by operation id after an unanswered Quiesce not confirmed",
+                extra={
+                    "fields": {"agent": agent_name, "operation": operation_id, "error": str(error)}
+                },
+            )
+
+    async def _unquiesce_retried(
+        self,
+        call: Callable[[], Awaitable[UnquiesceResult]],
+        ends_by: float,
+        *,
+        retry: Callable[[VMSnapError], bool] = lambda _: True,
+    ) -> tuple[UnquiesceResult | None, VMSnapError | None]:
+        """An Unquiesce (``call``), retried with a growing pause (50 ms to 1 s) while
+        ``retry`` says its error may pass and ``ends_by`` (monotonic) is not reached:
+        the agent's answer, or None and the last error."""
         delay = 0.05
         while True:
             try:
-                await with_deadline(
-                    agent.unquiesce("", operation_id=operation_id),
-                    self.settings.call_timeout_seconds,
-                    "Unquiesce",
+                answer = await with_deadline(
+                    call(), self.settings.call_timeout_seconds, "Unquiesce"
                 )
-                return
             except VMSnapError as exc:
                 left = ends_by - time.monotonic()
-                if not _outcome_unknown(exc) or left <= 0:
-                    log.warning(
-                        "thaw by operation id after an unanswered Quiesce not confirmed",
-                        extra={
-                            "fields": {
-                                "agent": agent_name,
-                                "operation": operation_id,
-                                "error": str(exc),
-                            }
-                        },
-                    )
-                    return
+                if left <= 0 or not retry(exc):
+                    return None, exc
                 await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, 1.0)
+            else:
+                return answer, None
 
     async def _renew(self, freeze: Freeze) -> bool:
         sent = time.monotonic()
@@ -320,22 +337,11 @@ class FreezeKeeper:
             return None
         if freeze.renewals is not None:
             await freeze.renewals.stop()
-        delay = 0.05
-        last: VMSnapError | None = None
-        while True:
-            try:
-                result = await with_deadline(
-                    freeze.agent.unquiesce(freeze.result.token),
-                    self.settings.call_timeout_seconds,
-                    "Unquiesce",
-                )
-            except VMSnapError as exc:
-                last = exc
-                if time.monotonic() >= freeze.ends_by:
-                    break
-                await asyncio.sleep(min(delay, max(0.0, freeze.ends_by - time.monotonic())))
-                delay = min(delay * 2, 1.0)
-                continue
+        token = freeze.result.token
+        result, last = await self._unquiesce_retried(
+            lambda: freeze.agent.unquiesce(token), freeze.ends_by
+        )
+        if result is not None:
             freeze.thawed = True
             freeze.frozen_seconds = time.monotonic() - freeze.started_mono
             if not result.thawed_now:

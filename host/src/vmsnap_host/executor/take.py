@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
@@ -38,7 +38,7 @@ from vmsnap_host.executor.errors import (
 from vmsnap_host.executor.freeze import Freeze, FreezeKeeper, choose_method, with_deadline
 from vmsnap_host.executor.groups import GroupCalls
 from vmsnap_host.model import GroupKind, OperationRecord, QuiescePolicy, Snapshot, SnapshotState
-from vmsnap_host.planner import needs_freeze, plan_take
+from vmsnap_host.planner import Plan, needs_freeze, plan_take
 from vmsnap_host.registry import AgentEntry, Registry
 from vmsnap_host.state import CancelRequested
 from vmsnap_host.store import Store
@@ -399,17 +399,27 @@ class Take:
         await self.store.write(*self.first_write(op, redone, replanned=True))
         return redone
 
-    async def _replanned(self, snap: Snapshot, entry: AgentEntry, vm: VM) -> Snapshot:
-        """``snap`` planned again on ``vm`` as ``entry`` describes it now."""
-        plan = await plan_take(
+    async def plan(
+        self, entry: AgentEntry, vm: VM, *, include_memory: bool, options: Mapping[str, str]
+    ) -> Plan:
+        """The groups of a take of ``vm`` as ``entry`` describes it (``plan_take`` on
+        the registered drivers, the volumes' recorded owners and the cached CanHandle
+        answers): admission's plan, and a take's plan made again."""
+        return await plan_take(
             vm,
             self.registry.drivers(),
             entry,
             self.store.volume_owners([v.locator for v in vm.volumes]),
-            include_memory=snap.include_memory,
-            options=snap.parameters,
+            include_memory=include_memory,
+            options=options,
             can_handle_timeout=self.settings.can_handle_timeout_seconds,
             cache=self.decisions,
+        )
+
+    async def _replanned(self, snap: Snapshot, entry: AgentEntry, vm: VM) -> Snapshot:
+        """``snap`` planned again on ``vm`` as ``entry`` describes it now."""
+        plan = await self.plan(
+            entry, vm, include_memory=snap.include_memory, options=snap.parameters
         )
         return replace(snap, agent=entry.name, groups=plan.groups, warnings=plan.warnings)
 

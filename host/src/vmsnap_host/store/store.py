@@ -316,6 +316,16 @@ def _acquire_lease_stmt(dialect: str) -> PreparedStatement:
     return PreparedStatement(stmt)
 
 
+def _insert_created(conn: Connection, op_row: dict[str, Any], snap_row: dict[str, Any]) -> None:
+    """Insert a new operation and the snapshot it works on (w_create, w_create_leased);
+    a uniqueness rule broken is Duplicate when the catalog says which."""
+    try:
+        _INSERT_OPERATION.execute(conn, op_row)
+        _INSERT_SNAPSHOT.execute(conn, snap_row)
+    except IntegrityError as exc:
+        raise (_duplicate(exc) or exc) from exc
+
+
 def _lease_fence(conn: Connection, vm_id: str, owner: str, operation_id: str, ttl: float) -> int:
     """Run the lease's acquire statement (Store.w_acquire_lease): the new fencing
     token, or 0 when refused."""
@@ -919,11 +929,9 @@ class Store:
 
         def step(conn: Connection) -> None:
             now = time.time()
-            try:
-                _INSERT_OPERATION.execute(conn, self._operation_columns(operation, now))
-                _INSERT_SNAPSHOT.execute(conn, snapshot_row(snapshot, now))
-            except IntegrityError as exc:
-                raise (_duplicate(exc) or exc) from exc
+            _insert_created(
+                conn, self._operation_columns(operation, now), snapshot_row(snapshot, now)
+            )
 
         return _Touches(operation.id, step)
 
@@ -962,11 +970,7 @@ class Store:
                     now,
                     json.dumps([g.to_json() for g in started.cleanup]),
                 )
-            try:
-                _INSERT_OPERATION.execute(conn, op_row)
-                _INSERT_SNAPSHOT.execute(conn, snap_row)
-            except IntegrityError as exc:
-                raise (_duplicate(exc) or exc) from exc
+            _insert_created(conn, op_row, snap_row)
             if fence and started is not None and started.owners:
                 self.w_set_owners(dict(started.owners))(conn)
             return fence
