@@ -344,14 +344,24 @@ async def test_the_agent_is_told_when_no_native_snapshot_follows_the_freeze(
     assert hints == [True, False]
 
 
-@pytest.mark.parametrize("agent_back_after", [0.0, 0.4])
+@pytest.mark.parametrize(
+    ("agent_back_after", "away"),
+    [
+        (0.0, ""),
+        (0.4, "link down"),
+        # The failed Quiesce made the registry mark the agent not serving: its guard
+        # refuses the thaw at once until the health check passes (chaos seed 16066).
+        (0.4, Reason.AGENT_NOT_SERVING),
+    ],
+)
 async def test_a_quiesce_whose_answer_is_lost_is_thawed_before_the_take_ends(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch, agent_back_after: float
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, agent_back_after: float, away: str
 ) -> None:
     """The agent froze the VM, then died before its answer reached the host (seen
     by the chaos harness): the take fails, and thaws by operation id before it
-    ends, retried while the agent is away, not left for the lease or the
-    reconciler. The VM is thawed when the operation is seen ended."""
+    ends, retried while the agent is away (the link down, or the registry refusing
+    to call it until it is back), not left for the lease or the reconciler. The VM
+    is thawed when the operation is seen ended."""
     quiesce, unquiesce = rig.agent.quiesce, rig.agent.unquiesce
     away_until = asyncio.get_running_loop().time() + agent_back_after
     thaws: list[str] = []
@@ -363,7 +373,7 @@ async def test_a_quiesce_whose_answer_is_lost_is_thawed_before_the_take_ends(
     async def back_later(token: str, operation_id: str = "") -> Any:
         thaws.append(operation_id)
         if asyncio.get_running_loop().time() < away_until:
-            raise Unavailable("the agent restarts")
+            raise Unavailable("the agent restarts", reason=away if away != "link down" else "")
         return await unquiesce(token, operation_id=operation_id)
 
     monkeypatch.setattr(rig.agent, "quiesce", froze_then_lost)

@@ -161,15 +161,18 @@ def choose_method(
     )
 
 
-def _outcome_unknown(exc: VMSnapError) -> bool:
-    """Whether a call failed without the peer's answer (it may have acted): a
-    transient error (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, UNKNOWN) or
-    INTERNAL. Any other status is the peer's answer that it did not; so is the
-    registry's refusal to send to an agent that is not serving (AGENT_NOT_SERVING:
-    the call never left the host)."""
-    if exc.reason == Reason.AGENT_NOT_SERVING:
-        return False
+def _unanswered(exc: VMSnapError) -> bool:
+    """Whether a call got no answer from the peer: a transient error (UNAVAILABLE,
+    DEADLINE_EXCEEDED, CANCELLED, UNKNOWN) or INTERNAL, the registry's refusal to
+    call a peer that is not serving included. Any other status is its answer."""
     return isinstance(exc, TransientError | Internal)
+
+
+def _outcome_unknown(exc: VMSnapError) -> bool:
+    """Whether a call failed without the peer's answer and may have acted
+    (_unanswered), but for the registry's refusal to send to an agent that is not
+    serving (AGENT_NOT_SERVING: the call never left the host)."""
+    return exc.reason != Reason.AGENT_NOT_SERVING and _unanswered(exc)
 
 
 class FreezeKeeper:
@@ -271,7 +274,9 @@ class FreezeKeeper:
         _, error = await self._unquiesce_retried(
             lambda: agent.unquiesce("", operation_id=operation_id),
             lease_end + _LEASE_MARGIN,
-            retry=_outcome_unknown,
+            # While the agent cannot be reached (the registry refusing to call it
+            # too, until its health check passes), it may still hold the freeze.
+            retry=_unanswered,
         )
         if error is not None:
             log.warning(
