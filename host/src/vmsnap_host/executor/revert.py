@@ -199,7 +199,13 @@ class Revert:
             if vm_gone(exc):
                 # Nothing moved yet: the VM went before the revert began.
                 await self._vm_gone(op, snap, exc.message, _AS_THEY_WERE)
-            raise
+            await self._untouched(op, snap, exc)
+        except VMSnapError as exc:
+            # Nothing moved before the ``reverting`` phase: the VM could not be
+            # described or stopped (frozen by someone else, its agent down), and
+            # settle, which sends every group to one side, must not run with it
+            # still RUNNING: the arrays would revert disks under the guest.
+            await self._untouched(op, snap, exc)
         if snap.include_memory or len(snap.groups) == 1:
             # One atomic revert: cancelled before it starts, or finished (forward).
             await self._start_reverting(op, snap)
@@ -244,6 +250,34 @@ class Revert:
                 agent.stop_vm(vm.id, True), self.settings.call_timeout_seconds, "StopVM"
             )
         return vm
+
+    async def _stopped_again(self, op: OperationRecord, snap: Snapshot, vm: VM) -> VM:
+        """Before settle moves a disk: the VM stopped as the revert left it. One
+        started since behind the host's back (on its agent) is stopped again when
+        the revert may stop it (``--stop-vm``, or a memory revert); else the revert
+        waits (Unsettled) and says so: no disk is reverted under a running guest."""
+        arrays = any(g.kind is GroupKind.DRIVER for g in snap.groups)
+        if vm.state is VMState.STOPPED or (snap.include_memory and not arrays):
+            return vm
+        if not (snap.include_memory or op.params.get("stop_vm")):
+            reason = (
+                f"VM {vm.id} is {vm.state.name}: it was started while the revert ran, "
+                "and no disk is reverted under a running guest; stop it "
+                f"(vmsnap vm stop {vm.id}) and the revert finishes"
+            )
+            await self.store.write(self.store.w_journal(op.id, f"waiting: {reason}; retried", 75))
+            raise Unsettled(reason)
+        await self.store.write(self.store.w_journal(op.id, "stopping the VM again", 72))
+        try:
+            return await with_deadline(
+                self.registry.agent(snap.agent).stop_vm(vm.id, snap.include_memory),
+                self.settings.call_timeout_seconds,
+                "StopVM",
+            )
+        except VMSnapError as exc:
+            reason = f"VM {vm.id} is {vm.state.name} and could not be stopped ({exc.message})"
+            await self.store.write(self.store.w_journal(op.id, f"waiting: {reason}; retried", 75))
+            raise Unsettled(reason) from None
 
     async def _run_many(self, op: OperationRecord, snap: Snapshot, vm: VM) -> None:
         kept_id = f"{snap.id}-keep-{op.id[:8]}"
@@ -427,6 +461,7 @@ class Revert:
         if vm_answer:
             await self._without_vm(op, snap, vm_answer, known, vm)
         assert vm is not None
+        vm = await self._stopped_again(op, snap, vm)
         # Journaled: a later settle (a crash, a tick after Unsettled) knows it too.
         lost: dict[str, str] = {**dict(op.journal.get("gone") or {}), **(gone or {})}
         await self.store.write(
