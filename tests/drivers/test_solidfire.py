@@ -373,3 +373,97 @@ async def test_a_take_abandoned_at_its_deadline_is_not_made_twice_by_its_retry()
     result = await asyncio.wait_for(retry, 10)
     assert len(groups) == 1, [g.group_snapshot_id for g in groups]
     assert [s.handle for s in result.volume_snapshots] == ["101", "102"]
+
+
+async def test_a_clone_abandoned_at_its_deadline_is_not_made_twice_by_its_retry() -> None:
+    """The same race for CloneVolumes: the caller's deadline passes while the array
+    still runs CloneMultipleVolumes. The retry must wait for it and answer its
+    volumes, not find none yet and clone a second set (a volume per disk leaked,
+    tagged with the same clone id)."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from vmsnap_driver_solidfire._array import ElementArray
+    from vmsnap_driver_solidfire._config import Config
+    from vmsnap_driver_solidfire._driver import SolidFireDriver
+    from vmsnap_sdk import CloneRequest, CloneTarget
+    from vmsnap_sdk._context import CallContext, _reset_call, _set_call
+    from vmsnap_sdk.errors import DeadlineExceeded
+    from vmsnap_sdk.toolkit.secrets import Secret
+
+    gate = threading.Event()
+    groups: list[Any] = []
+    volumes: list[Any] = []
+
+    class Element:
+        """The Element calls of a take and a clone, CloneMultipleVolumes held until
+        ``gate``."""
+
+        def list_group_snapshots(self, **_: Any) -> Any:
+            return SimpleNamespace(group_snapshots=list(groups))
+
+        def create_group_snapshot(self, volumes: list[int], name: str, attributes: Any) -> Any:
+            group = SimpleNamespace(
+                group_snapshot_id=1,
+                group_snapshot_uuid="uuid-1",
+                create_time="2026-12-01T12:00:00Z",
+                name=name,
+                attributes=attributes,
+                members=[
+                    SimpleNamespace(volume_id=v, snapshot_id=100 + v, total_size=1 << 20)
+                    for v in volumes
+                ],
+            )
+            groups.append(group)
+            return SimpleNamespace(group_snapshot_id=1, group_snapshot=group)
+
+        def list_volumes(self, **_: Any) -> Any:
+            return SimpleNamespace(volumes=list(volumes))
+
+        def list_deleted_volumes(self, **_: Any) -> Any:
+            return SimpleNamespace(volumes=[])
+
+        def clone_multiple_volumes(self, params: list[Any], group_snapshot_id: int) -> Any:
+            gate.wait(10)
+            for p in params:
+                volumes.append(
+                    SimpleNamespace(
+                        volume_id=1000 + len(volumes),
+                        total_size=1 << 20,
+                        name=p.name,
+                        attributes=p.attributes,
+                    )
+                )
+            return SimpleNamespace(async_handle=7, group_clone_id=len(volumes))
+
+        def get_async_result(self, handle: int, keep_result: bool) -> Any:
+            return {"status": "complete"}
+
+    config = Config(host="element.invalid", port=443, user="u", password=Secret("p"), cluster="c1")
+    array = ElementArray(config)
+    array._connect = Element  # type: ignore[method-assign]
+    driver = SolidFireDriver(config, array=array)
+    vols = (Volume("vda", "element://c1/1"), Volume("vdb", "element://c1/2"))
+    taken = await driver.take_snapshot(
+        TakeRequest("snap-1", VM(id="vm-1", volumes=vols), vols, quiesced=True)
+    )
+    clone = CloneRequest(
+        clone_id="clone-1",
+        vm_snapshot_id="snap-1",
+        snapshot=taken,
+        new_vm_id="vm-2",
+        targets=(CloneTarget("vda", "vm-2-vda"), CloneTarget("vdb", "vm-2-vdb")),
+    )
+    token = _set_call(CallContext("CloneVolumes", deadline=time.monotonic() + 0.05))
+    try:
+        with pytest.raises(DeadlineExceeded):
+            await driver.clone_volumes(clone)
+    finally:
+        _reset_call(token)
+    retry = asyncio.ensure_future(driver.clone_volumes(clone))
+    await asyncio.sleep(0.2)  # the retry is in; the first clone is still running
+    gate.set()
+    made = await asyncio.wait_for(retry, 10)
+    assert len(volumes) == 2, [v.name for v in volumes]
+    assert sorted(v.locator for v in made) == ["element://c1/1000", "element://c1/1001"]

@@ -236,29 +236,31 @@ class SolidFireDriver(StorageDriver):
             )
             return self._result(result.group_snapshot, tag, cluster, request.volumes)
 
-    def _abandon(self, vm_snapshot_id: str, creation: asyncio.Future[Any]) -> None:
-        self._abandoned[vm_snapshot_id] = creation
+    def _abandon(self, key: str, creation: asyncio.Future[Any]) -> None:
+        """Keep a creation whose caller stopped waiting (``key``: the snapshot id, or
+        ``clone:`` and the clone id) until it ends."""
+        self._abandoned[key] = creation
 
         def ended(_: asyncio.Future[Any]) -> None:
-            if self._abandoned.get(vm_snapshot_id) is creation:
-                del self._abandoned[vm_snapshot_id]
+            if self._abandoned.get(key) is creation:
+                del self._abandoned[key]
 
         creation.add_done_callback(ended)
 
-    async def _settled(self, vm_snapshot_id: str, action: str) -> None:
-        """Wait, within the caller's deadline, for an earlier attempt's group snapshot
-        creation that its caller abandoned (Element names need not be unique: were
-        this attempt to look before that one lands, it would make a second group
-        snapshot). Still running at the deadline: ABORTED, retry."""
-        creation = self._abandoned.get(vm_snapshot_id)
+    async def _settled(self, key: str, action: str) -> None:
+        """Wait, within the caller's deadline, for an earlier attempt's creation that
+        its caller abandoned: a group snapshot (Element names need not be unique:
+        were this attempt to look before that one lands, it would make a second
+        group snapshot), or a clone's volumes (a second set, tagged alike).
+        Still running at the deadline: ABORTED, retry."""
+        creation = self._abandoned.get(key)
         if creation is None or creation.done():
             return
         try:
             await asyncio.wait_for(asyncio.shield(creation), current_call().time_remaining())
         except TimeoutError:
             raise Aborted(
-                f"{action}: an earlier attempt's group snapshot is still being created on "
-                "the array; retry"
+                f"{action}: an earlier attempt is still running on the array; retry"
             ) from None
         except Exception:  # noqa: BLE001 - its outcome is the array's, read by _find
             pass
@@ -436,6 +438,7 @@ class SolidFireDriver(StorageDriver):
         cluster = await self.cluster()
         action = f"clone snapshot {request.vm_snapshot_id} as {request.clone_id}"
         async with self._lock(f"clone:{request.clone_id}"):
+            await self._settled(f"clone:{request.clone_id}", action)
             existing = [
                 c for c in await clones.find(self.array, request.clone_id, action) if not c.deleted
             ]
@@ -487,6 +490,7 @@ class SolidFireDriver(StorageDriver):
             result = await self.array.call(
                 action,
                 lambda sf: sf.clone_multiple_volumes(params, group_snapshot_id=group_id),
+                abandoned=functools.partial(self._abandon, f"clone:{request.clone_id}"),
             )
             await clones.wait_async(
                 self.array, int(result.async_handle), action, self.config.call_timeout
