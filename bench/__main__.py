@@ -134,7 +134,7 @@ def _create(quick: bool, report: Report, floor: Floor) -> None:
         "agent_freeze_thaw_ms",
         results[1].agent_freeze_thaw_ms,
         "ms",
-        note="Quiesce + Unquiesce straight to the sim agent (one state-file fsync each)",
+        note="Quiesce + Unquiesce straight to the sim agent (each a copy into its freeze page)",
     )
 
 

@@ -261,8 +261,8 @@ def summarize(result: CreateResult) -> dict[str, float]:
 
 async def agent_costs(agent_address: str, vm_id: str, samples: int) -> tuple[float, float]:
     """Median DescribeVM, and Quiesce + Unquiesce, called straight on the agent:
-    the share of a create that is the sim agent's own (it rewrites and fsyncs its
-    state file on each freeze and thaw)."""
+    the share of a create that is the sim agent's own (each freeze and thaw is
+    a copy into the VM's mapped freeze page, never fsynced)."""
     agent = AgentClient.connect(agent_address)
     describe, pair = [], []
     try:

@@ -119,3 +119,27 @@ async def test_an_agent_without_thaw_by_operation_answers_unimplemented(
     finally:
         await client.close()
         await server.stop(0)
+
+
+async def test_a_freeze_copied_into_its_mapped_page_survives_a_sigkill(sim: SimProc) -> None:
+    """The second freeze of a VM is a copy into its mapped page, not a file written
+    by the writer thread: a SIGKILL right after its answer keeps it all the same."""
+    client = AgentClient.connect(sim.address, timeout=10)
+    try:
+        await client.define_vm(small_vm("vm-a"))
+        await client.start_vm("vm-a")
+        first = await client.quiesce("vm-a", QuiesceMethod.OVERLAY, 300, False, "op-1")
+        await client.unquiesce(first.token)
+        second = await client.quiesce("vm-a", QuiesceMethod.GUEST_FREEZE, 300, False, "op-2")
+    finally:
+        await client.close()
+    sim.kill()
+    assert frozen(sim.state, "vm-a")
+    sim.start()
+    client = AgentClient.connect(sim.address, timeout=10)
+    try:
+        listed = await client.list_quiesces("vm-a")
+        assert [(q.token, q.operation_id) for q in listed] == [(second.token, "op-2")]
+        assert (await client.unquiesce(second.token)).thawed_now
+    finally:
+        await client.close()

@@ -105,7 +105,7 @@ async def test_a_freeze_an_older_agent_kept_in_the_vm_file_moves_to_its_own(
     await agent.close()
     # Session 11's layout: the freeze inside the VM's file, no freeze file.
     freeze_file = state / "freezes" / "vm-1.json"
-    record = json.loads(freeze_file.read_text())["freeze"]
+    record = json.loads(freeze_file.read_text())["record"]["freeze"]
     vm_file = state / "vms" / "vm-1.json"
     data = json.loads(vm_file.read_text())
     data["vm"]["freeze"] = record
@@ -117,7 +117,7 @@ async def test_a_freeze_an_older_agent_kept_in_the_vm_file_moves_to_its_own(
     try:
         await agent.start()
         assert json.loads(vm_file.read_text())["vm"]["freeze"] is None
-        assert json.loads(freeze_file.read_text())["freeze"]["token"] == held.token
+        assert json.loads(freeze_file.read_text())["record"]["freeze"]["token"] == held.token
         assert [q.token for q in await agent.list_quiesces("vm-1")] == [held.token]
         assert (await agent.unquiesce(held.token)).thawed_now
     finally:
@@ -128,5 +128,85 @@ async def test_a_freeze_an_older_agent_kept_in_the_vm_file_moves_to_its_own(
         assert await agent.list_quiesces("vm-1") == []
         vm = load_vm(state, "vm-1")
         assert vm is not None and vm.freeze is None
+    finally:
+        await agent.close()
+
+
+async def test_a_mapped_freeze_page_is_written_without_the_writer_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a VM's first freeze maps its page, a freeze, renewal and thaw are a
+    copy into the page: nothing is handed to the writer thread (its wake-up was
+    most of a Quiesce's and an Unquiesce's time), and each is in the file the
+    moment it is answered."""
+    state = tmp_path / "state"
+    agent = await running(state, "vm-1")
+    try:
+        first = await agent.quiesce("vm-1", QuiesceMethod.OVERLAY, 60, False, "op-1")
+        await agent.unquiesce(first.token)
+        handed: list[object] = []
+        submit = agent._store._submit
+        monkeypatch.setattr(
+            agent._store, "_submit", lambda work, *a: (handed.append(work), submit(work, *a))[1]
+        )
+        held = await agent.quiesce("vm-1", QuiesceMethod.GUEST_FREEZE, 60, False, "op-2")
+        recorded = freeze_of(state, "vm-1")
+        assert recorded is not None and recorded.token == held.token
+        await agent.renew_quiesce(held.token, 120)
+        recorded = freeze_of(state, "vm-1")
+        assert recorded is not None and recorded.expire_at > held.expire_time.timestamp()
+        assert (await agent.unquiesce(held.token)).thawed_now
+        assert not frozen(state, "vm-1")
+        assert handed == []
+    finally:
+        await agent.close()
+
+
+async def test_a_freeze_page_torn_by_a_kill_reads_as_no_freeze(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SIGKILL in the middle of the copy leaves the new record's first bytes over
+    the old one's last: still JSON, even the same length, but its CRC-32 does not
+    match, so no reader takes it for a freeze (a freeze, renewal or thaw killed
+    before its answer is not in force), and the agent drops it at start-up."""
+    state = tmp_path / "state"
+    agent = await running(state, "vm-1")
+    held = await agent.quiesce("vm-1", QuiesceMethod.OVERLAY, 300, False, "op-1")
+    await agent.close()
+    page = state / "freezes" / "vm-1.json"
+    raw = page.read_bytes()
+    assert freeze_of(state, "vm-1") is not None
+    # The token's first characters from another record, the rest as it was.
+    torn = raw.replace(held.token.encode(), b"q-" + b"0" * (len(held.token) - 2), 1)
+    assert len(torn) == len(raw) and json.loads(torn)  # still a page of JSON
+    page.write_bytes(torn)
+    assert not frozen(state, "vm-1")
+    with caplog.at_level(logging.WARNING, logger="vmsnap_agent.sim"):
+        agent = SimAgent(state)
+    try:
+        await agent.start()
+        assert not page.exists()
+        assert any("freeze record could not be read" in r.getMessage() for r in caplog.records)
+        assert await agent.list_quiesces("vm-1") == []
+    finally:
+        await agent.close()
+
+
+async def test_an_undefined_vm_leaves_no_freeze_page(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    agent = await running(state, "vm-1")
+    try:
+        held = await agent.quiesce("vm-1", QuiesceMethod.OVERLAY, 60, False, "op-1")
+        await agent.unquiesce(held.token)
+        assert (state / "freezes" / "vm-1.json").exists()  # the page, thawed
+        await agent.stop_vm("vm-1", False)
+        await agent.undefine_vm("vm-1")
+        assert list((state / "freezes").iterdir()) == []
+        # Defined again: its first freeze maps a new page.
+        await agent.define_vm(small_vm("vm-1"))
+        await agent.start_vm("vm-1")
+        again = await agent.quiesce("vm-1", QuiesceMethod.OVERLAY, 60, False, "op-2")
+        recorded = freeze_of(state, "vm-1")
+        assert recorded is not None and recorded.token == again.token
     finally:
         await agent.close()

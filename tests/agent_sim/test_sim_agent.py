@@ -407,7 +407,9 @@ async def test_a_change_of_one_vm_rewrites_that_vm_only(agent: AgentClient, sim:
     assert not (sim.state / "state.json").exists()
     assert sorted(p.name for p in (sim.state / "vms").iterdir()) == ["vm-busy.json", "vm-idle.json"]
     assert [p.name for p in (sim.state / "snapshots").iterdir()] == ["vm-idle.json"]
-    assert list((sim.state / "freezes").iterdir()) == []  # thawed: no freeze file
+    # Thawed: the VM's freeze page stays mapped, and says so.
+    assert [p.name for p in (sim.state / "freezes").iterdir()] == ["vm-busy.json"]
+    assert not frozen(sim.state, "vm-busy")
 
 
 async def test_reads_write_nothing(agent: AgentClient, sim: SimProc) -> None:

@@ -493,6 +493,7 @@ class SimAgent(HypervisorAgent):
         # The VM's file first: a snapshot file without it is dropped at start-up.
         self._store.save_vm(vm_id)
         self._store.save_snapshots(vm_id)
+        self._store.save_freeze(vm_id)  # its freeze page, thawed: removed
         # The disks stay (they are the user's, as with a real hypervisor).
         self._copies.remove_vm(vm_id)
         log.info("undefined", extra={"fields": {"vm_id": vm_id}})

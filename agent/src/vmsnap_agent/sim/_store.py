@@ -15,11 +15,14 @@ components read it to see what the "hypervisor" is doing (read it with
           "reverting": null | {         # a revert of file disks past its commit point
             "snapshot_id": ..., "disks": ["vdb"], "state": "STOPPED" | "RUNNING"
           }}}
-    freezes/<key>.json     the freeze in force on one VM (absent <=> thawed):
-      {"version": 2, "vm_id": ...,
-       "freeze": {"token": ..., "method": "OVERLAY" | "GUEST_FREEZE" | ...,
-                  "consistency": "CRASH" | ..., "operation_id": ...,
-                  "frozen_at": <unix seconds>, "expire_at": <unix seconds>, ...}}
+    freezes/<key>.json     the VM's freeze page: 4 KiB, JSON padded with spaces,
+      {"crc": "<CRC-32 of the record's bytes, 8 hex digits>",
+       "record": {"version": 2, "vm_id": ...,
+                  "freeze": null | {"token": ..., "method": "OVERLAY" | ...,
+                     "consistency": "CRASH" | ..., "operation_id": ...,
+                     "frozen_at": <unix seconds>, "expire_at": <unix seconds>, ...}}}
+      (absent, or "freeze": null <=> thawed; a file an older agent wrote is the
+      record alone, without the page around it)
     snapshots/<key>.json   the native snapshots of one VM (absent when it has none):
       {"version": 2, "vm_id": ..., "snapshots": {"<snapshot id>": {native snapshot record}}}
     disks/, native/        the bytes of file:// disks and their native copies (``_disks``)
@@ -39,14 +42,20 @@ first or last native snapshot), not when one is replaced: after a power cut (not
 a SIGKILL) a replaced file may come back as its previous version.
 
 A freeze is the running guest's state, not the VM's: a freeze, renewal or thaw
-writes only the VM's freeze file, renamed into place (or removed) before the
-call is answered but never fsynced (docs/design.md, "Freeze records are runtime
-state"). A SIGKILL of the agent loses nothing (the kernel keeps what was
-written); a crash of the machine ends every freeze with the guests it ran, so a
-freeze file it left behind is stale at best, torn at worst. The agent drops a
-freeze file it cannot read at start-up (with a warning), and a stale one's
-lease has run out (thawed at start-up). A VM file written by an older agent
-with its freeze inside is moved to a freeze file at start-up.
+writes only the VM's freeze page, before the call is answered but never
+fsynced (docs/design.md, "Freeze records are runtime state"). The page is
+mapped (``mmap``, shared) by the VM's first freeze since the agent started, in
+the writer thread; every later freeze, renewal or thaw is a copy into it on the
+event loop, with no system call. A SIGKILL of the agent loses nothing the agent
+answered (the page cache keeps what was copied); one in the middle of a copy
+leaves a page whose CRC does not match, read as no freeze (the call was not
+answered, so no caller relies on it: a Quiesce's caller thaws by operation, a
+RenewQuiesce's or Unquiesce's finds the freeze ended). A crash of the machine
+ends every freeze with the guests it ran, so a freeze page it left behind is
+stale at best, torn at worst. The agent drops a freeze page it cannot read at
+start-up (with a warning), and a thawed or stale one (its lease has run out:
+thawed at start-up). A VM file written by an older agent with its freeze inside
+is moved to a freeze page at start-up.
 
 Undefining a VM removes its VM file, then its snapshot file; a snapshot file
 left without a VM file (a crash in between) is deleted at start-up.
@@ -66,8 +75,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import mmap
 import os
 import re
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,20 +198,53 @@ def _vm_from_json(raw: dict[str, Any]) -> VMRecord:
 
 
 def _freeze_to_json(vm: VMRecord) -> dict[str, Any]:
-    assert vm.freeze is not None
-    return {"version": VERSION, "vm_id": vm.id, "freeze": vars(vm.freeze)}
+    """The VM's freeze record: its freeze, or null once thawed."""
+    freeze = vars(vm.freeze) if vm.freeze is not None else None
+    return {"version": VERSION, "vm_id": vm.id, "freeze": freeze}
+
+
+#: A freeze page is at least this long (one memory page); a longer record (never
+#: seen: ids are bounded) gets a file of whole pages.
+FREEZE_PAGE = 4096
+_PAGE_HEAD = b'{"crc":"'
+_PAGE_BODY = b'","record":'
+
+
+def _page(record: bytes) -> bytes:
+    """A freeze page's bytes: JSON holding the record and the CRC-32 of its exact
+    bytes, so that a record cut short or mixed with the one before (a SIGKILL
+    in the middle of the copy, a power cut) is known torn."""
+    return b"%s%08x%s%s}" % (_PAGE_HEAD, zlib.crc32(record), _PAGE_BODY, record)
+
+
+def _unpage(raw: bytes) -> bytes:
+    """The record a freeze page holds (raises ValueError when it is torn); a whole
+    file an older agent renamed into place is its own record."""
+    raw = raw.rstrip(b" ")
+    if not raw.startswith(_PAGE_HEAD):
+        return raw
+    start = len(_PAGE_HEAD) + 8 + len(_PAGE_BODY)
+    record = raw[start:-1]
+    try:
+        crc = int(raw[len(_PAGE_HEAD) : len(_PAGE_HEAD) + 8], 16)
+    except ValueError:
+        crc = -1
+    if raw[start - len(_PAGE_BODY) : start] != _PAGE_BODY or zlib.crc32(record) != crc:
+        raise ValueError("a torn freeze page")
+    return record
 
 
 def _freeze_from_file(path: Path, vm_id: str) -> FreezeRecord | None:
-    """The freeze a file records for ``vm_id``; None when there is none. Raises
-    ValueError (or KeyError, TypeError) for a file a machine crash tore."""
+    """The freeze a file records for ``vm_id``; None when there is none (no file,
+    or thawed). Raises ValueError (or KeyError, TypeError) for a torn one."""
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(_unpage(path.read_bytes()))
     except FileNotFoundError:
         return None
     if data.get("version") != VERSION or data.get("vm_id") != vm_id:
         raise ValueError(f"not a freeze record of VM {vm_id}: {path}")
-    return FreezeRecord(**data["freeze"])
+    freeze = data["freeze"]
+    return FreezeRecord(**freeze) if freeze is not None else None
 
 
 def _snapshots_from_json(raw: dict[str, Any]) -> dict[str, SnapshotRecord]:
@@ -284,6 +328,15 @@ def _files(directory: Path) -> list[Path]:
     return [directory / n for n in names if n.endswith(".json") and not n.startswith(".")]
 
 
+def _torn(path: Path, vm_id: str) -> bool:
+    """Whether a freeze file cannot be read (a thawed page can)."""
+    try:
+        _freeze_from_file(path, vm_id)
+    except (ValueError, KeyError, TypeError):
+        return True
+    return False
+
+
 def _with_freeze(state_dir: Path, vm: VMRecord) -> VMRecord:
     """``vm`` with the freeze its freeze file records (a VM file an older agent
     wrote keeps the freeze inside, and no freeze file). A torn freeze file reads
@@ -364,7 +417,11 @@ class Store:
         # Files are written and fsynced in one writer thread, never on the event
         # loop: in the order they were asked (the last save of a VM lands last).
         self._writer = concurrent.futures.ThreadPoolExecutor(1, "sim-state-writer")
-        self._pending: list[concurrent.futures.Future[None]] = []
+        self._pending: list[concurrent.futures.Future[Any]] = []
+        # Each VM's freeze page, mapped (see save_freeze), and how many times it
+        # was (re)mapped or dropped: a mapping made for an older request is not kept.
+        self._pages: dict[str, mmap.mmap] = {}
+        self._page_asked: dict[str, int] = {}
 
     # --- saving -----------------------------------------------------------------
 
@@ -378,7 +435,7 @@ class Store:
         first: BaseException | None = None
         for future in pending:
             try:
-                await asyncio.wrap_future(future)
+                self._mapped(await asyncio.wrap_future(future))
             except Exception as exc:  # noqa: BLE001 - every one is awaited, the first raised
                 first = first or exc
         if first is not None:
@@ -388,11 +445,14 @@ class Store:
         """:meth:`flush` for code without a running loop (start-up, close)."""
         pending, self._pending = self._pending, []
         for future in pending:
-            future.result()
+            self._mapped(future.result())
 
     def close(self) -> None:
         self.flush_blocking()
         self._writer.shutdown(wait=True)
+        for page in self._pages.values():
+            page.close()
+        self._pages.clear()
 
     def save_vm(self, vm_id: str) -> None:
         """Make the VM's file what memory holds now (removed when the VM is not
@@ -422,23 +482,63 @@ class Store:
         )
 
     def save_freeze(self, vm_id: str) -> None:
-        """Make the VM's freeze file what memory holds (removed when it is thawed):
-        written by the writer thread after every save asked before, not fsynced
-        (see the module's docstring); after :meth:`flush`, a SIGKILL loses nothing."""
+        """Make the VM's freeze page what memory holds (its freeze, or none), never
+        fsynced (see the module's docstring). Once the page is mapped, a copy into
+        it: no system call, nothing for the event loop to wait on, and what a
+        SIGKILL keeps the moment the copy ends (the page cache holds it). The first
+        freeze of a VM since the agent started maps it in the writer thread (after
+        every save asked before): after :meth:`flush`, a SIGKILL loses nothing. The
+        page of a VM no longer defined is unmapped and removed there too."""
         key = vm_key(vm_id)
         vm = self.state.vms.get(vm_id)
-        if vm is None or vm.freeze is None:
-            self._submit(self._unfreeze, self.freezes_dir / f"{key}.json")
+        if vm is None:
+            self._remap(key, self._drop_page, self.freezes_dir / f"{key}.json")
             return
-        data = _dumps(_freeze_to_json(vm)).encode("utf-8")
-        self._submit(self._write_freeze, self.freezes_dir / f"{key}.json", data)
+        data = _page(_dumps(_freeze_to_json(vm)).encode("utf-8"))
+        page = self._pages.get(key)
+        if page is not None and len(data) <= len(page):
+            page[:] = data.ljust(len(page), b" ")
+            return
+        self._remap(key, self._map_page, key, self.freezes_dir / f"{key}.json", data)
+
+    def _remap(self, key: str, work: Any, *args: Any) -> None:
+        """Ask the writer thread to map or drop ``key``'s page; until then (flush) its
+        freezes are written there too, in order, not into a page it replaces."""
+        old = self._pages.pop(key, None)
+        asked = self._page_asked[key] = self._page_asked.get(key, 0) + 1
+        self._submit(work, *args, old, asked)
+
+    def _mapped(self, done: Any) -> None:
+        """On the loop, once the writer mapped a page: keep it, unless it was asked
+        for before the last map or drop of its VM's page (then unmapped)."""
+        if not isinstance(done, tuple):
+            return
+        key, page, asked = done
+        if self._page_asked.get(key) == asked:
+            self._pages[key] = page
+        else:
+            page.close()
 
     @staticmethod
-    def _write_freeze(path: Path, data: bytes) -> None:
-        _write_atomic(path, data, durable=False)
+    def _map_page(
+        key: str, path: Path, data: bytes, old: mmap.mmap | None, asked: int
+    ) -> tuple[str, mmap.mmap, int]:
+        if old is not None:
+            old.close()
+        size = -(-len(data) // FREEZE_PAGE) * FREEZE_PAGE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, size)
+            page = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        page[:] = data.ljust(size, b" ")
+        return key, page, asked
 
     @staticmethod
-    def _unfreeze(path: Path) -> None:
+    def _drop_page(path: Path, old: mmap.mmap | None, asked: int) -> None:
+        if old is not None:
+            old.close()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
@@ -520,7 +620,7 @@ class Store:
             vm = vms.get(path.stem)
             if vm is not None and vm.freeze is not None:
                 continue
-            if vm is not None:
+            if vm is not None and _torn(path, vm.id):
                 log.warning(
                     "a freeze record could not be read: left by a machine crash, which "
                     "ended the freeze; removed",
@@ -537,7 +637,7 @@ class Store:
                 continue
             # Written by an older agent: the freeze file first, then the VM's file
             # without it (a crash in between leaves both: the freeze file wins).
-            _write_atomic(path, _dumps(_freeze_to_json(vm)).encode("utf-8"), durable=False)
+            _write_atomic(path, _page(_dumps(_freeze_to_json(vm)).encode("utf-8")), durable=False)
             data = {"version": VERSION, "vm": _vm_to_json(vm)}
             _write_atomic(self.vms_dir / f"{key}.json", _dumps(data).encode("utf-8"))
 
