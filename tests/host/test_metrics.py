@@ -155,7 +155,7 @@ async def test_registering_the_host_collector_takes_no_sample(
     --metrics-listen, and logged 'metrics sample skipped'."""
     taken: list[Sample] = []
 
-    def sample() -> Sample:
+    async def sample() -> Sample:
         taken.append(Sample())
         return taken[-1]
 

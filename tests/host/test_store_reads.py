@@ -91,3 +91,61 @@ async def test_a_failing_kept_connection_is_dropped_and_reported_unavailable(
             assert conn.execute(text("SELECT 1")).scalar() == 1
     finally:
         store.close()
+
+
+# --- catalog reads off the event loop (docs/design.md, "Catalog reads off the event loop")
+
+
+async def test_a_postgresql_read_runs_in_a_reader_thread_and_one_on_the_loop_is_refused(
+    pg_url: str,
+) -> None:
+    """Store.read runs a PostgreSQL read in a reader thread, with the caller's
+    context; the same read made by the host's own code on the loop's thread is
+    refused (LoopRead) under VMSNAP_STRICT_LOOP_READS, which the suite sets: the
+    check that found every read left on the loop. A test's own read passes."""
+    import contextvars
+    import os
+
+    from vmsnap_host.api.servicer import HostServicer
+    from vmsnap_host.model import OperationRecord, OperationType
+    from vmsnap_host.store.store import STRICT_LOOP_READS, LoopRead
+
+    assert os.environ.get(STRICT_LOOP_READS) == "1"
+    store = Store.open(pg_url)
+    try:
+        await store.write(store.w_set_vm_project("vm1", "p1"))
+        seen: dict[str, object] = {}
+        asked = contextvars.ContextVar("asked", default="")
+        asked.set("mine")
+
+        def where(vm_id: str) -> str | None:
+            seen["thread"] = threading.current_thread().name
+            seen["context"] = asked.get()
+            return store.vm_project(vm_id)
+
+        assert await store.read(where, "vm1") == "p1"
+        assert str(seen["thread"]).startswith("catalog-reader")
+        assert seen["context"] == "mine"
+        assert store.vm_project("vm1") == "p1"  # this test's own read: not the host's
+        # The host's code reading on the loop: the servicer's answer builder, made
+        # to be called through Store.read only.
+        servicer = HostServicer.__new__(HostServicer)
+        servicer.store = store
+        op = OperationRecord(
+            id="op-1", type=OperationType.CREATE, vm_id="vm1", vm_snapshot_id="s-1", request_id="r"
+        )
+        with pytest.raises(LoopRead):
+            servicer._op_pb(op)
+        assert (await servicer._op(op)).id == "op-1"
+    finally:
+        store.close()
+
+
+async def test_a_sqlite_read_runs_in_place(tmp_path: Path) -> None:
+    """SQLite: no hop (a page-cache read costs less than the thread handoff)."""
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        me = threading.get_ident()
+        assert await store.read(threading.get_ident) == me
+    finally:
+        store.close()

@@ -71,12 +71,12 @@ class Adopter:
         self.registry = registry
         self.can_handle_timeout = can_handle_timeout
 
-    def _adopted(self, vm_id: str) -> set[str]:
+    async def _adopted(self, vm_id: str) -> set[str]:
         """Set ids live snapshots of the VM were adopted from."""
         out: set[str] = set()
         after = 0
         while True:
-            page = self.store.list_snapshots(vm_id, after, 500, False)
+            page = await self.store.read(self.store.list_snapshots, vm_id, after, 500, False)
             out |= {
                 s.parameters[ADOPTED_FROM]
                 for _, s in page
@@ -92,14 +92,14 @@ class Adopter:
             vm,
             self.registry.drivers(),
             agent_entry,
-            self.store.volume_owners([v.locator for v in vm.volumes]),
+            (await self.store.read(self.store.volume_owners, [v.locator for v in vm.volumes])),
             include_memory=False,
             options={},
             can_handle_timeout=self.can_handle_timeout,
         )
         all_disks = {v.disk for v in vm.volumes}
         by_disk = {v.disk: v for v in vm.volumes}
-        adopted = self._adopted(vm_id)
+        adopted = await self._adopted(vm_id)
         sets: list[DiscoveredSet] = []
         unsupported: list[str] = []
         for group in plan.groups:

@@ -140,7 +140,10 @@ class HostApp:
         catalog) reach this one: stored ones it lacks are added, ones it has that are
         neither configured nor stored (two syncs in a row) are removed."""
         for kind in ("driver", "agent"):
-            stored = {a: (order, tls) for a, _n, order, tls in self.store.registrations(kind)}
+            stored = {
+                a: (order, tls)
+                for a, _n, order, tls in await self.store.read(self.store.registrations, kind)
+            }
             peers = self.registry.drivers() if kind == "driver" else self.registry.agents()
             known = {e.address for e in peers}
             for address, (order, tls) in stored.items():
@@ -184,7 +187,7 @@ class HostApp:
         except VMSnapError as exc:
             log.error("registration refused", extra={"fields": {"error": str(exc)}})
 
-    def metrics_sample(self) -> Sample:
+    async def metrics_sample(self) -> Sample:
         """The gauges of ``/metrics`` (called on the event loop at each scrape)."""
         peers = [
             ("driver", d.name or d.address, d.health is Health.SERVING)
@@ -197,8 +200,8 @@ class HostApp:
         return Sample(
             peers,
             self.manager.queue_depths(),
-            self.store.count_by_state(),
-            self.policies.newest_ages(time.time()),
+            await self.store.read(self.store.count_by_state),
+            (await self.policies.store.read(self.policies.newest_ages, time.time())),
         )
 
     async def stop(self, grace_seconds: float | None = None) -> None:

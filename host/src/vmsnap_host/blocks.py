@@ -49,8 +49,8 @@ class DiskBlocks:
         self.manager = manager
         self.registry = registry
 
-    def source(self, snapshot_id: str, disk: str, capability: Capability) -> DiskSource:
-        snap = self.manager.get_snapshot(snapshot_id)
+    async def source(self, snapshot_id: str, disk: str, capability: Capability) -> DiskSource:
+        snap = await self.manager.get_snapshot(snapshot_id)
         if snap.state is not SnapshotState.READY:
             raise FailedPrecondition(
                 f"snapshot {snapshot_id} is {snap.state.name}; only a READY snapshot's "
@@ -81,9 +81,9 @@ class DiskBlocks:
             reason=Reason.NOT_FOUND,
         )
 
-    def base(self, target: DiskSource, since_id: str, disk: str) -> SnapshotRef:
+    async def base(self, target: DiskSource, since_id: str, disk: str) -> SnapshotRef:
         """The older snapshot's volume snapshot of the same disk, driver and volume."""
-        base = self.source(since_id, disk, Capability.CHANGED_BLOCKS)
+        base = await self.source(since_id, disk, Capability.CHANGED_BLOCKS)
         problem = ""
         if base.snapshot.vm_id != target.snapshot.vm_id:
             problem = f"is of VM {base.snapshot.vm_id}, not {target.snapshot.vm_id}"
@@ -105,8 +105,8 @@ class DiskBlocks:
         self, snapshot_id: str, disk: str, since_id: str, start: int, most: int
     ) -> AsyncIterator[RangePage]:
         """Checked pages of ranges; the first always comes (it states the sizes)."""
-        target = self.source(snapshot_id, disk, Capability.CHANGED_BLOCKS)
-        base = self.base(target, since_id, disk) if since_id else None
+        target = await self.source(snapshot_id, disk, Capability.CHANGED_BLOCKS)
+        base = await self.base(target, since_id, disk) if since_id else None
         position, after, first = start, 0, True
         while True:
             if base is None:
@@ -135,7 +135,7 @@ class DiskBlocks:
     async def read(
         self, snapshot_id: str, disk: str, offset: int, length: int, chunk: int
     ) -> AsyncIterator[tuple[int, bytes]]:
-        source = self.source(snapshot_id, disk, Capability.READ_SNAPSHOT)
+        source = await self.source(snapshot_id, disk, Capability.READ_SNAPSHOT)
         position, end = offset, offset + length
         while position < end:
             n = min(chunk, end - position)

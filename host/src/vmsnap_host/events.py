@@ -156,18 +156,22 @@ class Broadcaster:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
 
-    def changed(self, operation_ids: list[str]) -> None:
-        """Called by the store right after a commit, in the task that wrote: the
+    async def changed(self, operation_ids: list[str]) -> None:
+        """Awaited by the store right after a commit, in the task that wrote: the
         operation is read before that task can write it again, so each committed
         state is seen, in order (read later, a fast take would skip ``queued``).
         Only while someone watches; a failed read costs the watchers this change,
-        never the writer."""
+        never the writer. The read is the store's (Store.read: off the event loop
+        on PostgreSQL)."""
         if not self._watchers:
             return  # nobody watches: no read at all
         try:
-            self._offer_all(operation_ids)
+            changes = await self.store.read(self._changes, operation_ids)
         except Exception:  # e.g. the catalog unreachable: the watchers miss this change
             log.exception("operation events not sent")
+            return
+        for change in changes:
+            self._deliver(change)
 
     async def _poll(self) -> None:
         """While anyone watches: one read every FOREIGN_POLL seconds for operations
@@ -178,7 +182,9 @@ class Broadcaster:
             await asyncio.sleep(FOREIGN_POLL)
             now = time.time()
             try:
-                changed = self.store.operations_changed_since("", last - FOREIGN_OVERLAP, 1000)
+                changed = await self.store.read(
+                    self.store.operations_changed_since, "", last - FOREIGN_OVERLAP, 1000
+                )
             except Exception:  # the catalog unreachable: try again on the next tick
                 log.exception("foreign operation poll failed")
                 continue
@@ -190,18 +196,30 @@ class Broadcaster:
                 if self._foreign.get(op.id) == key:
                     continue
                 self._foreign[op.id] = key
-                self._offer(op)
+                if any(w.wants(op) for w in self._watchers):
+                    self._deliver(await self.store.read(self._change, op))
             # Forget finished ones that fell out of the overlap window.
             seen = {op.id for op in changed}
             for op_id in [i for i in self._foreign if i not in seen]:
                 del self._foreign[op_id]
 
-    def _offer(self, op: OperationRecord) -> None:
-        interested = [w for w in self._watchers if w.wants(op)]
-        if not interested:
-            return
-        change = Change(op, self.store.get_snapshot(op.vm_snapshot_id))
-        for watcher in interested:
+    def _change(self, op: OperationRecord) -> Change:
+        """The change as sent: the operation with its snapshot (a catalog read)."""
+        return Change(op, self.store.get_snapshot(op.vm_snapshot_id))
+
+    def _changes(self, operation_ids: list[str]) -> list[Change]:
+        """The operations as they stand now, with their snapshots (catalog reads)."""
+        changes = []
+        for operation_id in dict.fromkeys(operation_ids):
+            op = self.store.get_operation(operation_id)
+            if op is not None:
+                changes.append(self._change(op))
+        return changes
+
+    def _deliver(self, change: Change) -> None:
+        """Offer a change to each watcher that wants it (on the event loop)."""
+        op = change.operation
+        for watcher in [w for w in self._watchers if w.wants(op)]:
             was_dropped = watcher.dropped
             watcher.offer(change)
             if watcher.dropped and not was_dropped:
@@ -210,12 +228,6 @@ class Broadcaster:
                     "slow watcher dropped",
                     extra={"fields": {"vm": watcher.vm_id, "operation": op.id}},
                 )
-
-    def _offer_all(self, operation_ids: list[str]) -> None:
-        for operation_id in dict.fromkeys(operation_ids):
-            op = self.store.get_operation(operation_id)
-            if op is not None:
-                self._offer(op)
 
 
 __all__ = ["FOREIGN_POLL", "MAX_WATCHERS", "QUEUE_BOUND", "Broadcaster", "Change", "Watcher"]

@@ -198,7 +198,7 @@ class Manager:
             }
         )
         async with self._admit(vm_id):
-            existing = self._replay(
+            existing = await self._replay(
                 request_id, OperationType.CREATE, vm_id, name, digest, seen=seen
             )
             if existing is not None:
@@ -307,7 +307,7 @@ class Manager:
                         if fence and prepared is not None:
                             fresh = None  # the take has it
                 except Duplicate as exc:
-                    return self._duplicate(
+                    return await self._duplicate(
                         exc, request_id, OperationType.CREATE, vm_id, name, seen=seen
                     )
                 return op
@@ -348,10 +348,10 @@ class Manager:
     async def revert_snapshot(
         self, request_id: str, snapshot_id: str, stop_vm: bool, *, also: Admitted = Admitted()
     ) -> OperationRecord:
-        snap = self._snapshot(snapshot_id)
+        snap = await self._snapshot(snapshot_id)
         digest = _request_digest({"stop_vm": stop_vm})
         async with self._admit(snap.vm_id):
-            existing = self._replay(
+            existing = await self._replay(
                 request_id, OperationType.REVERT, snap.vm_id, snapshot_id, digest
             )
             if existing is not None:
@@ -402,7 +402,7 @@ class Manager:
                     also.committed()
                     self._start(op)
             except Duplicate as exc:
-                return self._duplicate(
+                return await self._duplicate(
                     exc, request_id, OperationType.REVERT, snap.vm_id, snapshot_id
                 )
             return op
@@ -421,9 +421,9 @@ class Manager:
 
         Queued on the *source* VM: a delete of the snapshot waits behind it, so the
         snapshot stays READY while its volumes are cloned."""
-        snap = self._snapshot(snapshot_id)
+        snap = await self._snapshot(snapshot_id)
         async with self._admit(snap.vm_id):
-            existing = self._replay(request_id, OperationType.CLONE, snap.vm_id, snapshot_id)
+            existing = await self._replay(request_id, OperationType.CLONE, snap.vm_id, snapshot_id)
             if existing is not None:
                 if existing.params.get("new_vm_id") != new_vm_id:
                     raise AlreadyExists(
@@ -508,7 +508,7 @@ class Manager:
                     )
                     self._start(op)
             except Duplicate as exc:
-                return self._duplicate(
+                return await self._duplicate(
                     exc, request_id, OperationType.CLONE, snap.vm_id, snapshot_id
                 )
             return op
@@ -516,7 +516,7 @@ class Manager:
     async def delete_snapshot(
         self, request_id: str, snapshot_id: str, *, also: Admitted = Admitted()
     ) -> OperationRecord:
-        snap = self._snapshot(snapshot_id)
+        snap = await self._snapshot(snapshot_id)
         async with self._admit(snap.vm_id):
             return await self._delete(request_id, snap, also)
 
@@ -524,7 +524,7 @@ class Manager:
         self, request_id: str, snap: Snapshot, also: Admitted = Admitted()
     ) -> OperationRecord:
         """Start a delete (or replay it); the caller holds the VM's admission lock."""
-        existing = self._replay(request_id, OperationType.DELETE, snap.vm_id, snap.id)
+        existing = await self._replay(request_id, OperationType.DELETE, snap.vm_id, snap.id)
         if existing is not None:
             return existing
         if snap.state in (
@@ -553,7 +553,7 @@ class Manager:
                 if not op.done:
                     self._start(op)
         except Duplicate as exc:
-            return self._duplicate(exc, request_id, OperationType.DELETE, snap.vm_id, snap.id)
+            return await self._duplicate(exc, request_id, OperationType.DELETE, snap.vm_id, snap.id)
         return op
 
     async def undefine_vm(
@@ -570,12 +570,17 @@ class Manager:
         """
         digest = _request_digest({"delete_snapshots": delete_snapshots})
         async with self._admit(vm_id):
-            finished = self._replay(request_id, OperationType.UNDEFINE_VM, vm_id, "", digest)
+            finished = await self._replay(request_id, OperationType.UNDEFINE_VM, vm_id, "", digest)
             if finished is not None:
-                return True, self._operations(finished.params.get("deletes", []))
-            snaps = self._all_snapshots(vm_id)
+                return True, await self._operations(finished.params.get("deletes", []))
+            snaps = await self._all_snapshots(vm_id)
             if not delete_snapshots and any(
-                self.store.operation_by_request(_derived(request_id, s.id)) for s in snaps
+                [
+                    await self.store.read(
+                        self.store.operation_by_request, _derived(request_id, s.id)
+                    )
+                    for s in snaps
+                ]
             ):
                 # An earlier call with this request_id deleted snapshots.
                 raise request_id_reused(request_id, f" (UNDEFINE_VM on VM {vm_id})")
@@ -605,7 +610,11 @@ class Manager:
             started = {
                 s.id: op
                 for s in snaps
-                if (op := self.store.operation_by_request(_derived(request_id, s.id)))
+                if (
+                    op := await self.store.read(
+                        self.store.operation_by_request, _derived(request_id, s.id)
+                    )
+                )
             }
             ops = list(started.values())
             failed = [op for op in ops if op.done and op.error is not None]
@@ -620,6 +629,7 @@ class Manager:
             if any(not op.done for op in ops) or any(s.id not in started for s in left):
                 return False, ops
             await self.registry.agent(agent_entry.name).undefine_vm(vm_id)
+            project: str | None = await self.store.read(self.store.vm_project, vm_id)
             record = replace(
                 self._new_op(
                     OperationType.UNDEFINE_VM,
@@ -627,7 +637,7 @@ class Manager:
                     vm_id,
                     "",
                     {},
-                    project=self.store.vm_project(vm_id) or "",
+                    project=project or "",
                 ),
                 done=True,
                 progress=100,
@@ -640,29 +650,29 @@ class Manager:
             log.info("VM undefined", extra={"fields": {"vm": vm_id, "deleted": len(ops)}})
             return True, ops
 
-    def _all_snapshots(self, vm_id: str) -> list[Snapshot]:
+    async def _all_snapshots(self, vm_id: str) -> list[Snapshot]:
         out: list[Snapshot] = []
         after = 0
         while True:
-            page = self.store.list_snapshots(vm_id, after, 500, True)
+            page = await self.store.read(self.store.list_snapshots, vm_id, after, 500, True)
             out += [s for _, s in page]
             if len(page) < 500:
                 return out
             after = page[-1][0]
 
-    def _operations(self, ids: list[str]) -> list[OperationRecord]:
-        return [op for i in ids if (op := self.store.get_operation(i)) is not None]
+    async def _operations(self, ids: list[str]) -> list[OperationRecord]:
+        return [op for i in ids if (op := await self.store.read(self.store.get_operation, i))]
 
     async def cancel_operation(self, operation_id: str) -> OperationRecord:
         """Cancel an operation (docs/design.md, "Live events, cancel and traces"): a queued one
         is dropped now; a running take or revert is asked to stop, checked by its work
         at its next step (a compare-and-set in the catalog, any replica)."""
-        op = self.get_operation(operation_id)
+        op = await self.get_operation(operation_id)
         if op.done:
             raise self._finished(op)
         snap = None
         if op.type is OperationType.CREATE:
-            snap = self.store.get_snapshot(op.vm_snapshot_id)
+            snap = await self.store.read(self.store.get_snapshot, op.vm_snapshot_id)
             if snap is not None and snap.state is not SnapshotState.ALLOCATED:
                 snap = None  # started: not droppable, the step check below agrees
         error = error_info(cancelled(" before it started; nothing was done"))
@@ -672,7 +682,7 @@ class Manager:
             dropped = False  # the take moved its snapshot first: it runs
         if dropped:
             log.info("queued operation cancelled", extra={"fields": {"operation": op.id}})
-            return self.get_operation(op.id)
+            return await self.get_operation(op.id)
         if op.type not in (OperationType.CREATE, OperationType.REVERT):
             raise FailedPrecondition(
                 f"operation {op.id} is a {op.type.name.lower()} that has started; its "
@@ -681,9 +691,9 @@ class Manager:
                 reason=Reason.OPERATION_NOT_CANCELLABLE,
             )
         if not await self.store.write(self.store.w_request_cancel(op.id)):
-            raise self._finished(self.get_operation(op.id))
+            raise self._finished(await self.get_operation(op.id))
         log.info("cancel requested", extra={"fields": {"operation": op.id}})
-        return self.get_operation(op.id)
+        return await self.get_operation(op.id)
 
     @staticmethod
     def _finished(op: OperationRecord) -> FailedPrecondition:
@@ -695,10 +705,10 @@ class Manager:
 
     # --- freezes for third-party tools (docs/design.md, "Freeze API") ------------
 
-    def _check_not_frozen(self, vm_id: str) -> None:
+    async def _check_not_frozen(self, vm_id: str) -> None:
         """A take, revert or delete while a caller's freeze holds the VM is refused,
         not queued: the freeze may be renewed for as long as its caller wants."""
-        op = self.store.open_freeze(vm_id)
+        op = await self.store.read(self.store.open_freeze, vm_id)
         if op is not None:
             raise frozen_refusal(vm_id, op)
 
@@ -715,7 +725,7 @@ class Manager:
         start holding it (until ThawVM or the lease lapses)."""
         api = self.executor.freeze_api
         async with self._admit(vm_id):
-            existing = self.store.operation_by_request(request_id)
+            existing = await self.store.read(self.store.operation_by_request, request_id)
             if existing is not None:
                 return api.replay(existing, vm_id)
             agent_name, method = await api.check_vm(vm_id, policy)
@@ -723,7 +733,7 @@ class Manager:
             # finished operation whose task is still releasing the VM's lease here is
             # no obstacle: the lease goes to the freeze in its commit (the old task's
             # release carries the old fencing token and removes nothing).
-            api.refuse_if_busy(vm_id)
+            await api.refuse_if_busy(vm_id)
             op = self._new_op(
                 OperationType.FREEZE,
                 request_id,
@@ -760,7 +770,7 @@ class Manager:
                         # Holding (or, when the freeze failed, releasing) the lease.
                         self._start(op, fence=int(fence))
             except Duplicate:
-                existing = self.store.operation_by_request(request_id)
+                existing = await self.store.read(self.store.operation_by_request, request_id)
                 if existing is None:
                     raise
                 return api.replay(existing, vm_id)
@@ -781,11 +791,11 @@ class Manager:
         """AdoptSnapshot: a READY snapshot of a discovered set, recorded with a done
         ADOPT operation in one commit (nothing runs on any array)."""
         async with self._admit(vm_id):
-            existing = self._replay(request_id, OperationType.ADOPT, vm_id, name)
+            existing = await self._replay(request_id, OperationType.ADOPT, vm_id, name)
             if existing is not None:
-                return self._snapshot(existing.vm_snapshot_id)
-            self._check_not_frozen(vm_id)
-            if self.store.find_by_name(vm_id, name) is not None:
+                return await self._snapshot(existing.vm_snapshot_id)
+            await self._check_not_frozen(vm_id)
+            if await self.store.read(self.store.find_by_name, vm_id, name) is not None:
                 raise AlreadyExists(
                     f"VM {vm_id} already has a snapshot named {name!r}; choose another name",
                     reason=Reason.NAME_IN_USE,
@@ -806,13 +816,13 @@ class Manager:
                     self.store.w_create(snap, op),
                 )
             except Duplicate as exc:
-                existing = self._duplicate(exc, request_id, OperationType.ADOPT, vm_id, name)
-                return self._snapshot(existing.vm_snapshot_id)
+                existing = await self._duplicate(exc, request_id, OperationType.ADOPT, vm_id, name)
+                return await self._snapshot(existing.vm_snapshot_id)
             log.info(
                 "snapshot adopted",
                 extra={"fields": {"vm": vm_id, "snapshot": snap.id, "set": set_id}},
             )
-            return self._snapshot(snap.id)
+            return await self._snapshot(snap.id)
 
     async def renew_freeze(self, token: str, lease: float) -> datetime:
         return await self.executor.freeze_api.renew(token, lease)
@@ -829,17 +839,17 @@ class Manager:
 
     # --- reads --------------------------------------------------------------------
 
-    def _snapshot(self, snapshot_id: str) -> Snapshot:
-        snap = self.store.get_snapshot(snapshot_id)
+    async def _snapshot(self, snapshot_id: str) -> Snapshot:
+        snap = await self.store.read(self.store.get_snapshot, snapshot_id)
         if snap is None:
             raise snapshot_not_found(snapshot_id)
         return snap
 
-    def get_snapshot(self, snapshot_id: str) -> Snapshot:
-        return self._snapshot(snapshot_id)
+    async def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        return await self._snapshot(snapshot_id)
 
-    def get_operation(self, operation_id: str) -> OperationRecord:
-        op = self.store.get_operation(operation_id)
+    async def get_operation(self, operation_id: str) -> OperationRecord:
+        op = await self.store.read(self.store.get_operation, operation_id)
         if op is None:
             raise operation_not_found(operation_id)
         return op
@@ -889,7 +899,7 @@ class Manager:
                     timeout=min(left, 1.0),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-            op = self.get_operation(operation_id)
+            op = await self.get_operation(operation_id)
             left = give_up - loop.time()
             if op.done or left <= 0 or self.stopping:
                 return op
@@ -932,7 +942,7 @@ class Manager:
                 del self._admission_users[vm_id]
                 del self._admission[vm_id]
 
-    def _replay(
+    async def _replay(
         self,
         request_id: str,
         kind: OperationType,
@@ -946,7 +956,7 @@ class Manager:
         same request; ALREADY_EXISTS when it was another (another type, target or
         arguments: ``digest`` against the one kept, when the first request kept one).
         ``seen`` is told of that operation first (it may refuse it)."""
-        op = self.store.operation_by_request(request_id)
+        op = await self.store.read(self.store.operation_by_request, request_id)
         if op is None:
             return None
         if seen is not None:
@@ -962,7 +972,7 @@ class Manager:
     def _admit_step(self, vm_id: str, max_live: int | None = None) -> Step:
         return self.store.w_admit(vm_id, max_open=1 + self.settings.queue_bound, max_live=max_live)
 
-    def _duplicate(
+    async def _duplicate(
         self,
         exc: Duplicate,
         request_id: str,
@@ -974,7 +984,7 @@ class Manager:
     ) -> OperationRecord:
         """The catalog refused an insert another request (on this replica or another)
         made first: the same request_id is a retry, else the name is taken."""
-        existing = self._replay(request_id, kind, vm_id, target, seen=seen)
+        existing = await self._replay(request_id, kind, vm_id, target, seen=seen)
         if existing is not None:
             return existing
         if exc.what == "name":
@@ -1076,7 +1086,7 @@ class Manager:
                     # Started at once with the lease its admission took (``fence``): no
                     # cancel can have dropped it (were one to, the take's first
                     # compare-and-set from ALLOCATED refuses it).
-                    if fence or not self._dropped(op):
+                    if fence or not await self._dropped(op):
                         await self._run_owned(op, fence, resume, prepared)
                     elif fence:
                         # Cancelled before it started, with the lease its admission
@@ -1085,16 +1095,16 @@ class Manager:
                             await self.store.write(
                                 self.store.w_release_lease(op.vm_id, self.owner, fence)
                             )
-            self._count_end(op, time.monotonic() - started)
+            await self._count_end(op, time.monotonic() - started)
         finally:
             queue.admitted -= 1
             self._tasks.pop(op.id, None)
             await self._notify()
 
-    def _count_end(self, op: OperationRecord, seconds: float) -> None:
+    async def _count_end(self, op: OperationRecord, seconds: float) -> None:
         """Metrics of an operation that ran to its end (or was left open on purpose);
         a cancelled one (the host stopping) is resumed later and counted then."""
-        ended = self.store.operation_outcome(op.id)
+        ended = await self.store.read(self.store.operation_outcome, op.id)
         outcome = "open"
         if ended is not None and ended[0]:
             outcome = "failed" if ended[1] else "succeeded"
@@ -1102,12 +1112,12 @@ class Manager:
         child(metrics.OPERATIONS, kind, outcome).inc()
         child(metrics.OPERATION_SECONDS, kind).observe(seconds)
 
-    def _dropped(self, op: OperationRecord) -> bool:
+    async def _dropped(self, op: OperationRecord) -> bool:
         """Whether a queued operation was finished before it started (cancelled). An
         unreachable catalog says no: the work's own first write meets it and leaves
         the operation open, as before."""
         try:
-            return bool(self.store.operations_done([op.id]).get(op.id))
+            return bool((await self.store.read(self.store.operations_done, [op.id])).get(op.id))
         except VMSnapError:
             return False
 
@@ -1126,7 +1136,7 @@ class Manager:
                 self.store.w_acquire_lease(op.vm_id, self.owner, op.id, ttl)
             )
             if not fence:
-                if self._dropped(op):
+                if await self._dropped(op):
                     return
                 # Another operation (here or on another replica) holds the VM: wait
                 # until it is finished, or taken over and resolved.

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
@@ -123,7 +123,7 @@ class HostCollector(Collector):
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        sample: Callable[[], Sample],
+        sample: Callable[[], Awaitable[Sample]],
         timeout: float = 2.0,
     ) -> None:
         self._loop = loop
@@ -139,7 +139,7 @@ class HostCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         async def take() -> Sample:
-            return self._sample()
+            return await self._sample()
 
         try:
             future = asyncio.run_coroutine_threadsafe(take(), self._loop)

@@ -275,17 +275,17 @@ class Reconciler:
                 ids.add(oid)
                 ids.add(_base_id(oid))
         states = await asyncio.to_thread(self.store.snapshot_states, sorted(ids))
-        kept = {k.id for k in self.store.kept_states()}
+        kept = {k.id for k in await self.store.read(self.store.kept_states)}
         ready_now = [s for s in await asyncio.to_thread(self._ready) if s.id in ready_before]
         freeze_ops = sorted(
             {f.operation_id for lst in listings for f in lst.freezes if f.operation_id}
         )
-        done = self.store.operations_done(freeze_ops) if freeze_ops else {}
+        done = (await self.store.read(self.store.operations_done, freeze_ops)) if freeze_ops else {}
 
         actions: list[Awaitable[Finding]] = []
         orphans: set[tuple[str, str, str]] = set()
         for listing in listings:
-            self._orphans(listing, states, kept, now, dry_run, findings, actions, orphans)
+            await self._orphans(listing, states, kept, now, dry_run, findings, actions, orphans)
         self._forget_unseen(listings, orphans)
         self._missing(ready_now, listings, dry_run, findings, actions)
         for listing in listings:
@@ -447,7 +447,7 @@ class Reconciler:
 
     # --- orphans ------------------------------------------------------------------
 
-    def _orphans(
+    async def _orphans(
         self,
         listing: _Listing,
         states: Mapping[str, SnapshotState],
@@ -471,7 +471,7 @@ class Reconciler:
             if record_id not in states:
                 foreign.append(obj.id)
                 continue
-            record = self.store.get_snapshot(record_id)
+            record = await self.store.read(self.store.get_snapshot, record_id)
             if record is not None and obj.vm_id and record.vm_id != obj.vm_id:
                 foreign.append(obj.id)
                 continue

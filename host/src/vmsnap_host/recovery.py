@@ -52,7 +52,7 @@ class Recovery:
         """``op`` if this replica may resolve it now (taking it over from a dead
         owner first), else None."""
         me = self.manager.owner
-        holder = self.store.lease_holder(op.vm_id)
+        holder = await self.store.read(self.store.lease_holder, op.vm_id)
         if holder is not None and holder != me:
             return None  # a live lease of another replica: it finishes its own work
         if op.owner == me:
@@ -68,15 +68,15 @@ class Recovery:
         )
         return replace(op, owner=me)
 
-    def _alive(self) -> set[str]:
+    async def _alive(self) -> set[str]:
         if self.replicas is None:
             return {self.manager.owner}
-        return self.replicas.alive()
+        return await self.replicas.alive()
 
     async def _resume_open(self) -> list[asyncio.Task[None]]:
-        alive = self._alive()
+        alive = await self._alive()
         tasks = []
-        for op in self.store.unfinished_operations():
+        for op in await self.store.read(self.store.unfinished_operations):
             # Asked for each (not once before the read): an operation admitted since
             # is in the catalog and running here, not abandoned.
             if op.id in self.manager.running:
@@ -116,7 +116,7 @@ class Recovery:
         if self.replicas is not None and not await self.replicas.lead():
             return
         # Operations in flight on any replica handle their own objects.
-        busy = self.manager.running | self.store.leased_operations()
+        busy = self.manager.running | (await self.store.read(self.store.leased_operations))
         await self.executor.cleanup.retry_owed(frozenset(busy))
         if sweep and self.sweep is not None:
             await self.sweep()

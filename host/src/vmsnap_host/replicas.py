@@ -30,9 +30,9 @@ class Replicas:
     async def beat(self) -> None:
         await self.store.write(self.store.w_heartbeat(self.owner, self.ttl))
 
-    def alive(self) -> set[str]:
+    async def alive(self) -> set[str]:
         """The replicas whose heartbeat runs now (this one included)."""
-        return self.store.live_replicas() | {self.owner}
+        return await self.store.read(self.store.live_replicas) | {self.owner}
 
     async def lead(self) -> bool:
         """Whether this replica leads now (taking the lock when it is free)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -203,21 +203,29 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         self.blocks = DiskBlocks(manager, registry)
         self.policies = policies or PolicyCatalog(store)
 
-    def _op(self, op: OperationRecord) -> pb.Operation:
+    def _op_pb(self, op: OperationRecord) -> pb.Operation:
         return convert.operation_to_pb(op, self.store.get_snapshot(op.vm_snapshot_id))
+
+    async def _op(self, op: OperationRecord) -> pb.Operation:
+        """The operation as answered, with its snapshot read (Store.read)."""
+        return await self.store.read(self._op_pb, op)
+
+    async def _ops(self, ops: Sequence[OperationRecord]) -> list[pb.Operation]:
+        """Several, with their snapshots read in one call of Store.read."""
+        return await self.store.read(lambda: [self._op_pb(op) for op in ops])
 
     # --- what the caller may see (another project's object is NOT_FOUND) ----------
 
-    def _vm_project(self, vm_id: str) -> str:
+    async def _vm_project(self, vm_id: str) -> str:
         """The VM's project, after checking the caller sees it (NOT_FOUND if not)."""
-        project = self.store.vm_project(vm_id) or ""
+        project = await self.store.read(self.store.vm_project, vm_id) or ""
         access.note(target=vm_id, project=project)
         if not access.sees(project):
             raise access.hidden(vm_not_found(vm_id), project, f"VM {vm_id}")
         return project
 
-    def _snapshot(self, snapshot_id: str) -> Snapshot:
-        snap = self.manager.get_snapshot(snapshot_id)
+    async def _snapshot(self, snapshot_id: str) -> Snapshot:
+        snap = await self.manager.get_snapshot(snapshot_id)
         access.note(target=snapshot_id, project=snap.project)
         if not access.sees(snap.project):
             raise access.hidden(
@@ -225,8 +233,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             )
         return snap
 
-    def _operation(self, operation_id: str) -> OperationRecord:
-        op = self.manager.get_operation(operation_id)
+    async def _operation(self, operation_id: str) -> OperationRecord:
+        op = await self.manager.get_operation(operation_id)
         access.note(target=operation_id, project=op.project)
         if not access.sees(op.project):
             raise access.hidden(
@@ -234,10 +242,10 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             )
         return op
 
-    def _request_id(self, request_id: str) -> None:
+    async def _request_id(self, request_id: str) -> None:
         """A request_id another project used is refused without saying what for."""
         access.note(request_id=request_id)
-        op = self.store.operation_by_request(request_id)
+        op = await self.store.read(self.store.operation_by_request, request_id)
         if op is not None:
             _request_seen(op)
 
@@ -253,7 +261,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_text("description", request.description, MAX_DESCRIPTION, required=False)
             val.require_map("parameters", request.parameters)
             wait = _wait_seconds("wait", True, request.wait) if request.HasField("wait") else None
-            project = self._vm_project(request.vm_id)
+            project = await self._vm_project(request.vm_id)
             # The request id is read once, by the manager under the VM's admission
             # lock; another project's is refused there, as _request_id does.
             access.note(request_id=request.request_id)
@@ -271,7 +279,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             )
             if wait and not op.done:
                 op = await self.manager.wait_operation(op.id, wait)
-            return pb.CreateVMSnapshotResponse(operation=self._op(op))
+            return pb.CreateVMSnapshotResponse(operation=await self._op(op))
 
         return await _call(context, "CreateVMSnapshot", run)
 
@@ -280,7 +288,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.GetVMSnapshotResponse:
         async def run() -> pb.GetVMSnapshotResponse:
             val.require_id("id", request.id)
-            snap = self._snapshot(request.id)
+            snap = await self._snapshot(request.id)
             return pb.GetVMSnapshotResponse(vm_snapshot=convert.snapshot_to_pb(snap))
 
         return await _call(context, "GetVMSnapshot", run)
@@ -293,7 +301,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 val.require_id("vm_id", request.vm_id)
             size = val.page_size("page_size", request.page_size)
             after = _page_token("page_token", request.page_token) or 0
-            rows = self.store.list_snapshots(
+            rows = await self.store.read(
+                self.store.list_snapshots,
                 request.vm_id,
                 after,
                 size + 1,
@@ -314,12 +323,12 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         async def run() -> pb.RevertVMSnapshotResponse:
             val.require_id("request_id", request.request_id)
             val.require_id("id", request.id)
-            self._snapshot(request.id)
-            self._request_id(request.request_id)
+            await self._snapshot(request.id)
+            await self._request_id(request.request_id)
             op = await self.manager.revert_snapshot(
                 request.request_id, request.id, request.stop_vm, also=_audited_with_admission()
             )
-            return pb.RevertVMSnapshotResponse(operation=self._op(op))
+            return pb.RevertVMSnapshotResponse(operation=await self._op(op))
 
         return await _call(context, "RevertVMSnapshot", run)
 
@@ -329,12 +338,12 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         async def run() -> pb.DeleteVMSnapshotResponse:
             val.require_id("request_id", request.request_id)
             val.require_id("id", request.id)
-            self._snapshot(request.id)
-            self._request_id(request.request_id)
+            await self._snapshot(request.id)
+            await self._request_id(request.request_id)
             op = await self.manager.delete_snapshot(
                 request.request_id, request.id, also=_audited_with_admission()
             )
-            return pb.DeleteVMSnapshotResponse(operation=self._op(op))
+            return pb.DeleteVMSnapshotResponse(operation=await self._op(op))
 
         return await _call(context, "DeleteVMSnapshot", run)
 
@@ -352,8 +361,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_text("new_vm_name", request.new_vm_name, required=False)
             val.require_map("parameters", request.parameters)
             wait = _wait_seconds("wait", True, request.wait) if request.HasField("wait") else None
-            self._snapshot(request.snapshot_id)  # another project's: NOT_FOUND
-            self._request_id(request.request_id)
+            await self._snapshot(request.snapshot_id)  # another project's: NOT_FOUND
+            await self._request_id(request.request_id)
             op = await self.manager.create_vm_from_snapshot(
                 request.request_id,
                 request.snapshot_id,
@@ -364,7 +373,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             )
             if wait and not op.done:
                 op = await self.manager.wait_operation(op.id, wait)
-            return pb.CreateVMFromSnapshotResponse(operation=self._op(op))
+            return pb.CreateVMFromSnapshotResponse(operation=await self._op(op))
 
         return await _call(context, "CreateVMFromSnapshot", run)
 
@@ -375,7 +384,9 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.GetOperationResponse:
         async def run() -> pb.GetOperationResponse:
             val.require_id("id", request.id)
-            return pb.GetOperationResponse(operation=self._op(self._operation(request.id)))
+            return pb.GetOperationResponse(
+                operation=await self._op(await self._operation(request.id))
+            )
 
         return await _call(context, "GetOperation", run)
 
@@ -384,10 +395,10 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.WaitOperationResponse:
         async def run() -> pb.WaitOperationResponse:
             val.require_id("id", request.id)
-            self._operation(request.id)
+            await self._operation(request.id)
             timeout = _wait_seconds("timeout", request.HasField("timeout"), request.timeout)
             op = await self.manager.wait_operation(request.id, timeout)
-            return pb.WaitOperationResponse(operation=self._op(op))
+            return pb.WaitOperationResponse(operation=await self._op(op))
 
         return await _call(context, "WaitOperation", run)
 
@@ -399,7 +410,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 val.require_id("vm_id", request.vm_id)
             size = val.page_size("page_size", request.page_size)
             before = _page_token("page_token", request.page_token)
-            rows = self.store.list_operations(
+            rows = await self.store.read(
+                self.store.list_operations,
                 request.vm_id,
                 before,
                 size + 1,
@@ -408,7 +420,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             )
             page = rows[:size]
             return pb.ListOperationsResponse(
-                operations=[self._op(op) for _, op in page],
+                operations=await self._ops([op for _, op in page]),
                 next_page_token=_token(page[-1][0]) if len(rows) > size else "",
             )
 
@@ -422,25 +434,25 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         async def run() -> AsyncIterator[pb.WatchOperationsResponse]:
             if request.vm_id:
                 val.require_id("vm_id", request.vm_id)
-                self._vm_project(request.vm_id)  # another project's VM: NOT_FOUND
+                await self._vm_project(request.vm_id)  # another project's VM: NOT_FOUND
             if request.operation_id:
                 val.require_id("operation_id", request.operation_id)
-                self._operation(request.operation_id)
+                await self._operation(request.operation_id)
             # Subscribed before the catalog is read: no change falls in between (one
             # may come twice, as it stood and as it changed).
             with self.manager.events.watch(request.vm_id, request.operation_id) as watcher:
                 initial: list[OperationRecord] = []
                 if request.operation_id:
-                    initial = [self.manager.get_operation(request.operation_id)]
+                    initial = [await self.manager.get_operation(request.operation_id)]
                 elif request.HasField("since"):
                     since = _since("since", request.since)
-                    initial = self.store.operations_changed_since(
-                        request.vm_id, since, MAX_WATCH_INITIAL
+                    initial = await self.store.read(
+                        self.store.operations_changed_since, request.vm_id, since, MAX_WATCH_INITIAL
                     )
                 for op in initial:
                     if not access.sees(op.project):
                         continue
-                    yield pb.WatchOperationsResponse(operation=self._op(op), initial=True)
+                    yield pb.WatchOperationsResponse(operation=await self._op(op), initial=True)
                     if request.operation_id and op.done:
                         return
                 while True:
@@ -468,23 +480,24 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.CancelOperationResponse:
         async def run() -> pb.CancelOperationResponse:
             val.require_id("operation_id", request.operation_id)
-            self._operation(request.operation_id)  # another project's: NOT_FOUND
+            await self._operation(request.operation_id)  # another project's: NOT_FOUND
             op = await self.manager.cancel_operation(request.operation_id)
-            return pb.CancelOperationResponse(operation=self._op(op))
+            return pb.CancelOperationResponse(operation=await self._op(op))
 
         return await _call(context, "CancelOperation", run)
 
     # --- drivers and agents -------------------------------------------------------
 
-    def _registered(self, kind: str, name: str) -> set[str]:
+    async def _registered(self, kind: str, name: str) -> set[str]:
         """Addresses of the stored registrations of a kind under that name."""
-        return {a for a, n, _, _ in self.store.registrations(kind) if n == name}
+        rows = await self.store.read(self.store.registrations, kind)
+        return {a for a, n, _, _ in rows if n == name}
 
-    def _moved(self, kind: str, name: str, address: str) -> list[Step]:
+    async def _moved(self, kind: str, name: str, address: str) -> list[Step]:
         """Removal of the stored registrations a peer that moved here left behind."""
         return [
             self.store.w_remove_registration(kind, a)
-            for a in sorted(self._registered(kind, name) - {address})
+            for a in sorted(await self._registered(kind, name) - {address})
         ]
 
     async def RegisterDriver(  # noqa: N802
@@ -503,7 +516,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 self.store.w_save_registration(
                     "driver", address, entry.name, request.order, _tls_dict(tls)
                 ),
-                *self._moved("driver", entry.name, address),
+                *await self._moved("driver", entry.name, address),
             )
             return pb.RegisterDriverResponse(driver=convert.driver_to_pb(entry))
 
@@ -527,7 +540,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             access.note(target=request.name)
             # By name in the registry, and by stored registration too: a driver down
             # since the host started has not told the registry its name yet.
-            addresses = self._registered("driver", request.name)
+            addresses = await self._registered("driver", request.name)
             entry = await self.registry.remove_driver(request.name)
             if entry is not None:
                 addresses.add(entry.address)
@@ -553,7 +566,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             entry = await self.registry.add_agent(address, tls=tls, require_serving=True)
             await self.store.write(
                 self.store.w_save_registration("agent", address, entry.name, 0, _tls_dict(tls)),
-                *self._moved("agent", entry.name, address),
+                *await self._moved("agent", entry.name, address),
             )
             return pb.RegisterAgentResponse(agent=convert.agent_to_pb(entry))
 
@@ -575,7 +588,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         async def run() -> pb.RemoveAgentResponse:
             val.require_text("name", request.name, 128)
             access.note(target=request.name)
-            addresses = self._registered("agent", request.name)
+            addresses = await self._registered("agent", request.name)
             entry = await self.registry.remove_agent(request.name)
             if entry is not None:
                 addresses.add(entry.address)
@@ -615,14 +628,16 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                     f"agent {name} is not registered (ListAgents)", reason=Reason.AGENT_NOT_FOUND
                 )
             defined = await self.registry.agent(name).define_vm(vm)
-            if project and self.store.vm_project(vm.id) != project:
+            if project and await self.store.read(self.store.vm_project, vm.id) != project:
                 await self.store.write(self.store.w_set_vm_project(vm.id, project))
             if labels:
                 # Labels live in the catalog (agents know nothing of them): set once
                 # the agent accepted the VM; a retried define sets the same again.
                 await self.store.write(self.policies.w_set_labels(vm.id, labels, replace=True))
             return pb.DefineVMResponse(
-                vm=cv.vm_to_pb(defined), project=project, labels=self.policies.labels(vm.id)
+                vm=cv.vm_to_pb(defined),
+                project=project,
+                labels=await self.policies.store.read(self.policies.labels, vm.id),
             )
 
         return await _call(context, "DefineVM", run)
@@ -630,10 +645,12 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     async def GetVM(self, request: pb.GetVMRequest, context: Ctx) -> pb.GetVMResponse:  # noqa: N802
         async def run() -> pb.GetVMResponse:
             val.require_id("vm_id", request.vm_id)
-            project = self._vm_project(request.vm_id)
+            project = await self._vm_project(request.vm_id)
             _, vm = await self.registry.find_vm(request.vm_id)
             return pb.GetVMResponse(
-                vm=cv.vm_to_pb(vm), project=project, labels=self.policies.labels(vm.id)
+                vm=cv.vm_to_pb(vm),
+                project=project,
+                labels=await self.policies.store.read(self.policies.labels, vm.id),
             )
 
         return await _call(context, "GetVM", run)
@@ -653,9 +670,9 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                     if not token:
                         break
             if access.visible_projects() is not None:
-                projects = self.store.vm_project_map([v.id for v in vms])
+                projects = await self.store.read(self.store.vm_project_map, [v.id for v in vms])
                 vms = [v for v in vms if access.sees(projects.get(v.id, ""))]
-            labels = self.policies.all_labels()
+            labels = await self.policies.store.read(self.policies.all_labels)
             return pb.ListVMsResponse(
                 vms=[cv.vm_to_pb(v) for v in vms],
                 labels={v.id: pb.VMLabels(labels=labels[v.id]) for v in vms if v.id in labels},
@@ -666,7 +683,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     async def StartVM(self, request: pb.StartVMRequest, context: Ctx) -> pb.StartVMResponse:  # noqa: N802
         async def run() -> pb.StartVMResponse:
             val.require_id("vm_id", request.vm_id)
-            self._vm_project(request.vm_id)
+            await self._vm_project(request.vm_id)
             entry, _ = await self.registry.find_vm(request.vm_id)
             vm = await self.registry.agent(entry.name).start_vm(request.vm_id)
             return pb.StartVMResponse(vm=cv.vm_to_pb(vm))
@@ -676,7 +693,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     async def StopVM(self, request: pb.StopVMRequest, context: Ctx) -> pb.StopVMResponse:  # noqa: N802
         async def run() -> pb.StopVMResponse:
             val.require_id("vm_id", request.vm_id)
-            self._vm_project(request.vm_id)
+            await self._vm_project(request.vm_id)
             entry, _ = await self.registry.find_vm(request.vm_id)
             vm = await self.registry.agent(entry.name).stop_vm(request.vm_id, request.force)
             return pb.StopVMResponse(vm=cv.vm_to_pb(vm))
@@ -689,8 +706,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         async def run() -> pb.UndefineVMResponse:
             val.require_id("request_id", request.request_id)
             val.require_id("vm_id", request.vm_id)
-            self._vm_project(request.vm_id)
-            self._request_id(request.request_id)
+            await self._vm_project(request.vm_id)
+            await self._request_id(request.request_id)
             loop = asyncio.get_running_loop()
             remaining = current_call().time_remaining()
             budget = UNDEFINE_WAIT if remaining is None else min(UNDEFINE_WAIT, remaining - 0.5)
@@ -711,7 +728,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 else:  # a delete could not be queued yet (the VM's queue is full)
                     await asyncio.sleep(min(0.2, max(0.0, give_up - loop.time())))
             return pb.UndefineVMResponse(
-                undefined=undefined, delete_operations=[self._op(op) for op in ops]
+                undefined=undefined, delete_operations=await self._ops(ops)
             )
 
         return await _call(context, "UndefineVM", run)
@@ -743,7 +760,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         async def run() -> pb.ListFindingsResponse:
             size = val.page_size("page_size", request.page_size)
             before = _page_token("page_token", request.page_token)
-            rows = self.store.findings(size + 1, before_seq=before)
+            rows = await self.store.read(self.store.findings, size + 1, before_seq=before)
             page = rows[:size]
             return pb.ListFindingsResponse(
                 findings=[convert.finding_to_pb(Finding.from_row(r)) for r in page],
@@ -762,7 +779,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             before = _page_token("page_token", request.page_token)
             val.require_text("principal", request.principal, 255, required=False)
             project = _project("project", request.project)
-            rows = self.store.audit_records(
+            rows = await self.store.read(
+                self.store.audit_records,
                 size + 1,
                 before,
                 principal=request.principal,
@@ -796,7 +814,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 )
             asked = next(iter(principal.projects))
         access.note(target=vm_id, project=asked)
-        current = self.store.vm_project(vm_id)
+        current = await self.store.read(self.store.vm_project, vm_id)
         if current is not None:
             if not principal.sees(current):
                 raise access.hidden(_vm_exists(vm_id), current, f"VM {vm_id}")
@@ -827,9 +845,9 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             start = bw.offset("starting_offset", request.starting_offset)
             most = bw.max_results("max_results", request.max_results)
             # Another project's snapshot is NOT_FOUND, like one that does not exist.
-            self._snapshot(request.vm_snapshot_id)
+            await self._snapshot(request.vm_snapshot_id)
             if request.since_vm_snapshot_id:
-                self._snapshot(request.since_vm_snapshot_id)
+                await self._snapshot(request.since_vm_snapshot_id)
             async for page in self.blocks.pages(
                 request.vm_snapshot_id, request.disk, request.since_vm_snapshot_id, start, most
             ):
@@ -854,7 +872,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             offset = bw.offset("offset", request.offset)
             length = bw.length("length", request.length)
             chunk = bw.chunk_size("chunk_size", request.chunk_size)
-            self._snapshot(request.vm_snapshot_id)  # visible to the caller, else NOT_FOUND
+            await self._snapshot(request.vm_snapshot_id)  # visible to the caller, else NOT_FOUND
             async for at, data in self.blocks.read(
                 request.vm_snapshot_id, request.disk, offset, length, chunk
             ):
@@ -873,8 +891,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_id("request_id", request.request_id)
             val.require_id("vm_id", request.vm_id)
             lease = _lease("lease", request.HasField("lease"), request.lease)
-            project = self._vm_project(request.vm_id)
-            self._request_id(request.request_id)
+            project = await self._vm_project(request.vm_id)
+            await self._request_id(request.request_id)
             state = await self.manager.freeze_vm(
                 request.request_id,
                 request.vm_id,
@@ -926,7 +944,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.DiscoverSnapshotsResponse:
         async def run() -> pb.DiscoverSnapshotsResponse:
             val.require_id("vm_id", request.vm_id)
-            self._vm_project(request.vm_id)  # another project's VM: NOT_FOUND
+            await self._vm_project(request.vm_id)  # another project's VM: NOT_FOUND
             found = await self.manager.adopter.discover(request.vm_id)
             return pb.DiscoverSnapshotsResponse(
                 sets=[_discovered(s) for s in found.sets],
@@ -944,8 +962,8 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_text("set_id", request.set_id, 1200)
             val.require_text("name", request.name)
             val.require_text("description", request.description, MAX_DESCRIPTION, required=False)
-            project = self._vm_project(request.vm_id)  # another project's VM: NOT_FOUND
-            self._request_id(request.request_id)
+            project = await self._vm_project(request.vm_id)  # another project's VM: NOT_FOUND
+            await self._request_id(request.request_id)
             snap = await self.manager.adopt_snapshot(
                 request.request_id,
                 request.vm_id,
@@ -966,7 +984,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         async def run() -> pb.CreatePolicyResponse:
             policy = pconv.policy_from_pb(request.policy)
             if policy.vm_id:
-                self._vm_project(policy.vm_id)  # another project's VM: NOT_FOUND
+                await self._vm_project(policy.vm_id)  # another project's VM: NOT_FOUND
             elif access.visible_projects() is not None:
                 # A selector matches VMs of every project: only a caller who sees
                 # them all (admin) may snapshot by selector.
@@ -986,10 +1004,13 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.GetPolicyResponse:
         async def run() -> pb.GetPolicyResponse:
             _policy_name(request.name)
-            policy = self.policies.require(request.name)
+            policy = await self.policies.store.read(self.policies.require, request.name)
             return pb.GetPolicyResponse(
                 policy=pconv.policy_to_pb(policy),
-                runs=[pconv.run_to_pb(r) for r in self.policies.runs(policy.id)],
+                runs=[
+                    pconv.run_to_pb(r)
+                    for r in await self.policies.store.read(self.policies.runs, policy.id)
+                ],
             )
 
         return await _call(context, "GetPolicy", run)
@@ -1000,7 +1021,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         async def run() -> pb.ListPoliciesResponse:
             size = val.page_size("page_size", request.page_size)
             after = _page_token("page_token", request.page_token) or 0
-            rows = self.policies.page(after, size + 1)
+            rows = await self.policies.store.read(self.policies.page, after, size + 1)
             page = rows[:size]
             return pb.ListPoliciesResponse(
                 policies=[pconv.policy_to_pb(p) for _, p in page],
@@ -1024,7 +1045,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.ResumePolicyResponse:
         async def run() -> pb.ResumePolicyResponse:
             _policy_name(request.name)
-            policy = self.policies.require(request.name)
+            policy = await self.policies.store.read(self.policies.require, request.name)
             if policy.paused:
                 # The next time after now: runs missed while paused are not made up.
                 nxt = policy.parsed().next_after(time.time())
@@ -1048,14 +1069,16 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     ) -> pb.SetVMLabelsResponse:
         async def run() -> pb.SetVMLabelsResponse:
             val.require_id("vm_id", request.vm_id)
-            self._vm_project(request.vm_id)  # another project's VM: NOT_FOUND
+            await self._vm_project(request.vm_id)  # another project's VM: NOT_FOUND
             labels = dict(request.labels)
             pmodel.check_labels("labels", labels)
             for key in request.remove_keys:
                 pmodel.check_label_key("remove_keys", key)
             after = {
                 k: v
-                for k, v in self.policies.labels(request.vm_id).items()
+                for k, v in (
+                    await self.policies.store.read(self.policies.labels, request.vm_id)
+                ).items()
                 if k not in request.remove_keys
             } | labels
             if len(after) > pmodel.MAX_LABELS:
@@ -1065,7 +1088,9 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             await self.store.write(
                 self.policies.w_set_labels(request.vm_id, labels, list(request.remove_keys))
             )
-            return pb.SetVMLabelsResponse(labels=self.policies.labels(request.vm_id))
+            return pb.SetVMLabelsResponse(
+                labels=await self.policies.store.read(self.policies.labels, request.vm_id)
+            )
 
         return await _call(context, "SetVMLabels", run)
 

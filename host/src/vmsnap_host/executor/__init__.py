@@ -82,7 +82,11 @@ class Executor:
             return
         # A take started at once: admission just committed its snapshot (CREATING,
         # under this lease) and handed it over; no read.
-        snap = prepared.snap if prepared is not None else self.store.get_snapshot(op.vm_snapshot_id)
+        snap = (
+            prepared.snap
+            if prepared is not None
+            else (await self.store.read(self.store.get_snapshot, op.vm_snapshot_id))
+        )
         try:
             if snap is None:
                 error = NotFound(f"VM snapshot {op.vm_snapshot_id} does not exist any more")
@@ -136,7 +140,7 @@ class Executor:
             await self._end_unexpected(op, as_error(exc, f"{op.type.name.lower()} operation"))
 
     async def _end_unexpected(self, op: OperationRecord, error: VMSnapError) -> None:
-        snap = self.store.get_snapshot(op.vm_snapshot_id)
+        snap = await self.store.read(self.store.get_snapshot, op.vm_snapshot_id)
         try:
             if snap is not None and op.type is OperationType.CREATE:
                 if snap.state in (SnapshotState.ALLOCATED, SnapshotState.CREATING):
@@ -155,7 +159,7 @@ class Executor:
         """A take interrupted by a crash: thaw what it may hold (by token, else by
         operation id), delete every planned group, ERROR — or finish it when READY
         was committed just before the crash."""
-        snap = self.store.get_snapshot(op.vm_snapshot_id)
+        snap = await self.store.read(self.store.get_snapshot, op.vm_snapshot_id)
         if snap is None:
             await self.store.write(self.store.w_finish(op.id, None, "snapshot gone"))
             return

@@ -30,7 +30,7 @@ class Cleanup:
     async def owed(self, snapshot_id: str, vm_id: str) -> list[str]:
         """Delete the snapshot on every group still owed a delete; returns the labels
         of those left (recorded, retried later)."""
-        owed = self.store.get_cleanup(snapshot_id)
+        owed = await self.store.read(self.store.get_cleanup, snapshot_id)
         if not owed:
             return []
         outcomes = await asyncio.gather(
@@ -66,7 +66,7 @@ class Cleanup:
                     self.store.w_journal(op.id, "deleting", 30),
                 )
             except StaleMove:
-                now = self.store.get_snapshot(snap.id)
+                now = await self.store.read(self.store.get_snapshot, snap.id)
                 if now is None or now.state not in (
                     SnapshotState.EXPUNGING,
                     SnapshotState.REMOVED,
@@ -105,7 +105,7 @@ class Cleanup:
         """Retry every owed delete and every kept state of a finished operation;
         finish deletes whose last group confirmed. ``running``: ids of operations in
         flight (on any replica), whose objects are theirs to handle."""
-        for snap in self.store.snapshots_with_cleanup():
+        for snap in await self.store.read(self.store.snapshots_with_cleanup):
             if snap.state not in (
                 SnapshotState.ERROR,
                 SnapshotState.EXPUNGING,
@@ -115,7 +115,11 @@ class Cleanup:
             left = await self.owed(snap.id, snap.vm_id)
             if left or snap.state is not SnapshotState.EXPUNGING:
                 continue
-            ops = [op for op in self.store.unfinished_operations() if op.vm_snapshot_id == snap.id]
+            ops = [
+                op
+                for op in await self.store.read(self.store.unfinished_operations)
+                if op.vm_snapshot_id == snap.id
+            ]
             if any(op.id in running for op in ops):
                 continue
             try:
@@ -125,8 +129,8 @@ class Cleanup:
                 )
             except (StaleMove, OperationClosed):
                 continue  # its delete (on another replica) got there first
-        kept = self.store.kept_states()
-        done = self.store.operations_done([k.operation_id for k in kept])
+        kept = await self.store.read(self.store.kept_states)
+        done = await self.store.read(self.store.operations_done, [k.operation_id for k in kept])
         finished = [
             k for k in kept if k.operation_id not in running and done.get(k.operation_id, True)
         ]

@@ -229,7 +229,7 @@ class CloneVM:
             "request_id",
             reason=Reason.HOST_RESTARTED,
         )
-        current = self.store.get_operation(op.id) or op
+        current = (await self.store.read(self.store.get_operation, op.id)) or op
         failure = current.journal.get("failure")
         if isinstance(failure, dict):
             # Failed before the restart, compensation unfinished: the first cause stays.
@@ -242,7 +242,7 @@ class CloneVM:
 
     async def compensate(self, op: OperationRecord) -> None:
         """Delete every cloned volume and the new VM's definition, from the journal."""
-        current = self.store.get_operation(op.id) or op
+        current = (await self.store.read(self.store.get_operation, op.id)) or op
         journal = current.journal
         if journal.get("defining"):
             agent = self.registry.agent(str(op.params["agent"]))

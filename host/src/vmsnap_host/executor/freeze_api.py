@@ -157,10 +157,10 @@ class FreezeAPI:
         )
         return entry.name, choose_method(policy, offered, entry.name)
 
-    def refuse_if_busy(self, vm_id: str) -> None:
+    async def refuse_if_busy(self, vm_id: str) -> None:
         """FreezeVM does not queue: a freeze the caller waits minutes for is useless
         to it (its own cut has a schedule), and a take behind it would be refused."""
-        for _, op in self.store.list_operations(vm_id, None, 20, True):
+        for _, op in await self.store.read(self.store.list_operations, vm_id, None, 20, True):
             if op.type is OperationType.FREEZE:
                 raise Aborted(
                     f"VM {vm_id} is frozen already (freeze operation {op.id}); thaw that "
@@ -224,15 +224,15 @@ class FreezeAPI:
             "VM frozen for a caller",
             extra={"fields": {"vm": op.vm_id, "operation": op.id, "lease": lease}},
         )
-        record = self.store.get_operation(op.id)
+        record = await self.store.read(self.store.get_operation, op.id)
         assert record is not None
         return self._state(record)
 
     # --- RenewFreeze, ThawVM --------------------------------------------------------
 
-    def _by_token(self, token: str) -> OperationRecord:
+    async def _by_token(self, token: str) -> OperationRecord:
         operation_id = token.partition(".")[0]
-        op = self.store.get_operation(operation_id) if operation_id else None
+        op = await self.store.read(self.store.get_operation, operation_id) if operation_id else None
         if (
             op is None
             or op.type is not OperationType.FREEZE
@@ -251,7 +251,7 @@ class FreezeAPI:
             )
 
     async def renew(self, token: str, lease: float) -> datetime:
-        op = self._by_token(token)
+        op = await self._by_token(token)
         if op.done:
             raise _expired(op)
         j = op.journal
@@ -275,13 +275,13 @@ class FreezeAPI:
                 self.store.w_journal(op.id, "frozen", 50, expires_at=sent + lease)
             )
         except OperationClosed:
-            ended = self.store.get_operation(op.id)
+            ended = await self.store.read(self.store.get_operation, op.id)
             raise _expired(ended or op) from None
         return _at(sent + lease)
 
     async def thaw(self, token: str) -> float:
         """Thaw; how long the VM was frozen."""
-        op = self._by_token(token)
+        op = await self._by_token(token)
         j = op.journal
         if op.done:
             if op.error is None:
@@ -306,7 +306,7 @@ class FreezeAPI:
                 self.store.w_finish(op.id, None, "thawed"),
             )
         except OperationClosed:
-            ended = self.store.get_operation(op.id)
+            ended = await self.store.read(self.store.get_operation, op.id)
             if ended is not None and ended.error is not None:
                 raise _expired(ended) from None
         # Wake the holding task now (not at its next poll) and let it end, so the
@@ -341,7 +341,7 @@ class FreezeAPI:
 
     async def _hold(self, op: OperationRecord, waker: asyncio.Event) -> None:
         while True:
-            record = self.store.get_operation(op.id)
+            record = await self.store.read(self.store.get_operation, op.id)
             if record is None or record.done:
                 return
             j = record.journal

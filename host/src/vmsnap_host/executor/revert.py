@@ -176,7 +176,7 @@ class Revert:
                 self.store.w_journal(op.id, "starting", 5, phase="starting"),
             )
         except StaleMove:
-            now = self.store.get_snapshot(snap.id)
+            now = await self.store.read(self.store.get_snapshot, snap.id)
             error = FailedPrecondition(
                 f"snapshot {snap.id} is {now.state.name if now else 'gone'} now; only a READY "
                 "snapshot can be reverted to",
@@ -365,7 +365,7 @@ class Revert:
                 undos.append(replace(k, result=o))
         if undos:
             await self.store.write(*(self.store.w_kept_result(k) for k in undos))
-        if first is None and self.store.cancel_requested(op.id):
+        if first is None and (await self.store.read(self.store.cancel_requested, op.id)):
             # Cancelled while the disks moved: finished on one side, back to the
             # kept states when they all can be (settle decides, as after a failure).
             first = cancelled()
@@ -378,8 +378,10 @@ class Revert:
 
     async def _unless_cancelled(self, op: OperationRecord, snap: Snapshot) -> None:
         """Nothing moved yet: a recorded cancel ends the revert untouched."""
-        if self.store.cancel_requested(op.id):
-            await self._untouched(op, snap, cancelled(), drop=self.store.kept_states(op.id))
+        if await self.store.read(self.store.cancel_requested, op.id):
+            await self._untouched(
+                op, snap, cancelled(), drop=await self.store.read(self.store.kept_states, op.id)
+            )
 
     async def _start_reverting(
         self, op: OperationRecord, snap: Snapshot, *, drop: list[KeptState] | None = None
@@ -424,7 +426,7 @@ class Revert:
         await self._drop(op.id)
 
     async def _drop(self, operation_id: str) -> None:
-        kept = self.store.kept_states(operation_id)
+        kept = await self.store.read(self.store.kept_states, operation_id)
         if kept:
             await self.cleanup.drop_kept(kept)
 
@@ -469,7 +471,7 @@ class Revert:
                 op.id, "bringing every disk to one side", 70, **({"gone": lost} if lost else {})
             )
         )
-        kept = {k.owner: k for k in self.store.kept_states(op.id)}
+        kept = {k.owner: k for k in await self.store.read(self.store.kept_states, op.id)}
         # Once forward was tried, a group may be at the snapshot with no record of it
         # (a forward revert keeps no undo): "no undo" no longer means "unchanged".
         forward_tried = op.journal.get("phase") == "forward"
@@ -606,7 +608,7 @@ class Revert:
         vm = vm or self._vm_of(snap)
         sides: list[str] = []
         at_snapshot = False
-        kept = {k.owner: k for k in self.store.kept_states(op.id)}
+        kept = {k.owner: k for k in await self.store.read(self.store.kept_states, op.id)}
         if arrays and kept:
             try:
                 await self._back(
@@ -745,7 +747,7 @@ class Revert:
         itself = reworded(
             error, f"its data is gone ({what}): it can no longer be reverted to; {todo}"
         )
-        now = self.store.get_snapshot(snap.id) or snap
+        now = (await self.store.read(self.store.get_snapshot, snap.id)) or snap
         await self.store.write(
             self.store.w_detach(now),
             self.store.w_move(
@@ -894,7 +896,7 @@ class Revert:
                     f"the host restarted while the revert was {phase or 'starting'}",
                     reason=Reason.HOST_RESTARTED,
                 ),
-                drop=self.store.kept_states(op.id),
+                drop=await self.store.read(self.store.kept_states, op.id),
             )
         if len(snap.groups) == 1 or snap.include_memory:
             await self.settle(op, snap, None, {})

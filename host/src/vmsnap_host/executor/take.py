@@ -409,7 +409,7 @@ class Take:
             vm,
             self.registry.drivers(),
             entry,
-            self.store.volume_owners([v.locator for v in vm.volumes]),
+            (await self.store.read(self.store.volume_owners, [v.locator for v in vm.volumes])),
             include_memory=include_memory,
             options=options,
             can_handle_timeout=self.settings.can_handle_timeout_seconds,
@@ -473,7 +473,7 @@ class Take:
             snap = replace(snap, groups=tuple(groups))
             if all(g.ready for g in groups):
                 return snap
-            if self.store.cancel_requested(op.id):
+            if await self.store.read(self.store.cancel_requested, op.id):
                 raise cancelled()
             if time.monotonic() > give_up:
                 pending = ", ".join(g.owner for g in groups if not g.ready)

@@ -126,7 +126,7 @@ class PolicyCatalog:
         try:
             await self.store.write(step)
         except IntegrityError:
-            existing = self.get(policy.name)
+            existing = await self.store.read(self.get, policy.name)
             if existing is not None and existing.same_definition(policy):
                 return existing
             raise AlreadyExists(
@@ -134,7 +134,7 @@ class PolicyCatalog:
                 "another name, or delete that policy first",
                 reason=Reason.POLICY_NAME_IN_USE,
             ) from None
-        got = self.get(policy.name)
+        got = await self.store.read(self.get, policy.name)
         assert got is not None
         return got
 
@@ -189,10 +189,10 @@ class PolicyCatalog:
 
         if not await self.store.write(step):
             raise not_found(name)
-        return self.require(name)
+        return await self.store.read(self.require, name)
 
     async def delete(self, name: str) -> None:
-        policy = self.get(name)
+        policy = await self.store.read(self.get, name)
         if policy is None:
             return
 

@@ -96,9 +96,9 @@ class Scheduler:
         if self.leader is not None and not await self.leader():
             return
         now = self.clock()
-        for policy in self.catalog.due(now):
+        for policy in await self.catalog.store.read(self.catalog.due, now):
             await self.claim(policy, now)
-        for run in self.catalog.open_runs():
+        for run in await self.catalog.store.read(self.catalog.open_runs):
             await self.drive(run)
 
     async def claim(self, policy: Policy, now: float) -> list[Run]:
@@ -118,7 +118,7 @@ class Scheduler:
         return runs
 
     async def drive(self, run: Run) -> None:
-        policy = self.catalog.by_id(run.policy_id)
+        policy = await self.catalog.store.read(self.catalog.by_id, run.policy_id)
         if policy is None:  # deleted meanwhile (its runs go with it)
             return
         if run.outcome == PENDING:
@@ -169,7 +169,7 @@ class Scheduler:
         )
 
     async def _finish(self, policy: Policy, run: Run) -> None:
-        op = self.catalog.store.get_operation(run.operation_id)
+        op = await self.catalog.store.read(self.catalog.store.get_operation, run.operation_id)
         if op is None or not op.done:
             return
         if op.error is not None:
@@ -204,7 +204,9 @@ class Scheduler:
         the VM runs on, and the parent of what comes next)."""
         ready = [
             s
-            for s in own_snapshots(self.catalog.store.live_snapshots(vm_id), policy.id)
+            for s in own_snapshots(
+                (await self.catalog.store.read(self.catalog.store.live_snapshots, vm_id)), policy.id
+            )
             if s.state is SnapshotState.READY and s.create_time is not None
         ]
         kept = keep(

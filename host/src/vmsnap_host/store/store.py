@@ -21,19 +21,24 @@ caller's ``await`` raises :class:`~vmsnap_host.state.StaleMove` or
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import json
 import logging
+import os
+import sys
 import threading
 import time
+import traceback
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -628,15 +633,47 @@ class _Touches:
         return self.body(conn)
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+#: Reader threads of a PostgreSQL catalog (each holds a pooled connection while
+#: it reads: with the writer's, fewer than the pool's ``pool_size``).
+READER_THREADS = 3
+
+#: Set (to 1) where a PostgreSQL read on an event loop's thread must fail, not
+#: only be logged: the test suite sets it, so that every such read is found.
+STRICT_LOOP_READS = "VMSNAP_STRICT_LOOP_READS"
+
+
+#: Where a read's caller is looked for: the first frame outside the catalog's
+#: readers (this module, the policies' catalog) and contextlib.
+_HOST_DIR = str(Path(__file__).resolve().parent.parent)
+_STORE_FILES = frozenset(
+    {__file__, contextlib.__file__, str(Path(_HOST_DIR) / "policies" / "catalog.py")}
+)
+
+
+class LoopRead(RuntimeError):
+    """A PostgreSQL catalog read ran on an event loop's thread (see Store.read)."""
+
+
 class Store:
     """The host's catalog. One instance per process; safe to share in one event loop."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = GroupCommitter(engine)
+        #: PostgreSQL: the threads that run reads asked for on the event loop
+        #: (:meth:`read`). SQLite: None, they run in place.
+        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
+        if engine.dialect.name != "sqlite":
+            self._readers = concurrent.futures.ThreadPoolExecutor(
+                READER_THREADS, thread_name_prefix="catalog-reader"
+            )
+        self._loop_reads_seen: set[str] = set()
         #: Told the ids of the operations a committed write changed (the events'
         #: broadcaster): on the event loop, after the commit, never inside it.
-        self._listeners: list[Callable[[list[str]], None]] = []
+        self._listeners: list[Callable[[list[str]], Awaitable[None]]] = []
         #: operation id → failed, for operations this process finished (a finished
         #: operation never changes): :meth:`operation_outcome` without a read.
         self._ended: dict[str, bool] = {}
@@ -649,18 +686,19 @@ class Store:
         self._keep_reader = engine.dialect.name == "sqlite"
         self._reader_lock = threading.Lock()
 
-    def on_operation_change(self, listener: Callable[[list[str]], None]) -> None:
-        """Call ``listener`` with the ids of the operations each committed
-        :meth:`write` changed (journal, end, insert, cancel)."""
+    def on_operation_change(self, listener: Callable[[list[str]], Awaitable[None]]) -> None:
+        """Await ``listener`` with the ids of the operations each committed
+        :meth:`write` changed (journal, end, insert, cancel), before the write
+        returns to its caller."""
         self._listeners.append(listener)
 
-    def _committed(self, steps: Sequence[Step]) -> None:
+    async def _committed(self, steps: Sequence[Step]) -> None:
         ids = [s.operation_id for s in steps if isinstance(s, _Touches)]
         if not ids:
             return
         for listener in self._listeners:
             try:
-                listener(ids)
+                await listener(ids)
             except Exception:
                 log.exception("operation listener failed")
 
@@ -749,6 +787,8 @@ class Store:
 
     def close(self) -> None:
         self._writer.close()
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
         with self._reader_lock:
             self._keep_reader = False
             kept, self._loop_reader = self._loop_reader, None
@@ -795,7 +835,7 @@ class Store:
                 if len(self._ended) > _ENDED_KEPT:
                     del self._ended[next(iter(self._ended))]
         if self._listeners:
-            self._committed(steps)
+            await self._committed(steps)
         return result
 
     def write_blocking(self, *steps: Step) -> Any:
@@ -806,8 +846,43 @@ class Store:
             _raise_unavailable(exc)
             raise
 
+    async def read(self, query: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run a read method of this store (``query``) for the event loop without
+        blocking it: on PostgreSQL in a reader thread (a round trip to the server,
+        and the pool's pre-ping, hold only that thread), on SQLite in place (a read
+        of a local file, mostly from the page cache: a hop to a thread and back
+        costs more than most reads; docs/design.md, "Catalog reads off the event
+        loop")."""
+        if self._readers is None:
+            return query(*args, **kwargs)
+        call = functools.partial(contextvars.copy_context().run, query, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._readers, call)
+
+    def _check_off_loop(self) -> None:
+        """A PostgreSQL read by the host's code on an event loop's thread blocks
+        every call the loop serves for a round trip: refused where
+        STRICT_LOOP_READS is set (the tests), else logged once per place (use
+        :meth:`read`). Reads by other code (a test's own checks, tools) pass."""
+        if self._readers is None or asyncio._get_running_loop() is None:
+            return
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename in _STORE_FILES:
+            frame = frame.f_back  # type: ignore[assignment]
+        if frame is None or not frame.f_code.co_filename.startswith(_HOST_DIR):
+            return
+        if os.environ.get(STRICT_LOOP_READS) == "1":
+            raise LoopRead("a PostgreSQL catalog read on the event loop; use Store.read")
+        where = "".join(traceback.format_stack(limit=6)[:-2])
+        if where not in self._loop_reads_seen and len(self._loop_reads_seen) < 100:
+            self._loop_reads_seen.add(where)
+            log.error(
+                "catalog read on the event loop (it blocks every call for a round trip)",
+                extra={"fields": {"where": where}},
+            )
+
     @contextmanager
     def _read(self) -> Iterator[Connection]:
+        self._check_off_loop()
         kept = self._kept_reader()
         if kept is None:
             try:
