@@ -19,8 +19,8 @@ vmsnap's own work (the catalog, fencing, checks, conversions, metrics, audit):
   by one writer thread that commits whatever is queued together, as the host's
   catalog does;
 - an **agent** answering ``DescribeVM`` from memory, and ``Quiesce`` and
-  ``Unquiesce`` after a small file write (its freeze record, not fsynced: a
-  freeze ends with the machine, as the sim agent's) in a thread;
+  ``Unquiesce`` after its freeze record is copied into the VM's mapped page
+  (not fsynced: a freeze ends with the machine, as the sim agent's);
 - two **drivers** answering ``TakeVMSnapshot`` with one snapshot per volume.
 
 The handlers use the generated stubs straight, with no SDK layer, interceptor or
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import mmap
 import os
 import queue
 import sqlite3
@@ -56,6 +57,9 @@ from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.driver.v1 import driver_pb2, driver_pb2_grpc
 from vmsnap_sdk._proto.host.v1 import host_pb2, host_pb2_grpc
 from vmsnap_sdk._proto.hypervisor.v1 import hypervisor_pb2, hypervisor_pb2_grpc
+
+#: The skeleton agent's freeze page, as the sim agent's (``FREEZE_PAGE``).
+_PAGE = 4096
 
 #: Durable commits the skeleton host makes per create (the host's catalog makes
 #: the same number: admission with CREATING, READY with the operation's end).
@@ -164,14 +168,23 @@ class _Host(host_pb2_grpc.VMSnapshotServiceServicer):
 class _Agent(hypervisor_pb2_grpc.HypervisorAgentServicer):
     def __init__(self, directory: Path) -> None:
         self.dir = directory
+        self._pages: dict[str, mmap.mmap] = {}
 
-    def _record(self, vm_id: str, what: str) -> None:
-        path = self.dir / f"{vm_id}.freeze"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    def _map(self, vm_id: str) -> mmap.mmap:
+        fd = os.open(self.dir / f"{vm_id}.freeze", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            os.write(fd, what.encode())
+            os.ftruncate(fd, _PAGE)
+            return mmap.mmap(fd, _PAGE)
         finally:
             os.close(fd)
+
+    async def _record(self, vm_id: str, what: str) -> None:
+        """The freeze record copied into the VM's mapped page, as the sim agent's
+        (mapped in a thread at the VM's first freeze)."""
+        page = self._pages.get(vm_id)
+        if page is None:
+            page = self._pages[vm_id] = await asyncio.to_thread(self._map, vm_id)
+        page[:] = what.encode().ljust(_PAGE)
 
     async def DescribeVM(  # noqa: N802
         self, request: hypervisor_pb2.DescribeVMRequest, context: Any
@@ -182,7 +195,7 @@ class _Agent(hypervisor_pb2_grpc.HypervisorAgentServicer):
         self, request: hypervisor_pb2.QuiesceRequest, context: Any
     ) -> hypervisor_pb2.QuiesceResponse:
         token = uuid.uuid4().hex
-        await asyncio.to_thread(self._record, request.vm_id, token)
+        await self._record(request.vm_id, token)
         return hypervisor_pb2.QuiesceResponse(
             token=token, method=hypervisor_pb2.QUIESCE_METHOD_GUEST_FREEZE
         )
@@ -190,7 +203,7 @@ class _Agent(hypervisor_pb2_grpc.HypervisorAgentServicer):
     async def Unquiesce(  # noqa: N802
         self, request: hypervisor_pb2.UnquiesceRequest, context: Any
     ) -> hypervisor_pb2.UnquiesceResponse:
-        await asyncio.to_thread(self._record, "vm", "")
+        await self._record("vm", "")
         return hypervisor_pb2.UnquiesceResponse(thawed_now=True)
 
 
