@@ -29,7 +29,7 @@ class _Manager:
     def __init__(self) -> None:
         self.snapshots: dict[str, Snapshot] = {}
 
-    def get_snapshot(self, snapshot_id: str) -> Snapshot:
+    async def get_snapshot(self, snapshot_id: str) -> Snapshot:
         snap = self.snapshots.get(snapshot_id)
         if snap is None:
             raise NotFound(f"snapshot {snapshot_id} does not exist")
