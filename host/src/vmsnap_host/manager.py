@@ -1104,7 +1104,9 @@ class Manager:
     async def _count_end(self, op: OperationRecord, seconds: float) -> None:
         """Metrics of an operation that ran to its end (or was left open on purpose);
         a cancelled one (the host stopping) is resumed later and counted then."""
-        ended = await self.store.read(self.store.operation_outcome, op.id)
+        ended = self.store.ended_here(op.id) or await self.store.read(
+            self.store.operation_outcome, op.id
+        )
         outcome = "open"
         if ended is not None and ended[0]:
             outcome = "failed" if ended[1] else "succeeded"

@@ -1283,11 +1283,17 @@ class Store:
             row = _OPEN_FREEZE.execute(conn, {"b_vm": vm_id}).first()
         return operation_from_row(row) if row else None
 
+    def ended_here(self, operation_id: str) -> tuple[bool, bool] | None:
+        """(True, failed) of an operation this process finished, once, from memory
+        (no read: nothing to take off the event loop); else None."""
+        failed = self._ended.pop(operation_id, None)
+        return None if failed is None else (True, failed)
+
     def operation_outcome(self, operation_id: str) -> tuple[bool, bool] | None:
         """(done, failed) of an operation; None when unknown (for the metrics)."""
-        failed = self._ended.pop(operation_id, None)
-        if failed is not None:
-            return True, failed
+        known = self.ended_here(operation_id)
+        if known is not None:
+            return known
         with self._read() as conn:
             row = _OUTCOME_OF.execute(conn, {"b_id": operation_id}).first()
         return (bool(row.done), row.error_code is not None) if row else None
