@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, TypeVar
 
 import pytest
 
@@ -36,6 +39,7 @@ from vmsnap_sdk.errors import (
 )
 
 MIB = 1 << 20
+_R = TypeVar("_R")
 
 
 def _id(prefix: str = "snap") -> str:
@@ -312,66 +316,112 @@ async def test_concurrent_retries_of_one_take_make_one_snapshot(client: DriverCl
     assert (await client.list_snapshots(Page(size=1000), vm_id=vm.id)).snapshots == ()
 
 
+class _SlowElement:
+    """The Element calls of a take and a clone, as the SDK's client makes them, on
+    lists kept here; ``held`` ("create" or "clone") waits for ``gate`` first: a
+    vendor call still running after its caller's deadline."""
+
+    def __init__(self, held: str) -> None:
+        self.held = held
+        self.gate = threading.Event()
+        self.groups: list[Any] = []
+        self.volumes: list[Any] = []
+
+    def __call__(self) -> _SlowElement:  # ElementArray._connect
+        return self
+
+    def list_group_snapshots(self, **_: Any) -> Any:
+        return SimpleNamespace(group_snapshots=list(self.groups))
+
+    def create_group_snapshot(self, volumes: list[int], name: str, attributes: Any) -> Any:
+        if self.held == "create":
+            self.gate.wait(10)
+        group = SimpleNamespace(
+            group_snapshot_id=len(self.groups) + 1,
+            group_snapshot_uuid=f"uuid-{len(self.groups) + 1}",
+            create_time="2026-12-01T12:00:00Z",
+            name=name,
+            attributes=attributes,
+            members=[
+                SimpleNamespace(volume_id=v, snapshot_id=100 + v, total_size=1 << 20)
+                for v in volumes
+            ],
+        )
+        self.groups.append(group)
+        return SimpleNamespace(group_snapshot_id=group.group_snapshot_id, group_snapshot=group)
+
+    def list_volumes(self, **_: Any) -> Any:
+        return SimpleNamespace(volumes=list(self.volumes))
+
+    def list_deleted_volumes(self, **_: Any) -> Any:
+        return SimpleNamespace(volumes=[])
+
+    def clone_multiple_volumes(self, params: list[Any], group_snapshot_id: int) -> Any:
+        if self.held == "clone":
+            self.gate.wait(10)
+        for p in params:
+            self.volumes.append(
+                SimpleNamespace(
+                    volume_id=1000 + len(self.volumes),
+                    total_size=1 << 20,
+                    name=p.name,
+                    attributes=p.attributes,
+                )
+            )
+        return SimpleNamespace(async_handle=7, group_clone_id=len(self.volumes))
+
+    def get_async_result(self, handle: int, keep_result: bool) -> Any:
+        return {"status": "complete"}
+
+
+def _driver_on(element: _SlowElement) -> Any:
+    from vmsnap_driver_solidfire._array import ElementArray
+    from vmsnap_driver_solidfire._config import Config
+    from vmsnap_driver_solidfire._driver import SolidFireDriver
+    from vmsnap_sdk.toolkit.secrets import Secret
+
+    config = Config(host="element.invalid", port=443, user="u", password=Secret("p"), cluster="c1")
+    array = ElementArray(config)
+    array._connect = element  # type: ignore[method-assign]
+    return SolidFireDriver(config, array=array)
+
+
+async def _abandoned_then_retried(
+    element: _SlowElement, method: str, call: Callable[[], Awaitable[_R]]
+) -> _R:
+    """``call`` under a 50 ms deadline (DEADLINE_EXCEEDED, its vendor call left
+    running), then again; the held vendor call is let go once the retry is in."""
+    from vmsnap_sdk._context import CallContext, _reset_call, _set_call
+    from vmsnap_sdk.errors import DeadlineExceeded
+
+    token = _set_call(CallContext(method, deadline=time.monotonic() + 0.05))
+    try:
+        with pytest.raises(DeadlineExceeded):
+            await call()
+    finally:
+        _reset_call(token)
+    retry = asyncio.ensure_future(call())
+    await asyncio.sleep(0.2)  # the retry is in; the first call still runs
+    element.gate.set()
+    return await asyncio.wait_for(retry, 10)
+
+
+VOLS = (Volume("vda", "element://c1/1"), Volume("vdb", "element://c1/2"))
+
+
 async def test_a_take_abandoned_at_its_deadline_is_not_made_twice_by_its_retry() -> None:
     """A take whose caller's deadline passes while the array still creates its group
     snapshot: the retry waits for that creation to end and answers it, instead of
     finding nothing yet and creating a second group snapshot (Element names need
     not be unique). Seen once in CI as the conformance check
     deadlines.short_take_converges listing one snapshot twice."""
-    import threading
-    import time
-    from types import SimpleNamespace
-
-    from vmsnap_driver_solidfire._array import ElementArray
-    from vmsnap_driver_solidfire._config import Config
-    from vmsnap_driver_solidfire._driver import SolidFireDriver
-    from vmsnap_sdk._context import CallContext, _reset_call, _set_call
-    from vmsnap_sdk.errors import DeadlineExceeded
-    from vmsnap_sdk.toolkit.secrets import Secret
-
-    gate = threading.Event()
-    groups: list[Any] = []
-
-    class Element:
-        """The two Element calls a take makes, the create held until ``gate``."""
-
-        def list_group_snapshots(self, **_: Any) -> Any:
-            return SimpleNamespace(group_snapshots=list(groups))
-
-        def create_group_snapshot(self, volumes: list[int], name: str, attributes: Any) -> Any:
-            gate.wait(10)
-            group = SimpleNamespace(
-                group_snapshot_id=len(groups) + 1,
-                group_snapshot_uuid=f"uuid-{len(groups) + 1}",
-                create_time="2026-12-01T12:00:00Z",
-                name=name,
-                attributes=attributes,
-                members=[
-                    SimpleNamespace(volume_id=v, snapshot_id=100 + v, total_size=1 << 20)
-                    for v in volumes
-                ],
-            )
-            groups.append(group)
-            return SimpleNamespace(group_snapshot_id=group.group_snapshot_id, group_snapshot=group)
-
-    config = Config(host="element.invalid", port=443, user="u", password=Secret("p"), cluster="c1")
-    array = ElementArray(config)
-    array._connect = Element  # type: ignore[method-assign]
-    driver = SolidFireDriver(config, array=array)
-    vols = (Volume("vda", "element://c1/1"), Volume("vdb", "element://c1/2"))
-    take = TakeRequest("snap-1", VM(id="vm-1", volumes=vols), vols, quiesced=True)
-
-    token = _set_call(CallContext("TakeVMSnapshot", deadline=time.monotonic() + 0.05))
-    try:
-        with pytest.raises(DeadlineExceeded):
-            await driver.take_snapshot(take)
-    finally:
-        _reset_call(token)
-    retry = asyncio.ensure_future(driver.take_snapshot(take))
-    await asyncio.sleep(0.2)  # the retry is in; the first creation is still running
-    gate.set()
-    result = await asyncio.wait_for(retry, 10)
-    assert len(groups) == 1, [g.group_snapshot_id for g in groups]
+    element = _SlowElement("create")
+    driver = _driver_on(element)
+    take = TakeRequest("snap-1", VM(id="vm-1", volumes=VOLS), VOLS, quiesced=True)
+    result = await _abandoned_then_retried(
+        element, "TakeVMSnapshot", lambda: driver.take_snapshot(take)
+    )
+    assert len(element.groups) == 1, [g.group_snapshot_id for g in element.groups]
     assert [s.handle for s in result.volume_snapshots] == ["101", "102"]
 
 
@@ -380,73 +430,12 @@ async def test_a_clone_abandoned_at_its_deadline_is_not_made_twice_by_its_retry(
     still runs CloneMultipleVolumes. The retry must wait for it and answer its
     volumes, not find none yet and clone a second set (a volume per disk leaked,
     tagged with the same clone id)."""
-    import threading
-    import time
-    from types import SimpleNamespace
-
-    from vmsnap_driver_solidfire._array import ElementArray
-    from vmsnap_driver_solidfire._config import Config
-    from vmsnap_driver_solidfire._driver import SolidFireDriver
     from vmsnap_sdk import CloneRequest, CloneTarget
-    from vmsnap_sdk._context import CallContext, _reset_call, _set_call
-    from vmsnap_sdk.errors import DeadlineExceeded
-    from vmsnap_sdk.toolkit.secrets import Secret
 
-    gate = threading.Event()
-    groups: list[Any] = []
-    volumes: list[Any] = []
-
-    class Element:
-        """The Element calls of a take and a clone, CloneMultipleVolumes held until
-        ``gate``."""
-
-        def list_group_snapshots(self, **_: Any) -> Any:
-            return SimpleNamespace(group_snapshots=list(groups))
-
-        def create_group_snapshot(self, volumes: list[int], name: str, attributes: Any) -> Any:
-            group = SimpleNamespace(
-                group_snapshot_id=1,
-                group_snapshot_uuid="uuid-1",
-                create_time="2026-12-01T12:00:00Z",
-                name=name,
-                attributes=attributes,
-                members=[
-                    SimpleNamespace(volume_id=v, snapshot_id=100 + v, total_size=1 << 20)
-                    for v in volumes
-                ],
-            )
-            groups.append(group)
-            return SimpleNamespace(group_snapshot_id=1, group_snapshot=group)
-
-        def list_volumes(self, **_: Any) -> Any:
-            return SimpleNamespace(volumes=list(volumes))
-
-        def list_deleted_volumes(self, **_: Any) -> Any:
-            return SimpleNamespace(volumes=[])
-
-        def clone_multiple_volumes(self, params: list[Any], group_snapshot_id: int) -> Any:
-            gate.wait(10)
-            for p in params:
-                volumes.append(
-                    SimpleNamespace(
-                        volume_id=1000 + len(volumes),
-                        total_size=1 << 20,
-                        name=p.name,
-                        attributes=p.attributes,
-                    )
-                )
-            return SimpleNamespace(async_handle=7, group_clone_id=len(volumes))
-
-        def get_async_result(self, handle: int, keep_result: bool) -> Any:
-            return {"status": "complete"}
-
-    config = Config(host="element.invalid", port=443, user="u", password=Secret("p"), cluster="c1")
-    array = ElementArray(config)
-    array._connect = Element  # type: ignore[method-assign]
-    driver = SolidFireDriver(config, array=array)
-    vols = (Volume("vda", "element://c1/1"), Volume("vdb", "element://c1/2"))
+    element = _SlowElement("clone")
+    driver = _driver_on(element)
     taken = await driver.take_snapshot(
-        TakeRequest("snap-1", VM(id="vm-1", volumes=vols), vols, quiesced=True)
+        TakeRequest("snap-1", VM(id="vm-1", volumes=VOLS), VOLS, quiesced=True)
     )
     clone = CloneRequest(
         clone_id="clone-1",
@@ -455,15 +444,8 @@ async def test_a_clone_abandoned_at_its_deadline_is_not_made_twice_by_its_retry(
         new_vm_id="vm-2",
         targets=(CloneTarget("vda", "vm-2-vda"), CloneTarget("vdb", "vm-2-vdb")),
     )
-    token = _set_call(CallContext("CloneVolumes", deadline=time.monotonic() + 0.05))
-    try:
-        with pytest.raises(DeadlineExceeded):
-            await driver.clone_volumes(clone)
-    finally:
-        _reset_call(token)
-    retry = asyncio.ensure_future(driver.clone_volumes(clone))
-    await asyncio.sleep(0.2)  # the retry is in; the first clone is still running
-    gate.set()
-    made = await asyncio.wait_for(retry, 10)
-    assert len(volumes) == 2, [v.name for v in volumes]
+    made = await _abandoned_then_retried(
+        element, "CloneVolumes", lambda: driver.clone_volumes(clone)
+    )
+    assert len(element.volumes) == 2, [v.name for v in element.volumes]
     assert sorted(v.locator for v in made) == ["element://c1/1000", "element://c1/1001"]

@@ -20,7 +20,7 @@ import grpc
 
 from tests.host.conftest import Rig
 from tests.host.revert_rig import A, B, bounded, ready, revert_rig
-from vmsnap_host.model import SnapshotState
+from vmsnap_host.model import OperationRecord, SnapshotState
 from vmsnap_sdk import QuiesceMethod, RevertRequest, RevertResult, Volume
 from vmsnap_sdk.errors import Reason
 
@@ -105,6 +105,27 @@ async def _until_waiting(rig: Rig, op_id: str) -> str:
     raise AssertionError("the revert never waited")
 
 
+async def _started_while_waiting(
+    rig: Rig, *, stop_vm: bool
+) -> tuple[str, OperationRecord, list[str]]:
+    """VM vm2 (one disk on array a; RUNNING when the revert may stop it, else
+    STOPPED) and its READY snapshot; a revert to it that waits, retried, while the
+    array is down; the VM started on its agent meanwhile (the revert had it
+    STOPPED), then the array back. Returns the snapshot, the revert, and the VM's
+    state at each of the array's reverts (_watch_the_vm)."""
+    await rig.define("vm2", volumes=(Volume("vda", "a://pool/9"),), running=stop_vm)
+    sid = await ready(rig, "vm2")
+    states = _watch_the_vm(rig, "vm2")
+    a = rig.drivers[A]
+    a.o.behaviour, a.o.fail_on = "fail-transient", "revert"
+    op = await rig.manager.revert_snapshot("rv", sid, stop_vm=stop_vm)
+    await _until_waiting(rig, op.id)
+    assert (await rig.agent.describe_vm("vm2")).state.name == "STOPPED"
+    await rig.agent.start_vm("vm2")
+    a.o.behaviour = "ok"
+    return sid, op, states
+
+
 async def test_a_vm_started_behind_the_hosts_back_is_not_reverted_while_it_runs(
     tmp_path: Path, db_url: str
 ) -> None:
@@ -113,15 +134,8 @@ async def test_a_vm_started_behind_the_hosts_back_is_not_reverted_while_it_runs(
     waits, saying to stop it, and finishes once it is stopped. Fails on main: the
     array reverts the disk under the running guest once it answers."""
     async with revert_rig(tmp_path, db_url) as rig:
-        await rig.define("vm2", volumes=(Volume("vda", "a://pool/9"),), running=False)
-        sid = await ready(rig, "vm2")
-        states = _watch_the_vm(rig, "vm2")
+        sid, op, states = await _started_while_waiting(rig, stop_vm=False)
         a = rig.drivers[A]
-        a.o.behaviour, a.o.fail_on = "fail-transient", "revert"
-        op = await rig.manager.revert_snapshot("rv", sid, stop_vm=False)
-        await _until_waiting(rig, op.id)
-        await rig.agent.start_vm("vm2")
-        a.o.behaviour = "ok"
         await asyncio.sleep(0.5)  # several reconcile ticks
         step = await _until_waiting(rig, op.id)
         assert "vm2 is RUNNING" in step and "vmsnap vm stop vm2" in step, step
@@ -138,16 +152,8 @@ async def test_a_revert_asked_to_stop_the_vm_stops_it_again_before_moving_disks(
     """The same with --stop-vm: the revert stops the VM again itself, then brings
     the disk to the snapshot. Fails on main: reverted while RUNNING."""
     async with revert_rig(tmp_path, db_url) as rig:
-        await rig.define("vm2", volumes=(Volume("vda", "a://pool/9"),), running=True)
-        sid = await ready(rig, "vm2")
-        states = _watch_the_vm(rig, "vm2")
+        sid, op, states = await _started_while_waiting(rig, stop_vm=True)
         a = rig.drivers[A]
-        a.o.behaviour, a.o.fail_on = "fail-transient", "revert"
-        op = await rig.manager.revert_snapshot("rv", sid, stop_vm=True)
-        await _until_waiting(rig, op.id)
-        assert (await rig.agent.describe_vm("vm2")).state.name == "STOPPED"
-        await rig.agent.start_vm("vm2")
-        a.o.behaviour = "ok"
         done = await bounded(rig, op)
         assert done.error is None, done.error
         assert a.reverted[-1] == sid and "RUNNING" not in states, states
