@@ -208,6 +208,8 @@ def test_the_latency_goals_floor_is_measured_beside_the_creates() -> None:
     (result,) = create.measure_create(True, concurrencies=(1,), totals={1: 8}, floor_beside=True)
     assert len(result.latencies_ms) == 8
     assert len(result.floor_ms) == 8 * create.FLOOR_BESIDE
-    assert all(0 < ms < min(result.latencies_ms) for ms in result.floor_ms)
+    # Round trips of their own, timed apart from the creates (not a comparison of
+    # the two: on a loaded machine one round trip can outlast a create).
+    assert all(0 < ms < 60_000 for ms in result.floor_ms)
     (alone,) = create.measure_create(True, concurrencies=(1,), totals={1: 2})
     assert alone.floor_ms == []
