@@ -610,7 +610,11 @@ async def test_a_take_longer_than_a_third_of_its_leases_renews_both(
     ended; a take shorter than that renews neither."""
     from tests.host.conftest import FAST
 
-    settings = replace(FAST, quiesce_lease_seconds=0.6, lease_seconds=0.6, take_timeout_seconds=3.0)
+    # Leases of 1.2 s: renewed every 0.4 s. The slow take below (0.6 s) outlasts a
+    # third of both and stays well inside the take's deadline, 0.8 x what is left
+    # of the freeze's lease when the cut starts (with 0.6 s leases and a 0.45 s
+    # take, a Quiesce slower than 37 ms under load left too little: flaky in CI).
+    settings = replace(FAST, quiesce_lease_seconds=1.2, lease_seconds=1.2, take_timeout_seconds=3.0)
     rig = await make_rig(
         tmp_path,
         Options(name="io.vmsnap.test.a", scheme="a"),
@@ -637,7 +641,7 @@ async def test_a_take_longer_than_a_third_of_its_leases_renews_both(
         real_take = b.take_snapshot
 
         async def slow(request: TakeRequest) -> SnapshotResult:
-            await asyncio.sleep(0.45)  # past 0.2 s, a third of both leases
+            await asyncio.sleep(0.6)  # past 0.4 s, a third of both leases
             return await real_take(request)
 
         monkeypatch.setattr(b, "take_snapshot", slow)
@@ -648,7 +652,7 @@ async def test_a_take_longer_than_a_third_of_its_leases_renews_both(
         assert calls.count("renew_quiesce") >= 1
         assert renewed and set(renewed) == {"vm1"}
         seen = (calls.count("renew_quiesce"), len(renewed))
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
         assert (calls.count("renew_quiesce"), len(renewed)) == seen  # none after the take
         assert not rig.frozen()
     finally:
