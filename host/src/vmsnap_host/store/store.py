@@ -647,9 +647,11 @@ STRICT_LOOP_READS = "VMSNAP_STRICT_LOOP_READS"
 
 #: Where a read's caller is looked for: the first frame outside the catalog's
 #: readers (this module, the policies' catalog) and contextlib.
-_HOST_DIR = str(Path(__file__).resolve().parent.parent)
+#: Unresolved, as the frames' ``co_filename`` are (a symlink in the install path
+#: must not hide every host frame from the check).
+_HOST_DIR = os.path.dirname(os.path.dirname(__file__))
 _STORE_FILES = frozenset(
-    {__file__, contextlib.__file__, str(Path(_HOST_DIR) / "policies" / "catalog.py")}
+    {__file__, contextlib.__file__, os.path.join(_HOST_DIR, "policies", "catalog.py")}
 )
 
 
