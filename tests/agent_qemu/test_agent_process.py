@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,9 @@ async def test_agent_killed_while_frozen(
         async with asyncio.timeout(60):
             while True:  # boot: the first freeze works once qemu-ga answers
                 try:
-                    q = await client.quiesce("vm-1", QuiesceMethod.GUEST_FREEZE, 2, False, "")
+                    # A lease long enough that CI's load cannot end it before the
+                    # SIGKILL below (2 s did once: the agent thawed, as it should).
+                    q = await client.quiesce("vm-1", QuiesceMethod.GUEST_FREEZE, 8, False, "")
                     break
                 except FailedPrecondition:  # GUEST_AGENT_UNAVAILABLE while booting
                     await asyncio.sleep(0.5)
@@ -76,8 +79,9 @@ async def test_agent_killed_while_frozen(
         proc.signal(signal.SIGKILL)  # no thaw on the way out
         proc.stop()
 
-    # Nobody watches the lease now: the guest stays frozen until an agent is back.
-    await asyncio.sleep(2.5)
+    # Nobody watches the lease now: the guest stays frozen past its end until an
+    # agent is back.
+    await asyncio.sleep(max(0.0, q.expire_time.timestamp() - time.time()) + 0.5)
     # Not opened: only to reach qemu-ga, closing its connection after each use.
     probe = QemuHypervisor(workdir / "state", guest_agent_idle_close=0)
     assert await _freeze_status(probe, "vm-1") == "frozen"
