@@ -61,9 +61,10 @@ from typing import Any, TypeVar
 from vmsnap_host import metrics
 from vmsnap_host.adopt import ADOPTED_FROM
 from vmsnap_host.config import Settings
-from vmsnap_host.model import GroupKind, Snapshot, SnapshotState
+from vmsnap_host.model import GroupKind, SnapshotState
 from vmsnap_host.registry import Health, Registry
 from vmsnap_host.store import Store
+from vmsnap_host.store.store import ReadyRef
 from vmsnap_sdk import Capability, Page, QuiesceInfo, SnapshotResult
 from vmsnap_sdk.errors import Unimplemented, VMSnapError
 
@@ -266,8 +267,14 @@ class Reconciler:
         # READY before the listing: only these can be judged missing (a snapshot
         # that became READY during the listing may have been cut after its peer
         # was listed).
-        ready_before = await asyncio.to_thread(self.store.snapshot_ids_in, [SnapshotState.READY])
-        listings = await self._list_peers(findings)
+        # (With no peer to list, nothing can be judged missing: no READY row read.)
+        peers = self._listable()
+        ready_before = (
+            await asyncio.to_thread(self.store.snapshot_ids_in, [SnapshotState.READY])
+            if peers
+            else set()
+        )
+        listings = await self._list_peers(peers, findings)
         # --- the catalog, read after every listing -----------------------------
         ids: set[str] = set()
         for listing in listings:
@@ -276,7 +283,12 @@ class Reconciler:
                 ids.add(_base_id(oid))
         states = await asyncio.to_thread(self.store.snapshot_states, sorted(ids))
         kept = {k.id for k in await self.store.read(self.store.kept_states)}
-        ready_now = [s for s in await asyncio.to_thread(self._ready) if s.id in ready_before]
+        # Only a complete listing can show an object missing, or listed again.
+        ready_now = (
+            await asyncio.to_thread(self.store.ready_refs, ready_before)
+            if any(lst.complete for lst in listings)
+            else []
+        )
         freeze_ops = sorted(
             {f.operation_id for lst in listings for f in lst.freezes if f.operation_id}
         )
@@ -321,25 +333,34 @@ class Reconciler:
         )
         return Report(stamped, dry_run, started)
 
-    def _ready(self) -> list[Snapshot]:
-        return self.store.snapshots_in([SnapshotState.READY])
-
     # --- listing ------------------------------------------------------------------
 
     async def _with_deadline(self, call: Awaitable[_T]) -> _T:
         return await asyncio.wait_for(call, self.settings.call_timeout_seconds)
 
-    async def _list_peers(self, findings: list[Finding]) -> list[_Listing]:
-        work: list[Awaitable[_Listing]] = []
+    def _listable(self) -> list[tuple[GroupKind, str]]:
+        """The peers this pass lists: serving drivers that can list, serving agents."""
+        peers = []
         for d in self.registry.drivers():
             if d.health is not Health.SERVING or d.info is None:
                 continue  # not listed: nothing on it is judged this pass
             if Capability.LIST not in d.info.capabilities:
                 continue
-            work.append(self._list_driver(d.name, findings))
+            peers.append((GroupKind.DRIVER, d.name))
         for a in self.registry.agents():
             if a.health is Health.SERVING and a.name:
-                work.append(self._list_agent(a.name, findings))
+                peers.append((GroupKind.HYPERVISOR, a.name))
+        return peers
+
+    async def _list_peers(
+        self, peers: list[tuple[GroupKind, str]], findings: list[Finding]
+    ) -> list[_Listing]:
+        work: list[Awaitable[_Listing]] = [
+            self._list_driver(name, findings)
+            if kind is GroupKind.DRIVER
+            else self._list_agent(name, findings)
+            for kind, name in peers
+        ]
         return list(await asyncio.gather(*work))
 
     async def _list_driver(self, name: str, findings: list[Finding]) -> _Listing:
@@ -561,7 +582,7 @@ class Reconciler:
 
     def _missing(
         self,
-        ready: Iterable[Snapshot],
+        ready: Iterable[ReadyRef],
         listings: Sequence[_Listing],
         dry_run: bool,
         findings: list[Finding],
@@ -576,18 +597,17 @@ class Reconciler:
             gone: list[str] = []
             losers: set[str] = set()
             verified = True
-            for group in snap.groups:
-                listing = by_peer.get((group.kind, group.owner))
+            for held in snap.objects:
+                listing = by_peer.get((held.kind, held.owner))
                 if listing is None:
                     verified = False
                     continue
-                oid = group.result.vm_snapshot_id if group.result is not None else ""
-                oid = oid or snap.id
+                oid = held.object_id
                 if oid not in listing.objects:
-                    losers.add(group.owner)
-                    who = "driver" if group.kind is GroupKind.DRIVER else "agent"
+                    losers.add(held.owner)
+                    who = "driver" if held.kind is GroupKind.DRIVER else "agent"
                     gone.append(
-                        f"{who} {group.owner} no longer holds {oid} ({', '.join(group.disks)})"
+                        f"{who} {held.owner} no longer holds {oid} ({', '.join(held.disks)})"
                     )
             base = Finding(
                 Kind.MISSING.value,
@@ -612,7 +632,7 @@ class Reconciler:
             elif snap.missing and verified:
                 found = Finding(
                     Kind.FOUND.value,
-                    peer=", ".join(sorted({g.owner for g in snap.groups})),
+                    peer=", ".join(sorted({o.owner for o in snap.objects})),
                     object_id=snap.id,
                     vm_id=snap.vm_id,
                     vm_snapshot_id=snap.id,
@@ -625,7 +645,7 @@ class Reconciler:
                         self._set_missing(snap, "", _with(found, Action.CLEARED, detail))
                     )
 
-    async def _set_missing(self, snap: Snapshot, cause: str, finding: Finding) -> Finding:
+    async def _set_missing(self, snap: ReadyRef, cause: str, finding: Finding) -> Finding:
         try:
             await self.store.write(self.store.w_set_missing(snap.id, cause))
         except Exception as exc:  # noqa: BLE001 - reported; the next pass tries again

@@ -33,7 +33,7 @@ import threading
 import time
 import traceback
 import zlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -277,8 +277,15 @@ _OWNERS_OF = PreparedStatement(
         volume_owners.c.locator.in_(bindparam("b_locators", expanding=True))
     )
 )
-_SNAPSHOTS_IN = PreparedStatement(
-    select(vm_snapshots).where(vm_snapshots.c.state.in_(bindparam("b_states", expanding=True)))
+# A reconcile pass's read of READY snapshots: what their peers must hold, no more.
+_READY_REFS = PreparedStatement(
+    select(
+        vm_snapshots.c.id,
+        vm_snapshots.c.vm_id,
+        vm_snapshots.c.groups_json,
+        vm_snapshots.c.parameters_json,
+        vm_snapshots.c.missing,
+    ).where(vm_snapshots.c.state == SnapshotState.READY.name)
 )
 _SNAPSHOT_IDS_IN = PreparedStatement(
     select(vm_snapshots.c.id).where(vm_snapshots.c.state.in_(bindparam("b_states", expanding=True)))
@@ -593,6 +600,55 @@ def _kept_from_row(row: Row[Any]) -> KeptState:
 _ENDED_KEPT = 4096
 #: The step of an operation no work has started yet (manager._new_op).
 _QUEUED = "queued"
+
+
+@dataclass(frozen=True, slots=True)
+class HeldObject:
+    """One group of a READY snapshot as a reconcile pass checks it: the object its
+    peer must list."""
+
+    kind: GroupKind
+    owner: str
+    #: The peer's object id: its result's id, else the snapshot's.
+    object_id: str
+    disks: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyRef:
+    """A READY snapshot as a reconcile pass reads it (Store.ready_refs): its id,
+    VM, parameters, missing mark and the objects its peers must hold. Parsed from
+    the row's JSON without building a Snapshot: a pass reads every READY snapshot,
+    in a thread whose Python holds the GIL the event loop needs (docs/design.md,
+    "A reconcile pass reads what it checks")."""
+
+    id: str
+    vm_id: str
+    objects: tuple[HeldObject, ...]
+    parameters: dict[str, Any]
+    missing: str
+
+
+def _ready_ref(row: Row[Any]) -> ReadyRef:
+    objects = []
+    for g in json.loads(row.groups_json):
+        result = g.get("result")
+        objects.append(
+            HeldObject(
+                GroupKind[g["kind"]],
+                g["owner"],
+                (result["id"] if result is not None else "") or row.id,
+                tuple(c[0] for c in g["claims"]),
+            )
+        )
+    params = row.parameters_json
+    return ReadyRef(
+        row.id,
+        row.vm_id,
+        tuple(objects),
+        json.loads(params) if params != "{}" else {},
+        row.missing or "",
+    )
 
 
 @dataclass(frozen=True)
@@ -1255,10 +1311,13 @@ class Store:
                 out.update({r.id: SnapshotState[r.state] for r in rows})
         return out
 
-    def snapshots_in(self, states: Sequence[SnapshotState]) -> list[Snapshot]:
+    def ready_refs(self, only: Collection[str]) -> list[ReadyRef]:
+        """The READY snapshots among ``only`` (ids), as a reconcile pass checks them
+        against its peers' listings: the rows' JSON parsed, no Snapshot built, and
+        the rows of other ids skipped unparsed."""
         with self._read() as conn:
-            rows = _SNAPSHOTS_IN.iterate(conn, {"b_states": [s.name for s in states]})
-            return [snapshot_from_row(row) for row in rows]
+            rows = _READY_REFS.iterate(conn)
+            return [_ready_ref(row) for row in rows if row.id in only]
 
     def snapshot_ids_in(self, states: Sequence[SnapshotState]) -> set[str]:
         """The ids of the snapshots in ``states`` (a reconciler pass's first read:
