@@ -703,6 +703,21 @@ class Manager:
             reason=Reason.OPERATION_FINISHED,
         )
 
+    async def check_may_start(self, vm_id: str) -> None:
+        """StartVM while a revert of the VM is unfinished is refused (ABORTED,
+        VM_BUSY): the revert stopped the VM to move its disks, and none is moved
+        under a running guest. The revert checks the VM again before its first disk
+        moves, for a start that got past this check or went to the agent directly
+        (docs/design.md, "No disk is reverted under a running guest")."""
+        op = await self.store.read(self.store.open_revert, vm_id)
+        if op is not None:
+            raise Aborted(
+                f"VM {vm_id} is being reverted (operation {op.id}, {op.step or 'queued'}) "
+                "and stays stopped until the revert ends; start it once the revert ends "
+                f"(vmsnap operations show {op.id})",
+                reason=Reason.VM_BUSY,
+            )
+
     # --- freezes for third-party tools (docs/design.md, "Freeze API") ------------
 
     async def _check_not_frozen(self, vm_id: str) -> None:

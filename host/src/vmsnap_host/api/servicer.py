@@ -684,6 +684,7 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
         async def run() -> pb.StartVMResponse:
             val.require_id("vm_id", request.vm_id)
             await self._vm_project(request.vm_id)
+            await self.manager.check_may_start(request.vm_id)
             entry, _ = await self.registry.find_vm(request.vm_id)
             vm = await self.registry.agent(entry.name).start_vm(request.vm_id)
             return pb.StartVMResponse(vm=cv.vm_to_pb(vm))

@@ -208,6 +208,7 @@ class Revert:
             await self._untouched(op, snap, exc)
         if snap.include_memory or len(snap.groups) == 1:
             # One atomic revert: cancelled before it starts, or finished (forward).
+            vm = await self._still_stopped(op, snap, vm)
             await self._start_reverting(op, snap)
             untouched = dict.fromkeys((g.owner for g in snap.groups), Outcome.UNTOUCHED)
             await self.settle(op, snap, None, untouched, vm=vm)
@@ -250,6 +251,46 @@ class Revert:
                 agent.stop_vm(vm.id, True), self.settings.call_timeout_seconds, "StopVM"
             )
         return vm
+
+    async def _still_stopped(
+        self, op: OperationRecord, snap: Snapshot, vm: VM, *, drop: list[KeptState] | None = None
+    ) -> VM:
+        """Right before the first disk moves: the VM described again, since the
+        revert described or stopped it a while ago (and kept the current state since,
+        on every array). A VM started meanwhile (a StartVM on its agent, not through
+        the host, which refuses one while a revert is open) is stopped again when the
+        revert may stop it (``--stop-vm``, or a memory revert); otherwise the revert
+        ends untouched, nothing moved: no disk is reverted under a running guest
+        (docs/design.md, "No disk is reverted under a running guest")."""
+        arrays = any(g.kind is GroupKind.DRIVER for g in snap.groups)
+        if snap.include_memory and not arrays:
+            return vm  # the agent's own revert, from any state
+        agent = self.registry.agent(snap.agent)
+        try:
+            now = await with_deadline(
+                agent.describe_vm(snap.vm_id), self.settings.call_timeout_seconds, "DescribeVM"
+            )
+            if now.state is VMState.STOPPED:
+                return now
+            if not (snap.include_memory or op.params.get("stop_vm")):
+                raise FailedPrecondition(
+                    f"VM {now.id} is {now.state.name}: it was started while the revert "
+                    "ran, before any disk moved, and no disk is reverted under a running "
+                    f"guest; stop it (vmsnap vm stop {now.id}) and revert again",
+                    reason=Reason.VM_NOT_STOPPED,
+                )
+            await self.store.write(self.store.w_journal(op.id, "stopping the VM again", 30))
+            return await with_deadline(
+                agent.stop_vm(now.id, snap.include_memory),
+                self.settings.call_timeout_seconds,
+                "StopVM",
+            )
+        except NotFound as exc:
+            if vm_gone(exc):
+                await self._vm_gone(op, snap, exc.message, _AS_THEY_WERE)
+            await self._untouched(op, snap, exc, drop=drop)
+        except VMSnapError as exc:
+            await self._untouched(op, snap, exc, drop=drop)
 
     async def _stopped_again(self, op: OperationRecord, snap: Snapshot, vm: VM) -> VM:
         """Before settle moves a disk: the VM stopped as the revert left it. One
@@ -329,6 +370,8 @@ class Revert:
                 if g.kind is not GroupKind.DRIVER and vm_gone(cause):
                     await self._vm_gone(op, snap, cause.message, _AS_THEY_WERE)
             await self._untouched(op, snap, causes[0][1], drop=kept)
+        # The kept states took a while: the VM may have been started meanwhile.
+        vm = await self._still_stopped(op, snap, vm, drop=kept)
         # From here on a crash leaves the disks on an unknown side: settle decides.
         await self._start_reverting(op, snap, drop=kept)
         reverts = await asyncio.gather(

@@ -261,6 +261,16 @@ _OPEN_FREEZE = PreparedStatement(
     .order_by(operations.c.seq.desc())
     .limit(1)
 )
+_OPEN_REVERT = PreparedStatement(
+    select(operations)
+    .where(
+        operations.c.vm_id == bindparam("b_vm"),
+        operations.c.done.is_(False),
+        operations.c.type == OperationType.REVERT.name,
+    )
+    .order_by(operations.c.seq)
+    .limit(1)
+)
 _OUTCOME_OF = PreparedStatement(
     select(operations.c.done, operations.c.error_code).where(operations.c.id == bindparam("b_id"))
 )
@@ -1342,6 +1352,12 @@ class Store:
         """The VM's unfinished FREEZE operation (a third party's freeze), if any."""
         with self._read() as conn:
             row = _OPEN_FREEZE.execute(conn, {"b_vm": vm_id}).first()
+        return operation_from_row(row) if row else None
+
+    def open_revert(self, vm_id: str) -> OperationRecord | None:
+        """The VM's oldest unfinished REVERT operation (running or waiting), if any."""
+        with self._read() as conn:
+            row = _OPEN_REVERT.execute(conn, {"b_vm": vm_id}).first()
         return operation_from_row(row) if row else None
 
     def ended_here(self, operation_id: str) -> tuple[bool, bool] | None:

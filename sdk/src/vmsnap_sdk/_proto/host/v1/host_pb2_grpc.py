@@ -561,6 +561,8 @@ class VMSnapshotServiceServicer:
         FAILED_PRECONDITION  NO_AGENT              no agent is registered
         FAILED_PRECONDITION  VM_FROZEN             the VM is frozen
         FAILED_PRECONDITION  QEMU_START_FAILED     the hypervisor could not start it
+        ABORTED              VM_BUSY               a revert of the VM is unfinished: the VM
+        stays stopped until it ends
         UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

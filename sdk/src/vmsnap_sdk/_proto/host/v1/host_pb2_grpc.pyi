@@ -248,6 +248,8 @@ class VMSnapshotServiceStub:
       FAILED_PRECONDITION  NO_AGENT              no agent is registered
       FAILED_PRECONDITION  VM_FROZEN             the VM is frozen
       FAILED_PRECONDITION  QEMU_START_FAILED     the hypervisor could not start it
+      ABORTED              VM_BUSY               a revert of the VM is unfinished: the VM
+                                                 stays stopped until it ends
       UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
     """
     StopVM: _aio.UnaryUnaryMultiCallable[_host_pb2.StopVMRequest, _host_pb2.StopVMResponse]
@@ -855,6 +857,8 @@ class VMSnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
           FAILED_PRECONDITION  NO_AGENT              no agent is registered
           FAILED_PRECONDITION  VM_FROZEN             the VM is frozen
           FAILED_PRECONDITION  QEMU_START_FAILED     the hypervisor could not start it
+          ABORTED              VM_BUSY               a revert of the VM is unfinished: the VM
+                                                     stays stopped until it ends
           UNAVAILABLE          AGENT_NOT_SERVING     the VM may be on an agent that is down
         """
 
