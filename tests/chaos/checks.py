@@ -23,6 +23,7 @@ SETTLED = "settled"
 READY = "ready"
 ORPHANS = "orphans"
 ONE_SIDE = "one_side"
+NOT_RUNNING = "not_running"
 
 #: The invariants in report order, with what each promises.
 INVARIANTS: dict[str, str] = {
@@ -32,6 +33,7 @@ INVARIANTS: dict[str, str] = {
     "every disk's bytes",
     ORPHANS: "after a reconcile pass, no object on an array or the agent without a live record",
     ONE_SIDE: "every interrupted revert left all disks on one side (snapshot or before)",
+    NOT_RUNNING: "no array overwrote a disk of a VM while the VM was RUNNING",
 }
 
 TRANSITIONAL = frozenset(
@@ -160,6 +162,61 @@ def check_freezes(
                     FREEZE,
                     f.key,
                     f"frozen while no operation runs (operation {f.operation_id or '?'})",
+                )
+            )
+    return found
+
+
+# --- no disk overwritten under a running guest ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Power:
+    """A VM's power state from ``mono`` on (the sim agent's power journal)."""
+
+    mono: float
+    vm_id: str
+    state: str
+
+
+@dataclass(frozen=True)
+class Overwrite:
+    """An array asked to replace a disk's data (an emulator's overwrites journal),
+    at ``mono``; ``disk`` is the disk's locator."""
+
+    mono: float
+    call: str
+    disk: str
+
+
+def check_not_running(
+    overwrites: Iterable[Overwrite],
+    power: Iterable[Power],
+    owners: Mapping[str, tuple[str, str]],
+) -> list[Violation]:
+    """Overwrites of a disk whose VM was RUNNING then. ``owners`` maps a disk's
+    locator to (VM id, disk name); overwrites of anything else (a kept state, a
+    snapshot's own copy) are not a VM's disk. A VM with no power entry before an
+    overwrite was never started. Both journals use one clock (CLOCK_MONOTONIC):
+    the agent writes a start before it takes effect and a stop once durable, the
+    emulator an overwrite when asked, so an overlap is never missed."""
+    timeline: dict[str, list[Power]] = {}
+    for p in sorted(power, key=lambda p: p.mono):
+        timeline.setdefault(p.vm_id, []).append(p)
+    found = []
+    for o in overwrites:
+        owner = owners.get(o.disk)
+        if owner is None:
+            continue
+        vm_id, disk = owner
+        before = [p for p in timeline.get(vm_id, []) if p.mono <= o.mono]
+        if before and before[-1].state == "RUNNING":
+            found.append(
+                Violation(
+                    NOT_RUNNING,
+                    f"{vm_id}/{disk}",
+                    f"{o.call} overwrote it while {vm_id} was RUNNING (started "
+                    f"{o.mono - before[-1].mono:.3f} s before)",
                 )
             )
     return found

@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.chaos import journals
 from tests.chaos.knobs import Knobs
 from vmsnap_stack import Component, Layout, health_serving
 from vmsnap_stack._table import build
@@ -93,6 +94,7 @@ class Child:
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **journals.ENV},  # the "not_running" invariant's
             )
         _LIVE_GROUPS.add(self.process.pid)
         self.starts += 1

@@ -43,6 +43,9 @@ class Report:
     reconcile: str = ""
     #: Disks whose bytes revert checks really compared (a zero would make them vacuous).
     compared: int = 0
+    #: Array overwrites (reverts) checked against the VMs' power (a zero would make
+    #: "not_running" vacuous).
+    overwrites: int = 0
     notes: list[str] = field(default_factory=list)
     #: A failure of the harness itself (the stack did not start...): no verdict.
     error: str = ""
@@ -96,6 +99,7 @@ class Report:
         for name, count in self.counts.items():
             lines.append(f"  {INVARIANTS[name]:<82}{count:>10}")
         lines.append(f"  disks compared byte for byte after reverts: {self.compared}")
+        lines.append(f"  array overwrites checked against the VMs' power: {self.overwrites}")
         lines.append(f"  local disk bytes: {self.local_disk}")
         lines.append(
             f"  freezes read from: {self.freeze_source}"
@@ -141,6 +145,7 @@ class Report:
             },
             "violations": [asdict(v) for v in self.violations],
             "disks_compared": self.compared,
+            "overwrites_checked": self.overwrites,
             "local_disk": self.local_disk,
             "freeze_source": self.freeze_source,
             "reconcile": self.reconcile,

@@ -23,10 +23,12 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from tests.chaos import journals
 from tests.chaos.checks import (
     TRANSITIONAL,
     StoredObject,
     Violation,
+    check_not_running,
     check_one_side,
     check_orphans,
     check_restored,
@@ -288,6 +290,16 @@ async def _finish(
 
     await monitor.sample(idle=True)
     violations += list(monitor.violations.values())
+
+    # No array overwrote a disk while its VM was RUNNING: the arrays' overwrites
+    # against the sim agent's power journal (a QEMU run keeps none).
+    if options.hypervisor == "sim":
+        owned = journals.owners((vm.id, vm.disks) for vm in workload.vms)
+        overwrites = journals.overwritten(cluster.layout.arrays, owned)
+        report.overwrites = len(overwrites)
+        violations += check_not_running(
+            overwrites, journals.power(cluster.layout.agent_state), owned
+        )
     report.violations = dedupe(violations)
 
 

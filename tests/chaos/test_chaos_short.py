@@ -64,6 +64,8 @@ def test_a_short_seed_holds_every_invariant(tmp_path: Path, sockdir: Path) -> No
     # The run did what it says: kills happened, reverts compared bytes.
     assert sum(row["kills"] for row in data["kills_by_target"].values()) >= 1, result.stdout
     assert data["disks_compared"] > 0, result.stdout
+    # The arrays' reverts were checked against the VMs' power states.
+    assert data["overwrites_checked"] > 0, result.stdout
     assert not _processes_naming(str(home)), "the harness left processes running"
 
 

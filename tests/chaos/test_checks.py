@@ -273,3 +273,41 @@ def test_the_generated_host_configuration_is_what_the_host_reads() -> None:
     assert config.settings.quiesce_lease_seconds == DEFAULT.quiesce_lease_seconds
     assert [d.address for d in config.drivers] == ["unix:///tmp/a.sock", "unix:///tmp/b.sock"]
     assert DEFAULT.long_outage[0] > config.settings.call_timeout_seconds
+
+
+# --- no disk overwritten under a running guest ----------------------------------------------
+
+
+def test_a_disk_overwritten_while_its_vm_ran_is_reported() -> None:
+    owners = {"element://c/7": ("vm-1", "vda"), "ontap://svm0/v/vm-1/vdb": ("vm-1", "vdb")}
+    power = [
+        checks.Power(1.0, "vm-1", "RUNNING"),
+        checks.Power(2.0, "vm-1", "STOPPED"),
+        checks.Power(5.0, "vm-1", "RUNNING"),
+    ]
+    found = checks.check_not_running(
+        [
+            checks.Overwrite(1.5, "RollbackToSnapshot", "element://c/7"),  # while running
+            checks.Overwrite(3.0, "file clone", "ontap://svm0/v/vm-1/vdb"),  # stopped: fine
+            checks.Overwrite(4.9, "RollbackToSnapshot", "element://c/7"),  # stopped: fine
+            checks.Overwrite(6.0, "file clone", "ontap://svm0/v/vm-1/vdb"),  # running again
+            checks.Overwrite(6.0, "file clone", "ontap://svm0/v/.vmsnap/x"),  # not a VM's disk
+        ],
+        power,
+        owners,
+    )
+    assert [(v.invariant, v.subject) for v in found] == [
+        (checks.NOT_RUNNING, "vm-1/vda"),
+        (checks.NOT_RUNNING, "vm-1/vdb"),
+    ]
+    assert "RollbackToSnapshot overwrote it while vm-1 was RUNNING" in found[0].detail
+
+
+def test_a_vm_never_started_or_stopped_before_the_overwrite_is_not_reported() -> None:
+    owners = {"element://c/7": ("vm-2", "vda")}
+    overwrite = [checks.Overwrite(3.0, "RollbackToSnapshot", "element://c/7")]
+    assert checks.check_not_running(overwrite, [], owners) == []
+    started_after = [checks.Power(3.5, "vm-2", "RUNNING")]
+    assert checks.check_not_running(overwrite, started_after, owners) == []
+    other_vm = [checks.Power(1.0, "vm-9", "RUNNING")]
+    assert checks.check_not_running(overwrite, other_vm, owners) == []

@@ -48,7 +48,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vmsnap_agent.sim._agent import NO_FREEZE_HOOK, NO_GUEST_AGENT, GuestTraits, SimAgent
+from vmsnap_agent.sim._agent import (
+    NO_FREEZE_HOOK,
+    NO_GUEST_AGENT,
+    POWER_LOG,
+    POWER_LOG_ENV,
+    GuestTraits,
+    SimAgent,
+)
 from vmsnap_agent.sim._disks import disk_path
 from vmsnap_agent.sim._store import STATE_FILE, FreezeRecord, State, load_state, load_vm
 
@@ -72,6 +79,8 @@ def frozen(state_dir: Path | str, vm_id: str) -> bool:
 __all__ = [
     "NO_FREEZE_HOOK",
     "NO_GUEST_AGENT",
+    "POWER_LOG",
+    "POWER_LOG_ENV",
     "STATE_FILE",
     "FreezeRecord",
     "GuestTraits",

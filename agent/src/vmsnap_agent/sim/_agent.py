@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -188,6 +190,17 @@ def _set_ram(record: VMRecord, value: int, running: bool) -> None:
     record.ram_since = _now() if running else 0.0
 
 
+#: Where ``VMSNAP_SIM_POWER_LOG=1``, every power state a VM takes is appended to
+#: ``<state>/power.jsonl`` (``{"mono", "vm", "state"}``, ``mono`` being
+#: ``time.monotonic()``, the same clock in every process of the machine): a VM's
+#: start before it counts as RUNNING, its stop once it is durable, and every VM's
+#: state when the agent starts. A harness reads it beside the array emulators'
+#: overwrites journal (``vmsnap_emulators.overwrites``) to check that no disk was
+#: reverted under a running guest (``python -m tests.chaos``).
+POWER_LOG_ENV = "VMSNAP_SIM_POWER_LOG"
+POWER_LOG = "power.jsonl"
+
+
 class SimAgent(HypervisorAgent):
     """A simulated hypervisor whose state lives in ``state_dir``.
 
@@ -198,6 +211,9 @@ class SimAgent(HypervisorAgent):
 
     def __init__(self, state_dir: Path, name: str = "sim-1") -> None:
         self.name = name
+        self._power_log: Path | None = (
+            state_dir / POWER_LOG if os.environ.get(POWER_LOG_ENV) == "1" else None
+        )
         self._store = Store(state_dir)
         self._copies = _disks.NativeCopies(state_dir)
         # Calls that touch a VM's disks or power state, one at a time per VM.
@@ -217,6 +233,8 @@ class SimAgent(HypervisorAgent):
         self._thaw_expired()
         self._recover_disks()
         self._store.flush_blocking()
+        for record in self._vms.values():
+            self._powered(record.id, record.state)
 
     # --- lifecycle of the agent itself ------------------------------------------
 
@@ -343,10 +361,24 @@ class SimAgent(HypervisorAgent):
             except OSError as exc:
                 raise _io_error(f"creating the disk file of VM {record.id}", exc) from exc
 
+    def _powered(self, vm_id: str, state: str) -> None:
+        """One line of the power journal (POWER_LOG), when asked for."""
+        path = self._power_log
+        if path is None:
+            return
+        line = json.dumps({"mono": time.monotonic(), "vm": vm_id, "state": state}) + "\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
     def _finish_revert(self, record: VMRecord) -> None:
         """Rename the copies of a revert past its commit point into place; idempotent."""
         pending = record.reverting
         assert pending is not None
+        if pending.state == "RUNNING":
+            self._powered(record.id, "RUNNING")
         for _, path, _ in self._file_disks(record, pending.disks):
             tmp = _disks.temp_of(path)
             if tmp.exists():  # absent: renamed before a crash
@@ -468,6 +500,7 @@ class SimAgent(HypervisorAgent):
         self._vms[vm.id] = record
         self._store.save_vm(vm.id)
         await self._store.flush()
+        self._powered(vm.id, record.state)
         await asyncio.to_thread(self._ensure_disks, record)
         log.info("defined", extra={"fields": {"vm_id": vm.id, "disks": len(vm.volumes)}})
         return _vm(record, self.name)
@@ -514,6 +547,7 @@ class SimAgent(HypervisorAgent):
         if record.state != "RUNNING":
             self._not_frozen(record, "start")
             self._ensure_disks(record)
+            self._powered(vm_id, "RUNNING")
             record.state = "RUNNING"
             _set_ram(record, 0, running=True)  # a boot: the guest's RAM starts empty
             self._store.save_vm(vm_id)
@@ -522,8 +556,12 @@ class SimAgent(HypervisorAgent):
 
     async def stop_vm(self, vm_id: str, force: bool) -> VM:
         async with self._lock(vm_id):
+            record = self._get(vm_id)
+            was = record.state
             vm = self._stop(vm_id, force)
             await self._store.flush()
+            if was != record.state:
+                self._powered(vm_id, record.state)  # once durable (as it is, not as answered)
             return vm
 
     def _stop(self, vm_id: str, force: bool) -> VM:

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..atomicio import atomic_write_json, read_json, remove_stale_temps
 from ..blockstore import DEFAULT_BLOCK_SIZE, LayerStore, VolumeDevice
+from ..overwrites import Overwrites
 from . import errors
 from .errors import ElementError
 from .model import (
@@ -56,6 +57,7 @@ class ElementState:
     ) -> None:
         self.root = root
         self.lock = threading.RLock()
+        self.overwrites = Overwrites(root)
         self.max_snapshots = max_snapshots_per_volume
         self.async_delay = async_delay
         path = root / STATE_FILE
@@ -386,6 +388,7 @@ class ElementState:
         if save:
             self._check_limit([vol.volumeID])
             saved = self._new_snapshot(vol, name, attributes)
+        self.overwrites.record("RollbackToSnapshot", volumes=[vol.volumeID])
         vol.head = self.layers.create(snap.layer)
         vol.totalSize = snap.totalSize
         self._collect_and_commit()
@@ -457,6 +460,7 @@ class ElementState:
             saved = self._new_group(
                 self._check_group_volumes([v.volumeID for v in vols]), name, attributes
             )
+        self.overwrites.record("RollbackToGroupSnapshot", volumes=[v.volumeID for v in vols])
         for vol, snap in zip(vols, members, strict=True):
             vol.head = self.layers.create(snap.layer)
             vol.totalSize = snap.totalSize

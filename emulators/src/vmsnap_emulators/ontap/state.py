@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomicio import atomic_write_json, read_json, remove_stale_temps
+from ..overwrites import Overwrites
 from . import errors, fsops
 from .errors import OntapError
 
@@ -108,6 +109,7 @@ class OntapState:
         for d in (self.meta_dir, self.export_dir, self.snap_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.stats = Stats()
+        self.overwrites = Overwrites(self.meta_dir)
         path = self.meta_dir / "state.json"
         remove_stale_temps(path)
         raw: dict[str, Any] = read_json(path) if path.exists() else {}
@@ -352,6 +354,7 @@ class OntapState:
         shutil.rmtree(self.snapshot_path(snap), ignore_errors=True)
 
     def restore_volume(self, vol: Volume, snap: Snapshot) -> None:
+        self.overwrites.record("SnapRestore", svm=self.svm, volume=vol.name)
         target = self.volume_path(vol)
         staging = self.export_dir / f".restore-{vol.uuid}"
         shutil.rmtree(staging, ignore_errors=True)
@@ -366,6 +369,8 @@ class OntapState:
 
     def clone_file(self, vol: Volume, source: str, destination: str, overwrite: bool) -> None:
         src, dst = self.check_clone(vol, source, destination, overwrite)
+        if overwrite:
+            self.overwrites.record("file clone", svm=self.svm, volume=vol.name, path=destination)
         self.stats.clone_bytes_copied += fsops.clone_file(src, dst)
         self.stats.clones_created += 1
 
