@@ -9,7 +9,6 @@ methods are the contracts' enum value names.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -17,6 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from tests.fakes.driver import Options
 from tests.host.conftest import make_rig
+from tests.support.servicer_context import Aborted, ServicerContext
 from vmsnap_host.api import convert
 from vmsnap_host.api import errors as api_errors
 from vmsnap_host.api.servicer import _call
@@ -90,36 +90,12 @@ async def test_a_failed_take_reports_the_peer_reason_in_operation_error(tmp_path
         await rig.close()
 
 
-class _Aborted(Exception):
-    pass
-
-
-class _Context:
-    """Just enough of a grpc.aio.ServicerContext for the error boundary."""
-
-    def __init__(self) -> None:
-        self.aborted: tuple[grpc.StatusCode, str, Any] | None = None
-
-    def time_remaining(self) -> float | None:
-        return None
-
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
-
-    def peer(self) -> str:
-        return "test"
-
-    async def abort(self, code: grpc.StatusCode, message: str, trailers: Any) -> None:
-        self.aborted = (code, message, trailers)
-        raise _Aborted
-
-
 async def test_a_refused_call_says_peer_error_in_its_trailers() -> None:
     async def handler() -> None:
         raise ResourceExhausted("driver d: array full", reason="FAKE_ARRAY_FULL")
 
-    context = _Context()
-    with pytest.raises(_Aborted):
+    context = ServicerContext()
+    with pytest.raises(Aborted):
         await _call(context, "StartVM", handler)  # type: ignore[arg-type]
     assert context.aborted is not None
     code, _, trailers = context.aborted

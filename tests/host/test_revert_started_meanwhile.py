@@ -14,14 +14,15 @@ revert may stop it (--stop-vm), else the revert ends untouched, FAILED_PRECONDIT
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
 from tests.host.conftest import Rig
 from tests.host.revert_rig import A, B, bounded, ready, revert_rig
+from tests.support.servicer_context import Aborted, ServicerContext
 from vmsnap_host.api.servicer import HostServicer
 from vmsnap_host.model import SnapshotState
 from vmsnap_sdk import VM, RevertRequest, RevertResult, SnapshotResult, TakeRequest, Volume
@@ -39,7 +40,10 @@ def _states_at_reverts(rig: Rig, vm_id: str) -> list[str]:
         driver = rig.drivers[name]
         revert = driver.revert_snapshot
 
-        async def watched(request: RevertRequest, revert: Any = revert) -> RevertResult:
+        async def watched(
+            request: RevertRequest,
+            revert: Callable[[RevertRequest], Awaitable[RevertResult]] = revert,
+        ) -> RevertResult:
             states.append(rig.agent._vms[vm_id].state)
             return await revert(request)
 
@@ -135,30 +139,6 @@ async def test_a_vm_started_after_the_revert_looked_is_not_reverted_on_one_array
         assert snap is not None and snap.state is SnapshotState.READY, snap
 
 
-class _Aborted(Exception):
-    pass
-
-
-class _Context:
-    """Just enough of a grpc.aio.ServicerContext for the servicer's error boundary."""
-
-    def __init__(self) -> None:
-        self.aborted: tuple[grpc.StatusCode, str] | None = None
-
-    def time_remaining(self) -> float | None:
-        return None
-
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
-
-    def peer(self) -> str:
-        return "test"
-
-    async def abort(self, code: grpc.StatusCode, message: str, trailers: Any) -> None:
-        self.aborted = (code, message)
-        raise _Aborted
-
-
 async def test_the_host_refuses_start_vm_while_a_revert_of_the_vm_is_open(
     tmp_path: Path, db_url: str
 ) -> None:
@@ -174,11 +154,11 @@ async def test_the_host_refuses_start_vm_while_a_revert_of_the_vm_is_open(
                 break
             await asyncio.sleep(0.02)
         servicer = HostServicer(rig.manager, rig.registry, rig.store)
-        context = _Context()
-        with pytest.raises(_Aborted):
+        context = ServicerContext()
+        with pytest.raises(Aborted):
             await servicer.StartVM(pb.StartVMRequest(vm_id="vm2"), context)  # type: ignore[arg-type]
         assert context.aborted is not None
-        code, message = context.aborted
+        code, message, _ = context.aborted
         assert code is grpc.StatusCode.ABORTED, message
         assert f"being reverted (operation {op.id}" in message, message
         assert f"vmsnap operations show {op.id}" in message, message
@@ -186,5 +166,5 @@ async def test_the_host_refuses_start_vm_while_a_revert_of_the_vm_is_open(
         a.o.behaviour = "ok"
         assert (await bounded(rig, op)).error is None
         # Once the revert ended, the VM starts.
-        reply = await servicer.StartVM(pb.StartVMRequest(vm_id="vm2"), _Context())  # type: ignore[arg-type]
+        reply = await servicer.StartVM(pb.StartVMRequest(vm_id="vm2"), ServicerContext())  # type: ignore[arg-type]
         assert reply.vm.state == common_pb2.VM_STATE_RUNNING
