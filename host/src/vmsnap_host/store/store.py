@@ -251,26 +251,24 @@ _RELEASE_FENCED = PreparedStatement(
     )
 )
 _INSERT_AUDIT = PreparedStatement(audit_records.insert())
-_OPEN_FREEZE = PreparedStatement(
-    select(operations)
-    .where(
-        operations.c.vm_id == bindparam("b_vm"),
-        operations.c.done.is_(False),
-        operations.c.type == OperationType.FREEZE.name,
+
+
+def _open_of_type(kind: OperationType, *, newest: bool) -> PreparedStatement:
+    """A VM's unfinished operation of one type: the newest, or the oldest."""
+    return PreparedStatement(
+        select(operations)
+        .where(
+            operations.c.vm_id == bindparam("b_vm"),
+            operations.c.done.is_(False),
+            operations.c.type == kind.name,
+        )
+        .order_by(operations.c.seq.desc() if newest else operations.c.seq)
+        .limit(1)
     )
-    .order_by(operations.c.seq.desc())
-    .limit(1)
-)
-_OPEN_REVERT = PreparedStatement(
-    select(operations)
-    .where(
-        operations.c.vm_id == bindparam("b_vm"),
-        operations.c.done.is_(False),
-        operations.c.type == OperationType.REVERT.name,
-    )
-    .order_by(operations.c.seq)
-    .limit(1)
-)
+
+
+_OPEN_FREEZE = _open_of_type(OperationType.FREEZE, newest=True)
+_OPEN_REVERT = _open_of_type(OperationType.REVERT, newest=False)
 _OUTCOME_OF = PreparedStatement(
     select(operations.c.done, operations.c.error_code).where(operations.c.id == bindparam("b_id"))
 )
@@ -1350,14 +1348,15 @@ class Store:
 
     def open_freeze(self, vm_id: str) -> OperationRecord | None:
         """The VM's unfinished FREEZE operation (a third party's freeze), if any."""
-        with self._read() as conn:
-            row = _OPEN_FREEZE.execute(conn, {"b_vm": vm_id}).first()
-        return operation_from_row(row) if row else None
+        return self._open(_OPEN_FREEZE, vm_id)
 
     def open_revert(self, vm_id: str) -> OperationRecord | None:
         """The VM's oldest unfinished REVERT operation (running or waiting), if any."""
+        return self._open(_OPEN_REVERT, vm_id)
+
+    def _open(self, statement: PreparedStatement, vm_id: str) -> OperationRecord | None:
         with self._read() as conn:
-            row = _OPEN_REVERT.execute(conn, {"b_vm": vm_id}).first()
+            row = statement.execute(conn, {"b_vm": vm_id}).first()
         return operation_from_row(row) if row else None
 
     def ended_here(self, operation_id: str) -> tuple[bool, bool] | None:
