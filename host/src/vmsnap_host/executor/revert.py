@@ -59,7 +59,7 @@ from vmsnap_host.model import (
 from vmsnap_host.registry import Registry
 from vmsnap_host.state import CancelRequested, LeaseLost, StaleMove
 from vmsnap_host.store import Store
-from vmsnap_sdk import VM, Capability, Consistency, VMState, Volume
+from vmsnap_sdk import VM, Capability, Consistency, HypervisorAgent, VMState, Volume
 from vmsnap_sdk.errors import (
     Aborted,
     FailedPrecondition,
@@ -141,6 +141,17 @@ def _agent_side(names: list[str], agent: str, outcome: Outcome) -> str:
         f"tell without the VM): check {'it' if one else 'them'} before using "
         f"{'it' if one else 'them'} again"
     )
+
+
+def _needs_stopped(snap: Snapshot) -> bool:
+    """Whether the revert moves disks only with the VM STOPPED: every revert but a
+    memory revert wholly on the agent (which reverts from any state itself)."""
+    return not snap.include_memory or any(g.kind is GroupKind.DRIVER for g in snap.groups)
+
+
+def _may_stop(op: OperationRecord, snap: Snapshot) -> bool:
+    """Whether the revert may stop the VM itself: ``--stop-vm``, or a memory revert."""
+    return bool(snap.include_memory or op.params.get("stop_vm"))
 
 
 class Revert:
@@ -262,9 +273,8 @@ class Revert:
         revert may stop it (``--stop-vm``, or a memory revert); otherwise the revert
         ends untouched, nothing moved: no disk is reverted under a running guest
         (docs/design.md, "No disk is reverted under a running guest")."""
-        arrays = any(g.kind is GroupKind.DRIVER for g in snap.groups)
-        if snap.include_memory and not arrays:
-            return vm  # the agent's own revert, from any state
+        if not _needs_stopped(snap):
+            return vm
         agent = self.registry.agent(snap.agent)
         try:
             now = await with_deadline(
@@ -272,7 +282,7 @@ class Revert:
             )
             if now.state is VMState.STOPPED:
                 return now
-            if not (snap.include_memory or op.params.get("stop_vm")):
+            if not _may_stop(op, snap):
                 raise FailedPrecondition(
                     f"VM {now.id} is {now.state.name}: it was started while the revert "
                     "ran, before any disk moved, and no disk is reverted under a running "
@@ -280,11 +290,7 @@ class Revert:
                     reason=Reason.VM_NOT_STOPPED,
                 )
             await self.store.write(self.store.w_journal(op.id, "stopping the VM again", 30))
-            return await with_deadline(
-                agent.stop_vm(now.id, snap.include_memory),
-                self.settings.call_timeout_seconds,
-                "StopVM",
-            )
+            return await self._stop_again(agent, snap, now)
         except NotFound as exc:
             if vm_gone(exc):
                 await self._vm_gone(op, snap, exc.message, _AS_THEY_WERE)
@@ -297,10 +303,9 @@ class Revert:
         started since behind the host's back (on its agent) is stopped again when
         the revert may stop it (``--stop-vm``, or a memory revert); else the revert
         waits (Unsettled) and says so: no disk is reverted under a running guest."""
-        arrays = any(g.kind is GroupKind.DRIVER for g in snap.groups)
-        if vm.state is VMState.STOPPED or (snap.include_memory and not arrays):
+        if vm.state is VMState.STOPPED or not _needs_stopped(snap):
             return vm
-        if not (snap.include_memory or op.params.get("stop_vm")):
+        if not _may_stop(op, snap):
             reason = (
                 f"VM {vm.id} is {vm.state.name}: it was started while the revert ran, "
                 "and no disk is reverted under a running guest; stop it "
@@ -310,15 +315,19 @@ class Revert:
             raise Unsettled(reason)
         await self.store.write(self.store.w_journal(op.id, "stopping the VM again", 72))
         try:
-            return await with_deadline(
-                self.registry.agent(snap.agent).stop_vm(vm.id, snap.include_memory),
-                self.settings.call_timeout_seconds,
-                "StopVM",
-            )
+            return await self._stop_again(self.registry.agent(snap.agent), snap, vm)
         except VMSnapError as exc:
             reason = f"VM {vm.id} is {vm.state.name} and could not be stopped ({exc.message})"
             await self.store.write(self.store.w_journal(op.id, f"waiting: {reason}; retried", 75))
             raise Unsettled(reason) from None
+
+    async def _stop_again(self, agent: HypervisorAgent, snap: Snapshot, vm: VM) -> VM:
+        """StopVM for a VM found running after the revert had it stopped."""
+        return await with_deadline(
+            agent.stop_vm(vm.id, snap.include_memory),
+            self.settings.call_timeout_seconds,
+            "StopVM",
+        )
 
     async def _run_many(self, op: OperationRecord, snap: Snapshot, vm: VM) -> None:
         kept_id = f"{snap.id}-keep-{op.id[:8]}"
