@@ -36,7 +36,7 @@ def test_migrations_run_once_on_either_backend(db_url: str) -> None:
     store.close()
     store = Store.open(db_url)  # a second start migrates nothing
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
     indexes = {i["name"] for i in inspect(store.engine).get_indexes("vm_snapshots")}
     assert {
         "ix_vm_snapshots_vm_seq",
@@ -62,6 +62,13 @@ def test_head_revision_is_alembics_head() -> None:
     assert ScriptDirectory.from_config(config).get_heads() == [HEAD_REVISION]
 
 
+def _shown_columns(store: Store) -> list[str] | None:
+    for index in inspect(store.engine).get_indexes("vm_snapshots"):
+        if index["name"] == "ix_vm_snapshots_vm_shown":
+            return [str(c) for c in index["column_names"]]
+    return None
+
+
 def test_a_catalog_one_revision_behind_is_migrated(tmp_path: Path) -> None:
     from alembic import command
     from alembic.config import Config
@@ -74,17 +81,51 @@ def test_a_catalog_one_revision_behind_is_migrated(tmp_path: Path) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     with store.engine.begin() as conn:  # as a host one release older left it
         config.attributes["connection"] = conn
-        command.downgrade(config, "0005")
-    assert "ix_vm_snapshots_vm_shown" not in {
-        i["name"] for i in inspect(store.engine).get_indexes("vm_snapshots")
-    }
+        command.downgrade(config, "0006")
+    assert _shown_columns(store) == ["vm_id", "seq"]
     store.close()
     store = Store.open(url)
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
-    assert "ix_vm_snapshots_vm_shown" in {
-        i["name"] for i in inspect(store.engine).get_indexes("vm_snapshots")
-    }
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+    assert _shown_columns(store) == ["vm_id", "seq", "state"]
+    store.close()
+
+
+def test_a_catalog_of_two_releases_ago_is_migrated(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from vmsnap_host.store.store import MIGRATIONS
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    store = Store.open(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0005")
+    assert _shown_columns(store) is None
+    store.close()
+    store = Store.open(url)
+    assert _shown_columns(store) == ["vm_id", "seq", "state"]
+    store.close()
+
+
+def test_the_live_count_reads_the_index_alone(tmp_path: Path) -> None:
+    """Admission counts a VM's live snapshots (max_snapshots_per_vm) in its
+    transaction: from the index's entries, no table row read per snapshot."""
+    from vmsnap_host.store import store as store_module
+
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    compiled = store_module._COUNT_BOUNDS.statement.compile(dialect=store.engine.dialect)
+    with store.engine.connect() as conn:
+        plan = " | ".join(
+            str(row[3])
+            for row in conn.exec_driver_sql(
+                f"EXPLAIN QUERY PLAN {compiled}", ("vm1", "vm1", "FREEZE", "vm1", "ERROR")
+            )
+        )
+    assert "COVERING INDEX ix_vm_snapshots_vm_shown" in plan, plan
     store.close()
 
 

@@ -47,7 +47,7 @@ from vmsnap_host.renewer import Renewer
 from vmsnap_host.state import StaleMove
 from vmsnap_host.store import Store
 from vmsnap_host.store.fence import Fence, LeaseEnd, fenced
-from vmsnap_host.store.store import Duplicate, frozen_refusal
+from vmsnap_host.store.store import Duplicate, Finished, frozen_refusal
 from vmsnap_host.store.writer import Step
 from vmsnap_host.tracing import operation_span
 from vmsnap_sdk import VM, Capability, VMState
@@ -154,7 +154,7 @@ class Manager:
         self._admission: dict[str, asyncio.Lock] = {}
         self._admission_users: dict[str, int] = {}  # holders and waiters of each admission lock
         #: The task of every operation this process runs or has queued, by id.
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[str, asyncio.Task[Finished | None]] = {}
         #: Operations whose record is being committed and whose task is not started
         #: yet: recovery must not take them for abandoned ones in that window.
         self._admitting: set[str] = set()
@@ -215,9 +215,13 @@ class Manager:
             if guess is not None:
                 agent_entry, vm = guess
                 fresh = asyncio.ensure_future(self.registry.find_vm(vm_id))
-                # One loop turn: the call is sent now, and its wire time overlaps the
-                # plan and the commit (sent at the commit's start, its sending and the
-                # writer thread's statements took turns at the GIL).
+                # Two loop turns: in the first, find_vm makes the call (grpc.aio
+                # schedules its sending as a task of its own); in the second, that task
+                # sends it. Its wire time then overlaps the plan and the commit. With one
+                # turn it went out only when the admission awaited its commit: its
+                # answer came after the commit, each slowed by the other at the GIL
+                # (docs/design.md, "Admission on the last description").
+                await asyncio.sleep(0)
                 await asyncio.sleep(0)
             else:
                 agent_entry, vm = await self.registry.find_vm(vm_id)
@@ -900,6 +904,13 @@ class Manager:
         it: one that runs here wakes the waiter; any other is polled in the catalog
         (every ``_POLL`` seconds: a bounded load, one indexed read per waiter). When
         the host begins to stop, at once: the operation as it stands."""
+        return (await self.wait_finished(operation_id, timeout)).operation
+
+    async def wait_finished(self, operation_id: str, timeout: float) -> Finished:
+        """:meth:`wait_operation`, with the operation's snapshot when the work that
+        finished it here read both in its last transaction (a take that ended READY:
+        no read after it; docs/design.md, "A create's answer from its last write").
+        ``snapshot`` None: not known, read it."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
         while True:
@@ -909,15 +920,20 @@ class Manager:
                 # Run here: wait for its own end, not for every operation's (no herd
                 # of waiters re-reading the catalog at each end), then read it once.
                 # Re-read at least every second all the same.
+                stopped: asyncio.Future[Any] = self._stop_signal(loop)
                 await asyncio.wait(
-                    {task, self._stop_signal(loop)},
+                    {task, stopped},
                     timeout=min(left, 1.0),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    finished = task.result()
+                    if isinstance(finished, Finished) and finished.operation.done:
+                        return finished
             op = await self.get_operation(operation_id)
             left = give_up - loop.time()
             if op.done or left <= 0 or self.stopping:
-                return op
+                return Finished(op, None)
             if operation_id in self._tasks:
                 continue
             # Not run here (another replica runs it, or the reconciler finishes it):
@@ -1051,7 +1067,7 @@ class Manager:
         fence: int = 0,
         resume: bool = False,
         prepared: Prepared | None = None,
-    ) -> asyncio.Task[None]:
+    ) -> asyncio.Task[Finished | None]:
         queue = self._queues.setdefault(op.vm_id, _VMQueue(asyncio.Lock()))
         metrics.QUEUE_DEPTH.observe(queue.admitted)
         queue.admitted += 1
@@ -1059,7 +1075,7 @@ class Manager:
         self._tasks[op.id] = task
         return task
 
-    def resume(self, op: OperationRecord) -> asyncio.Task[None] | None:
+    def resume(self, op: OperationRecord) -> asyncio.Task[Finished | None] | None:
         """Resolve an unfinished operation found on start or left open (a take is
         rolled back, a revert settled on one side, a delete retried)."""
         if op.id in self._tasks or op.id in self._admitting:
@@ -1088,21 +1104,24 @@ class Manager:
         fence: int,
         resume: bool,
         prepared: Prepared | None,
-    ) -> None:
+    ) -> Finished | None:
+        """The operation's work, behind its VM's queue; what its last write left when
+        the work returns it (the task's result: its waiters' answer)."""
         started = time.monotonic()
+        finished: Finished | None = None
         try:
             if resume:
                 # Not behind this replica's queue: what it resolves may be what the
                 # queue waits for (a VM's lease stays with its operation until that is
                 # finished, store.w_acquire_lease). The lease keeps it apart from the rest.
-                await self._run_owned(op, fence, resume, prepared)
+                finished = await self._run_owned(op, fence, resume, prepared)
             else:
                 async with queue.lock:
                     # Started at once with the lease its admission took (``fence``): no
                     # cancel can have dropped it (were one to, the take's first
                     # compare-and-set from ALLOCATED refuses it).
                     if fence or not await self._dropped(op):
-                        await self._run_owned(op, fence, resume, prepared)
+                        finished = await self._run_owned(op, fence, resume, prepared)
                     elif fence:
                         # Cancelled before it started, with the lease its admission
                         # took: give the VM back at once.
@@ -1115,6 +1134,7 @@ class Manager:
             queue.admitted -= 1
             self._tasks.pop(op.id, None)
             await self._notify()
+        return finished
 
     async def _count_end(self, op: OperationRecord, seconds: float) -> None:
         """Metrics of an operation that ran to its end (or was left open on purpose);
@@ -1144,9 +1164,10 @@ class Manager:
 
     async def _run_owned(
         self, op: OperationRecord, fence: int, resume: bool, prepared: Prepared | None = None
-    ) -> None:
+    ) -> Finished | None:
         """Run holding the VM's lease (``fence``: taken already at admission;
-        ``prepared``: a take's first write, committed with that admission)."""
+        ``prepared``: a take's first write, committed with that admission); what the
+        work's last write left, when it returns it (Executor.run)."""
         ttl = self.settings.lease_seconds
         while not fence:
             fence = await self.store.write(
@@ -1154,7 +1175,7 @@ class Manager:
             )
             if not fence:
                 if await self._dropped(op):
-                    return
+                    return None
                 # Another operation (here or on another replica) holds the VM: wait
                 # until it is finished, or taken over and resolved.
                 await asyncio.sleep(min(_LEASE_RETRY, ttl / 3))
@@ -1165,11 +1186,12 @@ class Manager:
         # owed objects after theirs, under the lease.)
         end = LeaseEnd(op.id if op.type is OperationType.CREATE and not resume else "")
         renew = Renewer(ttl / 3, functools.partial(self._renew_lease, op, fence, ttl, work, end))
+        finished: Finished | None = None
         try:
             # Every catalog write of this work (and of the tasks it starts) checks the
             # lease's token first: after a takeover, nothing of it lands.
             with fenced(Fence(op.vm_id, self.owner, fence, end)), operation_span(op, resume=resume):
-                await self.executor.run(op, resume=resume, prepared=prepared)
+                finished = await self.executor.run(op, resume=resume, prepared=prepared)
         except VMSnapError as exc:
             # The catalog unreachable (nothing is done without its journal entry), or
             # a peer down while the executor ended the operation: it stays open and is
@@ -1185,6 +1207,7 @@ class Manager:
                     await self.store.write(self.store.w_release_lease(op.vm_id, self.owner, fence))
         # Waiters need not wait for the lease to be released.
         await self._notify()
+        return finished
 
     async def _renew_lease(
         self,

@@ -28,6 +28,7 @@ from dataclasses import replace
 from vmsnap_host.manager import Manager
 from vmsnap_host.model import OperationRecord, OperationType
 from vmsnap_host.replicas import Replicas
+from vmsnap_host.store.store import Finished
 
 log = logging.getLogger("vmsnap.host.recovery")
 
@@ -73,7 +74,7 @@ class Recovery:
             return {self.manager.owner}
         return await self.replicas.alive()
 
-    async def _resume_open(self) -> list[asyncio.Task[None]]:
+    async def _resume_open(self) -> list[asyncio.Task[Finished | None]]:
         alive = await self._alive()
         tasks = []
         for op in await self.store.read(self.store.unfinished_operations):

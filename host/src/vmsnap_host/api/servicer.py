@@ -206,8 +206,12 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
     def _op_pb(self, op: OperationRecord) -> pb.Operation:
         return convert.operation_to_pb(op, self.store.get_snapshot(op.vm_snapshot_id))
 
-    async def _op(self, op: OperationRecord) -> pb.Operation:
-        """The operation as answered, with its snapshot read (Store.read)."""
+    async def _op(self, op: OperationRecord, snapshot: Snapshot | None = None) -> pb.Operation:
+        """The operation as answered, with its snapshot: ``snapshot`` when the write
+        that finished the operation read it (Manager.wait_finished), else read
+        (Store.read)."""
+        if snapshot is not None and snapshot.id == op.vm_snapshot_id:
+            return convert.operation_to_pb(op, snapshot)
         return await self.store.read(self._op_pb, op)
 
     async def _ops(self, ops: Sequence[OperationRecord]) -> list[pb.Operation]:
@@ -278,7 +282,10 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
                 seen=_request_seen,
             )
             if wait and not op.done:
-                op = await self.manager.wait_operation(op.id, wait)
+                finished = await self.manager.wait_finished(op.id, wait)
+                return pb.CreateVMSnapshotResponse(
+                    operation=await self._op(finished.operation, finished.snapshot)
+                )
             return pb.CreateVMSnapshotResponse(operation=await self._op(op))
 
         return await _call(context, "CreateVMSnapshot", run)
@@ -397,8 +404,10 @@ class HostServicer(host_pb2_grpc.VMSnapshotServiceServicer):
             val.require_id("id", request.id)
             await self._operation(request.id)
             timeout = _wait_seconds("timeout", request.HasField("timeout"), request.timeout)
-            op = await self.manager.wait_operation(request.id, timeout)
-            return pb.WaitOperationResponse(operation=await self._op(op))
+            finished = await self.manager.wait_finished(request.id, timeout)
+            return pb.WaitOperationResponse(
+                operation=await self._op(finished.operation, finished.snapshot)
+            )
 
         return await _call(context, "WaitOperation", run)
 

@@ -33,6 +33,7 @@ from vmsnap_host.model import OperationRecord, OperationType, SnapshotState
 from vmsnap_host.registry import Registry
 from vmsnap_host.state import LeaseLost, OperationClosed, StaleMove
 from vmsnap_host.store import Store
+from vmsnap_host.store.store import Finished
 from vmsnap_sdk.errors import Aborted, NotFound, Reason, VMSnapError
 
 log = logging.getLogger("vmsnap.host.executor")
@@ -64,12 +65,14 @@ class Executor:
 
     async def run(
         self, op: OperationRecord, *, resume: bool = False, prepared: Prepared | None = None
-    ) -> None:
+    ) -> Finished | None:
         """Run (or, after a crash, resume) one operation to a defined end. Returns
         when the operation is finished, or left open on purpose (a delete waiting for
         an owner, a revert that cannot reach either side now): those are picked up
         again on the reconcile interval. ``prepared``: a take's first write as its
-        admission built (and, when it started at once, committed) it."""
+        admission built (and, when it started at once, committed) it. A take that
+        ends READY returns what its last write left (Finished: its waiters are
+        answered with it); anything else None (they read the catalog)."""
         if op.type is OperationType.FREEZE:
             # A third party's freeze: held until thawed or lapsed (no snapshot).
             try:
@@ -79,7 +82,7 @@ class Executor:
                     "stale freeze work stopped",
                     extra={"fields": {"operation": op.id, "why": str(exc)}},
                 )
-            return
+            return None
         # A take started at once: admission just committed its snapshot (CREATING,
         # under this lease) and handed it over; no read.
         snap = (
@@ -91,7 +94,7 @@ class Executor:
             if snap is None:
                 error = NotFound(f"VM snapshot {op.vm_snapshot_id} does not exist any more")
                 await self.store.write(self.store.w_finish(op.id, error_info(error), "failed"))
-                return
+                return None
             if op.type is OperationType.CLONE:
                 if resume:
                     await self.clone.roll_back(op)
@@ -101,7 +104,7 @@ class Executor:
                 if resume:
                     await self.roll_back_take(op)
                 else:
-                    await self.take.run(op, snap, prepared)
+                    return await self.take.run(op, snap, prepared)
             elif op.type is OperationType.REVERT:
                 if resume:
                     await self.revert.resume(op, snap)
@@ -110,7 +113,7 @@ class Executor:
             else:
                 await self.cleanup.delete(op, snap)
         except OperationFailed:
-            return  # its failure is on the operation already (one commit with its end)
+            return None  # its failure is on the operation already (one commit with its end)
         except Unsettled as exc:
             log.warning(
                 "revert not settled yet; retried",
@@ -128,7 +131,7 @@ class Executor:
         except VMSnapError as exc:
             if op.type is not OperationType.CLONE:
                 await self._end_unexpected(op, as_error(exc, f"{op.type.name.lower()} operation"))
-                return
+                return None
             # A clone's compensation could not finish (a driver or the agent down):
             # left open, so that the next reconcile tick resumes it (roll_back) until
             # nothing of it is left.
@@ -138,6 +141,7 @@ class Executor:
             )
         except Exception as exc:  # noqa: BLE001 - a bug must not leave the operation open
             await self._end_unexpected(op, as_error(exc, f"{op.type.name.lower()} operation"))
+        return None
 
     async def _end_unexpected(self, op: OperationRecord, error: VMSnapError) -> None:
         snap = await self.store.read(self.store.get_snapshot, op.vm_snapshot_id)

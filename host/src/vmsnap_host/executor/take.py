@@ -42,7 +42,7 @@ from vmsnap_host.planner import Plan, needs_freeze, plan_take
 from vmsnap_host.registry import AgentEntry, Registry
 from vmsnap_host.state import CancelRequested
 from vmsnap_host.store import Store
-from vmsnap_host.store.store import Started
+from vmsnap_host.store.store import Finished, Started
 from vmsnap_host.store.writer import Step
 from vmsnap_sdk import (
     VM,
@@ -121,13 +121,13 @@ class Take:
 
     async def run(
         self, op: OperationRecord, snap: Snapshot, prepared: Prepared | None = None
-    ) -> None:
-        """Take a planned snapshot: READY in the catalog, or ERROR and OperationFailed
-        raised. ``prepared``: the first write, committed with the admission (``snap``
-        is its CREATING snapshot); without it the VM is described and it is written
-        now."""
+    ) -> Finished | None:
+        """Take a planned snapshot: READY in the catalog (the operation and snapshot
+        as the READY write left them returned), or ERROR and OperationFailed raised.
+        ``prepared``: the first write, committed with the admission (``snap`` is its
+        CREATING snapshot); without it the VM is described and it is written now."""
         try:
-            await self._run(op, snap, prepared)
+            return await self._run(op, snap, prepared)
         except VMSnapError as exc:
             # Failed before any side effect (the VM's state, no quiesce method).
             await self.fail(op, snap, exc, list(snap.warnings))
@@ -219,7 +219,9 @@ class Take:
             self.store.w_journal(op.id, started.step, started.progress, **started.journal),
         ]
 
-    async def _run(self, op: OperationRecord, snap: Snapshot, prepared: Prepared | None) -> None:
+    async def _run(
+        self, op: OperationRecord, snap: Snapshot, prepared: Prepared | None
+    ) -> Finished | None:
         if prepared is None:
             vm = await with_deadline(
                 self.registry.agent(snap.agent).describe_vm(snap.vm_id),
@@ -355,7 +357,7 @@ class Take:
         # recorded (checked when it commits, whichever replica recorded it). The
         # thaw is journaled by the finishing UPDATE itself (w_finish's journal).
         try:
-            await self.store.write(
+            finished: Finished | None = await self.store.write(
                 self.store.w_finish(op.id, None, "done", journal=thawed, refuse_cancelled=True),
                 # The parent: the VM's current snapshot, read in this transaction.
                 self.store.w_move(
@@ -366,9 +368,12 @@ class Take:
                     current=True,
                     parent_from_current=True,
                 ),
+                # Both as committed, for the waiters' answer (no read after it).
+                self.store.w_read_finished(op.id, snap.id),
             )
         except CancelRequested:
             await self.fail(op, snap, cancelled(), warnings, extra=self._thaw_steps(op, thawed))
+        return finished
 
     async def _check_guess(self, op: OperationRecord, prepared: Prepared) -> Prepared:
         """Admission planned on the VM's last known description; its fresh one, asked

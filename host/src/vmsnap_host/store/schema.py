@@ -97,10 +97,12 @@ vm_snapshots = Table(
         sqlite_where=text(CURRENT_PREDICATE),
         postgresql_where=text(CURRENT_PREDICATE),
     ),
+    # The state too (0007): the live count (admission) reads the index alone.
     Index(
         "ix_vm_snapshots_vm_shown",
         "vm_id",
         "seq",
+        "state",
         sqlite_where=text(SHOWN_PREDICATE),
         postgresql_where=text(SHOWN_PREDICATE),
     ),

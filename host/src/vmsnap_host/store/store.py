@@ -104,7 +104,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: The newest Alembic revision (migrations/versions). A catalog already there is
 #: opened without importing Alembic (~0.4 s of every host start that has a catalog);
 #: tests/host/test_store.py checks that this is Alembic's head.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 def frozen_refusal(vm_id: str, freeze: OperationRecord) -> Aborted:
@@ -381,6 +381,10 @@ def _set_owner_stmt(dialect: str) -> PreparedStatement:
         stmt.on_conflict_do_update(
             index_elements=[volume_owners.c.locator],
             set_={"driver": bindparam("b_driver"), "update_time": bindparam("b_time")},
+            # The same owner again (every take of the VM records it): nothing
+            # written, no page of the catalog changed. update_time: when the
+            # volume's owner last changed.
+            where=volume_owners.c.driver != stmt.excluded.driver,
         )
     )
 
@@ -554,16 +558,34 @@ def operation_from_row(row: Row[Any]) -> OperationRecord:
     )
 
 
-def _snapshot_columns(s: Snapshot) -> dict[str, Any]:
+def _snapshot_identity(s: Snapshot) -> dict[str, Any]:
+    """The columns a snapshot is created with: written once, by its insert. Its
+    project follows its VM's (w_set_vm_project) and its missing mark is the
+    reconciler's (w_set_missing): each changed by its own statement only."""
     return {
         "id": s.id,
         "vm_id": s.vm_id,
         "name": s.name,
         "description": s.description,
-        "state": s.state.name,
-        "agent": s.agent,
         "include_memory": s.include_memory,
         "quiesce": s.quiesce.name,
+        "parameters_json": json.dumps(s.parameters),
+        "missing": s.missing,
+        "project": s.project,
+        "policy_id": s.policy_id,
+        "policy_name": s.policy_name,
+    }
+
+
+def _snapshot_state(s: Snapshot) -> dict[str, Any]:
+    """The columns a state write (w_move, w_save) writes: what a take, a revert or a
+    delete may change. Never the others: a state write of an operation's copy read
+    earlier would put back what someone changed meanwhile (docs/design.md, "A state
+    write writes the state"); and each column named is an index entry SQLite
+    rewrites."""
+    return {
+        "state": s.state.name,
+        "agent": s.agent,
         "consistency": s.consistency.name,
         "groups_json": json.dumps([g.to_json() for g in s.groups]),
         "parent_id": s.parent_id,
@@ -571,11 +593,6 @@ def _snapshot_columns(s: Snapshot) -> dict[str, Any]:
         "freeze_start": _epoch(s.freeze_start),
         "freeze_seconds": s.freeze_seconds,
         "warnings_json": json.dumps(list(s.warnings)),
-        "parameters_json": json.dumps(s.parameters),
-        "missing": s.missing,
-        "project": s.project,
-        "policy_id": s.policy_id,
-        "policy_name": s.policy_name,
         **_error_columns(s.error),
     }
 
@@ -584,7 +601,8 @@ def snapshot_row(s: Snapshot, now: float, cleanup_json: str = "[]") -> dict[str,
     """Every column of a new ``vm_snapshots`` row for ``s`` (w_create's insert; tools
     and benchmarks that bulk-insert a catalog use it too)."""
     return {
-        **_snapshot_columns(s),
+        **_snapshot_identity(s),
+        **_snapshot_state(s),
         "cleanup_json": cleanup_json,
         "create_time": now,
         "update_time": now,
@@ -674,6 +692,17 @@ class Started:
     step: str
     progress: int
     journal: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """An operation and its snapshot as the transaction that finished them left
+    them (``Store.w_read_finished``, read in it): what a caller waiting for the
+    operation is answered, with no read after it (docs/design.md, "A create's
+    answer from its last write")."""
+
+    operation: OperationRecord
+    snapshot: Snapshot | None
 
 
 class _Touches:
@@ -1130,8 +1159,9 @@ class Store:
         parent_from_current: bool = False,
     ) -> Step:
         """Move a snapshot to ``to`` if it is in an allowed from-state (compare-and-set;
-        :data:`vmsnap_host.state.MOVES`, narrowed by ``only``), writing every field of
-        ``snapshot`` too when given. Raises StaleMove when the row was not in a
+        :data:`vmsnap_host.state.MOVES`, narrowed by ``only``), writing the state fields
+        of ``snapshot`` too when given (_snapshot_state: never those it was created
+        with). Raises StaleMove when the row was not in a
         from-state. ``current=True`` makes it the VM's current snapshot;
         ``parent_from_current`` (with it) sets its parent to the snapshot that was
         current, read in the same transaction (a new take's parent)."""
@@ -1140,7 +1170,7 @@ class Store:
         if snapshot is not None:
             if snapshot.id != snapshot_id:
                 raise ValueError("w_move: the snapshot does not match the id")
-            columns.update(_snapshot_columns(snapshot))
+            columns.update(_snapshot_state(snapshot))
         columns["state"] = to.name
         if cleanup is not None:
             columns["cleanup_json"] = json.dumps([g.to_json() for g in cleanup])
@@ -1172,9 +1202,10 @@ class Store:
         return step
 
     def w_save(self, snapshot: Snapshot) -> Step:
-        """Write every field of a snapshot that is still in ``snapshot.state``
-        (compare-and-set on the state it was read in; raises StaleMove)."""
-        columns = _snapshot_columns(snapshot)
+        """Write the state fields of a snapshot that is still in ``snapshot.state``
+        (_snapshot_state; compare-and-set on the state it was read in; raises
+        StaleMove)."""
+        columns = _snapshot_state(snapshot)
         expect = snapshot.state
 
         def step(conn: Connection) -> None:
@@ -1421,6 +1452,23 @@ class Store:
                 raise (_duplicate(exc) or exc) from exc
 
         return _Touches(op.id, step)
+
+    def w_read_finished(self, operation_id: str, snapshot_id: str) -> Step:
+        """The operation and its snapshot as this transaction leaves them (the last
+        step of the write that finishes an operation; its result is the write's):
+        read on the writer's connection, inside the transaction, so what the waiter
+        is answered is exactly what committed."""
+
+        def step(conn: Connection) -> Finished | None:
+            op_row = _OPERATION_BY_ID.execute(conn, {"b_id": operation_id}).first()
+            if op_row is None:  # not in this catalog: the waiter reads it (none)
+                return None
+            snap_row = _SNAPSHOT_BY_ID.execute(conn, {"b_id": snapshot_id}).first()
+            return Finished(
+                operation_from_row(op_row), snapshot_from_row(snap_row) if snap_row else None
+            )
+
+        return step
 
     def get_operation(self, operation_id: str) -> OperationRecord | None:
         with self._read() as conn:
