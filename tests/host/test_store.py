@@ -5,6 +5,7 @@ fencing, and the uniqueness rules the schema enforces."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -383,3 +384,28 @@ def test_a_transaction_rolled_back_for_a_deadlock_is_run_again(pg_url: str) -> N
         assert tries["a"] + tries["b"] == 3  # one was rolled back and run again
     finally:
         store.close()
+
+
+def test_a_volumes_owner_is_written_only_when_it_changes(db_url: str) -> None:
+    """Every take records its volumes' owners; the same owner again writes nothing
+    (the row, and its update_time, stay as they were); another owner replaces it."""
+    store = Store.open(db_url)
+    w = store.write_blocking
+    w(store.w_set_owners({"a://pool/1": "io.vmsnap.test.a"}))
+
+    def row() -> tuple[str, float]:
+        with store.engine.connect() as conn:
+            found = conn.execute(
+                text("SELECT driver, update_time FROM volume_owners WHERE locator = 'a://pool/1'")
+            ).one()
+            return str(found[0]), float(found[1])
+
+    first = row()
+    time.sleep(0.01)
+    w(store.w_set_owners({"a://pool/1": "io.vmsnap.test.a"}))
+    assert row() == first
+    w(store.w_set_owners({"a://pool/1": "io.vmsnap.test.b"}))
+    driver, changed = row()
+    assert driver == "io.vmsnap.test.b" and changed > first[1]
+    assert store.volume_owners(["a://pool/1"]) == {"a://pool/1": "io.vmsnap.test.b"}
+    store.close()
