@@ -106,3 +106,34 @@ async def test_two_waiters_of_one_create_get_the_same_answer(rig: Rig) -> None:
         ServicerContext(),  # type: ignore[arg-type]
     )
     assert got.operation == waited.operation
+
+
+async def test_the_answer_is_the_catalogs_row_field_for_field(rig: Rig) -> None:
+    """What the READY write reads back (its own copy, with what only the catalog
+    knows: parent, times, project) equals the rows read after it, as records."""
+    await rig.define("vm1")
+    await rig.wait(await rig.create("s0"))
+    op = await rig.create("s1")
+    finished = await rig.manager.wait_finished(op.id, 20.0)
+    assert finished.snapshot is not None, "a READY take answers from its last write"
+    assert finished.snapshot.freeze_start is not None and finished.snapshot.parent_id
+    assert finished.snapshot == rig.store.get_snapshot(op.vm_snapshot_id)
+    assert finished.operation == rig.store.get_operation(op.id)
+
+
+async def test_a_project_given_during_the_take_is_in_its_answer(rig: Rig) -> None:
+    """The project is the catalog's (given while the take ran), not the take's copy."""
+    await rig.define("vm1")
+    driver = rig.drivers["io.vmsnap.test.a"]
+    take = driver.take_snapshot
+
+    async def taking(request: Any) -> Any:
+        await rig.store.write(rig.store.w_set_vm_project("vm1", "team-a"))
+        return await take(request)
+
+    driver.take_snapshot = taking  # type: ignore[method-assign]
+    op = await rig.create("s1")
+    finished = await rig.manager.wait_finished(op.id, 20.0)
+    assert finished.snapshot is not None and finished.snapshot.project == "team-a"
+    assert finished.snapshot == rig.store.get_snapshot(op.vm_snapshot_id)
+    assert finished.operation == rig.store.get_operation(op.id)

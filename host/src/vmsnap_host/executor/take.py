@@ -369,7 +369,7 @@ class Take:
                     parent_from_current=True,
                 ),
                 # Both as committed, for the waiters' answer (no read after it).
-                self.store.w_read_finished(op.id, snap.id),
+                self.store.w_read_finished(op.id, ready),
             )
         except CancelRequested:
             await self.fail(op, snap, cancelled(), warnings, extra=self._thaw_steps(op, thawed))

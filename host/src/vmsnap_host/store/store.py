@@ -145,6 +145,20 @@ _SNAPSHOT_BY_ID = PreparedStatement(
     select(vm_snapshots).where(vm_snapshots.c.id == bindparam("b_id"))
 )
 _OPERATION_BY_ID = PreparedStatement(select(operations).where(operations.c.id == bindparam("b_id")))
+# What only the catalog knows of a snapshot a state write just wrote from the
+# operation's copy (w_read_finished): set by the transaction (parent, times) or by
+# others (project, missing mark), and the freeze start as stored.
+_SNAPSHOT_BESIDE_COPY = PreparedStatement(
+    select(
+        vm_snapshots.c.state,
+        vm_snapshots.c.parent_id,
+        vm_snapshots.c.project,
+        vm_snapshots.c.missing,
+        vm_snapshots.c.freeze_start,
+        vm_snapshots.c.create_time,
+        vm_snapshots.c.update_time,
+    ).where(vm_snapshots.c.id == bindparam("b_id"))
+)
 _OPERATION_BY_REQUEST = PreparedStatement(
     select(operations).where(operations.c.request_id == bindparam("b_rid"))
 )
@@ -1453,20 +1467,30 @@ class Store:
 
         return _Touches(op.id, step)
 
-    def w_read_finished(self, operation_id: str, snapshot_id: str) -> Step:
+    def w_read_finished(self, operation_id: str, written: Snapshot) -> Step:
         """The operation and its snapshot as this transaction leaves them (the last
-        step of the write that finishes an operation; its result is the write's):
-        read on the writer's connection, inside the transaction, so what the waiter
-        is answered is exactly what committed."""
+        step of the write that finishes an operation; its result is the write's),
+        read on the writer's connection, inside the transaction: what the waiter is
+        answered is exactly what committed. ``written``: the snapshot as this
+        transaction's state write wrote it (``w_move`` with ``snapshot``); only what
+        the catalog alone knows is read (parent, times, project, missing mark: no
+        whole row parsed again)."""
 
         def step(conn: Connection) -> Finished | None:
             op_row = _OPERATION_BY_ID.execute(conn, {"b_id": operation_id}).first()
-            if op_row is None:  # not in this catalog: the waiter reads it (none)
-                return None
-            snap_row = _SNAPSHOT_BY_ID.execute(conn, {"b_id": snapshot_id}).first()
-            return Finished(
-                operation_from_row(op_row), snapshot_from_row(snap_row) if snap_row else None
+            row = _SNAPSHOT_BESIDE_COPY.execute(conn, {"b_id": written.id}).first()
+            if op_row is None or row is None or row.state != written.state.name:
+                return None  # not as written: the waiter reads the catalog
+            snapshot = replace(
+                written,
+                parent_id=row.parent_id,
+                project=row.project or "",
+                missing=row.missing or "",
+                freeze_start=_ts(row.freeze_start),
+                create_time=_ts(row.create_time),
+                update_time=_ts(row.update_time),
             )
+            return Finished(operation_from_row(op_row), snapshot)
 
         return step
 
