@@ -11,10 +11,12 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
+
 from tests.fakes.driver import Options
 from tests.host.conftest import FAST, Rig, make_rig
 from tests.host.e2e import Cluster
-from vmsnap_host.model import OperationRecord
+from vmsnap_host.model import ErrorInfo, OperationRecord
 from vmsnap_sdk._proto.common.v1 import common_pb2
 from vmsnap_sdk._proto.host.v1 import host_pb2 as pb
 
@@ -52,6 +54,15 @@ async def bounded(rig: Rig, op: OperationRecord) -> OperationRecord:
     done = await rig.manager.wait_operation(op.id, BOUND)
     assert done.done, f"the revert did not end within {BOUND} s: step {done.step!r}"
     return done
+
+
+def failed_with(done: OperationRecord, code: grpc.StatusCode, reason: str) -> ErrorInfo:
+    """The error an ended operation failed with, checked to be ``code`` / ``reason``."""
+    error = done.error
+    assert error is not None, done
+    assert error.code == code.value[0], error
+    assert error.reason == reason, error
+    return error
 
 
 def one_disk_snapshot(c: Cluster) -> str:

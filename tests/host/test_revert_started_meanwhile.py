@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from tests.host.conftest import Rig
-from tests.host.revert_rig import A, B, bounded, ready, revert_rig
+from tests.host.revert_rig import A, B, bounded, failed_with, ready, revert_rig
 from tests.support.servicer_context import Aborted, ServicerContext
 from vmsnap_host.api.servicer import HostServicer
 from vmsnap_host.model import SnapshotState
@@ -77,10 +77,7 @@ async def test_a_vm_started_while_the_revert_kept_states_ends_it_untouched(
         _started_while_keeping(rig, "vm2")
         op = await rig.manager.revert_snapshot("rv", sid, stop_vm=False)
         done = await bounded(rig, op)
-        error = done.error
-        assert error is not None, done
-        assert error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0], error
-        assert error.reason == Reason.VM_NOT_STOPPED, error
+        error = failed_with(done, grpc.StatusCode.FAILED_PRECONDITION, Reason.VM_NOT_STOPPED)
         assert "started while the revert ran" in error.message, error
         assert "vmsnap vm stop vm2" in error.message and "nothing was reverted" in error.message
         assert states == [] and rig.drivers[A].reverted == [] and rig.drivers[B].reverted == []

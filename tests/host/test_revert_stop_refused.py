@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 
 from tests.host.conftest import Rig
-from tests.host.revert_rig import A, B, bounded, ready, revert_rig
+from tests.host.revert_rig import A, B, bounded, failed_with, ready, revert_rig
 from vmsnap_host.model import OperationRecord, SnapshotState
 from vmsnap_sdk import QuiesceMethod, RevertRequest, RevertResult, Volume
 from vmsnap_sdk.errors import Reason
@@ -44,10 +44,7 @@ async def test_a_revert_whose_stop_is_refused_ends_untouched_across_arrays(
         token = await _frozen_by_a_third_party(rig, "vm2")
         op = await rig.manager.revert_snapshot("rv", sid, stop_vm=True)
         done = await bounded(rig, op)
-        error = done.error
-        assert error is not None, done
-        assert error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0], error
-        assert error.reason == Reason.VM_FROZEN, error
+        error = failed_with(done, grpc.StatusCode.FAILED_PRECONDITION, Reason.VM_FROZEN)
         assert "nothing was reverted" in error.message, error
         assert "frozen" in error.message, error
         assert rig.drivers[A].reverted == [] and rig.drivers[B].reverted == []

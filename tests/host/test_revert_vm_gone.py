@@ -27,6 +27,7 @@ from tests.host.revert_rig import (
     A,
     B,
     bounded,
+    failed_with,
     one_disk_snapshot,
     ready,
     revert_rig,
@@ -52,10 +53,7 @@ async def _waiting(rig: Rig, op: OperationRecord) -> None:
 def _vm_gone(rig: Rig, done: OperationRecord, sid: str, vm_id: str) -> str:
     """The revert failed NOT_FOUND / VM_NOT_FOUND saying what is gone and what to do;
     the snapshot is READY again (its data is intact). Returns the message."""
-    error = done.error
-    assert error is not None
-    assert error.code == grpc.StatusCode.NOT_FOUND.value[0], error
-    assert error.reason == Reason.VM_NOT_FOUND, error
+    error = failed_with(done, grpc.StatusCode.NOT_FOUND, Reason.VM_NOT_FOUND)
     assert f"VM {vm_id} is gone from agent sim-1" in error.message, error
     assert "DefineVM" in error.message and "DeleteVMSnapshot" in error.message, error
     snap = rig.store.get_snapshot(sid)
