@@ -1175,8 +1175,8 @@ class Store:
         """Move a snapshot to ``to`` if it is in an allowed from-state (compare-and-set;
         :data:`vmsnap_host.state.MOVES`, narrowed by ``only``), writing the state fields
         of ``snapshot`` too when given (_snapshot_state: never those it was created
-        with). Raises StaleMove when the row was not in a
-        from-state. ``current=True`` makes it the VM's current snapshot;
+        with). Raises StaleMove when the row was not in a from-state.
+        ``current=True`` makes it the VM's current snapshot;
         ``parent_from_current`` (with it) sets its parent to the snapshot that was
         current, read in the same transaction (a new take's parent)."""
         allowed = lifecycle.sources(to, only)
